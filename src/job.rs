@@ -1,1 +1,192 @@
-//! TODO
+//! The job as the runner describes it in our environment.
+//!
+//! Everything under `CUSTOM_ENV_` is set from the job's CI variables and is therefore
+//! user-controlled: it is fine for paths and flags (validated by [`crate::fs`]), never for
+//! identity (that comes from the signed id_token, see [`crate::auth`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A failure to read the job from the environment.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error(
+        "missing required variable {0}: is this running under the GitLab Runner custom executor?"
+    )]
+    Missing(&'static str),
+    #[error("invalid value of {name}: {value:?} ({why})")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// What the driver needs to know about the job, read from `CUSTOM_ENV_*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobContext {
+    pub job_id: u64,
+    pub runner_short_token: String,
+    pub concurrent_id: u32,
+    pub project_path: String,
+    /// `CI_JOB_TIMEOUT`: the job's maximum duration.
+    pub job_timeout: Option<Duration>,
+    pub user_login: Option<String>,
+    pub pipeline_source: Option<String>,
+    pub server_url: Option<String>,
+    pub job_status: Option<String>,
+    /// `JACAMAR_NO_BASH_PROFILE`: run bash without any profile.
+    pub no_bash_profile: bool,
+    /// `JACAMAR_ETC_PROFILE_ONLY`: source /etc/profile but not the user's files.
+    pub etc_profile_only: bool,
+}
+
+/// Truthy CI variable values, as GitLab users write them.
+fn truthy(v: Option<&String>) -> bool {
+    matches!(
+        v.map(|s| s.trim().to_ascii_lowercase()).as_deref(),
+        Some("1" | "true" | "yes" | "on")
+    )
+}
+
+impl JobContext {
+    /// Read the job from the process environment.
+    pub fn from_env() -> Result<JobContext, JobError> {
+        Self::from_map(&std::env::vars().collect())
+    }
+
+    /// Read the job from an environment map (testable).
+    pub fn from_map(env: &BTreeMap<String, String>) -> Result<JobContext, JobError> {
+        let get = |k: &str| {
+            env.get(&format!("CUSTOM_ENV_{k}"))
+                .filter(|v| !v.is_empty())
+        };
+        let job_id_raw = get("CI_JOB_ID").ok_or(JobError::Missing("CUSTOM_ENV_CI_JOB_ID"))?;
+        let job_id = job_id_raw.trim().parse().map_err(|_| JobError::Invalid {
+            name: "CUSTOM_ENV_CI_JOB_ID",
+            value: job_id_raw.clone(),
+            why: "not a job number",
+        })?;
+        let runner_short_token = get("CI_RUNNER_SHORT_TOKEN")
+            .ok_or(JobError::Missing("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN"))?
+            .clone();
+        let concurrent_id = match get("CI_CONCURRENT_PROJECT_ID") {
+            None => 0,
+            Some(v) => v.trim().parse().map_err(|_| JobError::Invalid {
+                name: "CUSTOM_ENV_CI_CONCURRENT_PROJECT_ID",
+                value: v.clone(),
+                why: "not a number",
+            })?,
+        };
+        let project_path = get("CI_PROJECT_PATH")
+            .ok_or(JobError::Missing("CUSTOM_ENV_CI_PROJECT_PATH"))?
+            .clone();
+        let job_timeout = match get("CI_JOB_TIMEOUT") {
+            None => None,
+            Some(v) => Some(Duration::from_secs(v.trim().parse().map_err(|_| {
+                JobError::Invalid {
+                    name: "CUSTOM_ENV_CI_JOB_TIMEOUT",
+                    value: v.clone(),
+                    why: "not a number of seconds",
+                }
+            })?)),
+        };
+        Ok(JobContext {
+            job_id,
+            runner_short_token,
+            concurrent_id,
+            project_path,
+            job_timeout,
+            user_login: get("GITLAB_USER_LOGIN").cloned(),
+            pipeline_source: get("CI_PIPELINE_SOURCE").cloned(),
+            server_url: get("CI_SERVER_URL").cloned(),
+            job_status: get("CI_JOB_STATUS").cloned(),
+            no_bash_profile: truthy(get("JACAMAR_NO_BASH_PROFILE")),
+            etc_profile_only: truthy(get("JACAMAR_ETC_PROFILE_ONLY")),
+        })
+    }
+}
+
+/// What the runner itself tells every driver call (not user-controlled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerEnv {
+    pub build_failure_exit_code: i32,
+    pub system_failure_exit_code: i32,
+    pub build_exit_code_file: Option<PathBuf>,
+}
+
+impl RunnerEnv {
+    pub fn from_env() -> RunnerEnv {
+        Self::from_map(&std::env::vars().collect())
+    }
+
+    pub fn from_map(env: &BTreeMap<String, String>) -> RunnerEnv {
+        let code = |k: &str, d: i32| env.get(k).and_then(|v| v.trim().parse().ok()).unwrap_or(d);
+        RunnerEnv {
+            build_failure_exit_code: code("BUILD_FAILURE_EXIT_CODE", 1),
+            system_failure_exit_code: code("SYSTEM_FAILURE_EXIT_CODE", 2),
+            build_exit_code_file: env
+                .get("BUILD_EXIT_CODE_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_a_job() {
+        let e = env(&[
+            ("CUSTOM_ENV_CI_JOB_ID", "42"),
+            ("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN", "abc123"),
+            ("CUSTOM_ENV_CI_CONCURRENT_PROJECT_ID", "3"),
+            ("CUSTOM_ENV_CI_PROJECT_PATH", "grp/proj"),
+            ("CUSTOM_ENV_CI_JOB_TIMEOUT", "3600"),
+            ("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "true"),
+        ]);
+        let j = JobContext::from_map(&e).unwrap();
+        assert_eq!(j.job_id, 42);
+        assert_eq!(j.concurrent_id, 3);
+        assert_eq!(j.job_timeout, Some(Duration::from_secs(3600)));
+        assert!(j.no_bash_profile && !j.etc_profile_only);
+    }
+
+    #[test]
+    fn missing_and_invalid_are_named() {
+        let e = env(&[("CUSTOM_ENV_CI_JOB_ID", "x")]);
+        let err = JobContext::from_map(&e).unwrap_err().to_string();
+        assert!(err.contains("CUSTOM_ENV_CI_JOB_ID"), "{err}");
+        let err = JobContext::from_map(&env(&[])).unwrap_err();
+        assert_eq!(err, JobError::Missing("CUSTOM_ENV_CI_JOB_ID"));
+    }
+
+    #[test]
+    fn runner_codes_default_and_override() {
+        let r = RunnerEnv::from_map(&env(&[]));
+        assert_eq!(
+            (r.build_failure_exit_code, r.system_failure_exit_code),
+            (1, 2)
+        );
+        let r = RunnerEnv::from_map(&env(&[
+            ("BUILD_FAILURE_EXIT_CODE", "11"),
+            ("SYSTEM_FAILURE_EXIT_CODE", "12"),
+        ]));
+        assert_eq!(
+            (r.build_failure_exit_code, r.system_failure_exit_code),
+            (11, 12)
+        );
+    }
+}

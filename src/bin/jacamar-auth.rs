@@ -1,1 +1,95 @@
-fn main() {}
+//! `jacamar-auth`: the GitLab Runner custom-executor entry point.
+//!
+//! Wire it into the runner's `[runners.custom]` hooks: `config`, `prepare`, `run`, `cleanup`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use jacamar::stages::privileged::{self, Call, Options};
+
+/// GitLab Runner custom-executor driver for HPC: authorizes the job, downscopes to the
+/// user's account and runs each stage through jacamar.
+#[derive(Parser, Debug)]
+#[command(name = "jacamar-auth", version, about, long_about = None)]
+struct Cli {
+    /// Show full error details in the job log (by default they go to the audit log only).
+    #[arg(short = 'u', long, global = true)]
+    unobfuscated: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// config_exec: print the job's directories and state as JSON on stdout.
+    Config {
+        /// Jacamar TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        configuration: Option<PathBuf>,
+    },
+    /// prepare_exec: create the job's directories.
+    Prepare {
+        /// Configuration file (normally passed from config through job_env).
+        #[arg(long, value_name = "FILE")]
+        configuration: Option<PathBuf>,
+    },
+    /// run_exec: run one stage's script as the job's user.
+    Run {
+        /// Configuration file (normally passed from config through job_env).
+        #[arg(long, value_name = "FILE")]
+        configuration: Option<PathBuf>,
+        /// The runner's script for this stage.
+        script: PathBuf,
+        /// The stage's name (prepare_script, get_sources, build_script, step_*, ...).
+        stage: String,
+    },
+    /// cleanup_exec: remove the job's script files; safe to run several times.
+    Cleanup {
+        /// Jacamar TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        configuration: Option<PathBuf>,
+    },
+    /// Check a configuration file and print every problem; exit 0 only when it is clean.
+    Validate {
+        /// Jacamar TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        configuration: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (call, configuration) = match cli.command {
+        Command::Validate { configuration } => {
+            return validate(&configuration).context("validation failed");
+        }
+        Command::Config { configuration } => (Call::Config, configuration),
+        Command::Prepare { configuration } => (Call::Prepare, configuration),
+        Command::Run {
+            configuration,
+            script,
+            stage,
+        } => (Call::Run { script, stage }, configuration),
+        Command::Cleanup { configuration } => (Call::Cleanup, configuration),
+    };
+    let code = privileged::main(Options {
+        unobfuscated: cli.unobfuscated,
+        configuration,
+        call,
+    });
+    std::process::exit(code);
+}
+
+fn validate(path: &std::path::Path) -> anyhow::Result<()> {
+    match privileged::validate_file(path) {
+        Ok(_) => {
+            println!("{}: OK", path.display());
+            Ok(())
+        }
+        Err(e) => {
+            println!("{}", e.report());
+            anyhow::bail!("{} problem(s) in {}", e.problems.len(), path.display())
+        }
+    }
+}

@@ -1,1 +1,48 @@
-fn main() {}
+//! `jacamar`: runs one stage of a CI job as the job's user.
+//!
+//! Not meant to be started by hand: `jacamar-auth` starts it with the two pipes of the
+//! handoff protocol (see the library's `protocol` module).
+
+use clap::{Parser, Subcommand};
+
+/// Runs one stage of a CI job as the job's user (started by jacamar-auth).
+#[derive(Parser, Debug)]
+#[command(name = "jacamar", version, about, long_about = None)]
+struct Cli {
+    /// Descriptor on which jacamar-auth hands over the stage and sends control messages.
+    #[arg(long, value_name = "FD")]
+    control_fd: i32,
+    /// Descriptor on which the stage's status is reported back.
+    #[arg(long, value_name = "FD")]
+    status_fd: i32,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Subcommand, Debug)]
+enum Action {
+    /// Create the job's directories.
+    Prepare,
+    /// Run a stage's script (the script itself arrives on the control descriptor).
+    Run {
+        /// The runner's stage name (for process listings; the handoff is authoritative).
+        stage: String,
+    },
+    /// Remove the job's script files.
+    Cleanup,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let _ = &cli.action;
+    let fds = jacamar::protocol::inherited_fd(cli.control_fd)
+        .and_then(|c| jacamar::protocol::inherited_fd(cli.status_fd).map(|s| (c, s)));
+    let code = match fds {
+        Ok((control, status)) => jacamar::stages::user::main(control, status),
+        Err(e) => {
+            eprintln!("jacamar: {e} (jacamar is started by jacamar-auth, not by hand)");
+            3
+        }
+    };
+    std::process::exit(code);
+}

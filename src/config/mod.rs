@@ -54,10 +54,26 @@ pub struct General {
     pub ff_custom_data_dir: bool,
 }
 
+/// `[auth]` (stub subset)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Auth {
+    pub downscope: Downscope,
+    pub jacamar_path: Option<PathBuf>,
+    pub logging: Logging,
+}
+
+/// `[auth.logging]` (stub subset)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logging {
+    pub enabled: bool,
+    pub location: String,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub general: General,
+    pub auth: Auth,
     /// The TOML text it was parsed from (handed to later stages through `job_env`).
     pub source: String,
 }
@@ -78,16 +94,30 @@ pub struct ConfigError {
     pub problems: Vec<Problem>,
 }
 
+impl ConfigError {
+    /// Every problem on its own line (stub).
+    pub fn report(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             origin: path.display().to_string(),
-            problems: vec![Problem { line: None, key: None, message: format!("failed to read: {e}") }],
+            problems: vec![Problem {
+                line: None,
+                key: None,
+                message: format!("failed to read: {e}"),
+            }],
         })?;
         Config::from_str_named(&text, &path.display().to_string())
     }
 
     pub fn from_str_named(_text: &str, origin: &str) -> Result<Config, ConfigError> {
-        Err(ConfigError { origin: origin.to_string(), problems: vec![] })
+        Err(ConfigError {
+            origin: origin.to_string(),
+            problems: vec![],
+        })
     }
 }

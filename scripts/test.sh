@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, then runs
+# formatting and lint checks, the unit and integration tests, as root (as CI does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+need_pkgs=()
+for p in bash procps util-linux passwd; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" </dev/null
+  else
+    echo "missing packages: ${need_pkgs[*]} (run as root to install them)" >&2; exit 2
+  fi
+fi
+command -v cargo >/dev/null || { echo "cargo is required" >&2; exit 2; }
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo build --bins --quiet
+cargo test --all-targets --no-fail-fast 2>&1

@@ -1,0 +1,98 @@
+//! The four custom-executor stages, end to end.
+//!
+//! * [`privileged`]: what `jacamar-auth` does for `config`, `prepare`, `run` and `cleanup`.
+//! * [`user`]: what `jacamar` does, as the job's user, when `jacamar-auth` hands it a stage.
+//!
+//! Both sides share the error type here; [`StageError::category`] decides what the job log
+//! may be told (see [`crate::auth::obfuscate`]).
+
+pub mod privileged;
+pub mod user;
+
+use crate::auth::obfuscate::Category;
+use crate::auth::AuthError;
+use crate::config::{Config, ConfigError};
+use crate::fs::{FsError, JobPaths, UserInfo};
+use crate::job::{JobContext, JobError};
+use crate::protocol::{Account, ProtocolError};
+
+/// The variable of `job_env` that carries the configuration to later stages.
+pub const CONFIG_ENV: &str = "JACAMAR_CI_CONFIG_STR";
+/// The variable of `job_env` that names the configuration file it came from.
+pub const CONFIG_PATH_ENV: &str = "JACAMAR_CI_CONFIG_PATH";
+
+/// Everything that can make a stage fail before or around the user's script.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("no configuration: {0}")]
+    NoConfig(String),
+    #[error("{0}")]
+    Job(#[from] JobError),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Fs(#[from] FsError),
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("failed to read the runner's script {path}: {source}")]
+    Script {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to start {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("jacamar failed: {0}")]
+    User(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StageError {
+    /// What kind of failure this is, for the job log's generic message.
+    pub fn category(&self) -> Category {
+        match self {
+            StageError::Config(_) | StageError::NoConfig(_) => Category::Configuration,
+            StageError::Job(_) | StageError::Script { .. } => Category::Environment,
+            StageError::Auth(_) => Category::Authorization,
+            StageError::Fs(_) | StageError::User(_) => Category::Directories,
+            StageError::Protocol(_) | StageError::Spawn { .. } | StageError::Internal(_) => {
+                Category::Internal
+            }
+        }
+    }
+
+    /// The full text, every problem of a configuration on its own line.
+    pub fn detail(&self) -> String {
+        match self {
+            StageError::Config(e) => e.report(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The job's paths for `account`, from the configuration and the job.
+pub fn job_paths(
+    config: &Config,
+    job: &JobContext,
+    account: &Account,
+) -> Result<JobPaths, StageError> {
+    let user = UserInfo {
+        name: account.name.clone(),
+        uid: account.uid,
+        gid: account.gid,
+        home: account.home.clone(),
+    };
+    Ok(JobPaths::new(
+        &config.general.data_dir,
+        &user,
+        &job.runner_short_token,
+        job.concurrent_id,
+        &job.project_path,
+        job.job_id,
+    )?)
+}

@@ -1,0 +1,441 @@
+//! `jacamar-auth`: the runner-facing, possibly privileged side of every stage.
+//!
+//! Read top to bottom, one stage is: load the configuration -> read the job -> authorize ->
+//! (config: print JSON | prepare/run/cleanup: hand the stage to `jacamar` and supervise it)
+//! -> map the result to the runner's exit codes.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
+use crate::auth::audit::{self, Event, Level, Sink};
+use crate::auth::{self, obfuscate, Target};
+use crate::config::{Config, Downscope};
+use crate::job::{JobContext, RunnerEnv};
+use crate::protocol::{self, Action, Handoff, Status};
+use crate::supervisor::{self, OsSignals, Outcome, Policy, Request, Terminator};
+
+/// One call of `jacamar-auth` by the runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Config,
+    Prepare,
+    Run { script: PathBuf, stage: String },
+    Cleanup,
+}
+
+impl Call {
+    /// The runner's name of the stage, as logs know it.
+    pub fn stage_name(&self) -> &str {
+        match self {
+            Call::Config => "config_exec",
+            Call::Prepare => "prepare_exec",
+            Call::Run { stage, .. } => stage,
+            Call::Cleanup => "cleanup_exec",
+        }
+    }
+}
+
+/// Options of `jacamar-auth`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub unobfuscated: bool,
+    pub configuration: Option<PathBuf>,
+    pub call: Call,
+}
+
+/// What a stage amounted to, before it is mapped to an exit code.
+#[derive(Debug)]
+enum Done {
+    Success,
+    BuildFailure {
+        exit_code: i32,
+        note: Option<String>,
+    },
+}
+
+/// Run one stage and return the process exit code for the runner.
+pub fn main(opts: Options) -> i32 {
+    let runner = RunnerEnv::from_env();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error encountered during job: failed to start the async runtime: {e}");
+            return runner.system_failure_exit_code;
+        }
+    };
+    let result = rt.block_on(stage(&opts));
+    match result {
+        Ok(Done::Success) => 0,
+        Ok(Done::BuildFailure { exit_code, note }) => {
+            if let Some(note) = note {
+                eprintln!("ERROR: {note}");
+            }
+            if let Some(path) = &runner.build_exit_code_file {
+                if let Err(e) = std::fs::write(path, format!("{exit_code}\n")) {
+                    eprintln!(
+                        "WARNING: failed to write the job's exit code to {}: {e}",
+                        path.display()
+                    );
+                }
+            }
+            runner.build_failure_exit_code
+        }
+        Err((err, config)) => {
+            report(&opts, &err, config.as_ref());
+            runner.system_failure_exit_code
+        }
+    }
+}
+
+/// Tell the job log (obfuscated unless `-u`) and the audit log about a failure. `cleanup`'s
+/// output only reaches the runner's log, so it always gets the full text.
+fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
+    let full = err.detail();
+    let job = JobContext::from_env().ok();
+    let id = obfuscate::error_id();
+    let sink = match config {
+        Some(c) if c.auth.logging.enabled => sink_of(c),
+        Some(_) => Sink::Nowhere,
+        None => Sink::Syslog,
+    };
+    audit::record(
+        &sink,
+        &Event {
+            level: Level::Error,
+            msg: &full,
+            job: job.as_ref().map(|j| j.job_id),
+            runner: job.as_ref().map(|j| j.runner_short_token.as_str()),
+            stage: opts.call.stage_name(),
+            error_id: Some(&id),
+        },
+    );
+    if opts.unobfuscated || opts.call == Call::Cleanup {
+        eprintln!("Error encountered during job: {full}");
+    } else {
+        eprintln!(
+            "Error encountered during job: {} (error id {id})",
+            obfuscate::public_message(err.category())
+        );
+    }
+}
+
+fn sink_of(c: &Config) -> Sink {
+    match c.auth.logging.location.as_str() {
+        "" | "syslog" => Sink::Syslog,
+        path => Sink::File(PathBuf::from(path)),
+    }
+}
+
+/// Find the configuration: `config` takes it from `--configuration`; later stages from
+/// `job_env` (set by `config`), falling back to `--configuration` (cleanup has it).
+fn load_config(opts: &Options) -> Result<Config, StageError> {
+    let from_env = std::env::var(CONFIG_ENV).ok().filter(|s| !s.is_empty());
+    match (&opts.call, from_env, &opts.configuration) {
+        (Call::Config, _, Some(path)) | (_, None, Some(path)) => Ok(Config::from_file(path)?),
+        (Call::Config, _, None) => Err(StageError::NoConfig(
+            "config requires --configuration FILE".into(),
+        )),
+        (_, Some(text), _) => {
+            let origin = std::env::var(CONFIG_PATH_ENV)
+                .map(|p| format!("{p} (via {CONFIG_ENV})"))
+                .unwrap_or_else(|_| CONFIG_ENV.to_string());
+            Ok(Config::from_str_named(&text, &origin)?)
+        }
+        (_, None, None) => Err(StageError::NoConfig(format!(
+            "{CONFIG_ENV} is not set (did config_exec succeed?) and no --configuration was given"
+        ))),
+    }
+}
+
+async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
+    // Install the signal handlers before anything is spawned.
+    let signals = OsSignals::install().map_err(|e| {
+        (
+            StageError::Internal(format!("failed to install signal handlers: {e}")),
+            None,
+        )
+    })?;
+    let config = load_config(opts).map_err(|e| (e, None))?;
+    let run = async {
+        let job = JobContext::from_env()?;
+        let target = auth::authorize(&config)?;
+        match &opts.call {
+            Call::Config => config_stage(opts, &config, &job, &target),
+            Call::Prepare => {
+                if let Some(msg) = &config.general.job_message {
+                    println!("{}", msg.trim_end());
+                }
+                hand_over(&config, &job, &target, Action::Prepare, signals).await
+            }
+            Call::Run { script, stage } => {
+                let text = std::fs::read(script).map_err(|source| StageError::Script {
+                    path: script.clone(),
+                    source,
+                })?;
+                let script = String::from_utf8(text).map_err(|_| StageError::Script {
+                    path: script.clone(),
+                    source: std::io::Error::other("the script is not valid UTF-8"),
+                })?;
+                let action = Action::Run {
+                    stage: stage.clone(),
+                    script,
+                };
+                hand_over(&config, &job, &target, action, signals).await
+            }
+            Call::Cleanup => hand_over(&config, &job, &target, Action::Cleanup, signals).await,
+        }
+    };
+    match run.await {
+        Ok(done) => Ok(done),
+        Err(e) => Err((e, Some(config))),
+    }
+}
+
+/// `config_exec`: print the JSON the runner reads from our stdout, and nothing else there.
+fn config_stage(
+    opts: &Options,
+    config: &Config,
+    job: &JobContext,
+    target: &Target,
+) -> Result<Done, StageError> {
+    let paths = job_paths(config, job, &target.account)?;
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut job_env = serde_json::Map::new();
+    job_env.insert(CONFIG_ENV.into(), json!(config.source));
+    if let Some(path) = &opts.configuration {
+        job_env.insert(CONFIG_PATH_ENV.into(), json!(path.display().to_string()));
+    }
+    let out = json!({
+        "builds_dir": paths.builds_dir(),
+        "cache_dir": paths.cache_dir(),
+        "builds_dir_is_shared": false,
+        "hostname": hostname,
+        "driver": { "name": "jacamar-rs", "version": env!("CARGO_PKG_VERSION") },
+        "job_env": job_env,
+    });
+    println!("{out}");
+    Ok(Done::Success)
+}
+
+/// Where the `jacamar` binary is: `[auth] jacamar_path` (the binary, or a directory holding
+/// it), else next to this executable.
+pub fn jacamar_binary(config: &Config) -> Result<PathBuf, StageError> {
+    if let Some(p) = &config.auth.jacamar_path {
+        return Ok(if p.is_dir() {
+            p.join("jacamar")
+        } else {
+            p.clone()
+        });
+    }
+    let me = std::env::current_exe()
+        .map_err(|e| StageError::Internal(format!("failed to find our own executable: {e}")))?;
+    Ok(me.with_file_name("jacamar"))
+}
+
+/// The backstop: the job's maximum duration plus the grace, from now.
+fn deadline(job: &JobContext) -> Option<(tokio::time::Instant, u64)> {
+    let max = job.job_timeout? + supervisor::backstop_grace();
+    let unix_ms = SystemTime::now()
+        .checked_add(max)?
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    Some((tokio::time::Instant::now() + max, unix_ms))
+}
+
+/// Reaches `jacamar` through the control channel; SIGKILLs its group as a last resort when
+/// we are allowed to signal it (same uid). A downscoped `jacamar` is never signalled by us.
+struct ControlTerminator {
+    control: File,
+    pgid: Pid,
+    can_signal: bool,
+}
+
+impl Terminator for ControlTerminator {
+    fn terminate(&mut self, signal: Signal) {
+        protocol::send_control(
+            &mut self.control,
+            Request::Terminate {
+                signal,
+                reason: supervisor::Reason::Parent,
+            },
+        );
+    }
+
+    fn kill(&mut self) {
+        protocol::send_control(
+            &mut self.control,
+            Request::Kill {
+                reason: supervisor::Reason::Parent,
+            },
+        );
+        if self.can_signal {
+            // jacamar sweeps the job's group on KILL; give it a moment before we take it down.
+            let pgid = self.pgid;
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+            });
+        }
+    }
+}
+
+/// Start `jacamar` for `action`, hand it the stage, supervise it, and read its status.
+async fn hand_over(
+    config: &Config,
+    job: &JobContext,
+    target: &Target,
+    action: Action,
+    signals: OsSignals,
+) -> Result<Done, StageError> {
+    let exe = jacamar_binary(config)?;
+    let (ctl_r, ctl_w) = protocol::pipe_cloexec()?;
+    let (st_r, st_w) = protocol::pipe_cloexec()?;
+    protocol::set_inheritable(protocol::raw(&ctl_r), true)?;
+    protocol::set_inheritable(protocol::raw(&st_w), true)?;
+
+    let verb = match &action {
+        Action::Prepare => "prepare".to_string(),
+        Action::Run { stage, .. } => format!("run {stage}"),
+        Action::Cleanup => "cleanup".to_string(),
+    };
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.arg("--control-fd")
+        .arg(protocol::raw(&ctl_r).to_string())
+        .arg("--status-fd")
+        .arg(protocol::raw(&st_w).to_string())
+        .args(verb.split(' '))
+        .env_clear()
+        .env("PATH", auth::env::DEFAULT_PATH)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
+        what: exe.display().to_string(),
+        source,
+    })?;
+    drop(ctl_r);
+    drop(st_w);
+    let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
+
+    let (dl, dl_unix_ms) = match deadline(job) {
+        Some((i, ms)) => (Some(i), Some(ms)),
+        None => (None, None),
+    };
+    let handoff = Handoff {
+        action,
+        config_toml: config.source.clone(),
+        job: job.clone(),
+        account: target.account.clone(),
+        env: auth::env::job_env(
+            &target.account,
+            std::env::vars()
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        ),
+        deadline_unix_ms: dl_unix_ms,
+    };
+    let mut control = File::from(ctl_w);
+    let status_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        if let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(st_r) {
+            let _ = rx.read_to_end(&mut buf).await;
+        }
+        buf
+    });
+    // A jacamar that died before reading gives EPIPE here; its exit status says the rest.
+    let handoff_err = protocol::write_handoff(&mut control, &handoff).err();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let forwarder = signals.forward(tx);
+    let mut policy = Policy::new(config.general.kill_timeout);
+    policy.deadline = dl;
+    let mut term = ControlTerminator {
+        control,
+        pgid,
+        can_signal: target.downscope == Downscope::None,
+    };
+    let outcome = supervisor::supervise(&mut child, &mut term, &policy, &mut rx, vec![]).await;
+    forwarder.abort();
+    let status_bytes = tokio::time::timeout(Duration::from_secs(2), status_task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    match protocol::parse_status(&status_bytes) {
+        Some(status) => done_of(status),
+        None => no_status(&outcome, handoff_err),
+    }
+}
+
+fn done_of(status: Status) -> Result<Done, StageError> {
+    Ok(match status {
+        Status::Success => Done::Success,
+        Status::BuildFailure {
+            exit_code,
+            signal,
+            stopped,
+        } => {
+            let note = match (signal, stopped) {
+                (Some(s), Some(why)) => Some(format!(
+                    "job stopped ({why}): the script was killed by {}",
+                    signal_name(s)
+                )),
+                (Some(s), None) => Some(format!("the script was killed by {}", signal_name(s))),
+                (None, Some(why)) => Some(format!(
+                    "job stopped ({why}): the script exited with code {exit_code}"
+                )),
+                (None, None) => None,
+            };
+            Done::BuildFailure { exit_code, note }
+        }
+        Status::SystemFailure { message } => return Err(StageError::User(message)),
+    })
+}
+
+/// `jacamar` ended without telling us how the stage went.
+fn no_status(
+    outcome: &Outcome,
+    handoff_err: Option<protocol::ProtocolError>,
+) -> Result<Done, StageError> {
+    let how = match outcome.exit {
+        supervisor::Exit::Code(c) => format!("exited with code {c}"),
+        supervisor::Exit::Signal(s) => format!("was killed by {}", signal_name(s)),
+    };
+    match outcome.stopped {
+        Some(why) => Ok(Done::BuildFailure {
+            exit_code: outcome.exit.as_code(),
+            note: Some(format!("job stopped ({why}): jacamar {how}")),
+        }),
+        None => Err(StageError::User(match handoff_err {
+            Some(e) => format!("jacamar {how} before the stage was handed over: {e}"),
+            None => format!("jacamar {how} without reporting a status"),
+        })),
+    }
+}
+
+/// `SIGTERM`-style name of a signal number.
+pub fn signal_name(n: i32) -> String {
+    Signal::try_from(n)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {n}"))
+}
+
+/// Exposed for `jacamar-auth validate`.
+pub fn validate_file(path: &Path) -> Result<Config, crate::config::ConfigError> {
+    Config::from_file(path)
+}

@@ -1,0 +1,186 @@
+//! `jacamar`: the side that runs as the job's user.
+//!
+//! Started by `jacamar-auth` with two inherited pipes (see [`crate::protocol`]). It reads
+//! the handoff, does the stage (directories, script, shell), supervises the user's shell as
+//! a child subreaper, and writes one status line back. It never trusts its own environment:
+//! everything comes from the handoff.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+
+use super::{job_paths, StageError};
+use crate::config::Config;
+use crate::fs::{self, DirPolicy};
+use crate::protocol::{self, Action, Handoff, Status};
+use crate::shell::{self, Profile};
+use crate::supervisor::{self, group, Exit, GroupTerminator, OsSignals, Policy};
+
+/// Run the stage handed over on `control`, report on `status`. Returns our exit code
+/// (0 when a status was written, whatever it says).
+pub fn main(control: OwnedFd, status: OwnedFd) -> i32 {
+    // Our descriptors must not leak into the user's shell.
+    let st = match protocol::set_inheritable(protocol::raw(&status), false) {
+        Ok(()) => run(control),
+        Err(e) => system_failure(e.into()),
+    };
+    let mut status = File::from(status);
+    match protocol::write_status(&mut status, &st) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("jacamar: failed to report the stage's status: {e}");
+            3
+        }
+    }
+}
+
+fn run(control: OwnedFd) -> Status {
+    if let Err(e) = protocol::set_inheritable(protocol::raw(&control), false) {
+        return system_failure(e.into());
+    }
+    // Orphans of the job come back to us, so the sweep finds them.
+    if !group::become_subreaper() {
+        eprintln!("jacamar: WARNING: could not become a child subreaper; escaped processes may survive the job");
+    }
+    let mut control = File::from(control);
+    let handoff = match protocol::read_handoff(&mut control) {
+        Ok(h) => h,
+        Err(e) => return system_failure(e.into()),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return system_failure(StageError::Internal(format!(
+                "failed to start the runtime: {e}"
+            )))
+        }
+    };
+    match rt.block_on(act(handoff, control.into())) {
+        Ok(st) => st,
+        Err(e) => system_failure(e),
+    }
+}
+
+fn system_failure(e: StageError) -> Status {
+    Status::SystemFailure {
+        message: e.detail(),
+    }
+}
+
+async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
+    let config = Config::from_str_named(&h.config_toml, "configuration from jacamar-auth")?;
+    let paths = job_paths(&config, &h.job, &h.account)?;
+    let policy = DirPolicy {
+        uid: h.account.uid,
+        group_permissions: config.general.group_permissions,
+    };
+    match &h.action {
+        Action::Prepare => {
+            fs::ensure_job_dirs(&paths, &policy)?;
+            Ok(Status::Success)
+        }
+        Action::Cleanup => {
+            fs::cleanup_job(&paths, config.general.retain_logs)?;
+            Ok(Status::Success)
+        }
+        Action::Run { stage, script } => {
+            let path = fs::write_script(&paths, &policy, stage, script.as_bytes())?;
+            let cmd = shell::command(
+                config.general.shell_path.as_deref(),
+                Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only),
+                &path,
+            );
+            run_shell(&config, &h, cmd, control).await
+        }
+    }
+}
+
+async fn run_shell(
+    config: &Config,
+    h: &Handoff,
+    cmd: shell::ShellCommand,
+    control: OwnedFd,
+) -> Result<Status, StageError> {
+    let signals = OsSignals::install()
+        .map_err(|e| StageError::Internal(format!("failed to install signal handlers: {e}")))?;
+    let cwd = if h.account.home.is_dir() {
+        h.account.home.clone()
+    } else {
+        "/".into()
+    };
+    let mut child = tokio::process::Command::new(&cmd.program)
+        .args(&cmd.args)
+        .env_clear()
+        .envs(h.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| StageError::Spawn {
+            what: cmd.program.display().to_string(),
+            source,
+        })?;
+    let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
+    let mut relays = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        relays.push(supervisor::relay::spawn_relay(out, tokio::io::stdout()));
+    }
+    if let Some(err) = child.stderr.take() {
+        relays.push(supervisor::relay::spawn_relay(err, tokio::io::stderr()));
+    }
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ctl_task = protocol::control_requests(control, tx.clone())
+        .map_err(|e| StageError::Internal(format!("failed to read the control channel: {e}")))?;
+    let sig_task = signals.forward(tx);
+
+    let mut policy = Policy::new(config.general.kill_timeout);
+    policy.deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
+    policy.sweep_group = Some(pgid);
+    let mut term = GroupTerminator { pgid };
+    let outcome = supervisor::supervise(&mut child, &mut term, &policy, &mut rx, relays).await;
+    ctl_task.abort();
+    sig_task.abort();
+
+    if !outcome.sweep.survivors.is_empty() {
+        eprintln!(
+            "jacamar: WARNING: processes {:?} of the job survived the sweep",
+            outcome.sweep.survivors
+        );
+    }
+    if outcome.output_leaked {
+        eprintln!("jacamar: WARNING: a process of the job kept the output open after it ended");
+    }
+    let stopped = outcome.stopped.map(|r| r.to_string());
+    Ok(match (outcome.exit, stopped) {
+        (Exit::Code(0), None) => Status::Success,
+        (Exit::Code(c), stopped) => Status::BuildFailure {
+            // A job we stopped failed, even if its trap exited 0.
+            exit_code: if c == 0 { 1 } else { c },
+            signal: None,
+            stopped,
+        },
+        (Exit::Signal(s), stopped) => Status::BuildFailure {
+            exit_code: 128 + s,
+            signal: Some(s),
+            stopped,
+        },
+    })
+}
+
+/// A Unix time in milliseconds as a tokio instant (now, if it is already past).
+fn instant_of_unix_ms(ms: u64) -> tokio::time::Instant {
+    let target = UNIX_EPOCH + Duration::from_millis(ms);
+    let left = target
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}

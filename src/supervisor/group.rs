@@ -1,0 +1,224 @@
+//! Process groups and descendants: signalling, sweeping and reaping.
+//!
+//! A job is a process group (its leader is the shell we spawned) plus, when we are a
+//! child subreaper, every process that ever descended from us: a double-forked daemon
+//! that called `setsid` leaves the group but is re-parented to us, so the `/proc` walk in
+//! [`descendants`] still finds it.
+//!
+//! What this module does not do: it never calls `waitpid(-1)`. tokio reaps the children it
+//! spawned itself by pid; reaping "any child" here would steal their statuses. Orphans that
+//! were re-parented to us are reaped one by one, by pid, in [`reap_orphans`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+/// Make the calling process a child subreaper, so that orphaned descendants are
+/// re-parented to it instead of to init. Returns false when the kernel refused.
+pub fn become_subreaper() -> bool {
+    nix::sys::prctl::set_child_subreaper(true).is_ok()
+}
+
+/// Whether the calling process is a child subreaper.
+pub fn is_subreaper() -> bool {
+    nix::sys::prctl::get_child_subreaper().unwrap_or(false)
+}
+
+/// Send `sig` to the whole group `pgid`, followed by SIGCONT so that a stopped job can act
+/// on it. Returns false when the group no longer exists (ESRCH).
+pub fn signal_group(pgid: Pid, sig: Signal) -> bool {
+    match killpg(pgid, sig) {
+        Ok(()) => {
+            if sig != Signal::SIGKILL && sig != Signal::SIGCONT {
+                let _ = killpg(pgid, Signal::SIGCONT);
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether any process of group `pgid` still exists (zombies count until reaped).
+pub fn group_alive(pgid: Pid) -> bool {
+    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
+
+/// One process seen in /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub zombie: bool,
+}
+
+/// Parse `/proc/<pid>/stat`. The command name may hold spaces and parentheses, so the
+/// fields are read after the last `)`.
+pub fn parse_stat(pid: i32, stat: &str) -> Option<ProcInfo> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some(ProcInfo {
+        pid,
+        ppid,
+        pgid,
+        zombie: state == "Z" || state == "X",
+    })
+}
+
+/// Every process currently visible in /proc.
+pub fn all_processes() -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        parse_stat(pid, &stat)
+    })
+    .collect()
+}
+
+/// The descendants of `root` (not `root` itself), plus every member of group `pgid`.
+pub fn descendants(root: Pid, pgid: Option<Pid>) -> Vec<ProcInfo> {
+    let procs = all_processes();
+    let mut children: HashMap<i32, Vec<ProcInfo>> = HashMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(*p);
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut stack = vec![root.as_raw()];
+    while let Some(pid) = stack.pop() {
+        for c in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
+            if seen.insert(c.pid) {
+                out.push(*c);
+                stack.push(c.pid);
+            }
+        }
+    }
+    if let Some(g) = pgid {
+        for p in procs.iter().filter(|p| p.pgid == g.as_raw()) {
+            if p.pid != root.as_raw() && seen.insert(p.pid) {
+                out.push(*p);
+            }
+        }
+    }
+    out
+}
+
+/// Reap, by pid, the zombies among `procs` whose parent is us. Never `waitpid(-1)`.
+pub fn reap_orphans(procs: &[ProcInfo]) {
+    let me = std::process::id() as i32;
+    for p in procs.iter().filter(|p| p.zombie && p.ppid == me) {
+        let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
+    }
+}
+
+/// What a sweep found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Processes that were still alive when the sweep began and got a signal.
+    pub signalled: usize,
+    /// Pids still alive when the sweep gave up (should be empty).
+    pub survivors: Vec<i32>,
+}
+
+/// Sweep the job until it is empty: send `first` (SIGTERM or SIGKILL) to the group and to
+/// every descendant, wait up to `grace` for them to go, then SIGKILL whatever is left, and
+/// keep re-scanning (descendants can fork while we sweep) until nothing is left or
+/// `bound` has passed. Zombies re-parented to us are reaped on the way.
+pub fn sweep(
+    root: Pid,
+    pgid: Option<Pid>,
+    first: Signal,
+    grace: Duration,
+    bound: Duration,
+) -> SweepReport {
+    let started = Instant::now();
+    let mut report = SweepReport::default();
+    let live =
+        |ps: &[ProcInfo]| -> Vec<i32> { ps.iter().filter(|p| !p.zombie).map(|p| p.pid).collect() };
+
+    let procs = descendants(root, pgid);
+    reap_orphans(&procs);
+    let alive = live(&procs);
+    let group_left = pgid.is_some_and(group_alive);
+    if alive.is_empty() && !group_left {
+        return report;
+    }
+    report.signalled = alive.len();
+    send_all(&alive, pgid, first);
+    if first != Signal::SIGKILL {
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+            let procs = descendants(root, pgid);
+            reap_orphans(&procs);
+            if live(&procs).is_empty() {
+                break;
+            }
+        }
+    }
+    loop {
+        let procs = descendants(root, pgid);
+        reap_orphans(&procs);
+        let alive = live(&procs);
+        if alive.is_empty() {
+            return report;
+        }
+        if started.elapsed() >= bound {
+            report.survivors = alive;
+            return report;
+        }
+        send_all(&alive, pgid, Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn send_all(pids: &[i32], pgid: Option<Pid>, sig: Signal) {
+    if let Some(g) = pgid {
+        signal_group(g, sig);
+    }
+    for &pid in pids {
+        let _ = kill(Pid::from_raw(pid), sig);
+        if sig != Signal::SIGKILL {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_name() {
+        let s = "1234 (a b) c)) S 77 1234 1234 0 -1 4194560";
+        let p = parse_stat(1234, s).unwrap();
+        assert_eq!((p.ppid, p.pgid, p.zombie), (77, 1234, false));
+        let z = parse_stat(5, "5 (x) Z 1 5 5").unwrap();
+        assert!(z.zombie);
+        assert!(parse_stat(5, "garbage").is_none());
+    }
+
+    #[test]
+    fn our_own_children_are_descendants() {
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = Pid::from_raw(std::process::id() as i32);
+        let d = descendants(me, None);
+        assert!(d.iter().any(|p| p.pid == c.id() as i32));
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}

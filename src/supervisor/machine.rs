@@ -1,0 +1,281 @@
+//! The supervisor state machine: one per supervised child, one `select!`.
+//!
+//! ```text
+//!            request / backstop                 kill_timeout / 2nd signal / Kill
+//!  Running ───────────────────────▶ Stopping ─────────────────────────────────▶ Killed
+//!     │                                │                                          │
+//!     └──────────── leader exits ──────┴──────────────────────────────────────────┘
+//!                                      ▼
+//!                      Sweeping (group + descendants until empty)
+//!                                      ▼
+//!                      Draining (output pipes, bounded wait) ──▶ Outcome
+//! ```
+//!
+//! The machine does not know how to reach the child: a [`Terminator`] does. For the user's
+//! shell that is the process group ([`GroupTerminator`]); for a downscoped `jacamar`, whose
+//! uid the privileged parent may not be allowed to signal, it is the control channel.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::group::{self, SweepReport};
+
+/// Why the supervisor stopped (or was asked to stop) the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// We received this signal ourselves (from the runner, or a user at a terminal).
+    Signal(Signal),
+    /// Our parent asked, over the control channel.
+    Parent,
+    /// The control channel hit EOF: our parent is gone.
+    ParentGone,
+    /// The job outlived its maximum duration plus the grace period.
+    Backstop,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Signal(s) => write!(f, "received {}", s.as_str()),
+            Reason::Parent => f.write_str("cancelled by jacamar-auth"),
+            Reason::ParentGone => f.write_str("jacamar-auth went away"),
+            Reason::Backstop => f.write_str("job exceeded its maximum duration"),
+        }
+    }
+}
+
+/// A request delivered to the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Forward `signal` to the job and start the kill_timeout clock.
+    Terminate { signal: Signal, reason: Reason },
+    /// SIGKILL the job now.
+    Kill { reason: Reason },
+}
+
+/// How to reach the supervised child.
+pub trait Terminator: Send {
+    /// Forward a termination signal (the implementation adds SIGCONT where it can).
+    fn terminate(&mut self, signal: Signal);
+    /// Kill the child and everything it started.
+    fn kill(&mut self);
+}
+
+/// Signals a whole process group; used for a child we are allowed to signal.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupTerminator {
+    pub pgid: Pid,
+}
+
+impl Terminator for GroupTerminator {
+    fn terminate(&mut self, signal: Signal) {
+        group::signal_group(self.pgid, signal);
+    }
+    fn kill(&mut self) {
+        group::signal_group(self.pgid, Signal::SIGKILL);
+    }
+}
+
+/// Timing and sweeping policy of one supervised child.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// From the first termination request to SIGKILL.
+    pub kill_timeout: Duration,
+    /// The backstop: terminate the job at this instant even if nobody asked.
+    pub deadline: Option<Instant>,
+    /// After the job is gone, how long to wait for its output pipes to reach EOF.
+    pub drain_timeout: Duration,
+    /// Sweep this group and our descendants once the leader exits (None: don't sweep).
+    pub sweep_group: Option<Pid>,
+    /// Leftovers of a job that ended on its own get SIGTERM, then SIGKILL after this.
+    pub leftover_grace: Duration,
+    /// Give up sweeping after this long and report survivors.
+    pub sweep_bound: Duration,
+}
+
+impl Policy {
+    pub fn new(kill_timeout: Duration) -> Self {
+        Policy {
+            kill_timeout,
+            deadline: None,
+            drain_timeout: Duration::from_secs(2),
+            sweep_group: None,
+            leftover_grace: kill_timeout.min(Duration::from_millis(500)),
+            sweep_bound: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How the child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    fn from_status(st: std::process::ExitStatus) -> Exit {
+        use std::os::unix::process::ExitStatusExt;
+        match (st.code(), st.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            (None, None) => Exit::Code(-1),
+        }
+    }
+
+    /// The shell convention: a code, or 128 + the signal number.
+    pub fn as_code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// What happened to one supervised child.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub exit: Exit,
+    /// Set when the supervisor stopped the child (and why).
+    pub stopped: Option<Reason>,
+    /// SIGKILL was needed.
+    pub escalated: bool,
+    pub sweep: SweepReport,
+    /// An output pipe was still open after `drain_timeout`.
+    pub output_leaked: bool,
+}
+
+enum State {
+    Running,
+    Stopping { reason: Reason, kill_at: Instant },
+    Killed { reason: Reason },
+}
+
+/// Supervise `child` until it and everything it started are gone.
+///
+/// `relays` are the tasks copying the child's output; they are awaited (bounded) at the end.
+/// `requests` may close at any time; that only means no more requests will come.
+pub async fn supervise(
+    child: &mut Child,
+    term: &mut dyn Terminator,
+    policy: &Policy,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    relays: Vec<JoinHandle<u64>>,
+) -> Outcome {
+    let mut state = State::Running;
+    let mut requests_open = true;
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let deadline = policy.deadline.unwrap_or(far);
+
+    let status = loop {
+        let kill_at = match state {
+            State::Stopping { kill_at, .. } => kill_at,
+            _ => far,
+        };
+        let running = matches!(state, State::Running);
+        let stopping = matches!(state, State::Stopping { .. });
+        tokio::select! {
+            biased;
+            st = child.wait() => break st,
+            req = requests.recv(), if requests_open => match req {
+                None => requests_open = false,
+                Some(req) => state = on_request(state, req, term, policy),
+            },
+            _ = tokio::time::sleep_until(kill_at), if stopping => {
+                let reason = match state { State::Stopping { reason, .. } => reason, _ => Reason::Backstop };
+                term.kill();
+                state = State::Killed { reason };
+            }
+            _ = tokio::time::sleep_until(deadline), if running && policy.deadline.is_some() => {
+                state = on_request(state, Request::Terminate { signal: Signal::SIGTERM, reason: Reason::Backstop }, term, policy);
+            }
+        }
+    };
+
+    let exit = match status {
+        Ok(st) => Exit::from_status(st),
+        Err(_) => Exit::Code(-1),
+    };
+    let (stopped, escalated) = match state {
+        State::Running => (None, false),
+        State::Stopping { reason, .. } => (Some(reason), false),
+        State::Killed { reason } => (Some(reason), true),
+    };
+
+    let sweep = match policy.sweep_group {
+        None => SweepReport::default(),
+        Some(pgid) => {
+            let first = if escalated {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            };
+            let me = Pid::from_raw(std::process::id() as i32);
+            let (grace, bound) = (policy.leftover_grace, policy.sweep_bound);
+            tokio::task::spawn_blocking(move || group::sweep(me, Some(pgid), first, grace, bound))
+                .await
+                .unwrap_or_default()
+        }
+    };
+
+    let mut output_leaked = false;
+    let drain_until = Instant::now() + policy.drain_timeout;
+    for r in relays {
+        match tokio::time::timeout_at(drain_until, r).await {
+            Ok(_) => {}
+            Err(_) => output_leaked = true,
+        }
+    }
+
+    Outcome {
+        exit,
+        stopped,
+        escalated,
+        sweep,
+        output_leaked,
+    }
+}
+
+fn on_request(state: State, req: Request, term: &mut dyn Terminator, policy: &Policy) -> State {
+    match (state, req) {
+        (State::Killed { reason }, _) => State::Killed { reason },
+        (_, Request::Kill { reason }) => {
+            term.kill();
+            State::Killed { reason }
+        }
+        (State::Running, Request::Terminate { signal, reason }) => {
+            if policy.kill_timeout.is_zero() {
+                term.kill();
+                return State::Killed { reason };
+            }
+            term.terminate(signal);
+            State::Stopping {
+                reason,
+                kill_at: Instant::now() + policy.kill_timeout,
+            }
+        }
+        // A second termination signal received by us means "now": SIGKILL.
+        (
+            State::Stopping {
+                reason: first @ Reason::Signal(_),
+                ..
+            },
+            Request::Terminate {
+                reason: Reason::Signal(_),
+                ..
+            },
+        ) => {
+            term.kill();
+            State::Killed { reason: first }
+        }
+        // Anything else while stopping (the parent repeating itself, EOF after a cancel)
+        // keeps the clock that is already running.
+        (s @ State::Stopping { .. }, Request::Terminate { .. }) => s,
+    }
+}
