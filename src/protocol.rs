@@ -5,8 +5,8 @@
 //!
 //! * **control** (parent writes, child reads): first `HANDOFF <len>\n` and `len` bytes of
 //!   JSON ([`Handoff`]: the stage, the script's content, the configuration, the job), then
-//!   zero or more control lines: `TERM <signo>\n` (forward this signal to the job) or
-//!   `KILL\n`. **EOF means the parent is gone** (it was SIGKILLed, or crashed): the child
+//!   zero or more control lines: `TERM <signo> <why>\n` (forward this signal to the job;
+//!   `why` is `signal`, `backstop` or `parent`) or `KILL\n`. **EOF means the parent is gone** (it was SIGKILLed, or crashed): the child
 //!   ends the job as if it had been sent `TERM 15`.
 //! * **status** (child writes, parent reads): one JSON line, the [`Status`] of the stage.
 //!
@@ -156,7 +156,14 @@ pub fn read_handoff(r: &mut File) -> Result<Handoff, ProtocolError> {
 /// Send a control line (parent side). Errors are ignored: a child that is gone needs none.
 pub fn send_control(w: &mut File, req: Request) {
     let line = match req {
-        Request::Terminate { signal, .. } => format!("TERM {}\n", signal as i32),
+        Request::Terminate { signal, reason } => {
+            let why = match reason {
+                Reason::Signal(_) => "signal",
+                Reason::Backstop => "backstop",
+                Reason::Parent | Reason::ParentGone => "parent",
+            };
+            format!("TERM {} {why}\n", signal as i32)
+        }
         Request::Kill { .. } => "KILL\n".to_string(),
     };
     let _ = w.write_all(line.as_bytes());
@@ -170,12 +177,15 @@ pub fn parse_control(line: &str) -> Option<Request> {
             reason: Reason::Parent,
         });
     }
-    let n: i32 = line.strip_prefix("TERM ")?.trim().parse().ok()?;
+    let mut words = line.strip_prefix("TERM ")?.split_whitespace();
+    let n: i32 = words.next()?.parse().ok()?;
     let signal = Signal::try_from(n).ok()?;
-    Some(Request::Terminate {
-        signal,
-        reason: Reason::Parent,
-    })
+    let reason = match words.next() {
+        Some("signal") => Reason::Signal(signal),
+        Some("backstop") => Reason::Backstop,
+        _ => Reason::Parent,
+    };
+    Some(Request::Terminate { signal, reason })
 }
 
 /// Turn the rest of the control pipe into requests (child side). EOF becomes
@@ -296,7 +306,7 @@ mod tests {
         writer.join().unwrap();
         let mut rest = String::new();
         r.read_to_string(&mut rest).unwrap();
-        assert_eq!(rest, "TERM 15\n");
+        assert_eq!(rest, "TERM 15 parent\n");
     }
 
     #[test]
@@ -305,6 +315,20 @@ mod tests {
             parse_control("TERM 2"),
             Some(Request::Terminate {
                 signal: Signal::SIGINT,
+                reason: Reason::Parent,
+            })
+        ));
+        assert!(matches!(
+            parse_control("TERM 15 backstop"),
+            Some(Request::Terminate {
+                reason: Reason::Backstop,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_control("TERM 15 signal"),
+            Some(Request::Terminate {
+                reason: Reason::Signal(Signal::SIGTERM),
                 ..
             })
         ));

@@ -265,14 +265,8 @@ struct ControlTerminator {
 }
 
 impl Terminator for ControlTerminator {
-    fn terminate(&mut self, signal: Signal) {
-        protocol::send_control(
-            &mut self.control,
-            Request::Terminate {
-                signal,
-                reason: supervisor::Reason::Parent,
-            },
-        );
+    fn terminate(&mut self, signal: Signal, reason: supervisor::Reason) {
+        protocol::send_control(&mut self.control, Request::Terminate { signal, reason });
     }
 
     fn kill(&mut self) {

@@ -62,7 +62,7 @@ pub enum Request {
 /// How to reach the supervised child.
 pub trait Terminator: Send {
     /// Forward a termination signal (the implementation adds SIGCONT where it can).
-    fn terminate(&mut self, signal: Signal);
+    fn terminate(&mut self, signal: Signal, reason: Reason);
     /// Kill the child and everything it started.
     fn kill(&mut self);
 }
@@ -74,7 +74,7 @@ pub struct GroupTerminator {
 }
 
 impl Terminator for GroupTerminator {
-    fn terminate(&mut self, signal: Signal) {
+    fn terminate(&mut self, signal: Signal, _reason: Reason) {
         group::signal_group(self.pgid, signal);
     }
     fn kill(&mut self) {
@@ -254,7 +254,7 @@ fn on_request(state: State, req: Request, term: &mut dyn Terminator, policy: &Po
                 term.kill();
                 return State::Killed { reason };
             }
-            term.terminate(signal);
+            term.terminate(signal, reason);
             State::Stopping {
                 reason,
                 kill_at: Instant::now() + policy.kill_timeout,

@@ -1,1 +1,7 @@
-//! integration tests
+//! Integration tests: the real binaries through the real stage sequence.
+//!
+//! Several tests need root (creating directories owned by other uids); CI runs as root.
+
+mod harness;
+mod signals;
+mod stages;

@@ -1,0 +1,236 @@
+//! Plays the runner's part by hand for tests that need precise control over one call:
+//! a 0700 runner temp dir, the runner's environment, `CUSTOM_ENV_*` variables, each call
+//! its own process-group leader, `job_env` from config carried to later calls.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const AUTH: &str = env!("CARGO_BIN_EXE_jacamar-auth");
+pub const SIM: &str = env!("CARGO_BIN_EXE_jacamar-sim");
+
+static NEXT_JOB: AtomicU64 = AtomicU64::new(1000);
+
+pub struct Harness {
+    pub tmp: tempfile::TempDir,
+    pub runner_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub job_id: u64,
+    pub unobfuscated: bool,
+}
+
+/// A config with `data_dir` set to the harness's dir, plus `extra` lines in `[general]`.
+pub fn config_text(data_dir: &Path, extra_general: &str) -> String {
+    format!(
+        "[general]\nexecutor = \"shell\"\ndata_dir = \"{}\"\n{extra_general}\n[auth]\ndownscope = \"none\"\n",
+        data_dir.display()
+    )
+}
+
+impl Harness {
+    pub fn new(extra_general: &str) -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir(&data_dir).unwrap();
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config_path = tmp.path().join("jacamar.toml");
+        std::fs::write(&config_path, config_text(&data_dir, extra_general)).unwrap();
+        Harness::with_config(tmp, data_dir, config_path)
+    }
+
+    pub fn with_config(tmp: tempfile::TempDir, data_dir: PathBuf, config_path: PathBuf) -> Harness {
+        let runner_dir = tmp.path().join("runner-tmp");
+        std::fs::create_dir(&runner_dir).unwrap();
+        std::fs::set_permissions(&runner_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let job_id = NEXT_JOB.fetch_add(1, Ordering::SeqCst) + std::process::id() as u64 * 10_000;
+        let mut env = BTreeMap::new();
+        let mut set = |k: &str, v: String| {
+            env.insert(k.to_string(), v);
+        };
+        set("PATH", std::env::var("PATH").unwrap_or_default());
+        set("HOME", std::env::var("HOME").unwrap_or("/root".into()));
+        set("TMPDIR", runner_dir.display().to_string());
+        set("BUILD_FAILURE_EXIT_CODE", "1".into());
+        set("SYSTEM_FAILURE_EXIT_CODE", "2".into());
+        set(
+            "BUILD_EXIT_CODE_FILE",
+            runner_dir.join("build_exit_code").display().to_string(),
+        );
+        set(
+            "JOB_RESPONSE_FILE",
+            runner_dir.join("response.json").display().to_string(),
+        );
+        set("CUSTOM_ENV_CI_JOB_ID", job_id.to_string());
+        set("CUSTOM_ENV_CI_JOB_TOKEN", "glcbt-secret-token".into());
+        set("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN", "tstrunnr".into());
+        set("CUSTOM_ENV_CI_CONCURRENT_PROJECT_ID", "0".into());
+        set("CUSTOM_ENV_CI_PROJECT_PATH", "group/project".into());
+        set("CUSTOM_ENV_CI_JOB_TIMEOUT", "3600".into());
+        set("CUSTOM_ENV_GITLAB_USER_LOGIN", "root".into());
+        set("CUSTOM_ENV_CI_PIPELINE_SOURCE", "push".into());
+        Harness {
+            tmp,
+            runner_dir,
+            data_dir,
+            config_path,
+            env,
+            job_id,
+            unobfuscated: false,
+        }
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) {
+        self.env.insert(k.to_string(), v.to_string());
+    }
+
+    /// A `jacamar-auth` command for `args`, with the runner's environment and working dir.
+    pub fn auth(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(AUTH);
+        if self.unobfuscated {
+            c.arg("-u");
+        }
+        c.args(args)
+            .env_clear()
+            .envs(&self.env)
+            .current_dir(&self.runner_dir)
+            .stdin(Stdio::null())
+            .process_group(0);
+        c
+    }
+
+    pub fn config(&mut self) -> Output {
+        let cfg = self.config_path.display().to_string();
+        let out = self
+            .auth(&["config", "--configuration", &cfg])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("config stdout is not JSON ({e}): {out:?}"));
+            if let Some(env) = v["job_env"].as_object() {
+                for (k, val) in env {
+                    self.env
+                        .insert(k.clone(), val.as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn config_json(&mut self) -> serde_json::Value {
+        let out = self.config();
+        assert!(out.status.success(), "config failed: {}", show(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn prepare(&self) -> Output {
+        self.auth(&["prepare"]).output().unwrap()
+    }
+
+    /// Write `script` as the runner would (a file in its temp dir) and return its path.
+    pub fn script_file(&self, stage: &str, script: &str) -> PathBuf {
+        let p = self.runner_dir.join(format!("script-{stage}"));
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        p
+    }
+
+    pub fn run(&self, stage: &str, script: &str) -> Output {
+        let p = self.script_file(stage, script);
+        self.auth(&["run", &p.display().to_string(), stage])
+            .output()
+            .unwrap()
+    }
+
+    pub fn spawn_run(&self, stage: &str, script: &str) -> Child {
+        let p = self.script_file(stage, script);
+        self.auth(&["run", &p.display().to_string(), stage])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn cleanup(&self) -> Output {
+        let cfg = self.config_path.display().to_string();
+        self.auth(&["cleanup", "--configuration", &cfg])
+            .output()
+            .unwrap()
+    }
+
+    pub fn build_exit_code(&self) -> Option<String> {
+        std::fs::read_to_string(self.runner_dir.join("build_exit_code"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// The user's base dir for the account running the tests.
+    pub fn base_dir(&self) -> PathBuf {
+        self.data_dir.join(whoami())
+    }
+
+    pub fn scripts_job_dir(&self) -> PathBuf {
+        self.base_dir()
+            .join("scripts/tstrunnr/000/group/project")
+            .join(self.job_id.to_string())
+    }
+}
+
+pub fn whoami() -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::current())
+        .unwrap()
+        .unwrap()
+        .name
+}
+
+pub fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Poll `cond` every 20 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// Whether `pid` is alive (a zombie counts as dead).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(s) => {
+            let state = s
+                .rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next())
+                .unwrap_or("X");
+            state != "Z" && state != "X"
+        }
+    }
+}
+
+/// Read pids written one per line to `path`.
+pub fn pids_in(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}

@@ -1,0 +1,210 @@
+//! Cancellation, parent death and the backstop through the real binaries.
+//!
+//! Each test starts a `run` call the way the runner does (its own process group), with a
+//! job that records the pid of every process it starts: the shell, a child that ignores
+//! SIGTERM, and a double-forked grandchild that left the group with `setsid`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::{alive, pids_in, show, wait_for, Harness};
+
+/// A job that traps TERM, starts a TERM-ignoring child and a double-forked grandchild,
+/// then waits. `ignore_term_itself` makes the shell ignore TERM too.
+fn stubborn_job(mark: &Path, ignore_term_itself: bool) -> String {
+    let m = mark.display();
+    let trap = if ignore_term_itself {
+        "trap '' TERM".to_string()
+    } else {
+        format!("trap 'echo trap-ran > {m}/trapped; exit 143' TERM")
+    };
+    format!(
+        r#"{trap}
+echo $$ >> {m}/pids
+bash -c 'trap "" TERM; echo $$ >> {m}/pids; while :; do sleep 0.2; done' &
+( setsid bash -c 'echo $$ >> {m}/pids; exec sleep 300' & )
+while [ "$(wc -l < {m}/pids)" -lt 3 ]; do sleep 0.05; done
+touch {m}/ready
+echo job-is-running
+sleep 300 &
+wait $!
+wait $!
+"#
+    )
+}
+
+/// Every descendant of `root` (by /proc), to prove later that none survived.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some(i) = stat.rfind(')') else { continue };
+        let ppid = stat[i + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if seen.insert(c) {
+                out.push(c);
+                stack.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn start(h: &Harness, script: &str) -> (std::process::Child, Vec<i32>) {
+    let mark = h.tmp.path().join("mark");
+    let child = h.spawn_run("build_script", script);
+    assert!(
+        wait_for(Duration::from_secs(20), || mark.join("ready").exists()),
+        "job never got ready"
+    );
+    let mut tree = descendants(child.id() as i32);
+    tree.extend(pids_in(&mark.join("pids")));
+    tree.sort_unstable();
+    tree.dedup();
+    assert!(tree.len() >= 4, "expected jacamar, bash and the job's processes: {tree:?}");
+    (child, tree)
+}
+
+fn ready_harness(kill_timeout: &str) -> Harness {
+    let mut h = Harness::new(&format!("kill_timeout = \"{kill_timeout}\""));
+    std::fs::create_dir(h.tmp.path().join("mark")).unwrap();
+    h.config_json();
+    let out = h.prepare();
+    assert!(out.status.success(), "{}", show(&out));
+    h
+}
+
+fn all_gone_within(pids: &[i32], limit: Duration) -> Result<Duration, Vec<i32>> {
+    let t0 = Instant::now();
+    if wait_for(limit, || pids.iter().all(|&p| !alive(p))) {
+        Ok(t0.elapsed())
+    } else {
+        Err(pids.iter().copied().filter(|&p| alive(p)).collect())
+    }
+}
+
+#[test]
+fn cancel_runs_the_trap_and_leaves_no_process() {
+    let h = ready_harness("2s");
+    let mark = h.tmp.path().join("mark");
+    let (child, tree) = start(&h, &stubborn_job(&mark, false));
+    // The runner's cancel: SIGTERM to the call's whole process group.
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let gone = all_gone_within(&tree, Duration::from_secs(3));
+    let out = child.wait_with_output().unwrap();
+    assert!(gone.is_ok(), "survivors {:?}\n{}", gone, show(&out));
+    assert!(mark.join("trapped").exists(), "the job's TERM trap did not run");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(h.build_exit_code().as_deref(), Some("143"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SIGTERM"), "stop not explained: {err}");
+}
+
+#[test]
+fn a_job_ignoring_sigterm_is_killed_at_kill_timeout() {
+    let h = ready_harness("1s");
+    let mark = h.tmp.path().join("mark");
+    let (child, tree) = start(&h, &stubborn_job(&mark, true));
+    let t0 = Instant::now();
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let gone = all_gone_within(&tree, Duration::from_secs(2));
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    assert!(gone.is_ok(), "survivors {:?}\n{}", gone, show(&out));
+    assert!(took >= Duration::from_millis(900), "killed before kill_timeout: {took:?}");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(h.build_exit_code().as_deref(), Some("137"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGKILL"), "{}", show(&out));
+}
+
+#[test]
+fn sigkill_of_jacamar_auth_still_ends_the_job_and_cleanup_works() {
+    let h = ready_harness("1s");
+    let mark = h.tmp.path().join("mark");
+    let (mut child, tree) = start(&h, &stubborn_job(&mark, false));
+    // The runner's last resort: SIGKILL, which jacamar-auth cannot forward.
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    let gone = all_gone_within(&tree, Duration::from_secs(2));
+    assert!(gone.is_ok(), "orphans survived: {gone:?}");
+    assert!(mark.join("trapped").exists(), "the job was not told to stop");
+    let out = h.cleanup();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!h.scripts_job_dir().exists());
+}
+
+#[test]
+fn backstop_ends_a_job_nobody_cancelled() {
+    let mut h = ready_harness("1s");
+    h.set("CUSTOM_ENV_CI_JOB_TIMEOUT", "1");
+    h.set("JACAMAR_RS_BACKSTOP_GRACE", "1");
+    let t0 = Instant::now();
+    let out = h.run("build_script", "trap 'exit 143' TERM\nsleep 300 &\nwait $!\n");
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(10), "backstop too late: {took:?}");
+    assert!(took >= Duration::from_secs(2), "backstop too early: {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("maximum duration"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn cleanup_during_a_dying_run_is_safe() {
+    let h = ready_harness("3s");
+    let mark = h.tmp.path().join("mark");
+    let (child, tree) = start(&h, &stubborn_job(&mark, true));
+    // Hard abort: the runner sends SIGTERM, then runs cleanup while run is still dying.
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..3 {
+        let out = h.cleanup();
+        assert!(out.status.success(), "cleanup #{i}: {}", show(&out));
+    }
+    let gone = all_gone_within(&tree, Duration::from_secs(5));
+    let out = child.wait_with_output().unwrap();
+    assert!(gone.is_ok(), "survivors {:?}\n{}", gone, show(&out));
+    let out = h.cleanup();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!h.scripts_job_dir().exists(), "cleanup left the job's scripts");
+}
+
+#[test]
+fn leftover_background_processes_are_swept_when_the_script_ends() {
+    let h = ready_harness("5s");
+    let mark = h.tmp.path().join("mark");
+    let m = mark.display();
+    let t0 = Instant::now();
+    let out = h.run(
+        "build_script",
+        &format!(
+            "bash -c 'trap \"\" TERM; echo $$ >> {m}/left; exec sleep 300' &\n( setsid bash -c 'echo $$ >> {m}/left; exec sleep 300' & )\nwhile [ \"$(wc -l < {m}/left)\" -lt 2 ]; do sleep 0.05; done\necho done\n"
+        ),
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(t0.elapsed() < Duration::from_secs(4), "the stage waited for leftovers");
+    let left = pids_in(&mark.join("left"));
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|&p| !alive(p)), "leftovers survived: {left:?}");
+}

@@ -1,0 +1,189 @@
+//! The four stages through the real binaries: jacamar-auth -> jacamar -> bash.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use crate::harness::{show, Harness};
+
+const ALL_RUN_STAGES: &[&str] = &[
+    "prepare_script",
+    "get_sources",
+    "clear_worktree",
+    "restore_cache",
+    "download_artifacts",
+    "step_script",
+    "build_script",
+    "step_release",
+    "after_script",
+    "archive_cache",
+    "archive_cache_on_failure",
+    "upload_artifacts_on_success",
+    "upload_artifacts_on_failure",
+    "cleanup_file_variables",
+    "some_future_stage",
+];
+
+#[test]
+fn happy_path_through_every_stage() {
+    let mut h = Harness::new("");
+    let cfg = h.config_json();
+    for key in ["builds_dir", "cache_dir", "hostname"] {
+        assert!(cfg[key].is_string(), "{key} missing in {cfg}");
+    }
+    assert_eq!(cfg["builds_dir_is_shared"], false);
+    assert_eq!(cfg["driver"]["name"], "jacamar-rs");
+    assert!(cfg["job_env"]["JACAMAR_CI_CONFIG_STR"].is_string());
+
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    let builds = std::path::PathBuf::from(cfg["builds_dir"].as_str().unwrap());
+    assert!(builds.is_dir(), "{builds:?} not created");
+    let base = h.base_dir();
+    let mode = std::fs::metadata(&base).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "base dir mode {mode:o}");
+    for sub in ["builds", "cache", "scripts"] {
+        let m = std::fs::symlink_metadata(base.join(sub)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o700, "{sub}");
+        assert_eq!(m.uid(), nix::unistd::Uid::current().as_raw());
+    }
+
+    for stage in ALL_RUN_STAGES {
+        let out = h.run(stage, &format!("echo \"stage {stage} as $(id -un)\"\n"));
+        assert!(out.status.success(), "{stage}: {}", show(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("stage {stage} as ")), "{stage}: {text}");
+    }
+    // The scripts were written as <stage>.bash in the user's script dir.
+    let scripts = h.scripts_job_dir();
+    assert!(scripts.join("build_script.bash").is_file(), "{scripts:?}");
+
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(!scripts.exists(), "cleanup left {scripts:?}");
+    assert!(builds.is_dir(), "cleanup must keep the builds dir");
+}
+
+#[test]
+fn failing_script_reports_its_real_exit_code() {
+    let mut h = Harness::new("");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    let out = h.run("build_script", "echo before\nexit 3\n");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(h.build_exit_code().as_deref(), Some("3"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("before"));
+}
+
+#[test]
+fn runner_exit_codes_come_from_the_environment() {
+    let mut h = Harness::new("");
+    h.set("BUILD_FAILURE_EXIT_CODE", "41");
+    h.set("SYSTEM_FAILURE_EXIT_CODE", "42");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    assert_eq!(h.run("build_script", "exit 9\n").status.code(), Some(41));
+    assert_eq!(h.build_exit_code().as_deref(), Some("9"));
+    h.env.remove("JACAMAR_CI_CONFIG_STR");
+    assert_eq!(h.run("build_script", "true\n").status.code(), Some(42));
+}
+
+#[test]
+fn a_script_killed_by_a_signal_is_named_in_the_job_log() {
+    let mut h = Harness::new("");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    let out = h.run("build_script", "kill -KILL $$\n");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(h.build_exit_code().as_deref(), Some("137"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SIGKILL"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn stdout_and_stderr_stay_apart_and_the_env_is_an_allowlist() {
+    let mut h = Harness::new("");
+    h.set("LD_PRELOAD", "/nonexistent/evil.so");
+    h.set("RUNNER_SECRET", "hunter2");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    let out = h.run(
+        "build_script",
+        "echo to-out; echo to-err >&2; env | sort; echo \"TMPDIR=[$TMPDIR]\"\n",
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let so = String::from_utf8_lossy(&out.stdout);
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(so.contains("to-out") && !so.contains("to-err"));
+    assert!(se.contains("to-err"));
+    assert!(!so.contains("hunter2"), "runner env leaked: {so}");
+    assert!(!so.contains("LD_PRELOAD"), "LD_PRELOAD leaked: {so}");
+    assert!(!so.contains("glcbt-secret-token"), "job token leaked: {so}");
+    assert!(so.contains("TMPDIR=[]"), "runner TMPDIR leaked: {so}");
+}
+
+#[test]
+fn job_message_is_printed_at_prepare() {
+    let mut h = Harness::new("job_message = \"NOTICE: be nice to the scheduler\"");
+    h.config_json();
+    let out = h.prepare();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOTICE: be nice to the scheduler"));
+}
+
+#[test]
+fn bash_profile_flags_are_honoured() {
+    let mut h = Harness::new("");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    // A login shell (bash --login) has `login_shell` set; --noprofile --norc has not.
+    let out = h.run("build_script", "shopt -q login_shell && echo LOGIN || echo NOLOGIN\n");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("LOGIN"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("NOLOGIN"));
+    h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "1");
+    let out = h.run("build_script", "shopt -q login_shell && echo LOGIN || echo NOLOGIN\n");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOLOGIN"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn custom_shell_path_is_used() {
+    let mut h = Harness::new("shell_path = \"/bin/sh\"");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    // /bin/sh is dash on Debian: $BASH_VERSION is empty there.
+    let out = h.run("build_script", "echo \"bash=[${BASH_VERSION:-}]\"\n");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bash=[]"), "{}", show(&out));
+}
+
+#[test]
+fn cleanup_is_idempotent_and_retain_logs_keeps_scripts() {
+    let mut h = Harness::new("");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    assert!(h.run("build_script", "true\n").status.success());
+    for i in 0..3 {
+        let out = h.cleanup();
+        assert!(out.status.success(), "cleanup #{i}: {}", show(&out));
+    }
+    assert!(!h.scripts_job_dir().exists());
+
+    let mut h = Harness::new("retain_logs = true");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    assert!(h.run("build_script", "true\n").status.success());
+    assert!(h.cleanup().status.success());
+    assert!(h.scripts_job_dir().join("build_script.bash").is_file());
+}
+
+#[test]
+fn cleanup_works_without_job_env_from_a_failed_config() {
+    // config never ran (as after a failed config_exec): cleanup has only --configuration.
+    let h = Harness::new("");
+    let out = h.cleanup();
+    assert!(out.status.success(), "{}", show(&out));
+}
