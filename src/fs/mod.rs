@@ -25,6 +25,9 @@ mod cleanup;
 mod paths;
 mod secure;
 
+#[cfg(test)]
+mod tests;
+
 pub use cleanup::cleanup_job;
 pub use paths::{validate_project_path, validate_segment, JobPaths, SegmentKind};
 pub use secure::{check_base_dir, ensure_job_dirs, write_script};
