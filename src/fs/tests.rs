@@ -710,3 +710,89 @@ fn one_cleanup_racing_writes_lets_both_succeed() {
         });
     }
 }
+
+// ---------------------------------------------------------------- as a non-root user
+
+const CHILD_ENV: &str = "JACAMAR_FS_TEST_CHILD_DIR";
+
+/// Re-runs `unprivileged_child` as uid/gid 12345 through setpriv(1) when we are root and it
+/// is installed; skipped otherwise.
+#[test]
+fn works_as_an_unprivileged_user() {
+    if me() != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    chmod(root, 0o755);
+    // Admin side: data_dir with a pre-created base; a second data_dir without one.
+    for d in ["ecp", "ecp2"] {
+        fs::create_dir(root.join(d)).unwrap();
+        chmod(&root.join(d), 0o755);
+    }
+    let base = root.join("ecp/u12345");
+    fs::create_dir(&base).unwrap();
+    chmod(&base, 0o700);
+    chown(&base, Some(FAKE_UID), Some(FAKE_UID)).unwrap();
+
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=12345", "--regid=12345", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "fs::tests::unprivileged_child", "--nocapture"])
+        .env(CHILD_ENV, root)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("child ok"), "{text}");
+    assert_eq!(fs::metadata(&base).unwrap().uid(), FAKE_UID);
+}
+
+/// The half of `works_as_an_unprivileged_user` that runs as uid 12345.
+#[test]
+fn unprivileged_child() {
+    let Some(root) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
+        return;
+    };
+    assert_eq!(me(), FAKE_UID);
+    let user = UserInfo {
+        name: "u12345".into(),
+        uid: FAKE_UID,
+        gid: FAKE_UID,
+        home: root.join("nohome"),
+    };
+    let pol = DirPolicy {
+        uid: FAKE_UID,
+        group_permissions: false,
+    };
+    let data = root.join("ecp");
+    let p = JobPaths::new(data.to_str().unwrap(), &user, "r", 1, "g/p", 7).unwrap();
+    check_base_dir(&p, &pol).unwrap();
+    ensure_job_dirs(&p, &pol).unwrap();
+    let script = write_script(&p, &pol, "build_script", b"true\n").unwrap();
+    let md = fs::metadata(&script).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (FAKE_UID, 0o700));
+    cleanup_job(&p, false).unwrap();
+    assert!(!p.scripts_dir().exists());
+
+    // Expecting another uid (e.g. a mis-resolved user) is refused even as a normal user.
+    let wrong = DirPolicy { uid: 4242, ..pol };
+    let (_, reason) = refused_reason(ensure_job_dirs(&p, &wrong).unwrap_err());
+    assert_eq!(reason, "owned by uid 12345, expected uid 4242");
+
+    // Without an admin-created base, a root-owned 0755 data_dir cannot be written.
+    let p2 = JobPaths::new(root.join("ecp2").to_str().unwrap(), &user, "r", 1, "g/p", 7).unwrap();
+    match ensure_job_dirs(&p2, &pol).unwrap_err() {
+        FsError::Io { op, path, source } => {
+            assert_eq!((op, path.as_path()), ("create", p2.base_dir()));
+            assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
+        }
+        other => panic!("unexpected: {other}"),
+    }
+    println!("child ok");
+}
