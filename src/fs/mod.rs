@@ -15,9 +15,9 @@
 //! `O_NOFOLLOW`, so no symbolic link below the admin's directory is ever followed. Existing
 //! directories with the wrong owner, mode or type are refused, never "fixed".
 //!
-//! * [`paths`]: computing and validating the paths (no I/O).
-//! * [`secure`]: creating and verifying directories, writing scripts.
-//! * [`cleanup`]: removing a job's scripts directory.
+//! * `paths`: computing and validating the paths (no I/O).
+//! * `secure`: creating and verifying directories, writing scripts.
+//! * `cleanup`: removing a job's scripts directory.
 
 use std::path::PathBuf;
 
