@@ -1,0 +1,166 @@
+//! Removing a job's scripts directory at cleanup, through directory descriptors only.
+//!
+//! Idempotent and tolerant of concurrency: whatever is already gone (`ENOENT`) counts as
+//! removed, and a directory that keeps getting new entries is given up on with a warning
+//! rather than an error.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::sys::stat::Mode;
+use nix::unistd::{self, UnlinkatFlags};
+
+use super::paths::Anchor;
+use super::secure::{diagnose_at, dir_flags, open_dir_path, openat_owned, DirFd};
+use super::{FsError, JobPaths};
+
+/// Deepest directory nesting removed below the job's scripts dir.
+const MAX_DEPTH: usize = 64;
+/// Rounds of "empty it, rmdir it" before giving up on a directory that keeps filling.
+const MAX_ROUNDS: usize = 5;
+
+/// Remove the job's scripts directory (recursively, never following symlinks) and then the
+/// empty parents up to, not including, `<base>/scripts`. Does nothing when `retain_logs`.
+///
+/// A missing directory is success; running twice or concurrently is fine.
+pub fn cleanup_job(paths: &JobPaths, retain_logs: bool) -> Result<(), FsError> {
+    if retain_logs {
+        return Ok(());
+    }
+    let base = paths.base_dir();
+    let parent_path = match paths.anchor() {
+        Anchor::Fixed { path, .. } => path.as_path(),
+        Anchor::Templated => base.parent().unwrap_or(Path::new("/")),
+    };
+    let parent = match open_dir_path(parent_path, "directory") {
+        Ok(d) => d,
+        Err(FsError::Missing { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let Some(base_name) = base.file_name().and_then(OsStr::to_str) else {
+        return Err(FsError::refused(base, "has no usable final component"));
+    };
+
+    // Open base, scripts, runner, NNN, namespace..., project: everything but the job id.
+    let comps = paths.scripts_components();
+    let Some((job_name, dirs)) = comps.split_last() else {
+        return Ok(());
+    };
+    let mut chain: Vec<DirFd> = Vec::with_capacity(dirs.len() + 1);
+    let mut cur = match open_child(&parent, base_name)? {
+        Some(d) => d,
+        None => return Ok(()),
+    };
+    for name in dirs {
+        let next = match open_child(&cur, name)? {
+            Some(d) => d,
+            None => return Ok(()),
+        };
+        chain.push(cur);
+        cur = next;
+    }
+    // chain = [base, scripts, runner, NNN, ns..]; cur = project dir.
+    remove_tree(&cur, OsStr::new(job_name), 0)?;
+    chain.push(cur);
+
+    // Prune empty parents: project .. runner, but never `scripts` (chain[1]) or the base.
+    for i in (2..chain.len()).rev() {
+        let name = &dirs[i - 1];
+        match unistd::unlinkat(
+            Some(chain[i - 1].fd.as_raw_fd()),
+            name.as_str(),
+            UnlinkatFlags::RemoveDir,
+        ) {
+            Ok(()) => {}
+            Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOENT | Errno::EBUSY) => break,
+            Err(e) => return Err(FsError::io("remove", &chain[i].path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Open `parent/name` as a directory without following a symlink; `None` when it is gone.
+fn open_child(parent: &DirFd, name: &str) -> Result<Option<DirFd>, FsError> {
+    let path = parent.path.join(name);
+    match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+        Ok(fd) => Ok(Some(DirFd { fd, path })),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => Err(diagnose_at(parent, name, e)),
+        Err(e) => Err(FsError::io("open", path, e)),
+    }
+}
+
+/// Remove `parent/name` and everything below it. A non-directory (including a symlink) is
+/// unlinked, never followed.
+fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<(), FsError> {
+    let path = parent.path.join(name);
+    let fd = match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ELOOP | Errno::ENOTDIR) => return unlink_entry(parent, name, depth),
+        Err(e) => return Err(FsError::io("open", path, e)),
+    };
+    if depth >= MAX_DEPTH {
+        return Err(FsError::refused(
+            path,
+            format!("nested deeper than {MAX_DEPTH} directories"),
+        ));
+    }
+    let dup = fd.try_clone().map_err(|source| FsError::Io {
+        op: "duplicate descriptor of",
+        path: path.clone(),
+        source,
+    })?;
+    let this = DirFd {
+        fd,
+        path: path.clone(),
+    };
+    let mut dir = Dir::from(dup).map_err(|e| FsError::io("read", &path, e))?;
+
+    for _ in 0..MAX_ROUNDS {
+        let mut entries: Vec<(OsString, Option<Type>)> = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| FsError::io("read", &path, e))?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes != b"." && bytes != b".." {
+                entries.push((OsStr::from_bytes(bytes).to_os_string(), entry.file_type()));
+            }
+        }
+        for (n, t) in entries {
+            if t == Some(Type::Directory) {
+                remove_tree(&this, &n, depth + 1)?;
+            } else {
+                unlink_entry(&this, &n, depth + 1)?;
+            }
+        }
+        match unistd::unlinkat(Some(parent.fd.as_raw_fd()), name, UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+            // Something was added meanwhile (a run still writing): go round again.
+            Err(Errno::ENOTEMPTY | Errno::EEXIST) => {}
+            Err(e) => return Err(FsError::io("remove", path, e)),
+        }
+    }
+    tracing::warn!(
+        path = %path.display(),
+        "gave up removing a directory that keeps receiving new entries"
+    );
+    Ok(())
+}
+
+/// Unlink a non-directory entry; if it turns out to be a directory (the file system gave no
+/// type, or it was swapped meanwhile), remove it as a tree.
+fn unlink_entry(parent: &DirFd, name: &OsStr, depth: usize) -> Result<(), FsError> {
+    match unistd::unlinkat(
+        Some(parent.fd.as_raw_fd()),
+        name,
+        UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EISDIR | Errno::EPERM) => remove_tree(parent, name, depth),
+        Err(e) => Err(FsError::io("remove", parent.path.join(name), e)),
+    }
+}

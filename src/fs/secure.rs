@@ -1,0 +1,425 @@
+//! Creating and verifying the job's directories and writing stage scripts, race-free.
+//!
+//! Every step goes through a directory descriptor: the parent is open with
+//! `O_DIRECTORY|O_NOFOLLOW`, the child is `mkdirat`-ed with its final mode, re-opened with
+//! `O_NOFOLLOW`, `fchmod`-ed (the umask may have removed bits) and `fstat`-ed to verify type,
+//! owner and mode before we descend into it.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{self, AtFlags, OFlag};
+use nix::sys::stat::{self, FileStat, Mode, SFlag};
+use nix::unistd::{self, UnlinkatFlags};
+use nix::NixPath;
+
+use super::paths::{script_file_name, Anchor};
+use super::{DirPolicy, FsError, JobPaths, UserInfo, SCRIPT_MODE};
+
+/// How often an operation is retried when a directory vanished under it (concurrent cleanup).
+const VANISHED_RETRIES: usize = 8;
+
+/// Flags for opening a directory we are about to trust.
+pub(crate) fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// `openat(2)` returning an owned descriptor. `dir = None` means relative to the cwd (or an
+/// absolute path).
+pub(crate) fn openat_owned<P: ?Sized + NixPath>(
+    dir: Option<BorrowedFd<'_>>,
+    name: &P,
+    flags: OFlag,
+    mode: Mode,
+) -> nix::Result<OwnedFd> {
+    let raw = fcntl::openat(dir.map(|d| d.as_raw_fd()), name, flags, mode)?;
+    // SAFETY: `raw` was just returned by a successful openat(2) and is not stored anywhere else,
+    // so the new OwnedFd is its only owner and closes it exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// An open directory and the path it was reached by (for messages).
+#[derive(Debug)]
+pub(crate) struct DirFd {
+    pub(crate) fd: OwnedFd,
+    pub(crate) path: PathBuf,
+}
+
+impl DirFd {
+    pub(crate) fn borrow(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn stat(&self) -> Result<FileStat, FsError> {
+        stat::fstat(self.fd.as_raw_fd()).map_err(|e| FsError::io("stat", &self.path, e))
+    }
+}
+
+fn file_type(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+fn type_name(t: SFlag) -> &'static str {
+    match t {
+        SFlag::S_IFLNK => "is a symbolic link",
+        SFlag::S_IFDIR => "is a directory",
+        SFlag::S_IFREG => "is a regular file",
+        _ => "is not a directory",
+    }
+}
+
+/// Permission bits as shown in messages (`0700`, `1777`).
+fn perm_bits(st: &FileStat) -> u32 {
+    st.st_mode & 0o7777
+}
+
+/// Why `ELOOP`/`ENOTDIR` happened on `parent/name`: a symlink or a non-directory.
+pub(crate) fn diagnose_at(parent: &DirFd, name: &str, errno: Errno) -> FsError {
+    let path = parent.path.join(name);
+    match stat::fstatat(
+        Some(parent.fd.as_raw_fd()),
+        name,
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) if file_type(&st) != SFlag::S_IFDIR => {
+            FsError::refused(path, type_name(file_type(&st)))
+        }
+        _ => FsError::io("open", path, errno),
+    }
+}
+
+/// Why `ELOOP`/`ENOTDIR` happened on an absolute path.
+fn diagnose_path(path: &Path, errno: Errno) -> FsError {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => FsError::refused(path, "is a symbolic link"),
+        Ok(md) if !md.is_dir() => FsError::refused(path, "is not a directory"),
+        _ => FsError::io("open", path, errno),
+    }
+}
+
+/// Open an absolute directory path; the final component must not be a symlink.
+pub(crate) fn open_dir_path(path: &Path, what: &'static str) -> Result<DirFd, FsError> {
+    match openat_owned(None, path, dir_flags(), Mode::empty()) {
+        Ok(fd) => Ok(DirFd {
+            fd,
+            path: path.to_path_buf(),
+        }),
+        Err(Errno::ENOENT) => Err(FsError::Missing {
+            what,
+            path: path.to_path_buf(),
+        }),
+        Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => Err(diagnose_path(path, e)),
+        Err(e) => Err(FsError::io("open", path, e)),
+    }
+}
+
+/// The rules an existing directory must satisfy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Base dir and builds/cache/scripts: owner and exact mode.
+    Exact,
+    /// Deeper dirs: owner, and not writable by group or others.
+    Private,
+}
+
+/// Who must own our directories, with the user's name when it is that user.
+struct Expected<'a> {
+    policy: &'a DirPolicy,
+    user: &'a UserInfo,
+}
+
+impl Expected<'_> {
+    fn owner(&self) -> String {
+        if self.policy.uid == self.user.uid {
+            format!("uid {} ({})", self.policy.uid, self.user.name)
+        } else {
+            format!("uid {}", self.policy.uid)
+        }
+    }
+
+    fn verify(&self, st: &FileStat, path: &Path, rule: Rule) -> Result<(), FsError> {
+        let t = file_type(st);
+        if t != SFlag::S_IFDIR {
+            return Err(FsError::refused(path, type_name(t)));
+        }
+        if st.st_uid != self.policy.uid {
+            return Err(FsError::refused(
+                path,
+                format!("owned by uid {}, expected {}", st.st_uid, self.owner()),
+            ));
+        }
+        let perm = perm_bits(st);
+        match rule {
+            // The set-group-ID bit only decides the group of new files; sites use it for quotas.
+            Rule::Exact if perm & !0o2000 != self.policy.dir_mode() => Err(FsError::refused(
+                path,
+                format!("mode {perm:04o}, expected {:04o}", self.policy.dir_mode()),
+            )),
+            Rule::Private if perm & 0o022 != 0 => Err(FsError::refused(
+                path,
+                format!("mode {perm:04o} is writable by group or others"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The admin-side directory above the base dir: a directory (final component not a symlink),
+/// and sticky if group/other-writable (else others could swap the base dir).
+fn check_anchor(dir: &DirFd) -> Result<FileStat, FsError> {
+    let st = dir.stat()?;
+    let perm = perm_bits(&st);
+    if perm & 0o022 != 0 && perm & 0o1000 == 0 {
+        return Err(FsError::refused(
+            &dir.path,
+            format!("mode {perm:04o} is writable by group or others without the sticky bit"),
+        ));
+    }
+    Ok(st)
+}
+
+/// Open `parent/name` as a directory satisfying `rule`, creating it (mode from the policy) when
+/// missing and `create` is set. Missing and not `create`: [`FsError::Missing`].
+fn open_or_create(
+    parent: &DirFd,
+    name: &str,
+    rule: Rule,
+    exp: &Expected<'_>,
+    create: bool,
+    what: &'static str,
+) -> Result<DirFd, FsError> {
+    let path = parent.path.join(name);
+    let mode = exp.policy.dir_mode();
+    // A lost race with another creator (EEXIST) sends us round once more to verify its dir.
+    for _ in 0..VANISHED_RETRIES {
+        match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+            Ok(fd) => {
+                let dir = DirFd { fd, path };
+                exp.verify(&dir.stat()?, &dir.path, rule)?;
+                return Ok(dir);
+            }
+            Err(Errno::ENOENT) if create => {}
+            Err(Errno::ENOENT) => return Err(FsError::Missing { what, path }),
+            Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => return Err(diagnose_at(parent, name, e)),
+            Err(e) => return Err(FsError::io("open", path, e)),
+        }
+        match stat::mkdirat(
+            Some(parent.fd.as_raw_fd()),
+            name,
+            Mode::from_bits_truncate(mode),
+        ) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(FsError::io("create", path, e)),
+        }
+        let fd = match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => return Err(diagnose_at(parent, name, e)),
+            Err(e) => return Err(FsError::io("open", path, e)),
+        };
+        let dir = DirFd { fd, path };
+        // mkdirat's mode was filtered by the umask (never looser than `mode`): set it exactly.
+        stat::fchmod(dir.fd.as_raw_fd(), Mode::from_bits_truncate(mode))
+            .map_err(|e| FsError::io("set permissions of", &dir.path, e))?;
+        exp.verify(&dir.stat()?, &dir.path, Rule::Exact)?;
+        return Ok(dir);
+    }
+    Err(FsError::io("create", path, Errno::EEXIST))
+}
+
+/// Open (and with `create`, make) the directory the base dir lives in, after checking it.
+fn open_base_parent(paths: &JobPaths, exp: &Expected<'_>, create: bool) -> Result<DirFd, FsError> {
+    match paths.anchor() {
+        Anchor::Fixed { path, what } => {
+            let dir = open_dir_path(path, what)?;
+            check_anchor(&dir)?;
+            Ok(dir)
+        }
+        Anchor::Templated => {
+            let base = paths.base_dir();
+            let parent = base.parent().unwrap_or(Path::new("/"));
+            // The deepest existing ancestor is the admin's (or the user's) directory.
+            let existing = parent
+                .ancestors()
+                .find(|a| std::fs::symlink_metadata(a).is_ok())
+                .unwrap_or(Path::new("/"));
+            let mut dir = open_dir_path(existing, "data_dir ancestor")?;
+            let st = check_anchor(&dir)?;
+            let missing: Vec<&OsStr> = match parent.strip_prefix(existing) {
+                Ok(rest) => rest.iter().collect(),
+                Err(_) => Vec::new(),
+            };
+            if missing.is_empty() {
+                return Ok(dir);
+            }
+            if !create {
+                return Err(FsError::Missing {
+                    what: "base directory",
+                    path: base.to_path_buf(),
+                });
+            }
+            if st.st_uid != exp.policy.uid && perm_bits(&st) & 0o1000 == 0 {
+                return Err(FsError::refused(
+                    &dir.path,
+                    format!(
+                        "will not create {} below it: owned by uid {}, expected {} or the sticky bit",
+                        parent.display(),
+                        st.st_uid,
+                        exp.owner()
+                    ),
+                ));
+            }
+            for comp in missing {
+                let name = comp.to_str().ok_or_else(|| {
+                    FsError::refused(dir.path.join(comp), "path is not valid UTF-8")
+                })?;
+                dir = open_or_create(&dir, name, Rule::Private, exp, true, "directory")?;
+            }
+            Ok(dir)
+        }
+    }
+}
+
+/// The verified base dir.
+fn open_base(paths: &JobPaths, exp: &Expected<'_>, create: bool) -> Result<DirFd, FsError> {
+    let parent = open_base_parent(paths, exp, create)?;
+    let name = paths
+        .base_dir()
+        .file_name()
+        .and_then(OsStr::to_str)
+        .ok_or_else(|| FsError::refused(paths.base_dir(), "has no usable final component"))?;
+    open_or_create(&parent, name, Rule::Exact, exp, create, "base directory")
+}
+
+/// Walk (and create) `components` below the base dir: the first one (builds/cache/scripts)
+/// must have the exact mode, the deeper ones must merely be private.
+fn open_chain(base: &DirFd, components: &[String], exp: &Expected<'_>) -> Result<DirFd, FsError> {
+    let mut iter = components.iter();
+    let Some(first) = iter.next() else {
+        return Err(FsError::refused(
+            &base.path,
+            "no components to open below it",
+        ));
+    };
+    let mut dir = open_or_create(base, first, Rule::Exact, exp, true, "directory")?;
+    for comp in iter {
+        dir = open_or_create(&dir, comp, Rule::Private, exp, true, "directory")?;
+    }
+    Ok(dir)
+}
+
+/// Run `op` again when a directory vanished under it (a concurrent cleanup removed an empty
+/// parent between our `mkdirat`s).
+fn retry_vanished<T>(mut op: impl FnMut() -> Result<T, FsError>) -> Result<T, FsError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match op() {
+            Err(FsError::Io { ref source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && attempt < VANISHED_RETRIES => {}
+            other => return other,
+        }
+    }
+}
+
+/// Create (or verify) the base dir, `builds`/`cache`/`scripts`, and the job's builds, cache and
+/// scripts directories.
+pub fn ensure_job_dirs(paths: &JobPaths, policy: &DirPolicy) -> Result<(), FsError> {
+    let exp = Expected {
+        policy,
+        user: paths.user(),
+    };
+    retry_vanished(|| {
+        let base = open_base(paths, &exp, true)?;
+        open_chain(&base, &paths.builds_components(), &exp)?;
+        open_chain(&base, &paths.cache_components(), &exp)?;
+        open_chain(&base, &paths.scripts_components(), &exp)?;
+        Ok(())
+    })
+}
+
+/// Write `content` to `scripts_dir()/<stage>.bash` (mode 0700), replacing an earlier file for the
+/// same stage. Creates the scripts directory chain if needed. Returns the script's path.
+pub fn write_script(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    stage: &str,
+    content: &[u8],
+) -> Result<PathBuf, FsError> {
+    let name = script_file_name(stage)?;
+    let exp = Expected {
+        policy,
+        user: paths.user(),
+    };
+    retry_vanished(|| {
+        let base = open_base(paths, &exp, true)?;
+        let dir = open_chain(&base, &paths.scripts_components(), &exp)?;
+        create_script(&dir, &name, content)
+    })
+}
+
+fn create_script(dir: &DirFd, name: &str, content: &[u8]) -> Result<PathBuf, FsError> {
+    let path = dir.path.join(name);
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mode = Mode::from_bits_truncate(SCRIPT_MODE);
+    for _ in 0..VANISHED_RETRIES {
+        match openat_owned(Some(dir.borrow()), name, flags, mode) {
+            Ok(fd) => {
+                let written = stat::fchmod(fd.as_raw_fd(), mode)
+                    .map_err(|e| FsError::io("set permissions of", &path, e))
+                    .and_then(|()| {
+                        File::from(fd)
+                            .write_all(content)
+                            .map_err(|source| FsError::Io {
+                                op: "write",
+                                path: path.clone(),
+                                source,
+                            })
+                    });
+                if written.is_err() {
+                    // Best effort: do not leave a truncated script behind.
+                    let _ = unistd::unlinkat(
+                        Some(dir.fd.as_raw_fd()),
+                        name,
+                        UnlinkatFlags::NoRemoveDir,
+                    );
+                }
+                return written.map(|()| path);
+            }
+            // A previous attempt of this stage (retry): replace it.
+            Err(Errno::EEXIST) => {
+                match unistd::unlinkat(Some(dir.fd.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(Errno::EISDIR | Errno::EPERM) => {
+                        return Err(FsError::refused(path, "is a directory"))
+                    }
+                    Err(e) => return Err(FsError::io("remove", path, e)),
+                }
+            }
+            Err(e) => return Err(FsError::io("create", path, e)),
+        }
+    }
+    Err(FsError::io("create", path, Errno::EEXIST))
+}
+
+/// Verify, creating nothing: the admin's directory, the base dir (which must exist) and
+/// whichever of `builds`/`cache`/`scripts` exist.
+pub fn check_base_dir(paths: &JobPaths, policy: &DirPolicy) -> Result<(), FsError> {
+    let exp = Expected {
+        policy,
+        user: paths.user(),
+    };
+    let base = open_base(paths, &exp, false)?;
+    for name in ["builds", "cache", "scripts"] {
+        match open_or_create(&base, name, Rule::Exact, &exp, false, "directory") {
+            Ok(_) | Err(FsError::Missing { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,798 @@
+use std::fs;
+use std::os::unix::fs::{chown, symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::sys::stat::{umask, Mode};
+
+use super::*;
+
+/// umask is per process: tests that change it take this lock.
+static UMASK_LOCK: Mutex<()> = Mutex::new(());
+
+const FAKE_UID: u32 = 12345;
+
+fn me() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+fn alice(home: &Path) -> UserInfo {
+    UserInfo {
+        name: "alice".into(),
+        uid: me(),
+        gid: nix::unistd::getegid().as_raw(),
+        home: home.to_path_buf(),
+    }
+}
+
+fn policy() -> DirPolicy {
+    DirPolicy {
+        uid: me(),
+        group_permissions: false,
+    }
+}
+
+fn lmode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A temp dir with an admin data_dir `<tmp>/ecp` (0755) and a home `<tmp>/home/alice`.
+struct Site {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    home: PathBuf,
+}
+
+fn site() -> Site {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let data = root.join("ecp");
+    fs::create_dir(&data).unwrap();
+    chmod(&data, 0o755);
+    let home = root.join("home/alice");
+    fs::create_dir_all(&home).unwrap();
+    chmod(&home, 0o755);
+    Site {
+        _tmp: tmp,
+        root,
+        data,
+        home,
+    }
+}
+
+impl Site {
+    fn paths(&self) -> JobPaths {
+        self.paths_for(self.data.to_str().unwrap())
+    }
+
+    fn paths_for(&self, data_dir: &str) -> JobPaths {
+        JobPaths::new(
+            data_dir,
+            &alice(&self.home),
+            "abc123",
+            0,
+            "group/project",
+            42,
+        )
+        .unwrap()
+    }
+}
+
+fn refused_reason(err: FsError) -> (PathBuf, String) {
+    match err {
+        FsError::Refused { path, reason } => (path, reason),
+        other => panic!("expected a refusal, got: {other}"),
+    }
+}
+
+// ---------------------------------------------------------------- layout
+
+fn layout(data_dir: &str) -> Result<JobPaths, FsError> {
+    JobPaths::new(
+        data_dir,
+        &alice(Path::new("/home/alice")),
+        "abc123",
+        0,
+        "group/project",
+        42,
+    )
+}
+
+#[test]
+fn layout_plain_data_dir() {
+    let p = layout("/ecp").unwrap();
+    assert_eq!(p.data_dir(), Path::new("/ecp"));
+    assert_eq!(p.base_dir(), Path::new("/ecp/alice"));
+    assert_eq!(p.builds_dir(), Path::new("/ecp/alice/builds/abc123/000"));
+    assert_eq!(p.cache_dir(), Path::new("/ecp/alice/cache/abc123/000"));
+    assert_eq!(
+        p.project_dir(),
+        Path::new("/ecp/alice/builds/abc123/000/group/project")
+    );
+    assert_eq!(
+        p.scripts_dir(),
+        Path::new("/ecp/alice/scripts/abc123/000/group/project/42")
+    );
+    assert_eq!(
+        p.script_path("build_script").unwrap(),
+        Path::new("/ecp/alice/scripts/abc123/000/group/project/42/build_script.bash")
+    );
+    assert!(!p.is_user_specific());
+    assert_eq!(
+        layout("/ecp//").unwrap().base_dir(),
+        Path::new("/ecp/alice")
+    );
+}
+
+#[test]
+fn layout_home() {
+    for raw in ["$HOME", "${HOME}", "$HOME/"] {
+        let p = layout(raw).unwrap();
+        assert_eq!(p.data_dir(), Path::new("/home/alice"), "{raw}");
+        assert_eq!(p.base_dir(), Path::new("/home/alice/.jacamar-ci"), "{raw}");
+        assert_eq!(
+            p.builds_dir(),
+            Path::new("/home/alice/.jacamar-ci/builds/abc123/000")
+        );
+        assert!(p.is_user_specific());
+    }
+}
+
+#[test]
+fn layout_user_specific() {
+    let p = layout("/store/$USER/ci").unwrap();
+    assert_eq!(p.base_dir(), Path::new("/store/alice/ci"));
+    assert_eq!(p.cache_dir(), Path::new("/store/alice/ci/cache/abc123/000"));
+    assert!(p.is_user_specific());
+    assert_eq!(
+        layout("/store/${USER}").unwrap().base_dir(),
+        Path::new("/store/alice")
+    );
+    assert_eq!(
+        layout("${HOME}/ci").unwrap().base_dir(),
+        Path::new("/home/alice/ci")
+    );
+    assert_eq!(
+        layout("/x/ci-$USER-y").unwrap().base_dir(),
+        Path::new("/x/ci-alice-y")
+    );
+}
+
+#[test]
+fn layout_concurrent_id_three_digits() {
+    let mk = |id| {
+        JobPaths::new("/ecp", &alice(Path::new("/h")), "r", id, "g/p", 1)
+            .unwrap()
+            .builds_dir()
+    };
+    assert_eq!(mk(7), Path::new("/ecp/alice/builds/r/007"));
+    assert_eq!(mk(1234), Path::new("/ecp/alice/builds/r/1234"));
+}
+
+#[test]
+fn bad_data_dirs_are_rejected() {
+    for raw in [
+        "", "ecp", "$HOMEDIR", "$PATH/x", "/a/$", "/a/../b", "/a/./b", "/$US",
+    ] {
+        let err = layout(raw).unwrap_err();
+        assert!(
+            matches!(err, FsError::InvalidDataDir { .. }),
+            "{raw}: {err}"
+        );
+    }
+    // The home comes from passwd but is still checked.
+    let mut u = alice(Path::new("relative/home"));
+    assert!(JobPaths::new("$HOME", &u, "r", 0, "g/p", 1).is_err());
+    u.home = PathBuf::from("/home/../etc");
+    assert!(JobPaths::new("$HOME", &u, "r", 0, "g/p", 1).is_err());
+}
+
+#[test]
+fn segments_are_validated() {
+    let home = Path::new("/home/alice");
+    let bad_tokens = ["", ".", "..", "a/b", "a b", "a\0b", "é", "$x", "a\nb"];
+    for t in bad_tokens {
+        let err = JobPaths::new("/ecp", &alice(home), t, 0, "g/p", 1).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("refusing runner short token"), "{msg}");
+        assert!(msg.contains(&format!("{t:?}")), "{msg}");
+    }
+    let bad_projects = ["", "/g/p", "g//p", "g/../p", "g/p/", "..", "g/p q", "g/./p"];
+    for p in bad_projects {
+        let err = JobPaths::new("/ecp", &alice(home), "r", 0, p, 1).unwrap_err();
+        assert!(
+            err.to_string().starts_with("refusing project path"),
+            "{err}"
+        );
+    }
+    let mut u = alice(home);
+    for name in ["", "..", "al/ice", "al ice"] {
+        u.name = name.into();
+        let err = JobPaths::new("/ecp", &u, "r", 0, "g/p", 1).unwrap_err();
+        assert!(err.to_string().starts_with("refusing user name"), "{err}");
+    }
+    let p = layout("/ecp").unwrap();
+    for s in ["", "..", "../x", "a/b", "x y"] {
+        let err = p.script_path(s).unwrap_err();
+        assert!(err.to_string().starts_with("refusing stage name"), "{err}");
+    }
+    // Deep namespaces and ordinary names are fine.
+    let ok = JobPaths::new("/ecp", &alice(home), "Ab-9_x.y", 0, "a/b.c/d-e/f_g", 1).unwrap();
+    assert_eq!(ok.project_segments().len(), 4);
+    assert!(ok.script_path("upload_artifacts_on_success").is_ok());
+}
+
+// ---------------------------------------------------------------- creation
+
+fn assert_tree_modes(p: &JobPaths, mode: u32) {
+    assert_chain_modes(p, &[p.builds_dir(), p.cache_dir(), p.scripts_dir()], mode);
+}
+
+/// The base dir and every dir from it down to each of `tops` have `mode` and are ours.
+fn assert_chain_modes(p: &JobPaths, tops: &[PathBuf], mode: u32) {
+    let base = p.base_dir();
+    let mut dirs = vec![base.to_path_buf()];
+    for top in tops {
+        let mut cur = top.as_path();
+        while cur != base {
+            dirs.push(cur.to_path_buf());
+            cur = cur.parent().unwrap();
+        }
+    }
+    for d in dirs {
+        let md = fs::symlink_metadata(&d).unwrap();
+        assert!(md.is_dir(), "{}", d.display());
+        assert_eq!(md.mode() & 0o7777, mode, "{}", d.display());
+        assert_eq!(md.uid(), me(), "{}", d.display());
+    }
+}
+
+#[test]
+fn ensure_creates_private_dirs_under_umask_0() {
+    let _g = UMASK_LOCK.lock().unwrap();
+    let s = site();
+    let p = s.paths();
+    let old = umask(Mode::empty());
+    let res = ensure_job_dirs(&p, &policy());
+    umask(old);
+    res.unwrap();
+    assert_tree_modes(&p, 0o700);
+    assert!(
+        !p.project_dir().exists(),
+        "the runner creates the project dir"
+    );
+    // Idempotent.
+    ensure_job_dirs(&p, &policy()).unwrap();
+    check_base_dir(&p, &policy()).unwrap();
+}
+
+#[test]
+fn group_permissions_give_0750_whatever_the_umask() {
+    let _g = UMASK_LOCK.lock().unwrap();
+    let s = site();
+    let p = s.paths();
+    let pol = DirPolicy {
+        group_permissions: true,
+        ..policy()
+    };
+    let old = umask(Mode::from_bits_truncate(0o077));
+    let res = ensure_job_dirs(&p, &pol);
+    umask(old);
+    res.unwrap();
+    assert_tree_modes(&p, 0o750);
+    // A 0750 tree is refused under the default policy, and vice versa.
+    let (_, reason) = refused_reason(check_base_dir(&p, &policy()).unwrap_err());
+    assert_eq!(reason, "mode 0750, expected 0700");
+}
+
+#[test]
+fn existing_base_symlink_is_refused() {
+    let s = site();
+    let target = s.root.join("elsewhere");
+    fs::create_dir(&target).unwrap();
+    chmod(&target, 0o700);
+    symlink(&target, s.data.join("alice")).unwrap();
+    let p = s.paths();
+    let err = ensure_job_dirs(&p, &policy()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("refusing {}: is a symbolic link", p.base_dir().display())
+    );
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+    assert_eq!(lmode(&target), 0o700);
+    assert!(write_script(&p, &policy(), "build_script", b"x").is_err());
+    assert!(check_base_dir(&p, &policy()).is_err());
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
+
+#[test]
+fn existing_base_with_loose_mode_is_refused_and_left_alone() {
+    let s = site();
+    let base = s.data.join("alice");
+    fs::create_dir(&base).unwrap();
+    chmod(&base, 0o777);
+    let p = s.paths();
+    let err = ensure_job_dirs(&p, &policy()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("refusing {}: mode 0777, expected 0700", base.display())
+    );
+    assert_eq!(lmode(&base), 0o777);
+    assert_eq!(fs::read_dir(&base).unwrap().count(), 0);
+}
+
+#[test]
+fn existing_base_owned_by_another_uid_is_refused() {
+    let s = site();
+    let base = s.data.join("alice");
+    fs::create_dir(&base).unwrap();
+    chmod(&base, 0o700);
+    chown(&base, Some(FAKE_UID), None).unwrap();
+    let p = s.paths();
+    let err = ensure_job_dirs(&p, &policy()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "refusing {}: owned by uid {FAKE_UID}, expected uid {} (alice)",
+            base.display(),
+            me()
+        )
+    );
+    assert_eq!(fs::metadata(&base).unwrap().uid(), FAKE_UID);
+    // The other way round: our dirs are not the fake user's.
+    fs::remove_dir(&base).unwrap();
+    let other = DirPolicy {
+        uid: FAKE_UID,
+        group_permissions: false,
+    };
+    let (_, reason) = refused_reason(ensure_job_dirs(&p, &other).unwrap_err());
+    assert_eq!(
+        reason,
+        format!("owned by uid {}, expected uid {FAKE_UID}", me())
+    );
+}
+
+#[test]
+fn builds_cache_scripts_must_be_exact_too() {
+    let s = site();
+    let p = s.paths();
+    ensure_job_dirs(&p, &policy()).unwrap();
+    let cache = p.base_dir().join("cache");
+    chmod(&cache, 0o755);
+    let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
+    assert_eq!(path, cache);
+    assert_eq!(reason, "mode 0755, expected 0700");
+    assert_eq!(
+        refused_reason(check_base_dir(&p, &policy()).unwrap_err()).0,
+        cache
+    );
+}
+
+#[test]
+fn data_dir_must_be_sticky_if_writable_by_others() {
+    let s = site();
+    chmod(&s.data, 0o777);
+    let p = s.paths();
+    let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
+    assert_eq!(path, s.data);
+    assert!(reason.contains("without the sticky bit"), "{reason}");
+    assert!(!p.base_dir().exists());
+
+    chmod(&s.data, 0o1777);
+    ensure_job_dirs(&p, &policy()).unwrap();
+    assert_eq!(lmode(p.base_dir()), 0o700);
+}
+
+#[test]
+fn data_dir_must_exist_and_not_be_a_symlink() {
+    let s = site();
+    let missing = s.root.join("nope");
+    let p = s.paths_for(missing.to_str().unwrap());
+    let err = ensure_job_dirs(&p, &policy()).unwrap_err();
+    assert!(matches!(err, FsError::Missing { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("failed to find data_dir"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+
+    let link = s.root.join("link");
+    symlink(&s.data, &link).unwrap();
+    let p = s.paths_for(link.to_str().unwrap());
+    let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
+    assert_eq!((path, reason.as_str()), (link, "is a symbolic link"));
+
+    let file = s.root.join("file");
+    fs::write(&file, b"").unwrap();
+    let p = s.paths_for(file.to_str().unwrap());
+    let (_, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
+    assert_eq!(reason, "is not a directory");
+}
+
+#[test]
+fn home_data_dir() {
+    let s = site();
+    let p = s.paths_for("$HOME");
+    assert_eq!(p.base_dir(), s.home.join(".jacamar-ci"));
+    ensure_job_dirs(&p, &policy()).unwrap();
+    assert_tree_modes(&p, 0o700);
+
+    let mut u = alice(&s.root.join("home/bob"));
+    u.name = "bob".into();
+    let p = JobPaths::new("$HOME", &u, "r", 0, "g/p", 1).unwrap();
+    let err = ensure_job_dirs(&p, &policy()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("failed to find home directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn user_specific_data_dir_creates_missing_parents() {
+    let s = site();
+    let store = s.root.join("store");
+    fs::create_dir(&store).unwrap();
+    chmod(&store, 0o755);
+    let raw = format!("{}/$USER/ci", store.display());
+    let p = s.paths_for(&raw);
+    assert_eq!(p.base_dir(), store.join("alice/ci"));
+    assert!(matches!(
+        check_base_dir(&p, &policy()).unwrap_err(),
+        FsError::Missing { .. }
+    ));
+    assert!(!store.join("alice").exists());
+    ensure_job_dirs(&p, &policy()).unwrap();
+    assert_eq!(lmode(&store.join("alice")), 0o700);
+    assert_tree_modes(&p, 0o700);
+    check_base_dir(&p, &policy()).unwrap();
+}
+
+#[test]
+fn user_specific_data_dir_needs_an_owned_or_sticky_ancestor() {
+    let s = site();
+    let store = s.root.join("store");
+    fs::create_dir(&store).unwrap();
+    chmod(&store, 0o755);
+    chown(&store, Some(FAKE_UID), None).unwrap();
+    let p = s.paths_for(&format!("{}/$USER/ci", store.display()));
+    let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
+    assert_eq!(path, store);
+    assert!(reason.starts_with("will not create"), "{reason}");
+    assert!(!store.join("alice").exists());
+
+    // A sticky world-writable ancestor (like /tmp) is fine.
+    chmod(&store, 0o1777);
+    ensure_job_dirs(&p, &policy()).unwrap();
+    assert_eq!(lmode(&store.join("alice")), 0o700);
+}
+
+#[test]
+fn deeper_symlink_is_refused() {
+    let s = site();
+    let p = s.paths();
+    ensure_job_dirs(&p, &policy()).unwrap();
+    let outside = s.root.join("outside");
+    fs::create_dir(&outside).unwrap();
+    let runner = p.base_dir().join("builds/abc123");
+    fs::remove_dir_all(&runner).unwrap();
+    symlink(&outside, &runner).unwrap();
+    let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
+    assert_eq!((path, reason.as_str()), (runner, "is a symbolic link"));
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+
+    // Same for the scripts chain, used by write_script.
+    let ns = p.base_dir().join("scripts/abc123/000/group");
+    fs::remove_dir_all(&ns).unwrap();
+    symlink(&outside, &ns).unwrap();
+    let (path, _) = refused_reason(write_script(&p, &policy(), "build_script", b"x").unwrap_err());
+    assert_eq!(path, ns);
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[test]
+fn deeper_dir_owned_by_another_uid_or_writable_is_refused() {
+    let s = site();
+    let p = s.paths();
+    ensure_job_dirs(&p, &policy()).unwrap();
+    let nnn = p.cache_dir();
+    chmod(&nnn, 0o777);
+    let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
+    assert_eq!(path, nnn);
+    assert_eq!(reason, "mode 0777 is writable by group or others");
+    chmod(&nnn, 0o700);
+    chown(&nnn, Some(FAKE_UID), None).unwrap();
+    let (_, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
+    assert!(reason.starts_with("owned by uid 12345"), "{reason}");
+}
+
+// ---------------------------------------------------------------- scripts
+
+#[test]
+fn write_script_creates_and_replaces() {
+    let _g = UMASK_LOCK.lock().unwrap();
+    let s = site();
+    let p = s.paths();
+    let old = umask(Mode::from_bits_truncate(0o077));
+    let first = write_script(&p, &policy(), "build_script", b"echo one\n");
+    umask(old);
+    let path = first.unwrap();
+    assert_eq!(path, p.script_path("build_script").unwrap());
+    assert_eq!(fs::read(&path).unwrap(), b"echo one\n");
+    assert_eq!(lmode(&path), 0o700);
+    assert_chain_modes(&p, &[p.scripts_dir()], 0o700);
+    assert!(!p.base_dir().join("builds").exists());
+
+    let again = write_script(&p, &policy(), "build_script", b"echo two\n").unwrap();
+    assert_eq!(again, path);
+    assert_eq!(fs::read(&path).unwrap(), b"echo two\n");
+    assert_eq!(lmode(&path), 0o700);
+    let other = write_script(&p, &policy(), "after_script", b"").unwrap();
+    assert_eq!(fs::read(&other).unwrap(), b"");
+    assert!(write_script(&p, &policy(), "../evil", b"x").is_err());
+}
+
+#[test]
+fn write_script_replaces_a_planted_symlink_without_following_it() {
+    let s = site();
+    let p = s.paths();
+    ensure_job_dirs(&p, &policy()).unwrap();
+    let victim = s.root.join("victim");
+    fs::write(&victim, b"keep").unwrap();
+    let script = p.script_path("get_sources").unwrap();
+    symlink(&victim, &script).unwrap();
+    write_script(&p, &policy(), "get_sources", b"new").unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"keep");
+    assert!(!fs::symlink_metadata(&script)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read(&script).unwrap(), b"new");
+}
+
+#[test]
+fn write_script_refuses_a_directory_in_the_way() {
+    let s = site();
+    let p = s.paths();
+    ensure_job_dirs(&p, &policy()).unwrap();
+    let script = p.script_path("build_script").unwrap();
+    fs::create_dir(&script).unwrap();
+    let (path, reason) =
+        refused_reason(write_script(&p, &policy(), "build_script", b"x").unwrap_err());
+    assert_eq!((path, reason.as_str()), (script, "is a directory"));
+}
+
+// ---------------------------------------------------------------- cleanup
+
+#[test]
+fn cleanup_removes_scripts_and_empty_parents_twice() {
+    let s = site();
+    let p = s.paths();
+    ensure_job_dirs(&p, &policy()).unwrap();
+    write_script(&p, &policy(), "build_script", b"x").unwrap();
+    fs::create_dir_all(p.scripts_dir().join("sub/deeper")).unwrap();
+    fs::write(p.scripts_dir().join("sub/deeper/log"), b"l").unwrap();
+
+    cleanup_job(&p, false).unwrap();
+    assert!(!p.scripts_dir().exists());
+    assert!(!p.base_dir().join("scripts/abc123").exists());
+    assert!(p.base_dir().join("scripts").is_dir());
+    assert!(p.builds_dir().is_dir());
+    assert!(p.cache_dir().is_dir());
+    cleanup_job(&p, false).unwrap();
+}
+
+#[test]
+fn cleanup_keeps_parents_used_by_other_jobs() {
+    let s = site();
+    let p = s.paths();
+    let q = JobPaths::new(
+        s.data.to_str().unwrap(),
+        &alice(&s.home),
+        "abc123",
+        0,
+        "group/other",
+        43,
+    )
+    .unwrap();
+    write_script(&p, &policy(), "build_script", b"x").unwrap();
+    write_script(&q, &policy(), "build_script", b"y").unwrap();
+    cleanup_job(&p, false).unwrap();
+    assert!(!p.scripts_dir().parent().unwrap().exists());
+    assert!(q.script_path("build_script").unwrap().is_file());
+}
+
+#[test]
+fn cleanup_of_nothing_is_fine() {
+    let s = site();
+    cleanup_job(&s.paths(), false).unwrap();
+    let gone = s.paths_for(s.root.join("missing").to_str().unwrap());
+    cleanup_job(&gone, false).unwrap();
+}
+
+#[test]
+fn cleanup_unlinks_symlinks_without_following_them() {
+    let s = site();
+    let p = s.paths();
+    write_script(&p, &policy(), "build_script", b"x").unwrap();
+    let outside_dir = s.root.join("outside");
+    fs::create_dir(&outside_dir).unwrap();
+    fs::write(outside_dir.join("precious"), b"p").unwrap();
+    let outside_file = s.root.join("file");
+    fs::write(&outside_file, b"f").unwrap();
+    symlink(&outside_dir, p.scripts_dir().join("dirlink")).unwrap();
+    symlink(&outside_file, p.scripts_dir().join("filelink")).unwrap();
+
+    cleanup_job(&p, false).unwrap();
+    assert!(!p.scripts_dir().exists());
+    assert_eq!(fs::read(outside_dir.join("precious")).unwrap(), b"p");
+    assert_eq!(fs::read(&outside_file).unwrap(), b"f");
+}
+
+#[test]
+fn cleanup_refuses_to_walk_through_a_symlinked_chain() {
+    let s = site();
+    let p = s.paths();
+    ensure_job_dirs(&p, &policy()).unwrap();
+    let outside = s.root.join("outside");
+    let job = outside.join("000/group/project/42");
+    fs::create_dir_all(&job).unwrap();
+    fs::write(job.join("keep"), b"k").unwrap();
+    let runner = p.base_dir().join("scripts/abc123");
+    fs::remove_dir_all(&runner).unwrap();
+    symlink(&outside, &runner).unwrap();
+    let (path, _) = refused_reason(cleanup_job(&p, false).unwrap_err());
+    assert_eq!(path, runner);
+    assert!(job.join("keep").is_file());
+}
+
+#[test]
+fn cleanup_with_retain_logs_keeps_files() {
+    let s = site();
+    let p = s.paths();
+    let script = write_script(&p, &policy(), "build_script", b"x").unwrap();
+    cleanup_job(&p, true).unwrap();
+    assert!(script.is_file());
+}
+
+#[test]
+fn cleanup_concurrent_with_writes_does_not_error() {
+    let s = site();
+    let p = s.paths();
+    ensure_job_dirs(&p, &policy()).unwrap();
+    std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            for i in 0..200 {
+                // Two cleaners in a tight loop may outrun the writer's bounded retries; the
+                // only acceptable failure then is "the directory vanished".
+                match write_script(&p, &policy(), "build_script", format!("{i}").as_bytes()) {
+                    Ok(_) => {}
+                    Err(FsError::Io { ref source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<(), FsError>(())
+        });
+        let cleaners: Vec<_> = (0..2)
+            .map(|_| {
+                sc.spawn(|| {
+                    for _ in 0..200 {
+                        cleanup_job(&p, false)?;
+                    }
+                    Ok::<(), FsError>(())
+                })
+            })
+            .collect();
+        writer.join().unwrap().unwrap();
+        for c in cleaners {
+            c.join().unwrap().unwrap();
+        }
+    });
+    cleanup_job(&p, false).unwrap();
+    assert!(!p.scripts_dir().exists());
+}
+
+#[test]
+fn one_cleanup_racing_writes_lets_both_succeed() {
+    let s = site();
+    let p = s.paths();
+    for _ in 0..50 {
+        std::thread::scope(|sc| {
+            let w = sc.spawn(|| write_script(&p, &policy(), "build_script", b"x"));
+            let c = sc.spawn(|| cleanup_job(&p, false));
+            w.join().unwrap().unwrap();
+            c.join().unwrap().unwrap();
+        });
+    }
+}
+
+// ---------------------------------------------------------------- as a non-root user
+
+const CHILD_ENV: &str = "JACAMAR_FS_TEST_CHILD_DIR";
+
+/// Re-runs `unprivileged_child` as uid/gid 12345 through setpriv(1) when we are root and it
+/// is installed; skipped otherwise.
+#[test]
+fn works_as_an_unprivileged_user() {
+    if me() != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    chmod(root, 0o755);
+    // Admin side: data_dir with a pre-created base; a second data_dir without one.
+    for d in ["ecp", "ecp2"] {
+        fs::create_dir(root.join(d)).unwrap();
+        chmod(&root.join(d), 0o755);
+    }
+    let base = root.join("ecp/u12345");
+    fs::create_dir(&base).unwrap();
+    chmod(&base, 0o700);
+    chown(&base, Some(FAKE_UID), Some(FAKE_UID)).unwrap();
+
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=12345", "--regid=12345", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "fs::tests::unprivileged_child", "--nocapture"])
+        .env(CHILD_ENV, root)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("child ok"), "{text}");
+    assert_eq!(fs::metadata(&base).unwrap().uid(), FAKE_UID);
+}
+
+/// The half of `works_as_an_unprivileged_user` that runs as uid 12345.
+#[test]
+fn unprivileged_child() {
+    let Some(root) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
+        return;
+    };
+    assert_eq!(me(), FAKE_UID);
+    let user = UserInfo {
+        name: "u12345".into(),
+        uid: FAKE_UID,
+        gid: FAKE_UID,
+        home: root.join("nohome"),
+    };
+    let pol = DirPolicy {
+        uid: FAKE_UID,
+        group_permissions: false,
+    };
+    let data = root.join("ecp");
+    let p = JobPaths::new(data.to_str().unwrap(), &user, "r", 1, "g/p", 7).unwrap();
+    check_base_dir(&p, &pol).unwrap();
+    ensure_job_dirs(&p, &pol).unwrap();
+    let script = write_script(&p, &pol, "build_script", b"true\n").unwrap();
+    let md = fs::metadata(&script).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (FAKE_UID, 0o700));
+    cleanup_job(&p, false).unwrap();
+    assert!(!p.scripts_dir().exists());
+
+    // Expecting another uid (e.g. a mis-resolved user) is refused even as a normal user.
+    let wrong = DirPolicy { uid: 4242, ..pol };
+    let (_, reason) = refused_reason(ensure_job_dirs(&p, &wrong).unwrap_err());
+    assert_eq!(reason, "owned by uid 12345, expected uid 4242");
+
+    // Without an admin-created base, a root-owned 0755 data_dir cannot be written.
+    let p2 = JobPaths::new(root.join("ecp2").to_str().unwrap(), &user, "r", 1, "g/p", 7).unwrap();
+    match ensure_job_dirs(&p2, &pol).unwrap_err() {
+        FsError::Io { op, path, source } => {
+            assert_eq!((op, path.as_path()), ("create", p2.base_dir()));
+            assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
+        }
+        other => panic!("unexpected: {other}"),
+    }
+    println!("child ok");
+}
