@@ -91,3 +91,5 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+mod tests;
