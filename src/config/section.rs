@@ -249,7 +249,14 @@ impl<'t, 'i> Section<'t, 'i> {
         key: &'static str,
         names: &[(&'static str, T)],
     ) -> Option<T> {
-        let (value, line) = self.string_at(key)?;
+        let (value, line) = self.entry(key)?;
+        let value = match value.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            other => {
+                self.type_error(key, line, "a string", other);
+                return None;
+            }
+        };
         if let Some((_, v)) = names.iter().find(|(n, _)| *n == value) {
             return Some(*v);
         }

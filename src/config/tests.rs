@@ -423,6 +423,20 @@ fn bad_choices_list_the_allowed_values() {
     ), "{}", found[0].message);
     assert_eq!(found[1].key.as_deref(), Some("auth.downscope"));
     assert!(found[1].message.contains("\"none\", \"setuid\", \"sudo\""));
+    let empty = problems(
+        &BASE
+            .replace("\"shell\"", "\"\"")
+            .replace("\"none\"", "\"\""),
+    );
+    assert_eq!(empty.len(), 2, "{empty:?}");
+    assert!(empty[0]
+        .message
+        .starts_with("invalid value \"\" for executor"));
+    assert!(empty[1]
+        .message
+        .starts_with("invalid value \"\" for downscope"));
+    let level = problems(&with_key("auth.logging", "level = \"\""));
+    assert_eq!(level.len(), 1, "{level:?}");
     let level = problems(&with_key("auth.logging", "level = \"verbose\""));
     assert!(level[0]
         .message
@@ -1017,8 +1031,13 @@ fn no_panic_on_odd_input() {
         "[auth.runas.deeper]\nx = 1\n",
         "\r\n[general]\r\nexecutor = \"shell\"\r\n",
         "[auth]\nlogging = [1, 2]\n",
+        "[general]\nexecutor = \"\"\ndata_dir = \"\"\n[auth]\ndownscope = \"\"\n",
+        "[auth.runas]\nvalidation_script = \"\"\n",
     ];
     for text in inputs {
-        let _ = parse(text).map(|_| ()).map_err(|e| e.report());
+        if let Err(e) = parse(text) {
+            assert!(!e.problems.is_empty(), "{text:?}");
+            assert!(e.problems.iter().all(|p| !p.message.is_empty()), "{text:?}");
+        }
     }
 }

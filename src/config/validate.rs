@@ -38,6 +38,11 @@ pub(crate) fn validate(
     match (general, auth) {
         (Some(general), Some(auth)) if problems.is_empty() => Ok((general, auth, batch)),
         _ => {
+            if problems.is_empty() {
+                // Every path that leaves a table unbuilt records why; keep
+                // the error meaningful should one ever be missed.
+                problems.push(Problem::new(None, None, "configuration is incomplete"));
+            }
             // Problems without a line last; the sort is stable.
             problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
             Err(problems)
