@@ -1,123 +1,95 @@
-//! Jacamar's TOML configuration: raw text -> validated [`Config`] the rest of the code trusts.
+//! Jacamar's TOML configuration: raw text -> validated [`Config`] the rest of
+//! the code trusts.
 //!
-//! STUB: the public API below is the contract; the implementation is being written.
+//! Two steps, each in its own file:
+//! 1. [`raw`]: the text becomes a spanned TOML tree; a syntax error becomes
+//!    one [`Problem`] naming its line and the last key parsed before it.
+//! 2. [`validate`] (with [`section`]): every table is walked by hand against
+//!    [`schema`], so that *every* problem in the file is collected: unknown
+//!    tables and keys (with a suggestion), wrong types, bad durations, bad
+//!    choices, missing required keys and semantic rules.
+//!
+//! Durations use Go's syntax ([`parse_duration`]).
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod duration;
+mod error;
+mod raw;
+pub mod schema;
+mod section;
+mod types;
+mod validate;
 
-/// Which executor runs the job scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Executor {
-    Shell,
-    Slurm,
-    Pbs,
-    Flux,
-    Lsf,
-    Cobalt,
-}
+use std::path::Path;
 
-/// How jacamar-auth drops privileges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Downscope {
-    None,
-    Setuid,
-    Sudo,
-}
+pub use duration::{format_duration, parse_duration};
+pub use error::{ConfigError, Problem};
+pub use types::{
+    Auth, Batch, Downscope, Executor, General, LogLevel, LogLocation, Logging, RunAs, Seccomp,
+};
 
-/// `[general]`
-#[derive(Debug, Clone, PartialEq)]
-pub struct General {
-    pub executor: Executor,
-    /// As written (may hold `$HOME` / `$USER`); expanded by `fs`.
-    pub data_dir: String,
-    pub retain_logs: bool,
-    pub custom_build_dir: bool,
-    pub name: Option<String>,
-    pub kill_timeout: Duration,
-    pub shell_path: Option<PathBuf>,
-    pub job_message: Option<String>,
-    pub gitlab_server: Option<String>,
-    pub tls_ca_file: Option<PathBuf>,
-    pub unrestricted_cmd_line: bool,
-    pub static_builds_dir: bool,
-    pub static_min_days: u32,
-    pub group_permissions: bool,
-    pub jwt_env_variable: Option<String>,
-    pub unlimited_stack: bool,
-    pub limit_build_dir: bool,
-    pub max_build_dir: u32,
-    pub uncap_build_dir_cleanup: bool,
-    pub file_lock_debug: bool,
-    pub user_enabled_limit: bool,
-    pub ff_custom_data_dir: bool,
-}
+/// The configuration used when none is given (the demo): a shell executor
+/// writing under `$HOME`, no privilege drop.
+pub const DEFAULT_TOML: &str = r#"# jacamar-rs built-in default configuration
+[general]
+executor = "shell"
+data_dir = "$HOME"
 
-/// `[auth]` (stub subset)
-#[derive(Debug, Clone, PartialEq)]
-pub struct Auth {
-    pub downscope: Downscope,
-    pub jacamar_path: Option<PathBuf>,
-    pub logging: Logging,
-}
-
-/// `[auth.logging]` (stub subset)
-#[derive(Debug, Clone, PartialEq)]
-pub struct Logging {
-    pub enabled: bool,
-    pub location: String,
-}
+[auth]
+downscope = "none"
+"#;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub general: General,
     pub auth: Auth,
+    pub batch: Batch,
     /// The TOML text it was parsed from (handed to later stages through `job_env`).
     pub source: String,
 }
 
-/// One problem found in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub line: Option<usize>,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-/// Every problem of one configuration file.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration {origin}: {}", .problems.first().map(|p| p.message.as_str()).unwrap_or("unknown problem"))]
-pub struct ConfigError {
-    pub origin: String,
-    pub problems: Vec<Problem>,
-}
-
-impl ConfigError {
-    /// Every problem on its own line (stub).
-    pub fn report(&self) -> String {
-        self.to_string()
-    }
-}
-
 impl Config {
+    /// Read and validate the file at `path`; problems are reported against
+    /// the path as written.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            origin: path.display().to_string(),
-            problems: vec![Problem {
-                line: None,
-                key: None,
-                message: format!("failed to read: {e}"),
-            }],
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                origin.clone(),
+                vec![Problem::new(None, None, format!("failed to read: {e}"))],
+            )
         })?;
-        Config::from_str_named(&text, &path.display().to_string())
+        Config::from_str_named(&text, &origin)
     }
 
-    pub fn from_str_named(_text: &str, origin: &str) -> Result<Config, ConfigError> {
-        Err(ConfigError {
-            origin: origin.to_string(),
-            problems: vec![],
+    /// Validate `text`; `origin` names it in messages (a path, `<stdin>`, ...).
+    pub fn from_str_named(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let doc = raw::parse(text).map_err(|p| ConfigError::new(origin, vec![p]))?;
+        let lines = raw::LineIndex::new(text);
+        let (general, auth, batch) =
+            validate::validate(&doc, &lines).map_err(|ps| ConfigError::new(origin, ps))?;
+        Ok(Config {
+            general,
+            auth,
+            batch,
+            source: text.to_string(),
         })
     }
+
+    /// The TOML text this configuration was parsed from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// [`DEFAULT_TOML`], parsed.
+    pub fn embedded_default() -> Config {
+        match Config::from_str_named(DEFAULT_TOML, "<embedded default>") {
+            Ok(config) => config,
+            // DEFAULT_TOML is a constant covered by tests; this cannot happen.
+            Err(e) => unreachable!("embedded default configuration is invalid: {}", e.report()),
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! The validated configuration: plain data the rest of jacamar-rs trusts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which executor runs the job scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    Shell,
+    Slurm,
+    Pbs,
+    Flux,
+    Lsf,
+    Cobalt,
+}
+
+impl Executor {
+    /// Every executor with the names that select it in `general.executor`.
+    pub const NAMES: &'static [(&'static str, Executor)] = &[
+        ("shell", Executor::Shell),
+        ("slurm", Executor::Slurm),
+        ("sbatch", Executor::Slurm),
+        ("pbs", Executor::Pbs),
+        ("flux", Executor::Flux),
+        ("lsf", Executor::Lsf),
+        ("cobalt", Executor::Cobalt),
+    ];
+
+    /// Canonical name (`sbatch` reads back as `slurm`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Executor::Shell => "shell",
+            Executor::Slurm => "slurm",
+            Executor::Pbs => "pbs",
+            Executor::Flux => "flux",
+            Executor::Lsf => "lsf",
+            Executor::Cobalt => "cobalt",
+        }
+    }
+
+    /// True for the executors that submit to a batch scheduler.
+    pub fn is_batch(self) -> bool {
+        self != Executor::Shell
+    }
+}
+
+/// How jacamar-auth drops privileges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Downscope {
+    None,
+    Setuid,
+    Sudo,
+}
+
+impl Downscope {
+    pub const NAMES: &'static [(&'static str, Downscope)] = &[
+        ("none", Downscope::None),
+        ("setuid", Downscope::Setuid),
+        ("sudo", Downscope::Sudo),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Downscope::None => "none",
+            Downscope::Setuid => "setuid",
+            Downscope::Sudo => "sudo",
+        }
+    }
+}
+
+/// `[general]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct General {
+    pub executor: Executor,
+    /// As written (may hold `$HOME` / `$USER`); expanded by `fs`.
+    pub data_dir: String,
+    pub retain_logs: bool,
+    pub custom_build_dir: bool,
+    pub name: Option<String>,
+    pub kill_timeout: Duration,
+    pub shell_path: Option<PathBuf>,
+    pub job_message: Option<String>,
+    pub gitlab_server: Option<String>,
+    /// TOML key `tls-ca-file`.
+    pub tls_ca_file: Option<PathBuf>,
+    pub unrestricted_cmd_line: bool,
+    pub static_builds_dir: bool,
+    pub static_min_days: u32,
+    pub group_permissions: bool,
+    pub jwt_env_variable: Option<String>,
+    pub unlimited_stack: bool,
+    pub limit_build_dir: bool,
+    pub max_build_dir: u32,
+    pub uncap_build_dir_cleanup: bool,
+    pub file_lock_debug: bool,
+    pub user_enabled_limit: bool,
+    pub ff_custom_data_dir: bool,
+}
+
+/// `[auth]`. Lists are empty when not set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Auth {
+    pub downscope: Downscope,
+    pub jacamar_path: Option<PathBuf>,
+    pub max_env_chars: usize,
+    pub lists_pre_validation: bool,
+    pub root_dir_creation: bool,
+    pub user_allowlist: Vec<String>,
+    pub user_blocklist: Vec<String>,
+    pub groups_allowlist: Vec<String>,
+    pub groups_blocklist: Vec<String>,
+    pub shell_allowlist: Vec<String>,
+    pub pipeline_source_allowlist: Vec<String>,
+    pub jwt_exp_delay: Duration,
+    pub jwt_required_aud: Option<String>,
+    pub allow_bot_accounts: bool,
+    pub no_new_privs: bool,
+    pub run_stage_allowlist: Vec<String>,
+    pub enforce_nologin: bool,
+    pub ff_getent_check: bool,
+    /// Present only when `[auth.runas]` has at least one key.
+    pub runas: Option<RunAs>,
+    pub logging: Logging,
+    pub seccomp: Seccomp,
+}
+
+/// `[auth.runas]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunAs {
+    pub validation_script: PathBuf,
+    pub user_variable: Option<String>,
+    /// Lowercase hex digest of the script, when set.
+    pub sha256: Option<String>,
+    /// `KEY=value` items split at the first `=`.
+    pub validation_env: Vec<(String, String)>,
+}
+
+/// Where `[auth.logging]` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LogLocation {
+    #[default]
+    Syslog,
+    File(PathBuf),
+}
+
+/// `[auth.logging] level`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub const NAMES: &'static [(&'static str, LogLevel)] = &[
+        ("debug", LogLevel::Debug),
+        ("info", LogLevel::Info),
+        ("warn", LogLevel::Warn),
+        ("error", LogLevel::Error),
+    ];
+}
+
+/// `[auth.logging]`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Logging {
+    pub enabled: bool,
+    pub location: LogLocation,
+    pub level: LogLevel,
+    /// `udp`, `tcp`, `unix`, ... for a remote log daemon; with `address`.
+    pub network: Option<String>,
+    pub address: Option<String>,
+}
+
+/// `[auth.seccomp]`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Seccomp {
+    pub disabled: bool,
+    pub block_calls: Vec<String>,
+    pub block_all: bool,
+    pub allow_calls: Vec<String>,
+    pub log_allowed_actions: bool,
+    pub disable_no_new_privs: bool,
+    /// Return an errno from blocked calls instead of killing the thread.
+    pub block_with_errno: bool,
+    pub limit_setuid: bool,
+    pub tty_rules: bool,
+}
+
+/// `[batch]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub arguments_variable: Vec<String>,
+    pub command_delay: Duration,
+    pub nfs_timeout: Duration,
+    pub scheduler_bin: Option<PathBuf>,
+    /// `KEY=value` items split at the first `=`.
+    pub env_vars: Vec<(String, String)>,
+    pub allow_illegal_args: bool,
+    pub skip_cobalt_log: bool,
+    pub lsf_job_cancellation: bool,
+    pub default_args: Vec<String>,
+    pub disable_name_prefix: bool,
+    pub ff_improved_quoting: bool,
+}
+
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch {
+            arguments_variable: vec!["SCHEDULER_PARAMETERS".to_string()],
+            command_delay: Duration::from_secs(10),
+            nfs_timeout: Duration::from_secs(30),
+            scheduler_bin: None,
+            env_vars: Vec::new(),
+            allow_illegal_args: false,
+            skip_cobalt_log: false,
+            lsf_job_cancellation: false,
+            default_args: Vec::new(),
+            disable_name_prefix: false,
+            ff_improved_quoting: false,
+        }
+    }
+}
+
+/// Defaults that have no single obvious home.
+pub(crate) const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_STATIC_MIN_DAYS: u32 = 7;
+pub(crate) const DEFAULT_MAX_ENV_CHARS: usize = 10_000;
+pub(crate) const DEFAULT_JWT_EXP_DELAY: Duration = Duration::from_secs(300);
