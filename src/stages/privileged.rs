@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
 use crate::auth::audit::{self, Event, Level, Sink};
 use crate::auth::{self, obfuscate, Target};
-use crate::config::{Config, Downscope};
+use crate::config::{Config, Downscope, LogLocation};
 use crate::job::{JobContext, RunnerEnv};
 use crate::protocol::{self, Action, Handoff, Status};
 use crate::supervisor::{self, OsSignals, Outcome, Policy, Request, Terminator};
@@ -131,9 +131,9 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
 }
 
 fn sink_of(c: &Config) -> Sink {
-    match c.auth.logging.location.as_str() {
-        "" | "syslog" => Sink::Syslog,
-        path => Sink::File(PathBuf::from(path)),
+    match &c.auth.logging.location {
+        LogLocation::Syslog => Sink::Syslog,
+        LogLocation::File(path) => Sink::File(path.clone()),
     }
 }
 
