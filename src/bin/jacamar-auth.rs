@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use jacamar::stages::privileged::{self, Call, Options};
 
@@ -58,12 +57,10 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
     let (call, configuration) = match cli.command {
-        Command::Validate { configuration } => {
-            return validate(&configuration).context("validation failed");
-        }
+        Command::Validate { configuration } => std::process::exit(validate(&configuration)),
         Command::Config { configuration } => (Call::Config, configuration),
         Command::Prepare { configuration } => (Call::Prepare, configuration),
         Command::Run {
@@ -81,15 +78,17 @@ fn main() -> anyhow::Result<()> {
     std::process::exit(code);
 }
 
-fn validate(path: &std::path::Path) -> anyhow::Result<()> {
+/// Print every problem of the file; 0 when clean, 1 otherwise.
+fn validate(path: &std::path::Path) -> i32 {
     match privileged::validate_file(path) {
         Ok(_) => {
             println!("{}: OK", path.display());
-            Ok(())
+            0
         }
         Err(e) => {
             println!("{}", e.report());
-            anyhow::bail!("{} problem(s) in {}", e.problems.len(), path.display())
+            eprintln!("{} problem(s) in {}", e.problems.len(), path.display());
+            1
         }
     }
 }

@@ -87,6 +87,15 @@ impl Harness {
         }
     }
 
+    /// Replace the configuration file, with `extra_general` lines in `[general]`.
+    pub fn rewrite_config(&self, extra_general: &str) {
+        std::fs::write(
+            &self.config_path,
+            config_text(&self.data_dir, extra_general),
+        )
+        .unwrap();
+    }
+
     pub fn set(&mut self, k: &str, v: &str) {
         self.env.insert(k.to_string(), v.to_string());
     }

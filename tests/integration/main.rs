@@ -3,5 +3,6 @@
 //! Several tests need root (creating directories owned by other uids); CI runs as root.
 
 mod harness;
+mod refusals;
 mod signals;
 mod stages;

@@ -80,7 +80,10 @@ fn start(h: &Harness, script: &str) -> (std::process::Child, Vec<i32>) {
     tree.extend(pids_in(&mark.join("pids")));
     tree.sort_unstable();
     tree.dedup();
-    assert!(tree.len() >= 4, "expected jacamar, bash and the job's processes: {tree:?}");
+    assert!(
+        tree.len() >= 4,
+        "expected jacamar, bash and the job's processes: {tree:?}"
+    );
     (child, tree)
 }
 
@@ -112,7 +115,10 @@ fn cancel_runs_the_trap_and_leaves_no_process() {
     let gone = all_gone_within(&tree, Duration::from_secs(3));
     let out = child.wait_with_output().unwrap();
     assert!(gone.is_ok(), "survivors {:?}\n{}", gone, show(&out));
-    assert!(mark.join("trapped").exists(), "the job's TERM trap did not run");
+    assert!(
+        mark.join("trapped").exists(),
+        "the job's TERM trap did not run"
+    );
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(h.build_exit_code().as_deref(), Some("143"));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -130,10 +136,17 @@ fn a_job_ignoring_sigterm_is_killed_at_kill_timeout() {
     let out = child.wait_with_output().unwrap();
     let took = t0.elapsed();
     assert!(gone.is_ok(), "survivors {:?}\n{}", gone, show(&out));
-    assert!(took >= Duration::from_millis(900), "killed before kill_timeout: {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "killed before kill_timeout: {took:?}"
+    );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(h.build_exit_code().as_deref(), Some("137"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGKILL"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SIGKILL"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
@@ -146,7 +159,10 @@ fn sigkill_of_jacamar_auth_still_ends_the_job_and_cleanup_works() {
     child.wait().unwrap();
     let gone = all_gone_within(&tree, Duration::from_secs(2));
     assert!(gone.is_ok(), "orphans survived: {gone:?}");
-    assert!(mark.join("trapped").exists(), "the job was not told to stop");
+    assert!(
+        mark.join("trapped").exists(),
+        "the job was not told to stop"
+    );
     let out = h.cleanup();
     assert!(out.status.success(), "{}", show(&out));
     assert!(!h.scripts_job_dir().exists());
@@ -158,10 +174,19 @@ fn backstop_ends_a_job_nobody_cancelled() {
     h.set("CUSTOM_ENV_CI_JOB_TIMEOUT", "1");
     h.set("JACAMAR_RS_BACKSTOP_GRACE", "1");
     let t0 = Instant::now();
-    let out = h.run("build_script", "trap 'exit 143' TERM\nsleep 300 &\nwait $!\n");
+    let out = h.run(
+        "build_script",
+        "trap 'exit 143' TERM\nsleep 300 &\nwait $!\n",
+    );
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(10), "backstop too late: {took:?}");
-    assert!(took >= Duration::from_secs(2), "backstop too early: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "backstop too late: {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "backstop too early: {took:?}"
+    );
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("maximum duration"),
@@ -187,7 +212,10 @@ fn cleanup_during_a_dying_run_is_safe() {
     assert!(gone.is_ok(), "survivors {:?}\n{}", gone, show(&out));
     let out = h.cleanup();
     assert!(out.status.success(), "{}", show(&out));
-    assert!(!h.scripts_job_dir().exists(), "cleanup left the job's scripts");
+    assert!(
+        !h.scripts_job_dir().exists(),
+        "cleanup left the job's scripts"
+    );
 }
 
 #[test]
@@ -203,8 +231,14 @@ fn leftover_background_processes_are_swept_when_the_script_ends() {
         ),
     );
     assert!(out.status.success(), "{}", show(&out));
-    assert!(t0.elapsed() < Duration::from_secs(4), "the stage waited for leftovers");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "the stage waited for leftovers"
+    );
     let left = pids_in(&mark.join("left"));
     assert_eq!(left.len(), 2);
-    assert!(left.iter().all(|&p| !alive(p)), "leftovers survived: {left:?}");
+    assert!(
+        left.iter().all(|&p| !alive(p)),
+        "leftovers survived: {left:?}"
+    );
 }

@@ -50,7 +50,10 @@ fn happy_path_through_every_stage() {
         let out = h.run(stage, &format!("echo \"stage {stage} as $(id -un)\"\n"));
         assert!(out.status.success(), "{stage}: {}", show(&out));
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains(&format!("stage {stage} as ")), "{stage}: {text}");
+        assert!(
+            text.contains(&format!("stage {stage} as ")),
+            "{stage}: {text}"
+        );
     }
     // The scripts were written as <stage>.bash in the user's script dir.
     let scripts = h.scripts_job_dir();
@@ -138,11 +141,17 @@ fn bash_profile_flags_are_honoured() {
     h.config_json();
     assert!(h.prepare().status.success());
     // A login shell (bash --login) has `login_shell` set; --noprofile --norc has not.
-    let out = h.run("build_script", "shopt -q login_shell && echo LOGIN || echo NOLOGIN\n");
+    let out = h.run(
+        "build_script",
+        "shopt -q login_shell && echo LOGIN || echo NOLOGIN\n",
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("LOGIN"));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("NOLOGIN"));
     h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "1");
-    let out = h.run("build_script", "shopt -q login_shell && echo LOGIN || echo NOLOGIN\n");
+    let out = h.run(
+        "build_script",
+        "shopt -q login_shell && echo LOGIN || echo NOLOGIN\n",
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("NOLOGIN"),
         "{}",
@@ -152,12 +161,23 @@ fn bash_profile_flags_are_honoured() {
 
 #[test]
 fn custom_shell_path_is_used() {
-    let mut h = Harness::new("shell_path = \"/bin/sh\"");
+    let mut h = Harness::new("");
+    let wrapper = h.tmp.path().join("site-bash");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/bash\nexport VIA_SHELL_PATH=yes\nexec /bin/bash \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h.rewrite_config(&format!("shell_path = \"{}\"", wrapper.display()));
     h.config_json();
     assert!(h.prepare().status.success());
-    // /bin/sh is dash on Debian: $BASH_VERSION is empty there.
-    let out = h.run("build_script", "echo \"bash=[${BASH_VERSION:-}]\"\n");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("bash=[]"), "{}", show(&out));
+    let out = h.run("build_script", "echo \"via=[${VIA_SHELL_PATH:-}]\"\n");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("via=[yes]"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
