@@ -279,3 +279,156 @@ fn on_request(state: State, req: Request, term: &mut dyn Terminator, policy: &Po
         (s @ State::Stopping { .. }, Request::Terminate { .. }) => s,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The machine's timing on tokio's paused clock, with a real child (`sleep`) and a
+    //! terminator that records what it was asked and only kills on `kill()`: the child
+    //! "ignores" termination, so every escalation is the machine's doing.
+
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Recorder {
+        calls: Arc<Mutex<Vec<String>>>,
+        pid: i32,
+    }
+
+    impl Terminator for Recorder {
+        fn terminate(&mut self, signal: Signal, reason: Reason) {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("term {} {reason}", signal.as_str()));
+        }
+        fn kill(&mut self) {
+            self.calls.lock().unwrap().push("kill".into());
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+
+    fn sleeper() -> (Child, Recorder) {
+        let child = tokio::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id().unwrap() as i32;
+        (
+            child,
+            Recorder {
+                calls: Default::default(),
+                pid,
+            },
+        )
+    }
+
+    async fn run(
+        policy: Policy,
+        reqs: Vec<Request>,
+    ) -> (Outcome, Vec<String>, std::time::Duration) {
+        let (mut child, mut rec) = sleeper();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for r in reqs {
+            tx.send(r).unwrap();
+        }
+        let t0 = Instant::now();
+        let out = supervise(&mut child, &mut rec, &policy, &mut rx, vec![]).await;
+        let calls = rec.calls.lock().unwrap().clone();
+        (out, calls, t0.elapsed())
+    }
+
+    const TERM: Request = Request::Terminate {
+        signal: Signal::SIGTERM,
+        reason: Reason::Signal(Signal::SIGTERM),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn escalates_to_kill_after_kill_timeout() {
+        let (out, calls, took) = run(Policy::new(Duration::from_secs(120)), vec![TERM]).await;
+        assert_eq!(calls, ["term SIGTERM received SIGTERM", "kill"]);
+        assert!(out.escalated);
+        assert_eq!(out.stopped, Some(Reason::Signal(Signal::SIGTERM)));
+        assert_eq!(out.exit, Exit::Signal(9));
+        assert!(took >= Duration::from_secs(120), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_signal_kills_at_once() {
+        let int = Request::Terminate {
+            signal: Signal::SIGINT,
+            reason: Reason::Signal(Signal::SIGINT),
+        };
+        let (out, calls, took) = run(Policy::new(Duration::from_secs(120)), vec![TERM, int]).await;
+        assert_eq!(calls, ["term SIGTERM received SIGTERM", "kill"]);
+        assert!(out.escalated);
+        assert!(took < Duration::from_secs(120), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parent_repeats_and_eof_keep_the_running_clock() {
+        let parent = Request::Terminate {
+            signal: Signal::SIGTERM,
+            reason: Reason::Parent,
+        };
+        let gone = Request::Terminate {
+            signal: Signal::SIGTERM,
+            reason: Reason::ParentGone,
+        };
+        let (out, calls, took) = run(
+            Policy::new(Duration::from_secs(30)),
+            vec![parent, parent, gone],
+        )
+        .await;
+        assert_eq!(calls, ["term SIGTERM cancelled by jacamar-auth", "kill"]);
+        assert_eq!(out.stopped, Some(Reason::Parent));
+        assert!(took >= Duration::from_secs(30), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backstop_fires_without_any_request() {
+        let mut p = Policy::new(Duration::from_secs(5));
+        p.deadline = Some(Instant::now() + Duration::from_secs(3600));
+        let (out, calls, took) = run(p, vec![]).await;
+        assert_eq!(
+            calls,
+            ["term SIGTERM job exceeded its maximum duration", "kill"]
+        );
+        assert_eq!(out.stopped, Some(Reason::Backstop));
+        assert!(took >= Duration::from_secs(3605), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_kill_timeout_kills_at_once_and_kill_requests_win() {
+        let (out, calls, _) = run(Policy::new(Duration::ZERO), vec![TERM]).await;
+        assert_eq!(calls, ["kill"]);
+        assert!(out.escalated);
+        let kill = Request::Kill {
+            reason: Reason::Parent,
+        };
+        let (out, calls, _) = run(Policy::new(Duration::from_secs(9)), vec![kill]).await;
+        assert_eq!(calls, ["kill"]);
+        assert_eq!(out.stopped, Some(Reason::Parent));
+    }
+
+    #[tokio::test]
+    async fn a_child_that_ends_on_its_own_is_not_touched() {
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .unwrap();
+        let mut rec = Recorder::default();
+        let (_tx, mut rx) = mpsc::unbounded_channel();
+        let out = supervise(
+            &mut child,
+            &mut rec,
+            &Policy::new(Duration::from_secs(1)),
+            &mut rx,
+            vec![],
+        )
+        .await;
+        assert_eq!(out.exit, Exit::Code(7));
+        assert_eq!(out.stopped, None);
+        assert!(rec.calls.lock().unwrap().is_empty());
+    }
+}
