@@ -9,12 +9,11 @@
 //! 5. [`fs`]: `jacamar`, as the user, creates the job's directories and script file.
 //! 6. [`shell`] / [`batch`]: the script is turned into a command.
 //! 7. [`supervisor`]: the command runs under one state machine (signals, timeouts, sweeping).
-//! 8. [`exit`]: the outcome is mapped to the runner's exit codes.
+//! 8. [`stages::privileged`]: the outcome is mapped to the runner's exit codes ([`job::RunnerEnv`]).
 
 pub mod auth;
 pub mod batch;
 pub mod config;
-pub mod exit;
 pub mod fs;
 pub mod job;
 pub mod protocol;
