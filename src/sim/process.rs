@@ -227,7 +227,7 @@ pub fn start(spec: CallSpec, records: &Records, origin: StdInstant) -> std::io::
                 PIPE_GRACE.as_secs()
             ));
         }
-        let left_behind = pid != 0 && killpg(Pid::from_raw(pid as i32), None).is_ok();
+        let left_behind = group_still_alive(pid).await;
         if left_behind && matches!(ending, Ending::Exited { .. }) {
             runner_log(&format!(
                 "WARNING: {label}: processes of its group are still alive after it exited"
@@ -279,6 +279,49 @@ pub fn describe_ending(ending: &Ending) -> String {
         Ending::Abandoned => "abandoned (still alive after SIGKILL)".to_string(),
         Ending::WaitFailed(e) => format!("wait failed: {e}"),
     }
+}
+
+/// Whether any non-zombie process of the group `pgid` is still alive, polled for a short while
+/// (members just killed need a moment to die). Zombies waiting for a slow reaper do not count.
+async fn group_still_alive(pgid: u32) -> bool {
+    if pgid == 0 {
+        return false;
+    }
+    for _ in 0..10 {
+        if !live_members(pgid) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Scans /proc for a live (not zombie) member of the process group; without /proc, asks kill(2).
+fn live_members(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return killpg(Pid::from_raw(pgid as i32), None).is_ok();
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = after.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+        if pgrp == Some(pgid) && state != "Z" && state != "X" {
+            return true;
+        }
+    }
+    false
 }
 
 fn far_future() -> Instant {

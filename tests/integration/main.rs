@@ -1,1 +1,3 @@
 //! integration tests
+
+mod sim;
