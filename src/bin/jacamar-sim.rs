@@ -29,6 +29,15 @@ DURATIONS: 500ms, 10s, 5m, 1h, 1h30m, or a bare number of seconds.
 OUTPUT: the job log (as GitLab would show it) on stdout; the runner's own log (signals sent,
 cleanup's output, warnings) on stderr, each line prefixed with \"[runner log] \".
 
+SIGNALS: SIGINT/SIGTERM to jacamar-sim = hard cancel of the job (cleanup still runs); a second
+one SIGKILLs every running call and skips cleanup (forced shutdown).
+
+SUMMARY (--summary FILE): {\"result\": success|failed|system_failure|canceled,
+  \"failure_reason\", \"exit_code\": N|null, \"message\", \"build_exit_code_file\": text|null,
+  \"config\": <config JSON>|null, \"tmp_dir\", \"tmp_kept\", \"calls\": [{\"kind\", \"stage\",
+  \"exit_code\", \"signal\", \"pid\", \"started_ms\", \"ended_ms\", \"signals_sent\", \"abandoned\",
+  \"detached\", \"group_left_behind\"}]}   (times in ms since jacamar-sim started)
+
 EXIT STATUS: 0 job succeeded, 1 job failed or canceled, 2 system failure or emulator error.";
 
 /// Emulate GitLab Runner's custom executor: run one CI job through jacamar-auth

@@ -602,3 +602,25 @@ fn bad_job_file_names_the_problem() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("NOEQUALS"), "{}", r.stderr);
 }
+
+#[test]
+fn shared_builds_dir_and_variable_overrides() {
+    let r = run_sim(
+        &[("FAKE_SHARED", "1")],
+        &[
+            "--script",
+            "echo \"dir=$CI_PROJECT_DIR ns=$CI_PROJECT_NAMESPACE name=$CI_PROJECT_NAME\"",
+            "--var",
+            "CI_PROJECT_PATH=hpc/sub/app",
+            "--var",
+            "CI_RUNNER_SHORT_TOKEN=abcd1234",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let tmp = r.summary["tmp_dir"].as_str().unwrap();
+    let want = format!("dir={tmp}/fake-builds/abcd1234/0/hpc/sub/app ns=hpc/sub name=app");
+    assert!(r.stdout.contains(&want), "{}", r.stdout);
+    let env = r.env_of("run build_script");
+    assert!(env.contains("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN=abcd1234\n"));
+    assert!(env.contains(&format!("CUSTOM_ENV_CI_BUILDS_DIR={tmp}/fake-builds\n")));
+}
