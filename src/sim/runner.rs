@@ -29,6 +29,8 @@ use super::SimError;
 const PREPARE_TRIES: u32 = 3;
 /// cleanup_exec's own timeout (the runner's default cleanup_exec_timeout), not shortened by cancel.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The runner's default after_script timeout.
+const AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The runner's `CI_RUNNER_SHORT_TOKEN` unless overridden with `--var`.
 pub const DEFAULT_SHORT_TOKEN: &str = "simrunnr";
 /// Default `CI_PROJECT_PATH`.
@@ -403,7 +405,11 @@ impl Sim {
             output,
             terminate,
             kill_now: self.kill_now.clone(),
-            deadline: (kind == CallKind::Cleanup).then_some(CLEANUP_TIMEOUT),
+            deadline: match (kind, stage) {
+                (CallKind::Cleanup, _) => Some(CLEANUP_TIMEOUT),
+                (_, Some(Stage::AfterScript)) => Some(AFTER_SCRIPT_TIMEOUT),
+                _ => None,
+            },
             timings: KillTimings {
                 graceful_kill_timeout: self.opts.graceful_kill_timeout,
                 force_kill_timeout: self.opts.force_kill_timeout,
