@@ -5,4 +5,5 @@
 mod harness;
 mod refusals;
 mod signals;
+mod sim;
 mod stages;

@@ -1,0 +1,431 @@
+//! Starting one driver call the way the runner does, streaming its output, and escalating
+//! SIGTERM -> SIGKILL -> abandon on the call's whole process group.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as StdInstant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::output::{job_log_bytes, runner_log, runner_log_bytes};
+
+/// How long to keep reading a call's pipes after it exited (a descendant may hold them open).
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+/// Upper bound on captured `config` stdout.
+const CAPTURE_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Which hook of `[runners.custom]` a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallKind {
+    Config,
+    Prepare,
+    Run,
+    Cleanup,
+}
+
+impl CallKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CallKind::Config => "config",
+            CallKind::Prepare => "prepare",
+            CallKind::Run => "run",
+            CallKind::Cleanup => "cleanup",
+        }
+    }
+}
+
+/// Where a call's stdout goes (stderr always goes to the same log as stdout, except that
+/// `Capture` sends stderr to the job log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// stdout and stderr into the job log.
+    JobLog,
+    /// stdout captured (config's JSON), stderr into the job log.
+    CaptureStdout,
+    /// stdout and stderr into the runner log only (cleanup).
+    RunnerLog,
+}
+
+/// One entry of the summary's `calls` list.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub kind: CallKind,
+    pub stage: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub pid: u32,
+    /// Milliseconds since the emulator started.
+    pub started_ms: u64,
+    /// Milliseconds since the emulator started; null while the call has not been seen to end.
+    pub ended_ms: Option<u64>,
+    /// Signals the emulator sent to the call's process group, in order ("TERM", "KILL").
+    pub signals_sent: Vec<String>,
+    /// The call did not exit within force_kill_timeout after SIGKILL and was abandoned.
+    pub abandoned: bool,
+    /// Cleanup was started while this call was still running (hard abort wait expired).
+    pub detached: bool,
+    /// Processes of the call's group were still alive after the leader exited.
+    pub group_left_behind: bool,
+}
+
+/// The shared list of call records.
+pub type Records = Arc<Mutex<Vec<CallRecord>>>;
+
+/// Escalation timings.
+#[derive(Debug, Clone, Copy)]
+pub struct KillTimings {
+    pub graceful_kill_timeout: Duration,
+    pub force_kill_timeout: Duration,
+}
+
+/// Everything needed to start one call.
+pub struct CallSpec {
+    pub kind: CallKind,
+    pub stage: Option<String>,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Added to the emulator's own environment, in order (a later duplicate wins).
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub output: OutputMode,
+    /// Cancelled => SIGTERM to the group, then escalation.
+    pub terminate: CancellationToken,
+    /// Cancelled => SIGKILL to the group at once.
+    pub kill_now: CancellationToken,
+    /// If set, the call gets `terminate` treatment after this long (cleanup's own timeout).
+    pub deadline: Option<Duration>,
+    pub timings: KillTimings,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Abandoned,
+    WaitFailed(String),
+}
+
+/// The result of a finished call.
+#[derive(Debug)]
+pub struct Finished {
+    pub ending: Ending,
+    pub stdout: Vec<u8>,
+}
+
+/// A started call.
+pub struct Running {
+    pub pid: u32,
+    pub index: usize,
+    pub result: oneshot::Receiver<Finished>,
+    pub handle: JoinHandle<()>,
+}
+
+/// Milliseconds since `origin`.
+pub fn ms_since(origin: StdInstant) -> u64 {
+    origin.elapsed().as_millis() as u64
+}
+
+/// Starts a call as the leader of its own process group with stdin from /dev/null.
+pub fn start(spec: CallSpec, records: &Records, origin: StdInstant) -> std::io::Result<Running> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let index = {
+        let mut recs = records.lock().unwrap_or_else(|p| p.into_inner());
+        recs.push(CallRecord {
+            kind: spec.kind,
+            stage: spec.stage.clone(),
+            exit_code: None,
+            signal: None,
+            pid,
+            started_ms: ms_since(origin),
+            ended_ms: None,
+            signals_sent: Vec::new(),
+            abandoned: false,
+            detached: false,
+            group_left_behind: false,
+        });
+        recs.len() - 1
+    };
+    let label = match &spec.stage {
+        Some(stage) => format!("{} {stage} (pid {pid})", spec.kind.name()),
+        None => format!("{} (pid {pid})", spec.kind.name()),
+    };
+
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (out_task, err_task) = match spec.output {
+        OutputMode::JobLog => (
+            stdout.map(|s| tokio::spawn(forward_lines(s, Sink::JobLog))),
+            stderr.map(|s| tokio::spawn(forward_lines(s, Sink::JobLog))),
+        ),
+        OutputMode::RunnerLog => (
+            stdout.map(|s| tokio::spawn(forward_lines(s, Sink::RunnerLog))),
+            stderr.map(|s| tokio::spawn(forward_lines(s, Sink::RunnerLog))),
+        ),
+        OutputMode::CaptureStdout => (
+            stdout.map(|s| tokio::spawn(capture(s))),
+            stderr.map(|s| tokio::spawn(forward_lines(s, Sink::JobLog))),
+        ),
+    };
+
+    let (tx, rx) = oneshot::channel();
+    let records = Arc::clone(records);
+    let handle = tokio::spawn(async move {
+        let ending = supervise(&mut child, pid, &spec, &records, index, &label).await;
+        let code_sig = match &ending {
+            Ending::Exited { code, signal } => (*code, *signal),
+            _ => (None, None),
+        };
+        // Bounded wait for the pipes (rule: a descendant holding them is a leak to report).
+        let mut stdout_bytes = Vec::new();
+        let mut leaked = false;
+        for (i, task) in [out_task, err_task].into_iter().enumerate() {
+            let Some(mut task) = task else { continue };
+            match tokio::time::timeout(PIPE_GRACE, &mut task).await {
+                Ok(Ok(bytes)) => {
+                    if i == 0 {
+                        stdout_bytes = bytes;
+                    }
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    task.abort();
+                    leaked = true;
+                }
+            }
+        }
+        if leaked {
+            runner_log(&format!(
+                "WARNING: {label}: output pipes still open {}s after the call ended \
+                 (a descendant holds them); stopped reading",
+                PIPE_GRACE.as_secs()
+            ));
+        }
+        let left_behind = group_still_alive(pid).await;
+        if left_behind && matches!(ending, Ending::Exited { .. }) {
+            runner_log(&format!(
+                "WARNING: {label}: processes of its group are still alive after it exited"
+            ));
+        }
+        {
+            let mut recs = records.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = recs.get_mut(index) {
+                r.exit_code = code_sig.0;
+                r.signal = code_sig.1;
+                r.ended_ms = Some(ms_since(origin));
+                r.abandoned = ending == Ending::Abandoned;
+                r.group_left_behind = left_behind;
+            }
+        }
+        let describe = describe_ending(&ending);
+        if tx
+            .send(Finished {
+                ending,
+                stdout: stdout_bytes,
+            })
+            .is_err()
+        {
+            // Nobody waits any more: cleanup was started without this call (hard abort).
+            runner_log(&format!("detached {label} finally ended: {describe}"));
+        }
+    });
+    Ok(Running {
+        pid,
+        index,
+        result: rx,
+        handle,
+    })
+}
+
+/// Text for an ending, for logs.
+pub fn describe_ending(ending: &Ending) -> String {
+    match ending {
+        Ending::Exited {
+            code: Some(code), ..
+        } => format!("exit status {code}"),
+        Ending::Exited {
+            signal: Some(sig), ..
+        } => match Signal::try_from(*sig) {
+            Ok(s) => format!("killed by signal {}", s.as_str()),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        Ending::Exited { .. } => "ended".to_string(),
+        Ending::Abandoned => "abandoned (still alive after SIGKILL)".to_string(),
+        Ending::WaitFailed(e) => format!("wait failed: {e}"),
+    }
+}
+
+/// Whether any non-zombie process of the group `pgid` is still alive, polled for a short while
+/// (members just killed need a moment to die). Zombies waiting for a slow reaper do not count.
+async fn group_still_alive(pgid: u32) -> bool {
+    if pgid == 0 {
+        return false;
+    }
+    for _ in 0..10 {
+        if !live_members(pgid) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Scans /proc for a live (not zombie) member of the process group; without /proc, asks kill(2).
+fn live_members(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return killpg(Pid::from_raw(pgid as i32), None).is_ok();
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = after.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+        if pgrp == Some(pgid) && state != "Z" && state != "X" {
+            return true;
+        }
+    }
+    false
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+fn send(pid: u32, sig: Signal, label: &str, records: &Records, index: usize) {
+    if pid == 0 {
+        return;
+    }
+    let res = killpg(Pid::from_raw(pid as i32), sig);
+    runner_log(&format!(
+        "sending {} to the process group of {label}{}",
+        sig.as_str(),
+        match res {
+            Ok(()) => String::new(),
+            Err(e) => format!(" failed: {e}"),
+        }
+    ));
+    let mut recs = records.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = recs.get_mut(index) {
+        r.signals_sent
+            .push(sig.as_str().trim_start_matches("SIG").to_string());
+    }
+}
+
+/// The state machine of one call: exit, SIGTERM on request, SIGKILL after the graceful
+/// timeout (or at once on `kill_now`), abandon after the force timeout.
+async fn supervise(
+    child: &mut Child,
+    pid: u32,
+    spec: &CallSpec,
+    records: &Records,
+    index: usize,
+    label: &str,
+) -> Ending {
+    let mut termed = false;
+    let mut kill_at: Option<Instant> = None;
+    let mut abandon_at: Option<Instant> = None;
+    let deadline = spec.deadline.map(|d| Instant::now() + d);
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return match status {
+                    Ok(st) => Ending::Exited { code: st.code(), signal: st.signal() },
+                    Err(e) => Ending::WaitFailed(e.to_string()),
+                };
+            }
+            _ = spec.kill_now.cancelled(), if abandon_at.is_none() => {
+                send(pid, Signal::SIGKILL, label, records, index);
+                abandon_at = Some(Instant::now() + spec.timings.force_kill_timeout);
+            }
+            _ = spec.terminate.cancelled(), if !termed => {
+                termed = true;
+                send(pid, Signal::SIGTERM, label, records, index);
+                kill_at = Some(Instant::now() + spec.timings.graceful_kill_timeout);
+            }
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() && !termed => {
+                runner_log(&format!("{label} exceeded its timeout"));
+                termed = true;
+                send(pid, Signal::SIGTERM, label, records, index);
+                kill_at = Some(Instant::now() + spec.timings.graceful_kill_timeout);
+            }
+            _ = sleep_until(kill_at.unwrap_or_else(far_future)), if kill_at.is_some() && abandon_at.is_none() => {
+                send(pid, Signal::SIGKILL, label, records, index);
+                abandon_at = Some(Instant::now() + spec.timings.force_kill_timeout);
+            }
+            _ = sleep_until(abandon_at.unwrap_or_else(far_future)), if abandon_at.is_some() => {
+                runner_log(&format!(
+                    "WARNING: {label} still alive {:?} after SIGKILL; abandoning it",
+                    spec.timings.force_kill_timeout
+                ));
+                return Ending::Abandoned;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Sink {
+    JobLog,
+    RunnerLog,
+}
+
+/// Forwards a pipe line by line, as lines arrive.
+async fn forward_lines<R: AsyncRead + Unpin>(pipe: R, sink: Sink) -> Vec<u8> {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => match sink {
+                Sink::JobLog => job_log_bytes(&line),
+                Sink::RunnerLog => runner_log_bytes(&line),
+            },
+        }
+    }
+    Vec::new()
+}
+
+/// Captures a pipe (bounded).
+async fn capture<R: AsyncRead + Unpin>(pipe: R) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = pipe.take(CAPTURE_LIMIT).read_to_end(&mut buf).await;
+    buf
+}
