@@ -846,6 +846,14 @@ fn machine() -> String {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench targets without
+    // it, and must not spend minutes here.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "driver bench: skipped (run it with `cargo bench --bench driver` or scripts/bench.sh)"
+        );
+        return;
+    }
     let s = Settings::from_env();
     if !s.auth().is_file() || !s.bin_dir.join("jacamar").is_file() {
         eprintln!(
