@@ -34,10 +34,32 @@ impl Profile {
     }
 }
 
-/// Build the command that runs `script`.
-pub fn command(shell_path: Option<&Path>, profile: Profile, script: &Path) -> ShellCommand {
+/// Find an executable `name` on `search_path` (a `PATH`-style list).
+pub fn find_on_path(name: &str, search_path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    search_path
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| Path::new(d).join(name))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Build the command that runs `script`. Without `shell_path`, bash is looked up on
+/// `search_path` (the job's PATH) once here, so the spawn can take the fast
+/// `posix_spawn` path instead of a PATH search after fork.
+pub fn command(
+    shell_path: Option<&Path>,
+    profile: Profile,
+    script: &Path,
+    search_path: &str,
+) -> ShellCommand {
     let program = shell_path
         .map(Path::to_path_buf)
+        .or_else(|| find_on_path("bash", search_path))
         .unwrap_or_else(|| PathBuf::from("bash"));
     let script = script.display().to_string();
     let args = match profile {
@@ -62,11 +84,17 @@ mod tests {
     #[test]
     fn profiles() {
         let s = Path::new("/x/build_script.bash");
-        assert_eq!(
-            command(None, Profile::Login, s).args,
-            vec!["--login", "/x/build_script.bash"]
+        let c = command(None, Profile::Login, s, "/nonexistent:/usr/bin:/bin");
+        assert_eq!(c.args, vec!["--login", "/x/build_script.bash"]);
+        assert!(
+            c.program.is_absolute() && c.program.ends_with("bash"),
+            "{c:?}"
         );
-        let c = command(Some(Path::new("/opt/bash")), Profile::None, s);
+        assert_eq!(
+            command(None, Profile::Login, s, "relative/dir").program,
+            PathBuf::from("bash")
+        );
+        let c = command(Some(Path::new("/opt/bash")), Profile::None, s, "/bin");
         assert_eq!(c.program, PathBuf::from("/opt/bash"));
         assert_eq!(c.args[..2], ["--noprofile", "--norc"]);
         assert_eq!(Profile::from_flags(true, true), Profile::None);
@@ -78,7 +106,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("s.bash");
         std::fs::write(&script, "echo ran-$((40+2))\n").unwrap();
-        let c = command(None, Profile::EtcOnly, &script);
+        let c = command(None, Profile::EtcOnly, &script, "/usr/bin:/bin");
         let out = std::process::Command::new(&c.program)
             .args(&c.args)
             .output()

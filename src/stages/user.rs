@@ -91,10 +91,17 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
         }
         Action::Run { stage, script } => {
             let path = fs::write_script(&paths, &policy, stage, script.as_bytes())?;
+            let search_path = h
+                .env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or(crate::auth::env::DEFAULT_PATH);
             let cmd = shell::command(
                 config.general.shell_path.as_deref(),
                 Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only),
                 &path,
+                search_path,
             );
             run_shell(&config, &h, cmd, control).await
         }

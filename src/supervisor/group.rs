@@ -47,6 +47,18 @@ pub fn group_alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(Errno::ESRCH))
 }
 
+/// Whether the calling process has any child, running or zombie. Uses `WNOWAIT`, so no
+/// exit status is taken away from tokio, which reaps its own children by pid.
+pub fn has_children() -> bool {
+    use nix::sys::wait::{waitid, Id};
+    let flags = WaitPidFlag::WEXITED
+        | WaitPidFlag::WSTOPPED
+        | WaitPidFlag::WCONTINUED
+        | WaitPidFlag::WNOHANG
+        | WaitPidFlag::WNOWAIT;
+    !matches!(waitid(Id::All, flags), Err(Errno::ECHILD))
+}
+
 /// One process seen in /proc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -144,6 +156,15 @@ pub fn sweep(
 ) -> SweepReport {
     let started = Instant::now();
     let mut report = SweepReport::default();
+    // Fast path, the common case: the group is empty and we have no child left. As a
+    // subreaper, every surviving descendant would be a child of ours or below one, so there
+    // is nothing to scan /proc for (a scan costs one read per process on the host).
+    if root.as_raw() == std::process::id() as i32
+        && !pgid.is_some_and(group_alive)
+        && !has_children()
+    {
+        return report;
+    }
     let live =
         |ps: &[ProcInfo]| -> Vec<i32> { ps.iter().filter(|p| !p.zombie).map(|p| p.pid).collect() };
 
@@ -207,6 +228,15 @@ mod tests {
         let z = parse_stat(5, "5 (x) Z 1 5 5").unwrap();
         assert!(z.zombie);
         assert!(parse_stat(5, "garbage").is_none());
+    }
+
+    #[test]
+    fn has_children_sees_a_child_without_reaping_it() {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(has_children());
+        // The status is still there for its owner.
+        assert!(c.wait().unwrap().success());
     }
 
     #[test]
