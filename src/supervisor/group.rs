@@ -134,6 +134,13 @@ pub fn reap_orphans(procs: &[ProcInfo]) {
     }
 }
 
+/// The common case, checked without scanning /proc (a scan reads one file per process on
+/// the host): the group is empty and `root` (us) has no child left. As a subreaper, every
+/// surviving descendant would be a child of ours or below one.
+pub fn nothing_left(root: Pid, pgid: Option<Pid>) -> bool {
+    root.as_raw() == std::process::id() as i32 && !pgid.is_some_and(group_alive) && !has_children()
+}
+
 /// What a sweep found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -156,13 +163,7 @@ pub fn sweep(
 ) -> SweepReport {
     let started = Instant::now();
     let mut report = SweepReport::default();
-    // Fast path, the common case: the group is empty and we have no child left. As a
-    // subreaper, every surviving descendant would be a child of ours or below one, so there
-    // is nothing to scan /proc for (a scan costs one read per process on the host).
-    if root.as_raw() == std::process::id() as i32
-        && !pgid.is_some_and(group_alive)
-        && !has_children()
-    {
+    if nothing_left(root, pgid) {
         return report;
     }
     let live =

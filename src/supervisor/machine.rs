@@ -210,6 +210,9 @@ pub async fn supervise(
 
     let sweep = match policy.sweep_group {
         None => SweepReport::default(),
+        Some(pgid) if group::nothing_left(Pid::from_raw(std::process::id() as i32), Some(pgid)) => {
+            SweepReport::default()
+        }
         Some(pgid) => {
             let first = if escalated {
                 Signal::SIGKILL
