@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use nix::sys::stat::Mode;
 
 use super::paths::normalize_absolute;
-use super::secure::{dir_flags, open_dir_path, openat_owned, perm_bits, DirFd};
+use super::secure::{diagnose_at, dir_flags, open_dir_path, openat_owned, perm_bits, DirFd};
 use super::{DirPolicy, FsError};
 
 /// Check the text of `CUSTOM_CI_BUILDS_DIR` (no I/O): absolute, no `.`/`..`, no `$`.
@@ -50,14 +50,20 @@ pub(crate) fn open_custom_root(root: &Path, policy: &DirPolicy) -> Result<DirFd,
                     path,
                 })
             }
-            Err(Errno::ELOOP) => return Err(FsError::refused(path, "is a symbolic link")),
-            Err(Errno::ENOTDIR) => return Err(FsError::refused(path, "is not a directory")),
+            Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => {
+                return Err(diagnose_at(&dir, comp_str(comp, &path)?, e))
+            }
             Err(e) => return Err(FsError::io("open", path, e)),
         };
         dir = DirFd { fd, path };
         check_component(&dir, policy, i + 1 == comps.len())?;
     }
     Ok(dir)
+}
+
+fn comp_str<'a>(comp: &'a std::ffi::OsStr, path: &Path) -> Result<&'a str, FsError> {
+    comp.to_str()
+        .ok_or_else(|| FsError::refused(path, "path is not valid UTF-8"))
 }
 
 fn check_component(dir: &DirFd, policy: &DirPolicy, last: bool) -> Result<(), FsError> {
