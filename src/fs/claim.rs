@@ -596,9 +596,10 @@ fn read_record(file: &File, path: &Path) -> Result<Vec<u8>, FsError> {
     Ok(buf)
 }
 
-/// Write a record in place: content first, then the length, then to disk. A crash in
-/// between leaves a longer or mixed file: unreadable, so it is kept for a job timeout
-/// rather than freed at once.
+/// Write a record in place: content first, then the length. A crash in between leaves a
+/// longer or mixed file: unreadable, so it is kept for a job timeout rather than freed at
+/// once. No fsync: the record coordinates live jobs, and the NFS client writes dirty data
+/// back when the fcntl lock is released; a host crash ends the claimant's job anyway.
 fn write_record(file: &File, path: &Path, text: &str) -> Result<(), FsError> {
     let io = |op: &'static str| {
         move |source| FsError::Io {
@@ -608,8 +609,7 @@ fn write_record(file: &File, path: &Path, text: &str) -> Result<(), FsError> {
         }
     };
     file.write_all_at(text.as_bytes(), 0).map_err(io("write"))?;
-    file.set_len(text.len() as u64).map_err(io("truncate"))?;
-    file.sync_data().map_err(io("sync"))
+    file.set_len(text.len() as u64).map_err(io("truncate"))
 }
 
 /// A whole-file lock request.

@@ -20,7 +20,7 @@ fn second_job(first: &Harness) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = Harness::with_config(tmp, first.data_dir.clone(), first.config_path.clone());
     h.env = first.env.clone();
-    h.job_id = first.job_id + 1_000_000 + h.job_id;
+    h.job_id += first.job_id + 1_000_000;
     h.set("CUSTOM_ENV_CI_JOB_ID", &h.job_id.to_string());
     for k in ["TMPDIR", "BUILD_EXIT_CODE_FILE", "JOB_RESPONSE_FILE"] {
         let v = first.env[k].replace(
