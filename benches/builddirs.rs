@@ -108,14 +108,16 @@ fn concurrent(root: &Path, claimants: u64, rounds: u64) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing to parse.
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not: a quick smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (rounds, concurrent_rounds) = if full { (200, 40) } else { (5, 2) };
     let base = std::env::var_os("BUILDDIRS_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::tempdir_in(&base).unwrap();
     println!("limit_build_dir claims in {}", base.display());
     for held in [0, 50, 500] {
-        existing(tmp.path(), held, 200);
+        existing(tmp.path(), held, rounds);
     }
-    concurrent(tmp.path(), 16, 40);
+    concurrent(tmp.path(), 16, concurrent_rounds);
 }
