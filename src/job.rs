@@ -42,6 +42,21 @@ pub struct JobContext {
     pub no_bash_profile: bool,
     /// `JACAMAR_ETC_PROFILE_ONLY`: source /etc/profile but not the user's files.
     pub etc_profile_only: bool,
+    /// The CI variables of the build-directory features (see [`crate::fs::builds`]).
+    #[serde(default)]
+    pub build_dirs: BuildDirVars,
+}
+
+/// CI variables read for the build-directory features; values are checked where used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildDirVars {
+    /// `CI_PROJECT_ID`, as given (part of the `limit_build_dir` directory's unique id).
+    pub project_id: Option<String>,
+    /// `CUSTOM_CI_BUILDS_DIR`: the user's own builds dir (with `custom_build_dir`).
+    pub custom_builds_dir: Option<String>,
+    /// `JACAMAR_LIMIT_BUILD_DIR`: the project opts in to `limit_build_dir` (with
+    /// `user_enabled_limit`).
+    pub limit_opt_in: bool,
 }
 
 /// Truthy CI variable values, as GitLab users write them.
@@ -106,6 +121,11 @@ impl JobContext {
             job_status: get("CI_JOB_STATUS").cloned(),
             no_bash_profile: truthy(get("JACAMAR_NO_BASH_PROFILE")),
             etc_profile_only: truthy(get("JACAMAR_ETC_PROFILE_ONLY")),
+            build_dirs: BuildDirVars {
+                project_id: get("CI_PROJECT_ID").cloned(),
+                custom_builds_dir: get("CUSTOM_CI_BUILDS_DIR").cloned(),
+                limit_opt_in: truthy(get("JACAMAR_LIMIT_BUILD_DIR")),
+            },
         })
     }
 }

@@ -57,6 +57,9 @@ pub struct Account {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
+    /// `config_exec`: decide the job's builds dir as the user (claim one with
+    /// `limit_build_dir`, verify `CUSTOM_CI_BUILDS_DIR`); answered with [`Status::Configured`].
+    Config,
     /// Create the job's directories.
     Prepare,
     /// Write the stage's script into the user's script dir and run it.
@@ -95,6 +98,11 @@ pub enum Status {
     /// The driver could not do its part (directories, spawn, ...).
     SystemFailure {
         message: String,
+    },
+    /// [`Action::Config`] succeeded: what `config_exec` prints for the runner.
+    Configured {
+        builds_dir: std::path::PathBuf,
+        builds_dir_is_shared: bool,
     },
 }
 
@@ -273,6 +281,7 @@ mod tests {
                 job_status: None,
                 no_bash_profile: false,
                 etc_profile_only: false,
+                build_dirs: Default::default(),
             },
             account: Account {
                 name: "u".into(),
@@ -366,5 +375,16 @@ mod tests {
         v.push(b'\n');
         assert_eq!(parse_status(&v), Some(s));
         assert_eq!(parse_status(b"garbage"), None);
+        // The plain success line is unchanged by the Configured variant.
+        assert_eq!(
+            parse_status(b"{\"status\":\"success\"}\n"),
+            Some(Status::Success)
+        );
+        let c = Status::Configured {
+            builds_dir: "/d/builds/p_1/000".into(),
+            builds_dir_is_shared: false,
+        };
+        let line = serde_json::to_vec(&c).unwrap();
+        assert_eq!(parse_status(&line), Some(c));
     }
 }

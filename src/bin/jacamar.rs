@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Action {
+    /// Decide (claim, verify) the job's builds directory for config_exec.
+    Config,
     /// Create the job's directories.
     Prepare,
     /// Run a stage's script (the script itself arrives on the control descriptor).

@@ -84,7 +84,7 @@ pub fn cleanup_job(paths: &JobPaths, retain_logs: bool) -> Result<(), FsError> {
 }
 
 /// Open `parent/name` as a directory without following a symlink; `None` when it is gone.
-fn open_child(parent: &DirFd, name: &str) -> Result<Option<DirFd>, FsError> {
+pub(crate) fn open_child(parent: &DirFd, name: &str) -> Result<Option<DirFd>, FsError> {
     let path = parent.path.join(name);
     match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
         Ok(fd) => Ok(Some(DirFd { fd, path })),
@@ -96,7 +96,7 @@ fn open_child(parent: &DirFd, name: &str) -> Result<Option<DirFd>, FsError> {
 
 /// Remove `parent/name` and everything below it. A non-directory (including a symlink) is
 /// unlinked, never followed.
-fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<(), FsError> {
+pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<(), FsError> {
     let path = parent.path.join(name);
     let fd = match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,

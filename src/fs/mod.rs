@@ -18,12 +18,21 @@
 //! * `paths`: computing and validating the paths (no I/O).
 //! * `secure`: creating and verifying directories, writing scripts.
 //! * `cleanup`: removing a job's scripts directory.
+//! * [`builds`]: where the builds dir goes (`limit_build_dir`, `static_builds_dir`,
+//!   `custom_build_dir`, a `group_permissions` change) and what cleanup removes; built on:
+//! * [`claim`]: claiming concurrent build directories with fcntl locks (`limit_build_dir`).
+//! * `custom`: verifying the user's `CUSTOM_CI_BUILDS_DIR`.
+//! * `static_dirs`: removing old static build directories.
 
 use std::path::PathBuf;
 
+pub mod builds;
+pub mod claim;
 mod cleanup;
+mod custom;
 mod paths;
 mod secure;
+mod static_dirs;
 
 #[cfg(test)]
 mod tests;
@@ -89,6 +98,17 @@ pub enum FsError {
     /// A directory that must already exist does not.
     #[error("failed to find {what} {}: it does not exist", path.display())]
     Missing { what: &'static str, path: PathBuf },
+    /// `limit_build_dir`: every allowed directory stayed claimed for as long as we could wait.
+    #[error("timed out after {waited_secs}s waiting for a free build directory in {}: all {max} directories (max_build_dir) are claimed by other jobs", path.display())]
+    ClaimTimeout {
+        path: PathBuf,
+        max: u32,
+        waited_secs: u64,
+    },
+    /// `limit_build_dir`: a later stage found no claim of this job (it expired and was taken,
+    /// or config_exec did not claim).
+    #[error("no build directory in {} is claimed by job {job_id} (did config_exec claim one, or did the claim expire?)", path.display())]
+    NotClaimed { path: PathBuf, job_id: u64 },
     /// A system call failed.
     #[error("failed to {op} {}: {source}", path.display())]
     Io {

@@ -106,6 +106,17 @@ pub struct JobPaths {
     project: Vec<String>,
     job_id: u64,
     user_specific: bool,
+    /// Where the builds dir is, when a build-directory feature moved it (see `fs::builds`).
+    builds_at: Option<BuildsAt>,
+}
+
+/// Where the builds dir lives when it is not `<base>/builds/<runner>/<NNN>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BuildsAt {
+    /// Components below the base dir (the first is `builds`), validated segments.
+    BelowBase(Vec<String>),
+    /// A verified directory outside the base dir (`custom_build_dir`), absolute.
+    Outside(PathBuf),
 }
 
 impl JobPaths {
@@ -168,6 +179,7 @@ impl JobPaths {
             project,
             job_id,
             user_specific,
+            builds_at: None,
         })
     }
 
@@ -183,11 +195,27 @@ impl JobPaths {
     }
 
     /// `<base>/builds/<runner>/<NNN>`: the runner appends `/<namespace>/<project>`.
+    /// A build-directory feature may have moved it (see `fs::builds`).
     pub fn builds_dir(&self) -> PathBuf {
-        self.base
-            .join("builds")
-            .join(&self.runner)
-            .join(&self.concurrent)
+        match &self.builds_at {
+            None => self
+                .base
+                .join("builds")
+                .join(&self.runner)
+                .join(&self.concurrent),
+            Some(BuildsAt::BelowBase(comps)) => {
+                let mut p = self.base.clone();
+                p.extend(comps);
+                p
+            }
+            Some(BuildsAt::Outside(path)) => path.clone(),
+        }
+    }
+
+    /// The same paths with the builds dir moved (`fs::builds` decides where).
+    pub(crate) fn with_builds_at(mut self, at: BuildsAt) -> JobPaths {
+        self.builds_at = Some(at);
+        self
     }
 
     /// `<base>/cache/<runner>/<NNN>`.
@@ -251,13 +279,18 @@ impl JobPaths {
         &self.anchor
     }
 
-    /// Components below the base dir leading to `builds_dir()`.
-    pub(crate) fn builds_components(&self) -> Vec<String> {
-        vec![
-            "builds".into(),
-            self.runner.clone(),
-            self.concurrent.clone(),
-        ]
+    /// Components below the base dir leading to `builds_dir()`; `None` when the builds dir
+    /// is outside the base dir (`fs::builds` creates that one).
+    pub(crate) fn builds_components(&self) -> Option<Vec<String>> {
+        match &self.builds_at {
+            None => Some(vec![
+                "builds".into(),
+                self.runner.clone(),
+                self.concurrent.clone(),
+            ]),
+            Some(BuildsAt::BelowBase(comps)) => Some(comps.clone()),
+            Some(BuildsAt::Outside(_)) => None,
+        }
     }
 
     /// Components below the base dir leading to `cache_dir()`.
@@ -339,7 +372,7 @@ fn bare_var<'a>(after: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// An absolute path without `.`/`..` components or NUL bytes, with duplicate `/` removed.
-fn normalize_absolute(s: &str) -> Result<PathBuf, String> {
+pub(crate) fn normalize_absolute(s: &str) -> Result<PathBuf, String> {
     if !s.starts_with('/') {
         return Err("it is not an absolute path".into());
     }

@@ -54,12 +54,12 @@ impl DirFd {
         self.fd.as_fd()
     }
 
-    fn stat(&self) -> Result<FileStat, FsError> {
+    pub(crate) fn stat(&self) -> Result<FileStat, FsError> {
         stat::fstat(self.fd.as_raw_fd()).map_err(|e| FsError::io("stat", &self.path, e))
     }
 }
 
-fn file_type(st: &FileStat) -> SFlag {
+pub(crate) fn file_type(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
@@ -73,7 +73,7 @@ fn type_name(t: SFlag) -> &'static str {
 }
 
 /// Permission bits as shown in messages (`0700`, `1777`).
-fn perm_bits(st: &FileStat) -> u32 {
+pub(crate) fn perm_bits(st: &FileStat) -> u32 {
     st.st_mode & 0o7777
 }
 
@@ -170,7 +170,7 @@ impl Expected<'_> {
 
 /// The admin-side directory above the base dir: a directory (final component not a symlink),
 /// and sticky if group/other-writable (else others could swap the base dir).
-fn check_anchor(dir: &DirFd) -> Result<FileStat, FsError> {
+pub(crate) fn check_anchor(dir: &DirFd) -> Result<FileStat, FsError> {
     let st = dir.stat()?;
     let perm = perm_bits(&st);
     if perm & 0o022 != 0 && perm & 0o1000 == 0 {
@@ -335,7 +335,9 @@ pub fn ensure_job_dirs(paths: &JobPaths, policy: &DirPolicy) -> Result<(), FsErr
     };
     retry_vanished(|| {
         let base = open_base(paths, &exp, true)?;
-        open_chain(&base, &paths.builds_components(), &exp)?;
+        if let Some(builds) = paths.builds_components() {
+            open_chain(&base, &builds, &exp)?;
+        }
         open_chain(&base, &paths.cache_components(), &exp)?;
         open_chain(&base, &paths.scripts_components(), &exp)?;
         Ok(())
@@ -405,6 +407,68 @@ fn create_script(dir: &DirFd, name: &str, content: &[u8]) -> Result<PathBuf, FsE
         }
     }
     Err(FsError::io("create", path, Errno::EEXIST))
+}
+
+/// Open (creating what is missing) `components` below the base dir, the base dir included:
+/// the first component gets the exact mode, deeper ones must be private. For the
+/// build-directory features (`fs::builds`).
+pub(crate) fn open_below_base(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    components: &[String],
+) -> Result<DirFd, FsError> {
+    let exp = Expected {
+        policy,
+        user: paths.user(),
+    };
+    retry_vanished(|| {
+        let base = open_base(paths, &exp, true)?;
+        open_chain(&base, components, &exp)
+    })
+}
+
+/// Open (with `create`, make) the private directory `parent/name` owned by the policy's uid.
+pub(crate) fn open_private_child(
+    parent: &DirFd,
+    name: &str,
+    policy: &DirPolicy,
+    user: &UserInfo,
+    create: bool,
+) -> Result<DirFd, FsError> {
+    let exp = Expected { policy, user };
+    open_or_create(parent, name, Rule::Private, &exp, create, "directory")
+}
+
+/// The verified directory the base dir lives in, creating nothing (`Missing` when absent).
+pub(crate) fn open_existing_base_parent(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+) -> Result<DirFd, FsError> {
+    let exp = Expected {
+        policy,
+        user: paths.user(),
+    };
+    open_base_parent(paths, &exp, false)
+}
+
+/// Names in `dir` (UTF-8 ones, without `.` and `..`).
+pub(crate) fn entry_names(dir: &DirFd) -> Result<Vec<String>, FsError> {
+    let dup = dir.fd.try_clone().map_err(|source| FsError::Io {
+        op: "duplicate descriptor of",
+        path: dir.path.clone(),
+        source,
+    })?;
+    let mut d = nix::dir::Dir::from(dup).map_err(|e| FsError::io("read", &dir.path, e))?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e.map_err(|e| FsError::io("read", &dir.path, e))?;
+        if let Ok(n) = e.file_name().to_str() {
+            if n != "." && n != ".." {
+                out.push(n.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Verify, creating nothing: the admin's directory, the base dir (which must exist) and

@@ -18,6 +18,7 @@ use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
 use crate::auth::audit::{self, Event, Level, Sink};
 use crate::auth::{self, obfuscate, Target};
 use crate::config::{Config, Downscope, LogLocation};
+use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
 use crate::protocol::{self, Action, Handoff, Status};
 use crate::supervisor::{self, OsSignals, Outcome, Policy, Request, Terminator};
@@ -59,6 +60,8 @@ enum Done {
         exit_code: i32,
         note: Option<String>,
     },
+    /// `jacamar` decided the builds dir for config_exec.
+    Configured(BuildsInfo),
 }
 
 /// Run one stage and return the process exit code for the runner.
@@ -76,7 +79,7 @@ pub fn main(opts: Options) -> i32 {
     };
     let result = rt.block_on(stage(&opts));
     match result {
-        Ok(Done::Success) => 0,
+        Ok(Done::Success | Done::Configured(_)) => 0,
         Ok(Done::BuildFailure { exit_code, note }) => {
             if let Some(note) = note {
                 eprintln!("ERROR: {note}");
@@ -171,7 +174,7 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
         let job = JobContext::from_env()?;
         let target = auth::authorize(&config)?;
         match &opts.call {
-            Call::Config => config_stage(opts, &config, &job, &target),
+            Call::Config => config_stage(opts, &config, &job, &target, signals).await,
             Call::Prepare => {
                 if let Some(msg) = &config.general.job_message {
                     println!("{}", msg.trim_end());
@@ -203,13 +206,22 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
 }
 
 /// `config_exec`: print the JSON the runner reads from our stdout, and nothing else there.
-fn config_stage(
+async fn config_stage(
     opts: &Options,
     config: &Config,
     job: &JobContext,
     target: &Target,
+    signals: OsSignals,
 ) -> Result<Done, StageError> {
     let paths = job_paths(config, job, &target.account)?;
+    let builds = match builds_of(config, job, &paths)? {
+        Some(b) => b,
+        // A claim or a user-owned root: decided by jacamar, as the user.
+        None => match hand_over(config, job, target, Action::Config, signals).await? {
+            Done::Configured(b) => b,
+            other => return Ok(other),
+        },
+    };
     let hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -219,15 +231,24 @@ fn config_stage(
         job_env.insert(CONFIG_PATH_ENV.into(), json!(path.display().to_string()));
     }
     let out = json!({
-        "builds_dir": paths.builds_dir(),
+        "builds_dir": builds.builds_dir,
         "cache_dir": paths.cache_dir(),
-        "builds_dir_is_shared": false,
+        "builds_dir_is_shared": builds.builds_dir_is_shared,
         "hostname": hostname,
         "driver": { "name": "jacamar-rs", "version": env!("CARGO_PKG_VERSION") },
         "job_env": job_env,
     });
     println!("{out}");
     Ok(Done::Success)
+}
+
+/// The builds dir when config can decide it alone (`None`: jacamar must, see `fs::builds`).
+fn builds_of(
+    config: &Config,
+    job: &JobContext,
+    paths: &crate::fs::JobPaths,
+) -> Result<Option<BuildsInfo>, StageError> {
+    Ok(BuildsPlan::new(&config.general, job, paths)?.planned(paths))
 }
 
 /// Where the `jacamar` binary is: `[auth] jacamar_path` (the binary, or a directory holding
@@ -302,6 +323,7 @@ async fn hand_over(
     protocol::set_inheritable(protocol::raw(&st_w), true)?;
 
     let verb = match &action {
+        Action::Config => "config".to_string(),
         Action::Prepare => "prepare".to_string(),
         Action::Run { stage, .. } => format!("run {stage}"),
         Action::Cleanup => "cleanup".to_string(),
@@ -317,6 +339,10 @@ async fn hand_over(
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .process_group(0);
+    if matches!(action, Action::Config) {
+        // config_exec's stdout is the runner's JSON: jacamar's output goes to the job log.
+        cmd.stdout(std::process::Stdio::from(std::io::stderr()));
+    }
     let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
         what: exe.display().to_string(),
         source,
@@ -398,6 +424,13 @@ fn done_of(status: Status) -> Result<Done, StageError> {
             Done::BuildFailure { exit_code, note }
         }
         Status::SystemFailure { message } => return Err(StageError::User(message)),
+        Status::Configured {
+            builds_dir,
+            builds_dir_is_shared,
+        } => Done::Configured(BuildsInfo {
+            builds_dir,
+            builds_dir_is_shared,
+        }),
     })
 }
 

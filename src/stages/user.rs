@@ -80,13 +80,39 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
         uid: h.account.uid,
         group_permissions: config.general.group_permissions,
     };
+    let builds_plan = || fs::builds::BuildsPlan::new(&config.general, &h.job, &paths);
+    // Messages of the build-directory features go to the job log (stderr), never stdout.
+    let mut notify = |m: &str| eprintln!("{m}");
     match &h.action {
+        Action::Config => {
+            let info = fs::builds::configure(
+                &paths,
+                &policy,
+                &builds_plan()?,
+                &config.general,
+                &h.job,
+                &mut notify,
+            )?;
+            Ok(Status::Configured {
+                builds_dir: info.builds_dir,
+                builds_dir_is_shared: info.builds_dir_is_shared,
+            })
+        }
         Action::Prepare => {
-            fs::ensure_job_dirs(&paths, &policy)?;
+            let plan = builds_plan()?;
+            fs::builds::prepare(
+                paths.clone(),
+                &policy,
+                &plan,
+                &config.general,
+                &h.job,
+                &mut notify,
+            )?;
             Ok(Status::Success)
         }
         Action::Cleanup => {
             fs::cleanup_job(&paths, config.general.retain_logs)?;
+            fs::builds::cleanup(&paths, &policy, &builds_plan()?, &config.general)?;
             Ok(Status::Success)
         }
         Action::Run { stage, script } => {

@@ -2,6 +2,7 @@
 //!
 //! Several tests need root (creating directories owned by other uids); CI runs as root.
 
+mod builddirs;
 mod demo;
 mod harness;
 mod refusals;
