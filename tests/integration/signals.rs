@@ -227,7 +227,7 @@ fn leftover_background_processes_are_swept_when_the_script_ends() {
     let out = h.run(
         "build_script",
         &format!(
-            "bash -c 'trap \"\" TERM; echo $$ >> {m}/left; exec sleep 300' &\n( setsid bash -c 'echo $$ >> {m}/left; exec sleep 300' & )\nwhile [ \"$(wc -l < {m}/left)\" -lt 2 ]; do sleep 0.05; done\necho done\n"
+            ": > {m}/left\nbash -c 'trap \"\" TERM; echo $$ >> {m}/left; exec sleep 300' &\n( setsid bash -c 'echo $$ >> {m}/left; exec sleep 300' & )\nwhile [ \"$(wc -l < {m}/left)\" -lt 2 ]; do sleep 0.05; done\necho done\n"
         ),
     );
     assert!(out.status.success(), "{}", show(&out));
