@@ -2,6 +2,8 @@
 //!
 //! Several tests need root (creating directories owned by other uids); CI runs as root.
 
+mod auth_jwt;
+mod auth_kit;
 mod harness;
 mod refusals;
 mod signals;
