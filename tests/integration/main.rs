@@ -4,6 +4,7 @@
 
 mod auth_jwt;
 mod auth_kit;
+mod auth_policy;
 mod auth_setuid;
 mod harness;
 mod refusals;
