@@ -106,8 +106,7 @@ pub fn build(cfg: &Seccomp, uid: u32, gid: u32) -> Result<Option<Program>, AuthE
         if cfg.tty_rules {
             let ioctl = syscall("ioctl", "tty_rules")?;
             for req in [libc::TIOCSTI, libc::TIOCLINUX] {
-                let cmp =
-                    ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xffff_ffff), req as u64);
+                let cmp = ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xffff_ffff), req);
                 ctx.add_rule_conditional(block, ioctl, &[cmp])
                     .map_err(err)?;
             }
