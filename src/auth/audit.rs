@@ -88,6 +88,8 @@ pub struct Event<'a> {
     pub account: Option<&'a str>,
     /// The verified GitLab login (success events).
     pub login: Option<&'a str>,
+    /// `[general] name` of this runner's configuration, when set.
+    pub name: Option<&'a str>,
 }
 
 /// Render an event as one JSON line (no trailing newline).
@@ -118,6 +120,9 @@ pub fn render(ev: &Event<'_>) -> String {
     }
     if let Some(l) = ev.login {
         v["login"] = json!(l);
+    }
+    if let Some(n) = ev.name {
+        v["name"] = json!(n);
     }
     v.to_string()
 }
@@ -244,6 +249,7 @@ mod tests {
             error_id: Some("0123456789ab"),
             account: None,
             login: None,
+            name: None,
         };
         assert!(record(&Sink::File(path.clone()), &ev));
         let text = std::fs::read_to_string(path).unwrap();
@@ -272,6 +278,7 @@ mod tests {
             error_id: None,
             account: Some("alice"),
             login: Some("alice"),
+            name: Some("site-runner"),
         };
         assert!(record(&sink, &ev));
         let mut buf = [0u8; 4096];

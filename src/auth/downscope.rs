@@ -31,6 +31,8 @@ pub struct Plan {
     pub groups: Vec<libc::gid_t>,
     pub no_new_privs: bool,
     pub seccomp: Option<seccomp::Program>,
+    /// `[general] unlimited_stack`: raise the soft stack limit to the hard limit.
+    pub unlimited_stack: bool,
 }
 
 /// Decide what the child will do for `target` under `config`.
@@ -67,6 +69,7 @@ pub fn plan(config: &Config, target: &Target) -> Result<Plan, AuthError> {
         groups: target.groups.clone(),
         no_new_privs,
         seccomp: filter,
+        unlimited_stack: config.general.unlimited_stack,
     })
 }
 
@@ -167,6 +170,20 @@ fn drop_privileges(p: &Plan) -> std::io::Result<()> {
             if (r, e, s) != (p.gid, p.gid, p.gid) || !caps::all_empty()? {
                 return Err(std::io::Error::from_raw_os_error(libc::EPERM));
             }
+        }
+        if p.unlimited_stack {
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            check(libc::syscall(
+                libc::SYS_getrlimit,
+                libc::RLIMIT_STACK,
+                &mut lim as *mut libc::rlimit,
+            ))?;
+            lim.rlim_cur = lim.rlim_max;
+            check(libc::syscall(
+                libc::SYS_setrlimit,
+                libc::RLIMIT_STACK,
+                &lim as *const libc::rlimit,
+            ))?;
         }
         if p.no_new_privs {
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;

@@ -120,6 +120,7 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
             error_id: Some(&id),
             account: None,
             login: None,
+            name: config.and_then(|c| c.general.name.as_deref()),
         },
     );
     let user_facing = matches!(err, StageError::Auth(a) if a.user_facing());
@@ -249,6 +250,7 @@ fn authorized(config: &Config, job: &JobContext, stage: &str, target: &Target) {
             error_id: None,
             account: Some(&target.account.name),
             login,
+            name: config.general.name.as_deref(),
         },
     );
 }
