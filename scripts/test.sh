@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=()
-for p in bash procps util-linux passwd; do
+# [auth] (issue 3): libseccomp-dev links the seccomp filters; libcap2-bin (setcap) for the
+# caps-only service account test; sudo for downscope = "sudo"; openssl makes the test PKI
+# and RSA keys; hostname for the seccomp test.
+auth_pkgs=(libseccomp-dev libcap2-bin sudo openssl hostname)
+for p in bash procps util-linux passwd "${auth_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -1,10 +1,15 @@
 //! The audit log of jacamar-auth: one JSON object per event, to a file or to syslog.
 //!
 //! Fields: `time` (RFC 3339, UTC), `level`, `msg`, `job`, `runner`, `stage`, `pid`,
-//! `hostname`, and `error_id` when the job log got an obfuscated message with that id.
+//! `hostname`, `error_id` when the job log got an obfuscated message with that id, and on a
+//! successful authorization `account` (the local account the job runs as) and `login`.
+//!
+//! Destinations (`[auth.logging]`): syslog (`/dev/log`, facility authpriv) by default, a
+//! file, or a remote log daemon (`network` + `address`: tcp/udp/unix variants), one JSON
+//! object per event (syslog-framed for syslog and the network). `level` drops events below it.
 
 use std::io::Write;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,13 +20,58 @@ use serde_json::json;
 pub enum Sink {
     Syslog,
     File(PathBuf),
+    /// A remote log daemon: `network` is tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram
+    /// or unixpacket; `address` is `host:port` or a socket path.
+    Network {
+        network: String,
+        address: String,
+    },
     Nowhere,
+}
+
+/// Where `[auth.logging]` sends events (nowhere unless `enabled`).
+pub fn sink_of(c: &crate::config::Config) -> Sink {
+    use crate::config::LogLocation;
+    let l = &c.auth.logging;
+    if !l.enabled {
+        return Sink::Nowhere;
+    }
+    if let (Some(network), Some(address)) = (&l.network, &l.address) {
+        return Sink::Network {
+            network: network.clone(),
+            address: address.clone(),
+        };
+    }
+    match &l.location {
+        LogLocation::Syslog => Sink::Syslog,
+        LogLocation::File(path) => Sink::File(path.clone()),
+    }
+}
+
+/// Whether an event of `level` passes the configured threshold.
+pub fn passes(level: Level, threshold: crate::config::LogLevel) -> bool {
+    use crate::config::LogLevel as L;
+    let rank = |l: Level| match l {
+        Level::Debug => 0,
+        Level::Info => 1,
+        Level::Warn => 2,
+        Level::Error => 3,
+    };
+    let min = match threshold {
+        L::Debug => 0,
+        L::Info => 1,
+        L::Warn => 2,
+        L::Error => 3,
+    };
+    rank(level) >= min
 }
 
 /// Severity of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    Debug,
     Info,
+    Warn,
     Error,
 }
 
@@ -34,6 +84,12 @@ pub struct Event<'a> {
     pub runner: Option<&'a str>,
     pub stage: &'a str,
     pub error_id: Option<&'a str>,
+    /// The local account the job was authorized to run as (success events).
+    pub account: Option<&'a str>,
+    /// The verified GitLab login (success events).
+    pub login: Option<&'a str>,
+    /// `[general] name` of this runner's configuration, when set.
+    pub name: Option<&'a str>,
 }
 
 /// Render an event as one JSON line (no trailing newline).
@@ -43,7 +99,12 @@ pub fn render(ev: &Event<'_>) -> String {
         .unwrap_or_default();
     let mut v = json!({
         "time": rfc3339(SystemTime::now()),
-        "level": match ev.level { Level::Info => "INFO", Level::Error => "ERROR" },
+        "level": match ev.level {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        },
         "msg": ev.msg,
         "job": ev.job,
         "runner": ev.runner,
@@ -53,6 +114,15 @@ pub fn render(ev: &Event<'_>) -> String {
     });
     if let Some(id) = ev.error_id {
         v["error_id"] = json!(id);
+    }
+    if let Some(a) = ev.account {
+        v["account"] = json!(a);
+    }
+    if let Some(l) = ev.login {
+        v["login"] = json!(l);
+    }
+    if let Some(n) = ev.name {
+        v["name"] = json!(n);
     }
     v.to_string()
 }
@@ -68,14 +138,63 @@ pub fn record(sink: &Sink, ev: &Event<'_>) -> bool {
             .open(path)
             .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
             .is_ok(),
-        Sink::Syslog => {
-            // LOG_AUTHPRIV (10) * 8 + severity (3 err, 6 info).
-            let pri = 80 + if ev.level == Level::Error { 3 } else { 6 };
-            let msg = format!("<{pri}>jacamar-auth[{}]: {line}", std::process::id());
-            UnixDatagram::unbound()
-                .and_then(|s| s.send_to(msg.as_bytes(), "/dev/log"))
-                .is_ok()
+        Sink::Syslog => UnixDatagram::unbound()
+            .and_then(|s| s.send_to(syslog_frame(ev.level, &line).as_bytes(), "/dev/log"))
+            .is_ok(),
+        Sink::Network { network, address } => {
+            send_network(network, address, &syslog_frame(ev.level, &line)).is_ok()
         }
+    }
+}
+
+/// `<pri>jacamar-auth[pid]: line` with facility LOG_AUTHPRIV (10).
+fn syslog_frame(level: Level, line: &str) -> String {
+    let severity = match level {
+        Level::Debug => 7,
+        Level::Info => 6,
+        Level::Warn => 4,
+        Level::Error => 3,
+    };
+    format!(
+        "<{}>jacamar-auth[{}]: {line}",
+        80 + severity,
+        std::process::id()
+    )
+}
+
+fn send_network(network: &str, address: &str, msg: &str) -> std::io::Result<()> {
+    use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+    let timeout = Some(std::time::Duration::from_secs(5));
+    match network {
+        "tcp" | "tcp4" | "tcp6" => {
+            let addr = address
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| std::io::Error::other("address resolves to nothing"))?;
+            let mut s = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+            s.set_write_timeout(timeout)?;
+            s.write_all(format!("{msg}\n").as_bytes())
+        }
+        "udp" | "udp4" | "udp6" => {
+            let bind = if network == "udp6" || address.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            UdpSocket::bind(bind)?
+                .send_to(msg.as_bytes(), address)
+                .map(|_| ())
+        }
+        "unixgram" => UnixDatagram::unbound()?
+            .send_to(msg.as_bytes(), address)
+            .map(|_| ()),
+        // A stream socket; SOCK_SEQPACKET is not in std, a stream connect fails clearly on it.
+        "unix" | "unixpacket" => {
+            let mut s = UnixStream::connect(address)?;
+            s.set_write_timeout(timeout)?;
+            s.write_all(format!("{msg}\n").as_bytes())
+        }
+        other => Err(std::io::Error::other(format!("unknown network {other}"))),
     }
 }
 
@@ -128,6 +247,9 @@ mod tests {
             runner: Some("abc"),
             stage: "prepare_exec",
             error_id: Some("0123456789ab"),
+            account: None,
+            login: None,
+            name: None,
         };
         assert!(record(&Sink::File(path.clone()), &ev));
         let text = std::fs::read_to_string(path).unwrap();
@@ -135,5 +257,44 @@ mod tests {
         assert_eq!(v["job"], 9);
         assert_eq!(v["error_id"], "0123456789ab");
         assert_eq!(v["stage"], "prepare_exec");
+    }
+
+    #[test]
+    fn udp_sink_gets_a_syslog_framed_json_line() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let sink = Sink::Network {
+            network: "udp".into(),
+            address: server.local_addr().unwrap().to_string(),
+        };
+        let ev = Event {
+            level: Level::Info,
+            msg: "authorized",
+            job: Some(1),
+            runner: None,
+            stage: "config_exec",
+            error_id: None,
+            account: Some("alice"),
+            login: Some("alice"),
+            name: Some("site-runner"),
+        };
+        assert!(record(&sink, &ev));
+        let mut buf = [0u8; 4096];
+        let n = server.recv(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("<86>jacamar-auth["), "{text}");
+        let json = &text[text.find('{').unwrap()..];
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["account"], "alice");
+    }
+
+    #[test]
+    fn levels_filter() {
+        use crate::config::LogLevel;
+        assert!(passes(Level::Error, LogLevel::Warn));
+        assert!(!passes(Level::Info, LogLevel::Warn));
+        assert!(passes(Level::Debug, LogLevel::Debug));
     }
 }

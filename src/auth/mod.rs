@@ -1,24 +1,86 @@
 //! The privilege boundary: who runs the job, with what environment, and what the job log
 //! may say about failures.
 //!
-//! Today only `downscope = "none"` is implemented: the job runs as the account that runs
-//! jacamar-auth. `setuid` and `sudo` are refused with a clear error until they land.
+//! [`authorize`] is called by jacamar-auth at every stage. Identity comes from the job's
+//! signed id_token ([`jwt`], keys from [`jwks`]), never from `CUSTOM_ENV_` variables; then
+//! the policy of `[auth]` ([`lists`], bot accounts, pipeline sources, [`runas`],
+//! [`nologin`], shells) decides, and the result is a [`Target`]. [`downscope`] turns it into
+//! the command that starts `jacamar` as that account ([`caps`], [`seccomp`]).
+//!
+//! One exception keeps local runs simple: with `downscope = "none"`, no `gitlab_server`
+//! configured and no id_token in the job, the job runs as jacamar-auth's own account
+//! unverified ([`Target::identity`] is `None`), and the job log says so.
 
 pub mod audit;
+pub mod caps;
+pub mod downscope;
 pub mod env;
+pub mod jwks;
+pub mod jwt;
+pub mod lists;
+pub mod nologin;
 pub mod obfuscate;
+pub mod runas;
+pub mod seccomp;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::time::Duration;
 
 use crate::config::{Config, Downscope};
+use crate::job::JobContext;
 use crate::protocol::Account;
 
+/// The fallback variable of the job's id_token.
+pub const DEFAULT_JWT_VARIABLE: &str = "CI_JOB_JWT";
+
 /// Authorization failures. Their text is for the admin; the job log gets
-/// [`obfuscate::public_message`] unless `--unobfuscated`.
+/// [`obfuscate::public_message`] unless `--unobfuscated` (or [`AuthError::user_facing`]).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("downscope \"{0}\" is not supported by this build of jacamar-rs yet; use downscope = \"none\"")]
-    Unsupported(&'static str),
     #[error("failed to look up the local account of uid {uid}: {why}")]
     Lookup { uid: u32, why: String },
+    #[error(
+        "No id_token found on {var} variable. Please update your CI job to include the following:\n\
+         id_tokens:\n  {var}:\n    aud: {aud}\n\
+         (see https://docs.gitlab.com/ee/ci/yaml/index.html#id_tokens)"
+    )]
+    MissingToken { var: String, aud: String },
+    #[error("invalid id_token: {0}")]
+    Token(String),
+    #[error("unable to verify the id_token: {0}")]
+    Jwks(String),
+    #[error("no GitLab server to verify the id_token against: {0}")]
+    NoServer(String),
+    #[error("refusing user_login {0:?} of the id_token: not a valid account name")]
+    BadLogin(String),
+    #[error("job refused: {0}")]
+    Refused(String),
+    #[error("RunAs validation failed: {0}")]
+    RunAs(String),
+    #[error("no local account {0:?} for the job's user")]
+    NoAccount(String),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    #[error("downscope: {0}")]
+    Downscope(String),
+    #[error("CI variable {name} is {len} characters long, more than max_env_chars ({max}) allows")]
+    EnvTooLong {
+        name: String,
+        len: usize,
+        max: usize,
+    },
+}
+
+impl AuthError {
+    /// Errors whose full text the CI user needs and may see (they reveal nothing of the
+    /// runner): the missing id_token, an over-long variable.
+    pub fn user_facing(&self) -> bool {
+        matches!(
+            self,
+            AuthError::MissingToken { .. } | AuthError::EnvTooLong { .. }
+        )
+    }
 }
 
 /// The local account a job will run as, decided by the privileged side.
@@ -26,21 +88,273 @@ pub enum AuthError {
 pub struct Target {
     pub account: Account,
     pub downscope: Downscope,
+    /// Supplementary groups of the account (getgrouplist), resolved before any fork.
+    pub groups: Vec<u32>,
+    /// The verified identity; `None` only for an unverified `downscope = "none"` job.
+    pub identity: Option<jwt::Identity>,
 }
 
-/// Decide who runs the job.
-pub fn authorize(config: &Config) -> Result<Target, AuthError> {
-    match config.auth.downscope {
-        Downscope::None => {
-            let uid = nix::unistd::Uid::current();
-            Ok(Target {
-                account: account_of(uid.as_raw())?,
+/// The warning the job log gets for an unverified job.
+pub const UNVERIFIED_WARNING: &str = "WARNING: no id_token and no gitlab_server configured: \
+     the job runs as the runner's own account (downscope = \"none\"), its user is not verified";
+
+/// The variable holding the id_token (`CUSTOM_ENV_` + `jwt_env_variable`, else `CI_JOB_JWT`)
+/// and the token, if the job has one.
+pub fn find_token(config: &Config, env: &BTreeMap<String, String>) -> (String, Option<String>) {
+    let mut names = Vec::new();
+    if let Some(v) = &config.general.jwt_env_variable {
+        names.push(v.trim_start_matches("CUSTOM_ENV_").to_string());
+    }
+    names.push(DEFAULT_JWT_VARIABLE.to_string());
+    for n in &names {
+        if let Some(t) = env
+            .get(&format!("CUSTOM_ENV_{n}"))
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+        {
+            return (n.clone(), Some(t.to_string()));
+        }
+    }
+    (names.swap_remove(0), None)
+}
+
+/// The server the token must come from: `gitlab_server`, else (downscope "none" only) the
+/// job's `CI_SERVER_URL`. A CI variable can override `CI_SERVER_URL`, so a privileged
+/// downscope never trusts it.
+fn server_url(config: &Config, job: &JobContext) -> Result<String, AuthError> {
+    if let Some(s) = &config.general.gitlab_server {
+        return Ok(s.trim_end_matches('/').to_string());
+    }
+    if config.auth.downscope != Downscope::None {
+        return Err(AuthError::NoServer(format!(
+            "set [general] gitlab_server: with downscope = \"{}\" the job's CI_SERVER_URL is \
+             not trusted (a CI variable can override it)",
+            config.auth.downscope.as_str()
+        )));
+    }
+    job.server_url
+        .as_ref()
+        .map(|s| s.trim_end_matches('/').to_string())
+        .ok_or_else(|| {
+            AuthError::NoServer(
+                "neither [general] gitlab_server nor CUSTOM_ENV_CI_SERVER_URL is set".into(),
+            )
+        })
+}
+
+/// Decide who runs the job, for the runner's stage `stage` (`config_exec`, ...,
+/// `cleanup_exec`). `env` is jacamar-auth's environment (the runner's and `CUSTOM_ENV_*`).
+pub async fn authorize(
+    config: &Config,
+    job: &JobContext,
+    stage: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<Target, AuthError> {
+    let a = &config.auth;
+    env::check_sizes(env, a.max_env_chars)?;
+    let (var, token) = find_token(config, env);
+    let Some(token) = token else {
+        if a.downscope == Downscope::None && config.general.gitlab_server.is_none() {
+            return Ok(Target {
+                account: account_of(nix::unistd::geteuid().as_raw())?,
                 downscope: Downscope::None,
+                groups: Vec::new(),
+                identity: None,
+            });
+        }
+        let aud = a
+            .jwt_required_aud
+            .clone()
+            .or_else(|| config.general.gitlab_server.clone())
+            .or_else(|| job.server_url.clone())
+            .unwrap_or_else(|| "https://gitlab.example.com".into());
+        return Err(AuthError::MissingToken { var, aud });
+    };
+    let server = server_url(config, job)?;
+    let kid = jwt::header_kid(&token)?;
+    let src = jwks::Source::new(&server, config.general.tls_ca_file.clone());
+    let key = jwks::key_for(&src, &kid).await?;
+    let aud = a.jwt_required_aud.clone().unwrap_or_else(|| server.clone());
+    let expect = jwt::Expect {
+        issuer: &server,
+        audience: &aud,
+        job_id: job.job_id,
+        exp_grace: if stage == "cleanup_exec" {
+            a.jwt_exp_delay
+        } else {
+            Duration::ZERO
+        },
+        now: None,
+    };
+    let id = jwt::validate(&token, &key, &expect)?;
+    policy(config, id, env).await
+}
+
+/// Everything after the token: bots, pipeline sources, RunAs, lists, nologin, the account.
+async fn policy(
+    config: &Config,
+    id: jwt::Identity,
+    env: &BTreeMap<String, String>,
+) -> Result<Target, AuthError> {
+    let a = &config.auth;
+    if lists::is_bot(&id.login) && !a.allow_bot_accounts {
+        return Err(AuthError::Refused(format!(
+            "{} is a GitLab bot account; set allow_bot_accounts = true to allow them",
+            id.login
+        )));
+    }
+    if !a.pipeline_source_allowlist.is_empty() {
+        let src = id.pipeline_source.as_deref().unwrap_or("");
+        if !a.pipeline_source_allowlist.iter().any(|s| s == src) {
+            return Err(AuthError::Refused(format!(
+                "pipeline source {src:?} is not in pipeline_source_allowlist"
+            )));
+        }
+    }
+    let mut name = id.login.clone();
+    if let Some(r) = &a.runas {
+        if a.lists_pre_validation {
+            check_lists(config, &name)?;
+        }
+        name = runas::validate(r, &id, env).await?;
+        if !a.lists_pre_validation {
+            check_lists(config, &name)?;
+        }
+    } else {
+        check_lists(config, &name)?;
+    }
+    if a.enforce_nologin {
+        if let Some((path, why)) = nologin::system() {
+            return Err(AuthError::Refused(format!(
+                "{} exists (enforce_nologin){}",
+                path.display(),
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            )));
+        }
+    }
+    let local = user_by_name(&name)?;
+    if let Some(u) = &local {
+        check_shell(config, &u.name, &u.shell)?;
+        if a.ff_getent_check {
+            getent_check(&u.name, u.uid.as_raw())?;
+        }
+    }
+    match a.downscope {
+        Downscope::None => Ok(Target {
+            account: account_of(nix::unistd::geteuid().as_raw())?,
+            downscope: Downscope::None,
+            groups: Vec::new(),
+            identity: Some(id),
+        }),
+        mode @ (Downscope::Setuid | Downscope::Sudo) => {
+            let u = local.ok_or_else(|| AuthError::NoAccount(name.clone()))?;
+            if u.uid.is_root() {
+                return Err(AuthError::Refused(format!(
+                    "the job's account {} is uid 0; jobs never run as root",
+                    u.name
+                )));
+            }
+            let groups = group_ids(&u.name, u.gid.as_raw())?;
+            Ok(Target {
+                account: Account {
+                    name: u.name,
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                    home: u.dir,
+                    shell: u.shell,
+                },
+                downscope: mode,
+                groups,
+                identity: Some(id),
             })
         }
-        Downscope::Setuid => Err(AuthError::Unsupported("setuid")),
-        Downscope::Sudo => Err(AuthError::Unsupported("sudo")),
     }
+}
+
+fn user_by_name(name: &str) -> Result<Option<nix::unistd::User>, AuthError> {
+    nix::unistd::User::from_name(name).map_err(|e| AuthError::Lookup {
+        uid: u32::MAX,
+        why: format!("looking up {name:?}: {e}"),
+    })
+}
+
+fn group_ids(name: &str, gid: u32) -> Result<Vec<u32>, AuthError> {
+    let c = CString::new(name).map_err(|_| AuthError::BadLogin(name.into()))?;
+    nix::unistd::getgrouplist(&c, nix::unistd::Gid::from_raw(gid))
+        .map(|v| v.into_iter().map(|g| g.as_raw()).collect())
+        .map_err(|e| AuthError::Lookup {
+            uid: u32::MAX,
+            why: format!("groups of {name}: {e}"),
+        })
+}
+
+/// The lists of `[auth]` applied to the local account `name` (groups from the user
+/// database; an account that does not exist has no groups).
+fn check_lists(config: &Config, name: &str) -> Result<(), AuthError> {
+    let groups = match user_by_name(name)? {
+        Some(u) => group_ids(&u.name, u.gid.as_raw())?
+            .into_iter()
+            .filter_map(|g| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let s = lists::Subject {
+        name: name.to_string(),
+        groups,
+    };
+    match lists::check(&config.auth, &s) {
+        lists::Decision::Allowed(_) => Ok(()),
+        lists::Decision::Refused(why) => Err(AuthError::Refused(why)),
+    }
+}
+
+fn check_shell(config: &Config, name: &str, shell: &std::path::Path) -> Result<(), AuthError> {
+    let allow = &config.auth.shell_allowlist;
+    if allow.is_empty() || allow.iter().any(|s| std::path::Path::new(s) == shell) {
+        return Ok(());
+    }
+    Err(AuthError::Refused(format!(
+        "the shell of {name} ({}) is not in shell_allowlist",
+        shell.display()
+    )))
+}
+
+/// `ff_getent_check`: the account must also be known to `getent passwd`, with the same uid.
+fn getent_check(name: &str, uid: u32) -> Result<(), AuthError> {
+    let out = std::process::Command::new("getent")
+        .args(["passwd", name])
+        .env_clear()
+        .env("PATH", env::DEFAULT_PATH)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| AuthError::Refused(format!("getent check of {name}: {e}")))?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let got = line
+        .split(':')
+        .nth(2)
+        .and_then(|u| u.trim().parse::<u32>().ok());
+    if out.status.success() && got == Some(uid) {
+        Ok(())
+    } else {
+        Err(AuthError::Refused(format!(
+            "getent passwd {name} does not confirm uid {uid} (ff_getent_check)"
+        )))
+    }
+}
+
+/// Whether the run stage `stage` may run (`run_stage_allowlist`; empty allows all).
+pub fn stage_allowed(config: &Config, stage: &str) -> bool {
+    let l = &config.auth.run_stage_allowlist;
+    l.is_empty() || l.iter().any(|s| s == stage)
 }
 
 /// The passwd entry of `uid`.

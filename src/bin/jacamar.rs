@@ -35,6 +35,15 @@ enum Action {
 }
 
 fn main() {
+    // git runs us as GIT_ASKPASS with its prompt as the only argument (see auth::env).
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let [prompt] = argv.as_slice() {
+        let token = std::env::var("CI_JOB_TOKEN").ok();
+        if let Some(answer) = jacamar::auth::env::askpass_answer(prompt, token.as_deref()) {
+            println!("{answer}");
+            std::process::exit(0);
+        }
+    }
     let cli = Cli::parse();
     let _ = &cli.action;
     let fds = jacamar::protocol::inherited_fd(cli.control_fd)

@@ -127,10 +127,10 @@ impl KeySpec {
         self
     }
 
-    /// True while the module that acts on the key (`auth`, `batch`) is not
+    /// True while the module that acts on the key (`batch`) is not
     /// written yet: the key is read and validated, and nothing else.
     pub fn parsed_only(&self) -> bool {
-        matches!(self.used_by.as_bytes(), b"auth" | b"batch")
+        matches!(self.used_by.as_bytes(), b"batch")
     }
 }
 

@@ -344,6 +344,58 @@ pub fn ensure_job_dirs(paths: &JobPaths, policy: &DirPolicy) -> Result<(), FsErr
     })
 }
 
+/// `[auth] root_dir_creation`: the privileged side creates the user's base dir
+/// (`<data_dir>/<user>`) with the policy's mode, owned by `uid:gid`, through the data_dir's
+/// descriptor (`mkdirat` + `fchown` + `fchmod` on the re-opened `O_NOFOLLOW` descriptor). An
+/// existing base dir is verified, never changed. Only for a fixed `data_dir`; with a templated
+/// one (`$HOME`, `$USER`) the user creates it, and this returns `Ok(false)`.
+pub fn create_base_dir_for_user(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    gid: u32,
+) -> Result<bool, FsError> {
+    let Anchor::Fixed { path, what } = paths.anchor() else {
+        return Ok(false);
+    };
+    let exp = Expected {
+        policy,
+        user: paths.user(),
+    };
+    let parent = open_dir_path(path, what)?;
+    check_anchor(&parent)?;
+    let name = paths
+        .base_dir()
+        .file_name()
+        .and_then(OsStr::to_str)
+        .ok_or_else(|| FsError::refused(paths.base_dir(), "has no usable final component"))?;
+    let full = parent.path.join(name);
+    let mode = Mode::from_bits_truncate(policy.dir_mode());
+    match stat::mkdirat(Some(parent.fd.as_raw_fd()), name, mode) {
+        Ok(()) => {
+            let fd = openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty())
+                .map_err(|e| diagnose_at(&parent, name, e))?;
+            unistd::fchown(
+                fd.as_raw_fd(),
+                Some(unistd::Uid::from_raw(policy.uid)),
+                Some(unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| FsError::io("change the owner of", &full, e))?;
+            stat::fchmod(fd.as_raw_fd(), mode)
+                .map_err(|e| FsError::io("set permissions of", &full, e))?;
+            let dir = DirFd { fd, path: full };
+            exp.verify(&dir.stat()?, &dir.path, Rule::Exact)?;
+        }
+        Err(Errno::EEXIST) => {
+            let fd = openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty())
+                .map_err(|e| diagnose_at(&parent, name, e))?;
+            let dir = DirFd { fd, path: full };
+            exp.verify(&dir.stat()?, &dir.path, Rule::Exact)?;
+        }
+        Err(e) => return Err(FsError::io("create", full, e)),
+    }
+    Ok(true)
+}
+
 /// Write `content` to `scripts_dir()/<stage>.bash` (mode 0700), replacing an earlier file for the
 /// same stage. Creates the scripts directory chain if needed. Returns the script's path.
 pub fn write_script(

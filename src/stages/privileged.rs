@@ -4,6 +4,7 @@
 //! (config: print JSON | prepare/run/cleanup: hand the stage to `jacamar` and supervise it)
 //! -> map the result to the runner's exit codes.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +18,7 @@ use tokio::sync::mpsc;
 use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
 use crate::auth::audit::{self, Event, Level, Sink};
 use crate::auth::{self, obfuscate, Target};
-use crate::config::{Config, Downscope, LogLocation};
+use crate::config::{Config, Downscope};
 use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
 use crate::protocol::{self, Action, Handoff, Status};
@@ -108,8 +109,7 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
     let job = JobContext::from_env().ok();
     let id = obfuscate::error_id();
     let sink = match config {
-        Some(c) if c.auth.logging.enabled => sink_of(c),
-        Some(_) => Sink::Nowhere,
+        Some(c) => audit::sink_of(c),
         None => Sink::Syslog,
     };
     audit::record(
@@ -121,22 +121,19 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
             runner: job.as_ref().map(|j| j.runner_short_token.as_str()),
             stage: opts.call.stage_name(),
             error_id: Some(&id),
+            account: None,
+            login: None,
+            name: config.and_then(|c| c.general.name.as_deref()),
         },
     );
-    if opts.unobfuscated || opts.call == Call::Cleanup {
+    let user_facing = matches!(err, StageError::Auth(a) if a.user_facing());
+    if opts.unobfuscated || opts.call == Call::Cleanup || user_facing {
         eprintln!("Error encountered during job: {full}");
     } else {
         eprintln!(
             "Error encountered during job: {} (error id {id})",
             obfuscate::public_message(err.category())
         );
-    }
-}
-
-fn sink_of(c: &Config) -> Sink {
-    match &c.auth.logging.location {
-        LogLocation::Syslog => Sink::Syslog,
-        LogLocation::File(path) => Sink::File(path.clone()),
     }
 }
 
@@ -172,14 +169,25 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
     let config = load_config(opts).map_err(|e| (e, None))?;
     let run = async {
         let job = JobContext::from_env()?;
-        let target = auth::authorize(&config)?;
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let target = auth::authorize(&config, &job, opts.call.stage_name(), &env).await?;
+        authorized(&config, &job, opts.call.stage_name(), &target);
         match &opts.call {
             Call::Config => config_stage(opts, &config, &job, &target, signals).await,
             Call::Prepare => {
+                if target.identity.is_none() {
+                    eprintln!("{}", auth::UNVERIFIED_WARNING);
+                }
                 if let Some(msg) = &config.general.job_message {
                     println!("{}", msg.trim_end());
                 }
                 hand_over(&config, &job, &target, Action::Prepare, signals).await
+            }
+            Call::Run { stage, .. } if !auth::stage_allowed(&config, stage) => {
+                eprintln!(
+                    "WARNING: stage {stage} is not in the runner's run_stage_allowlist; skipped"
+                );
+                Ok(Done::Success)
             }
             Call::Run { script, stage } => {
                 let text = std::fs::read(script).map_err(|source| StageError::Script {
@@ -190,6 +198,14 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
                     path: script.clone(),
                     source: std::io::Error::other("the script is not valid UTF-8"),
                 })?;
+                let script = if config.general.unrestricted_cmd_line {
+                    script
+                } else {
+                    let token = env
+                        .get("CUSTOM_ENV_CI_JOB_TOKEN")
+                        .map_or("", String::as_str);
+                    auth::env::strip_token_from_urls(&script, token)
+                };
                 let action = Action::Run {
                     stage: stage.clone(),
                     script,
@@ -203,6 +219,43 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
         Ok(done) => Ok(done),
         Err(e) => Err((e, Some(config))),
     }
+}
+
+/// Record a successful authorization (with the local account) in the audit log.
+fn authorized(config: &Config, job: &JobContext, stage: &str, target: &Target) {
+    if !audit::passes(Level::Info, config.auth.logging.level) {
+        return;
+    }
+    let login = target.identity.as_ref().map(|i| i.login.as_str());
+    let msg = match &target.identity {
+        Some(i) => format!(
+            "authorized GitLab user {} (id {}, pipeline source {}) as local account {} (uid {}), downscope {}",
+            i.login,
+            i.user_id,
+            i.pipeline_source.as_deref().unwrap_or("unknown"),
+            target.account.name,
+            target.account.uid,
+            target.downscope.as_str()
+        ),
+        None => format!(
+            "unverified job (no id_token, no gitlab_server) runs as local account {} (uid {}), downscope none",
+            target.account.name, target.account.uid
+        ),
+    };
+    audit::record(
+        &audit::sink_of(config),
+        &Event {
+            level: Level::Info,
+            msg: &msg,
+            job: Some(job.job_id),
+            runner: Some(&job.runner_short_token),
+            stage,
+            error_id: None,
+            account: Some(&target.account.name),
+            login,
+            name: config.general.name.as_deref(),
+        },
+    );
 }
 
 /// `config_exec`: print the JSON the runner reads from our stdout, and nothing else there.
@@ -317,6 +370,15 @@ async fn hand_over(
     signals: OsSignals,
 ) -> Result<Done, StageError> {
     let exe = jacamar_binary(config)?;
+    if config.auth.root_dir_creation && target.downscope != Downscope::None {
+        let paths = job_paths(config, job, &target.account)?;
+        let policy = crate::fs::DirPolicy {
+            uid: target.account.uid,
+            group_permissions: config.general.group_permissions,
+        };
+        crate::fs::create_base_dir_for_user(&paths, &policy, target.account.gid)?;
+    }
+    let plan = auth::downscope::plan(config, target)?;
     let (ctl_r, ctl_w) = protocol::pipe_cloexec()?;
     let (st_r, st_w) = protocol::pipe_cloexec()?;
     protocol::set_inheritable(protocol::raw(&ctl_r), true)?;
@@ -328,13 +390,16 @@ async fn hand_over(
         Action::Run { stage, .. } => format!("run {stage}"),
         Action::Cleanup => "cleanup".to_string(),
     };
-    let mut cmd = tokio::process::Command::new(&exe);
-    cmd.arg("--control-fd")
-        .arg(protocol::raw(&ctl_r).to_string())
-        .arg("--status-fd")
-        .arg(protocol::raw(&st_w).to_string())
-        .args(verb.split(' '))
-        .env_clear()
+    let args: Vec<String> = verb.split(' ').map(str::to_string).collect();
+    let mut cmd = auth::downscope::command(
+        &plan,
+        &target.account.name,
+        &exe,
+        protocol::raw(&ctl_r),
+        protocol::raw(&st_w),
+        &args,
+    );
+    cmd.env_clear()
         .env("PATH", auth::env::DEFAULT_PATH)
         .current_dir("/")
         .stdin(std::process::Stdio::null())
@@ -343,9 +408,13 @@ async fn hand_over(
         // config_exec's stdout is the runner's JSON: jacamar's output goes to the job log.
         cmd.stdout(std::process::Stdio::from(std::io::stderr()));
     }
-    let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
-        what: exe.display().to_string(),
-        source,
+    let mut child = cmd.spawn().map_err(|e| {
+        StageError::Internal(auth::downscope::spawn_error(
+            &plan,
+            &target.account.name,
+            &exe,
+            &e,
+        ))
     })?;
     drop(ctl_r);
     drop(st_w);
@@ -360,13 +429,19 @@ async fn hand_over(
         config_toml: config.source.clone(),
         job: job.clone(),
         account: target.account.clone(),
-        env: auth::env::job_env(
-            &target.account,
-            std::env::vars()
-                .collect::<Vec<_>>()
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        ),
+        env: {
+            let mut env = auth::env::job_env(
+                &target.account,
+                std::env::vars()
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            if !config.general.unrestricted_cmd_line {
+                env.extend(auth::env::askpass_env(&exe));
+            }
+            env
+        },
         deadline_unix_ms: dl_unix_ms,
     };
     let mut control = File::from(ctl_w);

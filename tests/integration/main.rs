@@ -2,6 +2,10 @@
 //!
 //! Several tests need root (creating directories owned by other uids); CI runs as root.
 
+mod auth_jwt;
+mod auth_kit;
+mod auth_policy;
+mod auth_setuid;
 mod builddirs;
 mod demo;
 mod harness;

@@ -216,7 +216,7 @@ fn missing_job_variables_are_a_clear_system_failure() {
 }
 
 #[test]
-fn unimplemented_downscope_is_refused_clearly() {
+fn setuid_without_a_token_is_refused_clearly() {
     let mut h = Harness::new("");
     let text = std::fs::read_to_string(&h.config_path)
         .unwrap()
@@ -225,8 +225,9 @@ fn unimplemented_downscope_is_refused_clearly() {
     h.unobfuscated = true;
     let out = h.config();
     assert_eq!(out.status.code(), Some(2));
+    // setuid works now; it needs the job's id_token, and says which block to add.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("setuid"),
+        String::from_utf8_lossy(&out.stderr).contains("No id_token found on CI_JOB_JWT"),
         "{}",
         show(&out)
     );

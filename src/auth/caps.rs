@@ -1,0 +1,85 @@
+//! Raw capability syscalls for the pre-exec helper (async-signal-safe, no allocation).
+//!
+//! A service account holding only file capabilities (`cap_setuid,cap_setgid=ep`) keeps
+//! them across `setresuid`: the kernel clears capabilities on a uid switch only for a
+//! process that had uid 0. So the helper clears every set itself and checks the result.
+
+#[repr(C)]
+struct Header {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Data {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const VERSION_3: u32 = 0x2008_0522;
+
+/// Empty the effective, permitted, inheritable and ambient sets of the calling thread.
+pub fn clear_all() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only. EINVAL means a kernel without ambient
+    // capabilities (< 4.3), where there is nothing to clear.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+    }
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let d = [Data::default(); 2];
+    // SAFETY: capset reads a valid header and two data structs (version 3 layout).
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// True when the effective, permitted and inheritable sets of the calling thread are empty.
+pub fn all_empty() -> std::io::Result<bool> {
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget writes two data structs into `d`, which has room for them.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(d.iter()
+        .all(|x| x.effective == 0 && x.permitted == 0 && x.inheritable == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_child_can_drop_everything() {
+        let mut cmd = std::process::Command::new("/bin/true");
+        // SAFETY: only raw syscalls and _exit in the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                super::clear_all()?;
+                libc::_exit(if super::all_empty()? { 0 } else { 1 });
+            });
+        }
+        assert_eq!(cmd.status().unwrap().code(), Some(0));
+    }
+}

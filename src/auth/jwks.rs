@@ -1,0 +1,337 @@
+//! The GitLab server's signing keys (JWKS), fetched over HTTPS and cached on disk.
+//!
+//! Keys come from `<server>/-/jwks`, or `<server>/oauth/discovery/keys` when the first
+//! fails. They are cached for the service account (the account running jacamar-auth) in
+//! `$XDG_CACHE_HOME/jacamar-rs/` (else `~/.cache/jacamar-rs/` of its passwd entry), one file
+//! per server, for [`TTL`]. A token whose `kid` is not in a fresh cache triggers one refetch
+//! (the server rotated its keys); never more than one fetch per stage.
+//!
+//! The cache is trusted only when it is a regular file owned by us and not writable by group
+//! or others, in a directory with the same properties; otherwise it is ignored and refetched.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::AuthError;
+
+/// How long fetched keys are used before they are fetched again.
+pub const TTL: Duration = Duration::from_secs(300);
+/// Largest JWKS document accepted.
+const MAX_BODY: usize = 1 << 20;
+/// Time limit of one HTTP request.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One RSA signing key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    pub kid: String,
+    /// Modulus and exponent, base64url as in the JWKS.
+    pub n: String,
+    pub e: String,
+}
+
+/// Where keys come from and where they are cached.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `https://host[:port][/path]`, no trailing slash.
+    pub server: String,
+    pub ca_file: Option<PathBuf>,
+    /// Directory of the cache; `None` disables caching.
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    server: String,
+    fetched_at: u64,
+    keys: Vec<Key>,
+}
+
+impl Source {
+    pub fn new(server: &str, ca_file: Option<PathBuf>) -> Source {
+        Source {
+            server: server.trim_end_matches('/').to_string(),
+            ca_file,
+            cache_dir: default_cache_dir(),
+        }
+    }
+
+    fn cache_path(&self) -> Option<PathBuf> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.server.as_bytes());
+        let hex: String = digest.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Some(self.cache_dir.as_ref()?.join(format!("jwks-{hex}.json")))
+    }
+}
+
+/// `$XDG_CACHE_HOME/jacamar-rs` (absolute only) of jacamar-auth's own environment (the
+/// runner's, not the job's), else `<home of our euid>/.cache/jacamar-rs`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from) {
+        if x.is_absolute() {
+            return Some(x.join("jacamar-rs"));
+        }
+    }
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok()??;
+    Some(me.dir.join(".cache/jacamar-rs"))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The key `kid`: from a fresh cache, else fetched (at most once per call).
+pub async fn key_for(src: &Source, kid: &str) -> Result<Key, AuthError> {
+    if let Some(keys) = read_cache(src) {
+        if let Some(k) = keys.iter().find(|k| k.kid == kid) {
+            return Ok(k.clone());
+        }
+    }
+    let keys = fetch(src).await?;
+    write_cache(src, &keys);
+    keys.into_iter().find(|k| k.kid == kid).ok_or_else(|| {
+        AuthError::Token(format!(
+            "token key id {kid:?} is not among the server's signing keys ({})",
+            src.server
+        ))
+    })
+}
+
+/// Whether `p`'s metadata shows something only we can write.
+fn private_to_us(m: &std::fs::Metadata) -> bool {
+    m.uid() == nix::unistd::geteuid().as_raw() && m.permissions().mode() & 0o022 == 0
+}
+
+fn read_cache(src: &Source) -> Option<Vec<Key>> {
+    let path = src.cache_path()?;
+    let dir = std::fs::symlink_metadata(path.parent()?).ok()?;
+    if !dir.is_dir() || !private_to_us(&dir) {
+        return None;
+    }
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    if !meta.is_file() || !private_to_us(&meta) {
+        return None;
+    }
+    let c: CacheFile = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    let age = now().checked_sub(c.fetched_at)?;
+    (c.server == src.server && age < TTL.as_secs()).then_some(c.keys)
+}
+
+/// Best effort: a cache we cannot write only costs a fetch next time.
+fn write_cache(src: &Source, keys: &[Key]) {
+    let Some(path) = src.cache_path() else { return };
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let body = CacheFile {
+        server: src.server.clone(),
+        fetched_at: now(),
+        keys: keys.to_vec(),
+    };
+    let Ok(text) = serde_json::to_vec(&body) else {
+        return;
+    };
+    let tmp = dir.join(format!(".jwks-{}.tmp", std::process::id()));
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&text));
+    if ok.is_ok() && std::fs::rename(&tmp, &path).is_ok() {
+        return;
+    }
+    let _ = std::fs::remove_file(&tmp);
+}
+
+/// Parse a JWKS document: the RSA keys with a `kid` meant for signatures.
+pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let keys = v
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("no \"keys\" array")?;
+    let out: Vec<Key> = keys
+        .iter()
+        .filter(|k| k.get("kty").and_then(|x| x.as_str()) == Some("RSA"))
+        .filter(|k| k.get("use").and_then(|x| x.as_str()).unwrap_or("sig") == "sig")
+        .filter(|k| k.get("alg").and_then(|x| x.as_str()).unwrap_or("RS256") == "RS256")
+        .filter_map(|k| {
+            Some(Key {
+                kid: k.get("kid")?.as_str()?.to_string(),
+                n: k.get("n")?.as_str()?.to_string(),
+                e: k.get("e")?.as_str()?.to_string(),
+            })
+        })
+        .collect();
+    if out.is_empty() {
+        return Err("no RS256 signing key with a kid".into());
+    }
+    Ok(out)
+}
+
+/// Fetch the keys: `/-/jwks`, then `/oauth/discovery/keys`.
+pub async fn fetch(src: &Source) -> Result<Vec<Key>, AuthError> {
+    if !src.server.starts_with("https://") {
+        return Err(AuthError::Jwks(format!(
+            "refusing to fetch signing keys from {} over plain HTTP: set gitlab_server to an https:// URL",
+            src.server
+        )));
+    }
+    let client = client(src)?;
+    let mut problems = Vec::new();
+    for path in ["/-/jwks", "/oauth/discovery/keys"] {
+        let url = format!("{}{path}", src.server);
+        match get(&client, &url).await {
+            Ok(body) => match parse_jwks(&body) {
+                Ok(keys) => return Ok(keys),
+                Err(e) => problems.push(format!("{url}: {e}")),
+            },
+            Err(e) => problems.push(format!("{url}: {e}")),
+        }
+    }
+    Err(AuthError::Jwks(format!(
+        "unable to retrieve keys from the JWKS endpoint: {}",
+        problems.join("; ")
+    )))
+}
+
+fn client(src: &Source) -> Result<reqwest::Client, AuthError> {
+    let mut b = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .connect_timeout(HTTP_TIMEOUT)
+        .https_only(true)
+        .user_agent(concat!("jacamar-rs/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &src.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| {
+            AuthError::Jwks(format!("failed to read tls-ca-file {}: {e}", ca.display()))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            AuthError::Jwks(format!("tls-ca-file {} is not PEM: {e}", ca.display()))
+        })?;
+        if certs.is_empty() {
+            return Err(AuthError::Jwks(format!(
+                "tls-ca-file {} holds no certificate",
+                ca.display()
+            )));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build()
+        .map_err(|e| AuthError::Jwks(format!("failed to set up the HTTPS client: {e}")))
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+    let mut resp = client.get(url).send().await.map_err(error_chain)?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(error_chain)? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Err(format!("response larger than {MAX_BODY} bytes"));
+        }
+    }
+    Ok(body)
+}
+
+fn error_chain(e: reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// For tests and benchmarks: the cache file of `src`, if caching is on.
+pub fn cache_file(src: &Source) -> Option<PathBuf> {
+    src.cache_path()
+}
+
+/// Whether `dir` is usable as a private cache directory (exists, ours, 0700-ish).
+pub fn is_private_dir(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir)
+        .map(|m| m.is_dir() && private_to_us(&m))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_only_rsa_signing_keys() {
+        let body = br#"{"keys":[
+            {"kty":"RSA","kid":"a","n":"AQ","e":"AQAB","use":"sig","alg":"RS256"},
+            {"kty":"EC","kid":"b","x":"1","y":"2"},
+            {"kty":"RSA","kid":"c","n":"AQ","e":"AQAB","use":"enc"},
+            {"kty":"RSA","n":"AQ","e":"AQAB"}]}"#;
+        let keys = parse_jwks(body).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid, "a");
+        assert!(parse_jwks(b"{}").is_err());
+        assert!(parse_jwks(b"<html>").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn cache_round_trip_and_distrust() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Source {
+            server: "https://gitlab.example.com".into(),
+            ca_file: None,
+            cache_dir: Some(dir.path().join("c")),
+        };
+        let keys = vec![Key {
+            kid: "k".into(),
+            n: "AQ".into(),
+            e: "AQAB".into(),
+        }];
+        assert!(read_cache(&src).is_none());
+        write_cache(&src, &keys);
+        assert_eq!(read_cache(&src), Some(keys.clone()));
+        // A cache others can write is ignored.
+        let p = cache_file(&src).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(read_cache(&src).is_none());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A stale cache is ignored.
+        let mut c: CacheFile = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        c.fetched_at -= TTL.as_secs() + 1;
+        std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+        assert!(read_cache(&src).is_none());
+    }
+
+    #[test]
+    fn plain_http_is_refused() {
+        let src = Source {
+            server: "http://gitlab.example.com".into(),
+            ca_file: None,
+            cache_dir: None,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(fetch(&src)).unwrap_err().to_string();
+        assert!(err.contains("plain HTTP"), "{err}");
+    }
+}

@@ -1,0 +1,270 @@
+//! `[auth.seccomp]`: a system-call filter for the job, built with libseccomp.
+//!
+//! libseccomp allocates, so the filter is compiled to a classic BPF program *before* the
+//! fork ([`build`]); the child installs that program with one raw `prctl(PR_SET_SECCOMP)`
+//! right before `execve` ([`Program::install`], async-signal-safe). The filter is inherited
+//! by `jacamar` and everything the job starts.
+//!
+//! * default action: allow (`log_allowed_actions`: log and allow); `block_all`: block;
+//! * `block_calls`: blocked, unless also in `allow_calls` (which takes precedence);
+//! * `block_all` + `allow_calls`: only those are allowed;
+//! * blocking kills the process (`SIGSYS`), or with `block_with_errno` the call fails with
+//!   `EPERM`;
+//! * `limit_setuid`: `setuid`/`setreuid`/`setresuid`/`setfsuid` with any id other than the
+//!   job's uid are blocked (a `-1` "unchanged" argument too), same for the gid calls;
+//! * `tty_rules`: `ioctl(fd, TIOCSTI)` and `ioctl(fd, TIOCLINUX)` (pushing input into a
+//!   terminal) are blocked.
+//!
+//! There are no default filters: with none of the keys above set, no filter is loaded.
+
+use std::io::{Read, Seek};
+use std::os::fd::FromRawFd;
+
+use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+
+use super::AuthError;
+use crate::config::Seccomp;
+
+/// A compiled filter, ready to install in a pre-exec hook.
+#[derive(Debug, Clone)]
+pub struct Program {
+    filter: Vec<libc::sock_filter>,
+}
+
+/// Whether the configuration asks for a filter.
+pub fn wanted(cfg: &Seccomp) -> bool {
+    !cfg.disabled
+        && (cfg.block_all
+            || !cfg.block_calls.is_empty()
+            || cfg.limit_setuid
+            || cfg.tty_rules
+            || cfg.log_allowed_actions)
+}
+
+fn err(e: impl std::fmt::Display) -> AuthError {
+    AuthError::Seccomp(e.to_string())
+}
+
+fn syscall(name: &str, key: &str) -> Result<ScmpSyscall, AuthError> {
+    ScmpSyscall::from_name(name).map_err(|_| {
+        AuthError::Seccomp(format!(
+            "unknown system call {name:?} in [auth.seccomp] {key}"
+        ))
+    })
+}
+
+/// Compile the filter for a job running as `uid:gid`; `None` when no filter is wanted.
+pub fn build(cfg: &Seccomp, uid: u32, gid: u32) -> Result<Option<Program>, AuthError> {
+    if !wanted(cfg) {
+        return Ok(None);
+    }
+    let block = if cfg.block_with_errno {
+        ScmpAction::Errno(libc::EPERM)
+    } else {
+        ScmpAction::KillProcess
+    };
+    let allow = if cfg.log_allowed_actions {
+        ScmpAction::Log
+    } else {
+        ScmpAction::Allow
+    };
+    let default = if cfg.block_all { block } else { allow };
+    let mut ctx = ScmpFilterContext::new(default).map_err(err)?;
+    if cfg.block_all {
+        for name in &cfg.allow_calls {
+            ctx.add_rule(allow, syscall(name, "allow_calls")?)
+                .map_err(err)?;
+        }
+    } else {
+        for name in cfg
+            .block_calls
+            .iter()
+            .filter(|n| !cfg.allow_calls.contains(n))
+        {
+            ctx.add_rule(block, syscall(name, "block_calls")?)
+                .map_err(err)?;
+        }
+        if cfg.limit_setuid {
+            let ids: [(&str, u32, usize); 8] = [
+                ("setuid", uid, 1),
+                ("setfsuid", uid, 1),
+                ("setreuid", uid, 2),
+                ("setresuid", uid, 3),
+                ("setgid", gid, 1),
+                ("setfsgid", gid, 1),
+                ("setregid", gid, 2),
+                ("setresgid", gid, 3),
+            ];
+            for (name, id, nargs) in ids {
+                let sc = syscall(name, "limit_setuid")?;
+                for arg in 0..nargs as u32 {
+                    let cmp = ScmpArgCompare::new(arg, ScmpCompareOp::NotEqual, id as u64);
+                    ctx.add_rule_conditional(block, sc, &[cmp]).map_err(err)?;
+                }
+            }
+        }
+        if cfg.tty_rules {
+            let ioctl = syscall("ioctl", "tty_rules")?;
+            for req in [libc::TIOCSTI, libc::TIOCLINUX] {
+                let cmp = ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xffff_ffff), req);
+                ctx.add_rule_conditional(block, ioctl, &[cmp])
+                    .map_err(err)?;
+            }
+        }
+    }
+    Ok(Some(Program {
+        filter: export(&ctx)?,
+    }))
+}
+
+/// The filter as BPF instructions (through a memfd: libseccomp 2.5 exports to a descriptor).
+fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>, AuthError> {
+    // SAFETY: memfd_create with a valid NUL-terminated name; the returned descriptor is
+    // owned by the File below and closed exactly once.
+    let fd = unsafe { libc::memfd_create(c"jacamar-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(err(format!(
+            "memfd_create: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    ctx.export_bpf(&file).map_err(err)?;
+    file.rewind().map_err(err)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(err)?;
+    if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() / 8 > u16::MAX as usize {
+        return Err(err(format!(
+            "libseccomp exported {} bytes, not a BPF program",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect())
+}
+
+impl Program {
+    /// Number of BPF instructions.
+    pub fn len(&self) -> usize {
+        self.filter.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filter.is_empty()
+    }
+
+    /// Install the filter on the calling thread. Async-signal-safe (one `prctl`), meant for
+    /// a pre-exec hook. Needs `no_new_privs` or `CAP_SYS_ADMIN`.
+    pub fn install(&self) -> std::io::Result<()> {
+        let prog = libc::sock_fprog {
+            len: self.filter.len() as u16,
+            filter: self.filter.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at `self.filter`, alive for the duration of the call; the
+        // kernel copies the program.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Seccomp {
+        Seccomp::default()
+    }
+
+    #[test]
+    fn nothing_configured_means_no_filter() {
+        assert!(build(&cfg(), 1000, 1000).unwrap().is_none());
+        let mut c = cfg();
+        c.block_calls = vec!["sethostname".into()];
+        c.disabled = true;
+        assert!(build(&c, 1000, 1000).unwrap().is_none());
+    }
+
+    #[test]
+    fn every_option_compiles() {
+        let mut c = cfg();
+        c.block_calls = vec!["sethostname".into(), "sendfile".into()];
+        c.limit_setuid = true;
+        c.tty_rules = true;
+        c.block_with_errno = true;
+        assert!(build(&c, 1000, 1000).unwrap().unwrap().len() > 4);
+        let mut c = cfg();
+        c.block_all = true;
+        c.allow_calls = vec!["read".into(), "write".into(), "exit_group".into()];
+        c.log_allowed_actions = true;
+        assert!(!build(&c, 1000, 1000).unwrap().unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_call_is_named() {
+        let mut c = cfg();
+        c.block_calls = vec!["no_such_call".into()];
+        let e = build(&c, 1, 1).unwrap_err().to_string();
+        assert!(
+            e.contains("no_such_call") && e.contains("block_calls"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn installed_filter_blocks_in_a_child() {
+        // Fork a child that installs an errno filter on sethostname and reports the errno.
+        let mut c = cfg();
+        c.block_calls = vec!["sethostname".into()];
+        c.block_with_errno = true;
+        let p = build(&c, 0, 0).unwrap().unwrap();
+        let mut cmd = std::process::Command::new("/bin/true");
+        let prog = p.clone();
+        // SAFETY: only async-signal-safe calls (prctl, sethostname, _exit) in the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                prog.install()?;
+                // An over-long name: without the filter the kernel answers EINVAL (or EPERM
+                // for non-root) and changes nothing, so this test can never rename the host.
+                let name = [b'x'; 1000];
+                let rc = libc::sethostname(name.as_ptr().cast(), name.len());
+                let e = *libc::__errno_location();
+                libc::_exit(if rc == -1 && e == libc::EPERM { 42 } else { 43 });
+            });
+        }
+        let st = cmd.status().unwrap();
+        assert_eq!(st.code(), Some(42));
+        // And without the filter the same call does not give EPERM (as root): the test can fail.
+        if nix::unistd::geteuid().is_root() {
+            let mut cmd = std::process::Command::new("/bin/true");
+            // SAFETY: as above.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let name = [b'x'; 1000];
+                    let rc = libc::sethostname(name.as_ptr().cast(), name.len());
+                    let e = *libc::__errno_location();
+                    libc::_exit(if rc == -1 && e == libc::EPERM { 42 } else { 43 });
+                });
+            }
+            assert_eq!(cmd.status().unwrap().code(), Some(43));
+        }
+    }
+}
