@@ -42,6 +42,10 @@ pub struct JobContext {
     pub no_bash_profile: bool,
     /// `JACAMAR_ETC_PROFILE_ONLY`: source /etc/profile but not the user's files.
     pub etc_profile_only: bool,
+    /// CI variables the batch executor reads (`[batch] arguments_variable`, the job name
+    /// prefix), copied by `jacamar-auth` (see [`crate::batch::args::capture`]).
+    #[serde(default)]
+    pub batch_variables: BTreeMap<String, String>,
 }
 
 /// Truthy CI variable values, as GitLab users write them.
@@ -106,6 +110,7 @@ impl JobContext {
             job_status: get("CI_JOB_STATUS").cloned(),
             no_bash_profile: truthy(get("JACAMAR_NO_BASH_PROFILE")),
             etc_profile_only: truthy(get("JACAMAR_ETC_PROFILE_ONLY")),
+            batch_variables: BTreeMap::new(),
         })
     }
 }

@@ -273,6 +273,7 @@ mod tests {
                 job_status: None,
                 no_bash_profile: false,
                 etc_profile_only: false,
+                batch_variables: Default::default(),
             },
             account: Account {
                 name: "u".into(),

@@ -168,7 +168,8 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
     })?;
     let config = load_config(opts).map_err(|e| (e, None))?;
     let run = async {
-        let job = JobContext::from_env()?;
+        let mut job = JobContext::from_env()?;
+        crate::batch::args::capture(&config, &mut job, &std::env::vars().collect());
         let target = auth::authorize(&config)?;
         match &opts.call {
             Call::Config => config_stage(opts, &config, &job, &target),

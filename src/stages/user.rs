@@ -86,6 +86,10 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
             Ok(Status::Success)
         }
         Action::Cleanup => {
+            if config.general.executor.is_batch() {
+                // Cancel the scheduler jobs still queued or running before their record goes.
+                crate::batch::cleanup_stage(&config, &h, &paths).await;
+            }
             fs::cleanup_job(&paths, config.general.retain_logs)?;
             Ok(Status::Success)
         }
@@ -96,6 +100,13 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                 Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only),
                 &path,
             );
+            if config.general.executor.is_batch() && crate::batch::is_submitted_stage(stage) {
+                let deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
+                return crate::batch::run_stage(
+                    &config, &h, &paths, &policy, stage, cmd, control, deadline,
+                )
+                .await;
+            }
             run_shell(&config, &h, cmd, control).await
         }
     }
