@@ -61,11 +61,11 @@ pub struct BatchJob<'a> {
 
 /// The wrapper submitted to the scheduler: a shebang, the scheduler's header, and an
 /// `exec` of the stage script with the user's shell (every word single-quoted).
-pub fn wrapper_script(header: &str, program: &Path, args: &[String]) -> String {
+pub fn wrapper_script(header: &str, command: &[String]) -> String {
     let mut s = String::from("#!/bin/bash\n");
     s.push_str(header);
     s.push_str("exec");
-    for w in std::iter::once(program.display().to_string()).chain(args.iter().cloned()) {
+    for w in command {
         s.push(' ');
         s.push_str(&sh_quote(&w));
     }
@@ -315,7 +315,7 @@ async fn drive(
         TailTiming::new(b.nfs_timeout),
         log.tx.clone(),
     );
-    let ended = wait(job, &cmds, &id, requests, log).await;
+    let ended = wait(job, &cmds, &sub, &id, requests, log).await;
     let (fin, stopped) = match ended {
         Ended::Finished(f) => (Some(f), None),
         Ended::Lost(why) => {
@@ -357,6 +357,8 @@ async fn drive(
         ))
         .await;
     }
+    // Files the job left (PBS's exit code, Cobalt's log) say more than the scheduler.
+    let fin = fin.map(|f| sched.final_from_files(&sub, &id).unwrap_or(f));
     if fin.is_some() {
         let _ = record.finished(&id);
     }
@@ -426,6 +428,7 @@ async fn status_of(
 async fn wait(
     job: &BatchJob<'_>,
     cmds: &Commands,
+    sub: &Submission,
     id: &str,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     log: &Log,
@@ -460,6 +463,9 @@ async fn wait(
                         match &st {
                             JobState::Finished(f) => return Ended::Finished(f.clone()),
                             JobState::Unknown => {
+                                if let Some(f) = job.scheduler.final_from_files(sub, id) {
+                                    return Ended::Finished(f);
+                                }
                                 unknown += 1;
                                 if unknown >= UNKNOWN_LIMIT {
                                     return Ended::Lost(format!("{name} has no record of it after {unknown} polls"));

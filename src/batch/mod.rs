@@ -11,11 +11,12 @@
 //!   known; `cleanup` cancels what is still queued or running.
 //! * [`tail`]: the polling, NFS-safe tailer of the job's output file.
 //! * [`executor`]: the state machine of one batch job (submit, wait, tail, cancel, result).
-//! * One file per scheduler: [`slurm`].
+//! * One file per scheduler: [`slurm`], [`pbs`].
 
 pub mod args;
 pub mod executor;
 pub mod limiter;
+pub mod pbs;
 pub mod persist;
 pub mod slurm;
 pub mod tail;
@@ -192,9 +193,11 @@ pub trait Scheduler: Send + Sync {
     fn name(&self) -> &'static str;
     /// Arguments the driver controls: refused in user arguments unless allowed.
     fn illegal_args(&self) -> &'static [args::Illegal];
-    /// The header written before the stage script (directives), if the scheduler needs one.
-    fn script_header(&self, _sub: &Submission) -> String {
-        String::new()
+    /// The script submitted: by default a shebang and an `exec` of `command` (the user's
+    /// shell running the stage script), every word single-quoted. `output` is the file the
+    /// driver tails.
+    fn wrapper(&self, _output: &Path, command: &[String]) -> String {
+        executor::wrapper_script("", command)
     }
     /// Submit the job; returns the scheduler's job id.
     fn submit<'a>(
@@ -230,6 +233,7 @@ pub fn scheduler_for(
 ) -> Result<Box<dyn Scheduler>, BatchError> {
     match executor {
         Executor::Slurm => Ok(Box::new(slurm::Slurm)),
+        Executor::Pbs => Ok(Box::new(pbs::Pbs)),
         other => Err(BatchError::Setup(format!(
             "the {} executor is not implemented yet in jacamar-rs",
             other.as_str()
@@ -273,15 +277,13 @@ pub async fn run_stage(
         .map_err(|e| internal("read the control channel", &e))?;
     let sig_task = signals.forward(tx);
 
-    let header = scheduler.script_header(&Submission {
-        script: PathBuf::new(),
-        output: PathBuf::new(),
-        error: None,
-        workdir: PathBuf::new(),
-        name: String::new(),
-        args: Vec::new(),
-    });
-    let wrapper = executor::wrapper_script(&header, &cmd.program, &cmd.args);
+    let command: Vec<String> = std::iter::once(path_arg(&cmd.program))
+        .chain(cmd.args.iter().cloned())
+        .collect();
+    let wrapper = scheduler.wrapper(
+        &executor::output_path(&paths.scripts_dir(), stage),
+        &command,
+    );
     let script =
         crate::fs::write_script(paths, policy, &format!("{stage}-batch"), wrapper.as_bytes())?;
     let workdir = if h.account.home.is_dir() {

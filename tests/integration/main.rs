@@ -2,6 +2,7 @@
 //!
 //! Several tests need root (creating directories owned by other uids); CI runs as root.
 
+mod batch_pbs;
 mod batch_slurm;
 mod harness;
 mod refusals;
