@@ -67,7 +67,7 @@ pub fn wrapper_script(header: &str, command: &[String]) -> String {
     s.push_str("exec");
     for w in command {
         s.push(' ');
-        s.push_str(&sh_quote(&w));
+        s.push_str(&sh_quote(w));
     }
     s.push('\n');
     s
@@ -652,8 +652,7 @@ mod tests {
     fn wrapper_quotes_every_word() {
         let w = wrapper_script(
             "#SBATCH --x\n",
-            Path::new("/bin/bash"),
-            &["--login".into(), "/d/it's.bash".into()],
+            &["/bin/bash".into(), "--login".into(), "/d/it's.bash".into()],
         );
         assert_eq!(
             w,

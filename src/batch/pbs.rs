@@ -243,7 +243,12 @@ mod tests {
         let out = d.path().join("build_script.out");
         let w = Pbs.wrapper(
             &out,
-            &["bash".into(), "-c".into(), "echo it's here; exit 4".into()],
+            &[
+                "bash".into(),
+                "-c".into(),
+                "echo \"$0\"; exit 4".into(),
+                "it's here".into(),
+            ],
         );
         let st = std::process::Command::new("bash")
             .arg("-c")
