@@ -21,7 +21,7 @@ pub fn require_slurm() {
     let ok = matches!(&ping, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("is UP"));
     assert!(
         ok,
-        "Slurm is not running ({ping:?}); start it with `bash scripts/slurm/slurm-up.sh` \
+        "Slurm is not running ({ping:?}); start it with `SLURM_CI_USER=jacamar-ci bash scripts/slurm/slurm-up.sh` \
          (scripts/test.sh does this before the tests)"
     );
 }
