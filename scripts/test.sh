@@ -22,6 +22,19 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "cargo is required" >&2; exit 2; }
 
+# --- batch executors (issue 4): a real one-node Slurm, the Torque wrappers (qsub/qstat/qdel
+# over Slurm) for the PBS executor, and the non-root user the batch tests submit as. The
+# script is idempotent; a machine where Slurm cannot start fails here, loudly. Set
+# JACAMAR_TEST_NO_SLURM=1 to skip starting it (the batch tests then fail, they never pass).
+if [ "${JACAMAR_TEST_NO_SLURM:-0}" != 1 ]; then
+  [ "$(id -u)" = 0 ] || { echo "the batch tests need root to start Slurm" >&2; exit 2; }
+  SLURM_CI_USER=jacamar-ci bash scripts/slurm/slurm-up.sh </dev/null
+  if ! command -v qsub >/dev/null; then
+    apt-get install -y -qq --no-install-recommends slurm-wlm-torque </dev/null
+  fi
+fi
+# --- end batch executors
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo build --bins --quiet

@@ -42,6 +42,10 @@ pub struct JobContext {
     pub no_bash_profile: bool,
     /// `JACAMAR_ETC_PROFILE_ONLY`: source /etc/profile but not the user's files.
     pub etc_profile_only: bool,
+    /// CI variables the batch executor reads (`[batch] arguments_variable`, the job name
+    /// prefix), copied by `jacamar-auth` (see [`crate::batch::args::capture`]).
+    #[serde(default)]
+    pub batch_variables: BTreeMap<String, String>,
     /// The CI variables of the build-directory features (see [`crate::fs::builds`]).
     #[serde(default)]
     pub build_dirs: BuildDirVars,
@@ -126,6 +130,7 @@ impl JobContext {
                 custom_builds_dir: get("CUSTOM_CI_BUILDS_DIR").cloned(),
                 limit_opt_in: truthy(get("JACAMAR_LIMIT_BUILD_DIR")),
             },
+            batch_variables: BTreeMap::new(),
         })
     }
 }

@@ -282,6 +282,7 @@ mod tests {
                 no_bash_profile: false,
                 etc_profile_only: false,
                 build_dirs: Default::default(),
+                batch_variables: Default::default(),
             },
             account: Account {
                 name: "u".into(),

@@ -1,27 +1,136 @@
 //! Batch schedulers: one CI job's build script becomes one scheduler job.
 //!
-//! The contract every scheduler implements is [`Scheduler`]; each scheduler lives in its own
-//! file. Only `build_script`/`step_script` is submitted; every other stage runs on the host
-//! with the shell executor.
+//! Only `build_script`/`step_script` is submitted; every other stage runs on the host with
+//! the shell executor. The pieces, each in its own file:
+//!
+//! * [`args`]: the submission's arguments (user variables split with shell-word rules,
+//!   `default_args`, `env_vars`) and each scheduler's refused arguments.
+//! * [`limiter`]: one rate limiter per job for every scheduler command (`command_delay`);
+//!   [`Commands`] runs them, directly (argv, never a shell).
+//! * [`persist`]: the scheduler job id, written to the job's scripts dir the moment it is
+//!   known; `cleanup` cancels what is still queued or running.
+//! * [`tail`]: the polling, NFS-safe tailer of the job's output file.
+//! * [`executor`]: the state machine of one batch job (submit, wait, tail, cancel, result).
+//! * One file per scheduler: [`slurm`], [`pbs`].
 
-use std::path::Path;
+pub mod args;
+pub mod executor;
+pub mod limiter;
+pub mod pbs;
+pub mod persist;
+pub mod slurm;
+pub mod tail;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+pub use executor::{cleanup_job, run_batch, BatchJob};
+pub use limiter::Commands;
+
+use crate::config::Executor;
+
+/// A boxed future: the [`Scheduler`] trait is used as `dyn Scheduler`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How a finished job ended, as the scheduler reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Final {
+    /// The scheduler's own word for the end state (`COMPLETED`, `TIMEOUT`, ...).
+    pub state: String,
+    /// The script's exit code (0 when the scheduler reports none).
+    pub exit_code: i32,
+    /// The signal that ended the script, when the scheduler reports one.
+    pub signal: Option<i32>,
+    /// The scheduler's reason, when it gives one (`TimeLimit`, `NonZeroExitCode`, ...).
+    pub reason: Option<String>,
+    /// True when the state is the scheduler's "ended normally" state (the exit code decides).
+    pub normal_end: bool,
+}
+
+impl Final {
+    /// A job that ended on its own: success if the code is 0.
+    pub fn exited(state: &str, exit_code: i32) -> Final {
+        Final {
+            state: state.to_string(),
+            exit_code,
+            signal: None,
+            reason: None,
+            normal_end: true,
+        }
+    }
+
+    /// A job the scheduler ended (time limit, cancel, node failure, ...).
+    pub fn ended(
+        state: &str,
+        exit_code: i32,
+        signal: Option<i32>,
+        reason: Option<String>,
+    ) -> Final {
+        Final {
+            state: state.to_string(),
+            exit_code,
+            signal,
+            reason,
+            normal_end: false,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.normal_end && self.exit_code == 0 && self.signal.is_none()
+    }
+
+    /// The code for `$BUILD_EXIT_CODE_FILE`: the script's code, 128 + a signal, never 0 for
+    /// a failure.
+    pub fn build_exit_code(&self) -> i32 {
+        match (self.exit_code, self.signal) {
+            (0, Some(s)) => 128 + s,
+            (0, None) if !self.success() => 1,
+            (c, _) => c,
+        }
+    }
+}
 
 /// A scheduler's view of one submitted job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {
-    Pending {
-        reason: Option<String>,
-    },
-    Running,
-    Completed {
-        exit_code: i32,
-    },
-    Failed {
+    /// Waiting in the queue (or held, suspended, requeued): `state` is the scheduler's word.
+    Queued {
         state: String,
-        exit_code: Option<i32>,
         reason: Option<String>,
     },
+    /// Running (or finishing: the scheduler has not given the final word yet).
+    Running { state: String },
+    /// Over, with the final word.
+    Finished(Final),
+    /// The scheduler has no record of the job (yet, or any more).
     Unknown,
+}
+
+impl JobState {
+    pub fn is_active(&self) -> bool {
+        matches!(self, JobState::Queued { .. } | JobState::Running { .. })
+    }
+
+    /// A short text for the job log: `PENDING (Resources)`.
+    pub fn describe(&self) -> String {
+        match self {
+            JobState::Queued {
+                state,
+                reason: Some(r),
+            } => format!("{state} ({r})"),
+            JobState::Queued {
+                state,
+                reason: None,
+            }
+            | JobState::Running { state } => state.clone(),
+            JobState::Finished(f) => match &f.reason {
+                Some(r) => format!("{} ({r})", f.state),
+                None => f.state.clone(),
+            },
+            JobState::Unknown => "unknown to the scheduler".to_string(),
+        }
+    }
 }
 
 /// Failures talking to a scheduler.
@@ -32,18 +141,202 @@ pub enum BatchError {
         command: String,
         source: std::io::Error,
     },
+    /// The command ran and failed in a way that retrying may fix (controller restarting,
+    /// timeouts, connection refused).
+    #[error("{command} failed (transient): {message}")]
+    Transient { command: String, message: String },
     #[error("{command} failed: {message}")]
     Command { command: String, message: String },
-    #[error("refusing scheduler argument {arg:?}: {why}")]
+    #[error("refusing scheduler argument {arg:?}: {why} (set allow_illegal_args in [batch] to permit it)")]
     IllegalArgument { arg: String, why: String },
+    #[error("failed to split {variable}: {why}")]
+    Split { variable: String, why: String },
+    #[error("failed to read the scheduler's answer to {command}: {why}")]
+    Parse { command: String, why: String },
+    #[error("failed to record the scheduler job id in {path}: {source}")]
+    Persist {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to prepare the batch job: {0}")]
+    Setup(String),
+}
+
+impl BatchError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BatchError::Transient { .. })
+    }
+}
+
+/// What a submission needs: the script, where its output goes, its name and arguments.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The script to submit (with whatever header the scheduler needs).
+    pub script: PathBuf,
+    /// The output file the driver tails (stdout and stderr of the job).
+    pub output: PathBuf,
+    /// The scheduler's error file, when it keeps one apart (Cobalt).
+    pub error: Option<PathBuf>,
+    /// The job's working directory.
+    pub workdir: PathBuf,
+    /// The job's name.
+    pub name: String,
+    /// `default_args` followed by the user's arguments, already checked.
+    pub args: Vec<String>,
 }
 
 /// Submit, query, cancel: what the batch executor needs of a scheduler.
-pub trait Scheduler {
-    /// Submit `script`, writing its output to `output`; returns the scheduler's job id.
-    fn submit(&self, script: &Path, output: &Path, args: &[String]) -> Result<String, BatchError>;
+///
+/// Every command goes through `cmds` (and so through the job's rate limiter).
+pub trait Scheduler: Send + Sync {
+    /// The scheduler's name for the job log (`slurm`).
+    fn name(&self) -> &'static str;
+    /// Arguments the driver controls: refused in user arguments unless allowed.
+    fn illegal_args(&self) -> &'static [args::Illegal];
+    /// The script submitted: by default a shebang and an `exec` of `command` (the user's
+    /// shell running the stage script), every word single-quoted. `output` is the file the
+    /// driver tails.
+    fn wrapper(&self, _output: &Path, command: &[String]) -> String {
+        executor::wrapper_script("", command)
+    }
+    /// Submit the job; returns the scheduler's job id.
+    fn submit<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        sub: &'a Submission,
+    ) -> BoxFuture<'a, Result<String, BatchError>>;
     /// The job's current state.
-    fn state(&self, id: &str) -> Result<JobState, BatchError>;
-    /// Ask the scheduler to end the job (`graceful`: deliver SIGTERM first).
-    fn cancel(&self, id: &str, graceful: bool) -> Result<(), BatchError>;
+    fn state<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<JobState, BatchError>>;
+    /// Ask the scheduler to end the job; `graceful`: deliver SIGTERM to the job and let it
+    /// run its traps (the scheduler's "signal" form), otherwise the plain cancel.
+    fn cancel<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        id: &'a str,
+        graceful: bool,
+    ) -> BoxFuture<'a, Result<(), BatchError>>;
+    /// Read the final state from files the scheduler leaves (Cobalt's `.cobaltlog`), once
+    /// the job has left the queue. `None`: no such file, ask [`Scheduler::state`].
+    fn final_from_files(&self, _sub: &Submission, _id: &str) -> Option<Final> {
+        None
+    }
+}
+
+/// The scheduler for a batch `executor`.
+pub fn scheduler_for(
+    executor: Executor,
+    _batch: &crate::config::Batch,
+) -> Result<Box<dyn Scheduler>, BatchError> {
+    match executor {
+        Executor::Slurm => Ok(Box::new(slurm::Slurm)),
+        Executor::Pbs => Ok(Box::new(pbs::Pbs)),
+        other => Err(BatchError::Setup(format!(
+            "the {} executor is not implemented yet in jacamar-rs",
+            other.as_str()
+        ))),
+    }
+}
+
+/// Whether `stage` is submitted to the scheduler (the others run on the host).
+pub fn is_submitted_stage(stage: &str) -> bool {
+    matches!(stage, "build_script" | "step_script")
+}
+
+/// `path` as text for a command line (lossy for non-UTF-8 paths, which our layout never makes).
+pub(crate) fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `jacamar`'s batch `run` of a submitted stage: write the wrapper, take cancellation
+/// requests from the control pipe and our signals, and run the [`executor`].
+#[allow(clippy::too_many_arguments)]
+pub async fn run_stage(
+    config: &crate::config::Config,
+    h: &crate::protocol::Handoff,
+    paths: &crate::fs::JobPaths,
+    policy: &crate::fs::DirPolicy,
+    stage: &str,
+    cmd: crate::shell::ShellCommand,
+    control: std::os::fd::OwnedFd,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<crate::protocol::Status, crate::stages::StageError> {
+    use crate::stages::StageError;
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        StageError::Internal(format!("failed to {what}: {e}"))
+    };
+    let scheduler = scheduler_for(config.general.executor, &config.batch)
+        .map_err(|e| StageError::Internal(e.to_string()))?;
+    let signals = crate::supervisor::OsSignals::install()
+        .map_err(|e| internal("install signal handlers", &e))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctl_task = crate::protocol::control_requests(control, tx.clone())
+        .map_err(|e| internal("read the control channel", &e))?;
+    let sig_task = signals.forward(tx);
+
+    let command: Vec<String> = std::iter::once(path_arg(&cmd.program))
+        .chain(cmd.args.iter().cloned())
+        .collect();
+    let wrapper = scheduler.wrapper(
+        &executor::output_path(&paths.scripts_dir(), stage),
+        &command,
+    );
+    let script =
+        crate::fs::write_script(paths, policy, &format!("{stage}-batch"), wrapper.as_bytes())?;
+    let workdir = if h.account.home.is_dir() {
+        h.account.home.clone()
+    } else {
+        "/".into()
+    };
+    let job = BatchJob {
+        config,
+        scheduler: scheduler.as_ref(),
+        scripts_dir: paths.scripts_dir(),
+        stage,
+        script,
+        env: h.env.clone(),
+        variables: &h.job.batch_variables,
+        ci_job_id: h.job.job_id,
+        workdir,
+        deadline,
+    };
+    let st = run_batch(job, &mut rx).await;
+    ctl_task.abort();
+    sig_task.abort();
+    Ok(st)
+}
+
+/// `jacamar`'s batch part of `cleanup`: cancel what is still queued or running. Problems
+/// are reported in the job log; the directory is removed afterwards either way.
+pub async fn cleanup_stage(
+    config: &crate::config::Config,
+    h: &crate::protocol::Handoff,
+    paths: &crate::fs::JobPaths,
+) {
+    let scheduler = match scheduler_for(config.general.executor, &config.batch) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("jacamar: WARNING: {e}");
+            return;
+        }
+    };
+    let workdir = if h.account.home.is_dir() {
+        h.account.home.clone()
+    } else {
+        "/".into()
+    };
+    for p in cleanup_job(
+        config,
+        scheduler.as_ref(),
+        &paths.scripts_dir(),
+        h.env.clone(),
+        workdir,
+    )
+    .await
+    {
+        eprintln!("jacamar: WARNING: cleanup: {p}");
+    }
 }

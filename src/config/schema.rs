@@ -130,7 +130,8 @@ impl KeySpec {
     /// True while the module that acts on the key (`batch`) is not
     /// written yet: the key is read and validated, and nothing else.
     pub fn parsed_only(&self) -> bool {
-        matches!(self.used_by.as_bytes(), b"batch")
+        // batch: the Cobalt and LSF executors are not written yet.
+        self.used_by == "batch" && matches!(self.key, "skip_cobalt_log" | "lsf_job_cancellation")
     }
 }
 

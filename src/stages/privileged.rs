@@ -168,8 +168,9 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
     })?;
     let config = load_config(opts).map_err(|e| (e, None))?;
     let run = async {
-        let job = JobContext::from_env()?;
+        let mut job = JobContext::from_env()?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
+        crate::batch::args::capture(&config, &mut job, &env);
         let target = auth::authorize(&config, &job, opts.call.stage_name(), &env).await?;
         authorized(&config, &job, opts.call.stage_name(), &target);
         match &opts.call {

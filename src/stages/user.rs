@@ -111,6 +111,10 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
             Ok(Status::Success)
         }
         Action::Cleanup => {
+            if config.general.executor.is_batch() {
+                // Cancel the scheduler jobs still queued or running before their record goes.
+                crate::batch::cleanup_stage(&config, &h, &paths).await;
+            }
             fs::cleanup_job(&paths, config.general.retain_logs)?;
             fs::builds::cleanup(&paths, &policy, &builds_plan()?, &config.general)?;
             Ok(Status::Success)
@@ -129,6 +133,13 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                 &path,
                 search_path,
             );
+            if config.general.executor.is_batch() && crate::batch::is_submitted_stage(stage) {
+                let deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
+                return crate::batch::run_stage(
+                    &config, &h, &paths, &policy, stage, cmd, control, deadline,
+                )
+                .await;
+            }
             run_shell(&config, &h, cmd, control).await
         }
     }

@@ -25,6 +25,8 @@ pub struct Harness {
     pub env: BTreeMap<String, String>,
     pub job_id: u64,
     pub unobfuscated: bool,
+    /// Run jacamar-auth as this user (uid, gid, name) instead of the test's own.
+    pub run_as: Option<(u32, u32, String)>,
 }
 
 /// A config with `data_dir` set to the harness's dir, plus `extra` lines in `[general]`.
@@ -36,6 +38,37 @@ pub fn config_text(data_dir: &Path, extra_general: &str) -> String {
 }
 
 impl Harness {
+    /// A harness for a batch executor, driven as the non-root `user` (the driver itself runs
+    /// as that user with `downscope = "none"`, like a non-root runner deployment): a
+    /// world-readable temp dir, a 1777 data dir, the runner's dir owned by `user`.
+    /// `general` and `batch` are extra lines of those tables.
+    pub fn batch(executor: &str, user: &str, general: &str, batch: &str) -> Harness {
+        let pw = nix::unistd::User::from_name(user)
+            .unwrap()
+            .unwrap_or_else(|| panic!("user {user} does not exist (scripts/test.sh creates it)"));
+        let tmp = tempfile::Builder::new()
+            .prefix("jacamar-batch-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir(&data_dir).unwrap();
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let config_path = tmp.path().join("jacamar.toml");
+        let text = format!(
+            "[general]\nexecutor = \"{executor}\"\ndata_dir = \"{}\"\n{general}\n[auth]\ndownscope = \"none\"\n[batch]\n{batch}\n",
+            data_dir.display()
+        );
+        std::fs::write(&config_path, text).unwrap();
+        std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut h = Harness::with_config(tmp, data_dir, config_path);
+        nix::unistd::chown(&h.runner_dir, Some(pw.uid), Some(pw.gid)).unwrap();
+        h.set("HOME", &pw.dir.display().to_string());
+        h.set("CUSTOM_ENV_GITLAB_USER_LOGIN", user);
+        h.run_as = Some((pw.uid.as_raw(), pw.gid.as_raw(), user.to_string()));
+        h
+    }
+
     pub fn new(extra_general: &str) -> Harness {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");
@@ -84,6 +117,7 @@ impl Harness {
             env,
             job_id,
             unobfuscated: false,
+            run_as: None,
         }
     }
 
@@ -112,6 +146,9 @@ impl Harness {
             .current_dir(&self.runner_dir)
             .stdin(Stdio::null())
             .process_group(0);
+        if let Some((uid, gid, _)) = &self.run_as {
+            c.uid(*uid).gid(*gid);
+        }
         c
     }
 
@@ -149,6 +186,9 @@ impl Harness {
         let p = self.runner_dir.join(format!("script-{stage}"));
         std::fs::write(&p, script).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if let Some((uid, gid, _)) = &self.run_as {
+            std::os::unix::fs::chown(&p, Some(*uid), Some(*gid)).unwrap();
+        }
         p
     }
 
@@ -183,7 +223,10 @@ impl Harness {
 
     /// The user's base dir for the account running the tests.
     pub fn base_dir(&self) -> PathBuf {
-        self.data_dir.join(whoami())
+        match &self.run_as {
+            Some((_, _, name)) => self.data_dir.join(name),
+            None => self.data_dir.join(whoami()),
+        }
     }
 
     pub fn scripts_job_dir(&self) -> PathBuf {

@@ -6,6 +6,8 @@ mod auth_jwt;
 mod auth_kit;
 mod auth_policy;
 mod auth_setuid;
+mod batch_pbs;
+mod batch_slurm;
 mod builddirs;
 mod demo;
 mod harness;

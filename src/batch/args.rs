@@ -1,0 +1,312 @@
+//! The submission's arguments: the user's (from CI variables, split with shell-word rules),
+//! the site's `default_args`, each scheduler's refused arguments, and `env_vars`.
+//!
+//! Nothing here goes through a shell: the words become argv entries of the scheduler
+//! command as they are.
+
+use std::collections::BTreeMap;
+
+use super::BatchError;
+use crate::config::Config;
+use crate::job::JobContext;
+
+/// The CI variable a user sets to prefix the scheduler job's name (our name; ignored when
+/// `disable_name_prefix` is set).
+pub const NAME_PREFIX_VARIABLE: &str = "SCHEDULER_JOB_NAME_PREFIX";
+
+/// An argument the driver controls.
+#[derive(Debug, Clone, Copy)]
+pub struct Illegal {
+    /// Short form (`-o`), if any: matches `-o`, `-oFILE` and the short option inside a group.
+    pub short: Option<char>,
+    /// Long form (`--output`), if any: matches `--output` and `--output=FILE`.
+    pub long: Option<&'static str>,
+    /// Why the driver needs it.
+    pub why: &'static str,
+}
+
+/// Copy the CI variables the batch executor reads (`arguments_variable`, the name prefix)
+/// from the runner's environment (`CUSTOM_ENV_<NAME>`) into the job context. Called by
+/// `jacamar-auth`, which is the only side that sees the runner's environment.
+pub fn capture(config: &Config, job: &mut JobContext, env: &BTreeMap<String, String>) {
+    if !config.general.executor.is_batch() {
+        return;
+    }
+    let names = config
+        .batch
+        .arguments_variable
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(NAME_PREFIX_VARIABLE));
+    for name in names {
+        if let Some(v) = env.get(&format!("CUSTOM_ENV_{name}")) {
+            job.batch_variables.insert(name.to_string(), v.clone());
+        }
+    }
+}
+
+/// The user's arguments: the first variable of `arguments_variable` that is set and not
+/// blank, split into words. Returns the variable's name with the words.
+pub fn user_args(
+    names: &[String],
+    vars: &BTreeMap<String, String>,
+) -> Result<Option<(String, Vec<String>)>, BatchError> {
+    for name in names {
+        if let Some(v) = vars.get(name).filter(|v| !v.trim().is_empty()) {
+            let words = split(v).map_err(|why| BatchError::Split {
+                variable: name.clone(),
+                why,
+            })?;
+            return Ok(Some((name.clone(), words)));
+        }
+    }
+    Ok(None)
+}
+
+/// Split `s` into words as a POSIX shell would, without expanding anything: blanks
+/// separate words, `'...'` is literal, `"..."` keeps blanks and honours `\"`, `\\`, `\$`
+/// and `` \` ``, a backslash outside quotes escapes the next character. An unterminated
+/// quote or a trailing backslash is an error naming the position.
+pub fn split(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' | '\r' => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some((_, '\'')) => break,
+                        Some((_, c)) => cur.push(c),
+                        None => return Err(format!("unterminated single quote at byte {i}")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some((_, '"')) => break,
+                        Some((_, '\\')) => match chars.peek() {
+                            Some(&(_, n @ ('"' | '\\' | '$' | '`'))) => {
+                                cur.push(n);
+                                chars.next();
+                            }
+                            Some(&(_, '\n')) => {
+                                chars.next();
+                            }
+                            _ => cur.push('\\'),
+                        },
+                        Some((_, c)) => cur.push(c),
+                        None => return Err(format!("unterminated double quote at byte {i}")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some((_, '\n')) => {}
+                Some((_, n)) => {
+                    in_word = true;
+                    cur.push(n);
+                }
+                None => return Err(format!("trailing backslash at byte {i}")),
+            },
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// The first argument of `args` that `illegal` refuses, with the reason.
+pub fn find_illegal<'a>(
+    args: &'a [String],
+    illegal: &[Illegal],
+) -> Option<(&'a str, &'static str)> {
+    for a in args {
+        if a == "--" {
+            // What follows `--` is the script and its arguments: not ours to submit.
+            return Some((
+                a,
+                "the driver supplies the script; no '--' in scheduler arguments",
+            ));
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let name = long.split('=').next().unwrap_or(long);
+            for il in illegal {
+                if let Some(l) = il.long {
+                    if l.trim_start_matches('-') == name {
+                        return Some((a, il.why));
+                    }
+                }
+            }
+        } else if let Some(c) = a.strip_prefix('-').and_then(|r| r.chars().next()) {
+            // `-o`, `-oFILE`: only the first letter is sure to be an option (the rest may
+            // be its value), so that is the one checked.
+            if let Some(il) = illegal.iter().find(|il| il.short == Some(c)) {
+                return Some((a, il.why));
+            }
+        }
+    }
+    None
+}
+
+/// The submission's arguments for a scheduler: `default_args` then the user's words,
+/// refusing the user's illegal ones unless `allow_illegal_args`. `default_args` come from
+/// the administrator and are not checked.
+pub fn build(
+    config: &Config,
+    vars: &BTreeMap<String, String>,
+    illegal: &[Illegal],
+) -> Result<(Vec<String>, Option<String>), BatchError> {
+    let mut out = config.batch.default_args.clone();
+    let user = user_args(&config.batch.arguments_variable, vars)?;
+    let source = user.as_ref().map(|(n, _)| n.clone());
+    if let Some((_, words)) = user {
+        if !config.batch.allow_illegal_args {
+            if let Some((arg, why)) = find_illegal(&words, illegal) {
+                return Err(BatchError::IllegalArgument {
+                    arg: arg.to_string(),
+                    why: why.to_string(),
+                });
+            }
+        }
+        out.extend(words);
+    }
+    Ok((out, source))
+}
+
+/// The scheduler job's name: `ci-<job id>`, after the user's prefix unless the
+/// administrator disabled prefixes. The prefix keeps only `[A-Za-z0-9_.-]`.
+pub fn job_name(job_id: u64, vars: &BTreeMap<String, String>, disable_prefix: bool) -> String {
+    let prefix: String = if disable_prefix {
+        String::new()
+    } else {
+        vars.get(NAME_PREFIX_VARIABLE)
+            .map(|p| {
+                p.chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                    .take(64)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    format!("{prefix}ci-{job_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn splits_like_a_shell() {
+        assert_eq!(
+            split("  -N 1   -t 10 ").unwrap(),
+            s(&["-N", "1", "-t", "10"])
+        );
+        assert_eq!(
+            split(r#"--comment="two words" --x='a "b" c' plain\ space"#).unwrap(),
+            s(&["--comment=two words", "--x=a \"b\" c", "plain space"])
+        );
+        assert_eq!(split(r#""a\"b\\c\$d\q""#).unwrap(), s(&[r#"a"b\c$d\q"#]));
+        assert_eq!(split("''").unwrap(), s(&[""]));
+        assert_eq!(split("a''b").unwrap(), s(&["ab"]));
+        assert_eq!(split("$HOME `x` ;|&").unwrap(), s(&["$HOME", "`x`", ";|&"]));
+        assert!(split("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn split_errors_name_the_problem() {
+        assert!(split("'abc")
+            .unwrap_err()
+            .contains("unterminated single quote"));
+        assert!(split("x \"abc")
+            .unwrap_err()
+            .contains("unterminated double quote at byte 2"));
+        assert!(split("abc\\").unwrap_err().contains("trailing backslash"));
+    }
+
+    const IL: &[Illegal] = &[
+        Illegal {
+            short: Some('o'),
+            long: Some("--output"),
+            why: "out",
+        },
+        Illegal {
+            short: Some('J'),
+            long: Some("--job-name"),
+            why: "name",
+        },
+        Illegal {
+            short: None,
+            long: Some("--wait"),
+            why: "wait",
+        },
+    ];
+
+    #[test]
+    fn finds_illegal_forms() {
+        for bad in [
+            "-o",
+            "-ofile",
+            "--output",
+            "--output=x",
+            "-J",
+            "--job-name=x",
+            "--wait",
+        ] {
+            let args = s(&["-N1", bad, "x"]);
+            assert!(find_illegal(&args, IL).is_some(), "{bad}");
+        }
+        for ok in ["-N1", "--outputs", "-n", "--time=1", "--comment=-o", "x"] {
+            assert!(find_illegal(&s(&[ok]), IL).is_none(), "{ok}");
+        }
+        assert!(find_illegal(&s(&["--"]), IL).is_some());
+    }
+
+    #[test]
+    fn first_set_variable_wins() {
+        let names = s(&["NEW", "OLD"]);
+        let mut vars = BTreeMap::new();
+        vars.insert("OLD".to_string(), "-N 2".to_string());
+        assert_eq!(
+            user_args(&names, &vars).unwrap(),
+            Some(("OLD".to_string(), s(&["-N", "2"])))
+        );
+        vars.insert("NEW".to_string(), "  ".to_string());
+        assert_eq!(user_args(&names, &vars).unwrap().unwrap().0, "OLD");
+        vars.insert("NEW".to_string(), "-t 5".to_string());
+        assert_eq!(
+            user_args(&names, &vars).unwrap().unwrap().1,
+            s(&["-t", "5"])
+        );
+        vars.insert("NEW".to_string(), "'x".to_string());
+        let e = user_args(&names, &vars).unwrap_err().to_string();
+        assert!(e.contains("NEW") && e.contains("unterminated"), "{e}");
+    }
+
+    #[test]
+    fn job_names() {
+        let mut vars = BTreeMap::new();
+        assert_eq!(job_name(42, &vars, false), "ci-42");
+        vars.insert(NAME_PREFIX_VARIABLE.to_string(), "my app;rm".to_string());
+        assert_eq!(job_name(42, &vars, false), "myapprmci-42");
+        assert_eq!(job_name(42, &vars, true), "ci-42");
+    }
+}
