@@ -30,6 +30,7 @@ if [ "${JACAMAR_TEST_NO_SLURM:-0}" != 1 ]; then
   [ "$(id -u)" = 0 ] || { echo "the batch tests need root to start Slurm" >&2; exit 2; }
   SLURM_CI_USER=jacamar-ci bash scripts/slurm/slurm-up.sh </dev/null
   if ! command -v qsub >/dev/null; then
+    apt-cache show slurm-wlm-torque >/dev/null 2>&1 || apt-get update -qq
     apt-get install -y -qq --no-install-recommends slurm-wlm-torque </dev/null
   fi
 fi
