@@ -118,10 +118,19 @@ pub fn command(
                 .arg("--status-fd")
                 .arg(status.to_string())
                 .args(args);
-            // SAFETY: the hook makes raw syscalls only (no allocation, no locks): the plan
-            // was fully built before the fork and is moved into the closure.
-            unsafe {
-                cmd.pre_exec(move || drop_privileges(&plan));
+            // With nothing to change in the child, no hook: std can then use posix_spawn
+            // (vfork) instead of fork, which is cheaper for every stage. std resets the
+            // signal mask and SIGPIPE itself.
+            let nothing_to_do = plan.mode == Downscope::None
+                && !plan.no_new_privs
+                && !plan.unlimited_stack
+                && plan.seccomp.is_none();
+            if !nothing_to_do {
+                // SAFETY: the hook makes raw syscalls only (no allocation, no locks): the
+                // plan was fully built before the fork and is moved into the closure.
+                unsafe {
+                    cmd.pre_exec(move || drop_privileges(&plan));
+                }
             }
         }
     }
