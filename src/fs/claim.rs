@@ -104,6 +104,31 @@ pub struct Claim {
     pub expiration: u64,
 }
 
+/// This job's claim held by a running stage: an fcntl read lock on the slot's lock file,
+/// released when this value is dropped (or the process ends, however it ends).
+#[derive(Debug)]
+pub struct ClaimHold {
+    pub slot: u32,
+    _file: File,
+}
+
+/// What [`ClaimDir::release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub slot: u32,
+    /// A stage of the job still holds the claim: the record expires now instead of being
+    /// emptied, and the slot frees up when that stage ends.
+    pub in_use: bool,
+}
+
+/// A lock file of this job, open with a read lock held.
+struct OwnLock {
+    slot: u32,
+    path: PathBuf,
+    file: File,
+    expiration: u64,
+}
+
 /// The content of a lock file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockState {
@@ -371,33 +396,22 @@ impl ClaimDir {
     pub fn renew(&self, s: &ClaimSettings) -> Result<Claim, FsError> {
         let now = unix_now();
         let wanted = now + s.job_timeout.as_secs() + s.margin.as_secs();
-        for (slot, name) in self.lock_files()? {
-            let path = self.dir.path.join(&name);
-            let Some(file) = self.open_lock(&name, false)? else {
-                continue;
-            };
-            let st = self.check_lock_file(&file, &path)?;
-            if !lock_patiently(&file, &path, libc::F_WRLCK)? || !self.still_linked(&name, &st) {
-                continue;
+        if let Some(own) = self.own_lock(s.job_id)? {
+            if lock_patiently(&own.file, &own.path, libc::F_WRLCK)? {
+                let expiration = own.expiration.max(wanted);
+                write_record(
+                    &own.file,
+                    &own.path,
+                    &record(s.job_id, expiration, &s.hostname),
+                )?;
+                let dir_name = slot_name(own.slot);
+                open_private_child(&self.dir, &dir_name, &self.policy, &self.user, true)?;
+                return Ok(Claim {
+                    slot: own.slot,
+                    dir: self.dir.path.join(dir_name),
+                    expiration,
+                });
             }
-            let LockState::Held {
-                job_id, expiration, ..
-            } = LockState::parse(&read_record(&file, &path)?)
-            else {
-                continue;
-            };
-            if job_id != s.job_id {
-                continue;
-            }
-            let expiration = expiration.max(wanted);
-            write_record(&file, &path, &record(s.job_id, expiration, &s.hostname))?;
-            let dir_name = slot_name(slot);
-            open_private_child(&self.dir, &dir_name, &self.policy, &self.user, true)?;
-            return Ok(Claim {
-                slot,
-                dir: self.dir.path.join(dir_name),
-                expiration,
-            });
         }
         Err(FsError::NotClaimed {
             path: self.dir.path.clone(),
@@ -405,52 +419,89 @@ impl ClaimDir {
         })
     }
 
-    /// Which slot `job_id` holds, reading without changing anything.
-    pub fn find(&self, job_id: u64) -> Result<Option<u32>, FsError> {
-        for (slot, name) in self.lock_files()? {
-            let path = self.dir.path.join(&name);
-            let Some(file) = self.open_lock(&name, false)? else {
-                continue;
-            };
-            self.check_lock_file(&file, &path)?;
-            if !lock_patiently(&file, &path, libc::F_RDLCK)? {
-                continue;
-            }
-            if matches!(LockState::parse(&read_record(&file, &path)?),
-                LockState::Held { job_id: j, .. } if j == job_id)
-            {
-                return Ok(Some(slot));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Release `job_id`'s claim (cleanup): empty its lock file. `Some(slot)` when there was one.
-    /// The directory stays for the next job of the project.
-    pub fn release(&self, job_id: u64, debug_log: bool) -> Result<Option<u32>, FsError> {
-        let mut log = DebugLog::open_for(self, job_id, debug_log);
+    /// This job's lock file, found under an fcntl **read** lock (which a stage of this job
+    /// holding its claim does not block), with that lock still held.
+    fn own_lock(&self, job_id: u64) -> Result<Option<OwnLock>, FsError> {
         for (slot, name) in self.lock_files()? {
             let path = self.dir.path.join(&name);
             let Some(file) = self.open_lock(&name, false)? else {
                 continue;
             };
             let st = self.check_lock_file(&file, &path)?;
-            if !lock_patiently(&file, &path, libc::F_WRLCK)? || !self.still_linked(&name, &st) {
+            if !lock_patiently(&file, &path, libc::F_RDLCK)? || !self.still_linked(&name, &st) {
                 continue;
             }
-            if matches!(LockState::parse(&read_record(&file, &path)?),
-                LockState::Held { job_id: j, .. } if j == job_id)
+            if let LockState::Held {
+                job_id: j,
+                expiration,
+                ..
+            } = LockState::parse(&read_record(&file, &path)?)
             {
-                file.set_len(0).map_err(|source| FsError::Io {
-                    op: "release",
-                    path: path.clone(),
-                    source,
-                })?;
-                log.info(&format!("released claim on {}", slot_name(slot)));
-                return Ok(Some(slot));
+                if j == job_id {
+                    return Ok(Some(OwnLock {
+                        slot,
+                        path,
+                        file,
+                        expiration,
+                    }));
+                }
             }
         }
         Ok(None)
+    }
+
+    /// Which slot `job_id` holds, reading without changing anything.
+    pub fn find(&self, job_id: u64) -> Result<Option<u32>, FsError> {
+        Ok(self.own_lock(job_id)?.map(|o| o.slot))
+    }
+
+    /// Hold `job_id`'s claim for as long as the returned value lives (a `run` stage): an
+    /// fcntl read lock on its lock file. No other job can claim the slot meanwhile, whatever
+    /// its record says, and a cleanup of this job that runs concurrently (the runner starts
+    /// cleanup at most 5 minutes into a dying run) leaves the slot claimed until the lock
+    /// goes away with this process. `None`: the job holds no claim here.
+    pub fn hold(&self, job_id: u64) -> Result<Option<ClaimHold>, FsError> {
+        Ok(self.own_lock(job_id)?.map(|o| ClaimHold {
+            slot: o.slot,
+            _file: o.file,
+        }))
+    }
+
+    /// Release `job_id`'s claim (cleanup). The directory stays for the next job of the
+    /// project. When no stage of the job holds the claim, the lock file is emptied; when one
+    /// still does (a run call still dying), the record keeps the job id but expires now: the
+    /// holder's fcntl lock keeps others out until it ends, and nothing after that.
+    pub fn release(&self, job_id: u64, debug_log: bool) -> Result<Option<Released>, FsError> {
+        let mut log = DebugLog::open_for(self, job_id, debug_log);
+        let Some(own) = self.own_lock(job_id)? else {
+            return Ok(None);
+        };
+        let io = |op: &'static str| {
+            let path = own.path.clone();
+            move |source| FsError::Io { op, path, source }
+        };
+        // Upgrade our read lock: it fails only while a stage of the job holds its own.
+        if lock_patiently(&own.file, &own.path, libc::F_WRLCK)? {
+            own.file.set_len(0).map_err(io("release"))?;
+            log.info(&format!("released claim on {}", slot_name(own.slot)));
+            return Ok(Some(Released {
+                slot: own.slot,
+                in_use: false,
+            }));
+        }
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let expiration = unix_now().min(own.expiration);
+        write_record(&own.file, &own.path, &record(job_id, expiration, &hostname))?;
+        log.info(&format!(
+            "claim on {} still held by a running stage of job {job_id}: expires when that stage ends",
+            slot_name(own.slot)
+        ));
+        Ok(Some(Released {
+            slot: own.slot,
+            in_use: true,
+        }))
     }
 
     /// Remove unclaimed slots at or above `max` (left from a higher `max_build_dir`), highest
@@ -825,7 +876,7 @@ mod tests {
         assert_eq!(d.find(2).unwrap(), Some(1));
         assert!(matches!(state(&tmp, 1), LockState::Held { job_id: 2, .. }));
         assert_eq!(d.renew(&quick(2, 0)).unwrap().slot, 1);
-        assert_eq!(d.release(1, false).unwrap(), Some(0));
+        assert_eq!(d.release(1, false).unwrap().map(|r| r.slot), Some(0));
         assert_eq!(state(&tmp, 0), LockState::Free);
         assert_eq!(d.release(1, false).unwrap(), None, "release is idempotent");
         assert!(matches!(

@@ -116,10 +116,19 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                 crate::batch::cleanup_stage(&config, &h, &paths).await;
             }
             fs::cleanup_job(&paths, config.general.retain_logs)?;
-            fs::builds::cleanup(&paths, &policy, &builds_plan()?, &config.general)?;
+            let report = fs::builds::cleanup(&paths, &policy, &builds_plan()?, &config.general)?;
+            if let (Some(slot), true) = (report.released, report.still_in_use) {
+                eprintln!(
+                    "jacamar: build directory {} is still in use by a stage of job {} that has not ended; it frees up when that stage ends",
+                    fs::claim::slot_name(slot),
+                    h.job.job_id
+                );
+            }
             Ok(Status::Success)
         }
         Action::Run { stage, script } => {
+            // Held until the stage (and so the job's processes) is gone.
+            let _claim = fs::builds::hold_claim(&paths, &policy, &builds_plan()?, &mut notify)?;
             let path = fs::write_script(&paths, &policy, stage, script.as_bytes())?;
             let search_path = h
                 .env
