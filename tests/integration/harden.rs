@@ -138,27 +138,47 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     panic!("process {} did not exit within {limit:?}", child.id());
 }
 
-/// Every process whose real uid is `uid` (the downscoped side of the driver, the job).
-fn processes_of(uid: u32) -> Vec<(i32, String)> {
-    let mut v = Vec::new();
+/// The processes of one CI job: every descendant of the run call `root` (jacamar-auth,
+/// the downscoped jacamar, scheduler commands) and every process of Slurm job `slurm_id`
+/// (found by the `SLURM_JOB_ID` in its environment).
+fn job_processes(root: u32, slurm_id: &str) -> Vec<i32> {
+    let mark = format!("SLURM_JOB_ID={slurm_id}");
+    let mut parent = std::collections::HashMap::new();
+    let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
             continue;
         };
-        let ruid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|u| u.parse::<u32>().ok());
-        if ruid == Some(uid) && alive(pid) {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            v.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok())
+            .unwrap_or(0);
+        parent.insert(pid, ppid);
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        if env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()) {
+            found.push(pid);
         }
     }
-    v
+    for &pid in parent.keys() {
+        let mut p = pid;
+        for _ in 0..64 {
+            match parent.get(&p) {
+                Some(&pp) if pp == root as i32 => {
+                    found.push(pid);
+                    break;
+                }
+                Some(&pp) if pp > 1 => p = pp,
+                _ => break,
+            }
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    found.into_iter().filter(|p| alive(*p)).collect()
 }
 
 #[test]
@@ -205,7 +225,7 @@ fn setuid_slurm_job_runs_as_the_user_streams_and_reports_its_exit_code() {
 #[test]
 fn setuid_slurm_job_is_cancelled_by_sigterm_to_the_runs_group() {
     assert!(is_root(), "needs root (useradd, setuid), as CI runs");
-    let user = ensure_user(SLURM_USER, &[], "/bin/bash");
+    ensure_user(SLURM_USER, &[], "/bin/bash");
     let server = JwksServer::start(&[&pki().keys[0]]);
     let kill_timeout = Duration::from_secs(5);
     let h = slurm_job(&server, "kill_timeout = \"5s\"");
@@ -220,11 +240,15 @@ fn setuid_slurm_job_is_cancelled_by_sigterm_to_the_runs_group() {
     let jobs = slurm_jobs(&name);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].1, SLURM_USER);
-    let before: Vec<i32> = processes_of(user.uid.as_raw())
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    assert!(!before.is_empty(), "no process of the user is running");
+    let before = job_processes(child.id(), &jobs[0].0);
+    let slurm_side = before
+        .iter()
+        .filter(|p| !job_processes(child.id(), "none").contains(p))
+        .count();
+    assert!(
+        before.len() >= 2 && slurm_side >= 1,
+        "the driver's and the Slurm job's processes must be found: {before:?}"
+    );
 
     // What the runner does: SIGTERM to jacamar-auth's whole process group.
     let t0 = Instant::now();
