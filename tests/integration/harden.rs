@@ -338,3 +338,57 @@ fn a_claim_stays_taken_while_a_hard_aborted_run_is_still_dying() {
     assert!(b.cleanup().status.success());
     assert!(c.cleanup().status.success());
 }
+
+#[test]
+fn the_backstop_cancels_a_slurm_job_that_outlives_its_timeout() {
+    assert!(is_root(), "needs root (useradd, setuid), as CI runs");
+    ensure_user(SLURM_USER, &[], "/bin/bash");
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let mut h = slurm_job(&server, "kill_timeout = \"30s\"");
+    let name = format!("ci-{}", h.job_id);
+    // A 4 s job with a 1 s grace: the backstop fires 5 s into the run; nobody cancels. The
+    // job's TERM trap takes 8 s, longer than Slurm's KillWait (5 s): only the graceful
+    // cancel (a signal, then kill_timeout) lets it finish.
+    h.set("CUSTOM_ENV_CI_JOB_TIMEOUT", "4");
+    h.set("JACAMAR_RS_BACKSTOP_GRACE", "1");
+    let mut child = h.spawn_run(
+        "build_script",
+        "trap 'echo trap start; sleep 8; echo trap done; exit 3' TERM
+         echo started
+sleep 300
+echo not reached
+",
+    );
+    let rx = lines_of(&mut child);
+    let mut seen = Vec::new();
+    wait_line(&rx, "started", Duration::from_secs(60), &mut seen);
+    let jobs = slurm_jobs(&name);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let st = wait_exit(&mut child, Duration::from_secs(120));
+    seen.extend(rx.try_iter());
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let text = format!("{}\n{err}", seen.join("\n"));
+    assert!(
+        slurm_jobs(&name).is_empty(),
+        "the Slurm job outlived the backstop: {:?}\n{text}",
+        slurm_jobs(&name)
+    );
+    assert_eq!(st.code(), Some(1), "{text}");
+    assert!(!text.contains("not reached"), "{text}");
+    assert!(
+        text.contains("trap done"),
+        "the job's trap was cut short: {text}"
+    );
+    assert!(!text.contains("second request"), "{text}");
+    assert_eq!(h.build_exit_code().as_deref(), Some("3"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Cancelling slurm job {} (job exceeded its maximum duration)",
+            jobs[0].0
+        )),
+        "the reason must be in the job log: {text}"
+    );
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+}
