@@ -22,7 +22,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, AtFlags, FcntlArg, OFlag};
@@ -208,13 +208,7 @@ fn slot_of_dir(name: &str) -> Option<u32> {
     (slot_name(n) == name).then_some(n)
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;
 
 /// A project's directory of slots, open and verified.
 #[derive(Debug)]
@@ -760,27 +754,7 @@ impl DebugLog {
     }
 }
 
-/// `2024-04-25T16:07:49Z` for Unix seconds (UTC).
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use crate::clock::rfc3339;
 
 #[cfg(test)]
 mod tests {
@@ -912,7 +886,7 @@ mod tests {
         let p = tmp.path().join(".000.lock");
         std::fs::write(&p, b"{\"job_id\": \"12\", \"expir").unwrap();
         assert_eq!(d.claim(&quick(1, 0), &mut |_| {}).unwrap().slot, 1);
-        let old = SystemTime::now() - Duration::from_secs(61);
+        let old = std::time::SystemTime::now() - Duration::from_secs(61);
         std::fs::File::options()
             .write(true)
             .open(&p)
@@ -1008,12 +982,5 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", tmp.path().join(".000.lock")).unwrap();
         let err = d.claim(&quick(1, 0), &mut |_| {}).unwrap_err().to_string();
         assert!(err.contains("symbolic link"), "{err}");
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1714061269), "2024-04-25T16:07:49Z");
-        assert_eq!(rfc3339(951782400), "2000-02-29T00:00:00Z");
     }
 }

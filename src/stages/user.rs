@@ -130,12 +130,7 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
             // Held until the stage (and so the job's processes) is gone.
             let _claim = fs::builds::hold_claim(&paths, &policy, &builds_plan()?, &mut notify)?;
             let path = fs::write_script(&paths, &policy, stage, script.as_bytes())?;
-            let search_path = h
-                .env
-                .iter()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| v.as_str())
-                .unwrap_or(crate::auth::env::DEFAULT_PATH);
+            let search_path = crate::auth::env::search_path(&h.env);
             let cmd = shell::command(
                 config.general.shell_path.as_deref(),
                 Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only),
@@ -162,11 +157,7 @@ async fn run_shell(
 ) -> Result<Status, StageError> {
     let signals = OsSignals::install()
         .map_err(|e| StageError::Internal(format!("failed to install signal handlers: {e}")))?;
-    let cwd = if h.account.home.is_dir() {
-        h.account.home.clone()
-    } else {
-        "/".into()
-    };
+    let cwd = h.account.workdir();
     let mut child = tokio::process::Command::new(&cmd.program)
         .args(&cmd.args)
         .env_clear()
