@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod clock;
 pub mod config;
 pub mod fs;
 pub mod job;

@@ -53,6 +53,17 @@ pub struct Account {
     pub shell: std::path::PathBuf,
 }
 
+impl Account {
+    /// Where the job's commands start: the account's home, or `/` when it has none.
+    pub fn workdir(&self) -> std::path::PathBuf {
+        if self.home.is_dir() {
+            self.home.clone()
+        } else {
+            "/".into()
+        }
+    }
+}
+
 /// What `jacamar` is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]

@@ -13,6 +13,14 @@ use crate::protocol::Account;
 /// Default PATH of a job (bash --login usually replaces it from /etc/profile).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The `PATH` of a job environment (`DEFAULT_PATH` when it has none): where the job's
+/// shell and the scheduler's commands are looked up.
+pub fn search_path(env: &[(String, String)]) -> &str {
+    env.iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str())
+}
+
 /// Variables of the driver's own environment passed through unchanged.
 const PASS_THROUGH: &[&str] = &["LANG", "LANGUAGE", "TZ", "TERM"];
 

@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,12 +82,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(me.dir.join(".cache/jacamar-rs"))
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::clock::unix_now as now;
 
 /// The key `kid`: from a fresh cache, else fetched (at most once per call).
 pub async fn key_for(src: &Source, kid: &str) -> Result<Key, AuthError> {

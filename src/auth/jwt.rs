@@ -4,7 +4,7 @@
 //! let it choose (`alg: none`, HS256 signed with the public key, ... are refused before any
 //! signature check). Identity comes from the verified claims only, never from `CUSTOM_ENV_`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -106,12 +106,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::clock::unix_now as now_secs;
 
 /// Verify the token's signature with `key` and check every claim against `expect`.
 pub fn validate(token: &str, key: &Key, expect: &Expect<'_>) -> Result<Identity, AuthError> {

@@ -505,6 +505,7 @@ async fn cancel(
     let sched = job.scheduler;
     let name = sched.name();
     let kill_timeout = job.config.general.kill_timeout;
+    let first_reason = reason_of(&first);
     let mut forced = matches!(first, Request::Kill { .. }) || kill_timeout.is_zero();
     log.say(format!(
         "Cancelling {name} job {id} ({}){}",
@@ -544,8 +545,9 @@ async fn cancel(
         };
         tokio::select! {
             r = requests.recv(), if requests_open => {
-                if r.is_none() { requests_open = false; continue; }
-                if !forced {
+                let Some(r) = r else { requests_open = false; continue; };
+                // Our own backstop and the parent's (or a repeated cancel) are one request.
+                if !forced && crate::supervisor::escalates_now(first_reason, &r) {
                     forced = true;
                     log.say(format!("Cancelling {name} job {id} now (second request)")).await;
                     if let Err(e) = sched.cancel(cmds, id, false).await { log.say(format!("WARNING: {e}")).await; }

@@ -76,12 +76,7 @@ impl Commands {
         if let Some(bin) = &self.bin {
             return bin.join(tool);
         }
-        let path = self
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or(crate::auth::env::DEFAULT_PATH);
+        let path = crate::auth::env::search_path(&self.env);
         std::env::split_paths(path)
             .map(|d| d.join(tool))
             .find(|p| is_executable(p))

@@ -246,6 +246,11 @@ pub fn is_submitted_stage(stage: &str) -> bool {
     matches!(stage, "build_script" | "step_script")
 }
 
+/// Owned arguments from string literals.
+pub(crate) fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
 /// `path` as text for a command line (lossy for non-UTF-8 paths, which our layout never makes).
 pub(crate) fn path_arg(path: &Path) -> String {
     path.display().to_string()
@@ -286,11 +291,7 @@ pub async fn run_stage(
     );
     let script =
         crate::fs::write_script(paths, policy, &format!("{stage}-batch"), wrapper.as_bytes())?;
-    let workdir = if h.account.home.is_dir() {
-        h.account.home.clone()
-    } else {
-        "/".into()
-    };
+    let workdir = h.account.workdir();
     let job = BatchJob {
         config,
         scheduler: scheduler.as_ref(),
@@ -323,11 +324,7 @@ pub async fn cleanup_stage(
             return;
         }
     };
-    let workdir = if h.account.home.is_dir() {
-        h.account.home.clone()
-    } else {
-        "/".into()
-    };
+    let workdir = h.account.workdir();
     for p in cleanup_job(
         config,
         scheduler.as_ref(),

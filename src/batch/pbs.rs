@@ -10,7 +10,7 @@ use super::args::Illegal;
 use super::executor::sh_quote;
 use super::limiter::display;
 use super::slurm::failure;
-use super::{path_arg, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The PBS scheduler (`executor = "pbs"`).
 pub struct Pbs;
@@ -85,10 +85,6 @@ pub fn parse_qstat(text: &str) -> Option<JobState> {
             reason: attr(text, "comment").map(str::to_string),
         },
     })
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
 }
 
 impl Scheduler for Pbs {

@@ -3,7 +3,7 @@
 
 use super::args::Illegal;
 use super::limiter::{display, CmdOutput};
-use super::{path_arg, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The Slurm scheduler (`executor = "slurm"` or `"sbatch"`).
 pub struct Slurm;
@@ -173,10 +173,6 @@ pub fn parse_sacct(stdout: &str, id: &str) -> Option<JobState> {
         let (jid, state, exit) = (f.next()?, f.next()?, f.next());
         (jid.trim() == id).then(|| classify(state, None, exit))
     })
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
 }
 
 impl Scheduler for Slurm {

@@ -29,7 +29,7 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::{self, Mode, SFlag};
 
-use super::claim::{ClaimDir, ClaimSettings};
+use super::claim::{ClaimDir, ClaimHold, ClaimSettings};
 use super::cleanup::{open_child, remove_tree};
 use super::custom::{open_custom_root, parse_custom_root};
 use super::paths::BuildsAt;
@@ -309,11 +309,40 @@ pub fn prepare(
     Ok(paths)
 }
 
+/// `run`, as the user: hold this job's claim (`limit_build_dir`) while the stage runs, so
+/// that a cleanup running concurrently cannot hand the directory to another job before the
+/// stage is gone (see [`ClaimDir::hold`]). `None`: no claim to hold (another layout, or the
+/// job's claim is not found; `notify` is told of the latter).
+pub fn hold_claim(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    plan: &BuildsPlan,
+    notify: &mut dyn FnMut(&str),
+) -> Result<Option<ClaimHold>, FsError> {
+    if plan.layout != Layout::Limited {
+        return Ok(None);
+    }
+    let held = match plan.open_claim_dir(paths, policy, false)? {
+        Some(dir) => dir.hold(plan.job_id)?,
+        None => None,
+    };
+    if held.is_none() {
+        notify(&format!(
+            "WARNING: job {} holds no claim on a build directory (limit_build_dir); was it released early?",
+            plan.job_id
+        ));
+    }
+    Ok(held)
+}
+
 /// What [`cleanup`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CleanupReport {
     /// The slot released (`limit_build_dir`).
     pub released: Option<u32>,
+    /// The released slot is still held by a running stage of the job (a run call still
+    /// dying): it frees up when that stage ends.
+    pub still_in_use: bool,
     /// Stale build directories removed.
     pub removed: Vec<PathBuf>,
 }
@@ -335,7 +364,10 @@ pub fn cleanup(
     };
     if plan.layout == Layout::Limited {
         if let Some(dir) = plan.open_claim_dir(paths, policy, false)? {
-            report.released = dir.release(plan.job_id, general.file_lock_debug)?;
+            if let Some(r) = dir.release(plan.job_id, general.file_lock_debug)? {
+                report.released = Some(r.slot);
+                report.still_in_use = r.in_use;
+            }
             for slot in dir.remove_above(general.max_build_dir, &mut budget)? {
                 report
                     .removed

@@ -22,7 +22,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, AtFlags, FcntlArg, OFlag};
@@ -104,6 +104,31 @@ pub struct Claim {
     pub expiration: u64,
 }
 
+/// This job's claim held by a running stage: an fcntl read lock on the slot's lock file,
+/// released when this value is dropped (or the process ends, however it ends).
+#[derive(Debug)]
+pub struct ClaimHold {
+    pub slot: u32,
+    _file: File,
+}
+
+/// What [`ClaimDir::release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub slot: u32,
+    /// A stage of the job still holds the claim: the record expires now instead of being
+    /// emptied, and the slot frees up when that stage ends.
+    pub in_use: bool,
+}
+
+/// A lock file of this job, open with a read lock held.
+struct OwnLock {
+    slot: u32,
+    path: PathBuf,
+    file: File,
+    expiration: u64,
+}
+
 /// The content of a lock file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockState {
@@ -183,13 +208,7 @@ fn slot_of_dir(name: &str) -> Option<u32> {
     (slot_name(n) == name).then_some(n)
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;
 
 /// A project's directory of slots, open and verified.
 #[derive(Debug)]
@@ -371,33 +390,22 @@ impl ClaimDir {
     pub fn renew(&self, s: &ClaimSettings) -> Result<Claim, FsError> {
         let now = unix_now();
         let wanted = now + s.job_timeout.as_secs() + s.margin.as_secs();
-        for (slot, name) in self.lock_files()? {
-            let path = self.dir.path.join(&name);
-            let Some(file) = self.open_lock(&name, false)? else {
-                continue;
-            };
-            let st = self.check_lock_file(&file, &path)?;
-            if !lock_patiently(&file, &path, libc::F_WRLCK)? || !self.still_linked(&name, &st) {
-                continue;
+        if let Some(own) = self.own_lock(s.job_id)? {
+            if lock_patiently(&own.file, &own.path, libc::F_WRLCK)? {
+                let expiration = own.expiration.max(wanted);
+                write_record(
+                    &own.file,
+                    &own.path,
+                    &record(s.job_id, expiration, &s.hostname),
+                )?;
+                let dir_name = slot_name(own.slot);
+                open_private_child(&self.dir, &dir_name, &self.policy, &self.user, true)?;
+                return Ok(Claim {
+                    slot: own.slot,
+                    dir: self.dir.path.join(dir_name),
+                    expiration,
+                });
             }
-            let LockState::Held {
-                job_id, expiration, ..
-            } = LockState::parse(&read_record(&file, &path)?)
-            else {
-                continue;
-            };
-            if job_id != s.job_id {
-                continue;
-            }
-            let expiration = expiration.max(wanted);
-            write_record(&file, &path, &record(s.job_id, expiration, &s.hostname))?;
-            let dir_name = slot_name(slot);
-            open_private_child(&self.dir, &dir_name, &self.policy, &self.user, true)?;
-            return Ok(Claim {
-                slot,
-                dir: self.dir.path.join(dir_name),
-                expiration,
-            });
         }
         Err(FsError::NotClaimed {
             path: self.dir.path.clone(),
@@ -405,52 +413,89 @@ impl ClaimDir {
         })
     }
 
-    /// Which slot `job_id` holds, reading without changing anything.
-    pub fn find(&self, job_id: u64) -> Result<Option<u32>, FsError> {
-        for (slot, name) in self.lock_files()? {
-            let path = self.dir.path.join(&name);
-            let Some(file) = self.open_lock(&name, false)? else {
-                continue;
-            };
-            self.check_lock_file(&file, &path)?;
-            if !lock_patiently(&file, &path, libc::F_RDLCK)? {
-                continue;
-            }
-            if matches!(LockState::parse(&read_record(&file, &path)?),
-                LockState::Held { job_id: j, .. } if j == job_id)
-            {
-                return Ok(Some(slot));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Release `job_id`'s claim (cleanup): empty its lock file. `Some(slot)` when there was one.
-    /// The directory stays for the next job of the project.
-    pub fn release(&self, job_id: u64, debug_log: bool) -> Result<Option<u32>, FsError> {
-        let mut log = DebugLog::open_for(self, job_id, debug_log);
+    /// This job's lock file, found under an fcntl **read** lock (which a stage of this job
+    /// holding its claim does not block), with that lock still held.
+    fn own_lock(&self, job_id: u64) -> Result<Option<OwnLock>, FsError> {
         for (slot, name) in self.lock_files()? {
             let path = self.dir.path.join(&name);
             let Some(file) = self.open_lock(&name, false)? else {
                 continue;
             };
             let st = self.check_lock_file(&file, &path)?;
-            if !lock_patiently(&file, &path, libc::F_WRLCK)? || !self.still_linked(&name, &st) {
+            if !lock_patiently(&file, &path, libc::F_RDLCK)? || !self.still_linked(&name, &st) {
                 continue;
             }
-            if matches!(LockState::parse(&read_record(&file, &path)?),
-                LockState::Held { job_id: j, .. } if j == job_id)
+            if let LockState::Held {
+                job_id: j,
+                expiration,
+                ..
+            } = LockState::parse(&read_record(&file, &path)?)
             {
-                file.set_len(0).map_err(|source| FsError::Io {
-                    op: "release",
-                    path: path.clone(),
-                    source,
-                })?;
-                log.info(&format!("released claim on {}", slot_name(slot)));
-                return Ok(Some(slot));
+                if j == job_id {
+                    return Ok(Some(OwnLock {
+                        slot,
+                        path,
+                        file,
+                        expiration,
+                    }));
+                }
             }
         }
         Ok(None)
+    }
+
+    /// Which slot `job_id` holds, reading without changing anything.
+    pub fn find(&self, job_id: u64) -> Result<Option<u32>, FsError> {
+        Ok(self.own_lock(job_id)?.map(|o| o.slot))
+    }
+
+    /// Hold `job_id`'s claim for as long as the returned value lives (a `run` stage): an
+    /// fcntl read lock on its lock file. No other job can claim the slot meanwhile, whatever
+    /// its record says, and a cleanup of this job that runs concurrently (the runner starts
+    /// cleanup at most 5 minutes into a dying run) leaves the slot claimed until the lock
+    /// goes away with this process. `None`: the job holds no claim here.
+    pub fn hold(&self, job_id: u64) -> Result<Option<ClaimHold>, FsError> {
+        Ok(self.own_lock(job_id)?.map(|o| ClaimHold {
+            slot: o.slot,
+            _file: o.file,
+        }))
+    }
+
+    /// Release `job_id`'s claim (cleanup). The directory stays for the next job of the
+    /// project. When no stage of the job holds the claim, the lock file is emptied; when one
+    /// still does (a run call still dying), the record keeps the job id but expires now: the
+    /// holder's fcntl lock keeps others out until it ends, and nothing after that.
+    pub fn release(&self, job_id: u64, debug_log: bool) -> Result<Option<Released>, FsError> {
+        let mut log = DebugLog::open_for(self, job_id, debug_log);
+        let Some(own) = self.own_lock(job_id)? else {
+            return Ok(None);
+        };
+        let io = |op: &'static str| {
+            let path = own.path.clone();
+            move |source| FsError::Io { op, path, source }
+        };
+        // Upgrade our read lock: it fails only while a stage of the job holds its own.
+        if lock_patiently(&own.file, &own.path, libc::F_WRLCK)? {
+            own.file.set_len(0).map_err(io("release"))?;
+            log.info(&format!("released claim on {}", slot_name(own.slot)));
+            return Ok(Some(Released {
+                slot: own.slot,
+                in_use: false,
+            }));
+        }
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let expiration = unix_now().min(own.expiration);
+        write_record(&own.file, &own.path, &record(job_id, expiration, &hostname))?;
+        log.info(&format!(
+            "claim on {} still held by a running stage of job {job_id}: expires when that stage ends",
+            slot_name(own.slot)
+        ));
+        Ok(Some(Released {
+            slot: own.slot,
+            in_use: true,
+        }))
     }
 
     /// Remove unclaimed slots at or above `max` (left from a higher `max_build_dir`), highest
@@ -709,27 +754,7 @@ impl DebugLog {
     }
 }
 
-/// `2024-04-25T16:07:49Z` for Unix seconds (UTC).
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use crate::clock::rfc3339;
 
 #[cfg(test)]
 mod tests {
@@ -825,7 +850,7 @@ mod tests {
         assert_eq!(d.find(2).unwrap(), Some(1));
         assert!(matches!(state(&tmp, 1), LockState::Held { job_id: 2, .. }));
         assert_eq!(d.renew(&quick(2, 0)).unwrap().slot, 1);
-        assert_eq!(d.release(1, false).unwrap(), Some(0));
+        assert_eq!(d.release(1, false).unwrap().map(|r| r.slot), Some(0));
         assert_eq!(state(&tmp, 0), LockState::Free);
         assert_eq!(d.release(1, false).unwrap(), None, "release is idempotent");
         assert!(matches!(
@@ -861,7 +886,7 @@ mod tests {
         let p = tmp.path().join(".000.lock");
         std::fs::write(&p, b"{\"job_id\": \"12\", \"expir").unwrap();
         assert_eq!(d.claim(&quick(1, 0), &mut |_| {}).unwrap().slot, 1);
-        let old = SystemTime::now() - Duration::from_secs(61);
+        let old = std::time::SystemTime::now() - Duration::from_secs(61);
         std::fs::File::options()
             .write(true)
             .open(&p)
@@ -957,12 +982,5 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", tmp.path().join(".000.lock")).unwrap();
         let err = d.claim(&quick(1, 0), &mut |_| {}).unwrap_err().to_string();
         assert!(err.contains("symbolic link"), "{err}");
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1714061269), "2024-04-25T16:07:49Z");
-        assert_eq!(rfc3339(951782400), "2000-02-29T00:00:00Z");
     }
 }

@@ -116,17 +116,21 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                 crate::batch::cleanup_stage(&config, &h, &paths).await;
             }
             fs::cleanup_job(&paths, config.general.retain_logs)?;
-            fs::builds::cleanup(&paths, &policy, &builds_plan()?, &config.general)?;
+            let report = fs::builds::cleanup(&paths, &policy, &builds_plan()?, &config.general)?;
+            if let (Some(slot), true) = (report.released, report.still_in_use) {
+                eprintln!(
+                    "jacamar: build directory {} is still in use by a stage of job {} that has not ended; it frees up when that stage ends",
+                    fs::claim::slot_name(slot),
+                    h.job.job_id
+                );
+            }
             Ok(Status::Success)
         }
         Action::Run { stage, script } => {
+            // Held until the stage (and so the job's processes) is gone.
+            let _claim = fs::builds::hold_claim(&paths, &policy, &builds_plan()?, &mut notify)?;
             let path = fs::write_script(&paths, &policy, stage, script.as_bytes())?;
-            let search_path = h
-                .env
-                .iter()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| v.as_str())
-                .unwrap_or(crate::auth::env::DEFAULT_PATH);
+            let search_path = crate::auth::env::search_path(&h.env);
             let cmd = shell::command(
                 config.general.shell_path.as_deref(),
                 Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only),
@@ -153,11 +157,7 @@ async fn run_shell(
 ) -> Result<Status, StageError> {
     let signals = OsSignals::install()
         .map_err(|e| StageError::Internal(format!("failed to install signal handlers: {e}")))?;
-    let cwd = if h.account.home.is_dir() {
-        h.account.home.clone()
-    } else {
-        "/".into()
-    };
+    let cwd = h.account.workdir();
     let mut child = tokio::process::Command::new(&cmd.program)
         .args(&cmd.args)
         .env_clear()

@@ -263,23 +263,29 @@ fn on_request(state: State, req: Request, term: &mut dyn Terminator, policy: &Po
                 kill_at: Instant::now() + policy.kill_timeout,
             }
         }
-        // A second termination signal received by us means "now": SIGKILL.
-        (
-            State::Stopping {
-                reason: first @ Reason::Signal(_),
-                ..
-            },
-            Request::Terminate {
-                reason: Reason::Signal(_),
-                ..
-            },
-        ) => {
-            term.kill();
-            State::Killed { reason: first }
+        (State::Stopping { reason, kill_at }, req @ Request::Terminate { .. }) => {
+            if escalates_now(reason, &req) {
+                term.kill();
+                State::Killed { reason }
+            } else {
+                State::Stopping { reason, kill_at }
+            }
         }
-        // Anything else while stopping (the parent repeating itself, EOF after a cancel)
-        // keeps the clock that is already running.
-        (s @ State::Stopping { .. }, Request::Terminate { .. }) => s,
+    }
+}
+
+/// Whether `next`, arriving while a stop for `first` is under way, means "kill now": a
+/// `Kill`, or a second termination signal received by us. Anything else (the parent
+/// repeating itself, EOF after a cancel, the backstop meeting a cancel or the parent's
+/// backstop meeting our own) keeps the kill_timeout clock that is already running.
+pub fn escalates_now(first: Reason, next: &Request) -> bool {
+    match next {
+        Request::Kill { .. } => true,
+        Request::Terminate {
+            reason: Reason::Signal(_),
+            ..
+        } => matches!(first, Reason::Signal(_)),
+        Request::Terminate { .. } => false,
     }
 }
 
@@ -291,6 +297,27 @@ mod tests {
 
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn only_a_kill_or_a_second_signal_of_ours_escalates() {
+        let term = |reason| Request::Terminate {
+            signal: Signal::SIGTERM,
+            reason,
+        };
+        let sig = Reason::Signal(Signal::SIGTERM);
+        assert!(escalates_now(sig, &term(sig)));
+        assert!(escalates_now(
+            Reason::Backstop,
+            &Request::Kill {
+                reason: Reason::Parent
+            }
+        ));
+        // Our backstop meeting the parent's, EOF after a cancel, the parent repeating itself.
+        assert!(!escalates_now(Reason::Backstop, &term(Reason::Backstop)));
+        assert!(!escalates_now(Reason::Backstop, &term(sig)));
+        assert!(!escalates_now(sig, &term(Reason::ParentGone)));
+        assert!(!escalates_now(Reason::Parent, &term(Reason::Parent)));
+    }
 
     #[derive(Clone, Default)]
     struct Recorder {

@@ -10,7 +10,9 @@ pub mod machine;
 pub mod relay;
 pub mod signals;
 
-pub use machine::{supervise, Exit, GroupTerminator, Outcome, Policy, Reason, Request, Terminator};
+pub use machine::{
+    escalates_now, supervise, Exit, GroupTerminator, Outcome, Policy, Reason, Request, Terminator,
+};
 pub use signals::OsSignals;
 
 use std::time::Duration;

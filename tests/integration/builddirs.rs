@@ -16,7 +16,7 @@ use crate::harness::{show, wait_for, whoami, Harness};
 const LIMIT: &str = "limit_build_dir = true\nfile_lock_debug = true";
 
 /// Another job of the same user and project, sharing `first`'s data_dir and configuration.
-fn second_job(first: &Harness) -> Harness {
+pub fn second_job(first: &Harness) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = Harness::with_config(tmp, first.data_dir.clone(), first.config_path.clone());
     h.env = first.env.clone();
@@ -404,7 +404,10 @@ fn claimant_child() {
     let seen = std::fs::read_to_string(&owner).unwrap();
     assert_eq!(seen, id.to_string(), "slot {} was shared", claim.slot);
     append(format!("R {} {id}\n", claim.slot));
-    assert_eq!(claims.release(id, false).unwrap(), Some(claim.slot));
+    assert_eq!(
+        claims.release(id, false).unwrap().map(|r| r.slot),
+        Some(claim.slot)
+    );
 }
 
 /// Start `n` claimant processes on `dir` (at most `max` slots) and check the log: each slot

@@ -10,6 +10,7 @@ mod batch_pbs;
 mod batch_slurm;
 mod builddirs;
 mod demo;
+mod harden;
 mod harness;
 mod refusals;
 mod signals;
