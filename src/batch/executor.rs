@@ -230,22 +230,25 @@ async fn drive(
         job.workdir.clone(),
     );
     let output = output_path(&job.scripts_dir, job.stage);
-    match std::fs::remove_file(&output) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Status::SystemFailure {
-                message: format!(
-                    "failed to remove the stale output file {}: {e}",
-                    output.display()
-                ),
+    let error = sched.error_file(&output);
+    for stale in std::iter::once(&output).chain(error.as_ref()) {
+        match std::fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Status::SystemFailure {
+                    message: format!(
+                        "failed to remove the stale output file {}: {e}",
+                        stale.display()
+                    ),
+                }
             }
         }
     }
     let sub = Submission {
         script: job.script.clone(),
         output: output.clone(),
-        error: None,
+        error: error.clone(),
         workdir: job.workdir.clone(),
         name: args::job_name(job.ci_job_id, job.variables, b.disable_name_prefix),
         args: sched_args,
@@ -315,12 +318,19 @@ async fn drive(
         TailTiming::new(b.nfs_timeout),
         log.tx.clone(),
     );
+    let err_tail = error
+        .clone()
+        .map(|e| tail::spawn(e, TailTiming::new(b.nfs_timeout), log.tx.clone()));
     let ended = wait(job, &cmds, &sub, &id, requests, log).await;
     let (fin, stopped) = match ended {
         Ended::Finished(f) => (Some(f), None),
         Ended::Lost(why) => {
             tail.stop_now();
             tail.finish().await;
+            if let Some(t) = err_tail {
+                t.stop_now();
+                t.finish().await;
+            }
             return Status::SystemFailure { message: format!("lost track of {name} job {id}: {why}; cleanup will cancel it if it is still queued") };
         }
         Ended::Cancel(first) => {
@@ -342,7 +352,21 @@ async fn drive(
         }
     };
     tail.job_over();
+    if let Some(t) = &err_tail {
+        t.job_over();
+    }
     let report = tail.finish().await;
+    if let Some(t) = err_tail {
+        let r = t.finish().await;
+        if r.never_appeared {
+            log.say(format!(
+                "WARNING: the error file {} never appeared (waited nfs_timeout {})",
+                error.as_deref().unwrap_or(Path::new("")).display(),
+                fmt_dur(b.nfs_timeout)
+            ))
+            .await;
+        }
+    }
     if report.never_appeared {
         log.say(format!(
             "WARNING: the output file {} never appeared (waited nfs_timeout {})",
