@@ -218,11 +218,7 @@ async fn drive(
             };
         }
     };
-    let mut env = job.env.clone();
-    for (k, v) in &b.env_vars {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
+    let env = with_env_vars(job.env.clone(), &b.env_vars);
     let cmds = Commands::new(
         b.command_delay,
         b.scheduler_bin.as_deref(),
@@ -387,6 +383,19 @@ async fn drive(
         let _ = record.finished(&id);
     }
     status_of(name, &id, fin, stopped, log).await
+}
+
+/// The job's environment with `[batch] env_vars` on top: every scheduler command (submit,
+/// polls, cancels, and cleanup's) sees the same.
+fn with_env_vars(
+    mut env: Vec<(String, String)>,
+    vars: &[(String, String)],
+) -> Vec<(String, String)> {
+    for (k, v) in vars {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
 }
 
 fn reason_of(r: &Request) -> Reason {
@@ -617,6 +626,7 @@ pub async fn cleanup_job(
         Ok(j) => j,
         Err(e) => return vec![e.to_string()],
     };
+    let env = with_env_vars(env, &b.env_vars);
     let cmds = Commands::new(b.command_delay, b.scheduler_bin.as_deref(), env, workdir);
     let name = scheduler.name();
     let mut problems = Vec::new();

@@ -16,7 +16,13 @@ fake_init() {
         exit 2
     fi
     mkdir -p "$FAKE_SCHED_DIR/jobs"
+    # Every call, for the tests to check what the driver ran.
+    echo "$(basename "$0") $*" >>"$FAKE_SCHED_DIR/calls"
     FAKE_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    if [ ! -x "$FAKE_LIB/fake-monitor" ]; then
+        echo "$(basename "$0"): $FAKE_LIB/fake-monitor is missing (fake scheduler broken)" >&2
+        exit 2
+    fi
 }
 
 # Next job id (a counter under a lock).
