@@ -112,6 +112,24 @@ impl Fake {
     }
 }
 
+impl Drop for Fake {
+    /// A failed test must not leave its fake jobs running: KILL what is left.
+    fn drop(&mut self) {
+        for job in self.jobs() {
+            if let Ok(pg) = std::fs::read_to_string(job.join("pgid")) {
+                if let Ok(pg) = pg.trim().parse::<i32>() {
+                    if !group_members(pg).is_empty() {
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(pg),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Live (not zombie) processes of process group `pg`.
 fn group_members(pg: i32) -> Vec<i32> {
     let mut v = Vec::new();
