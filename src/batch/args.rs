@@ -19,7 +19,8 @@ pub const NAME_PREFIX_VARIABLE: &str = "SCHEDULER_JOB_NAME_PREFIX";
 pub struct Illegal {
     /// Short form (`-o`), if any: matches `-o`, `-oFILE` and the short option inside a group.
     pub short: Option<char>,
-    /// Long form (`--output`), if any: matches `--output` and `--output=FILE`.
+    /// Long form (`--output`), if any: matches `--output` and `--output=FILE`. A form with
+    /// one dash (`-oo`, LSF's multi-letter options) matches that exact word only.
     pub long: Option<&'static str>,
     /// Why the driver needs it.
     pub why: &'static str,
@@ -147,11 +148,16 @@ pub fn find_illegal<'a>(
             let name = long.split('=').next().unwrap_or(long);
             for il in illegal {
                 if let Some(l) = il.long {
-                    if l.trim_start_matches('-') == name {
+                    if l.starts_with("--") && l.trim_start_matches('-') == name {
                         return Some((a, il.why));
                     }
                 }
             }
+        } else if let Some(il) = illegal
+            .iter()
+            .find(|il| il.long.is_some_and(|l| !l.starts_with("--") && l == a))
+        {
+            return Some((a, il.why));
         } else if let Some(c) = a.strip_prefix('-').and_then(|r| r.chars().next()) {
             // `-o`, `-oFILE`: only the first letter is sure to be an option (the rest may
             // be its value), so that is the one checked.
@@ -278,6 +284,19 @@ mod tests {
             assert!(find_illegal(&s(&[ok]), IL).is_none(), "{ok}");
         }
         assert!(find_illegal(&s(&["--"]), IL).is_some());
+    }
+
+    #[test]
+    fn single_dash_words_match_exactly() {
+        const W: &[Illegal] = &[Illegal {
+            short: None,
+            long: Some("-oo"),
+            why: "out",
+        }];
+        assert!(find_illegal(&s(&["-n", "1", "-oo", "f"]), W).is_some());
+        for ok in ["-o", "-oof", "--oo", "-ooo"] {
+            assert!(find_illegal(&s(&[ok]), W).is_none(), "{ok}");
+        }
     }
 
     #[test]

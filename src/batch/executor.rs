@@ -218,11 +218,7 @@ async fn drive(
             };
         }
     };
-    let mut env = job.env.clone();
-    for (k, v) in &b.env_vars {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
+    let env = with_env_vars(job.env.clone(), &b.env_vars);
     let cmds = Commands::new(
         b.command_delay,
         b.scheduler_bin.as_deref(),
@@ -230,22 +226,25 @@ async fn drive(
         job.workdir.clone(),
     );
     let output = output_path(&job.scripts_dir, job.stage);
-    match std::fs::remove_file(&output) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Status::SystemFailure {
-                message: format!(
-                    "failed to remove the stale output file {}: {e}",
-                    output.display()
-                ),
+    let error = sched.error_file(&output);
+    for stale in std::iter::once(&output).chain(error.as_ref()) {
+        match std::fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Status::SystemFailure {
+                    message: format!(
+                        "failed to remove the stale output file {}: {e}",
+                        stale.display()
+                    ),
+                }
             }
         }
     }
     let sub = Submission {
         script: job.script.clone(),
         output: output.clone(),
-        error: None,
+        error: error.clone(),
         workdir: job.workdir.clone(),
         name: args::job_name(job.ci_job_id, job.variables, b.disable_name_prefix),
         args: sched_args,
@@ -315,12 +314,19 @@ async fn drive(
         TailTiming::new(b.nfs_timeout),
         log.tx.clone(),
     );
+    let err_tail = error
+        .clone()
+        .map(|e| tail::spawn(e, TailTiming::new(b.nfs_timeout), log.tx.clone()));
     let ended = wait(job, &cmds, &sub, &id, requests, log).await;
     let (fin, stopped) = match ended {
         Ended::Finished(f) => (Some(f), None),
         Ended::Lost(why) => {
             tail.stop_now();
             tail.finish().await;
+            if let Some(t) = err_tail {
+                t.stop_now();
+                t.finish().await;
+            }
             return Status::SystemFailure { message: format!("lost track of {name} job {id}: {why}; cleanup will cancel it if it is still queued") };
         }
         Ended::Cancel(first) => {
@@ -342,7 +348,21 @@ async fn drive(
         }
     };
     tail.job_over();
+    if let Some(t) = &err_tail {
+        t.job_over();
+    }
     let report = tail.finish().await;
+    if let Some(t) = err_tail {
+        let r = t.finish().await;
+        if r.never_appeared {
+            log.say(format!(
+                "WARNING: the error file {} never appeared (waited nfs_timeout {})",
+                error.as_deref().unwrap_or(Path::new("")).display(),
+                fmt_dur(b.nfs_timeout)
+            ))
+            .await;
+        }
+    }
     if report.never_appeared {
         log.say(format!(
             "WARNING: the output file {} never appeared (waited nfs_timeout {})",
@@ -363,6 +383,19 @@ async fn drive(
         let _ = record.finished(&id);
     }
     status_of(name, &id, fin, stopped, log).await
+}
+
+/// The job's environment with `[batch] env_vars` on top: every scheduler command (submit,
+/// polls, cancels, and cleanup's) sees the same.
+fn with_env_vars(
+    mut env: Vec<(String, String)>,
+    vars: &[(String, String)],
+) -> Vec<(String, String)> {
+    for (k, v) in vars {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
 }
 
 fn reason_of(r: &Request) -> Reason {
@@ -595,6 +628,7 @@ pub async fn cleanup_job(
         Ok(j) => j,
         Err(e) => return vec![e.to_string()],
     };
+    let env = with_env_vars(env, &b.env_vars);
     let cmds = Commands::new(b.command_delay, b.scheduler_bin.as_deref(), env, workdir);
     let name = scheduler.name();
     let mut problems = Vec::new();

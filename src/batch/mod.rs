@@ -11,11 +11,14 @@
 //!   known; `cleanup` cancels what is still queued or running.
 //! * [`tail`]: the polling, NFS-safe tailer of the job's output file.
 //! * [`executor`]: the state machine of one batch job (submit, wait, tail, cancel, result).
-//! * One file per scheduler: [`slurm`], [`pbs`].
+//! * One file per scheduler: [`slurm`], [`pbs`], [`flux`], [`lsf`], [`cobalt`].
 
 pub mod args;
+pub mod cobalt;
 pub mod executor;
+pub mod flux;
 pub mod limiter;
+pub mod lsf;
 pub mod pbs;
 pub mod persist;
 pub mod slurm;
@@ -199,6 +202,11 @@ pub trait Scheduler: Send + Sync {
     fn wrapper(&self, _output: &Path, command: &[String]) -> String {
         executor::wrapper_script("", command)
     }
+    /// The job's separate error file, when the scheduler keeps stderr apart (Cobalt): it is
+    /// tailed to the job log along with `output`.
+    fn error_file(&self, _output: &Path) -> Option<PathBuf> {
+        None
+    }
     /// Submit the job; returns the scheduler's job id.
     fn submit<'a>(
         &'a self,
@@ -229,15 +237,21 @@ pub trait Scheduler: Send + Sync {
 /// The scheduler for a batch `executor`.
 pub fn scheduler_for(
     executor: Executor,
-    _batch: &crate::config::Batch,
+    batch: &crate::config::Batch,
 ) -> Result<Box<dyn Scheduler>, BatchError> {
     match executor {
         Executor::Slurm => Ok(Box::new(slurm::Slurm)),
         Executor::Pbs => Ok(Box::new(pbs::Pbs)),
-        other => Err(BatchError::Setup(format!(
-            "the {} executor is not implemented yet in jacamar-rs",
-            other.as_str()
-        ))),
+        Executor::Flux => Ok(Box::new(flux::Flux)),
+        Executor::Lsf => Ok(Box::new(lsf::Lsf {
+            job_cancellation: batch.lsf_job_cancellation,
+        })),
+        Executor::Cobalt => Ok(Box::new(cobalt::Cobalt {
+            skip_log: batch.skip_cobalt_log,
+        })),
+        Executor::Shell => Err(BatchError::Setup(
+            "the shell executor submits nothing to a scheduler".into(),
+        )),
     }
 }
 

@@ -127,11 +127,11 @@ impl KeySpec {
         self
     }
 
-    /// True while the module that acts on the key (`batch`) is not
-    /// written yet: the key is read and validated, and nothing else.
+    /// True while the module that acts on the key is not written yet: the key is read
+    /// and validated, and nothing else. None is left: `skip_cobalt_log` and
+    /// `lsf_job_cancellation` arrived with the Cobalt and LSF executors.
     pub fn parsed_only(&self) -> bool {
-        // batch: the Cobalt and LSF executors are not written yet.
-        self.used_by == "batch" && matches!(self.key, "skip_cobalt_log" | "lsf_job_cancellation")
+        false
     }
 }
 

@@ -68,7 +68,7 @@ fn recorded_id(h: &Harness) -> Option<String> {
 }
 
 /// Read a child's stdout line by line on a thread.
-fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<(Instant, String)> {
+pub fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<(Instant, String)> {
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -82,7 +82,7 @@ fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<(Instant, String)
     rx
 }
 
-fn wait_line(
+pub fn wait_line(
     rx: &mpsc::Receiver<(Instant, String)>,
     pat: &str,
     limit: Duration,
@@ -104,7 +104,10 @@ fn wait_line(
     false
 }
 
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
     let until = Instant::now() + limit;
     while Instant::now() < until {
         if let Some(st) = child.try_wait().unwrap() {
@@ -116,7 +119,7 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::pr
 }
 
 /// Children of `pid` (from /proc).
-fn children(pid: u32) -> Vec<i32> {
+pub fn children(pid: u32) -> Vec<i32> {
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {

@@ -6,6 +6,7 @@ mod auth_jwt;
 mod auth_kit;
 mod auth_policy;
 mod auth_setuid;
+mod batch_fakes;
 mod batch_pbs;
 mod batch_slurm;
 mod builddirs;

@@ -1,0 +1,331 @@
+//! Cobalt: `qsub` to submit (it prints the job id), `qstat` while the job is queued or
+//! running, `qdel` to cancel. A finished job leaves `qstat` without a word: its end is in
+//! the Cobalt log (`--debuglog`, by default `<jobid>.cobaltlog`), whose line `task
+//! completed normally with an exit code of N; initiating job cleanup and removal` gives
+//! the exit code. Cobalt keeps stderr apart (`-e`, by default `<jobid>.error`): both files
+//! are tailed to the job log.
+//!
+//! `skip_cobalt_log` (meant for testing and debugging): the exit status comes from a line
+//! the submitted script echoes at the end of its output instead of the Cobalt log.
+
+use std::path::{Path, PathBuf};
+
+use super::args::Illegal;
+use super::executor::sh_quote;
+use super::slurm::failure;
+use super::{path_arg, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+
+/// The Cobalt scheduler (`executor = "cobalt"`).
+pub struct Cobalt {
+    /// `[batch] skip_cobalt_log`.
+    pub skip_log: bool,
+}
+
+/// The line the script echoes last when `skip_cobalt_log` is set.
+pub const STATUS_ECHO: &str = "jacamar-rs: batch script exit status";
+
+const ILLEGAL: &[Illegal] = &[
+    Illegal {
+        short: Some('o'),
+        long: Some("--output"),
+        why: "the driver chooses the output file it streams to the job log",
+    },
+    Illegal {
+        short: Some('e'),
+        long: Some("--error"),
+        why: "the driver chooses the error file it streams to the job log",
+    },
+    Illegal {
+        short: Some('O'),
+        long: Some("--outputprefix"),
+        why: "the driver chooses the output files it streams to the job log",
+    },
+    Illegal {
+        short: None,
+        long: Some("--debuglog"),
+        why: "the driver reads the job's exit status from its own Cobalt log",
+    },
+    Illegal {
+        short: Some('i'),
+        long: Some("--inputfile"),
+        why: "batch jobs of the driver read no input",
+    },
+    Illegal {
+        short: Some('I'),
+        long: Some("--interactive"),
+        why: "interactive jobs cannot be supervised by the driver",
+    },
+    Illegal {
+        short: None,
+        long: Some("--jobname"),
+        why: "the driver names the job after the CI job",
+    },
+    Illegal {
+        short: None,
+        long: Some("--cwd"),
+        why: "the driver sets the job's working directory",
+    },
+];
+
+/// The Cobalt log of the job whose output is `output`.
+pub fn log_file(output: &Path) -> PathBuf {
+    output.with_extension("cobaltlog")
+}
+
+/// The state in `qstat ID`'s table (`JobID User WallTime Nodes State Location`); `None`
+/// when the job is not listed (finished, or unknown).
+pub fn parse_qstat(stdout: &str, id: &str) -> Option<JobState> {
+    let mut lines = stdout.lines();
+    let header = lines.by_ref().find(|l| l.contains("JobID"))?;
+    let col = header
+        .split_whitespace()
+        .position(|h| h.eq_ignore_ascii_case("State"))?;
+    let row = lines.find(|l| l.split_whitespace().next() == Some(id))?;
+    let st = row.split_whitespace().nth(col)?.to_string();
+    Some(match st.as_str() {
+        "running" | "starting" | "exiting" | "killing" | "cleanup" => {
+            JobState::Running { state: st }
+        }
+        _ => JobState::Queued {
+            state: st,
+            reason: None,
+        },
+    })
+}
+
+/// The end of the job in its Cobalt log.
+pub fn parse_cobaltlog(text: &str) -> Option<Final> {
+    let code = text.lines().rev().find_map(|l| {
+        let rest = &l[l.find("with an exit code of ")? + "with an exit code of ".len()..];
+        let n: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        n.parse::<i32>().ok()
+    });
+    let deleted = text.lines().find_map(|l| {
+        let i = l.find("user delete with signal ")?;
+        Some(
+            l[i..]
+                .split(';')
+                .next()
+                .unwrap_or("user delete")
+                .to_string(),
+        )
+    });
+    match (code, deleted) {
+        (Some(c), None) => Some(Final::exited("done", c)),
+        (c, Some(why)) => Some(Final::ended("deleted", c.unwrap_or(0), None, Some(why))),
+        (None, None) => {
+            if text.contains("job deleted before it started") {
+                Some(Final::ended(
+                    "deleted",
+                    0,
+                    None,
+                    Some("deleted before it started".into()),
+                ))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The exit status the script echoed (`skip_cobalt_log`): its last such line.
+pub fn parse_status_echo(text: &str) -> Option<i32> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(STATUS_ECHO)?.trim().parse().ok())
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+impl Scheduler for Cobalt {
+    fn name(&self) -> &'static str {
+        "cobalt"
+    }
+
+    fn illegal_args(&self) -> &'static [Illegal] {
+        ILLEGAL
+    }
+
+    fn error_file(&self, output: &Path) -> Option<PathBuf> {
+        Some(output.with_extension("err"))
+    }
+
+    fn wrapper(&self, _output: &Path, command: &[String]) -> String {
+        if !self.skip_log {
+            return super::executor::wrapper_script("", command);
+        }
+        // Run the stage script as a child (not exec) to echo its status afterwards; a
+        // handler (not an ignore, which the child would inherit) keeps this shell alive
+        // through the TERM of a qdel while the child runs its own traps.
+        let cmd: Vec<String> = command.iter().map(|w| sh_quote(w)).collect();
+        format!(
+            "#!/bin/bash\ntrap : TERM\n{c} &\npid=$!\nwhile :; do\n  wait \"$pid\"\n  rc=$?\n  kill -0 \"$pid\" 2>/dev/null || break\ndone\necho \"{e} $rc\"\nexit \"$rc\"\n",
+            c = cmd.join(" "),
+            e = STATUS_ECHO,
+        )
+    }
+
+    fn submit<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        sub: &'a Submission,
+    ) -> BoxFuture<'a, Result<String, BatchError>> {
+        Box::pin(async move {
+            let err = sub
+                .error
+                .clone()
+                .unwrap_or_else(|| sub.output.with_extension("err"));
+            let mut args = vec![
+                "--jobname".to_string(),
+                sub.name.clone(),
+                "--cwd".into(),
+                path_arg(&sub.workdir),
+                "-o".into(),
+                path_arg(&sub.output),
+                "-e".into(),
+                path_arg(&err),
+                "--debuglog".into(),
+                path_arg(&log_file(&sub.output)),
+            ];
+            args.extend(sub.args.iter().cloned());
+            args.push(path_arg(&sub.script));
+            let out = cmds.run("qsub", &args).await?;
+            if !out.success() {
+                return Err(failure("qsub", &args, &out));
+            }
+            let id = out
+                .stdout
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("");
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+                return Err(BatchError::Parse {
+                    command: "qsub".into(),
+                    why: format!("no job id in {:?}", out.stdout.trim()),
+                });
+            }
+            Ok(id.to_string())
+        })
+    }
+
+    fn state<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
+        Box::pin(async move {
+            let args = s(&[id]);
+            let out = cmds.run("qstat", &args).await?;
+            if !out.success() {
+                return Err(failure("qstat", &args, &out));
+            }
+            // Not listed: over (the Cobalt log says how) or never known.
+            Ok(parse_qstat(&out.stdout, id).unwrap_or(JobState::Unknown))
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        id: &'a str,
+        _graceful: bool,
+    ) -> BoxFuture<'a, Result<(), BatchError>> {
+        // qdel sends SIGTERM, then SIGKILL after a delay: graceful already.
+        Box::pin(async move {
+            let args = s(&[id]);
+            let out = cmds.run("qdel", &args).await?;
+            if out.success() {
+                Ok(())
+            } else {
+                Err(failure("qdel", &args, &out))
+            }
+        })
+    }
+
+    fn final_from_files(&self, sub: &Submission, _id: &str) -> Option<Final> {
+        if self.skip_log {
+            let text = std::fs::read_to_string(&sub.output).ok()?;
+            return parse_status_echo(&text).map(|c| Final::exited("done", c));
+        }
+        parse_cobaltlog(&std::fs::read_to_string(log_file(&sub.output)).ok()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qstat_tables() {
+        let t = "JobID   User       WallTime  Nodes  State    Location\n=======\n1000    ci         00:10:00  1      queued   None\n1001    ci         00:10:00  1      running  nid0001\n";
+        assert_eq!(
+            parse_qstat(t, "1000"),
+            Some(JobState::Queued {
+                state: "queued".into(),
+                reason: None
+            })
+        );
+        assert_eq!(
+            parse_qstat(t, "1001"),
+            Some(JobState::Running {
+                state: "running".into()
+            })
+        );
+        assert_eq!(parse_qstat(t, "100"), None);
+        assert_eq!(parse_qstat("", "1000"), None);
+    }
+
+    #[test]
+    fn cobaltlog_lines() {
+        let l = "Thu Nov 05 17:29:30 2020 +0000 (UTC) submitted with cwd set to: /home/ci\nThu Nov 05 17:29:31 2020 +0000 (UTC) Info: task completed normally with an exit code of 7; initiating job cleanup and removal\n";
+        assert_eq!(parse_cobaltlog(l), Some(Final::exited("done", 7)));
+        let l = "x user delete with signal 15 requested by user ci; initiating job cleanup and removal\ny Info: task completed normally with an exit code of 3; initiating job cleanup and removal\n";
+        let f = parse_cobaltlog(l).unwrap();
+        assert!(!f.normal_end);
+        assert_eq!(f.build_exit_code(), 3);
+        assert_eq!(
+            f.reason.as_deref(),
+            Some("user delete with signal 15 requested by user ci")
+        );
+        assert_eq!(parse_cobaltlog("submitted with cwd set to: /x\n"), None);
+    }
+
+    #[test]
+    fn status_echo() {
+        let t = format!("out\n{STATUS_ECHO} 0 is what I print\n{STATUS_ECHO} 4\n");
+        assert_eq!(parse_status_echo(&t), Some(4));
+        assert_eq!(parse_status_echo("nothing\n"), None);
+    }
+
+    #[test]
+    fn skip_log_wrapper_echoes_the_status() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("build_script.out");
+        let w = Cobalt { skip_log: true }.wrapper(
+            &out,
+            &[
+                "bash".into(),
+                "-c".into(),
+                "echo \"$0\"; exit 4".into(),
+                "it's".into(),
+            ],
+        );
+        let o = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&w)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(4));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            format!("it's\n{STATUS_ECHO} 4\n")
+        );
+    }
+}

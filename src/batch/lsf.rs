@@ -1,0 +1,348 @@
+//! LSF: `bsub` to submit (its answer `Job <ID> is submitted to queue <Q>.`), `bjobs -o`
+//! for the state (finished jobs stay listed for LSF's clean period), `bkill` to cancel.
+//!
+//! LSF may spool a job's output and copy it at the end, so, as for PBS, the submitted
+//! script writes its output straight to the driver's file (`exec >> file 2>&1`); LSF's own
+//! `-o` file gets only LSF's job report, next to it (`<stage>.lsf.out`).
+//!
+//! `lsf_job_cancellation` (upstream: job naming and `bkill` only with this key, so jobs
+//! that rely on their own `-J` keep it): when set, the driver names the job `-J <name>`
+//! (and refuses `-J` from the user) and cancels in two steps, `bkill -s TERM` (the job's
+//! traps run, `kill_timeout` to finish) then `bkill`. When unset, the job keeps the user's
+//! `-J` if any, and a cancel is one `bkill <id>` (LSF's own sequence: SIGINT and SIGTERM,
+//! SIGKILL after its terminate interval). Either way the driver cancels by the job id
+//! `bsub` printed, never by name, so no other job of the user is touched.
+
+use super::args::Illegal;
+use super::executor::{sh_quote, wrapper_script};
+use super::limiter::{display, CmdOutput};
+use super::{path_arg, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+
+/// The LSF scheduler (`executor = "lsf"`).
+pub struct Lsf {
+    /// `[batch] lsf_job_cancellation`.
+    pub job_cancellation: bool,
+}
+
+const fn word(w: &'static str, why: &'static str) -> Illegal {
+    Illegal {
+        short: None,
+        long: Some(w),
+        why,
+    }
+}
+
+const OUT: &str = "the driver chooses the output file it streams to the job log";
+const INTERACTIVE: &str = "interactive jobs cannot be supervised by the driver";
+
+/// Always refused (LSF options are single-dash words, matched exactly).
+const ILLEGAL: &[Illegal] = &[
+    word("-o", OUT),
+    word("-oo", OUT),
+    word(
+        "-e",
+        "the driver streams stderr with stdout from its own output file",
+    ),
+    word(
+        "-eo",
+        "the driver streams stderr with stdout from its own output file",
+    ),
+    word("-i", "batch jobs of the driver read no input"),
+    word("-is", "batch jobs of the driver read no input"),
+    word("-K", "the driver waits for the job itself"),
+    word("-I", INTERACTIVE),
+    word("-Ip", INTERACTIVE),
+    word("-Is", INTERACTIVE),
+    word("-IS", INTERACTIVE),
+    word("-ISp", INTERACTIVE),
+    word("-ISs", INTERACTIVE),
+    word("-IX", INTERACTIVE),
+    word("-cwd", "the driver sets the job's working directory"),
+];
+
+/// With `lsf_job_cancellation`: the above and the job name.
+const ILLEGAL_NAMED: &[Illegal] = &[
+    word("-o", OUT),
+    word("-oo", OUT),
+    word(
+        "-e",
+        "the driver streams stderr with stdout from its own output file",
+    ),
+    word(
+        "-eo",
+        "the driver streams stderr with stdout from its own output file",
+    ),
+    word("-i", "batch jobs of the driver read no input"),
+    word("-is", "batch jobs of the driver read no input"),
+    word("-K", "the driver waits for the job itself"),
+    word("-I", INTERACTIVE),
+    word("-Ip", INTERACTIVE),
+    word("-Is", INTERACTIVE),
+    word("-IS", INTERACTIVE),
+    word("-ISp", INTERACTIVE),
+    word("-ISs", INTERACTIVE),
+    word("-IX", INTERACTIVE),
+    word("-cwd", "the driver sets the job's working directory"),
+    word(
+        "-J",
+        "the driver names the job after the CI job (lsf_job_cancellation)",
+    ),
+];
+
+/// The `bjobs -o` format the driver reads.
+pub const BJOBS_FORMAT: &str = "stat exit_code exit_reason pend_reason delimiter='|'";
+
+/// The file LSF's own `-o` (its job report) goes to, next to the output file.
+pub fn report_file(output: &std::path::Path) -> std::path::PathBuf {
+    output.with_extension("lsf.out")
+}
+
+fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
+    let e = out.stderr.trim();
+    let message = if e.is_empty() {
+        format!("exit status {:?}", out.code)
+    } else {
+        e.to_string()
+    };
+    let command = display(tool, args);
+    // mbatchd busy or restarting: LSF's own words for "try again".
+    if [
+        "LSF is down",
+        "Batch system not responding",
+        "batch system daemon not responding",
+        "Failed in an LSF library call",
+        "Resource temporarily unavailable",
+        "Timeout",
+    ]
+    .iter()
+    .any(|t| out.stderr.contains(t))
+    {
+        BatchError::Transient { command, message }
+    } else {
+        BatchError::Command { command, message }
+    }
+}
+
+/// The id in `bsub`'s answer: `Job <1234> is submitted to queue <normal>.`
+pub fn parse_submit(stdout: &str) -> Option<String> {
+    stdout.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("Job <")?;
+        let (id, tail) = rest.split_once('>')?;
+        (tail.contains("submitted") && !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
+            .then(|| id.to_string())
+    })
+}
+
+/// The state in `bjobs -noheader -o BJOBS_FORMAT ID`'s answer.
+pub fn parse_bjobs(stdout: &str) -> Option<JobState> {
+    let line = stdout.lines().find(|l| l.contains('|'))?;
+    let f: Vec<&str> = line.split('|').map(str::trim).collect();
+    let get = |i: usize| f.get(i).copied().filter(|v| !v.is_empty() && *v != "-");
+    let stat = get(0)?;
+    Some(match stat {
+        "PEND" | "PSUSP" | "WAIT" => JobState::Queued {
+            state: stat.to_string(),
+            reason: get(3).map(str::to_string),
+        },
+        "DONE" => JobState::Finished(Final::exited(stat, 0)),
+        "EXIT" => {
+            let code = get(1).and_then(|c| c.parse::<i32>().ok());
+            match (code, get(2)) {
+                (Some(c), None) if c != 0 => JobState::Finished(Final::exited(stat, c)),
+                (c, reason) => JobState::Finished(Final::ended(
+                    stat,
+                    c.unwrap_or(0),
+                    None,
+                    Some(reason.unwrap_or("no exit code reported").to_string()),
+                )),
+            }
+        }
+        "ZOMBI" => JobState::Finished(Final::ended(
+            stat,
+            0,
+            None,
+            Some("killed, execution host unreachable".into()),
+        )),
+        // RUN, USUSP, SSUSP, PROV, UNKWN: not over yet.
+        other => JobState::Running {
+            state: other.to_string(),
+        },
+    })
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+impl Scheduler for Lsf {
+    fn name(&self) -> &'static str {
+        "lsf"
+    }
+
+    fn illegal_args(&self) -> &'static [Illegal] {
+        if self.job_cancellation {
+            ILLEGAL_NAMED
+        } else {
+            ILLEGAL
+        }
+    }
+
+    fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
+        wrapper_script(
+            &format!("exec >>{} 2>&1\n", sh_quote(&path_arg(output))),
+            command,
+        )
+    }
+
+    fn submit<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        sub: &'a Submission,
+    ) -> BoxFuture<'a, Result<String, BatchError>> {
+        Box::pin(async move {
+            // bsub runs in the job's working dir (Commands' cwd): the job starts there.
+            let mut args = vec!["-o".to_string(), path_arg(&report_file(&sub.output))];
+            if self.job_cancellation {
+                args.push("-J".into());
+                args.push(sub.name.clone());
+            }
+            args.extend(sub.args.iter().cloned());
+            args.push(path_arg(&sub.script));
+            let out = cmds.run("bsub", &args).await?;
+            if !out.success() {
+                return Err(failure("bsub", &args, &out));
+            }
+            parse_submit(&out.stdout).ok_or_else(|| BatchError::Parse {
+                command: "bsub".into(),
+                why: format!("no job id in {:?}", out.stdout.trim()),
+            })
+        })
+    }
+
+    fn state<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
+        Box::pin(async move {
+            let args = s(&["-noheader", "-o", BJOBS_FORMAT, id]);
+            let out = cmds.run("bjobs", &args).await?;
+            if out.stderr.contains("is not found") {
+                return Ok(JobState::Unknown);
+            }
+            if !out.success() {
+                return Err(failure("bjobs", &args, &out));
+            }
+            parse_bjobs(&out.stdout).ok_or_else(|| BatchError::Parse {
+                command: display("bjobs", &args),
+                why: format!("no state in {:?}", out.stdout.trim()),
+            })
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        id: &'a str,
+        graceful: bool,
+    ) -> BoxFuture<'a, Result<(), BatchError>> {
+        Box::pin(async move {
+            let args = if graceful && self.job_cancellation {
+                s(&["-s", "TERM", id])
+            } else {
+                s(&[id])
+            };
+            let out = cmds.run("bkill", &args).await?;
+            let gone = out.stderr.contains("already finished")
+                || out.stderr.contains("No matching job")
+                || out.stderr.contains("is not found");
+            if out.success() || gone {
+                Ok(())
+            } else {
+                Err(failure("bkill", &args, &out))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::args::find_illegal;
+
+    #[test]
+    fn submit_answers() {
+        assert_eq!(
+            parse_submit("Job <1234> is submitted to queue <normal>.\n").as_deref(),
+            Some("1234")
+        );
+        assert_eq!(
+            parse_submit("Job <x> is submitted to queue <normal>."),
+            None
+        );
+        assert_eq!(
+            parse_submit("Request aborted by esub. Job not submitted."),
+            None
+        );
+    }
+
+    #[test]
+    fn bjobs_lines() {
+        assert_eq!(
+            parse_bjobs("PEND|-|-|New job is waiting for scheduling\n"),
+            Some(JobState::Queued {
+                state: "PEND".into(),
+                reason: Some("New job is waiting for scheduling".into())
+            })
+        );
+        assert!(matches!(
+            parse_bjobs("RUN|-|-|-"),
+            Some(JobState::Running { .. })
+        ));
+        let Some(JobState::Finished(f)) = parse_bjobs("DONE|-|-|-") else {
+            panic!()
+        };
+        assert!(f.success());
+        let Some(JobState::Finished(f)) = parse_bjobs("EXIT|7|-|-") else {
+            panic!()
+        };
+        assert_eq!((f.normal_end, f.build_exit_code()), (true, 7));
+        let Some(JobState::Finished(f)) =
+            parse_bjobs("EXIT|140|TERM_RUNLIMIT: job killed after reaching LSF run time limit|-")
+        else {
+            panic!()
+        };
+        assert!(!f.normal_end);
+        assert_eq!(f.build_exit_code(), 140);
+        assert!(f.reason.unwrap().starts_with("TERM_RUNLIMIT"));
+        assert_eq!(parse_bjobs("nothing"), None);
+    }
+
+    #[test]
+    fn job_name_refused_only_with_job_cancellation() {
+        let args: Vec<String> = ["-n", "2", "-J", "mine"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let plain = Lsf {
+            job_cancellation: false,
+        };
+        let named = Lsf {
+            job_cancellation: true,
+        };
+        assert!(find_illegal(&args, plain.illegal_args()).is_none());
+        assert_eq!(find_illegal(&args, named.illegal_args()).unwrap().0, "-J");
+        // LSF's own multi-letter options are not mistaken for refused ones.
+        let ok: Vec<String> = ["-env", "all", "-Jd", "x", "-outdir", "/d", "-c", "10"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(find_illegal(&ok, named.illegal_args()).is_none());
+        for bad in ["-o", "-oo", "-e", "-eo", "-I", "-Is", "-K", "-cwd"] {
+            assert!(
+                find_illegal(&[bad.to_string()], plain.illegal_args()).is_some(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The Flux, LSF and Cobalt executors against FAKE scheduler CLIs (tests/fakes/: Flux,
+//! LSF and Cobalt cannot run on this machine). The fakes follow each tool's documented
+//! command line and output and run every job as a real process in its own session, so
+//! output, exit codes, signals and cancellation are real; `[batch] scheduler_bin` points
+//! the driver at them. Jobs run as the non-root user `jacamar-ci`, like the Slurm tests.
+//! Needs root (to start the driver as that user); no Slurm needed.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::batch_slurm::{children, ci_user, lines_of, wait_exit, wait_line};
+use crate::harness::{alive, show, wait_for, Harness};
+
+/// One fake scheduler under test.
+struct Fake {
+    h: Harness,
+    /// The fake's job table (FAKE_SCHED_DIR).
+    state: PathBuf,
+    executor: &'static str,
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let dest = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+/// A harness for `executor` (`flux`, `lsf`, `cobalt`) with the fakes copied to a dir the
+/// job's user can read (the checkout may not be), `batch_extra` lines in `[batch]`.
+fn fake(executor: &'static str, batch_extra: &str) -> Fake {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes");
+    let user = ci_user();
+    let pw = nix::unistd::User::from_name(&user)
+        .unwrap()
+        .unwrap_or_else(|| panic!("user {user} does not exist (scripts/test.sh creates it)"));
+    // The Harness's temp dir is created first; the fakes and their state go inside it.
+    let placeholder = "@@FAKES@@";
+    // Cobalt's qsub/qstat/qdel live apart (not to be taken for PBS's).
+    let sub = if executor == "cobalt" { "/cobalt" } else { "" };
+    let mut h = Harness::batch(
+        executor,
+        &user,
+        "kill_timeout = \"5s\"",
+        &format!(
+            "command_delay = \"500ms\"\nnfs_timeout = \"5s\"\nscheduler_bin = \"{placeholder}/bin{sub}\"\nenv_vars = [\"FAKE_SCHED_DIR={placeholder}/state\", \"FAKE_SCHED_KILL_GRACE=2\"]\n{batch_extra}"
+        ),
+    );
+    let root = h.tmp.path().join("fake-sched");
+    copy_dir(&src, &root.join("bin"));
+    let state = root.join("state");
+    std::fs::create_dir(&state).unwrap();
+    nix::unistd::chown(&state, Some(pw.uid), Some(pw.gid)).unwrap();
+    let cfg = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        cfg.replace(placeholder, &root.display().to_string()),
+    )
+    .unwrap();
+    h.config_json();
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    Fake { h, state, executor }
+}
+
+impl Fake {
+    /// The fake's job dirs (one per submitted job).
+    fn jobs(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.state.join("jobs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn only_job(&self) -> PathBuf {
+        let j = self.jobs();
+        assert_eq!(j.len(), 1, "expected one {} job: {j:?}", self.executor);
+        j[0].clone()
+    }
+
+    /// The job runs: started, not ended.
+    fn running(job: &Path) -> bool {
+        job.join("pgid").exists() && !job.join("rc").exists()
+    }
+
+    /// The job is over and none of its processes remain.
+    fn gone(job: &Path) -> bool {
+        if !job.join("rc").exists() {
+            return false;
+        }
+        let Ok(pg) = std::fs::read_to_string(job.join("pgid")) else {
+            return true;
+        };
+        let pg: i32 = pg.trim().parse().unwrap();
+        group_members(pg).is_empty()
+    }
+
+    fn recorded_id(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.h.scripts_job_dir().join("batch-jobs")).ok()?;
+        let prefix = format!("job {} ", self.executor);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+}
+
+impl Drop for Fake {
+    /// A failed test must not leave its fake jobs running: KILL what is left.
+    fn drop(&mut self) {
+        for job in self.jobs() {
+            if let Ok(pg) = std::fs::read_to_string(job.join("pgid")) {
+                if let Ok(pg) = pg.trim().parse::<i32>() {
+                    if !group_members(pg).is_empty() {
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(pg),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Live (not zombie) processes of process group `pg`.
+fn group_members(pg: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // state ppid pgrp
+        if f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pg) && alive(p) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+fn streams_output_and_succeeds(executor: &'static str) {
+    let f = fake(executor, "");
+    let mut child = f.h.spawn_run(
+        "build_script",
+        "for i in 1 2 3 4; do echo \"tick $i as $(id -un)\"; sleep 1; done\necho on stderr >&2\n",
+    );
+    let rx = lines_of(&mut child);
+    let mut seen = Vec::new();
+    assert!(
+        wait_line(&rx, "tick 2 as", Duration::from_secs(20), &mut seen),
+        "no live output: {seen:?}"
+    );
+    // The job still runs when its second line reaches the log.
+    assert!(
+        Fake::running(&f.only_job()),
+        "job not running while its output arrived: {seen:?}"
+    );
+    let st = wait_exit(&mut child, Duration::from_secs(30)).expect("run did not end");
+    seen.extend(rx.try_iter().map(|(_, l)| l));
+    let text = seen.join("\n");
+    assert!(st.success(), "run failed: {text}");
+    for i in 1..=4 {
+        assert!(
+            text.contains(&format!("tick {i} as {}", ci_user())),
+            "tick {i} missing: {text}"
+        );
+    }
+    assert!(text.contains("on stderr"), "{text}");
+    let id = f.recorded_id().expect("job id not recorded");
+    assert!(
+        text.contains(&format!("Submitted {executor} job {id}")),
+        "{text}"
+    );
+    let out = f.h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(!f.h.scripts_job_dir().exists());
+}
+
+fn exit_code_7(executor: &'static str, batch_extra: &str) {
+    let f = fake(executor, batch_extra);
+    let out = f.h.run("build_script", "echo before the end\nexit 7\n");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        f.h.build_exit_code().as_deref(),
+        Some("7"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("before the end"),
+        "{}",
+        show(&out)
+    );
+    let out = f.h.run("build_script", "echo fine\n");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(f.h.cleanup().status.success());
+}
+
+/// Returns the job log and the fake's record of the commands it was given.
+fn cancel_runs_the_trap(executor: &'static str, batch_extra: &str) -> (String, String) {
+    let f = fake(executor, batch_extra);
+    let marker = f.h.data_dir.join(format!("trap-{}", f.h.job_id));
+    let script = format!(
+        "trap 'echo trapped TERM; touch {m}; exit 3' TERM\necho started\nsleep 300 &\nwait\necho not reached\n",
+        m = marker.display()
+    );
+    let mut child = f.h.spawn_run("build_script", &script);
+    let rx = lines_of(&mut child);
+    let mut seen = Vec::new();
+    assert!(
+        wait_line(&rx, "started", Duration::from_secs(20), &mut seen),
+        "{seen:?}"
+    );
+    let ours = children(child.id());
+    assert!(!ours.is_empty(), "jacamar not found under jacamar-auth");
+    let job = f.only_job();
+    assert!(Fake::running(&job));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // kill_timeout (5 s) + 2 s, generous.
+    assert!(
+        wait_for(Duration::from_secs(7), || Fake::gone(&job)),
+        "{executor} job still there"
+    );
+    let st = wait_exit(&mut child, Duration::from_secs(30)).expect("run call did not exit");
+    assert!(!st.success());
+    seen.extend(rx.try_iter().map(|(_, l)| l));
+    let text = seen.join("\n");
+    assert!(text.contains("trapped TERM"), "trap output missing: {text}");
+    assert!(!text.contains("not reached"), "{text}");
+    assert!(marker.exists(), "the job's TERM trap did not run");
+    for p in ours {
+        assert!(!alive(p), "jacamar {p} survived");
+    }
+    assert_eq!(f.h.build_exit_code().as_deref(), Some("3"), "{text}");
+    assert!(f.h.scripts_job_dir().is_dir());
+    let out = f.h.run("after_script", "echo after ran\n");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(f.h.cleanup().status.success());
+    let calls = std::fs::read_to_string(f.state.join("calls")).unwrap();
+    (text, calls)
+}
+
+fn cleanup_cancels_an_orphan(executor: &'static str) {
+    let f = fake(executor, "");
+    let mut child = f.h.spawn_run("build_script", "echo started\nsleep 300\n");
+    let rx = lines_of(&mut child);
+    let mut seen = Vec::new();
+    assert!(
+        wait_line(&rx, "started", Duration::from_secs(20), &mut seen),
+        "{seen:?}"
+    );
+    let job = f.only_job();
+    let kill = |p: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    for p in children(child.id()) {
+        kill(p);
+    }
+    kill(child.id() as i32);
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        Fake::running(&job),
+        "the job must outlive its killed drivers until cleanup"
+    );
+    let id = f.recorded_id().expect("job id not recorded");
+    let out = f.h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("cancelling {executor} job {id}")),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || Fake::gone(&job)),
+        "cleanup left the {executor} job running: rc {:?}, processes {:?}\n{}",
+        std::fs::read_to_string(job.join("rc")),
+        std::fs::read_to_string(job.join("pgid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .map(group_members),
+        show(&out)
+    );
+    assert!(!f.h.scripts_job_dir().exists());
+}
+
+fn refuses(executor: &'static str, params: &str, arg: &str) {
+    let mut f = fake(executor, "");
+    f.h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", params);
+    let out = f.h.run("build_script", "echo no\n");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("refusing scheduler argument \"{arg}\"")),
+        "{}",
+        show(&out)
+    );
+    assert!(f.jobs().is_empty(), "a refused job was submitted");
+    assert!(f.h.cleanup().status.success());
+}
+
+// Flux.
+
+#[test]
+fn flux_streams_output_and_succeeds() {
+    streams_output_and_succeeds("flux");
+}
+
+#[test]
+fn flux_exit_code_7() {
+    exit_code_7("flux", "");
+}
+
+#[test]
+fn flux_cancel_runs_the_trap() {
+    let (_, calls) = cancel_runs_the_trap("flux", "");
+    assert!(calls.contains("flux job kill --signal=SIGTERM "), "{calls}");
+}
+
+#[test]
+fn flux_cleanup_cancels_an_orphan() {
+    cleanup_cancels_an_orphan("flux");
+}
+
+#[test]
+fn flux_refuses_illegal_arguments() {
+    refuses("flux", "-N 1 --output=/tmp/x", "--output=/tmp/x");
+    refuses("flux", "--wait", "--wait");
+}
+
+// LSF.
+
+#[test]
+fn lsf_streams_output_and_succeeds() {
+    streams_output_and_succeeds("lsf");
+}
+
+#[test]
+fn lsf_exit_code_7() {
+    exit_code_7("lsf", "");
+}
+
+#[test]
+fn lsf_cancel_runs_the_trap() {
+    // Without lsf_job_cancellation: one plain bkill by id (LSF's INT, TERM, KILL sequence).
+    let (_, calls) = cancel_runs_the_trap("lsf", "");
+    assert!(calls.contains("\nbkill 1000\n"), "{calls}");
+    assert!(!calls.contains("bkill -s"), "{calls}");
+    assert!(!calls.contains("-J "), "{calls}");
+}
+
+#[test]
+fn lsf_job_cancellation_names_the_job_and_signals_term_first() {
+    let (text, calls) = cancel_runs_the_trap("lsf", "lsf_job_cancellation = true");
+    assert!(text.contains("asking the job to stop (SIGTERM)"), "{text}");
+    assert!(calls.contains("bsub -o "), "{calls}");
+    assert!(calls.contains(" -J ci-"), "{calls}");
+    assert!(calls.contains("\nbkill -s TERM 1000\n"), "{calls}");
+}
+
+#[test]
+fn lsf_job_name_belongs_to_the_user_without_job_cancellation() {
+    // Without lsf_job_cancellation the driver does not name the job: the user's -J stays.
+    let mut f = fake("lsf", "");
+    f.h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", "-J my-own-name -n 1");
+    let out = f.h.run("build_script", "echo named\n");
+    assert!(out.status.success(), "{}", show(&out));
+    let name = std::fs::read_to_string(f.only_job().join("name")).unwrap();
+    assert_eq!(name.trim(), "my-own-name");
+    assert!(f.h.cleanup().status.success());
+
+    // With it, the driver names the job and refuses the user's -J.
+    let mut f = fake("lsf", "lsf_job_cancellation = true");
+    let out = f.h.run("build_script", "echo named\n");
+    assert!(out.status.success(), "{}", show(&out));
+    let name = std::fs::read_to_string(f.only_job().join("name")).unwrap();
+    assert_eq!(name.trim(), format!("ci-{}", f.h.job_id));
+    f.h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", "-J my-own-name");
+    let out = f.h.run("build_script", "echo named\n");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("refusing scheduler argument \"-J\""),
+        "{}",
+        show(&out)
+    );
+    assert!(f.h.cleanup().status.success());
+}
+
+#[test]
+fn lsf_cleanup_cancels_an_orphan() {
+    cleanup_cancels_an_orphan("lsf");
+}
+
+#[test]
+fn lsf_refuses_illegal_arguments() {
+    refuses("lsf", "-n 2 -oo /tmp/x", "-oo");
+    refuses("lsf", "-Is", "-Is");
+}
+
+// Cobalt.
+
+#[test]
+fn cobalt_streams_output_and_succeeds() {
+    streams_output_and_succeeds("cobalt");
+}
+
+#[test]
+fn cobalt_exit_code_7_from_the_cobaltlog() {
+    exit_code_7("cobalt", "");
+}
+
+#[test]
+fn cobalt_exit_code_7_from_the_output_with_skip_cobalt_log() {
+    exit_code_7("cobalt", "skip_cobalt_log = true");
+}
+
+#[test]
+fn cobalt_skip_cobalt_log_takes_the_status_from_the_output() {
+    // The job makes its Cobalt log unwritable (a directory in its place): the status can
+    // only come from the echo in the output file.
+    let f = fake("cobalt", "skip_cobalt_log = true");
+    let log = f.h.scripts_job_dir().join("build_script.cobaltlog");
+    let script = format!(
+        "rm -f {l}; mkdir {l}\necho working\nexit 5\n",
+        l = log.display()
+    );
+    let out = f.h.run("build_script", &script);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        f.h.build_exit_code().as_deref(),
+        Some("5"),
+        "{}",
+        show(&out)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("working"), "{text}");
+    assert!(log.is_dir());
+    assert!(f.h.cleanup().status.success());
+}
+
+#[test]
+fn cobalt_cancel_runs_the_trap() {
+    cancel_runs_the_trap("cobalt", "");
+}
+
+#[test]
+fn cobalt_cleanup_cancels_an_orphan() {
+    cleanup_cancels_an_orphan("cobalt");
+}
+
+#[test]
+fn cobalt_refuses_illegal_arguments() {
+    refuses("cobalt", "-n 1 --debuglog /tmp/x", "--debuglog");
+    refuses("cobalt", "-O pfx", "-O");
+}
