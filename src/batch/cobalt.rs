@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use super::args::Illegal;
 use super::executor::sh_quote;
 use super::slurm::failure;
-use super::{path_arg, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The Cobalt scheduler (`executor = "cobalt"`).
 pub struct Cobalt {
@@ -136,10 +136,6 @@ pub fn parse_status_echo(text: &str) -> Option<i32> {
     text.lines()
         .rev()
         .find_map(|l| l.trim().strip_prefix(STATUS_ECHO)?.trim().parse().ok())
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
 }
 
 impl Scheduler for Cobalt {

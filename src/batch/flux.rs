@@ -4,7 +4,7 @@
 
 use super::args::Illegal;
 use super::limiter::{display, CmdOutput};
-use super::{path_arg, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The Flux scheduler (`executor = "flux"`).
 pub struct Flux;
@@ -86,27 +86,16 @@ const ILLEGAL: &[Illegal] = &[
 pub const JOBS_FORMAT: &str = "{state}|{result}|{returncode}|{exception.type}|{exception.note}";
 
 fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    let e = out.stderr.trim();
-    let message = if e.is_empty() {
-        format!("exit status {:?}", out.code)
-    } else {
-        e.to_string()
-    };
-    let command = display(tool, args);
     // A broker that is restarting or unreachable: try again later.
-    if [
+    let transient = [
         "Connection refused",
         "No such file or directory",
         "Resource temporarily unavailable",
         "Connection timed out",
     ]
     .iter()
-    .any(|t| out.stderr.contains(t) && out.stderr.contains("flux"))
-    {
-        BatchError::Transient { command, message }
-    } else {
-        BatchError::Command { command, message }
-    }
+    .any(|t| out.stderr.contains(t) && out.stderr.contains("flux"));
+    super::command_failure(tool, args, out, transient)
 }
 
 /// The job id in `flux submit`'s answer: its last non-blank line (`ƒ2kAbCd`, or decimal).
@@ -166,10 +155,6 @@ pub fn parse_jobs(stdout: &str) -> Option<JobState> {
             state: other.to_string(),
         },
     })
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
 }
 
 /// `flux jobs`/`flux cancel` saying the id is not (or no longer) known.

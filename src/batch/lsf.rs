@@ -16,7 +16,7 @@
 use super::args::Illegal;
 use super::executor::{sh_quote, wrapper_script};
 use super::limiter::{display, CmdOutput};
-use super::{path_arg, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The LSF scheduler (`executor = "lsf"`).
 pub struct Lsf {
@@ -98,15 +98,8 @@ pub fn report_file(output: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    let e = out.stderr.trim();
-    let message = if e.is_empty() {
-        format!("exit status {:?}", out.code)
-    } else {
-        e.to_string()
-    };
-    let command = display(tool, args);
     // mbatchd busy or restarting: LSF's own words for "try again".
-    if [
+    let transient = [
         "LSF is down",
         "Batch system not responding",
         "batch system daemon not responding",
@@ -115,12 +108,8 @@ fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
         "Timeout",
     ]
     .iter()
-    .any(|t| out.stderr.contains(t))
-    {
-        BatchError::Transient { command, message }
-    } else {
-        BatchError::Command { command, message }
-    }
+    .any(|t| out.stderr.contains(t));
+    super::command_failure(tool, args, out, transient)
 }
 
 /// The id in `bsub`'s answer: `Job <1234> is submitted to queue <normal>.`
@@ -168,10 +157,6 @@ pub fn parse_bjobs(stdout: &str) -> Option<JobState> {
             state: other.to_string(),
         },
     })
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
 }
 
 impl Scheduler for Lsf {

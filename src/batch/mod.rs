@@ -260,6 +260,29 @@ pub fn is_submitted_stage(stage: &str) -> bool {
     matches!(stage, "build_script" | "step_script")
 }
 
+/// A failed scheduler command as an error: its stderr (or exit status) as the message;
+/// `Transient` (retried with backoff) when `transient` says the scheduler's daemon is only
+/// busy or restarting, `Command` otherwise. Each scheduler knows its own words for that.
+pub(crate) fn command_failure(
+    tool: &str,
+    args: &[String],
+    out: &limiter::CmdOutput,
+    transient: bool,
+) -> BatchError {
+    let e = out.stderr.trim();
+    let message = if e.is_empty() {
+        format!("exit status {:?}", out.code)
+    } else {
+        e.to_string()
+    };
+    let command = limiter::display(tool, args);
+    if transient {
+        BatchError::Transient { command, message }
+    } else {
+        BatchError::Command { command, message }
+    }
+}
+
 /// Owned arguments from string literals.
 pub(crate) fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()

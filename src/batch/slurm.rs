@@ -83,22 +83,10 @@ const TRANSIENT: &[&str] = &[
     "Slurm backup controller in standby mode",
 ];
 
-/// Classify a failed command's output.
+/// Classify a failed command's output (Slurm's words for a busy or restarting controller).
 pub(crate) fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    let message = {
-        let e = out.stderr.trim();
-        if e.is_empty() {
-            format!("exit status {:?}", out.code)
-        } else {
-            e.to_string()
-        }
-    };
-    let command = display(tool, args);
-    if TRANSIENT.iter().any(|t| out.stderr.contains(t)) {
-        BatchError::Transient { command, message }
-    } else {
-        BatchError::Command { command, message }
-    }
+    let transient = TRANSIENT.iter().any(|t| out.stderr.contains(t));
+    super::command_failure(tool, args, out, transient)
 }
 
 /// The id in `sbatch --parsable`'s answer (`42` or `42;cluster`).
