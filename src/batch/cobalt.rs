@@ -138,6 +138,17 @@ pub fn parse_status_echo(text: &str) -> Option<i32> {
         .find_map(|l| l.trim().strip_prefix(STATUS_ECHO)?.trim().parse().ok())
 }
 
+/// The job id in `qsub`'s answer: its last non-blank line (digits).
+pub fn parse_submit(stdout: &str) -> Option<String> {
+    let id = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| id.to_string())
+}
+
 impl Scheduler for Cobalt {
     fn name(&self) -> &'static str {
         "cobalt"
@@ -190,24 +201,7 @@ impl Scheduler for Cobalt {
             ];
             args.extend(sub.args.iter().cloned());
             args.push(path_arg(&sub.script));
-            let out = cmds.run("qsub", &args).await?;
-            if !out.success() {
-                return Err(failure("qsub", &args, &out));
-            }
-            let id = out
-                .stdout
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("");
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-                return Err(BatchError::Parse {
-                    command: "qsub".into(),
-                    why: format!("no job id in {:?}", out.stdout.trim()),
-                });
-            }
-            Ok(id.to_string())
+            super::submit_command(cmds, "qsub", &args, failure, parse_submit).await
         })
     }
 

@@ -186,14 +186,7 @@ impl Scheduler for Flux {
             ];
             args.extend(sub.args.iter().cloned());
             args.push(path_arg(&sub.script));
-            let out = cmds.run("flux", &args).await?;
-            if !out.success() {
-                return Err(failure("flux", &args, &out));
-            }
-            parse_submit(&out.stdout).ok_or_else(|| BatchError::Parse {
-                command: "flux submit".into(),
-                why: format!("no job id in {:?}", out.stdout.trim()),
-            })
+            super::submit_command(cmds, "flux", &args, failure, parse_submit).await
         })
     }
 

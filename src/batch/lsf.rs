@@ -193,14 +193,7 @@ impl Scheduler for Lsf {
             }
             args.extend(sub.args.iter().cloned());
             args.push(path_arg(&sub.script));
-            let out = cmds.run("bsub", &args).await?;
-            if !out.success() {
-                return Err(failure("bsub", &args, &out));
-            }
-            parse_submit(&out.stdout).ok_or_else(|| BatchError::Parse {
-                command: "bsub".into(),
-                why: format!("no job id in {:?}", out.stdout.trim()),
-            })
+            super::submit_command(cmds, "bsub", &args, failure, parse_submit).await
         })
     }
 

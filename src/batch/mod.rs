@@ -283,6 +283,24 @@ pub(crate) fn command_failure(
     }
 }
 
+/// Run a scheduler's submit command and read the job id from its stdout with `parse`.
+pub(crate) async fn submit_command(
+    cmds: &Commands,
+    tool: &str,
+    args: &[String],
+    failure: fn(&str, &[String], &limiter::CmdOutput) -> BatchError,
+    parse: fn(&str) -> Option<String>,
+) -> Result<String, BatchError> {
+    let out = cmds.run(tool, args).await?;
+    if !out.success() {
+        return Err(failure(tool, args, &out));
+    }
+    parse(&out.stdout).ok_or_else(|| BatchError::Parse {
+        command: tool.to_string(),
+        why: format!("no job id in {:?}", out.stdout.trim()),
+    })
+}
+
 /// Owned arguments from string literals.
 pub(crate) fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()

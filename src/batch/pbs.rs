@@ -87,6 +87,17 @@ pub fn parse_qstat(text: &str) -> Option<JobState> {
     })
 }
 
+/// The job id in `qsub`'s answer: its last non-blank line (any word).
+pub fn parse_submit(stdout: &str) -> Option<String> {
+    let id = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    (!id.is_empty() && !id.contains(char::is_whitespace)).then(|| id.to_string())
+}
+
 impl Scheduler for Pbs {
     fn name(&self) -> &'static str {
         "pbs"
@@ -128,24 +139,7 @@ impl Scheduler for Pbs {
             ];
             args.extend(sub.args.iter().cloned());
             args.push(path_arg(&sub.script));
-            let out = cmds.run("qsub", &args).await?;
-            if !out.success() {
-                return Err(failure("qsub", &args, &out));
-            }
-            let id = out
-                .stdout
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("");
-            if id.is_empty() || id.contains(char::is_whitespace) {
-                return Err(BatchError::Parse {
-                    command: "qsub".into(),
-                    why: format!("no job id in {:?}", out.stdout.trim()),
-                });
-            }
-            Ok(id.to_string())
+            super::submit_command(cmds, "qsub", &args, failure, parse_submit).await
         })
     }
 

@@ -186,14 +186,7 @@ impl Scheduler for Slurm {
             ];
             args.extend(sub.args.iter().cloned());
             args.push(path_arg(&sub.script));
-            let out = cmds.run("sbatch", &args).await?;
-            if !out.success() {
-                return Err(failure("sbatch", &args, &out));
-            }
-            parse_submit(&out.stdout).ok_or_else(|| BatchError::Parse {
-                command: "sbatch --parsable".into(),
-                why: format!("no job id in {:?}", out.stdout.trim()),
-            })
+            super::submit_command(cmds, "sbatch", &args, failure, parse_submit).await
         })
     }
 
