@@ -230,12 +230,7 @@ impl Scheduler for Cobalt {
         // qdel sends SIGTERM, then SIGKILL after a delay: graceful already.
         Box::pin(async move {
             let args = s(&[id]);
-            let out = cmds.run("qdel", &args).await?;
-            if out.success() {
-                Ok(())
-            } else {
-                Err(failure("qdel", &args, &out))
-            }
+            super::cancel_command(cmds, "qdel", &args, failure, |_| false).await
         })
     }
 

@@ -228,14 +228,11 @@ impl Scheduler for Flux {
             } else {
                 s(&["cancel", id])
             };
-            let out = cmds.run("flux", &args).await?;
-            let e = out.stderr.to_ascii_lowercase();
-            let gone = unknown(&out.stderr) || e.contains("inactive") || e.contains("not running");
-            if out.success() || gone {
-                Ok(())
-            } else {
-                Err(failure("flux", &args, &out))
-            }
+            super::cancel_command(cmds, "flux", &args, failure, |stderr| {
+                let e = stderr.to_ascii_lowercase();
+                unknown(stderr) || e.contains("inactive") || e.contains("not running")
+            })
+            .await
         })
     }
 }

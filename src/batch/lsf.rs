@@ -35,32 +35,8 @@ const fn word(w: &'static str, why: &'static str) -> Illegal {
 const OUT: &str = "the driver chooses the output file it streams to the job log";
 const INTERACTIVE: &str = "interactive jobs cannot be supervised by the driver";
 
-/// Always refused (LSF options are single-dash words, matched exactly).
-const ILLEGAL: &[Illegal] = &[
-    word("-o", OUT),
-    word("-oo", OUT),
-    word(
-        "-e",
-        "the driver streams stderr with stdout from its own output file",
-    ),
-    word(
-        "-eo",
-        "the driver streams stderr with stdout from its own output file",
-    ),
-    word("-i", "batch jobs of the driver read no input"),
-    word("-is", "batch jobs of the driver read no input"),
-    word("-K", "the driver waits for the job itself"),
-    word("-I", INTERACTIVE),
-    word("-Ip", INTERACTIVE),
-    word("-Is", INTERACTIVE),
-    word("-IS", INTERACTIVE),
-    word("-ISp", INTERACTIVE),
-    word("-ISs", INTERACTIVE),
-    word("-IX", INTERACTIVE),
-    word("-cwd", "the driver sets the job's working directory"),
-];
-
-/// With `lsf_job_cancellation`: the above and the job name.
+/// With `lsf_job_cancellation`: every refused option, the job name last (LSF options are
+/// single-dash words, matched exactly).
 const ILLEGAL_NAMED: &[Illegal] = &[
     word("-o", OUT),
     word("-oo", OUT),
@@ -88,6 +64,9 @@ const ILLEGAL_NAMED: &[Illegal] = &[
         "the driver names the job after the CI job (lsf_job_cancellation)",
     ),
 ];
+
+/// Without `lsf_job_cancellation`: the same but the job name, which the user may then set.
+const ILLEGAL: &[Illegal] = ILLEGAL_NAMED.split_at(ILLEGAL_NAMED.len() - 1).0;
 
 /// The `bjobs -o` format the driver reads.
 pub const BJOBS_FORMAT: &str = "stat exit_code exit_reason pend_reason delimiter='|'";
@@ -230,15 +209,12 @@ impl Scheduler for Lsf {
             } else {
                 s(&[id])
             };
-            let out = cmds.run("bkill", &args).await?;
-            let gone = out.stderr.contains("already finished")
-                || out.stderr.contains("No matching job")
-                || out.stderr.contains("is not found");
-            if out.success() || gone {
-                Ok(())
-            } else {
-                Err(failure("bkill", &args, &out))
-            }
+            super::cancel_command(cmds, "bkill", &args, failure, |e| {
+                e.contains("already finished")
+                    || e.contains("No matching job")
+                    || e.contains("is not found")
+            })
+            .await
         })
     }
 }

@@ -301,6 +301,23 @@ pub(crate) async fn submit_command(
     })
 }
 
+/// Run a scheduler's cancel command. Success, or an answer for which `gone` holds (the job
+/// already ended or is unknown), is `Ok`; anything else is classified by `failure`.
+pub(crate) async fn cancel_command(
+    cmds: &Commands,
+    tool: &str,
+    args: &[String],
+    failure: fn(&str, &[String], &limiter::CmdOutput) -> BatchError,
+    gone: fn(&str) -> bool,
+) -> Result<(), BatchError> {
+    let out = cmds.run(tool, args).await?;
+    if out.success() || gone(&out.stderr) {
+        Ok(())
+    } else {
+        Err(failure(tool, args, &out))
+    }
+}
+
 /// Owned arguments from string literals.
 pub(crate) fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()

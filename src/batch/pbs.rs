@@ -174,15 +174,10 @@ impl Scheduler for Pbs {
         // qdel sends SIGTERM, then SIGKILL after the server's kill delay: graceful already.
         Box::pin(async move {
             let args = s(&[id]);
-            let out = cmds.run("qdel", &args).await?;
-            if out.success()
-                || out.stderr.contains("Unknown Job")
-                || out.stderr.contains("completed")
-            {
-                Ok(())
-            } else {
-                Err(failure("qdel", &args, &out))
-            }
+            super::cancel_command(cmds, "qdel", &args, failure, |e| {
+                e.contains("Unknown Job") || e.contains("completed")
+            })
+            .await
         })
     }
 

@@ -237,14 +237,10 @@ impl Scheduler for Slurm {
             } else {
                 s(&[id])
             };
-            let out = cmds.run("scancel", &args).await?;
-            let gone = out.stderr.contains("already completing or completed")
-                || out.stderr.contains("Invalid job id");
-            if out.success() || gone {
-                Ok(())
-            } else {
-                Err(failure("scancel", &args, &out))
-            }
+            super::cancel_command(cmds, "scancel", &args, failure, |e| {
+                e.contains("already completing or completed") || e.contains("Invalid job id")
+            })
+            .await
         })
     }
 }
