@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::batch_slurm::{children, ci_user, lines_of, wait_exit, wait_line};
+use crate::batch_slurm::{children, ci_user, lines_of, sigkill_drivers, wait_exit, wait_line};
 use crate::harness::{alive, show, wait_for, Harness};
 
 /// One fake scheduler under test.
@@ -268,17 +268,7 @@ fn cleanup_cancels_an_orphan(executor: &'static str) {
         "{seen:?}"
     );
     let job = f.only_job();
-    let kill = |p: i32| {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    };
-    for p in children(child.id()) {
-        kill(p);
-    }
-    kill(child.id() as i32);
-    let _ = child.wait();
+    sigkill_drivers(&mut child);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         Fake::running(&job),

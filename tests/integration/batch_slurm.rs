@@ -118,6 +118,22 @@ pub fn wait_exit(
     None
 }
 
+/// The runner's hardest stop of a run call: SIGKILL to `jacamar` (the user side, first, so
+/// nothing is left to notice the runner's side going away), then to `jacamar-auth`, reaped.
+pub fn sigkill_drivers(child: &mut std::process::Child) {
+    let kill = |p: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    for p in children(child.id()) {
+        kill(p);
+    }
+    kill(child.id() as i32);
+    let _ = child.wait();
+}
+
 /// Children of `pid` (from /proc).
 pub fn children(pid: u32) -> Vec<i32> {
     let mut v = Vec::new();
@@ -273,18 +289,7 @@ fn cleanup_cancels_the_job_after_sigkill_of_both_drivers() {
     let name = job_name(&h);
     let ids = active_jobs(&name);
     assert_eq!(ids.len(), 1);
-    let kill = |p: i32| {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    };
-    // The user side first, so nothing is left to notice the runner's side going away.
-    for p in children(child.id()) {
-        kill(p);
-    }
-    kill(child.id() as i32);
-    let _ = child.wait();
+    sigkill_drivers(&mut child);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         active_jobs(&name),
