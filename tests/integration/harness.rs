@@ -286,3 +286,28 @@ pub fn pids_in(path: &Path) -> Vec<i32> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// The opt-out variable of [`require_root`] and [`require_tool`]. CI never sets it.
+pub const ALLOW_SKIP_VAR: &str = "JACAMAR_TEST_ALLOW_SKIP";
+
+fn skip_or_fail(what: &str) -> bool {
+    if std::env::var(ALLOW_SKIP_VAR).as_deref() == Ok("1") {
+        eprintln!("SKIPPED ({ALLOW_SKIP_VAR}=1): {what}");
+        false
+    } else {
+        panic!("{what}; run as root via scripts/test.sh, or set {ALLOW_SKIP_VAR}=1 to skip");
+    }
+}
+
+/// A test that needs root starts with `if !require_root() { return; }`: without root it
+/// fails, unless `JACAMAR_TEST_ALLOW_SKIP=1` is set (then it says so and returns false).
+pub fn require_root() -> bool {
+    nix::unistd::geteuid().is_root() || skip_or_fail("this test needs root")
+}
+
+/// Like [`require_root`], for a program the test needs on `PATH`.
+pub fn require_tool(name: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    jacamar::shell::find_on_path(name, &path).is_some()
+        || skip_or_fail(&format!("this test needs `{name}` on PATH"))
+}
