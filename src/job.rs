@@ -161,6 +161,111 @@ impl RunnerEnv {
     }
 }
 
+/// The part of the runner-written `JOB_RESPONSE_FILE` the driver trusts.
+///
+/// The runner writes the job payload it received from GitLab into its own 0700 temp dir
+/// (mode 0600) before the first driver call. Unlike `CUSTOM_ENV_*`, its top-level fields
+/// come from GitLab and the runner: no CI variable of the job can change them. Only
+/// `jacamar-auth` can read it (a downscoped `jacamar` cannot enter the runner's temp dir).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobResponse {
+    /// The job's id as GitLab assigned it (`id`).
+    pub id: u64,
+    /// `git_info.repo_url`: the project's clone URL on the GitLab server that sent the job
+    /// (it carries the job token as `gitlab-ci-token:<token>@`).
+    pub repo_url: Option<String>,
+    /// `runner_info.timeout`: the job's maximum duration, as GitLab set it.
+    pub timeout: Option<Duration>,
+}
+
+/// A `JOB_RESPONSE_FILE` that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    #[error("JOB_RESPONSE_FILE is not set: the runner sets it for every driver call (GitLab Runner 15 or later is required)")]
+    NotSet,
+    #[error("failed to read the runner's job response {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the runner's job response {path} is not valid: {why}")]
+    Invalid { path: PathBuf, why: String },
+}
+
+#[derive(Deserialize)]
+struct RawResponse {
+    id: u64,
+    #[serde(default)]
+    git_info: Option<RawGitInfo>,
+    #[serde(default)]
+    runner_info: Option<RawRunnerInfo>,
+}
+
+#[derive(Deserialize)]
+struct RawGitInfo {
+    #[serde(default)]
+    repo_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawRunnerInfo {
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+impl JobResponse {
+    /// Read the file named by `JOB_RESPONSE_FILE` in `env`.
+    pub fn from_env_map(env: &BTreeMap<String, String>) -> Result<JobResponse, ResponseError> {
+        let path = env
+            .get("JOB_RESPONSE_FILE")
+            .filter(|p| !p.is_empty())
+            .ok_or(ResponseError::NotSet)?;
+        Self::from_file(std::path::Path::new(path))
+    }
+
+    /// Read and parse `path`.
+    pub fn from_file(path: &std::path::Path) -> Result<JobResponse, ResponseError> {
+        let text = std::fs::read(path).map_err(|source| ResponseError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|why| ResponseError::Invalid {
+            path: path.to_path_buf(),
+            why,
+        })
+    }
+
+    /// Parse the JSON payload.
+    pub fn parse(text: &[u8]) -> Result<JobResponse, String> {
+        let raw: RawResponse = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        Ok(JobResponse {
+            id: raw.id,
+            repo_url: raw
+                .git_info
+                .and_then(|g| g.repo_url)
+                .filter(|u| !u.is_empty()),
+            timeout: raw
+                .runner_info
+                .and_then(|r| r.timeout)
+                .filter(|t| *t > 0)
+                .map(Duration::from_secs),
+        })
+    }
+
+    /// `scheme://host[:port]` of [`JobResponse::repo_url`], without the credentials: the
+    /// origin of the GitLab server that sent the job.
+    pub fn server_origin(&self) -> Option<String> {
+        let url = self.repo_url.as_deref()?;
+        let (scheme, rest) = url.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if host.is_empty() || !matches!(scheme, "http" | "https") {
+            return None;
+        }
+        Some(format!("{scheme}://{host}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +318,26 @@ mod tests {
             (r.build_failure_exit_code, r.system_failure_exit_code),
             (11, 12)
         );
+    }
+
+    #[test]
+    fn job_response_fields_and_origin() {
+        let r = JobResponse::parse(
+            br#"{"id": 77, "token": "t", "git_info": {"repo_url": "https://gitlab-ci-token:t@gl.example:8443/g/p.git"},
+                "runner_info": {"timeout": 3600}, "variables": []}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id, 77);
+        assert_eq!(r.timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            r.server_origin().as_deref(),
+            Some("https://gl.example:8443")
+        );
+        let bare = JobResponse::parse(br#"{"id": 1}"#).unwrap();
+        assert_eq!((bare.repo_url, bare.timeout), (None, None));
+        assert!(JobResponse::parse(b"{}").is_err());
+        assert!(JobResponse::parse(br#"{"id": -1}"#).is_err());
+        let e = JobResponse::from_env_map(&BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("JOB_RESPONSE_FILE"), "{e}");
     }
 }

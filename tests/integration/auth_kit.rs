@@ -306,6 +306,7 @@ pub fn harness(
     let cache = h.tmp.path().join("cache");
     h.set("XDG_CACHE_HOME", &cache.display().to_string());
     h.set("CUSTOM_ENV_CI_SERVER_URL", &server.url);
+    h.response_server = server.url.clone();
     h
 }
 

@@ -27,6 +27,8 @@ pub struct Harness {
     pub unobfuscated: bool,
     /// Run jacamar-auth as this user (uid, gid, name) instead of the test's own.
     pub run_as: Option<(u32, u32, String)>,
+    /// The GitLab server the runner's `JOB_RESPONSE_FILE` names (in `git_info.repo_url`).
+    pub response_server: String,
 }
 
 /// A config with `data_dir` set to the harness's dir, plus `extra` lines in `[general]`.
@@ -118,6 +120,7 @@ impl Harness {
             job_id,
             unobfuscated: false,
             run_as: None,
+            response_server: "https://gitlab.example.com".into(),
         }
     }
 
@@ -134,8 +137,43 @@ impl Harness {
         self.env.insert(k.to_string(), v.to_string());
     }
 
+    /// Write the runner's `JOB_RESPONSE_FILE` (0600, owned by the account running
+    /// jacamar-auth) as the runner does before every call: the harness's own job id (not
+    /// `CUSTOM_ENV_CI_JOB_ID`, which a test may override), the clone URL on
+    /// `response_server` with the job token, the job timeout.
+    pub fn write_response(&self) {
+        let token = self
+            .env
+            .get("CUSTOM_ENV_CI_JOB_TOKEN")
+            .cloned()
+            .unwrap_or_default();
+        let timeout: u64 = self
+            .env
+            .get("CUSTOM_ENV_CI_JOB_TIMEOUT")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(3600);
+        let (scheme, host) = self
+            .response_server
+            .split_once("://")
+            .unwrap_or(("https", &self.response_server));
+        let body = serde_json::json!({
+            "id": self.job_id,
+            "token": token,
+            "git_info": {"repo_url": format!("{scheme}://gitlab-ci-token:{token}@{host}/group/project.git")},
+            "runner_info": {"timeout": timeout},
+            "variables": [],
+        });
+        let path = self.runner_dir.join("response.json");
+        std::fs::write(&path, serde_json::to_vec(&body).unwrap()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid, _)) = &self.run_as {
+            std::os::unix::fs::chown(&path, Some(*uid), Some(*gid)).unwrap();
+        }
+    }
+
     /// A `jacamar-auth` command for `args`, with the runner's environment and working dir.
     pub fn auth(&self, args: &[&str]) -> Command {
+        self.write_response();
         let mut c = Command::new(AUTH);
         if self.unobfuscated {
             c.arg("-u");
