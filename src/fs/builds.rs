@@ -32,9 +32,9 @@ use nix::sys::stat::{self, Mode, SFlag};
 use super::claim::{ClaimDir, ClaimHold, ClaimSettings};
 use super::cleanup::{open_child, remove_tree};
 use super::custom::{open_custom_root, parse_custom_root};
-use super::paths::BuildsAt;
+use super::paths::{Anchor, BuildsAt};
 use super::secure::{
-    dir_flags, ensure_job_dirs, entry_names, file_type, open_below_base, open_existing_base_parent,
+    dir_flags, ensure_job_dirs, file_type, open_below_base, open_existing_base_parent,
     open_private_child, openat_owned, perm_bits, DirFd,
 };
 use super::static_dirs;
@@ -391,63 +391,116 @@ pub fn cleanup(
     Ok(report)
 }
 
-/// A `group_permissions` change: when the base dir belongs to the user and has exactly the
-/// mode of the *other* setting (0700 <-> 0750), its contents are removed and it gets the new
-/// mode, so the job recreates everything below it with the new permissions. Any other wrong
-/// mode is left for [`ensure_job_dirs`] to refuse. Returns whether it happened.
+/// The driver's own directories below the base dir, the only ones a `group_permissions`
+/// change may remove.
+const DRIVER_DIRS: [&str; 3] = ["builds", "cache", "scripts"];
+
+/// A `group_permissions` change (0700 <-> 0750). Never removes anything but the driver's own
+/// `builds`, `cache` and `scripts`, whatever else the base dir holds:
+///
+/// * each of those three that is a directory owned by the user with exactly the *other*
+///   setting's mode is removed, and the job recreates it with the new mode;
+/// * a base dir with the other setting's mode gets the new mode (its set-group-ID bit kept)
+///   when it is the driver's: `<data_dir>/<user>` or `$HOME/.jacamar-ci`. A base dir named by
+///   `data_dir` itself (`/scratch/$USER`) may be the user's own directory: it is refused with
+///   an error naming the path, both modes and `group_permissions`, and nothing is changed.
+///
+/// A missing base dir, another owner, a symlink or any other mode is left for
+/// [`ensure_job_dirs`] to create or refuse. Returns whether something was changed.
 pub fn migrate_group_permissions(
     paths: &JobPaths,
     policy: &DirPolicy,
     notify: &mut dyn FnMut(&str),
 ) -> Result<bool, FsError> {
-    let parent = match open_existing_base_parent(paths, policy) {
-        Ok(d) => d,
-        Err(FsError::Missing { .. }) => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let Some(name) = paths.base_dir().file_name().and_then(OsStr::to_str) else {
+    let Some(base) = open_own_base(paths, policy)? else {
         return Ok(false);
-    };
-    let st = match stat::fstatat(
-        Some(parent.fd.as_raw_fd()),
-        name,
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    ) {
-        Ok(st) => st,
-        Err(Errno::ENOENT) => return Ok(false),
-        Err(e) => return Err(FsError::io("stat", paths.base_dir(), e)),
     };
     let other = DirPolicy {
         group_permissions: !policy.group_permissions,
         ..*policy
     };
-    if file_type(&st) != SFlag::S_IFDIR
-        || st.st_uid != policy.uid
-        || perm_bits(&st) & !0o2000 != other.dir_mode()
-    {
+    let st = base.stat()?;
+    let base_is_other = perm_bits(&st) & !0o2000 == other.dir_mode();
+    if !base_is_other && perm_bits(&st) & !0o2000 != policy.dir_mode() {
         return Ok(false);
     }
-    let fd = openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty())
-        .map_err(|e| FsError::io("open", paths.base_dir(), e))?;
+    if base_is_other && matches!(paths.anchor(), Anchor::Templated) {
+        return Err(FsError::refused(
+            &base.path,
+            format!(
+                "mode {:04o}, expected {:04o} (group_permissions = {}); data_dir names this directory \
+                 itself, so it may hold more than the job's files and its mode is not changed: \
+                 set it with `chmod {:04o} {}`",
+                perm_bits(&st),
+                policy.dir_mode(),
+                policy.group_permissions,
+                policy.dir_mode(),
+                base.path.display()
+            ),
+        ));
+    }
+    let mut removed = Vec::new();
+    for name in DRIVER_DIRS {
+        if has_mode_of(&base, name, &other)? {
+            remove_tree(&base, OsStr::new(name), 0)?;
+            removed.push(name);
+        }
+    }
+    if base_is_other {
+        let keep_setgid = perm_bits(&st) & 0o2000;
+        stat::fchmod(
+            base.fd.as_raw_fd(),
+            Mode::from_bits_truncate(policy.dir_mode() | keep_setgid),
+        )
+        .map_err(|e| FsError::io("set permissions of", &base.path, e))?;
+    }
+    if base_is_other || !removed.is_empty() {
+        notify(&format!(
+            "group_permissions changed: {} has mode {:04o}; the driver's directories in it \
+             are recreated ({}), other files in it are kept",
+            base.path.display(),
+            policy.dir_mode(),
+            if removed.is_empty() {
+                "none existed".to_string()
+            } else {
+                removed.join(", ")
+            }
+        ));
+    }
+    Ok(base_is_other || !removed.is_empty())
+}
+
+/// The existing base dir when it is a directory owned by the policy's uid (`None` otherwise).
+fn open_own_base(paths: &JobPaths, policy: &DirPolicy) -> Result<Option<DirFd>, FsError> {
+    let parent = match open_existing_base_parent(paths, policy) {
+        Ok(d) => d,
+        Err(FsError::Missing { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(name) = paths.base_dir().file_name().and_then(OsStr::to_str) else {
+        return Ok(None);
+    };
+    let fd = match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EACCES) => return Ok(None),
+        Err(e) => return Err(FsError::io("open", paths.base_dir(), e)),
+    };
     let base = DirFd {
         fd,
         path: paths.base_dir().to_path_buf(),
     };
-    notify(&format!(
-        "group_permissions changed: recreating {} with mode {:04o} (its previous contents are removed)",
-        base.path.display(),
-        policy.dir_mode()
-    ));
-    for entry in entry_names(&base)? {
-        remove_tree(&base, OsStr::new(&entry), 0)?;
+    Ok((base.stat()?.st_uid == policy.uid).then_some(base))
+}
+
+/// `dir/name` is a directory (not a symlink) owned by `policy.uid` with exactly its mode.
+fn has_mode_of(dir: &DirFd, name: &str, policy: &DirPolicy) -> Result<bool, FsError> {
+    match stat::fstatat(Some(dir.fd.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(file_type(&st) == SFlag::S_IFDIR
+            && st.st_uid == policy.uid
+            && perm_bits(&st) & !0o2000 == policy.dir_mode()),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(FsError::io("stat", dir.path.join(name), e)),
     }
-    let keep_setgid = perm_bits(&st) & 0o2000;
-    stat::fchmod(
-        base.fd.as_raw_fd(),
-        Mode::from_bits_truncate(policy.dir_mode() | keep_setgid),
-    )
-    .map_err(|e| FsError::io("set permissions of", &base.path, e))?;
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@
 //! * [`claim`]: claiming concurrent build directories with fcntl locks (`limit_build_dir`).
 //! * `custom`: verifying the user's `CUSTOM_CI_BUILDS_DIR`.
 //! * `static_dirs`: removing old static build directories.
+//! * `walk`: opening a path from `/` that only trusted owners can redirect
+//!   (`CUSTOM_CI_BUILDS_DIR`, and `data_dir` for `root_dir_creation`).
 
 use std::path::PathBuf;
 
@@ -33,6 +35,7 @@ mod custom;
 mod paths;
 mod secure;
 mod static_dirs;
+mod walk;
 
 #[cfg(test)]
 mod tests;

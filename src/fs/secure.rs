@@ -18,6 +18,7 @@ use nix::unistd::{self, UnlinkatFlags};
 use nix::NixPath;
 
 use super::paths::{script_file_name, Anchor};
+use super::walk::{check_trusted, open_trusted_path, Trust};
 use super::{DirPolicy, FsError, JobPaths, UserInfo, SCRIPT_MODE};
 
 /// How often an operation is retried when a directory vanished under it (concurrent cleanup).
@@ -346,23 +347,39 @@ pub fn ensure_job_dirs(paths: &JobPaths, policy: &DirPolicy) -> Result<(), FsErr
 
 /// `[auth] root_dir_creation`: the privileged side creates the user's base dir
 /// (`<data_dir>/<user>`) with the policy's mode, owned by `uid:gid`, through the data_dir's
-/// descriptor (`mkdirat` + `fchown` + `fchmod` on the re-opened `O_NOFOLLOW` descriptor). An
-/// existing base dir is verified, never changed. Only for a fixed `data_dir`; with a templated
-/// one (`$HOME`, `$USER`) the user creates it, and this returns `Ok(false)`.
+/// descriptor (`mkdirat` + `fchown` + `fchmod` on the re-opened `O_NOFOLLOW` descriptor).
+///
+/// `data_dir` is opened from `/` by [`open_trusted_path`]: it and every directory above it
+/// must belong to root and not be writable by group or others unless sticky, and no
+/// component may be a symbolic link (links are refused, not resolved); otherwise a user
+/// could redirect root's `mkdir`/`chown` elsewhere. The refusal names the component.
+///
+/// An existing base dir is verified (a directory owned by the user, with the mode of either
+/// `group_permissions` setting, so that the user side can migrate it), never changed. Only
+/// for an admin's fixed `data_dir`: with `$HOME` or `$USER` in it the user creates the
+/// base dir in their own space, and this returns `Ok(false)`.
 pub fn create_base_dir_for_user(
     paths: &JobPaths,
     policy: &DirPolicy,
     gid: u32,
 ) -> Result<bool, FsError> {
-    let Anchor::Fixed { path, what } = paths.anchor() else {
+    let Anchor::Fixed { path, .. } = paths.anchor() else {
         return Ok(false);
     };
+    if paths.is_user_specific() {
+        return Ok(false);
+    }
     let exp = Expected {
         policy,
         user: paths.user(),
     };
-    let parent = open_dir_path(path, what)?;
-    check_anchor(&parent)?;
+    let trust = Trust {
+        owners: &[0],
+        what: "data_dir",
+        rule: "with [auth] root_dir_creation, data_dir and every directory above it must belong to root",
+    };
+    let parent = open_trusted_path(path, &trust)?;
+    check_trusted(&parent, &trust)?;
     let name = paths
         .base_dir()
         .file_name()
@@ -389,7 +406,19 @@ pub fn create_base_dir_for_user(
             let fd = openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty())
                 .map_err(|e| diagnose_at(&parent, name, e))?;
             let dir = DirFd { fd, path: full };
-            exp.verify(&dir.stat()?, &dir.path, Rule::Exact)?;
+            let st = dir.stat()?;
+            let other = DirPolicy {
+                group_permissions: !policy.group_permissions,
+                ..*policy
+            };
+            let before_a_change = Expected {
+                policy: &other,
+                user: paths.user(),
+            };
+            // The other setting's mode: the user side migrates it (`fs::builds`).
+            if before_a_change.verify(&st, &dir.path, Rule::Exact).is_err() {
+                exp.verify(&st, &dir.path, Rule::Exact)?;
+            }
         }
         Err(e) => return Err(FsError::io("create", full, e)),
     }
