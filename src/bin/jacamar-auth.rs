@@ -59,8 +59,8 @@ enum Command {
 
 fn main() {
     // First of all: no core dump and no ptrace by our own uid while we hold the runner's
-    // environment, job tokens and (as root or with capabilities) privileges. The kernel
-    // clears the flag again at the execve of `jacamar` as the user (a plain binary).
+    // environment, job tokens and (as root or with capabilities) privileges. The execve of
+    // `jacamar` resets the flag for that process, an ordinary process of the job's user.
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("Error encountered during job: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
         std::process::exit(system_failure_exit_code());
