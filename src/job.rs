@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The longest `CI_JOB_TIMEOUT` accepted: 30 days, GitLab's own maximum job timeout ("1
+/// month"). A larger value is refused (it could only come from a CI variable overriding the
+/// runner's), so every deadline computed from it fits comfortably.
+pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// A failure to read the job from the environment.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JobError {
@@ -103,16 +108,7 @@ impl JobContext {
         let project_path = get("CI_PROJECT_PATH")
             .ok_or(JobError::Missing("CUSTOM_ENV_CI_PROJECT_PATH"))?
             .clone();
-        let job_timeout = match get("CI_JOB_TIMEOUT") {
-            None => None,
-            Some(v) => Some(Duration::from_secs(v.trim().parse().map_err(|_| {
-                JobError::Invalid {
-                    name: "CUSTOM_ENV_CI_JOB_TIMEOUT",
-                    value: v.clone(),
-                    why: "not a number of seconds",
-                }
-            })?)),
-        };
+        let job_timeout = get("CI_JOB_TIMEOUT").map(|v| job_timeout(v)).transpose()?;
         Ok(JobContext {
             job_id,
             runner_short_token,
@@ -133,6 +129,26 @@ impl JobContext {
             batch_variables: BTreeMap::new(),
         })
     }
+}
+
+/// `CI_JOB_TIMEOUT`: whole seconds, at most [`MAX_JOB_TIMEOUT`].
+fn job_timeout(v: &str) -> Result<Duration, JobError> {
+    let invalid = |why| JobError::Invalid {
+        name: "CUSTOM_ENV_CI_JOB_TIMEOUT",
+        value: v.to_string(),
+        why,
+    };
+    let secs: u64 = v
+        .trim()
+        .parse()
+        .map_err(|_| invalid("not a number of seconds"))?;
+    let t = Duration::from_secs(secs);
+    if t > MAX_JOB_TIMEOUT {
+        return Err(invalid(
+            "more than 2592000 seconds (30 days), the longest job timeout GitLab allows",
+        ));
+    }
+    Ok(t)
 }
 
 /// What the runner itself tells every driver call (not user-controlled).
@@ -292,6 +308,35 @@ mod tests {
         assert_eq!(j.concurrent_id, 3);
         assert_eq!(j.job_timeout, Some(Duration::from_secs(3600)));
         assert!(j.no_bash_profile && !j.etc_profile_only);
+    }
+
+    #[test]
+    fn job_timeout_is_bounded() {
+        let base = [
+            ("CUSTOM_ENV_CI_JOB_ID", "42"),
+            ("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN", "abc123"),
+            ("CUSTOM_ENV_CI_PROJECT_PATH", "grp/proj"),
+        ];
+        let with = |t: &str| {
+            let mut e = env(&base);
+            e.insert("CUSTOM_ENV_CI_JOB_TIMEOUT".into(), t.into());
+            JobContext::from_map(&e)
+        };
+        assert_eq!(with("2592000").unwrap().job_timeout, Some(MAX_JOB_TIMEOUT));
+        for bad in [
+            "2592001",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "1h",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("CUSTOM_ENV_CI_JOB_TIMEOUT"), "{bad}: {e}");
+        }
+        assert!(with("18446744073709551615")
+            .unwrap_err()
+            .to_string()
+            .contains("30 days"));
     }
 
     #[test]

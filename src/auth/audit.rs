@@ -7,10 +7,19 @@
 //! Destinations (`[auth.logging]`): syslog (`/dev/log`, facility authpriv) by default, a
 //! file, or a remote log daemon (`network` + `address`: tcp/udp/unix variants), one JSON
 //! object per event (syslog-framed for syslog and the network). `level` drops events below it.
+//!
+//! A file is opened with `O_NOFOLLOW | O_APPEND | O_CLOEXEC | O_NONBLOCK` and created mode
+//! 0600. It must be a regular file owned by jacamar-auth's effective uid (a symlink, a FIFO,
+//! a directory or another account's file is refused, never written); an existing file
+//! readable or writable by others, or writable by its group, loses those bits (a log made
+//! by an older version was 0644); group read stays for an administrator's log group. The
+//! directory holding it is the administrator's and is trusted. Every write failure is an
+//! [`AuditError`]: the caller fails the stage.
 
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde_json::json;
@@ -127,24 +136,76 @@ pub fn render(ev: &Event<'_>) -> String {
     v.to_string()
 }
 
-/// Write an event to `sink`. Returns false when it could not be written.
-pub fn record(sink: &Sink, ev: &Event<'_>) -> bool {
+/// An event that could not be written to its sink.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("failed to write the audit log {path}: {why}")]
+    File { path: PathBuf, why: String },
+    #[error("failed to send the audit event to syslog (/dev/log): {0}")]
+    Syslog(std::io::Error),
+    #[error("failed to send the audit event to {network} {address}: {source}")]
+    Network {
+        network: String,
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// Write an event to `sink`.
+pub fn record(sink: &Sink, ev: &Event<'_>) -> Result<(), AuditError> {
     let line = render(ev);
     match sink {
-        Sink::Nowhere => true,
-        Sink::File(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
-            .is_ok(),
+        Sink::Nowhere => Ok(()),
+        Sink::File(path) => append_line(path, &line).map_err(|why| AuditError::File {
+            path: path.clone(),
+            why,
+        }),
         Sink::Syslog => UnixDatagram::unbound()
             .and_then(|s| s.send_to(syslog_frame(ev.level, &line).as_bytes(), "/dev/log"))
-            .is_ok(),
+            .map(|_| ())
+            .map_err(AuditError::Syslog),
         Sink::Network { network, address } => {
-            send_network(network, address, &syslog_frame(ev.level, &line)).is_ok()
+            send_network(network, address, &syslog_frame(ev.level, &line)).map_err(|source| {
+                AuditError::Network {
+                    network: network.clone(),
+                    address: address.clone(),
+                    source,
+                }
+            })
         }
     }
+}
+
+/// Append `line` and a newline to the audit file `path` (see the module's rules).
+fn append_line(path: &Path, line: &str) -> Result<(), String> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "it is a symbolic link; refusing to follow it".to_string(),
+            _ => e.to_string(),
+        })?;
+    let m = f.metadata().map_err(|e| e.to_string())?;
+    if !m.file_type().is_file() {
+        return Err("it is not a regular file".into());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(format!(
+            "it is owned by uid {}, not by jacamar-auth's uid {me}",
+            m.uid()
+        ));
+    }
+    let mode = m.permissions().mode() & 0o7777;
+    if mode & 0o027 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(mode & !0o027))
+            .map_err(|e| format!("failed to remove the access of others (mode {mode:o}): {e}"))?;
+    }
+    (&f).write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| e.to_string())
 }
 
 /// `<pri>jacamar-auth[pid]: line` with facility LOG_AUTHPRIV (10).
@@ -230,8 +291,12 @@ mod tests {
             login: None,
             name: None,
         };
-        assert!(record(&Sink::File(path.clone()), &ev));
-        let text = std::fs::read_to_string(path).unwrap();
+        record(&Sink::File(path.clone()), &ev).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["job"], 9);
         assert_eq!(v["error_id"], "0123456789ab");
@@ -259,7 +324,7 @@ mod tests {
             login: Some("alice"),
             name: Some("site-runner"),
         };
-        assert!(record(&sink, &ev));
+        record(&sink, &ev).unwrap();
         let mut buf = [0u8; 4096];
         let n = server.recv(&mut buf).unwrap();
         let text = String::from_utf8_lossy(&buf[..n]);
@@ -267,6 +332,42 @@ mod tests {
         let json = &text[text.find('{').unwrap()..];
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(v["account"], "alice");
+    }
+
+    #[test]
+    fn file_sink_refuses_symlinks_fifos_and_tightens_a_wide_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = Event {
+            level: Level::Info,
+            msg: "m",
+            job: None,
+            runner: None,
+            stage: "config_exec",
+            error_id: None,
+            account: None,
+            login: None,
+            name: None,
+        };
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "v").unwrap();
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = record(&Sink::File(link.clone()), &ev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("symbolic link") && e.contains("link.log"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "v");
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(record(&Sink::File(fifo), &ev).is_err());
+        let e = record(&Sink::File(dir.path().to_path_buf()), &ev).unwrap_err();
+        assert!(e.to_string().contains(&dir.path().display().to_string()));
+        let wide = dir.path().join("old.log");
+        std::fs::write(&wide, "").unwrap();
+        std::fs::set_permissions(&wide, std::fs::Permissions::from_mode(0o666)).unwrap();
+        record(&Sink::File(wide.clone()), &ev).unwrap();
+        let mode = std::fs::metadata(&wide).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub struct Identity {
 /// What the token must match.
 #[derive(Debug, Clone)]
 pub struct Expect<'a> {
-    /// `iss` must equal this (a trailing `/` is ignored on both sides).
+    /// The trusted server: `iss` must equal it or be a path below it (`<issuer>/...`, GitLab
+    /// under a relative URL root issues `https://host/gitlab`). A trailing `/` is ignored on
+    /// both sides.
     pub issuer: &'a str,
     /// `aud` must contain this.
     pub audience: &'a str,
@@ -55,6 +57,16 @@ pub fn header_kid(token: &str) -> Result<String, AuthError> {
         .kid
         .filter(|k| !k.is_empty())
         .ok_or_else(|| AuthError::Token("token header has no key id (kid)".into()))
+}
+
+/// Whether `iss` is `trusted` or a path below it (`trusted + "/..."`); never another
+/// host, port or scheme, nor a longer name sharing a prefix (`https://host:4430`).
+pub fn issuer_ok(iss: &str, trusted: &str) -> bool {
+    let (iss, trusted) = (iss.trim_end_matches('/'), trusted.trim_end_matches('/'));
+    iss == trusted
+        || iss
+            .strip_prefix(trusted)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The raw `alg` of a token whose header could not be parsed, for a clearer message.
@@ -183,9 +195,9 @@ pub fn check_claims(c: &Map<String, Value>, expect: &Expect<'_>) -> Result<Ident
         )));
     }
     let iss = text(c, "iss").ok_or_else(|| AuthError::Token("token has no iss claim".into()))?;
-    if iss.trim_end_matches('/') != expect.issuer.trim_end_matches('/') {
+    if !issuer_ok(&iss, expect.issuer) {
         return Err(AuthError::Token(format!(
-            "token issuer {iss:?} is not the GitLab server {:?}",
+            "token issuer {iss:?} is not the GitLab server {:?} nor a path below it",
             expect.issuer
         )));
     }
@@ -312,6 +324,35 @@ mod tests {
         let tok = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.e30.";
         let err = header_kid(tok).unwrap_err().to_string();
         assert!(err.contains("\"none\""), "{err}");
+    }
+
+    #[test]
+    fn issuer_equal_or_below_the_trusted_server() {
+        let t = "https://gl.example";
+        for ok in [
+            "https://gl.example",
+            "https://gl.example/",
+            "https://gl.example/gitlab",
+        ] {
+            assert!(issuer_ok(ok, t), "{ok}");
+        }
+        assert!(issuer_ok(
+            "https://gl.example/gitlab",
+            "https://gl.example/gitlab/"
+        ));
+        for bad in [
+            "https://gl.example.evil",
+            "https://gl.example:8443",
+            "http://gl.example",
+            "https://gl.exampl",
+            "https://evil.example/https://gl.example",
+        ] {
+            assert!(!issuer_ok(bad, t), "{bad}");
+        }
+        assert!(!issuer_ok(
+            "https://gl.example",
+            "https://gl.example/gitlab"
+        ));
     }
 
     #[test]

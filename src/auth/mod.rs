@@ -7,9 +7,13 @@
 //! [`nologin`], shells) decides, and the result is a [`Target`]. [`downscope`] turns it into
 //! the command that starts `jacamar` as that account ([`caps`], [`seccomp`]).
 //!
-//! One exception keeps local runs simple: with `downscope = "none"`, no `gitlab_server`
-//! configured and no id_token in the job, the job runs as jacamar-auth's own account
-//! unverified ([`Target::identity`] is `None`), and the job log says so.
+//! The token's keys come from the trusted server ([`trusted_server`]): `gitlab_server`, else
+//! the origin of the runner-written job response, never a CI variable.
+//!
+//! One exception keeps local runs simple: with `downscope = "none"`, no `gitlab_server`,
+//! no policy key ([`needs_token`]) and no id_token in the job, the job runs as
+//! jacamar-auth's own account unverified ([`Target::identity`] is `None`), and the job log
+//! says so. `enforce_nologin` applies to it too.
 
 pub mod audit;
 pub mod caps;
@@ -22,13 +26,14 @@ pub mod nologin;
 pub mod obfuscate;
 pub mod runas;
 pub mod seccomp;
+pub mod target;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::time::Duration;
 
 use crate::config::{Config, Downscope};
-use crate::job::JobContext;
+use crate::job::{JobContext, JobResponse};
 use crate::protocol::Account;
 
 /// The fallback variable of the job's id_token.
@@ -118,28 +123,50 @@ pub fn find_token(config: &Config, env: &BTreeMap<String, String>) -> (String, O
     (names.swap_remove(0), None)
 }
 
-/// The server the token must come from: `gitlab_server`, else (downscope "none" only) the
-/// job's `CI_SERVER_URL`. A CI variable can override `CI_SERVER_URL`, so a privileged
-/// downscope never trusts it.
-fn server_url(config: &Config, job: &JobContext) -> Result<String, AuthError> {
+/// The GitLab server the token must come from, without a trailing `/`: `[general]
+/// gitlab_server`, else the origin (`scheme://host[:port]`) of the clone URL in the
+/// runner-written `JOB_RESPONSE_FILE` (see [`JobResponse`]). Never `CI_SERVER_URL`: a CI
+/// variable can override it. The keys are fetched from this server only.
+pub fn trusted_server(
+    config: &Config,
+    env: &BTreeMap<String, String>,
+) -> Result<String, AuthError> {
     if let Some(s) = &config.general.gitlab_server {
         return Ok(s.trim_end_matches('/').to_string());
     }
-    if config.auth.downscope != Downscope::None {
-        return Err(AuthError::NoServer(format!(
-            "set [general] gitlab_server: with downscope = \"{}\" the job's CI_SERVER_URL is \
-             not trusted (a CI variable can override it)",
-            config.auth.downscope.as_str()
-        )));
-    }
-    job.server_url
-        .as_ref()
-        .map(|s| s.trim_end_matches('/').to_string())
-        .ok_or_else(|| {
-            AuthError::NoServer(
-                "neither [general] gitlab_server nor CUSTOM_ENV_CI_SERVER_URL is set".into(),
-            )
-        })
+    let response = JobResponse::from_env_map(env).map_err(|e| {
+        AuthError::NoServer(format!(
+            "[general] gitlab_server is not set and the runner's job response cannot be used: {e}"
+        ))
+    })?;
+    response.server_origin().ok_or_else(|| {
+        AuthError::NoServer(
+            "[general] gitlab_server is not set and the runner's job response has no http(s) \
+             clone URL (git_info.repo_url) to take the server from; set gitlab_server"
+                .into(),
+        )
+    })
+}
+
+/// Whether a job without an id_token must be refused: always unless `downscope = "none"`,
+/// and then when `gitlab_server` or any key that judges the GitLab user is set (the user
+/// lists, `shell_allowlist`, `pipeline_source_allowlist`, `[auth.runas]`,
+/// `allow_bot_accounts = true`, `jwt_required_aud`, `ff_getent_check`). Without a token
+/// none of them could be checked; the job would run unverified.
+pub fn needs_token(config: &Config) -> bool {
+    let a = &config.auth;
+    a.downscope != Downscope::None
+        || config.general.gitlab_server.is_some()
+        || !a.user_allowlist.is_empty()
+        || !a.user_blocklist.is_empty()
+        || !a.groups_allowlist.is_empty()
+        || !a.groups_blocklist.is_empty()
+        || !a.shell_allowlist.is_empty()
+        || !a.pipeline_source_allowlist.is_empty()
+        || a.runas.is_some()
+        || a.allow_bot_accounts
+        || a.jwt_required_aud.is_some()
+        || a.ff_getent_check
 }
 
 /// Decide who runs the job, for the runner's stage `stage` (`config_exec`, ...,
@@ -154,7 +181,8 @@ pub async fn authorize(
     env::check_sizes(env, a.max_env_chars)?;
     let (var, token) = find_token(config, env);
     let Some(token) = token else {
-        if a.downscope == Downscope::None && config.general.gitlab_server.is_none() {
+        if !needs_token(config) {
+            check_nologin_file(config)?;
             return Ok(Target {
                 account: account_of(nix::unistd::geteuid().as_raw())?,
                 downscope: Downscope::None,
@@ -165,12 +193,11 @@ pub async fn authorize(
         let aud = a
             .jwt_required_aud
             .clone()
-            .or_else(|| config.general.gitlab_server.clone())
-            .or_else(|| job.server_url.clone())
+            .or_else(|| trusted_server(config, env).ok())
             .unwrap_or_else(|| "https://gitlab.example.com".into());
         return Err(AuthError::MissingToken { var, aud });
     };
-    let server = server_url(config, job)?;
+    let server = trusted_server(config, env)?;
     let kid = jwt::header_kid(&token)?;
     let src = jwks::Source::new(&server, config.general.tls_ca_file.clone());
     let key = jwks::key_for(&src, &kid).await?;
@@ -188,6 +215,25 @@ pub async fn authorize(
     };
     let id = jwt::validate(&token, &key, &expect)?;
     policy(config, id, env).await
+}
+
+/// `enforce_nologin`: refuse while a pam_nologin file exists.
+fn check_nologin_file(config: &Config) -> Result<(), AuthError> {
+    if !config.auth.enforce_nologin {
+        return Ok(());
+    }
+    match nologin::system() {
+        None => Ok(()),
+        Some((path, why)) => Err(AuthError::Refused(format!(
+            "{} exists (enforce_nologin){}",
+            path.display(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
+            }
+        ))),
+    }
 }
 
 /// Everything after the token: bots, pipeline sources, RunAs, lists, nologin, the account.
@@ -223,19 +269,7 @@ async fn policy(
     } else {
         check_lists(config, &name)?;
     }
-    if a.enforce_nologin {
-        if let Some((path, why)) = nologin::system() {
-            return Err(AuthError::Refused(format!(
-                "{} exists (enforce_nologin){}",
-                path.display(),
-                if why.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {why}")
-                }
-            )));
-        }
-    }
+    check_nologin_file(config)?;
     let local = user_by_name(&name)?;
     if let Some(u) = &local {
         check_shell(config, &u.name, &u.shell)?;
@@ -252,12 +286,7 @@ async fn policy(
         }),
         mode @ (Downscope::Setuid | Downscope::Sudo) => {
             let u = local.ok_or_else(|| AuthError::NoAccount(name.clone()))?;
-            if u.uid.is_root() {
-                return Err(AuthError::Refused(format!(
-                    "the job's account {} is uid 0; jobs never run as root",
-                    u.name
-                )));
-            }
+            target::check(&config.auth, &target::Candidate::of(&u))?;
             let groups = group_ids(&u.name, u.gid.as_raw())?;
             Ok(Target {
                 account: Account {

@@ -58,6 +58,13 @@ enum Command {
 }
 
 fn main() {
+    // First of all: no core dump and no ptrace by our own uid while we hold the runner's
+    // environment, job tokens and (as root or with capabilities) privileges. The execve of
+    // `jacamar` resets the flag for that process, an ordinary process of the job's user.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("Error encountered during job: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
+        std::process::exit(system_failure_exit_code());
+    }
     let cli = Cli::parse();
     let (call, configuration) = match cli.command {
         Command::Validate { configuration } => std::process::exit(validate(&configuration)),
@@ -76,6 +83,11 @@ fn main() {
         call,
     });
     std::process::exit(code);
+}
+
+/// The runner's `SYSTEM_FAILURE_EXIT_CODE`, 2 without one.
+fn system_failure_exit_code() -> i32 {
+    jacamar::job::RunnerEnv::from_env().system_failure_exit_code
 }
 
 /// Print every problem of the file; 0 when clean, 1 otherwise.

@@ -266,6 +266,14 @@ pub const KEYS: &[KeySpec] = &[
         .default("false")
         .chosen()
         .used_by("auth"),
+    key(A, "minimum_uid", Integer)
+        .rule(">= 1; unset: UID_MIN of /etc/login.defs, else 1000")
+        .chosen()
+        .used_by("auth"),
+    key(A, "allow_nologin_shells", Bool)
+        .default("false")
+        .chosen()
+        .used_by("auth"),
     // [auth.runas]
     key(R, "validation_script", Path)
         .rule("absolute path; required when [auth.runas] has keys")

@@ -46,8 +46,15 @@ fn with_key(table: &str, line: &str) -> String {
         ),
         "auth" => format!("{BASE}{line}\n"),
         "" => format!("{line}\n{BASE}"),
+        // [auth.runas] needs a downscope that switches accounts.
+        "auth.runas" => format!("{}\n[auth.runas]\n{line}\n", setuid_base()),
         other => format!("{BASE}\n[{other}]\n{line}\n"),
     }
+}
+
+/// BASE with `downscope = "setuid"` (same lines).
+fn setuid_base() -> String {
+    BASE.replace("downscope = \"none\"", "downscope = \"setuid\"")
 }
 
 /// 1-based line of the first line of `text` starting with `prefix`.
@@ -109,6 +116,8 @@ fn defaults_of_a_minimal_file() {
             run_stage_allowlist: vec![],
             enforce_nologin: false,
             ff_getent_check: false,
+            minimum_uid: None,
+            allow_nologin_shells: false,
             runas: None,
             logging: Logging::default(),
             seccomp: Seccomp::default(),
@@ -755,7 +764,8 @@ fn data_dir_forms() {
 #[test]
 fn valid_subtables_are_read() {
     let text = format!(
-        "{BASE}\n[auth.runas]\nvalidation_script = \"/opt/runas\"\nsha256 = \"{}\"\nvalidation_env = [\"A=1\", \"B=x=y\", \"C=\"]\n\n[auth.logging]\nlocation = \"/var/log/jacamar.log\"\nlevel = \"warn\"\nnetwork = \"udp\"\naddress = \"localhost:514\"\n",
+        "{}\n[auth.runas]\nvalidation_script = \"/opt/runas\"\nsha256 = \"{}\"\nvalidation_env = [\"A=1\", \"B=x=y\", \"C=\"]\n\n[auth.logging]\nlocation = \"/var/log/jacamar.log\"\nlevel = \"warn\"\nnetwork = \"udp\"\naddress = \"localhost:514\"\n",
+        setuid_base(),
         "E".repeat(64)
     );
     let c = ok(&text);
@@ -894,7 +904,13 @@ fn complete(block: &str) -> String {
         text.push_str("[general]\nexecutor = \"shell\"\ndata_dir = \"/ecp\"\n");
     }
     if !block.contains("[auth]") {
-        text.push_str("[auth]\ndownscope = \"none\"\n");
+        // [auth.runas] needs a downscope that switches accounts.
+        let downscope = if block.contains("[auth.runas]") {
+            "setuid"
+        } else {
+            "none"
+        };
+        text.push_str(&format!("[auth]\ndownscope = \"{downscope}\"\n"));
     }
     let mut block = block.to_string();
     if !block.contains("executor") && block.contains("[general]") {
@@ -1040,4 +1056,67 @@ fn no_panic_on_odd_input() {
             assert!(e.problems.iter().all(|p| !p.message.is_empty()), "{text:?}");
         }
     }
+}
+
+#[test]
+fn keys_a_downscope_cannot_enforce_are_refused_with_key_and_line() {
+    let runas = "[auth.runas]\nvalidation_script = \"/opt/runas\"\n";
+    // (text, dotted key, line)
+    let cases = [
+        (format!("{BASE}{runas}"), "auth.runas", 7),
+        (
+            format!("{BASE}shell_allowlist = [\"/bin/bash\"]\n"),
+            "auth.shell_allowlist",
+            7,
+        ),
+        (
+            format!("{BASE}ff_getent_check = true\n"),
+            "auth.ff_getent_check",
+            7,
+        ),
+        (
+            BASE.replace("\"none\"", "\"sudo\"") + "no_new_privs = true\n",
+            "auth.no_new_privs",
+            7,
+        ),
+        (
+            BASE.replace("\"none\"", "\"sudo\"") + "[auth.seccomp]\nlimit_setuid = true\n",
+            "auth.seccomp.limit_setuid",
+            8,
+        ),
+    ];
+    for (text, key, line) in cases {
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{key}: {found:?}");
+        assert_eq!(found[0].key.as_deref(), Some(key), "{found:?}");
+        assert_eq!(found[0].line, Some(line), "{found:?}");
+        assert!(found[0].message.contains("cannot be enforced"), "{found:?}");
+    }
+    // Enforceable: the same keys where they apply, lists with downscope none, a disabled
+    // filter or ff_getent_check = false with sudo/none.
+    ok(&format!("{}{runas}", setuid_base()));
+    ok(&format!(
+        "{}shell_allowlist = [\"/bin/bash\"]\nff_getent_check = true\nno_new_privs = true\n",
+        setuid_base()
+    ));
+    ok(&format!("{BASE}user_allowlist = [\"a\"]\ngroups_blocklist = [\"g\"]\npipeline_source_allowlist = [\"push\"]\nff_getent_check = false\nshell_allowlist = []\n"));
+    ok(&(BASE.replace("\"none\"", "\"sudo\"")
+        + "[auth.seccomp]\ndisabled = true\nlimit_setuid = true\n"));
+}
+
+#[test]
+fn minimum_uid_and_allow_nologin_shells_are_read() {
+    let c = ok(&format!(
+        "{BASE}minimum_uid = 500\nallow_nologin_shells = true\n"
+    ));
+    assert_eq!(c.auth.minimum_uid, Some(500));
+    assert!(c.auth.allow_nologin_shells);
+    let c = ok(BASE);
+    assert_eq!(
+        (c.auth.minimum_uid, c.auth.allow_nologin_shells),
+        (None, false)
+    );
+    let found = problems(&format!("{BASE}minimum_uid = 0\n"));
+    assert_eq!(found[0].key.as_deref(), Some("auth.minimum_uid"));
+    assert!(found[0].message.contains(">= 1"), "{found:?}");
 }

@@ -120,6 +120,11 @@ pub struct Auth {
     pub run_stage_allowlist: Vec<String>,
     pub enforce_nologin: bool,
     pub ff_getent_check: bool,
+    /// `minimum_uid`: the lowest uid a job may run as with setuid/sudo; `None` means
+    /// `UID_MIN` of /etc/login.defs (1000 when it is absent or unreadable).
+    pub minimum_uid: Option<u32>,
+    /// `allow_nologin_shells`: accounts with a nologin shell may run jobs (setuid/sudo).
+    pub allow_nologin_shells: bool,
     /// Present only when `[auth.runas]` has at least one key.
     pub runas: Option<RunAs>,
     pub logging: Logging,
@@ -188,6 +193,18 @@ pub struct Seccomp {
     pub block_with_errno: bool,
     pub limit_setuid: bool,
     pub tty_rules: bool,
+}
+
+impl Seccomp {
+    /// Whether these settings ask for a filter at all (jacamar-auth builds one from them).
+    pub fn filter_wanted(&self) -> bool {
+        !self.disabled
+            && (self.block_all
+                || !self.block_calls.is_empty()
+                || self.limit_setuid
+                || self.tty_rules
+                || self.log_allowed_actions)
+    }
 }
 
 /// `[batch]`

@@ -167,8 +167,18 @@ fn auth(s: &mut Section<'_, '_>, problems: &mut Vec<Problem>) -> Option<Auth> {
     let run_stage_allowlist = s.strings("run_stage_allowlist");
     let enforce_nologin = s.bool("enforce_nologin");
     let ff_getent_check = s.bool("ff_getent_check");
+    let minimum_uid = if s.is_present("minimum_uid") {
+        let n = s.uint("minimum_uid", 0, 1, u64::from(u32::MAX));
+        // 0 only when the value was refused (reported).
+        u32::try_from(n).ok().filter(|n| *n > 0)
+    } else {
+        None
+    };
+    let allow_nologin_shells = s.bool("allow_nologin_shells");
 
     let mut runas_sec = s.subtable("runas");
+    // A [auth.runas] whose script has a problem still counts as set.
+    let runas_present = runas_sec.is_present("validation_script");
     let runas = runas(&mut runas_sec);
     problems.extend(runas_sec.finish());
 
@@ -178,6 +188,16 @@ fn auth(s: &mut Section<'_, '_>, problems: &mut Vec<Problem>) -> Option<Auth> {
 
     let mut seccomp_sec = s.subtable("seccomp");
     let seccomp = seccomp(&mut seccomp_sec);
+    if let Some(mode) = downscope {
+        let on = InEffect {
+            runas: runas.is_some() || runas_present,
+            shell_allowlist: !shell_allowlist.is_empty(),
+            ff_getent_check,
+            no_new_privs,
+            seccomp_filter: seccomp.filter_wanted(),
+        };
+        unenforceable(s, &mut seccomp_sec, mode, &on);
+    }
     problems.extend(seccomp_sec.finish());
 
     Some(Auth {
@@ -199,10 +219,96 @@ fn auth(s: &mut Section<'_, '_>, problems: &mut Vec<Problem>) -> Option<Auth> {
         run_stage_allowlist,
         enforce_nologin,
         ff_getent_check,
+        minimum_uid,
+        allow_nologin_shells,
         runas,
         logging,
         seccomp,
     })
+}
+
+/// Which keys of `[auth]` are in effect, for [`unenforceable`].
+struct InEffect {
+    runas: bool,
+    shell_allowlist: bool,
+    ff_getent_check: bool,
+    no_new_privs: bool,
+    seccomp_filter: bool,
+}
+
+/// Report the keys of `[auth]` that `mode` cannot enforce (docs/configuration.md, "Keys a
+/// downscope cannot enforce"). With `downscope = "none"` every job runs as jacamar-auth's
+/// own account, so the keys that judge *the account the job runs as* have nothing to
+/// judge: `[auth.runas]`, `shell_allowlist`, `ff_getent_check`. With `downscope = "sudo"`,
+/// `no_new_privs` and a seccomp filter would be applied before sudo, which they break.
+/// `auth` is the `[auth]` section, `seccomp_sec` its `[auth.seccomp]` child (still open).
+fn unenforceable(
+    auth: &mut Section<'_, '_>,
+    seccomp_sec: &mut Section<'_, '_>,
+    mode: Downscope,
+    on: &InEffect,
+) {
+    let use_other = "use downscope = \"setuid\" or \"sudo\"";
+    let runs_as_runner = "with downscope = \"none\" every job runs as jacamar-auth's own account";
+    if mode == Downscope::None {
+        let account_keys = [
+            (
+                on.runas,
+                "runas",
+                "[auth.runas] chooses the account a job runs as",
+            ),
+            (
+                on.shell_allowlist,
+                "shell_allowlist",
+                "shell_allowlist judges the shell of the account a job runs as",
+            ),
+            (
+                on.ff_getent_check,
+                "ff_getent_check",
+                "ff_getent_check checks the account a job runs as",
+            ),
+        ];
+        for (set, key, what) in account_keys {
+            if set {
+                let line = auth.line_of_key(key);
+                auth.push(
+                    line,
+                    key,
+                    format!("{what}, but {runs_as_runner}: it cannot be enforced; {use_other}, or remove it"),
+                );
+            }
+        }
+    }
+    if mode == Downscope::Sudo {
+        let why = "with downscope = \"sudo\" it would be applied before sudo, and no_new_privs \
+                   disables sudo's set-user-ID; use downscope = \"setuid\"";
+        if on.no_new_privs {
+            let line = auth.line_of_key("no_new_privs");
+            auth.push(
+                line,
+                "no_new_privs",
+                format!("no_new_privs cannot be enforced: {why}"),
+            );
+        }
+        if on.seccomp_filter {
+            let key = [
+                "block_all",
+                "block_calls",
+                "limit_setuid",
+                "tty_rules",
+                "log_allowed_actions",
+            ]
+            .into_iter()
+            .find(|k| seccomp_sec.line_of_key(k).is_some())
+            .unwrap_or("block_calls");
+            let line = seccomp_sec.line_of_key(key);
+            seccomp_sec.push(
+                line,
+                key,
+                format!("a seccomp filter cannot be enforced (it needs no_new_privs): {why}, or set [auth.seccomp] disabled = true"),
+            );
+        }
+    }
 }
 
 /// `[auth.runas]`: `None` when the table is absent or empty.

@@ -103,7 +103,10 @@ pub fn main(opts: Options) -> i32 {
 }
 
 /// Tell the job log (obfuscated unless `-u`) and the audit log about a failure. `cleanup`'s
-/// output only reaches the runner's log, so it always gets the full text.
+/// output only reaches the runner's log, so it always gets the full text. When the
+/// configured audit log cannot be written, that failure (naming the log) goes to stderr.
+/// Without a configuration (it could not be loaded) the event goes to syslog on a best
+/// effort: nothing says logging is wanted, so a missing /dev/log is not reported.
 fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
     let full = err.detail();
     let job = JobContext::from_env().ok();
@@ -112,7 +115,7 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
         Some(c) => audit::sink_of(c),
         None => Sink::Syslog,
     };
-    audit::record(
+    let recorded = audit::record(
         &sink,
         &Event {
             level: Level::Error,
@@ -126,6 +129,9 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
             name: config.and_then(|c| c.general.name.as_deref()),
         },
     );
+    if let (Err(e), Some(_)) = (recorded, config) {
+        eprintln!("ERROR: {e}");
+    }
     let user_facing = matches!(err, StageError::Auth(a) if a.user_facing());
     if opts.unobfuscated || opts.call == Call::Cleanup || user_facing {
         eprintln!("Error encountered during job: {full}");
@@ -172,7 +178,7 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
         crate::batch::args::capture(&config, &mut job, &env);
         let target = auth::authorize(&config, &job, opts.call.stage_name(), &env).await?;
-        authorized(&config, &job, opts.call.stage_name(), &target);
+        authorized(&config, &job, opts.call.stage_name(), &target)?;
         match &opts.call {
             Call::Config => config_stage(opts, &config, &job, &target, signals).await,
             Call::Prepare => {
@@ -222,10 +228,16 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
     }
 }
 
-/// Record a successful authorization (with the local account) in the audit log.
-fn authorized(config: &Config, job: &JobContext, stage: &str, target: &Target) {
+/// Record a successful authorization (with the local account) in the audit log; a failure
+/// to write it fails the stage.
+fn authorized(
+    config: &Config,
+    job: &JobContext,
+    stage: &str,
+    target: &Target,
+) -> Result<(), StageError> {
     if !audit::passes(Level::Info, config.auth.logging.level) {
-        return;
+        return Ok(());
     }
     let login = target.identity.as_ref().map(|i| i.login.as_str());
     let msg = match &target.identity {
@@ -256,7 +268,8 @@ fn authorized(config: &Config, job: &JobContext, stage: &str, target: &Target) {
             login,
             name: config.general.name.as_deref(),
         },
-    );
+    )
+    .map_err(|e| StageError::Internal(e.to_string()))
 }
 
 /// `config_exec`: print the JSON the runner reads from our stdout, and nothing else there.
@@ -320,15 +333,32 @@ pub fn jacamar_binary(config: &Config) -> Result<PathBuf, StageError> {
     Ok(me.with_file_name("jacamar"))
 }
 
-/// The backstop: the job's maximum duration plus the grace, from now.
-fn deadline(job: &JobContext) -> Option<(tokio::time::Instant, u64)> {
-    let max = job.job_timeout? + supervisor::backstop_grace();
+/// The backstop: the job's maximum duration plus the grace, from now, as an instant and in
+/// milliseconds since the epoch. `None` without a job timeout. Every addition is checked:
+/// a sum that does not fit (impossible for a timeout within
+/// [`crate::job::MAX_JOB_TIMEOUT`]) is an error naming `CI_JOB_TIMEOUT`, never a panic.
+fn deadline(job: &JobContext) -> Result<Option<(tokio::time::Instant, u64)>, StageError> {
+    let Some(timeout) = job.job_timeout else {
+        return Ok(None);
+    };
+    let too_large = || {
+        StageError::Internal(format!(
+            "CUSTOM_ENV_CI_JOB_TIMEOUT ({} s) plus the backstop grace does not fit in a deadline",
+            timeout.as_secs()
+        ))
+    };
+    let max = timeout
+        .checked_add(supervisor::backstop_grace())
+        .ok_or_else(too_large)?;
     let unix_ms = SystemTime::now()
-        .checked_add(max)?
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_millis() as u64;
-    Some((tokio::time::Instant::now() + max, unix_ms))
+        .checked_add(max)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .ok_or_else(too_large)?;
+    let at = tokio::time::Instant::now()
+        .checked_add(max)
+        .ok_or_else(too_large)?;
+    Ok(Some((at, unix_ms)))
 }
 
 /// Reaches `jacamar` through the control channel; SIGKILLs its group as a last resort when
@@ -371,6 +401,8 @@ async fn hand_over(
     signals: OsSignals,
 ) -> Result<Done, StageError> {
     let exe = jacamar_binary(config)?;
+    // Before anything is started: a deadline that cannot be computed fails the stage.
+    let backstop = deadline(job)?;
     if config.auth.root_dir_creation && target.downscope != Downscope::None {
         let paths = job_paths(config, job, &target.account)?;
         let policy = crate::fs::DirPolicy {
@@ -421,7 +453,7 @@ async fn hand_over(
     drop(st_w);
     let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
 
-    let (dl, dl_unix_ms) = match deadline(job) {
+    let (dl, dl_unix_ms) = match backstop {
         Some((i, ms)) => (Some(i), Some(ms)),
         None => (None, None),
     };

@@ -19,12 +19,12 @@ use std::time::Duration;
 
 /// Grace added to the job's maximum duration before our own backstop fires (10 minutes, as
 /// upstream). The driver's environment (not the job's) may shorten it for tests with
-/// `JACAMAR_RS_BACKSTOP_GRACE` (a duration in seconds, e.g. `2`).
+/// `JACAMAR_RS_BACKSTOP_GRACE` (a duration in seconds, e.g. `2`; a negative, non-finite or
+/// too large value is ignored).
 pub fn backstop_grace() -> Duration {
     std::env::var("JACAMAR_RS_BACKSTOP_GRACE")
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
         .unwrap_or(Duration::from_secs(600))
 }

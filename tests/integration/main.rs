@@ -15,6 +15,7 @@ mod harden;
 mod harness;
 mod refusals;
 mod sec_fs;
+mod sec_policy;
 mod signals;
 mod sim;
 mod stages;
