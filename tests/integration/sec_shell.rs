@@ -167,6 +167,46 @@ fn setuid_runner_script_of_a_skel_account_succeeds_with_its_login_environment() 
     assert!(h.cleanup().status.success());
 }
 
+/// `JACAMAR_NO_BASH_PROFILE` reads no profile file, `JACAMAR_ETC_PROFILE_ONLY` only
+/// `/etc/profile` (which sets the user's PATH on Debian): neither sees `~/.profile`.
+#[test]
+fn profile_flags_choose_the_profile_files_a_job_sees() {
+    if !require_root() || !require_tool("setsid") {
+        return;
+    }
+    skel_user();
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let body = "echo \"var=${JRS_SHELL_PROFILE_VAR:-unset} path=$PATH\"\n";
+    let mut h = setuid_job(&server);
+    let out = h.run("build_script", &runner_script(body));
+    assert!(out.status.success(), "{}", show(&out));
+    let login = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(login.contains("var=from-profile"), "{login}");
+    assert!(
+        login.contains("/jrs-shell-bin:/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"),
+        "{login}"
+    );
+    h.set("CUSTOM_ENV_JACAMAR_ETC_PROFILE_ONLY", "1");
+    let out = h.run("build_script", &runner_script(body));
+    assert!(out.status.success(), "{}", show(&out));
+    let etc = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        etc.contains("var=unset path=/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games\n"),
+        "{etc}"
+    );
+    h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "1");
+    let out = h.run("build_script", &runner_script(body));
+    assert!(out.status.success(), "{}", show(&out));
+    let none = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        none.contains(
+            "var=unset path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        ),
+        "{none}"
+    );
+    assert!(h.cleanup().status.success());
+}
+
 #[test]
 fn setuid_runner_script_exit_3_reaches_the_build_exit_code_file() {
     if !require_root() || !require_tool("setsid") {
