@@ -1,11 +1,27 @@
 //! The `shell` executor: how a stage's script becomes a bash command line.
 //!
-//! * default: `bash --login SCRIPT` (the user's profile is read, as on a login node);
-//! * `JACAMAR_NO_BASH_PROFILE`: `bash --noprofile --norc SCRIPT`;
-//! * `JACAMAR_ETC_PROFILE_ONLY`: `/etc/profile` is sourced, then the script runs in a bash
-//!   that reads no user file.
+//! * default ([`Profile::Login`]): a login bash reads the profile files (`/etc/profile`, then
+//!   the first of `~/.bash_profile`, `~/.bash_login`, `~/.profile`), then `exec`s a plain bash
+//!   that runs the script: `bash --login -c 'exec "$BASH" --noprofile --norc "$0"' SCRIPT`;
+//! * `JACAMAR_NO_BASH_PROFILE` ([`Profile::None`]): `bash --noprofile --norc SCRIPT`;
+//! * `JACAMAR_ETC_PROFILE_ONLY` ([`Profile::EtcOnly`]): a plain bash sources `/etc/profile`,
+//!   then `exec`s a plain bash that runs the script.
 //!
-//! `shell_path` in `[general]` replaces `bash` (looked up on `PATH` otherwise).
+//! Why the login shell never runs the script itself: bash runs `~/.bash_logout` when a login
+//! shell executes the `exit` builtin (not at the end of its input, not on `exec`). Every
+//! script of the runner ends with `exit 0` under `set -eo pipefail`, and Debian's stock
+//! `~/.bash_logout` runs `clear_console`, which fails without a tty, so the stage would end
+//! with 1 whatever the job did. With the `exec`, no `exit` ever runs in a login shell, and the
+//! script's process is the login shell's process: same pid, same process group, and its
+//! status (a death by signal included) is the stage's.
+//!
+//! What reaches the script from the profile is what reaches any child process: exported
+//! variables (`PATH` included) and exported functions (`export -f`, as Lmod and Environment
+//! Modules do for `module`); `BASH_ENV`, when the profile sets it, is read by the script's
+//! bash. Unexported variables and functions of the profile stay in the login shell.
+//!
+//! `shell_path` in `[general]` replaces `bash` (looked up on `PATH` otherwise); `$BASH` makes
+//! the script's bash the same binary as the login shell's.
 
 use std::path::{Path, PathBuf};
 
@@ -16,13 +32,25 @@ pub struct ShellCommand {
     pub args: Vec<String>,
 }
 
-/// Which profile files bash reads.
+/// Which profile files are read before the script runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
+    /// Those of a login shell: `/etc/profile` and the user's first of `~/.bash_profile`,
+    /// `~/.bash_login`, `~/.profile`.
     Login,
+    /// None at all.
     None,
+    /// `/etc/profile` only.
     EtcOnly,
 }
+
+/// The `-c` program of [`Profile::Login`]: the login shell has read the profile files when
+/// it runs this; `$0` is the script.
+const LOGIN_THEN_EXEC: &str = r#"exec "$BASH" --noprofile --norc "$0""#;
+
+/// The `-c` program of [`Profile::EtcOnly`].
+const ETC_PROFILE_THEN_EXEC: &str =
+    r#"if [ -r /etc/profile ]; then . /etc/profile; fi; exec "$BASH" --noprofile --norc "$0""#;
 
 impl Profile {
     pub fn from_flags(no_bash_profile: bool, etc_profile_only: bool) -> Profile {
@@ -63,14 +91,18 @@ pub fn command(
         .unwrap_or_else(|| PathBuf::from("bash"));
     let script = script.display().to_string();
     let args = match profile {
-        Profile::Login => vec!["--login".into(), script],
+        Profile::Login => vec![
+            "--login".into(),
+            "-c".into(),
+            LOGIN_THEN_EXEC.into(),
+            script,
+        ],
         Profile::None => vec!["--noprofile".into(), "--norc".into(), script],
         Profile::EtcOnly => vec![
             "--noprofile".into(),
             "--norc".into(),
             "-c".into(),
-            r#"if [ -r /etc/profile ]; then . /etc/profile; fi; exec "$BASH" --noprofile --norc "$0""#
-                .into(),
+            ETC_PROFILE_THEN_EXEC.into(),
             script,
         ],
     };
@@ -85,7 +117,10 @@ mod tests {
     fn profiles() {
         let s = Path::new("/x/build_script.bash");
         let c = command(None, Profile::Login, s, "/nonexistent:/usr/bin:/bin");
-        assert_eq!(c.args, vec!["--login", "/x/build_script.bash"]);
+        assert_eq!(
+            c.args,
+            vec!["--login", "-c", LOGIN_THEN_EXEC, "/x/build_script.bash"]
+        );
         assert!(
             c.program.is_absolute() && c.program.ends_with("bash"),
             "{c:?}"
@@ -112,5 +147,76 @@ mod tests {
             .output()
             .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("ran-42"));
+    }
+
+    /// A home whose `.bash_logout` fails (as Debian's does without a tty) and whose
+    /// `.bash_profile` exports a variable and a function.
+    fn home_with_failing_logout() -> tempfile::TempDir {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join(".bash_logout"), "false\n").unwrap();
+        std::fs::write(
+            home.path().join(".bash_profile"),
+            "export PROFILE_VAR=pv\nprofile_fn() { echo pf; }\nexport -f profile_fn\n",
+        )
+        .unwrap();
+        home
+    }
+
+    /// Run `body` in the runner's script shape with `profile`, HOME = `home`.
+    fn run_runner_script(home: &Path, profile: Profile, body: &str) -> std::process::Output {
+        let script = home.join("build_script.bash");
+        let quoted = body
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'")
+            .replace('\n', "\\n");
+        std::fs::write(
+            &script,
+            format!("#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'{quoted}'\nexit 0\n"),
+        )
+        .unwrap();
+        let c = command(None, profile, &script, "/usr/bin:/bin");
+        std::process::Command::new(&c.program)
+            .args(&c.args)
+            .env_clear()
+            .env("HOME", home)
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn login_profile_keeps_the_status_whatever_the_logout_file_does() {
+        use std::os::unix::process::ExitStatusExt;
+        let home = home_with_failing_logout();
+        // The fixture bites: a login shell running the script itself ends with 1.
+        let script = home.path().join("plain.bash");
+        std::fs::write(&script, "set -e\nexit 0\n").unwrap();
+        let old = std::process::Command::new("bash")
+            .args(["--login", &script.display().to_string()])
+            .env_clear()
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        assert_eq!(old.status.code(), Some(1));
+
+        let out = run_runner_script(
+            home.path(),
+            Profile::Login,
+            "echo \"$PROFILE_VAR\"; profile_fn\n",
+        );
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "pv\npf\n");
+        let out = run_runner_script(home.path(), Profile::Login, "exit 3\n");
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        // `$$` in the eval subshell is the script's bash: a death by signal stays one.
+        let out = run_runner_script(home.path(), Profile::Login, "kill -TERM $$\n");
+        assert_eq!(out.status.signal(), Some(15), "{out:?}");
+        // The other profiles read no user file.
+        for p in [Profile::None, Profile::EtcOnly] {
+            let out = run_runner_script(home.path(), p, "echo \"[${PROFILE_VAR:-}]\"\n");
+            assert!(out.status.success(), "{p:?}: {out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "[]\n", "{p:?}");
+        }
     }
 }

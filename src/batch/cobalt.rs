@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 
 use super::args::Illegal;
-use super::executor::sh_quote;
 use super::slurm::failure;
 use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
@@ -164,16 +163,13 @@ impl Scheduler for Cobalt {
 
     fn wrapper(&self, _output: &Path, command: &[String]) -> String {
         if !self.skip_log {
-            return super::executor::wrapper_script("", command);
+            return super::executor::wrapper_script("", command, "");
         }
-        // Run the stage script as a child (not exec) to echo its status afterwards; a
-        // handler (not an ignore, which the child would inherit) keeps this shell alive
-        // through the TERM of a qdel while the child runs its own traps.
-        let cmd: Vec<String> = command.iter().map(|w| sh_quote(w)).collect();
-        format!(
-            "#!/bin/bash\ntrap : TERM\n{c} &\npid=$!\nwhile :; do\n  wait \"$pid\"\n  rc=$?\n  kill -0 \"$pid\" 2>/dev/null || break\ndone\necho \"{e} $rc\"\nexit \"$rc\"\n",
-            c = cmd.join(" "),
-            e = STATUS_ECHO,
+        // Echo the stage's status afterwards: the driver reads it from the output.
+        super::executor::wrapper_script(
+            "",
+            command,
+            &format!("echo \"{STATUS_ECHO} $__jacamar_rc\""),
         )
     }
 

@@ -155,6 +155,7 @@ impl Scheduler for Lsf {
         wrapper_script(
             &format!("exec >>{} 2>&1\n", sh_quote(&path_arg(output))),
             command,
+            "",
         )
     }
 

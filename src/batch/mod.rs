@@ -196,11 +196,11 @@ pub trait Scheduler: Send + Sync {
     fn name(&self) -> &'static str;
     /// Arguments the driver controls: refused in user arguments unless allowed.
     fn illegal_args(&self) -> &'static [args::Illegal];
-    /// The script submitted: by default a shebang and an `exec` of `command` (the user's
-    /// shell running the stage script), every word single-quoted. `output` is the file the
-    /// driver tails.
+    /// The script submitted: by default [`executor::wrapper_script`] with no header, which
+    /// runs `command` (the user's shell running the stage script) and outlives a cancel's
+    /// TERM until the job's traps are done. `output` is the file the driver tails.
     fn wrapper(&self, _output: &Path, command: &[String]) -> String {
-        executor::wrapper_script("", command)
+        executor::wrapper_script("", command, "")
     }
     /// The job's separate error file, when the scheduler keeps stderr apart (Cobalt): it is
     /// tailed to the job log along with `output`.

@@ -110,13 +110,14 @@ impl Scheduler for Pbs {
     fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
         let exit = exit_file(output);
         let tmp = exit.with_extension("exit.tmp");
-        let cmd: Vec<String> = command.iter().map(|w| sh_quote(w)).collect();
-        format!(
-            "#!/bin/bash\nexec >>{o} 2>&1\n{c}\nrc=$?\necho \"$rc\" >{t} && mv -f {t} {e}\nexit \"$rc\"\n",
-            o = sh_quote(&path_arg(output)),
-            c = cmd.join(" "),
-            t = sh_quote(&path_arg(&tmp)),
-            e = sh_quote(&path_arg(&exit)),
+        super::executor::wrapper_script(
+            &format!("exec >>{} 2>&1\n", sh_quote(&path_arg(output))),
+            command,
+            &format!(
+                "echo \"$__jacamar_rc\" >{t} && mv -f {t} {e}",
+                t = sh_quote(&path_arg(&tmp)),
+                e = sh_quote(&path_arg(&exit)),
+            ),
         )
     }
 

@@ -16,6 +16,7 @@ mod harness;
 mod refusals;
 mod sec_fs;
 mod sec_policy;
+mod sec_shell;
 mod signals;
 mod sim;
 mod stages;

@@ -135,29 +135,8 @@ fn job_message_is_printed_at_prepare() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("NOTICE: be nice to the scheduler"));
 }
 
-#[test]
-fn bash_profile_flags_are_honoured() {
-    let mut h = Harness::new("");
-    h.config_json();
-    assert!(h.prepare().status.success());
-    // A login shell (bash --login) has `login_shell` set; --noprofile --norc has not.
-    let out = h.run(
-        "build_script",
-        "shopt -q login_shell && echo LOGIN || echo NOLOGIN\n",
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("LOGIN"));
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("NOLOGIN"));
-    h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "1");
-    let out = h.run(
-        "build_script",
-        "shopt -q login_shell && echo LOGIN || echo NOLOGIN\n",
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("NOLOGIN"),
-        "{}",
-        show(&out)
-    );
-}
+// The profile flags (JACAMAR_NO_BASH_PROFILE, JACAMAR_ETC_PROFILE_ONLY) are tested with a
+// real user's ~/.profile in sec_shell.rs (profile_flags_choose_the_profile_files_a_job_sees).
 
 #[test]
 fn custom_shell_path_is_used() {

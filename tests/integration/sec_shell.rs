@@ -1,0 +1,380 @@
+//! The stage's shell with the runner's real scripts, for accounts made by `useradd -m` with
+//! Debian's stock /etc/skel (whose `~/.bash_logout` runs `clear_console`, which fails without
+//! a tty): the script's real status reaches the runner and `BUILD_EXIT_CODE_FILE`, the login
+//! environment (a variable, an exported function, a PATH entry of `~/.profile`) reaches the
+//! job, under the shell executor (setuid) and under Slurm; and a cancelled Slurm job's TERM
+//! trap runs to its end inside the runner's `: | eval` subshell.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
+use crate::batch_slurm::{ci_user, lines_of, require_slurm, wait_exit, wait_line};
+use crate::harness::{require_root, require_tool, show, wait_for, Harness};
+
+const USER: &str = "jrs_shell_deb";
+
+/// The marker of the block the tests add to a user's `~/.profile`.
+const PROFILE_MARK: &str = "# jrs_shell test block";
+
+/// What the block adds: an exported variable, an exported function and a PATH entry.
+const PROFILE_BLOCK: &str = r#"# jrs_shell test block
+export JRS_SHELL_PROFILE_VAR=from-profile
+jrs_shell_fn() { echo "fn-from-profile $1"; }
+export -f jrs_shell_fn
+export PATH="$HOME/jrs-shell-bin:$PATH"
+"#;
+
+/// `body` in the exact shape of the runner's generated bash scripts: the commands
+/// ANSI-C quoted inside `: | eval $'...'` (a subshell), then the builtin `exit 0`.
+fn runner_script(body: &str) -> String {
+    let mut q = String::new();
+    for c in body.chars() {
+        match c {
+            '\\' => q.push_str("\\\\"),
+            '\'' => q.push_str("\\'"),
+            '\n' => q.push_str("\\n"),
+            '\t' => q.push_str("\\t"),
+            c => q.push(c),
+        }
+    }
+    format!("#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'{q}'\nexit 0\n")
+}
+
+/// Checks that `home` (of `user`) holds Debian's stock `.bash_logout` and that it really
+/// fails in a login-less, tty-less bash under `set -e` as that user: the condition the
+/// tests must meet, so they cannot pass vacuously on a machine without it.
+fn assert_logout_file_fails_without_a_tty(user: &nix::unistd::User) {
+    let logout = user.dir.join(".bash_logout");
+    let text = std::fs::read_to_string(&logout).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (useradd -m copies it from /etc/skel)",
+            logout.display()
+        )
+    });
+    assert!(
+        text.contains("clear_console"),
+        "{} is not Debian's stock one: {text}",
+        logout.display()
+    );
+    assert!(
+        Path::new("/usr/bin/clear_console").exists(),
+        "/usr/bin/clear_console missing (Debian's package `bash` ships it)"
+    );
+    // A new session has no controlling tty; bash makes SHLVL 1, as in the login shell of a
+    // stage (jacamar passes no SHLVL).
+    let out = Command::new("setsid")
+        .args([
+            "-w",
+            "bash",
+            "-c",
+            "set -e; . \"$HOME/.bash_logout\"; echo survived",
+        ])
+        .env_clear()
+        .env("HOME", &user.dir)
+        .env("PATH", "/usr/bin:/bin")
+        .env("SHLVL", "0")
+        .current_dir(&user.dir)
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("survived"),
+        "{}'s .bash_logout does not fail without a tty here: {}",
+        user.name,
+        show(&out)
+    );
+}
+
+/// Add [`PROFILE_BLOCK`] to `user`'s `~/.profile` (once) and a `jrs-shell-tool` in the
+/// directory it puts on PATH. The file is replaced by a rename, owned by the user.
+fn add_profile_block(user: &nix::unistd::User) {
+    let profile = user.dir.join(".profile");
+    let text = std::fs::read_to_string(&profile).unwrap_or_default();
+    let chown = |p: &Path| nix::unistd::chown(p, Some(user.uid), Some(user.gid)).unwrap();
+    if !text.contains(PROFILE_MARK) {
+        let tmp = user.dir.join(".profile.jrs-shell-tmp");
+        std::fs::write(&tmp, format!("{text}\n{PROFILE_BLOCK}")).unwrap();
+        chown(&tmp);
+        std::fs::rename(&tmp, &profile).unwrap();
+    }
+    let bin = user.dir.join("jrs-shell-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    chown(&bin);
+    let tool = bin.join("jrs-shell-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho tool-from-profile-path\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown(&tool);
+}
+
+/// The job body that shows the login environment.
+const SHOW_LOGIN_ENV: &str = "echo \"var=${JRS_SHELL_PROFILE_VAR:-unset}\"\n\
+     jrs_shell_fn called\n\
+     jrs-shell-tool\n\
+     echo job-body-done\n";
+
+fn assert_login_env(text: &str) {
+    for want in [
+        "var=from-profile",
+        "fn-from-profile called",
+        "tool-from-profile-path",
+        "job-body-done",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want:?} missing from the job log: {text}"
+        );
+    }
+}
+
+/// A setuid harness for the stock-skel user, after config and prepare.
+fn setuid_job(server: &JwksServer) -> Harness {
+    let mut h = harness(server, "setuid", "", "root_dir_creation = true", "");
+    give_token(&mut h, server, USER);
+    let out = h.config();
+    assert!(out.status.success(), "config: {}", show(&out));
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    h
+}
+
+fn skel_user() -> nix::unistd::User {
+    let u = ensure_user(USER, &[], "/bin/bash");
+    assert_logout_file_fails_without_a_tty(&u);
+    add_profile_block(&u);
+    u
+}
+
+#[test]
+fn setuid_runner_script_of_a_skel_account_succeeds_with_its_login_environment() {
+    if !require_root() || !require_tool("setsid") {
+        return;
+    }
+    skel_user();
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = setuid_job(&server);
+    let out = h.run("build_script", &runner_script(SHOW_LOGIN_ENV));
+    assert!(out.status.success(), "{}", show(&out));
+    assert_login_env(&String::from_utf8_lossy(&out.stdout));
+    // Other stages, on the host too.
+    let out = h.run("after_script", &runner_script("echo after-ran\n"));
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(h.cleanup().status.success());
+}
+
+/// `JACAMAR_NO_BASH_PROFILE` reads no profile file, `JACAMAR_ETC_PROFILE_ONLY` only
+/// `/etc/profile` (which sets the user's PATH on Debian): neither sees `~/.profile`.
+#[test]
+fn profile_flags_choose_the_profile_files_a_job_sees() {
+    if !require_root() || !require_tool("setsid") {
+        return;
+    }
+    skel_user();
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let body = "echo \"var=${JRS_SHELL_PROFILE_VAR:-unset} path=$PATH\"\n";
+    let mut h = setuid_job(&server);
+    let out = h.run("build_script", &runner_script(body));
+    assert!(out.status.success(), "{}", show(&out));
+    let login = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(login.contains("var=from-profile"), "{login}");
+    assert!(
+        login.contains("/jrs-shell-bin:/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"),
+        "{login}"
+    );
+    h.set("CUSTOM_ENV_JACAMAR_ETC_PROFILE_ONLY", "1");
+    let out = h.run("build_script", &runner_script(body));
+    assert!(out.status.success(), "{}", show(&out));
+    let etc = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        etc.contains("var=unset path=/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games\n"),
+        "{etc}"
+    );
+    h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "1");
+    let out = h.run("build_script", &runner_script(body));
+    assert!(out.status.success(), "{}", show(&out));
+    let none = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        none.contains(
+            "var=unset path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        ),
+        "{none}"
+    );
+    assert!(h.cleanup().status.success());
+}
+
+#[test]
+fn setuid_runner_script_exit_3_reaches_the_build_exit_code_file() {
+    if !require_root() || !require_tool("setsid") {
+        return;
+    }
+    skel_user();
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = setuid_job(&server);
+    let out = h.run("build_script", &runner_script("echo before-exit\nexit 3\n"));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(h.build_exit_code().as_deref(), Some("3"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("before-exit"),
+        "{}",
+        show(&out)
+    );
+    assert!(h.cleanup().status.success());
+}
+
+/// The batch user (`jacamar-ci`) with the stock skel files and the profile block.
+fn batch_user() -> nix::unistd::User {
+    let u = nix::unistd::User::from_name(&ci_user())
+        .unwrap()
+        .unwrap_or_else(|| panic!("user {} missing (scripts/test.sh creates it)", ci_user()));
+    let logout = u.dir.join(".bash_logout");
+    if !logout.exists() {
+        std::fs::copy("/etc/skel/.bash_logout", &logout).unwrap();
+        nix::unistd::chown(&logout, Some(u.uid), Some(u.gid)).unwrap();
+    }
+    assert_logout_file_fails_without_a_tty(&u);
+    add_profile_block(&u);
+    u
+}
+
+/// A batch harness (`executor`: slurm or pbs) as the batch user, after config and prepare.
+fn batch(executor: &str, kill_timeout: &str) -> Harness {
+    require_slurm();
+    let mut h = Harness::batch(
+        executor,
+        &ci_user(),
+        &format!("kill_timeout = \"{kill_timeout}\""),
+        "command_delay = \"1s\"\nnfs_timeout = \"20s\"",
+    );
+    h.config_json();
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    h
+}
+
+fn slurm(kill_timeout: &str) -> Harness {
+    batch("slurm", kill_timeout)
+}
+
+/// Slurm ids of the listed jobs named `name`.
+fn active_jobs(name: &str) -> Vec<String> {
+    let o = Command::new("squeue")
+        .args(["-h", "-n", name, "-o", "%i"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn slurm_runner_script_of_a_skel_account_keeps_status_and_login_environment() {
+    if !require_root() || !require_tool("setsid") {
+        return;
+    }
+    batch_user();
+    let h = slurm("5s");
+    let out = h.run("build_script", &runner_script(SHOW_LOGIN_ENV));
+    assert!(out.status.success(), "{}", show(&out));
+    assert_login_env(&String::from_utf8_lossy(&out.stdout));
+    let out = h.run("build_script", &runner_script("echo before-exit\nexit 3\n"));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(h.build_exit_code().as_deref(), Some("3"), "{}", show(&out));
+    assert!(h.cleanup().status.success());
+}
+
+#[test]
+fn cancelled_slurm_job_runs_its_term_trap_to_the_end_before_kill_timeout() {
+    if !require_root() || !require_tool("setsid") {
+        return;
+    }
+    batch_user();
+    cancel_and_see_the_trap_end(slurm("30s"), true);
+}
+
+/// PBS's cancel (`qdel`, here Debian's wrapper over Slurm: TERM to the whole job, SIGKILL
+/// after Slurm's KillWait) goes through the same wrapper: the trap ends within that delay.
+/// These wrappers' `qstat` says `C` while Slurm still runs the job (COMPLETING), so the
+/// driver stops reading the log before the trap's last line: the trap's end is checked by
+/// the file it writes.
+#[test]
+fn cancelled_pbs_job_runs_its_term_trap_to_the_end() {
+    if !require_root() || !require_tool("setsid") || !require_tool("qsub") {
+        return;
+    }
+    batch_user();
+    cancel_and_see_the_trap_end(batch("pbs", "30s"), false);
+}
+
+/// Run a runner-shaped build_script whose eval subshell traps TERM (2 s of work), cancel
+/// the run call as the runner does, and check the trap ran to its end, the job left the
+/// queue, and the run ended well before the kill_timeout (30 s) escalation. `in_log`: the
+/// trap's last line must be in the job log (else only its marker file is checked).
+fn cancel_and_see_the_trap_end(h: Harness, in_log: bool) {
+    const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+    let marker = h.data_dir.join(format!("trap-done-{}", h.job_id));
+    let body = format!(
+        "trap 'echo trap-start; sleep 2; echo trap-done; touch {m}; exit 7' TERM\n\
+         echo job-ready\n\
+         sleep 300\n\
+         echo not-reached\n",
+        m = marker.display()
+    );
+    let mut child = h.spawn_run("build_script", &runner_script(&body));
+    let rx = lines_of(&mut child);
+    let mut seen = Vec::new();
+    assert!(
+        wait_line(&rx, "job-ready", Duration::from_secs(90), &mut seen),
+        "the job never started: {seen:?}"
+    );
+    let name = format!("ci-{}", h.job_id);
+    assert_eq!(active_jobs(&name).len(), 1, "{seen:?}");
+
+    // The runner's cancel: SIGTERM to the run call's process group.
+    let t0 = Instant::now();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = wait_exit(&mut child, KILL_TIMEOUT + Duration::from_secs(60))
+        .expect("the run call did not end");
+    let took = t0.elapsed();
+    seen.extend(rx.try_iter().map(|(_, l)| l));
+    let text = seen.join("\n");
+    eprintln!("run ended {took:?} after the SIGTERM ({st:?}):\n{text}");
+    assert!(!st.success(), "{text}");
+    assert!(
+        text.contains("trap-start"),
+        "the trap never started: {text}"
+    );
+    assert!(
+        !in_log || text.contains("trap-done"),
+        "the trap was cut short (no trap-done): {text}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || marker.exists()),
+        "the trap was cut short (its file never came): {text}"
+    );
+    assert!(!text.contains("not-reached"), "{text}");
+    assert!(
+        !text.contains("still there after kill_timeout"),
+        "the job needed the kill_timeout escalation: {text}"
+    );
+    // The trap takes 2 s; the escalation would come at 30 s.
+    assert!(
+        took < KILL_TIMEOUT - Duration::from_secs(10),
+        "the run ended only after {took:?}: {text}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || active_jobs(&name).is_empty()),
+        "the job is still listed: {:?}",
+        active_jobs(&name)
+    );
+    assert!(h.cleanup().status.success());
+}
