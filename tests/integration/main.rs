@@ -14,6 +14,7 @@ mod demo;
 mod harden;
 mod harness;
 mod refusals;
+mod sec_superv;
 mod signals;
 mod sim;
 mod stages;
