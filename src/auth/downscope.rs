@@ -215,7 +215,10 @@ fn arrange_fds(f: &FdPlan) -> std::io::Result<()> {
             }
             None => 3,
         };
-        close_from(first_closed, f.highest_open.max(f.cgroup_procs.unwrap_or(0)))
+        close_from(
+            first_closed,
+            f.highest_open.max(f.cgroup_procs.unwrap_or(0)),
+        )
     }
 }
 
@@ -224,7 +227,13 @@ fn arrange_fds(f: &FdPlan) -> std::io::Result<()> {
 fn close_from(first: RawFd, highest: RawFd) -> std::io::Result<()> {
     // SAFETY: close_range/close on integer descriptors; async-signal-safe.
     unsafe {
-        if libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) == 0 {
+        if libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        ) == 0
+        {
             return Ok(());
         }
         let err = std::io::Error::last_os_error();

@@ -61,7 +61,9 @@ fn main() {
     // Before anything opens: a descriptor left open by whoever started us (a wrapper
     // script, socket activation) must never reach jacamar or the job.
     if let Err(e) = jacamar::auth::downscope::cloexec_inherited_fds() {
-        eprintln!("Error encountered during job: failed to mark inherited descriptors close-on-exec: {e}");
+        eprintln!(
+            "Error encountered during job: failed to mark inherited descriptors close-on-exec: {e}"
+        );
         std::process::exit(jacamar::job::RunnerEnv::from_env().system_failure_exit_code);
     }
     let cli = Cli::parse();

@@ -101,7 +101,10 @@ fn signal_pids(name: &str, pids: &[i32]) -> i32 {
         match kill(nix::unistd::Pid::from_raw(pid), sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => {
-                eprintln!("jacamar signal: failed to send {} to {pid}: {e}", sig.as_str());
+                eprintln!(
+                    "jacamar signal: failed to send {} to {pid}: {e}",
+                    sig.as_str()
+                );
                 code = 1;
             }
         }

@@ -1,7 +1,7 @@
 //! A per-job cgroup v2, so that everything a job started can be killed at once.
 //!
 //! `jacamar-auth` (when it runs as root and a cgroup v2 hierarchy is mounted) creates
-//! `<our cgroup>/jacamar-rs.<our pid>` and the child that becomes `jacamar` moves itself into
+//! `<our cgroup>/jacamar-rs.<our pid>.<our start time>` and the child that becomes `jacamar` moves itself into
 //! it before exec (it writes `0` to the `cgroup.procs` opened here). Everything the job
 //! forks stays in it: the job's user may not write to a root-owned `cgroup.procs`.
 //!
@@ -63,16 +63,11 @@ impl JobCgroup {
             .ok()
             .and_then(|c| own_cgroup(&c))
             .unwrap_or_default();
-        let dir = mount
-            .join(ours)
-            .join(format!("jacamar-rs.{}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            // Left by an earlier jacamar-auth of the same pid that was SIGKILLed: reuse it
-            // (whatever is left in it is a leftover of a job, and is killed with ours).
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(with_path(e, &dir)),
-        }
+        let parent = mount.join(ours);
+        remove_stale(&parent);
+        let me = std::process::id() as i32;
+        let dir = parent.join(format!("{PREFIX}{me}.{}", start_time(me).unwrap_or(0)));
+        std::fs::create_dir(&dir).map_err(|e| with_path(e, &dir))?;
         let procs = OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.procs"))
@@ -146,6 +141,43 @@ impl JobCgroup {
     pub fn remove(self) -> std::io::Result<()> {
         drop(self.procs);
         std::fs::remove_dir(&self.dir).map_err(|e| with_path(e, &self.dir))
+    }
+}
+
+/// Job cgroups are named `jacamar-rs.<pid>.<start time>` after the jacamar-auth that made
+/// them: unique even when pids are reused, and recognisably stale once that process is gone.
+const PREFIX: &str = "jacamar-rs.";
+
+/// The start time (clock ticks after boot) of process `pid`, from `/proc/<pid>/stat`.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Remove the empty job cgroups left in `parent` by a jacamar-auth that was SIGKILLed (it
+/// could not remove its own). Best effort: a cgroup that still has processes (EBUSY), or
+/// that another jacamar-auth removes first (ENOENT), is left alone.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some((pid, start)) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(p, t)| Some((p.parse::<i32>().ok()?, t.parse::<u64>().ok()?)))
+        else {
+            continue;
+        };
+        if start_time(pid) != Some(start) {
+            let _ = std::fs::remove_dir(e.path());
+        }
     }
 }
 

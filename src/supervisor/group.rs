@@ -320,7 +320,10 @@ mod tests {
         }
         assert!(become_subreaper());
         let out = std::process::Command::new("sh")
-            .args(["-c", "sleep 300 >/dev/null & sleep 300 >/dev/null & echo $!"])
+            .args([
+                "-c",
+                "sleep 300 >/dev/null 2>&1 & sleep 300 >/dev/null 2>&1 & echo $!",
+            ])
             .stdout(std::process::Stdio::piped())
             .output()
             .unwrap();

@@ -269,8 +269,11 @@ fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
     }
     let out = as_svc(&h.env, &["prepare"]).output().unwrap();
     assert!(out.status.success(), "prepare: {}", show(&out));
-    let body = format!("{}{}", escape_body(&marks), fork_loop_body(&marks))
-        .replacen("kill -KILL $PPID\nsleep 300\n", "", 1);
+    let body = format!("{}{}", escape_body(&marks), fork_loop_body(&marks)).replacen(
+        "kill -KILL $PPID\nsleep 300\n",
+        "",
+        1,
+    );
     let script = h.runner_dir.join("script-build");
     std::fs::write(&script, runner_script(&body)).unwrap();
     nix::unistd::chown(&script, Some(svc.uid), Some(svc.gid)).unwrap();
@@ -370,7 +373,8 @@ fn secret(h: &Harness) -> (PathBuf, std::fs::File) {
 }
 
 /// Lists the shell's and jacamar's descriptors and tries to read descriptors 7 and 100.
-const FD_PROBE: &str = "for f in /proc/$$/fd/*; do echo \"shell-fd ${f##*/} $(readlink $f)\"; done\n\
+const FD_PROBE: &str =
+    "for f in /proc/$$/fd/*; do echo \"shell-fd ${f##*/} $(readlink $f)\"; done\n\
 for f in /proc/$PPID/fd/*; do echo \"jacamar-fd ${f##*/} $(readlink $f)\"; done\n\
 cat /proc/self/fd/7 2>/dev/null || echo no-fd-7\n\
 cat /proc/self/fd/100 2>/dev/null || echo no-fd-100\n";
@@ -389,7 +393,10 @@ fn assert_no_leak(out: &Output, secret: &Path) {
         text.contains("no-fd-7") && text.contains("no-fd-100"),
         "{text}"
     );
-    assert!(!text.contains("runner-secret-4711"), "the job read it: {text}");
+    assert!(
+        !text.contains("runner-secret-4711"),
+        "the job read it: {text}"
+    );
     assert!(
         !text.contains(&secret.display().to_string()),
         "an inherited descriptor reached the job or jacamar: {text}"
@@ -490,4 +497,27 @@ fn setuid_pipes_on_high_descriptors_still_reach_jacamar() {
         return;
     }
     pipes_survive_any_numbering("setuid", "jrs_superv_g");
+}
+
+/// A jacamar-auth that the runner SIGKILLed cannot remove its job's cgroup; the next call
+/// removes it once it is empty (a live owner's cgroup is never touched).
+#[test]
+fn empty_cgroups_of_a_dead_jacamar_auth_are_removed_by_the_next_call() {
+    if !require_root() {
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = jacamar::supervisor::cgroup::cgroup2_mount(&mountinfo)
+        .expect("this test needs a cgroup v2 hierarchy (none is mounted)");
+    let ours = jacamar::supervisor::cgroup::own_cgroup(
+        &std::fs::read_to_string("/proc/self/cgroup").unwrap(),
+    )
+    .unwrap();
+    // Pid 1 never started at tick 1: the owner of this name is gone.
+    let stale = mount.join(&ours).join("jacamar-rs.1.1");
+    std::fs::create_dir_all(&stale).unwrap();
+    let mut h = Harness::new("");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    assert!(!stale.exists(), "{} is still there", stale.display());
 }
