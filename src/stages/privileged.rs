@@ -389,16 +389,6 @@ async fn hand_over(
              that kill jacamar may survive it"
         );
     }
-    let cgroup = match JobCgroup::create() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!(
-                "WARNING: jacamar-auth could not create the job's cgroup ({e}); leftovers are \
-                 swept by pid only"
-            );
-            None
-        }
-    };
     let (ctl_r, ctl_w) = protocol::pipe_cloexec()?;
     let (st_r, st_w) = protocol::pipe_cloexec()?;
     protocol::set_inheritable(protocol::raw(&ctl_r), true)?;
@@ -411,6 +401,7 @@ async fn hand_over(
         Action::Cleanup => "cleanup".to_string(),
     };
     let args: Vec<String> = verb.split(' ').map(str::to_string).collect();
+    let cgroup = job_cgroup();
     let pipes = Pipes {
         control: protocol::raw(&ctl_r),
         status: protocol::raw(&st_w),
@@ -432,14 +423,20 @@ async fn hand_over(
         // config_exec's stdout is the runner's JSON: jacamar's output goes to the job log.
         cmd.stdout(std::process::Stdio::from(std::io::stderr()));
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        StageError::Internal(auth::downscope::spawn_error(
-            &plan,
-            &target.account.name,
-            &exe,
-            &e,
-        ))
-    })?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(Err(re)) = cgroup.map(JobCgroup::remove) {
+                eprintln!("WARNING: jacamar-auth: failed to remove the job's cgroup: {re}");
+            }
+            return Err(StageError::Internal(auth::downscope::spawn_error(
+                &plan,
+                &target.account.name,
+                &exe,
+                &e,
+            )));
+        }
+    };
     drop(ctl_r);
     drop(st_w);
     let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
@@ -500,6 +497,21 @@ async fn hand_over(
     match protocol::parse_status(&status_bytes) {
         Some(status) => done_of(status),
         None => no_status(&outcome, handoff_err),
+    }
+}
+
+/// The job's cgroup, when we can have one (root, cgroup v2 mounted); a failure is said in
+/// the job log and leaves the pid sweep alone.
+fn job_cgroup() -> Option<JobCgroup> {
+    match JobCgroup::create() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "WARNING: jacamar-auth could not create the job's cgroup ({e}); leftovers are \
+                 swept by pid only"
+            );
+            None
+        }
     }
 }
 
