@@ -8,10 +8,13 @@
 //!   then the seccomp filter (compiled before the fork) right before `execve`.
 //!   Everything that allocates or reads NSS (the account, its groups, the filter) is done
 //!   before the fork, in [`plan`].
-//! * `sudo`: `sudo -n -C 5 -u <user> -- <jacamar> --control-fd 3 --status-fd 4 ...`; the
-//!   child moves the two pipes to descriptors 3 and 4 (sudo closes everything from 5 on).
+//! * `sudo`: `sudo -n -C 5 -u <user> -- <jacamar> --control-fd 3 --status-fd 4 ...`.
 //!   Needs the sudoers lines of README.md ("Privilege boundary").
 //! * `none`: `jacamar` runs as jacamar-auth's account; `no_new_privs` and seccomp still apply.
+//!
+//! In every mode the child first joins the job's cgroup when there is one, moves the two
+//! pipes to descriptors 3 and 4 and closes every other descriptor from 3 on (see
+//! [`command`] for the one hookless exception).
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -73,68 +76,213 @@ pub fn plan(config: &Config, target: &Target) -> Result<Plan, AuthError> {
     })
 }
 
-/// The command that starts `jacamar` (`exe`) with `args` after the descriptor options, the
-/// control and status pipes inherited as `--control-fd`/`--status-fd`.
+/// The two pipes of the handoff protocol, as open in the parent.
+#[derive(Debug, Clone, Copy)]
+pub struct Pipes {
+    pub control: RawFd,
+    pub status: RawFd,
+}
+
+/// Where the child finds the pipes once the hook has moved them (`--control-fd 3
+/// --status-fd 4`); every descriptor from [`FIRST_CLOSED`] on is closed.
+pub const CONTROL_FD: RawFd = 3;
+pub const STATUS_FD: RawFd = 4;
+/// The first descriptor the child closes (with pipes: after 3 and 4; without: after 2).
+const FIRST_CLOSED: RawFd = 5;
+
+/// Everything the child's hook does to its descriptors, decided before the fork.
+#[derive(Debug, Clone, Copy)]
+struct FdPlan {
+    pipes: Option<Pipes>,
+    /// `cgroup.procs` of the job's cgroup, opened for writing: the child writes "0" to it
+    /// (moving itself) before anything else.
+    cgroup_procs: Option<RawFd>,
+    /// The highest descriptor open before the fork: the bound of the close loop when the
+    /// kernel has no `close_range` (before Linux 5.9).
+    highest_open: RawFd,
+}
+
+/// The command that starts `jacamar` (`exe`) with `args`.
+///
+/// With `pipes`, the control and status pipes become descriptors 3 and 4 of the child
+/// (`--control-fd 3 --status-fd 4` precede `args`); without, the child keeps no descriptor
+/// above 2 (the `jacamar signal` helper). Every other descriptor is closed in the child
+/// before exec, whatever its close-on-exec flag. With `cgroup_procs` (an open
+/// `cgroup.procs`), the child first moves itself into that cgroup.
+///
+/// The one exception, for speed: `downscope = "none"` with nothing else to do in the child
+/// (no cgroup, no_new_privs, seccomp or stack limit) uses no hook, so that std can use
+/// `posix_spawn`; the pipes keep their numbers, and the other inherited descriptors are
+/// close-on-exec since [`cloexec_inherited_fds`] ran at start-up.
 pub fn command(
     plan: &Plan,
     user: &str,
     exe: &Path,
-    control: RawFd,
-    status: RawFd,
+    pipes: Option<Pipes>,
+    cgroup_procs: Option<RawFd>,
     args: &[String],
 ) -> tokio::process::Command {
     let plan = plan.clone();
+    let fds = FdPlan {
+        pipes,
+        cgroup_procs,
+        highest_open: highest_open_fd(),
+    };
+    let nothing_to_do = plan.mode == Downscope::None
+        && cgroup_procs.is_none()
+        && !plan.no_new_privs
+        && !plan.unlimited_stack
+        && plan.seccomp.is_none();
     let mut cmd;
-    match plan.mode {
-        Downscope::Sudo => {
-            cmd = tokio::process::Command::new(SUDO);
-            cmd.args(["-n", "-C", "5", "-u", user, "--"])
-                .arg(exe)
-                .args(["--control-fd", "3", "--status-fd", "4"])
-                .args(args);
-            // SAFETY: dup2/close are async-signal-safe; no allocation happens in the child.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // Move both pipes out of the way first, then to 3 and 4.
-                    for (from, tmp) in [(control, 100), (status, 101)] {
-                        if libc::dup2(from, tmp) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    for (tmp, to) in [(100, 3), (101, 4)] {
-                        if libc::dup2(tmp, to) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        libc::close(tmp);
-                    }
-                    Ok(())
-                });
-            }
-        }
-        Downscope::Setuid | Downscope::None => {
-            cmd = tokio::process::Command::new(exe);
+    if plan.mode == Downscope::Sudo {
+        cmd = tokio::process::Command::new(SUDO);
+        cmd.args(["-n", "-C", "5", "-u", user, "--"]).arg(exe);
+    } else {
+        cmd = tokio::process::Command::new(exe);
+    }
+    match pipes {
+        Some(p) if nothing_to_do => {
             cmd.arg("--control-fd")
-                .arg(control.to_string())
+                .arg(p.control.to_string())
                 .arg("--status-fd")
-                .arg(status.to_string())
-                .args(args);
-            // With nothing to change in the child, no hook: std can then use posix_spawn
-            // (vfork) instead of fork, which is cheaper for every stage. std resets the
-            // signal mask and SIGPIPE itself.
-            let nothing_to_do = plan.mode == Downscope::None
-                && !plan.no_new_privs
-                && !plan.unlimited_stack
-                && plan.seccomp.is_none();
-            if !nothing_to_do {
-                // SAFETY: the hook makes raw syscalls only (no allocation, no locks): the
-                // plan was fully built before the fork and is moved into the closure.
-                unsafe {
-                    cmd.pre_exec(move || drop_privileges(&plan));
+                .arg(p.status.to_string());
+        }
+        Some(_) => {
+            cmd.arg("--control-fd")
+                .arg(CONTROL_FD.to_string())
+                .arg("--status-fd")
+                .arg(STATUS_FD.to_string());
+        }
+        None => {}
+    }
+    cmd.args(args);
+    if !nothing_to_do {
+        // SAFETY: the hook makes raw syscalls only (no allocation, no locks): the plans
+        // were fully built before the fork and are moved into the closure. std resets the
+        // signal mask and SIGPIPE itself for the hookless path.
+        unsafe {
+            cmd.pre_exec(move || {
+                arrange_fds(&fds)?;
+                if plan.mode == Downscope::Sudo {
+                    // sudo drops privileges itself (and closes from 5 on again: `-C 5`).
+                    Ok(())
+                } else {
+                    drop_privileges(&plan)
                 }
-            }
+            });
         }
     }
     cmd
+}
+
+/// The highest descriptor open now (read from /proc before a fork; 1023 if unreadable).
+fn highest_open_fd() -> RawFd {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+                .max()
+                .unwrap_or(2)
+        })
+        .unwrap_or(1023)
+}
+
+/// The child's descriptors, between fork and exec (raw syscalls only): join the cgroup,
+/// move the pipes to 3 and 4 through free descriptors above both (never a fixed number,
+/// which could be one of the pipes), then close everything from 5 on (from 3 on without
+/// pipes).
+fn arrange_fds(f: &FdPlan) -> std::io::Result<()> {
+    // SAFETY (whole block): plain syscalls on integer descriptors of this process.
+    unsafe {
+        if let Some(procs) = f.cgroup_procs {
+            if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let first_closed = match f.pipes {
+            Some(p) => {
+                // F_DUPFD returns the lowest free descriptor >= 5: distinct from both pipes
+                // and from 3 and 4, so no dup2 below overwrites a pipe not yet moved.
+                let c = libc::fcntl(p.control, libc::F_DUPFD, FIRST_CLOSED);
+                let s = libc::fcntl(p.status, libc::F_DUPFD, FIRST_CLOSED);
+                if c < 0 || s < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // dup2 clears close-on-exec on the new descriptor.
+                if libc::dup2(c, CONTROL_FD) < 0 || libc::dup2(s, STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                FIRST_CLOSED
+            }
+            None => 3,
+        };
+        close_from(
+            first_closed,
+            f.highest_open.max(f.cgroup_procs.unwrap_or(0)),
+        )
+    }
+}
+
+/// Close every descriptor from `first` on: `close_range(2)` (Linux 5.9), or on ENOSYS a
+/// loop of `close` up to `highest` (everything opened after that was close-on-exec).
+fn close_from(first: RawFd, highest: RawFd) -> std::io::Result<()> {
+    // SAFETY: close_range/close on integer descriptors; async-signal-safe.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        ) == 0
+        {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(err);
+        }
+        for fd in first..=highest {
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}
+
+/// Mark every descriptor from 3 on close-on-exec. `jacamar-auth` calls it first thing, so a
+/// descriptor left open by whatever started it (a wrapper script, socket activation) never
+/// reaches `jacamar` or the job, even on the hookless `posix_spawn` path.
+pub fn cloexec_inherited_fds() -> std::io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC (Linux 5.11) only sets flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+        return Err(err);
+    }
+    // Older kernels: walk /proc/self/fd (the listing's own descriptor is skipped by the
+    // EBADF of F_GETFD once it is closed, and is close-on-exec anyway).
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on an integer descriptor; EBADF (closed meanwhile) is ignored.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check(rc: libc::c_long) -> std::io::Result<()> {

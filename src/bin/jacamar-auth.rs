@@ -65,6 +65,14 @@ fn main() {
         eprintln!("Error encountered during job: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
         std::process::exit(system_failure_exit_code());
     }
+    // Before anything opens: a descriptor left open by whoever started us (a wrapper
+    // script, socket activation) must never reach jacamar or the job.
+    if let Err(e) = jacamar::auth::downscope::cloexec_inherited_fds() {
+        eprintln!(
+            "Error encountered during job: failed to mark inherited descriptors close-on-exec: {e}"
+        );
+        std::process::exit(system_failure_exit_code());
+    }
     let cli = Cli::parse();
     let (call, configuration) = match cli.command {
         Command::Validate { configuration } => std::process::exit(validate(&configuration)),

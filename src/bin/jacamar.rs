@@ -9,12 +9,13 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "jacamar", version, about, long_about = None)]
 struct Cli {
-    /// Descriptor on which jacamar-auth hands over the stage and sends control messages.
+    /// Descriptor on which jacamar-auth hands over the stage and sends control messages
+    /// (required by every action but `signal`).
     #[arg(long, value_name = "FD")]
-    control_fd: i32,
-    /// Descriptor on which the stage's status is reported back.
+    control_fd: Option<i32>,
+    /// Descriptor on which the stage's status is reported back (as --control-fd).
     #[arg(long, value_name = "FD")]
-    status_fd: i32,
+    status_fd: Option<i32>,
     #[command(subcommand)]
     action: Action,
 }
@@ -32,6 +33,16 @@ enum Action {
     },
     /// Remove the job's script files.
     Cleanup,
+    /// Send a signal to processes of the job (jacamar-auth runs this as the job's user when
+    /// it may not signal them itself: a caps-only service account). Every pid is tried;
+    /// exit 0 when each was signalled or was already gone, 1 otherwise.
+    Signal {
+        /// Signal name (KILL, SIGKILL, TERM, ...).
+        signal: String,
+        /// Process ids (positive).
+        #[arg(required = true)]
+        pids: Vec<i32>,
+    },
 }
 
 fn main() {
@@ -45,9 +56,15 @@ fn main() {
         }
     }
     let cli = Cli::parse();
-    let _ = &cli.action;
-    let fds = jacamar::protocol::inherited_fd(cli.control_fd)
-        .and_then(|c| jacamar::protocol::inherited_fd(cli.status_fd).map(|s| (c, s)));
+    if let Action::Signal { signal, pids } = &cli.action {
+        std::process::exit(signal_pids(signal, pids));
+    }
+    let (Some(control_fd), Some(status_fd)) = (cli.control_fd, cli.status_fd) else {
+        eprintln!("jacamar: --control-fd and --status-fd are required (jacamar is started by jacamar-auth, not by hand)");
+        std::process::exit(3);
+    };
+    let fds = jacamar::protocol::inherited_fd(control_fd)
+        .and_then(|c| jacamar::protocol::inherited_fd(status_fd).map(|s| (c, s)));
     let code = match fds {
         Ok((control, status)) => jacamar::stages::user::main(control, status),
         Err(e) => {
@@ -56,4 +73,41 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `jacamar signal SIG PID...`: signal each pid; ESRCH (already gone) counts as done.
+fn signal_pids(name: &str, pids: &[i32]) -> i32 {
+    use nix::sys::signal::{kill, Signal};
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    let sig: Signal = match full.parse() {
+        Ok(s) => s,
+        Err(_) => {
+            eprintln!("jacamar signal: unknown signal {name:?}");
+            return 2;
+        }
+    };
+    let mut code = 0;
+    for &pid in pids {
+        if pid <= 0 {
+            eprintln!("jacamar signal: refusing pid {pid} (only single processes are signalled)");
+            code = 1;
+            continue;
+        }
+        match kill(nix::unistd::Pid::from_raw(pid), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => {
+                eprintln!(
+                    "jacamar signal: failed to send {} to {pid}: {e}",
+                    sig.as_str()
+                );
+                code = 1;
+            }
+        }
+    }
+    code
 }

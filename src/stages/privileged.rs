@@ -17,12 +17,14 @@ use tokio::sync::mpsc;
 
 use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
 use crate::auth::audit::{self, Event, Level, Sink};
+use crate::auth::downscope::{Pipes, Plan};
 use crate::auth::{self, obfuscate, Target};
 use crate::config::{Config, Downscope};
 use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
 use crate::protocol::{self, Action, Handoff, Status};
-use crate::supervisor::{self, OsSignals, Outcome, Policy, Request, Terminator};
+use crate::supervisor::cgroup::JobCgroup;
+use crate::supervisor::{self, group, OsSignals, Outcome, Policy, Request, Terminator};
 
 /// One call of `jacamar-auth` by the runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,6 +414,13 @@ async fn hand_over(
         crate::fs::create_base_dir_for_user(&paths, &policy, target.account.gid)?;
     }
     let plan = auth::downscope::plan(config, target)?;
+    // Whatever the job leaves behind comes back to us, even if it kills jacamar itself.
+    if !group::become_subreaper() {
+        eprintln!(
+            "WARNING: jacamar-auth could not become a child subreaper; processes of the job \
+             that kill jacamar may survive it"
+        );
+    }
     let (ctl_r, ctl_w) = protocol::pipe_cloexec()?;
     let (st_r, st_w) = protocol::pipe_cloexec()?;
     protocol::set_inheritable(protocol::raw(&ctl_r), true)?;
@@ -424,12 +433,17 @@ async fn hand_over(
         Action::Cleanup => "cleanup".to_string(),
     };
     let args: Vec<String> = verb.split(' ').map(str::to_string).collect();
+    let cgroup = job_cgroup();
+    let pipes = Pipes {
+        control: protocol::raw(&ctl_r),
+        status: protocol::raw(&st_w),
+    };
     let mut cmd = auth::downscope::command(
         &plan,
         &target.account.name,
         &exe,
-        protocol::raw(&ctl_r),
-        protocol::raw(&st_w),
+        Some(pipes),
+        cgroup.as_ref().map(JobCgroup::procs_fd),
         &args,
     );
     cmd.env_clear()
@@ -441,14 +455,20 @@ async fn hand_over(
         // config_exec's stdout is the runner's JSON: jacamar's output goes to the job log.
         cmd.stdout(std::process::Stdio::from(std::io::stderr()));
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        StageError::Internal(auth::downscope::spawn_error(
-            &plan,
-            &target.account.name,
-            &exe,
-            &e,
-        ))
-    })?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(Err(re)) = cgroup.map(JobCgroup::remove) {
+                eprintln!("WARNING: jacamar-auth: failed to remove the job's cgroup: {re}");
+            }
+            return Err(StageError::Internal(auth::downscope::spawn_error(
+                &plan,
+                &target.account.name,
+                &exe,
+                &e,
+            )));
+        }
+    };
     drop(ctl_r);
     drop(st_w);
     let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
@@ -499,6 +519,8 @@ async fn hand_over(
     };
     let outcome = supervisor::supervise(&mut child, &mut term, &policy, &mut rx, vec![]).await;
     forwarder.abort();
+    // jacamar is reaped (tokio owned it): now everything left of the job is ours to kill.
+    sweep_leftovers(&plan, &target.account.name, &exe, cgroup).await;
     let status_bytes = tokio::time::timeout(Duration::from_secs(2), status_task)
         .await
         .ok()
@@ -507,6 +529,117 @@ async fn hand_over(
     match protocol::parse_status(&status_bytes) {
         Some(status) => done_of(status),
         None => no_status(&outcome, handoff_err),
+    }
+}
+
+/// The job's cgroup, when we can have one (root, cgroup v2 mounted); a failure is said in
+/// the job log and leaves the pid sweep alone.
+fn job_cgroup() -> Option<JobCgroup> {
+    match JobCgroup::create() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "WARNING: jacamar-auth could not create the job's cgroup ({e}); leftovers are \
+                 swept by pid only"
+            );
+            None
+        }
+    }
+}
+
+/// How long the sweep of leftovers may take before survivors are reported.
+const LEFTOVER_BOUND: Duration = Duration::from_secs(10);
+
+/// After `jacamar` has been reaped, kill and reap what is left of the job: the members of
+/// its cgroup (atomically, `cgroup.kill`), then every process re-parented to us (we are a
+/// child subreaper), by pid, until we have no child left. Normally `jacamar` has swept the
+/// job itself and this finds nothing; it matters when the job killed `jacamar`.
+async fn sweep_leftovers(plan: &Plan, user: &str, exe: &Path, cgroup: Option<JobCgroup>) {
+    if cgroup.is_none() && !group::has_children() {
+        return;
+    }
+    let (plan, user, exe) = (plan.clone(), user.to_string(), exe.to_path_buf());
+    let swept = tokio::task::spawn_blocking(move || {
+        let mut errors = Vec::new();
+        if let Some(cg) = &cgroup {
+            match cg.kill_all(LEFTOVER_BOUND) {
+                Ok(true) => {}
+                Ok(false) => errors.push(format!(
+                    "{} still has live processes after cgroup.kill",
+                    cg.path().display()
+                )),
+                Err(e) => errors.push(format!("failed to kill the job's cgroup: {e}")),
+            }
+        }
+        let mut kill = |pids: &[i32]| kill_leftovers(&plan, &user, &exe, pids);
+        let mut report = group::sweep_children(&mut kill, LEFTOVER_BOUND);
+        if let Some(cg) = cgroup {
+            if let Err(e) = cg.remove() {
+                errors.push(format!("failed to remove the job's cgroup: {e}"));
+            }
+        }
+        report.errors.extend(errors);
+        report
+    })
+    .await;
+    match swept {
+        Ok(mut report) => {
+            report.errors.dedup();
+            for e in &report.errors {
+                eprintln!("WARNING: jacamar-auth: {e}");
+            }
+            if !report.survivors.is_empty() {
+                eprintln!(
+                    "WARNING: jacamar-auth: processes {:?} of the job survived the sweep",
+                    report.survivors
+                );
+            }
+        }
+        Err(e) => eprintln!("WARNING: jacamar-auth: the sweep of the job's leftovers failed: {e}"),
+    }
+}
+
+/// SIGKILL `pids`, children of ours (so their pids cannot be reused before we reap them).
+/// Those we may not signal (a caps-only service account holds no CAP_KILL) are killed by a
+/// fresh `jacamar signal KILL <pid>...` started as the job's user through the same
+/// downscoping (without the seccomp filter: it is our own binary).
+fn kill_leftovers(plan: &Plan, user: &str, exe: &Path, pids: &[i32]) -> Result<(), String> {
+    use nix::errno::Errno;
+    let mut denied = Vec::new();
+    for &pid in pids {
+        match nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(Errno::EPERM) => denied.push(pid),
+            Err(e) => return Err(format!("failed to SIGKILL process {pid}: {e}")),
+        }
+    }
+    if denied.is_empty() {
+        return Ok(());
+    }
+    let mut helper = plan.clone();
+    helper.seccomp = None;
+    let mut args = vec!["signal".to_string(), "KILL".to_string()];
+    args.extend(denied.iter().map(i32::to_string));
+    let mut cmd = auth::downscope::command(&helper, user, exe, None, None, &args).into_std();
+    cmd.env_clear()
+        .env("PATH", auth::env::DEFAULT_PATH)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let out = cmd.output().map_err(|e| {
+        format!(
+            "failed to start `jacamar signal` for {denied:?}: {}",
+            auth::downscope::spawn_error(&helper, user, exe, &e)
+        )
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`jacamar signal KILL {denied:?}` as {user} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

@@ -148,6 +148,8 @@ pub struct SweepReport {
     pub signalled: usize,
     /// Pids still alive when the sweep gave up (should be empty).
     pub survivors: Vec<i32>,
+    /// Why some signals could not be sent (see [`sweep_children`]).
+    pub errors: Vec<String>,
 }
 
 /// Sweep the job until it is empty: send `first` (SIGTERM or SIGKILL) to the group and to
@@ -205,6 +207,63 @@ pub fn sweep(
     }
 }
 
+/// Our own children (running or zombie), from /proc.
+pub fn own_children() -> Vec<ProcInfo> {
+    let me = std::process::id() as i32;
+    all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == me)
+        .collect()
+}
+
+/// Sweep everything re-parented to us, a child subreaper, once the one child we spawned
+/// has been reaped (by tokio, by pid): SIGKILL every live child with `kill`, reap the
+/// zombies by pid, re-scan (grandchildren come to us as their parents die), until we have
+/// no child left or `bound` has passed.
+///
+/// Signalling by pid is race-free here: a child of ours keeps its pid until *we* reap it.
+/// `kill` gets the live children's pids and SIGKILLs them however it can (directly, or
+/// through a helper running as their user); its error is reported in
+/// [`SweepReport::errors`] and the sweep goes on until the bound. Whatever a pid-based
+/// sweep cannot catch (a process that forks and exits faster than we scan) is caught by the
+/// caller's cgroup, when it has one.
+///
+/// Must not run while another child of ours is owned by someone else (tokio): it reaps
+/// every zombie child it sees.
+pub fn sweep_children(
+    kill: &mut dyn FnMut(&[i32]) -> Result<(), String>,
+    bound: Duration,
+) -> SweepReport {
+    let started = Instant::now();
+    let mut report = SweepReport::default();
+    while has_children() {
+        let kids = own_children();
+        for z in kids.iter().filter(|p| p.zombie) {
+            let _ = waitpid(Pid::from_raw(z.pid), Some(WaitPidFlag::WNOHANG));
+        }
+        let live: Vec<i32> = kids.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+        if started.elapsed() >= bound {
+            report.survivors = live;
+            return report;
+        }
+        if live.is_empty() {
+            // A child turned zombie between the scan and its reap: look again.
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        report.signalled += live.len();
+        match kill(&live) {
+            Ok(()) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                report.errors.push(e);
+                // Not retried in a tight loop (e.g. a process that changed its uid).
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    report
+}
+
 fn send_all(pids: &[i32], pgid: Option<Pid>, sig: Signal) {
     if let Some(g) = pgid {
         signal_group(g, sig);
@@ -238,6 +297,53 @@ mod tests {
         assert!(has_children());
         // The status is still there for its owner.
         assert!(c.wait().unwrap().success());
+    }
+
+    #[test]
+    fn sweep_children_kills_and_reaps_what_is_reparented_to_us() {
+        // A shell whose background sleep outlives it: as a subreaper, the sleep comes to us.
+        // Only this test of the module makes children of ours it does not wait for itself,
+        // so it runs in its own process.
+        if std::env::var("JRS_SWEEP_CHILD").is_err() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "supervisor::group::tests::sweep_children_kills_and_reaps_what_is_reparented_to_us",
+                    "--nocapture",
+                ])
+                .env("JRS_SWEEP_CHILD", "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            return;
+        }
+        assert!(become_subreaper());
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "sleep 300 >/dev/null 2>&1 & sleep 300 >/dev/null 2>&1 & echo $!",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let orphan: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!(own_children().iter().any(|p| p.pid == orphan));
+        let mut sent = Vec::new();
+        let report = sweep_children(
+            &mut |pids| {
+                sent.extend_from_slice(pids);
+                for &p in pids {
+                    kill(Pid::from_raw(p), Signal::SIGKILL).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            },
+            Duration::from_secs(10),
+        );
+        assert!(report.survivors.is_empty(), "{report:?}");
+        assert!(sent.contains(&orphan), "{sent:?}");
+        assert!(!has_children());
+        assert!(std::fs::metadata(format!("/proc/{orphan}")).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! signal a downscoped uid); `jacamar` is a child subreaper and supervises the user's shell
 //! as a process group plus every descendant. See `docs/supervision.md` for the design.
 
+pub mod cgroup;
 pub mod group;
 pub mod machine;
 pub mod relay;

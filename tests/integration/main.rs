@@ -17,6 +17,7 @@ mod refusals;
 mod sec_fs;
 mod sec_policy;
 mod sec_shell;
+mod sec_superv;
 mod signals;
 mod sim;
 mod stages;

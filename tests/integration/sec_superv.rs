@@ -1,0 +1,523 @@
+//! Security issue 8, items 4 and 8: the supervision boundary holds even when the job kills
+//! `jacamar` itself, and no descriptor inherited by `jacamar-auth` reaches the job.
+//!
+//! Every job here is the runner's script shape (`: | eval $'...'`) run through the real
+//! stages with real accounts (`jrs_superv_*`), real setuid/sudo, a real JWKS server and
+//! minted id_tokens.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
+use crate::harness::{alive, pids_in, require_root, require_tool, show, wait_for, Harness};
+
+/// The runner's script around `body` (see the custom-executor protocol).
+fn runner_script(body: &str) -> String {
+    let mut quoted = String::new();
+    for c in body.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '\'' => quoted.push_str("\\'"),
+            '\n' => quoted.push_str("\\n"),
+            c => quoted.push(c),
+        }
+    }
+    format!(
+        "#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'{quoted}'\nexit 0\n"
+    )
+}
+
+/// Live (non-zombie) processes whose real uid is `uid`.
+fn procs_of_uid(uid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(st) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let real = st
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        if real == Some(uid) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Kills (by pid, repeatedly) every process of a test account when dropped, so a failing
+/// test (the old code) never leaves a fork loop running on the shared machine.
+struct KillUid(u32);
+
+impl Drop for KillUid {
+    fn drop(&mut self) {
+        let uid = self.0;
+        wait_for(Duration::from_secs(30), || {
+            let left = procs_of_uid(uid);
+            for &p in &left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            left.is_empty()
+        });
+    }
+}
+
+/// A directory the job's user may write (for the pids its job records).
+fn user_dir(h: &Harness, user: &nix::unistd::User) -> PathBuf {
+    let d = h.tmp.path().join(format!("mark-{}", user.name));
+    std::fs::create_dir_all(&d).unwrap();
+    nix::unistd::chown(&d, Some(user.uid), Some(user.gid)).unwrap();
+    d
+}
+
+/// A harness for `user` with `downscope` after config and prepare.
+fn ready(server: &JwksServer, downscope: &str, user: &str, auth: &str) -> Harness {
+    let mut h = harness(
+        server,
+        downscope,
+        "",
+        &format!("root_dir_creation = true\n{auth}"),
+        "",
+    );
+    give_token(&mut h, server, user);
+    h.unobfuscated = true;
+    let out = h.config();
+    assert!(out.status.success(), "config: {}", show(&out));
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    h
+}
+
+/// The escape of item 4: a process that left the job's group and session, then the job
+/// SIGKILLs `jacamar` (its shell's parent) so that nobody is left to sweep it.
+fn escape_body(marks: &Path) -> String {
+    let m = marks.display();
+    format!(
+        "setsid sleep 600 &\necho $! >> {m}/pids\nsleep 300 &\necho $! >> {m}/pids\n\
+         echo $$ >> {m}/pids\nkill -KILL $PPID\nsleep 300\n"
+    )
+}
+
+/// A fork loop that left the session, then the same kill of `jacamar`. `ulimit -u` keeps
+/// the old code's leftover from exhausting the machine's pids.
+fn fork_loop_body(marks: &Path) -> String {
+    let m = marks.display();
+    format!(
+        "ulimit -u 300\nsetsid bash -c 'while :; do sleep 100 & done' &\necho $! >> {m}/pids\n\
+         while [ \"$(pgrep -c -P $(tail -1 {m}/pids) || true)\" -lt 20 ]; do sleep 0.05; done\n\
+         kill -KILL $PPID\nsleep 300\n"
+    )
+}
+
+fn assert_nothing_left(uid: u32, marks: &Path, out: &Output) {
+    // jacamar-auth has reaped everything before returning: no wait is needed.
+    let left = procs_of_uid(uid);
+    let pids: Vec<i32> = pids_in(&marks.join("pids"))
+        .into_iter()
+        .filter(|&p| alive(p))
+        .collect();
+    assert!(
+        left.is_empty() && pids.is_empty(),
+        "processes of the job outlived the run call: uid {uid} has {left:?}, recorded pids alive \
+         {pids:?}\n{}",
+        show(out)
+    );
+}
+
+#[test]
+fn setuid_job_that_kills_jacamar_leaves_no_process_behind() {
+    if !require_root() {
+        return;
+    }
+    let user = ensure_user("jrs_superv_a", &[], "/bin/bash");
+    let _guard = KillUid(user.uid.as_raw());
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = ready(&server, "setuid", &user.name, "");
+    let marks = user_dir(&h, &user);
+    let out = h.run("build_script", &runner_script(&escape_body(&marks)));
+    assert!(
+        pids_in(&marks.join("pids")).len() >= 3,
+        "the job did not start: {}",
+        show(&out)
+    );
+    assert!(!out.status.success(), "{}", show(&out));
+    assert_nothing_left(user.uid.as_raw(), &marks, &out);
+}
+
+#[test]
+fn setuid_fork_loop_ends_after_jacamar_is_killed() {
+    if !require_root() || !require_tool("pgrep") {
+        return;
+    }
+    let user = ensure_user("jrs_superv_b", &[], "/bin/bash");
+    let _guard = KillUid(user.uid.as_raw());
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = ready(&server, "setuid", &user.name, "");
+    let marks = user_dir(&h, &user);
+    let out = h.run("build_script", &runner_script(&fork_loop_body(&marks)));
+    assert!(
+        !pids_in(&marks.join("pids")).is_empty(),
+        "the job did not start: {}",
+        show(&out)
+    );
+    assert_nothing_left(user.uid.as_raw(), &marks, &out);
+}
+
+#[test]
+fn sudo_job_that_kills_jacamar_leaves_no_process_behind() {
+    if !require_root() || !require_tool("sudo") {
+        return;
+    }
+    let user = ensure_user("jrs_superv_d", &[], "/bin/bash");
+    let _guard = KillUid(user.uid.as_raw());
+    sudoers();
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = ready(&server, "sudo", &user.name, "");
+    let marks = user_dir(&h, &user);
+    let out = h.run("build_script", &runner_script(&escape_body(&marks)));
+    assert!(
+        pids_in(&marks.join("pids")).len() >= 3,
+        "the job did not start: {}",
+        show(&out)
+    );
+    assert_nothing_left(user.uid.as_raw(), &marks, &out);
+}
+
+/// The sudoers lines of README.md for the test's own jacamar (root is the service account).
+fn sudoers() {
+    let jacamar = Path::new(crate::harness::AUTH).with_file_name("jacamar");
+    let lines = jacamar::auth::downscope::sudoers_lines("root", &jacamar);
+    let drop_in = "/etc/sudoers.d/jacamar-rs-superv";
+    std::fs::write(drop_in, &lines).unwrap();
+    std::fs::set_permissions(drop_in, std::fs::Permissions::from_mode(0o440)).unwrap();
+}
+
+#[test]
+fn unprivileged_job_that_kills_jacamar_leaves_no_process_behind() {
+    // downscope = "none": the job runs as jacamar-auth's own account (root here); only the
+    // pids the job recorded identify it.
+    let h = Harness::new("kill_timeout = \"2s\"");
+    let mut h = h;
+    h.config_json();
+    assert!(h.prepare().status.success());
+    let marks = h.tmp.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let out = h.run("build_script", &runner_script(&escape_body(&marks)));
+    let pids = pids_in(&marks.join("pids"));
+    assert!(pids.len() >= 3, "the job did not start: {}", show(&out));
+    let left: Vec<i32> = pids.into_iter().filter(|&p| alive(p)).collect();
+    for &p in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        left.is_empty(),
+        "processes of the job outlived the run call: {left:?}\n{}",
+        show(&out)
+    );
+}
+
+/// The caps-only deployment: a copy of jacamar-auth with `cap_setuid,cap_setgid=ep` run by a
+/// non-root service account, which may not signal the user's processes itself.
+#[test]
+fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
+    if !require_root() || !require_tool("setcap") || !require_tool("pgrep") {
+        return;
+    }
+    let svc = ensure_user("jrs_superv_svc", &[], "/bin/bash");
+    let user = ensure_user("jrs_superv_c", &[], "/bin/bash");
+    let _guard = KillUid(user.uid.as_raw());
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let mut h = harness(&server, "setuid", "data_dir = \"$HOME\"", "", "");
+    give_token(&mut h, &server, &user.name);
+    let auth = caps_copy(&h, &svc);
+    let marks = user_dir(&h, &user);
+    let as_svc = |env: &BTreeMap<String, String>, args: &[&str]| {
+        let mut c = Command::new(&auth);
+        c.args(args)
+            .env_clear()
+            .envs(env)
+            .current_dir(&h.runner_dir)
+            .stdin(Stdio::null())
+            .uid(svc.uid.as_raw())
+            .gid(svc.gid.as_raw())
+            .process_group(0);
+        c
+    };
+    let cfg = h.config_path.display().to_string();
+    let out = as_svc(&h.env, &["config", "--configuration", &cfg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "config: {}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (k, val) in v["job_env"].as_object().unwrap() {
+        h.env.insert(k.clone(), val.as_str().unwrap().to_string());
+    }
+    let out = as_svc(&h.env, &["prepare"]).output().unwrap();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    let body = format!("{}{}", escape_body(&marks), fork_loop_body(&marks)).replacen(
+        "kill -KILL $PPID\nsleep 300\n",
+        "",
+        1,
+    );
+    let script = h.runner_dir.join("script-build");
+    std::fs::write(&script, runner_script(&body)).unwrap();
+    nix::unistd::chown(&script, Some(svc.uid), Some(svc.gid)).unwrap();
+    let out = as_svc(
+        &h.env,
+        &["run", &script.display().to_string(), "build_script"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        pids_in(&marks.join("pids")).len() >= 4,
+        "the job did not start: {}",
+        show(&out)
+    );
+    assert_nothing_left(user.uid.as_raw(), &marks, &out);
+}
+
+/// A copy of jacamar-auth (and jacamar next to it) with file capabilities, the runner's
+/// side of `h` owned by the service account `svc`.
+fn caps_copy(h: &Harness, svc: &nix::unistd::User) -> PathBuf {
+    let bin = h.tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let auth = bin.join("jacamar-auth");
+    std::fs::copy(crate::harness::AUTH, &auth).unwrap();
+    std::fs::copy(
+        Path::new(crate::harness::AUTH).with_file_name("jacamar"),
+        bin.join("jacamar"),
+    )
+    .unwrap();
+    let st = Command::new("setcap")
+        .arg("cap_setuid,cap_setgid=ep")
+        .arg(&auth)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for p in [
+        h.runner_dir.clone(),
+        h.config_path.clone(),
+        h.tmp.path().join("cache"),
+    ] {
+        if !p.exists() {
+            std::fs::create_dir(&p).unwrap();
+        }
+        nix::unistd::chown(&p, Some(svc.uid), Some(svc.gid)).unwrap();
+    }
+    let audit = h.tmp.path().join("audit.log");
+    std::fs::write(&audit, "").unwrap();
+    nix::unistd::chown(&audit, Some(svc.uid), Some(svc.gid)).unwrap();
+    auth
+}
+
+// ---------------------------------------------------------------- item 8: descriptors
+
+/// `jacamar-auth` started with `file` open (without close-on-exec) on every descriptor
+/// of `fds`, the way a wrapper script or socket activation would leave it.
+fn auth_with_fds(h: &Harness, args: &[&str], file: &std::fs::File, fds: Vec<i32>) -> Command {
+    let mut c = h.auth(args);
+    let src = file.as_raw_fd();
+    // SAFETY: fcntl/dup2 are async-signal-safe; `fds` is moved in and not reallocated.
+    unsafe {
+        c.pre_exec(move || {
+            // A copy far above the targets, so that `src` itself can be one of them.
+            let high = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 900);
+            if high < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for &fd in &fds {
+                if libc::dup2(high, fd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
+fn run_with_fds(h: &Harness, body: &str, fds: Vec<i32>, file: &std::fs::File) -> Output {
+    let p = h.script_file("build_script", &runner_script(body));
+    auth_with_fds(
+        h,
+        &["run", &p.display().to_string(), "build_script"],
+        file,
+        fds,
+    )
+    .output()
+    .unwrap()
+}
+
+/// A secret only root can open by name; the job must not reach it through a descriptor.
+fn secret(h: &Harness) -> (PathBuf, std::fs::File) {
+    let path = h.tmp.path().join("secret-of-the-runner");
+    std::fs::write(&path, "runner-secret-4711\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    (path, f)
+}
+
+/// Lists the shell's and jacamar's descriptors and tries to read descriptors 7 and 100.
+const FD_PROBE: &str =
+    "for f in /proc/$$/fd/*; do echo \"shell-fd ${f##*/} $(readlink $f)\"; done\n\
+for f in /proc/$PPID/fd/*; do echo \"jacamar-fd ${f##*/} $(readlink $f)\"; done\n\
+cat /proc/self/fd/7 2>/dev/null || echo no-fd-7\n\
+cat /proc/self/fd/100 2>/dev/null || echo no-fd-100\n";
+
+/// jacamar reported the script's own result: success, or a build failure (exit 1). A login
+/// shell of an account made from the stock /etc/skel ends with the status of
+/// `~/.bash_logout`'s `clear_console`, which fails without a console.
+fn reported(out: &Output) -> bool {
+    matches!(out.status.code(), Some(0 | 1))
+}
+
+fn assert_no_leak(out: &Output, secret: &Path) {
+    assert!(reported(out), "{}", show(out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no-fd-7") && text.contains("no-fd-100"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("runner-secret-4711"),
+        "the job read it: {text}"
+    );
+    assert!(
+        !text.contains(&secret.display().to_string()),
+        "an inherited descriptor reached the job or jacamar: {text}"
+    );
+    let shell: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("shell-fd "))
+        .filter_map(|l| l.split_once(' '))
+        // An empty target: the descriptor of the glob's own directory listing, closed since.
+        .filter(|(_, target)| !target.is_empty())
+        .map(|(fd, _)| fd)
+        .collect();
+    assert!(!shell.is_empty(), "{text}");
+    for fd in shell {
+        assert!(
+            ["0", "1", "2", "255"].contains(&fd),
+            "the job's shell holds descriptor {fd}: {text}"
+        );
+    }
+}
+
+#[test]
+fn descriptors_inherited_by_jacamar_auth_never_reach_a_setuid_job() {
+    if !require_root() {
+        return;
+    }
+    let user = ensure_user("jrs_superv_e", &[], "/bin/bash");
+    let _guard = KillUid(user.uid.as_raw());
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = ready(&server, "setuid", &user.name, "");
+    let (path, file) = secret(&h);
+    let out = run_with_fds(&h, FD_PROBE, vec![7, 100], &file);
+    assert_no_leak(&out, &path);
+}
+
+#[test]
+fn descriptors_inherited_by_jacamar_auth_never_reach_an_unprivileged_job() {
+    let mut h = Harness::new("");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    let (path, file) = secret(&h);
+    let out = run_with_fds(&h, FD_PROBE, vec![7, 100], &file);
+    assert_no_leak(&out, &path);
+}
+
+/// The hookless `posix_spawn` path: a non-root runner account with `downscope = "none"`
+/// and nothing to change in the child.
+#[test]
+fn descriptors_inherited_by_a_non_root_jacamar_auth_never_reach_the_job() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Harness::batch("shell", "jacamar-ci", "", "");
+    h.config_json();
+    let out = h.prepare();
+    assert!(out.status.success(), "{}", show(&out));
+    let (path, file) = secret(&h);
+    let out = run_with_fds(&h, FD_PROBE, vec![7, 100], &file);
+    assert_no_leak(&out, &path);
+}
+
+/// Descriptors 3..=k taken by inherited files push jacamar-auth's pipes up; for some k they
+/// land on 100 and 101, the temporaries the sudo path used to move them through.
+fn pipes_survive_any_numbering(downscope: &str, user: &str) {
+    let user = ensure_user(user, &[], "/bin/bash");
+    let _guard = KillUid(user.uid.as_raw());
+    if downscope == "sudo" {
+        sudoers();
+    }
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = ready(&server, downscope, &user.name, "");
+    let (path, file) = secret(&h);
+    for k in 80..=100 {
+        let out = run_with_fds(&h, "echo stage-ran\n", (3..=k).collect(), &file);
+        assert!(
+            reported(&out) && String::from_utf8_lossy(&out.stdout).contains("stage-ran"),
+            "with descriptors 3..={k} inherited (build exit code {:?}): {}",
+            h.build_exit_code(),
+            show(&out)
+        );
+    }
+    let out = run_with_fds(&h, FD_PROBE, (3..=100).collect(), &file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(&path.display().to_string()), "{text}");
+}
+
+#[test]
+fn sudo_pipes_on_descriptors_100_and_101_still_reach_jacamar() {
+    if !require_root() || !require_tool("sudo") {
+        return;
+    }
+    pipes_survive_any_numbering("sudo", "jrs_superv_f");
+}
+
+#[test]
+fn setuid_pipes_on_high_descriptors_still_reach_jacamar() {
+    if !require_root() {
+        return;
+    }
+    pipes_survive_any_numbering("setuid", "jrs_superv_g");
+}
+
+/// A jacamar-auth that the runner SIGKILLed cannot remove its job's cgroup; the next call
+/// removes it once it is empty (a live owner's cgroup is never touched).
+#[test]
+fn empty_cgroups_of_a_dead_jacamar_auth_are_removed_by_the_next_call() {
+    if !require_root() {
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = jacamar::supervisor::cgroup::cgroup2_mount(&mountinfo)
+        .expect("this test needs a cgroup v2 hierarchy (none is mounted)");
+    let ours = jacamar::supervisor::cgroup::own_cgroup(
+        &std::fs::read_to_string("/proc/self/cgroup").unwrap(),
+    )
+    .unwrap();
+    // Pid 1 never started at tick 1: the owner of this name is gone.
+    let stale = mount.join(&ours).join("jacamar-rs.1.1");
+    std::fs::create_dir_all(&stale).unwrap();
+    let mut h = Harness::new("");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    assert!(!stale.exists(), "{} is still there", stale.display());
+}
