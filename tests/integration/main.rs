@@ -16,4 +16,5 @@ mod harness;
 mod refusals;
 mod signals;
 mod sim;
+mod sec_token;
 mod stages;
