@@ -14,7 +14,7 @@ mod demo;
 mod harden;
 mod harness;
 mod refusals;
+mod sec_token;
 mod signals;
 mod sim;
-mod sec_token;
 mod stages;

@@ -200,7 +200,10 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
     let mut body = token_exports(&token, &server.url, &[("PATH", &path)]);
     body += &format!("{}\n", command(&["cd", scratch.to_str().unwrap()]));
     body += "if gitlab-runner --version >/dev/null 2>&1; then\n";
-    body += &format!("  echo {}\n", runner_quote("\x1b[32;1mUploading artifacts...\x1b[0;m"));
+    body += &format!(
+        "  echo {}\n",
+        runner_quote("\x1b[32;1mUploading artifacts...\x1b[0;m")
+    );
     let url = format!("{}/", server.url);
     let id = h.job_id.to_string();
     body += &format!(
@@ -253,7 +256,11 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
     );
 
     let out = h.run("upload_artifacts_on_success", &script);
-    assert!(started.exists(), "the fake helper never ran: {}", show(&out));
+    assert!(
+        started.exists(),
+        "the fake helper never ran: {}",
+        show(&out)
+    );
     std::fs::write(&stop, "").unwrap();
     let spy_status = spy_proc.wait().unwrap();
     assert!(spy_status.success(), "spy: {spy_status:?}");
@@ -269,7 +276,10 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
         "{}",
         show(&out)
     );
-    assert!(stdout.contains(&format!("fake-helper CI_JOB_TOKEN={token}\n")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("fake-helper CI_JOB_TOKEN={token}\n")),
+        "{stdout}"
+    );
     let host = server.url.trim_start_matches("https://");
     assert!(
         stdout.contains(&format!(
@@ -277,7 +287,10 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
         )),
         "{stdout}"
     );
-    assert!(stdout.contains(&format!("fake-helper CI_REGISTRY_PASSWORD={token}\n")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("fake-helper CI_REGISTRY_PASSWORD={token}\n")),
+        "{stdout}"
+    );
 
     // The spy saw the helper's command line, never the token.
     let seen = std::fs::read_to_string(&log).unwrap();
@@ -286,7 +299,10 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
         "the spy never saw the helper (scan too slow?): {seen}"
     );
     let leaked: Vec<&str> = seen.lines().filter(|l| l.contains(&token)).collect();
-    assert!(leaked.is_empty(), "the spy ({SPY}) read the job token from: {leaked:?}");
+    assert!(
+        leaked.is_empty(),
+        "the spy ({SPY}) read the job token from: {leaked:?}"
+    );
 
     // The script file on disk holds the token once: the CI_JOB_TOKEN export.
     let scripts = written_scripts(&h, &alice.name);
@@ -300,7 +316,11 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
         1,
         "the script file holds the token outside the CI_JOB_TOKEN export:\n{text}"
     );
-    assert_eq!(count(&text, &format!("export CI_JOB_TOKEN={token}")), 1, "{text}");
+    assert_eq!(
+        count(&text, &format!("export CI_JOB_TOKEN={token}")),
+        1,
+        "{text}"
+    );
     assert!(h.cleanup().status.success());
 }
 
@@ -402,7 +422,11 @@ fn askpass_gives_the_job_token_only_to_the_trusted_gitlab_origin() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("ls-remote-failed"), "{}", show(&out));
         let reqs = listener.requests();
-        assert!(!reqs.is_empty(), "git never reached the listener: {}", show(&out));
+        assert!(
+            !reqs.is_empty(),
+            "git never reached the listener: {}",
+            show(&out)
+        );
         let with_token: Vec<_> = reqs
             .iter()
             .filter(|(_, a)| a.as_deref() == Some(basic(&token).as_str()))
@@ -455,8 +479,14 @@ fn setuid_askpass_trusts_gitlab_server_and_nothing_else() {
     // same host over plain http does not.
     for (name, prompt) in [
         ("user", format!("Username for 'https://{host}': ")),
-        ("pass", format!("Password for 'https://gitlab-ci-token@{host}': ")),
-        ("http", format!("Password for 'http://gitlab-ci-token@{host}': ")),
+        (
+            "pass",
+            format!("Password for 'https://gitlab-ci-token@{host}': "),
+        ),
+        (
+            "http",
+            format!("Password for 'http://gitlab-ci-token@{host}': "),
+        ),
     ] {
         body += &format!(
             "echo {name}=\"$(\"$GIT_ASKPASS\" {} 2>/dev/null || echo refused)\"\n",
@@ -471,7 +501,11 @@ fn setuid_askpass_trusts_gitlab_server_and_nothing_else() {
     assert!(text.contains(&format!("pass={token}\n")), "{}", show(&out));
     assert!(text.contains("http=refused\n"), "{}", show(&out));
     let reqs = listener.requests();
-    assert!(!reqs.is_empty(), "git never reached the listener: {}", show(&out));
+    assert!(
+        !reqs.is_empty(),
+        "git never reached the listener: {}",
+        show(&out)
+    );
     assert!(
         reqs.iter().all(|(_, a)| a.is_none()),
         "credentials sent to {}: {reqs:?}",
@@ -492,9 +526,16 @@ fn id_token_of_another_job_is_refused_even_with_ci_job_id_overridden_to_match() 
     let mut h = harness(&server, "none", "", "", "");
     h.unobfuscated = true;
     let job_a = h.job_id + 7;
-    h.set(TOKEN_VAR, &mint(&pki().keys[0], &claims(&server.url, job_a, ALICE)));
+    h.set(
+        TOKEN_VAR,
+        &mint(&pki().keys[0], &claims(&server.url, job_a, ALICE)),
+    );
     h.set("CUSTOM_ENV_CI_JOB_ID", &job_a.to_string());
-    for (what, out) in [("config", h.config()), ("prepare", h.prepare())] {
+    let config = h.config();
+    // Every stage checks on its own: prepare as if config had passed.
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    h.set("JACAMAR_CI_CONFIG_STR", &text);
+    for (what, out) in [("config", config), ("prepare", h.prepare())] {
         assert_eq!(
             out.status.code(),
             Some(2),
@@ -537,4 +578,3 @@ fn verified_job_without_the_runners_job_response_is_refused() {
         show(&out)
     );
 }
-
