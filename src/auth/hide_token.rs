@@ -748,7 +748,7 @@ impl Pass<'_> {
         }
     }
 
-    /// Rewrite the simple command `cmd` (token indices into `toks`).
+    /// Rewrite the simple command `cmd` (token indices into `toks`) into `replace`.
     fn command(
         &mut self,
         toks: &[Tok],
@@ -757,18 +757,6 @@ impl Pass<'_> {
         replace: &mut [Option<Vec<u8>>],
     ) -> Result<(), Fail> {
         let line = self.line_no;
-        let words: Vec<(usize, &Word)> = cmd
-            .words
-            .iter()
-            .map(|&i| match &toks[i] {
-                Tok::Word(w) => (i, w),
-                _ => unreachable!("commands() yields word indices"),
-            })
-            .collect();
-        let program = cmd.program;
-        let is_export = words
-            .get(program)
-            .is_some_and(|(_, w)| w.is("export") || w.is("declare") || w.is("typeset"));
         for &i in &cmd.comments {
             let (s, e) = toks[i].span();
             let raw = &self.t[s..e];
@@ -776,8 +764,22 @@ impl Pass<'_> {
                 replace[i] = Some(mask(raw, self.tok));
             }
         }
-        // eval's argument: decode, rewrite, quote again.
-        if words.get(program).is_some_and(|(_, w)| w.is("eval")) {
+        let words: Vec<(usize, &Word)> = cmd
+            .words
+            .iter()
+            .filter_map(|&i| match &toks[i] {
+                Tok::Word(w) => Some((i, w)),
+                _ => None,
+            })
+            .collect();
+        let program = cmd.program;
+        let named = |k: usize, names: &[&str]| {
+            words
+                .get(k)
+                .is_some_and(|(_, w)| names.iter().any(|n| w.is(n)))
+        };
+        if named(program, &["eval"]) {
+            // The argument of eval: decoded, rewritten, quoted again.
             for &(i, w) in &words[program + 1..] {
                 if let Some(r) = self.eval_argument(w)? {
                     replace[i] = Some(r);
@@ -785,64 +787,69 @@ impl Pass<'_> {
             }
             return Ok(());
         }
-        // gitlab-runner's helpers: drop `--token <token>` and `--token=<token>`.
-        let helper = words
-            .get(program + 1)
-            .and_then(|(_, w)| w.value())
-            .is_some_and(|v| HELPERS.iter().any(|h| h.as_bytes() == v.as_slice()));
-        let mut skip = vec![false; words.len()];
-        if helper {
-            let mut eq = b"--token=".to_vec();
-            eq.extend_from_slice(self.tok);
-            let mut k = program + 2;
-            while k < words.len() {
-                let (i, w) = words[k];
-                let pair = w.is("--token")
-                    && words
-                        .get(k + 1)
-                        .is_some_and(|(_, n)| n.value().as_deref() == Some(self.tok));
-                if pair || w.value().as_deref() == Some(eq.as_slice()) {
-                    self.need_token(line)?;
-                    let last = if pair { words[k + 1].0 } else { i };
-                    // The blank before the option goes with it.
-                    let first = if i > 0 && matches!(toks[i - 1], Tok::Blank { .. }) {
-                        i - 1
-                    } else {
-                        i
-                    };
-                    for r in replace.iter_mut().take(last + 1).skip(first) {
-                        *r = Some(Vec::new());
-                    }
-                    skip[k] = true;
-                    if pair {
-                        skip[k + 1] = true;
-                        k += 1;
-                    }
-                }
-                k += 1;
-            }
-        }
+        let exporting = named(program, &["export", "declare", "typeset"]);
+        let skip = if named(program + 1, HELPERS) {
+            self.drop_token_options(toks, &words, program + 2, replace)?
+        } else {
+            vec![false; words.len()]
+        };
         for (k, &(i, w)) in words.iter().enumerate() {
-            if skip[k] {
-                continue;
-            }
             let edits = match w.assignment() {
+                _ if skip[k] => continue,
                 Some((name, from)) if name == TOKEN_VAR => {
-                    self.assign_token_var(w, from, is_export && k > program, movable, line)?;
+                    self.assign_token_var(w, from, exporting && k > program, movable, line)?;
                     continue;
                 }
                 Some((_, from)) => self.occurrences(&w.units, from, false),
                 None => self.occurrences(&w.units, 0, true),
             };
-            if edits.is_empty() {
-                continue;
-            }
-            for _ in &edits {
+            if !edits.is_empty() {
                 self.need_token(line)?;
+                replace[i] = Some(regenerate(self.t, w, &edits));
             }
-            replace[i] = Some(regenerate(self.t, w, &edits));
         }
         Ok(())
+    }
+
+    /// A helper command's `--token <token>` and `--token=<token>` among `words[from..]`
+    /// are dropped (with the blank before them); returns which words are gone.
+    fn drop_token_options(
+        &mut self,
+        toks: &[Tok],
+        words: &[(usize, &Word)],
+        from: usize,
+        replace: &mut [Option<Vec<u8>>],
+    ) -> Result<Vec<bool>, Fail> {
+        let mut gone = vec![false; words.len()];
+        let mut eq = b"--token=".to_vec();
+        eq.extend_from_slice(self.tok);
+        let mut k = from;
+        while k < words.len() {
+            let (i, w) = words[k];
+            let pair = w.is("--token")
+                && words
+                    .get(k + 1)
+                    .is_some_and(|(_, n)| n.value().as_deref() == Some(self.tok));
+            if pair || w.value().as_deref() == Some(eq.as_slice()) {
+                self.need_token(self.line_no)?;
+                let last = if pair { words[k + 1].0 } else { i };
+                let first = if i > 0 && matches!(toks[i - 1], Tok::Blank { .. }) {
+                    i - 1
+                } else {
+                    i
+                };
+                for r in &mut replace[first..=last] {
+                    *r = Some(Vec::new());
+                }
+                gone[k] = true;
+                if pair {
+                    gone[k + 1] = true;
+                    k += 1;
+                }
+            }
+            k += 1;
+        }
+        Ok(gone)
     }
 
     /// An assignment to `CI_JOB_TOKEN` itself (kept as it is) updates the variable's state.

@@ -10,11 +10,12 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine;
 
 use crate::auth_kit::{claims, ensure_user, give_token, harness, mint, pki, JwksServer, TOKEN_VAR};
-use crate::harness::{require_root, require_tool, show, Harness};
+use crate::harness::{require_root, require_tool, show, wait_for, Harness};
 
 const ALICE: &str = "jrs_token_alice";
 const SPY: &str = "jrs_token_spy";
@@ -236,6 +237,7 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
 
     // The spy: another local account reading every process's command line, all builtins.
     let stop = scratch.join("stop-spy");
+    let ready = scratch.join("spy-ready");
     let log = scratch.join("spy.log");
     let mut spy_proc = spawn_as(
         &spy,
@@ -246,13 +248,18 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
                  mapfile -d '' -t a < \"$f\" 2>/dev/null || continue\n\
                  [ ${{#a[@]}} -gt 0 ] && seen[\"${{a[*]}}\"]=1\n\
                done\n\
-               n=$((n+1))\n\
+               n=$((n+1)); [ $n = 1 ] && : > {ready}\n\
              done\n\
              printf '%s\\n' \"${{!seen[@]}}\" > {log}\n\
              echo \"scans: $n\" >> {log}\n",
             stop = stop.display(),
+            ready = ready.display(),
             log = log.display()
         ),
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || ready.exists()),
+        "the spy never finished a scan"
     );
 
     let out = h.run("upload_artifacts_on_success", &script);
@@ -324,11 +331,14 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
     assert!(h.cleanup().status.success());
 }
 
+/// A request line and its Authorization header, as the listener saw them.
+type Request = (String, Option<String>);
+
 /// An HTTP listener on 127.0.0.1 that answers every request `401` with
 /// `WWW-Authenticate: Basic` and records each request line and its Authorization header.
 struct AuthListener {
     origin: String,
-    requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
 }
 
 impl AuthListener {
@@ -369,7 +379,7 @@ impl AuthListener {
         AuthListener { origin, requests }
     }
 
-    fn requests(&self) -> Vec<(String, Option<String>)> {
+    fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
 
