@@ -196,9 +196,11 @@ fn job_token_never_appears_on_a_command_line() {
         };
         let mut h = harness(&server, "none", general, "", "");
         give_token(&mut h, &server, "alice");
+        // A token of this job only: /proc is shared with every other test on the machine.
+        let token = format!("glcbt-{}x{}", h.job_id, std::process::id());
+        h.set("CUSTOM_ENV_CI_JOB_TOKEN", &token);
         h.config_json();
         assert!(h.prepare().status.success());
-        let token = h.env["CUSTOM_ENV_CI_JOB_TOKEN"].clone();
         let mark = h.tmp.path().join("running");
         // git's askpass prompt for the job's GitLab server (gitlab_server), the only origin
         // that gets the token.
