@@ -65,22 +65,84 @@ pub fn check_sizes(env: &BTreeMap<String, String>, max: usize) -> Result<(), Aut
 /// The user name git is given for job-token authentication.
 pub const TOKEN_USER: &str = "gitlab-ci-token";
 
-/// Keep the job token off command lines: the runner's scripts write clone/fetch URLs as
-/// `https://gitlab-ci-token:<token>@host/...`, which ends up in git's argv, readable by
-/// every local user in /proc. The token is removed from such URLs (git then asks
-/// `GIT_ASKPASS`, see [`askpass_env`]). Returns the script unchanged when `token` is empty.
-pub fn strip_token_from_urls(script: &str, token: &str) -> String {
-    if token.is_empty() {
-        return script.to_string();
+/// The handoff variable naming the origin whose credential prompts `jacamar` answers as
+/// `GIT_ASKPASS` (`scheme://host:port`, see [`Origin`]).
+pub const ASKPASS_ORIGIN_VAR: &str = "JACAMAR_ASKPASS_ORIGIN";
+
+/// The scheme, host and port of an `http`/`https` URL: what git's credential prompts are
+/// matched on. The host is lowercased; a missing port is the scheme's default (443, 80),
+/// so `https://h` and `https://h:443` are the same origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Origin {
+    /// Parse `scheme://[user[:password]@]host[:port][/path]`; `None` for another scheme, an
+    /// empty host, a port that is not a number, or a host with characters no host has.
+    pub fn parse(url: &str) -> Option<Origin> {
+        let (scheme, rest) = url.trim().split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return None,
+        };
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']')?;
+            (
+                format!("[{h}]"),
+                after.strip_prefix(':').or(after.is_empty().then_some("")),
+            )
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), Some("")),
+            }
+        };
+        let port = match port? {
+            "" => default,
+            p => p.parse().ok()?,
+        };
+        let host = host.to_ascii_lowercase();
+        let bad = |c: char| c.is_whitespace() || c.is_control() || "'\"<>\\^`{|}%".contains(c);
+        if host.is_empty() || host == "[]" || host.contains(bad) {
+            return None;
+        }
+        Some(Origin { scheme, host, port })
     }
-    script.replace(&format!("{TOKEN_USER}:{token}@"), &format!("{TOKEN_USER}@"))
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// The GitLab server whose credential prompts get the job token: `[general] gitlab_server`
+/// when set, else the origin of the clone URL in the runner's job response (`None` when
+/// neither gives an http(s) origin).
+pub fn askpass_origin(
+    gitlab_server: Option<&str>,
+    response: Option<&crate::job::JobResponse>,
+) -> Option<Origin> {
+    match gitlab_server {
+        Some(s) => Origin::parse(s),
+        None => Origin::parse(&response?.server_origin()?),
+    }
 }
 
 /// The variables that make git ask `jacamar` (as `GIT_ASKPASS`) for the job token, which
-/// it answers from the `CI_JOB_TOKEN` the runner's script exports; the credential helpers
-/// are reset (an empty `credential.helper`) so the token is never stored on disk.
-pub fn askpass_env(jacamar: &Path) -> Vec<(String, String)> {
-    [
+/// it answers from the `CI_JOB_TOKEN` the runner's script exports, and only for `origin`
+/// ([`ASKPASS_ORIGIN_VAR`]; without one it answers nothing). The credential helpers are
+/// reset (an empty `credential.helper`) so the token is never stored on disk, and git never
+/// falls back to a terminal prompt.
+pub fn askpass_env(jacamar: &Path, origin: Option<&Origin>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
         ("GIT_ASKPASS", jacamar.display().to_string()),
         ("GIT_TERMINAL_PROMPT", "0".to_string()),
         ("GIT_CONFIG_COUNT", "1".to_string()),
@@ -89,18 +151,60 @@ pub fn askpass_env(jacamar: &Path) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    .collect();
+    if let Some(o) = origin {
+        env.push((ASKPASS_ORIGIN_VAR.to_string(), o.to_string()));
+    }
+    env
 }
 
-/// `jacamar` started by git as `GIT_ASKPASS` with `prompt`: the answer to print, if this is
-/// an askpass call (`Username for '...': ` or `Password for '...': `).
-pub fn askpass_answer(prompt: &str, job_token: Option<&str>) -> Option<String> {
-    if prompt.starts_with("Username for ") {
-        Some(TOKEN_USER.to_string())
-    } else if prompt.starts_with("Password for ") {
-        Some(job_token.unwrap_or_default().to_string())
+/// What `jacamar` does when started with one argument that may be git's askpass prompt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Askpass {
+    /// Not a credential prompt: `jacamar` goes on as usual.
+    NotAPrompt,
+    /// Print this line and exit 0.
+    Answer(String),
+    /// Print nothing on stdout, this reason on stderr, and exit non-zero (git then fails).
+    Refuse(String),
+}
+
+/// The answer to git's credential prompt `prompt` (`Username for '<url>': ` or
+/// `Password for '<url>': `, git's `<url>` being `scheme://[user@]host[:port]`): the user
+/// `gitlab-ci-token`, or `job_token`, and only when `<url>` has the origin `trusted`
+/// ([`ASKPASS_ORIGIN_VAR`]). Any other host, scheme or port, an unparsable prompt URL, no
+/// trusted origin, or no job token is refused.
+pub fn askpass(prompt: &str, job_token: Option<&str>, trusted: Option<&str>) -> Askpass {
+    let (password, rest) = if let Some(r) = prompt.strip_prefix("Username for '") {
+        (false, r)
+    } else if let Some(r) = prompt.strip_prefix("Password for '") {
+        (true, r)
     } else {
-        None
+        return Askpass::NotAPrompt;
+    };
+    let Some(url) = rest.rsplit_once('\'').map(|(u, _)| u) else {
+        return Askpass::Refuse("git's credential prompt has no quoted URL".into());
+    };
+    let Some(asked) = Origin::parse(url) else {
+        return Askpass::Refuse("git's credential prompt names no http(s) host".into());
+    };
+    let Some(trusted) = trusted.and_then(Origin::parse) else {
+        return Askpass::Refuse(format!(
+            "no job token for {asked}: the job's GitLab server is unknown \
+             ([general] gitlab_server is unset and the runner's job response has no clone URL)"
+        ));
+    };
+    if asked != trusted {
+        return Askpass::Refuse(format!(
+            "no job token for {asked}: only the job's GitLab server {trusted} gets it"
+        ));
+    }
+    if !password {
+        return Askpass::Answer(TOKEN_USER.to_string());
+    }
+    match job_token.filter(|t| !t.is_empty()) {
+        Some(t) => Askpass::Answer(t.to_string()),
+        None => Askpass::Refuse(format!("no job token for {asked}: CI_JOB_TOKEN is not set")),
     }
 }
 
@@ -123,30 +227,100 @@ mod tests {
     }
 
     #[test]
-    fn token_leaves_urls() {
-        let s =
-            "git remote set-url origin \"https://gitlab-ci-token:glcbt-abc@gl.example/g/p.git\"\n";
-        let out = strip_token_from_urls(s, "glcbt-abc");
-        assert!(!out.contains("glcbt-abc"), "{out}");
-        assert!(out.contains("https://gitlab-ci-token@gl.example/g/p.git"));
-        assert_eq!(strip_token_from_urls(s, ""), s);
+    fn origins_compare_scheme_host_and_port() {
+        let o = |u: &str| Origin::parse(u).map(|o| o.to_string());
+        assert_eq!(
+            o("https://GL.example").as_deref(),
+            Some("https://gl.example:443")
+        );
+        assert_eq!(o("https://gl.example:443/g/p.git"), o("https://gl.example"));
+        assert_eq!(
+            o("http://u:p@gl.example/x").as_deref(),
+            Some("http://gl.example:80")
+        );
+        assert_eq!(
+            o("https://[::1]:8443/x").as_deref(),
+            Some("https://[::1]:8443")
+        );
+        assert_eq!(o("https://[::1]").as_deref(), Some("https://[::1]:443"));
+        for bad in [
+            "ssh://gl.example",
+            "https://",
+            "https://h:x",
+            "gl.example",
+            "https://[::1",
+        ] {
+            assert_eq!(o(bad), None, "{bad}");
+        }
     }
 
     #[test]
-    fn askpass_answers() {
+    fn askpass_answers_only_the_trusted_origin() {
+        let trusted = Some("https://gl.example:443");
+        let ask = |p: &str| askpass(p, Some("tok"), trusted);
+        let answer = |s: &str| Askpass::Answer(s.to_string());
         assert_eq!(
-            askpass_answer("Username for 'https://gl.example': ", Some("t")).as_deref(),
-            Some("gitlab-ci-token")
+            ask("Username for 'https://gl.example': "),
+            answer("gitlab-ci-token")
         );
         assert_eq!(
-            askpass_answer(
-                "Password for 'https://gitlab-ci-token@gl.example': ",
-                Some("t")
-            )
-            .as_deref(),
-            Some("t")
+            ask("Username for 'https://gl.example:443': "),
+            answer("gitlab-ci-token")
         );
-        assert_eq!(askpass_answer("--control-fd", Some("t")), None);
+        assert_eq!(
+            ask("Password for 'https://gitlab-ci-token@gl.example': "),
+            answer("tok")
+        );
+        assert_eq!(
+            ask("Password for 'https://GL.EXAMPLE/g/p.git': "),
+            answer("tok")
+        );
+        for other in [
+            "Password for 'https://gitlab-ci-token@github.com': ",
+            "Password for 'http://gitlab-ci-token@gl.example': ",
+            "Password for 'https://gitlab-ci-token@gl.example:8443': ",
+            "Username for 'https://gl.example.evil.com': ",
+            "Password for 'https://gl.example@evil.com': ",
+            "Password for 'gl.example': ",
+            "Password for 'https://gl.example",
+        ] {
+            match ask(other) {
+                Askpass::Refuse(why) => assert!(!why.contains("tok\n"), "{why}"),
+                a => panic!("{other}: {a:?}"),
+            }
+        }
+        assert_eq!(ask("--control-fd"), Askpass::NotAPrompt);
+        assert!(matches!(
+            askpass("Password for 'https://gl.example': ", Some("tok"), None),
+            Askpass::Refuse(w) if w.contains("gitlab_server")
+        ));
+        assert!(matches!(
+            askpass("Password for 'https://gl.example': ", None, trusted),
+            Askpass::Refuse(w) if w.contains("CI_JOB_TOKEN")
+        ));
+    }
+
+    #[test]
+    fn askpass_origin_prefers_gitlab_server() {
+        let r = crate::job::JobResponse::parse(
+            br#"{"id": 1, "git_info": {"repo_url": "https://gitlab-ci-token:t@clone.example/g/p.git"}}"#,
+        )
+        .unwrap();
+        let o = |s: Option<&str>, r| askpass_origin(s, r).map(|o| o.to_string());
+        assert_eq!(
+            o(Some("https://gl.example/"), Some(&r)).as_deref(),
+            Some("https://gl.example:443")
+        );
+        assert_eq!(
+            o(None, Some(&r)).as_deref(),
+            Some("https://clone.example:443")
+        );
+        assert_eq!(o(None, None), None);
+        let env = askpass_env(Path::new("/j"), Origin::parse("http://h:8").as_ref());
+        assert!(env.contains(&(ASKPASS_ORIGIN_VAR.to_string(), "http://h:8".to_string())));
+        assert!(!askpass_env(Path::new("/j"), None)
+            .iter()
+            .any(|(k, _)| k == ASKPASS_ORIGIN_VAR));
     }
 
     #[test]

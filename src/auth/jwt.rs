@@ -33,7 +33,8 @@ pub struct Expect<'a> {
     pub issuer: &'a str,
     /// `aud` must contain this.
     pub audience: &'a str,
-    /// `job_id` must equal this (`CUSTOM_ENV_CI_JOB_ID`).
+    /// `job_id` must equal this: the `id` of the runner-written job response (not
+    /// `CUSTOM_ENV_CI_JOB_ID`, which a CI variable can override).
     pub job_id: u64,
     /// Extra time after `exp` during which the token is still accepted (cleanup only).
     pub exp_grace: Duration,
@@ -222,7 +223,7 @@ pub fn check_claims(c: &Map<String, Value>, expect: &Expect<'_>) -> Result<Ident
         .map_err(|_| AuthError::Token(format!("token job_id {job_raw:?} is not a number")))?;
     if job_id != expect.job_id {
         return Err(AuthError::Token(format!(
-            "token job_id {job_id} does not match CUSTOM_ENV_CI_JOB_ID {}",
+            "token job_id {job_id} does not match the job id {} of the runner's job response",
             expect.job_id
         )));
     }

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod caps;
 pub mod downscope;
 pub mod env;
+pub mod hide_token;
 pub mod jwks;
 pub mod jwt;
 pub mod lists;
@@ -33,7 +34,7 @@ use std::ffi::CString;
 use std::time::Duration;
 
 use crate::config::{Config, Downscope};
-use crate::job::{JobContext, JobResponse};
+use crate::job::JobResponse;
 use crate::protocol::Account;
 
 /// The fallback variable of the job's id_token.
@@ -69,6 +70,12 @@ pub enum AuthError {
     Seccomp(String),
     #[error("downscope: {0}")]
     Downscope(String),
+    /// The stage's script holds the job token where it cannot be kept off command lines.
+    #[error("{0}")]
+    TokenInScript(#[from] hide_token::HideError),
+    /// The runner's job response, which names the job the id_token must be for.
+    #[error("cannot bind the id_token to this job: {0}")]
+    JobResponse(#[source] crate::job::ResponseError),
     #[error("CI variable {name} is {len} characters long, more than max_env_chars ({max}) allows")]
     EnvTooLong {
         name: String,
@@ -79,11 +86,14 @@ pub enum AuthError {
 
 impl AuthError {
     /// Errors whose full text the CI user needs and may see (they reveal nothing of the
-    /// runner): the missing id_token, an over-long variable.
+    /// runner): the missing id_token, an over-long variable, the script line holding the
+    /// job token where it cannot be hidden (its number, never its text).
     pub fn user_facing(&self) -> bool {
         matches!(
             self,
-            AuthError::MissingToken { .. } | AuthError::EnvTooLong { .. }
+            AuthError::MissingToken { .. }
+                | AuthError::EnvTooLong { .. }
+                | AuthError::TokenInScript(_)
         )
     }
 }
@@ -171,9 +181,12 @@ pub fn needs_token(config: &Config) -> bool {
 
 /// Decide who runs the job, for the runner's stage `stage` (`config_exec`, ...,
 /// `cleanup_exec`). `env` is jacamar-auth's environment (the runner's and `CUSTOM_ENV_*`).
+///
+/// A job with an id_token must also have the runner's `JOB_RESPONSE_FILE`: the token's
+/// `job_id` claim is compared with the response's `id` ([`AuthError::JobResponse`] when the
+/// file is not set, unreadable or invalid). An unverified job never reads it.
 pub async fn authorize(
     config: &Config,
-    job: &JobContext,
     stage: &str,
     env: &BTreeMap<String, String>,
 ) -> Result<Target, AuthError> {
@@ -197,6 +210,9 @@ pub async fn authorize(
             .unwrap_or_else(|| "https://gitlab.example.com".into());
         return Err(AuthError::MissingToken { var, aud });
     };
+    // The job id the token must carry: the one the runner wrote, never CUSTOM_ENV_CI_JOB_ID
+    // (a CI variable of the same name overrides that one).
+    let response = crate::job::JobResponse::from_env_map(env).map_err(AuthError::JobResponse)?;
     let server = trusted_server(config, env)?;
     let kid = jwt::header_kid(&token)?;
     let src = jwks::Source::new(&server, config.general.tls_ca_file.clone());
@@ -205,7 +221,7 @@ pub async fn authorize(
     let expect = jwt::Expect {
         issuer: &server,
         audience: &aud,
-        job_id: job.job_id,
+        job_id: response.id,
         exp_grace: if stage == "cleanup_exec" {
             a.jwt_exp_delay
         } else {

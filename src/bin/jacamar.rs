@@ -49,11 +49,7 @@ fn main() {
     // git runs us as GIT_ASKPASS with its prompt as the only argument (see auth::env).
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if let [prompt] = argv.as_slice() {
-        let token = std::env::var("CI_JOB_TOKEN").ok();
-        if let Some(answer) = jacamar::auth::env::askpass_answer(prompt, token.as_deref()) {
-            println!("{answer}");
-            std::process::exit(0);
-        }
+        askpass(prompt);
     }
     let cli = Cli::parse();
     if let Action::Signal { signal, pids } = &cli.action {
@@ -110,4 +106,32 @@ fn signal_pids(name: &str, pids: &[i32]) -> i32 {
         }
     }
     code
+}
+
+/// Answer git's credential prompt and exit, if `prompt` is one: the job token goes only to
+/// the job's GitLab server (`JACAMAR_ASKPASS_ORIGIN`); anything else gets nothing on
+/// stdout, the reason on stderr (git's, so the job log) and exit status 1, and git fails.
+fn askpass(prompt: &str) {
+    use jacamar::auth::env::{askpass, Askpass, ASKPASS_ORIGIN_VAR};
+    use std::io::Write;
+    let token = std::env::var("CI_JOB_TOKEN").ok();
+    let origin = std::env::var(ASKPASS_ORIGIN_VAR).ok();
+    match askpass(prompt, token.as_deref(), origin.as_deref()) {
+        Askpass::NotAPrompt => {}
+        Askpass::Answer(answer) => {
+            let mut out = std::io::stdout().lock();
+            let code = match writeln!(out, "{answer}").and_then(|()| out.flush()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("jacamar (GIT_ASKPASS): failed to answer git: {e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        Askpass::Refuse(why) => {
+            eprintln!("jacamar (GIT_ASKPASS): {why}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -179,7 +179,7 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
         let mut job = JobContext::from_env()?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
         crate::batch::args::capture(&config, &mut job, &env);
-        let target = auth::authorize(&config, &job, opts.call.stage_name(), &env).await?;
+        let target = auth::authorize(&config, opts.call.stage_name(), &env).await?;
         authorized(&config, &job, opts.call.stage_name(), &target)?;
         match &opts.call {
             Call::Config => config_stage(opts, &config, &job, &target, signals).await,
@@ -210,10 +210,8 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
                 let script = if config.general.unrestricted_cmd_line {
                     script
                 } else {
-                    let token = env
-                        .get("CUSTOM_ENV_CI_JOB_TOKEN")
-                        .map_or("", String::as_str);
-                    auth::env::strip_token_from_urls(&script, token)
+                    auth::hide_token::hide(&script, &job_token(&env))
+                        .map_err(auth::AuthError::from)?
                 };
                 let action = Action::Run {
                     stage: stage.clone(),
@@ -228,6 +226,20 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
         Ok(done) => Ok(done),
         Err(e) => Err((e, Some(config))),
     }
+}
+
+/// The job token to keep off command lines: the one in the clone URL of the runner's job
+/// response (GitLab's, whatever CI variables say), else `CUSTOM_ENV_CI_JOB_TOKEN`.
+fn job_token(env: &BTreeMap<String, String>) -> String {
+    crate::job::JobResponse::from_env_map(env)
+        .ok()
+        .and_then(|r| {
+            r.repo_url
+                .as_deref()
+                .and_then(auth::hide_token::token_in_clone_url)
+        })
+        .or_else(|| env.get("CUSTOM_ENV_CI_JOB_TOKEN").cloned())
+        .unwrap_or_default()
 }
 
 /// Record a successful authorization (with the local account) in the audit log; a failure
@@ -491,7 +503,14 @@ async fn hand_over(
                     .map(|(k, v)| (k.as_str(), v.as_str())),
             );
             if !config.general.unrestricted_cmd_line {
-                env.extend(auth::env::askpass_env(&exe));
+                // Only the job's GitLab server gets the token from git's askpass.
+                let response =
+                    crate::job::JobResponse::from_env_map(&std::env::vars().collect()).ok();
+                let origin = auth::env::askpass_origin(
+                    config.general.gitlab_server.as_deref(),
+                    response.as_ref(),
+                );
+                env.extend(auth::env::askpass_env(&exe, origin.as_ref()));
             }
             env
         },

@@ -148,7 +148,7 @@ fn attack_matrix_is_refused_with_reasons_logged() {
         (
             "job_id mismatch",
             Box::new(|u, j| Some(mint(&pki().keys[0], &claims(u, j + 1, "alice")))),
-            "does not match CUSTOM_ENV_CI_JOB_ID",
+            "does not match the job id",
         ),
         (
             "dot-dot login",

@@ -270,6 +270,14 @@ fn caps_only_service_account_downscopes_and_cancels() {
     )
     .unwrap();
     h.set("HOME", &svc.dir.display().to_string());
+    // The runner's job response, as the runner (the service account) writes it.
+    h.write_response();
+    nix::unistd::chown(
+        &h.runner_dir.join("response.json"),
+        Some(svc.uid),
+        Some(svc.gid),
+    )
+    .unwrap();
 
     let as_svc = |env: &std::collections::BTreeMap<String, String>, args: &[&str]| {
         let mut c = std::process::Command::new(&auth);

@@ -196,14 +196,19 @@ fn job_token_never_appears_on_a_command_line() {
         };
         let mut h = harness(&server, "none", general, "", "");
         give_token(&mut h, &server, "alice");
+        // A token of this job only: /proc is shared with every other test on the machine.
+        let token = format!("glcbt-{}x{}", h.job_id, std::process::id());
+        h.set("CUSTOM_ENV_CI_JOB_TOKEN", &token);
         h.config_json();
         assert!(h.prepare().status.success());
-        let token = h.env["CUSTOM_ENV_CI_JOB_TOKEN"].clone();
         let mark = h.tmp.path().join("running");
+        // git's askpass prompt for the job's GitLab server (gitlab_server), the only origin
+        // that gets the token.
+        let host = server.url.trim_start_matches("https://");
         // What the runner's get_sources does: a command line with the token in a URL.
         let script = format!(
             "export CI_JOB_TOKEN={token}\n\
-             echo askpass=$(\"$GIT_ASKPASS\" \"Password for 'https://gitlab-ci-token@example.invalid': \")\n\
+             echo askpass=$(\"$GIT_ASKPASS\" \"Password for 'https://gitlab-ci-token@{host}': \")\n\
              sh -c 'touch {m}; sleep 4' git-fetch \"https://gitlab-ci-token:{token}@example.invalid/g/p.git\"\n",
             m = mark.display()
         );

@@ -18,6 +18,7 @@ mod sec_fs;
 mod sec_policy;
 mod sec_shell;
 mod sec_superv;
+mod sec_token;
 mod signals;
 mod sim;
 mod stages;

@@ -239,6 +239,23 @@ fn keep_tmp_keeps_private_files() {
         .as_str()
         .unwrap()
         .starts_with("glcbt-sim-"));
+    // What jacamar-auth reads of it: the job id, the clone URL (origin, token).
+    let parsed =
+        jacamar::job::JobResponse::parse(&std::fs::read(tmp.join("response.json")).unwrap())
+            .unwrap();
+    assert_eq!(Some(parsed.id), response["job_info"]["id"].as_u64());
+    assert_eq!(
+        parsed.server_origin().as_deref(),
+        Some("https://gitlab.example.com")
+    );
+    assert_eq!(
+        parsed
+            .repo_url
+            .as_deref()
+            .and_then(jacamar::auth::hide_token::token_in_clone_url)
+            .as_deref(),
+        response["token"].as_str()
+    );
     let script = std::fs::read_dir(&tmp)
         .unwrap()
         .flatten()
