@@ -123,25 +123,37 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// The GitLab server whose credential prompts get the job token: `[general] gitlab_server`
-/// when set, else the origin of the clone URL in the runner's job response (`None` when
-/// neither gives an http(s) origin).
-pub fn askpass_origin(
+/// The origins whose credential prompts get the job token: `[general] gitlab_server` and
+/// the origin of the clone URL in the runner's job response (the runner's `clone_url` may
+/// name another host than the server; the job's own clone must still authenticate). Both are
+/// written by the admin or the runner, never by a CI variable. Duplicates are dropped; empty
+/// when neither gives an http(s) origin.
+pub fn askpass_origins(
     gitlab_server: Option<&str>,
     response: Option<&crate::job::JobResponse>,
-) -> Option<Origin> {
-    match gitlab_server {
-        Some(s) => Origin::parse(s),
-        None => Origin::parse(&response?.server_origin()?),
+) -> Vec<Origin> {
+    let from_response = response.and_then(|r| r.server_origin());
+    let mut out: Vec<Origin> = Vec::new();
+    for o in [
+        gitlab_server.and_then(Origin::parse),
+        from_response.as_deref().and_then(Origin::parse),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !out.contains(&o) {
+            out.push(o);
+        }
     }
+    out
 }
 
 /// The variables that make git ask `jacamar` (as `GIT_ASKPASS`) for the job token, which
-/// it answers from the `CI_JOB_TOKEN` the runner's script exports, and only for `origin`
-/// ([`ASKPASS_ORIGIN_VAR`]; without one it answers nothing). The credential helpers are
-/// reset (an empty `credential.helper`) so the token is never stored on disk, and git never
-/// falls back to a terminal prompt.
-pub fn askpass_env(jacamar: &Path, origin: Option<&Origin>) -> Vec<(String, String)> {
+/// it answers from the `CI_JOB_TOKEN` the runner's script exports, and only for `origins`
+/// ([`ASKPASS_ORIGIN_VAR`], space-separated; without one it answers nothing). The
+/// credential helpers are reset (an empty `credential.helper`) so the token is never stored
+/// on disk, and git never falls back to a terminal prompt.
+pub fn askpass_env(jacamar: &Path, origins: &[Origin]) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         ("GIT_ASKPASS", jacamar.display().to_string()),
         ("GIT_TERMINAL_PROMPT", "0".to_string()),
@@ -152,8 +164,9 @@ pub fn askpass_env(jacamar: &Path, origin: Option<&Origin>) -> Vec<(String, Stri
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    if let Some(o) = origin {
-        env.push((ASKPASS_ORIGIN_VAR.to_string(), o.to_string()));
+    if !origins.is_empty() {
+        let list: Vec<String> = origins.iter().map(Origin::to_string).collect();
+        env.push((ASKPASS_ORIGIN_VAR.to_string(), list.join(" ")));
     }
     env
 }
@@ -171,9 +184,9 @@ pub enum Askpass {
 
 /// The answer to git's credential prompt `prompt` (`Username for '<url>': ` or
 /// `Password for '<url>': `, git's `<url>` being `scheme://[user@]host[:port]`): the user
-/// `gitlab-ci-token`, or `job_token`, and only when `<url>` has the origin `trusted`
-/// ([`ASKPASS_ORIGIN_VAR`]). Any other host, scheme or port, an unparsable prompt URL, no
-/// trusted origin, or no job token is refused.
+/// `gitlab-ci-token`, or `job_token`, and only when `<url>` has one of the origins in
+/// `trusted` ([`ASKPASS_ORIGIN_VAR`], space-separated). Any other host, scheme or port, an
+/// unparsable prompt URL, no trusted origin, or no job token is refused.
 pub fn askpass(prompt: &str, job_token: Option<&str>, trusted: Option<&str>) -> Askpass {
     let (password, rest) = if let Some(r) = prompt.strip_prefix("Username for '") {
         (false, r)
@@ -188,15 +201,22 @@ pub fn askpass(prompt: &str, job_token: Option<&str>, trusted: Option<&str>) -> 
     let Some(asked) = Origin::parse(url) else {
         return Askpass::Refuse("git's credential prompt names no http(s) host".into());
     };
-    let Some(trusted) = trusted.and_then(Origin::parse) else {
+    let trusted: Vec<Origin> = trusted
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(Origin::parse)
+        .collect();
+    if trusted.is_empty() {
         return Askpass::Refuse(format!(
             "no job token for {asked}: the job's GitLab server is unknown \
              ([general] gitlab_server is unset and the runner's job response has no clone URL)"
         ));
-    };
-    if asked != trusted {
+    }
+    if !trusted.contains(&asked) {
+        let list: Vec<String> = trusted.iter().map(Origin::to_string).collect();
         return Askpass::Refuse(format!(
-            "no job token for {asked}: only the job's GitLab server {trusted} gets it"
+            "no job token for {asked}: only the job's GitLab server ({}) gets it",
+            list.join(", ")
         ));
     }
     if !password {
@@ -301,24 +321,44 @@ mod tests {
     }
 
     #[test]
-    fn askpass_origin_prefers_gitlab_server() {
+    fn askpass_trusts_gitlab_server_and_the_runners_clone_url() {
         let r = crate::job::JobResponse::parse(
             br#"{"id": 1, "git_info": {"repo_url": "https://gitlab-ci-token:t@clone.example/g/p.git"}}"#,
         )
         .unwrap();
-        let o = |s: Option<&str>, r| askpass_origin(s, r).map(|o| o.to_string());
+        let o = |s: Option<&str>, r| {
+            askpass_origins(s, r)
+                .iter()
+                .map(Origin::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        // The runner's clone_url may differ from the server: the job's own clone must work.
+        let both = o(Some("https://gl.example/"), Some(&r));
+        assert_eq!(both, "https://gl.example:443 https://clone.example:443");
+        for host in ["gl.example", "clone.example"] {
+            assert_eq!(
+                askpass(
+                    &format!("Password for 'https://gitlab-ci-token@{host}': "),
+                    Some("t"),
+                    Some(&both)
+                ),
+                Askpass::Answer("t".into())
+            );
+        }
+        assert!(matches!(
+            askpass("Password for 'https://evil.example': ", Some("t"), Some(&both)),
+            Askpass::Refuse(w) if w.contains("https://gl.example:443, https://clone.example:443")
+        ));
         assert_eq!(
-            o(Some("https://gl.example/"), Some(&r)).as_deref(),
-            Some("https://gl.example:443")
+            o(Some("https://clone.example:443"), Some(&r)),
+            "https://clone.example:443"
         );
-        assert_eq!(
-            o(None, Some(&r)).as_deref(),
-            Some("https://clone.example:443")
-        );
-        assert_eq!(o(None, None), None);
-        let env = askpass_env(Path::new("/j"), Origin::parse("http://h:8").as_ref());
+        assert_eq!(o(None, Some(&r)), "https://clone.example:443");
+        assert_eq!(o(None, None), "");
+        let env = askpass_env(Path::new("/j"), &[Origin::parse("http://h:8").unwrap()]);
         assert!(env.contains(&(ASKPASS_ORIGIN_VAR.to_string(), "http://h:8".to_string())));
-        assert!(!askpass_env(Path::new("/j"), None)
+        assert!(!askpass_env(Path::new("/j"), &[])
             .iter()
             .any(|(k, _)| k == ASKPASS_ORIGIN_VAR));
     }

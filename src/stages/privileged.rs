@@ -506,11 +506,11 @@ async fn hand_over(
                 // Only the job's GitLab server gets the token from git's askpass.
                 let response =
                     crate::job::JobResponse::from_env_map(&std::env::vars().collect()).ok();
-                let origin = auth::env::askpass_origin(
+                let origins = auth::env::askpass_origins(
                     config.general.gitlab_server.as_deref(),
                     response.as_ref(),
                 );
-                env.extend(auth::env::askpass_env(&exe, origin.as_ref()));
+                env.extend(auth::env::askpass_env(&exe, &origins));
             }
             env
         },
