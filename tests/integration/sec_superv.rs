@@ -258,6 +258,14 @@ fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
             .process_group(0);
         c
     };
+    // The runner's job response, as the runner (the service account) writes it.
+    h.write_response();
+    std::os::unix::fs::chown(
+        h.runner_dir.join("response.json"),
+        Some(svc.uid.as_raw()),
+        Some(svc.gid.as_raw()),
+    )
+    .unwrap();
     let cfg = h.config_path.display().to_string();
     let out = as_svc(&h.env, &["config", "--configuration", &cfg])
         .output()
