@@ -3,7 +3,7 @@
 //! return code), `flux job kill` to signal and `flux cancel` to cancel.
 
 use super::args::Illegal;
-use super::limiter::{display, CmdOutput};
+use super::limiter::CmdOutput;
 use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The Flux scheduler (`executor = "flux"`).
@@ -197,20 +197,15 @@ impl Scheduler for Flux {
     ) -> BoxFuture<'a, Result<JobState, BatchError>> {
         Box::pin(async move {
             let args = s(&["jobs", "-n", "-o", JOBS_FORMAT, id]);
-            let out = cmds.run("flux", &args).await?;
-            if !out.success() {
-                if unknown(&out.stderr) {
-                    return Ok(JobState::Unknown);
+            // Not known, or listed with no line: no record of the job.
+            let gone = |o: &CmdOutput| {
+                if o.success() {
+                    o.stdout.trim().is_empty()
+                } else {
+                    unknown(&o.stderr)
                 }
-                return Err(failure("flux", &args, &out));
-            }
-            if out.stdout.trim().is_empty() {
-                return Ok(JobState::Unknown);
-            }
-            parse_jobs(&out.stdout).ok_or_else(|| BatchError::Parse {
-                command: display("flux", &args),
-                why: format!("no state in {:?}", out.stdout.trim()),
-            })
+            };
+            super::state_command(cmds, "flux", &args, failure, gone, parse_jobs).await
         })
     }
 

@@ -2,7 +2,7 @@
 //! `sacct` once the record is purged), `scancel` to cancel.
 
 use super::args::Illegal;
-use super::limiter::{display, CmdOutput};
+use super::limiter::CmdOutput;
 use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The Slurm scheduler (`executor = "slurm"` or `"sbatch"`).
@@ -84,9 +84,8 @@ const TRANSIENT: &[&str] = &[
 ];
 
 /// Classify a failed command's output (Slurm's words for a busy or restarting controller).
-pub(crate) fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    let transient = TRANSIENT.iter().any(|t| out.stderr.contains(t));
-    super::command_failure(tool, args, out, transient)
+fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
+    super::failure_by_words(TRANSIENT, tool, args, out)
 }
 
 /// The id in `sbatch --parsable`'s answer (`42` or `42;cluster`).
@@ -197,15 +196,11 @@ impl Scheduler for Slurm {
     ) -> BoxFuture<'a, Result<JobState, BatchError>> {
         Box::pin(async move {
             let args = s(&["show", "job", "-o", id]);
-            let out = cmds.run("scontrol", &args).await?;
-            if out.success() {
-                return parse_scontrol(&out.stdout).ok_or_else(|| BatchError::Parse {
-                    command: display("scontrol", &args),
-                    why: format!("no JobState in {:?}", out.stdout.trim()),
-                });
-            }
-            if !out.stderr.contains("Invalid job id") {
-                return Err(failure("scontrol", &args, &out));
+            let purged = |o: &CmdOutput| !o.success() && o.stderr.contains("Invalid job id");
+            let st = super::state_command(cmds, "scontrol", &args, failure, purged, parse_scontrol)
+                .await?;
+            if st != JobState::Unknown {
+                return Ok(st);
             }
             // Purged from the controller: ask the accounting, then the completion log.
             let fmt = "--format=JobID,State,ExitCode";
