@@ -277,7 +277,7 @@ mod tests {
         let l = "x user delete with signal 15 requested by user ci; initiating job cleanup and removal\ny Info: task completed normally with an exit code of 3; initiating job cleanup and removal\n";
         let f = parse_cobaltlog(l).unwrap();
         assert!(!f.normal_end);
-        assert_eq!(f.build_exit_code(), 3);
+        assert_eq!(f.exit_code, 3);
         assert_eq!(
             f.reason.as_deref(),
             Some("user delete with signal 15 requested by user ci")

@@ -264,14 +264,11 @@ mod tests {
         let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|FAILED|7||") else {
             panic!()
         };
-        assert_eq!(
-            (f.success(), f.build_exit_code(), f.normal_end),
-            (false, 7, true)
-        );
+        assert_eq!((f.success(), f.exit_code, f.normal_end), (false, 7, true));
         let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|CANCELED|-15|cancel|") else {
             panic!()
         };
-        assert_eq!(f.build_exit_code(), 143);
+        assert_eq!(f.exit_code, 143);
         assert_eq!(f.reason.as_deref(), Some("cancel"));
         let Some(JobState::Finished(f)) =
             parse_jobs("INACTIVE|TIMEOUT|-9|timeout|resource allocation expired")
@@ -286,7 +283,7 @@ mod tests {
         let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|CANCELED|-128|cancel|") else {
             panic!()
         };
-        assert_eq!(f.build_exit_code(), 1);
+        assert_eq!((f.exit_code, f.success()), (0, false));
         assert_eq!(parse_jobs("garbage"), None);
     }
 }

@@ -247,14 +247,14 @@ mod tests {
         let Some(JobState::Finished(f)) = parse_bjobs("EXIT|7|-|-") else {
             panic!()
         };
-        assert_eq!((f.normal_end, f.build_exit_code()), (true, 7));
+        assert_eq!((f.normal_end, f.exit_code), (true, 7));
         let Some(JobState::Finished(f)) =
             parse_bjobs("EXIT|140|TERM_RUNLIMIT: job killed after reaching LSF run time limit|-")
         else {
             panic!()
         };
         assert!(!f.normal_end);
-        assert_eq!(f.build_exit_code(), 140);
+        assert_eq!(f.exit_code, 140);
         assert!(f.reason.unwrap().starts_with("TERM_RUNLIMIT"));
         assert_eq!(parse_bjobs("nothing"), None);
     }

@@ -44,14 +44,22 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Final {
     /// The scheduler's own word for the end state (`COMPLETED`, `TIMEOUT`, ...).
     pub state: String,
-    /// The script's exit code (0 when the scheduler reports none).
+    /// The script's exit code, 128 + N for a death by signal N the scheduler reports
+    /// without a code (see [`exit_code_of`]); 0 when it reports neither.
     pub exit_code: i32,
-    /// The signal that ended the script, when the scheduler reports one.
-    pub signal: Option<i32>,
     /// The scheduler's reason, when it gives one (`TimeLimit`, `NonZeroExitCode`, ...).
     pub reason: Option<String>,
     /// True when the state is the scheduler's "ended normally" state (the exit code decides).
     pub normal_end: bool,
+}
+
+/// The exit code of a script that ended with `code` or by `signal`: the code, or 128 + the
+/// signal when the code is 0 (as a shell reports a death by signal).
+pub fn exit_code_of(code: i32, signal: Option<i32>) -> i32 {
+    match (code, signal) {
+        (0, Some(s)) => 128 + s,
+        (c, _) => c,
+    }
 }
 
 impl Final {
@@ -60,40 +68,24 @@ impl Final {
         Final {
             state: state.to_string(),
             exit_code,
-            signal: None,
             reason: None,
             normal_end: true,
         }
     }
 
-    /// A job the scheduler ended (time limit, cancel, node failure, ...).
-    pub fn ended(
-        state: &str,
-        exit_code: i32,
-        signal: Option<i32>,
-        reason: Option<String>,
-    ) -> Final {
+    /// A job the scheduler ended (time limit, cancel, node failure, ...): a failure, even
+    /// with exit code 0.
+    pub fn ended(state: &str, code: i32, signal: Option<i32>, reason: Option<String>) -> Final {
         Final {
             state: state.to_string(),
-            exit_code,
-            signal,
+            exit_code: exit_code_of(code, signal),
             reason,
             normal_end: false,
         }
     }
 
     pub fn success(&self) -> bool {
-        self.normal_end && self.exit_code == 0 && self.signal.is_none()
-    }
-
-    /// The code for `$BUILD_EXIT_CODE_FILE`: the script's code, 128 + a signal, never 0 for
-    /// a failure.
-    pub fn build_exit_code(&self) -> i32 {
-        match (self.exit_code, self.signal) {
-            (0, Some(s)) => 128 + s,
-            (0, None) if !self.success() => 1,
-            (c, _) => c,
-        }
+        self.normal_end && self.exit_code == 0
     }
 }
 

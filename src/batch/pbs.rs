@@ -222,7 +222,7 @@ mod tests {
         let Some(JobState::Finished(f)) = parse_qstat(t) else {
             panic!()
         };
-        assert_eq!(f.build_exit_code(), 143);
+        assert_eq!((f.exit_code, f.success()), (143, false));
         let t = "job_state = Q\ncomment = Not Running: Insufficient resources\n";
         assert!(matches!(
             parse_qstat(t),

@@ -3,7 +3,10 @@
 
 use super::args::Illegal;
 use super::limiter::CmdOutput;
-use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{
+    exit_code_of, path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler,
+    Submission,
+};
 
 /// The Slurm scheduler (`executor = "slurm"` or `"sbatch"`).
 pub struct Slurm;
@@ -124,10 +127,7 @@ pub fn classify(state: &str, reason: Option<&str>, exit: Option<&str>) -> JobSta
         "PENDING" | "REQUEUED" | "REQUEUE_FED" | "REQUEUE_HOLD" | "RESV_DEL_HOLD" | "SUSPENDED"
         | "STOPPED" | "CONFIGURING" | "RESIZING" => JobState::Queued { state, reason },
         "RUNNING" | "COMPLETING" | "SIGNALING" | "STAGE_OUT" => JobState::Running { state },
-        "COMPLETED" => JobState::Finished(Final {
-            signal: sig,
-            ..Final::exited(&state, code)
-        }),
+        "COMPLETED" => JobState::Finished(Final::exited(&state, exit_code_of(code, sig))),
         "FAILED" if code != 0 && sig.is_none() => JobState::Finished(Final {
             reason,
             ..Final::exited(&state, code)
@@ -275,7 +275,7 @@ mod tests {
             panic!()
         };
         assert!(!f.success());
-        assert_eq!(f.build_exit_code(), 143);
+        assert_eq!(f.exit_code, 143);
         assert_eq!(f.reason.as_deref(), Some("TimeLimit"));
         let l = "JobId=8 JobState=COMPLETED Reason=None ExitCode=0:0";
         let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
@@ -286,7 +286,7 @@ mod tests {
         let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
             panic!()
         };
-        assert!(!f.success() && f.build_exit_code() == 1);
+        assert!(!f.success() && f.exit_code == 0);
         assert_eq!(parse_scontrol("nothing"), None);
     }
 
