@@ -62,6 +62,11 @@ impl Profile {
     }
 }
 
+/// `w` single-quoted for a POSIX shell: every byte stands for itself, a `'` as `'\''`.
+pub fn sh_quote(w: &str) -> String {
+    format!("'{}'", w.replace('\'', r"'\''"))
+}
+
 /// Find an executable `name` on `search_path` (a `PATH`-style list).
 pub fn find_on_path(name: &str, search_path: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use super::args::Illegal;
-use super::slurm::failure;
+use super::limiter::CmdOutput;
 use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The Cobalt scheduler (`executor = "cobalt"`).
@@ -65,6 +65,16 @@ const ILLEGAL: &[Illegal] = &[
         why: "the driver sets the job's working directory",
     },
 ];
+
+/// Messages of the Cobalt clients for a component (the queue manager) that is down or
+/// unreachable (`component error: Failed to connect to queue-manager`, a refused or timed
+/// out XML-RPC connection): try again later, the job was not refused.
+const TRANSIENT: &[&str] = &["Failed to connect to", "Connection refused", "timed out"];
+
+/// Classify a failed command's output with Cobalt's words for an unreachable component.
+fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
+    super::failure_by_words(TRANSIENT, tool, args, out)
+}
 
 /// The Cobalt log of the job whose output is `output`.
 pub fn log_file(output: &Path) -> PathBuf {
@@ -163,10 +173,10 @@ impl Scheduler for Cobalt {
 
     fn wrapper(&self, _output: &Path, command: &[String]) -> String {
         if !self.skip_log {
-            return super::executor::wrapper_script("", command, "");
+            return super::wrapper::wrapper_script("", command, "");
         }
         // Echo the stage's status afterwards: the driver reads it from the output.
-        super::executor::wrapper_script(
+        super::wrapper::wrapper_script(
             "",
             command,
             &format!("echo \"{STATUS_ECHO} $__jacamar_rc\""),
@@ -208,12 +218,9 @@ impl Scheduler for Cobalt {
     ) -> BoxFuture<'a, Result<JobState, BatchError>> {
         Box::pin(async move {
             let args = s(&[id]);
-            let out = cmds.run("qstat", &args).await?;
-            if !out.success() {
-                return Err(failure("qstat", &args, &out));
-            }
             // Not listed: over (the Cobalt log says how) or never known.
-            Ok(parse_qstat(&out.stdout, id).unwrap_or(JobState::Unknown))
+            let listed = |o: &str| Some(parse_qstat(o, id).unwrap_or(JobState::Unknown));
+            super::state_command(cmds, "qstat", &args, failure, |_| false, listed).await
         })
     }
 
@@ -270,12 +277,30 @@ mod tests {
         let l = "x user delete with signal 15 requested by user ci; initiating job cleanup and removal\ny Info: task completed normally with an exit code of 3; initiating job cleanup and removal\n";
         let f = parse_cobaltlog(l).unwrap();
         assert!(!f.normal_end);
-        assert_eq!(f.build_exit_code(), 3);
+        assert_eq!(f.exit_code, 3);
         assert_eq!(
             f.reason.as_deref(),
             Some("user delete with signal 15 requested by user ci")
         );
         assert_eq!(parse_cobaltlog("submitted with cwd set to: /x\n"), None);
+    }
+
+    #[test]
+    fn failures_are_transient_in_cobalt_words_only() {
+        let out = |stderr: &str| CmdOutput {
+            code: Some(1),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        };
+        let args = s(&["1"]);
+        for e in [
+            "component error: Failed to connect to queue-manager",
+            "component error: Following exception occured in queue-manager: [Errno 111] Connection refused",
+        ] {
+            assert!(failure("qsub", &args, &out(e)).is_transient(), "{e}");
+        }
+        let refused = "component error: XMLRPC failure <Fault 1: 'job has no walltime'> in queue-manager.add_jobs";
+        assert!(!failure("qsub", &args, &out(refused)).is_transient());
     }
 
     #[test]

@@ -17,12 +17,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use super::persist::Record;
-use super::tail::{self, TailTiming};
+use super::tail::{self, Tail, TailTiming};
 use super::{args, BatchError, Commands, Final, JobState, Scheduler, Submission};
 use crate::config::Config;
 use crate::protocol::Status;
@@ -47,7 +47,7 @@ pub struct BatchJob<'a> {
     /// The job's scripts dir: the record, the wrapper script and the output live here.
     pub scripts_dir: PathBuf,
     pub stage: &'a str,
-    /// The wrapper script already written (see [`wrapper_script`]).
+    /// The wrapper script already written (see [`super::wrapper::wrapper_script`]).
     pub script: PathBuf,
     /// The job's environment (scheduler commands get it; the scheduler passes it on).
     pub env: Vec<(String, String)>,
@@ -59,97 +59,15 @@ pub struct BatchJob<'a> {
     pub deadline: Option<Instant>,
 }
 
-/// The wrapper's part after the scheduler's header (see [`wrapper_script`]); `@COMMAND@`
-/// and `@AFTER@` are filled in.
-const SUPERVISED_STAGE: &str = r#"# jacamar: the stage runs in the foreground, in this shell's process group. A TERM (the
-# scheduler's cancel) does not end this shell: it counts it, and then waits until every
-# other process of its group is gone, so the job's own TERM traps run to their end.
-__jacamar_terms=0
-trap '__jacamar_terms=$((__jacamar_terms + 1))' TERM
-__jacamar_group_busy() {
-    local f line rest state
-    for f in /proc/[0-9]*/stat; do
-        [ "$f" = "/proc/$$/stat" ] && continue
-        { read -r line <"$f"; } 2>/dev/null || continue
-        rest=${line##*) }
-        state=${rest%% *}
-        rest=${rest#* }
-        rest=${rest#* }
-        [ "${rest%% *}" = "$$" ] && [ "$state" != Z ] && return 0
-    done
-    return 1
-}
-@COMMAND@
-__jacamar_rc=$?
-if [ "$__jacamar_terms" != 0 ]; then
-    { read -r __jacamar_self <"/proc/$$/stat"; } 2>/dev/null
-    __jacamar_self=${__jacamar_self##*) }
-    __jacamar_self=${__jacamar_self#* }
-    __jacamar_self=${__jacamar_self#* }
-    if [ "${__jacamar_self%% *}" = "$$" ]; then
-        while __jacamar_group_busy; do sleep 0.25; done
-    fi
-fi
-@AFTER@exit "$__jacamar_rc"
-"#;
-
-/// The wrapper submitted to the scheduler: a shebang, the scheduler's `header`, the stage
-/// (`command`: the user's shell running the stage script, every word single-quoted) as a
-/// foreground child, then `after` (shell code that may read the stage's status in
-/// `$__jacamar_rc`), and an exit with that status.
-///
-/// Cancel: schedulers signal the whole job at once (Slurm's `scancel --signal=TERM --full`
-/// and plain cancel, and so `qdel` of Debian's PBS wrappers over Slurm; PBS and LSF signal
-/// the job's session or process group): the job already has the TERM, the wrapper forwards
-/// nothing. The step ends when the wrapper ends, and what is left then is killed, so the
-/// wrapper outlives the TERM while the job's traps run, those of the runner's `: | eval`
-/// subshell included, which outlive the script's own shell. It counts TERMs in a handler (an
-/// ignore would be inherited, and bash cannot trap a signal ignored at its start); bash runs
-/// the handler only once the foreground stage has ended. After a TERM it also waits until no
-/// other process of its process group is left (read from `/proc`, no fork; skipped when
-/// the scheduler did not make the wrapper a group leader). The scheduler's SIGKILL (the plain
-/// cancel after kill_timeout, or its own kill delay) still ends all of it. A process that
-/// leaves the group (`setsid`, job control) is not waited for.
-///
-/// Status: the stage's exit code; a death of the stage's shell by signal N is exit code
-/// 128+N (the same build exit code; bash's `Terminated` line reaches the output). A job
-/// that ends without a TERM is not held up by background processes it leaves behind (the
-/// scheduler cleans those up, as before).
-pub fn wrapper_script(header: &str, command: &[String], after: &str) -> String {
-    let cmd: Vec<String> = command.iter().map(|w| sh_quote(w)).collect();
-    let mut after = after.to_string();
-    if !after.is_empty() && !after.ends_with('\n') {
-        after.push('\n');
-    }
-    let (before_cmd, rest) = SUPERVISED_STAGE
-        .split_once("@COMMAND@")
-        .expect("the template names @COMMAND@");
-    let (before_after, end) = rest
-        .split_once("@AFTER@")
-        .expect("the template names @AFTER@");
-    let mut s = String::from("#!/bin/bash\n");
-    for part in [
-        header,
-        before_cmd,
-        &cmd.join(" "),
-        before_after,
-        &after,
-        end,
-    ] {
-        s.push_str(part);
-    }
-    s
-}
-
-/// `w` single-quoted for a POSIX shell.
-pub fn sh_quote(w: &str) -> String {
-    format!("'{}'", w.replace('\'', r"'\''"))
-}
-
 /// The output file of `stage` in the scripts dir.
 pub fn output_path(scripts_dir: &Path, stage: &str) -> PathBuf {
     scripts_dir.join(format!("{stage}.out"))
 }
+
+/// Start tailing an output file to the job log: [`tail::spawn`] for real jobs. The state
+/// machine's unit tests use a tail that ends at once: a tailer's blocking thread would hold
+/// tokio's paused clock still.
+pub(crate) type SpawnTail = fn(PathBuf, TailTiming, mpsc::Sender<Vec<u8>>) -> Tail;
 
 /// The job log: one writer task, so our messages and the job's lines never interleave
 /// inside a line.
@@ -159,10 +77,11 @@ struct Log {
 }
 
 impl Log {
-    fn start() -> Log {
+    /// A log written to `out` (our stdout for real jobs). A failed write is not retried:
+    /// the job log is the only place to report it.
+    fn to<W: AsyncWrite + Unpin + Send + 'static>(mut out: W) -> Log {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
         let writer = tokio::spawn(async move {
-            let mut out = tokio::io::stdout();
             while let Some(line) = rx.recv().await {
                 let _ = out.write_all(&line).await;
                 // Flush when nothing else is waiting: live, without a syscall per line.
@@ -180,6 +99,12 @@ impl Log {
             .tx
             .send(format!("{}\n", msg.as_ref()).into_bytes())
             .await;
+    }
+
+    async fn warn_if(&self, r: Result<(), BatchError>) {
+        if let Err(e) = r {
+            self.say(format!("WARNING: {e}")).await;
+        }
     }
 
     async fn close(self) {
@@ -247,11 +172,10 @@ impl Retry {
     }
 }
 
-/// Why the waiting loop ended.
+/// Why the waiting loop ended. Our backstop is a cancel request like the others.
 enum Ended {
     Finished(Final),
     Cancel(Request),
-    Backstop,
     Lost(String),
 }
 
@@ -261,140 +185,55 @@ pub async fn run_batch(
     job: BatchJob<'_>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
 ) -> Status {
-    let log = Log::start();
-    let st = drive(&job, requests, &log).await;
+    let log = Log::to(tokio::io::stdout());
+    let st = drive(&job, tail::spawn, requests, &log).await;
     log.close().await;
     st
 }
 
+/// The job's [`Commands`]: `[batch]` rate and `scheduler_bin`, the job's environment with
+/// `env_vars` on top, in `workdir`.
+fn commands(config: &Config, env: Vec<(String, String)>, workdir: PathBuf) -> Commands {
+    let b = &config.batch;
+    let env = with_env_vars(env, &b.env_vars);
+    Commands::new(b.command_delay, b.scheduler_bin.as_deref(), env, workdir)
+}
+
+/// The whole life of one batch job: prepare, submit, wait (or cancel), drain the output,
+/// and the stage's status.
 async fn drive(
     job: &BatchJob<'_>,
+    spawn_tail: SpawnTail,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     log: &Log,
 ) -> Status {
-    let sched = job.scheduler;
-    let name = sched.name();
-    let b = &job.config.batch;
-    let (sched_args, source) = match args::build(job.config, job.variables, sched.illegal_args()) {
-        Ok(a) => a,
-        Err(e) => {
-            log.say(format!("ERROR: {e}")).await;
-            return Status::BuildFailure {
-                exit_code: 1,
-                signal: None,
-                stopped: None,
-            };
-        }
+    let name = job.scheduler.name();
+    let (sub, source) = match prepare(job, log).await {
+        Ok(s) => s,
+        Err(st) => return st,
     };
-    let env = with_env_vars(job.env.clone(), &b.env_vars);
-    let cmds = Commands::new(
-        b.command_delay,
-        b.scheduler_bin.as_deref(),
-        env,
-        job.workdir.clone(),
-    );
-    let output = output_path(&job.scripts_dir, job.stage);
-    let error = sched.error_file(&output);
-    for stale in std::iter::once(&output).chain(error.as_ref()) {
-        match std::fs::remove_file(stale) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Status::SystemFailure {
-                    message: format!(
-                        "failed to remove the stale output file {}: {e}",
-                        stale.display()
-                    ),
-                }
-            }
-        }
-    }
-    let sub = Submission {
-        script: job.script.clone(),
-        output: output.clone(),
-        error: error.clone(),
-        workdir: job.workdir.clone(),
-        name: args::job_name(job.ci_job_id, job.variables, b.disable_name_prefix),
-        args: sched_args,
-    };
+    let cmds = commands(job.config, job.env.clone(), job.workdir.clone());
     let record = Record::in_dir(&job.scripts_dir);
-    if let Err(e) = record.submitting(name, &sub.name) {
-        return Status::SystemFailure {
-            message: e.to_string(),
-        };
-    }
-
-    // Submit (a transient failure is retried; the answer of a refused one goes to the log).
-    let mut retry = Retry::new();
-    let id = loop {
-        match sched.submit(&cmds, &sub).await {
-            Ok(id) => break id,
-            Err(e) if e.is_transient() => match retry.failed(&e, b.command_delay, log).await {
-                Some(back) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(back) => continue,
-                        Some(r) = requests.recv() => {
-                            log.say(format!("{name}: not submitted: {}", reason_of(&r))).await;
-                            return Status::BuildFailure { exit_code: 1, signal: None, stopped: Some(reason_of(&r).to_string()) };
-                        }
-                    }
-                }
-                None => {
-                    return Status::SystemFailure {
-                        message: format!("failed to submit to {name}: {e}"),
-                    }
-                }
-            },
-            Err(e @ BatchError::Spawn { .. }) => {
-                return Status::SystemFailure {
-                    message: format!("failed to submit to {name}: {e}"),
-                }
-            }
-            Err(e) => {
-                log.say(format!("ERROR: {name} refused the job: {e}")).await;
-                return Status::BuildFailure {
-                    exit_code: 1,
-                    signal: None,
-                    stopped: None,
-                };
-            }
-        }
+    let id = match submit(job, &cmds, &sub, &record, requests, log).await {
+        Ok(id) => id,
+        Err(st) => return st,
     };
-    if let Err(e) = record.submitted(name, &id) {
-        // We cannot promise cleanup will find it: cancel now rather than leave an orphan.
-        let _ = sched.cancel(&cmds, &id, false).await;
-        return Status::SystemFailure {
-            message: e.to_string(),
-        };
-    }
     let from = source
         .map(|s| format!(", arguments from {s}"))
         .unwrap_or_default();
     log.say(format!(
         "Submitted {name} job {id} ({}{from}); output: {}",
         sub.name,
-        output.display()
+        sub.output.display()
     ))
     .await;
 
-    let tail = tail::spawn(
-        output.clone(),
-        TailTiming::new(b.nfs_timeout),
-        log.tx.clone(),
-    );
-    let err_tail = error
-        .clone()
-        .map(|e| tail::spawn(e, TailTiming::new(b.nfs_timeout), log.tx.clone()));
-    let ended = wait(job, &cmds, &sub, &id, requests, log).await;
-    let (fin, stopped) = match ended {
+    let nfs_timeout = job.config.batch.nfs_timeout;
+    let tails = Tails::start(spawn_tail, &sub, nfs_timeout, log);
+    let (fin, stopped) = match wait(job, &cmds, &sub, &id, requests, log).await {
         Ended::Finished(f) => (Some(f), None),
         Ended::Lost(why) => {
-            tail.stop_now();
-            tail.finish().await;
-            if let Some(t) = err_tail {
-                t.stop_now();
-                t.finish().await;
-            }
+            tails.stop_now().await;
             return Status::SystemFailure { message: format!("lost track of {name} job {id}: {why}; cleanup will cancel it if it is still queued") };
         }
         Ended::Cancel(first) => {
@@ -404,53 +243,181 @@ async fn drive(
                 Some(why),
             )
         }
-        Ended::Backstop => {
-            let first = Request::Terminate {
-                signal: nix::sys::signal::Signal::SIGTERM,
-                reason: Reason::Backstop,
-            };
-            (
-                cancel(job, &cmds, &id, first, requests, log).await,
-                Some(Reason::Backstop),
-            )
+    };
+    tails.drain(nfs_timeout, log).await;
+    // Files the job left (PBS's exit code, Cobalt's log) say more than the scheduler.
+    let fin = fin.map(|f| job.scheduler.final_from_files(&sub, &id).unwrap_or(f));
+    if fin.is_some() {
+        log.warn_if(record.finished(&id)).await;
+    }
+    status_of(name, &id, fin, stopped, log).await
+}
+
+/// A build failure with exit code 1.
+fn failed(stopped: Option<String>) -> Status {
+    Status::BuildFailure {
+        exit_code: 1,
+        signal: None,
+        stopped,
+    }
+}
+
+/// The submission: the scheduler arguments checked (a refused one fails the build), stale
+/// output files of an earlier try removed, and the record told a submission is under way.
+/// Returns it with where the user's arguments came from, or the stage's status.
+async fn prepare(job: &BatchJob<'_>, log: &Log) -> Result<(Submission, Option<String>), Status> {
+    let sched = job.scheduler;
+    let b = &job.config.batch;
+    let (args, source) = match args::build(job.config, job.variables, sched.illegal_args()) {
+        Ok(a) => a,
+        Err(e) => {
+            log.say(format!("ERROR: {e}")).await;
+            return Err(failed(None));
         }
     };
-    tail.job_over();
-    if let Some(t) = &err_tail {
-        t.job_over();
+    let output = output_path(&job.scripts_dir, job.stage);
+    let error = sched.error_file(&output);
+    for stale in std::iter::once(&output).chain(error.as_ref()) {
+        match std::fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Status::SystemFailure {
+                    message: format!(
+                        "failed to remove the stale output file {}: {e}",
+                        stale.display()
+                    ),
+                })
+            }
+        }
     }
-    let report = tail.finish().await;
-    if let Some(t) = err_tail {
-        let r = t.finish().await;
-        if r.never_appeared {
+    let sub = Submission {
+        script: job.script.clone(),
+        output,
+        error,
+        workdir: job.workdir.clone(),
+        name: args::job_name(job.ci_job_id, job.variables, b.disable_name_prefix),
+        args,
+    };
+    let record = Record::in_dir(&job.scripts_dir);
+    match record.submitting(sched.name(), &sub.name) {
+        Ok(()) => Ok((sub, source)),
+        Err(e) => Err(Status::SystemFailure {
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Submit the job and record its id. A transient failure is retried with backoff for
+/// [`TRANSIENT_WINDOW`] (a request meanwhile ends the stage unsubmitted); the answer of a
+/// refusal goes to the log. `Err`: the stage's status.
+async fn submit(
+    job: &BatchJob<'_>,
+    cmds: &Commands,
+    sub: &Submission,
+    record: &Record,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    log: &Log,
+) -> Result<String, Status> {
+    let sched = job.scheduler;
+    let name = sched.name();
+    let system = |e: &BatchError| Status::SystemFailure {
+        message: format!("failed to submit to {name}: {e}"),
+    };
+    let mut retry = Retry::new();
+    let id = loop {
+        let e = match sched.submit(cmds, sub).await {
+            Ok(id) => break id,
+            Err(e) => e,
+        };
+        if !e.is_transient() {
+            if matches!(e, BatchError::Spawn { .. }) {
+                return Err(system(&e));
+            }
+            log.say(format!("ERROR: {name} refused the job: {e}")).await;
+            return Err(failed(None));
+        }
+        let Some(back) = retry.failed(&e, job.config.batch.command_delay, log).await else {
+            return Err(system(&e));
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(back) => {}
+            Some(r) = requests.recv() => {
+                log.say(format!("{name}: not submitted: {}", reason_of(&r))).await;
+                return Err(failed(Some(reason_of(&r).to_string())));
+            }
+        }
+    };
+    if let Err(e) = record.submitted(name, &id) {
+        // We cannot promise cleanup will find it: cancel now rather than leave an orphan.
+        log.warn_if(sched.cancel(cmds, &id, false).await).await;
+        return Err(Status::SystemFailure {
+            message: e.to_string(),
+        });
+    }
+    Ok(id)
+}
+
+/// The tails of the job's output file and of its error file, when the scheduler keeps one.
+struct Tails {
+    output: (PathBuf, Tail),
+    error: Option<(PathBuf, Tail)>,
+}
+
+impl Tails {
+    fn start(spawn: SpawnTail, sub: &Submission, nfs_timeout: Duration, log: &Log) -> Tails {
+        let start = |p: &PathBuf| {
+            let tail = spawn(p.clone(), TailTiming::new(nfs_timeout), log.tx.clone());
+            (p.clone(), tail)
+        };
+        Tails {
+            output: start(&sub.output),
+            error: sub.error.as_ref().map(start),
+        }
+    }
+
+    /// Stop at once, without waiting for late output.
+    async fn stop_now(self) {
+        for (_, t) in std::iter::once(self.output).chain(self.error) {
+            t.stop_now();
+            t.finish().await;
+        }
+    }
+
+    /// The job is over: drain both files (up to `nfs_timeout` for one not there yet) and
+    /// say in the log which never appeared or went away.
+    async fn drain(self, nfs_timeout: Duration, log: &Log) {
+        let (output, tail) = self.output;
+        tail.job_over();
+        if let Some((_, t)) = &self.error {
+            t.job_over();
+        }
+        let report = tail.finish().await;
+        if let Some((error, t)) = self.error {
+            if t.finish().await.never_appeared {
+                log.say(format!(
+                    "WARNING: the error file {} never appeared (waited nfs_timeout {})",
+                    error.display(),
+                    fmt_dur(nfs_timeout)
+                ))
+                .await;
+            }
+        }
+        if report.never_appeared {
             log.say(format!(
-                "WARNING: the error file {} never appeared (waited nfs_timeout {})",
-                error.as_deref().unwrap_or(Path::new("")).display(),
-                fmt_dur(b.nfs_timeout)
+                "WARNING: the output file {} never appeared (waited nfs_timeout {})",
+                output.display(),
+                fmt_dur(nfs_timeout)
+            ))
+            .await;
+        } else if report.missing_at_end {
+            log.say(format!(
+                "WARNING: the output file {} was moved away and did not come back within nfs_timeout",
+                output.display()
             ))
             .await;
         }
     }
-    if report.never_appeared {
-        log.say(format!(
-            "WARNING: the output file {} never appeared (waited nfs_timeout {})",
-            output.display(),
-            fmt_dur(b.nfs_timeout)
-        ))
-        .await;
-    } else if report.missing_at_end {
-        log.say(format!(
-            "WARNING: the output file {} was moved away and did not come back within nfs_timeout",
-            output.display()
-        ))
-        .await;
-    }
-    // Files the job left (PBS's exit code, Cobalt's log) say more than the scheduler.
-    let fin = fin.map(|f| sched.final_from_files(&sub, &id).unwrap_or(f));
-    if fin.is_some() {
-        let _ = record.finished(&id);
-    }
-    status_of(name, &id, fin, stopped, log).await
 }
 
 /// The job's environment with `[batch] env_vars` on top: every scheduler command (submit,
@@ -472,6 +439,8 @@ fn reason_of(r: &Request) -> Reason {
     }
 }
 
+/// The stage's status from the job's end (`None`: a cancel not confirmed) and, when we
+/// cancelled it, why. A job we stopped failed, even if its trap exited 0.
 async fn status_of(
     name: &str,
     id: &str,
@@ -484,48 +453,49 @@ async fn status_of(
             .map(|r| r.to_string())
             .unwrap_or_else(|| "cancel".into());
         log.say(format!("ERROR: {name} job {id} could not be confirmed gone after the cancel ({why}); cleanup will retry")).await;
-        return Status::BuildFailure {
-            exit_code: 1,
-            signal: None,
-            stopped: Some(why),
-        };
+        return failed(Some(why));
     };
     if f.success() && stopped.is_none() {
         return Status::Success;
     }
-    // A job we stopped failed, even if its trap exited 0.
-    let code = match f.build_exit_code() {
-        0 => 1,
-        c => c,
-    };
-    let reason = f
-        .reason
-        .as_deref()
-        .map(|r| format!(" ({r})"))
-        .unwrap_or_default();
-    let sig = f
-        .signal
-        .map(|s| format!(", signal {s}"))
-        .unwrap_or_default();
+    let ended = format!(
+        "{name} job {id} ended {}",
+        JobState::Finished(f.clone()).describe()
+    );
     if !f.normal_end || stopped.is_some() {
-        log.say(format!(
-            "{name} job {id} ended {}{reason}, exit code {}{sig}",
-            f.state, f.exit_code
-        ))
-        .await;
+        log.say(format!("{ended}, exit code {}", f.exit_code)).await;
     }
     Status::BuildFailure {
-        exit_code: code,
+        exit_code: if f.exit_code == 0 { 1 } else { f.exit_code },
         signal: None,
         stopped: match (stopped, f.normal_end) {
             (Some(r), _) => Some(r.to_string()),
-            (None, false) => Some(format!("{name} job {id} ended {}{reason}", f.state)),
+            (None, false) => Some(ended),
             (None, true) => None,
         },
     }
 }
 
-/// Wait for the job to finish, reporting queue states; returns early on a request.
+/// The heartbeat period while the job is in `st`.
+fn heartbeat(st: Option<&JobState>) -> Duration {
+    match st {
+        Some(JobState::Running { .. }) => HEARTBEAT_RUNNING,
+        _ => HEARTBEAT_QUEUED,
+    }
+}
+
+/// What one poll of [`wait`] found.
+enum Poll {
+    /// Still queued or running, in this state.
+    Active(JobState),
+    /// Not known to the scheduler this time.
+    Unknown,
+    Over(Ended),
+}
+
+/// Wait for the job to finish, polling its state every `command_delay` (at least
+/// [`MIN_POLL`]), reporting state changes and a heartbeat; returns early on a request, or
+/// at our backstop `deadline` (a cancel with [`Reason::Backstop`]).
 async fn wait(
     job: &BatchJob<'_>,
     cmds: &Commands,
@@ -545,56 +515,80 @@ async fn wait(
     let far = start + Duration::from_secs(100 * 365 * 86400);
     loop {
         tokio::select! {
-            r = requests.recv() => match r {
-                Some(r) => return Ended::Cancel(r),
-                None => return Ended::Cancel(Request::Terminate { signal: nix::sys::signal::Signal::SIGTERM, reason: Reason::ParentGone }),
-            },
-            _ = sleep_until(job.deadline.unwrap_or(far)) => return Ended::Backstop,
+            r = requests.recv() => return Ended::Cancel(r.unwrap_or(Request::Terminate {
+                signal: nix::sys::signal::Signal::SIGTERM,
+                reason: Reason::ParentGone,
+            })),
+            _ = sleep_until(job.deadline.unwrap_or(far)) => return Ended::Cancel(Request::Terminate {
+                signal: nix::sys::signal::Signal::SIGTERM,
+                reason: Reason::Backstop,
+            }),
             _ = sleep_until(next_beat) => {
                 let what = last.as_ref().map(JobState::describe).unwrap_or_else(|| "submitted".into());
                 let verb = if matches!(last, Some(JobState::Running { .. })) { "running for" } else { "waiting" };
                 log.say(format!("{name} job {id} {what}, {verb} {}", fmt_dur(start.elapsed()))).await;
-                next_beat = Instant::now() + if matches!(last, Some(JobState::Running { .. })) { HEARTBEAT_RUNNING } else { HEARTBEAT_QUEUED };
+                next_beat = Instant::now() + heartbeat(last.as_ref());
             }
             _ = sleep_until(next_poll) => {
-                match job.scheduler.state(cmds, id).await {
-                    Ok(st) => {
-                        retry.ok(log).await;
-                        next_poll = Instant::now() + delay;
-                        match &st {
-                            JobState::Finished(f) => return Ended::Finished(f.clone()),
-                            JobState::Unknown => {
-                                if let Some(f) = job.scheduler.final_from_files(sub, id) {
-                                    return Ended::Finished(f);
-                                }
-                                unknown += 1;
-                                if unknown >= UNKNOWN_LIMIT {
-                                    return Ended::Lost(format!("{name} has no record of it after {unknown} polls"));
-                                }
-                                continue;
-                            }
-                            _ => unknown = 0,
+                let poll = poll(job, cmds, sub, id, &mut retry, log).await;
+                next_poll = Instant::now() + delay;
+                match poll {
+                    Err(back) => next_poll = Instant::now() + back,
+                    Ok(Poll::Over(end)) => return end,
+                    Ok(Poll::Unknown) => {
+                        unknown += 1;
+                        if unknown >= UNKNOWN_LIMIT {
+                            return Ended::Lost(format!("{name} has no record of it after {unknown} polls"));
                         }
-                        let changed = last.as_ref().map(|l| l.describe() != st.describe()).unwrap_or(true);
-                        if changed {
+                    }
+                    Ok(Poll::Active(st)) => {
+                        unknown = 0;
+                        if last.as_ref().map(JobState::describe) != Some(st.describe()) {
                             log.say(format!("{name} job {id} {}", st.describe())).await;
-                            next_beat = Instant::now() + if matches!(st, JobState::Running { .. }) { HEARTBEAT_RUNNING } else { HEARTBEAT_QUEUED };
+                            next_beat = Instant::now() + heartbeat(Some(&st));
                         }
                         last = Some(st);
                     }
-                    Err(e) => match retry.failed(&e, delay, log).await {
-                        Some(back) => next_poll = Instant::now() + back,
-                        None => return Ended::Lost(e.to_string()),
-                    },
                 }
             }
         }
     }
 }
 
+/// One status poll of [`wait`]. `Err`: it failed and the next try is after this backoff
+/// (a failure past [`TRANSIENT_WINDOW`] ends the wait as lost). A job the scheduler does not
+/// know but whose files tell its end (Cobalt's log) is over.
+async fn poll(
+    job: &BatchJob<'_>,
+    cmds: &Commands,
+    sub: &Submission,
+    id: &str,
+    retry: &mut Retry,
+    log: &Log,
+) -> Result<Poll, Duration> {
+    let delay = job.config.batch.command_delay.max(MIN_POLL);
+    match job.scheduler.state(cmds, id).await {
+        Ok(st) => {
+            retry.ok(log).await;
+            Ok(match st {
+                JobState::Finished(f) => Poll::Over(Ended::Finished(f)),
+                JobState::Unknown => match job.scheduler.final_from_files(sub, id) {
+                    Some(f) => Poll::Over(Ended::Finished(f)),
+                    None => Poll::Unknown,
+                },
+                st => Poll::Active(st),
+            })
+        }
+        Err(e) => match retry.failed(&e, delay, log).await {
+            Some(back) => Err(back),
+            None => Ok(Poll::Over(Ended::Lost(e.to_string()))),
+        },
+    }
+}
+
 /// Cancel the job: the graceful form first (unless `first` is a kill), the plain cancel
-/// after kill_timeout or on a second request, then confirm it left the queue. Returns the
-/// final state if confirmed.
+/// after kill_timeout or on a second request, then confirm it left the queue (for up to
+/// [`CONFIRM_BOUND`] after the plain cancel). Returns the final state if confirmed.
 async fn cancel(
     job: &BatchJob<'_>,
     cmds: &Commands,
@@ -607,27 +601,18 @@ async fn cancel(
     let name = sched.name();
     let kill_timeout = job.config.general.kill_timeout;
     let first_reason = reason_of(&first);
-    let mut forced = matches!(first, Request::Kill { .. }) || kill_timeout.is_zero();
-    log.say(format!(
-        "Cancelling {name} job {id} ({}){}",
-        reason_of(&first),
-        if forced {
-            ""
-        } else {
-            ": asking the job to stop (SIGTERM)"
-        }
-    ))
-    .await;
-    if let Err(e) = sched.cancel(cmds, id, !forced).await {
-        log.say(format!("WARNING: {e}")).await;
-    }
-    let start = Instant::now();
-    let escalate_at = start + kill_timeout;
-    let mut give_up = if forced {
-        Some(Instant::now() + CONFIRM_BOUND)
+    let forced = matches!(first, Request::Kill { .. }) || kill_timeout.is_zero();
+    let how = if forced {
+        ""
     } else {
-        None
+        ": asking the job to stop (SIGTERM)"
     };
+    log.say(format!("Cancelling {name} job {id} ({first_reason}){how}"))
+        .await;
+    log.warn_if(sched.cancel(cmds, id, !forced).await).await;
+    let start = Instant::now();
+    // Set once the plain cancel is sent: the bound of the confirmation.
+    let mut give_up = forced.then(|| Instant::now() + CONFIRM_BOUND);
     let step = job
         .config
         .batch
@@ -637,29 +622,21 @@ async fn cancel(
     let mut requests_open = true;
     let far = start + Duration::from_secs(100 * 365 * 86400);
     loop {
-        let escalate = async {
-            if forced {
-                std::future::pending::<()>().await
-            } else {
-                sleep_until(escalate_at).await
-            }
+        let plain = |why: String| async move {
+            log.say(why).await;
+            log.warn_if(sched.cancel(cmds, id, false).await).await;
+            Some(Instant::now() + CONFIRM_BOUND)
         };
         tokio::select! {
             r = requests.recv(), if requests_open => {
                 let Some(r) = r else { requests_open = false; continue; };
                 // Our own backstop and the parent's (or a repeated cancel) are one request.
-                if !forced && crate::supervisor::escalates_now(first_reason, &r) {
-                    forced = true;
-                    log.say(format!("Cancelling {name} job {id} now (second request)")).await;
-                    if let Err(e) = sched.cancel(cmds, id, false).await { log.say(format!("WARNING: {e}")).await; }
-                    give_up = Some(Instant::now() + CONFIRM_BOUND);
+                if give_up.is_none() && crate::supervisor::escalates_now(first_reason, &r) {
+                    give_up = plain(format!("Cancelling {name} job {id} now (second request)")).await;
                 }
             }
-            _ = escalate => {
-                forced = true;
-                log.say(format!("{name} job {id} still there after kill_timeout {}: cancelling it", fmt_dur(kill_timeout))).await;
-                if let Err(e) = sched.cancel(cmds, id, false).await { log.say(format!("WARNING: {e}")).await; }
-                give_up = Some(Instant::now() + CONFIRM_BOUND);
+            _ = sleep_until(start + kill_timeout), if give_up.is_none() => {
+                give_up = plain(format!("{name} job {id} still there after kill_timeout {}: cancelling it", fmt_dur(kill_timeout))).await;
             }
             _ = sleep_until(give_up.unwrap_or(far)) => return None,
             _ = sleep_until(next_poll) => {
@@ -690,14 +667,12 @@ pub async fn cleanup_job(
     env: Vec<(String, String)>,
     workdir: PathBuf,
 ) -> Vec<String> {
-    let b = &config.batch;
     let record = Record::in_dir(scripts_dir);
     let jobs = match record.read() {
         Ok(j) => j,
         Err(e) => return vec![e.to_string()],
     };
-    let env = with_env_vars(env, &b.env_vars);
-    let cmds = Commands::new(b.command_delay, b.scheduler_bin.as_deref(), env, workdir);
+    let cmds = commands(config, env, workdir);
     let name = scheduler.name();
     let mut problems = Vec::new();
     for j in jobs.iter().filter(|j| !j.done) {
@@ -723,131 +698,49 @@ pub async fn cleanup_job(
             problems.push(e.to_string());
             continue;
         }
-        let until = Instant::now() + CONFIRM_BOUND;
-        let step = b.command_delay.clamp(MIN_POLL, Duration::from_secs(1));
-        loop {
-            tokio::time::sleep(step).await;
-            match scheduler.state(&cmds, &j.id).await {
-                Ok(st) if !st.is_active() => {
-                    println!("cleanup: {name} job {} is gone ({})", j.id, st.describe());
-                    let _ = record.finished(&j.id);
-                    break;
+        let step = config
+            .batch
+            .command_delay
+            .clamp(MIN_POLL, Duration::from_secs(1));
+        match confirm_gone(scheduler, &cmds, &j.id, step).await {
+            Some(st) => {
+                println!("cleanup: {name} job {} is gone ({})", j.id, st.describe());
+                if let Err(e) = record.finished(&j.id) {
+                    problems.push(e.to_string());
                 }
-                _ if Instant::now() >= until => {
-                    problems.push(format!(
-                        "{name} job {} still listed {} after the cancel",
-                        j.id,
-                        fmt_dur(CONFIRM_BOUND)
-                    ));
-                    break;
-                }
-                _ => {}
             }
+            None => problems.push(format!(
+                "{name} job {} still listed {} after the cancel",
+                j.id,
+                fmt_dur(CONFIRM_BOUND)
+            )),
         }
     }
     problems
 }
 
+/// Poll every `step` until job `id` is no longer active (its last state), for up to
+/// [`CONFIRM_BOUND`] (`None`).
+async fn confirm_gone(
+    scheduler: &dyn Scheduler,
+    cmds: &Commands,
+    id: &str,
+    step: Duration,
+) -> Option<JobState> {
+    let until = Instant::now() + CONFIRM_BOUND;
+    loop {
+        tokio::time::sleep(step).await;
+        match scheduler.state(cmds, id).await {
+            Ok(st) if !st.is_active() => return Some(st),
+            _ if Instant::now() >= until => return None,
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Spawn `wrapper` with bash as its own process-group leader (as schedulers do).
-    fn spawn_wrapper(dir: &Path, wrapper: &str) -> std::process::Child {
-        use std::os::unix::process::CommandExt;
-        let w = dir.join("wrapper.bash");
-        std::fs::write(&w, wrapper).unwrap();
-        std::process::Command::new("bash")
-            .arg(&w)
-            .current_dir(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap()
-    }
-
-    fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-        let until = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < until {
-            if cond() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        cond()
-    }
-
-    #[test]
-    fn wrapper_quotes_every_word_and_keeps_the_status() {
-        let w = wrapper_script(
-            "#SBATCH --x\n",
-            &[
-                "bash".into(),
-                "-c".into(),
-                "echo \"$0\"; exit 4".into(),
-                "it's $x".into(),
-            ],
-            "echo \"after $__jacamar_rc\"",
-        );
-        assert!(w.starts_with("#!/bin/bash\n#SBATCH --x\n"), "{w}");
-        let d = tempfile::tempdir().unwrap();
-        let out = spawn_wrapper(d.path(), &w).wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(4));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $x\nafter 4\n");
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!("printf %s {}", sh_quote("a'b $x \"c\"")))
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "a'b $x \"c\"");
-    }
-
-    #[test]
-    fn wrapper_outlives_term_until_the_runner_subshell_trap_is_done() {
-        let d = tempfile::tempdir().unwrap();
-        let script = d.path().join("build_script.bash");
-        std::fs::write(
-            &script,
-            "set -eo pipefail\n: | eval $'trap \\'sleep 1; echo done >trap-done; exit 7\\' TERM\\ntouch ready\\nsleep 60\\n'\nexit 0\n",
-        )
-        .unwrap();
-        let w = wrapper_script(
-            "",
-            &["bash".into(), script.display().to_string()],
-            "echo \"rc $__jacamar_rc\"",
-        );
-        let mut child = spawn_wrapper(d.path(), &w);
-        assert!(wait_until(Duration::from_secs(20), || d
-            .path()
-            .join("ready")
-            .exists()));
-        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let st = child.wait().unwrap();
-        // The trap's file exists when the wrapper has ended: it waited for the subshell.
-        assert!(d.path().join("trap-done").exists(), "wrapper ended first");
-        // The script's shell died of the TERM: 128 + 15.
-        assert_eq!(st.code(), Some(143));
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-    }
-
-    #[test]
-    fn wrapper_of_a_finished_job_does_not_wait_for_its_leftovers() {
-        let d = tempfile::tempdir().unwrap();
-        let w = wrapper_script(
-            "",
-            &["bash".into(), "-c".into(), "sleep 60 & exit 0".into()],
-            "",
-        );
-        let t0 = std::time::Instant::now();
-        let mut child = spawn_wrapper(d.path(), &w);
-        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let st = child.wait().unwrap();
-        assert!(st.success());
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-    }
 
     #[test]
     fn durations_for_people() {
@@ -864,7 +757,7 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let log = Log::start();
+                let log = Log::to(tokio::io::sink());
                 let s = status_of("slurm", "1", Some(f), stopped, &log).await;
                 log.close().await;
                 s
@@ -893,5 +786,426 @@ mod tests {
         assert!(stopped.unwrap().contains("TIMEOUT (TimeLimit)"));
         let s = st(Final::exited("COMPLETED", 0), Some(Reason::Parent));
         assert!(matches!(s, Status::BuildFailure { exit_code: 1, .. }));
+    }
+
+    mod machine {
+        //! The state machine on tokio's paused clock, against an in-memory scheduler that
+        //! answers from a script and records every call with its (virtual) time. The tails
+        //! end at once (a tailer's blocking thread would hold the paused clock).
+
+        use super::*;
+        use crate::supervisor::Request;
+        use nix::sys::signal::Signal;
+        use std::sync::Mutex;
+
+        /// One call the machine made: when (since the start), and what.
+        type Calls = Vec<(Duration, String)>;
+        /// The scheduler's answer to a status poll, given every call so far.
+        type Answer = Box<dyn Fn(&Calls) -> Result<JobState, BatchError> + Send + Sync>;
+
+        struct Fake {
+            t0: Instant,
+            calls: Mutex<Calls>,
+            answer: Answer,
+        }
+
+        impl Fake {
+            fn new(
+                answer: impl Fn(&Calls) -> Result<JobState, BatchError> + Send + Sync + 'static,
+            ) -> Fake {
+                Fake {
+                    t0: Instant::now(),
+                    calls: Mutex::default(),
+                    answer: Box::new(answer),
+                }
+            }
+
+            fn record(&self, what: &str) {
+                let at = self.t0.elapsed();
+                self.calls.lock().unwrap().push((at, what.to_string()));
+            }
+
+            fn calls(&self) -> Calls {
+                self.calls.lock().unwrap().clone()
+            }
+
+            /// The times of the calls named `what`.
+            fn times(&self, what: &str) -> Vec<Duration> {
+                self.calls()
+                    .into_iter()
+                    .filter(|(_, w)| w == what)
+                    .map(|(t, _)| t)
+                    .collect()
+            }
+        }
+
+        impl Scheduler for Fake {
+            fn name(&self) -> &'static str {
+                "fake"
+            }
+            fn illegal_args(&self) -> &'static [args::Illegal] {
+                &[]
+            }
+            fn submit<'a>(
+                &'a self,
+                _: &'a Commands,
+                _: &'a Submission,
+            ) -> crate::batch::BoxFuture<'a, Result<String, BatchError>> {
+                self.record("submit");
+                Box::pin(async { Ok("42".to_string()) })
+            }
+            fn state<'a>(
+                &'a self,
+                _: &'a Commands,
+                _: &'a str,
+            ) -> crate::batch::BoxFuture<'a, Result<JobState, BatchError>> {
+                let answer = (self.answer)(&self.calls());
+                self.record("state");
+                Box::pin(async move { answer })
+            }
+            fn cancel<'a>(
+                &'a self,
+                _: &'a Commands,
+                _: &'a str,
+                graceful: bool,
+            ) -> crate::batch::BoxFuture<'a, Result<(), BatchError>> {
+                self.record(if graceful {
+                    "cancel graceful"
+                } else {
+                    "cancel plain"
+                });
+                Box::pin(async { Ok(()) })
+            }
+        }
+
+        fn running() -> Result<JobState, BatchError> {
+            Ok(JobState::Running {
+                state: "RUNNING".into(),
+            })
+        }
+        fn pending() -> Result<JobState, BatchError> {
+            Ok(JobState::Queued {
+                state: "PENDING".into(),
+                reason: Some("Resources".into()),
+            })
+        }
+        fn cancelled() -> Result<JobState, BatchError> {
+            Ok(JobState::Finished(Final::ended(
+                "CANCELLED",
+                0,
+                Some(15),
+                None,
+            )))
+        }
+        fn sent(calls: &Calls, what: &str) -> bool {
+            calls.iter().any(|(_, w)| w == what)
+        }
+        fn polls(calls: &Calls) -> usize {
+            calls.iter().filter(|(_, w)| w == "state").count()
+        }
+
+        fn no_tail(_: PathBuf, _: TailTiming, _: mpsc::Sender<Vec<u8>>) -> Tail {
+            Tail::idle()
+        }
+
+        /// Run the machine against `fake` with `[general] kill_timeout` 30s and `batch`
+        /// (the `[batch]` table's lines); `requests` arrive at their times; `deadline` is our
+        /// backstop. Returns the status and the job log.
+        async fn run(
+            fake: &Fake,
+            batch: &str,
+            deadline: Option<Duration>,
+            requests: Vec<(Duration, Request)>,
+        ) -> (Status, String) {
+            let text = format!("[general]\nexecutor = \"slurm\"\ndata_dir = \"/ecp\"\nkill_timeout = \"30s\"\n\n[auth]\ndownscope = \"none\"\n\n[batch]\n{batch}\n");
+            let config = Config::from_str_named(&text, "test.toml").unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let variables = BTreeMap::new();
+            let job = BatchJob {
+                config: &config,
+                scheduler: fake,
+                scripts_dir: dir.path().to_path_buf(),
+                stage: "build_script",
+                script: dir.path().join("build_script-batch"),
+                env: vec![],
+                variables: &variables,
+                ci_job_id: 7,
+                workdir: dir.path().to_path_buf(),
+                deadline: deadline.map(|d| fake.t0 + d),
+            };
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let t0 = fake.t0;
+            let sender = tokio::spawn(async move {
+                for (at, r) in requests {
+                    sleep_until(t0 + at).await;
+                    tx.send(r).unwrap();
+                }
+                // Keep the channel open: its end means "jacamar-auth went away".
+                std::future::pending::<()>().await
+            });
+            let (w, mut r) = tokio::io::duplex(1 << 20);
+            let log = Log::to(w);
+            let st = drive(&job, no_tail, &mut rx, &log).await;
+            log.close().await;
+            sender.abort();
+            let mut text = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut r, &mut text)
+                .await
+                .unwrap();
+            (st, String::from_utf8(text).unwrap())
+        }
+
+        const S: fn(u64) -> Duration = Duration::from_secs;
+
+        #[tokio::test(start_paused = true)]
+        async fn polls_no_more_than_once_per_command_delay() {
+            // Running for 100 s, then done.
+            let fake = Fake::new(|c| {
+                if polls(c) < 10 {
+                    running()
+                } else {
+                    Ok(JobState::Finished(Final::exited("COMPLETED", 0)))
+                }
+            });
+            let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+            assert_eq!(st, Status::Success, "{log}");
+            let t = fake.times("state");
+            assert_eq!(t.len(), 11, "{t:?}");
+            for w in t.windows(2) {
+                assert!(
+                    w[1] - w[0] >= S(10),
+                    "two polls within command_delay: {t:?}"
+                );
+            }
+            assert!(log.contains("fake job 42 RUNNING"), "{log}");
+            // Below the floor, polls are MIN_POLL apart.
+            let fake = Fake::new(|c| {
+                if polls(c) < 10 {
+                    running()
+                } else {
+                    Ok(JobState::Finished(Final::exited("COMPLETED", 0)))
+                }
+            });
+            let (st, _) = run(&fake, "command_delay = \"0s\"", None, vec![]).await;
+            assert_eq!(st, Status::Success);
+            let t = fake.times("state");
+            for w in t.windows(2) {
+                assert!(w[1] - w[0] >= MIN_POLL, "{t:?}");
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_pending_job_gone_after_the_graceful_cancel_is_not_escalated() {
+            let fake = Fake::new(|c| {
+                if sent(c, "cancel graceful") {
+                    cancelled()
+                } else {
+                    pending()
+                }
+            });
+            let parent = Request::Terminate {
+                signal: Signal::SIGTERM,
+                reason: Reason::Parent,
+            };
+            let (st, log) = run(&fake, "command_delay = \"5s\"", None, vec![(S(12), parent)]).await;
+            let Status::BuildFailure {
+                exit_code, stopped, ..
+            } = st
+            else {
+                panic!("{st:?}\n{log}")
+            };
+            assert_eq!(exit_code, 143);
+            assert_eq!(stopped.as_deref(), Some("cancelled by jacamar-auth"));
+            assert_eq!(fake.times("cancel graceful"), [S(12)]);
+            assert!(fake.times("cancel plain").is_empty(), "{:?}", fake.calls());
+            assert!(log.contains("fake job 42 PENDING (Resources)"), "{log}");
+            assert!(log.contains("Cancelling fake job 42 (cancelled by jacamar-auth): asking the job to stop (SIGTERM)"), "{log}");
+            assert!(log.contains("fake job 42 left the queue after"), "{log}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_running_job_gets_the_plain_cancel_at_kill_timeout() {
+            // The job's traps outlive the TERM: only the plain cancel ends it.
+            let fake = Fake::new(|c| {
+                if sent(c, "cancel plain") {
+                    cancelled()
+                } else {
+                    running()
+                }
+            });
+            let term = Request::Terminate {
+                signal: Signal::SIGTERM,
+                reason: Reason::Signal(Signal::SIGTERM),
+            };
+            let (st, log) = run(&fake, "command_delay = \"5s\"", None, vec![(S(100), term)]).await;
+            let Status::BuildFailure { stopped, .. } = st else {
+                panic!("{st:?}\n{log}")
+            };
+            assert_eq!(stopped.as_deref(), Some("received SIGTERM"));
+            assert_eq!(fake.times("cancel graceful"), [S(100)]);
+            let plain = fake.times("cancel plain");
+            assert_eq!(plain, [S(130)], "{:?}", fake.calls());
+            // Polled while waiting for it to go, never faster than MIN_POLL.
+            let during: Vec<Duration> = fake
+                .times("state")
+                .into_iter()
+                .filter(|t| *t > S(100))
+                .collect();
+            assert!(during.len() >= 2, "{during:?}");
+            for w in during.windows(2) {
+                assert!(w[1] - w[0] >= MIN_POLL, "{during:?}");
+            }
+            assert!(
+                log.contains("still there after kill_timeout 30s: cancelling it"),
+                "{log}"
+            );
+            // A second signal of ours escalates at once.
+            let fake = Fake::new(|c| {
+                if sent(c, "cancel plain") {
+                    cancelled()
+                } else {
+                    running()
+                }
+            });
+            let int = Request::Terminate {
+                signal: Signal::SIGINT,
+                reason: Reason::Signal(Signal::SIGINT),
+            };
+            let (_, log) = run(
+                &fake,
+                "command_delay = \"5s\"",
+                None,
+                vec![(S(100), term), (S(105), int)],
+            )
+            .await;
+            assert_eq!(fake.times("cancel plain"), [S(105)], "{log}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_backstop_cancels_at_the_deadline() {
+            let fake = Fake::new(|c| {
+                if sent(c, "cancel plain") {
+                    cancelled()
+                } else {
+                    running()
+                }
+            });
+            let (st, log) = run(&fake, "command_delay = \"10s\"", Some(S(3600)), vec![]).await;
+            let Status::BuildFailure { stopped, .. } = st else {
+                panic!("{st:?}\n{log}")
+            };
+            assert_eq!(
+                stopped.as_deref(),
+                Some("job exceeded its maximum duration")
+            );
+            assert_eq!(fake.times("cancel graceful"), [S(3600)]);
+            assert_eq!(fake.times("cancel plain"), [S(3630)]);
+            // Heartbeats while it ran.
+            assert!(log.contains("fake job 42 RUNNING, running for 5m"), "{log}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_transient_status_error_is_retried_with_backoff() {
+            let fake = Fake::new(|c| match polls(c) {
+                0 => running(),
+                1..=3 => Err(BatchError::Transient {
+                    command: "scontrol".into(),
+                    message: "Socket timed out".into(),
+                }),
+                4 => running(),
+                _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
+            });
+            let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+            assert_eq!(st, Status::Success, "{log}");
+            let t = fake.times("state");
+            // Backoff after the 1st, 2nd, 3rd failure: 20 s, 40 s, then the 60 s cap.
+            let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
+            assert_eq!(gaps[1..4], [S(20), S(40), S(60)], "{t:?}");
+            assert_eq!(
+                log.matches("scheduler command failed, retrying").count(),
+                1,
+                "{log}"
+            );
+            assert!(
+                log.contains("scheduler answering again after 2m00s"),
+                "{log}"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_job_that_vanished_from_the_queue_is_lost() {
+            let fake = Fake::new(|c| {
+                if polls(c) < 2 {
+                    running()
+                } else {
+                    Ok(JobState::Unknown)
+                }
+            });
+            let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+            let Status::SystemFailure { message, .. } = st else {
+                panic!("{st:?}\n{log}")
+            };
+            assert!(
+                message
+                    .contains("lost track of fake job 42: fake has no record of it after 5 polls"),
+                "{message}"
+            );
+            assert_eq!(fake.times("state").len(), 2 + UNKNOWN_LIMIT as usize);
+            assert!(fake.times("cancel plain").is_empty());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn final_states_map_to_the_stage_status() {
+            let end = |f: Final| {
+                let fake = Fake::new(move |c| {
+                    if polls(c) < 1 {
+                        running()
+                    } else {
+                        Ok(JobState::Finished(f.clone()))
+                    }
+                });
+                async move { run(&fake, "command_delay = \"10s\"", None, vec![]).await }
+            };
+            let (st, _) = end(Final::exited("FAILED", 7)).await;
+            assert_eq!(
+                st,
+                Status::BuildFailure {
+                    exit_code: 7,
+                    signal: None,
+                    stopped: None
+                }
+            );
+            let (st, log) = end(Final::ended(
+                "TIMEOUT",
+                0,
+                Some(15),
+                Some("TimeLimit".into()),
+            ))
+            .await;
+            assert_eq!(
+                st,
+                Status::BuildFailure {
+                    exit_code: 143,
+                    signal: None,
+                    stopped: Some("fake job 42 ended TIMEOUT (TimeLimit)".into())
+                }
+            );
+            assert!(
+                log.contains("fake job 42 ended TIMEOUT (TimeLimit), exit code 143"),
+                "{log}"
+            );
+            let (st, _) = end(Final::ended("NODE_FAIL", 0, None, None)).await;
+            assert!(
+                matches!(
+                    st,
+                    Status::BuildFailure {
+                        exit_code: 1,
+                        stopped: Some(_),
+                        ..
+                    }
+                ),
+                "{st:?}"
+            );
+        }
     }
 }

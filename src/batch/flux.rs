@@ -3,7 +3,7 @@
 //! return code), `flux job kill` to signal and `flux cancel` to cancel.
 
 use super::args::Illegal;
-use super::limiter::{display, CmdOutput};
+use super::limiter::CmdOutput;
 use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The Flux scheduler (`executor = "flux"`).
@@ -197,20 +197,15 @@ impl Scheduler for Flux {
     ) -> BoxFuture<'a, Result<JobState, BatchError>> {
         Box::pin(async move {
             let args = s(&["jobs", "-n", "-o", JOBS_FORMAT, id]);
-            let out = cmds.run("flux", &args).await?;
-            if !out.success() {
-                if unknown(&out.stderr) {
-                    return Ok(JobState::Unknown);
+            // Not known, or listed with no line: no record of the job.
+            let gone = |o: &CmdOutput| {
+                if o.success() {
+                    o.stdout.trim().is_empty()
+                } else {
+                    unknown(&o.stderr)
                 }
-                return Err(failure("flux", &args, &out));
-            }
-            if out.stdout.trim().is_empty() {
-                return Ok(JobState::Unknown);
-            }
-            parse_jobs(&out.stdout).ok_or_else(|| BatchError::Parse {
-                command: display("flux", &args),
-                why: format!("no state in {:?}", out.stdout.trim()),
-            })
+            };
+            super::state_command(cmds, "flux", &args, failure, gone, parse_jobs).await
         })
     }
 
@@ -269,14 +264,11 @@ mod tests {
         let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|FAILED|7||") else {
             panic!()
         };
-        assert_eq!(
-            (f.success(), f.build_exit_code(), f.normal_end),
-            (false, 7, true)
-        );
+        assert_eq!((f.success(), f.exit_code, f.normal_end), (false, 7, true));
         let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|CANCELED|-15|cancel|") else {
             panic!()
         };
-        assert_eq!(f.build_exit_code(), 143);
+        assert_eq!(f.exit_code, 143);
         assert_eq!(f.reason.as_deref(), Some("cancel"));
         let Some(JobState::Finished(f)) =
             parse_jobs("INACTIVE|TIMEOUT|-9|timeout|resource allocation expired")
@@ -291,7 +283,7 @@ mod tests {
         let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|CANCELED|-128|cancel|") else {
             panic!()
         };
-        assert_eq!(f.build_exit_code(), 1);
+        assert_eq!((f.exit_code, f.success()), (0, false));
         assert_eq!(parse_jobs("garbage"), None);
     }
 }

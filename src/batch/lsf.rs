@@ -14,8 +14,8 @@
 //! `bsub` printed, never by name, so no other job of the user is touched.
 
 use super::args::Illegal;
-use super::executor::{sh_quote, wrapper_script};
-use super::limiter::{display, CmdOutput};
+use super::limiter::CmdOutput;
+use super::wrapper::{output_redirect, wrapper_script};
 use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
 
 /// The LSF scheduler (`executor = "lsf"`).
@@ -76,19 +76,18 @@ pub fn report_file(output: &std::path::Path) -> std::path::PathBuf {
     output.with_extension("lsf.out")
 }
 
+/// mbatchd busy or restarting: LSF's own words for "try again".
+const TRANSIENT: &[&str] = &[
+    "LSF is down",
+    "Batch system not responding",
+    "batch system daemon not responding",
+    "Failed in an LSF library call",
+    "Resource temporarily unavailable",
+    "Timeout",
+];
+
 fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    // mbatchd busy or restarting: LSF's own words for "try again".
-    let transient = [
-        "LSF is down",
-        "Batch system not responding",
-        "batch system daemon not responding",
-        "Failed in an LSF library call",
-        "Resource temporarily unavailable",
-        "Timeout",
-    ]
-    .iter()
-    .any(|t| out.stderr.contains(t));
-    super::command_failure(tool, args, out, transient)
+    super::failure_by_words(TRANSIENT, tool, args, out)
 }
 
 /// The id in `bsub`'s answer: `Job <1234> is submitted to queue <normal>.`
@@ -152,11 +151,7 @@ impl Scheduler for Lsf {
     }
 
     fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
-        wrapper_script(
-            &format!("exec >>{} 2>&1\n", sh_quote(&path_arg(output))),
-            command,
-            "",
-        )
+        wrapper_script(&output_redirect(output), command, "")
     }
 
     fn submit<'a>(
@@ -184,17 +179,8 @@ impl Scheduler for Lsf {
     ) -> BoxFuture<'a, Result<JobState, BatchError>> {
         Box::pin(async move {
             let args = s(&["-noheader", "-o", BJOBS_FORMAT, id]);
-            let out = cmds.run("bjobs", &args).await?;
-            if out.stderr.contains("is not found") {
-                return Ok(JobState::Unknown);
-            }
-            if !out.success() {
-                return Err(failure("bjobs", &args, &out));
-            }
-            parse_bjobs(&out.stdout).ok_or_else(|| BatchError::Parse {
-                command: display("bjobs", &args),
-                why: format!("no state in {:?}", out.stdout.trim()),
-            })
+            let unknown = |o: &CmdOutput| o.stderr.contains("is not found");
+            super::state_command(cmds, "bjobs", &args, failure, unknown, parse_bjobs).await
         })
     }
 
@@ -261,14 +247,14 @@ mod tests {
         let Some(JobState::Finished(f)) = parse_bjobs("EXIT|7|-|-") else {
             panic!()
         };
-        assert_eq!((f.normal_end, f.build_exit_code()), (true, 7));
+        assert_eq!((f.normal_end, f.exit_code), (true, 7));
         let Some(JobState::Finished(f)) =
             parse_bjobs("EXIT|140|TERM_RUNLIMIT: job killed after reaching LSF run time limit|-")
         else {
             panic!()
         };
         assert!(!f.normal_end);
-        assert_eq!(f.build_exit_code(), 140);
+        assert_eq!(f.exit_code, 140);
         assert!(f.reason.unwrap().starts_with("TERM_RUNLIMIT"));
         assert_eq!(parse_bjobs("nothing"), None);
     }

@@ -10,6 +10,8 @@
 //! * [`persist`]: the scheduler job id, written to the job's scripts dir the moment it is
 //!   known; `cleanup` cancels what is still queued or running.
 //! * [`tail`]: the polling, NFS-safe tailer of the job's output file.
+//! * [`wrapper`]: the script submitted, which runs the stage and outlives a cancel's TERM
+//!   until the job's traps are done.
 //! * [`executor`]: the state machine of one batch job (submit, wait, tail, cancel, result).
 //! * One file per scheduler: [`slurm`], [`pbs`], [`flux`], [`lsf`], [`cobalt`].
 
@@ -23,6 +25,7 @@ pub mod pbs;
 pub mod persist;
 pub mod slurm;
 pub mod tail;
+pub mod wrapper;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -41,14 +44,22 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Final {
     /// The scheduler's own word for the end state (`COMPLETED`, `TIMEOUT`, ...).
     pub state: String,
-    /// The script's exit code (0 when the scheduler reports none).
+    /// The script's exit code, 128 + N for a death by signal N the scheduler reports
+    /// without a code (see [`exit_code_of`]); 0 when it reports neither.
     pub exit_code: i32,
-    /// The signal that ended the script, when the scheduler reports one.
-    pub signal: Option<i32>,
     /// The scheduler's reason, when it gives one (`TimeLimit`, `NonZeroExitCode`, ...).
     pub reason: Option<String>,
     /// True when the state is the scheduler's "ended normally" state (the exit code decides).
     pub normal_end: bool,
+}
+
+/// The exit code of a script that ended with `code` or by `signal`: the code, or 128 + the
+/// signal when the code is 0 (as a shell reports a death by signal).
+pub fn exit_code_of(code: i32, signal: Option<i32>) -> i32 {
+    match (code, signal) {
+        (0, Some(s)) => 128 + s,
+        (c, _) => c,
+    }
 }
 
 impl Final {
@@ -57,40 +68,24 @@ impl Final {
         Final {
             state: state.to_string(),
             exit_code,
-            signal: None,
             reason: None,
             normal_end: true,
         }
     }
 
-    /// A job the scheduler ended (time limit, cancel, node failure, ...).
-    pub fn ended(
-        state: &str,
-        exit_code: i32,
-        signal: Option<i32>,
-        reason: Option<String>,
-    ) -> Final {
+    /// A job the scheduler ended (time limit, cancel, node failure, ...): a failure, even
+    /// with exit code 0.
+    pub fn ended(state: &str, code: i32, signal: Option<i32>, reason: Option<String>) -> Final {
         Final {
             state: state.to_string(),
-            exit_code,
-            signal,
+            exit_code: exit_code_of(code, signal),
             reason,
             normal_end: false,
         }
     }
 
     pub fn success(&self) -> bool {
-        self.normal_end && self.exit_code == 0 && self.signal.is_none()
-    }
-
-    /// The code for `$BUILD_EXIT_CODE_FILE`: the script's code, 128 + a signal, never 0 for
-    /// a failure.
-    pub fn build_exit_code(&self) -> i32 {
-        match (self.exit_code, self.signal) {
-            (0, Some(s)) => 128 + s,
-            (0, None) if !self.success() => 1,
-            (c, _) => c,
-        }
+        self.normal_end && self.exit_code == 0
     }
 }
 
@@ -196,11 +191,11 @@ pub trait Scheduler: Send + Sync {
     fn name(&self) -> &'static str;
     /// Arguments the driver controls: refused in user arguments unless allowed.
     fn illegal_args(&self) -> &'static [args::Illegal];
-    /// The script submitted: by default [`executor::wrapper_script`] with no header, which
+    /// The script submitted: by default [`wrapper::wrapper_script`] with no header, which
     /// runs `command` (the user's shell running the stage script) and outlives a cancel's
     /// TERM until the job's traps are done. `output` is the file the driver tails.
     fn wrapper(&self, _output: &Path, command: &[String]) -> String {
-        executor::wrapper_script("", command, "")
+        wrapper::wrapper_script("", command, "")
     }
     /// The job's separate error file, when the scheduler keeps stderr apart (Cobalt): it is
     /// tailed to the job log along with `output`.
@@ -283,6 +278,18 @@ pub(crate) fn command_failure(
     }
 }
 
+/// [`command_failure`], transient when the stderr holds one of the scheduler's `words` for
+/// a daemon that is busy, restarting or unreachable.
+pub(crate) fn failure_by_words(
+    words: &[&str],
+    tool: &str,
+    args: &[String],
+    out: &limiter::CmdOutput,
+) -> BatchError {
+    let transient = words.iter().any(|w| out.stderr.contains(w));
+    command_failure(tool, args, out, transient)
+}
+
 /// Run a scheduler's submit command and read the job id from its stdout with `parse`.
 pub(crate) async fn submit_command(
     cmds: &Commands,
@@ -298,6 +305,31 @@ pub(crate) async fn submit_command(
     parse(&out.stdout).ok_or_else(|| BatchError::Parse {
         command: tool.to_string(),
         why: format!("no job id in {:?}", out.stdout.trim()),
+    })
+}
+
+/// Run a scheduler's status command for one job and read its answer. `unknown` is asked
+/// first: the scheduler has no record of the job (some say so with success, some with a
+/// failure); otherwise a failed command is classified by `failure`, and the stdout of a
+/// successful one is read by `parse` (`None`: [`BatchError::Parse`]).
+pub(crate) async fn state_command(
+    cmds: &Commands,
+    tool: &str,
+    args: &[String],
+    failure: fn(&str, &[String], &limiter::CmdOutput) -> BatchError,
+    unknown: impl Fn(&limiter::CmdOutput) -> bool,
+    parse: impl Fn(&str) -> Option<JobState>,
+) -> Result<JobState, BatchError> {
+    let out = cmds.run(tool, args).await?;
+    if unknown(&out) {
+        return Ok(JobState::Unknown);
+    }
+    if !out.success() {
+        return Err(failure(tool, args, &out));
+    }
+    parse(&out.stdout).ok_or_else(|| BatchError::Parse {
+        command: limiter::display(tool, args),
+        why: format!("no job state in {:?}", out.stdout.trim()),
     })
 }
 
@@ -324,88 +356,6 @@ pub(crate) fn s(v: &[&str]) -> Vec<String> {
 }
 
 /// `path` as text for a command line (lossy for non-UTF-8 paths, which our layout never makes).
-pub(crate) fn path_arg(path: &Path) -> String {
+pub fn path_arg(path: &Path) -> String {
     path.display().to_string()
-}
-
-/// `jacamar`'s batch `run` of a submitted stage: write the wrapper, take cancellation
-/// requests from the control pipe and our signals, and run the [`executor`].
-#[allow(clippy::too_many_arguments)]
-pub async fn run_stage(
-    config: &crate::config::Config,
-    h: &crate::protocol::Handoff,
-    paths: &crate::fs::JobPaths,
-    policy: &crate::fs::DirPolicy,
-    stage: &str,
-    cmd: crate::shell::ShellCommand,
-    control: std::os::fd::OwnedFd,
-    deadline: Option<tokio::time::Instant>,
-) -> Result<crate::protocol::Status, crate::stages::StageError> {
-    use crate::stages::StageError;
-    let internal = |what: &str, e: &dyn std::fmt::Display| {
-        StageError::Internal(format!("failed to {what}: {e}"))
-    };
-    let scheduler = scheduler_for(config.general.executor, &config.batch)
-        .map_err(|e| StageError::Internal(e.to_string()))?;
-    let signals = crate::supervisor::OsSignals::install()
-        .map_err(|e| internal("install signal handlers", &e))?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let ctl_task = crate::protocol::control_requests(control, tx.clone())
-        .map_err(|e| internal("read the control channel", &e))?;
-    let sig_task = signals.forward(tx);
-
-    let command: Vec<String> = std::iter::once(path_arg(&cmd.program))
-        .chain(cmd.args.iter().cloned())
-        .collect();
-    let wrapper = scheduler.wrapper(
-        &executor::output_path(&paths.scripts_dir(), stage),
-        &command,
-    );
-    let script =
-        crate::fs::write_script(paths, policy, &format!("{stage}-batch"), wrapper.as_bytes())?;
-    let workdir = h.account.workdir();
-    let job = BatchJob {
-        config,
-        scheduler: scheduler.as_ref(),
-        scripts_dir: paths.scripts_dir(),
-        stage,
-        script,
-        env: h.env.clone(),
-        variables: &h.job.batch_variables,
-        ci_job_id: h.job.job_id,
-        workdir,
-        deadline,
-    };
-    let st = run_batch(job, &mut rx).await;
-    ctl_task.abort();
-    sig_task.abort();
-    Ok(st)
-}
-
-/// `jacamar`'s batch part of `cleanup`: cancel what is still queued or running. Problems
-/// are reported in the job log; the directory is removed afterwards either way.
-pub async fn cleanup_stage(
-    config: &crate::config::Config,
-    h: &crate::protocol::Handoff,
-    paths: &crate::fs::JobPaths,
-) {
-    let scheduler = match scheduler_for(config.general.executor, &config.batch) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("jacamar: WARNING: {e}");
-            return;
-        }
-    };
-    let workdir = h.account.workdir();
-    for p in cleanup_job(
-        config,
-        scheduler.as_ref(),
-        &paths.scripts_dir(),
-        h.env.clone(),
-        workdir,
-    )
-    .await
-    {
-        eprintln!("jacamar: WARNING: cleanup: {p}");
-    }
 }

@@ -7,10 +7,10 @@
 //! `exit_status` only on some PBS flavours (not at all through the Slurm wrappers).
 
 use super::args::Illegal;
-use super::executor::sh_quote;
-use super::limiter::display;
-use super::slurm::failure;
+use super::limiter::CmdOutput;
+use super::wrapper::{output_redirect, wrapper_script};
 use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use crate::shell::sh_quote;
 
 /// The PBS scheduler (`executor = "pbs"`).
 pub struct Pbs;
@@ -52,6 +52,24 @@ const ILLEGAL: &[Illegal] = &[
         why: "the driver needs the job id qsub prints",
     },
 ];
+
+/// Messages of the PBS clients (Torque, PBS Pro) for a server that is down, restarting or
+/// unreachable (`pbs_connect` failures, PBSE_NOSERVER, PBSE_PROTOCOL, a dropped
+/// connection): try again later, the job was not refused.
+const TRANSIENT: &[&str] = &[
+    "cannot connect to server",
+    "Cannot connect to default server",
+    "No server to connect to",
+    "Connection refused",
+    "Connection timed out",
+    "Communication failure",
+    "End of File",
+];
+
+/// Classify a failed command's output with PBS's words for an unreachable server.
+fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
+    super::failure_by_words(TRANSIENT, tool, args, out)
+}
 
 /// The exit-code file of the job whose output is `output`.
 pub fn exit_file(output: &std::path::Path) -> std::path::PathBuf {
@@ -110,8 +128,8 @@ impl Scheduler for Pbs {
     fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
         let exit = exit_file(output);
         let tmp = exit.with_extension("exit.tmp");
-        super::executor::wrapper_script(
-            &format!("exec >>{} 2>&1\n", sh_quote(&path_arg(output))),
+        wrapper_script(
+            &output_redirect(output),
             command,
             &format!(
                 "echo \"$__jacamar_rc\" >{t} && mv -f {t} {e}",
@@ -151,18 +169,11 @@ impl Scheduler for Pbs {
     ) -> BoxFuture<'a, Result<JobState, BatchError>> {
         Box::pin(async move {
             let args = s(&["-f", id]);
-            let out = cmds.run("qstat", &args).await?;
-            if out.success() {
-                return parse_qstat(&out.stdout).ok_or_else(|| BatchError::Parse {
-                    command: display("qstat", &args),
-                    why: format!("no job_state in {:?}", out.stdout.trim()),
-                });
-            }
             // Torque/PBS: PBSE_UNKJOBID (15001, exit status 153), "Unknown Job Id".
-            if out.code == Some(153) || out.stderr.contains("Unknown Job") {
-                return Ok(JobState::Unknown);
-            }
-            Err(failure("qstat", &args, &out))
+            let unknown = |o: &CmdOutput| {
+                !o.success() && (o.code == Some(153) || o.stderr.contains("Unknown Job"))
+            };
+            super::state_command(cmds, "qstat", &args, failure, unknown, parse_qstat).await
         })
     }
 
@@ -211,7 +222,7 @@ mod tests {
         let Some(JobState::Finished(f)) = parse_qstat(t) else {
             panic!()
         };
-        assert_eq!(f.build_exit_code(), 143);
+        assert_eq!((f.exit_code, f.success()), (143, false));
         let t = "job_state = Q\ncomment = Not Running: Insufficient resources\n";
         assert!(matches!(
             parse_qstat(t),
@@ -221,6 +232,29 @@ mod tests {
             })
         ));
         assert_eq!(parse_qstat("garbage"), None);
+    }
+
+    #[test]
+    fn failures_are_transient_in_pbs_words_only() {
+        let out = |stderr: &str| CmdOutput {
+            code: Some(1),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        };
+        let args = s(&["-f", "1"]);
+        for e in [
+            "qstat: cannot connect to server srv (errno=111) Connection refused",
+            "Cannot connect to default server host 'srv' - check pbs_server daemon.",
+            "qsub: End of File",
+        ] {
+            assert!(failure("qstat", &args, &out(e)).is_transient(), "{e}");
+        }
+        for e in [
+            "qsub: Unknown queue MSG=requested queue not found",
+            "qsub: Job exceeds queue resource limits",
+        ] {
+            assert!(!failure("qsub", &args, &out(e)).is_transient(), "{e}");
+        }
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! `sacct` once the record is purged), `scancel` to cancel.
 
 use super::args::Illegal;
-use super::limiter::{display, CmdOutput};
-use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::limiter::CmdOutput;
+use super::{
+    exit_code_of, path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler,
+    Submission,
+};
 
 /// The Slurm scheduler (`executor = "slurm"` or `"sbatch"`).
 pub struct Slurm;
@@ -84,9 +87,8 @@ const TRANSIENT: &[&str] = &[
 ];
 
 /// Classify a failed command's output (Slurm's words for a busy or restarting controller).
-pub(crate) fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    let transient = TRANSIENT.iter().any(|t| out.stderr.contains(t));
-    super::command_failure(tool, args, out, transient)
+fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
+    super::failure_by_words(TRANSIENT, tool, args, out)
 }
 
 /// The id in `sbatch --parsable`'s answer (`42` or `42;cluster`).
@@ -125,10 +127,7 @@ pub fn classify(state: &str, reason: Option<&str>, exit: Option<&str>) -> JobSta
         "PENDING" | "REQUEUED" | "REQUEUE_FED" | "REQUEUE_HOLD" | "RESV_DEL_HOLD" | "SUSPENDED"
         | "STOPPED" | "CONFIGURING" | "RESIZING" => JobState::Queued { state, reason },
         "RUNNING" | "COMPLETING" | "SIGNALING" | "STAGE_OUT" => JobState::Running { state },
-        "COMPLETED" => JobState::Finished(Final {
-            signal: sig,
-            ..Final::exited(&state, code)
-        }),
+        "COMPLETED" => JobState::Finished(Final::exited(&state, exit_code_of(code, sig))),
         "FAILED" if code != 0 && sig.is_none() => JobState::Finished(Final {
             reason,
             ..Final::exited(&state, code)
@@ -197,15 +196,11 @@ impl Scheduler for Slurm {
     ) -> BoxFuture<'a, Result<JobState, BatchError>> {
         Box::pin(async move {
             let args = s(&["show", "job", "-o", id]);
-            let out = cmds.run("scontrol", &args).await?;
-            if out.success() {
-                return parse_scontrol(&out.stdout).ok_or_else(|| BatchError::Parse {
-                    command: display("scontrol", &args),
-                    why: format!("no JobState in {:?}", out.stdout.trim()),
-                });
-            }
-            if !out.stderr.contains("Invalid job id") {
-                return Err(failure("scontrol", &args, &out));
+            let purged = |o: &CmdOutput| !o.success() && o.stderr.contains("Invalid job id");
+            let st = super::state_command(cmds, "scontrol", &args, failure, purged, parse_scontrol)
+                .await?;
+            if st != JobState::Unknown {
+                return Ok(st);
             }
             // Purged from the controller: ask the accounting, then the completion log.
             let fmt = "--format=JobID,State,ExitCode";
@@ -280,7 +275,7 @@ mod tests {
             panic!()
         };
         assert!(!f.success());
-        assert_eq!(f.build_exit_code(), 143);
+        assert_eq!(f.exit_code, 143);
         assert_eq!(f.reason.as_deref(), Some("TimeLimit"));
         let l = "JobId=8 JobState=COMPLETED Reason=None ExitCode=0:0";
         let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
@@ -291,7 +286,7 @@ mod tests {
         let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
             panic!()
         };
-        assert!(!f.success() && f.build_exit_code() == 1);
+        assert!(!f.success() && f.exit_code == 0);
         assert_eq!(parse_scontrol("nothing"), None);
     }
 

@@ -84,6 +84,18 @@ impl Tail {
     }
 }
 
+#[cfg(test)]
+impl Tail {
+    /// A tail with nothing to read, done at once (the state machine's unit tests).
+    pub(crate) fn idle() -> Tail {
+        Tail {
+            over: Arc::default(),
+            stop: Arc::default(),
+            handle: tokio::spawn(async { TailReport::default() }),
+        }
+    }
+}
+
 /// Start tailing `path`, sending complete lines (with their newline) to `out`.
 pub fn spawn(path: PathBuf, timing: TailTiming, out: mpsc::Sender<Vec<u8>>) -> Tail {
     let over = Arc::new(AtomicBool::new(false));

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use super::{job_paths, StageError};
+use crate::batch::{self, BatchJob};
 use crate::config::Config;
 use crate::fs::{self, DirPolicy};
 use crate::protocol::{self, Action, Handoff, Status};
@@ -113,7 +114,7 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
         Action::Cleanup => {
             if config.general.executor.is_batch() {
                 // Cancel the scheduler jobs still queued or running before their record goes.
-                crate::batch::cleanup_stage(&config, &h, &paths).await;
+                cancel_batch_jobs(&config, &h, &paths).await;
             }
             fs::cleanup_job(&paths, config.general.retain_logs)?;
             let report = fs::builds::cleanup(&paths, &policy, &builds_plan()?, &config.general)?;
@@ -139,10 +140,14 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
             );
             if config.general.executor.is_batch() && crate::batch::is_submitted_stage(stage) {
                 let deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
-                return crate::batch::run_stage(
-                    &config, &h, &paths, &policy, stage, cmd, control, deadline,
-                )
-                .await;
+                let batch = BatchStage {
+                    config: &config,
+                    h: &h,
+                    paths: &paths,
+                    policy: &policy,
+                    stage,
+                };
+                return run_batch(batch, cmd, control, deadline).await;
             }
             run_shell(&config, &h, cmd, control).await
         }
@@ -218,6 +223,87 @@ async fn run_shell(
             stopped,
         },
     })
+}
+
+/// A submitted stage of a batch executor, and where its files go.
+struct BatchStage<'a> {
+    config: &'a Config,
+    h: &'a Handoff,
+    paths: &'a fs::JobPaths,
+    policy: &'a DirPolicy,
+    stage: &'a str,
+}
+
+/// The batch `run` of a submitted stage: write the wrapper, take cancellation requests from
+/// the control pipe and our signals, and run the batch executor.
+async fn run_batch(
+    b: BatchStage<'_>,
+    cmd: shell::ShellCommand,
+    control: OwnedFd,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Status, StageError> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        StageError::Internal(format!("failed to {what}: {e}"))
+    };
+    let scheduler = batch::scheduler_for(b.config.general.executor, &b.config.batch)
+        .map_err(|e| StageError::Internal(e.to_string()))?;
+    let signals = OsSignals::install().map_err(|e| internal("install signal handlers", &e))?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ctl_task = protocol::control_requests(control, tx.clone())
+        .map_err(|e| internal("read the control channel", &e))?;
+    let sig_task = signals.forward(tx);
+
+    let command: Vec<String> = std::iter::once(batch::path_arg(&cmd.program))
+        .chain(cmd.args.iter().cloned())
+        .collect();
+    let scripts_dir = b.paths.scripts_dir();
+    let wrapper = scheduler.wrapper(
+        &batch::executor::output_path(&scripts_dir, b.stage),
+        &command,
+    );
+    let name = format!("{}-batch", b.stage);
+    let script = fs::write_script(b.paths, b.policy, &name, wrapper.as_bytes())?;
+    let job = BatchJob {
+        config: b.config,
+        scheduler: scheduler.as_ref(),
+        scripts_dir,
+        stage: b.stage,
+        script,
+        env: b.h.env.clone(),
+        variables: &b.h.job.batch_variables,
+        ci_job_id: b.h.job.job_id,
+        workdir: b.h.account.workdir(),
+        deadline,
+    };
+    let st = batch::run_batch(job, &mut rx).await;
+    ctl_task.abort();
+    sig_task.abort();
+    Ok(st)
+}
+
+/// The batch part of `cleanup`: cancel the scheduler jobs still queued or running before
+/// their record goes. Problems are reported in the job log; the directory is removed
+/// afterwards either way.
+async fn cancel_batch_jobs(config: &Config, h: &Handoff, paths: &fs::JobPaths) {
+    let scheduler = match batch::scheduler_for(config.general.executor, &config.batch) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("jacamar: WARNING: {e}");
+            return;
+        }
+    };
+    let (env, workdir) = (h.env.clone(), h.account.workdir());
+    let problems = batch::cleanup_job(
+        config,
+        scheduler.as_ref(),
+        &paths.scripts_dir(),
+        env,
+        workdir,
+    )
+    .await;
+    for p in problems {
+        eprintln!("jacamar: WARNING: cleanup: {p}");
+    }
 }
 
 /// A Unix time in milliseconds as a tokio instant (now, if it is already past).

@@ -66,7 +66,10 @@ impl JobCgroup {
         let parent = mount.join(ours);
         remove_stale(&parent);
         let me = std::process::id() as i32;
-        let dir = parent.join(format!("{PREFIX}{me}.{}", start_time(me).unwrap_or(0)));
+        let dir = parent.join(format!(
+            "{PREFIX}{me}.{}",
+            super::procfs::start_time(me).unwrap_or(0)
+        ));
         std::fs::create_dir(&dir).map_err(|e| with_path(e, &dir))?;
         let procs = OpenOptions::new()
             .write(true)
@@ -148,16 +151,6 @@ impl JobCgroup {
 /// them: unique even when pids are reused, and recognisably stale once that process is gone.
 const PREFIX: &str = "jacamar-rs.";
 
-/// The start time (clock ticks after boot) of process `pid`, from `/proc/<pid>/stat`.
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
-}
-
 /// Remove the empty job cgroups left in `parent` by a jacamar-auth that was SIGKILLed (it
 /// could not remove its own). Best effort: a cgroup that still has processes (EBUSY), or
 /// that another jacamar-auth removes first (ENOENT), is left alone.
@@ -175,7 +168,7 @@ fn remove_stale(parent: &Path) {
         else {
             continue;
         };
-        if start_time(pid) != Some(start) {
+        if super::procfs::start_time(pid) != Some(start) {
             let _ = std::fs::remove_dir(e.path());
         }
     }

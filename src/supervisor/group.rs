@@ -17,6 +17,9 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
+use super::procfs::all_processes;
+pub use super::procfs::ProcInfo;
+
 /// Make the calling process a child subreaper, so that orphaned descendants are
 /// re-parented to it instead of to init. Returns false when the kernel refused.
 pub fn become_subreaper() -> bool {
@@ -57,45 +60,6 @@ pub fn has_children() -> bool {
         | WaitPidFlag::WNOHANG
         | WaitPidFlag::WNOWAIT;
     !matches!(waitid(Id::All, flags), Err(Errno::ECHILD))
-}
-
-/// One process seen in /proc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcInfo {
-    pub pid: i32,
-    pub ppid: i32,
-    pub pgid: i32,
-    pub zombie: bool,
-}
-
-/// Parse `/proc/<pid>/stat`. The command name may hold spaces and parentheses, so the
-/// fields are read after the last `)`.
-pub fn parse_stat(pid: i32, stat: &str) -> Option<ProcInfo> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgid = fields.next()?.parse().ok()?;
-    Some(ProcInfo {
-        pid,
-        ppid,
-        pgid,
-        zombie: state == "Z" || state == "X",
-    })
-}
-
-/// Every process currently visible in /proc.
-pub fn all_processes() -> Vec<ProcInfo> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let e = e.ok()?;
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-        parse_stat(pid, &stat)
-    })
-    .collect()
 }
 
 /// The descendants of `root` (not `root` itself), plus every member of group `pgid`.
@@ -279,16 +243,6 @@ fn send_all(pids: &[i32], pgid: Option<Pid>, sig: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_with_spaces_and_parens_in_name() {
-        let s = "1234 (a b) c)) S 77 1234 1234 0 -1 4194560";
-        let p = parse_stat(1234, s).unwrap();
-        assert_eq!((p.ppid, p.pgid, p.zombie), (77, 1234, false));
-        let z = parse_stat(5, "5 (x) Z 1 5 5").unwrap();
-        assert!(z.zombie);
-        assert!(parse_stat(5, "garbage").is_none());
-    }
 
     #[test]
     fn has_children_sees_a_child_without_reaping_it() {

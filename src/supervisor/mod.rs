@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod group;
 pub mod machine;
+pub mod procfs;
 pub mod relay;
 pub mod signals;
 

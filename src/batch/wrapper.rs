@@ -1,0 +1,199 @@
+//! The script submitted to a scheduler: the stage as a supervised foreground child (see
+//! [`wrapper_script`]), with each scheduler's header and epilogue.
+
+use std::path::Path;
+
+use super::path_arg;
+use crate::shell::sh_quote;
+
+/// The wrapper's part after the scheduler's header (see [`wrapper_script`]); `@COMMAND@`
+/// and `@AFTER@` are filled in.
+const SUPERVISED_STAGE: &str = r#"# jacamar: the stage runs in the foreground, in this shell's process group. A TERM (the
+# scheduler's cancel) does not end this shell: it counts it, and then waits until every
+# other process of its group is gone, so the job's own TERM traps run to their end.
+__jacamar_terms=0
+trap '__jacamar_terms=$((__jacamar_terms + 1))' TERM
+__jacamar_group_busy() {
+    local f line rest state
+    for f in /proc/[0-9]*/stat; do
+        [ "$f" = "/proc/$$/stat" ] && continue
+        { read -r line <"$f"; } 2>/dev/null || continue
+        rest=${line##*) }
+        state=${rest%% *}
+        rest=${rest#* }
+        rest=${rest#* }
+        [ "${rest%% *}" = "$$" ] && [ "$state" != Z ] && return 0
+    done
+    return 1
+}
+@COMMAND@
+__jacamar_rc=$?
+if [ "$__jacamar_terms" != 0 ]; then
+    { read -r __jacamar_self <"/proc/$$/stat"; } 2>/dev/null
+    __jacamar_self=${__jacamar_self##*) }
+    __jacamar_self=${__jacamar_self#* }
+    __jacamar_self=${__jacamar_self#* }
+    if [ "${__jacamar_self%% *}" = "$$" ]; then
+        while __jacamar_group_busy; do sleep 0.25; done
+    fi
+fi
+@AFTER@exit "$__jacamar_rc"
+"#;
+
+/// The wrapper submitted to the scheduler: a shebang, the scheduler's `header`, the stage
+/// (`command`: the user's shell running the stage script, every word single-quoted) as a
+/// foreground child, then `after` (shell code that may read the stage's status in
+/// `$__jacamar_rc`), and an exit with that status.
+///
+/// Cancel: schedulers signal the whole job at once (Slurm's `scancel --signal=TERM --full`
+/// and plain cancel, and so `qdel` of Debian's PBS wrappers over Slurm; PBS and LSF signal
+/// the job's session or process group): the job already has the TERM, the wrapper forwards
+/// nothing. The step ends when the wrapper ends, and what is left then is killed, so the
+/// wrapper outlives the TERM while the job's traps run, those of the runner's `: | eval`
+/// subshell included, which outlive the script's own shell. It counts TERMs in a handler (an
+/// ignore would be inherited, and bash cannot trap a signal ignored at its start); bash runs
+/// the handler only once the foreground stage has ended. After a TERM it also waits until no
+/// other process of its process group is left (read from `/proc`, no fork; skipped when
+/// the scheduler did not make the wrapper a group leader). The scheduler's SIGKILL (the plain
+/// cancel after kill_timeout, or its own kill delay) still ends all of it. A process that
+/// leaves the group (`setsid`, job control) is not waited for.
+///
+/// Status: the stage's exit code; a death of the stage's shell by signal N is exit code
+/// 128+N (the same build exit code; bash's `Terminated` line reaches the output). A job
+/// that ends without a TERM is not held up by background processes it leaves behind (the
+/// scheduler cleans those up, as before).
+pub fn wrapper_script(header: &str, command: &[String], after: &str) -> String {
+    let cmd: Vec<String> = command.iter().map(|w| sh_quote(w)).collect();
+    let mut after = after.to_string();
+    if !after.is_empty() && !after.ends_with('\n') {
+        after.push('\n');
+    }
+    let (before_cmd, rest) = SUPERVISED_STAGE
+        .split_once("@COMMAND@")
+        .expect("the template names @COMMAND@");
+    let (before_after, end) = rest
+        .split_once("@AFTER@")
+        .expect("the template names @AFTER@");
+    let mut s = String::from("#!/bin/bash\n");
+    for part in [
+        header,
+        before_cmd,
+        &cmd.join(" "),
+        before_after,
+        &after,
+        end,
+    ] {
+        s.push_str(part);
+    }
+    s
+}
+
+/// A header that sends the job's stdout and stderr straight to the driver's `output` file
+/// (appending), for schedulers that may spool a job's output and copy it only at its end
+/// (PBS, LSF): the driver streams the file live.
+pub fn output_redirect(output: &Path) -> String {
+    format!("exec >>{} 2>&1\n", sh_quote(&path_arg(output)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Spawn `wrapper` with bash as its own process-group leader (as schedulers do).
+    fn spawn_wrapper(dir: &Path, wrapper: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let w = dir.join("wrapper.bash");
+        std::fs::write(&w, wrapper).unwrap();
+        std::process::Command::new("bash")
+            .arg(&w)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cond()
+    }
+
+    #[test]
+    fn wrapper_quotes_every_word_and_keeps_the_status() {
+        let w = wrapper_script(
+            "#SBATCH --x\n",
+            &[
+                "bash".into(),
+                "-c".into(),
+                "echo \"$0\"; exit 4".into(),
+                "it's $x".into(),
+            ],
+            "echo \"after $__jacamar_rc\"",
+        );
+        assert!(w.starts_with("#!/bin/bash\n#SBATCH --x\n"), "{w}");
+        let d = tempfile::tempdir().unwrap();
+        let out = spawn_wrapper(d.path(), &w).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(4));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $x\nafter 4\n");
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("printf %s {}", sh_quote("a'b $x \"c\"")))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a'b $x \"c\"");
+    }
+
+    #[test]
+    fn wrapper_outlives_term_until_the_runner_subshell_trap_is_done() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("build_script.bash");
+        std::fs::write(
+            &script,
+            "set -eo pipefail\n: | eval $'trap \\'sleep 1; echo done >trap-done; exit 7\\' TERM\\ntouch ready\\nsleep 60\\n'\nexit 0\n",
+        )
+        .unwrap();
+        let w = wrapper_script(
+            "",
+            &["bash".into(), script.display().to_string()],
+            "echo \"rc $__jacamar_rc\"",
+        );
+        let mut child = spawn_wrapper(d.path(), &w);
+        assert!(wait_until(Duration::from_secs(20), || d
+            .path()
+            .join("ready")
+            .exists()));
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let st = child.wait().unwrap();
+        // The trap's file exists when the wrapper has ended: it waited for the subshell.
+        assert!(d.path().join("trap-done").exists(), "wrapper ended first");
+        // The script's shell died of the TERM: 128 + 15.
+        assert_eq!(st.code(), Some(143));
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    #[test]
+    fn wrapper_of_a_finished_job_does_not_wait_for_its_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let w = wrapper_script(
+            "",
+            &["bash".into(), "-c".into(), "sleep 60 & exit 0".into()],
+            "",
+        );
+        let t0 = std::time::Instant::now();
+        let mut child = spawn_wrapper(d.path(), &w);
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let st = child.wait().unwrap();
+        assert!(st.success());
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
