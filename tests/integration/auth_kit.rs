@@ -396,7 +396,3 @@ pub fn ensure_user(name: &str, groups: &[&str], shell: &str) -> nix::unistd::Use
         .unwrap()
         .unwrap_or_else(|| panic!("useradd {name} failed (tests need root)"))
 }
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
