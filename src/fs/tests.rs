@@ -720,6 +720,7 @@ const ALLOW_SKIP_VAR: &str = "JACAMAR_TEST_ALLOW_SKIP";
 
 /// A test that cannot run here (`ok` false, for the reason `what`) fails, unless
 /// `JACAMAR_TEST_ALLOW_SKIP=1` is set: then it says so and returns false (the test returns).
+#[track_caller]
 fn require(ok: bool, what: &str) -> bool {
     if ok {
         return true;

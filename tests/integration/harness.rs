@@ -426,10 +426,12 @@ pub const ALLOW_SKIP_VAR: &str = "JACAMAR_TEST_ALLOW_SKIP";
 /// A test that cannot run here for a reason other than root or a program (`why`) starts
 /// with `if !require(ok, why) { return; }`: like [`require_root`], it fails unless
 /// `JACAMAR_TEST_ALLOW_SKIP=1`.
+#[track_caller]
 pub fn require(ok: bool, why: &str) -> bool {
     ok || skip_or_fail(why)
 }
 
+#[track_caller]
 fn skip_or_fail(what: &str) -> bool {
     if std::env::var(ALLOW_SKIP_VAR).as_deref() == Ok("1") {
         eprintln!("SKIPPED ({ALLOW_SKIP_VAR}=1): {what}");
@@ -441,11 +443,13 @@ fn skip_or_fail(what: &str) -> bool {
 
 /// A test that needs root starts with `if !require_root() { return; }`: without root it
 /// fails, unless `JACAMAR_TEST_ALLOW_SKIP=1` is set (then it says so and returns false).
+#[track_caller]
 pub fn require_root() -> bool {
     nix::unistd::geteuid().is_root() || skip_or_fail("this test needs root")
 }
 
 /// Like [`require_root`], for a program the test needs on `PATH`.
+#[track_caller]
 pub fn require_tool(name: &str) -> bool {
     let path = std::env::var("PATH").unwrap_or_default();
     jacamar::shell::find_on_path(name, &path).is_some()
