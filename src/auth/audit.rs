@@ -367,39 +367,46 @@ mod tests {
         assert_framed(&buf[..n], "");
     }
 
-    #[test]
-    fn tcp_sink_sends_one_framed_line_and_closes() {
-        use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// What a stream listener receives from one [`record`] of [`authorized`] to `network`
+    /// `address`, up to the sender's close; `accept` takes the connection.
+    fn one_stream<C: std::io::Read>(
+        network: &str,
+        address: String,
+        accept: impl FnOnce() -> C,
+    ) -> Vec<u8> {
         let sink = Sink::Network {
-            network: "tcp".into(),
-            address: listener.local_addr().unwrap().to_string(),
+            network: network.into(),
+            address,
         };
         let sender = std::thread::spawn(move || record(&sink, &authorized()));
-        let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(WAIT).unwrap();
         let mut got = Vec::new();
-        conn.read_to_end(&mut got).unwrap();
+        accept().read_to_end(&mut got).unwrap();
         sender.join().unwrap().unwrap();
+        got
+    }
+
+    #[test]
+    fn tcp_sink_sends_one_framed_line_and_closes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let got = one_stream("tcp", address, || {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(WAIT).unwrap();
+            conn
+        });
         assert_framed(&got, "\n");
     }
 
     #[test]
     fn unix_stream_sink_sends_one_framed_line_and_closes() {
-        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let sink = Sink::Network {
-            network: "unix".into(),
-            address: path.display().to_string(),
-        };
-        let sender = std::thread::spawn(move || record(&sink, &authorized()));
-        let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(WAIT).unwrap();
-        let mut got = Vec::new();
-        conn.read_to_end(&mut got).unwrap();
-        sender.join().unwrap().unwrap();
+        let got = one_stream("unix", path.display().to_string(), || {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(WAIT).unwrap();
+            conn
+        });
         assert_framed(&got, "\n");
     }
 
