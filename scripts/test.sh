@@ -22,6 +22,44 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "cargo is required" >&2; exit 2; }
 
+# --- what the tests leave on the machine, removed however the run ends: the accounts and
+# groups they create (every name starts with jrs_, plus the bot account project_77_bot_jrs;
+# jacamar-ci of scripts/slurm/slurm-up.sh stays, it belongs to the Slurm setup), their
+# processes and Slurm jobs first, the sudoers drop-ins, the test PKI (a CA private key) and
+# other /tmp/jrs-* leftovers, a /etc/nologin of the nologin test, empty per-job cgroups.
+test_names() { # $1: passwd or group
+  getent "$1" | cut -d: -f1 | grep -E '^(jrs_[a-z0-9]+_[a-z0-9_]+|project_77_bot_jrs)$' || true
+}
+cleanup_test_leftovers() {
+  local u g i cg home
+  for u in $(test_names passwd); do
+    home=$(getent passwd "$u" | cut -d: -f6)
+    command -v scancel >/dev/null && scancel -u "$u" 2>/dev/null
+    for i in $(seq 50); do
+      pkill -KILL -u "$u" 2>/dev/null || break
+      sleep 0.1
+    done
+    userdel -r "$u" 2>/dev/null
+    if getent passwd "$u" >/dev/null; then echo "cleanup: userdel $u failed" >&2; fi
+    case "$home" in /home/jrs_*|/home/project_77_bot_jrs) rm -rf "$home" ;; esac
+  done
+  for g in $(test_names group); do
+    groupdel "$g" || echo "cleanup: groupdel $g failed" >&2
+  done
+  rm -f /etc/sudoers.d/jacamar-rs-test /etc/sudoers.d/jacamar-rs-superv
+  if [ -f /etc/nologin ] && [ "$(cat /etc/nologin)" = "jrs test maintenance" ]; then
+    rm -f /etc/nologin
+  fi
+  rm -rf /tmp/jrs-*
+  cg=$(findmnt -n -t cgroup2 -o TARGET 2>/dev/null | head -n1)
+  # rmdir removes a cgroup only when no process is left in it.
+  [ -n "$cg" ] && find "$cg" -depth -type d -name 'jacamar-rs.*' -exec rmdir {} \; 2>/dev/null
+  return 0
+}
+if [ "$(id -u)" = 0 ] && [ "${JACAMAR_TEST_KEEP_LEFTOVERS:-0}" != 1 ]; then
+  trap cleanup_test_leftovers EXIT
+fi
+
 # --- batch executors (issue 4): a real one-node Slurm, the Torque wrappers (qsub/qstat/qdel
 # over Slurm) for the PBS executor, and the non-root user the batch tests submit as. The
 # script is idempotent; a machine where Slurm cannot start fails here, loudly. Set

@@ -151,8 +151,16 @@ pub enum AuditError {
     },
 }
 
+/// The local syslog daemon's socket, where [`Sink::Syslog`] sends.
+const SYSLOG_SOCKET: &str = "/dev/log";
+
 /// Write an event to `sink`.
 pub fn record(sink: &Sink, ev: &Event<'_>) -> Result<(), AuditError> {
+    record_via(sink, ev, Path::new(SYSLOG_SOCKET))
+}
+
+/// [`record`], with `syslog` as the syslog daemon's socket (a test's own listener).
+fn record_via(sink: &Sink, ev: &Event<'_>, syslog: &Path) -> Result<(), AuditError> {
     let line = render(ev);
     match sink {
         Sink::Nowhere => Ok(()),
@@ -161,7 +169,7 @@ pub fn record(sink: &Sink, ev: &Event<'_>) -> Result<(), AuditError> {
             why,
         }),
         Sink::Syslog => UnixDatagram::unbound()
-            .and_then(|s| s.send_to(syslog_frame(ev.level, &line).as_bytes(), "/dev/log"))
+            .and_then(|s| s.send_to(syslog_frame(ev.level, &line).as_bytes(), syslog))
             .map(|_| ())
             .map_err(AuditError::Syslog),
         Sink::Network { network, address } => {
@@ -303,35 +311,161 @@ mod tests {
         assert_eq!(v["stage"], "prepare_exec");
     }
 
-    #[test]
-    fn udp_sink_gets_a_syslog_framed_json_line() {
-        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        server
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let sink = Sink::Network {
-            network: "udp".into(),
-            address: server.local_addr().unwrap().to_string(),
-        };
-        let ev = Event {
+    /// The event every sink test sends: an authorization (INFO).
+    fn authorized() -> Event<'static> {
+        Event {
             level: Level::Info,
             msg: "authorized",
             job: Some(1),
-            runner: None,
+            runner: Some("tstrunnr"),
             stage: "config_exec",
             error_id: None,
             account: Some("alice"),
             login: Some("alice"),
             name: Some("site-runner"),
+        }
+    }
+
+    /// Check that `got` is exactly `<86>jacamar-auth[<our pid>]: <json>` and `end` (the
+    /// newline of stream sinks, nothing for datagrams), with the JSON of [`authorized`]
+    /// (only its `time` is not known in advance).
+    fn assert_framed(got: &[u8], end: &str) {
+        let text = String::from_utf8(got.to_vec()).unwrap();
+        let prefix = format!("<86>jacamar-auth[{}]: ", std::process::id());
+        let json = text
+            .strip_prefix(&prefix)
+            .and_then(|t| t.strip_suffix(end))
+            .unwrap_or_else(|| panic!("not {prefix:?} + JSON + {end:?}: {text:?}"));
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let time = v["time"].as_str().unwrap().to_string();
+        assert!(time.len() == 30 && time.ends_with('Z'), "{time}");
+        let host = nix::unistd::gethostname().unwrap();
+        let want = json!({
+            "time": time, "level": "INFO", "msg": "authorized", "job": 1,
+            "runner": "tstrunnr", "stage": "config_exec", "pid": std::process::id(),
+            "hostname": host.to_string_lossy(), "account": "alice", "login": "alice",
+            "name": "site-runner",
+        });
+        assert_eq!(v, want, "{text:?}");
+        // One compact line, as rendered: nothing but the JSON between prefix and end.
+        assert_eq!(json, want.to_string(), "{text:?}");
+    }
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn udp_sink_gets_one_syslog_framed_datagram() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_read_timeout(WAIT).unwrap();
+        let sink = Sink::Network {
+            network: "udp".into(),
+            address: server.local_addr().unwrap().to_string(),
         };
-        record(&sink, &ev).unwrap();
+        record(&sink, &authorized()).unwrap();
         let mut buf = [0u8; 4096];
         let n = server.recv(&mut buf).unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]);
-        assert!(text.starts_with("<86>jacamar-auth["), "{text}");
-        let json = &text[text.find('{').unwrap()..];
-        let v: serde_json::Value = serde_json::from_str(json).unwrap();
-        assert_eq!(v["account"], "alice");
+        assert_framed(&buf[..n], "");
+    }
+
+    /// What a stream listener receives from one [`record`] of [`authorized`] to `network`
+    /// `address`, up to the sender's close; `accept` takes the connection.
+    fn one_stream<C: std::io::Read>(
+        network: &str,
+        address: String,
+        accept: impl FnOnce() -> C,
+    ) -> Vec<u8> {
+        let sink = Sink::Network {
+            network: network.into(),
+            address,
+        };
+        let sender = std::thread::spawn(move || record(&sink, &authorized()));
+        let mut got = Vec::new();
+        accept().read_to_end(&mut got).unwrap();
+        sender.join().unwrap().unwrap();
+        got
+    }
+
+    #[test]
+    fn tcp_sink_sends_one_framed_line_and_closes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let got = one_stream("tcp", address, || {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(WAIT).unwrap();
+            conn
+        });
+        assert_framed(&got, "\n");
+    }
+
+    #[test]
+    fn unix_stream_sink_sends_one_framed_line_and_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let got = one_stream("unix", path.display().to_string(), || {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(WAIT).unwrap();
+            conn
+        });
+        assert_framed(&got, "\n");
+    }
+
+    #[test]
+    fn unixgram_sink_sends_one_framed_datagram() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sock");
+        let server = UnixDatagram::bind(&path).unwrap();
+        server.set_read_timeout(WAIT).unwrap();
+        let sink = Sink::Network {
+            network: "unixgram".into(),
+            address: path.display().to_string(),
+        };
+        record(&sink, &authorized()).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = server.recv(&mut buf).unwrap();
+        assert_framed(&buf[..n], "");
+    }
+
+    /// The syslog sink, against a datagram socket standing in for /dev/log (this machine
+    /// has no syslog daemon; binding /dev/log itself would reach into every other test).
+    #[test]
+    fn syslog_sink_sends_one_framed_datagram_to_the_log_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev-log");
+        let server = UnixDatagram::bind(&path).unwrap();
+        server.set_read_timeout(WAIT).unwrap();
+        record_via(&Sink::Syslog, &authorized(), &path).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = server.recv(&mut buf).unwrap();
+        assert_framed(&buf[..n], "");
+        // Nobody listening: a clear error, never a silent loss.
+        drop(server);
+        let e = record_via(&Sink::Syslog, &authorized(), &path).unwrap_err();
+        assert!(matches!(e, AuditError::Syslog(_)), "{e}");
+        assert!(e.to_string().contains("syslog (/dev/log)"), "{e}");
+    }
+
+    #[test]
+    fn a_sink_without_a_listener_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = gone.local_addr().unwrap().to_string();
+        drop(gone);
+        for (network, address) in [
+            ("tcp", tcp),
+            ("unix", dir.path().join("none.sock").display().to_string()),
+            (
+                "unixgram",
+                dir.path().join("none.sock").display().to_string(),
+            ),
+        ] {
+            let sink = Sink::Network {
+                network: network.into(),
+                address: address.clone(),
+            };
+            let e = record(&sink, &authorized()).unwrap_err().to_string();
+            assert!(e.contains(network) && e.contains(&address), "{e}");
+        }
     }
 
     #[test]

@@ -276,9 +276,43 @@ pub fn harness(
     auth: &str,
     tables: &str,
 ) -> Harness {
+    server_harness(server, "jrs-auth", |tmp, data_dir| {
+        let data = if general.contains("data_dir") {
+            String::new()
+        } else {
+            format!("data_dir = \"{}\"\n", data_dir.display())
+        };
+        format!(
+            "[general]\nexecutor = \"shell\"\n{data}{}kill_timeout = \"2s\"\n{general}\n\
+             [auth]\ndownscope = \"{downscope}\"\n{auth}\n\
+             [auth.logging]\nenabled = true\nlocation = \"{}\"\nlevel = \"info\"\n{tables}\n",
+            server_lines(server),
+            tmp.join("audit.log").display()
+        )
+    })
+}
+
+/// The `[general]` lines that make a configuration trust `server`: `gitlab_server`, the
+/// test CA, and the id_token in `SITE_ID_TOKEN` (the kit's [`TOKEN_VAR`]).
+pub fn server_lines(server: &JwksServer) -> String {
+    format!(
+        "gitlab_server = \"{}\"\ntls-ca-file = \"{}\"\njwt_env_variable = \"SITE_ID_TOKEN\"\n",
+        server.url,
+        pki().ca_pem.display()
+    )
+}
+
+/// A harness in a world-readable temp dir under /tmp (`prefix`), with a 0755 `data` dir,
+/// whose configuration is `config(temp dir, data dir)` and whose runner's side names
+/// `server` (CI_SERVER_URL, the job response's clone URL); a JWKS cache of its own.
+pub fn server_harness(
+    server: &JwksServer,
+    prefix: &str,
+    config: impl FnOnce(&Path, &Path) -> String,
+) -> Harness {
     let tmp = tempfile::Builder::new()
-        .prefix("jrs-auth")
-        .tempdir()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
         .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -286,22 +320,7 @@ pub fn harness(
     std::fs::create_dir(&data_dir).unwrap();
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config_path = tmp.path().join("jacamar.toml");
-    let audit = tmp.path().join("audit.log");
-    let data = if general.contains("data_dir") {
-        String::new()
-    } else {
-        format!("data_dir = \"{}\"\n", data_dir.display())
-    };
-    let text = format!(
-        "[general]\nexecutor = \"shell\"\n{data}gitlab_server = \"{}\"\ntls-ca-file = \"{}\"\n\
-         jwt_env_variable = \"SITE_ID_TOKEN\"\nkill_timeout = \"2s\"\n{general}\n\
-         [auth]\ndownscope = \"{downscope}\"\n{auth}\n\
-         [auth.logging]\nenabled = true\nlocation = \"{}\"\nlevel = \"info\"\n{tables}\n",
-        server.url,
-        pki().ca_pem.display(),
-        audit.display()
-    );
-    std::fs::write(&config_path, text).unwrap();
+    std::fs::write(&config_path, config(tmp.path(), &data_dir)).unwrap();
     let mut h = Harness::with_config(tmp, data_dir, config_path);
     let cache = h.tmp.path().join("cache");
     h.set("XDG_CACHE_HOME", &cache.display().to_string());
@@ -376,8 +395,4 @@ pub fn ensure_user(name: &str, groups: &[&str], shell: &str) -> nix::unistd::Use
     nix::unistd::User::from_name(name)
         .unwrap()
         .unwrap_or_else(|| panic!("useradd {name} failed (tests need root)"))
-}
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }

@@ -5,8 +5,8 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use crate::auth_kit::{audit_lines, ensure_user, give_token, harness, is_root, pki, JwksServer};
-use crate::harness::{show, wait_for, Harness};
+use crate::auth_kit::{audit_lines, ensure_user, give_token, harness, pki, JwksServer};
+use crate::harness::{require_root, require_tool, show, wait_for, Harness};
 
 const ALICE: &str = "jrs_test_alice";
 const BOB: &str = "jrs_test_bob";
@@ -47,8 +47,7 @@ fn status_field(text: &str, key: &str) -> String {
 
 #[test]
 fn setuid_job_runs_as_the_user_with_no_capabilities() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root() {
         return;
     }
     let (alice, bob) = users();
@@ -124,7 +123,7 @@ fn setuid_job_runs_as_the_user_with_no_capabilities() {
 
 #[test]
 fn no_new_privs_is_set_when_configured() {
-    if !is_root() {
+    if !require_root() {
         return;
     }
     users();
@@ -136,52 +135,70 @@ fn no_new_privs_is_set_when_configured() {
     assert_eq!(status_field(&text, "NoNewPrivs"), "1", "{text}");
 }
 
+/// What the seccomp tests run in the job: `sethostname` (refused to the user anyway,
+/// EPERM without CAP_SYS_ADMIN: the host is never renamed) and `mknod` through `mkfifo`
+/// (allowed to the user, unused by jacamar: only a filter makes it fail), each exit status
+/// and error, and the job's
+/// `Seccomp`/`NoNewPrivs` lines of /proc/self/status.
+fn seccomp_probe(h: &Harness) -> String {
+    let fifo = format!("/tmp/jrs-seccomp-{}", h.job_id);
+    let script = format!(
+        "hostname jrs-never-set 2>/dev/null; echo hostname-rc=$?\n\
+         mkfifo {fifo} 2>&1 | sed 's/^/mkfifo-says: /'; echo mkfifo-rc=${{PIPESTATUS[0]}}\n\
+         rm -f {fifo}\n\
+         grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status\n"
+    );
+    let out = h.run("build_script", &script);
+    assert!(out.status.success(), "{}", show(&out));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 #[test]
 fn seccomp_block_calls_makes_hostname_fail_in_the_job() {
-    if !is_root() {
+    if !require_root() || !require_tool("hostname") {
         return;
     }
     users();
     let server = JwksServer::start(&[&pki().keys[0]]);
-    // The user has no CAP_SYS_ADMIN: without a filter `hostname` fails with EPERM (exit 1),
-    // so the host is never renamed; with the filter it is killed by SIGSYS (128 + 31).
-    let script = "hostname jrs-never-set 2>/dev/null; echo rc=$?\n";
-    let plain = setuid_job(&server, "", "");
-    let out = plain.run("build_script", script);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
-        "{}",
-        show(&out)
-    );
+    let blocked = "block_calls = [\"sethostname\", \"mknod\", \"mknodat\"]";
 
-    let h = setuid_job(
+    // No filter: hostname fails with the user's ordinary EPERM (exit 1), mkfifo works.
+    let text = seccomp_probe(&setuid_job(&server, "", ""));
+    assert!(text.contains("hostname-rc=1\n"), "{text}");
+    assert!(text.contains("mkfifo-rc=0\n"), "{text}");
+    assert_eq!(status_field(&text, "Seccomp"), "0", "{text}");
+
+    // The filter kills: SIGSYS (128 + 31) for both.
+    let text = seccomp_probe(&setuid_job(
         &server,
         "",
-        "[auth.seccomp]\nblock_calls = [\"sethostname\"]\n",
-    );
-    let out = h.run(
-        "build_script",
-        &format!("{script}grep NoNewPrivs /proc/self/status\n"),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("rc=159"), "{}", show(&out));
+        &format!("[auth.seccomp]\n{blocked}\n"),
+    ));
+    assert!(text.contains("hostname-rc=159\n"), "{text}");
+    assert!(text.contains("mkfifo-rc=159\n"), "{text}");
+    assert_eq!(status_field(&text, "Seccomp"), "2", "a filter: {text}");
     assert_eq!(
         status_field(&text, "NoNewPrivs"),
         "1",
-        "seccomp implies no_new_privs"
+        "seccomp implies no_new_privs: {text}"
     );
 
-    let h = setuid_job(
+    // block_with_errno: the calls fail with EPERM and the job goes on. mkfifo, which the user
+    // may do, tells the filter's EPERM from the ordinary one hostname also gets.
+    let text = seccomp_probe(&setuid_job(
         &server,
         "",
-        "[auth.seccomp]\nblock_calls = [\"sethostname\"]\nblock_with_errno = true\n",
-    );
-    let out = h.run("build_script", script);
+        &format!("[auth.seccomp]\n{blocked}\nblock_with_errno = true\n"),
+    ));
+    assert!(text.contains("hostname-rc=1\n"), "{text}");
+    assert!(text.contains("mkfifo-rc=1\n"), "{text}");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
-        "{}",
-        show(&out)
+        text.lines()
+            .any(|l| l.starts_with("mkfifo-says: ") && l.ends_with("Operation not permitted")),
+        "mkfifo must fail with EPERM: {text}"
     );
+    assert_eq!(status_field(&text, "Seccomp"), "2", "a filter: {text}");
+    assert_eq!(status_field(&text, "NoNewPrivs"), "1", "{text}");
 }
 
 #[test]
@@ -236,8 +253,7 @@ fn job_token_never_appears_on_a_command_line() {
 
 #[test]
 fn sudo_downscope_runs_the_job_as_the_user() {
-    if !is_root() || !std::path::Path::new("/usr/bin/sudo").exists() {
-        eprintln!("skipped: needs root and sudo");
+    if !require_root() || !require_tool("sudo") {
         return;
     }
     let (alice, _) = users();

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::batch_slurm::{ci_user, require_slurm};
-use crate::harness::{show, wait_for, Harness};
+use crate::batch_slurm::{ci_user, require_slurm, slurm_jobs};
+use crate::harness::{require_root, show, wait_for, Harness};
 
 fn pbs() -> Harness {
     require_slurm();
@@ -28,6 +28,9 @@ fn pbs() -> Harness {
 
 #[test]
 fn pbs_job_streams_output_and_reports_its_exit_code() {
+    if !require_root() {
+        return;
+    }
     let h = pbs();
     let out = h.run(
         "build_script",
@@ -46,6 +49,9 @@ fn pbs_job_streams_output_and_reports_its_exit_code() {
 
 #[test]
 fn pbs_refuses_output_arguments() {
+    if !require_root() {
+        return;
+    }
     let mut h = pbs();
     h.set(
         "CUSTOM_ENV_SCHEDULER_PARAMETERS",
@@ -63,6 +69,9 @@ fn pbs_refuses_output_arguments() {
 
 #[test]
 fn pbs_cleanup_cancels_an_orphaned_job() {
+    if !require_root() {
+        return;
+    }
     let h = pbs();
     let mut child = h.spawn_run("build_script", "echo started\nsleep 300\n");
     let out_file = h.scripts_job_dir().join("build_script.out");
@@ -72,13 +81,7 @@ fn pbs_cleanup_cancels_an_orphaned_job() {
             .unwrap_or(false)
     }));
     let name = format!("ci-{}", h.job_id);
-    let listed = || {
-        let o = std::process::Command::new("squeue")
-            .args(["-h", "-n", &name, "-o", "%i"])
-            .output()
-            .unwrap();
-        !o.stdout.is_empty()
-    };
+    let listed = || !slurm_jobs(&name).is_empty();
     assert!(listed());
     let _ = child.kill();
     let _ = child.wait();

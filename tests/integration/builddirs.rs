@@ -1,6 +1,6 @@
 //! Build directories at scale: `limit_build_dir` claims through the real binaries and across
 //! real processes, static and custom build dirs, a `group_permissions` change, and the same
-//! on a second file system (a tmpfs mount; needs root, skipped with a message otherwise).
+//! on a second file system (a tmpfs mount; needs root and `mount`).
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use jacamar::fs::claim::{ClaimDir, ClaimSettings, LockState};
 use jacamar::fs::{DirPolicy, UserInfo};
 
-use crate::harness::{show, wait_for, whoami, Harness};
+use crate::harness::{require_root, require_tool, show, wait_for, whoami, Harness};
 
 const LIMIT: &str = "limit_build_dir = true\nfile_lock_debug = true";
 
@@ -279,7 +279,7 @@ fn custom_build_dir_uses_the_users_directory_and_refuses_others() {
     }
 
     // Not the user's: needs root to hand a directory to another uid.
-    if nix::unistd::geteuid().is_root() {
+    if require_root() {
         let theirs = a.tmp.path().join("theirs");
         std::fs::create_dir(&theirs).unwrap();
         std::os::unix::fs::chown(&theirs, Some(12345), Some(12345)).unwrap();
@@ -289,8 +289,6 @@ fn custom_build_dir_uses_the_users_directory_and_refuses_others() {
         let out = b.config();
         assert_eq!(out.status.code(), Some(2), "{}", show(&out));
         assert!(String::from_utf8_lossy(&out.stderr).contains("must be owned by the job's user"));
-    } else {
-        eprintln!("skipped the foreign-owner case: needs root");
     }
 
     // With custom_build_dir off the variable is ignored.
@@ -355,6 +353,7 @@ fn a_group_permissions_change_recreates_the_base_dir() {
 const CHILD_DIR: &str = "JACAMAR_TEST_CLAIM_DIR";
 const CHILD_ID: &str = "JACAMAR_TEST_CLAIM_ID";
 const CHILD_MAX: &str = "JACAMAR_TEST_CLAIM_MAX";
+const CHILD_N: &str = "JACAMAR_TEST_CLAIM_N";
 
 fn me() -> (DirPolicy, UserInfo) {
     let uid = nix::unistd::getuid().as_raw();
@@ -372,12 +371,14 @@ fn me() -> (DirPolicy, UserInfo) {
     )
 }
 
-/// Not a test of its own: the body of one claimant process, started by [`race`] by
-/// re-running this test binary. Does nothing when run with the rest of the suite.
+/// Not a test of its own: the body of one claimant process, which [`race`] starts by
+/// re-running this test binary with `--ignored --exact` (ignored, so that it never counts
+/// as a passed test; run without [`race`]'s variables it fails).
 #[test]
+#[ignore = "the body of a child process of race(), started by it"]
 fn claimant_child() {
     let (Ok(dir), Ok(id)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_ID)) else {
-        return;
+        panic!("not a test of its own: the body of a claimant process started by race()");
     };
     let id: u64 = id.parse().unwrap();
     let max: u32 = std::env::var(CHILD_MAX).unwrap().parse().unwrap();
@@ -397,10 +398,17 @@ fn claimant_child() {
         f.write_all(line.as_bytes()).unwrap();
     };
     append(format!("C {} {id}\n", claim.slot));
-    // The property: while we hold the directory, nobody else writes into it.
+    // The property: while we hold the directory, nobody else writes into it. We hold it
+    // until other claimants demonstrably went on meanwhile (see `others_went_on`).
     let owner = claim.dir.join("owner");
     std::fs::write(&owner, id.to_string()).unwrap();
-    std::thread::sleep(Duration::from_millis(3));
+    let mine = format!("C {} {id}", claim.slot);
+    assert!(
+        wait_for(Duration::from_secs(600), || others_went_on(
+            &log, &mine, max
+        )),
+        "nothing happened while {mine} held its slot"
+    );
     let seen = std::fs::read_to_string(&owner).unwrap();
     assert_eq!(seen, id.to_string(), "slot {} was shared", claim.slot);
     append(format!("R {} {id}\n", claim.slot));
@@ -410,6 +418,23 @@ fn claimant_child() {
     );
 }
 
+/// Whether, in the race log `log`, another claim followed our `mine` line, or every slot
+/// (`max`) is taken, or every claimant has had its turn: a holder waits for one of these
+/// states before it checks that its directory stayed its own (no wait ends in a deadlock:
+/// while slots are free and claimants wait, one of them claims).
+fn others_went_on(log: &Path, mine: &str, max: u32) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let n: usize = std::env::var(CHILD_N).unwrap().parse().unwrap();
+    let claims = text.lines().filter(|l| l.starts_with("C ")).count();
+    let releases = text.lines().filter(|l| l.starts_with("R ")).count();
+    let after_mine = text
+        .lines()
+        .skip_while(|l| *l != mine)
+        .skip(1)
+        .any(|l| l.starts_with("C "));
+    after_mine || claims.saturating_sub(releases) >= max as usize || claims == n
+}
+
 /// Start `n` claimant processes on `dir` (at most `max` slots) and check the log: each slot
 /// held by one process at a time, every process served, never more than `max` slots.
 fn race(dir: &Path, n: u64, max: u32) {
@@ -417,10 +442,16 @@ fn race(dir: &Path, n: u64, max: u32) {
     let mut children = Vec::new();
     for id in 1..=n {
         let child = Command::new(&exe)
-            .args(["--exact", "builddirs::claimant_child", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "builddirs::claimant_child",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR, dir)
             .env(CHILD_ID, id.to_string())
             .env(CHILD_MAX, max.to_string())
+            .env(CHILD_N, n.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -474,21 +505,21 @@ fn two_hundred_processes_never_hold_the_same_directory() {
 struct Mount(PathBuf);
 
 impl Mount {
-    fn tmpfs(at: &Path) -> Option<Mount> {
+    /// Mount a tmpfs at `at`; a failure fails the test.
+    fn tmpfs(at: &Path) -> Mount {
         std::fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs"])
             .arg(at)
             .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "skipped: cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Mount(at.to_path_buf()))
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (needs CAP_SYS_ADMIN): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Mount(at.to_path_buf())
     }
 }
 
@@ -500,10 +531,11 @@ impl Drop for Mount {
 
 #[test]
 fn claims_work_on_a_second_filesystem() {
-    let mut a = limit_job("max_build_dir = 4");
-    let Some(_mount) = Mount::tmpfs(&a.data_dir) else {
+    if !require_root() || !require_tool("mount") {
         return;
-    };
+    }
+    let mut a = limit_job("max_build_dir = 4");
+    let _mount = Mount::tmpfs(&a.data_dir);
     let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
     assert_ne!(dev(&a.data_dir), dev(a.tmp.path()), "not a separate mount");
 

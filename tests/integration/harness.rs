@@ -5,11 +5,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const AUTH: &str = env!("CARGO_BIN_EXE_jacamar-auth");
@@ -302,18 +304,111 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (`state ppid pgrp session …`),
+/// or None when the process is gone.
+pub fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Every pid listed in `/proc`.
+pub fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// `(pid, ppid)` of every process in `/proc`.
+fn parents() -> Vec<(i32, i32)> {
+    all_pids()
+        .into_iter()
+        .filter_map(|p| Some((p, proc_stat(p)?.get(1)?.parse().ok()?)))
+        .collect()
+}
+
 /// Whether `pid` is alive (a zombie counts as dead).
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(s) => {
-            let state = s
-                .rfind(')')
-                .and_then(|i| s[i + 1..].split_whitespace().next())
-                .unwrap_or("X");
-            state != "Z" && state != "X"
+    proc_stat(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The children of `pid` (from /proc).
+pub fn children(pid: u32) -> Vec<i32> {
+    parents()
+        .into_iter()
+        .filter(|&(_, pp)| pp == pid as i32)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Every descendant of `root` (from /proc), to prove later that none survived.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let all = parents();
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for &(c, pp) in &all {
+            if pp == p && !out.contains(&c) {
+                out.push(c);
+                stack.push(c);
+            }
         }
     }
+    out
+}
+
+/// Read a child's stdout line by line on a thread (with each line's arrival time).
+pub fn lines_of(child: &mut Child) -> mpsc::Receiver<(Instant, String)> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send((Instant::now(), l)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Collect lines of `rx` into `seen` until one contains `pat` (true) or `limit` passes.
+pub fn wait_line(
+    rx: &mpsc::Receiver<(Instant, String)>,
+    pat: &str,
+    limit: Duration,
+    seen: &mut Vec<String>,
+) -> bool {
+    let until = Instant::now() + limit;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok((_, l)) => {
+                let hit = l.contains(pat);
+                seen.push(l);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// The exit status of `child` once it ended, or None after `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.try_wait().unwrap()
 }
 
 /// Read pids written one per line to `path`.
@@ -328,6 +423,15 @@ pub fn pids_in(path: &Path) -> Vec<i32> {
 /// The opt-out variable of [`require_root`] and [`require_tool`]. CI never sets it.
 pub const ALLOW_SKIP_VAR: &str = "JACAMAR_TEST_ALLOW_SKIP";
 
+/// A test that cannot run here for a reason other than root or a program (`why`) starts
+/// with `if !require(ok, why) { return; }`: like [`require_root`], it fails unless
+/// `JACAMAR_TEST_ALLOW_SKIP=1`.
+#[track_caller]
+pub fn require(ok: bool, why: &str) -> bool {
+    ok || skip_or_fail(why)
+}
+
+#[track_caller]
 fn skip_or_fail(what: &str) -> bool {
     if std::env::var(ALLOW_SKIP_VAR).as_deref() == Ok("1") {
         eprintln!("SKIPPED ({ALLOW_SKIP_VAR}=1): {what}");
@@ -339,11 +443,13 @@ fn skip_or_fail(what: &str) -> bool {
 
 /// A test that needs root starts with `if !require_root() { return; }`: without root it
 /// fails, unless `JACAMAR_TEST_ALLOW_SKIP=1` is set (then it says so and returns false).
+#[track_caller]
 pub fn require_root() -> bool {
     nix::unistd::geteuid().is_root() || skip_or_fail("this test needs root")
 }
 
 /// Like [`require_root`], for a program the test needs on `PATH`.
+#[track_caller]
 pub fn require_tool(name: &str) -> bool {
     let path = std::env::var("PATH").unwrap_or_default();
     jacamar::shell::find_on_path(name, &path).is_some()

@@ -166,8 +166,7 @@ fn user_dir_with_mode_0777_is_refused() {
 #[test]
 fn user_dir_owned_by_another_uid_is_refused() {
     // Needs root (CI is root) to give a directory away.
-    if !nix::unistd::Uid::current().is_root() {
-        eprintln!("skipped: needs root");
+    if !crate::harness::require_root() {
         return;
     }
     let mut h = Harness::new("");
