@@ -396,3 +396,44 @@ pub fn ensure_user(name: &str, groups: &[&str], shell: &str) -> nix::unistd::Use
         .unwrap()
         .unwrap_or_else(|| panic!("useradd {name} failed (tests need root)"))
 }
+
+/// The caps-only deployment of `h`: a copy of jacamar-auth with `setcap
+/// cap_setuid,cap_setgid=ep` and `jacamar` next to it, the runner's side (its temp dir, the
+/// configuration, the key cache, the audit log and the runner's job response) owned by the
+/// service account `svc`, whose home is the harness's `HOME`. Returns the copy's path.
+pub fn caps_service_copy(h: &mut Harness, svc: &nix::unistd::User) -> PathBuf {
+    let bin = h.tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let auth = bin.join("jacamar-auth");
+    std::fs::copy(crate::harness::AUTH, &auth).unwrap();
+    std::fs::copy(
+        Path::new(crate::harness::AUTH).with_file_name("jacamar"),
+        bin.join("jacamar"),
+    )
+    .unwrap();
+    let st = Command::new("setcap")
+        .arg("cap_setuid,cap_setgid=ep")
+        .arg(&auth)
+        .status()
+        .unwrap();
+    assert!(st.success(), "setcap failed on {}", auth.display());
+    for p in [
+        h.runner_dir.clone(),
+        h.config_path.clone(),
+        h.tmp.path().join("cache"),
+    ] {
+        if !p.exists() {
+            std::fs::create_dir(&p).unwrap();
+        }
+        nix::unistd::chown(&p, Some(svc.uid), Some(svc.gid)).unwrap();
+    }
+    let audit = h.tmp.path().join("audit.log");
+    std::fs::write(&audit, "").unwrap();
+    nix::unistd::chown(&audit, Some(svc.uid), Some(svc.gid)).unwrap();
+    h.set("HOME", &svc.dir.display().to_string());
+    // The runner's job response, as the runner (the service account) writes it.
+    h.write_response();
+    let response = h.runner_dir.join("response.json");
+    nix::unistd::chown(&response, Some(svc.uid), Some(svc.gid)).unwrap();
+    auth
+}

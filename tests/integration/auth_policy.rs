@@ -236,48 +236,7 @@ fn caps_only_service_account_downscopes_and_cancels() {
     let mut h = harness(&server, "setuid", "data_dir = \"$HOME\"", "", "");
     give_token(&mut h, &server, CAROL);
     // The copy: jacamar-auth with file capabilities, jacamar next to it.
-    let bin = h.tmp.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let auth = bin.join("jacamar-auth");
-    std::fs::copy(crate::harness::AUTH, &auth).unwrap();
-    std::fs::copy(
-        std::path::Path::new(crate::harness::AUTH).with_file_name("jacamar"),
-        bin.join("jacamar"),
-    )
-    .unwrap();
-    let st = std::process::Command::new("setcap")
-        .args(["cap_setuid,cap_setgid=ep"])
-        .arg(&auth)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    // The service account owns the runner's side: its temp dir, config, cache, audit log.
-    for p in [
-        h.runner_dir.clone(),
-        h.config_path.clone(),
-        h.tmp.path().join("cache"),
-    ] {
-        if !p.exists() {
-            std::fs::create_dir(&p).unwrap();
-        }
-        nix::unistd::chown(&p, Some(svc.uid), Some(svc.gid)).unwrap();
-    }
-    std::fs::write(h.tmp.path().join("audit.log"), "").unwrap();
-    nix::unistd::chown(
-        &h.tmp.path().join("audit.log"),
-        Some(svc.uid),
-        Some(svc.gid),
-    )
-    .unwrap();
-    h.set("HOME", &svc.dir.display().to_string());
-    // The runner's job response, as the runner (the service account) writes it.
-    h.write_response();
-    nix::unistd::chown(
-        &h.runner_dir.join("response.json"),
-        Some(svc.uid),
-        Some(svc.gid),
-    )
-    .unwrap();
+    let auth = crate::auth_kit::caps_service_copy(&mut h, &svc);
 
     let as_svc = |env: &std::collections::BTreeMap<String, String>, args: &[&str]| {
         let mut c = std::process::Command::new(&auth);

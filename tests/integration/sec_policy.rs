@@ -9,7 +9,6 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -135,38 +134,7 @@ fn the_runners_own_account_is_never_a_target() {
     let server = JwksServer::start(&[&pki().keys[0]]);
     let mut h = harness(&server, "setuid", "data_dir = \"$HOME\"", "", "");
     give_token(&mut h, &server, SVC);
-    let bin = h.tmp.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let auth = bin.join("jacamar-auth");
-    std::fs::copy(AUTH, &auth).unwrap();
-    std::fs::copy(
-        Path::new(AUTH).with_file_name("jacamar"),
-        bin.join("jacamar"),
-    )
-    .unwrap();
-    let st = Command::new("setcap")
-        .args(["cap_setuid,cap_setgid=ep"])
-        .arg(&auth)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let audit = h.tmp.path().join("audit.log");
-    for p in [
-        h.runner_dir.clone(),
-        h.config_path.clone(),
-        h.tmp.path().join("cache"),
-    ] {
-        if !p.exists() {
-            std::fs::create_dir(&p).unwrap();
-        }
-        nix::unistd::chown(&p, Some(svc.uid), Some(svc.gid)).unwrap();
-    }
-    std::fs::write(&audit, "").unwrap();
-    nix::unistd::chown(&audit, Some(svc.uid), Some(svc.gid)).unwrap();
-    h.set("HOME", &svc.dir.display().to_string());
-    h.write_response();
-    let response = h.runner_dir.join("response.json");
-    nix::unistd::chown(&response, Some(svc.uid), Some(svc.gid)).unwrap();
+    let auth = crate::auth_kit::caps_service_copy(&mut h, &svc);
     let cfg = h.config_path.display().to_string();
     let out = Command::new(&auth)
         .args(["config", "--configuration", &cfg])

@@ -244,7 +244,7 @@ fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
     let server = JwksServer::start(&[&pki().keys[0]]);
     let mut h = harness(&server, "setuid", "data_dir = \"$HOME\"", "", "");
     give_token(&mut h, &server, &user.name);
-    let auth = caps_copy(&h, &svc);
+    let auth = crate::auth_kit::caps_service_copy(&mut h, &svc);
     let marks = user_dir(&h, &user);
     let as_svc = |env: &BTreeMap<String, String>, args: &[&str]| {
         let mut c = Command::new(&auth);
@@ -258,14 +258,6 @@ fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
             .process_group(0);
         c
     };
-    // The runner's job response, as the runner (the service account) writes it.
-    h.write_response();
-    std::os::unix::fs::chown(
-        h.runner_dir.join("response.json"),
-        Some(svc.uid.as_raw()),
-        Some(svc.gid.as_raw()),
-    )
-    .unwrap();
     let cfg = h.config_path.display().to_string();
     let out = as_svc(&h.env, &["config", "--configuration", &cfg])
         .output()
@@ -297,40 +289,6 @@ fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
         show(&out)
     );
     assert_nothing_left(user.uid.as_raw(), &marks, &out);
-}
-
-/// A copy of jacamar-auth (and jacamar next to it) with file capabilities, the runner's
-/// side of `h` owned by the service account `svc`.
-fn caps_copy(h: &Harness, svc: &nix::unistd::User) -> PathBuf {
-    let bin = h.tmp.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let auth = bin.join("jacamar-auth");
-    std::fs::copy(crate::harness::AUTH, &auth).unwrap();
-    std::fs::copy(
-        Path::new(crate::harness::AUTH).with_file_name("jacamar"),
-        bin.join("jacamar"),
-    )
-    .unwrap();
-    let st = Command::new("setcap")
-        .arg("cap_setuid,cap_setgid=ep")
-        .arg(&auth)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    for p in [
-        h.runner_dir.clone(),
-        h.config_path.clone(),
-        h.tmp.path().join("cache"),
-    ] {
-        if !p.exists() {
-            std::fs::create_dir(&p).unwrap();
-        }
-        nix::unistd::chown(&p, Some(svc.uid), Some(svc.gid)).unwrap();
-    }
-    let audit = h.tmp.path().join("audit.log");
-    std::fs::write(&audit, "").unwrap();
-    nix::unistd::chown(&audit, Some(svc.uid), Some(svc.gid)).unwrap();
-    auth
 }
 
 // ---------------------------------------------------------------- item 8: descriptors
