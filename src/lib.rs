@@ -19,6 +19,5 @@ pub mod fs;
 pub mod job;
 pub mod protocol;
 pub mod shell;
-pub mod sim;
 pub mod stages;
 pub mod supervisor;

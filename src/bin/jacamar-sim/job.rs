@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration::parse_duration;
-use super::SimError;
+use crate::duration::parse_duration;
+use crate::error::SimError;
 
 /// Jacamar configuration handed to `config`/`cleanup` when `--configuration` is not given.
 pub const DEFAULT_CONFIG: &str =

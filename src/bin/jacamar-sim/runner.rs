@@ -15,15 +15,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::duration::format_go;
-use super::job::{JobSpec, DEFAULT_CONFIG, DEFAULT_TIMEOUT};
-use super::output::{job_error, job_log, job_section, job_warning, runner_log};
-use super::process::{
+use crate::duration::format_go;
+use crate::job::{JobSpec, DEFAULT_CONFIG, DEFAULT_TIMEOUT};
+use crate::output::{job_error, job_log, job_section, job_warning, runner_log};
+use crate::process::{
     self, describe_ending, CallKind, CallRecord, CallSpec, Ending, Finished, KillTimings,
     OutputMode, Records,
 };
-use super::script::{self, ScriptInput, Stage};
-use super::SimError;
+use crate::script::{self, ScriptInput, Stage};
+use crate::error::SimError;
 
 /// How many times the runner tries config+prepare.
 const PREPARE_TRIES: u32 = 3;
