@@ -174,15 +174,6 @@ fn default_structs_match_the_documented_defaults() {
     }
 }
 
-#[test]
-fn embedded_default_is_valid() {
-    let c = Config::embedded_default();
-    assert_eq!(c.general.executor, Executor::Shell);
-    assert_eq!(c.general.data_dir, "$HOME");
-    assert_eq!(c.auth.downscope, Downscope::None);
-    assert_eq!(c.source, DEFAULT_TOML);
-}
-
 /// A value of the wrong type for `kind`, and what the message must say.
 fn wrong_value(kind: Kind) -> (&'static str, &'static str) {
     match kind {

@@ -160,6 +160,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn default_config_is_valid() {
+        use jacamar::config::{Config, Downscope, Executor};
+        let c = Config::from_str_named(DEFAULT_CONFIG, "<embedded default>").unwrap();
+        assert_eq!(c.general.executor, Executor::Shell);
+        assert_eq!(c.general.data_dir, "$HOME");
+        assert_eq!(c.auth.downscope, Downscope::None);
+    }
+
+    #[test]
     fn demo_parses() {
         let d = JobSpec::demo();
         assert!(!d.script.is_empty());
