@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::duration::format_go;
+use crate::error::SimError;
 use crate::job::{JobSpec, DEFAULT_CONFIG, DEFAULT_TIMEOUT};
 use crate::output::{job_error, job_log, job_section, job_warning, runner_log};
 use crate::process::{
@@ -23,7 +24,6 @@ use crate::process::{
     OutputMode, Records,
 };
 use crate::script::{self, ScriptInput, Stage};
-use crate::error::SimError;
 
 /// How many times the runner tries config+prepare.
 const PREPARE_TRIES: u32 = 3;
