@@ -16,6 +16,7 @@ pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod fs;
+pub mod hex;
 pub mod job;
 pub mod protocol;
 pub mod shell;

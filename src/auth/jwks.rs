@@ -62,10 +62,7 @@ impl Source {
 
     fn cache_path(&self) -> Option<PathBuf> {
         let digest = ring::digest::digest(&ring::digest::SHA256, self.server.as_bytes());
-        let hex: String = digest.as_ref()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::hex::encode(&digest.as_ref()[..12]);
         Some(self.cache_dir.as_ref()?.join(format!("jwks-{hex}.json")))
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{DirBuilder, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -157,13 +157,11 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> SimError {
     move |source| SimError::Io { what, source }
 }
 
-/// Random hex from /dev/urandom (falls back to time and pid).
+/// `bytes` random bytes as hex, from the system's random source (falls back to time and pid).
 fn random_hex(bytes: usize) -> String {
+    use ring::rand::SecureRandom;
     let mut buf = vec![0u8; bytes];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_ok();
-    if !ok {
+    if ring::rand::SystemRandom::new().fill(&mut buf).is_err() {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -173,7 +171,7 @@ fn random_hex(bytes: usize) -> String {
             *b = (seed >> ((i % 16) * 8)) as u8;
         }
     }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    jacamar::hex::encode(&buf)
 }
 
 fn write_private(path: &Path, content: &[u8], mode: u32) -> Result<(), SimError> {
