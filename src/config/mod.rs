@@ -64,11 +64,6 @@ impl Config {
             source: text.to_string(),
         })
     }
-
-    /// The TOML text this configuration was parsed from.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ fn defaults_of_a_minimal_file() {
     );
     assert_eq!(c.batch, Batch::default());
     assert_eq!(c.source, BASE);
-    assert_eq!(c.source(), BASE);
+    assert_eq!(c.source, BASE);
 }
 
 #[test]
