@@ -115,14 +115,12 @@ struct DriverInfo {
     version: Option<String>,
 }
 
+/// The fields of config_exec's JSON the emulator acts on; the others (`cache_dir`,
+/// `hostname`) are ignored.
 #[derive(Debug, Default, Deserialize)]
 struct ConfigOutput {
     builds_dir: Option<String>,
-    #[allow(dead_code)]
-    cache_dir: Option<String>,
     builds_dir_is_shared: Option<bool>,
-    #[allow(dead_code)]
-    hostname: Option<String>,
     driver: Option<DriverInfo>,
     job_env: Option<BTreeMap<String, String>>,
 }
