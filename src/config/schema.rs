@@ -126,7 +126,6 @@ impl KeySpec {
         self.used_by = module;
         self
     }
-
 }
 
 use Kind::*;
