@@ -1,7 +1,7 @@
 //! Wall-clock helpers shared by the audit log, the JWT checks, the JWKS cache and the
 //! build-directory claims: Unix seconds and RFC 3339 timestamps (UTC).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch (0 for a clock set before it).
 pub fn unix_now() -> u64 {
@@ -11,44 +11,31 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `2024-04-25T16:07:49Z` for Unix seconds (UTC).
+/// The last instant RFC 3339's four-digit years can write (9999-12-31T23:59:59.999999999Z).
+const LAST: Duration = Duration::new(253_402_300_799, 999_999_999);
+
+/// `t` within what RFC 3339 can write: the epoch for a time before it, the last instant of
+/// year 9999 for one after that (the formatter refuses both).
+fn writable(t: SystemTime) -> SystemTime {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    UNIX_EPOCH + d.min(LAST)
+}
+
+/// `2024-04-25T16:07:49Z` for Unix seconds (UTC; past year 9999: 9999-12-31T23:59:59Z).
 pub fn rfc3339(secs: u64) -> String {
-    let (y, m, d) = civil_date((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = UNIX_EPOCH + Duration::from_secs(secs.min(LAST.as_secs()));
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// `2024-04-25T16:07:49.000000000Z`: RFC 3339 in UTC with nanoseconds (the epoch for a time
-/// before it).
+/// before it; past year 9999, its last instant).
 pub fn rfc3339_nanos(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let whole = rfc3339(d.as_secs());
-    format!("{}.{:09}Z", whole.trim_end_matches('Z'), d.subsec_nanos())
-}
-
-/// Year, month, day of `days` since 1970-01-01 (proleptic Gregorian calendar, Howard
-/// Hinnant's civil-from-days algorithm).
-fn civil_date(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    humantime::format_rfc3339_nanos(writable(t)).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn known_instants() {
@@ -60,5 +47,14 @@ mod tests {
             "2024-04-25T17:38:10.000000005Z"
         );
         assert_eq!(rfc3339_nanos(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            rfc3339_nanos(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000000000Z"
+        );
+        assert_eq!(
+            rfc3339_nanos(UNIX_EPOCH + Duration::from_secs(300_000_000_000)),
+            "9999-12-31T23:59:59.999999999Z"
+        );
     }
 }

@@ -67,7 +67,11 @@ pub fn sh_quote(w: &str) -> String {
     format!("'{}'", w.replace('\'', r"'\''"))
 }
 
-/// Find an executable `name` on `search_path` (a `PATH`-style list).
+/// Find an executable `name` on `search_path` (a `PATH`-style list, e.g.
+/// [`crate::auth::env::search_path`]): the first `<dir>/<name>` that is a regular file
+/// (symlinks followed) with an execute bit. Empty and relative entries are skipped, so
+/// nothing is ever found relative to the current directory. The one PATH lookup of the
+/// driver: the job's shell and the batch scheduler's commands.
 pub fn find_on_path(name: &str, search_path: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     search_path

@@ -14,6 +14,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 
 use super::AuthError;
@@ -25,13 +27,34 @@ const MAX_BODY: usize = 1 << 20;
 /// Time limit of one HTTP request.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One RSA signing key.
+/// One RSA signing key of the JWKS (RS256 or no `alg`, `use` "sig" or none, a non-empty
+/// `kid`), as the server published it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Key {
-    pub kid: String,
-    /// Modulus and exponent, base64url as in the JWKS.
-    pub n: String,
-    pub e: String,
+#[serde(transparent)]
+pub struct Key(Jwk);
+
+impl Key {
+    /// A key of the JWKS, if it is an RSA signing key for RS256 with a key id.
+    pub fn from_jwk(jwk: Jwk) -> Option<Key> {
+        let c = &jwk.common;
+        let ok = matches!(jwk.algorithm, AlgorithmParameters::RSA(_))
+            && matches!(c.public_key_use, None | Some(PublicKeyUse::Signature))
+            && matches!(c.key_algorithm, None | Some(KeyAlgorithm::RS256))
+            && c.key_id.as_deref().is_some_and(|k| !k.is_empty());
+        ok.then_some(Key(jwk))
+    }
+
+    /// The key id (`kid`).
+    pub fn kid(&self) -> &str {
+        self.0.common.key_id.as_deref().unwrap_or_default()
+    }
+
+    /// The key as the JWT library verifies with it.
+    pub fn decoding_key(&self) -> Result<DecodingKey, AuthError> {
+        DecodingKey::from_jwk(&self.0).map_err(|e| {
+            AuthError::Jwks(format!("key {:?} is not a usable RSA key: {e}", self.kid()))
+        })
+    }
 }
 
 /// Where keys come from and where they are cached.
@@ -62,10 +85,7 @@ impl Source {
 
     fn cache_path(&self) -> Option<PathBuf> {
         let digest = ring::digest::digest(&ring::digest::SHA256, self.server.as_bytes());
-        let hex: String = digest.as_ref()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::hex::encode(&digest.as_ref()[..12]);
         Some(self.cache_dir.as_ref()?.join(format!("jwks-{hex}.json")))
     }
 }
@@ -87,13 +107,13 @@ use crate::clock::unix_now as now;
 /// The key `kid`: from a fresh cache, else fetched (at most once per call).
 pub async fn key_for(src: &Source, kid: &str) -> Result<Key, AuthError> {
     if let Some(keys) = read_cache(src) {
-        if let Some(k) = keys.iter().find(|k| k.kid == kid) {
+        if let Some(k) = keys.iter().find(|k| k.kid() == kid) {
             return Ok(k.clone());
         }
     }
     let keys = fetch(src).await?;
     write_cache(src, &keys);
-    keys.into_iter().find(|k| k.kid == kid).ok_or_else(|| {
+    keys.into_iter().find(|k| k.kid() == kid).ok_or_else(|| {
         AuthError::Token(format!(
             "token key id {kid:?} is not among the server's signing keys ({})",
             src.server
@@ -151,26 +171,23 @@ fn write_cache(src: &Source, keys: &[Key]) {
     let _ = std::fs::remove_file(&tmp);
 }
 
-/// Parse a JWKS document: the RSA keys with a `kid` meant for signatures.
+/// Parse a JWKS document: its RSA signing keys for RS256 with a `kid` (see [`Key`]). Each
+/// key is read on its own ([`Jwk`]), so that one the library cannot model (another `kty`,
+/// an unknown curve or `alg`) is skipped instead of failing the whole set, as a
+/// [`jsonwebtoken::jwk::JwkSet`] would.
 pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, String> {
-    let v: serde_json::Value =
+    #[derive(Deserialize)]
+    struct Document {
+        keys: Vec<serde_json::Value>,
+    }
+    let doc: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let keys = v
-        .get("keys")
-        .and_then(|k| k.as_array())
-        .ok_or("no \"keys\" array")?;
-    let out: Vec<Key> = keys
-        .iter()
-        .filter(|k| k.get("kty").and_then(|x| x.as_str()) == Some("RSA"))
-        .filter(|k| k.get("use").and_then(|x| x.as_str()).unwrap_or("sig") == "sig")
-        .filter(|k| k.get("alg").and_then(|x| x.as_str()).unwrap_or("RS256") == "RS256")
-        .filter_map(|k| {
-            Some(Key {
-                kid: k.get("kid")?.as_str()?.to_string(),
-                n: k.get("n")?.as_str()?.to_string(),
-                e: k.get("e")?.as_str()?.to_string(),
-            })
-        })
+    let doc: Document = serde_json::from_value(doc).map_err(|_| "no \"keys\" array")?;
+    let out: Vec<Key> = doc
+        .keys
+        .into_iter()
+        .filter_map(|k| serde_json::from_value::<Jwk>(k).ok())
+        .filter_map(Key::from_jwk)
         .collect();
     if out.is_empty() {
         return Err("no RS256 signing key with a kid".into());
@@ -282,7 +299,11 @@ mod tests {
             {"kty":"RSA","n":"AQ","e":"AQAB"}]}"#;
         let keys = parse_jwks(body).unwrap();
         assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].kid, "a");
+        assert_eq!(keys[0].kid(), "a");
+        let other_alg = br#"{"keys":[{"kty":"RSA","kid":"a","n":"AQ","e":"AQAB","alg":"RS512"},
+            {"kty":"RSA","kid":"","n":"AQ","e":"AQAB"}]}"#;
+        assert!(parse_jwks(other_alg).is_err());
+        assert!(parse_jwks(br#"{"keys":{}}"#).unwrap_err().contains("keys"));
         assert!(parse_jwks(b"{}").is_err());
         assert!(parse_jwks(b"<html>").unwrap_err().contains("not JSON"));
     }
@@ -295,11 +316,8 @@ mod tests {
             ca_file: None,
             cache_dir: Some(dir.path().join("c")),
         };
-        let keys = vec![Key {
-            kid: "k".into(),
-            n: "AQ".into(),
-            e: "AQAB".into(),
-        }];
+        let keys =
+            parse_jwks(br#"{"keys":[{"kty":"RSA","kid":"k","n":"AQ","e":"AQAB"}]}"#).unwrap();
         assert!(read_cache(&src).is_none());
         write_cache(&src, &keys);
         assert_eq!(read_cache(&src), Some(keys.clone()));

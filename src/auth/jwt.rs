@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde_json::{Map, Value};
+use jsonwebtoken::{Algorithm, Validation};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 
 use super::jwks::Key;
 use super::AuthError;
@@ -72,59 +74,26 @@ pub fn issuer_ok(iss: &str, trusted: &str) -> bool {
 
 /// The raw `alg` of a token whose header could not be parsed, for a clearer message.
 fn alg_hint(token: &str) -> String {
-    use base64_decode as b64;
-    let Some(first) = token.split('.').next() else {
-        return String::new();
-    };
-    match b64(first)
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v.get("alg").and_then(Value::as_str).map(str::to_string))
+    #[derive(Deserialize)]
+    struct Header {
+        alg: String,
+    }
+    let first = token.split('.').next().unwrap_or_default();
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Header>(&b).ok())
     {
-        Some(alg) => format!(" (alg {alg:?}: only RS256 is accepted)"),
+        Some(h) => format!(" (alg {:?}: only RS256 is accepted)", h.alg),
         None => String::new(),
     }
-}
-
-/// Minimal base64url (no padding) decoding for the header hint.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= val(c)? << (18 - 6 * i);
-        }
-        let n = chunk.len();
-        if n < 2 {
-            return None;
-        }
-        out.push((acc >> 16) as u8);
-        if n > 2 {
-            out.push((acc >> 8) as u8);
-        }
-        if n > 3 {
-            out.push(acc as u8);
-        }
-    }
-    Some(out)
 }
 
 use crate::clock::unix_now as now_secs;
 
 /// Verify the token's signature with `key` and check every claim against `expect`.
 pub fn validate(token: &str, key: &Key, expect: &Expect<'_>) -> Result<Identity, AuthError> {
-    let decoding = DecodingKey::from_rsa_components(&key.n, &key.e)
-        .map_err(|e| AuthError::Jwks(format!("key {:?} is not a usable RSA key: {e}", key.kid)))?;
+    let decoding = key.decoding_key()?;
     let mut v = Validation::new(Algorithm::RS256);
     v.algorithms = vec![Algorithm::RS256];
     v.leeway = 0;
@@ -134,43 +103,107 @@ pub fn validate(token: &str, key: &Key, expect: &Expect<'_>) -> Result<Identity,
     v.validate_aud = false;
     v.required_spec_claims.clear();
     let data =
-        jsonwebtoken::decode::<Map<String, Value>>(token, &decoding, &v).map_err(|e| {
-            match e.kind() {
-                ErrorKind::InvalidSignature => {
-                    AuthError::Token("token signature does not verify".into())
-                }
-                ErrorKind::InvalidAlgorithm => {
-                    AuthError::Token("token algorithm refused: only RS256 is accepted".into())
-                }
-                _ => AuthError::Token(format!("token rejected: {e}")),
+        jsonwebtoken::decode::<Claims>(token, &decoding, &v).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => {
+                AuthError::Token("token signature does not verify".into())
             }
+            ErrorKind::InvalidAlgorithm => {
+                AuthError::Token("token algorithm refused: only RS256 is accepted".into())
+            }
+            _ => AuthError::Token(format!("token rejected: {e}")),
         })?;
     check_claims(&data.claims, expect)
 }
 
-fn num(c: &Map<String, Value>, k: &str) -> Result<Option<u64>, AuthError> {
-    match c.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .map(Some)
-            .ok_or_else(|| AuthError::Token(format!("claim {k} is not a number of seconds"))),
+/// The claims of a token that we read. Every field takes any JSON value, so a claim of the
+/// wrong type is reported by [`check_claims`] with its name instead of failing the decoding.
+#[derive(Debug, Default, Deserialize)]
+pub struct Claims {
+    #[serde(default)]
+    pub exp: Option<Seconds>,
+    #[serde(default)]
+    pub nbf: Option<Seconds>,
+    #[serde(default)]
+    pub iat: Option<Seconds>,
+    #[serde(default)]
+    pub iss: Option<Text>,
+    #[serde(default)]
+    pub aud: Option<Audience>,
+    #[serde(default)]
+    pub job_id: Option<Text>,
+    #[serde(default)]
+    pub user_login: Option<Text>,
+    #[serde(default)]
+    pub user_id: Option<Text>,
+    #[serde(default)]
+    pub project_path: Option<Text>,
+    #[serde(default)]
+    pub pipeline_source: Option<Text>,
+}
+
+/// A time claim: whole seconds, or a non-negative fraction (truncated); anything else is
+/// refused by name. `null` counts as absent.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Seconds {
+    Whole(u64),
+    Fraction(f64),
+    Other(IgnoredAny),
+}
+
+/// A text claim: a non-empty string, or a number taken as its decimal text; anything else
+/// (an empty string, an object, ...) counts as absent.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Text {
+    String(String),
+    Number(serde_json::Number),
+    Other(IgnoredAny),
+}
+
+/// `aud`: one audience or a list of them (whose non-string entries never match).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<serde_json::Value>),
+    Other(serde_json::Value),
+}
+
+impl Audience {
+    fn includes(&self, want: &str) -> bool {
+        match self {
+            Audience::One(s) => s == want,
+            Audience::Many(v) => v.iter().any(|x| x.as_str() == Some(want)),
+            Audience::Other(_) => false,
+        }
     }
 }
 
-fn text(c: &Map<String, Value>, k: &str) -> Option<String> {
-    match c.get(k)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+fn seconds(v: &Option<Seconds>, k: &str) -> Result<Option<u64>, AuthError> {
+    match v {
+        None => Ok(None),
+        Some(Seconds::Whole(n)) => Ok(Some(*n)),
+        Some(Seconds::Fraction(f)) if *f >= 0.0 => Ok(Some(*f as u64)),
+        Some(_) => Err(AuthError::Token(format!(
+            "claim {k} is not a number of seconds"
+        ))),
+    }
+}
+
+fn text(v: &Option<Text>) -> Option<String> {
+    match v.as_ref()? {
+        Text::String(s) if !s.is_empty() => Some(s.clone()),
+        Text::Number(n) => Some(n.to_string()),
         _ => None,
     }
 }
 
 /// Check the claims of a verified token.
-pub fn check_claims(c: &Map<String, Value>, expect: &Expect<'_>) -> Result<Identity, AuthError> {
+pub fn check_claims(c: &Claims, expect: &Expect<'_>) -> Result<Identity, AuthError> {
     let now = expect.now.unwrap_or_else(now_secs);
-    let exp = num(c, "exp")?.ok_or_else(|| AuthError::Token("token has no exp claim".into()))?;
+    let exp =
+        seconds(&c.exp, "exp")?.ok_or_else(|| AuthError::Token("token has no exp claim".into()))?;
     let grace = expect.exp_grace.as_secs();
     if now >= exp.saturating_add(grace) {
         return Err(AuthError::Token(format!(
@@ -182,42 +215,39 @@ pub fn check_claims(c: &Map<String, Value>, expect: &Expect<'_>) -> Result<Ident
             }
         )));
     }
-    if let Some(nbf) = num(c, "nbf")? {
+    if let Some(nbf) = seconds(&c.nbf, "nbf")? {
         if now < nbf {
             return Err(AuthError::Token(format!(
                 "token not valid yet: nbf {nbf} is after now {now}"
             )));
         }
     }
-    let iat = num(c, "iat")?.ok_or_else(|| AuthError::Token("token has no iat claim".into()))?;
+    let iat =
+        seconds(&c.iat, "iat")?.ok_or_else(|| AuthError::Token("token has no iat claim".into()))?;
     if iat > now {
         return Err(AuthError::Token(format!(
             "token issued in the future: iat {iat} is after now {now}"
         )));
     }
-    let iss = text(c, "iss").ok_or_else(|| AuthError::Token("token has no iss claim".into()))?;
+    let iss = text(&c.iss).ok_or_else(|| AuthError::Token("token has no iss claim".into()))?;
     if !issuer_ok(&iss, expect.issuer) {
         return Err(AuthError::Token(format!(
             "token issuer {iss:?} is not the GitLab server {:?} nor a path below it",
             expect.issuer
         )));
     }
-    let aud_ok = match c.get("aud") {
-        Some(Value::String(s)) => s == expect.audience,
-        Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(expect.audience)),
-        _ => false,
-    };
-    if !aud_ok {
+    if !c.aud.as_ref().is_some_and(|a| a.includes(expect.audience)) {
+        let shown = match &c.aud {
+            Some(a) => serde_json::to_string(a).unwrap_or_default(),
+            None => "(none)".into(),
+        };
         return Err(AuthError::Token(format!(
-            "token audience {} does not include the required {:?}",
-            c.get("aud")
-                .map(Value::to_string)
-                .unwrap_or("(none)".into()),
+            "token audience {shown} does not include the required {:?}",
             expect.audience
         )));
     }
     let job_raw =
-        text(c, "job_id").ok_or_else(|| AuthError::Token("token has no job_id claim".into()))?;
+        text(&c.job_id).ok_or_else(|| AuthError::Token("token has no job_id claim".into()))?;
     let job_id: u64 = job_raw
         .parse()
         .map_err(|_| AuthError::Token(format!("token job_id {job_raw:?} is not a number")))?;
@@ -227,14 +257,14 @@ pub fn check_claims(c: &Map<String, Value>, expect: &Expect<'_>) -> Result<Ident
             expect.job_id
         )));
     }
-    let login = text(c, "user_login")
+    let login = text(&c.user_login)
         .ok_or_else(|| AuthError::Token("token has no user_login claim".into()))?;
     check_login(&login)?;
     Ok(Identity {
         login,
-        user_id: text(c, "user_id").unwrap_or_default(),
-        project_path: text(c, "project_path"),
-        pipeline_source: text(c, "pipeline_source"),
+        user_id: text(&c.user_id).unwrap_or_default(),
+        project_path: text(&c.project_path),
+        pipeline_source: text(&c.pipeline_source),
         job_id,
     })
 }
@@ -259,10 +289,10 @@ pub fn check_login(login: &str) -> Result<(), AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    fn claims(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
+    fn claims(v: Value) -> Claims {
+        serde_json::from_value(v).unwrap()
     }
 
     fn expect() -> Expect<'static> {
@@ -285,6 +315,12 @@ mod tests {
     fn good_claims_pass() {
         let id = check_claims(&claims(good()), &expect()).unwrap();
         assert_eq!(id.login, "alice");
+        assert_eq!(id.user_id, "12");
+        let mut c = good();
+        c["job_id"] = json!(7);
+        c["exp"] = json!(1_000_100.5);
+        c["aud"] = json!([1, "https://gitlab.example.com"]);
+        assert_eq!(check_claims(&claims(c), &expect()).unwrap().job_id, 7);
         assert_eq!(id.job_id, 7);
         assert_eq!(id.pipeline_source.as_deref(), Some("push"));
     }
@@ -293,6 +329,21 @@ mod tests {
     fn each_bad_claim_names_itself() {
         let cases: &[(&str, Value, &str)] = &[
             ("exp", json!(999_999), "expired"),
+            ("exp", json!("soon"), "claim exp is not a number of seconds"),
+            ("iat", json!(-1), "claim iat is not a number of seconds"),
+            ("exp", Value::Null, "token has no exp claim"),
+            ("iss", json!(""), "token has no iss claim"),
+            (
+                "aud",
+                json!("other"),
+                "token audience \"other\" does not include",
+            ),
+            ("job_id", json!("x7"), "job_id \"x7\" is not a number"),
+            (
+                "user_login",
+                json!({"a": 1}),
+                "token has no user_login claim",
+            ),
             ("nbf", json!(1_000_050), "not valid yet"),
             ("iat", json!(1_000_050), "issued in the future"),
             ("iss", json!("https://evil.example.com"), "issuer"),

@@ -31,20 +31,21 @@ pub fn public_message(c: Category) -> &'static str {
     }
 }
 
-/// A short id that ties the job log's generic line to the audit log's full one.
+/// A short id that ties the job log's generic line to the audit log's full one: 12 hex
+/// digits from the system's random source (not a secret; should that source fail, the
+/// clock and the process id, which still tell two failures apart).
 pub fn error_id() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mix = now ^ ((std::process::id() as u128) << 64);
-    // FNV-1a over the bytes: short, stable width, not a secret.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in mix.to_le_bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
+    use ring::rand::SecureRandom;
+    let mut id = [0u8; 6];
+    if ring::rand::SystemRandom::new().fill(&mut id).is_err() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mix = now ^ (u128::from(std::process::id()) << 24);
+        id.copy_from_slice(&mix.to_le_bytes()[..6]);
     }
-    format!("{:012x}", h & 0xffff_ffff_ffff)
+    crate::hex::encode(&id)
 }
 
 #[cfg(test)]
@@ -56,5 +57,6 @@ mod tests {
         let id = error_id();
         assert_eq!(id.len(), 12);
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(id, error_id(), "two ids in a row must differ");
     }
 }

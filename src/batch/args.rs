@@ -64,71 +64,41 @@ pub fn user_args(
     Ok(None)
 }
 
-/// Split `s` into words as a POSIX shell would, without expanding anything: blanks
-/// separate words, `'...'` is literal, `"..."` keeps blanks and honours `\"`, `\\`, `\$`
-/// and `` \` ``, a backslash outside quotes escapes the next character. An unterminated
-/// quote or a trailing backslash is an error naming the position.
+/// Split `s` into words as a POSIX shell would, without expanding anything
+/// ([`shell_words::split`]): blanks (space, tab, newline) separate words, `'...'` is
+/// literal, `"..."` keeps blanks and honours `\"`, `\\`, `\$` and `` \` ``, a backslash
+/// outside quotes escapes the next character, and a `#` starting a word begins a comment
+/// that runs to the end of the line. An unterminated quote is an error naming the quote and
+/// the byte where it opens; a trailing backslash (which escapes nothing) is an error naming
+/// its byte.
 pub fn split(s: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            ' ' | '\t' | '\n' | '\r' => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some((_, '\'')) => break,
-                        Some((_, c)) => cur.push(c),
-                        None => return Err(format!("unterminated single quote at byte {i}")),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some((_, '"')) => break,
-                        Some((_, '\\')) => match chars.peek() {
-                            Some(&(_, n @ ('"' | '\\' | '$' | '`'))) => {
-                                cur.push(n);
-                                chars.next();
-                            }
-                            Some(&(_, '\n')) => {
-                                chars.next();
-                            }
-                            _ => cur.push('\\'),
-                        },
-                        Some((_, c)) => cur.push(c),
-                        None => return Err(format!("unterminated double quote at byte {i}")),
-                    }
-                }
-            }
-            '\\' => match chars.next() {
-                Some((_, '\n')) => {}
-                Some((_, n)) => {
-                    in_word = true;
-                    cur.push(n);
-                }
-                None => return Err(format!("trailing backslash at byte {i}")),
-            },
-            c => {
-                in_word = true;
-                cur.push(c);
+    match shell_words::split(s) {
+        Err(shell_words::ParseError) => Err(unterminated_quote(s)),
+        Ok(words) => {
+            // On success every trailing backslash is outside quotes (a quote left open
+            // would have failed), so an odd run ends in one that escapes nothing.
+            let run = s.len() - s.trim_end_matches('\\').len();
+            if run % 2 == 1 {
+                Err(format!("trailing backslash at byte {}", s.len() - 1))
+            } else {
+                Ok(words)
             }
         }
     }
-    if in_word {
-        words.push(cur);
+}
+
+/// The message for `s`, which [`shell_words::split`] refused: it leaves a quote open. That
+/// quote opens at the longest prefix that still splits (every longer prefix ends inside it).
+fn unterminated_quote(s: &str) -> String {
+    let open = s
+        .char_indices()
+        .rev()
+        .find(|&(i, c)| matches!(c, '\'' | '"') && shell_words::split(&s[..i]).is_ok());
+    match open {
+        Some((i, '\'')) => format!("unterminated single quote at byte {i}"),
+        Some((i, _)) => format!("unterminated double quote at byte {i}"),
+        None => "unterminated quote".to_string(),
     }
-    Ok(words)
 }
 
 /// The first argument of `args` that `illegal` refuses, with the reason.
@@ -235,6 +205,8 @@ mod tests {
         assert_eq!(split("a''b").unwrap(), s(&["ab"]));
         assert_eq!(split("$HOME `x` ;|&").unwrap(), s(&["$HOME", "`x`", ";|&"]));
         assert!(split("").unwrap().is_empty());
+        assert_eq!(split("-N 1 #x y").unwrap(), s(&["-N", "1"]));
+        assert_eq!(split("--comment=#1").unwrap(), s(&["--comment=#1"]));
     }
 
     #[test]
@@ -246,6 +218,20 @@ mod tests {
             .unwrap_err()
             .contains("unterminated double quote at byte 2"));
         assert!(split("abc\\").unwrap_err().contains("trailing backslash"));
+        assert_eq!(
+            split(r#"a\' "b'c" 'd"#).unwrap_err(),
+            "unterminated single quote at byte 10"
+        );
+        assert_eq!(
+            split(r#"'a"b' "c"#).unwrap_err(),
+            "unterminated double quote at byte 6"
+        );
+        assert_eq!(split("a\\\\").unwrap(), s(&["a\\"]));
+        assert_eq!(
+            split("a \\\\\\").unwrap_err(),
+            "trailing backslash at byte 4"
+        );
+        assert_eq!(split("a\\\nb").unwrap(), s(&["ab"]));
     }
 
     const IL: &[Illegal] = &[

@@ -77,10 +77,7 @@ impl Commands {
             return bin.join(tool);
         }
         let path = crate::auth::env::search_path(&self.env);
-        std::env::split_paths(path)
-            .map(|d| d.join(tool))
-            .find(|p| is_executable(p))
-            .unwrap_or_else(|| PathBuf::from(tool))
+        crate::shell::find_on_path(tool, path).unwrap_or_else(|| PathBuf::from(tool))
     }
 
     /// Wait for the limiter, then run `tool args...` and collect its output.
@@ -135,13 +132,6 @@ pub fn display(tool: &str, args: &[String]) -> String {
     s
 }
 
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +157,37 @@ mod tests {
             start.elapsed()
         );
         assert_eq!(c.count(), u64::from(BURST) + 3);
+    }
+
+    #[test]
+    fn program_ignores_relative_path_entries() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("jrs-crates-tool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The same directory, once relative to our cwd and once absolute.
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let rel = format!(
+            "{up}{}",
+            dir.path().display().to_string().trim_start_matches('/')
+        );
+        assert!(Path::new(&rel).join("jrs-crates-tool").is_file(), "{rel}");
+        let c = |path: String| {
+            Commands::new(
+                Duration::ZERO,
+                None,
+                vec![("PATH".into(), path)],
+                "/".into(),
+            )
+        };
+        assert_eq!(
+            c(rel).program("jrs-crates-tool"),
+            PathBuf::from("jrs-crates-tool")
+        );
+        let abs = dir.path().display().to_string();
+        assert_eq!(c(abs).program("jrs-crates-tool"), tool);
     }
 
     #[tokio::test(flavor = "current_thread")]

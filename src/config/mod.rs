@@ -27,17 +27,6 @@ pub use types::{
     Auth, Batch, Downscope, Executor, General, LogLevel, LogLocation, Logging, RunAs, Seccomp,
 };
 
-/// The configuration used when none is given (the demo): a shell executor
-/// writing under `$HOME`, no privilege drop.
-pub const DEFAULT_TOML: &str = r#"# jacamar-rs built-in default configuration
-[general]
-executor = "shell"
-data_dir = "$HOME"
-
-[auth]
-downscope = "none"
-"#;
-
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -74,20 +63,6 @@ impl Config {
             batch,
             source: text.to_string(),
         })
-    }
-
-    /// The TOML text this configuration was parsed from.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// [`DEFAULT_TOML`], parsed.
-    pub fn embedded_default() -> Config {
-        match Config::from_str_named(DEFAULT_TOML, "<embedded default>") {
-            Ok(config) => config,
-            // DEFAULT_TOML is a constant covered by tests; this cannot happen.
-            Err(e) => unreachable!("embedded default configuration is invalid: {}", e.report()),
-        }
     }
 }
 

@@ -126,13 +126,6 @@ impl KeySpec {
         self.used_by = module;
         self
     }
-
-    /// True while the module that acts on the key is not written yet: the key is read
-    /// and validated, and nothing else. None is left: `skip_cobalt_log` and
-    /// `lsf_job_cancellation` arrived with the Cobalt and LSF executors.
-    pub fn parsed_only(&self) -> bool {
-        false
-    }
 }
 
 use Kind::*;
@@ -391,8 +384,8 @@ pub fn child_tables(table: &str) -> impl Iterator<Item = &'static str> + '_ {
 /// Render the key reference as a Markdown table (what docs/configuration.md holds).
 pub fn markdown_table() -> std::string::String {
     let mut out = std::string::String::from(
-        "| Table | Key | Type | Default | Rule | Used by | Status |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| Table | Key | Type | Default | Rule | Used by |\n\
+         |---|---|---|---|---|---|\n",
     );
     for k in KEYS {
         let name = if k.chosen_name {
@@ -411,14 +404,9 @@ pub fn markdown_table() -> std::string::String {
         } else {
             format!("`{}`", k.default)
         };
-        let status = if k.parsed_only() {
-            "parsed only"
-        } else {
-            "core"
-        };
         out.push_str(&format!(
-            "| [{}] | {} | {} | {} | {} | `{}` | {} |\n",
-            k.table, name, ty, default, k.rule, k.used_by, status
+            "| [{}] | {} | {} | {} | {} | `{}` |\n",
+            k.table, name, ty, default, k.rule, k.used_by
         ));
     }
     out

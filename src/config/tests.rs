@@ -125,7 +125,7 @@ fn defaults_of_a_minimal_file() {
     );
     assert_eq!(c.batch, Batch::default());
     assert_eq!(c.source, BASE);
-    assert_eq!(c.source(), BASE);
+    assert_eq!(c.source, BASE);
 }
 
 #[test]
@@ -172,15 +172,6 @@ fn default_structs_match_the_documented_defaults() {
     for spec in KEYS.iter().filter(|k| k.kind == Kind::Bool) {
         assert_eq!(spec.default, "false", "{}.{}", spec.table, spec.key);
     }
-}
-
-#[test]
-fn embedded_default_is_valid() {
-    let c = Config::embedded_default();
-    assert_eq!(c.general.executor, Executor::Shell);
-    assert_eq!(c.general.data_dir, "$HOME");
-    assert_eq!(c.auth.downscope, Downscope::None);
-    assert_eq!(c.source, DEFAULT_TOML);
 }
 
 /// A value of the wrong type for `kind`, and what the message must say.

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::output::{job_log_bytes, runner_log, runner_log_bytes};
+use crate::output::{job_log_bytes, runner_log, runner_log_bytes};
 
 /// How long to keep reading a call's pipes after it exited (a descendant may hold them open).
 const PIPE_GRACE: Duration = Duration::from_secs(2);

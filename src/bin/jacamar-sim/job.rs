@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration::parse_duration;
-use super::SimError;
+use crate::duration::parse_duration;
+use crate::error::SimError;
 
 /// Jacamar configuration handed to `config`/`cleanup` when `--configuration` is not given.
 pub const DEFAULT_CONFIG: &str =
@@ -158,6 +158,15 @@ pub fn parse_var(arg: &str) -> Result<(String, String), SimError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        use jacamar::config::{Config, Downscope, Executor};
+        let c = Config::from_str_named(DEFAULT_CONFIG, "<embedded default>").unwrap();
+        assert_eq!(c.general.executor, Executor::Shell);
+        assert_eq!(c.general.data_dir, "$HOME");
+        assert_eq!(c.auth.downscope, Downscope::None);
+    }
 
     #[test]
     fn demo_parses() {

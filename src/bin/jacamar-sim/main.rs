@@ -1,5 +1,22 @@
 //! `jacamar-sim`: plays GitLab Runner's part of the custom-executor protocol against
-//! `jacamar-auth`, for one job, without a GitLab server.
+//! `jacamar-auth`, for one job, without a GitLab server (config, prepare, run per sub-stage,
+//! cleanup). The emulator is this binary's own modules, outside the driver's library:
+//!
+//! - [`job`]: the job description file and embedded defaults.
+//! - [`duration`]: `10s`/`5m`/`500ms` durations.
+//! - [`script`]: stage names and the generated bash scripts.
+//! - [`process`]: one driver call: process group, live output, SIGTERM/SIGKILL escalation.
+//! - [`runner`]: the order of calls for one job, retries, cancellation, the summary.
+//! - [`output`]: the job log and the runner's log.
+//! - [`error`]: the emulator's own errors.
+
+mod duration;
+mod error;
+mod job;
+mod output;
+mod process;
+mod runner;
+mod script;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,9 +25,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use jacamar::sim::duration::parse_duration;
-use jacamar::sim::job::parse_var;
-use jacamar::sim::{runner, CancelKind, JobSpec, Options};
+use duration::parse_duration;
+use job::{parse_var, JobSpec};
+use runner::{CancelKind, Options};
 
 const AFTER_HELP: &str = "\
 JOB FILE (TOML):

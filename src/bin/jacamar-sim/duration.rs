@@ -1,10 +1,10 @@
 //! Durations as written on the command line and in job files: the configuration's Go-style
-//! syntax (`500ms`, `10s`, `1h30m`, `1.5s`; see [`crate::config::parse_duration`]), plus a
+//! syntax (`500ms`, `10s`, `1h30m`, `1.5s`; see [`jacamar::config::parse_duration`]), plus a
 //! bare number meaning seconds, as the runner's own settings allow.
 
 use std::time::Duration;
 
-use super::SimError;
+use crate::error::SimError;
 
 /// Parses `500ms`, `10s`, `1.5m`, `1h30m`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, SimError> {
@@ -12,7 +12,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, SimError> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    crate::config::parse_duration(s).map_err(|why| SimError::Duration {
+    jacamar::config::parse_duration(s).map_err(|why| SimError::Duration {
         text: text.to_string(),
         why,
     })
@@ -20,7 +20,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, SimError> {
 
 /// Render a duration in Go's style for messages (`1h0m0s`, `5m30s`, `500ms`).
 pub fn format_go(d: Duration) -> String {
-    crate::config::format_duration(d)
+    jacamar::config::format_duration(d)
 }
 
 #[cfg(test)]

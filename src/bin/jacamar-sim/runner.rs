@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{DirBuilder, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,15 +15,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::duration::format_go;
-use super::job::{JobSpec, DEFAULT_CONFIG, DEFAULT_TIMEOUT};
-use super::output::{job_error, job_log, job_section, job_warning, runner_log};
-use super::process::{
+use crate::duration::format_go;
+use crate::error::SimError;
+use crate::job::{JobSpec, DEFAULT_CONFIG, DEFAULT_TIMEOUT};
+use crate::output::{job_error, job_log, job_section, job_warning, runner_log};
+use crate::process::{
     self, describe_ending, CallKind, CallRecord, CallSpec, Ending, Finished, KillTimings,
     OutputMode, Records,
 };
-use super::script::{self, ScriptInput, Stage};
-use super::SimError;
+use crate::script::{self, ScriptInput, Stage};
 
 /// How many times the runner tries config+prepare.
 const PREPARE_TRIES: u32 = 3;
@@ -115,14 +115,12 @@ struct DriverInfo {
     version: Option<String>,
 }
 
+/// The fields of config_exec's JSON the emulator acts on; the others (`cache_dir`,
+/// `hostname`) are ignored.
 #[derive(Debug, Default, Deserialize)]
 struct ConfigOutput {
     builds_dir: Option<String>,
-    #[allow(dead_code)]
-    cache_dir: Option<String>,
     builds_dir_is_shared: Option<bool>,
-    #[allow(dead_code)]
-    hostname: Option<String>,
     driver: Option<DriverInfo>,
     job_env: Option<BTreeMap<String, String>>,
 }
@@ -157,13 +155,11 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> SimError {
     move |source| SimError::Io { what, source }
 }
 
-/// Random hex from /dev/urandom (falls back to time and pid).
+/// `bytes` random bytes as hex, from the system's random source (falls back to time and pid).
 fn random_hex(bytes: usize) -> String {
+    use ring::rand::SecureRandom;
     let mut buf = vec![0u8; bytes];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_ok();
-    if !ok {
+    if ring::rand::SystemRandom::new().fill(&mut buf).is_err() {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -173,7 +169,7 @@ fn random_hex(bytes: usize) -> String {
             *b = (seed >> ((i % 16) * 8)) as u8;
         }
     }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    jacamar::hex::encode(&buf)
 }
 
 fn write_private(path: &Path, content: &[u8], mode: u32) -> Result<(), SimError> {

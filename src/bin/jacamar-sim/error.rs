@@ -1,0 +1,18 @@
+//! The emulator's own errors (not the job's).
+
+/// Errors of the emulator itself (not of the job).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("invalid duration {text:?}: {why}")]
+    Duration { text: String, why: String },
+    #[error("invalid job file {origin}: {why}")]
+    Job { origin: String, why: String },
+    #[error("invalid --var {arg:?}: {why}")]
+    Var { arg: String, why: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
