@@ -26,11 +26,6 @@ pub fn become_subreaper() -> bool {
     nix::sys::prctl::set_child_subreaper(true).is_ok()
 }
 
-/// Whether the calling process is a child subreaper.
-pub fn is_subreaper() -> bool {
-    nix::sys::prctl::get_child_subreaper().unwrap_or(false)
-}
-
 /// Send `sig` to the whole group `pgid`, followed by SIGCONT so that a stopped job can act
 /// on it. Returns false when the group no longer exists (ESRCH).
 pub fn signal_group(pgid: Pid, sig: Signal) -> bool {

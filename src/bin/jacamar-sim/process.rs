@@ -296,32 +296,15 @@ async fn group_still_alive(pgid: u32) -> bool {
     true
 }
 
-/// Scans /proc for a live (not zombie) member of the process group; without /proc, asks kill(2).
+/// Whether a live (not zombie) member of the process group is left: read from /proc
+/// ([`jacamar::supervisor::procfs`]); without /proc, asks kill(2).
 fn live_members(pgid: u32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    if !std::path::Path::new("/proc/self/stat").exists() {
         return killpg(Pid::from_raw(pgid as i32), None).is_ok();
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
-        if pgrp == Some(pgid) && state != "Z" && state != "X" {
-            return true;
-        }
     }
-    false
+    jacamar::supervisor::procfs::all_processes()
+        .iter()
+        .any(|p| p.pgid == pgid as i32 && !p.zombie)
 }
 
 fn far_future() -> Instant {

@@ -54,10 +54,7 @@ impl Stage {
     }
 }
 
-/// Quotes a string for bash (single quotes).
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use jacamar::shell::sh_quote;
 
 /// Everything a stage script needs.
 pub struct ScriptInput<'a> {
