@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=()
-# [auth] (issue 3): libseccomp-dev links the seccomp filters; libcap2-bin (setcap) for the
+# [auth]: libseccomp-dev links the seccomp filters; libcap2-bin (setcap) for the
 # caps-only service account test; sudo for downscope = "sudo"; openssl makes the test PKI
 # and RSA keys; hostname for the seccomp test.
 auth_pkgs=(libseccomp-dev libcap2-bin sudo openssl hostname)
@@ -60,7 +60,7 @@ if [ "$(id -u)" = 0 ] && [ "${JACAMAR_TEST_KEEP_LEFTOVERS:-0}" != 1 ]; then
   trap cleanup_test_leftovers EXIT
 fi
 
-# --- batch executors (issue 4): a real one-node Slurm, the Torque wrappers (qsub/qstat/qdel
+# --- batch executors: a real one-node Slurm, the Torque wrappers (qsub/qstat/qdel
 # over Slurm) for the PBS executor, and the non-root user the batch tests submit as. The
 # script is idempotent; a machine where Slurm cannot start fails here, loudly. Set
 # JACAMAR_TEST_NO_SLURM=1 to skip starting it (the batch tests then fail, they never pass).

@@ -1,4 +1,4 @@
-//! Security of the job's directories (issue 8, items 2 and 11), through the real binaries as
+//! Security of the job's directories (the group_permissions migration, root_dir_creation), through the real binaries as
 //! real users (setuid with minted id_tokens, `jrs_fs_*` accounts):
 //!
 //! * a `group_permissions` change never removes what the driver did not create: only its own

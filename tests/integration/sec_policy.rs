@@ -1,4 +1,4 @@
-//! Security issue 8, items 5, 7, 9 and 10, through the real binaries (root, real accounts,
+//! Security of the target account, the trusted server, timeouts and the audit log, through the real binaries (root, real accounts,
 //! a real HTTPS JWKS server and minted tokens):
 //! - no job runs as a system account, the runner's own account or a nologin-shell account;
 //! - the id_token's keys come only from `gitlab_server` or the runner-written job response,

@@ -1,4 +1,4 @@
-//! Security issue 8, items 4 and 8: the supervision boundary holds even when the job kills
+//! The supervision boundary holds even when the job kills
 //! `jacamar` itself, and no descriptor inherited by `jacamar-auth` reaches the job.
 //!
 //! Every job here is the runner's script shape (`: | eval $'...'`) run through the real
