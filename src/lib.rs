@@ -11,6 +11,9 @@
 //! 7. [`supervisor`]: the command runs under one state machine (signals, timeouts, sweeping).
 //! 8. [`stages::privileged`]: the outcome is mapped to the runner's exit codes ([`job::RunnerEnv`]).
 
+// Every `unsafe` block says why it is sound (CI denies warnings).
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod auth;
 pub mod batch;
 pub mod clock;

@@ -8,7 +8,10 @@
 //!   zero or more control lines: `TERM <signo> <why>\n` (forward this signal to the job;
 //!   `why` is `signal`, `backstop` or `parent`) or `KILL\n`. **EOF means the parent is gone** (it was SIGKILLed, or crashed): the child
 //!   ends the job as if it had been sent `TERM 15`.
-//! * **status** (child writes, parent reads): one JSON line, the [`Status`] of the stage.
+//! * **status** (child writes, parent reads): one JSON line, the [`Status`] of the stage; a
+//!   `system_failure` also names its [`Category`] (`"category": "scheduler"`). The key is
+//!   optional both ways: a line without it reads as [`Category::Internal`], an unknown
+//!   category is read as none, and a reader that does not know the key ignores it.
 //!
 //! The script travels over the pipe because the runner's temp dir is 0700 and owned by the
 //! runner's account: a downscoped `jacamar` could not read it, and the privileged side must
@@ -17,12 +20,14 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncBufReadExt;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::job::JobContext;
 use crate::supervisor::{Reason, Request};
@@ -93,6 +98,21 @@ pub struct Handoff {
     pub deadline_unix_ms: Option<u64>,
 }
 
+/// The kind of a failure of the driver, each with the sentence the job log gets for it
+/// (`auth::obfuscate::public_message`). Travels on the status pipe with a `system_failure`,
+/// so the job log names what failed in `jacamar` (a scheduler, not the directories).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Configuration,
+    Authorization,
+    Environment,
+    Directories,
+    /// The batch scheduler did not take the job, or we lost track of it.
+    Scheduler,
+    Internal,
+}
+
 /// How a stage ended, as `jacamar` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -106,7 +126,8 @@ pub enum Status {
         /// Set when we stopped it (and why).
         stopped: Option<String>,
     },
-    /// The driver could not do its part (directories, spawn, ...).
+    /// The driver could not do its part (directories, spawn, scheduler, ...); what kind of
+    /// failure travels beside it on the status line (see [`write_status`]).
     SystemFailure {
         message: String,
     },
@@ -134,13 +155,93 @@ pub fn set_inheritable(fd: RawFd, inherit: bool) -> Result<(), ProtocolError> {
         .map_err(ProtocolError::Setup)
 }
 
-/// Write the handoff (parent side).
-pub fn write_handoff(w: &mut File, h: &Handoff) -> Result<(), ProtocolError> {
+/// The handoff as it goes on the pipe: `HANDOFF <len>\n` and the JSON.
+pub fn handoff_bytes(h: &Handoff) -> Result<Vec<u8>, ProtocolError> {
     let body = serde_json::to_vec(h).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     let mut msg = format!("HANDOFF {}\n", body.len()).into_bytes();
     msg.extend_from_slice(&body);
-    w.write_all(&msg).map_err(ProtocolError::Write)?;
-    w.flush().map_err(ProtocolError::Write)
+    Ok(msg)
+}
+
+/// The parent's end of the control pipe, written by a task of its own so that the
+/// supervisor never waits on it: a `jacamar` that never reads (sudo, PAM or NSS hanging
+/// before it starts) must not make `jacamar-auth` deaf to its own signals. The task writes
+/// the handoff, then each request sent to [`ControlWriter::send`], in order; it ends when
+/// the writer is dropped or the pipe breaks (the child is gone and needs no more lines).
+pub struct ControlWriter {
+    tx: mpsc::UnboundedSender<Request>,
+    delivered: Arc<AtomicBool>,
+    handoff: oneshot::Receiver<Result<(), ProtocolError>>,
+}
+
+/// Where the handoff stands when the child has ended.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The whole handoff was written.
+    Delivered,
+    /// Writing it failed (EPIPE: the child closed its end without reading it).
+    Failed(ProtocolError),
+    /// It was still being written: the child never read all of it.
+    Pending,
+}
+
+impl ControlWriter {
+    /// Start the writer task on `fd` (needs a tokio runtime) with `h` as its first message.
+    pub fn spawn(fd: OwnedFd, h: &Handoff) -> Result<ControlWriter, ProtocolError> {
+        let msg = handoff_bytes(h)?;
+        let mut pipe =
+            tokio::net::unix::pipe::Sender::from_owned_fd(fd).map_err(ProtocolError::Write)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Request>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let delivered = Arc::new(AtomicBool::new(false));
+        let flag = delivered.clone();
+        tokio::spawn(async move {
+            let written = async {
+                pipe.write_all(&msg).await?;
+                pipe.flush().await
+            }
+            .await
+            .map_err(ProtocolError::Write);
+            let ok = written.is_ok();
+            flag.store(ok, Ordering::SeqCst);
+            // The receiver may be gone (the stage ended): nobody needs the result then.
+            let _ = done_tx.send(written);
+            if !ok {
+                return;
+            }
+            while let Some(req) = rx.recv().await {
+                // A failed write means the child is gone: it needs no more lines.
+                if pipe.write_all(control_line(req).as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(ControlWriter {
+            tx,
+            delivered,
+            handoff: done_rx,
+        })
+    }
+
+    /// Queue a control line (written after the handoff). A writer task that has ended (the
+    /// child is gone) drops it: a child that is gone needs none.
+    pub fn send(&self, req: Request) {
+        let _ = self.tx.send(req);
+    }
+
+    /// Whether the whole handoff has been written.
+    pub fn delivered(&self) -> bool {
+        self.delivered.load(Ordering::SeqCst)
+    }
+
+    /// Where the handoff stands (call once the child has ended).
+    pub fn delivery(&mut self) -> Delivery {
+        match self.handoff.try_recv() {
+            Ok(Ok(())) => Delivery::Delivered,
+            Ok(Err(e)) => Delivery::Failed(e),
+            Err(_) => Delivery::Pending,
+        }
+    }
 }
 
 /// Read the handoff (child side). Reads exactly the handoff, nothing after it, so the
@@ -172,9 +273,9 @@ pub fn read_handoff(r: &mut File) -> Result<Handoff, ProtocolError> {
     serde_json::from_slice(&body).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
-/// Send a control line (parent side). Errors are ignored: a child that is gone needs none.
-pub fn send_control(w: &mut File, req: Request) {
-    let line = match req {
+/// The control line of a request (parent side).
+pub fn control_line(req: Request) -> String {
+    match req {
         Request::Terminate { signal, reason } => {
             let why = match reason {
                 Reason::Signal(_) => "signal",
@@ -184,8 +285,7 @@ pub fn send_control(w: &mut File, req: Request) {
             format!("TERM {} {why}\n", signal as i32)
         }
         Request::Kill { .. } => "KILL\n".to_string(),
-    };
-    let _ = w.write_all(line.as_bytes());
+    }
 }
 
 /// Parse one control line.
@@ -237,17 +337,32 @@ pub fn control_requests(
     }))
 }
 
-/// Write the status line (child side).
-pub fn write_status(w: &mut File, s: &Status) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(s).map_err(std::io::Error::other)?;
+/// Write the status line (child side). `category` is added to a `system_failure` (and
+/// ignored for any other status).
+pub fn write_status(w: &mut File, s: &Status, category: Option<Category>) -> std::io::Result<()> {
+    let mut value = serde_json::to_value(s).map_err(std::io::Error::other)?;
+    if let (Status::SystemFailure { .. }, Some(c), Some(obj)) = (s, category, value.as_object_mut())
+    {
+        obj.insert("category".into(), serde_json::json!(c));
+    }
+    let mut line = serde_json::to_vec(&value).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line)
 }
 
-/// Parse what the child wrote on the status pipe (None: nothing usable, the child died).
-pub fn parse_status(bytes: &[u8]) -> Option<Status> {
+/// Parse what the child wrote on the status pipe (None: nothing usable, the child died),
+/// with the category of a `system_failure` (None when absent or unknown: an older or newer
+/// `jacamar`).
+pub fn parse_status(bytes: &[u8]) -> Option<(Status, Option<Category>)> {
     let text = std::str::from_utf8(bytes).ok()?;
-    serde_json::from_str(text.lines().next()?).ok()
+    let value: serde_json::Value = serde_json::from_str(text.lines().next()?).ok()?;
+    let category = match value.get("category") {
+        Some(c) if value.get("status").and_then(|s| s.as_str()) == Some("system_failure") => {
+            serde_json::from_value(c.clone()).ok()
+        }
+        _ => None,
+    };
+    Some((serde_json::from_value(value).ok()?, category))
 }
 
 /// Take ownership of an inherited descriptor named on our command line, refusing the
@@ -314,14 +429,15 @@ mod tests {
         let h = sample();
         let h2 = h.clone();
         let writer = std::thread::spawn(move || {
-            write_handoff(&mut w, &h2).unwrap();
-            send_control(
-                &mut w,
-                Request::Terminate {
+            w.write_all(&handoff_bytes(&h2).unwrap()).unwrap();
+            w.write_all(
+                control_line(Request::Terminate {
                     signal: Signal::SIGTERM,
                     reason: Reason::Parent,
-                },
-            );
+                })
+                .as_bytes(),
+            )
+            .unwrap();
         });
         assert_eq!(read_handoff(&mut r).unwrap(), h);
         writer.join().unwrap();
@@ -385,18 +501,72 @@ mod tests {
         let mut v = Vec::new();
         v.extend(serde_json::to_vec(&s).unwrap());
         v.push(b'\n');
-        assert_eq!(parse_status(&v), Some(s));
+        assert_eq!(parse_status(&v), Some((s, None)));
         assert_eq!(parse_status(b"garbage"), None);
         // The plain success line is unchanged by the Configured variant.
         assert_eq!(
             parse_status(b"{\"status\":\"success\"}\n"),
-            Some(Status::Success)
+            Some((Status::Success, None))
         );
         let c = Status::Configured {
             builds_dir: "/d/builds/p_1/000".into(),
             builds_dir_is_shared: false,
         };
         let line = serde_json::to_vec(&c).unwrap();
-        assert_eq!(parse_status(&line), Some(c));
+        assert_eq!(parse_status(&line), Some((c, None)));
+    }
+
+    #[test]
+    fn a_failure_carries_its_category_and_old_or_new_lines_still_parse() {
+        let (r, w) = pipe_cloexec().unwrap();
+        let (mut r, mut w) = (File::from(r), File::from(w));
+        let failed = Status::SystemFailure {
+            message: "sbatch: not found".into(),
+        };
+        write_status(&mut w, &failed, Some(Category::Scheduler)).unwrap();
+        drop(w);
+        let mut line = Vec::new();
+        r.read_to_end(&mut line).unwrap();
+        assert_eq!(
+            parse_status(&line),
+            Some((failed.clone(), Some(Category::Scheduler)))
+        );
+        // An older jacamar (no category), a newer one (unknown category): the status stays.
+        let old = br#"{"status":"system_failure","message":"sbatch: not found"}"#;
+        assert_eq!(parse_status(old), Some((failed.clone(), None)));
+        let newer =
+            br#"{"status":"system_failure","message":"sbatch: not found","category":"quantum"}"#;
+        assert_eq!(parse_status(newer), Some((failed, None)));
+        // A category is only a failure's.
+        let ok = br#"{"status":"success","category":"scheduler"}"#;
+        assert_eq!(parse_status(ok), Some((Status::Success, None)));
+    }
+
+    #[tokio::test]
+    async fn the_control_writer_never_blocks_its_caller() {
+        // Nobody reads: a handoff larger than the pipe's buffer cannot be written whole.
+        let (r, w) = pipe_cloexec().unwrap();
+        let mut writer = ControlWriter::spawn(w, &sample()).unwrap();
+        writer.send(Request::Kill {
+            reason: Reason::Parent,
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!writer.delivered());
+        assert!(matches!(writer.delivery(), Delivery::Pending));
+        // Once the child reads, the handoff and then the queued line arrive, in order.
+        let reader = std::thread::spawn(move || {
+            let mut r = File::from(r);
+            let h = read_handoff(&mut r).unwrap();
+            let mut rest = [0u8; 5];
+            r.read_exact(&mut rest).unwrap();
+            (h, rest)
+        });
+        let (h, rest) = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(h, sample());
+        assert_eq!(&rest, b"KILL\n");
+        assert!(writer.delivered());
+        assert!(matches!(writer.delivery(), Delivery::Delivered));
     }
 }

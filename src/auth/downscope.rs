@@ -191,7 +191,9 @@ fn highest_open_fd() -> RawFd {
 /// which could be one of the pipes), then close everything from 5 on (from 3 on without
 /// pipes).
 fn arrange_fds(f: &FdPlan) -> std::io::Result<()> {
-    // SAFETY (whole block): plain syscalls on integer descriptors of this process.
+    // SAFETY: plain syscalls (write, fcntl, dup2, close_range/close) on integer descriptors
+    // of this process, between fork and exec: no pointer but a static byte string, no
+    // allocation, nothing async-signal-unsafe.
     unsafe {
         if let Some(procs) = f.cgroup_procs {
             if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
@@ -295,8 +297,9 @@ fn check(rc: libc::c_long) -> std::io::Result<()> {
 
 /// The child's side, between fork and exec. Raw syscalls only (async-signal-safe).
 fn drop_privileges(p: &Plan) -> std::io::Result<()> {
-    // SAFETY (whole block): plain syscalls with integer arguments or pointers into `p`,
-    // which lives until exec.
+    // SAFETY: plain syscalls with integer arguments or pointers into `p` (its group list)
+    // and into locals of this frame, all alive until exec; no allocation between fork and
+    // exec.
     unsafe {
         if p.mode == Downscope::Setuid {
             check(libc::syscall(

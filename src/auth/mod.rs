@@ -46,6 +46,9 @@ pub const DEFAULT_JWT_VARIABLE: &str = "CI_JOB_JWT";
 pub enum AuthError {
     #[error("failed to look up the local account of uid {uid}: {why}")]
     Lookup { uid: u32, why: String },
+    /// A lookup by name (the login, or RunAs's answer) failed: the error names the account.
+    #[error("failed to look up the local account {name:?}: {why}")]
+    LookupName { name: String, why: String },
     #[error(
         "No id_token found on {var} variable. Please update your CI job to include the following:\n\
          id_tokens:\n  {var}:\n    aud: {aud}\n\
@@ -290,7 +293,7 @@ async fn policy(
     if let Some(u) = &local {
         check_shell(config, &u.name, &u.shell)?;
         if a.ff_getent_check {
-            getent_check(&u.name, u.uid.as_raw())?;
+            getent_check(&u.name, u.uid.as_raw()).await?;
         }
     }
     match a.downscope {
@@ -321,20 +324,22 @@ async fn policy(
 }
 
 fn user_by_name(name: &str) -> Result<Option<nix::unistd::User>, AuthError> {
-    nix::unistd::User::from_name(name).map_err(|e| AuthError::Lookup {
-        uid: u32::MAX,
-        why: format!("looking up {name:?}: {e}"),
-    })
+    nix::unistd::User::from_name(name).map_err(|e| name_lookup_failed(name, e.to_string()))
+}
+
+/// A failed lookup of the account `name` (in the user database, or of its groups).
+fn name_lookup_failed(name: &str, why: String) -> AuthError {
+    AuthError::LookupName {
+        name: name.into(),
+        why,
+    }
 }
 
 fn group_ids(name: &str, gid: u32) -> Result<Vec<u32>, AuthError> {
     let c = CString::new(name).map_err(|_| AuthError::BadLogin(name.into()))?;
     nix::unistd::getgrouplist(&c, nix::unistd::Gid::from_raw(gid))
         .map(|v| v.into_iter().map(|g| g.as_raw()).collect())
-        .map_err(|e| AuthError::Lookup {
-            uid: u32::MAX,
-            why: format!("groups of {name}: {e}"),
-        })
+        .map_err(|e| name_lookup_failed(name, format!("its groups: {e}")))
 }
 
 /// The lists of `[auth]` applied to the local account `name` (groups from the user
@@ -374,13 +379,16 @@ fn check_shell(config: &Config, name: &str, shell: &std::path::Path) -> Result<(
 }
 
 /// `ff_getent_check`: the account must also be known to `getent passwd`, with the same uid.
-fn getent_check(name: &str, uid: u32) -> Result<(), AuthError> {
-    let out = std::process::Command::new("getent")
+/// (`getent` runs as a tokio process: the runtime's one thread is not blocked on it.)
+async fn getent_check(name: &str, uid: u32) -> Result<(), AuthError> {
+    let out = tokio::process::Command::new("getent")
         .args(["passwd", name])
         .env_clear()
         .env("PATH", env::DEFAULT_PATH)
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output()
+        .await
         .map_err(|e| AuthError::Refused(format!("getent check of {name}: {e}")))?;
     let line = String::from_utf8_lossy(&out.stdout);
     let got = line
@@ -420,4 +428,17 @@ pub fn account_of(uid: u32) -> Result<Account, AuthError> {
         home: user.dir,
         shell: user.shell,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_lookup_by_name_names_the_account_not_a_uid() {
+        // An NSS failure (EIO from getpwnam_r) for the login: the error names the login.
+        let e = name_lookup_failed("jrs_silent", nix::errno::Errno::EIO.to_string()).to_string();
+        assert!(e.contains("jrs_silent"), "{e}");
+        assert!(!e.contains("4294967295") && !e.contains("uid"), "{e}");
+    }
 }

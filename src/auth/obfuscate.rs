@@ -6,15 +6,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Categories of failure, each with the sentence a CI user sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Category {
-    Configuration,
-    Authorization,
-    Environment,
-    Directories,
-    Internal,
-}
+/// Categories of failure, each with the sentence a CI user sees (defined with the channel,
+/// which carries the category of a failure of `jacamar`).
+pub use crate::protocol::Category;
 
 /// The sentence the job log gets for a category.
 pub fn public_message(c: Category) -> &'static str {
@@ -26,6 +20,9 @@ pub fn public_message(c: Category) -> &'static str {
         Category::Environment => "the job's environment from the runner is incomplete or invalid",
         Category::Directories => {
             "the job's directories could not be prepared; please contact the runner's administrator"
+        }
+        Category::Scheduler => {
+            "the batch scheduler did not take the job or it could not be followed; please contact the runner's administrator"
         }
         Category::Internal => "an internal error occurred in the CI driver",
     }

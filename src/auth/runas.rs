@@ -31,8 +31,11 @@ use crate::config::RunAs;
 
 /// Longest a validation script may run.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
-/// Most bytes of stdout read from the script.
+/// Most bytes of stdout kept from the script (the rest is read and dropped: an answer
+/// that long is refused).
 const MAX_OUT: usize = 64 * 1024;
+/// Most bytes of stderr kept for the refusal's message (the rest is read and dropped).
+const MAX_ERR: usize = 4096;
 
 /// Run the validation script; the local account it maps the job to.
 pub async fn validate(
@@ -42,64 +45,101 @@ pub async fn validate(
 ) -> Result<String, AuthError> {
     let script = &runas.validation_script;
     let fail = |why: String| AuthError::RunAs(format!("{}: {why}", script.display()));
-    let file = std::fs::File::open(script).map_err(|e| fail(format!("cannot open: {e}")))?;
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if !meta.is_file() {
-        return Err(fail("not a regular file".into()));
-    }
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(fail(format!(
-            "owned by uid {}, not by root or by jacamar-auth's account (uid {me})",
-            meta.uid()
-        )));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(fail(format!(
-            "mode {:o} lets group or others modify it",
-            meta.mode() & 0o7777
-        )));
-    }
-    if let Some(want) = &runas.sha256 {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut f = &file;
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| fail(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            ctx.update(&buf[..n]);
-        }
-        let got: String = ctx
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if !got.eq_ignore_ascii_case(want) {
-            return Err(fail(format!(
-                "sha256 is {got}, the configuration expects {want}"
-            )));
-        }
-    }
+    let file = open_checked(runas).map_err(fail)?;
     let requested = runas
         .user_variable
         .as_ref()
         .and_then(|v| job_env.get(&format!("CUSTOM_ENV_{v}")))
         .cloned()
         .unwrap_or_default();
+    let cmd = command(runas, &file, id, &requested);
+    let answer = run_bounded(cmd).await.map_err(fail)?;
+    drop(file);
+    let stderr = String::from_utf8_lossy(&answer.stderr).trim().to_string();
+    if !answer.status.success() {
+        return Err(fail(format!(
+            "refused {} (requested {:?}): {}{}",
+            id.login,
+            requested,
+            answer.status,
+            if stderr.is_empty() {
+                String::new()
+            } else {
+                format!(", stderr: {stderr}")
+            }
+        )));
+    }
+    account_of(&answer).map_err(fail)
+}
 
+/// Open the script and check it: a regular file, owned by root or by us, not writable by
+/// group or others, with the configured SHA-256 (hashed from the opened file).
+fn open_checked(runas: &RunAs) -> Result<std::fs::File, String> {
+    let file =
+        std::fs::File::open(&runas.validation_script).map_err(|e| format!("cannot open: {e}"))?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "owned by uid {}, not by root or by jacamar-auth's account (uid {me})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "mode {:o} lets group or others modify it",
+            meta.mode() & 0o7777
+        ));
+    }
+    if let Some(want) = &runas.sha256 {
+        let got = sha256_of(&file)?;
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(format!("sha256 is {got}, the configuration expects {want}"));
+        }
+    }
+    Ok(file)
+}
+
+/// The SHA-256 of what `file` holds from its current offset, in lowercase hex.
+fn sha256_of(mut file: &std::fs::File) -> Result<String, String> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The command that runs exactly the opened `file` (as `/proc/self/fd/N`), with the
+/// contract's argv, environment, cwd and stdin, in a process group of its own.
+fn command(
+    runas: &RunAs,
+    file: &std::fs::File,
+    id: &Identity,
+    requested: &str,
+) -> tokio::process::Command {
     let fd = file.as_raw_fd();
     let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{fd}"));
-    cmd.arg0(script)
+    cmd.arg0(&runas.validation_script)
         .arg(&id.login)
-        .arg(&requested)
+        .arg(requested)
         .env_clear()
         .envs(runas.validation_env.iter().map(|(k, v)| (k, v)))
         .env("PATH", super::env::DEFAULT_PATH)
         .env("RUNAS_CURRENT_USER", &id.login)
-        .env("RUNAS_TARGET_USER", &requested)
+        .env("RUNAS_TARGET_USER", requested)
         .env("RUNAS_USER_ID", &id.user_id)
         .env("RUNAS_JOB_ID", id.job_id.to_string())
         .env(
@@ -126,31 +166,39 @@ pub async fn validate(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| fail(format!("cannot run: {e}")))?;
-    let pgid = child.id().map(|p| p as i32);
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
+    cmd
+}
+
+/// What the script said: its exit status, the first [`MAX_OUT`] bytes of stdout and the
+/// first [`MAX_ERR`] of stderr, and whether stdout had more.
+struct Answer {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stdout_cut: bool,
+    stderr: Vec<u8>,
+}
+
+/// Run the script to its end within [`TIMEOUT`]. Both pipes are read to EOF (what is kept
+/// is capped, the rest is read and dropped), so a chatty script never blocks on a full
+/// pipe; at the limit its process group is killed.
+async fn run_bounded(mut cmd: tokio::process::Command) -> Result<Answer, String> {
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run: {e}"))?;
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+    let out = child.stdout.take();
+    let err = child.stderr.take();
     let work = async {
-        let mut o = Vec::new();
-        let mut e = Vec::new();
-        let (ro, re) = tokio::join!(
-            async {
-                if let Some(s) = out.as_mut() {
-                    let _ = s.take(MAX_OUT as u64).read_to_end(&mut o).await;
-                }
-            },
-            async {
-                if let Some(s) = err.as_mut() {
-                    let _ = s.take(4096).read_to_end(&mut e).await;
-                }
-            }
-        );
-        let _ = (ro, re);
+        let ((stdout, stdout_cut), (stderr, _)) =
+            tokio::join!(drain_capped(out, MAX_OUT), drain_capped(err, MAX_ERR));
         let status = child.wait().await;
-        (status, o, e)
+        (status, stdout, stdout_cut, stderr)
     };
-    let (status, stdout, stderr) = match tokio::time::timeout(TIMEOUT, work).await {
-        Ok(r) => r,
+    match tokio::time::timeout(TIMEOUT, work).await {
+        Ok((status, stdout, stdout_cut, stderr)) => Ok(Answer {
+            status: status.map_err(|e| e.to_string())?,
+            stdout,
+            stdout_cut,
+            stderr,
+        }),
         Err(_) => {
             if let Some(p) = pgid {
                 let _ = nix::sys::signal::killpg(
@@ -158,41 +206,126 @@ pub async fn validate(
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            return Err(fail(format!(
+            Err(format!(
                 "did not finish within {}s; the job is refused",
                 TIMEOUT.as_secs()
-            )));
+            ))
         }
-    };
-    drop(file);
-    let status = status.map_err(|e| fail(e.to_string()))?;
-    let stderr = String::from_utf8_lossy(&stderr).trim().to_string();
-    if !status.success() {
-        return Err(fail(format!(
-            "refused {} (requested {:?}): {status}{}",
-            id.login,
-            requested,
-            if stderr.is_empty() {
-                String::new()
-            } else {
-                format!(", stderr: {stderr}")
-            }
-        )));
     }
-    let v: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
-        fail(format!(
-            "exited 0 but its output is not the JSON object {{\"username\": ...}}: {e}"
-        ))
+}
+
+/// Read `pipe` to EOF, keeping its first `cap` bytes; whether there was more. A read error
+/// ends the reading (the script's exit status still decides).
+async fn drain_capped<R: tokio::io::AsyncRead + Unpin>(
+    pipe: Option<R>,
+    cap: usize,
+) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut cut = false;
+    let Some(mut pipe) = pipe else {
+        return (kept, cut);
+    };
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, cut),
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                cut |= n > room;
+            }
+        }
+    }
+}
+
+/// The account of a successful answer: stdout is the JSON object `{"username": "<name>"}`
+/// with a valid account name.
+fn account_of(answer: &Answer) -> Result<String, String> {
+    if answer.stdout_cut {
+        return Err(format!(
+            "exited 0 but printed more than {MAX_OUT} bytes on stdout, not the JSON object \
+             {{\"username\": ...}}"
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer.stdout).map_err(|e| {
+        format!("exited 0 but its output is not the JSON object {{\"username\": ...}}: {e}")
     })?;
     let name = v
         .get("username")
         .and_then(|u| u.as_str())
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| fail(format!("exited 0 but its JSON has no \"username\": {v}")))?;
-    check_login(name).map_err(|_| {
-        fail(format!(
-            "mapped to {name:?}, which is not a valid account name"
-        ))
-    })?;
+        .ok_or_else(|| format!("exited 0 but its JSON has no \"username\": {v}"))?;
+    check_login(name)
+        .map_err(|_| format!("mapped to {name:?}, which is not a valid account name"))?;
     Ok(name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn identity() -> Identity {
+        Identity {
+            login: "jrs_silent_a".into(),
+            user_id: "7".into(),
+            project_path: Some("g/p".into()),
+            pipeline_source: Some("push".into()),
+            job_id: 9,
+        }
+    }
+
+    fn runas_with(dir: &std::path::Path, body: &str) -> RunAs {
+        let path = dir.join("validate.sh");
+        std::fs::write(&path, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        RunAs {
+            validation_script: path,
+            user_variable: None,
+            sha256: None,
+            validation_env: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chatty_script_is_drained_and_its_answer_taken_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // 1 MiB on stderr, far more than a pipe holds, then the answer.
+        let r = runas_with(
+            dir.path(),
+            r#"head -c 1048576 /dev/zero | tr '\0' x >&2; echo '{"username": "svc_a"}'"#,
+        );
+        let t0 = std::time::Instant::now();
+        let got = validate(&r, &identity(), &BTreeMap::new()).await;
+        assert_eq!(got.unwrap(), "svc_a");
+        assert!(t0.elapsed() < TIMEOUT / 2, "took {:?}", t0.elapsed());
+    }
+
+    #[tokio::test]
+    async fn too_much_stdout_is_refused_by_name_not_by_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runas_with(
+            dir.path(),
+            r#"head -c 1048576 /dev/zero | tr '\0' ' '; echo '{"username": "svc_a"}'"#,
+        );
+        let e = validate(&r, &identity(), &BTreeMap::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 65536 bytes on stdout"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_carries_the_start_of_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runas_with(dir.path(), "echo \"no such project for $1\" >&2; exit 3");
+        let e = validate(&r, &identity(), &BTreeMap::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("refused jrs_silent_a") && e.contains("no such project for jrs_silent_a"),
+            "{e}"
+        );
+    }
 }

@@ -25,11 +25,17 @@ use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, S
 use super::AuthError;
 use crate::config::Seccomp;
 
-/// A compiled filter, ready to install in a pre-exec hook.
+/// A compiled filter, ready to install in a pre-exec hook: 1 to [`MAX_INSTRUCTIONS`]
+/// instructions (checked by [`Program::new`], before any fork).
 #[derive(Debug, Clone)]
 pub struct Program {
     filter: Vec<libc::sock_filter>,
 }
+
+/// The most instructions the kernel accepts in one classic BPF filter (`BPF_MAXINSNS`); a
+/// longer one would only fail in the child, after the fork. Below `u16::MAX`, the width of
+/// `sock_fprog.len`.
+pub const MAX_INSTRUCTIONS: usize = 4096;
 
 /// Whether the configuration asks for a filter.
 pub fn wanted(cfg: &Seccomp) -> bool {
@@ -112,9 +118,7 @@ pub fn build(cfg: &Seccomp, uid: u32, gid: u32) -> Result<Option<Program>, AuthE
             }
         }
     }
-    Ok(Some(Program {
-        filter: export(&ctx)?,
-    }))
+    Program::new(export(&ctx)?).map(Some)
 }
 
 /// The filter as BPF instructions (through a memfd: libseccomp 2.5 exports to a descriptor).
@@ -134,7 +138,7 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>, AuthError> 
     file.rewind().map_err(err)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(err)?;
-    if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() / 8 > u16::MAX as usize {
+    if bytes.is_empty() || bytes.len() % 8 != 0 {
         return Err(err(format!(
             "libseccomp exported {} bytes, not a BPF program",
             bytes.len()
@@ -152,6 +156,18 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>, AuthError> 
 }
 
 impl Program {
+    /// A program of `filter`, refused when empty or longer than [`MAX_INSTRUCTIONS`].
+    pub fn new(filter: Vec<libc::sock_filter>) -> Result<Program, AuthError> {
+        if filter.is_empty() || filter.len() > MAX_INSTRUCTIONS {
+            return Err(err(format!(
+                "the filter has {} BPF instructions; the kernel accepts 1 to {MAX_INSTRUCTIONS} \
+                 (block or allow fewer calls: block_calls, allow_calls)",
+                filter.len()
+            )));
+        }
+        Ok(Program { filter })
+    }
+
     /// Number of BPF instructions.
     pub fn len(&self) -> usize {
         self.filter.len()
@@ -164,8 +180,11 @@ impl Program {
     /// Install the filter on the calling thread. Async-signal-safe (one `prctl`), meant for
     /// a pre-exec hook. Needs `no_new_privs` or `CAP_SYS_ADMIN`.
     pub fn install(&self) -> std::io::Result<()> {
+        // Never truncated: `new` keeps the length within MAX_INSTRUCTIONS < u16::MAX.
+        let len = u16::try_from(self.filter.len())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::E2BIG))?;
         let prog = libc::sock_fprog {
-            len: self.filter.len() as u16,
+            len,
             filter: self.filter.as_ptr() as *mut libc::sock_filter,
         };
         // SAFETY: `prog` points at `self.filter`, alive for the duration of the call; the
@@ -215,6 +234,22 @@ mod tests {
         c.allow_calls = vec!["read".into(), "write".into(), "exit_group".into()];
         c.log_allowed_actions = true;
         assert!(!build(&c, 1000, 1000).unwrap().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_filter_the_kernel_would_refuse_is_refused_before_any_fork() {
+        let insn = libc::sock_filter {
+            code: 0x06, // BPF_RET | BPF_K
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000, // SECCOMP_RET_ALLOW
+        };
+        assert!(Program::new(vec![insn; MAX_INSTRUCTIONS]).is_ok());
+        for n in [0, MAX_INSTRUCTIONS + 1, u16::MAX as usize + 1] {
+            let e = Program::new(vec![insn; n]).unwrap_err().to_string();
+            assert!(e.contains(&format!("has {n} BPF instructions")), "{e}");
+            assert!(e.contains("4096"), "{e}");
+        }
     }
 
     #[test]

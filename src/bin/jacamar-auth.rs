@@ -2,6 +2,8 @@
 //!
 //! Wire it into the runner's `[runners.custom]` hooks: `config`, `prepare`, `run`, `cleanup`.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -73,6 +75,8 @@ fn main() {
         );
         std::process::exit(system_failure_exit_code());
     }
+    // Diagnostics go to stderr only: config's stdout is the runner's JSON.
+    jacamar::stages::diag::install();
     let cli = Cli::parse();
     let (call, configuration) = match cli.command {
         Command::Validate { configuration } => std::process::exit(validate(&configuration)),

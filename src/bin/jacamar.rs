@@ -3,6 +3,8 @@
 //! Not meant to be started by hand: `jacamar-auth` starts it with the two pipes of the
 //! handoff protocol (see the library's `protocol` module).
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use clap::{Parser, Subcommand};
 
 /// Runs one stage of a CI job as the job's user (started by jacamar-auth).
@@ -46,6 +48,8 @@ enum Action {
 }
 
 fn main() {
+    // Diagnostics on stderr (stdout is git's answer for askpass).
+    jacamar::stages::diag::install();
     // git runs us as GIT_ASKPASS with its prompt as the only argument (see auth::env).
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if let [prompt] = argv.as_slice() {

@@ -144,9 +144,11 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
             Err(e) => return Err(FsError::io("remove", path, e)),
         }
     }
+    // Said on stderr (the runner's log) by the subscriber of `stages::diag`.
     tracing::warn!(
-        path = %path.display(),
-        "gave up removing a directory that keeps receiving new entries"
+        "cleanup gave up removing {} after {MAX_ROUNDS} rounds: it keeps receiving new \
+         entries (a process of the job still writing?); it is left in place",
+        path.display()
     );
     Ok(())
 }

@@ -3,9 +3,13 @@
 //! * [`privileged`]: what `jacamar-auth` does for `config`, `prepare`, `run` and `cleanup`.
 //! * [`user`]: what `jacamar` does, as the job's user, when `jacamar-auth` hands it a stage.
 //!
+//! * [`diag`]: the diagnostics subscriber both binaries install (stderr, level filter).
+//!
 //! Both sides share the error type here; [`StageError::category`] decides what the job log
-//! may be told (see [`crate::auth::obfuscate`]).
+//! may be told (see [`crate::auth::obfuscate`]); `jacamar` sends the category of its failure
+//! back over the status pipe.
 
+pub mod diag;
 pub mod privileged;
 pub mod user;
 
@@ -15,6 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::fs::{FsError, JobPaths, UserInfo};
 use crate::job::{JobContext, JobError};
 use crate::protocol::{Account, ProtocolError};
+use nix::unistd::Pid;
 
 /// The variable of `job_env` that carries the configuration to later stages.
 pub const CONFIG_ENV: &str = "JACAMAR_CI_CONFIG_STR";
@@ -46,8 +51,13 @@ pub enum StageError {
         what: String,
         source: std::io::Error,
     },
-    #[error("jacamar failed: {0}")]
-    User(String),
+    /// A failure `jacamar` reported (or its end without a report), with the category it
+    /// named: the job log's sentence is about what failed, not always the directories.
+    #[error("jacamar failed: {message}")]
+    User { message: String, category: Category },
+    /// The batch scheduler did not take the job, or `jacamar` lost track of it.
+    #[error("{0}")]
+    Scheduler(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -59,7 +69,9 @@ impl StageError {
             StageError::Config(_) | StageError::NoConfig(_) => Category::Configuration,
             StageError::Job(_) | StageError::Script { .. } => Category::Environment,
             StageError::Auth(_) => Category::Authorization,
-            StageError::Fs(_) | StageError::User(_) => Category::Directories,
+            StageError::Fs(_) => Category::Directories,
+            StageError::User { category, .. } => *category,
+            StageError::Scheduler(_) => Category::Scheduler,
             StageError::Protocol(_) | StageError::Spawn { .. } | StageError::Internal(_) => {
                 Category::Internal
             }
@@ -73,6 +85,16 @@ impl StageError {
             other => other.to_string(),
         }
     }
+}
+
+/// The process group of a child just spawned as its group's leader: its pid. A child
+/// without a pid (already reaped) is an error, never group 0 (which would be our own).
+pub fn group_of(child: &tokio::process::Child, what: &str) -> Result<Pid, StageError> {
+    child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(Pid::from_raw)
+        .ok_or_else(|| StageError::Internal(format!("{what} ended before its pid could be read")))
 }
 
 /// The job's paths for `account`, from the configuration and the job.

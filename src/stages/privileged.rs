@@ -5,7 +5,6 @@
 //! -> map the result to the runner's exit codes.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +21,7 @@ use crate::auth::{self, obfuscate, Target};
 use crate::config::{Config, Downscope};
 use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
-use crate::protocol::{self, Action, Handoff, Status};
+use crate::protocol::{self, Action, ControlWriter, Handoff, Status};
 use crate::supervisor::cgroup::JobCgroup;
 use crate::supervisor::{self, group, OsSignals, Outcome, Policy, Request, Terminator};
 
@@ -89,8 +88,8 @@ pub fn main(opts: Options) -> i32 {
             }
             if let Some(path) = &runner.build_exit_code_file {
                 if let Err(e) = std::fs::write(path, format!("{exit_code}\n")) {
-                    eprintln!(
-                        "WARNING: failed to write the job's exit code to {}: {e}",
+                    tracing::warn!(
+                        "failed to write the job's exit code to {}: {e}",
                         path.display()
                     );
                 }
@@ -132,7 +131,7 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
         },
     );
     if let (Err(e), Some(_)) = (recorded, config) {
-        eprintln!("ERROR: {e}");
+        tracing::error!("{e}");
     }
     let user_facing = matches!(err, StageError::Auth(a) if a.user_facing());
     if opts.unobfuscated || opts.call == Call::Cleanup || user_facing {
@@ -376,28 +375,30 @@ fn deadline(job: &JobContext) -> Result<Option<(tokio::time::Instant, u64)>, Sta
 }
 
 /// Reaches `jacamar` through the control channel; SIGKILLs its group as a last resort when
-/// we are allowed to signal it (same uid). A downscoped `jacamar` is never signalled by us.
+/// we are allowed to signal it (same uid). A downscoped `jacamar` is signalled by us only
+/// while it has not read its handoff: then it never started the stage (sudo, PAM or NSS
+/// hanging), nothing of the job exists, and the control channel cannot reach it.
 struct ControlTerminator {
-    control: File,
+    control: ControlWriter,
     pgid: Pid,
     can_signal: bool,
 }
 
 impl Terminator for ControlTerminator {
     fn terminate(&mut self, signal: Signal, reason: supervisor::Reason) {
-        protocol::send_control(&mut self.control, Request::Terminate { signal, reason });
+        self.control.send(Request::Terminate { signal, reason });
     }
 
     fn kill(&mut self) {
-        protocol::send_control(
-            &mut self.control,
-            Request::Kill {
-                reason: supervisor::Reason::Parent,
-            },
-        );
-        if self.can_signal {
+        self.control.send(Request::Kill {
+            reason: supervisor::Reason::Parent,
+        });
+        let pgid = self.pgid;
+        if !self.control.delivered() {
+            // EPERM (a caps-only account without CAP_KILL) leaves it to the runner.
+            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+        } else if self.can_signal {
             // jacamar sweeps the job's group on KILL; give it a moment before we take it down.
-            let pgid = self.pgid;
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_secs(2));
                 let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
@@ -407,6 +408,10 @@ impl Terminator for ControlTerminator {
 }
 
 /// Start `jacamar` for `action`, hand it the stage, supervise it, and read its status.
+///
+/// The handoff is written by a task of its own ([`ControlWriter`]) while the supervisor
+/// runs: a `jacamar` that never reads it still gets our signals forwarded and, after
+/// `kill_timeout`, killed.
 async fn hand_over(
     config: &Config,
     job: &JobContext,
@@ -417,125 +422,48 @@ async fn hand_over(
     let exe = jacamar_binary(config)?;
     // Before anything is started: a deadline that cannot be computed fails the stage.
     let backstop = deadline(job)?;
-    if config.auth.root_dir_creation && target.downscope != Downscope::None {
-        let paths = job_paths(config, job, &target.account)?;
-        let policy = crate::fs::DirPolicy {
-            uid: target.account.uid,
-            group_permissions: config.general.group_permissions,
-        };
-        crate::fs::create_base_dir_for_user(&paths, &policy, target.account.gid)?;
-    }
+    create_base_dir_as_root(config, job, target)?;
     let plan = auth::downscope::plan(config, target)?;
     // Whatever the job leaves behind comes back to us, even if it kills jacamar itself.
     if !group::become_subreaper() {
-        eprintln!(
-            "WARNING: jacamar-auth could not become a child subreaper; processes of the job \
-             that kill jacamar may survive it"
+        tracing::warn!(
+            "jacamar-auth could not become a child subreaper; processes of the job that kill \
+             jacamar may survive it"
         );
     }
+    let handoff = handoff_of(config, job, target, action, &exe, backstop.map(|b| b.1));
     let (ctl_r, ctl_w) = protocol::pipe_cloexec()?;
     let (st_r, st_w) = protocol::pipe_cloexec()?;
     protocol::set_inheritable(protocol::raw(&ctl_r), true)?;
     protocol::set_inheritable(protocol::raw(&st_w), true)?;
-
-    let verb = match &action {
-        Action::Config => "config".to_string(),
-        Action::Prepare => "prepare".to_string(),
-        Action::Run { stage, .. } => format!("run {stage}"),
-        Action::Cleanup => "cleanup".to_string(),
-    };
-    let args: Vec<String> = verb.split(' ').map(str::to_string).collect();
+    // Writing starts now; it completes once jacamar reads (EPIPE if it never starts).
+    let control = ControlWriter::spawn(ctl_w, &handoff)?;
     let cgroup = job_cgroup();
     let pipes = Pipes {
         control: protocol::raw(&ctl_r),
         status: protocol::raw(&st_w),
     };
-    let mut cmd = auth::downscope::command(
-        &plan,
-        &target.account.name,
-        &exe,
-        Some(pipes),
-        cgroup.as_ref().map(JobCgroup::procs_fd),
-        &args,
-    );
-    cmd.env_clear()
-        .env("PATH", auth::env::DEFAULT_PATH)
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .process_group(0);
-    if matches!(action, Action::Config) {
-        // config_exec's stdout is the runner's JSON: jacamar's output goes to the job log.
-        cmd.stdout(std::process::Stdio::from(std::io::stderr()));
-    }
-    let mut child = match cmd.spawn() {
+    let spawned = spawn_jacamar(&plan, target, &exe, &handoff.action, pipes, cgroup.as_ref());
+    drop((ctl_r, st_w));
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             if let Some(Err(re)) = cgroup.map(JobCgroup::remove) {
-                eprintln!("WARNING: jacamar-auth: failed to remove the job's cgroup: {re}");
+                tracing::warn!("jacamar-auth: failed to remove the job's cgroup: {re}");
             }
-            return Err(StageError::Internal(auth::downscope::spawn_error(
-                &plan,
-                &target.account.name,
-                &exe,
-                &e,
-            )));
+            return Err(e);
         }
     };
-    drop(ctl_r);
-    drop(st_w);
-    let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
-
-    let (dl, dl_unix_ms) = match backstop {
-        Some((i, ms)) => (Some(i), Some(ms)),
-        None => (None, None),
+    let status_task = tokio::spawn(read_status(st_r));
+    let mut term = ControlTerminator {
+        control,
+        pgid: super::group_of(&child, "jacamar")?,
+        can_signal: target.downscope == Downscope::None,
     };
-    let handoff = Handoff {
-        action,
-        config_toml: config.source.clone(),
-        job: job.clone(),
-        account: target.account.clone(),
-        env: {
-            let mut env = auth::env::job_env(
-                &target.account,
-                std::env::vars()
-                    .collect::<Vec<_>>()
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            );
-            if !config.general.unrestricted_cmd_line {
-                // Only the job's GitLab server gets the token from git's askpass.
-                let response =
-                    crate::job::JobResponse::from_env_map(&std::env::vars().collect()).ok();
-                let origins = auth::env::askpass_origins(
-                    config.general.gitlab_server.as_deref(),
-                    response.as_ref(),
-                );
-                env.extend(auth::env::askpass_env(&exe, &origins));
-            }
-            env
-        },
-        deadline_unix_ms: dl_unix_ms,
-    };
-    let mut control = File::from(ctl_w);
-    let status_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        if let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(st_r) {
-            let _ = rx.read_to_end(&mut buf).await;
-        }
-        buf
-    });
-    // A jacamar that died before reading gives EPIPE here; its exit status says the rest.
-    let handoff_err = protocol::write_handoff(&mut control, &handoff).err();
-
     let (tx, mut rx) = mpsc::unbounded_channel();
     let forwarder = signals.forward(tx);
     let mut policy = Policy::new(config.general.kill_timeout);
-    policy.deadline = dl;
-    let mut term = ControlTerminator {
-        control,
-        pgid,
-        can_signal: target.downscope == Downscope::None,
-    };
+    policy.deadline = backstop.map(|b| b.0);
     let outcome = supervisor::supervise(&mut child, &mut term, &policy, &mut rx, vec![]).await;
     forwarder.abort();
     // jacamar is reaped (tokio owned it): now everything left of the job is ours to kill.
@@ -546,9 +474,115 @@ async fn hand_over(
         .and_then(Result::ok)
         .unwrap_or_default();
     match protocol::parse_status(&status_bytes) {
-        Some(status) => done_of(status),
-        None => no_status(&outcome, handoff_err),
+        Some((status, category)) => done_of(status, category),
+        None => no_status(&outcome, term.control.delivery()),
     }
+}
+
+/// `root_dir_creation` with a downscoped job: root creates `<data_dir>/<user>` (see
+/// `fs::create_base_dir_for_user` for what it checks first).
+fn create_base_dir_as_root(
+    config: &Config,
+    job: &JobContext,
+    target: &Target,
+) -> Result<(), StageError> {
+    if !config.auth.root_dir_creation || target.downscope == Downscope::None {
+        return Ok(());
+    }
+    let paths = job_paths(config, job, &target.account)?;
+    let policy = crate::fs::DirPolicy {
+        uid: target.account.uid,
+        group_permissions: config.general.group_permissions,
+    };
+    crate::fs::create_base_dir_for_user(&paths, &policy, target.account.gid)?;
+    Ok(())
+}
+
+/// Everything `jacamar` gets for `action`: the configuration, the job, the account, the
+/// job's environment (allowlisted, plus git's askpass for the job's GitLab server unless
+/// `unrestricted_cmd_line`) and the backstop.
+fn handoff_of(
+    config: &Config,
+    job: &JobContext,
+    target: &Target,
+    action: Action,
+    exe: &Path,
+    deadline_unix_ms: Option<u64>,
+) -> Handoff {
+    let ours: Vec<(String, String)> = std::env::vars().collect();
+    let mut env = auth::env::job_env(
+        &target.account,
+        ours.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    if !config.general.unrestricted_cmd_line {
+        // Only the job's GitLab server gets the token from git's askpass.
+        let response = crate::job::JobResponse::from_env_map(&ours.into_iter().collect()).ok();
+        let origins =
+            auth::env::askpass_origins(config.general.gitlab_server.as_deref(), response.as_ref());
+        env.extend(auth::env::askpass_env(exe, &origins));
+    }
+    Handoff {
+        action,
+        config_toml: config.source.clone(),
+        job: job.clone(),
+        account: target.account.clone(),
+        env,
+        deadline_unix_ms,
+    }
+}
+
+/// Start `jacamar` as the job's account (through `plan`), its own process group's leader,
+/// with the two pipes and the job's cgroup; an empty environment but `PATH` and our
+/// diagnostics settings. For `config`, its stdout goes to our stderr: our stdout is the
+/// runner's JSON.
+fn spawn_jacamar(
+    plan: &Plan,
+    target: &Target,
+    exe: &Path,
+    action: &Action,
+    pipes: Pipes,
+    cgroup: Option<&JobCgroup>,
+) -> Result<tokio::process::Child, StageError> {
+    let args: Vec<String> = match action {
+        Action::Config => vec!["config".into()],
+        Action::Prepare => vec!["prepare".into()],
+        Action::Run { stage, .. } => vec!["run".into(), stage.clone()],
+        Action::Cleanup => vec!["cleanup".into()],
+    };
+    let mut cmd = auth::downscope::command(
+        plan,
+        &target.account.name,
+        exe,
+        Some(pipes),
+        cgroup.map(JobCgroup::procs_fd),
+        &args,
+    );
+    cmd.env_clear()
+        .env("PATH", auth::env::DEFAULT_PATH)
+        .envs(super::diag::passed_env())
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    if matches!(action, Action::Config) {
+        cmd.stdout(std::process::Stdio::from(std::io::stderr()));
+    }
+    cmd.spawn().map_err(|e| {
+        StageError::Internal(auth::downscope::spawn_error(
+            plan,
+            &target.account.name,
+            exe,
+            &e,
+        ))
+    })
+}
+
+/// Everything `jacamar` writes on the status pipe, until EOF (empty if the pipe fails).
+async fn read_status(fd: std::os::fd::OwnedFd) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        let _ = rx.read_to_end(&mut buf).await;
+    }
+    buf
 }
 
 /// The job's cgroup, when we can have one (root, cgroup v2 mounted); a failure is said in
@@ -557,9 +591,9 @@ fn job_cgroup() -> Option<JobCgroup> {
     match JobCgroup::create() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "WARNING: jacamar-auth could not create the job's cgroup ({e}); leftovers are \
-                 swept by pid only"
+            tracing::warn!(
+                "jacamar-auth could not create the job's cgroup ({e}); leftovers are swept by \
+                 pid only"
             );
             None
         }
@@ -605,16 +639,16 @@ async fn sweep_leftovers(plan: &Plan, user: &str, exe: &Path, cgroup: Option<Job
         Ok(mut report) => {
             report.errors.dedup();
             for e in &report.errors {
-                eprintln!("WARNING: jacamar-auth: {e}");
+                tracing::warn!("jacamar-auth: {e}");
             }
             if !report.survivors.is_empty() {
-                eprintln!(
-                    "WARNING: jacamar-auth: processes {:?} of the job survived the sweep",
+                tracing::warn!(
+                    "jacamar-auth: processes {:?} of the job survived the sweep",
                     report.survivors
                 );
             }
         }
-        Err(e) => eprintln!("WARNING: jacamar-auth: the sweep of the job's leftovers failed: {e}"),
+        Err(e) => tracing::warn!("jacamar-auth: the sweep of the job's leftovers failed: {e}"),
     }
 }
 
@@ -662,7 +696,9 @@ fn kill_leftovers(plan: &Plan, user: &str, exe: &Path, pids: &[i32]) -> Result<(
     }
 }
 
-fn done_of(status: Status) -> Result<Done, StageError> {
+/// What `jacamar` reported, for the runner. A system failure keeps the category `jacamar`
+/// named (an older `jacamar` names none: internal).
+fn done_of(status: Status, category: Option<obfuscate::Category>) -> Result<Done, StageError> {
     Ok(match status {
         Status::Success => Done::Success,
         Status::BuildFailure {
@@ -683,7 +719,12 @@ fn done_of(status: Status) -> Result<Done, StageError> {
             };
             Done::BuildFailure { exit_code, note }
         }
-        Status::SystemFailure { message } => return Err(StageError::User(message)),
+        Status::SystemFailure { message } => {
+            return Err(StageError::User {
+                message,
+                category: category.unwrap_or(obfuscate::Category::Internal),
+            })
+        }
         Status::Configured {
             builds_dir,
             builds_dir_is_shared,
@@ -694,24 +735,28 @@ fn done_of(status: Status) -> Result<Done, StageError> {
     })
 }
 
-/// `jacamar` ended without telling us how the stage went.
-fn no_status(
-    outcome: &Outcome,
-    handoff_err: Option<protocol::ProtocolError>,
-) -> Result<Done, StageError> {
+/// `jacamar` ended without telling us how the stage went: a build failure when we stopped
+/// it, else an internal failure (never one of the directories: we do not know what failed).
+/// Both say whether it had read the stage at all.
+fn no_status(outcome: &Outcome, delivery: protocol::Delivery) -> Result<Done, StageError> {
     let how = match outcome.exit {
         supervisor::Exit::Code(c) => format!("exited with code {c}"),
         supervisor::Exit::Signal(s) => format!("was killed by {}", signal_name(s)),
     };
+    let when = match delivery {
+        protocol::Delivery::Delivered => "without reporting a status".to_string(),
+        protocol::Delivery::Pending => "before it had read the stage handed to it".to_string(),
+        protocol::Delivery::Failed(e) => format!("before it had read the stage handed to it ({e})"),
+    };
     match outcome.stopped {
         Some(why) => Ok(Done::BuildFailure {
             exit_code: outcome.exit.as_code(),
-            note: Some(format!("job stopped ({why}): jacamar {how}")),
+            note: Some(format!("job stopped ({why}): jacamar {how} {when}")),
         }),
-        None => Err(StageError::User(match handoff_err {
-            Some(e) => format!("jacamar {how} before the stage was handed over: {e}"),
-            None => format!("jacamar {how} without reporting a status"),
-        })),
+        None => Err(StageError::User {
+            message: format!("jacamar {how} {when}"),
+            category: obfuscate::Category::Internal,
+        }),
     }
 }
 

@@ -9,10 +9,9 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-use super::{job_paths, StageError};
+use super::{group_of, job_paths, StageError};
 use crate::batch::{self, BatchJob};
 use crate::config::Config;
 use crate::fs::{self, DirPolicy};
@@ -21,57 +20,47 @@ use crate::shell::{self, Profile};
 use crate::supervisor::{self, group, Exit, GroupTerminator, OsSignals, Policy};
 
 /// Run the stage handed over on `control`, report on `status`. Returns our exit code
-/// (0 when a status was written, whatever it says).
+/// (0 when a status was written, whatever it says). A failure is reported with its
+/// category, so the job log names what failed.
 pub fn main(control: OwnedFd, status: OwnedFd) -> i32 {
     // Our descriptors must not leak into the user's shell.
-    let st = match protocol::set_inheritable(protocol::raw(&status), false) {
-        Ok(()) => run(control),
-        Err(e) => system_failure(e.into()),
+    let result = protocol::set_inheritable(protocol::raw(&status), false)
+        .map_err(StageError::from)
+        .and_then(|()| run(control));
+    let (st, category) = match result {
+        Ok(st) => (st, None),
+        Err(e) => (
+            Status::SystemFailure {
+                message: e.detail(),
+            },
+            Some(e.category()),
+        ),
     };
     let mut status = File::from(status);
-    match protocol::write_status(&mut status, &st) {
+    match protocol::write_status(&mut status, &st, category) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("jacamar: failed to report the stage's status: {e}");
+            tracing::error!("jacamar: failed to report the stage's status: {e}");
             3
         }
     }
 }
 
-fn run(control: OwnedFd) -> Status {
-    if let Err(e) = protocol::set_inheritable(protocol::raw(&control), false) {
-        return system_failure(e.into());
-    }
+fn run(control: OwnedFd) -> Result<Status, StageError> {
+    protocol::set_inheritable(protocol::raw(&control), false)?;
     // Orphans of the job come back to us, so the sweep finds them.
     if !group::become_subreaper() {
-        eprintln!("jacamar: WARNING: could not become a child subreaper; escaped processes may survive the job");
+        tracing::warn!(
+            "jacamar could not become a child subreaper; escaped processes may survive the job"
+        );
     }
     let mut control = File::from(control);
-    let handoff = match protocol::read_handoff(&mut control) {
-        Ok(h) => h,
-        Err(e) => return system_failure(e.into()),
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let handoff = protocol::read_handoff(&mut control)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            return system_failure(StageError::Internal(format!(
-                "failed to start the runtime: {e}"
-            )))
-        }
-    };
-    match rt.block_on(act(handoff, control.into())) {
-        Ok(st) => st,
-        Err(e) => system_failure(e),
-    }
-}
-
-fn system_failure(e: StageError) -> Status {
-    Status::SystemFailure {
-        message: e.detail(),
-    }
+        .map_err(|e| StageError::Internal(format!("failed to start the runtime: {e}")))?;
+    rt.block_on(act(handoff, control.into()))
 }
 
 async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
@@ -147,7 +136,12 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                     policy: &policy,
                     stage,
                 };
-                return run_batch(batch, cmd, control, deadline).await;
+                let st = run_batch(batch, cmd, control, deadline).await?;
+                // What the batch executor reports as a system failure is the scheduler's.
+                return match st {
+                    Status::SystemFailure { message } => Err(StageError::Scheduler(message)),
+                    other => Ok(other),
+                };
             }
             run_shell(&config, &h, cmd, control).await
         }
@@ -177,7 +171,7 @@ async fn run_shell(
             what: cmd.program.display().to_string(),
             source,
         })?;
-    let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
+    let pgid = group_of(&child, &cmd.program.display().to_string())?;
     let mut relays = Vec::new();
     if let Some(out) = child.stdout.take() {
         relays.push(supervisor::relay::spawn_relay(out, tokio::io::stdout()));
@@ -200,13 +194,13 @@ async fn run_shell(
     sig_task.abort();
 
     if !outcome.sweep.survivors.is_empty() {
-        eprintln!(
-            "jacamar: WARNING: processes {:?} of the job survived the sweep",
+        tracing::warn!(
+            "jacamar: processes {:?} of the job survived the sweep",
             outcome.sweep.survivors
         );
     }
     if outcome.output_leaked {
-        eprintln!("jacamar: WARNING: a process of the job kept the output open after it ended");
+        tracing::warn!("jacamar: a process of the job kept the output open after it ended");
     }
     let stopped = outcome.stopped.map(|r| r.to_string());
     Ok(match (outcome.exit, stopped) {

@@ -13,6 +13,7 @@ mod builddirs;
 mod demo;
 mod harden;
 mod harness;
+mod health;
 mod refusals;
 mod sec_fs;
 mod sec_policy;
