@@ -10,7 +10,7 @@ need_pkgs=()
 # caps-only service account test; sudo for downscope = "sudo"; openssl makes the test PKI
 # and RSA keys; hostname for the seccomp test.
 auth_pkgs=(libseccomp-dev libcap2-bin sudo openssl hostname)
-for p in bash procps util-linux passwd "${auth_pkgs[@]}"; do
+for p in bash procps util-linux passwd e2fsprogs "${auth_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

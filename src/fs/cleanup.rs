@@ -101,7 +101,9 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
     let fd = match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()),
-        Err(Errno::ELOOP | Errno::ENOTDIR) => return unlink_entry(parent, name, depth),
+        // Not a directory after all (unlink_entry's EPERM fallback, or a race): unlink it
+        // once, with no fallback back here, so an unremovable file is an error, not a loop.
+        Err(Errno::ELOOP | Errno::ENOTDIR) => return unlink_file(parent, name),
         Err(e) => return Err(FsError::io("open", path, e)),
     };
     if depth >= MAX_DEPTH {
@@ -155,6 +157,21 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
 
 /// Unlink a non-directory entry; if it turns out to be a directory (the file system gave no
 /// type, or it was swapped meanwhile), remove it as a tree.
+/// Unlink the non-directory `parent/name`: gone already is fine, any other failure (an
+/// immutable file, another owner's file in a sticky directory) is an error naming it.
+fn unlink_file(parent: &DirFd, name: &OsStr) -> Result<(), FsError> {
+    match unistd::unlinkat(
+        Some(parent.fd.as_raw_fd()),
+        name,
+        UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(FsError::io("remove", parent.path.join(name), e)),
+    }
+}
+
+/// Unlink `parent/name`; a directory (EISDIR, or EPERM, which POSIX allows for one) is
+/// removed as a tree.
 fn unlink_entry(parent: &DirFd, name: &OsStr, depth: usize) -> Result<(), FsError> {
     match unistd::unlinkat(
         Some(parent.fd.as_raw_fd()),

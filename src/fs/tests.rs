@@ -824,3 +824,45 @@ fn unprivileged_child() {
     }
     println!("child ok");
 }
+
+/// A file cleanup may not remove (here immutable: `chattr +i`; likewise another owner's file
+/// in a sticky directory) is an error naming it, never an endless unlink/open recursion.
+#[test]
+fn cleanup_of_an_unremovable_file_is_an_error_not_a_recursion() {
+    if !require(nix::unistd::geteuid().is_root(), "chattr +i needs root")
+        || !require(
+            crate::shell::find_on_path("chattr", "/usr/bin:/bin").is_some(),
+            "this test needs chattr (e2fsprogs)",
+        )
+    {
+        return;
+    }
+    let s = site();
+    let p = s.paths();
+    write_script(&p, &policy(), "build_script", b"x").unwrap();
+    let stuck = p.scripts_dir().join("stuck.log");
+    fs::write(&stuck, b"l").unwrap();
+    let chattr = |flag: &str| {
+        let st = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&stuck)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chattr {flag} {}", stuck.display());
+    };
+    chattr("+i");
+    // On its own thread with a small stack: the old recursion overflows it at once.
+    let q = p.clone();
+    let res = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || cleanup_job(&q, false).map_err(|e| e.to_string()))
+        .unwrap()
+        .join();
+    chattr("-i");
+    let err = res
+        .expect("cleanup must not overflow its stack")
+        .unwrap_err();
+    assert!(err.contains("stuck.log"), "{err}");
+    cleanup_job(&p, false).unwrap();
+    assert!(!p.scripts_dir().exists());
+}
