@@ -1168,6 +1168,58 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
+        async fn transient_errors_past_the_window_are_a_system_failure() {
+            // The controller goes away after the first poll and never comes back; the
+            // messages vary as it does.
+            let fake = Fake::new(|c| match polls(c) {
+                0 => running(),
+                n => Err(BatchError::Transient {
+                    command: "squeue --me".into(),
+                    message: if n % 2 == 0 {
+                        "Socket timed out".into()
+                    } else {
+                        "Unable to contact slurm controller".into()
+                    },
+                }),
+            });
+            let batch = "command_delay = \"10s\"\ntransient_retry_window = \"3m\"";
+            let (st, log) = run(&fake, batch, None, vec![]).await;
+            let Status::SystemFailure { message, .. } = st else {
+                panic!("{st:?}\n{log}")
+            };
+            assert!(message.contains("fake failing for 3m"), "{message}");
+            assert!(message.contains("squeue --me failed (transient)"), "{message}");
+            assert_eq!(
+                log.matches("scheduler command failed").count(),
+                1,
+                "one line when it starts failing: {log}"
+            );
+            assert!(
+                log.contains("retrying with backoff for up to 3m00s (transient_retry_window)"),
+                "{log}"
+            );
+            // Not before the window: the last poll is at or after 3 minutes of failures.
+            let t = fake.times("state");
+            assert!(t[t.len() - 1] - t[1] >= S(180), "{t:?}");
+            assert!(t[t.len() - 1] - t[1] < S(180 + 61), "{t:?}");
+            // Inside the window nothing fails: the default window is ten minutes.
+            let fake = Fake::new(|c| match polls(c) {
+                0 => running(),
+                1..=9 => Err(BatchError::Transient {
+                    command: "squeue --me".into(),
+                    message: "Socket timed out".into(),
+                }),
+                _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
+            });
+            let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+            assert_eq!(st, Status::Success, "{log}");
+            let t = fake.times("state");
+            // 20 s, 40 s, then 60 s apart: eight minutes of failures.
+            assert!(t[t.len() - 1] - t[1] >= S(8 * 60), "{t:?}");
+            assert_eq!(log.matches("scheduler answering again").count(), 1, "{log}");
+        }
+
+        #[tokio::test(start_paused = true)]
         async fn a_job_that_vanished_from_the_queue_is_lost() {
             let fake = Fake::new(|c| {
                 if polls(c) < 2 {

@@ -529,3 +529,354 @@ fn remove_want(path: &Path) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The poller on tokio's paused clock: several pollers of one poll directory stand for
+    //! the drivers of one user; the scheduler is in memory and counts its queries.
+
+    use super::*;
+    use crate::batch::{args, BoxFuture, Submission};
+    use tokio::time::Instant;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+    const PERIOD: Duration = Duration::from_secs(2);
+
+    #[derive(Default)]
+    struct Fake {
+        listing: Mutex<BTreeMap<String, Listed>>,
+        /// The accounting's answers (ids not in it are unknown to it).
+        known: Mutex<BTreeMap<String, JobState>>,
+        /// The listing fails with this (transient) message.
+        down: Mutex<Option<String>>,
+        /// How long one listing takes.
+        takes: Duration,
+        listings: Mutex<u32>,
+        accountings: Mutex<Vec<Vec<String>>>,
+        singles: Mutex<u32>,
+    }
+
+    impl Fake {
+        fn with(jobs: &[(&str, JobState)]) -> Arc<Fake> {
+            let f = Fake::default();
+            for (id, st) in jobs {
+                f.list(id, st.clone());
+            }
+            Arc::new(f)
+        }
+        fn list(&self, id: &str, state: JobState) {
+            let code_unknown = matches!(state, JobState::Finished(_));
+            self.listing.lock().unwrap().insert(
+                id.into(),
+                Listed {
+                    state,
+                    code_unknown,
+                    expected_start: None,
+                },
+            );
+        }
+        fn listings(&self) -> u32 {
+            *self.listings.lock().unwrap()
+        }
+    }
+
+    impl Scheduler for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn illegal_args(&self) -> &'static [args::Illegal] {
+            &[]
+        }
+        fn submit<'a>(
+            &'a self,
+            _: &'a Commands,
+            _: &'a Submission,
+        ) -> BoxFuture<'a, Result<String, BatchError>> {
+            Box::pin(async { Ok("1".into()) })
+        }
+        fn state<'a>(
+            &'a self,
+            _: &'a Commands,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<JobState, BatchError>> {
+            *self.singles.lock().unwrap() += 1;
+            let st = self
+                .listing
+                .lock()
+                .unwrap()
+                .get(id)
+                .map(|l| l.state.clone())
+                .unwrap_or(JobState::Unknown);
+            Box::pin(async move { Ok(st) })
+        }
+        fn cancel<'a>(
+            &'a self,
+            _: &'a Commands,
+            _: &'a str,
+            _: bool,
+        ) -> BoxFuture<'a, Result<(), BatchError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn lists_user_jobs(&self) -> bool {
+            true
+        }
+        fn user_jobs<'a>(
+            &'a self,
+            _: &'a Commands,
+        ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
+            *self.listings.lock().unwrap() += 1;
+            Box::pin(async move {
+                tokio::time::sleep(self.takes).await;
+                if let Some(m) = self.down.lock().unwrap().clone() {
+                    return Err(BatchError::Transient {
+                        command: "squeue --me".into(),
+                        message: m,
+                    });
+                }
+                Ok(self.listing.lock().unwrap().clone())
+            })
+        }
+        fn accounting<'a>(
+            &'a self,
+            _: &'a Commands,
+            ids: &'a [String],
+        ) -> BoxFuture<'a, Result<BTreeMap<String, JobState>, BatchError>> {
+            self.accountings.lock().unwrap().push(ids.to_vec());
+            let known = self.known.lock().unwrap().clone();
+            Box::pin(async move {
+                Ok(known
+                    .into_iter()
+                    .filter(|(id, _)| ids.contains(id))
+                    .collect())
+            })
+        }
+    }
+
+    /// The wall clock following tokio's paused clock.
+    fn paused_clock() -> Clock {
+        let t0 = Instant::now();
+        Arc::new(move || 1_700_000_000_000 + t0.elapsed().as_millis() as u64)
+    }
+
+    /// One driver: a poller of `dir` and its job `id` (exit file in `dir`'s parent).
+    struct Driver {
+        poller: Poller,
+        id: String,
+        exit: PathBuf,
+    }
+
+    impl Driver {
+        fn new(dir: &Path, clock: &Clock, id: &str) -> Driver {
+            Driver {
+                poller: Poller::new(Some(dir.join(DIR_NAME)), clock.clone()),
+                id: id.into(),
+                exit: dir.join(format!("{id}.exit")),
+            }
+        }
+        async fn poll(&self, fake: &Fake) -> Result<JobState, BatchError> {
+            let cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
+            let job = JobRef {
+                id: &self.id,
+                exit_file: &self.exit,
+            };
+            self.poller.state(fake, &cmds, PERIOD, &job).await
+        }
+    }
+
+    fn running() -> JobState {
+        JobState::Running {
+            state: "RUNNING".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_snapshot_is_shared_and_a_stale_one_refreshed() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[("1", running()), ("2", running())]);
+        let (a, b) = (
+            Driver::new(d.path(), &clock, "1"),
+            Driver::new(d.path(), &clock, "2"),
+        );
+        assert_eq!(a.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 1);
+        tokio::time::sleep(MS(1500)).await;
+        assert_eq!(b.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 1, "a snapshot younger than the period is used");
+        tokio::time::sleep(MS(600)).await;
+        assert_eq!(b.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 2, "one older than the period is refreshed");
+        assert_eq!(a.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 2);
+        assert_eq!(*fake.singles.lock().unwrap(), 0);
+        // The snapshot is private and whole.
+        let snap = d.path().join(DIR_NAME).join("fake.json");
+        let mode = std::fs::metadata(&snap).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(d.path().join(DIR_NAME)).unwrap().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        let s: Snapshot = serde_json::from_slice(&std::fs::read(snap).unwrap()).unwrap();
+        assert_eq!(s.jobs.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn twenty_readers_elect_one_poller() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let mut fake = Fake::default();
+        fake.takes = S(1);
+        for i in 0..20 {
+            fake.list(&i.to_string(), running());
+        }
+        let fake = Arc::new(fake);
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let (fake, drv) = (fake.clone(), Driver::new(d.path(), &clock, &i.to_string()));
+                tokio::spawn(async move { drv.poll(&fake).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), running());
+        }
+        assert_eq!(fake.listings(), 1, "one listing for twenty drivers");
+        assert_eq!(*fake.singles.lock().unwrap(), 0);
+        // The losers had the winner's snapshot soon after it was written.
+        assert!(t0.elapsed() < S(1) + WAIT_STEP * 2, "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_poller_is_bypassed_and_a_dead_one_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[("1", running())]);
+        let drv = Driver::new(d.path(), &clock, "1");
+        ensure_dir(&d.path().join(DIR_NAME)).unwrap();
+        // Another driver holds the lock and writes nothing.
+        let held = try_lock(&d.path().join(DIR_NAME).join("fake.lock"))
+            .unwrap()
+            .unwrap();
+        let t0 = Instant::now();
+        assert_eq!(drv.poll(&fake).await.unwrap(), running());
+        assert!(t0.elapsed() >= wait_bound(PERIOD), "{:?}", t0.elapsed());
+        assert!(t0.elapsed() < wait_bound(PERIOD) + S(1), "{:?}", t0.elapsed());
+        assert_eq!(*fake.singles.lock().unwrap(), 1, "its own query after the bound");
+        assert_eq!(fake.listings(), 0);
+        // It dies: the kernel releases its lock, the next reader becomes the poller.
+        drop(held);
+        let t0 = Instant::now();
+        assert_eq!(drv.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 1);
+        assert!(t0.elapsed() < WAIT_STEP, "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jobs_that_left_the_listing_share_one_accounting_query() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[]);
+        let (a, b) = (
+            Driver::new(d.path(), &clock, "5"),
+            Driver::new(d.path(), &clock, "6"),
+        );
+        // The accounting does not know them yet (slurmdbd lags).
+        assert_eq!(a.poll(&fake).await.unwrap(), JobState::Unknown);
+        assert_eq!(b.poll(&fake).await.unwrap(), JobState::Unknown);
+        assert_eq!(*fake.accountings.lock().unwrap(), [vec!["5".to_string()]]);
+        let want = d.path().join(DIR_NAME).join("fake.want");
+        assert!(want.join("5").exists() && want.join("6").exists());
+        fake.known
+            .lock()
+            .unwrap()
+            .insert("5".into(), JobState::Finished(Final::exited("COMPLETED", 0)));
+        fake.known
+            .lock()
+            .unwrap()
+            .insert("6".into(), JobState::Finished(Final::exited("FAILED", 7)));
+        tokio::time::sleep(PERIOD).await;
+        let JobState::Finished(f) = b.poll(&fake).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.exit_code, 7);
+        let JobState::Finished(f) = a.poll(&fake).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.exit_code, 0);
+        assert_eq!(
+            fake.accountings.lock().unwrap()[1],
+            ["5".to_string(), "6".to_string()],
+            "one query for both"
+        );
+        assert_eq!(fake.listings(), 2);
+        assert_eq!(std::fs::read_dir(&want).unwrap().count(), 0, "wants consumed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_exit_file_comes_first() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[("42", running())]);
+        let drv = Driver::new(d.path(), &clock, "42");
+        std::fs::write(&drv.exit, "7 0 42\n").unwrap();
+        let JobState::Finished(f) = drv.poll(&fake).await.unwrap() else {
+            panic!()
+        };
+        assert!(f.normal_end && f.exit_code == 7);
+        assert_eq!(fake.listings() + *fake.singles.lock().unwrap(), 0);
+        // Signalled: the scheduler's word decides how it ended, the file has the code.
+        std::fs::write(&drv.exit, "143 1 42\n").unwrap();
+        assert_eq!(drv.poll(&fake).await.unwrap(), running());
+        fake.list(
+            "42",
+            JobState::Finished(Final::ended("TIMEOUT", 0, None, Some("TimeLimit".into()))),
+        );
+        tokio::time::sleep(PERIOD).await;
+        let JobState::Finished(f) = drv.poll(&fake).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!((f.state.as_str(), f.exit_code), ("TIMEOUT", 143));
+        assert!(!f.normal_end);
+        // Another job's file is not this job's end.
+        std::fs::write(&drv.exit, "0 0 41\n").unwrap();
+        fake.list("42", running());
+        tokio::time::sleep(PERIOD).await;
+        assert_eq!(drv.poll(&fake).await.unwrap(), running());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_listing_reaches_every_reader_once_per_period() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[("1", running()), ("2", running())]);
+        *fake.down.lock().unwrap() = Some("Unable to contact slurm controller".into());
+        let (a, b) = (
+            Driver::new(d.path(), &clock, "1"),
+            Driver::new(d.path(), &clock, "2"),
+        );
+        let e = a.poll(&fake).await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        let e = b.poll(&fake).await.unwrap_err();
+        assert!(e.to_string().contains("Unable to contact"), "{e}");
+        assert_eq!(fake.listings(), 1, "the error is shared, not re-asked");
+        *fake.down.lock().unwrap() = None;
+        tokio::time::sleep(PERIOD).await;
+        assert_eq!(b.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_poll_dir_each_job_asks_alone() {
+        let fake = Fake::with(&[("1", running())]);
+        let p = Poller::new(None, paused_clock());
+        let cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
+        let d = tempfile::tempdir().unwrap();
+        let exit = d.path().join("x.exit");
+        let job = JobRef {
+            id: "1",
+            exit_file: &exit,
+        };
+        assert_eq!(p.state(&*fake, &cmds, PERIOD, &job).await.unwrap(), running());
+        assert_eq!((fake.listings(), *fake.singles.lock().unwrap()), (0, 1));
+    }
+}
