@@ -1188,7 +1188,10 @@ mod tests {
                 panic!("{st:?}\n{log}")
             };
             assert!(message.contains("fake failing for 3m"), "{message}");
-            assert!(message.contains("squeue --me failed (transient)"), "{message}");
+            assert!(
+                message.contains("squeue --me failed (transient)"),
+                "{message}"
+            );
             assert_eq!(
                 log.matches("scheduler command failed").count(),
                 1,

@@ -188,7 +188,10 @@ impl Poller {
             .snapshot(dir, sched, cmds, period, job, since, exit.is_some())
             .await?
         {
-            Some(snap) => self.answer(dir, sched, cmds, &snap, job, exit.as_ref()).await,
+            Some(snap) => {
+                self.answer(dir, sched, cmds, &snap, job, exit.as_ref())
+                    .await
+            }
             None => single(sched, cmds, job.id, exit.as_ref()).await,
         }
     }
@@ -250,7 +253,8 @@ impl Poller {
         let now = (self.clock)();
         let fresh = now.saturating_sub(s.taken_ms) < period.as_millis() as u64
             && s.taken_ms <= now + period.as_millis() as u64;
-        let covers = s.jobs.contains_key(id) || s.accounting.contains_key(id) || s.taken_ms >= since;
+        let covers =
+            s.jobs.contains_key(id) || s.accounting.contains_key(id) || s.taken_ms >= since;
         (fresh && covers).then_some(s)
     }
 
@@ -454,11 +458,7 @@ fn try_lock(path: &Path) -> std::io::Result<Option<File>> {
 
 /// Write `snap` to `path` whole: a private temporary file, then a rename.
 fn write_snapshot(dir: &Path, path: &Path, snap: &Snapshot) -> std::io::Result<()> {
-    let tmp = dir.join(format!(
-        "{}.tmp.{}",
-        snap.scheduler,
-        std::process::id()
-    ));
+    let tmp = dir.join(format!("{}.tmp.{}", snap.scheduler, std::process::id()));
     let text = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
     let mut f = OpenOptions::new()
         .write(true)
@@ -523,10 +523,7 @@ fn remove_want(path: &Path) {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => eprintln!(
-            "jacamar: WARNING: failed to remove {}: {e}",
-            path.display()
-        ),
+        Err(e) => eprintln!("jacamar: WARNING: failed to remove {}: {e}", path.display()),
     }
 }
 
@@ -703,7 +700,11 @@ mod tests {
         assert_eq!(fake.listings(), 1);
         tokio::time::sleep(MS(1500)).await;
         assert_eq!(b.poll(&fake).await.unwrap(), running());
-        assert_eq!(fake.listings(), 1, "a snapshot younger than the period is used");
+        assert_eq!(
+            fake.listings(),
+            1,
+            "a snapshot younger than the period is used"
+        );
         tokio::time::sleep(MS(600)).await;
         assert_eq!(b.poll(&fake).await.unwrap(), running());
         assert_eq!(fake.listings(), 2, "one older than the period is refreshed");
@@ -724,8 +725,10 @@ mod tests {
     async fn twenty_readers_elect_one_poller() {
         let d = tempfile::tempdir().unwrap();
         let clock = paused_clock();
-        let mut fake = Fake::default();
-        fake.takes = S(1);
+        let fake = Fake {
+            takes: S(1),
+            ..Fake::default()
+        };
         for i in 0..20 {
             fake.list(&i.to_string(), running());
         }
@@ -760,8 +763,16 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(drv.poll(&fake).await.unwrap(), running());
         assert!(t0.elapsed() >= wait_bound(PERIOD), "{:?}", t0.elapsed());
-        assert!(t0.elapsed() < wait_bound(PERIOD) + S(1), "{:?}", t0.elapsed());
-        assert_eq!(*fake.singles.lock().unwrap(), 1, "its own query after the bound");
+        assert!(
+            t0.elapsed() < wait_bound(PERIOD) + S(1),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            *fake.singles.lock().unwrap(),
+            1,
+            "its own query after the bound"
+        );
         assert_eq!(fake.listings(), 0);
         // It dies: the kernel releases its lock, the next reader becomes the poller.
         drop(held);
@@ -786,10 +797,10 @@ mod tests {
         assert_eq!(*fake.accountings.lock().unwrap(), [vec!["5".to_string()]]);
         let want = d.path().join(DIR_NAME).join("fake.want");
         assert!(want.join("5").exists() && want.join("6").exists());
-        fake.known
-            .lock()
-            .unwrap()
-            .insert("5".into(), JobState::Finished(Final::exited("COMPLETED", 0)));
+        fake.known.lock().unwrap().insert(
+            "5".into(),
+            JobState::Finished(Final::exited("COMPLETED", 0)),
+        );
         fake.known
             .lock()
             .unwrap()
@@ -809,7 +820,11 @@ mod tests {
             "one query for both"
         );
         assert_eq!(fake.listings(), 2);
-        assert_eq!(std::fs::read_dir(&want).unwrap().count(), 0, "wants consumed");
+        assert_eq!(
+            std::fs::read_dir(&want).unwrap().count(),
+            0,
+            "wants consumed"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -876,7 +891,10 @@ mod tests {
             id: "1",
             exit_file: &exit,
         };
-        assert_eq!(p.state(&*fake, &cmds, PERIOD, &job).await.unwrap(), running());
+        assert_eq!(
+            p.state(&*fake, &cmds, PERIOD, &job).await.unwrap(),
+            running()
+        );
         assert_eq!((fake.listings(), *fake.singles.lock().unwrap()), (0, 1));
     }
 }

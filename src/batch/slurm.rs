@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use super::args::Illegal;
 use super::limiter::CmdOutput;
 use super::{
-    exit_code_of, path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed,
-    Scheduler, Submission,
+    exit_code_of, path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler,
+    Submission,
 };
 
 /// The Slurm scheduler (`executor = "slurm"` or `"sbatch"`).

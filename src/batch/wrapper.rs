@@ -186,7 +186,11 @@ mod tests {
         assert!(w.starts_with("#!/bin/bash\n#SBATCH --x\n"), "{w}");
         let d = tempfile::tempdir().unwrap();
         let out = spawn_wrapper(d.path(), &w).wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(4), "an unwritable exit file keeps the status");
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "an unwritable exit file keeps the status"
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $x\nafter 4\n");
         let out = std::process::Command::new("bash")
             .arg("-c")
@@ -225,7 +229,13 @@ mod tests {
         assert_eq!(st.code(), Some(143));
         // The exit file tells the status and the TERM.
         let rec = read_exit_file(&d.path().join("s.exit"), "9").unwrap();
-        assert_eq!(rec, ExitRecord { code: 143, terms: 1 });
+        assert_eq!(
+            rec,
+            ExitRecord {
+                code: 143,
+                terms: 1
+            }
+        );
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
     }
 

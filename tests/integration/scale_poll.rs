@@ -40,7 +40,8 @@ fn runner_script(body: &str) -> String {
 }
 
 /// Final Slurm states, for a squeue that hides jobs as a MinJobAge purge would.
-const FINAL: &str = "COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|PREEMPTED|BOOT_FAIL|DEADLINE";
+const FINAL: &str =
+    "COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|PREEMPTED|BOOT_FAIL|DEADLINE";
 
 /// A `scheduler_bin` dir of wrappers that log every call (`<unix time> <tool> <args>`) to
 /// `calls.log` and run the real command. `purge`: squeue lists no finished job.
@@ -188,7 +189,9 @@ fn twenty_jobs_of_one_user_share_one_status_query_per_period() {
     for (_, tool, args) in &status {
         if tool == "squeue" {
             assert!(
-                !args.split(' ').any(|a| a == "-j" || a.starts_with("--jobs")),
+                !args
+                    .split(' ')
+                    .any(|a| a == "-j" || a.starts_with("--jobs")),
                 "squeue with a job list: {args}"
             );
             assert!(args.contains("--me"), "not a per-user squeue: {args}");
@@ -259,8 +262,11 @@ fn stop_slurmctld() -> StoppedCtld {
     )
     .unwrap();
     // A zombie is dead (PID 1 reaps late here).
-    let gone = || proc_stat(pid).is_none_or(|f| f.get(2).map(String::as_str) == Some("Z"));
-    assert!(wait_for(Duration::from_secs(60), gone), "slurmctld {pid} did not stop");
+    let gone = || proc_stat(pid).map_or(true, |f| f.get(2).map(String::as_str) == Some("Z"));
+    assert!(
+        wait_for(Duration::from_secs(60), gone),
+        "slurmctld {pid} did not stop"
+    );
     guard
 }
 
@@ -345,7 +351,10 @@ fn a_job_purged_from_squeue_reports_its_exit_code() {
 
     // The wrapper's exit file tells the code: no accounting query.
     let h = harness(bin.path(), "1s", None);
-    let out = h.run("build_script", &runner_script("echo before the end\nexit 7\n"));
+    let out = h.run(
+        "build_script",
+        &runner_script("echo before the end\nexit 7\n"),
+    );
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{}", show(&out));
     let calls = bin.calls();
@@ -369,11 +378,7 @@ fn a_job_purged_from_squeue_reports_its_exit_code() {
         "{text}"
     );
     assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{text}");
-    let sacct: Vec<_> = bin
-        .calls()
-        .into_iter()
-        .filter(|c| c.1 == "sacct")
-        .collect();
+    let sacct: Vec<_> = bin.calls().into_iter().filter(|c| c.1 == "sacct").collect();
     assert!(!sacct.is_empty(), "no accounting query: {text}");
     assert!(sacct.iter().all(|c| c.2.contains("-j ")), "{sacct:?}");
     assert!(h.cleanup().status.success());
