@@ -171,15 +171,17 @@ impl Scheduler for Cobalt {
         Some(output.with_extension("err"))
     }
 
-    fn wrapper(&self, _output: &Path, command: &[String]) -> String {
+    fn wrapper(&self, output: &Path, command: &[String]) -> String {
+        let exit = super::wrapper::exit_path(output);
         if !self.skip_log {
-            return super::wrapper::wrapper_script("", command, "");
+            return super::wrapper::wrapper_script("", command, "", &exit);
         }
         // Echo the stage's status afterwards: the driver reads it from the output.
         super::wrapper::wrapper_script(
             "",
             command,
             &format!("echo \"{STATUS_ECHO} $__jacamar_rc\""),
+            &exit,
         )
     }
 

@@ -10,8 +10,10 @@
 //!  refused    drain output (nfs_timeout) ──▶ Status (exit code, reason)
 //! ```
 //!
-//! Every scheduler command goes through the job's [`Commands`] (one rate limiter). Errors
-//! of a poll are retried with backoff for [`TRANSIENT_WINDOW`] and reported in the log.
+//! Every scheduler command goes through the job's [`Commands`] (one rate limiter); status
+//! polls go through the job's [`Poller`] (one query per user per period). Errors of a poll
+//! are retried with backoff for `[batch] transient_retry_window`: one line in the log when
+//! the scheduler starts failing, one when it answers again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,14 +24,13 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use super::persist::Record;
+use super::poller::{JobRef, Poller};
 use super::tail::{self, Tail, TailTiming};
 use super::{args, BatchError, Commands, Final, JobState, Scheduler, Submission};
 use crate::config::Config;
 use crate::protocol::Status;
 use crate::supervisor::{Reason, Request};
 
-/// How long poll errors are retried before the stage is given up as a system failure.
-pub const TRANSIENT_WINDOW: Duration = Duration::from_secs(300);
 /// The shortest interval between two status polls (when `command_delay` is smaller).
 pub const MIN_POLL: Duration = Duration::from_millis(250);
 /// Heartbeat while the job waits in the queue, and while it runs.
@@ -57,6 +58,8 @@ pub struct BatchJob<'a> {
     pub workdir: PathBuf,
     /// Our backstop.
     pub deadline: Option<Instant>,
+    /// The job's status polls, shared with the user's other jobs (see [`Poller`]).
+    pub poller: Poller,
 }
 
 /// The output file of `stage` in the scripts dir.
@@ -122,7 +125,7 @@ fn fmt_dur(d: Duration) -> String {
     }
 }
 
-/// Poll-error bookkeeping: backoff and the transient window.
+/// Poll-error bookkeeping: backoff and the transient window (`transient_retry_window`).
 struct Retry {
     since: Option<Instant>,
     attempts: u32,
@@ -138,25 +141,38 @@ impl Retry {
         }
     }
 
-    /// Record a failure; returns the backoff before the next try, or None when the window
-    /// is spent. Reports new messages to the log.
-    async fn failed(&mut self, e: &BatchError, base: Duration, log: &Log) -> Option<Duration> {
+    /// Record a failure; returns the backoff before the next try (`base` doubled per
+    /// failure, at most 60 s), or None when failures have lasted `window` (or the command
+    /// cannot be started at all). The first failure of a run of them goes to the log, the
+    /// others do not (a controller restart is one line, and one when it answers again).
+    async fn failed(
+        &mut self,
+        e: &BatchError,
+        base: Duration,
+        window: Duration,
+        log: &Log,
+    ) -> Option<Duration> {
         let since = *self.since.get_or_insert_with(Instant::now);
         self.attempts += 1;
-        let msg = e.to_string();
-        if self.last_message.as_deref() != Some(msg.as_str()) {
+        if self.last_message.is_none() {
+            let msg = e.to_string();
             log.say(format!(
-                "scheduler command failed, retrying for up to {}: {msg}",
-                fmt_dur(TRANSIENT_WINDOW)
+                "scheduler command failed, retrying with backoff for up to {} (transient_retry_window): {msg}",
+                fmt_dur(window)
             ))
             .await;
             self.last_message = Some(msg);
         }
-        if since.elapsed() >= TRANSIENT_WINDOW || matches!(e, BatchError::Spawn { .. }) {
+        if since.elapsed() >= window || matches!(e, BatchError::Spawn { .. }) {
             return None;
         }
         let back = base.max(MIN_POLL) * 2u32.saturating_pow(self.attempts.min(8));
         Some(back.min(Duration::from_secs(60)))
+    }
+
+    /// How long the current run of failures has lasted.
+    fn failing_for(&self) -> Duration {
+        self.since.map(|s| s.elapsed()).unwrap_or_default()
     }
 
     async fn ok(&mut self, log: &Log) {
@@ -277,7 +293,8 @@ async fn prepare(job: &BatchJob<'_>, log: &Log) -> Result<(Submission, Option<St
     };
     let output = output_path(&job.scripts_dir, job.stage);
     let error = sched.error_file(&output);
-    for stale in std::iter::once(&output).chain(error.as_ref()) {
+    let exit = super::wrapper::exit_path(&output);
+    for stale in [&output, &exit].into_iter().chain(error.as_ref()) {
         match std::fs::remove_file(stale) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -309,7 +326,7 @@ async fn prepare(job: &BatchJob<'_>, log: &Log) -> Result<(Submission, Option<St
 }
 
 /// Submit the job and record its id. A transient failure is retried with backoff for
-/// [`TRANSIENT_WINDOW`] (a request meanwhile ends the stage unsubmitted); the answer of a
+/// `transient_retry_window` (a request meanwhile ends the stage unsubmitted); the answer of a
 /// refusal goes to the log. `Err`: the stage's status.
 async fn submit(
     job: &BatchJob<'_>,
@@ -337,7 +354,11 @@ async fn submit(
             log.say(format!("ERROR: {name} refused the job: {e}")).await;
             return Err(failed(None));
         }
-        let Some(back) = retry.failed(&e, job.config.batch.command_delay, log).await else {
+        let b = &job.config.batch;
+        let Some(back) = retry
+            .failed(&e, b.command_delay, b.transient_retry_window, log)
+            .await
+        else {
             return Err(system(&e));
         };
         tokio::select! {
@@ -555,8 +576,9 @@ async fn wait(
     }
 }
 
-/// One status poll of [`wait`]. `Err`: it failed and the next try is after this backoff
-/// (a failure past [`TRANSIENT_WINDOW`] ends the wait as lost). A job the scheduler does not
+/// One status poll of [`wait`], through the job's [`Poller`]. `Err`: it failed and the next
+/// try is after this backoff (failures lasting `transient_retry_window` end the wait as
+/// lost: a system failure naming the scheduler and its error). A job the scheduler does not
 /// know but whose files tell its end (Cobalt's log) is over.
 async fn poll(
     job: &BatchJob<'_>,
@@ -567,7 +589,12 @@ async fn poll(
     log: &Log,
 ) -> Result<Poll, Duration> {
     let delay = job.config.batch.command_delay.max(MIN_POLL);
-    match job.scheduler.state(cmds, id).await {
+    let exit_file = super::wrapper::exit_path(&sub.output);
+    let me = JobRef {
+        id,
+        exit_file: &exit_file,
+    };
+    match job.poller.state(job.scheduler, cmds, delay, &me).await {
         Ok(st) => {
             retry.ok(log).await;
             Ok(match st {
@@ -579,10 +606,17 @@ async fn poll(
                 st => Poll::Active(st),
             })
         }
-        Err(e) => match retry.failed(&e, delay, log).await {
-            Some(back) => Err(back),
-            None => Ok(Poll::Over(Ended::Lost(e.to_string()))),
-        },
+        Err(e) => {
+            let window = job.config.batch.transient_retry_window;
+            match retry.failed(&e, delay, window, log).await {
+                Some(back) => Err(back),
+                None => Ok(Poll::Over(Ended::Lost(format!(
+                    "{} failing for {} (transient_retry_window): {e}",
+                    job.scheduler.name(),
+                    fmt_dur(retry.failing_for())
+                )))),
+            }
+        }
     }
 }
 
@@ -932,6 +966,7 @@ mod tests {
                 ci_job_id: 7,
                 workdir: dir.path().to_path_buf(),
                 deadline: deadline.map(|d| fake.t0 + d),
+                poller: crate::batch::poller::Poller::unshared(),
             };
             let (tx, mut rx) = mpsc::unbounded_channel();
             let t0 = fake.t0;
@@ -1130,6 +1165,61 @@ mod tests {
                 log.contains("scheduler answering again after 2m00s"),
                 "{log}"
             );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn transient_errors_past_the_window_are_a_system_failure() {
+            // The controller goes away after the first poll and never comes back; the
+            // messages vary as it does.
+            let fake = Fake::new(|c| match polls(c) {
+                0 => running(),
+                n => Err(BatchError::Transient {
+                    command: "squeue --me".into(),
+                    message: if n % 2 == 0 {
+                        "Socket timed out".into()
+                    } else {
+                        "Unable to contact slurm controller".into()
+                    },
+                }),
+            });
+            let batch = "command_delay = \"10s\"\ntransient_retry_window = \"3m\"";
+            let (st, log) = run(&fake, batch, None, vec![]).await;
+            let Status::SystemFailure { message, .. } = st else {
+                panic!("{st:?}\n{log}")
+            };
+            assert!(message.contains("fake failing for 3m"), "{message}");
+            assert!(
+                message.contains("squeue --me failed (transient)"),
+                "{message}"
+            );
+            assert_eq!(
+                log.matches("scheduler command failed").count(),
+                1,
+                "one line when it starts failing: {log}"
+            );
+            assert!(
+                log.contains("retrying with backoff for up to 3m00s (transient_retry_window)"),
+                "{log}"
+            );
+            // Not before the window: the last poll is at or after 3 minutes of failures.
+            let t = fake.times("state");
+            assert!(t[t.len() - 1] - t[1] >= S(180), "{t:?}");
+            assert!(t[t.len() - 1] - t[1] < S(180 + 61), "{t:?}");
+            // Inside the window nothing fails: the default window is ten minutes.
+            let fake = Fake::new(|c| match polls(c) {
+                0 => running(),
+                1..=9 => Err(BatchError::Transient {
+                    command: "squeue --me".into(),
+                    message: "Socket timed out".into(),
+                }),
+                _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
+            });
+            let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+            assert_eq!(st, Status::Success, "{log}");
+            let t = fake.times("state");
+            // 20 s, 40 s, then 60 s apart: eight minutes of failures.
+            assert!(t[t.len() - 1] - t[1] >= S(8 * 60), "{t:?}");
+            assert_eq!(log.matches("scheduler answering again").count(), 1, "{log}");
         }
 
         #[tokio::test(start_paused = true)]

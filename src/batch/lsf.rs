@@ -151,7 +151,12 @@ impl Scheduler for Lsf {
     }
 
     fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
-        wrapper_script(&output_redirect(output), command, "")
+        wrapper_script(
+            &output_redirect(output),
+            command,
+            "",
+            &super::wrapper::exit_path(output),
+        )
     }
 
     fn submit<'a>(

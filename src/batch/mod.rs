@@ -13,6 +13,8 @@
 //! * [`wrapper`]: the script submitted, which runs the stage and outlives a cancel's TERM
 //!   until the job's traps are done.
 //! * [`executor`]: the state machine of one batch job (submit, wait, tail, cancel, result).
+//! * [`poller`]: one status query per user per `command_delay`, shared by every job of the
+//!   user on the host through a snapshot in the user's base dir (docs/batch-polling.md).
 //! * One file per scheduler: [`slurm`], [`pbs`], [`flux`], [`lsf`], [`cobalt`].
 
 pub mod args;
@@ -23,10 +25,12 @@ pub mod limiter;
 pub mod lsf;
 pub mod pbs;
 pub mod persist;
+pub mod poller;
 pub mod slurm;
 pub mod tail;
 pub mod wrapper;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -40,7 +44,7 @@ use crate::config::Executor;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How a finished job ended, as the scheduler reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Final {
     /// The scheduler's own word for the end state (`COMPLETED`, `TIMEOUT`, ...).
     pub state: String,
@@ -90,7 +94,7 @@ impl Final {
 }
 
 /// A scheduler's view of one submitted job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum JobState {
     /// Waiting in the queue (or held, suspended, requeued): `state` is the scheduler's word.
     Queued {
@@ -193,9 +197,10 @@ pub trait Scheduler: Send + Sync {
     fn illegal_args(&self) -> &'static [args::Illegal];
     /// The script submitted: by default [`wrapper::wrapper_script`] with no header, which
     /// runs `command` (the user's shell running the stage script) and outlives a cancel's
-    /// TERM until the job's traps are done. `output` is the file the driver tails.
-    fn wrapper(&self, _output: &Path, command: &[String]) -> String {
-        wrapper::wrapper_script("", command, "")
+    /// TERM until the job's traps are done, and writes the exit-status file
+    /// [`wrapper::exit_path`]. `output` is the file the driver tails.
+    fn wrapper(&self, output: &Path, command: &[String]) -> String {
+        wrapper::wrapper_script("", command, "", &wrapper::exit_path(output))
     }
     /// The job's separate error file, when the scheduler keeps stderr apart (Cobalt): it is
     /// tailed to the job log along with `output`.
@@ -222,11 +227,70 @@ pub trait Scheduler: Send + Sync {
         id: &'a str,
         graceful: bool,
     ) -> BoxFuture<'a, Result<(), BatchError>>;
+    /// Whether [`Scheduler::user_jobs`] lists the user's jobs in one command: then the jobs
+    /// of one user share one poll (see [`poller`]); otherwise each job asks
+    /// [`Scheduler::state`].
+    fn lists_user_jobs(&self) -> bool {
+        false
+    }
+    /// Every job of the user running us, in one per-user command (never a multi-id query of
+    /// the live queue), by id. Final states may be listed without their exit code
+    /// ([`Listed::code_unknown`]).
+    fn user_jobs<'a>(
+        &'a self,
+        _cmds: &'a Commands,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
+        let name = self.name();
+        Box::pin(async move {
+            Err(BatchError::Setup(format!(
+                "{name} has no per-user status query"
+            )))
+        })
+    }
+    /// The states of jobs that left the listing, from the scheduler's accounting, in one
+    /// command for all of `ids` where the scheduler allows it; ids it does not know are
+    /// missing from the answer. The default asks [`Scheduler::state`] per id.
+    fn accounting<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, JobState>, BatchError>> {
+        Box::pin(async move {
+            let mut out = BTreeMap::new();
+            for id in ids {
+                match self.state(cmds, id).await? {
+                    JobState::Unknown => {}
+                    st => {
+                        out.insert(id.clone(), st);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+    /// `f` (the scheduler's final word) with the exit code `code` the job's exit file holds.
+    fn with_exit_code(&self, f: &Final, code: i32) -> Final {
+        Final {
+            exit_code: code,
+            ..f.clone()
+        }
+    }
     /// Read the final state from files the scheduler leaves (Cobalt's `.cobaltlog`), once
     /// the job has left the queue. `None`: no such file, ask [`Scheduler::state`].
     fn final_from_files(&self, _sub: &Submission, _id: &str) -> Option<Final> {
         None
     }
+}
+
+/// One job of a per-user listing ([`Scheduler::user_jobs`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Listed {
+    pub state: JobState,
+    /// The state is final but the listing has no exit code (`squeue`): it comes from the
+    /// job's exit file, or the scheduler's own per-job answer.
+    pub code_unknown: bool,
+    /// When the scheduler expects a queued job to start, as it prints it (Slurm's `%S`).
+    pub expected_start: Option<String>,
 }
 
 /// The scheduler for a batch `executor`.

@@ -10,7 +10,6 @@ use super::args::Illegal;
 use super::limiter::CmdOutput;
 use super::wrapper::{output_redirect, wrapper_script};
 use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
-use crate::shell::sh_quote;
 
 /// The PBS scheduler (`executor = "pbs"`).
 pub struct Pbs;
@@ -71,9 +70,10 @@ fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
     super::failure_by_words(TRANSIENT, tool, args, out)
 }
 
-/// The exit-code file of the job whose output is `output`.
+/// The exit-code file of the job whose output is `output` (the wrapper's own, see
+/// [`super::wrapper::exit_path`]).
 pub fn exit_file(output: &std::path::Path) -> std::path::PathBuf {
-    output.with_extension("exit")
+    super::wrapper::exit_path(output)
 }
 
 /// `qstat -f`'s `key = value` lines.
@@ -126,17 +126,7 @@ impl Scheduler for Pbs {
     }
 
     fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
-        let exit = exit_file(output);
-        let tmp = exit.with_extension("exit.tmp");
-        wrapper_script(
-            &output_redirect(output),
-            command,
-            &format!(
-                "echo \"$__jacamar_rc\" >{t} && mv -f {t} {e}",
-                t = sh_quote(&path_arg(&tmp)),
-                e = sh_quote(&path_arg(&exit)),
-            ),
-        )
+        wrapper_script(&output_redirect(output), command, "", &exit_file(output))
     }
 
     fn submit<'a>(
@@ -193,12 +183,9 @@ impl Scheduler for Pbs {
         })
     }
 
-    fn final_from_files(&self, sub: &Submission, _id: &str) -> Option<Final> {
-        let text = std::fs::read_to_string(exit_file(&sub.output)).ok()?;
-        text.trim()
-            .parse::<i32>()
-            .ok()
-            .map(|c| Final::exited("C", c))
+    fn final_from_files(&self, sub: &Submission, id: &str) -> Option<Final> {
+        super::wrapper::read_exit_file(&exit_file(&sub.output), id)
+            .map(|r| Final::exited("C", r.code))
     }
 }
 
@@ -277,6 +264,7 @@ mod tests {
             .unwrap();
         assert_eq!(st.code(), Some(4));
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "it's here\n");
-        assert_eq!(std::fs::read_to_string(exit_file(&out)).unwrap(), "4\n");
+        let rec = super::super::wrapper::read_exit_file(&exit_file(&out), "11").unwrap();
+        assert_eq!(rec.code, 4);
     }
 }

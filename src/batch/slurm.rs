@@ -1,10 +1,15 @@
-//! Slurm: `sbatch --parsable` to submit, `scontrol show job` for the state (falling back to
-//! `sacct` once the record is purged), `scancel` to cancel.
+//! Slurm: `sbatch --parsable` to submit, `scancel` to cancel. States: the user's jobs in one
+//! `squeue --me -t all` per period (shared, see [`super::poller`]), one multi-id `sacct` for
+//! the jobs purged from the controller (MinJobAge); `scontrol show job` (falling back to
+//! `sacct`) for one job alone (cancel confirmation, cleanup, and a poller that could not
+//! share).
+
+use std::collections::BTreeMap;
 
 use super::args::Illegal;
 use super::limiter::CmdOutput;
 use super::{
-    exit_code_of, path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler,
+    exit_code_of, path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler,
     Submission,
 };
 
@@ -162,6 +167,55 @@ pub fn parse_sacct(stdout: &str, id: &str) -> Option<JobState> {
     })
 }
 
+/// The per-user listing: every job of the user, finished ones too while the controller
+/// keeps them (MinJobAge), with the fields the poller needs: id, state, reason, expected
+/// start. Never `-j a,b,c`: a multi-id squeue loads the whole job table.
+pub const SQUEUE_ARGS: &[&str] = &["--me", "-h", "-t", "all", "-o", "%i|%T|%r|%S"];
+
+/// `squeue -o '%i|%T|%r|%S'`'s lines by id. Final states have no exit code there
+/// (`code_unknown`); `%S` is kept for a queued job when it is a time.
+pub fn parse_squeue(stdout: &str) -> BTreeMap<String, Listed> {
+    let mut jobs = BTreeMap::new();
+    for line in stdout.lines() {
+        let mut f = line.split('|');
+        let (Some(id), Some(state)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let (reason, start) = (f.next(), f.next());
+        let id = id.trim();
+        if id.is_empty() {
+            continue;
+        }
+        let state = classify(state, reason, None);
+        let start = start
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && !matches!(*s, "N/A" | "Unknown" | "NONE"))
+            .filter(|_| matches!(state, JobState::Queued { .. }))
+            .map(str::to_string);
+        jobs.insert(
+            id.to_string(),
+            Listed {
+                code_unknown: matches!(state, JobState::Finished(_)),
+                state,
+                expected_start: start,
+            },
+        );
+    }
+    jobs
+}
+
+/// Every answer of `sacct -n -P -o JobID,State,ExitCode` by id.
+pub fn parse_sacct_all(stdout: &str) -> BTreeMap<String, JobState> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('|');
+            let (jid, state, exit) = (f.next()?.trim(), f.next()?, f.next());
+            (!jid.is_empty()).then(|| (jid.to_string(), classify(state, None, exit)))
+        })
+        .collect()
+}
+
 impl Scheduler for Slurm {
     fn name(&self) -> &'static str {
         "slurm"
@@ -218,6 +272,78 @@ impl Scheduler for Slurm {
             }
             Ok(JobState::Unknown)
         })
+    }
+
+    fn lists_user_jobs(&self) -> bool {
+        true
+    }
+
+    fn user_jobs<'a>(
+        &'a self,
+        cmds: &'a Commands,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
+        Box::pin(async move {
+            let args = s(SQUEUE_ARGS);
+            let out = cmds.run("squeue", &args).await?;
+            if !out.success() {
+                return Err(failure("squeue", &args, &out));
+            }
+            Ok(parse_squeue(&out.stdout))
+        })
+    }
+
+    /// One `sacct -j a,b,c` for all of `ids` (a multi-id query of the accounting database,
+    /// by its index; the restriction on multi-id queries is squeue's), then one `sacct -c`
+    /// (the completion log, where there is no accounting database) for those still missing.
+    fn accounting<'a>(
+        &'a self,
+        cmds: &'a Commands,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, JobState>, BatchError>> {
+        Box::pin(async move {
+            let fmt = "--format=JobID,State,ExitCode";
+            let list = ids.join(",");
+            let args = s(&["-X", "-n", "-P", fmt, "-j", &list]);
+            let out = cmds.run("sacct", &args).await?;
+            let mut found = if out.success() {
+                parse_sacct_all(&out.stdout)
+            } else if TRANSIENT.iter().any(|w| out.stderr.contains(w)) {
+                return Err(failure("sacct", &args, &out));
+            } else {
+                BTreeMap::new()
+            };
+            found.retain(|id, _| ids.contains(id));
+            let missing: Vec<&str> = ids
+                .iter()
+                .filter(|id| !found.contains_key(*id))
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                return Ok(found);
+            }
+            let list = missing.join(",");
+            let args = s(&["-c", "-n", "-P", fmt, "-j", &list]);
+            let out = cmds.run("sacct", &args).await?;
+            if out.success() {
+                for (id, st) in parse_sacct_all(&out.stdout) {
+                    if missing.contains(&id.as_str()) {
+                        found.entry(id).or_insert(st);
+                    }
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    /// Slurm's word with the wrapper's code: `FAILED` with a code is an ordinary failure.
+    fn with_exit_code(&self, f: &Final, code: i32) -> Final {
+        match classify(&f.state, f.reason.as_deref(), Some(&format!("{code}:0"))) {
+            JobState::Finished(g) => g,
+            _ => Final {
+                exit_code: code,
+                ..f.clone()
+            },
+        }
     }
 
     fn cancel<'a>(
@@ -288,6 +414,33 @@ mod tests {
         };
         assert!(!f.success() && f.exit_code == 0);
         assert_eq!(parse_scontrol("nothing"), None);
+    }
+
+    #[test]
+    fn squeue_listing() {
+        let out = "41|PENDING|Resources|2031-01-01T10:00:00\n42|RUNNING|None|2025-01-01T09:00:00\n43|FAILED|NonZeroExitCode|2025-01-01T08:00:00\n44|PENDING|Priority|N/A\n\n";
+        let l = parse_squeue(out);
+        assert_eq!(l.len(), 4);
+        assert_eq!(
+            l["41"].expected_start.as_deref(),
+            Some("2031-01-01T10:00:00")
+        );
+        assert!(matches!(l["41"].state, JobState::Queued { .. }));
+        assert!(!l["41"].code_unknown);
+        assert_eq!(l["42"].expected_start, None, "only a queued job's start");
+        assert!(l["43"].code_unknown);
+        assert_eq!(l["44"].expected_start, None);
+        let f = Final {
+            reason: Some("NonZeroExitCode".into()),
+            ..Final::ended("FAILED", 0, None, None)
+        };
+        let g = Slurm.with_exit_code(&f, 7);
+        assert!(g.normal_end && g.exit_code == 7, "{g:?}");
+        let t = Slurm.with_exit_code(&Final::ended("TIMEOUT", 0, None, None), 143);
+        assert!(!t.normal_end && t.exit_code == 143 && t.state == "TIMEOUT");
+        let all = parse_sacct_all("5|COMPLETED|0:0\n6|FAILED|7:0\n");
+        assert_eq!(all.len(), 2);
+        assert!(matches!(&all["6"], JobState::Finished(f) if f.exit_code == 7));
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The script submitted to a scheduler: the stage as a supervised foreground child (see
-//! [`wrapper_script`]), with each scheduler's header and epilogue.
+//! [`wrapper_script`]), with each scheduler's header and epilogue, ending with the job's
+//! exit-status file ([`exit_path`], read by [`read_exit_file`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::path_arg;
 use crate::shell::sh_quote;
 
-/// The wrapper's part after the scheduler's header (see [`wrapper_script`]); `@COMMAND@`
-/// and `@AFTER@` are filled in.
+/// The wrapper's part after the scheduler's header (see [`wrapper_script`]); `@COMMAND@`,
+/// `@AFTER@` and `@EXIT_FILE@` are filled in.
 const SUPERVISED_STAGE: &str = r#"# jacamar: the stage runs in the foreground, in this shell's process group. A TERM (the
 # scheduler's cancel) does not end this shell: it counts it, and then waits until every
 # other process of its group is gone, so the job's own TERM traps run to their end.
@@ -37,13 +38,55 @@ if [ "$__jacamar_terms" != 0 ]; then
         while __jacamar_group_busy; do sleep 0.25; done
     fi
 fi
-@AFTER@exit "$__jacamar_rc"
+@AFTER@# jacamar: the exit-status file, written whole (rename) at the very end: "<status>
+# <TERMs received> <job id>".
+__jacamar_exit=@EXIT_FILE@
+__jacamar_id=${SLURM_JOB_ID:-${PBS_JOBID:-${LSB_JOBID:-${COBALT_JOBID:-}}}}
+if ! { printf '%s %s %s\n' "$__jacamar_rc" "$__jacamar_terms" "$__jacamar_id" >"$__jacamar_exit.tmp.$$" &&
+    mv -f "$__jacamar_exit.tmp.$$" "$__jacamar_exit"; } 2>/dev/null; then
+    echo "jacamar: WARNING: could not write the exit status file $__jacamar_exit" >&2
+    rm -f "$__jacamar_exit.tmp.$$" 2>/dev/null
+fi
+exit "$__jacamar_rc"
 "#;
+
+/// The exit-status file of the stage whose output file is `output`: `<stage>.exit` next
+/// to it in the job's scripts dir.
+pub fn exit_path(output: &Path) -> PathBuf {
+    output.with_extension("exit")
+}
+
+/// What the wrapper's exit-status file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// The stage's exit status (128 + N after a death by signal N).
+    pub code: i32,
+    /// TERMs the wrapper received: the scheduler cancelled or timed out the job.
+    pub terms: u32,
+}
+
+/// The exit-status file at `path` for scheduler job `id`. `None`: no file (yet), or not a
+/// whole record, or one written by another job (the job id the job saw differs from
+/// `id`; a record without an id, as Flux jobs write it, is taken as this job's).
+pub fn read_exit_file(path: &Path, id: &str) -> Option<ExitRecord> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.strip_suffix('\n')?;
+    let mut w = line.split(' ');
+    let code = w.next()?.parse().ok()?;
+    let terms = w.next()?.parse().ok()?;
+    match w.next() {
+        Some(jid) if !jid.is_empty() && jid != id => None,
+        _ => Some(ExitRecord { code, terms }),
+    }
+}
 
 /// The wrapper submitted to the scheduler: a shebang, the scheduler's `header`, the stage
 /// (`command`: the user's shell running the stage script, every word single-quoted) as a
 /// foreground child, then `after` (shell code that may read the stage's status in
-/// `$__jacamar_rc`), and an exit with that status.
+/// `$__jacamar_rc`), the exit-status file `exit_file` (see [`read_exit_file`]; written
+/// through a temporary file and a rename, so a reader sees all of it or nothing; a failure
+/// to write it is a warning in the job's output, the status stays), and an exit with that
+/// status. The file is not written when the job is killed (SIGKILL) before its end.
 ///
 /// Cancel: schedulers signal the whole job at once (Slurm's `scancel --signal=TERM --full`
 /// and plain cancel, and so `qdel` of Debian's PBS wrappers over Slurm; PBS and LSF signal
@@ -62,7 +105,7 @@ fi
 /// 128+N (the same build exit code; bash's `Terminated` line reaches the output). A job
 /// that ends without a TERM is not held up by background processes it leaves behind (the
 /// scheduler cleans those up, as before).
-pub fn wrapper_script(header: &str, command: &[String], after: &str) -> String {
+pub fn wrapper_script(header: &str, command: &[String], after: &str, exit_file: &Path) -> String {
     let cmd: Vec<String> = command.iter().map(|w| sh_quote(w)).collect();
     let mut after = after.to_string();
     if !after.is_empty() && !after.ends_with('\n') {
@@ -74,6 +117,7 @@ pub fn wrapper_script(header: &str, command: &[String], after: &str) -> String {
     let (before_after, end) = rest
         .split_once("@AFTER@")
         .expect("the template names @AFTER@");
+    let end = end.replace("@EXIT_FILE@", &sh_quote(&path_arg(exit_file)));
     let mut s = String::from("#!/bin/bash\n");
     for part in [
         header,
@@ -81,7 +125,7 @@ pub fn wrapper_script(header: &str, command: &[String], after: &str) -> String {
         &cmd.join(" "),
         before_after,
         &after,
-        end,
+        &end,
     ] {
         s.push_str(part);
     }
@@ -137,11 +181,16 @@ mod tests {
                 "it's $x".into(),
             ],
             "echo \"after $__jacamar_rc\"",
+            Path::new("/nonexistent/dir/s.exit"),
         );
         assert!(w.starts_with("#!/bin/bash\n#SBATCH --x\n"), "{w}");
         let d = tempfile::tempdir().unwrap();
         let out = spawn_wrapper(d.path(), &w).wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(4));
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "an unwritable exit file keeps the status"
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $x\nafter 4\n");
         let out = std::process::Command::new("bash")
             .arg("-c")
@@ -164,6 +213,7 @@ mod tests {
             "",
             &["bash".into(), script.display().to_string()],
             "echo \"rc $__jacamar_rc\"",
+            &d.path().join("s.exit"),
         );
         let mut child = spawn_wrapper(d.path(), &w);
         assert!(wait_until(Duration::from_secs(20), || d
@@ -177,6 +227,15 @@ mod tests {
         assert!(d.path().join("trap-done").exists(), "wrapper ended first");
         // The script's shell died of the TERM: 128 + 15.
         assert_eq!(st.code(), Some(143));
+        // The exit file tells the status and the TERM.
+        let rec = read_exit_file(&d.path().join("s.exit"), "9").unwrap();
+        assert_eq!(
+            rec,
+            ExitRecord {
+                code: 143,
+                terms: 1
+            }
+        );
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
     }
 
@@ -187,6 +246,7 @@ mod tests {
             "",
             &["bash".into(), "-c".into(), "sleep 60 & exit 0".into()],
             "",
+            &d.path().join("s.exit"),
         );
         let t0 = std::time::Instant::now();
         let mut child = spawn_wrapper(d.path(), &w);
@@ -194,6 +254,30 @@ mod tests {
         let st = child.wait().unwrap();
         assert!(st.success());
         assert!(t0.elapsed() < Duration::from_secs(30));
+        let exit = d.path().join("s.exit");
+        assert_eq!(
+            read_exit_file(&exit, "9"),
+            Some(ExitRecord { code: 0, terms: 0 })
+        );
+        // Another job's record, a torn one, none: not this job's status.
+        std::fs::write(&exit, "3 0 77\n").unwrap();
+        assert_eq!(read_exit_file(&exit, "9"), None);
+        assert_eq!(
+            read_exit_file(&exit, "77"),
+            Some(ExitRecord { code: 3, terms: 0 })
+        );
+        std::fs::write(&exit, "3 0").unwrap();
+        assert_eq!(read_exit_file(&exit, "77"), None);
+        std::fs::remove_file(&exit).unwrap();
+        assert_eq!(read_exit_file(&exit, "77"), None);
+        assert!(
+            !d.path().read_dir().unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".tmp.")),
+            "no temporary file left"
+        );
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
     }
 }

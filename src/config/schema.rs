@@ -333,6 +333,10 @@ pub const KEYS: &[KeySpec] = &[
     key(B, "nfs_timeout", Duration)
         .default("30s")
         .used_by("batch"),
+    key(B, "transient_retry_window", Duration)
+        .default("10m")
+        .chosen()
+        .used_by("batch"),
     key(B, "scheduler_bin", Path).rule(ABS).used_by("batch"),
     key(B, "env_vars", StringArray)
         .default("[]")

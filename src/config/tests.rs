@@ -147,6 +147,11 @@ fn default_structs_match_the_documented_defaults() {
         ("auth", "jwt_exp_delay", c.auth.jwt_exp_delay),
         ("batch", "command_delay", c.batch.command_delay),
         ("batch", "nfs_timeout", c.batch.nfs_timeout),
+        (
+            "batch",
+            "transient_retry_window",
+            c.batch.transient_retry_window,
+        ),
     ];
     for (table, key, value) in durations {
         let spec = schema::lookup(table, key).expect("in schema");

@@ -213,6 +213,9 @@ pub struct Batch {
     pub arguments_variable: Vec<String>,
     pub command_delay: Duration,
     pub nfs_timeout: Duration,
+    /// How long a scheduler that is only unreachable or busy (its transient errors) is
+    /// retried before the stage fails as a system failure.
+    pub transient_retry_window: Duration,
     pub scheduler_bin: Option<PathBuf>,
     /// `KEY=value` items split at the first `=`.
     pub env_vars: Vec<(String, String)>,
@@ -230,6 +233,7 @@ impl Default for Batch {
             arguments_variable: vec!["SCHEDULER_PARAMETERS".to_string()],
             command_delay: Duration::from_secs(10),
             nfs_timeout: Duration::from_secs(30),
+            transient_retry_window: Duration::from_secs(600),
             scheduler_bin: None,
             env_vars: Vec::new(),
             allow_illegal_args: false,

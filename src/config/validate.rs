@@ -453,6 +453,8 @@ fn batch(s: &mut Section<'_, '_>) -> Batch {
         arguments_variable,
         command_delay: s.duration("command_delay", defaults.command_delay),
         nfs_timeout: s.duration("nfs_timeout", defaults.nfs_timeout),
+        transient_retry_window: s
+            .duration("transient_retry_window", defaults.transient_retry_window),
         scheduler_bin: s.path("scheduler_bin", true),
         env_vars: key_values(s, "env_vars"),
         allow_illegal_args: s.bool("allow_illegal_args"),

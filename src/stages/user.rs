@@ -268,6 +268,7 @@ async fn run_batch(
         ci_job_id: b.h.job.job_id,
         workdir: b.h.account.workdir(),
         deadline,
+        poller: batch::poller::Poller::shared(b.paths.base_dir()),
     };
     let st = batch::run_batch(job, &mut rx).await;
     ctl_task.abort();

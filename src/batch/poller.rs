@@ -1,0 +1,900 @@
+//! One status query per user per `command_delay`, however many jobs of that user wait on
+//! the host (design and counts: docs/batch-polling.md).
+//!
+//! Every waiting `jacamar` of a user reads one snapshot of the scheduler's per-user listing,
+//! `<base>/.jacamar-poll/<scheduler>.json` (0600, in the user's own base dir, written whole
+//! by a rename). A snapshot younger than the poll period is used as it is. Otherwise the
+//! reader tries to become the poller: a non-blocking lock on `<scheduler>.lock` elects one;
+//! the winner looks again (another may have just written), then runs the per-user query
+//! ([`Scheduler::user_jobs`]), one accounting query for the jobs that left the listing
+//! ([`Scheduler::accounting`], asked for through `<scheduler>.want/<id>` files), and writes
+//! the snapshot. Losers wait for the next snapshot for [`wait_bound`], then ask the
+//! scheduler about their own job alone, so nothing hangs on a stuck poller; a dead poller's
+//! lock is released by the kernel and the next reader takes over. No daemon, no file of
+//! another user.
+//!
+//! Before any of that, the job's own exit-status file (written by the wrapper at its very
+//! end, see [`super::wrapper::read_exit_file`]) is the completion signal: a job that wrote
+//! it without being signalled is over, whatever the listing says.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::wrapper::{read_exit_file, ExitRecord};
+use super::{BatchError, Commands, Final, JobState, Listed, Scheduler};
+
+/// The poll directory's name in the user's base dir.
+pub const DIR_NAME: &str = ".jacamar-poll";
+/// How often a loser looks for the winner's snapshot.
+const WAIT_STEP: Duration = Duration::from_millis(100);
+/// A want file older than this is from a driver that is gone: the poller removes it.
+const WANT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// The wall clock in Unix milliseconds (shared by processes, unlike tokio's clock). Tests
+/// give one that follows tokio's paused clock.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's wall clock.
+pub fn wall_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    })
+}
+
+/// How long a reader waits for another process's snapshot before asking about its own job
+/// alone: two periods, at least 10 s (a per-user query may take seconds on a busy
+/// controller), at most 60 s.
+pub fn wait_bound(period: Duration) -> Duration {
+    (period * 2).clamp(Duration::from_secs(10), Duration::from_secs(60))
+}
+
+/// A failed query, as every reader of the snapshot reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapError {
+    pub transient: bool,
+    pub command: String,
+    pub message: String,
+}
+
+impl SnapError {
+    fn of(e: &BatchError) -> SnapError {
+        match e {
+            BatchError::Transient { command, message } => SnapError {
+                transient: true,
+                command: command.clone(),
+                message: message.clone(),
+            },
+            BatchError::Command { command, message } => SnapError {
+                transient: false,
+                command: command.clone(),
+                message: message.clone(),
+            },
+            other => SnapError {
+                transient: false,
+                command: "status query".into(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn to_error(&self) -> BatchError {
+        let (command, message) = (self.command.clone(), self.message.clone());
+        if self.transient {
+            BatchError::Transient { command, message }
+        } else {
+            BatchError::Command { command, message }
+        }
+    }
+}
+
+/// What one poll of the user's jobs found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub scheduler: String,
+    /// Wall clock (Unix ms) just before the query ran: every job submitted before is in
+    /// `jobs`, unless it left the listing.
+    pub taken_ms: u64,
+    pub jobs: BTreeMap<String, Listed>,
+    /// Accounting answers for jobs that left the listing (those wanted at `taken_ms`).
+    pub accounting: BTreeMap<String, JobState>,
+    /// The listing failed: every reader gets this error until the next poll.
+    pub error: Option<SnapError>,
+    /// The accounting query failed.
+    pub accounting_error: Option<SnapError>,
+}
+
+/// One job as the poller sees it.
+pub struct JobRef<'a> {
+    pub id: &'a str,
+    /// The wrapper's exit-status file of the job.
+    pub exit_file: &'a Path,
+}
+
+/// The status queries of one batch job: shared with the user's other jobs through the poll
+/// directory when there is one and the scheduler lists a user's jobs in one command,
+/// otherwise one [`Scheduler::state`] per poll.
+pub struct Poller {
+    dir: Option<PathBuf>,
+    clock: Clock,
+    /// Wall clock by which the job was surely submitted: one period before its first poll.
+    since_ms: Mutex<Option<u64>>,
+    warned: AtomicBool,
+}
+
+impl Poller {
+    /// A poller sharing through `<base_dir>/.jacamar-poll`.
+    pub fn shared(base_dir: &Path) -> Poller {
+        Poller::new(Some(base_dir.join(DIR_NAME)), wall_clock())
+    }
+
+    /// A poller that asks about its own job only.
+    pub fn unshared() -> Poller {
+        Poller::new(None, wall_clock())
+    }
+
+    /// A poller of the poll directory `dir` (`None`: not shared) with `clock`.
+    pub fn new(dir: Option<PathBuf>, clock: Clock) -> Poller {
+        Poller {
+            dir,
+            clock,
+            since_ms: Mutex::new(None),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// The job's state, polled at most once per `period` (the executor's spacing): the exit
+    /// file first, then the shared snapshot (or the scheduler directly). Errors are the
+    /// scheduler's (a failed listing reaches every reader of its snapshot); the caller's
+    /// retry policy applies to them.
+    ///
+    /// A job missing from a listing taken after it was submitted, without an exit file, is
+    /// `Unknown` until the accounting answers (at the next poll). The submission is taken
+    /// to be at least one `period` before this job's first poll, as the executor waits one
+    /// period after submitting.
+    pub async fn state(
+        &self,
+        sched: &dyn Scheduler,
+        cmds: &Commands,
+        period: Duration,
+        job: &JobRef<'_>,
+    ) -> Result<JobState, BatchError> {
+        let exit = read_exit_file(job.exit_file, job.id);
+        if let Some(r) = &exit {
+            if r.terms == 0 {
+                return Ok(JobState::Finished(exited(r.code)));
+            }
+        }
+        let now = (self.clock)();
+        let since = *self
+            .since_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(now.saturating_sub(period.as_millis() as u64));
+        let dir = match &self.dir {
+            Some(d) if sched.lists_user_jobs() && valid_id(job.id) => d,
+            _ => return single(sched, cmds, job.id, exit.as_ref()).await,
+        };
+        match self
+            .snapshot(dir, sched, cmds, period, job, since, exit.is_some())
+            .await?
+        {
+            Some(snap) => {
+                self.answer(dir, sched, cmds, &snap, job, exit.as_ref())
+                    .await
+            }
+            None => single(sched, cmds, job.id, exit.as_ref()).await,
+        }
+    }
+
+    /// A snapshot that can answer for `job`: a fresh one, or one this process takes as the
+    /// elected poller. `None`: no snapshot came within [`wait_bound`], or the poll directory
+    /// is unusable (reported once).
+    #[allow(clippy::too_many_arguments)]
+    async fn snapshot(
+        &self,
+        dir: &Path,
+        sched: &dyn Scheduler,
+        cmds: &Commands,
+        period: Duration,
+        job: &JobRef<'_>,
+        since: u64,
+        has_exit: bool,
+    ) -> Result<Option<Snapshot>, BatchError> {
+        let name = sched.name();
+        let path = dir.join(format!("{name}.json"));
+        let until = tokio::time::Instant::now() + wait_bound(period);
+        if let Err(e) = ensure_dir(dir) {
+            self.warn(&e);
+            return Ok(None);
+        }
+        loop {
+            if let Some(s) = self.usable(&path, period, job.id, since) {
+                return Ok(Some(s));
+            }
+            let lock = match try_lock(&dir.join(format!("{name}.lock"))) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.warn(&e);
+                    return Ok(None);
+                }
+            };
+            if let Some(lock) = lock {
+                if let Some(s) = self.usable(&path, period, job.id, since) {
+                    return Ok(Some(s));
+                }
+                let snap = self.query(dir, sched, cmds, job, since, has_exit).await?;
+                if let Err(e) = write_snapshot(dir, &path, &snap) {
+                    self.warn(&e);
+                }
+                drop(lock);
+                return Ok(Some(snap));
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(None);
+            }
+            tokio::time::sleep(WAIT_STEP).await;
+        }
+    }
+
+    /// The snapshot at `path` if it is younger than `period` and covers job `id` (lists it,
+    /// has its accounting, or was taken after it was submitted).
+    fn usable(&self, path: &Path, period: Duration, id: &str, since: u64) -> Option<Snapshot> {
+        let s: Snapshot = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let now = (self.clock)();
+        let fresh = now.saturating_sub(s.taken_ms) < period.as_millis() as u64
+            && s.taken_ms <= now + period.as_millis() as u64;
+        let covers =
+            s.jobs.contains_key(id) || s.accounting.contains_key(id) || s.taken_ms >= since;
+        (fresh && covers).then_some(s)
+    }
+
+    /// The elected poller's query: the listing, then one accounting query for the wanted
+    /// jobs (and this one, when it left the listing without an exit file). A failed query
+    /// is kept in the snapshot, except a command that cannot be started at all.
+    async fn query(
+        &self,
+        dir: &Path,
+        sched: &dyn Scheduler,
+        cmds: &Commands,
+        job: &JobRef<'_>,
+        since: u64,
+        has_exit: bool,
+    ) -> Result<Snapshot, BatchError> {
+        let taken_ms = (self.clock)();
+        let mut snap = Snapshot {
+            scheduler: sched.name().to_string(),
+            taken_ms,
+            jobs: BTreeMap::new(),
+            accounting: BTreeMap::new(),
+            error: None,
+            accounting_error: None,
+        };
+        match sched.user_jobs(cmds).await {
+            Ok(jobs) => snap.jobs = jobs,
+            Err(e @ BatchError::Spawn { .. }) => return Err(e),
+            Err(e) => {
+                snap.error = Some(SnapError::of(&e));
+                return Ok(snap);
+            }
+        }
+        let mut want = wanted(&want_dir(dir, sched.name()));
+        if !snap.jobs.contains_key(job.id) && taken_ms >= since && !has_exit {
+            want.push(job.id.to_string());
+        }
+        want.sort();
+        want.dedup();
+        want.retain(|id| !snap.jobs.contains_key(id));
+        if want.is_empty() {
+            return Ok(snap);
+        }
+        match sched.accounting(cmds, &want).await {
+            Ok(found) => snap.accounting = found,
+            Err(e @ BatchError::Spawn { .. }) => return Err(e),
+            Err(e) => snap.accounting_error = Some(SnapError::of(&e)),
+        }
+        Ok(snap)
+    }
+
+    /// Job `job`'s state from `snap` (and its exit file, when the job was signalled).
+    async fn answer(
+        &self,
+        dir: &Path,
+        sched: &dyn Scheduler,
+        cmds: &Commands,
+        snap: &Snapshot,
+        job: &JobRef<'_>,
+        exit: Option<&ExitRecord>,
+    ) -> Result<JobState, BatchError> {
+        if let Some(e) = &snap.error {
+            return Err(e.to_error());
+        }
+        let want = want_dir(dir, sched.name()).join(job.id);
+        match snap.jobs.get(job.id) {
+            Some(l) if l.code_unknown => {
+                let JobState::Finished(f) = &l.state else {
+                    return Ok(l.state.clone());
+                };
+                if let Some(r) = exit {
+                    return Ok(JobState::Finished(sched.with_exit_code(f, r.code)));
+                }
+                // The controller still holds the job: its own answer has the exit code.
+                match sched.state(cmds, job.id).await? {
+                    JobState::Finished(g) => Ok(JobState::Finished(g)),
+                    _ => Ok(JobState::Finished(f.clone())),
+                }
+            }
+            Some(l) => Ok(merge(sched, l.state.clone(), exit)),
+            None if exit.is_some() => Ok(merge(sched, JobState::Unknown, exit)),
+            None => match snap.accounting.get(job.id) {
+                Some(st) => {
+                    if !st.is_active() {
+                        remove_want(&want);
+                    }
+                    Ok(st.clone())
+                }
+                None => {
+                    if let Some(e) = &snap.accounting_error {
+                        if want.exists() {
+                            return Err(e.to_error());
+                        }
+                    }
+                    if snap.taken_ms >= self.since_ms() {
+                        if let Err(e) = make_want(&want) {
+                            self.warn(&e);
+                        }
+                    }
+                    Ok(JobState::Unknown)
+                }
+            },
+        }
+    }
+
+    fn since_ms(&self) -> u64 {
+        self.since_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Report a problem of the poll directory once per job (polls go on unshared).
+    fn warn(&self, e: &std::io::Error) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            let dir = self.dir.as_deref().unwrap_or(Path::new("?"));
+            eprintln!(
+                "jacamar: WARNING: status polls not shared through {}: {e}",
+                dir.display()
+            );
+        }
+    }
+}
+
+/// A job that wrote its exit file without being signalled.
+fn exited(code: i32) -> Final {
+    Final::exited(if code == 0 { "COMPLETED" } else { "FAILED" }, code)
+}
+
+/// The scheduler's state `st` of a job whose exit file says `exit` (written after a TERM:
+/// the scheduler's final word decides how it ended, the file's code is the job's).
+fn merge(sched: &dyn Scheduler, st: JobState, exit: Option<&ExitRecord>) -> JobState {
+    match (st, exit) {
+        (JobState::Finished(f), Some(r)) => JobState::Finished(sched.with_exit_code(&f, r.code)),
+        (JobState::Unknown, Some(r)) if r.terms == 0 => JobState::Finished(exited(r.code)),
+        (JobState::Unknown, Some(r)) => JobState::Finished(Final::ended(
+            "TERMINATED",
+            r.code,
+            None,
+            Some("the job received SIGTERM".into()),
+        )),
+        (st, _) => st,
+    }
+}
+
+/// The job's state from the scheduler alone (one command for this job).
+async fn single(
+    sched: &dyn Scheduler,
+    cmds: &Commands,
+    id: &str,
+    exit: Option<&ExitRecord>,
+) -> Result<JobState, BatchError> {
+    Ok(merge(sched, sched.state(cmds, id).await?, exit))
+}
+
+/// An id usable as a file name (Slurm's `123`, `123_4`; PBS's `12.server`).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '[' | ']'))
+}
+
+/// Create the poll directory (0700) if needed; refuse one that is not ours or not private.
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(dir)?;
+    let ours = m.uid() == nix::unistd::geteuid().as_raw();
+    if !m.is_dir() || !ours || m.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a private directory of ours (mode {:o}, owner {})",
+            dir.display(),
+            m.mode() & 0o7777,
+            m.uid()
+        )));
+    }
+    Ok(())
+}
+
+/// The lock file opened and locked, or `None` when another process holds the lock.
+fn try_lock(path: &Path) -> std::io::Result<Option<File>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    match crate::fs::claim::try_lock(f.as_fd(), libc::F_WRLCK) {
+        Ok(true) => Ok(Some(f)),
+        Ok(false) => Ok(None),
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+/// Write `snap` to `path` whole: a private temporary file, then a rename.
+fn write_snapshot(dir: &Path, path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{}.tmp.{}", snap.scheduler, std::process::id()));
+    let text = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    f.write_all(&text)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+fn want_dir(dir: &Path, scheduler: &str) -> PathBuf {
+    dir.join(format!("{scheduler}.want"))
+}
+
+/// The ids wanted from the accounting; want files older than [`WANT_MAX_AGE`] are removed.
+fn wanted(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > WANT_MAX_AGE);
+        if old {
+            remove_want(&e.path());
+        } else if valid_id(&name) {
+            ids.push(name);
+        }
+    }
+    ids
+}
+
+/// Ask the next poller for the accounting of the job whose want file is `path`.
+fn make_want(path: &Path) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map(drop)
+}
+
+/// The job's accounting answer arrived: its want file goes (already gone is fine).
+fn remove_want(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("jacamar: WARNING: failed to remove {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The poller on tokio's paused clock: several pollers of one poll directory stand for
+    //! the drivers of one user; the scheduler is in memory and counts its queries.
+
+    use super::*;
+    use crate::batch::{args, BoxFuture, Submission};
+    use tokio::time::Instant;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+    const PERIOD: Duration = Duration::from_secs(2);
+
+    #[derive(Default)]
+    struct Fake {
+        listing: Mutex<BTreeMap<String, Listed>>,
+        /// The accounting's answers (ids not in it are unknown to it).
+        known: Mutex<BTreeMap<String, JobState>>,
+        /// The listing fails with this (transient) message.
+        down: Mutex<Option<String>>,
+        /// How long one listing takes.
+        takes: Duration,
+        listings: Mutex<u32>,
+        accountings: Mutex<Vec<Vec<String>>>,
+        singles: Mutex<u32>,
+    }
+
+    impl Fake {
+        fn with(jobs: &[(&str, JobState)]) -> Arc<Fake> {
+            let f = Fake::default();
+            for (id, st) in jobs {
+                f.list(id, st.clone());
+            }
+            Arc::new(f)
+        }
+        fn list(&self, id: &str, state: JobState) {
+            let code_unknown = matches!(state, JobState::Finished(_));
+            self.listing.lock().unwrap().insert(
+                id.into(),
+                Listed {
+                    state,
+                    code_unknown,
+                    expected_start: None,
+                },
+            );
+        }
+        fn listings(&self) -> u32 {
+            *self.listings.lock().unwrap()
+        }
+    }
+
+    impl Scheduler for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn illegal_args(&self) -> &'static [args::Illegal] {
+            &[]
+        }
+        fn submit<'a>(
+            &'a self,
+            _: &'a Commands,
+            _: &'a Submission,
+        ) -> BoxFuture<'a, Result<String, BatchError>> {
+            Box::pin(async { Ok("1".into()) })
+        }
+        fn state<'a>(
+            &'a self,
+            _: &'a Commands,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<JobState, BatchError>> {
+            *self.singles.lock().unwrap() += 1;
+            let st = self
+                .listing
+                .lock()
+                .unwrap()
+                .get(id)
+                .map(|l| l.state.clone())
+                .unwrap_or(JobState::Unknown);
+            Box::pin(async move { Ok(st) })
+        }
+        fn cancel<'a>(
+            &'a self,
+            _: &'a Commands,
+            _: &'a str,
+            _: bool,
+        ) -> BoxFuture<'a, Result<(), BatchError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn lists_user_jobs(&self) -> bool {
+            true
+        }
+        fn user_jobs<'a>(
+            &'a self,
+            _: &'a Commands,
+        ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
+            *self.listings.lock().unwrap() += 1;
+            Box::pin(async move {
+                tokio::time::sleep(self.takes).await;
+                if let Some(m) = self.down.lock().unwrap().clone() {
+                    return Err(BatchError::Transient {
+                        command: "squeue --me".into(),
+                        message: m,
+                    });
+                }
+                Ok(self.listing.lock().unwrap().clone())
+            })
+        }
+        fn accounting<'a>(
+            &'a self,
+            _: &'a Commands,
+            ids: &'a [String],
+        ) -> BoxFuture<'a, Result<BTreeMap<String, JobState>, BatchError>> {
+            self.accountings.lock().unwrap().push(ids.to_vec());
+            let known = self.known.lock().unwrap().clone();
+            Box::pin(async move {
+                Ok(known
+                    .into_iter()
+                    .filter(|(id, _)| ids.contains(id))
+                    .collect())
+            })
+        }
+    }
+
+    /// The wall clock following tokio's paused clock.
+    fn paused_clock() -> Clock {
+        let t0 = Instant::now();
+        Arc::new(move || 1_700_000_000_000 + t0.elapsed().as_millis() as u64)
+    }
+
+    /// One driver: a poller of `dir` and its job `id` (exit file in `dir`'s parent).
+    struct Driver {
+        poller: Poller,
+        id: String,
+        exit: PathBuf,
+    }
+
+    impl Driver {
+        fn new(dir: &Path, clock: &Clock, id: &str) -> Driver {
+            Driver {
+                poller: Poller::new(Some(dir.join(DIR_NAME)), clock.clone()),
+                id: id.into(),
+                exit: dir.join(format!("{id}.exit")),
+            }
+        }
+        async fn poll(&self, fake: &Fake) -> Result<JobState, BatchError> {
+            let cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
+            let job = JobRef {
+                id: &self.id,
+                exit_file: &self.exit,
+            };
+            self.poller.state(fake, &cmds, PERIOD, &job).await
+        }
+    }
+
+    fn running() -> JobState {
+        JobState::Running {
+            state: "RUNNING".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_snapshot_is_shared_and_a_stale_one_refreshed() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[("1", running()), ("2", running())]);
+        let (a, b) = (
+            Driver::new(d.path(), &clock, "1"),
+            Driver::new(d.path(), &clock, "2"),
+        );
+        assert_eq!(a.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 1);
+        tokio::time::sleep(MS(1500)).await;
+        assert_eq!(b.poll(&fake).await.unwrap(), running());
+        assert_eq!(
+            fake.listings(),
+            1,
+            "a snapshot younger than the period is used"
+        );
+        tokio::time::sleep(MS(600)).await;
+        assert_eq!(b.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 2, "one older than the period is refreshed");
+        assert_eq!(a.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 2);
+        assert_eq!(*fake.singles.lock().unwrap(), 0);
+        // The snapshot is private and whole.
+        let snap = d.path().join(DIR_NAME).join("fake.json");
+        let mode = std::fs::metadata(&snap).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(d.path().join(DIR_NAME)).unwrap().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        let s: Snapshot = serde_json::from_slice(&std::fs::read(snap).unwrap()).unwrap();
+        assert_eq!(s.jobs.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn twenty_readers_elect_one_poller() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake {
+            takes: S(1),
+            ..Fake::default()
+        };
+        for i in 0..20 {
+            fake.list(&i.to_string(), running());
+        }
+        let fake = Arc::new(fake);
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let (fake, drv) = (fake.clone(), Driver::new(d.path(), &clock, &i.to_string()));
+                tokio::spawn(async move { drv.poll(&fake).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), running());
+        }
+        assert_eq!(fake.listings(), 1, "one listing for twenty drivers");
+        assert_eq!(*fake.singles.lock().unwrap(), 0);
+        // The losers had the winner's snapshot soon after it was written.
+        assert!(t0.elapsed() < S(1) + WAIT_STEP * 2, "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_poller_is_bypassed_and_a_dead_one_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[("1", running())]);
+        let drv = Driver::new(d.path(), &clock, "1");
+        ensure_dir(&d.path().join(DIR_NAME)).unwrap();
+        // Another driver holds the lock and writes nothing.
+        let held = try_lock(&d.path().join(DIR_NAME).join("fake.lock"))
+            .unwrap()
+            .unwrap();
+        let t0 = Instant::now();
+        assert_eq!(drv.poll(&fake).await.unwrap(), running());
+        assert!(t0.elapsed() >= wait_bound(PERIOD), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < wait_bound(PERIOD) + S(1),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            *fake.singles.lock().unwrap(),
+            1,
+            "its own query after the bound"
+        );
+        assert_eq!(fake.listings(), 0);
+        // It dies: the kernel releases its lock, the next reader becomes the poller.
+        drop(held);
+        let t0 = Instant::now();
+        assert_eq!(drv.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 1);
+        assert!(t0.elapsed() < WAIT_STEP, "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jobs_that_left_the_listing_share_one_accounting_query() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[]);
+        let (a, b) = (
+            Driver::new(d.path(), &clock, "5"),
+            Driver::new(d.path(), &clock, "6"),
+        );
+        // The accounting does not know them yet (slurmdbd lags).
+        assert_eq!(a.poll(&fake).await.unwrap(), JobState::Unknown);
+        assert_eq!(b.poll(&fake).await.unwrap(), JobState::Unknown);
+        assert_eq!(*fake.accountings.lock().unwrap(), [vec!["5".to_string()]]);
+        let want = d.path().join(DIR_NAME).join("fake.want");
+        assert!(want.join("5").exists() && want.join("6").exists());
+        fake.known.lock().unwrap().insert(
+            "5".into(),
+            JobState::Finished(Final::exited("COMPLETED", 0)),
+        );
+        fake.known
+            .lock()
+            .unwrap()
+            .insert("6".into(), JobState::Finished(Final::exited("FAILED", 7)));
+        tokio::time::sleep(PERIOD).await;
+        let JobState::Finished(f) = b.poll(&fake).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.exit_code, 7);
+        let JobState::Finished(f) = a.poll(&fake).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.exit_code, 0);
+        assert_eq!(
+            fake.accountings.lock().unwrap()[1],
+            ["5".to_string(), "6".to_string()],
+            "one query for both"
+        );
+        assert_eq!(fake.listings(), 2);
+        assert_eq!(
+            std::fs::read_dir(&want).unwrap().count(),
+            0,
+            "wants consumed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_exit_file_comes_first() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[("42", running())]);
+        let drv = Driver::new(d.path(), &clock, "42");
+        std::fs::write(&drv.exit, "7 0 42\n").unwrap();
+        let JobState::Finished(f) = drv.poll(&fake).await.unwrap() else {
+            panic!()
+        };
+        assert!(f.normal_end && f.exit_code == 7);
+        assert_eq!(fake.listings() + *fake.singles.lock().unwrap(), 0);
+        // Signalled: the scheduler's word decides how it ended, the file has the code.
+        std::fs::write(&drv.exit, "143 1 42\n").unwrap();
+        assert_eq!(drv.poll(&fake).await.unwrap(), running());
+        fake.list(
+            "42",
+            JobState::Finished(Final::ended("TIMEOUT", 0, None, Some("TimeLimit".into()))),
+        );
+        tokio::time::sleep(PERIOD).await;
+        let JobState::Finished(f) = drv.poll(&fake).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!((f.state.as_str(), f.exit_code), ("TIMEOUT", 143));
+        assert!(!f.normal_end);
+        // Another job's file is not this job's end.
+        std::fs::write(&drv.exit, "0 0 41\n").unwrap();
+        fake.list("42", running());
+        tokio::time::sleep(PERIOD).await;
+        assert_eq!(drv.poll(&fake).await.unwrap(), running());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_listing_reaches_every_reader_once_per_period() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake::with(&[("1", running()), ("2", running())]);
+        *fake.down.lock().unwrap() = Some("Unable to contact slurm controller".into());
+        let (a, b) = (
+            Driver::new(d.path(), &clock, "1"),
+            Driver::new(d.path(), &clock, "2"),
+        );
+        let e = a.poll(&fake).await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        let e = b.poll(&fake).await.unwrap_err();
+        assert!(e.to_string().contains("Unable to contact"), "{e}");
+        assert_eq!(fake.listings(), 1, "the error is shared, not re-asked");
+        *fake.down.lock().unwrap() = None;
+        tokio::time::sleep(PERIOD).await;
+        assert_eq!(b.poll(&fake).await.unwrap(), running());
+        assert_eq!(fake.listings(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_poll_dir_each_job_asks_alone() {
+        let fake = Fake::with(&[("1", running())]);
+        let p = Poller::new(None, paused_clock());
+        let cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
+        let d = tempfile::tempdir().unwrap();
+        let exit = d.path().join("x.exit");
+        let job = JobRef {
+            id: "1",
+            exit_file: &exit,
+        };
+        assert_eq!(
+            p.state(&*fake, &cmds, PERIOD, &job).await.unwrap(),
+            running()
+        );
+        assert_eq!((fake.listings(), *fake.singles.lock().unwrap()), (0, 1));
+    }
+}
