@@ -49,6 +49,9 @@ pub const RUNNER_DEFAULT_FORCE_KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The path the README and the packages install `jacamar-auth` to, used in hints.
 const INSTALLED_AUTH: &str = "/opt/jacamar/bin/jacamar-auth";
 
+/// What [`RunnerHost::executable`] says of a path that does not exist.
+pub const NOT_FOUND: &str = "does not exist";
+
 /// The four hooks, in the order the runner calls them.
 const HOOKS: [Hook; 4] = [Hook::Config, Hook::Prepare, Hook::Run, Hook::Cleanup];
 
@@ -198,7 +201,7 @@ impl RunnerHost for FsHost {
     fn executable(&self, path: &Path) -> Result<PathBuf, String> {
         use std::os::unix::fs::PermissionsExt as _;
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => "does not exist".to_string(),
+            std::io::ErrorKind::NotFound => NOT_FOUND.to_string(),
             _ => format!("cannot be read: {e}"),
         })?;
         if !meta.is_file() {
@@ -500,14 +503,18 @@ impl<'a> Checker<'a> {
             let resolved = match self.host.executable(Path::new(&value)) {
                 Ok(p) => Some(p),
                 Err(why) => {
+                    let fix = if why == NOT_FOUND {
+                        "install jacamar-auth there (the jacamar-rs packages put it in \
+                         /opt/jacamar/bin) or fix the path"
+                    } else {
+                        "give it mode 0755 root:root (runner as root) or 0750 \
+                         root:gitlab-runner (the caps flavour), or fix the path"
+                    };
                     self.push(
                         Some(line),
                         Some(&r.label),
                         &dotted,
-                        format!(
-                            "\"{value}\" {why}: install jacamar-auth there (the jacamar-rs \
-                             packages put it in /opt/jacamar/bin) or fix the path"
-                        ),
+                        format!("\"{value}\" {why}: {fix}"),
                     );
                     exec_ok = false;
                     None

@@ -73,7 +73,7 @@ impl RunnerHost for FakeHost {
         self.execs
             .get(path)
             .cloned()
-            .unwrap_or_else(|| Err("does not exist".to_string()))
+            .unwrap_or_else(|| Err(NOT_FOUND.to_string()))
     }
 
     fn jacamar_config(&self, path: &Path) -> Result<Config, ConfigError> {
@@ -391,11 +391,12 @@ fn kill_timeout_at_the_runner_default_is_refused() {
         JACAMAR_TOML,
         &readme_jacamar().replace("kill_timeout = \"120s\"", "kill_timeout = \"10m\""),
     );
-    let text = readme_runner().replace(
-        "    graceful_kill_timeout = 600   # keep it above jacamar's kill_timeout\n",
-        "",
-    );
-    assert!(!text.contains("graceful_kill_timeout"), "{text}");
+    let text: String = readme_runner()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("graceful_kill_timeout"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!text.contains("graceful_kill_timeout ="), "{text}");
     let err = check(&text, &host).expect_err("10m is not below the default 600 s");
     assert_eq!(err.problems.len(), 1, "{}", err.report());
     let p = &err.problems[0];
