@@ -815,10 +815,9 @@ impl<'a> Checker<'a> {
                         continue;
                     }
                 }
-            } else if let Some(file) = w.strip_prefix("--configuration=") {
-                Some((file.to_string(), *l))
             } else {
-                None
+                w.strip_prefix("--configuration=")
+                    .map(|file| (file.to_string(), *l))
             };
             match value {
                 Some((file, fl)) if hook.takes_configuration() => {
