@@ -891,7 +891,7 @@ impl<'a> Checker<'a> {
         let dotted = format!("runners.custom.{key}");
         let default_s = default.as_secs();
         match v.get_ref() {
-            DeValue::Integer(i) => match i.as_str().parse::<i64>() {
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
                 Ok(n) if n > 0 => Duration::from_secs(n as u64),
                 Ok(n) => {
                     self.push(
@@ -912,8 +912,8 @@ impl<'a> Checker<'a> {
                         Some(&r.label),
                         &dotted,
                         format!(
-                            "'{}' is not a whole number of seconds: write e.g. {key} = {default_s}",
-                            i.as_str()
+                            "{i} seconds is out of range (the runner reads a 64-bit integer): \
+                             write e.g. {key} = {default_s}"
                         ),
                     );
                     default

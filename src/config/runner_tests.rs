@@ -182,6 +182,19 @@ fn graceful_kill_timeout_boundary_is_kill_plus_force() {
     let text =
         readme_runner().replace("graceful_kill_timeout = 600", "graceful_kill_timeout = 130");
     check(&text, &host).unwrap_or_else(|e| panic!("{}", e.report()));
+    // TOML's other integer forms: 0x82 = 1_30 = 130.
+    for written in ["0x82", "1_30"] {
+        let text = readme_runner().replace(
+            "graceful_kill_timeout = 600",
+            &format!("graceful_kill_timeout = {written}"),
+        );
+        check(&text, &host).unwrap_or_else(|e| panic!("{written}: {}", e.report()));
+    }
+    let text = readme_runner().replace(
+        "graceful_kill_timeout = 600",
+        "graceful_kill_timeout = 0x81",
+    );
+    assert!(check(&text, &host).is_err(), "0x81 = 129 < 130");
     // With force_kill_timeout = 30, 130 is no longer enough; 150 is.
     let text = readme_runner().replace(
         "graceful_kill_timeout = 600",
