@@ -4,9 +4,10 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use jacamar::config::runner;
 use jacamar::stages::privileged::{self, Call, Options};
 
 /// GitLab Runner custom-executor driver for HPC: authorizes the job, downscopes to the
@@ -51,11 +52,18 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         configuration: Option<PathBuf>,
     },
-    /// Check a configuration file and print every problem; exit 0 only when it is clean.
+    /// Check a configuration file and/or the runner's config.toml wiring; print every
+    /// problem, one a line; exit 0 only when everything given is clean.
+    #[command(group(clap::ArgGroup::new("input").required(true).multiple(true)
+        .args(["configuration", "runner_config"])))]
     Validate {
         /// Jacamar TOML configuration file.
         #[arg(long, value_name = "FILE")]
-        configuration: PathBuf,
+        configuration: Option<PathBuf>,
+        /// The GitLab Runner's config.toml: checks every `executor = "custom"` runner's
+        /// hooks, arguments, jacamar configuration and kill timeouts.
+        #[arg(long, value_name = "FILE")]
+        runner_config: Option<PathBuf>,
     },
 }
 
@@ -79,7 +87,10 @@ fn main() {
     jacamar::stages::diag::install();
     let cli = Cli::parse();
     let (call, configuration) = match cli.command {
-        Command::Validate { configuration } => std::process::exit(validate(&configuration)),
+        Command::Validate {
+            configuration,
+            runner_config,
+        } => std::process::exit(validate(configuration.as_deref(), runner_config.as_deref())),
         Command::Config { configuration } => (Call::Config, configuration),
         Command::Prepare { configuration } => (Call::Prepare, configuration),
         Command::Run {
@@ -102,11 +113,38 @@ fn system_failure_exit_code() -> i32 {
     jacamar::job::RunnerEnv::from_env().system_failure_exit_code
 }
 
-/// Print every problem of the file; 0 when clean, 1 otherwise.
-fn validate(path: &std::path::Path) -> i32 {
+/// Print every problem of each file given; 0 when all are clean, 1 otherwise.
+fn validate(configuration: Option<&Path>, runner_config: Option<&Path>) -> i32 {
+    let mut code = 0;
+    if let Some(path) = configuration {
+        code |= validate_configuration(path);
+    }
+    if let Some(path) = runner_config {
+        code |= validate_runner_config(path);
+    }
+    code
+}
+
+fn validate_configuration(path: &Path) -> i32 {
     match privileged::validate_file(path) {
         Ok(_) => {
             println!("{}: OK", path.display());
+            0
+        }
+        Err(e) => {
+            println!("{}", e.report());
+            eprintln!("{} problem(s) in {}", e.problems.len(), path.display());
+            1
+        }
+    }
+}
+
+fn validate_runner_config(path: &Path) -> i32 {
+    match runner::check_runner_config_file(path) {
+        Ok(runners) => {
+            for r in &runners {
+                println!("{}: {}", path.display(), r.describe());
+            }
             0
         }
         Err(e) => {

@@ -14,6 +14,7 @@
 mod duration;
 mod error;
 mod raw;
+pub mod runner;
 pub mod schema;
 mod section;
 mod types;

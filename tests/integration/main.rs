@@ -15,6 +15,7 @@ mod harden;
 mod harness;
 mod health;
 mod refusals;
+mod runner_config;
 mod scale_poll;
 mod sec_fs;
 mod sec_policy;

@@ -1,0 +1,1004 @@
+//! The GitLab Runner's `config.toml`, checked against the wiring this driver
+//! needs (`jacamar-auth validate --runner-config FILE`).
+//!
+//! Only the keys that matter here are read; every other key of the runner's
+//! file is ignored. For each `[[runners]]` with `executor = "custom"`:
+//!
+//! - the four hooks `config_exec`, `prepare_exec`, `run_exec`, `cleanup_exec`
+//!   are absolute paths of one and the same executable file (`jacamar-auth`);
+//! - `config_args` is `[-u] config --configuration FILE`, `cleanup_args`
+//!   `[-u] cleanup --configuration FILE` with the same FILE, which exists and
+//!   validates; `prepare_args` is `[-u] prepare` and `run_args` `[-u] run`
+//!   (the runner appends the script path and the stage name); `-u`
+//!   (`--unobfuscated`) comes before the sub-command;
+//! - timing, with `K` = `[general] kill_timeout` of that FILE (jacamar's
+//!   SIGKILL of the job, counted from the runner's SIGTERM), `G` =
+//!   `graceful_kill_timeout` (the runner's SIGKILL of jacamar-auth, counted
+//!   from the same SIGTERM; 600 s when unset) and `F` = `force_kill_timeout`
+//!   (how long the runner waits for a SIGKILLed hook before it abandons it;
+//!   10 s when unset). Two comparisons: `K < G`, and `K + F <= G`: after its
+//!   SIGKILL, jacamar still reaps the job, drains its output (up to 2 s) and
+//!   sweeps leftovers (up to 5 s), and gets for that at least the time the
+//!   runner itself grants a SIGKILLed process, so jacamar-auth has returned
+//!   before the runner's SIGKILL arrives. The runner reads both as whole
+//!   seconds and replaces a value <= 0 with its default: such a value is
+//!   reported too.
+//!
+//! The file system is reached through [`RunnerHost`], so that the checks can
+//! be tested on the README's paths without those files.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::duration::format_duration;
+use super::error::ConfigError;
+use super::raw::{self, LineIndex};
+use super::Config;
+
+/// `graceful_kill_timeout` when the runner's file leaves it unset (or <= 0).
+pub const RUNNER_DEFAULT_GRACEFUL_KILL_TIMEOUT: Duration = Duration::from_secs(600);
+/// `force_kill_timeout` when the runner's file leaves it unset (or <= 0); the
+/// runner's code default (its docs say otherwise).
+pub const RUNNER_DEFAULT_FORCE_KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The path the README and the packages install `jacamar-auth` to, used in hints.
+const INSTALLED_AUTH: &str = "/opt/jacamar/bin/jacamar-auth";
+
+/// What [`RunnerHost::executable`] says of a path that does not exist.
+pub const NOT_FOUND: &str = "does not exist";
+
+/// The four hooks, in the order the runner calls them.
+const HOOKS: [Hook; 4] = [Hook::Config, Hook::Prepare, Hook::Run, Hook::Cleanup];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Config,
+    Prepare,
+    Run,
+    Cleanup,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Config => "config",
+            Hook::Prepare => "prepare",
+            Hook::Run => "run",
+            Hook::Cleanup => "cleanup",
+        }
+    }
+
+    fn takes_configuration(self) -> bool {
+        matches!(self, Hook::Config | Hook::Cleanup)
+    }
+
+    /// The documented `*_args`, as TOML.
+    fn documented_args(self, configuration: &str) -> String {
+        if self.takes_configuration() {
+            format!(
+                "[\"{}\", \"--configuration\", \"{configuration}\"]",
+                self.name()
+            )
+        } else {
+            format!("[\"{}\"]", self.name())
+        }
+    }
+}
+
+/// One problem of the runner's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerProblem {
+    /// 1-based line in the runner's file, when known.
+    pub line: Option<usize>,
+    /// The runner's `name` (or `#N`, its 1-based place, when it has none);
+    /// `None` for a problem of the file as a whole.
+    pub runner: Option<String>,
+    /// Dotted key concerned (`runners.custom.run_args`).
+    pub key: String,
+    /// What is wrong and what to change.
+    pub message: String,
+}
+
+impl RunnerProblem {
+    /// `<origin>:<line>: runner "<name>": <key>: <message>` on one line.
+    pub fn render(&self, origin: &str) -> String {
+        let mut out = String::new();
+        if !origin.is_empty() {
+            out.push_str(origin);
+            if let Some(line) = self.line {
+                let _ = write!(out, ":{line}");
+            }
+            out.push_str(": ");
+        } else if let Some(line) = self.line {
+            let _ = write!(out, "line {line}: ");
+        }
+        if let Some(runner) = &self.runner {
+            let _ = write!(out, "runner {runner}: ");
+        }
+        let _ = write!(out, "{}: {}", self.key, self.message.replace('\n', " "));
+        out
+    }
+}
+
+/// Every problem of one runner `config.toml`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", summary(.origin, .problems))]
+pub struct RunnerConfigError {
+    pub origin: String,
+    pub problems: Vec<RunnerProblem>,
+}
+
+impl RunnerConfigError {
+    /// Every problem on its own line, in file order.
+    pub fn report(&self) -> String {
+        let lines: Vec<String> = self
+            .problems
+            .iter()
+            .map(|p| p.render(&self.origin))
+            .collect();
+        lines.join("\n")
+    }
+}
+
+fn summary(origin: &str, problems: &[RunnerProblem]) -> String {
+    match problems {
+        [] => format!("runner configuration {origin}: unknown problem"),
+        [only] => format!("runner configuration: {}", only.render(origin)),
+        [first, rest @ ..] => format!(
+            "runner configuration ({} problems, first shown): {}",
+            rest.len() + 1,
+            first.render(origin)
+        ),
+    }
+}
+
+/// What was checked for one custom runner whose wiring is clean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerSummary {
+    /// `"name"` or `#N`.
+    pub runner: String,
+    pub exec: PathBuf,
+    pub configuration: PathBuf,
+    pub kill_timeout: Duration,
+    pub graceful_kill_timeout: Duration,
+    pub force_kill_timeout: Duration,
+}
+
+impl RunnerSummary {
+    /// One line saying what was compared.
+    pub fn describe(&self) -> String {
+        format!(
+            "runner {}: OK ({} with {}; kill_timeout {} + force_kill_timeout {} <= graceful_kill_timeout {})",
+            self.runner,
+            self.exec.display(),
+            self.configuration.display(),
+            format_duration(self.kill_timeout),
+            format_duration(self.force_kill_timeout),
+            format_duration(self.graceful_kill_timeout),
+        )
+    }
+}
+
+/// How the checks reach the machine.
+pub trait RunnerHost {
+    /// `Ok(canonical path)` when `path` is a regular file with an execute
+    /// bit; otherwise what is wrong with it.
+    fn executable(&self, path: &Path) -> Result<PathBuf, String>;
+    /// The jacamar configuration at `path`, validated.
+    fn jacamar_config(&self, path: &Path) -> Result<Config, ConfigError>;
+}
+
+/// The real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsHost;
+
+impl RunnerHost for FsHost {
+    fn executable(&self, path: &Path) -> Result<PathBuf, String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NOT_FOUND.to_string(),
+            _ => format!("cannot be read: {e}"),
+        })?;
+        if !meta.is_file() {
+            return Err("is not a regular file".to_string());
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(format!(
+                "is not executable (mode {:04o})",
+                meta.permissions().mode() & 0o7777
+            ));
+        }
+        std::fs::canonicalize(path).map_err(|e| format!("cannot be resolved: {e}"))
+    }
+
+    fn jacamar_config(&self, path: &Path) -> Result<Config, ConfigError> {
+        Config::from_file(path)
+    }
+}
+
+/// Read and check the runner's file at `path` on the real file system.
+pub fn check_runner_config_file(path: &Path) -> Result<Vec<RunnerSummary>, RunnerConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| RunnerConfigError {
+        origin: origin.clone(),
+        problems: vec![RunnerProblem {
+            line: None,
+            runner: None,
+            key: "config.toml".to_string(),
+            message: format!("cannot read the runner's configuration: {e}"),
+        }],
+    })?;
+    check_runner_config(&text, &origin, &FsHost)
+}
+
+/// Check the runner's `config.toml` text; `origin` names it in messages.
+pub fn check_runner_config(
+    text: &str,
+    origin: &str,
+    host: &dyn RunnerHost,
+) -> Result<Vec<RunnerSummary>, RunnerConfigError> {
+    let err = |problems| RunnerConfigError {
+        origin: origin.to_string(),
+        problems,
+    };
+    let doc = raw::parse(text).map_err(|p| {
+        err(vec![RunnerProblem {
+            line: p.line,
+            runner: None,
+            key: p.key.unwrap_or_else(|| "config.toml".to_string()),
+            message: p.message,
+        }])
+    })?;
+    let lines = LineIndex::new(text);
+    let mut checker = Checker {
+        lines: &lines,
+        host,
+        problems: Vec::new(),
+    };
+    let summaries = checker.document(&doc);
+    let mut problems = checker.problems;
+    if problems.is_empty() {
+        Ok(summaries)
+    } else {
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        Err(err(problems))
+    }
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+struct Checker<'a> {
+    lines: &'a LineIndex,
+    host: &'a dyn RunnerHost,
+    problems: Vec<RunnerProblem>,
+}
+
+/// One `[[runners]]` entry being checked.
+struct Runner<'t, 'i> {
+    /// For messages: `"name"` or `#N`.
+    label: String,
+    /// Line of its first key (or of the entry).
+    line: usize,
+    custom: Option<&'t DeTable<'i>>,
+    /// Line of the `[runners.custom]` header (or of the runner, when absent).
+    custom_line: usize,
+}
+
+/// A hook's `*_args` once read.
+struct Args {
+    configuration: Option<(String, usize)>,
+}
+
+impl<'a> Checker<'a> {
+    fn push(&mut self, line: Option<usize>, runner: Option<&str>, key: &str, message: String) {
+        self.problems.push(RunnerProblem {
+            line,
+            runner: runner.map(str::to_string),
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.lines.line(offset)
+    }
+
+    fn document(&mut self, doc: &DeTable<'_>) -> Vec<RunnerSummary> {
+        let Some((key, value)) = doc.get_key_value("runners") else {
+            self.push(
+                None,
+                None,
+                "runners",
+                "no [[runners]] entry: register a runner with executor = \"custom\" first"
+                    .to_string(),
+            );
+            return Vec::new();
+        };
+        let DeValue::Array(items) = value.get_ref() else {
+            let line = self.line(key.span().start);
+            self.push(
+                Some(line),
+                None,
+                "runners",
+                format!(
+                    "expected an array of tables ([[runners]]), found {}",
+                    value.get_ref().type_str()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut summaries = Vec::new();
+        let mut customs = 0;
+        for (index, item) in items.iter().enumerate() {
+            let DeValue::Table(table) = item.get_ref() else {
+                let line = self.line(item.span().start);
+                self.push(
+                    Some(line),
+                    None,
+                    "runners",
+                    format!(
+                        "entry #{} is {}, not a table: write it as a [[runners]] table",
+                        index + 1,
+                        item.get_ref().type_str()
+                    ),
+                );
+                continue;
+            };
+            if !self.is_custom(table, index) {
+                continue;
+            }
+            customs += 1;
+            let runner = self.runner(table, item, index);
+            if let Some(summary) = self.custom_runner(&runner) {
+                summaries.push(summary);
+            }
+        }
+        if customs == 0 && self.problems.is_empty() {
+            self.push(
+                None,
+                None,
+                "runners.executor",
+                "no [[runners]] entry has executor = \"custom\": nothing runs jacamar-auth"
+                    .to_string(),
+            );
+        }
+        summaries
+    }
+
+    /// `executor = "custom"`? A wrong type is reported and counts as no.
+    fn is_custom(&mut self, table: &DeTable<'_>, index: usize) -> bool {
+        match table.get_key_value("executor") {
+            Some((_, v)) => match v.get_ref() {
+                DeValue::String(s) => s.as_ref() == "custom",
+                other => {
+                    let line = self.line(v.span().start);
+                    self.push(
+                        Some(line),
+                        Some(&format!("#{}", index + 1)),
+                        "runners.executor",
+                        format!("expected a string, found {}", other.type_str()),
+                    );
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    fn runner<'t, 'i>(
+        &mut self,
+        table: &'t DeTable<'i>,
+        item: &Value<'i>,
+        index: usize,
+    ) -> Runner<'t, 'i> {
+        let label = match table.get("name").map(|v| v.get_ref()) {
+            Some(DeValue::String(s)) if !s.is_empty() => format!("{:?}", s.as_ref()),
+            _ => format!("#{}", index + 1),
+        };
+        let line = table
+            .iter()
+            .map(|(k, _)| k.span().start)
+            .min()
+            .map(|o| self.line(o))
+            .unwrap_or_else(|| self.line(item.span().start));
+        let (custom, custom_line) = match table.get_key_value("custom") {
+            Some((k, v)) => match v.get_ref() {
+                DeValue::Table(t) => (Some(t), self.line(k.span().start)),
+                other => {
+                    let l = self.line(k.span().start);
+                    self.push(
+                        Some(l),
+                        Some(&label),
+                        "runners.custom",
+                        format!(
+                            "expected a table ([runners.custom]), found {}",
+                            other.type_str()
+                        ),
+                    );
+                    (None, l)
+                }
+            },
+            None => (None, line),
+        };
+        Runner {
+            label,
+            line,
+            custom,
+            custom_line,
+        }
+    }
+
+    fn custom_runner(&mut self, r: &Runner<'_, '_>) -> Option<RunnerSummary> {
+        let before = self.problems.len();
+        let Some(custom) = r.custom else {
+            if self.problems.len() == before {
+                self.push(
+                    Some(r.line),
+                    Some(&r.label),
+                    "runners.custom",
+                    format!(
+                        "executor = \"custom\" without a [runners.custom] table: add one with the \
+                         four hooks config_exec, prepare_exec, run_exec and cleanup_exec = \
+                         \"{INSTALLED_AUTH}\" and their *_args"
+                    ),
+                );
+            }
+            return None;
+        };
+
+        // The four executables: present, absolute, executable, all the same file.
+        let mut first: Option<(Hook, String, PathBuf)> = None;
+        let mut exec_ok = true;
+        for hook in HOOKS {
+            let key = format!("{}_exec", hook.name());
+            let dotted = format!("runners.custom.{key}");
+            let Some((value, line)) = self.string(r, custom, &key) else {
+                let suggestion = first
+                    .as_ref()
+                    .map(|(_, p, _)| p.clone())
+                    .unwrap_or_else(|| INSTALLED_AUTH.to_string());
+                if !custom.contains_key(key.as_str()) {
+                    self.push(
+                        Some(r.custom_line),
+                        Some(&r.label),
+                        &dotted,
+                        format!("missing: jacamar-auth runs all four hooks; add {key} = \"{suggestion}\""),
+                    );
+                }
+                exec_ok = false;
+                continue;
+            };
+            if !Path::new(&value).is_absolute() {
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    &dotted,
+                    format!(
+                        "\"{value}\" is not an absolute path: give jacamar-auth's full path \
+                         (e.g. \"{INSTALLED_AUTH}\")"
+                    ),
+                );
+                exec_ok = false;
+                continue;
+            }
+            if Path::new(&value).file_name().and_then(|n| n.to_str()) == Some("jacamar") {
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    &dotted,
+                    format!(
+                        "\"{value}\" is the job-side binary: the hooks run jacamar-auth, \
+                         e.g. \"{}\"",
+                        Path::new(&value).with_file_name("jacamar-auth").display()
+                    ),
+                );
+                exec_ok = false;
+                continue;
+            }
+            let resolved = match self.host.executable(Path::new(&value)) {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    let fix = if why == NOT_FOUND {
+                        "install jacamar-auth there (the jacamar-rs packages put it in \
+                         /opt/jacamar/bin) or fix the path"
+                    } else {
+                        "give it mode 0755 root:root (runner as root) or 0750 \
+                         root:gitlab-runner (the caps flavour), or fix the path"
+                    };
+                    self.push(
+                        Some(line),
+                        Some(&r.label),
+                        &dotted,
+                        format!("\"{value}\" {why}: {fix}"),
+                    );
+                    exec_ok = false;
+                    None
+                }
+            };
+            // A hook whose file is missing was reported above; compare the others.
+            let Some(resolved) = resolved else {
+                continue;
+            };
+            match &first {
+                None => first = Some((hook, value, resolved)),
+                Some((first_hook, first_value, first_resolved)) => {
+                    if *first_resolved != resolved {
+                        self.push(
+                            Some(line),
+                            Some(&r.label),
+                            &dotted,
+                            format!(
+                                "\"{value}\" differs from {}_exec \"{first_value}\": all four \
+                                 hooks must run the same jacamar-auth; set {key} = \"{first_value}\"",
+                                first_hook.name()
+                            ),
+                        );
+                        exec_ok = false;
+                    }
+                }
+            }
+        }
+
+        // The four argument lists.
+        let mut configurations: Vec<(Hook, String, usize)> = Vec::new();
+        for hook in HOOKS {
+            let args = self.args(r, custom, hook);
+            if let Some((file, line)) = args.configuration {
+                configurations.push((hook, file, line));
+            }
+        }
+
+        // The jacamar configuration named by config_args (and cleanup_args).
+        let mut config: Option<(PathBuf, Config)> = None;
+        let config_file = configurations
+            .iter()
+            .find(|(h, _, _)| *h == Hook::Config)
+            .cloned();
+        if let (Some((_, cfg, _)), Some((_, clean, clean_line))) = (
+            &config_file,
+            configurations.iter().find(|(h, _, _)| *h == Hook::Cleanup),
+        ) {
+            if cfg != clean {
+                self.push(
+                    Some(*clean_line),
+                    Some(&r.label),
+                    "runners.custom.cleanup_args",
+                    format!(
+                        "--configuration \"{clean}\" differs from config_args' \"{cfg}\": cleanup \
+                         must read the file the job was configured with; use \"{cfg}\" in both"
+                    ),
+                );
+            }
+        }
+        let mut checked = HashSet::new();
+        for (hook, file, line) in &configurations {
+            if !checked.insert(file.clone()) {
+                continue;
+            }
+            let key = format!("runners.custom.{}_args", hook.name());
+            if !Path::new(file).is_absolute() {
+                self.push(
+                    Some(*line),
+                    Some(&r.label),
+                    &key,
+                    format!(
+                        "--configuration \"{file}\" is relative, and the runner starts every hook \
+                         in its own temporary directory: give the absolute path"
+                    ),
+                );
+                continue;
+            }
+            match self.host.jacamar_config(Path::new(file)) {
+                Ok(c) => {
+                    if *hook == Hook::Config {
+                        config = Some((PathBuf::from(file), c));
+                    }
+                }
+                Err(e) => {
+                    let first = e.problems.first().map(|p| p.render("")).unwrap_or_default();
+                    let count = e.problems.len();
+                    self.push(
+                        Some(*line),
+                        Some(&r.label),
+                        &key,
+                        format!(
+                            "--configuration \"{file}\" is not a valid jacamar configuration \
+                             ({count} problem{}, first: {first}): fix it (jacamar-auth validate \
+                             --configuration {file})",
+                            if count == 1 { "" } else { "s" }
+                        ),
+                    );
+                }
+            }
+        }
+
+        // Timing.
+        let graceful = self.seconds(
+            r,
+            custom,
+            "graceful_kill_timeout",
+            RUNNER_DEFAULT_GRACEFUL_KILL_TIMEOUT,
+        );
+        let force = self.seconds(
+            r,
+            custom,
+            "force_kill_timeout",
+            RUNNER_DEFAULT_FORCE_KILL_TIMEOUT,
+        );
+        if let Some((file, c)) = &config {
+            self.timing(r, custom, file, c.general.kill_timeout, graceful, force);
+        }
+
+        if self.problems.len() != before || !exec_ok {
+            return None;
+        }
+        let ((_, exec, _), (configuration, c)) = (first?, config?);
+        Some(RunnerSummary {
+            runner: r.label.clone(),
+            exec: PathBuf::from(exec),
+            configuration,
+            kill_timeout: c.general.kill_timeout,
+            graceful_kill_timeout: graceful,
+            force_kill_timeout: force,
+        })
+    }
+
+    /// A non-empty string key of `[runners.custom]` with its line; a wrong
+    /// type is reported.
+    fn string(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        key: &str,
+    ) -> Option<(String, usize)> {
+        let (k, v) = custom.get_key_value(key)?;
+        let line = self.line(k.span().start);
+        match v.get_ref() {
+            DeValue::String(s) if s.is_empty() => {
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    &format!("runners.custom.{key}"),
+                    format!("is empty: set {key} = \"{INSTALLED_AUTH}\""),
+                );
+                None
+            }
+            DeValue::String(s) => Some((s.to_string(), line)),
+            other => {
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    &format!("runners.custom.{key}"),
+                    format!(
+                        "expected a string, found {}: set {key} = \"{INSTALLED_AUTH}\"",
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Check `<hook>_args` against the documented form.
+    fn args(&mut self, r: &Runner<'_, '_>, custom: &DeTable<'_>, hook: Hook) -> Args {
+        let key = format!("{}_args", hook.name());
+        let dotted = format!("runners.custom.{key}");
+        let mut out = Args {
+            configuration: None,
+        };
+        let placeholder = "/etc/gitlab-runner/jacamar.toml";
+        let Some((k, v)) = custom.get_key_value(key.as_str()) else {
+            self.push(
+                Some(r.custom_line),
+                Some(&r.label),
+                &dotted,
+                format!(
+                    "missing: jacamar-auth needs its sub-command; add {key} = {}",
+                    hook.documented_args(placeholder)
+                ),
+            );
+            return out;
+        };
+        let line = self.line(k.span().start);
+        let DeValue::Array(items) = v.get_ref() else {
+            self.push(
+                Some(line),
+                Some(&r.label),
+                &dotted,
+                format!(
+                    "expected an array of strings, found {}: write {key} = {}",
+                    v.get_ref().type_str(),
+                    hook.documented_args(placeholder)
+                ),
+            );
+            return out;
+        };
+        let mut words = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::String(s) => words.push((s.to_string(), self.line(item.span().start))),
+                other => {
+                    let l = self.line(item.span().start);
+                    self.push(
+                        Some(l),
+                        Some(&r.label),
+                        &dotted,
+                        format!(
+                            "item {i} is {}, not a string: write {key} = {}",
+                            other.type_str(),
+                            hook.documented_args(placeholder)
+                        ),
+                    );
+                    return out;
+                }
+            }
+        }
+        let problem = |this: &mut Self, l: usize, message: String| {
+            this.push(Some(l), Some(&r.label), &dotted, message);
+        };
+
+        // Global flags, then the sub-command.
+        let mut rest = words.iter().peekable();
+        while let Some((w, _)) = rest.peek() {
+            if is_unobfuscated(w) {
+                rest.next();
+            } else {
+                break;
+            }
+        }
+        let Some((sub, sub_line)) = rest.next() else {
+            problem(
+                self,
+                line,
+                format!(
+                    "no sub-command: jacamar-auth needs '{}'; write {key} = {}",
+                    hook.name(),
+                    hook.documented_args(placeholder)
+                ),
+            );
+            return out;
+        };
+        if sub != hook.name() {
+            let message = if sub.starts_with('-') {
+                format!(
+                    "'{sub}' before the sub-command is not a global flag of jacamar-auth (only \
+                     -u/--unobfuscated is): write {key} = {}",
+                    hook.documented_args(placeholder)
+                )
+            } else {
+                format!(
+                    "the sub-command is '{sub}' but the {} hook needs '{}': write {key} = {}",
+                    hook.name(),
+                    hook.name(),
+                    hook.documented_args(placeholder)
+                )
+            };
+            problem(self, *sub_line, message);
+            return out;
+        }
+
+        // After the sub-command.
+        let mut after = rest;
+        while let Some((w, l)) = after.next() {
+            if is_unobfuscated(w) {
+                problem(
+                    self,
+                    *l,
+                    format!(
+                        "'{w}' comes after the sub-command '{}': global flags go before it; \
+                         move it to the front ([\"{w}\", \"{}\", ...])",
+                        hook.name(),
+                        hook.name()
+                    ),
+                );
+                continue;
+            }
+            let value = if w == "--configuration" {
+                match after.next() {
+                    Some((file, fl)) if !file.starts_with('-') && !file.is_empty() => {
+                        Some((file.clone(), *fl))
+                    }
+                    _ => {
+                        problem(
+                            self,
+                            *l,
+                            format!(
+                                "'--configuration' has no file after it: write {key} = {}",
+                                hook.documented_args(placeholder)
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                w.strip_prefix("--configuration=")
+                    .map(|file| (file.to_string(), *l))
+            };
+            match value {
+                Some((file, fl)) if hook.takes_configuration() => {
+                    if out.configuration.is_some() {
+                        problem(
+                            self,
+                            fl,
+                            format!(
+                                "'--configuration' is given twice: keep one ({key} = {})",
+                                hook.documented_args(&file)
+                            ),
+                        );
+                    } else {
+                        out.configuration = Some((file, fl));
+                    }
+                }
+                Some((file, fl)) => problem(
+                    self,
+                    fl,
+                    format!(
+                        "'--configuration {file}' is not passed to {}: that stage reads the \
+                         configuration config handed over through job_env; write {key} = {}",
+                        hook.name(),
+                        hook.documented_args(placeholder)
+                    ),
+                ),
+                None => {
+                    let why = if hook == Hook::Run {
+                        "the runner appends the script path and the stage name itself"
+                    } else {
+                        "jacamar-auth does not take it here"
+                    };
+                    problem(
+                        self,
+                        *l,
+                        format!(
+                            "unexpected argument '{w}' ({why}): write {key} = {}",
+                            hook.documented_args(placeholder)
+                        ),
+                    );
+                }
+            }
+        }
+        if hook.takes_configuration() && out.configuration.is_none() {
+            problem(
+                self,
+                line,
+                format!(
+                    "no --configuration FILE: {} must be given the jacamar configuration; write \
+                     {key} = {}",
+                    hook.name(),
+                    hook.documented_args(placeholder)
+                ),
+            );
+        }
+        out
+    }
+
+    /// A whole number of seconds of `[runners.custom]`, as the runner reads it.
+    fn seconds(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some((k, v)) = custom.get_key_value(key) else {
+            return default;
+        };
+        let line = self.line(k.span().start);
+        let dotted = format!("runners.custom.{key}");
+        let default_s = default.as_secs();
+        match v.get_ref() {
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) if n > 0 => Duration::from_secs(n as u64),
+                Ok(n) => {
+                    self.push(
+                        Some(line),
+                        Some(&r.label),
+                        &dotted,
+                        format!(
+                            "{n} is ignored by the runner, which then uses its default of \
+                             {default_s} s: write the number of seconds you mean (> 0), or \
+                             remove the key"
+                        ),
+                    );
+                    default
+                }
+                Err(_) => {
+                    self.push(
+                        Some(line),
+                        Some(&r.label),
+                        &dotted,
+                        format!(
+                            "{i} seconds is out of range (the runner reads a 64-bit integer): \
+                             write e.g. {key} = {default_s}"
+                        ),
+                    );
+                    default
+                }
+            },
+            other => {
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    &dotted,
+                    format!(
+                        "expected a whole number of seconds, found {} (the runner refuses to \
+                         load the file): write e.g. {key} = {default_s}",
+                        other.type_str()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn timing(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        file: &Path,
+        kill: Duration,
+        graceful: Duration,
+        force: Duration,
+    ) {
+        let graceful_line = custom
+            .get_key_value("graceful_kill_timeout")
+            .map(|(k, _)| self.line(k.span().start));
+        let (line, set) = match graceful_line {
+            Some(l) => (l, "set"),
+            None => (r.custom_line, "add"),
+        };
+        let f = format_duration;
+        let needed = (kill + force).as_secs_f64().ceil() as u64;
+        let graceful_is = if graceful_line.is_some() {
+            format!("graceful_kill_timeout ({})", f(graceful))
+        } else {
+            format!(
+                "graceful_kill_timeout (unset: the runner's default {})",
+                f(graceful)
+            )
+        };
+        if kill >= graceful {
+            self.push(
+                Some(line),
+                Some(&r.label),
+                "runners.custom.graceful_kill_timeout",
+                format!(
+                    "kill_timeout ({}, [general] of {}) is not below {graceful_is}: the runner \
+                     SIGKILLs jacamar-auth before jacamar kills the job, and a caps-only runner \
+                     cannot reach the job's processes; {set} graceful_kill_timeout = {needed} (or \
+                     lower kill_timeout)",
+                    f(kill),
+                    file.display()
+                ),
+            );
+        } else if kill + force > graceful {
+            self.push(
+                Some(line),
+                Some(&r.label),
+                "runners.custom.graceful_kill_timeout",
+                format!(
+                    "kill_timeout ({}, [general] of {}) + force_kill_timeout ({}) = {} exceeds \
+                     {graceful_is}: after its SIGKILL of the job jacamar needs time to reap it, \
+                     drain its output and sweep leftovers before the runner's SIGKILL; {set} \
+                     graceful_kill_timeout = {needed} (or lower kill_timeout)",
+                    f(kill),
+                    file.display(),
+                    f(force),
+                    f(kill + force)
+                ),
+            );
+        }
+    }
+}
+
+fn is_unobfuscated(word: &str) -> bool {
+    word == "-u" || word == "--unobfuscated"
+}
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;
