@@ -887,6 +887,7 @@ mod tests {
             Ok(JobState::Queued {
                 state: "PENDING".into(),
                 reason: Some("Resources".into()),
+                expected_start: None,
             })
         }
         fn cancelled() -> Result<JobState, BatchError> {

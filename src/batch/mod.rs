@@ -96,6 +96,9 @@ pub enum JobState {
     Queued {
         state: String,
         reason: Option<String>,
+        /// When the scheduler expects the job to start (Slurm's `squeue --start`), as the
+        /// scheduler prints it; `None` when it does not say (or was not asked).
+        expected_start: Option<String>,
     },
     /// Running (or finishing: the scheduler has not given the final word yet).
     Running { state: String },
@@ -110,18 +113,25 @@ impl JobState {
         matches!(self, JobState::Queued { .. } | JobState::Running { .. })
     }
 
-    /// A short text for the job log: `PENDING (Resources)`.
+    /// A short text for the job log: `PENDING (Resources)`, with `, expected start T`
+    /// when the scheduler gave one.
     pub fn describe(&self) -> String {
         match self {
             JobState::Queued {
                 state,
-                reason: Some(r),
-            } => format!("{state} ({r})"),
-            JobState::Queued {
-                state,
-                reason: None,
+                reason,
+                expected_start,
+            } => {
+                let mut s = match reason {
+                    Some(r) => format!("{state} ({r})"),
+                    None => state.clone(),
+                };
+                if let Some(t) = expected_start {
+                    s.push_str(&format!(", expected start {t}"));
+                }
+                s
             }
-            | JobState::Running { state } => state.clone(),
+            JobState::Running { state } => state.clone(),
             JobState::Finished(f) => match &f.reason {
                 Some(r) => format!("{} ({r})", f.state),
                 None => f.state.clone(),

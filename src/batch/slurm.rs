@@ -125,7 +125,11 @@ pub fn classify(state: &str, reason: Option<&str>, exit: Option<&str>) -> JobSta
     let (code, sig) = exit.map(parse_exit).unwrap_or((0, None));
     match state.as_str() {
         "PENDING" | "REQUEUED" | "REQUEUE_FED" | "REQUEUE_HOLD" | "RESV_DEL_HOLD" | "SUSPENDED"
-        | "STOPPED" | "CONFIGURING" | "RESIZING" => JobState::Queued { state, reason },
+        | "STOPPED" | "CONFIGURING" | "RESIZING" => JobState::Queued {
+            state,
+            reason,
+            expected_start: None,
+        },
         "RUNNING" | "COMPLETING" | "SIGNALING" | "STAGE_OUT" => JobState::Running { state },
         "COMPLETED" => JobState::Finished(Final::exited(&state, exit_code_of(code, sig))),
         "FAILED" if code != 0 && sig.is_none() => JobState::Finished(Final {
@@ -267,7 +271,8 @@ mod tests {
             parse_scontrol(l),
             Some(JobState::Queued {
                 state: "PENDING".into(),
-                reason: Some("Resources".into())
+                reason: Some("Resources".into()),
+                expected_start: None,
             })
         );
         let l = "JobId=7 JobState=TIMEOUT Reason=TimeLimit ExitCode=0:15";
