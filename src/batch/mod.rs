@@ -13,6 +13,8 @@
 //! * [`wrapper`]: the script submitted, which runs the stage and outlives a cancel's TERM
 //!   until the job's traps are done.
 //! * [`executor`]: the state machine of one batch job (submit, wait, tail, cancel, result).
+//! * [`outcome`]: a finished job's final state classified: the user's build failure or
+//!   the infrastructure's system failure, with the sentence for the log.
 //! * One file per scheduler: [`slurm`], [`pbs`], [`flux`], [`lsf`], [`cobalt`].
 
 pub mod args;
@@ -21,6 +23,7 @@ pub mod executor;
 pub mod flux;
 pub mod limiter;
 pub mod lsf;
+pub mod outcome;
 pub mod pbs;
 pub mod persist;
 pub mod slurm;
@@ -211,6 +214,17 @@ pub trait Scheduler: Send + Sync {
     /// tailed to the job log along with `output`.
     fn error_file(&self, _output: &Path) -> Option<PathBuf> {
         None
+    }
+    /// Arguments that tell the scheduler the CI job ends `left` from now (Slurm's
+    /// `--deadline`), given the user's `args`, and notes for the job log (what was added,
+    /// or a warning and why nothing was). Default: nothing (the scheduler has no such
+    /// notion here).
+    fn deadline_args(
+        &self,
+        _args: &[String],
+        _left: std::time::Duration,
+    ) -> (Vec<String>, Vec<String>) {
+        (Vec::new(), Vec::new())
     }
     /// Submit the job; returns the scheduler's job id.
     fn submit<'a>(

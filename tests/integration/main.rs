@@ -14,6 +14,7 @@ mod demo;
 mod harden;
 mod harness;
 mod refusals;
+mod scale_wait;
 mod sec_fs;
 mod sec_policy;
 mod sec_shell;
