@@ -297,7 +297,8 @@ async fn drive(
             Ok(id) => id,
             Err(st) => return st,
         };
-        let (st, resubmit) = one_job(job, spawn_tail, &cmds, &sub, &source, &id, requests, log).await;
+        let (st, resubmit) =
+            one_job(job, spawn_tail, &cmds, &sub, &source, &id, requests, log).await;
         if !resubmit || resubmits >= limit {
             return st;
         }
@@ -367,8 +368,11 @@ async fn one_job(
             let why = reason_of(&first);
             let queued = watch.queued();
             if queued {
-                log.say(format!("{name} job {id} never started ({})", watch.never_started()))
-                    .await;
+                log.say(format!(
+                    "{name} job {id} never started ({})",
+                    watch.never_started()
+                ))
+                .await;
             }
             (
                 cancel(job, cmds, id, first, queued, requests, log).await,
@@ -623,7 +627,10 @@ async fn status_of(
         log.say(format!("{text} (exit code {})", f.exit_code)).await;
     }
     let resubmit = o.resubmit && stopped.is_none();
-    (outcome::status(&o, stopped.map(|r| r.to_string())), resubmit)
+    (
+        outcome::status(&o, stopped.map(|r| r.to_string())),
+        resubmit,
+    )
 }
 
 /// The heartbeat period while the job is in `st`.
@@ -1220,7 +1227,11 @@ mod tests {
             assert_eq!(exit_code, 143);
             assert_eq!(stopped.as_deref(), Some("cancelled by jacamar-auth"));
             assert_eq!(fake.times("cancel plain"), [S(12)], "{:?}", fake.calls());
-            assert!(fake.times("cancel graceful").is_empty(), "{:?}", fake.calls());
+            assert!(
+                fake.times("cancel graceful").is_empty(),
+                "{:?}",
+                fake.calls()
+            );
             assert!(log.contains("fake job 42 PENDING (Resources)"), "{log}");
             assert!(log.contains("fake job 42 never started (waited 12s in the queue (Resources), never started)"), "{log}");
             assert!(log.contains("Cancelling fake job 42 (cancelled by jacamar-auth): removing it from the queue"), "{log}");
@@ -1298,9 +1309,19 @@ mod tests {
             // Running: the running heartbeat (5 min), none within 30 s.
             assert!(!log.contains("running for"), "{log}");
             // Default: 2m.
-            let fake = Fake::new(|c| if polls(c) < 30 { pending() } else { Ok(JobState::Finished(Final::exited("COMPLETED", 0))) });
+            let fake = Fake::new(|c| {
+                if polls(c) < 30 {
+                    pending()
+                } else {
+                    Ok(JobState::Finished(Final::exited("COMPLETED", 0)))
+                }
+            });
             let (_, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
-            assert_eq!(log.matches("PENDING (Resources), waiting").count(), 2, "{log}");
+            assert_eq!(
+                log.matches("PENDING (Resources), waiting").count(),
+                2,
+                "{log}"
+            );
             assert!(log.contains("PENDING (Resources), waiting 2m10s"), "{log}");
         }
 
@@ -1350,7 +1371,8 @@ mod tests {
                 2..=9 => running(),
                 _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
             });
-            let (st, log) = run_ci(&fake, "command_delay = \"10s\"", None, Some(S(40)), vec![]).await;
+            let (st, log) =
+                run_ci(&fake, "command_delay = \"10s\"", None, Some(S(40)), vec![]).await;
             assert_eq!(st, Status::Success, "{log}");
             assert!(fake.times("cancel plain").is_empty(), "{log}");
         }
@@ -1391,14 +1413,32 @@ mod tests {
             assert_eq!(fake.times("submit").len(), 1);
             // With a budget of 2: the third submission completes.
             let fake = Fake::new(node_fail);
-            let (st, log) = run(&fake, "command_delay = \"10s\"\nresubmit_limit = 2", None, vec![]).await;
+            let (st, log) = run(
+                &fake,
+                "command_delay = \"10s\"\nresubmit_limit = 2",
+                None,
+                vec![],
+            )
+            .await;
             assert_eq!(st, Status::Success, "{log}");
             assert_eq!(fake.times("submit").len(), 3, "{log}");
-            assert!(log.contains("Resubmitting the job (1 of resubmit_limit 2)"), "{log}");
-            assert!(log.contains("Resubmitting the job (2 of resubmit_limit 2)"), "{log}");
+            assert!(
+                log.contains("Resubmitting the job (1 of resubmit_limit 2)"),
+                "{log}"
+            );
+            assert!(
+                log.contains("Resubmitting the job (2 of resubmit_limit 2)"),
+                "{log}"
+            );
             // A budget of 1 is spent: the second NODE_FAIL is the system failure.
             let fake = Fake::new(node_fail);
-            let (st, _) = run(&fake, "command_delay = \"10s\"\nresubmit_limit = 1", None, vec![]).await;
+            let (st, _) = run(
+                &fake,
+                "command_delay = \"10s\"\nresubmit_limit = 1",
+                None,
+                vec![],
+            )
+            .await;
             assert!(matches!(st, Status::SystemFailure { .. }), "{st:?}");
             assert_eq!(fake.times("submit").len(), 2);
         }
@@ -1584,7 +1624,12 @@ mod tests {
                 if polls(c) < 3 {
                     pending()
                 } else {
-                    Ok(JobState::Finished(Final::ended("DEADLINE", 0, None, Some("DeadLine".into()))))
+                    Ok(JobState::Finished(Final::ended(
+                        "DEADLINE",
+                        0,
+                        None,
+                        Some("DeadLine".into()),
+                    )))
                 }
             });
             let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;

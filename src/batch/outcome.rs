@@ -162,13 +162,16 @@ mod tests {
         }
     }
 
+    type Row = (Final, bool, Cause, i32, Option<&'static str>, bool);
+
     /// Every final state of the table in docs/batch-outcomes.md.
     #[test]
     fn every_final_state_is_classified() {
         let ended = |state: &str, code: i32, sig: Option<i32>, reason: Option<&str>| {
             Final::ended(state, code, sig, reason.map(str::to_string))
         };
-        let table: Vec<(Final, bool, Cause, i32, Option<&str>, bool)> = vec![
+        // (final state, seen running, cause, exit code, message part, resubmit)
+        let table: Vec<Row> = vec![
             (Final::exited("COMPLETED", 0), true, Cause::Success, 0, None, false),
             (Final::exited("FAILED", 7), true, Cause::User, 7, None, false),
             (

@@ -244,8 +244,7 @@ fn option_value<'a>(args: &'a [String], short: &str, long: &str) -> Option<&'a s
 /// begin after the deadline; the executor removes a job still queued at the CI job's end).
 pub fn deadline_args(args: &[String], left: Duration) -> (Vec<String>, Vec<String>) {
     let none = |note: Option<String>| (Vec::new(), note.into_iter().collect());
-    if option_value(args, "--deadline", "--deadline").is_some() || left < Duration::from_secs(1)
-    {
+    if option_value(args, "--deadline", "--deadline").is_some() || left < Duration::from_secs(1) {
         return none(None);
     }
     let left_text = super::executor::fmt_dur(left);
@@ -439,7 +438,12 @@ mod tests {
         assert_eq!(args, ["--deadline=now+3600"]);
         assert!(notes[0].contains("the CI job's end"), "{notes:?}");
         // --time longer than what is left: a warning, no deadline.
-        for t in [&["--time=2:00:00"][..], &["-t", "61"], &["-t61"], &["--time", "1-0"]] {
+        for t in [
+            &["--time=2:00:00"][..],
+            &["-t", "61"],
+            &["-t61"],
+            &["--time", "1-0"],
+        ] {
             let (args, notes) = deadline_args(&a(t), hour);
             assert!(args.is_empty(), "{t:?}");
             assert!(notes[0].starts_with("WARNING: --time="), "{notes:?}");
@@ -451,10 +455,16 @@ mod tests {
         assert_eq!(deadline_args(&a(&["--begin=now+30"]), hour).0.len(), 1);
         let (args, notes) = deadline_args(&a(&["--begin=now+300"]), Duration::from_secs(20));
         assert!(args.is_empty());
-        assert!(notes[0].contains("--begin=now+300 is not before"), "{notes:?}");
+        assert!(
+            notes[0].contains("--begin=now+300 is not before"),
+            "{notes:?}"
+        );
         assert!(deadline_args(&a(&["-b", "tomorrow"]), hour).0.is_empty());
         // The user's own deadline is kept; no time left: nothing.
-        assert_eq!(deadline_args(&a(&["--deadline=now+5"]), hour), (vec![], vec![]));
+        assert_eq!(
+            deadline_args(&a(&["--deadline=now+5"]), hour),
+            (vec![], vec![])
+        );
         assert!(deadline_args(&[], Duration::from_millis(400)).0.is_empty());
     }
 

@@ -472,7 +472,11 @@ fn queue_heartbeat(s: &mut Section<'_, '_>, default: Duration) -> Duration {
     let d = s.duration("queue_heartbeat", default);
     if d < Duration::from_secs(1) {
         let line = s.line_of_key("queue_heartbeat");
-        s.push(line, "queue_heartbeat", "queue_heartbeat must be at least 1s");
+        s.push(
+            line,
+            "queue_heartbeat",
+            "queue_heartbeat must be at least 1s",
+        );
         return default;
     }
     d

@@ -59,7 +59,10 @@ fn a_job_waiting_for_its_begin_time_shows_pending_and_heartbeats() {
     }
     let mut h = slurm("5s", "queue_heartbeat = \"3s\"");
     h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", "--begin=now+30");
-    let out = h.run("build_script", &runner_script("echo ran after the begin time\n"));
+    let out = h.run(
+        "build_script",
+        &runner_script("echo ran after the begin time\nsleep 5\n"),
+    );
     let text = text_of(&out);
     assert!(out.status.success(), "{}", show(&out));
     assert!(text.contains("PENDING (BeginTime)"), "{text}");
@@ -102,7 +105,10 @@ fn the_submission_carries_the_ci_jobs_deadline() {
         .args(["-d", when, "+%s"])
         .output()
         .unwrap();
-    let at: u64 = String::from_utf8_lossy(&secs.stdout).trim().parse().unwrap();
+    let at: u64 = String::from_utf8_lossy(&secs.stdout)
+        .trim()
+        .parse()
+        .unwrap();
     let start = t0.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!(
         (start + 3500..=start + 3700).contains(&at),
@@ -154,7 +160,12 @@ fn cancelling_a_pending_job_removes_it_at_once() {
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
-        wait_line(&rx, "PENDING (BeginTime)", Duration::from_secs(60), &mut seen),
+        wait_line(
+            &rx,
+            "PENDING (BeginTime)",
+            Duration::from_secs(60),
+            &mut seen
+        ),
         "{seen:?}"
     );
     assert_eq!(active(&h).len(), 1, "{seen:?}");
