@@ -366,6 +366,13 @@ async fn one_job(
         }
         Ended::Cancel(first) => {
             let why = reason_of(&first);
+            // Queued as of the last poll: ask once more, it may have started since.
+            if watch.queued() {
+                if let Ok(st @ JobState::Running { .. }) = job.scheduler.state(cmds, id).await {
+                    watch.saw(&st);
+                    watch.last = Some(st);
+                }
+            }
             let queued = watch.queued();
             if queued {
                 log.say(format!(
@@ -447,15 +454,18 @@ fn remove_stale(sub: &Submission) -> Result<(), Status> {
     Ok(())
 }
 
-/// The submission of one try: `sub` with the scheduler's deadline arguments for the CI
-/// job's end in front (see [`Scheduler::deadline_args`]); its notes go to the log when
-/// `say` (once per job, not per retry).
+/// The submission of one try: `sub` with the scheduler's deadline arguments in front (see
+/// [`Scheduler::deadline_args`]); its notes go to the log when `say` (once per job, not per
+/// retry). The deadline is the CI job's end plus `kill_timeout`: the runner's timeout
+/// reaches us at the CI job's end and a running job then gets our graceful cancel, whose
+/// grace the scheduler's own deadline kill (after its short KillWait) must not cut short.
 async fn with_deadline(job: &BatchJob<'_>, sub: &Submission, say: bool, log: &Log) -> Submission {
     let Some(end) = job.ci_end else {
         return sub.clone();
     };
     let left = end.saturating_duration_since(Instant::now());
-    let (extra, notes) = job.scheduler.deadline_args(&sub.args, left);
+    let grace = job.config.general.kill_timeout;
+    let (extra, notes) = job.scheduler.deadline_args(&sub.args, left, grace);
     if say {
         for n in notes {
             log.say(n).await;
@@ -683,7 +693,19 @@ async fn wait(
                 signal: nix::sys::signal::Signal::SIGTERM,
                 reason: Reason::Backstop,
             }),
-            _ = sleep_until(job.ci_end.unwrap_or(far)), if never_ran => return Ended::NeverStarted,
+            _ = sleep_until(job.ci_end.unwrap_or(far)), if never_ran => {
+                // Ask once more: it may have started since the last poll.
+                match poll(job, cmds, sub, id, &mut retry, log).await {
+                    Ok(Poll::Over(end)) => return end,
+                    Ok(Poll::Active(st)) if matches!(st, JobState::Running { .. }) => {
+                        log.say(format!("{name} job {id} {}", st.describe())).await;
+                        watch.saw(&st);
+                        watch.last = Some(st);
+                        next_beat = Instant::now() + HEARTBEAT_RUNNING;
+                    }
+                    _ => return Ended::NeverStarted,
+                }
+            }
             _ = sleep_until(next_beat) => {
                 let what = watch.last.as_ref().map(JobState::describe).unwrap_or_else(|| "submitted".into());
                 let verb = if watch.queued() { "waiting" } else { "running for" };

@@ -215,14 +215,15 @@ pub trait Scheduler: Send + Sync {
     fn error_file(&self, _output: &Path) -> Option<PathBuf> {
         None
     }
-    /// Arguments that tell the scheduler the CI job ends `left` from now (Slurm's
-    /// `--deadline`), given the user's `args`, and notes for the job log (what was added,
-    /// or a warning and why nothing was). Default: nothing (the scheduler has no such
-    /// notion here).
+    /// Arguments that tell the scheduler the CI job ends `left` from now and the job must
+    /// be gone `grace` later (Slurm's `--deadline`), given the user's `args`, and notes for
+    /// the job log (what was added, or a warning and why nothing was). Default: nothing
+    /// (the scheduler has no such notion here).
     fn deadline_args(
         &self,
         _args: &[String],
         _left: std::time::Duration,
+        _grace: std::time::Duration,
     ) -> (Vec<String>, Vec<String>) {
         (Vec::new(), Vec::new())
     }

@@ -236,13 +236,19 @@ fn option_value<'a>(args: &'a [String], short: &str, long: &str) -> Option<&'a s
     found
 }
 
-/// `--deadline=now+N` for a CI job that ends `left` from now, given the user's `args`,
-/// with the notes for the log. Nothing is added when the user set `--deadline`, when less
-/// than a second is left, when `--time` asks for more than is left (a warning: Slurm would
+/// `--deadline=now+N` for a CI job that ends `left` from now, N = `left` + `grace` (our
+/// `kill_timeout`: a job still running at the CI job's end gets our graceful cancel, which
+/// Slurm's deadline kill must not cut short), given the user's `args`, with the notes for
+/// the log. Nothing is added when the user set `--deadline`, when less than a second is
+/// left, when `--time` asks for more than is left (a warning: Slurm would
 /// remove the job at once as unable to end before its deadline, although it may well end
 /// sooner), or when `--begin` is not `now+N` or is past the CI job's end (sbatch refuses a
 /// begin after the deadline; the executor removes a job still queued at the CI job's end).
-pub fn deadline_args(args: &[String], left: Duration) -> (Vec<String>, Vec<String>) {
+pub fn deadline_args(
+    args: &[String],
+    left: Duration,
+    grace: Duration,
+) -> (Vec<String>, Vec<String>) {
     let none = |note: Option<String>| (Vec::new(), note.into_iter().collect());
     if option_value(args, "--deadline", "--deadline").is_some() || left < Duration::from_secs(1) {
         return none(None);
@@ -268,11 +274,12 @@ pub fn deadline_args(args: &[String], left: Duration) -> (Vec<String>, Vec<Strin
             }
         }
     }
-    let secs = left.as_secs();
+    let secs = (left + grace).as_secs();
     (
         vec![format!("--deadline=now+{secs}")],
         vec![format!(
-            "slurm: --deadline=now+{secs} (the CI job's end, {left_text} from now)"
+            "slurm: --deadline=now+{secs} (the CI job's end, {left_text} from now, plus kill_timeout {})",
+            super::executor::fmt_dur(grace)
         )],
     )
 }
@@ -286,8 +293,13 @@ impl Scheduler for Slurm {
         ILLEGAL
     }
 
-    fn deadline_args(&self, args: &[String], left: Duration) -> (Vec<String>, Vec<String>) {
-        deadline_args(args, left)
+    fn deadline_args(
+        &self,
+        args: &[String],
+        left: Duration,
+        grace: Duration,
+    ) -> (Vec<String>, Vec<String>) {
+        deadline_args(args, left, grace)
     }
 
     fn submit<'a>(
@@ -434,8 +446,9 @@ mod tests {
     fn the_deadline_and_its_warnings() {
         let a = |v: &[&str]| s(v);
         let hour = Duration::from_secs(3600);
-        let (args, notes) = deadline_args(&a(&["-N", "1"]), hour);
-        assert_eq!(args, ["--deadline=now+3600"]);
+        const G: Duration = Duration::from_secs(120);
+        let (args, notes) = deadline_args(&a(&["-N", "1"]), hour, G);
+        assert_eq!(args, ["--deadline=now+3720"]);
         assert!(notes[0].contains("the CI job's end"), "{notes:?}");
         // --time longer than what is left: a warning, no deadline.
         for t in [
@@ -444,28 +457,30 @@ mod tests {
             &["-t61"],
             &["--time", "1-0"],
         ] {
-            let (args, notes) = deadline_args(&a(t), hour);
+            let (args, notes) = deadline_args(&a(t), hour, G);
             assert!(args.is_empty(), "{t:?}");
             assert!(notes[0].starts_with("WARNING: --time="), "{notes:?}");
             assert!(notes[0].contains("1h00m this CI job has left"), "{notes:?}");
         }
-        let (args, _) = deadline_args(&a(&["--time=59"]), hour);
+        let (args, _) = deadline_args(&a(&["--time=59"]), hour, G);
         assert_eq!(args.len(), 1);
         // --begin: within the CI job's time keeps the deadline, after it or unreadable not.
-        assert_eq!(deadline_args(&a(&["--begin=now+30"]), hour).0.len(), 1);
-        let (args, notes) = deadline_args(&a(&["--begin=now+300"]), Duration::from_secs(20));
+        assert_eq!(deadline_args(&a(&["--begin=now+30"]), hour, G).0.len(), 1);
+        let (args, notes) = deadline_args(&a(&["--begin=now+300"]), Duration::from_secs(20), G);
         assert!(args.is_empty());
         assert!(
             notes[0].contains("--begin=now+300 is not before"),
             "{notes:?}"
         );
-        assert!(deadline_args(&a(&["-b", "tomorrow"]), hour).0.is_empty());
+        assert!(deadline_args(&a(&["-b", "tomorrow"]), hour, G).0.is_empty());
         // The user's own deadline is kept; no time left: nothing.
         assert_eq!(
-            deadline_args(&a(&["--deadline=now+5"]), hour),
+            deadline_args(&a(&["--deadline=now+5"]), hour, G),
             (vec![], vec![])
         );
-        assert!(deadline_args(&[], Duration::from_millis(400)).0.is_empty());
+        assert!(deadline_args(&[], Duration::from_millis(400), G)
+            .0
+            .is_empty());
     }
 
     #[test]
