@@ -238,8 +238,10 @@ fn option_value<'a>(args: &'a [String], short: &str, long: &str) -> Option<&'a s
 
 /// `--deadline=now+N` for a CI job that ends `left` from now, N = `left` + `grace` (our
 /// `kill_timeout`: a job still running at the CI job's end gets our graceful cancel, which
-/// Slurm's deadline kill must not cut short), given the user's `args`, with the notes for
-/// the log. Nothing is added when the user set `--deadline`, when less than a second is
+/// Slurm's deadline kill must not cut short) rounded up to whole minutes, plus 30 s (Slurm
+/// cuts the time limit of a job without `--time` to the whole minutes before the deadline,
+/// and drops one with less than a minute at once), given the user's `args`, with the notes
+/// for the log. Nothing is added when the user set `--deadline`, when less than a second is
 /// left, when `--time` asks for more than is left (a warning: Slurm would
 /// remove the job at once as unable to end before its deadline, although it may well end
 /// sooner), or when `--begin` is not `now+N` or is past the CI job's end (sbatch refuses a
@@ -274,7 +276,10 @@ pub fn deadline_args(
             }
         }
     }
-    let secs = (left + grace).as_secs();
+    // Slurm cuts a job's time limit to the whole minutes before its deadline, and drops
+    // a job at once when that is less than one: whole minutes, and half a minute for the
+    // submission's own latency.
+    let secs = (left + grace).as_secs().div_ceil(60) * 60 + 30;
     (
         vec![format!("--deadline=now+{secs}")],
         vec![format!(
@@ -448,7 +453,10 @@ mod tests {
         let hour = Duration::from_secs(3600);
         const G: Duration = Duration::from_secs(120);
         let (args, notes) = deadline_args(&a(&["-N", "1"]), hour, G);
-        assert_eq!(args, ["--deadline=now+3720"]);
+        assert_eq!(args, ["--deadline=now+3750"]);
+        // Never less than 90 s: Slurm drops a job whose deadline leaves less than a minute.
+        let (args, _) = deadline_args(&[], Duration::from_secs(4), Duration::from_secs(5));
+        assert_eq!(args, ["--deadline=now+90"]);
         assert!(notes[0].contains("the CI job's end"), "{notes:?}");
         // --time longer than what is left: a warning, no deadline.
         for t in [
