@@ -98,6 +98,7 @@ pub fn parse_qstat(stdout: &str, id: &str) -> Option<JobState> {
         _ => JobState::Queued {
             state: st,
             reason: None,
+            expected_start: None,
         },
     })
 }
@@ -259,7 +260,8 @@ mod tests {
             parse_qstat(t, "1000"),
             Some(JobState::Queued {
                 state: "queued".into(),
-                reason: None
+                reason: None,
+                expected_start: None,
             })
         );
         assert_eq!(

@@ -2,13 +2,22 @@
 //!
 //! ```text
 //!  submit ──▶ waiting (poll every command_delay, state changes + heartbeat in the log)
-//!    │            │ running: output tailed live          │ TERM / parent gone / backstop
-//!    │            ▼                                      ▼
-//!    │        finished ◀──── confirmed gone ◀── cancelling (signal TERM, plain cancel
-//!    │            │                                       after kill_timeout or KILL)
-//!    ▼            ▼
-//!  refused    drain output (nfs_timeout) ──▶ Status (exit code, reason)
+//!    ▲  │         │ running: output tailed live          │ TERM / parent gone / backstop
+//!    │  │         ▼                                      ▼
+//!    │  │     finished ◀──── confirmed gone ◀── cancelling (signal TERM, plain cancel
+//!    │  │         │                                       after kill_timeout or KILL;
+//!    │  ▼         ▼                                       plain at once if still queued)
+//!    │ refused  drain output (nfs_timeout) ──▶ outcome (see outcome.rs) ──▶ Status
+//!    └──────────────── resubmit (preempted, node/boot failure; resubmit_limit) ◀┘
 //! ```
+//!
+//! Queue-aware waiting: while the job is queued the log shows its state, reason and
+//! expected start on every change and every `[batch] queue_heartbeat` (default 2m); while
+//! it runs, every [`HEARTBEAT_RUNNING`]. A job still queued at the CI job's end (`ci_end`:
+//! the run call's start plus `CI_JOB_TIMEOUT`) is removed from the queue with the plain
+//! cancel: "waited 58m in the queue (Priority), never started". A cancel of a job never
+//! seen running (last state queued) is the plain cancel at once: a scheduler's signal form
+//! (`scancel --signal=TERM --full`) does nothing to a job that has no processes.
 //!
 //! Every scheduler command goes through the job's [`Commands`] (one rate limiter); status
 //! polls go through the job's [`Poller`] (one query per user per period). Errors of a poll
@@ -23,6 +32,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
+use super::outcome::{self, system_failure, Seen};
 use super::persist::Record;
 use super::poller::{JobRef, Poller};
 use super::tail::{self, Tail, TailTiming};
@@ -33,8 +43,7 @@ use crate::supervisor::{Reason, Request};
 
 /// The shortest interval between two status polls (when `command_delay` is smaller).
 pub const MIN_POLL: Duration = Duration::from_millis(250);
-/// Heartbeat while the job waits in the queue, and while it runs.
-pub const HEARTBEAT_QUEUED: Duration = Duration::from_secs(60);
+/// Heartbeat while the job runs (while it is queued: `[batch] queue_heartbeat`).
 pub const HEARTBEAT_RUNNING: Duration = Duration::from_secs(300);
 /// After the plain cancel, how long to wait for the job to leave the queue.
 pub const CONFIRM_BOUND: Duration = Duration::from_secs(60);
@@ -60,6 +69,9 @@ pub struct BatchJob<'a> {
     pub deadline: Option<Instant>,
     /// The job's status polls, shared with the user's other jobs (see [`Poller`]).
     pub poller: Poller,
+    /// The CI job's end (`CI_JOB_TIMEOUT` from the run call's start): given to the
+    /// scheduler as the job's deadline; a job still queued then never started.
+    pub ci_end: Option<Instant>,
 }
 
 /// The output file of `stage` in the scripts dir.
@@ -116,7 +128,8 @@ impl Log {
     }
 }
 
-fn fmt_dur(d: Duration) -> String {
+/// A duration for people: `5s`, `2m10s`, `1h01m`.
+pub(crate) fn fmt_dur(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..=59 => format!("{s}s"),
@@ -193,6 +206,69 @@ enum Ended {
     Finished(Final),
     Cancel(Request),
     Lost(String),
+    /// Still queued at the CI job's end.
+    NeverStarted,
+}
+
+/// What the waiting loop saw of one scheduler job.
+struct Watch {
+    /// When it was submitted.
+    start: Instant,
+    /// When it was first seen running.
+    ran_at: Option<Instant>,
+    /// Its last state.
+    last: Option<JobState>,
+    /// The scheduler's last reason (or state word) while it was queued.
+    queue_reason: Option<String>,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            start: Instant::now(),
+            ran_at: None,
+            last: None,
+            queue_reason: None,
+        }
+    }
+
+    /// Take in a polled state that is still active.
+    fn saw(&mut self, st: &JobState) {
+        match st {
+            JobState::Running { .. } => {
+                self.ran_at.get_or_insert_with(Instant::now);
+            }
+            JobState::Queued { state, reason, .. } => {
+                self.queue_reason = Some(reason.clone().unwrap_or_else(|| state.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Not seen running as of the last poll (never polled, queued, or requeued): the
+    /// job has no processes a signal could reach.
+    fn queued(&self) -> bool {
+        !matches!(self.last, Some(JobState::Running { .. }))
+    }
+
+    /// How long it waited in the queue (until now, if it never ran).
+    fn queued_for(&self) -> Duration {
+        self.ran_at.unwrap_or_else(Instant::now) - self.start
+    }
+
+    fn seen<'a>(&self, name: &'a str, id: &'a str) -> Seen<'a> {
+        Seen {
+            name,
+            id,
+            ran: self.ran_at.is_some(),
+            queued_for: self.queued_for(),
+            queue_reason: self.queue_reason.clone(),
+        }
+    }
+
+    fn never_started(&self) -> String {
+        outcome::never_started(self.queued_for(), self.queue_reason.as_deref())
+    }
 }
 
 /// Submit and supervise one batch job; cancellation comes from `requests` (control pipe
@@ -216,25 +292,60 @@ fn commands(config: &Config, env: Vec<(String, String)>, workdir: PathBuf) -> Co
 }
 
 /// The whole life of one batch job: prepare, submit, wait (or cancel), drain the output,
-/// and the stage's status.
+/// and the stage's status; a job the infrastructure ended is submitted again up to
+/// `[batch] resubmit_limit` times, with a line in the log each time.
 async fn drive(
     job: &BatchJob<'_>,
     spawn_tail: SpawnTail,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     log: &Log,
 ) -> Status {
-    let name = job.scheduler.name();
     let (sub, source) = match prepare(job, log).await {
         Ok(s) => s,
         Err(st) => return st,
     };
     let cmds = commands(job.config, job.env.clone(), job.workdir.clone());
     let record = Record::in_dir(&job.scripts_dir);
-    let id = match submit(job, &cmds, &sub, &record, requests, log).await {
-        Ok(id) => id,
-        Err(st) => return st,
-    };
+    let limit = job.config.batch.resubmit_limit;
+    let mut resubmits = 0;
+    loop {
+        let id = match submit(job, &cmds, &sub, &record, requests, log).await {
+            Ok(id) => id,
+            Err(st) => return st,
+        };
+        let (st, resubmit) =
+            one_job(job, spawn_tail, &cmds, &sub, &source, &id, requests, log).await;
+        if !resubmit || resubmits >= limit {
+            return st;
+        }
+        resubmits += 1;
+        log.say(format!(
+            "Resubmitting the job ({resubmits} of resubmit_limit {limit}) after {} job {id} ended as above",
+            job.scheduler.name()
+        ))
+        .await;
+        if let Err(e) = remove_stale(&sub) {
+            return e;
+        }
+    }
+}
+
+/// Supervise the submitted job `id` to its end: wait (or cancel), drain the output, and
+/// the stage's status with whether a resubmission may help.
+#[allow(clippy::too_many_arguments)]
+async fn one_job(
+    job: &BatchJob<'_>,
+    spawn_tail: SpawnTail,
+    cmds: &Commands,
+    sub: &Submission,
+    source: &Option<String>,
+    id: &str,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    log: &Log,
+) -> (Status, bool) {
+    let name = job.scheduler.name();
     let from = source
+        .as_ref()
         .map(|s| format!(", arguments from {s}"))
         .unwrap_or_default();
     log.say(format!(
@@ -243,30 +354,63 @@ async fn drive(
         sub.output.display()
     ))
     .await;
-
     let nfs_timeout = job.config.batch.nfs_timeout;
-    let tails = Tails::start(spawn_tail, &sub, nfs_timeout, log);
-    let (fin, stopped) = match wait(job, &cmds, &sub, &id, requests, log).await {
+    let tails = Tails::start(spawn_tail, sub, nfs_timeout, log);
+    let mut watch = Watch::new();
+    let (fin, stopped) = match wait(job, cmds, sub, id, &mut watch, requests, log).await {
         Ended::Finished(f) => (Some(f), None),
         Ended::Lost(why) => {
             tails.stop_now().await;
-            return Status::SystemFailure { message: format!("lost track of {name} job {id}: {why}; cleanup will cancel it if it is still queued") };
+            let message = format!("lost track of {name} job {id}: {why}; cleanup will cancel it if it is still queued");
+            log.say(format!("ERROR: {message}")).await;
+            return (system_failure(message), false);
+        }
+        Ended::NeverStarted => {
+            let msg = watch.never_started();
+            log.say(format!(
+                "{name} job {id} {msg}: the CI job's time is up, removing it from the queue"
+            ))
+            .await;
+            let fin = remove_queued(job.scheduler, cmds, id, job.config, log).await;
+            tails.drain(nfs_timeout, log).await;
+            if fin.is_some() {
+                log.warn_if(Record::in_dir(&job.scripts_dir).finished(id))
+                    .await;
+                return (failed(Some(format!("{name} job {id} {msg}"))), false);
+            }
+            return status_of(name, id, None, Some(Reason::Backstop), &watch, log).await;
         }
         Ended::Cancel(first) => {
             let why = reason_of(&first);
+            // Queued as of the last poll: ask once more, it may have started since.
+            if watch.queued() {
+                if let Ok(st @ JobState::Running { .. }) = job.scheduler.state(cmds, id).await {
+                    watch.saw(&st);
+                    watch.last = Some(st);
+                }
+            }
+            let queued = watch.queued();
+            if queued {
+                log.say(format!(
+                    "{name} job {id} never started ({})",
+                    watch.never_started()
+                ))
+                .await;
+            }
             (
-                cancel(job, &cmds, &id, first, requests, log).await,
+                cancel(job, cmds, id, first, queued, requests, log).await,
                 Some(why),
             )
         }
     };
     tails.drain(nfs_timeout, log).await;
     // Files the job left (PBS's exit code, Cobalt's log) say more than the scheduler.
-    let fin = fin.map(|f| job.scheduler.final_from_files(&sub, &id).unwrap_or(f));
+    let fin = fin.map(|f| job.scheduler.final_from_files(sub, id).unwrap_or(f));
     if fin.is_some() {
-        log.warn_if(record.finished(&id)).await;
+        log.warn_if(Record::in_dir(&job.scripts_dir).finished(id))
+            .await;
     }
-    status_of(name, &id, fin, stopped, log).await
+    status_of(name, id, fin, stopped, &watch, log).await
 }
 
 /// A build failure with exit code 1.
@@ -293,21 +437,6 @@ async fn prepare(job: &BatchJob<'_>, log: &Log) -> Result<(Submission, Option<St
     };
     let output = output_path(&job.scripts_dir, job.stage);
     let error = sched.error_file(&output);
-    let exit = super::wrapper::exit_path(&output);
-    for stale in [&output, &exit].into_iter().chain(error.as_ref()) {
-        match std::fs::remove_file(stale) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Status::SystemFailure {
-                    message: format!(
-                        "failed to remove the stale output file {}: {e}",
-                        stale.display()
-                    ),
-                })
-            }
-        }
-    }
     let sub = Submission {
         script: job.script.clone(),
         output,
@@ -316,13 +445,52 @@ async fn prepare(job: &BatchJob<'_>, log: &Log) -> Result<(Submission, Option<St
         name: args::job_name(job.ci_job_id, job.variables, b.disable_name_prefix),
         args,
     };
+    remove_stale(&sub)?;
     let record = Record::in_dir(&job.scripts_dir);
     match record.submitting(sched.name(), &sub.name) {
         Ok(()) => Ok((sub, source)),
-        Err(e) => Err(Status::SystemFailure {
-            message: e.to_string(),
-        }),
+        Err(e) => Err(system_failure(e.to_string())),
     }
+}
+
+/// Remove the output (and error) file of an earlier try, so the tail starts afresh.
+fn remove_stale(sub: &Submission) -> Result<(), Status> {
+    let exit = super::wrapper::exit_path(&sub.output);
+    for stale in [&sub.output, &exit].into_iter().chain(sub.error.as_ref()) {
+        match std::fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(system_failure(format!(
+                    "failed to remove the stale output file {}: {e}",
+                    stale.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The submission of one try: `sub` with the scheduler's deadline arguments in front (see
+/// [`Scheduler::deadline_args`]); its notes go to the log when `say` (once per job, not per
+/// retry). The deadline is the CI job's end plus `kill_timeout`: the runner's timeout
+/// reaches us at the CI job's end and a running job then gets our graceful cancel, whose
+/// grace the scheduler's own deadline kill (after its short KillWait) must not cut short.
+async fn with_deadline(job: &BatchJob<'_>, sub: &Submission, say: bool, log: &Log) -> Submission {
+    let Some(end) = job.ci_end else {
+        return sub.clone();
+    };
+    let left = end.saturating_duration_since(Instant::now());
+    let grace = job.config.general.kill_timeout;
+    let (extra, notes) = job.scheduler.deadline_args(&sub.args, left, grace);
+    if say {
+        for n in notes {
+            log.say(n).await;
+        }
+    }
+    let mut this = sub.clone();
+    this.args = extra.into_iter().chain(sub.args.iter().cloned()).collect();
+    this
 }
 
 /// Submit the job and record its id. A transient failure is retried with backoff for
@@ -338,12 +506,11 @@ async fn submit(
 ) -> Result<String, Status> {
     let sched = job.scheduler;
     let name = sched.name();
-    let system = |e: &BatchError| Status::SystemFailure {
-        message: format!("failed to submit to {name}: {e}"),
-    };
+    let system = |e: &BatchError| system_failure(format!("failed to submit to {name}: {e}"));
     let mut retry = Retry::new();
     let id = loop {
-        let e = match sched.submit(cmds, sub).await {
+        let this = with_deadline(job, sub, retry.attempts == 0, log).await;
+        let e = match sched.submit(cmds, &this).await {
             Ok(id) => break id,
             Err(e) => e,
         };
@@ -372,9 +539,7 @@ async fn submit(
     if let Err(e) = record.submitted(name, &id) {
         // We cannot promise cleanup will find it: cancel now rather than leave an orphan.
         log.warn_if(sched.cancel(cmds, &id, false).await).await;
-        return Err(Status::SystemFailure {
-            message: e.to_string(),
-        });
+        return Err(system_failure(e.to_string()));
     }
     Ok(id)
 }
@@ -461,47 +626,49 @@ fn reason_of(r: &Request) -> Reason {
 }
 
 /// The stage's status from the job's end (`None`: a cancel not confirmed) and, when we
-/// cancelled it, why. A job we stopped failed, even if its trap exited 0.
+/// cancelled it, why (a job we stopped failed, even if its trap exited 0), classified by
+/// [`outcome::classify`]; with whether a resubmission may help (never after our cancel).
 async fn status_of(
     name: &str,
     id: &str,
     fin: Option<Final>,
     stopped: Option<Reason>,
+    watch: &Watch,
     log: &Log,
-) -> Status {
+) -> (Status, bool) {
     let Some(f) = fin else {
         let why = stopped
             .map(|r| r.to_string())
             .unwrap_or_else(|| "cancel".into());
         log.say(format!("ERROR: {name} job {id} could not be confirmed gone after the cancel ({why}); cleanup will retry")).await;
-        return failed(Some(why));
+        return (failed(Some(why)), false);
     };
-    if f.success() && stopped.is_none() {
-        return Status::Success;
+    let o = outcome::classify(&f, &watch.seen(name, id));
+    if o.cause == outcome::Cause::Success && stopped.is_none() {
+        return (Status::Success, false);
     }
-    let ended = format!(
-        "{name} job {id} ended {}",
-        JobState::Finished(f.clone()).describe()
-    );
-    if !f.normal_end || stopped.is_some() {
-        log.say(format!("{ended}, exit code {}", f.exit_code)).await;
+    if stopped.is_some() || !f.normal_end {
+        let text = match (&stopped, &o.message) {
+            (None, Some(m)) => m.clone(),
+            _ => format!(
+                "{name} job {id} ended {}",
+                JobState::Finished(f.clone()).describe()
+            ),
+        };
+        log.say(format!("{text} (exit code {})", f.exit_code)).await;
     }
-    Status::BuildFailure {
-        exit_code: if f.exit_code == 0 { 1 } else { f.exit_code },
-        signal: None,
-        stopped: match (stopped, f.normal_end) {
-            (Some(r), _) => Some(r.to_string()),
-            (None, false) => Some(ended),
-            (None, true) => None,
-        },
-    }
+    let resubmit = o.resubmit && stopped.is_none();
+    (
+        outcome::status(&o, stopped.map(|r| r.to_string())),
+        resubmit,
+    )
 }
 
 /// The heartbeat period while the job is in `st`.
-fn heartbeat(st: Option<&JobState>) -> Duration {
+fn heartbeat(config: &Config, st: Option<&JobState>) -> Duration {
     match st {
         Some(JobState::Running { .. }) => HEARTBEAT_RUNNING,
-        _ => HEARTBEAT_QUEUED,
+        _ => config.batch.queue_heartbeat,
     }
 }
 
@@ -515,26 +682,29 @@ enum Poll {
 }
 
 /// Wait for the job to finish, polling its state every `command_delay` (at least
-/// [`MIN_POLL`]), reporting state changes and a heartbeat; returns early on a request, or
-/// at our backstop `deadline` (a cancel with [`Reason::Backstop`]).
+/// [`MIN_POLL`]), reporting state changes (expected start included) and a heartbeat into
+/// `watch`'s log; returns early on a request, at the CI job's end while the job was never
+/// seen running ([`Ended::NeverStarted`]), or at our backstop `deadline` (a cancel with
+/// [`Reason::Backstop`]).
 async fn wait(
     job: &BatchJob<'_>,
     cmds: &Commands,
     sub: &Submission,
     id: &str,
+    watch: &mut Watch,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     log: &Log,
 ) -> Ended {
     let name = job.scheduler.name();
     let delay = job.config.batch.command_delay.max(MIN_POLL);
-    let start = Instant::now();
+    let start = watch.start;
     let mut next_poll = start + delay;
-    let mut last: Option<JobState> = None;
-    let mut next_beat = start + HEARTBEAT_QUEUED;
+    let mut next_beat = start + heartbeat(job.config, None);
     let mut unknown = 0;
     let mut retry = Retry::new();
     let far = start + Duration::from_secs(100 * 365 * 86400);
     loop {
+        let never_ran = watch.ran_at.is_none();
         tokio::select! {
             r = requests.recv() => return Ended::Cancel(r.unwrap_or(Request::Terminate {
                 signal: nix::sys::signal::Signal::SIGTERM,
@@ -544,11 +714,24 @@ async fn wait(
                 signal: nix::sys::signal::Signal::SIGTERM,
                 reason: Reason::Backstop,
             }),
+            _ = sleep_until(job.ci_end.unwrap_or(far)), if never_ran => {
+                // Ask once more: it may have started since the last poll.
+                match poll(job, cmds, sub, id, &mut retry, log).await {
+                    Ok(Poll::Over(end)) => return end,
+                    Ok(Poll::Active(st)) if matches!(st, JobState::Running { .. }) => {
+                        log.say(format!("{name} job {id} {}", st.describe())).await;
+                        watch.saw(&st);
+                        watch.last = Some(st);
+                        next_beat = Instant::now() + HEARTBEAT_RUNNING;
+                    }
+                    _ => return Ended::NeverStarted,
+                }
+            }
             _ = sleep_until(next_beat) => {
-                let what = last.as_ref().map(JobState::describe).unwrap_or_else(|| "submitted".into());
-                let verb = if matches!(last, Some(JobState::Running { .. })) { "running for" } else { "waiting" };
+                let what = watch.last.as_ref().map(JobState::describe).unwrap_or_else(|| "submitted".into());
+                let verb = if watch.queued() { "waiting" } else { "running for" };
                 log.say(format!("{name} job {id} {what}, {verb} {}", fmt_dur(start.elapsed()))).await;
-                next_beat = Instant::now() + heartbeat(last.as_ref());
+                next_beat = Instant::now() + heartbeat(job.config, watch.last.as_ref());
             }
             _ = sleep_until(next_poll) => {
                 let poll = poll(job, cmds, sub, id, &mut retry, log).await;
@@ -564,11 +747,12 @@ async fn wait(
                     }
                     Ok(Poll::Active(st)) => {
                         unknown = 0;
-                        if last.as_ref().map(JobState::describe) != Some(st.describe()) {
+                        watch.saw(&st);
+                        if watch.last.as_ref().map(JobState::describe) != Some(st.describe()) {
                             log.say(format!("{name} job {id} {}", st.describe())).await;
-                            next_beat = Instant::now() + heartbeat(Some(&st));
+                            next_beat = Instant::now() + heartbeat(job.config, Some(&st));
                         }
-                        last = Some(st);
+                        watch.last = Some(st);
                     }
                 }
             }
@@ -620,14 +804,45 @@ async fn poll(
     }
 }
 
-/// Cancel the job: the graceful form first (unless `first` is a kill), the plain cancel
-/// after kill_timeout or on a second request, then confirm it left the queue (for up to
-/// [`CONFIRM_BOUND`] after the plain cancel). Returns the final state if confirmed.
+/// Remove a job that never started: the plain cancel at once, then confirm it left the
+/// queue (for up to [`CONFIRM_BOUND`]). Returns its final state if confirmed.
+async fn remove_queued(
+    sched: &dyn Scheduler,
+    cmds: &Commands,
+    id: &str,
+    config: &Config,
+    log: &Log,
+) -> Option<Final> {
+    let name = sched.name();
+    let start = Instant::now();
+    log.warn_if(sched.cancel(cmds, id, false).await).await;
+    let step = config
+        .batch
+        .command_delay
+        .clamp(MIN_POLL, Duration::from_secs(1));
+    let st = confirm_gone(sched, cmds, id, step).await?;
+    log.say(format!(
+        "{name} job {id} left the queue after {}",
+        fmt_dur(start.elapsed())
+    ))
+    .await;
+    Some(match st {
+        JobState::Finished(f) => f,
+        _ => Final::ended("CANCELLED", 0, None, Some("no record left".into())),
+    })
+}
+
+/// Cancel the job: the graceful form first (unless `first` is a kill, or the job is
+/// `queued`: never seen running, so no signal can reach it, and the plain cancel goes at
+/// once), the plain cancel after kill_timeout or on a second request, then confirm it left
+/// the queue (for up to [`CONFIRM_BOUND`] after the plain cancel). Returns the final state
+/// if confirmed.
 async fn cancel(
     job: &BatchJob<'_>,
     cmds: &Commands,
     id: &str,
     first: Request,
+    queued: bool,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     log: &Log,
 ) -> Option<Final> {
@@ -635,8 +850,10 @@ async fn cancel(
     let name = sched.name();
     let kill_timeout = job.config.general.kill_timeout;
     let first_reason = reason_of(&first);
-    let forced = matches!(first, Request::Kill { .. }) || kill_timeout.is_zero();
-    let how = if forced {
+    let forced = matches!(first, Request::Kill { .. }) || kill_timeout.is_zero() || queued;
+    let how = if queued {
+        ": removing it from the queue"
+    } else if forced {
         ""
     } else {
         ": asking the job to stop (SIGTERM)"
@@ -792,7 +1009,7 @@ mod tests {
                 .unwrap();
             rt.block_on(async {
                 let log = Log::to(tokio::io::sink());
-                let s = status_of("slurm", "1", Some(f), stopped, &log).await;
+                let (s, _) = status_of("slurm", "1", Some(f), stopped, &Watch::new(), &log).await;
                 log.close().await;
                 s
             })
@@ -921,6 +1138,7 @@ mod tests {
             Ok(JobState::Queued {
                 state: "PENDING".into(),
                 reason: Some("Resources".into()),
+                expected_start: None,
             })
         }
         fn cancelled() -> Result<JobState, BatchError> {
@@ -951,6 +1169,17 @@ mod tests {
             deadline: Option<Duration>,
             requests: Vec<(Duration, Request)>,
         ) -> (Status, String) {
+            run_ci(fake, batch, deadline, None, requests).await
+        }
+
+        /// [`run`] with the CI job's end `ci_end` after the start.
+        async fn run_ci(
+            fake: &Fake,
+            batch: &str,
+            deadline: Option<Duration>,
+            ci_end: Option<Duration>,
+            requests: Vec<(Duration, Request)>,
+        ) -> (Status, String) {
             let text = format!("[general]\nexecutor = \"slurm\"\ndata_dir = \"/ecp\"\nkill_timeout = \"30s\"\n\n[auth]\ndownscope = \"none\"\n\n[batch]\n{batch}\n");
             let config = Config::from_str_named(&text, "test.toml").unwrap();
             let dir = tempfile::tempdir().unwrap();
@@ -967,6 +1196,7 @@ mod tests {
                 workdir: dir.path().to_path_buf(),
                 deadline: deadline.map(|d| fake.t0 + d),
                 poller: crate::batch::poller::Poller::unshared(),
+                ci_end: ci_end.map(|d| fake.t0 + d),
             };
             let (tx, mut rx) = mpsc::unbounded_channel();
             let t0 = fake.t0;
@@ -1030,9 +1260,11 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
-        async fn a_pending_job_gone_after_the_graceful_cancel_is_not_escalated() {
+        async fn a_pending_job_is_removed_with_the_plain_cancel_at_once() {
+            // The signal form does nothing to a job without processes: only the plain
+            // cancel removes it.
             let fake = Fake::new(|c| {
-                if sent(c, "cancel graceful") {
+                if sent(c, "cancel plain") {
                     cancelled()
                 } else {
                     pending()
@@ -1051,11 +1283,221 @@ mod tests {
             };
             assert_eq!(exit_code, 143);
             assert_eq!(stopped.as_deref(), Some("cancelled by jacamar-auth"));
-            assert_eq!(fake.times("cancel graceful"), [S(12)]);
-            assert!(fake.times("cancel plain").is_empty(), "{:?}", fake.calls());
+            assert_eq!(fake.times("cancel plain"), [S(12)], "{:?}", fake.calls());
+            assert!(
+                fake.times("cancel graceful").is_empty(),
+                "{:?}",
+                fake.calls()
+            );
             assert!(log.contains("fake job 42 PENDING (Resources)"), "{log}");
-            assert!(log.contains("Cancelling fake job 42 (cancelled by jacamar-auth): asking the job to stop (SIGTERM)"), "{log}");
+            assert!(log.contains("fake job 42 never started (waited 12s in the queue (Resources), never started)"), "{log}");
+            assert!(log.contains("Cancelling fake job 42 (cancelled by jacamar-auth): removing it from the queue"), "{log}");
             assert!(log.contains("fake job 42 left the queue after"), "{log}");
+            // Cancelled before the first poll: never seen running either.
+            let fake = Fake::new(|c| {
+                if sent(c, "cancel plain") {
+                    cancelled()
+                } else {
+                    pending()
+                }
+            });
+            let (_, log) = run(&fake, "command_delay = \"5s\"", None, vec![(S(2), parent)]).await;
+            assert_eq!(fake.times("cancel plain"), [S(2)], "{log}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_requeued_job_is_cancelled_as_a_queued_one() {
+            // Ran, then back in the queue (node failure, requeue): the plain cancel.
+            let fake = Fake::new(|c| {
+                if sent(c, "cancel plain") {
+                    cancelled()
+                } else if polls(c) < 3 {
+                    running()
+                } else {
+                    pending()
+                }
+            });
+            let term = Request::Terminate {
+                signal: Signal::SIGTERM,
+                reason: Reason::Signal(Signal::SIGTERM),
+            };
+            let (_, log) = run(&fake, "command_delay = \"5s\"", None, vec![(S(30), term)]).await;
+            assert_eq!(fake.times("cancel plain"), [S(30)], "{log}");
+            assert!(fake.times("cancel graceful").is_empty(), "{log}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn queued_heartbeat_shows_state_reason_and_expected_start() {
+            // Pending (BeginTime) with an expected start until 90 s, then running, done at 130 s.
+            let fake = Fake::new(|c| match polls(c) {
+                0..=8 => Ok(JobState::Queued {
+                    state: "PENDING".into(),
+                    reason: Some("BeginTime".into()),
+                    expected_start: Some("2030-01-01T10:00:00".into()),
+                }),
+                9..=12 => running(),
+                _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
+            });
+            let (st, log) = run(
+                &fake,
+                "command_delay = \"10s\"\nqueue_heartbeat = \"25s\"",
+                None,
+                vec![],
+            )
+            .await;
+            assert_eq!(st, Status::Success, "{log}");
+            let what = "fake job 42 PENDING (BeginTime), expected start 2030-01-01T10:00:00";
+            // The change once, at the first poll (10 s); then a beat 25 s after it, and so on.
+            assert_eq!(log.matches(&format!("{what}\n")).count(), 1, "{log}");
+            let beats: Vec<&str> = log
+                .lines()
+                .filter(|l| l.starts_with(&format!("{what}, waiting")))
+                .collect();
+            assert_eq!(
+                beats,
+                [
+                    format!("{what}, waiting 35s"),
+                    format!("{what}, waiting 1m00s"),
+                    format!("{what}, waiting 1m25s"),
+                ],
+                "{log}"
+            );
+            assert!(log.contains("fake job 42 RUNNING\n"), "{log}");
+            // Running: the running heartbeat (5 min), none within 30 s.
+            assert!(!log.contains("running for"), "{log}");
+            // Default: 2m.
+            let fake = Fake::new(|c| {
+                if polls(c) < 30 {
+                    pending()
+                } else {
+                    Ok(JobState::Finished(Final::exited("COMPLETED", 0)))
+                }
+            });
+            let (_, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+            assert_eq!(
+                log.matches("PENDING (Resources), waiting").count(),
+                2,
+                "{log}"
+            );
+            assert!(log.contains("PENDING (Resources), waiting 2m10s"), "{log}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_job_still_queued_at_the_ci_end_never_started() {
+            let fake = Fake::new(|c| {
+                if sent(c, "cancel plain") {
+                    cancelled()
+                } else {
+                    Ok(JobState::Queued {
+                        state: "PENDING".into(),
+                        reason: Some("Priority".into()),
+                        expected_start: None,
+                    })
+                }
+            });
+            let (st, log) = run_ci(
+                &fake,
+                "command_delay = \"10s\"",
+                Some(S(3600 + 600)),
+                Some(S(3600)),
+                vec![],
+            )
+            .await;
+            assert_eq!(
+                st,
+                Status::BuildFailure {
+                    exit_code: 1,
+                    signal: None,
+                    stopped: Some(
+                        "fake job 42 waited 1h00m in the queue (Priority), never started".into()
+                    )
+                },
+                "{log}"
+            );
+            assert_eq!(fake.times("cancel plain"), [S(3600)], "{log}");
+            assert!(fake.times("cancel graceful").is_empty(), "{log}");
+            assert!(
+                log.contains("fake job 42 waited 1h00m in the queue (Priority), never started: the CI job's time is up, removing it from the queue"),
+                "{log}"
+            );
+            assert!(log.contains("fake job 42 left the queue after"), "{log}");
+            // A job that started before the CI end is left to finish (the runner's timeout
+            // and our backstop stop it otherwise).
+            let fake = Fake::new(|c| match polls(c) {
+                0..=1 => pending(),
+                2..=9 => running(),
+                _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
+            });
+            let (st, log) =
+                run_ci(&fake, "command_delay = \"10s\"", None, Some(S(40)), vec![]).await;
+            assert_eq!(st, Status::Success, "{log}");
+            assert!(fake.times("cancel plain").is_empty(), "{log}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn infrastructure_failures_are_system_failures_and_may_be_resubmitted() {
+            // Every submission: running at the first poll, NODE_FAIL at the second.
+            let node_fail = |c: &Calls| {
+                let since_submit = c
+                    .iter()
+                    .rev()
+                    .take_while(|(_, w)| w != "submit")
+                    .filter(|(_, w)| w == "state")
+                    .count();
+                let submits = c.iter().filter(|(_, w)| w == "submit").count();
+                match (since_submit, submits) {
+                    (0, _) => running(),
+                    (_, 3) => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
+                    _ => Ok(JobState::Finished(Final::ended(
+                        "NODE_FAIL",
+                        0,
+                        None,
+                        Some("NodeDown".into()),
+                    ))),
+                }
+            };
+            // Off by default: one submission, a system failure with the explicit message.
+            let fake = Fake::new(node_fail);
+            let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+            let Status::SystemFailure { message, .. } = st else {
+                panic!("{st:?}\n{log}")
+            };
+            assert_eq!(
+                message,
+                "fake job 42 ended NODE_FAIL (NodeDown): a node of the job failed (a system failure)"
+            );
+            assert!(log.contains(&message), "{log}");
+            assert_eq!(fake.times("submit").len(), 1);
+            // With a budget of 2: the third submission completes.
+            let fake = Fake::new(node_fail);
+            let (st, log) = run(
+                &fake,
+                "command_delay = \"10s\"\nresubmit_limit = 2",
+                None,
+                vec![],
+            )
+            .await;
+            assert_eq!(st, Status::Success, "{log}");
+            assert_eq!(fake.times("submit").len(), 3, "{log}");
+            assert!(
+                log.contains("Resubmitting the job (1 of resubmit_limit 2)"),
+                "{log}"
+            );
+            assert!(
+                log.contains("Resubmitting the job (2 of resubmit_limit 2)"),
+                "{log}"
+            );
+            // A budget of 1 is spent: the second NODE_FAIL is the system failure.
+            let fake = Fake::new(node_fail);
+            let (st, _) = run(
+                &fake,
+                "command_delay = \"10s\"\nresubmit_limit = 1",
+                None,
+                vec![],
+            )
+            .await;
+            assert!(matches!(st, Status::SystemFailure { .. }), "{st:?}");
+            assert_eq!(fake.times("submit").len(), 2);
         }
 
         #[tokio::test(start_paused = true)]
@@ -1272,29 +1714,41 @@ mod tests {
                 Some("TimeLimit".into()),
             ))
             .await;
+            let timeout = "fake job 42 ended TIMEOUT (TimeLimit): it reached the time limit it asked for; ask for more (e.g. --time in SCHEDULER_PARAMETERS)";
             assert_eq!(
                 st,
                 Status::BuildFailure {
                     exit_code: 143,
                     signal: None,
-                    stopped: Some("fake job 42 ended TIMEOUT (TimeLimit)".into())
+                    stopped: Some(timeout.into())
                 }
             );
+            assert!(log.contains(&format!("{timeout} (exit code 143)")), "{log}");
+            let (st, log) = end(Final::ended("NODE_FAIL", 0, None, None)).await;
+            assert!(matches!(st, Status::SystemFailure { .. }), "{st:?}\n{log}");
+            let (st, log) = end(Final::ended("CANCELLED", 0, Some(15), None)).await;
             assert!(
-                log.contains("fake job 42 ended TIMEOUT (TimeLimit), exit code 143"),
-                "{log}"
+                matches!(&st, Status::BuildFailure { exit_code: 143, stopped: Some(s), .. } if s.contains("cancelled outside this CI job")),
+                "{st:?}\n{log}"
             );
-            let (st, _) = end(Final::ended("NODE_FAIL", 0, None, None)).await;
+            // DEADLINE of a job that never ran: the never-started message.
+            let fake = Fake::new(|c| {
+                if polls(c) < 3 {
+                    pending()
+                } else {
+                    Ok(JobState::Finished(Final::ended(
+                        "DEADLINE",
+                        0,
+                        None,
+                        Some("DeadLine".into()),
+                    )))
+                }
+            });
+            let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
             assert!(
-                matches!(
-                    st,
-                    Status::BuildFailure {
-                        exit_code: 1,
-                        stopped: Some(_),
-                        ..
-                    }
-                ),
-                "{st:?}"
+                matches!(&st, Status::BuildFailure { exit_code: 1, stopped: Some(s), .. }
+                    if s == "fake job 42: waited 40s in the queue (Resources), never started (the scheduler removed it at the CI job's deadline)"),
+                "{st:?}\n{log}"
             );
         }
     }

@@ -118,6 +118,7 @@ pub fn parse_jobs(stdout: &str) -> Option<JobState> {
         "DEPEND" | "PRIORITY" | "SCHED" | "NEW" => JobState::Queued {
             state: state.to_string(),
             reason: None,
+            expected_start: None,
         },
         "RUN" | "CLEANUP" => JobState::Running {
             state: state.to_string(),
@@ -250,7 +251,8 @@ mod tests {
             parse_jobs("SCHED||||\n"),
             Some(JobState::Queued {
                 state: "SCHED".into(),
-                reason: None
+                reason: None,
+                expected_start: None,
             })
         );
         assert!(matches!(

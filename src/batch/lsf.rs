@@ -110,6 +110,7 @@ pub fn parse_bjobs(stdout: &str) -> Option<JobState> {
         "PEND" | "PSUSP" | "WAIT" => JobState::Queued {
             state: stat.to_string(),
             reason: get(3).map(str::to_string),
+            expected_start: None,
         },
         "DONE" => JobState::Finished(Final::exited(stat, 0)),
         "EXIT" => {
@@ -238,7 +239,8 @@ mod tests {
             parse_bjobs("PEND|-|-|New job is waiting for scheduling\n"),
             Some(JobState::Queued {
                 state: "PEND".into(),
-                reason: Some("New job is waiting for scheduling".into())
+                reason: Some("New job is waiting for scheduling".into()),
+                expected_start: None,
             })
         );
         assert!(matches!(

@@ -15,6 +15,8 @@
 //! * [`executor`]: the state machine of one batch job (submit, wait, tail, cancel, result).
 //! * [`poller`]: one status query per user per `command_delay`, shared by every job of the
 //!   user on the host through a snapshot in the user's base dir (docs/batch-polling.md).
+//! * [`outcome`]: a finished job's final state classified: the user's build failure or
+//!   the infrastructure's system failure, with the sentence for the log.
 //! * One file per scheduler: [`slurm`], [`pbs`], [`flux`], [`lsf`], [`cobalt`].
 
 pub mod args;
@@ -23,6 +25,7 @@ pub mod executor;
 pub mod flux;
 pub mod limiter;
 pub mod lsf;
+pub mod outcome;
 pub mod pbs;
 pub mod persist;
 pub mod poller;
@@ -100,6 +103,9 @@ pub enum JobState {
     Queued {
         state: String,
         reason: Option<String>,
+        /// When the scheduler expects the job to start (Slurm's `squeue --start`), as the
+        /// scheduler prints it; `None` when it does not say (or was not asked).
+        expected_start: Option<String>,
     },
     /// Running (or finishing: the scheduler has not given the final word yet).
     Running { state: String },
@@ -114,18 +120,25 @@ impl JobState {
         matches!(self, JobState::Queued { .. } | JobState::Running { .. })
     }
 
-    /// A short text for the job log: `PENDING (Resources)`.
+    /// A short text for the job log: `PENDING (Resources)`, with `, expected start T`
+    /// when the scheduler gave one.
     pub fn describe(&self) -> String {
         match self {
             JobState::Queued {
                 state,
-                reason: Some(r),
-            } => format!("{state} ({r})"),
-            JobState::Queued {
-                state,
-                reason: None,
+                reason,
+                expected_start,
+            } => {
+                let mut s = match reason {
+                    Some(r) => format!("{state} ({r})"),
+                    None => state.clone(),
+                };
+                if let Some(t) = expected_start {
+                    s.push_str(&format!(", expected start {t}"));
+                }
+                s
             }
-            | JobState::Running { state } => state.clone(),
+            JobState::Running { state } => state.clone(),
             JobState::Finished(f) => match &f.reason {
                 Some(r) => format!("{} ({r})", f.state),
                 None => f.state.clone(),
@@ -206,6 +219,18 @@ pub trait Scheduler: Send + Sync {
     /// tailed to the job log along with `output`.
     fn error_file(&self, _output: &Path) -> Option<PathBuf> {
         None
+    }
+    /// Arguments that tell the scheduler the CI job ends `left` from now and the job must
+    /// be gone `grace` later (Slurm's `--deadline`), given the user's `args`, and notes for
+    /// the job log (what was added, or a warning and why nothing was). Default: nothing
+    /// (the scheduler has no such notion here).
+    fn deadline_args(
+        &self,
+        _args: &[String],
+        _left: std::time::Duration,
+        _grace: std::time::Duration,
+    ) -> (Vec<String>, Vec<String>) {
+        (Vec::new(), Vec::new())
     }
     /// Submit the job; returns the scheduler's job id.
     fn submit<'a>(

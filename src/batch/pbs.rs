@@ -101,6 +101,7 @@ pub fn parse_qstat(text: &str) -> Option<JobState> {
         _ => JobState::Queued {
             state: st,
             reason: attr(text, "comment").map(str::to_string),
+            expected_start: None,
         },
     })
 }

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use super::args::Illegal;
 use super::limiter::CmdOutput;
 use super::{
@@ -130,7 +132,11 @@ pub fn classify(state: &str, reason: Option<&str>, exit: Option<&str>) -> JobSta
     let (code, sig) = exit.map(parse_exit).unwrap_or((0, None));
     match state.as_str() {
         "PENDING" | "REQUEUED" | "REQUEUE_FED" | "REQUEUE_HOLD" | "RESV_DEL_HOLD" | "SUSPENDED"
-        | "STOPPED" | "CONFIGURING" | "RESIZING" => JobState::Queued { state, reason },
+        | "STOPPED" | "CONFIGURING" | "RESIZING" => JobState::Queued {
+            state,
+            reason,
+            expected_start: None,
+        },
         "RUNNING" | "COMPLETING" | "SIGNALING" | "STAGE_OUT" => JobState::Running { state },
         "COMPLETED" => JobState::Finished(Final::exited(&state, exit_code_of(code, sig))),
         "FAILED" if code != 0 && sig.is_none() => JobState::Finished(Final {
@@ -186,12 +192,16 @@ pub fn parse_squeue(stdout: &str) -> BTreeMap<String, Listed> {
         if id.is_empty() {
             continue;
         }
-        let state = classify(state, reason, None);
+        let mut state = classify(state, reason, None);
         let start = start
             .map(str::trim)
             .filter(|s| !s.is_empty() && !matches!(*s, "N/A" | "Unknown" | "NONE"))
             .filter(|_| matches!(state, JobState::Queued { .. }))
             .map(str::to_string);
+        // The queue-aware heartbeat shows it while the job waits.
+        if let JobState::Queued { expected_start, .. } = &mut state {
+            expected_start.clone_from(&start);
+        }
         jobs.insert(
             id.to_string(),
             Listed {
@@ -216,6 +226,127 @@ pub fn parse_sacct_all(stdout: &str) -> BTreeMap<String, JobState> {
         .collect()
 }
 
+/// A Slurm time limit (`--time`): `minutes`, `minutes:seconds`, `hours:minutes:seconds`,
+/// `days-hours`, `days-hours:minutes`, `days-hours:minutes:seconds`; `INFINITE` and
+/// `UNLIMITED` are [`Duration::MAX`]. `None`: not a time limit Slurm would accept.
+pub fn parse_time_limit(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("infinite") || s.eq_ignore_ascii_case("unlimited") {
+        return Some(Duration::MAX);
+    }
+    let num = |p: &str| -> Option<u64> {
+        (!p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            .then(|| p.parse().ok())
+            .flatten()
+    };
+    let (days, rest) = match s.split_once('-') {
+        Some((d, r)) => (Some(num(d)?), r),
+        None => (None, s),
+    };
+    let parts: Vec<u64> = rest.split(':').map(num).collect::<Option<_>>()?;
+    let secs = match (days, parts.as_slice()) {
+        (None, [m]) => m * 60,
+        (None, [m, sec]) => m * 60 + sec,
+        (None, [h, m, sec]) => h * 3600 + m * 60 + sec,
+        (Some(d), [h]) => d * 86400 + h * 3600,
+        (Some(d), [h, m]) => d * 86400 + h * 3600 + m * 60,
+        (Some(d), [h, m, sec]) => d * 86400 + h * 3600 + m * 60 + sec,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+/// A `--begin` of the form `now+N[units]` (seconds by default; `minutes`, `hours`,
+/// `days`, `weeks`) as the delay from now; `now` is zero. `None` for any other form
+/// (absolute dates and times, which we do not compare).
+pub fn parse_begin(s: &str) -> Option<Duration> {
+    let rest = s.trim().strip_prefix("now")?;
+    if rest.is_empty() {
+        return Some(Duration::ZERO);
+    }
+    let rest = rest.strip_prefix('+')?;
+    let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+    let n: u64 = rest[..digits].parse().ok()?;
+    let unit = match rest[digits..].to_ascii_lowercase().as_str() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "min" | "mins" | "minute" | "minutes" => 60,
+        "hour" | "hours" => 3600,
+        "day" | "days" => 86400,
+        "week" | "weeks" => 7 * 86400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(unit)?))
+}
+
+/// The value of the last `--long=V`, `--long V`, `-sV` or `-s V` in `args`.
+fn option_value<'a>(args: &'a [String], short: &str, long: &str) -> Option<&'a str> {
+    let mut found = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix(long).and_then(|r| r.strip_prefix('=')) {
+            found = Some(v);
+        } else if a == long || a == short {
+            found = it.next().map(String::as_str);
+        } else if let Some(v) = a.strip_prefix(short).filter(|v| !v.is_empty()) {
+            found = Some(v);
+        }
+    }
+    found
+}
+
+/// `--deadline=now+N` for a CI job that ends `left` from now, N = `left` + `grace` (our
+/// `kill_timeout`: a job still running at the CI job's end gets our graceful cancel, which
+/// Slurm's deadline kill must not cut short) rounded up to whole minutes, plus 30 s (Slurm
+/// cuts the time limit of a job without `--time` to the whole minutes before the deadline,
+/// and drops one with less than a minute at once), given the user's `args`, with the notes
+/// for the log. Nothing is added when the user set `--deadline`, when less than a second is
+/// left, when `--time` asks for more than is left (a warning: Slurm would
+/// remove the job at once as unable to end before its deadline, although it may well end
+/// sooner), or when `--begin` is not `now+N` or is past the CI job's end (sbatch refuses a
+/// begin after the deadline; the executor removes a job still queued at the CI job's end).
+pub fn deadline_args(
+    args: &[String],
+    left: Duration,
+    grace: Duration,
+) -> (Vec<String>, Vec<String>) {
+    let none = |note: Option<String>| (Vec::new(), note.into_iter().collect());
+    if option_value(args, "--deadline", "--deadline").is_some() || left < Duration::from_secs(1) {
+        return none(None);
+    }
+    let left_text = super::executor::fmt_dur(left);
+    if let Some(t) = option_value(args, "-t", "--time") {
+        match parse_time_limit(t) {
+            Some(d) if d > left => {
+                return none(Some(format!(
+                    "WARNING: --time={t} is longer than the {left_text} this CI job has left (CI_JOB_TIMEOUT): the CI timeout will stop the job first; no --deadline is passed, Slurm would remove the job at once"
+                )))
+            }
+            _ => {}
+        }
+    }
+    if let Some(b) = option_value(args, "-b", "--begin") {
+        match parse_begin(b) {
+            Some(d) if d < left => {}
+            _ => {
+                return none(Some(format!(
+                    "slurm: no --deadline is passed: --begin={b} is not before the CI job's end ({left_text} left)"
+                )))
+            }
+        }
+    }
+    // Slurm cuts a job's time limit to the whole minutes before its deadline, and drops
+    // a job at once when that is less than one: whole minutes, and half a minute for the
+    // submission's own latency.
+    let secs = (left + grace).as_secs().div_ceil(60) * 60 + 30;
+    (
+        vec![format!("--deadline=now+{secs}")],
+        vec![format!(
+            "slurm: --deadline=now+{secs} (the CI job's end, {left_text} from now, plus kill_timeout {})",
+            super::executor::fmt_dur(grace)
+        )],
+    )
+}
+
 impl Scheduler for Slurm {
     fn name(&self) -> &'static str {
         "slurm"
@@ -223,6 +354,15 @@ impl Scheduler for Slurm {
 
     fn illegal_args(&self) -> &'static [Illegal] {
         ILLEGAL
+    }
+
+    fn deadline_args(
+        &self,
+        args: &[String],
+        left: Duration,
+        grace: Duration,
+    ) -> (Vec<String>, Vec<String>) {
+        deadline_args(args, left, grace)
     }
 
     fn submit<'a>(
@@ -393,7 +533,8 @@ mod tests {
             parse_scontrol(l),
             Some(JobState::Queued {
                 state: "PENDING".into(),
-                reason: Some("Resources".into())
+                reason: Some("Resources".into()),
+                expected_start: None,
             })
         );
         let l = "JobId=7 JobState=TIMEOUT Reason=TimeLimit ExitCode=0:15";
@@ -425,7 +566,10 @@ mod tests {
             l["41"].expected_start.as_deref(),
             Some("2031-01-01T10:00:00")
         );
-        assert!(matches!(l["41"].state, JobState::Queued { .. }));
+        assert!(matches!(
+            &l["41"].state,
+            JobState::Queued { expected_start: Some(t), .. } if t == "2031-01-01T10:00:00"
+        ));
         assert!(!l["41"].code_unknown);
         assert_eq!(l["42"].expected_start, None, "only a queued job's start");
         assert!(l["43"].code_unknown);
@@ -441,6 +585,70 @@ mod tests {
         let all = parse_sacct_all("5|COMPLETED|0:0\n6|FAILED|7:0\n");
         assert_eq!(all.len(), 2);
         assert!(matches!(&all["6"], JobState::Finished(f) if f.exit_code == 7));
+    }
+
+    #[test]
+    fn time_limits_and_begins() {
+        let m = |s| parse_time_limit(s).map(|d| d.as_secs());
+        assert_eq!(m("90"), Some(5400));
+        assert_eq!(m("1:30"), Some(90));
+        assert_eq!(m("1:00:05"), Some(3605));
+        assert_eq!(m("2-1"), Some(2 * 86400 + 3600));
+        assert_eq!(m("1-0:10"), Some(86400 + 600));
+        assert_eq!(m("1-0:0:7"), Some(86407));
+        assert_eq!(parse_time_limit("UNLIMITED"), Some(Duration::MAX));
+        assert_eq!(m("1:2:3:4"), None);
+        assert_eq!(m("soon"), None);
+        let b = |s| parse_begin(s).map(|d| d.as_secs());
+        assert_eq!(b("now+300"), Some(300));
+        assert_eq!(b("now+2hours"), Some(7200));
+        assert_eq!(b("now"), Some(0));
+        assert_eq!(b("16:00"), None);
+        assert_eq!(b("now+5fortnights"), None);
+    }
+
+    #[test]
+    fn the_deadline_and_its_warnings() {
+        let a = |v: &[&str]| s(v);
+        let hour = Duration::from_secs(3600);
+        const G: Duration = Duration::from_secs(120);
+        let (args, notes) = deadline_args(&a(&["-N", "1"]), hour, G);
+        assert_eq!(args, ["--deadline=now+3750"]);
+        // Never less than 90 s: Slurm drops a job whose deadline leaves less than a minute.
+        let (args, _) = deadline_args(&[], Duration::from_secs(4), Duration::from_secs(5));
+        assert_eq!(args, ["--deadline=now+90"]);
+        assert!(notes[0].contains("the CI job's end"), "{notes:?}");
+        // --time longer than what is left: a warning, no deadline.
+        for t in [
+            &["--time=2:00:00"][..],
+            &["-t", "61"],
+            &["-t61"],
+            &["--time", "1-0"],
+        ] {
+            let (args, notes) = deadline_args(&a(t), hour, G);
+            assert!(args.is_empty(), "{t:?}");
+            assert!(notes[0].starts_with("WARNING: --time="), "{notes:?}");
+            assert!(notes[0].contains("1h00m this CI job has left"), "{notes:?}");
+        }
+        let (args, _) = deadline_args(&a(&["--time=59"]), hour, G);
+        assert_eq!(args.len(), 1);
+        // --begin: within the CI job's time keeps the deadline, after it or unreadable not.
+        assert_eq!(deadline_args(&a(&["--begin=now+30"]), hour, G).0.len(), 1);
+        let (args, notes) = deadline_args(&a(&["--begin=now+300"]), Duration::from_secs(20), G);
+        assert!(args.is_empty());
+        assert!(
+            notes[0].contains("--begin=now+300 is not before"),
+            "{notes:?}"
+        );
+        assert!(deadline_args(&a(&["-b", "tomorrow"]), hour, G).0.is_empty());
+        // The user's own deadline is kept; no time left: nothing.
+        assert_eq!(
+            deadline_args(&a(&["--deadline=now+5"]), hour, G),
+            (vec![], vec![])
+        );
+        assert!(deadline_args(&[], Duration::from_millis(400), G)
+            .0
+            .is_empty());
     }
 
     #[test]

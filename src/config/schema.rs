@@ -362,6 +362,16 @@ pub const KEYS: &[KeySpec] = &[
         .default("false")
         .chosen()
         .used_by("batch"),
+    key(B, "queue_heartbeat", Duration)
+        .default("2m")
+        .chosen()
+        .rule("at least 1s")
+        .used_by("batch"),
+    key(B, "resubmit_limit", Integer)
+        .default("0")
+        .chosen()
+        .rule("0 to 10")
+        .used_by("batch"),
 ];
 
 /// The spec of `table.key`, if jacamar-rs knows it.

@@ -398,6 +398,7 @@ fn bad_durations_name_the_key() {
         ("auth", "jwt_exp_delay", "\"5 minutes\"", "unknown unit"),
         ("batch", "command_delay", "\"2d\"", "unknown unit \"d\""),
         ("batch", "nfs_timeout", "\"fast\"", "expected a number"),
+        ("batch", "queue_heartbeat", "\"500ms\"", "at least 1s"),
     ];
     for (table, key, value, want) in cases {
         let text = with_key(table, &format!("{key} = {value}"));
@@ -413,6 +414,23 @@ fn bad_durations_name_the_key() {
     }
     let c = ok(&with_key("general", "kill_timeout = \"1m30s\""));
     assert_eq!(c.general.kill_timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn resubmit_limit_is_bounded_and_named() {
+    let text = with_key("batch", "resubmit_limit = 11");
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key.as_deref(), Some("batch.resubmit_limit"));
+    assert_eq!(found[0].line, Some(line_of(&text, "resubmit_limit")));
+    assert_eq!(
+        ok(&with_key("batch", "resubmit_limit = 3"))
+            .batch
+            .resubmit_limit,
+        3
+    );
+    assert_eq!(ok(BASE).batch.resubmit_limit, 0);
+    assert_eq!(ok(BASE).batch.queue_heartbeat, Duration::from_secs(120));
 }
 
 #[test]

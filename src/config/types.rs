@@ -225,6 +225,11 @@ pub struct Batch {
     pub default_args: Vec<String>,
     pub disable_name_prefix: bool,
     pub ff_improved_quoting: bool,
+    /// How often the job log says a queued job is still waiting (our name).
+    pub queue_heartbeat: Duration,
+    /// Resubmissions after the infrastructure ended a job (preemption, node or boot
+    /// failure); 0: none (our name).
+    pub resubmit_limit: u32,
 }
 
 impl Default for Batch {
@@ -242,6 +247,8 @@ impl Default for Batch {
             default_args: Vec::new(),
             disable_name_prefix: false,
             ff_improved_quoting: false,
+            queue_heartbeat: Duration::from_secs(120),
+            resubmit_limit: 0,
         }
     }
 }

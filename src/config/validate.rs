@@ -5,6 +5,7 @@
 //! one bad value never hides the problems after it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml::de::DeTable;
 
@@ -463,7 +464,24 @@ fn batch(s: &mut Section<'_, '_>) -> Batch {
         default_args: s.strings("default_args"),
         disable_name_prefix: s.bool("disable_name_prefix"),
         ff_improved_quoting: s.bool("ff_improved_quoting"),
+        queue_heartbeat: queue_heartbeat(s, defaults.queue_heartbeat),
+        resubmit_limit: u32::try_from(s.uint("resubmit_limit", 0, 0, 10)).unwrap_or(0),
     }
+}
+
+/// `[batch] queue_heartbeat`: at least a second (a shorter one would flood the job log).
+fn queue_heartbeat(s: &mut Section<'_, '_>, default: Duration) -> Duration {
+    let d = s.duration("queue_heartbeat", default);
+    if d < Duration::from_secs(1) {
+        let line = s.line_of_key("queue_heartbeat");
+        s.push(
+            line,
+            "queue_heartbeat",
+            "queue_heartbeat must be at least 1s",
+        );
+        return default;
+    }
+    d
 }
 
 /// `data_dir` must say where jobs go on every host: an absolute path or one

@@ -269,6 +269,12 @@ async fn run_batch(
         workdir: b.h.account.workdir(),
         deadline,
         poller: batch::poller::Poller::shared(b.paths.base_dir()),
+        // The CI job's end as seen from this run call (it started no later than now).
+        ci_end: b
+            .h
+            .job
+            .job_timeout
+            .and_then(|t| tokio::time::Instant::now().checked_add(t)),
     };
     let st = batch::run_batch(job, &mut rx).await;
     ctl_task.abort();

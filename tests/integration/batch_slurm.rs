@@ -304,30 +304,6 @@ fn cleanup_cancels_the_job_after_sigkill_of_both_drivers() {
 }
 
 #[test]
-fn time_limit_is_reported_as_timeout() {
-    if !require_root() {
-        return;
-    }
-    let mut h = slurm("");
-    h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", "--time=1");
-    let out = h.run("build_script", "echo sleeping\nsleep 600\n");
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("ended TIMEOUT (TimeLimit)"), "{text}");
-    assert!(
-        text.contains("DUE TO TIME LIMIT"),
-        "Slurm's own line should be streamed: {text}"
-    );
-    let code: i32 = h.build_exit_code().unwrap().parse().unwrap();
-    assert_ne!(code, 0);
-    assert!(h.cleanup().status.success());
-}
-
-#[test]
 fn output_moved_in_late_arrives_within_nfs_timeout() {
     if !require_root() {
         return;

@@ -17,6 +17,7 @@ mod health;
 mod refusals;
 mod runner_config;
 mod scale_poll;
+mod scale_wait;
 mod sec_fs;
 mod sec_policy;
 mod sec_shell;
