@@ -19,10 +19,11 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -144,7 +145,7 @@ pub fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), ProtocolError> {
 }
 
 /// Let `fd` be inherited across exec (or not).
-pub fn set_inheritable(fd: RawFd, inherit: bool) -> Result<(), ProtocolError> {
+pub fn set_inheritable(fd: impl AsFd, inherit: bool) -> Result<(), ProtocolError> {
     let flags = if inherit {
         FdFlag::empty()
     } else {
@@ -373,10 +374,15 @@ pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd, ProtocolError> {
             "descriptor {fd} is a standard stream"
         )));
     }
-    fcntl(fd, FcntlArg::F_GETFD).map_err(ProtocolError::Setup)?;
-    // SAFETY: `fd` is open (F_GETFD succeeded), was inherited for us alone and named on our
-    // command line by our parent, and is taken exactly once, at start-up.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // SAFETY: fcntl(F_GETFD) on a plain number only reads that descriptor's flags and fails
+    // with EBADF when it is not open (there is no I/O-safe way to probe a number). `fd` is
+    // adopted only once that succeeded: it is open, was inherited for us alone and named on
+    // our command line by our parent, and is taken exactly once, at start-up, so the new
+    // OwnedFd is its only owner.
+    unsafe {
+        Errno::result(libc::fcntl(fd, libc::F_GETFD)).map_err(ProtocolError::Setup)?;
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
 }
 
 /// The raw number of a descriptor, for the command line.

@@ -18,9 +18,9 @@
 //! There are no default filters: with none of the keys above set, no filter is loaded.
 
 use std::io::{Read, Seek};
-use std::os::fd::FromRawFd;
 
 use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use nix::sys::memfd::{memfd_create, MFdFlags};
 
 use super::AuthError;
 use crate::config::Seccomp;
@@ -123,17 +123,9 @@ pub fn build(cfg: &Seccomp, uid: u32, gid: u32) -> Result<Option<Program>, AuthE
 
 /// The filter as BPF instructions (through a memfd: libseccomp 2.5 exports to a descriptor).
 fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>, AuthError> {
-    // SAFETY: memfd_create with a valid NUL-terminated name; the returned descriptor is
-    // owned by the File below and closed exactly once.
-    let fd = unsafe { libc::memfd_create(c"jacamar-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(err(format!(
-            "memfd_create: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let fd = memfd_create(c"jacamar-seccomp", MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| err(format!("memfd_create: {}", std::io::Error::from(e))))?;
+    let mut file = std::fs::File::from(fd);
     ctx.export_bpf(&file).map_err(err)?;
     file.rewind().map_err(err)?;
     let mut bytes = Vec::new();

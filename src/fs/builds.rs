@@ -22,11 +22,10 @@
 //! [`BuildsPlan::planned`]; `prepare` calls [`prepare`]; `cleanup` calls [`cleanup`].
 
 use std::ffi::OsStr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use nix::errno::Errno;
-use nix::fcntl::AtFlags;
+use nix::fcntl::{self, AtFlags};
 use nix::sys::stat::{self, Mode, SFlag};
 
 use super::claim::{ClaimDir, ClaimHold, ClaimSettings};
@@ -35,7 +34,7 @@ use super::custom::{open_custom_root, parse_custom_root};
 use super::paths::{Anchor, BuildsAt};
 use super::secure::{
     dir_flags, ensure_job_dirs, file_type, open_below_base, open_existing_base_parent,
-    open_private_child, openat_owned, perm_bits, DirFd,
+    open_private_child, perm_bits, DirFd,
 };
 use super::static_dirs;
 use super::{validate_segment, DirPolicy, FsError, JobPaths, SegmentKind};
@@ -449,7 +448,7 @@ pub fn migrate_group_permissions(
     if base_is_other {
         let keep_setgid = perm_bits(&st) & 0o2000;
         stat::fchmod(
-            base.fd.as_raw_fd(),
+            &base.fd,
             Mode::from_bits_truncate(policy.dir_mode() | keep_setgid),
         )
         .map_err(|e| FsError::io("set permissions of", &base.path, e))?;
@@ -480,7 +479,7 @@ fn open_own_base(paths: &JobPaths, policy: &DirPolicy) -> Result<Option<DirFd>, 
     let Some(name) = paths.base_dir().file_name().and_then(OsStr::to_str) else {
         return Ok(None);
     };
-    let fd = match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+    let fd = match fcntl::openat(parent.borrow(), name, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EACCES) => return Ok(None),
         Err(e) => return Err(FsError::io("open", paths.base_dir(), e)),
@@ -494,7 +493,7 @@ fn open_own_base(paths: &JobPaths, policy: &DirPolicy) -> Result<Option<DirFd>, 
 
 /// `dir/name` is a directory (not a symlink) owned by `policy.uid` with exactly its mode.
 fn has_mode_of(dir: &DirFd, name: &str, policy: &DirPolicy) -> Result<bool, FsError> {
-    match stat::fstatat(Some(dir.fd.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+    match stat::fstatat(&dir.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(file_type(&st) == SFlag::S_IFDIR
             && st.st_uid == policy.uid
             && perm_bits(&st) & !0o2000 == policy.dir_mode()),

@@ -19,21 +19,19 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, AtFlags, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, openat, AtFlags, FcntlArg, OFlag};
 use nix::sys::stat::{self, FileStat, Mode, SFlag};
 use nix::unistd::{self, UnlinkatFlags};
 use serde_json::Value;
 
 use super::cleanup::remove_tree;
-use super::secure::{
-    entry_names, file_type, open_dir_path, open_private_child, openat_owned, perm_bits, DirFd,
-};
+use super::secure::{entry_names, file_type, open_dir_path, open_private_child, perm_bits, DirFd};
 use super::{DirPolicy, FsError, UserInfo};
 
 /// Extra lifetime of a claim beyond the job's timeout: the backstop's 10 minutes plus the
@@ -537,11 +535,7 @@ impl ClaimDir {
                 _ => {}
             }
             remove_tree(&self.dir, slot_name(slot).as_ref(), 0)?;
-            match unistd::unlinkat(
-                Some(self.dir.fd.as_raw_fd()),
-                name.as_str(),
-                UnlinkatFlags::NoRemoveDir,
-            ) {
+            match unistd::unlinkat(&self.dir.fd, name.as_str(), UnlinkatFlags::NoRemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => return Err(FsError::io("remove", &path, e)),
             }
@@ -573,8 +567,8 @@ impl ClaimDir {
         if create {
             flags |= OFlag::O_CREAT;
         }
-        match openat_owned(
-            Some(self.dir.borrow()),
+        match openat(
+            self.dir.borrow(),
             name,
             flags,
             Mode::from_bits_truncate(FILE_MODE),
@@ -591,7 +585,7 @@ impl ClaimDir {
 
     /// A lock file must be a regular file of the policy's uid.
     fn check_lock_file(&self, file: &File, path: &Path) -> Result<FileStat, FsError> {
-        let st = stat::fstat(file.as_raw_fd()).map_err(|e| FsError::io("stat", path, e))?;
+        let st = stat::fstat(file).map_err(|e| FsError::io("stat", path, e))?;
         if file_type(&st) != SFlag::S_IFREG {
             return Err(FsError::refused(path, "is not a regular file"));
         }
@@ -610,7 +604,7 @@ impl ClaimDir {
     /// Whether `name` still names the file we opened (`st`).
     fn still_linked(&self, name: &str, st: &FileStat) -> bool {
         matches!(
-            stat::fstatat(Some(self.dir.fd.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW),
+            stat::fstatat(&self.dir.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW),
             Ok(cur) if cur.st_ino == st.st_ino && cur.st_dev == st.st_dev
         )
     }
@@ -674,8 +668,8 @@ fn flock_of(kind: libc::c_int) -> libc::flock {
 /// not support those.
 pub(crate) fn try_lock(fd: BorrowedFd<'_>, kind: libc::c_int) -> nix::Result<bool> {
     let fl = flock_of(kind);
-    let res = match fcntl(fd.as_raw_fd(), FcntlArg::F_OFD_SETLK(&fl)) {
-        Err(Errno::EINVAL) => fcntl(fd.as_raw_fd(), FcntlArg::F_SETLK(&fl)),
+    let res = match fcntl(fd, FcntlArg::F_OFD_SETLK(&fl)) {
+        Err(Errno::EINVAL) => fcntl(fd, FcntlArg::F_SETLK(&fl)),
         other => other,
     };
     match res {
@@ -714,8 +708,8 @@ impl DebugLog {
         let file = open_private_child(&dir.dir, LOCK_DEBUG_DIR, &dir.policy, &dir.user, true)
             .and_then(|d| {
                 let name = format!("{job_id}.json");
-                openat_owned(
-                    Some(d.borrow()),
+                openat(
+                    d.borrow(),
                     name.as_str(),
                     OFlag::O_WRONLY
                         | OFlag::O_CREAT

@@ -5,17 +5,17 @@
 //! rather than an error.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
+use nix::fcntl;
 use nix::sys::stat::Mode;
 use nix::unistd::{self, UnlinkatFlags};
 
 use super::paths::Anchor;
-use super::secure::{diagnose_at, dir_flags, open_dir_path, openat_owned, DirFd};
+use super::secure::{diagnose_at, dir_flags, open_dir_path, DirFd};
 use super::{FsError, JobPaths};
 
 /// Deepest directory nesting removed below the job's scripts dir.
@@ -70,11 +70,7 @@ pub fn cleanup_job(paths: &JobPaths, retain_logs: bool) -> Result<(), FsError> {
     // Prune empty parents: project .. runner, but never `scripts` (chain[1]) or the base.
     for i in (2..chain.len()).rev() {
         let name = &dirs[i - 1];
-        match unistd::unlinkat(
-            Some(chain[i - 1].fd.as_raw_fd()),
-            name.as_str(),
-            UnlinkatFlags::RemoveDir,
-        ) {
+        match unistd::unlinkat(&chain[i - 1].fd, name.as_str(), UnlinkatFlags::RemoveDir) {
             Ok(()) => {}
             Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOENT | Errno::EBUSY) => break,
             Err(e) => return Err(FsError::io("remove", &chain[i].path, e)),
@@ -86,7 +82,7 @@ pub fn cleanup_job(paths: &JobPaths, retain_logs: bool) -> Result<(), FsError> {
 /// Open `parent/name` as a directory without following a symlink; `None` when it is gone.
 pub(crate) fn open_child(parent: &DirFd, name: &str) -> Result<Option<DirFd>, FsError> {
     let path = parent.path.join(name);
-    match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+    match fcntl::openat(parent.borrow(), name, dir_flags(), Mode::empty()) {
         Ok(fd) => Ok(Some(DirFd { fd, path })),
         Err(Errno::ENOENT) => Ok(None),
         Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => Err(diagnose_at(parent, name, e)),
@@ -98,7 +94,7 @@ pub(crate) fn open_child(parent: &DirFd, name: &str) -> Result<Option<DirFd>, Fs
 /// unlinked, never followed.
 pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<(), FsError> {
     let path = parent.path.join(name);
-    let fd = match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+    let fd = match fcntl::openat(parent.borrow(), name, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()),
         // Not a directory after all (unlink_entry's EPERM fallback, or a race): unlink it
@@ -121,7 +117,7 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
         fd,
         path: path.clone(),
     };
-    let mut dir = Dir::from(dup).map_err(|e| FsError::io("read", &path, e))?;
+    let mut dir = Dir::from_fd(dup).map_err(|e| FsError::io("read", &path, e))?;
 
     for _ in 0..MAX_ROUNDS {
         let mut entries: Vec<(OsString, Option<Type>)> = Vec::new();
@@ -139,7 +135,7 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
                 unlink_entry(&this, &n, depth + 1)?;
             }
         }
-        match unistd::unlinkat(Some(parent.fd.as_raw_fd()), name, UnlinkatFlags::RemoveDir) {
+        match unistd::unlinkat(&parent.fd, name, UnlinkatFlags::RemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => return Ok(()),
             // Something was added meanwhile (a run still writing): go round again.
             Err(Errno::ENOTEMPTY | Errno::EEXIST) => {}
@@ -160,11 +156,7 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
 /// Unlink the non-directory `parent/name`: gone already is fine, any other failure (an
 /// immutable file, another owner's file in a sticky directory) is an error naming it.
 fn unlink_file(parent: &DirFd, name: &OsStr) -> Result<(), FsError> {
-    match unistd::unlinkat(
-        Some(parent.fd.as_raw_fd()),
-        name,
-        UnlinkatFlags::NoRemoveDir,
-    ) {
+    match unistd::unlinkat(&parent.fd, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(FsError::io("remove", parent.path.join(name), e)),
     }
@@ -173,11 +165,7 @@ fn unlink_file(parent: &DirFd, name: &OsStr) -> Result<(), FsError> {
 /// Unlink `parent/name`; a directory (EISDIR, or EPERM, which POSIX allows for one) is
 /// removed as a tree.
 fn unlink_entry(parent: &DirFd, name: &OsStr, depth: usize) -> Result<(), FsError> {
-    match unistd::unlinkat(
-        Some(parent.fd.as_raw_fd()),
-        name,
-        UnlinkatFlags::NoRemoveDir,
-    ) {
+    match unistd::unlinkat(&parent.fd, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(Errno::EISDIR | Errno::EPERM) => remove_tree(parent, name, depth),
         Err(e) => Err(FsError::io("remove", parent.path.join(name), e)),

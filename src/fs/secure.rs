@@ -8,14 +8,13 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{self, AtFlags, OFlag};
 use nix::sys::stat::{self, FileStat, Mode, SFlag};
 use nix::unistd::{self, UnlinkatFlags};
-use nix::NixPath;
 
 use super::paths::{script_file_name, Anchor};
 use super::walk::{check_trusted, open_trusted_path, Trust};
@@ -27,20 +26,6 @@ const VANISHED_RETRIES: usize = 8;
 /// Flags for opening a directory we are about to trust.
 pub(crate) fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
-}
-
-/// `openat(2)` returning an owned descriptor. `dir = None` means relative to the cwd (or an
-/// absolute path).
-pub(crate) fn openat_owned<P: ?Sized + NixPath>(
-    dir: Option<BorrowedFd<'_>>,
-    name: &P,
-    flags: OFlag,
-    mode: Mode,
-) -> nix::Result<OwnedFd> {
-    let raw = fcntl::openat(dir.map(|d| d.as_raw_fd()), name, flags, mode)?;
-    // SAFETY: `raw` was just returned by a successful openat(2) and is not stored anywhere else,
-    // so the new OwnedFd is its only owner and closes it exactly once.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// An open directory and the path it was reached by (for messages).
@@ -56,7 +41,7 @@ impl DirFd {
     }
 
     pub(crate) fn stat(&self) -> Result<FileStat, FsError> {
-        stat::fstat(self.fd.as_raw_fd()).map_err(|e| FsError::io("stat", &self.path, e))
+        stat::fstat(&self.fd).map_err(|e| FsError::io("stat", &self.path, e))
     }
 }
 
@@ -81,11 +66,7 @@ pub(crate) fn perm_bits(st: &FileStat) -> u32 {
 /// Why `ELOOP`/`ENOTDIR` happened on `parent/name`: a symlink or a non-directory.
 pub(crate) fn diagnose_at(parent: &DirFd, name: &str, errno: Errno) -> FsError {
     let path = parent.path.join(name);
-    match stat::fstatat(
-        Some(parent.fd.as_raw_fd()),
-        name,
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    ) {
+    match stat::fstatat(&parent.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) if file_type(&st) != SFlag::S_IFDIR => {
             FsError::refused(path, type_name(file_type(&st)))
         }
@@ -104,7 +85,7 @@ fn diagnose_path(path: &Path, errno: Errno) -> FsError {
 
 /// Open an absolute directory path; the final component must not be a symlink.
 pub(crate) fn open_dir_path(path: &Path, what: &'static str) -> Result<DirFd, FsError> {
-    match openat_owned(None, path, dir_flags(), Mode::empty()) {
+    match fcntl::openat(fcntl::AT_FDCWD, path, dir_flags(), Mode::empty()) {
         Ok(fd) => Ok(DirFd {
             fd,
             path: path.to_path_buf(),
@@ -197,7 +178,7 @@ fn open_or_create(
     let mode = exp.policy.dir_mode();
     // A lost race with another creator (EEXIST) sends us round once more to verify its dir.
     for _ in 0..VANISHED_RETRIES {
-        match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+        match fcntl::openat(parent.borrow(), name, dir_flags(), Mode::empty()) {
             Ok(fd) => {
                 let dir = DirFd { fd, path };
                 exp.verify(&dir.stat()?, &dir.path, rule)?;
@@ -208,23 +189,19 @@ fn open_or_create(
             Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => return Err(diagnose_at(parent, name, e)),
             Err(e) => return Err(FsError::io("open", path, e)),
         }
-        match stat::mkdirat(
-            Some(parent.fd.as_raw_fd()),
-            name,
-            Mode::from_bits_truncate(mode),
-        ) {
+        match stat::mkdirat(&parent.fd, name, Mode::from_bits_truncate(mode)) {
             Ok(()) => {}
             Err(Errno::EEXIST) => continue,
             Err(e) => return Err(FsError::io("create", path, e)),
         }
-        let fd = match openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty()) {
+        let fd = match fcntl::openat(parent.borrow(), name, dir_flags(), Mode::empty()) {
             Ok(fd) => fd,
             Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => return Err(diagnose_at(parent, name, e)),
             Err(e) => return Err(FsError::io("open", path, e)),
         };
         let dir = DirFd { fd, path };
         // mkdirat's mode was filtered by the umask (never looser than `mode`): set it exactly.
-        stat::fchmod(dir.fd.as_raw_fd(), Mode::from_bits_truncate(mode))
+        stat::fchmod(&dir.fd, Mode::from_bits_truncate(mode))
             .map_err(|e| FsError::io("set permissions of", &dir.path, e))?;
         exp.verify(&dir.stat()?, &dir.path, Rule::Exact)?;
         return Ok(dir);
@@ -387,23 +364,22 @@ pub fn create_base_dir_for_user(
         .ok_or_else(|| FsError::refused(paths.base_dir(), "has no usable final component"))?;
     let full = parent.path.join(name);
     let mode = Mode::from_bits_truncate(policy.dir_mode());
-    match stat::mkdirat(Some(parent.fd.as_raw_fd()), name, mode) {
+    match stat::mkdirat(&parent.fd, name, mode) {
         Ok(()) => {
-            let fd = openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty())
+            let fd = fcntl::openat(parent.borrow(), name, dir_flags(), Mode::empty())
                 .map_err(|e| diagnose_at(&parent, name, e))?;
             unistd::fchown(
-                fd.as_raw_fd(),
+                &fd,
                 Some(unistd::Uid::from_raw(policy.uid)),
                 Some(unistd::Gid::from_raw(gid)),
             )
             .map_err(|e| FsError::io("change the owner of", &full, e))?;
-            stat::fchmod(fd.as_raw_fd(), mode)
-                .map_err(|e| FsError::io("set permissions of", &full, e))?;
+            stat::fchmod(&fd, mode).map_err(|e| FsError::io("set permissions of", &full, e))?;
             let dir = DirFd { fd, path: full };
             exp.verify(&dir.stat()?, &dir.path, Rule::Exact)?;
         }
         Err(Errno::EEXIST) => {
-            let fd = openat_owned(Some(parent.borrow()), name, dir_flags(), Mode::empty())
+            let fd = fcntl::openat(parent.borrow(), name, dir_flags(), Mode::empty())
                 .map_err(|e| diagnose_at(&parent, name, e))?;
             let dir = DirFd { fd, path: full };
             let st = dir.stat()?;
@@ -451,9 +427,9 @@ fn create_script(dir: &DirFd, name: &str, content: &[u8]) -> Result<PathBuf, FsE
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mode = Mode::from_bits_truncate(SCRIPT_MODE);
     for _ in 0..VANISHED_RETRIES {
-        match openat_owned(Some(dir.borrow()), name, flags, mode) {
+        match fcntl::openat(dir.borrow(), name, flags, mode) {
             Ok(fd) => {
-                let written = stat::fchmod(fd.as_raw_fd(), mode)
+                let written = stat::fchmod(&fd, mode)
                     .map_err(|e| FsError::io("set permissions of", &path, e))
                     .and_then(|()| {
                         File::from(fd)
@@ -466,17 +442,13 @@ fn create_script(dir: &DirFd, name: &str, content: &[u8]) -> Result<PathBuf, FsE
                     });
                 if written.is_err() {
                     // Best effort: do not leave a truncated script behind.
-                    let _ = unistd::unlinkat(
-                        Some(dir.fd.as_raw_fd()),
-                        name,
-                        UnlinkatFlags::NoRemoveDir,
-                    );
+                    let _ = unistd::unlinkat(&dir.fd, name, UnlinkatFlags::NoRemoveDir);
                 }
                 return written.map(|()| path);
             }
             // A previous attempt of this stage (retry): replace it.
             Err(Errno::EEXIST) => {
-                match unistd::unlinkat(Some(dir.fd.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
+                match unistd::unlinkat(&dir.fd, name, UnlinkatFlags::NoRemoveDir) {
                     Ok(()) | Err(Errno::ENOENT) => {}
                     Err(Errno::EISDIR | Errno::EPERM) => {
                         return Err(FsError::refused(path, "is a directory"))
@@ -539,7 +511,7 @@ pub(crate) fn entry_names(dir: &DirFd) -> Result<Vec<String>, FsError> {
         path: dir.path.clone(),
         source,
     })?;
-    let mut d = nix::dir::Dir::from(dup).map_err(|e| FsError::io("read", &dir.path, e))?;
+    let mut d = nix::dir::Dir::from_fd(dup).map_err(|e| FsError::io("read", &dir.path, e))?;
     let mut out = Vec::new();
     for e in d.iter() {
         let e = e.map_err(|e| FsError::io("read", &dir.path, e))?;

@@ -6,7 +6,6 @@
 //! directory left empty. `static_min_days = 0` keeps them forever.
 
 use std::ffi::OsStr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use nix::dir::{Dir, Type};
@@ -30,7 +29,7 @@ fn subdirs(dir: &DirFd) -> Result<Vec<String>, FsError> {
         path: dir.path.clone(),
         source,
     })?;
-    let mut d = Dir::from(dup).map_err(|e| FsError::io("read", &dir.path, e))?;
+    let mut d = Dir::from_fd(dup).map_err(|e| FsError::io("read", &dir.path, e))?;
     let mut out = Vec::new();
     for e in d.iter() {
         let e = e.map_err(|e| FsError::io("read", &dir.path, e))?;
@@ -71,11 +70,7 @@ pub(crate) fn remove_old(
             if project == keep.0 && job == keep.1 {
                 continue;
             }
-            let Ok(st) = stat::fstatat(
-                Some(pdir.fd.as_raw_fd()),
-                job.as_str(),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) else {
+            let Ok(st) = stat::fstatat(&pdir.fd, job.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
                 continue;
             };
             if file_type(&st) == SFlag::S_IFDIR && (st.st_mtime.max(0) as u64) < cutoff {
@@ -107,11 +102,7 @@ pub(crate) fn remove_old(
         if name == keep.0 {
             continue;
         }
-        match unistd::unlinkat(
-            Some(static_dir.fd.as_raw_fd()),
-            name,
-            UnlinkatFlags::RemoveDir,
-        ) {
+        match unistd::unlinkat(&static_dir.fd, name, UnlinkatFlags::RemoveDir) {
             Ok(()) | Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOENT | Errno::EBUSY) => {}
             Err(e) => return Err(FsError::io("remove", &pdir.path, e)),
         }

@@ -15,9 +15,10 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use nix::errno::Errno;
+use nix::fcntl;
 use nix::sys::stat::Mode;
 
-use super::secure::{diagnose_at, dir_flags, open_dir_path, openat_owned, perm_bits, DirFd};
+use super::secure::{diagnose_at, dir_flags, open_dir_path, perm_bits, DirFd};
 use super::FsError;
 
 /// Who may own the directories of a path, and how to say so.
@@ -38,7 +39,7 @@ pub(crate) fn open_trusted_path(path: &Path, trust: &Trust<'_>) -> Result<DirFd,
     for comp in path.iter().skip(1) {
         check_trusted(&dir, trust)?;
         let next = dir.path.join(comp);
-        let fd = match openat_owned(Some(dir.borrow()), comp, dir_flags(), Mode::empty()) {
+        let fd = match fcntl::openat(dir.borrow(), comp, dir_flags(), Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 return Err(FsError::Missing {

@@ -434,8 +434,8 @@ async fn hand_over(
     let handoff = handoff_of(config, job, target, action, &exe, backstop.map(|b| b.1));
     let (ctl_r, ctl_w) = protocol::pipe_cloexec()?;
     let (st_r, st_w) = protocol::pipe_cloexec()?;
-    protocol::set_inheritable(protocol::raw(&ctl_r), true)?;
-    protocol::set_inheritable(protocol::raw(&st_w), true)?;
+    protocol::set_inheritable(&ctl_r, true)?;
+    protocol::set_inheritable(&st_w, true)?;
     // Writing starts now; it completes once jacamar reads (EPIPE if it never starts).
     let control = ControlWriter::spawn(ctl_w, &handoff)?;
     let cgroup = job_cgroup();

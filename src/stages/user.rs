@@ -24,7 +24,7 @@ use crate::supervisor::{self, group, Exit, GroupTerminator, OsSignals, Policy};
 /// category, so the job log names what failed.
 pub fn main(control: OwnedFd, status: OwnedFd) -> i32 {
     // Our descriptors must not leak into the user's shell.
-    let result = protocol::set_inheritable(protocol::raw(&status), false)
+    let result = protocol::set_inheritable(&status, false)
         .map_err(StageError::from)
         .and_then(|()| run(control));
     let (st, category) = match result {
@@ -47,7 +47,7 @@ pub fn main(control: OwnedFd, status: OwnedFd) -> i32 {
 }
 
 fn run(control: OwnedFd) -> Result<Status, StageError> {
-    protocol::set_inheritable(protocol::raw(&control), false)?;
+    protocol::set_inheritable(&control, false)?;
     // Orphans of the job come back to us, so the sweep finds them.
     if !group::become_subreaper() {
         tracing::warn!(
