@@ -25,3 +25,5 @@ pub mod protocol;
 pub mod shell;
 pub mod stages;
 pub mod supervisor;
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -715,22 +715,7 @@ fn one_cleanup_racing_writes_lets_both_succeed() {
 
 const CHILD_ENV: &str = "JACAMAR_FS_TEST_CHILD_DIR";
 
-/// The opt-out of [`require`], as in the integration tests' harness. CI never sets it.
-const ALLOW_SKIP_VAR: &str = "JACAMAR_TEST_ALLOW_SKIP";
-
-/// A test that cannot run here (`ok` false, for the reason `what`) fails, unless
-/// `JACAMAR_TEST_ALLOW_SKIP=1` is set: then it says so and returns false (the test returns).
-#[track_caller]
-fn require(ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var(ALLOW_SKIP_VAR).as_deref() == Ok("1") {
-        eprintln!("SKIPPED ({ALLOW_SKIP_VAR}=1): {what}");
-        return false;
-    }
-    panic!("{what}; run as root via scripts/test.sh, or set {ALLOW_SKIP_VAR}=1 to skip");
-}
+use crate::test_support::require;
 
 /// Re-runs `unprivileged_child` as uid/gid 12345 through setpriv(1); needs root and setpriv.
 #[test]

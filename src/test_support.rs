@@ -1,0 +1,18 @@
+//! Helpers of the unit tests.
+
+/// The opt-out variable of [`require`]; CI never sets it.
+pub const ALLOW_SKIP_VAR: &str = "JACAMAR_TEST_ALLOW_SKIP";
+
+/// A unit test that needs something (`ok` false: root, a program) fails without it, unless
+/// `JACAMAR_TEST_ALLOW_SKIP=1` is set; then it says so and the caller returns.
+#[track_caller]
+pub fn require(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if std::env::var(ALLOW_SKIP_VAR).as_deref() == Ok("1") {
+        eprintln!("SKIPPED ({ALLOW_SKIP_VAR}=1): {what}");
+        return false;
+    }
+    panic!("{what}; run as root via scripts/test.sh, or set {ALLOW_SKIP_VAR}=1 to skip");
+}
