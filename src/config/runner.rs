@@ -289,6 +289,14 @@ struct Runner<'t, 'i> {
     custom_line: usize,
 }
 
+/// A hook's `*_exec` once checked: its value, line and resolved file.
+struct Exec {
+    hook: Hook,
+    value: String,
+    line: usize,
+    resolved: PathBuf,
+}
+
 /// A hook's `*_args` once read.
 struct Args {
     configuration: Option<(String, usize)>,
@@ -433,191 +441,266 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Check one custom runner's `[runners.custom]`; its summary when nothing is wrong.
     fn custom_runner(&mut self, r: &Runner<'_, '_>) -> Option<RunnerSummary> {
         let before = self.problems.len();
         let Some(custom) = r.custom else {
             if self.problems.len() == before {
+                self.missing_custom(r);
+            }
+            return None;
+        };
+        let (first, exec_ok) = self.execs(r, custom);
+        let configurations = self.configurations(r, custom);
+        self.cleanup_reads_config_file(r, &configurations);
+        let config = self.load_configurations(r, &configurations);
+        let (graceful, force) = self.kill_timeouts(r, custom, config.as_ref());
+
+        if self.problems.len() != before || !exec_ok {
+            return None;
+        }
+        let (first, (configuration, c)) = (first?, config?);
+        Some(RunnerSummary {
+            runner: r.label.clone(),
+            exec: PathBuf::from(first.value),
+            configuration,
+            kill_timeout: c.general.kill_timeout,
+            graceful_kill_timeout: graceful,
+            force_kill_timeout: force,
+        })
+    }
+
+    /// Report a custom runner without a `[runners.custom]` table.
+    fn missing_custom(&mut self, r: &Runner<'_, '_>) {
+        self.push(
+            Some(r.line),
+            Some(&r.label),
+            "runners.custom",
+            format!(
+                "executor = \"custom\" without a [runners.custom] table: add one with the \
+                 four hooks config_exec, prepare_exec, run_exec and cleanup_exec = \
+                 \"{INSTALLED_AUTH}\" and their *_args"
+            ),
+        );
+    }
+
+    /// The four `*_exec`: present, absolute, executable, all the same file. Returns the
+    /// first hook's resolved executable and whether all four passed.
+    fn execs(&mut self, r: &Runner<'_, '_>, custom: &DeTable<'_>) -> (Option<Exec>, bool) {
+        let mut first: Option<Exec> = None;
+        let mut exec_ok = true;
+        for hook in HOOKS {
+            let Some(exec) = self.exec(r, custom, hook, first.as_ref()) else {
+                exec_ok = false;
+                continue;
+            };
+            match &first {
+                None => first = Some(exec),
+                Some(f) => exec_ok &= self.same_exec(r, f, &exec),
+            }
+        }
+        (first, exec_ok)
+    }
+
+    /// One hook's `*_exec` checked and resolved; `None` once a problem was reported (a
+    /// missing key suggests `first`'s path, or the installed one).
+    fn exec(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        hook: Hook,
+        first: Option<&Exec>,
+    ) -> Option<Exec> {
+        let key = format!("{}_exec", hook.name());
+        let dotted = format!("runners.custom.{key}");
+        let Some((value, line)) = self.string(r, custom, &key) else {
+            let suggestion = first.map_or(INSTALLED_AUTH, |f| f.value.as_str());
+            if !custom.contains_key(key.as_str()) {
                 self.push(
-                    Some(r.line),
+                    Some(r.custom_line),
                     Some(&r.label),
-                    "runners.custom",
+                    &dotted,
                     format!(
-                        "executor = \"custom\" without a [runners.custom] table: add one with the \
-                         four hooks config_exec, prepare_exec, run_exec and cleanup_exec = \
-                         \"{INSTALLED_AUTH}\" and their *_args"
+                        "missing: jacamar-auth runs all four hooks; add {key} = \"{suggestion}\""
                     ),
                 );
             }
             return None;
         };
+        if let Some(message) = exec_path_problem(&value) {
+            self.push(Some(line), Some(&r.label), &dotted, message);
+            return None;
+        }
+        let resolved = self.resolve_exec(r, &dotted, &value, line)?;
+        Some(Exec {
+            hook,
+            value,
+            line,
+            resolved,
+        })
+    }
 
-        // The four executables: present, absolute, executable, all the same file.
-        let mut first: Option<(Hook, String, PathBuf)> = None;
-        let mut exec_ok = true;
-        for hook in HOOKS {
-            let key = format!("{}_exec", hook.name());
-            let dotted = format!("runners.custom.{key}");
-            let Some((value, line)) = self.string(r, custom, &key) else {
-                let suggestion = first
-                    .as_ref()
-                    .map(|(_, p, _)| p.clone())
-                    .unwrap_or_else(|| INSTALLED_AUTH.to_string());
-                if !custom.contains_key(key.as_str()) {
-                    self.push(
-                        Some(r.custom_line),
-                        Some(&r.label),
-                        &dotted,
-                        format!("missing: jacamar-auth runs all four hooks; add {key} = \"{suggestion}\""),
-                    );
-                }
-                exec_ok = false;
-                continue;
-            };
-            if !Path::new(&value).is_absolute() {
+    /// The hook's file as the host resolves it; a missing or unusable file is reported.
+    fn resolve_exec(
+        &mut self,
+        r: &Runner<'_, '_>,
+        dotted: &str,
+        value: &str,
+        line: usize,
+    ) -> Option<PathBuf> {
+        match self.host.executable(Path::new(value)) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                let fix = if why == NOT_FOUND {
+                    "install jacamar-auth there (the jacamar-rs packages put it in \
+                     /opt/jacamar/bin) or fix the path"
+                } else {
+                    "give it mode 0755 root:root (runner as root) or 0750 \
+                     root:gitlab-runner (the caps flavour), or fix the path"
+                };
                 self.push(
                     Some(line),
                     Some(&r.label),
-                    &dotted,
-                    format!(
-                        "\"{value}\" is not an absolute path: give jacamar-auth's full path \
-                         (e.g. \"{INSTALLED_AUTH}\")"
-                    ),
+                    dotted,
+                    format!("\"{value}\" {why}: {fix}"),
                 );
-                exec_ok = false;
-                continue;
-            }
-            if Path::new(&value).file_name().and_then(|n| n.to_str()) == Some("jacamar") {
-                self.push(
-                    Some(line),
-                    Some(&r.label),
-                    &dotted,
-                    format!(
-                        "\"{value}\" is the job-side binary: the hooks run jacamar-auth, \
-                         e.g. \"{}\"",
-                        Path::new(&value).with_file_name("jacamar-auth").display()
-                    ),
-                );
-                exec_ok = false;
-                continue;
-            }
-            let resolved = match self.host.executable(Path::new(&value)) {
-                Ok(p) => Some(p),
-                Err(why) => {
-                    let fix = if why == NOT_FOUND {
-                        "install jacamar-auth there (the jacamar-rs packages put it in \
-                         /opt/jacamar/bin) or fix the path"
-                    } else {
-                        "give it mode 0755 root:root (runner as root) or 0750 \
-                         root:gitlab-runner (the caps flavour), or fix the path"
-                    };
-                    self.push(
-                        Some(line),
-                        Some(&r.label),
-                        &dotted,
-                        format!("\"{value}\" {why}: {fix}"),
-                    );
-                    exec_ok = false;
-                    None
-                }
-            };
-            // A hook whose file is missing was reported above; compare the others.
-            let Some(resolved) = resolved else {
-                continue;
-            };
-            match &first {
-                None => first = Some((hook, value, resolved)),
-                Some((first_hook, first_value, first_resolved)) => {
-                    if *first_resolved != resolved {
-                        self.push(
-                            Some(line),
-                            Some(&r.label),
-                            &dotted,
-                            format!(
-                                "\"{value}\" differs from {}_exec \"{first_value}\": all four \
-                                 hooks must run the same jacamar-auth; set {key} = \"{first_value}\"",
-                                first_hook.name()
-                            ),
-                        );
-                        exec_ok = false;
-                    }
-                }
+                None
             }
         }
+    }
 
-        // The four argument lists.
-        let mut configurations: Vec<(Hook, String, usize)> = Vec::new();
+    /// Whether `exec` resolves to the same file as `first`; a different one is reported.
+    fn same_exec(&mut self, r: &Runner<'_, '_>, first: &Exec, exec: &Exec) -> bool {
+        if first.resolved == exec.resolved {
+            return true;
+        }
+        let key = format!("{}_exec", exec.hook.name());
+        let (value, first_value) = (&exec.value, &first.value);
+        self.push(
+            Some(exec.line),
+            Some(&r.label),
+            &format!("runners.custom.{key}"),
+            format!(
+                "\"{value}\" differs from {}_exec \"{first_value}\": all four \
+                 hooks must run the same jacamar-auth; set {key} = \"{first_value}\"",
+                first.hook.name()
+            ),
+        );
+        false
+    }
+
+    /// The four `*_args` checked; the `--configuration FILE`s they give, with hook and line.
+    fn configurations(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+    ) -> Vec<(Hook, String, usize)> {
+        let mut configurations = Vec::new();
         for hook in HOOKS {
             let args = self.args(r, custom, hook);
             if let Some((file, line)) = args.configuration {
                 configurations.push((hook, file, line));
             }
         }
+        configurations
+    }
 
-        // The jacamar configuration named by config_args (and cleanup_args).
-        let mut config: Option<(PathBuf, Config)> = None;
-        let config_file = configurations
-            .iter()
-            .find(|(h, _, _)| *h == Hook::Config)
-            .cloned();
-        if let (Some((_, cfg, _)), Some((_, clean, clean_line))) = (
-            &config_file,
-            configurations.iter().find(|(h, _, _)| *h == Hook::Cleanup),
-        ) {
-            if cfg != clean {
-                self.push(
-                    Some(*clean_line),
-                    Some(&r.label),
-                    "runners.custom.cleanup_args",
-                    format!(
-                        "--configuration \"{clean}\" differs from config_args' \"{cfg}\": cleanup \
-                         must read the file the job was configured with; use \"{cfg}\" in both"
-                    ),
-                );
-            }
+    /// Whether cleanup_args names config_args' file; a different one is reported.
+    fn cleanup_reads_config_file(
+        &mut self,
+        r: &Runner<'_, '_>,
+        configurations: &[(Hook, String, usize)],
+    ) {
+        let find = |hook| configurations.iter().find(|(h, _, _)| *h == hook);
+        let (Some((_, cfg, _)), Some((_, clean, clean_line))) =
+            (find(Hook::Config), find(Hook::Cleanup))
+        else {
+            return;
+        };
+        if cfg != clean {
+            self.push(
+                Some(*clean_line),
+                Some(&r.label),
+                "runners.custom.cleanup_args",
+                format!(
+                    "--configuration \"{clean}\" differs from config_args' \"{cfg}\": cleanup \
+                     must read the file the job was configured with; use \"{cfg}\" in both"
+                ),
+            );
         }
+    }
+
+    /// Each distinct `--configuration FILE`, checked once; config_args' file, when it loads.
+    fn load_configurations(
+        &mut self,
+        r: &Runner<'_, '_>,
+        configurations: &[(Hook, String, usize)],
+    ) -> Option<(PathBuf, Config)> {
+        let mut config = None;
         let mut checked = HashSet::new();
-        for (hook, file, line) in &configurations {
+        for (hook, file, line) in configurations {
             if !checked.insert(file.clone()) {
                 continue;
             }
             let key = format!("runners.custom.{}_args", hook.name());
-            if !Path::new(file).is_absolute() {
-                self.push(
-                    Some(*line),
-                    Some(&r.label),
-                    &key,
-                    format!(
-                        "--configuration \"{file}\" is relative, and the runner starts every hook \
-                         in its own temporary directory: give the absolute path"
-                    ),
-                );
-                continue;
-            }
-            match self.host.jacamar_config(Path::new(file)) {
-                Ok(c) => {
-                    if *hook == Hook::Config {
-                        config = Some((PathBuf::from(file), c));
-                    }
-                }
-                Err(e) => {
-                    let first = e.problems.first().map(|p| p.render("")).unwrap_or_default();
-                    let count = e.problems.len();
-                    self.push(
-                        Some(*line),
-                        Some(&r.label),
-                        &key,
-                        format!(
-                            "--configuration \"{file}\" is not a valid jacamar configuration \
-                             ({count} problem{}, first: {first}): fix it (jacamar-auth validate \
-                             --configuration {file})",
-                            if count == 1 { "" } else { "s" }
-                        ),
-                    );
+            if let Some(c) = self.load_configuration(r, &key, file, *line) {
+                if *hook == Hook::Config {
+                    config = Some((PathBuf::from(file), c));
                 }
             }
         }
+        config
+    }
 
-        // Timing.
+    /// One `--configuration FILE`: absolute and a valid jacamar configuration, else reported.
+    fn load_configuration(
+        &mut self,
+        r: &Runner<'_, '_>,
+        key: &str,
+        file: &str,
+        line: usize,
+    ) -> Option<Config> {
+        if !Path::new(file).is_absolute() {
+            self.push(
+                Some(line),
+                Some(&r.label),
+                key,
+                format!(
+                    "--configuration \"{file}\" is relative, and the runner starts every hook \
+                     in its own temporary directory: give the absolute path"
+                ),
+            );
+            return None;
+        }
+        match self.host.jacamar_config(Path::new(file)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let first = e.problems.first().map(|p| p.render("")).unwrap_or_default();
+                let count = e.problems.len();
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    key,
+                    format!(
+                        "--configuration \"{file}\" is not a valid jacamar configuration \
+                         ({count} problem{}, first: {first}): fix it (jacamar-auth validate \
+                         --configuration {file})",
+                        if count == 1 { "" } else { "s" }
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The runner's graceful and force kill timeouts, compared with the kill_timeout of
+    /// config_args' file when it loaded.
+    fn kill_timeouts(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        config: Option<&(PathBuf, Config)>,
+    ) -> (Duration, Duration) {
         let graceful = self.seconds(
             r,
             custom,
@@ -630,22 +713,10 @@ impl<'a> Checker<'a> {
             "force_kill_timeout",
             RUNNER_DEFAULT_FORCE_KILL_TIMEOUT,
         );
-        if let Some((file, c)) = &config {
+        if let Some((file, c)) = config {
             self.timing(r, custom, file, c.general.kill_timeout, graceful, force);
         }
-
-        if self.problems.len() != before || !exec_ok {
-            return None;
-        }
-        let ((_, exec, _), (configuration, c)) = (first?, config?);
-        Some(RunnerSummary {
-            runner: r.label.clone(),
-            exec: PathBuf::from(exec),
-            configuration,
-            kill_timeout: c.general.kill_timeout,
-            graceful_kill_timeout: graceful,
-            force_kill_timeout: force,
-        })
+        (graceful, force)
     }
 
     /// A non-empty string key of `[runners.custom]` with its line; a wrong
@@ -993,6 +1064,26 @@ impl<'a> Checker<'a> {
             );
         }
     }
+}
+
+/// What is wrong with a hook's path before its file is looked at: not absolute, or the
+/// job-side `jacamar` named instead of `jacamar-auth`.
+fn exec_path_problem(value: &str) -> Option<String> {
+    let path = Path::new(value);
+    if !path.is_absolute() {
+        return Some(format!(
+            "\"{value}\" is not an absolute path: give jacamar-auth's full path \
+             (e.g. \"{INSTALLED_AUTH}\")"
+        ));
+    }
+    if path.file_name().and_then(|n| n.to_str()) == Some("jacamar") {
+        return Some(format!(
+            "\"{value}\" is the job-side binary: the hooks run jacamar-auth, \
+             e.g. \"{}\"",
+            path.with_file_name("jacamar-auth").display()
+        ));
+    }
+    None
 }
 
 fn is_unobfuscated(word: &str) -> bool {
