@@ -52,6 +52,9 @@ const INSTALLED_AUTH: &str = "/opt/jacamar/bin/jacamar-auth";
 /// What [`RunnerHost::executable`] says of a path that does not exist.
 pub const NOT_FOUND: &str = "does not exist";
 
+/// The configuration path shown in the documented `*_args` of hints.
+const ARGS_PLACEHOLDER: &str = "/etc/gitlab-runner/jacamar.toml";
+
 /// The four hooks, in the order the runner calls them.
 const HOOKS: [Hook; 4] = [Hook::Config, Hook::Prepare, Hook::Run, Hook::Cleanup];
 
@@ -71,6 +74,11 @@ impl Hook {
             Hook::Run => "run",
             Hook::Cleanup => "cleanup",
         }
+    }
+
+    /// `<hook>_args`, the key of its arguments in `[runners.custom]`.
+    fn args_key(self) -> String {
+        format!("{}_args", self.name())
     }
 
     fn takes_configuration(self) -> bool {
@@ -755,118 +763,148 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Check `<hook>_args` against the documented form.
+    /// Check `<hook>_args` against the documented form; the `--configuration FILE` it gives.
     fn args(&mut self, r: &Runner<'_, '_>, custom: &DeTable<'_>, hook: Hook) -> Args {
-        let key = format!("{}_args", hook.name());
-        let dotted = format!("runners.custom.{key}");
         let mut out = Args {
             configuration: None,
         };
-        let placeholder = "/etc/gitlab-runner/jacamar.toml";
+        let Some((words, line)) = self.arg_words(r, custom, hook) else {
+            return out;
+        };
+        let Some(after) = self.sub_command(r, hook, &words, line) else {
+            return out;
+        };
+        out.configuration = self.after_sub_command(r, hook, after);
+        if hook.takes_configuration() && out.configuration.is_none() {
+            let key = hook.args_key();
+            self.args_problem(
+                r,
+                hook,
+                line,
+                format!(
+                    "no --configuration FILE: {} must be given the jacamar configuration; write \
+                     {key} = {}",
+                    hook.name(),
+                    hook.documented_args(ARGS_PLACEHOLDER)
+                ),
+            );
+        }
+        out
+    }
+
+    /// Report a problem of `<hook>_args` at `line`.
+    fn args_problem(&mut self, r: &Runner<'_, '_>, hook: Hook, line: usize, message: String) {
+        let dotted = format!("runners.custom.{}", hook.args_key());
+        self.push(Some(line), Some(&r.label), &dotted, message);
+    }
+
+    /// `<hook>_args` as words with their lines, and the key's line; a missing key, a value
+    /// that is not an array, or an item that is not a string is reported and gives `None`.
+    fn arg_words(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        hook: Hook,
+    ) -> Option<(Vec<(String, usize)>, usize)> {
+        let key = hook.args_key();
+        let documented = hook.documented_args(ARGS_PLACEHOLDER);
         let Some((k, v)) = custom.get_key_value(key.as_str()) else {
+            let dotted = format!("runners.custom.{key}");
             self.push(
                 Some(r.custom_line),
                 Some(&r.label),
                 &dotted,
-                format!(
-                    "missing: jacamar-auth needs its sub-command; add {key} = {}",
-                    hook.documented_args(placeholder)
-                ),
+                format!("missing: jacamar-auth needs its sub-command; add {key} = {documented}"),
             );
-            return out;
+            return None;
         };
         let line = self.line(k.span().start);
         let DeValue::Array(items) = v.get_ref() else {
-            self.push(
-                Some(line),
-                Some(&r.label),
-                &dotted,
-                format!(
-                    "expected an array of strings, found {}: write {key} = {}",
-                    v.get_ref().type_str(),
-                    hook.documented_args(placeholder)
-                ),
-            );
-            return out;
+            let found = v.get_ref().type_str();
+            let message =
+                format!("expected an array of strings, found {found}: write {key} = {documented}");
+            self.args_problem(r, hook, line, message);
+            return None;
         };
         let mut words = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
+            let l = self.line(item.span().start);
             match item.get_ref() {
-                DeValue::String(s) => words.push((s.to_string(), self.line(item.span().start))),
+                DeValue::String(s) => words.push((s.to_string(), l)),
                 other => {
-                    let l = self.line(item.span().start);
-                    self.push(
-                        Some(l),
-                        Some(&r.label),
-                        &dotted,
-                        format!(
-                            "item {i} is {}, not a string: write {key} = {}",
-                            other.type_str(),
-                            hook.documented_args(placeholder)
-                        ),
-                    );
-                    return out;
+                    let found = other.type_str();
+                    let message =
+                        format!("item {i} is {found}, not a string: write {key} = {documented}");
+                    self.args_problem(r, hook, l, message);
+                    return None;
                 }
             }
         }
-        let problem = |this: &mut Self, l: usize, message: String| {
-            this.push(Some(l), Some(&r.label), &dotted, message);
-        };
+        Some((words, line))
+    }
 
-        // Global flags, then the sub-command.
-        let mut rest = words.iter().peekable();
-        while let Some((w, _)) = rest.peek() {
-            if is_unobfuscated(w) {
-                rest.next();
-            } else {
-                break;
-            }
-        }
-        let Some((sub, sub_line)) = rest.next() else {
-            problem(
-                self,
-                line,
-                format!(
-                    "no sub-command: jacamar-auth needs '{}'; write {key} = {}",
-                    hook.name(),
-                    hook.documented_args(placeholder)
-                ),
+    /// The words after `[-u ...] <hook>`; a missing or wrong sub-command (or an unknown
+    /// flag before it) is reported at its line (the key's `line` when absent) and gives `None`.
+    fn sub_command<'w>(
+        &mut self,
+        r: &Runner<'_, '_>,
+        hook: Hook,
+        words: &'w [(String, usize)],
+        line: usize,
+    ) -> Option<&'w [(String, usize)]> {
+        let key = hook.args_key();
+        let documented = hook.documented_args(ARGS_PLACEHOLDER);
+        let start = words
+            .iter()
+            .position(|(w, _)| !is_unobfuscated(w))
+            .unwrap_or(words.len());
+        let Some((sub, sub_line)) = words.get(start) else {
+            let message = format!(
+                "no sub-command: jacamar-auth needs '{}'; write {key} = {documented}",
+                hook.name()
             );
-            return out;
+            self.args_problem(r, hook, line, message);
+            return None;
         };
-        if sub != hook.name() {
-            let message = if sub.starts_with('-') {
-                format!(
-                    "'{sub}' before the sub-command is not a global flag of jacamar-auth (only \
-                     -u/--unobfuscated is): write {key} = {}",
-                    hook.documented_args(placeholder)
-                )
-            } else {
-                format!(
-                    "the sub-command is '{sub}' but the {} hook needs '{}': write {key} = {}",
-                    hook.name(),
-                    hook.name(),
-                    hook.documented_args(placeholder)
-                )
-            };
-            problem(self, *sub_line, message);
-            return out;
+        if sub == hook.name() {
+            return Some(&words[start + 1..]);
         }
+        let message = if sub.starts_with('-') {
+            format!(
+                "'{sub}' before the sub-command is not a global flag of jacamar-auth (only \
+                 -u/--unobfuscated is): write {key} = {documented}"
+            )
+        } else {
+            format!(
+                "the sub-command is '{sub}' but the {} hook needs '{}': write {key} = {documented}",
+                hook.name(),
+                hook.name()
+            )
+        };
+        self.args_problem(r, hook, *sub_line, message);
+        None
+    }
 
-        // After the sub-command.
-        let mut after = rest;
+    /// The words after the sub-command: only `--configuration FILE` (or `=FILE`) belongs
+    /// there; anything else is reported. The FILE kept, with its line.
+    fn after_sub_command(
+        &mut self,
+        r: &Runner<'_, '_>,
+        hook: Hook,
+        words: &[(String, usize)],
+    ) -> Option<(String, usize)> {
+        let key = hook.args_key();
+        let mut configuration = None;
+        let mut after = words.iter();
         while let Some((w, l)) = after.next() {
             if is_unobfuscated(w) {
-                problem(
-                    self,
-                    *l,
-                    format!(
-                        "'{w}' comes after the sub-command '{}': global flags go before it; \
-                         move it to the front ([\"{w}\", \"{}\", ...])",
-                        hook.name(),
-                        hook.name()
-                    ),
+                let message = format!(
+                    "'{w}' comes after the sub-command '{}': global flags go before it; \
+                     move it to the front ([\"{w}\", \"{}\", ...])",
+                    hook.name(),
+                    hook.name()
                 );
+                self.args_problem(r, hook, *l, message);
                 continue;
             }
             let value = if w == "--configuration" {
@@ -875,14 +913,11 @@ impl<'a> Checker<'a> {
                         Some((file.clone(), *fl))
                     }
                     _ => {
-                        problem(
-                            self,
-                            *l,
-                            format!(
-                                "'--configuration' has no file after it: write {key} = {}",
-                                hook.documented_args(placeholder)
-                            ),
+                        let message = format!(
+                            "'--configuration' has no file after it: write {key} = {}",
+                            hook.documented_args(ARGS_PLACEHOLDER)
                         );
+                        self.args_problem(r, hook, *l, message);
                         continue;
                     }
                 }
@@ -891,60 +926,56 @@ impl<'a> Checker<'a> {
                     .map(|file| (file.to_string(), *l))
             };
             match value {
-                Some((file, fl)) if hook.takes_configuration() => {
-                    if out.configuration.is_some() {
-                        problem(
-                            self,
-                            fl,
-                            format!(
-                                "'--configuration' is given twice: keep one ({key} = {})",
-                                hook.documented_args(&file)
-                            ),
-                        );
-                    } else {
-                        out.configuration = Some((file, fl));
-                    }
-                }
-                Some((file, fl)) => problem(
-                    self,
-                    fl,
-                    format!(
-                        "'--configuration {file}' is not passed to {}: that stage reads the \
-                         configuration config handed over through job_env; write {key} = {}",
-                        hook.name(),
-                        hook.documented_args(placeholder)
-                    ),
-                ),
-                None => {
-                    let why = if hook == Hook::Run {
-                        "the runner appends the script path and the stage name itself"
-                    } else {
-                        "jacamar-auth does not take it here"
-                    };
-                    problem(
-                        self,
-                        *l,
-                        format!(
-                            "unexpected argument '{w}' ({why}): write {key} = {}",
-                            hook.documented_args(placeholder)
-                        ),
-                    );
-                }
+                Some((file, fl)) => self.configuration_arg(r, hook, &mut configuration, file, fl),
+                None => self.unexpected_arg(r, hook, w, *l),
             }
         }
-        if hook.takes_configuration() && out.configuration.is_none() {
-            problem(
-                self,
-                line,
-                format!(
-                    "no --configuration FILE: {} must be given the jacamar configuration; write \
-                     {key} = {}",
-                    hook.name(),
-                    hook.documented_args(placeholder)
-                ),
-            );
-        }
-        out
+        configuration
+    }
+
+    /// A `--configuration FILE`: kept when the hook takes one and none is kept yet; a
+    /// second one, or one given to prepare or run, is reported.
+    fn configuration_arg(
+        &mut self,
+        r: &Runner<'_, '_>,
+        hook: Hook,
+        configuration: &mut Option<(String, usize)>,
+        file: String,
+        line: usize,
+    ) {
+        let key = hook.args_key();
+        let message = if !hook.takes_configuration() {
+            format!(
+                "'--configuration {file}' is not passed to {}: that stage reads the \
+                 configuration config handed over through job_env; write {key} = {}",
+                hook.name(),
+                hook.documented_args(ARGS_PLACEHOLDER)
+            )
+        } else if configuration.is_some() {
+            format!(
+                "'--configuration' is given twice: keep one ({key} = {})",
+                hook.documented_args(&file)
+            )
+        } else {
+            *configuration = Some((file, line));
+            return;
+        };
+        self.args_problem(r, hook, line, message);
+    }
+
+    /// Report a word after the sub-command that jacamar-auth does not take there.
+    fn unexpected_arg(&mut self, r: &Runner<'_, '_>, hook: Hook, word: &str, line: usize) {
+        let why = if hook == Hook::Run {
+            "the runner appends the script path and the stage name itself"
+        } else {
+            "jacamar-auth does not take it here"
+        };
+        let message = format!(
+            "unexpected argument '{word}' ({why}): write {} = {}",
+            hook.args_key(),
+            hook.documented_args(ARGS_PLACEHOLDER)
+        );
+        self.args_problem(r, hook, line, message);
     }
 
     /// A whole number of seconds of `[runners.custom]`, as the runner reads it.
