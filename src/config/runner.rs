@@ -52,6 +52,9 @@ const INSTALLED_AUTH: &str = "/opt/jacamar/bin/jacamar-auth";
 /// What [`RunnerHost::executable`] says of a path that does not exist.
 pub const NOT_FOUND: &str = "does not exist";
 
+/// The configuration path shown in the documented `*_args` of hints.
+const ARGS_PLACEHOLDER: &str = "/etc/gitlab-runner/jacamar.toml";
+
 /// The four hooks, in the order the runner calls them.
 const HOOKS: [Hook; 4] = [Hook::Config, Hook::Prepare, Hook::Run, Hook::Cleanup];
 
@@ -71,6 +74,11 @@ impl Hook {
             Hook::Run => "run",
             Hook::Cleanup => "cleanup",
         }
+    }
+
+    /// `<hook>_args`, the key of its arguments in `[runners.custom]`.
+    fn args_key(self) -> String {
+        format!("{}_args", self.name())
     }
 
     fn takes_configuration(self) -> bool {
@@ -289,6 +297,14 @@ struct Runner<'t, 'i> {
     custom_line: usize,
 }
 
+/// A hook's `*_exec` once checked: its value, line and resolved file.
+struct Exec {
+    hook: Hook,
+    value: String,
+    line: usize,
+    resolved: PathBuf,
+}
+
 /// A hook's `*_args` once read.
 struct Args {
     configuration: Option<(String, usize)>,
@@ -433,191 +449,266 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Check one custom runner's `[runners.custom]`; its summary when nothing is wrong.
     fn custom_runner(&mut self, r: &Runner<'_, '_>) -> Option<RunnerSummary> {
         let before = self.problems.len();
         let Some(custom) = r.custom else {
             if self.problems.len() == before {
+                self.missing_custom(r);
+            }
+            return None;
+        };
+        let (first, exec_ok) = self.execs(r, custom);
+        let configurations = self.configurations(r, custom);
+        self.cleanup_reads_config_file(r, &configurations);
+        let config = self.load_configurations(r, &configurations);
+        let (graceful, force) = self.kill_timeouts(r, custom, config.as_ref());
+
+        if self.problems.len() != before || !exec_ok {
+            return None;
+        }
+        let (first, (configuration, c)) = (first?, config?);
+        Some(RunnerSummary {
+            runner: r.label.clone(),
+            exec: PathBuf::from(first.value),
+            configuration,
+            kill_timeout: c.general.kill_timeout,
+            graceful_kill_timeout: graceful,
+            force_kill_timeout: force,
+        })
+    }
+
+    /// Report a custom runner without a `[runners.custom]` table.
+    fn missing_custom(&mut self, r: &Runner<'_, '_>) {
+        self.push(
+            Some(r.line),
+            Some(&r.label),
+            "runners.custom",
+            format!(
+                "executor = \"custom\" without a [runners.custom] table: add one with the \
+                 four hooks config_exec, prepare_exec, run_exec and cleanup_exec = \
+                 \"{INSTALLED_AUTH}\" and their *_args"
+            ),
+        );
+    }
+
+    /// The four `*_exec`: present, absolute, executable, all the same file. Returns the
+    /// first hook's resolved executable and whether all four passed.
+    fn execs(&mut self, r: &Runner<'_, '_>, custom: &DeTable<'_>) -> (Option<Exec>, bool) {
+        let mut first: Option<Exec> = None;
+        let mut exec_ok = true;
+        for hook in HOOKS {
+            let Some(exec) = self.exec(r, custom, hook, first.as_ref()) else {
+                exec_ok = false;
+                continue;
+            };
+            match &first {
+                None => first = Some(exec),
+                Some(f) => exec_ok &= self.same_exec(r, f, &exec),
+            }
+        }
+        (first, exec_ok)
+    }
+
+    /// One hook's `*_exec` checked and resolved; `None` once a problem was reported (a
+    /// missing key suggests `first`'s path, or the installed one).
+    fn exec(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        hook: Hook,
+        first: Option<&Exec>,
+    ) -> Option<Exec> {
+        let key = format!("{}_exec", hook.name());
+        let dotted = format!("runners.custom.{key}");
+        let Some((value, line)) = self.string(r, custom, &key) else {
+            let suggestion = first.map_or(INSTALLED_AUTH, |f| f.value.as_str());
+            if !custom.contains_key(key.as_str()) {
                 self.push(
-                    Some(r.line),
+                    Some(r.custom_line),
                     Some(&r.label),
-                    "runners.custom",
+                    &dotted,
                     format!(
-                        "executor = \"custom\" without a [runners.custom] table: add one with the \
-                         four hooks config_exec, prepare_exec, run_exec and cleanup_exec = \
-                         \"{INSTALLED_AUTH}\" and their *_args"
+                        "missing: jacamar-auth runs all four hooks; add {key} = \"{suggestion}\""
                     ),
                 );
             }
             return None;
         };
+        if let Some(message) = exec_path_problem(&value) {
+            self.push(Some(line), Some(&r.label), &dotted, message);
+            return None;
+        }
+        let resolved = self.resolve_exec(r, &dotted, &value, line)?;
+        Some(Exec {
+            hook,
+            value,
+            line,
+            resolved,
+        })
+    }
 
-        // The four executables: present, absolute, executable, all the same file.
-        let mut first: Option<(Hook, String, PathBuf)> = None;
-        let mut exec_ok = true;
-        for hook in HOOKS {
-            let key = format!("{}_exec", hook.name());
-            let dotted = format!("runners.custom.{key}");
-            let Some((value, line)) = self.string(r, custom, &key) else {
-                let suggestion = first
-                    .as_ref()
-                    .map(|(_, p, _)| p.clone())
-                    .unwrap_or_else(|| INSTALLED_AUTH.to_string());
-                if !custom.contains_key(key.as_str()) {
-                    self.push(
-                        Some(r.custom_line),
-                        Some(&r.label),
-                        &dotted,
-                        format!("missing: jacamar-auth runs all four hooks; add {key} = \"{suggestion}\""),
-                    );
-                }
-                exec_ok = false;
-                continue;
-            };
-            if !Path::new(&value).is_absolute() {
+    /// The hook's file as the host resolves it; a missing or unusable file is reported.
+    fn resolve_exec(
+        &mut self,
+        r: &Runner<'_, '_>,
+        dotted: &str,
+        value: &str,
+        line: usize,
+    ) -> Option<PathBuf> {
+        match self.host.executable(Path::new(value)) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                let fix = if why == NOT_FOUND {
+                    "install jacamar-auth there (the jacamar-rs packages put it in \
+                     /opt/jacamar/bin) or fix the path"
+                } else {
+                    "give it mode 0755 root:root (runner as root) or 0750 \
+                     root:gitlab-runner (the caps flavour), or fix the path"
+                };
                 self.push(
                     Some(line),
                     Some(&r.label),
-                    &dotted,
-                    format!(
-                        "\"{value}\" is not an absolute path: give jacamar-auth's full path \
-                         (e.g. \"{INSTALLED_AUTH}\")"
-                    ),
+                    dotted,
+                    format!("\"{value}\" {why}: {fix}"),
                 );
-                exec_ok = false;
-                continue;
-            }
-            if Path::new(&value).file_name().and_then(|n| n.to_str()) == Some("jacamar") {
-                self.push(
-                    Some(line),
-                    Some(&r.label),
-                    &dotted,
-                    format!(
-                        "\"{value}\" is the job-side binary: the hooks run jacamar-auth, \
-                         e.g. \"{}\"",
-                        Path::new(&value).with_file_name("jacamar-auth").display()
-                    ),
-                );
-                exec_ok = false;
-                continue;
-            }
-            let resolved = match self.host.executable(Path::new(&value)) {
-                Ok(p) => Some(p),
-                Err(why) => {
-                    let fix = if why == NOT_FOUND {
-                        "install jacamar-auth there (the jacamar-rs packages put it in \
-                         /opt/jacamar/bin) or fix the path"
-                    } else {
-                        "give it mode 0755 root:root (runner as root) or 0750 \
-                         root:gitlab-runner (the caps flavour), or fix the path"
-                    };
-                    self.push(
-                        Some(line),
-                        Some(&r.label),
-                        &dotted,
-                        format!("\"{value}\" {why}: {fix}"),
-                    );
-                    exec_ok = false;
-                    None
-                }
-            };
-            // A hook whose file is missing was reported above; compare the others.
-            let Some(resolved) = resolved else {
-                continue;
-            };
-            match &first {
-                None => first = Some((hook, value, resolved)),
-                Some((first_hook, first_value, first_resolved)) => {
-                    if *first_resolved != resolved {
-                        self.push(
-                            Some(line),
-                            Some(&r.label),
-                            &dotted,
-                            format!(
-                                "\"{value}\" differs from {}_exec \"{first_value}\": all four \
-                                 hooks must run the same jacamar-auth; set {key} = \"{first_value}\"",
-                                first_hook.name()
-                            ),
-                        );
-                        exec_ok = false;
-                    }
-                }
+                None
             }
         }
+    }
 
-        // The four argument lists.
-        let mut configurations: Vec<(Hook, String, usize)> = Vec::new();
+    /// Whether `exec` resolves to the same file as `first`; a different one is reported.
+    fn same_exec(&mut self, r: &Runner<'_, '_>, first: &Exec, exec: &Exec) -> bool {
+        if first.resolved == exec.resolved {
+            return true;
+        }
+        let key = format!("{}_exec", exec.hook.name());
+        let (value, first_value) = (&exec.value, &first.value);
+        self.push(
+            Some(exec.line),
+            Some(&r.label),
+            &format!("runners.custom.{key}"),
+            format!(
+                "\"{value}\" differs from {}_exec \"{first_value}\": all four \
+                 hooks must run the same jacamar-auth; set {key} = \"{first_value}\"",
+                first.hook.name()
+            ),
+        );
+        false
+    }
+
+    /// The four `*_args` checked; the `--configuration FILE`s they give, with hook and line.
+    fn configurations(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+    ) -> Vec<(Hook, String, usize)> {
+        let mut configurations = Vec::new();
         for hook in HOOKS {
             let args = self.args(r, custom, hook);
             if let Some((file, line)) = args.configuration {
                 configurations.push((hook, file, line));
             }
         }
+        configurations
+    }
 
-        // The jacamar configuration named by config_args (and cleanup_args).
-        let mut config: Option<(PathBuf, Config)> = None;
-        let config_file = configurations
-            .iter()
-            .find(|(h, _, _)| *h == Hook::Config)
-            .cloned();
-        if let (Some((_, cfg, _)), Some((_, clean, clean_line))) = (
-            &config_file,
-            configurations.iter().find(|(h, _, _)| *h == Hook::Cleanup),
-        ) {
-            if cfg != clean {
-                self.push(
-                    Some(*clean_line),
-                    Some(&r.label),
-                    "runners.custom.cleanup_args",
-                    format!(
-                        "--configuration \"{clean}\" differs from config_args' \"{cfg}\": cleanup \
-                         must read the file the job was configured with; use \"{cfg}\" in both"
-                    ),
-                );
-            }
+    /// Whether cleanup_args names config_args' file; a different one is reported.
+    fn cleanup_reads_config_file(
+        &mut self,
+        r: &Runner<'_, '_>,
+        configurations: &[(Hook, String, usize)],
+    ) {
+        let find = |hook| configurations.iter().find(|(h, _, _)| *h == hook);
+        let (Some((_, cfg, _)), Some((_, clean, clean_line))) =
+            (find(Hook::Config), find(Hook::Cleanup))
+        else {
+            return;
+        };
+        if cfg != clean {
+            self.push(
+                Some(*clean_line),
+                Some(&r.label),
+                "runners.custom.cleanup_args",
+                format!(
+                    "--configuration \"{clean}\" differs from config_args' \"{cfg}\": cleanup \
+                     must read the file the job was configured with; use \"{cfg}\" in both"
+                ),
+            );
         }
+    }
+
+    /// Each distinct `--configuration FILE`, checked once; config_args' file, when it loads.
+    fn load_configurations(
+        &mut self,
+        r: &Runner<'_, '_>,
+        configurations: &[(Hook, String, usize)],
+    ) -> Option<(PathBuf, Config)> {
+        let mut config = None;
         let mut checked = HashSet::new();
-        for (hook, file, line) in &configurations {
+        for (hook, file, line) in configurations {
             if !checked.insert(file.clone()) {
                 continue;
             }
             let key = format!("runners.custom.{}_args", hook.name());
-            if !Path::new(file).is_absolute() {
-                self.push(
-                    Some(*line),
-                    Some(&r.label),
-                    &key,
-                    format!(
-                        "--configuration \"{file}\" is relative, and the runner starts every hook \
-                         in its own temporary directory: give the absolute path"
-                    ),
-                );
-                continue;
-            }
-            match self.host.jacamar_config(Path::new(file)) {
-                Ok(c) => {
-                    if *hook == Hook::Config {
-                        config = Some((PathBuf::from(file), c));
-                    }
-                }
-                Err(e) => {
-                    let first = e.problems.first().map(|p| p.render("")).unwrap_or_default();
-                    let count = e.problems.len();
-                    self.push(
-                        Some(*line),
-                        Some(&r.label),
-                        &key,
-                        format!(
-                            "--configuration \"{file}\" is not a valid jacamar configuration \
-                             ({count} problem{}, first: {first}): fix it (jacamar-auth validate \
-                             --configuration {file})",
-                            if count == 1 { "" } else { "s" }
-                        ),
-                    );
+            if let Some(c) = self.load_configuration(r, &key, file, *line) {
+                if *hook == Hook::Config {
+                    config = Some((PathBuf::from(file), c));
                 }
             }
         }
+        config
+    }
 
-        // Timing.
+    /// One `--configuration FILE`: absolute and a valid jacamar configuration, else reported.
+    fn load_configuration(
+        &mut self,
+        r: &Runner<'_, '_>,
+        key: &str,
+        file: &str,
+        line: usize,
+    ) -> Option<Config> {
+        if !Path::new(file).is_absolute() {
+            self.push(
+                Some(line),
+                Some(&r.label),
+                key,
+                format!(
+                    "--configuration \"{file}\" is relative, and the runner starts every hook \
+                     in its own temporary directory: give the absolute path"
+                ),
+            );
+            return None;
+        }
+        match self.host.jacamar_config(Path::new(file)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let first = e.problems.first().map(|p| p.render("")).unwrap_or_default();
+                let count = e.problems.len();
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    key,
+                    format!(
+                        "--configuration \"{file}\" is not a valid jacamar configuration \
+                         ({count} problem{}, first: {first}): fix it (jacamar-auth validate \
+                         --configuration {file})",
+                        if count == 1 { "" } else { "s" }
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The runner's graceful and force kill timeouts, compared with the kill_timeout of
+    /// config_args' file when it loaded.
+    fn kill_timeouts(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        config: Option<&(PathBuf, Config)>,
+    ) -> (Duration, Duration) {
         let graceful = self.seconds(
             r,
             custom,
@@ -630,22 +721,10 @@ impl<'a> Checker<'a> {
             "force_kill_timeout",
             RUNNER_DEFAULT_FORCE_KILL_TIMEOUT,
         );
-        if let Some((file, c)) = &config {
+        if let Some((file, c)) = config {
             self.timing(r, custom, file, c.general.kill_timeout, graceful, force);
         }
-
-        if self.problems.len() != before || !exec_ok {
-            return None;
-        }
-        let ((_, exec, _), (configuration, c)) = (first?, config?);
-        Some(RunnerSummary {
-            runner: r.label.clone(),
-            exec: PathBuf::from(exec),
-            configuration,
-            kill_timeout: c.general.kill_timeout,
-            graceful_kill_timeout: graceful,
-            force_kill_timeout: force,
-        })
+        (graceful, force)
     }
 
     /// A non-empty string key of `[runners.custom]` with its line; a wrong
@@ -684,118 +763,148 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Check `<hook>_args` against the documented form.
+    /// Check `<hook>_args` against the documented form; the `--configuration FILE` it gives.
     fn args(&mut self, r: &Runner<'_, '_>, custom: &DeTable<'_>, hook: Hook) -> Args {
-        let key = format!("{}_args", hook.name());
-        let dotted = format!("runners.custom.{key}");
         let mut out = Args {
             configuration: None,
         };
-        let placeholder = "/etc/gitlab-runner/jacamar.toml";
+        let Some((words, line)) = self.arg_words(r, custom, hook) else {
+            return out;
+        };
+        let Some(after) = self.sub_command(r, hook, &words, line) else {
+            return out;
+        };
+        out.configuration = self.after_sub_command(r, hook, after);
+        if hook.takes_configuration() && out.configuration.is_none() {
+            let key = hook.args_key();
+            self.args_problem(
+                r,
+                hook,
+                line,
+                format!(
+                    "no --configuration FILE: {} must be given the jacamar configuration; write \
+                     {key} = {}",
+                    hook.name(),
+                    hook.documented_args(ARGS_PLACEHOLDER)
+                ),
+            );
+        }
+        out
+    }
+
+    /// Report a problem of `<hook>_args` at `line`.
+    fn args_problem(&mut self, r: &Runner<'_, '_>, hook: Hook, line: usize, message: String) {
+        let dotted = format!("runners.custom.{}", hook.args_key());
+        self.push(Some(line), Some(&r.label), &dotted, message);
+    }
+
+    /// `<hook>_args` as words with their lines, and the key's line; a missing key, a value
+    /// that is not an array, or an item that is not a string is reported and gives `None`.
+    fn arg_words(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        hook: Hook,
+    ) -> Option<(Vec<(String, usize)>, usize)> {
+        let key = hook.args_key();
+        let documented = hook.documented_args(ARGS_PLACEHOLDER);
         let Some((k, v)) = custom.get_key_value(key.as_str()) else {
+            let dotted = format!("runners.custom.{key}");
             self.push(
                 Some(r.custom_line),
                 Some(&r.label),
                 &dotted,
-                format!(
-                    "missing: jacamar-auth needs its sub-command; add {key} = {}",
-                    hook.documented_args(placeholder)
-                ),
+                format!("missing: jacamar-auth needs its sub-command; add {key} = {documented}"),
             );
-            return out;
+            return None;
         };
         let line = self.line(k.span().start);
         let DeValue::Array(items) = v.get_ref() else {
-            self.push(
-                Some(line),
-                Some(&r.label),
-                &dotted,
-                format!(
-                    "expected an array of strings, found {}: write {key} = {}",
-                    v.get_ref().type_str(),
-                    hook.documented_args(placeholder)
-                ),
-            );
-            return out;
+            let found = v.get_ref().type_str();
+            let message =
+                format!("expected an array of strings, found {found}: write {key} = {documented}");
+            self.args_problem(r, hook, line, message);
+            return None;
         };
         let mut words = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
+            let l = self.line(item.span().start);
             match item.get_ref() {
-                DeValue::String(s) => words.push((s.to_string(), self.line(item.span().start))),
+                DeValue::String(s) => words.push((s.to_string(), l)),
                 other => {
-                    let l = self.line(item.span().start);
-                    self.push(
-                        Some(l),
-                        Some(&r.label),
-                        &dotted,
-                        format!(
-                            "item {i} is {}, not a string: write {key} = {}",
-                            other.type_str(),
-                            hook.documented_args(placeholder)
-                        ),
-                    );
-                    return out;
+                    let found = other.type_str();
+                    let message =
+                        format!("item {i} is {found}, not a string: write {key} = {documented}");
+                    self.args_problem(r, hook, l, message);
+                    return None;
                 }
             }
         }
-        let problem = |this: &mut Self, l: usize, message: String| {
-            this.push(Some(l), Some(&r.label), &dotted, message);
-        };
+        Some((words, line))
+    }
 
-        // Global flags, then the sub-command.
-        let mut rest = words.iter().peekable();
-        while let Some((w, _)) = rest.peek() {
-            if is_unobfuscated(w) {
-                rest.next();
-            } else {
-                break;
-            }
-        }
-        let Some((sub, sub_line)) = rest.next() else {
-            problem(
-                self,
-                line,
-                format!(
-                    "no sub-command: jacamar-auth needs '{}'; write {key} = {}",
-                    hook.name(),
-                    hook.documented_args(placeholder)
-                ),
+    /// The words after `[-u ...] <hook>`; a missing or wrong sub-command (or an unknown
+    /// flag before it) is reported at its line (the key's `line` when absent) and gives `None`.
+    fn sub_command<'w>(
+        &mut self,
+        r: &Runner<'_, '_>,
+        hook: Hook,
+        words: &'w [(String, usize)],
+        line: usize,
+    ) -> Option<&'w [(String, usize)]> {
+        let key = hook.args_key();
+        let documented = hook.documented_args(ARGS_PLACEHOLDER);
+        let start = words
+            .iter()
+            .position(|(w, _)| !is_unobfuscated(w))
+            .unwrap_or(words.len());
+        let Some((sub, sub_line)) = words.get(start) else {
+            let message = format!(
+                "no sub-command: jacamar-auth needs '{}'; write {key} = {documented}",
+                hook.name()
             );
-            return out;
+            self.args_problem(r, hook, line, message);
+            return None;
         };
-        if sub != hook.name() {
-            let message = if sub.starts_with('-') {
-                format!(
-                    "'{sub}' before the sub-command is not a global flag of jacamar-auth (only \
-                     -u/--unobfuscated is): write {key} = {}",
-                    hook.documented_args(placeholder)
-                )
-            } else {
-                format!(
-                    "the sub-command is '{sub}' but the {} hook needs '{}': write {key} = {}",
-                    hook.name(),
-                    hook.name(),
-                    hook.documented_args(placeholder)
-                )
-            };
-            problem(self, *sub_line, message);
-            return out;
+        if sub == hook.name() {
+            return Some(&words[start + 1..]);
         }
+        let message = if sub.starts_with('-') {
+            format!(
+                "'{sub}' before the sub-command is not a global flag of jacamar-auth (only \
+                 -u/--unobfuscated is): write {key} = {documented}"
+            )
+        } else {
+            format!(
+                "the sub-command is '{sub}' but the {} hook needs '{}': write {key} = {documented}",
+                hook.name(),
+                hook.name()
+            )
+        };
+        self.args_problem(r, hook, *sub_line, message);
+        None
+    }
 
-        // After the sub-command.
-        let mut after = rest;
+    /// The words after the sub-command: only `--configuration FILE` (or `=FILE`) belongs
+    /// there; anything else is reported. The FILE kept, with its line.
+    fn after_sub_command(
+        &mut self,
+        r: &Runner<'_, '_>,
+        hook: Hook,
+        words: &[(String, usize)],
+    ) -> Option<(String, usize)> {
+        let key = hook.args_key();
+        let mut configuration = None;
+        let mut after = words.iter();
         while let Some((w, l)) = after.next() {
             if is_unobfuscated(w) {
-                problem(
-                    self,
-                    *l,
-                    format!(
-                        "'{w}' comes after the sub-command '{}': global flags go before it; \
-                         move it to the front ([\"{w}\", \"{}\", ...])",
-                        hook.name(),
-                        hook.name()
-                    ),
+                let message = format!(
+                    "'{w}' comes after the sub-command '{}': global flags go before it; \
+                     move it to the front ([\"{w}\", \"{}\", ...])",
+                    hook.name(),
+                    hook.name()
                 );
+                self.args_problem(r, hook, *l, message);
                 continue;
             }
             let value = if w == "--configuration" {
@@ -804,14 +913,11 @@ impl<'a> Checker<'a> {
                         Some((file.clone(), *fl))
                     }
                     _ => {
-                        problem(
-                            self,
-                            *l,
-                            format!(
-                                "'--configuration' has no file after it: write {key} = {}",
-                                hook.documented_args(placeholder)
-                            ),
+                        let message = format!(
+                            "'--configuration' has no file after it: write {key} = {}",
+                            hook.documented_args(ARGS_PLACEHOLDER)
                         );
+                        self.args_problem(r, hook, *l, message);
                         continue;
                     }
                 }
@@ -820,60 +926,56 @@ impl<'a> Checker<'a> {
                     .map(|file| (file.to_string(), *l))
             };
             match value {
-                Some((file, fl)) if hook.takes_configuration() => {
-                    if out.configuration.is_some() {
-                        problem(
-                            self,
-                            fl,
-                            format!(
-                                "'--configuration' is given twice: keep one ({key} = {})",
-                                hook.documented_args(&file)
-                            ),
-                        );
-                    } else {
-                        out.configuration = Some((file, fl));
-                    }
-                }
-                Some((file, fl)) => problem(
-                    self,
-                    fl,
-                    format!(
-                        "'--configuration {file}' is not passed to {}: that stage reads the \
-                         configuration config handed over through job_env; write {key} = {}",
-                        hook.name(),
-                        hook.documented_args(placeholder)
-                    ),
-                ),
-                None => {
-                    let why = if hook == Hook::Run {
-                        "the runner appends the script path and the stage name itself"
-                    } else {
-                        "jacamar-auth does not take it here"
-                    };
-                    problem(
-                        self,
-                        *l,
-                        format!(
-                            "unexpected argument '{w}' ({why}): write {key} = {}",
-                            hook.documented_args(placeholder)
-                        ),
-                    );
-                }
+                Some((file, fl)) => self.configuration_arg(r, hook, &mut configuration, file, fl),
+                None => self.unexpected_arg(r, hook, w, *l),
             }
         }
-        if hook.takes_configuration() && out.configuration.is_none() {
-            problem(
-                self,
-                line,
-                format!(
-                    "no --configuration FILE: {} must be given the jacamar configuration; write \
-                     {key} = {}",
-                    hook.name(),
-                    hook.documented_args(placeholder)
-                ),
-            );
-        }
-        out
+        configuration
+    }
+
+    /// A `--configuration FILE`: kept when the hook takes one and none is kept yet; a
+    /// second one, or one given to prepare or run, is reported.
+    fn configuration_arg(
+        &mut self,
+        r: &Runner<'_, '_>,
+        hook: Hook,
+        configuration: &mut Option<(String, usize)>,
+        file: String,
+        line: usize,
+    ) {
+        let key = hook.args_key();
+        let message = if !hook.takes_configuration() {
+            format!(
+                "'--configuration {file}' is not passed to {}: that stage reads the \
+                 configuration config handed over through job_env; write {key} = {}",
+                hook.name(),
+                hook.documented_args(ARGS_PLACEHOLDER)
+            )
+        } else if configuration.is_some() {
+            format!(
+                "'--configuration' is given twice: keep one ({key} = {})",
+                hook.documented_args(&file)
+            )
+        } else {
+            *configuration = Some((file, line));
+            return;
+        };
+        self.args_problem(r, hook, line, message);
+    }
+
+    /// Report a word after the sub-command that jacamar-auth does not take there.
+    fn unexpected_arg(&mut self, r: &Runner<'_, '_>, hook: Hook, word: &str, line: usize) {
+        let why = if hook == Hook::Run {
+            "the runner appends the script path and the stage name itself"
+        } else {
+            "jacamar-auth does not take it here"
+        };
+        let message = format!(
+            "unexpected argument '{word}' ({why}): write {} = {}",
+            hook.args_key(),
+            hook.documented_args(ARGS_PLACEHOLDER)
+        );
+        self.args_problem(r, hook, line, message);
     }
 
     /// A whole number of seconds of `[runners.custom]`, as the runner reads it.
@@ -993,6 +1095,26 @@ impl<'a> Checker<'a> {
             );
         }
     }
+}
+
+/// What is wrong with a hook's path before its file is looked at: not absolute, or the
+/// job-side `jacamar` named instead of `jacamar-auth`.
+fn exec_path_problem(value: &str) -> Option<String> {
+    let path = Path::new(value);
+    if !path.is_absolute() {
+        return Some(format!(
+            "\"{value}\" is not an absolute path: give jacamar-auth's full path \
+             (e.g. \"{INSTALLED_AUTH}\")"
+        ));
+    }
+    if path.file_name().and_then(|n| n.to_str()) == Some("jacamar") {
+        return Some(format!(
+            "\"{value}\" is the job-side binary: the hooks run jacamar-auth, \
+             e.g. \"{}\"",
+            path.with_file_name("jacamar-auth").display()
+        ));
+    }
+    None
 }
 
 fn is_unobfuscated(word: &str) -> bool {

@@ -142,6 +142,35 @@ pub fn ms_since(origin: StdInstant) -> u64 {
 
 /// Starts a call as the leader of its own process group with stdin from /dev/null.
 pub fn start(spec: CallSpec, records: &Records, origin: StdInstant) -> std::io::Result<Running> {
+    let mut child = spawn(&spec)?;
+    let pid = child.id().unwrap_or(0);
+    let index = record_start(records, &spec, pid, origin);
+    let label = match &spec.stage {
+        Some(stage) => format!("{} {stage} (pid {pid})", spec.kind.name()),
+        None => format!("{} (pid {pid})", spec.kind.name()),
+    };
+    let pipes = read_output(&mut child, spec.output);
+
+    let (tx, rx) = oneshot::channel();
+    let watch = Watch {
+        pid,
+        index,
+        label,
+        origin,
+        records: Arc::clone(records),
+    };
+    let handle = tokio::spawn(watch.run(child, spec, pipes, tx));
+    Ok(Running {
+        pid,
+        index,
+        result: rx,
+        handle,
+    })
+}
+
+/// Spawns the call's program in its own process group, stdin from /dev/null, stdout and
+/// stderr piped.
+fn spawn(spec: &CallSpec) -> std::io::Result<Child> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
@@ -153,59 +182,93 @@ pub fn start(spec: CallSpec, records: &Records, origin: StdInstant) -> std::io::
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn()?;
-    let pid = child.id().unwrap_or(0);
-    let index = {
-        let mut recs = records.lock().unwrap_or_else(|p| p.into_inner());
-        recs.push(CallRecord {
-            kind: spec.kind,
-            stage: spec.stage.clone(),
-            exit_code: None,
-            signal: None,
-            pid,
-            started_ms: ms_since(origin),
-            ended_ms: None,
-            signals_sent: Vec::new(),
-            abandoned: false,
-            detached: false,
-            group_left_behind: false,
-        });
-        recs.len() - 1
-    };
-    let label = match &spec.stage {
-        Some(stage) => format!("{} {stage} (pid {pid})", spec.kind.name()),
-        None => format!("{} (pid {pid})", spec.kind.name()),
-    };
+    cmd.spawn()
+}
 
+/// Appends the started call's record; its index in `records`.
+fn record_start(records: &Records, spec: &CallSpec, pid: u32, origin: StdInstant) -> usize {
+    let mut recs = records.lock().unwrap_or_else(|p| p.into_inner());
+    recs.push(CallRecord {
+        kind: spec.kind,
+        stage: spec.stage.clone(),
+        exit_code: None,
+        signal: None,
+        pid,
+        started_ms: ms_since(origin),
+        ended_ms: None,
+        signals_sent: Vec::new(),
+        abandoned: false,
+        detached: false,
+        group_left_behind: false,
+    });
+    recs.len() - 1
+}
+
+/// A task reading one of the call's pipes; it returns what it captured.
+type PipeTask = Option<JoinHandle<Vec<u8>>>;
+
+/// Starts reading the call's stdout and stderr as `mode` says: `[stdout, stderr]`.
+fn read_output(child: &mut Child, mode: OutputMode) -> [PipeTask; 2] {
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let (out_task, err_task) = match spec.output {
-        OutputMode::JobLog => (
+    match mode {
+        OutputMode::JobLog => [
             stdout.map(|s| tokio::spawn(forward_lines(s, Sink::JobLog))),
             stderr.map(|s| tokio::spawn(forward_lines(s, Sink::JobLog))),
-        ),
-        OutputMode::RunnerLog => (
+        ],
+        OutputMode::RunnerLog => [
             stdout.map(|s| tokio::spawn(forward_lines(s, Sink::RunnerLog))),
             stderr.map(|s| tokio::spawn(forward_lines(s, Sink::RunnerLog))),
-        ),
-        OutputMode::CaptureStdout => (
+        ],
+        OutputMode::CaptureStdout => [
             stdout.map(|s| tokio::spawn(capture(s))),
             stderr.map(|s| tokio::spawn(forward_lines(s, Sink::JobLog))),
-        ),
-    };
+        ],
+    }
+}
 
-    let (tx, rx) = oneshot::channel();
-    let records = Arc::clone(records);
-    let handle = tokio::spawn(async move {
-        let ending = supervise(&mut child, pid, &spec, &records, index, &label).await;
-        let code_sig = match &ending {
-            Ending::Exited { code, signal } => (*code, *signal),
-            _ => (None, None),
-        };
-        // Bounded wait for the pipes (rule: a descendant holding them is a leak to report).
+/// One started call, watched until it ends.
+struct Watch {
+    pid: u32,
+    index: usize,
+    label: String,
+    origin: StdInstant,
+    records: Records,
+}
+
+impl Watch {
+    /// Supervises the call to its end, then drains its pipes, records how it ended and sends
+    /// the result (logged instead when nobody waits for it any more).
+    async fn run(
+        self,
+        mut child: Child,
+        spec: CallSpec,
+        pipes: [PipeTask; 2],
+        tx: oneshot::Sender<Finished>,
+    ) {
+        let (pid, label) = (self.pid, &self.label);
+        let ending = supervise(&mut child, pid, &spec, &self.records, self.index, label).await;
+        let stdout = self.drain(pipes).await;
+        let left_behind = group_still_alive(pid).await;
+        if left_behind && matches!(ending, Ending::Exited { .. }) {
+            runner_log(&format!(
+                "WARNING: {label}: processes of its group are still alive after it exited"
+            ));
+        }
+        self.record_end(&ending, left_behind);
+        let describe = describe_ending(&ending);
+        if tx.send(Finished { ending, stdout }).is_err() {
+            // Nobody waits any more: cleanup was started without this call (hard abort).
+            runner_log(&format!("detached {label} finally ended: {describe}"));
+        }
+    }
+
+    /// Waits at most [`PIPE_GRACE`] for each pipe; stdout's bytes. Pipes still open then
+    /// (a descendant holds them, a leak to report) are abandoned with a warning.
+    async fn drain(&self, pipes: [PipeTask; 2]) -> Vec<u8> {
         let mut stdout_bytes = Vec::new();
         let mut leaked = false;
-        for (i, task) in [out_task, err_task].into_iter().enumerate() {
+        for (i, task) in pipes.into_iter().enumerate() {
             let Some(mut task) = task else { continue };
             match tokio::time::timeout(PIPE_GRACE, &mut task).await {
                 Ok(Ok(bytes)) => {
@@ -222,45 +285,30 @@ pub fn start(spec: CallSpec, records: &Records, origin: StdInstant) -> std::io::
         }
         if leaked {
             runner_log(&format!(
-                "WARNING: {label}: output pipes still open {}s after the call ended \
+                "WARNING: {}: output pipes still open {}s after the call ended \
                  (a descendant holds them); stopped reading",
+                self.label,
                 PIPE_GRACE.as_secs()
             ));
         }
-        let left_behind = group_still_alive(pid).await;
-        if left_behind && matches!(ending, Ending::Exited { .. }) {
-            runner_log(&format!(
-                "WARNING: {label}: processes of its group are still alive after it exited"
-            ));
+        stdout_bytes
+    }
+
+    /// Fills in the call's record: exit code or signal, end time, abandoned, left behind.
+    fn record_end(&self, ending: &Ending, left_behind: bool) {
+        let (code, signal) = match ending {
+            Ending::Exited { code, signal } => (*code, *signal),
+            _ => (None, None),
+        };
+        let mut recs = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = recs.get_mut(self.index) {
+            r.exit_code = code;
+            r.signal = signal;
+            r.ended_ms = Some(ms_since(self.origin));
+            r.abandoned = *ending == Ending::Abandoned;
+            r.group_left_behind = left_behind;
         }
-        {
-            let mut recs = records.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(r) = recs.get_mut(index) {
-                r.exit_code = code_sig.0;
-                r.signal = code_sig.1;
-                r.ended_ms = Some(ms_since(origin));
-                r.abandoned = ending == Ending::Abandoned;
-                r.group_left_behind = left_behind;
-            }
-        }
-        let describe = describe_ending(&ending);
-        if tx
-            .send(Finished {
-                ending,
-                stdout: stdout_bytes,
-            })
-            .is_err()
-        {
-            // Nobody waits any more: cleanup was started without this call (hard abort).
-            runner_log(&format!("detached {label} finally ended: {describe}"));
-        }
-    });
-    Ok(Running {
-        pid,
-        index,
-        result: rx,
-        handle,
-    })
+    }
 }
 
 /// Text for an ending, for logs.

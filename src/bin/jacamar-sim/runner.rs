@@ -783,145 +783,205 @@ pub async fn run_job(opts: Options) -> Result<Summary, SimError> {
     let abort_reason = Arc::new(Mutex::new(None));
 
     // Signals first, before anything is spawned.
+    let signal_task = spawn_signal_handler(&hard, &kill_now, &abort_reason)?;
+    let mut sim = Sim::setup(opts, origin, hard, kill_now, abort_reason)?;
+    let timeout_task = spawn_timeout(sim.timeout, &sim.hard, &sim.abort_reason);
+    sim.log_start();
+
+    let err = sim.execute(&timeout_task).await;
+    let message = sim.log_finish(&err);
+    sim.wait_background().await;
+    signal_task.abort();
+    Ok(sim.into_summary(err, message))
+}
+
+/// Handles SIGINT/SIGTERM: the first one aborts the job (hard cancel), a second one
+/// SIGKILLs every call.
+fn spawn_signal_handler(
+    hard: &CancellationToken,
+    kill_now: &CancellationToken,
+    abort_reason: &Arc<Mutex<Option<JobError>>>,
+) -> Result<JoinHandle<()>, SimError> {
     let mut sigint = signal(SignalKind::interrupt())
         .map_err(io_err("failed to install a SIGINT handler".into()))?;
     let mut sigterm = signal(SignalKind::terminate())
         .map_err(io_err("failed to install a SIGTERM handler".into()))?;
-    let signal_task = {
-        let hard = hard.clone();
-        let kill_now = kill_now.clone();
-        let slot = Arc::clone(&abort_reason);
-        tokio::spawn(async move {
-            let mut seen = 0;
-            loop {
-                let name = tokio::select! {
-                    _ = sigint.recv() => "SIGINT",
-                    _ = sigterm.recv() => "SIGTERM",
-                };
-                seen += 1;
-                if seen == 1 {
-                    runner_log(&format!(
-                        "received {name}: aborting the job (hard cancel); send it again to SIGKILL every call"
-                    ));
-                    set_reason(&slot, &hard, JobError::Canceled);
-                } else {
-                    runner_log(&format!("received {name} again: forced shutdown"));
-                    kill_now.cancel();
-                }
+    let hard = hard.clone();
+    let kill_now = kill_now.clone();
+    let slot = Arc::clone(abort_reason);
+    Ok(tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            let name = tokio::select! {
+                _ = sigint.recv() => "SIGINT",
+                _ = sigterm.recv() => "SIGTERM",
+            };
+            seen += 1;
+            if seen == 1 {
+                runner_log(&format!(
+                    "received {name}: aborting the job (hard cancel); send it again to SIGKILL every call"
+                ));
+                set_reason(&slot, &hard, JobError::Canceled);
+            } else {
+                runner_log(&format!("received {name} again: forced shutdown"));
+                kill_now.cancel();
             }
-        })
-    };
-
-    let tmp = make_tmp_dir()?;
-    let config_file = match &opts.configuration {
-        Some(p) => p.clone(),
-        None => {
-            let p = tmp.join("jacamar-sim-default.toml");
-            write_private(&p, DEFAULT_CONFIG.as_bytes(), 0o600)?;
-            p
         }
-    };
-    let timeout = opts.timeout.or(opts.job.timeout).unwrap_or(DEFAULT_TIMEOUT);
-    let graceful = hard.child_token();
-    let mut sim = Sim {
-        opts,
-        timeout,
-        origin,
-        tmp: tmp.clone(),
-        config_file,
-        records: Arc::new(Mutex::new(Vec::new())),
-        hard: hard.clone(),
-        graceful,
-        kill_now,
-        abort_reason: Arc::clone(&abort_reason),
-        background: Vec::new(),
-        token: format!("glcbt-sim-{}", random_hex(10)),
-        config_json: None,
-        job_env: Vec::new(),
-        dirs: None,
-        script_counter: 0,
-    };
-    let response = serde_json::to_vec_pretty(&sim.response_json()).unwrap_or_default();
-    write_private(&tmp.join("response.json"), &response, 0o600)?;
+    }))
+}
 
-    let timeout_task = {
-        let hard = hard.clone();
-        let slot = Arc::clone(&abort_reason);
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            runner_log(&format!("job timeout of {} reached", format_go(timeout)));
-            set_reason(&slot, &hard, JobError::Timeout);
-        })
-    };
+/// Aborts the job (hard cancel, reason timeout) once `timeout` has passed.
+fn spawn_timeout(
+    timeout: Duration,
+    hard: &CancellationToken,
+    abort_reason: &Arc<Mutex<Option<JobError>>>,
+) -> JoinHandle<()> {
+    let hard = hard.clone();
+    let slot = Arc::clone(abort_reason);
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        runner_log(&format!("job timeout of {} reached", format_go(timeout)));
+        set_reason(&slot, &hard, JobError::Timeout);
+    })
+}
 
-    job_log(&format!(
-        "Running with jacamar-sim {} (GitLab Runner custom executor emulator)",
-        env!("CARGO_PKG_VERSION")
-    ));
-    job_log(&format!(
-        "  on jacamar-sim {}, driver {}",
-        DEFAULT_SHORT_TOKEN,
-        sim.opts.driver.display()
-    ));
-    runner_log(&format!("runner temp dir {}", tmp.display()));
-
-    let err = match sim.prepare_executor().await {
-        Err(e) => Some(e),
-        Ok(()) => {
-            let err = sim.stages().await;
-            timeout_task.abort();
-            sim.cleanup().await;
-            err
-        }
-    };
-    timeout_task.abort();
-    let message = sim.finish_message(&err);
+/// The job's result, GitLab failure reason and exit code for the summary.
+fn outcome(err: &Option<JobError>) -> (&'static str, Option<&'static str>, Option<i32>) {
     match err {
-        None => job_log(&format!("\x1b[32;1m{message}\x1b[0;m")),
-        Some(_) => job_error(&message),
-    }
-
-    if !sim.background.is_empty() {
-        let pids: Vec<String> = sim.background.iter().map(|(p, _)| p.to_string()).collect();
-        runner_log(&format!(
-            "waiting for {} detached call(s) still dying (pid {})",
-            pids.len(),
-            pids.join(", ")
-        ));
-        for (_, handle) in sim.background.drain(..) {
-            let _ = handle.await;
-        }
-    }
-    signal_task.abort();
-
-    let (result, failure_reason, exit_code) = match &err {
         None => ("success", None, Some(0)),
         Some(JobError::Build(n)) => ("failed", Some("script_failure"), Some(*n)),
         Some(JobError::System(_)) => ("system_failure", Some("runner_system_failure"), None),
         Some(JobError::Canceled) => ("canceled", Some("canceled"), None),
         Some(JobError::Timeout) => ("failed", Some("job_execution_timeout"), None),
-    };
-    let build_exit_code_file = std::fs::read_to_string(sim.exit_code_file()).ok();
-    let calls = sim
-        .records
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let keep = sim.opts.keep_tmp;
-    if keep {
-        runner_log(&format!("keeping runner temp dir {}", tmp.display()));
-    } else if let Err(e) = std::fs::remove_dir_all(&tmp) {
-        runner_log(&format!("WARNING: failed to remove {}: {e}", tmp.display()));
     }
-    Ok(Summary {
-        result,
-        failure_reason,
-        exit_code,
-        message,
-        build_exit_code_file,
-        config: sim.config_json.take(),
-        calls,
-        tmp_dir: tmp.display().to_string(),
-        tmp_kept: keep,
-    })
+}
+
+impl Sim {
+    /// The runner's state for one job: its temp dir (with the default configuration unless
+    /// one is given, and response.json), the effective timeout and a fresh job token.
+    fn setup(
+        opts: Options,
+        origin: StdInstant,
+        hard: CancellationToken,
+        kill_now: CancellationToken,
+        abort_reason: Arc<Mutex<Option<JobError>>>,
+    ) -> Result<Sim, SimError> {
+        let tmp = make_tmp_dir()?;
+        let config_file = match &opts.configuration {
+            Some(p) => p.clone(),
+            None => {
+                let p = tmp.join("jacamar-sim-default.toml");
+                write_private(&p, DEFAULT_CONFIG.as_bytes(), 0o600)?;
+                p
+            }
+        };
+        let timeout = opts.timeout.or(opts.job.timeout).unwrap_or(DEFAULT_TIMEOUT);
+        let graceful = hard.child_token();
+        let sim = Sim {
+            opts,
+            timeout,
+            origin,
+            tmp: tmp.clone(),
+            config_file,
+            records: Arc::new(Mutex::new(Vec::new())),
+            hard,
+            graceful,
+            kill_now,
+            abort_reason,
+            background: Vec::new(),
+            token: format!("glcbt-sim-{}", random_hex(10)),
+            config_json: None,
+            job_env: Vec::new(),
+            dirs: None,
+            script_counter: 0,
+        };
+        let response = serde_json::to_vec_pretty(&sim.response_json()).unwrap_or_default();
+        write_private(&tmp.join("response.json"), &response, 0o600)?;
+        Ok(sim)
+    }
+
+    /// The job log's opening lines and the runner log's temp dir line.
+    fn log_start(&self) {
+        job_log(&format!(
+            "Running with jacamar-sim {} (GitLab Runner custom executor emulator)",
+            env!("CARGO_PKG_VERSION")
+        ));
+        job_log(&format!(
+            "  on jacamar-sim {}, driver {}",
+            DEFAULT_SHORT_TOKEN,
+            self.opts.driver.display()
+        ));
+        runner_log(&format!("runner temp dir {}", self.tmp.display()));
+    }
+
+    /// prepare, then (when it succeeded) the stages and cleanup; the job timeout stops
+    /// counting before cleanup. The job's error, if any.
+    async fn execute(&mut self, timeout_task: &JoinHandle<()>) -> Option<JobError> {
+        let err = match self.prepare_executor().await {
+            Err(e) => Some(e),
+            Ok(()) => {
+                let err = self.stages().await;
+                timeout_task.abort();
+                self.cleanup().await;
+                err
+            }
+        };
+        timeout_task.abort();
+        err
+    }
+
+    /// The job log's last line (green on success, an error otherwise), returned.
+    fn log_finish(&self, err: &Option<JobError>) -> String {
+        let message = self.finish_message(err);
+        match err {
+            None => job_log(&format!("\x1b[32;1m{message}\x1b[0;m")),
+            Some(_) => job_error(&message),
+        }
+        message
+    }
+
+    /// Waits for the detached calls still dying after a hard abort.
+    async fn wait_background(&mut self) {
+        if self.background.is_empty() {
+            return;
+        }
+        let pids: Vec<String> = self.background.iter().map(|(p, _)| p.to_string()).collect();
+        runner_log(&format!(
+            "waiting for {} detached call(s) still dying (pid {})",
+            pids.len(),
+            pids.join(", ")
+        ));
+        for (_, handle) in self.background.drain(..) {
+            let _ = handle.await;
+        }
+    }
+
+    /// The summary of the finished job; removes the temp dir unless `--keep-tmp`.
+    fn into_summary(mut self, err: Option<JobError>, message: String) -> Summary {
+        let (result, failure_reason, exit_code) = outcome(&err);
+        let build_exit_code_file = std::fs::read_to_string(self.exit_code_file()).ok();
+        let calls = self
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let tmp = &self.tmp;
+        let keep = self.opts.keep_tmp;
+        if keep {
+            runner_log(&format!("keeping runner temp dir {}", tmp.display()));
+        } else if let Err(e) = std::fs::remove_dir_all(tmp) {
+            runner_log(&format!("WARNING: failed to remove {}: {e}", tmp.display()));
+        }
+        Summary {
+            result,
+            failure_reason,
+            exit_code,
+            message,
+            build_exit_code_file,
+            config: self.config_json.take(),
+            calls,
+            tmp_dir: tmp.display().to_string(),
+            tmp_kept: keep,
+        }
+    }
 }
