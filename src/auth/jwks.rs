@@ -228,21 +228,8 @@ fn client(src: &Source) -> Result<reqwest::Client, AuthError> {
         .https_only(true)
         .user_agent(concat!("jacamar-rs/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &src.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| {
-            AuthError::Jwks(format!("failed to read tls-ca-file {}: {e}", ca.display()))
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            AuthError::Jwks(format!("tls-ca-file {} is not PEM: {e}", ca.display()))
-        })?;
-        if certs.is_empty() {
-            return Err(AuthError::Jwks(format!(
-                "tls-ca-file {} holds no certificate",
-                ca.display()
-            )));
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
+        let certs = super::tls::read_ca_file(ca)?;
+        b = b.use_preconfigured_tls(super::tls::client_config(ca, certs)?);
     }
     b.build()
         .map_err(|e| AuthError::Jwks(format!("failed to set up the HTTPS client: {e}")))

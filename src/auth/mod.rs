@@ -28,6 +28,7 @@ pub mod obfuscate;
 pub mod runas;
 pub mod seccomp;
 pub mod target;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;

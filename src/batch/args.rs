@@ -182,9 +182,107 @@ pub fn job_name(job_id: u64, vars: &BTreeMap<String, String>, disable_prefix: bo
     format!("{prefix}ci-{job_id}")
 }
 
+/// The job's environment with `[batch] env_vars` on top: every scheduler command (submit,
+/// polls, cancels, and cleanup's) sees the same. Each value is expanded first ([`expand`])
+/// against the environment as it is at that entry (the job's, with the earlier entries
+/// applied), so `PATH=$PATH:/opt/x` extends the job's `PATH`.
+pub fn with_env_vars(
+    mut env: Vec<(String, String)>,
+    vars: &[(String, String)],
+) -> Vec<(String, String)> {
+    for (k, v) in vars {
+        let v = expand(v, |name| {
+            env.iter()
+                .find(|(ek, _)| ek == name)
+                .map(|(_, ev)| ev.clone())
+        });
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v));
+    }
+    env
+}
+
+/// `value` with every `$NAME` and `${NAME}` (NAME: a letter or `_`, then letters, digits,
+/// `_`; `$NAME` takes the longest such run) replaced by `lookup(NAME)`, an unset variable
+/// by nothing (as a shell does). A `$` that starts neither form (`$`, `$1`, `${`, `${a-b}`)
+/// stays as written; nothing else is interpreted (no quotes, no `$(...)`, no `~`).
+pub fn expand(value: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let is_start = |c: u8| c.is_ascii_alphabetic() || c == b'_';
+    let is_name = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let b = value.as_bytes();
+    let mut out = String::with_capacity(value.len());
+    let mut i = 0;
+    while let Some(off) = value[i..].find('$') {
+        let at = i + off;
+        out.push_str(&value[i..at]);
+        let rest = &b[at + 1..];
+        let (name, used) = if rest.first() == Some(&b'{') {
+            let len = rest[1..].iter().take_while(|&&c| is_name(c)).count();
+            let closed = rest.get(1 + len) == Some(&b'}');
+            let ok = closed && len > 0 && is_start(rest[1]);
+            (ok.then(|| &value[at + 2..at + 2 + len]), len + 2)
+        } else {
+            let len = rest.iter().take_while(|&&c| is_name(c)).count();
+            let ok = len > 0 && is_start(rest[0]);
+            (ok.then(|| &value[at + 1..at + 1 + len]), len)
+        };
+        match name {
+            Some(n) => {
+                out.push_str(&lookup(n).unwrap_or_default());
+                i = at + 1 + used;
+            }
+            None => {
+                out.push('$');
+                i = at + 1;
+            }
+        }
+    }
+    out.push_str(&value[i..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_vars_expand_against_the_job_environment() {
+        let env = vec![
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("HOME".to_string(), "/home/u".to_string()),
+        ];
+        let vars = vec![
+            ("PATH".to_string(), "$PATH:/opt/jrs-x".to_string()),
+            ("A".to_string(), "${HOME}/a".to_string()),
+            ("B".to_string(), "$A-$UNSET.${A}x".to_string()),
+        ];
+        let out: BTreeMap<_, _> = with_env_vars(env, &vars).into_iter().collect();
+        assert_eq!(out["PATH"], "/usr/bin:/bin:/opt/jrs-x");
+        assert_eq!(out["A"], "/home/u/a");
+        assert_eq!(out["B"], "/home/u/a-./home/u/ax");
+    }
+
+    #[test]
+    fn expand_leaves_what_is_no_variable() {
+        let look = |n: &str| (n == "X").then(|| "v".to_string());
+        for (input, want) in [
+            ("plain", "plain"),
+            ("$", "$"),
+            ("a$", "a$"),
+            ("$1x", "$1x"),
+            ("${", "${"),
+            ("${X", "${X"),
+            ("${}", "${}"),
+            ("${a-b}", "${a-b}"),
+            ("$$X", "$v"),
+            ("$X$X", "vv"),
+            ("$Xy", ""),
+            ("${X}y", "vy"),
+            ("é$X", "év"),
+        ] {
+            assert_eq!(expand(input, look), want, "{input:?}");
+        }
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -287,7 +287,7 @@ pub async fn run_batch(
 /// `env_vars` on top, in `workdir`.
 fn commands(config: &Config, env: Vec<(String, String)>, workdir: PathBuf) -> Commands {
     let b = &config.batch;
-    let env = with_env_vars(env, &b.env_vars);
+    let env = args::with_env_vars(env, &b.env_vars);
     Commands::new(b.command_delay, b.scheduler_bin.as_deref(), env, workdir)
 }
 
@@ -604,19 +604,6 @@ impl Tails {
             .await;
         }
     }
-}
-
-/// The job's environment with `[batch] env_vars` on top: every scheduler command (submit,
-/// polls, cancels, and cleanup's) sees the same.
-fn with_env_vars(
-    mut env: Vec<(String, String)>,
-    vars: &[(String, String)],
-) -> Vec<(String, String)> {
-    for (k, v) in vars {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
-    env
 }
 
 fn reason_of(r: &Request) -> Reason {

@@ -75,8 +75,11 @@ pub const UNSUPPORTED: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Executor names accepted in `general.executor` (`sbatch` is an alias of `slurm`).
-pub const EXECUTORS: &[&str] = &["shell", "slurm", "sbatch", "pbs", "flux", "lsf", "cobalt"];
+/// Executor names accepted in `general.executor` (`sbatch` is an alias of `slurm`, `bsub` of
+/// `lsf`; `qsub` is none: PBS and Cobalt both submit with it).
+pub const EXECUTORS: &[&str] = &[
+    "shell", "slurm", "sbatch", "pbs", "flux", "lsf", "bsub", "cobalt",
+];
 pub const DOWNSCOPES: &[&str] = &["none", "setuid", "sudo"];
 pub const LOG_LEVELS: &[&str] = &["debug", "info", "warn", "error"];
 /// Networks Go's `log/syslog` can dial.

@@ -442,7 +442,7 @@ fn bad_choices_list_the_allowed_values() {
     assert_eq!(found.len(), 2, "{found:?}");
     assert_eq!(found[0].key.as_deref(), Some("general.executor"));
     assert!(found[0].message.contains(
-        "expected one of \"shell\", \"slurm\", \"sbatch\", \"pbs\", \"flux\", \"lsf\", \"cobalt\" (values are lowercase)"
+        "expected one of \"shell\", \"slurm\", \"sbatch\", \"pbs\", \"flux\", \"lsf\", \"bsub\", \"cobalt\" (values are lowercase)"
     ), "{}", found[0].message);
     assert_eq!(found[1].key.as_deref(), Some("auth.downscope"));
     assert!(found[1].message.contains("\"none\", \"setuid\", \"sudo\""));
@@ -464,6 +464,17 @@ fn bad_choices_list_the_allowed_values() {
     assert!(level[0]
         .message
         .contains("\"debug\", \"info\", \"warn\", \"error\""));
+}
+
+#[test]
+fn bsub_is_lsf() {
+    let c = ok(&BASE.replace("\"shell\"", "\"bsub\""));
+    assert_eq!(c.general.executor, Executor::Lsf);
+    assert_eq!(c.general.executor.as_str(), "lsf");
+    // qsub is the submit command of both PBS and Cobalt: no alias, the error lists the names.
+    let found = problems(&BASE.replace("\"shell\"", "\"qsub\""));
+    assert_eq!(found[0].key.as_deref(), Some("general.executor"));
+    assert!(found[0].message.contains("\"pbs\""), "{}", found[0].message);
 }
 
 #[test]

@@ -24,10 +24,11 @@ impl Executor {
         ("pbs", Executor::Pbs),
         ("flux", Executor::Flux),
         ("lsf", Executor::Lsf),
+        ("bsub", Executor::Lsf),
         ("cobalt", Executor::Cobalt),
     ];
 
-    /// Canonical name (`sbatch` reads back as `slurm`).
+    /// Canonical name (`sbatch` reads back as `slurm`, `bsub` as `lsf`).
     pub fn as_str(self) -> &'static str {
         match self {
             Executor::Shell => "shell",

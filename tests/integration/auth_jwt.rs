@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::auth_kit::{
     audit_lines, claims, give_token, harness, hs256_with_public_key, mint, now, pki, raw_token,
-    JwksServer, TOKEN_VAR,
+    self_signed, JwksServer, TOKEN_VAR,
 };
 use crate::harness::{show, Harness};
 
@@ -306,6 +306,54 @@ fn tls_is_verified_against_tls_ca_file() {
         msg.contains("tls-ca-file") || msg.contains("certificate"),
         "{msg}"
     );
+}
+
+/// A harness for `server` whose tls-ca-file is `ca` instead of the kit's CA.
+fn harness_trusting(server: &JwksServer, ca: &std::path::Path) -> Harness {
+    let h = harness(server, "none", "", "", "");
+    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+        &pki().ca_pem.display().to_string(),
+        &ca.display().to_string(),
+    );
+    std::fs::write(&h.config_path, text).unwrap();
+    h
+}
+
+/// Upstream (Go's TLS) accepts a self-signed server certificate listed in tls-ca-file even
+/// when it is a CA certificate (`openssl req -x509`'s default); so do we, when the server
+/// presents exactly that certificate and it names the server.
+#[test]
+fn self_signed_ca_certificate_in_tls_ca_file_is_accepted_when_pinned_and_named() {
+    let served = self_signed("pinned-127", "IP:127.0.0.1");
+    let server = JwksServer::start_self_signed(&served, &[&pki().keys[0]]);
+    let mut h = harness_trusting(&server, &served.pem);
+    give_token(&mut h, &server, "alice");
+    h.config_json();
+    assert!(h.prepare().status.success());
+    let out = h.run("build_script", "echo ok\n");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(h.cleanup().status.success());
+    assert_eq!(server.hits(), 1);
+
+    // Another self-signed certificate in the file than the one served: refused.
+    let other = self_signed("other-127", "IP:127.0.0.1");
+    let mut h = harness_trusting(&server, &other.pem);
+    give_token(&mut h, &server, "alice");
+    let out = h.config();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let msg = audit_lines(&h)[0]["msg"].as_str().unwrap().to_string();
+    assert!(msg.contains("certificate"), "{msg}");
+
+    // The served certificate is pinned but names another address: refused.
+    let elsewhere = self_signed("pinned-other-ip", "IP:127.0.0.2,DNS:gitlab.example.com");
+    let server = JwksServer::start_self_signed(&elsewhere, &[&pki().keys[0]]);
+    let mut h = harness_trusting(&server, &elsewhere.pem);
+    give_token(&mut h, &server, "alice");
+    let out = h.config();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let msg = audit_lines(&h)[0]["msg"].as_str().unwrap().to_string();
+    assert!(msg.contains("not valid for name"), "{msg}");
+    assert_eq!(server.hits(), 0, "no request reached the wrong-name server");
 }
 
 #[test]

@@ -125,6 +125,58 @@ pub fn pki() -> &'static Pki {
     })
 }
 
+/// A self-signed server certificate as `openssl req -x509` makes it by default (so
+/// `basicConstraints CA:TRUE`), for `subjectAltName=<san>`, alone in its PEM file `pem`.
+pub struct SelfSigned {
+    pub pem: PathBuf,
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+}
+
+/// A new [`SelfSigned`] certificate named `name` (unique per test run) in the PKI directory.
+pub fn self_signed(name: &str, san: &str) -> SelfSigned {
+    let dir = &pki().dir;
+    let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+    let ext = format!("subjectAltName={san}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            &ext,
+        ],
+    );
+    let text = String::from_utf8(openssl(dir, &["x509", "-in", &pem, "-noout", "-text"])).unwrap();
+    assert!(
+        text.contains("CA:TRUE"),
+        "openssl req -x509 made no CA certificate: {text}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join(&pem), std::fs::Permissions::from_mode(0o644)).unwrap();
+    SelfSigned {
+        pem: dir.join(&pem),
+        cert_der: openssl(dir, &["x509", "-in", &pem, "-outform", "DER"]),
+        key_der: openssl(
+            dir,
+            &[
+                "pkcs8", "-topk8", "-nocrypt", "-in", &key, "-outform", "DER",
+            ],
+        ),
+    }
+}
+
 /// A JWKS server: serves `/-/jwks` and `/oauth/discovery/keys`, counts the requests.
 pub struct JwksServer {
     pub url: String,
@@ -137,16 +189,23 @@ pub struct JwksServer {
 impl JwksServer {
     pub fn start(keys: &[&SigningKey]) -> JwksServer {
         let pki = pki();
+        JwksServer::start_with(pki.cert_der.clone(), pki.key_der.clone(), keys)
+    }
+
+    /// A server presenting the self-signed certificate `cert`.
+    pub fn start_self_signed(cert: &SelfSigned, keys: &[&SigningKey]) -> JwksServer {
+        JwksServer::start_with(cert.cert_der.clone(), cert.key_der.clone(), keys)
+    }
+
+    fn start_with(cert_der: Vec<u8>, key_der: Vec<u8>, keys: &[&SigningKey]) -> JwksServer {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(
-                vec![rustls::pki_types::CertificateDer::from(
-                    pki.cert_der.clone(),
-                )],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(pki.key_der.clone().into()),
+                vec![rustls::pki_types::CertificateDer::from(cert_der)],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()),
             )
             .unwrap();
         let cfg = Arc::new(cfg);

@@ -437,6 +437,28 @@ fn quoted_arguments_and_arguments_variable_order() {
     assert!(h.cleanup().status.success());
 }
 
+/// `env_vars` values expand `$NAME` against the job's environment: `PATH=$PATH:/opt/jrs-x`
+/// extends PATH, so the scheduler's commands are still found (a literal `$PATH` lost them).
+/// The job's own shell sets its PATH anew, so a second entry shows the extended value there.
+#[test]
+fn env_vars_path_extends_the_job_path() {
+    if !require_root() {
+        return;
+    }
+    let h = slurm("env_vars = [\"PATH=$PATH:/opt/jrs-x\", \"JRS_SEEN_PATH=${PATH}\"]");
+    let out = h.run("build_script", "echo \"path=[$JRS_SEEN_PATH]\"\n");
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Submitted slurm job"), "{}", show(&out));
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("path=["))
+        .unwrap_or_else(|| panic!("no path line: {}", show(&out)));
+    assert!(path.ends_with(":/opt/jrs-x]"), "{path}");
+    assert!(!path.contains('$'), "{path}");
+    assert!(h.cleanup().status.success());
+}
+
 #[test]
 fn twenty_concurrent_jobs_keep_their_logs_apart() {
     if !require_root() {
