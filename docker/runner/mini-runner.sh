@@ -47,7 +47,9 @@ case "$cmd" in
   config)
     out=$(call config --configuration "$CONF") || { rc=$?; echo "$out"; exit $rc; }
     echo "$out"
-    while IFS=$'\t' read -r k v; do setv "$k" "$v"; done < <(jq -r '.job_env // {} | to_entries[] | [.key, .value] | @tsv' <<<"$out") ;;
+    # job_env values may span lines (JACAMAR_CI_CONFIG_STR): NUL-separated, quoted by setv.
+    while IFS= read -r -d '' k && IFS= read -r -d '' v; do setv "$k" "$v"; done \
+      < <(jq -j '.job_env // {} | to_entries[] | .key, "\u0000", .value, "\u0000"' <<<"$out") ;;
   prepare) call prepare ;;
   run)
     stage=${3:?missing STAGE}
