@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Bring up the multi-host test cluster (controller, c1, c2, runner) from nothing, as root,
+# without stdin. Idempotent: a second run rebuilds nothing that is unchanged and leaves
+# running containers alone (docker-compose recreates only what changed).
+#   1. Debian's docker.io, docker-compose (v1) and debootstrap, installed if missing;
+#      dockerd started if not answering.
+#   2. The base image local/debian:bookworm from `debootstrap --variant=minbase bookworm`
+#      (skipped when the image exists: no registry is reachable, nothing is pulled).
+#   3. jacamar-rs release binaries (nice cargo build --release; a no-op when fresh).
+#   4. The service images (node/Dockerfile, runner/Dockerfile) and `docker-compose up -d`.
+#   5. Waits until both compute nodes are idle and the runner's FUSE view is mounted.
+source "$(dirname "$0")/lib.sh"
+[ "$(id -u)" = 0 ] || die "run as root"
+export DEBIAN_FRONTEND=noninteractive
+
+# --- 1. tools and the daemon
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-cache show docker.io >/dev/null 2>&1 || apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" </dev/null >/tmp/jacamar-rs-docker-apt.log 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" </dev/null; }
+  # The client may have been found first on PATH before the install; re-evaluate.
+  if [ -x /usr/bin/docker ]; then docker() { /usr/bin/docker "$@"; }; fi
+fi
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd (log: /var/log/dockerd.log)"
+  setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
+  wait_until 60 docker info || die "dockerd did not come up; see /var/log/dockerd.log"
+fi
+
+# --- 2. the base image
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  log "base image $BASE_IMAGE exists"
+else
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  rootfs=$(mktemp -d /var/tmp/jacamar-rs-rootfs.XXXXXX)
+  log "debootstrap --variant=minbase bookworm from $mirror (about 30 s)"
+  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/tmp/jacamar-rs-debootstrap.log 2>&1 \
+    || { tail -20 /tmp/jacamar-rs-debootstrap.log >&2; rm -rf "$rootfs"; die "debootstrap failed"; }
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb
+  tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
+  rm -rf "$rootfs"
+  log "imported $BASE_IMAGE"
+fi
+
+# --- 3. jacamar-rs binaries
+bins=(jacamar-auth jacamar jacamar-sim)
+if [ "${JACAMAR_DOCKER_NO_BUILD:-0}" != 1 ]; then
+  command -v cargo >/dev/null || die "cargo is required to build the release binaries"
+  log "cargo build --release (a no-op when up to date)"
+  (cd "$REPO_DIR" && nice cargo build --release --bins --quiet)
+fi
+stage="$DOCKER_DIR/runner/bin"
+mkdir -p "$stage"
+for b in "${bins[@]}"; do
+  [ -x "$REPO_DIR/target/release/$b" ] || die "missing target/release/$b"
+  # cp only when different, so the image layer stays cached.
+  cmp -s "$REPO_DIR/target/release/$b" "$stage/$b" || cp "$REPO_DIR/target/release/$b" "$stage/$b"
+done
+
+# --- 4. images and containers
+log "building $NODE_IMAGE"
+docker build -q -t "$NODE_IMAGE" "$DOCKER_DIR/node" >/dev/null
+log "building $RUNNER_IMAGE"
+docker build -q -t "$RUNNER_IMAGE" "$DOCKER_DIR/runner" >/dev/null
+log "docker-compose up -d"
+compose up -d --remove-orphans 2>&1 | sed 's/^/  /' >&2
+
+# --- 5. ready?
+wait_until 60 docker exec "$CTL" scontrol ping \
+  || { docker logs --tail 30 "$CTL" >&2; die "slurmctld not answering"; }
+for n in c1 c2; do
+  if ! wait_until 60 node_idle "$n"; then
+    # A node that was killed and is back (ReturnToService=2 usually does this itself).
+    docker exec "$CTL" scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true
+    wait_until 30 node_idle "$n" || { docker exec "$CTL" sinfo -R >&2; die "node $n not idle ($(node_state "$n"))"; }
+  fi
+done
+wait_until 60 docker exec "$RUNNER" mountpoint -q /ecp || { docker logs --tail 30 "$RUNNER" >&2; die "runner: /ecp (FUSE view) not mounted"; }
+wait_until 30 docker exec "$RUNNER" scontrol ping || die "runner cannot reach slurmctld"
+log "ready: $(docker exec "$CTL" sinfo -h -o '%P %D %T %N' | tr '\n' ' ')"
