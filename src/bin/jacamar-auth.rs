@@ -75,6 +75,16 @@ fn main() {
         eprintln!("Error encountered during job: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
         std::process::exit(system_failure_exit_code());
     }
+    // A signal mask inherited from whoever started us (a wrapper, a runner thread that
+    // blocks signals) would hold back the runner's SIGTERM: the cancel would do nothing.
+    if let Err(e) = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    ) {
+        eprintln!("Error encountered during job: failed to clear the inherited signal mask: {e}");
+        std::process::exit(system_failure_exit_code());
+    }
     // Before anything opens: a descriptor left open by whoever started us (a wrapper
     // script, socket activation) must never reach jacamar or the job.
     if let Err(e) = jacamar::auth::downscope::cloexec_inherited_fds() {

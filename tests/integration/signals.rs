@@ -220,3 +220,40 @@ fn leftover_background_processes_are_swept_when_the_script_ends() {
         "leftovers survived: {left:?}"
     );
 }
+
+/// A runner (or wrapper) that starts jacamar-auth with SIGTERM blocked must not make the
+/// cancel a no-op: jacamar-auth clears the signal mask it inherits, so the job's trap runs.
+#[test]
+fn an_inherited_blocked_sigterm_does_not_stop_the_cancel() {
+    use std::os::unix::process::CommandExt;
+    let h = ready_harness("2s");
+    let mark = h.tmp.path().join("mark");
+    let p = h.script_file("build_script", &stubborn_job(&mark, false));
+    let mut cmd = h.auth(&["run", &p.display().to_string(), "build_script"]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: sigprocmask is async-signal-safe; nothing else runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(Signal::SIGTERM);
+            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || mark.join("ready").exists()),
+        "job never got ready"
+    );
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let trapped = wait_for(Duration::from_secs(2) + MARGIN, || {
+        mark.join("trapped").exists()
+    });
+    if !trapped {
+        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(trapped, "the cancel never reached the job: {}", show(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+}
