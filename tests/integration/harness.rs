@@ -455,3 +455,20 @@ pub fn require_tool(name: &str) -> bool {
     jacamar::shell::find_on_path(name, &path).is_some()
         || skip_or_fail(&format!("this test needs `{name}` on PATH"))
 }
+
+/// `body` in the exact shape of the runner's generated bash scripts (`BashWriter.Finish`):
+/// the commands ANSI-C quoted inside `: | eval $'...'` (a subshell), then the builtin
+/// `exit 0`. Test drivers with this, never with a bare body.
+pub fn runner_script(body: &str) -> String {
+    let mut q = String::new();
+    for c in body.chars() {
+        match c {
+            '\\' => q.push_str("\\\\"),
+            '\'' => q.push_str("\\'"),
+            '\n' => q.push_str("\\n"),
+            '\t' => q.push_str("\\t"),
+            c => q.push(c),
+        }
+    }
+    format!("#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'{q}'\nexit 0\n")
+}

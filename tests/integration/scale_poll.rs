@@ -16,27 +16,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::batch_slurm::{ci_user, lines_of, require_slurm, wait_exit, wait_line};
-use crate::harness::{proc_stat, require_root, show, wait_for, Harness};
+use crate::harness::{proc_stat, require_root, runner_script, show, wait_for, Harness};
 
 /// Held by every test of this module.
 static SLURM: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SLURM.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `body` in the exact shape of the runner's generated bash scripts.
-fn runner_script(body: &str) -> String {
-    let mut q = String::new();
-    for c in body.chars() {
-        match c {
-            '\\' => q.push_str("\\\\"),
-            '\'' => q.push_str("\\'"),
-            '\n' => q.push_str("\\n"),
-            c => q.push(c),
-        }
-    }
-    format!("#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'{q}'\nexit 0\n")
 }
 
 /// Final Slurm states, for a squeue that hides jobs as a MinJobAge purge would.

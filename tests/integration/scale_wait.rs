@@ -7,22 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::batch_slurm::{ci_user, lines_of, require_slurm, slurm_jobs, wait_exit, wait_line};
-use crate::harness::{require_root, show, wait_for, Harness};
-
-/// `body` in the exact shape of the runner's generated bash scripts: the commands
-/// ANSI-C quoted inside `: | eval $'...'` (a subshell), then the builtin `exit 0`.
-fn runner_script(body: &str) -> String {
-    let mut q = String::new();
-    for c in body.chars() {
-        match c {
-            '\\' => q.push_str("\\\\"),
-            '\'' => q.push_str("\\'"),
-            '\n' => q.push_str("\\n"),
-            c => q.push(c),
-        }
-    }
-    format!("#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'{q}'\nexit 0\n")
-}
+use crate::harness::{require_root, runner_script, show, wait_for, Harness};
 
 /// A Slurm harness through config and prepare, `kill_timeout` in `[general]`, `batch`
 /// lines in `[batch]` (after a 1 s command_delay).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
 use crate::batch_slurm::{ci_user, lines_of, require_slurm, wait_exit, wait_line};
-use crate::harness::{require_root, require_tool, show, wait_for, Harness};
+use crate::harness::{require_root, require_tool, runner_script, show, wait_for, Harness};
 
 const USER: &str = "jrs_shell_deb";
 
@@ -26,22 +26,6 @@ jrs_shell_fn() { echo "fn-from-profile $1"; }
 export -f jrs_shell_fn
 export PATH="$HOME/jrs-shell-bin:$PATH"
 "#;
-
-/// `body` in the exact shape of the runner's generated bash scripts: the commands
-/// ANSI-C quoted inside `: | eval $'...'` (a subshell), then the builtin `exit 0`.
-fn runner_script(body: &str) -> String {
-    let mut q = String::new();
-    for c in body.chars() {
-        match c {
-            '\\' => q.push_str("\\\\"),
-            '\'' => q.push_str("\\'"),
-            '\n' => q.push_str("\\n"),
-            '\t' => q.push_str("\\t"),
-            c => q.push(c),
-        }
-    }
-    format!("#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'{q}'\nexit 0\n")
-}
 
 /// Checks that `home` (of `user`) holds Debian's stock `.bash_logout` and that it really
 /// fails in a login-less, tty-less bash under `set -e` as that user: the condition the

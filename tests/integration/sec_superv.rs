@@ -14,23 +14,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
-use crate::harness::{alive, pids_in, require_root, require_tool, show, wait_for, Harness};
-
-/// The runner's script around `body` (see the custom-executor protocol).
-fn runner_script(body: &str) -> String {
-    let mut quoted = String::new();
-    for c in body.chars() {
-        match c {
-            '\\' => quoted.push_str("\\\\"),
-            '\'' => quoted.push_str("\\'"),
-            '\n' => quoted.push_str("\\n"),
-            c => quoted.push(c),
-        }
-    }
-    format!(
-        "#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'{quoted}'\nexit 0\n"
-    )
-}
+use crate::harness::{
+    alive, pids_in, require_root, require_tool, runner_script, show, wait_for, Harness,
+};
 
 /// Live (non-zombie) processes whose real uid is `uid`.
 fn procs_of_uid(uid: u32) -> Vec<i32> {
