@@ -283,7 +283,10 @@ impl Drop for StoppedCtld {
     }
 }
 
+/// Stops slurmctld for 20 s: every other Slurm test running meanwhile would see the outage,
+/// so it is `#[ignore]`d in the parallel suite and run alone by scripts/test.sh afterwards.
 #[test]
+#[ignore = "stops slurmctld for 20 s; scripts/test.sh runs it alone after the suite"]
 fn a_controller_restart_mid_job_is_a_log_line() {
     if !require_root() {
         return;
