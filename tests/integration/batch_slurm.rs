@@ -312,10 +312,13 @@ fn output_moved_in_late_arrives_within_nfs_timeout() {
     let out_file = h.scripts_job_dir().join("build_script.out");
     let tmp = h.data_dir.join(format!("elsewhere-{}", h.job_id));
     // The job hides its output file, writes elsewhere, and a detached helper moves the
-    // file in 3 s after the job ended (what a slow NFS client looks like from here).
+    // file in 3 s after the job ended (what a slow NFS client looks like from here). The job
+    // ends only once the helper runs in its own session: a helper still in the job's process
+    // group when the batch step ends is killed with it (proctrack/pgid), a race under load.
     let script = format!(
         "rm -f '{o}'\nfor i in 1 2 3 4 5; do echo \"late line $i\" >> '{t}'; done\nprintf 'no newline at the end' >> '{t}'\n\
-         setsid bash -c \"sleep 3; mv '{t}' '{o}'\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
+         setsid bash -c \"touch '{t}.moving'; sleep 3; mv '{t}' '{o}'\" </dev/null >/dev/null 2>&1 &\n\
+         while [ ! -e '{t}.moving' ]; do sleep 0.05; done\nexit 0\n",
         o = out_file.display(),
         t = tmp.display()
     );
