@@ -293,6 +293,8 @@ struct Runner<'t, 'i> {
     /// Line of its first key (or of the entry).
     line: usize,
     custom: Option<&'t DeTable<'i>>,
+    /// `custom` is there but is not a table (already reported as such).
+    custom_mistyped: bool,
     /// Line of the `[runners.custom]` header (or of the runner, when absent).
     custom_line: usize,
 }
@@ -445,6 +447,7 @@ impl<'a> Checker<'a> {
             label,
             line,
             custom,
+            custom_mistyped: custom.is_none() && table.contains_key("custom"),
             custom_line,
         }
     }
@@ -453,7 +456,7 @@ impl<'a> Checker<'a> {
     fn custom_runner(&mut self, r: &Runner<'_, '_>) -> Option<RunnerSummary> {
         let before = self.problems.len();
         let Some(custom) = r.custom else {
-            if self.problems.len() == before {
+            if !r.custom_mistyped {
                 self.missing_custom(r);
             }
             return None;

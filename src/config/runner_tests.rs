@@ -502,6 +502,12 @@ fn file_level_problems() {
             "without a [runners.custom] table",
         ),
         (
+            // A mistyped table is that one problem, not also "without a table".
+            "[[runners]]\n  name = \"c\"\n  executor = \"custom\"\n  custom = 3\n",
+            Some(4),
+            "expected a table ([runners.custom]), found integer",
+        ),
+        (
             "[[runners]]\n  executor = \"custom\"\n  [runners.custom]\n    config_exec = \"/opt/jacamar/bin/jacamar-auth\n",
             Some(4),
             "invalid TOML",
