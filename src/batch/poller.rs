@@ -180,16 +180,22 @@ impl Poller {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert(now.saturating_sub(period.as_millis() as u64));
+        // The job as the listing and the poll dir know it (PBS: `123` for `123.server`).
+        let key = sched.listing_id(job.id);
         let dir = match &self.dir {
-            Some(d) if sched.lists_user_jobs() && valid_id(job.id) => d,
+            Some(d) if sched.lists_user_jobs() && valid_id(&key) => d,
             _ => return single(sched, cmds, job.id, exit.as_ref()).await,
         };
+        let keyed = JobRef {
+            id: &key,
+            exit_file: job.exit_file,
+        };
         match self
-            .snapshot(dir, sched, cmds, period, job, since, exit.is_some())
+            .snapshot(dir, sched, cmds, period, &keyed, since, exit.is_some())
             .await?
         {
             Some(snap) => {
-                self.answer(dir, sched, cmds, &snap, job, exit.as_ref())
+                self.answer(dir, sched, cmds, &snap, &keyed, job.id, exit.as_ref())
                     .await
             }
             None => single(sched, cmds, job.id, exit.as_ref()).await,
@@ -305,7 +311,9 @@ impl Poller {
         Ok(snap)
     }
 
-    /// Job `job`'s state from `snap` (and its exit file, when the job was signalled).
+    /// Job `job`'s state from `snap` (and its exit file, when the job was signalled);
+    /// `job.id` is the job's listing key, `id` the id its submission gave.
+    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         dir: &Path,
@@ -313,6 +321,7 @@ impl Poller {
         cmds: &Commands,
         snap: &Snapshot,
         job: &JobRef<'_>,
+        id: &str,
         exit: Option<&ExitRecord>,
     ) -> Result<JobState, BatchError> {
         if let Some(e) = &snap.error {
@@ -328,7 +337,7 @@ impl Poller {
                     return Ok(JobState::Finished(sched.with_exit_code(f, r.code)));
                 }
                 // The controller still holds the job: its own answer has the exit code.
-                match sched.state(cmds, job.id).await? {
+                match sched.state(cmds, id).await? {
                     JobState::Finished(g) => Ok(JobState::Finished(g)),
                     _ => Ok(JobState::Finished(f.clone())),
                 }
