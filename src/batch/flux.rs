@@ -349,7 +349,10 @@ mod tests {
     fn f58_ids_in_decimal() {
         assert_eq!(decimal_id("ƒ2").as_deref(), Some("1"));
         assert_eq!(decimal_id("f21").as_deref(), Some("58"));
-        assert_eq!(decimal_id("ƒJv").as_deref(), Some((17 * 58 + 53).to_string().as_str()));
+        assert_eq!(
+            decimal_id("ƒJv").as_deref(),
+            Some((17 * 58 + 53).to_string().as_str())
+        );
         assert_eq!(decimal_id("1000").as_deref(), Some("1000"));
         assert_eq!(decimal_id("ƒ0"), None);
         assert_eq!(decimal_id("0x1f"), None);

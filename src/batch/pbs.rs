@@ -268,8 +268,7 @@ impl Scheduler for Pbs {
                 BatchError::Setup("no user name for qstat -u (no passwd entry)".into())
             })?;
             let args = s(&["-u", user]);
-            super::list_command(cmds, "qstat", &args, failure, |_| false, parse_qstat_table)
-                .await
+            super::list_command(cmds, "qstat", &args, failure, |_| false, parse_qstat_table).await
         })
     }
 
@@ -329,9 +328,7 @@ mod tests {
 
     fn letter(l: &Listed) -> (String, bool) {
         match &l.state {
-            JobState::Queued { state, .. } | JobState::Running { state } => {
-                (state.clone(), false)
-            }
+            JobState::Queued { state, .. } | JobState::Running { state } => (state.clone(), false),
             JobState::Finished(f) => (f.state.clone(), l.code_unknown),
             JobState::Unknown => ("?".into(), false),
         }
@@ -354,7 +351,10 @@ mod tests {
         let JobState::Finished(f) = &m["43"].state else {
             panic!()
         };
-        assert!(!f.normal_end, "a listed end is the scheduler's word, not the code");
+        assert!(
+            !f.normal_end,
+            "a listed end is the scheduler's word, not the code"
+        );
         assert!(parse_qstat_table("").is_empty());
     }
 

@@ -91,7 +91,10 @@ fn harness(executor: &str, batch: &str, shared: &Path) -> Harness {
 
 /// Job `i`'s script: runs a few seconds, then exits with `i % 4`.
 fn script(i: usize, secs: u32) -> String {
-    runner_script(&format!("echo \"job {i} start\"\nsleep {secs}\nexit {}\n", i % 4))
+    runner_script(&format!(
+        "echo \"job {i} start\"\nsleep {secs}\nexit {}\n",
+        i % 4
+    ))
 }
 
 /// Run every harness's build stage at once; each must end with its own exit code.
@@ -189,7 +192,10 @@ fn which(tool: &str) -> PathBuf {
         .output()
         .unwrap();
     let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(!p.is_empty(), "{tool} not found (slurm-wlm-torque, which scripts/test.sh installs)");
+    assert!(
+        !p.is_empty(),
+        "{tool} not found (slurm-wlm-torque, which scripts/test.sh installs)"
+    );
     PathBuf::from(p)
 }
 
@@ -295,7 +301,10 @@ fn lsf_fake_jobs_of_one_user_share_one_bjobs_per_period() {
         // The -o formats hold blanks: one word each here.
         |a| {
             let a = a
-                .replace("jobid stat exit_code exit_reason pend_reason delimiter='|'", "F")
+                .replace(
+                    "jobid stat exit_code exit_reason pend_reason delimiter='|'",
+                    "F",
+                )
                 .replace("stat exit_code exit_reason pend_reason delimiter='|'", "F");
             operands(&a, &["-u", "-o"])
         },
