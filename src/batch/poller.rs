@@ -561,6 +561,10 @@ mod tests {
         listings: Mutex<u32>,
         accountings: Mutex<Vec<Vec<String>>>,
         singles: Mutex<u32>,
+        /// The ids [`Scheduler::state`] was asked about.
+        asked: Mutex<Vec<String>>,
+        /// The listing keys jobs by the id's part before the first dot (as PBS's does).
+        keyed: bool,
     }
 
     impl Fake {
@@ -607,11 +611,12 @@ mod tests {
             id: &'a str,
         ) -> BoxFuture<'a, Result<JobState, BatchError>> {
             *self.singles.lock().unwrap() += 1;
+            self.asked.lock().unwrap().push(id.to_string());
             let st = self
                 .listing
                 .lock()
                 .unwrap()
-                .get(id)
+                .get(&self.listing_id(id))
                 .map(|l| l.state.clone())
                 .unwrap_or(JobState::Unknown);
             Box::pin(async move { Ok(st) })
@@ -626,6 +631,12 @@ mod tests {
         }
         fn lists_user_jobs(&self) -> bool {
             true
+        }
+        fn listing_id(&self, id: &str) -> String {
+            match self.keyed {
+                true => id.split('.').next().unwrap_or(id).to_string(),
+                false => id.to_string(),
+            }
         }
         fn user_jobs<'a>(
             &'a self,
@@ -694,6 +705,32 @@ mod tests {
         JobState::Running {
             state: "RUNNING".into(),
         }
+    }
+
+    /// PBS-like ids: the listing says `7`, the submission `7.srv`; the listing answers for
+    /// both jobs, and a listed end without an exit file is asked by the submitted id.
+    #[tokio::test(start_paused = true)]
+    async fn jobs_are_found_in_the_listing_by_their_listing_id() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake {
+            keyed: true,
+            ..Fake::default()
+        };
+        fake.list("7", running());
+        fake.list("8", JobState::Finished(Final::ended("C", 0, None, None)));
+        let (a, b) = (
+            Driver::new(d.path(), &clock, "7.srv"),
+            Driver::new(d.path(), &clock, "8.srv"),
+        );
+        assert_eq!(a.poll(&fake).await.unwrap(), running());
+        assert!(matches!(
+            b.poll(&fake).await.unwrap(),
+            JobState::Finished(_)
+        ));
+        assert_eq!(fake.listings(), 1, "one listing answered both");
+        assert_eq!(*fake.asked.lock().unwrap(), ["8.srv"]);
+        assert!(fake.accountings.lock().unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
