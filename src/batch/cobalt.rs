@@ -1,5 +1,6 @@
-//! Cobalt: `qsub` to submit (it prints the job id), `qstat` while the job is queued or
-//! running, `qdel` to cancel. A finished job leaves `qstat` without a word: its end is in
+//! Cobalt: `qsub` to submit (it prints the job id), `qstat -u USER` for every queued or
+//! running job of the user at once (shared, see [`super::poller`]), `qstat ID` for one job,
+//! `qdel` to cancel. A finished job leaves `qstat` without a word: its end is in
 //! the Cobalt log (`--debuglog`, by default `<jobid>.cobaltlog`), whose line `task
 //! completed normally with an exit code of N; initiating job cleanup and removal` gives
 //! the exit code. Cobalt keeps stderr apart (`-e`, by default `<jobid>.error`): both files
@@ -8,11 +9,14 @@
 //! `skip_cobalt_log` (meant for testing and debugging): the exit status comes from a line
 //! the submitted script echoes at the end of its output instead of the Cobalt log.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::args::Illegal;
 use super::limiter::CmdOutput;
-use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{
+    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
+};
 
 /// The Cobalt scheduler (`executor = "cobalt"`).
 pub struct Cobalt {
@@ -84,14 +88,39 @@ pub fn log_file(output: &Path) -> PathBuf {
 /// The state in `qstat ID`'s table (`JobID User WallTime Nodes State Location`); `None`
 /// when the job is not listed (finished, or unknown).
 pub fn parse_qstat(stdout: &str, id: &str) -> Option<JobState> {
+    parse_qstat_all(stdout).remove(id)
+}
+
+/// Every row of a `qstat [-u USER]` table by job id, the state from the `State` column
+/// (found by its header). Empty when there is no table (Cobalt prints nothing when no job
+/// matches).
+pub fn parse_qstat_all(stdout: &str) -> BTreeMap<String, JobState> {
     let mut lines = stdout.lines();
-    let header = lines.by_ref().find(|l| l.contains("JobID"))?;
-    let col = header
+    let Some(header) = lines.by_ref().find(|l| l.contains("JobID")) else {
+        return BTreeMap::new();
+    };
+    let Some(col) = header
         .split_whitespace()
-        .position(|h| h.eq_ignore_ascii_case("State"))?;
-    let row = lines.find(|l| l.split_whitespace().next() == Some(id))?;
-    let st = row.split_whitespace().nth(col)?.to_string();
-    Some(match st.as_str() {
+        .position(|h| h.eq_ignore_ascii_case("State"))
+    else {
+        return BTreeMap::new();
+    };
+    lines
+        .filter_map(|row| {
+            let w: Vec<&str> = row.split_whitespace().collect();
+            let id = *w.first()?;
+            if !id.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            Some((id.to_string(), row_state(w.get(col)?)))
+        })
+        .collect()
+}
+
+/// A Cobalt state word: `running` and the ends of a run are running, the rest queued.
+fn row_state(st: &str) -> JobState {
+    let st = st.to_string();
+    match st.as_str() {
         "running" | "starting" | "exiting" | "killing" | "cleanup" => {
             JobState::Running { state: st }
         }
@@ -100,7 +129,7 @@ pub fn parse_qstat(stdout: &str, id: &str) -> Option<JobState> {
             reason: None,
             expected_start: None,
         },
-    })
+    }
 }
 
 /// The end of the job in its Cobalt log.
@@ -227,6 +256,43 @@ impl Scheduler for Cobalt {
         })
     }
 
+    /// Per user when the passwd database names us (`qstat -u` needs the name).
+    fn lists_user_jobs(&self) -> bool {
+        super::running_user().is_some()
+    }
+
+    /// `qstat -u USER`: the user's queued and running jobs. A finished job leaves it at
+    /// once; its end is in its exit file or Cobalt log.
+    fn user_jobs<'a>(
+        &'a self,
+        cmds: &'a Commands,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
+        Box::pin(async move {
+            let user = super::running_user().ok_or_else(|| {
+                BatchError::Setup("no user name for qstat -u (no passwd entry)".into())
+            })?;
+            let args = s(&["-u", user]);
+            let parse = |o: &str| {
+                parse_qstat_all(o)
+                    .into_iter()
+                    .map(|(id, st)| (id, super::listed(st, false)))
+                    .collect()
+            };
+            super::list_command(cmds, "qstat", &args, failure, |_| false, parse).await
+        })
+    }
+
+    /// Cobalt keeps no history `qstat` could show: nothing to ask. A job that left the
+    /// listing ends by its exit file, or by its Cobalt log
+    /// ([`Scheduler::final_from_files`]) when the poll answers `Unknown`.
+    fn accounting<'a>(
+        &'a self,
+        _cmds: &'a Commands,
+        _ids: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, JobState>, BatchError>> {
+        Box::pin(async { Ok(BTreeMap::new()) })
+    }
+
     fn cancel<'a>(
         &'a self,
         cmds: &'a Commands,
@@ -272,6 +338,19 @@ mod tests {
         );
         assert_eq!(parse_qstat(t, "100"), None);
         assert_eq!(parse_qstat("", "1000"), None);
+    }
+
+    /// `qstat -u ci` (Cobalt's default columns; `===` rule; nothing at all when the user
+    /// has no job).
+    #[test]
+    fn qstat_u_table() {
+        let t = "JobID   User       WallTime  Nodes  State    Location\n===================================================================\n1000    ci         00:10:00  1      queued   None\n1001    ci         00:10:00  1      running  nid0001\n1002    ci         00:10:00  1      exiting  nid0002\n";
+        let m = parse_qstat_all(t);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert!(matches!(m["1000"], JobState::Queued { .. }));
+        assert!(matches!(m["1001"], JobState::Running { .. }));
+        assert!(matches!(m["1002"], JobState::Running { .. }));
+        assert!(parse_qstat_all("").is_empty());
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! Flux: `flux submit` to submit (the job's output written by Flux to the driver's file as
-//! it runs), `flux jobs` for the state (inactive jobs stay listed, with their result and
-//! return code), `flux job kill` to signal and `flux cancel` to cancel.
+//! it runs), `flux jobs --user=USER -a` for the state of every job of the user at once
+//! (shared, see [`super::poller`]; inactive jobs stay listed, with their result and return
+//! code, until the instance purges them), `flux jobs ID` for one job, `flux job kill` to
+//! signal and `flux cancel` to cancel.
 
 use super::args::Illegal;
 use super::limiter::CmdOutput;
-use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{
+    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
+};
+use std::collections::BTreeMap;
 
 /// The Flux scheduler (`executor = "flux"`).
 pub struct Flux;
@@ -84,6 +89,45 @@ const ILLEGAL: &[Illegal] = &[
 
 /// The `flux jobs` format the driver reads: fields separated by `|`.
 pub const JOBS_FORMAT: &str = "{state}|{result}|{returncode}|{exception.type}|{exception.note}";
+
+/// The per-user listing's format: the decimal job id, then [`JOBS_FORMAT`]'s fields.
+pub const LIST_FORMAT: &str =
+    "{id}|{state}|{result}|{returncode}|{exception.type}|{exception.note}";
+
+/// `flux jobs -a -n -o LIST_FORMAT`'s lines by decimal job id.
+pub fn parse_jobs_list(stdout: &str) -> BTreeMap<String, Listed> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (id, rest) = l.split_once('|')?;
+            let id = id.trim();
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            Some((id.to_string(), super::listed(parse_jobs(rest)?, false)))
+        })
+        .collect()
+}
+
+const F58: &str = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// A Flux job id in decimal: as is when decimal, decoded from F58 (`ƒ`, or `f` where the
+/// locale is not UTF-8, then base-58 digits, RFC 19). `None`: another form.
+pub fn decimal_id(id: &str) -> Option<String> {
+    if !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()) {
+        return Some(id.to_string());
+    }
+    let digits = id.strip_prefix('ƒ').or_else(|| id.strip_prefix('f'))?;
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for c in digits.chars() {
+        let v = F58.find(c)? as u64;
+        n = n.checked_mul(58)?.checked_add(v)?;
+    }
+    Some(n.to_string())
+}
 
 fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
     // A broker that is restarting or unreachable: try again later.
@@ -210,6 +254,41 @@ impl Scheduler for Flux {
         })
     }
 
+    /// Per user when the passwd database names us (given to `--user`).
+    fn lists_user_jobs(&self) -> bool {
+        super::running_user().is_some()
+    }
+
+    /// The decimal id: the listing prints `{id}` so that it does not depend on the
+    /// locale's `ƒ`. An id in another form than F58 or decimal polls alone.
+    fn listing_id(&self, id: &str) -> String {
+        decimal_id(id).unwrap_or_default()
+    }
+
+    /// `flux jobs -a -n --user=USER -o LIST_FORMAT`: the user's pending, running and
+    /// inactive jobs (flux-jobs(1): `-a` is every state; at most `--count`, 1000 by
+    /// default, the inactive ones most recent first). A job that left it (purged, or past
+    /// the count) is asked alone (the default [`Scheduler::accounting`], `flux jobs ID`).
+    fn user_jobs<'a>(
+        &'a self,
+        cmds: &'a Commands,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
+        Box::pin(async move {
+            let user = super::running_user().ok_or_else(|| {
+                BatchError::Setup("no user name for flux jobs --user (no passwd entry)".into())
+            })?;
+            let args = vec![
+                "jobs".to_string(),
+                "-a".into(),
+                "-n".into(),
+                format!("--user={user}"),
+                "-o".into(),
+                LIST_FORMAT.into(),
+            ];
+            super::list_command(cmds, "flux", &args, failure, |_| false, parse_jobs_list).await
+        })
+    }
+
     fn cancel<'a>(
         &'a self,
         cmds: &'a Commands,
@@ -243,6 +322,41 @@ mod tests {
         assert_eq!(parse_submit("1234\n").as_deref(), Some("1234"));
         assert_eq!(parse_submit("  \n"), None);
         assert_eq!(parse_submit("job submitted"), None);
+    }
+
+    /// `flux jobs -a -n --user=ci -o LIST_FORMAT` (flux-jobs(1) OUTPUT FORMAT: `{id}` is
+    /// decimal, empty fields for what an active job does not have yet).
+    #[test]
+    fn jobs_listing() {
+        let t = "2049|SCHED||||\n2050|RUN||||\n2051|INACTIVE|FAILED|7||\n2052|INACTIVE|CANCELED|-15|cancel|\n";
+        let m = parse_jobs_list(t);
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(matches!(m["2049"].state, JobState::Queued { .. }));
+        assert!(matches!(m["2050"].state, JobState::Running { .. }));
+        let JobState::Finished(f) = &m["2051"].state else {
+            panic!()
+        };
+        assert_eq!((f.exit_code, m["2051"].code_unknown), (7, false));
+        let JobState::Finished(f) = &m["2052"].state else {
+            panic!()
+        };
+        assert_eq!(f.exit_code, 143);
+        assert!(parse_jobs_list("").is_empty());
+    }
+
+    /// F58 ids (RFC 19) as `flux submit` prints them, keyed by their decimal value.
+    #[test]
+    fn f58_ids_in_decimal() {
+        assert_eq!(decimal_id("ƒ2").as_deref(), Some("1"));
+        assert_eq!(decimal_id("f21").as_deref(), Some("58"));
+        assert_eq!(
+            decimal_id("ƒJv").as_deref(),
+            Some((17 * 58 + 53).to_string().as_str())
+        );
+        assert_eq!(decimal_id("1000").as_deref(), Some("1000"));
+        assert_eq!(decimal_id("ƒ0"), None);
+        assert_eq!(decimal_id("0x1f"), None);
+        assert_eq!(Flux.listing_id("0x1f"), "");
     }
 
     #[test]

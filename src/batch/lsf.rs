@@ -1,5 +1,7 @@
-//! LSF: `bsub` to submit (its answer `Job <ID> is submitted to queue <Q>.`), `bjobs -o`
-//! for the state (finished jobs stay listed for LSF's clean period), `bkill` to cancel.
+//! LSF: `bsub` to submit (its answer `Job <ID> is submitted to queue <Q>.`), `bjobs -u USER
+//! -a -o` for the state of every job of the user at once (shared, see [`super::poller`];
+//! `-a` keeps finished jobs listed, with their exit code, for LSF's `CLEAN_PERIOD`),
+//! `bjobs -o ID` for one job, `bkill` to cancel.
 //!
 //! LSF may spool a job's output and copy it at the end, so, as for PBS, the submitted
 //! script writes its output straight to the driver's file (`exec >> file 2>&1`); LSF's own
@@ -16,7 +18,10 @@
 use super::args::Illegal;
 use super::limiter::CmdOutput;
 use super::wrapper::{output_redirect, wrapper_script};
-use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{
+    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
+};
+use std::collections::BTreeMap;
 
 /// The LSF scheduler (`executor = "lsf"`).
 pub struct Lsf {
@@ -70,6 +75,31 @@ const ILLEGAL: &[Illegal] = ILLEGAL_NAMED.split_at(ILLEGAL_NAMED.len() - 1).0;
 
 /// The `bjobs -o` format the driver reads.
 pub const BJOBS_FORMAT: &str = "stat exit_code exit_reason pend_reason delimiter='|'";
+
+/// The `bjobs -o` format of the per-user listing: the job id, then [`BJOBS_FORMAT`]'s.
+pub const BJOBS_LIST_FORMAT: &str = "jobid stat exit_code exit_reason pend_reason delimiter='|'";
+
+/// `bjobs -u USER -a -noheader -o BJOBS_LIST_FORMAT`'s lines by job id. Finished jobs carry
+/// their exit code (`exit_code`, `-` for 0).
+pub fn parse_bjobs_list(stdout: &str) -> BTreeMap<String, Listed> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (id, rest) = l.split_once('|')?;
+            let id = id.trim();
+            if id.is_empty() || !id.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            Some((id.to_string(), super::listed(parse_bjobs(rest)?, false)))
+        })
+        .collect()
+}
+
+/// bjobs's words for "the user has no job" (`No unfinished job found`, `No job found`),
+/// said with exit status 0, or 255 under `LSB_BJOBS_CONSISTENT_EXIT_CODE=Y`.
+fn no_jobs(o: &CmdOutput) -> bool {
+    o.stderr.contains("job found")
+}
 
 /// The file LSF's own `-o` (its job report) goes to, next to the output file.
 pub fn report_file(output: &std::path::Path) -> std::path::PathBuf {
@@ -190,6 +220,28 @@ impl Scheduler for Lsf {
         })
     }
 
+    /// Per user when the passwd database names us (`bjobs -u` is given the name).
+    fn lists_user_jobs(&self) -> bool {
+        super::running_user().is_some()
+    }
+
+    /// `bjobs -u USER -a -noheader -o BJOBS_LIST_FORMAT`: every job of the user, finished
+    /// ones with their exit code until `CLEAN_PERIOD` (default one hour) removes them. A job
+    /// that left it is asked alone (the default [`Scheduler::accounting`], `bjobs ID`):
+    /// past `CLEAN_PERIOD` only `bhist` knows it, which the driver does not read.
+    fn user_jobs<'a>(
+        &'a self,
+        cmds: &'a Commands,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
+        Box::pin(async move {
+            let user = super::running_user().ok_or_else(|| {
+                BatchError::Setup("no user name for bjobs -u (no passwd entry)".into())
+            })?;
+            let args = s(&["-u", user, "-a", "-noheader", "-o", BJOBS_LIST_FORMAT]);
+            super::list_command(cmds, "bjobs", &args, failure, no_jobs, parse_bjobs_list).await
+        })
+    }
+
     fn cancel<'a>(
         &'a self,
         cmds: &'a Commands,
@@ -264,6 +316,35 @@ mod tests {
         assert_eq!(f.exit_code, 140);
         assert!(f.reason.unwrap().starts_with("TERM_RUNLIMIT"));
         assert_eq!(parse_bjobs("nothing"), None);
+    }
+
+    /// `bjobs -u ci -a -noheader -o "jobid stat exit_code exit_reason pend_reason
+    /// delimiter='|'"` (LSF's `-o` documentation: `-` for an empty field).
+    #[test]
+    fn bjobs_listing() {
+        let t = "1001|RUN|-|-|-\n1002|PEND|-|-|New job is waiting for scheduling\n1003|DONE|-|-|-\n1004|EXIT|3|-|-\n";
+        let m = parse_bjobs_list(t);
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(matches!(m["1001"].state, JobState::Running { .. }));
+        assert!(matches!(
+            &m["1002"].state,
+            JobState::Queued { reason: Some(r), .. } if r == "New job is waiting for scheduling"
+        ));
+        let JobState::Finished(f) = &m["1004"].state else {
+            panic!()
+        };
+        assert_eq!((f.exit_code, m["1004"].code_unknown), (3, false));
+        let JobState::Finished(f) = &m["1003"].state else {
+            panic!()
+        };
+        assert!(f.success());
+        assert!(parse_bjobs_list("").is_empty());
+        let none = CmdOutput {
+            code: Some(255),
+            stdout: String::new(),
+            stderr: "No unfinished job found\n".into(),
+        };
+        assert!(no_jobs(&none));
     }
 
     #[test]

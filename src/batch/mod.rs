@@ -272,6 +272,14 @@ pub trait Scheduler: Send + Sync {
             )))
         })
     }
+    /// The key of job `id` in [`Scheduler::user_jobs`]'s listing and in the poll directory
+    /// (want files): `id` itself by default. A scheduler whose listing prints ids in
+    /// another form than its submit command (PBS's tables truncate `123.server`, Flux's
+    /// `ƒ` ids are keyed by their decimal form) maps them here; [`Scheduler::accounting`]
+    /// and [`Scheduler::state`] must accept the key as a job id.
+    fn listing_id(&self, id: &str) -> String {
+        id.to_string()
+    }
     /// The states of jobs that left the listing, from the scheduler's accounting, in one
     /// command for all of `ids` where the scheduler allows it; ids it does not know are
     /// missing from the answer. The default asks [`Scheduler::state`] per id.
@@ -304,6 +312,54 @@ pub trait Scheduler: Send + Sync {
     /// the job has left the queue. `None`: no such file, ask [`Scheduler::state`].
     fn final_from_files(&self, _sub: &Submission, _id: &str) -> Option<Final> {
         None
+    }
+}
+
+/// The name of the account running us (the job's user): the `USER` of per-user listings
+/// (`qstat -u`, `bjobs -u`, `flux jobs --user`) that have no "me" form. `None` when the
+/// passwd database has no entry for our uid (then the scheduler polls per job).
+pub fn running_user() -> Option<&'static str> {
+    static USER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    USER.get_or_init(|| {
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    })
+    .as_deref()
+}
+
+/// Run a scheduler's per-user listing and read it with `parse`. An answer for which
+/// `empty` holds (the scheduler's words for "you have no jobs", said with a failure by
+/// some) is an empty listing; any other failure is classified by `failure`.
+pub(crate) async fn list_command(
+    cmds: &Commands,
+    tool: &str,
+    args: &[String],
+    failure: fn(&str, &[String], &limiter::CmdOutput) -> BatchError,
+    empty: impl Fn(&limiter::CmdOutput) -> bool,
+    parse: impl Fn(&str) -> BTreeMap<String, Listed>,
+) -> Result<BTreeMap<String, Listed>, BatchError> {
+    let out = cmds.run(tool, args).await?;
+    if out.stdout.trim().is_empty() && empty(&out) {
+        return Ok(BTreeMap::new());
+    }
+    if !out.success() {
+        return Err(failure(tool, args, &out));
+    }
+    Ok(parse(&out.stdout))
+}
+
+/// A listed job: its state, the exit code unknown when `code_unknown`.
+pub(crate) fn listed(state: JobState, code_unknown: bool) -> Listed {
+    let expected_start = match &state {
+        JobState::Queued { expected_start, .. } => expected_start.clone(),
+        _ => None,
+    };
+    Listed {
+        state,
+        code_unknown,
+        expected_start,
     }
 }
 

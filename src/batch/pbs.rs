@@ -1,5 +1,15 @@
 //! PBS (Torque, PBS Pro, and Debian's `slurm-wlm-torque` wrappers over Slurm): `qsub` to
-//! submit, `qstat -f` for the state, `qdel` to cancel.
+//! submit, `qstat -u USER` for the state of every job of the user at once (shared, see
+//! [`super::poller`]), `qstat -f ID` for one job, `qdel` to cancel.
+//!
+//! `qstat -u USER` prints the "alternate" table of all three (`Job ID  Username  Queue
+//! Jobname  SessID  NDS  TSK  Memory  Time  S  Time`): the job id first, the one-letter
+//! state second to last. It has no exit status: a finished job listed there (Torque's `C`
+//! for `keep_completed` seconds, the Slurm wrappers' `C` while Slurm keeps the job; PBS
+//! Pro lists no finished job without `-x`) gets its code from the exit file, else from
+//! `qstat -f ID`. Job ids are truncated in that table (PBS Pro: 15 characters without
+//! `-w`) and carry the server name or not (`123` from the Slurm wrappers, `123.server`):
+//! jobs are matched by their sequence number, the part before the first dot.
 //!
 //! PBS spools a job's output and copies it at the end, so the wrapper script writes the
 //! job's output straight to the driver's file (`exec >> file 2>&1`) to stream it live, and
@@ -9,7 +19,10 @@
 use super::args::Illegal;
 use super::limiter::CmdOutput;
 use super::wrapper::{output_redirect, wrapper_script};
-use super::{path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Scheduler, Submission};
+use super::{
+    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
+};
+use std::collections::BTreeMap;
 
 /// The PBS scheduler (`executor = "pbs"`).
 pub struct Pbs;
@@ -84,11 +97,18 @@ fn attr<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-/// The state in `qstat -f ID`'s answer.
+/// The state in `qstat -f ID`'s answer (its first job).
 pub fn parse_qstat(text: &str) -> Option<JobState> {
     let st = attr(text, "job_state")?.to_string();
     let exit = attr(text, "exit_status").and_then(|v| v.parse::<i32>().ok());
-    Some(match st.as_str() {
+    Some(state_of(st, exit, attr(text, "comment")))
+}
+
+/// A PBS state letter with the job's `exit_status` and `comment`: `R`/`E` running, `C`
+/// (Torque, the Slurm wrappers) or `F` (PBS Pro) finished, anything else (`Q`, `H`, `W`,
+/// `T`, `S`, ...) queued.
+fn state_of(st: String, exit: Option<i32>, comment: Option<&str>) -> JobState {
+    match st.as_str() {
         "R" | "E" => JobState::Running { state: st },
         "C" | "F" => JobState::Finished(match exit {
             Some(c) if c >= 256 => {
@@ -100,10 +120,65 @@ pub fn parse_qstat(text: &str) -> Option<JobState> {
         }),
         _ => JobState::Queued {
             state: st,
-            reason: attr(text, "comment").map(str::to_string),
+            reason: comment.map(str::to_string),
             expected_start: None,
         },
+    }
+}
+
+/// The job's key in a `qstat -u` table: its sequence number (`123` of `123.server`,
+/// `123[]` of an array), which survives the table's truncation.
+pub fn sequence(id: &str) -> &str {
+    id.split('.').next().unwrap_or(id)
+}
+
+/// `qstat -u USER`'s table by sequence number ([`sequence`]): rows whose first word starts
+/// with a digit, the state letter second to last. Finished jobs (`C`, `F`) have no exit
+/// code there (`code_unknown`); queued jobs no comment (the heartbeat shows the letter).
+pub fn parse_qstat_table(stdout: &str) -> BTreeMap<String, Listed> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let id = *w.first()?;
+            if w.len() < 4 || !id.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            let st = w[w.len() - 2];
+            if st.len() != 1 || !st.starts_with(|c: char| c.is_ascii_uppercase()) {
+                return None;
+            }
+            let state = match state_of(st.to_string(), None, None) {
+                // The listing's word for "over"; the code comes from the exit file or
+                // `qstat -f` (the poller asks it when there is no exit file).
+                JobState::Finished(_) => JobState::Finished(Final::ended(st, 0, None, None)),
+                other => other,
+            };
+            let unknown = matches!(state, JobState::Finished(_));
+            Some((sequence(id).to_string(), super::listed(state, unknown)))
+        })
+        .collect()
+}
+
+/// The state in `qstat [-x] -f ID`'s answer `out`: `Unknown` for Torque's and PBS's
+/// PBSE_UNKJOBID (15001, exit status 153, "Unknown Job Id").
+fn read_state(args: &[String], out: &CmdOutput) -> Result<JobState, BatchError> {
+    if !out.success() && (out.code == Some(153) || out.stderr.contains("Unknown Job")) {
+        return Ok(JobState::Unknown);
+    }
+    if !out.success() {
+        return Err(failure("qstat", args, out));
+    }
+    parse_qstat(&out.stdout).ok_or_else(|| BatchError::Parse {
+        command: super::limiter::display("qstat", args),
+        why: format!("no job state in {:?}", out.stdout.trim()),
     })
+}
+
+/// PBS Pro's answer to `qstat -f ID` for a job that left the live queue: its history is
+/// asked with `qstat -x -f ID` (`-x` is XML output on Torque, which never says this).
+fn finished_use_x(o: &CmdOutput) -> bool {
+    !o.success() && o.stderr.contains("use -x")
 }
 
 /// The job id in `qsub`'s answer: its last non-blank line (any word).
@@ -160,11 +235,40 @@ impl Scheduler for Pbs {
     ) -> BoxFuture<'a, Result<JobState, BatchError>> {
         Box::pin(async move {
             let args = s(&["-f", id]);
-            // Torque/PBS: PBSE_UNKJOBID (15001, exit status 153), "Unknown Job Id".
-            let unknown = |o: &CmdOutput| {
-                !o.success() && (o.code == Some(153) || o.stderr.contains("Unknown Job"))
-            };
-            super::state_command(cmds, "qstat", &args, failure, unknown, parse_qstat).await
+            let out = cmds.run("qstat", &args).await?;
+            if !finished_use_x(&out) {
+                return read_state(&args, &out);
+            }
+            // PBS Pro: a finished job is in the server's history (job_history_enable).
+            let args = s(&["-x", "-f", id]);
+            read_state(&args, &cmds.run("qstat", &args).await?)
+        })
+    }
+
+    /// Per user when the passwd database names us (`qstat -u` needs the name).
+    fn lists_user_jobs(&self) -> bool {
+        super::running_user().is_some()
+    }
+
+    fn listing_id(&self, id: &str) -> String {
+        sequence(id).to_string()
+    }
+
+    /// `qstat -u USER`: the same table on Torque, PBS Pro and the Slurm wrappers (which
+    /// print nothing and exit 0 when the user has no job). Jobs that leave it are asked
+    /// one by one (the default [`Scheduler::accounting`]): Torque keeps no history past
+    /// `keep_completed`, PBS Pro's `qstat -x -f` ([`Scheduler::state`] falls back to it)
+    /// cannot be asked in one command that Torque and the wrappers understand.
+    fn user_jobs<'a>(
+        &'a self,
+        cmds: &'a Commands,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
+        Box::pin(async move {
+            let user = super::running_user().ok_or_else(|| {
+                BatchError::Setup("no user name for qstat -u (no passwd entry)".into())
+            })?;
+            let args = s(&["-u", user]);
+            super::list_command(cmds, "qstat", &args, failure, |_| false, parse_qstat_table).await
         })
     }
 
@@ -220,6 +324,103 @@ mod tests {
             })
         ));
         assert_eq!(parse_qstat("garbage"), None);
+    }
+
+    fn letter(l: &Listed) -> (String, bool) {
+        match &l.state {
+            JobState::Queued { state, .. } | JobState::Running { state } => (state.clone(), false),
+            JobState::Finished(f) => (f.state.clone(), l.code_unknown),
+            JobState::Unknown => ("?".into(), false),
+        }
+    }
+
+    /// Debian's slurm-wlm-torque `qstat -u USER` (print_job_select in /usr/bin/qstat: a
+    /// blank line, `host:`, two header lines, a rule, then one row per job, ids without
+    /// server).
+    #[test]
+    fn qstat_u_table_of_the_slurm_wrappers() {
+        // Trailing blanks as the Perl printf leaves them.
+        let t = "\nvm:\n                                                                               Req'd  Req'd   Elap \nJob id               Username Queue    Name                 SessID NDS   TSK   Memory Time Use S Time \n-------------------- -------- -------- -------------------- ------ ----- ----- ------ ----- - -----\n41                   jacamar- debug    ci-1 with spaces     --         1     1     -- 00:05 Q 00:00\n42                   jacamar- debug    ci-2                 --         1     1     -- 00:05 R 00:00\n43                   jacamar- debug    ci-3                 --         1     1     -- 00:05 C 00:00\n";
+        let m = parse_qstat_table(t);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(letter(&m["41"]), ("Q".into(), false));
+        assert!(matches!(m["41"].state, JobState::Queued { .. }));
+        assert_eq!(letter(&m["42"]), ("R".into(), false));
+        assert!(matches!(m["42"].state, JobState::Running { .. }));
+        assert_eq!(letter(&m["43"]), ("C".into(), true));
+        let JobState::Finished(f) = &m["43"].state else {
+            panic!()
+        };
+        assert!(
+            !f.normal_end,
+            "a listed end is the scheduler's word, not the code"
+        );
+        assert!(parse_qstat_table("").is_empty());
+    }
+
+    /// Torque's `qstat -a -u USER` (the alternate format of its qstat(1): ids with the
+    /// server, `C` for completed jobs kept `keep_completed` seconds).
+    #[test]
+    fn qstat_u_table_of_torque() {
+        let t = "
+torque.example.org:
+                                                                                  Req'd       Req'd       Elap
+Job ID                  Username    Queue    Jobname          SessID  NDS   TSK   Memory      Time    S   Time
+----------------------- ----------- -------- ---------------- ------ ----- ------ --------- --------- - ---------
+4807.torque.example.or  ci          batch    ci-1              12345     1      1       --   01:00:00 R  00:00:05
+4808.torque.example.or  ci          batch    ci-2                 --     1      1       --   01:00:00 Q       --
+4809.torque.example.or  ci          batch    ci-3              12399     1      1       --   01:00:00 C  00:00:09
+";
+        let m = parse_qstat_table(t);
+        assert_eq!(
+            m.keys().collect::<Vec<_>>(),
+            ["4807", "4808", "4809"],
+            "{m:?}"
+        );
+        assert_eq!(letter(&m["4807"]), ("R".into(), false));
+        assert_eq!(letter(&m["4808"]), ("Q".into(), false));
+        assert_eq!(letter(&m["4809"]), ("C".into(), true));
+        assert_eq!(Pbs.listing_id("4809.torque.example.org"), "4809");
+    }
+
+    /// PBS Pro's `qstat -u USER` (its reference guide's alternate format: ids truncated
+    /// to 15 characters, `H` held; finished jobs appear only with `-x`, as `F`).
+    #[test]
+    fn qstat_u_table_of_pbs_pro() {
+        let t = "
+pbspro1:
+                                                            Req'd  Req'd   Elap
+Job ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time
+--------------- -------- -------- ---------- ------ --- --- ------ ----- - -----
+1201.pbspro1    ci       workq    ci-1          --    1   1    --    --  H   --
+1202.pbspro1    ci       workq    ci-2        4321    1   1   1gb  01:00 R 00:01
+1203[].pbspro1  ci       workq    ci-3          --    1   1    --    --  F   --
+";
+        let m = parse_qstat_table(t);
+        assert_eq!(letter(&m["1201"]), ("H".into(), false));
+        assert!(matches!(m["1201"].state, JobState::Queued { .. }));
+        assert_eq!(letter(&m["1202"]), ("R".into(), false));
+        assert_eq!(letter(&m["1203[]"]), ("F".into(), true));
+        assert_eq!(Pbs.listing_id("1203[].pbspro1"), "1203[]");
+    }
+
+    #[test]
+    fn pbs_pro_history_is_asked_with_x() {
+        let out = |code, stderr: &str| CmdOutput {
+            code: Some(code),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        };
+        assert!(finished_use_x(&out(
+            35,
+            "qstat: 1201.pbspro1 Job has finished, use -x or -H to obtain historical job information"
+        )));
+        assert!(!finished_use_x(&out(153, "qstat: Unknown Job Id 12.srv")));
+        let args = s(&["-f", "12"]);
+        assert_eq!(
+            read_state(&args, &out(153, "qstat: Unknown Job Id 12.srv")).unwrap(),
+            JobState::Unknown
+        );
     }
 
     #[test]

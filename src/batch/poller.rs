@@ -180,16 +180,22 @@ impl Poller {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert(now.saturating_sub(period.as_millis() as u64));
+        // The job as the listing and the poll dir know it (PBS: `123` for `123.server`).
+        let key = sched.listing_id(job.id);
         let dir = match &self.dir {
-            Some(d) if sched.lists_user_jobs() && valid_id(job.id) => d,
+            Some(d) if sched.lists_user_jobs() && valid_id(&key) => d,
             _ => return single(sched, cmds, job.id, exit.as_ref()).await,
         };
+        let keyed = JobRef {
+            id: &key,
+            exit_file: job.exit_file,
+        };
         match self
-            .snapshot(dir, sched, cmds, period, job, since, exit.is_some())
+            .snapshot(dir, sched, cmds, period, &keyed, since, exit.is_some())
             .await?
         {
             Some(snap) => {
-                self.answer(dir, sched, cmds, &snap, job, exit.as_ref())
+                self.answer(dir, sched, cmds, &snap, &keyed, job.id, exit.as_ref())
                     .await
             }
             None => single(sched, cmds, job.id, exit.as_ref()).await,
@@ -305,7 +311,9 @@ impl Poller {
         Ok(snap)
     }
 
-    /// Job `job`'s state from `snap` (and its exit file, when the job was signalled).
+    /// Job `job`'s state from `snap` (and its exit file, when the job was signalled);
+    /// `job.id` is the job's listing key, `id` the id its submission gave.
+    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         dir: &Path,
@@ -313,6 +321,7 @@ impl Poller {
         cmds: &Commands,
         snap: &Snapshot,
         job: &JobRef<'_>,
+        id: &str,
         exit: Option<&ExitRecord>,
     ) -> Result<JobState, BatchError> {
         if let Some(e) = &snap.error {
@@ -328,7 +337,7 @@ impl Poller {
                     return Ok(JobState::Finished(sched.with_exit_code(f, r.code)));
                 }
                 // The controller still holds the job: its own answer has the exit code.
-                match sched.state(cmds, job.id).await? {
+                match sched.state(cmds, id).await? {
                     JobState::Finished(g) => Ok(JobState::Finished(g)),
                     _ => Ok(JobState::Finished(f.clone())),
                 }
@@ -552,6 +561,10 @@ mod tests {
         listings: Mutex<u32>,
         accountings: Mutex<Vec<Vec<String>>>,
         singles: Mutex<u32>,
+        /// The ids [`Scheduler::state`] was asked about.
+        asked: Mutex<Vec<String>>,
+        /// The listing keys jobs by the id's part before the first dot (as PBS's does).
+        keyed: bool,
     }
 
     impl Fake {
@@ -598,11 +611,12 @@ mod tests {
             id: &'a str,
         ) -> BoxFuture<'a, Result<JobState, BatchError>> {
             *self.singles.lock().unwrap() += 1;
+            self.asked.lock().unwrap().push(id.to_string());
             let st = self
                 .listing
                 .lock()
                 .unwrap()
-                .get(id)
+                .get(&self.listing_id(id))
                 .map(|l| l.state.clone())
                 .unwrap_or(JobState::Unknown);
             Box::pin(async move { Ok(st) })
@@ -617,6 +631,12 @@ mod tests {
         }
         fn lists_user_jobs(&self) -> bool {
             true
+        }
+        fn listing_id(&self, id: &str) -> String {
+            match self.keyed {
+                true => id.split('.').next().unwrap_or(id).to_string(),
+                false => id.to_string(),
+            }
         }
         fn user_jobs<'a>(
             &'a self,
@@ -685,6 +705,32 @@ mod tests {
         JobState::Running {
             state: "RUNNING".into(),
         }
+    }
+
+    /// PBS-like ids: the listing says `7`, the submission `7.srv`; the listing answers for
+    /// both jobs, and a listed end without an exit file is asked by the submitted id.
+    #[tokio::test(start_paused = true)]
+    async fn jobs_are_found_in_the_listing_by_their_listing_id() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Fake {
+            keyed: true,
+            ..Fake::default()
+        };
+        fake.list("7", running());
+        fake.list("8", JobState::Finished(Final::ended("C", 0, None, None)));
+        let (a, b) = (
+            Driver::new(d.path(), &clock, "7.srv"),
+            Driver::new(d.path(), &clock, "8.srv"),
+        );
+        assert_eq!(a.poll(&fake).await.unwrap(), running());
+        assert!(matches!(
+            b.poll(&fake).await.unwrap(),
+            JobState::Finished(_)
+        ));
+        assert_eq!(fake.listings(), 1, "one listing answered both");
+        assert_eq!(*fake.asked.lock().unwrap(), ["8.srv"]);
+        assert!(fake.accountings.lock().unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,6 +14,7 @@ mod demo;
 mod harden;
 mod harness;
 mod health;
+mod poll_users;
 mod refusals;
 mod runner_config;
 mod scale_poll;

@@ -1,0 +1,349 @@
+//! Shared per-user status polling for PBS (Debian's `slurm-wlm-torque` over the real Slurm)
+//! and for the FAKE Flux, LSF and Cobalt CLIs of tests/fakes/ (docs/batch-polling.md, one
+//! section per scheduler): N concurrent jobs of one user on one host, their scheduler
+//! commands counted through a `[batch] scheduler_bin` dir of wrappers that log every call.
+//! At most two status commands per `command_delay`, none naming several jobs, and every job
+//! ends with its own exit code. Jobs run as the non-root `jacamar-ci`; needs root.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::batch_slurm::{ci_user, require_slurm, wait_exit};
+use crate::harness::{require_root, runner_script, show, Harness};
+
+/// A `scheduler_bin` dir of wrappers, one per `(tool, real path)`, that log every call
+/// (`<unix time> <tool> <args>`) to `calls.log` and exec the real (or fake) command.
+struct Counting {
+    dir: tempfile::TempDir,
+}
+
+impl Counting {
+    fn new(tools: &[(&str, PathBuf)]) -> Counting {
+        let dir = tempfile::Builder::new()
+            .prefix("jrs-pusers-bin-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let log = dir.path().join("calls.log");
+        std::fs::write(&log, "").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+        for (tool, real) in tools {
+            let text = format!(
+                "#!/bin/bash\nprintf '%s %s %s\\n' \"$(date +%s.%N)\" {tool} \"$*\" >>{log}\nexec {real} \"$@\"\n",
+                log = log.display(),
+                real = real.display()
+            );
+            let p = dir.path().join(tool);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Counting { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every call logged: (time, tool, arguments).
+    fn calls(&self) -> Vec<(f64, String, String)> {
+        std::fs::read_to_string(self.dir.path().join("calls.log"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.splitn(3, ' ');
+                let t = w.next()?.parse().ok()?;
+                Some((t, w.next()?.to_string(), w.next().unwrap_or("").to_string()))
+            })
+            .collect()
+    }
+}
+
+/// A 1777 data dir shared by several harnesses: the jobs of one user on one host share
+/// their polls through the user's base dir in it.
+fn shared_data_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("jrs-pusers-data-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    (tmp, data)
+}
+
+/// A harness of `executor` for `jacamar-ci` with `[batch]` lines `batch` and the data dir
+/// `shared`, prepared.
+fn harness(executor: &str, batch: &str, shared: &Path) -> Harness {
+    let mut h = Harness::batch(executor, &ci_user(), "kill_timeout = \"5s\"", batch);
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let own = format!("data_dir = \"{}\"", h.data_dir.display());
+    assert!(text.contains(&own), "{text}");
+    let text = text.replace(&own, &format!("data_dir = \"{}\"", shared.display()));
+    std::fs::write(&h.config_path, text).unwrap();
+    h.data_dir = shared.to_path_buf();
+    h.config_json();
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    h
+}
+
+/// Job `i`'s script: runs a few seconds, then exits with `i % 4`.
+fn script(i: usize, secs: u32) -> String {
+    runner_script(&format!(
+        "echo \"job {i} start\"\nsleep {secs}\nexit {}\n",
+        i % 4
+    ))
+}
+
+/// Run every harness's build stage at once; each must end with its own exit code.
+fn run_all(hs: &[Harness], secs: u32) {
+    let runs: Vec<_> = hs
+        .iter()
+        .enumerate()
+        .map(|(i, h)| h.spawn_run("build_script", &script(i, secs)))
+        .collect();
+    for (i, mut child) in runs.into_iter().enumerate() {
+        let st = wait_exit(&mut child, Duration::from_secs(600)).expect("run did not end");
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(&format!("job {i} start")), "job {i}: {text}");
+        if i % 4 == 0 {
+            assert!(st.success(), "job {i}: {text}");
+        } else {
+            assert_eq!(st.code(), Some(1), "job {i}: {text}");
+            let code = (i % 4).to_string();
+            assert_eq!(
+                hs[i].build_exit_code().as_deref(),
+                Some(code.as_str()),
+                "job {i}: {text}"
+            );
+        }
+    }
+}
+
+/// The status calls (`is_status`) of `calls` since the first of `submits` submissions:
+/// at most two per `period` seconds, each naming at most one job (`ids` counts the job
+/// operands of a call), and at least two per-user listings (`is_listing`). Returns the
+/// status calls for the caller's own checks.
+fn check_counts(
+    calls: &[(f64, String, String)],
+    submit: &str,
+    submits: usize,
+    period: f64,
+    is_status: impl Fn(&str, &str) -> bool,
+    is_listing: impl Fn(&str) -> bool,
+    ids: impl Fn(&str) -> usize,
+) {
+    let sub: Vec<f64> = calls
+        .iter()
+        .filter(|(_, t, a)| t == submit && (submit != "flux" || a.starts_with("submit")))
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(sub.len(), submits, "{calls:#?}");
+    let status: Vec<&(f64, String, String)> =
+        calls.iter().filter(|(_, t, a)| is_status(t, a)).collect();
+    let first = sub.iter().cloned().fold(f64::MAX, f64::min);
+    let last = status.iter().map(|c| c.0).fold(first, f64::max);
+    let periods = ((last - first) / period).ceil().max(1.0);
+    assert!(
+        status.len() as f64 / periods <= 2.0,
+        "{} status calls in {periods} periods of {period}s: {status:#?}",
+        status.len()
+    );
+    for (_, tool, args) in &status {
+        assert!(ids(args) <= 1, "a multi-id status query: {tool} {args}");
+    }
+    let listings = status.iter().filter(|c| is_listing(&c.2)).count();
+    assert!(listings >= 2, "no per-user listing: {status:#?}");
+    eprintln!(
+        "{submits} jobs: {} status calls ({listings} per-user listings) in {periods} periods",
+        status.len()
+    );
+}
+
+/// The operands of a command line that are not options nor option values (`opts_with_value`
+/// take the next word).
+fn operands(args: &str, opts_with_value: &[&str]) -> usize {
+    let w: Vec<&str> = args.split(' ').filter(|a| !a.is_empty()).collect();
+    let mut n = 0;
+    let mut i = 0;
+    while i < w.len() {
+        if opts_with_value.contains(&w[i]) {
+            i += 2;
+            continue;
+        }
+        if !w[i].starts_with('-') {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+fn which(tool: &str) -> PathBuf {
+    let o = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .unwrap();
+    let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(
+        !p.is_empty(),
+        "{tool} not found (slurm-wlm-torque, which scripts/test.sh installs)"
+    );
+    PathBuf::from(p)
+}
+
+#[test]
+fn pbs_twenty_jobs_of_one_user_share_one_qstat_per_period() {
+    if !require_root() {
+        return;
+    }
+    require_slurm();
+    let bin = Counting::new(&[
+        ("qsub", which("qsub")),
+        ("qstat", which("qstat")),
+        ("qdel", which("qdel")),
+    ]);
+    let (_keep, data) = shared_data_dir();
+    let batch = format!(
+        "command_delay = \"2s\"\nnfs_timeout = \"20s\"\nscheduler_bin = \"{}\"",
+        bin.path().display()
+    );
+    let hs: Vec<Harness> = (0..20).map(|_| harness("pbs", &batch, &data)).collect();
+    run_all(&hs, 10);
+    let calls = bin.calls();
+    let user = ci_user();
+    check_counts(
+        &calls,
+        "qsub",
+        20,
+        2.0,
+        |t, _| t == "qstat",
+        |a| a == format!("-u {user}"),
+        |a| operands(a, &["-u"]),
+    );
+    for h in &hs {
+        assert!(h.cleanup().status.success());
+    }
+}
+
+/// A dir of the fakes (tests/fakes/) the job's user can read and run.
+fn fakes_copy(into: &Path) -> PathBuf {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let (p, dest) = (e.path(), to.join(e.file_name()));
+            if p.is_dir() {
+                copy_dir(&p, &dest);
+            } else {
+                std::fs::copy(&p, &dest).unwrap();
+            }
+        }
+    }
+    let dest = into.join("fakes");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes"),
+        &dest,
+    );
+    dest
+}
+
+/// `n` jobs of one user on the FAKE `executor` (`flux`, `lsf`, `cobalt`), polled every
+/// second: their calls.
+fn fake_run(executor: &str, tools: &[&str], n: usize) -> Vec<(f64, String, String)> {
+    let (keep, data) = shared_data_dir();
+    let fakes = fakes_copy(keep.path());
+    let sub = if executor == "cobalt" { "cobalt/" } else { "" };
+    let bin = Counting::new(
+        &tools
+            .iter()
+            .map(|t| (*t, fakes.join(format!("{sub}{t}"))))
+            .collect::<Vec<_>>(),
+    );
+    let state = keep.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let pw = nix::unistd::User::from_name(&ci_user()).unwrap().unwrap();
+    nix::unistd::chown(&state, Some(pw.uid), Some(pw.gid)).unwrap();
+    let batch = format!(
+        "command_delay = \"1s\"\nnfs_timeout = \"5s\"\nscheduler_bin = \"{}\"\nenv_vars = [\"FAKE_SCHED_DIR={}\"]",
+        bin.path().display(),
+        state.display()
+    );
+    let hs: Vec<Harness> = (0..n).map(|_| harness(executor, &batch, &data)).collect();
+    run_all(&hs, 5);
+    for h in &hs {
+        assert!(h.cleanup().status.success());
+    }
+    bin.calls()
+}
+
+#[test]
+fn lsf_fake_jobs_of_one_user_share_one_bjobs_per_period() {
+    if !require_root() {
+        return;
+    }
+    let calls = fake_run("lsf", &["bsub", "bjobs", "bkill"], 8);
+    let user = ci_user();
+    check_counts(
+        &calls,
+        "bsub",
+        8,
+        1.0,
+        |t, _| t == "bjobs",
+        |a| a.starts_with(&format!("-u {user} -a ")),
+        // The -o formats hold blanks: one word each here.
+        |a| {
+            let a = a
+                .replace(
+                    "jobid stat exit_code exit_reason pend_reason delimiter='|'",
+                    "F",
+                )
+                .replace("stat exit_code exit_reason pend_reason delimiter='|'", "F");
+            operands(&a, &["-u", "-o"])
+        },
+    );
+}
+
+#[test]
+fn flux_fake_jobs_of_one_user_share_one_flux_jobs_per_period() {
+    if !require_root() {
+        return;
+    }
+    let calls = fake_run("flux", &["flux"], 8);
+    let user = ci_user();
+    check_counts(
+        &calls,
+        "flux",
+        8,
+        1.0,
+        |t, a| t == "flux" && a.starts_with("jobs "),
+        |a| a.contains(&format!("--user={user}")) && a.contains(" -a "),
+        // `jobs` itself is an operand; the format has no blanks.
+        |a| operands(a, &["-o"]) - 1,
+    );
+}
+
+#[test]
+fn cobalt_fake_jobs_of_one_user_share_one_qstat_per_period() {
+    if !require_root() {
+        return;
+    }
+    let calls = fake_run("cobalt", &["qsub", "qstat", "qdel"], 8);
+    let user = ci_user();
+    check_counts(
+        &calls,
+        "qsub",
+        8,
+        1.0,
+        |t, _| t == "qstat",
+        |a| a == format!("-u {user}"),
+        |a| operands(a, &["-u"]),
+    );
+}
