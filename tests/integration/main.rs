@@ -14,6 +14,7 @@ mod demo;
 mod harden;
 mod harness;
 mod health;
+mod nfs_view;
 mod refusals;
 mod runner_config;
 mod scale_poll;
