@@ -87,8 +87,8 @@ async fn collect(rx: &mut mpsc::Receiver<Vec<u8>>, want: usize, limit: Duration)
 
 /// The job's last lines are in the backing file, but the view still shows the size it
 /// cached just before: with the size from the exit file the tailer reads every byte.
-/// (The old tailer stopped after 1.5 s of quiet and lost the tail: "left: \"first\\n\",
-/// right: \"first\\nsecond\\nlast line\\n\"".)
+/// (The old tailer stopped after 1.5 s of quiet and lost the tail: "assertion `left ==
+/// right` failed; left: \"first\\n\", right: \"first\\nsecond\\nlast line\\n\"".)
 #[tokio::test(flavor = "current_thread")]
 async fn tail_reads_every_byte_the_exit_file_counts_through_a_stale_view() {
     if !ready() {
@@ -106,6 +106,9 @@ async fn tail_reads_every_byte_the_exit_file_counts_through_a_stale_view() {
         collect(&mut rx, 6, Duration::from_secs(30)).await,
         "first\n"
     );
+    // A stat through the view now caches its attributes for CACHE_SECS (the tailer's
+    // reads at EOF fetch no data, so nothing invalidates them).
+    assert_eq!(std::fs::metadata(&seen).unwrap().len(), 6);
     // The job's last lines, written on "the compute node", and its end at once.
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -114,6 +117,11 @@ async fn tail_reads_every_byte_the_exit_file_counts_through_a_stale_view() {
     f.write_all(b"second\nlast line\n").unwrap();
     drop(f);
     let size = std::fs::metadata(&behind).unwrap().len();
+    assert_eq!(
+        std::fs::metadata(&seen).unwrap().len(),
+        6,
+        "the view must still show the old size, or this test shows nothing"
+    );
     let t0 = Instant::now();
     t.job_over_expecting(Box::new(move || Some(size)));
     let rest = collect(&mut rx, 17, Duration::from_secs(60)).await;
