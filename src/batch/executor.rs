@@ -304,7 +304,8 @@ async fn drive(
         Ok(s) => s,
         Err(st) => return st,
     };
-    let cmds = commands(job.config, job.env.clone(), job.workdir.clone());
+    let mut cmds = commands(job.config, job.env.clone(), job.workdir.clone());
+    cmds.notify_to(&log.tx);
     let record = Record::in_dir(&job.scripts_dir);
     let limit = job.config.batch.resubmit_limit;
     let mut resubmits = 0;
