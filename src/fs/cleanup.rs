@@ -10,7 +10,8 @@
 //! `ENOTEMPTY`. A round in which a listed entry's unlink said `ENOENT` and the `rmdir` said
 //! `ENOTEMPTY` is taken as such a stale cache: it is retried with a short backoff (100 ms
 //! doubling up to 2 s) for up to [`STALE_BOUND`], without counting against
-//! [`MAX_ROUNDS`], before the warning.
+//! [`MAX_ROUNDS`], before the warning. A directory given up on (with its warning) makes its
+//! parents give up at once, so the bound is not paid again per level.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -113,13 +114,22 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
     remove_tree_at(parent, name, depth).map(|_| ())
 }
 
-/// [`remove_tree`]; `true` when `name` was not there (`ENOENT`) although the caller may
-/// have just listed it.
-fn remove_tree_at(parent: &DirFd, name: &OsStr, depth: usize) -> Result<bool, FsError> {
+/// What became of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    Removed,
+    /// It was not there (`ENOENT`), although the caller may have just listed it.
+    Absent,
+    /// Given up on, with a warning: left in place.
+    Left,
+}
+
+/// [`remove_tree`], saying what became of `name`.
+fn remove_tree_at(parent: &DirFd, name: &OsStr, depth: usize) -> Result<Gone, FsError> {
     let path = parent.path.join(name);
     let fd = match fcntl::openat(parent.borrow(), name, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(true),
+        Err(Errno::ENOENT) => return Ok(Gone::Absent),
         // Not a directory after all (unlink_entry's EPERM fallback, or a race): unlink it
         // once, with no fallback back here, so an unremovable file is an error, not a loop.
         Err(Errno::ELOOP | Errno::ENOTDIR) => return unlink_file(parent, name),
@@ -154,17 +164,20 @@ fn remove_tree_at(parent: &DirFd, name: &OsStr, depth: usize) -> Result<bool, Fs
                 entries.push((OsStr::from_bytes(bytes).to_os_string(), entry.file_type()));
             }
         }
-        let mut listed_but_gone = false;
+        let (mut listed_but_gone, mut child_left) = (false, false);
         for (n, t) in entries {
             let gone = if t == Some(Type::Directory) {
                 remove_tree_at(&this, &n, depth + 1)?
             } else {
                 unlink_entry(&this, &n, depth + 1)?
             };
-            listed_but_gone |= gone;
+            listed_but_gone |= gone == Gone::Absent;
+            child_left |= gone == Gone::Left;
         }
         match unistd::unlinkat(&parent.fd, name, UnlinkatFlags::RemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => return Ok(false),
+            Ok(()) | Err(Errno::ENOENT) => return Ok(Gone::Removed),
+            // A subdirectory was given up on (and said so): so is this one, at once.
+            Err(Errno::ENOTEMPTY | Errno::EEXIST) if child_left => return Ok(Gone::Left),
             // A listed entry said ENOENT: the file system's name cache is stale (see the
             // module doc); wait for it, bounded.
             Err(Errno::ENOTEMPTY | Errno::EEXIST) if listed_but_gone => {
@@ -177,7 +190,7 @@ fn remove_tree_at(parent: &DirFd, name: &OsStr, depth: usize) -> Result<bool, Fs
                         path.display(),
                         STALE_BOUND.as_secs()
                     );
-                    return Ok(false);
+                    return Ok(Gone::Left);
                 }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(STALE_MAX_PAUSE);
@@ -193,25 +206,26 @@ fn remove_tree_at(parent: &DirFd, name: &OsStr, depth: usize) -> Result<bool, Fs
          entries (a process of the job still writing?); it is left in place",
         path.display()
     );
-    Ok(false)
+    Ok(Gone::Left)
 }
 
-/// Unlink the non-directory `parent/name`: gone already is fine (`true`), any other failure
-/// (an immutable file, another owner's file in a sticky directory) is an error naming it.
-fn unlink_file(parent: &DirFd, name: &OsStr) -> Result<bool, FsError> {
+/// Unlink the non-directory `parent/name`: gone already is fine ([`Gone::Absent`]), any
+/// other failure (an immutable file, another owner's file in a sticky directory) is an
+/// error naming it.
+fn unlink_file(parent: &DirFd, name: &OsStr) -> Result<Gone, FsError> {
     match unistd::unlinkat(&parent.fd, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) => Ok(false),
-        Err(Errno::ENOENT) => Ok(true),
+        Ok(()) => Ok(Gone::Removed),
+        Err(Errno::ENOENT) => Ok(Gone::Absent),
         Err(e) => Err(FsError::io("remove", parent.path.join(name), e)),
     }
 }
 
-/// Unlink `parent/name` (`true`: it was gone already); a directory (EISDIR, or EPERM, which
-/// POSIX allows for one) is removed as a tree.
-fn unlink_entry(parent: &DirFd, name: &OsStr, depth: usize) -> Result<bool, FsError> {
+/// Unlink `parent/name`; a directory (EISDIR, or EPERM, which POSIX allows for one) is
+/// removed as a tree.
+fn unlink_entry(parent: &DirFd, name: &OsStr, depth: usize) -> Result<Gone, FsError> {
     match unistd::unlinkat(&parent.fd, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) => Ok(false),
-        Err(Errno::ENOENT) => Ok(true),
+        Ok(()) => Ok(Gone::Removed),
+        Err(Errno::ENOENT) => Ok(Gone::Absent),
         Err(Errno::EISDIR | Errno::EPERM) => remove_tree_at(parent, name, depth),
         Err(e) => Err(FsError::io("remove", parent.path.join(name), e)),
     }

@@ -96,6 +96,8 @@ fn a_stalled_squeue_is_said_in_the_job_log_and_the_job_succeeds() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{answered}"));
     assert!((15..120).contains(&secs), "{answered}");
+    // The output size the wrapper recorded on the compute node is what arrived.
+    assert!(!text.contains("WARNING"), "{text}");
     let out = h.cleanup();
     assert!(out.status.success(), "cleanup: {}", show(&out));
 }
