@@ -8,9 +8,10 @@ export DEBIAN_FRONTEND=noninteractive
 need_pkgs=()
 # [auth]: libseccomp-dev links the seccomp filters; libcap2-bin (setcap) for the
 # caps-only service account test; sudo for downscope = "sudo"; openssl makes the test PKI
-# and RSA keys; hostname for the seccomp test.
+# and RSA keys; hostname for the seccomp test. bindfs (and fuse3 for its umount) for the
+# NFS-like view of tests/integration/nfs_view.rs.
 auth_pkgs=(libseccomp-dev libcap2-bin sudo openssl hostname)
-for p in bash procps util-linux passwd e2fsprogs "${auth_pkgs[@]}"; do
+for p in bash procps util-linux passwd e2fsprogs bindfs fuse3 "${auth_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -204,13 +204,14 @@ impl Scheduler for Cobalt {
     fn wrapper(&self, output: &Path, command: &[String]) -> String {
         let exit = super::wrapper::exit_path(output);
         if !self.skip_log {
-            return super::wrapper::wrapper_script("", command, "", &exit);
+            return super::wrapper::wrapper_script("", command, "", output, &exit);
         }
         // Echo the stage's status afterwards: the driver reads it from the output.
         super::wrapper::wrapper_script(
             "",
             command,
             &format!("echo \"{STATUS_ECHO} $__jacamar_rc\""),
+            output,
             &exit,
         )
     }

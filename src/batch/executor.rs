@@ -304,7 +304,8 @@ async fn drive(
         Ok(s) => s,
         Err(st) => return st,
     };
-    let cmds = commands(job.config, job.env.clone(), job.workdir.clone());
+    let mut cmds = commands(job.config, job.env.clone(), job.workdir.clone());
+    cmds.notify_to(&log.tx);
     let record = Record::in_dir(&job.scripts_dir);
     let limit = job.config.batch.resubmit_limit;
     let mut resubmits = 0;
@@ -355,7 +356,7 @@ async fn one_job(
     ))
     .await;
     let nfs_timeout = job.config.batch.nfs_timeout;
-    let tails = Tails::start(spawn_tail, sub, nfs_timeout, log);
+    let tails = Tails::start(spawn_tail, sub, id, nfs_timeout, log);
     let mut watch = Watch::new();
     let (fin, stopped) = match wait(job, cmds, sub, id, &mut watch, requests, log).await {
         Ended::Finished(f) => (Some(f), None),
@@ -548,10 +549,19 @@ async fn submit(
 struct Tails {
     output: (PathBuf, Tail),
     error: Option<(PathBuf, Tail)>,
+    /// The job's exit file and id: the output file's final size (the tailer's completion
+    /// fact, see [`tail`]).
+    exit: (PathBuf, String),
 }
 
 impl Tails {
-    fn start(spawn: SpawnTail, sub: &Submission, nfs_timeout: Duration, log: &Log) -> Tails {
+    fn start(
+        spawn: SpawnTail,
+        sub: &Submission,
+        id: &str,
+        nfs_timeout: Duration,
+        log: &Log,
+    ) -> Tails {
         let start = |p: &PathBuf| {
             let tail = spawn(p.clone(), TailTiming::new(nfs_timeout), log.tx.clone());
             (p.clone(), tail)
@@ -559,6 +569,7 @@ impl Tails {
         Tails {
             output: start(&sub.output),
             error: sub.error.as_ref().map(start),
+            exit: (super::wrapper::exit_path(&sub.output), id.to_string()),
         }
     }
 
@@ -570,11 +581,15 @@ impl Tails {
         }
     }
 
-    /// The job is over: drain both files (up to `nfs_timeout` for one not there yet) and
-    /// say in the log which never appeared or went away.
+    /// The job is over: drain both files (up to `nfs_timeout` for one not there yet, or for
+    /// the output's bytes the exit file counts) and say in the log which never appeared,
+    /// went away, or arrived short.
     async fn drain(self, nfs_timeout: Duration, log: &Log) {
         let (output, tail) = self.output;
-        tail.job_over();
+        let (exit, id) = self.exit;
+        tail.job_over_expecting(Box::new(move || {
+            super::wrapper::read_exit_file(&exit, &id).and_then(|r| r.output_bytes)
+        }));
         if let Some((_, t)) = &self.error {
             t.job_over();
         }
@@ -600,6 +615,13 @@ impl Tails {
             log.say(format!(
                 "WARNING: the output file {} was moved away and did not come back within nfs_timeout",
                 output.display()
+            ))
+            .await;
+        } else if let Some((got, of)) = report.short() {
+            log.say(format!(
+                "WARNING: only {got} of the {of} bytes the job wrote to its output file {} arrived within nfs_timeout {}: the end of its output is missing from this log",
+                output.display(),
+                fmt_dur(nfs_timeout)
             ))
             .await;
         }

@@ -5,19 +5,30 @@
 //! one command per `command_delay`. Status polls are additionally spaced by the executor's
 //! own timer, so they never exceed one per `command_delay`. Commands run directly (argv,
 //! never a shell), with the job's environment, from `scheduler_bin` when it is set.
+//!
+//! A command that has not answered after [`STALL_NOTICE`] says so in the job log, once,
+//! and again when it answers (a scheduler client that blocks through a network outage
+//! fails nothing, so nothing else would show the wait).
 
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::mpsc;
 
 use super::BatchError;
 
 /// Commands allowed at once above the steady rate (a cancel right after a poll, its
 /// escalation and the confirmation that the job left the queue).
 pub const BURST: u32 = 3;
+
+/// How long a scheduler command may run before the job log says it is still waiting: long
+/// past a healthy answer (well under a second to a few seconds on a busy controller),
+/// short enough that a stalled client is visible while it stalls.
+pub const STALL_NOTICE: Duration = Duration::from_secs(10);
 
 /// A finished scheduler command.
 #[derive(Debug, Clone)]
@@ -42,6 +53,10 @@ pub struct Commands {
     count: AtomicU64,
     /// Upper bound on one command's run time: a hung scheduler command is an error.
     pub timeout: Duration,
+    /// After this long without an answer a command says so ([`Commands::notice`]).
+    pub stall_notice: Duration,
+    /// The job log ([`Commands::notify_to`]); `None`: our stdout.
+    notices: Option<mpsc::WeakSender<Vec<u8>>>,
 }
 
 impl Commands {
@@ -62,7 +77,50 @@ impl Commands {
             cwd,
             count: AtomicU64::new(0),
             timeout: Duration::from_secs(120),
+            stall_notice: STALL_NOTICE,
+            notices: None,
         }
+    }
+
+    /// Send notices (a stalled command) to the job log `log`, as lines. Held weakly: the
+    /// log closes when its owner says so, whoever still holds these commands.
+    pub fn notify_to(&mut self, log: &mpsc::Sender<Vec<u8>>) {
+        self.notices = Some(log.downgrade());
+    }
+
+    /// Say `msg` in the job log (see [`Commands::notify_to`]); without one, on our stdout
+    /// (the stage's output, as `cleanup` reports); once the log is closed, on stderr.
+    pub async fn notice(&self, msg: &str) {
+        let line = format!("{msg}\n").into_bytes();
+        match &self.notices {
+            None => println!("{msg}"),
+            Some(w) => match w.upgrade() {
+                Some(tx) if tx.send(line).await.is_ok() => {}
+                _ => eprintln!("jacamar: {msg}"),
+            },
+        }
+    }
+
+    /// `work` (the run of the command `what`), saying in the job log once it has taken
+    /// [`Commands::stall_notice`] ("`what` has not answered for 10s; still waiting") and
+    /// again when it ends after that ("`what` answered after 21s"). A `work` dropped
+    /// unfinished (the caller's timeout) says nothing more: the caller reports that.
+    pub async fn noticing<T>(&self, what: &str, work: impl Future<Output = T>) -> T {
+        let start = tokio::time::Instant::now();
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(self.stall_notice) => {}
+        }
+        let waited = super::executor::fmt_dur(start.elapsed());
+        self.notice(&format!(
+            "{what} has not answered for {waited}; still waiting"
+        ))
+        .await;
+        let out = work.await;
+        let took = super::executor::fmt_dur(start.elapsed());
+        self.notice(&format!("{what} answered after {took}")).await;
+        out
     }
 
     /// How many commands were run so far.
@@ -102,7 +160,8 @@ impl Commands {
                 command: format!("{} ({})", tool, program.display()),
                 source,
             })?;
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+        let answer = self.noticing(&shown, child.wait_with_output());
+        let out = match tokio::time::timeout(self.timeout, answer).await {
             Ok(r) => r.map_err(|source| BatchError::Spawn {
                 command: shown.clone(),
                 source,
@@ -188,6 +247,47 @@ mod tests {
         );
         let abs = dir.path().display().to_string();
         assert_eq!(c(abs).program("jrs-crates-tool"), tool);
+    }
+
+    /// The lines a stalled command leaves in the job log, with when they came (paused
+    /// clock).
+    async fn notices_of(work: Duration) -> Vec<(u64, String)> {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+        let mut c = Commands::new(Duration::ZERO, None, vec![], "/".into());
+        c.notify_to(&tx);
+        let start = tokio::time::Instant::now();
+        let got = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(l) = rx.recv().await {
+                got.push((start.elapsed().as_secs(), String::from_utf8(l).unwrap()));
+            }
+            got
+        });
+        let out = c
+            .noticing("squeue --me", async {
+                tokio::time::sleep(work).await;
+                7
+            })
+            .await;
+        assert_eq!(out, 7);
+        drop(tx);
+        got.await.unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_stalled_command_says_so_once_and_when_it_answers() {
+        assert_eq!(
+            notices_of(Duration::from_secs(21)).await,
+            vec![
+                (
+                    10,
+                    "squeue --me has not answered for 10s; still waiting\n".to_string()
+                ),
+                (21, "squeue --me answered after 21s\n".to_string()),
+            ]
+        );
+        // An answer before the threshold: nothing.
+        assert_eq!(notices_of(Duration::from_millis(9_999)).await, vec![]);
     }
 
     #[tokio::test(flavor = "current_thread")]

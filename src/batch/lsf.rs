@@ -186,6 +186,7 @@ impl Scheduler for Lsf {
             &output_redirect(output),
             command,
             "",
+            output,
             &super::wrapper::exit_path(output),
         )
     }

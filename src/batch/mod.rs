@@ -213,7 +213,7 @@ pub trait Scheduler: Send + Sync {
     /// TERM until the job's traps are done, and writes the exit-status file
     /// [`wrapper::exit_path`]. `output` is the file the driver tails.
     fn wrapper(&self, output: &Path, command: &[String]) -> String {
-        wrapper::wrapper_script("", command, "", &wrapper::exit_path(output))
+        wrapper::wrapper_script("", command, "", output, &wrapper::exit_path(output))
     }
     /// The job's separate error file, when the scheduler keeps stderr apart (Cobalt): it is
     /// tailed to the job log along with `output`.

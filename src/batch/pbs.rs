@@ -202,7 +202,13 @@ impl Scheduler for Pbs {
     }
 
     fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
-        wrapper_script(&output_redirect(output), command, "", &exit_file(output))
+        wrapper_script(
+            &output_redirect(output),
+            command,
+            "",
+            output,
+            &exit_file(output),
+        )
     }
 
     fn submit<'a>(

@@ -13,6 +13,11 @@
 //! lock is released by the kernel and the next reader takes over. No daemon, no file of
 //! another user.
 //!
+//! A stalled query is said in the job log of every job waiting on it: the poller's own
+//! command says so itself ([`Commands::noticing`]); a loser that has waited
+//! [`Commands::stall_notice`] for the snapshot says once why it waits, and again when the
+//! snapshot comes or it gives up waiting.
+//!
 //! Before any of that, the job's own exit-status file (written by the wrapper at its very
 //! end, see [`super::wrapper::read_exit_file`]) is the completion signal: a job that wrote
 //! it without being signalled is over, whatever the listing says.
@@ -27,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::executor::fmt_dur;
 use super::wrapper::{read_exit_file, ExitRecord};
 use super::{BatchError, Commands, Final, JobState, Listed, Scheduler};
 
@@ -218,16 +224,26 @@ impl Poller {
     ) -> Result<Option<Snapshot>, BatchError> {
         let name = sched.name();
         let path = dir.join(format!("{name}.json"));
-        let until = tokio::time::Instant::now() + wait_bound(period);
+        let lock_path = dir.join(format!("{name}.lock"));
+        let start = tokio::time::Instant::now();
+        let until = start + wait_bound(period);
+        let mut told = false;
         if let Err(e) = ensure_dir(dir) {
             self.warn(&e);
             return Ok(None);
         }
         loop {
             if let Some(s) = self.usable(&path, period, job.id, since) {
+                if told {
+                    let took = fmt_dur(start.elapsed());
+                    cmds.notice(&format!(
+                        "the shared {name} status poll answered after {took}"
+                    ))
+                    .await;
+                }
                 return Ok(Some(s));
             }
-            let lock = match try_lock(&dir.join(format!("{name}.lock"))) {
+            let lock = match try_lock(&lock_path) {
                 Ok(l) => l,
                 Err(e) => {
                     self.warn(&e);
@@ -245,8 +261,26 @@ impl Poller {
                 drop(lock);
                 return Ok(Some(snap));
             }
+            let waited = start.elapsed();
             if tokio::time::Instant::now() >= until {
+                if told {
+                    cmds.notice(&format!(
+                        "no shared {name} status poll after {}; asking {name} about job {} alone",
+                        fmt_dur(waited),
+                        job.id
+                    ))
+                    .await;
+                }
                 return Ok(None);
+            }
+            if !told && waited >= cmds.stall_notice {
+                told = true;
+                cmds.notice(&format!(
+                    "waiting for the shared {name} status poll of this user's jobs: another job's query (holding {}) has not answered for {}; still waiting",
+                    lock_path.display(),
+                    fmt_dur(waited)
+                ))
+                .await;
             }
             tokio::time::sleep(WAIT_STEP).await;
         }
@@ -826,6 +860,74 @@ mod tests {
         assert_eq!(drv.poll(&fake).await.unwrap(), running());
         assert_eq!(fake.listings(), 1);
         assert!(t0.elapsed() < WAIT_STEP, "{:?}", t0.elapsed());
+    }
+
+    /// A loser waiting on a stalled poll says why in its own job log, once, and when the
+    /// snapshot comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_loser_says_once_why_it_waits_and_when_the_poll_answers() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let fake = Arc::new(Fake {
+            takes: S(21),
+            ..Fake::default()
+        });
+        fake.list("1", running());
+        fake.list("2", running());
+        // A long period: the snapshot is still fresh when it comes, and the loser waits up
+        // to wait_bound (60 s) for it.
+        let period = S(30);
+        let winner = Driver::new(d.path(), &clock, "1");
+        let w = {
+            let fake = fake.clone();
+            tokio::spawn(async move {
+                let cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
+                let job = JobRef {
+                    id: &winner.id,
+                    exit_file: &winner.exit,
+                };
+                winner.poller.state(&*fake, &cmds, period, &job).await
+            })
+        };
+        tokio::time::sleep(MS(50)).await;
+        let loser = Driver::new(d.path(), &clock, "2");
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let mut cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
+        cmds.notify_to(&tx);
+        let t0 = Instant::now();
+        let lines = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(l) = rx.recv().await {
+                got.push((t0.elapsed().as_secs(), String::from_utf8(l).unwrap()));
+            }
+            got
+        });
+        let job = JobRef {
+            id: &loser.id,
+            exit_file: &loser.exit,
+        };
+        let st = loser.poller.state(&*fake, &cmds, period, &job).await;
+        assert_eq!(st.unwrap(), running());
+        assert_eq!(w.await.unwrap().unwrap(), running());
+        drop((cmds, tx));
+        let got = lines.await.unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, 10, "{got:?}");
+        assert!(
+            got[0].1.starts_with("waiting for the shared fake status poll of this user's jobs: another job's query (holding ")
+                && got[0].1.ends_with("fake.lock) has not answered for 10s; still waiting\n"),
+            "{got:?}"
+        );
+        assert_eq!(
+            got[1],
+            (
+                21,
+                "the shared fake status poll answered after 21s\n".into()
+            ),
+            "{got:?}"
+        );
+        assert_eq!(fake.listings(), 1);
+        assert_eq!(*fake.singles.lock().unwrap(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,15 +9,27 @@
 //! has been quiet for a short settle window otherwise (re-opening on every tick, so NFS
 //! attributes are fresh); a last line without a newline is flushed at the end, never lost.
 //!
+//! The completion fact: when the job's exit file tells how many bytes the output file held
+//! at the job's end ([`super::wrapper::ExitRecord::output_bytes`], given by
+//! [`Tail::job_over_expecting`]), the tailer does not settle before it has read that many:
+//! a client's attribute cache (an NFS client, a FUSE view with `attr_timeout`) may show a
+//! stale, shorter size for seconds, and a re-open does not refresh it everywhere (FUSE).
+//! It gives up at `nfs_timeout` and says how many bytes of how many arrived
+//! ([`TailReport::short`]). With no size known it settles as before.
+//!
+//! A file not seen yet is looked for in its directory's listing before it is opened by
+//! name ([`listed`]): a lookup of an absent name leaves a negative entry in such a cache,
+//! which would hide the file for a while after it appears.
+//!
 //! The tailer runs on a blocking thread: a stalled NFS read must not stall the control
 //! loop that handles cancellation.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -58,12 +70,32 @@ pub struct TailReport {
     pub truncated: u32,
     /// The last line had no newline (flushed anyway).
     pub partial_flushed: bool,
+    /// The output file's size at the job's end, from its exit file; `None`: unknown.
+    pub expected_bytes: Option<u64>,
+    /// Bytes read of the file last followed (its offset at the end).
+    pub file_bytes: u64,
 }
+
+impl TailReport {
+    /// `(read, expected)` when fewer bytes arrived than the job's exit file says it wrote.
+    pub fn short(&self) -> Option<(u64, u64)> {
+        match self.expected_bytes {
+            Some(n) if self.file_bytes < n && !self.never_appeared => Some((self.file_bytes, n)),
+            _ => None,
+        }
+    }
+}
+
+/// Where the tailer learns the output file's final size once the job is over (the exit
+/// file's [`super::wrapper::ExitRecord::output_bytes`]); asked on every tick until it
+/// answers.
+pub type SizeSource = Box<dyn FnMut() -> Option<u64> + Send>;
 
 /// The tailer's handle: tell it the job is over, then wait for its report.
 pub struct Tail {
     over: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    size: Arc<Mutex<Option<SizeSource>>>,
     handle: tokio::task::JoinHandle<TailReport>,
 }
 
@@ -71,6 +103,13 @@ impl Tail {
     /// The scheduler says the job is over: drain, then finish.
     pub fn job_over(&self) {
         self.over.store(true, Ordering::SeqCst);
+    }
+
+    /// The job is over, and `size` tells (now or later) how many bytes its output file
+    /// held at its end: drain at least that many, for up to `nfs_timeout`.
+    pub fn job_over_expecting(&self, size: SizeSource) {
+        *self.size.lock().unwrap_or_else(|e| e.into_inner()) = Some(size);
+        self.job_over();
     }
 
     /// Stop now (after one last read), without waiting for late output.
@@ -91,6 +130,7 @@ impl Tail {
         Tail {
             over: Arc::default(),
             stop: Arc::default(),
+            size: Arc::default(),
             handle: tokio::spawn(async { TailReport::default() }),
         }
     }
@@ -100,12 +140,61 @@ impl Tail {
 pub fn spawn(path: PathBuf, timing: TailTiming, out: mpsc::Sender<Vec<u8>>) -> Tail {
     let over = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let (o, s) = (over.clone(), stop.clone());
+    let size: Arc<Mutex<Option<SizeSource>>> = Arc::default();
+    let (o, s, z) = (over.clone(), stop.clone(), size.clone());
     let handle = tokio::task::spawn_blocking(move || {
         let mut t = Tailer::new(path);
-        t.run(timing, &o, &s, &out)
+        t.run(
+            timing,
+            &Flags {
+                over: &o,
+                stop: &s,
+                size: &z,
+            },
+            &out,
+        )
     });
-    Tail { over, stop, handle }
+    Tail {
+        over,
+        stop,
+        size,
+        handle,
+    }
+}
+
+/// What the tailer's owner tells it while it runs.
+struct Flags<'a> {
+    over: &'a AtomicBool,
+    stop: &'a AtomicBool,
+    size: &'a Mutex<Option<SizeSource>>,
+}
+
+impl Flags<'_> {
+    /// The output file's final size, if its source knows it by now.
+    fn expected(&self) -> Option<u64> {
+        let mut g = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_mut().and_then(|f| f())
+    }
+}
+
+/// Whether `path`'s name is in its directory's listing, read without looking the name up
+/// (so an NFS client or a FUSE view keeps no negative entry for it). A directory that
+/// cannot be listed answers `true`: the caller's open by name decides.
+pub fn listed(path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return true;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name() == name),
+        Err(_) => true,
+    }
 }
 
 /// The tailer's state: one file, one offset, one partial line.
@@ -135,13 +224,14 @@ impl Tailer {
     fn run(
         &mut self,
         timing: TailTiming,
-        over: &AtomicBool,
-        stop: &AtomicBool,
+        flags: &Flags,
         out: &mpsc::Sender<Vec<u8>>,
     ) -> TailReport {
+        let (over, stop) = (flags.over, flags.stop);
         let mut last_reopen = Instant::now();
         let mut ended_at: Option<Instant> = None;
         let mut last_growth = Instant::now();
+        let mut expected: Option<u64> = None;
         loop {
             let ending = ended_at.is_some();
             let reopen = ending || last_reopen.elapsed() >= timing.reopen || self.file.is_none();
@@ -163,12 +253,18 @@ impl Tailer {
                 last_growth = now;
             }
             if let Some(end) = ended_at {
+                if expected.is_none() {
+                    expected = flags.expected();
+                }
                 let waited = now.duration_since(end);
                 let present = self.path_present();
                 let done = if stop.load(Ordering::SeqCst) || waited >= timing.nfs_timeout {
                     true
                 } else if !present {
                     // Not there (yet, or moved away): wait for it, up to nfs_timeout.
+                    false
+                } else if expected.is_some_and(|n| self.offset < n) {
+                    // The job wrote more than we have read: a stale size, wait for it.
                     false
                 } else {
                     // There: stop once quiet (a last line without newline is flushed).
@@ -177,6 +273,8 @@ impl Tailer {
                 if done {
                     self.report.never_appeared = !self.seen;
                     self.report.missing_at_end = self.seen && !present;
+                    self.report.expected_bytes = expected;
+                    self.report.file_bytes = self.offset;
                     if let Some(l) = self.flush_partial() {
                         let _ = out.blocking_send(l);
                     }
@@ -188,14 +286,16 @@ impl Tailer {
     }
 
     fn path_present(&self) -> bool {
-        std::fs::metadata(&self.path).is_ok()
+        listed(&self.path) && std::fs::metadata(&self.path).is_ok()
     }
 
     /// One poll: (re-open if asked and needed), read to EOF. Returns the complete lines and
     /// whether anything new was read.
     pub fn tick(&mut self, reopen: bool) -> (Vec<Vec<u8>>, bool) {
         let mut buf = Vec::new();
-        if reopen {
+        // A file not seen yet is opened only once listed (no negative entry, see the
+        // module doc).
+        if reopen && (self.file.is_some() || listed(&self.path)) {
             if let Ok(f) = File::open(&self.path) {
                 if let Ok(m) = f.metadata() {
                     let id = (m.dev(), m.ino());

@@ -1,6 +1,7 @@
 //! The script submitted to a scheduler: the stage as a supervised foreground child (see
 //! [`wrapper_script`]), with each scheduler's header and epilogue, ending with the job's
-//! exit-status file ([`exit_path`], read by [`read_exit_file`]).
+//! exit-status file ([`exit_path`], read by [`read_exit_file`]), which also tells how many
+//! bytes the job's output file held at the end (the tailer's completion fact).
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use super::path_arg;
 use crate::shell::sh_quote;
 
 /// The wrapper's part after the scheduler's header (see [`wrapper_script`]); `@COMMAND@`,
-/// `@AFTER@` and `@EXIT_FILE@` are filled in.
+/// `@AFTER@`, `@OUTPUT@` and `@EXIT_FILE@` are filled in.
 const SUPERVISED_STAGE: &str = r#"# jacamar: the stage runs in the foreground, in this shell's process group. A TERM (the
 # scheduler's cancel) does not end this shell: it counts it, and then waits until every
 # other process of its group is gone, so the job's own TERM traps run to their end.
@@ -39,10 +40,13 @@ if [ "$__jacamar_terms" != 0 ]; then
     fi
 fi
 @AFTER@# jacamar: the exit-status file, written whole (rename) at the very end: "<status>
-# <TERMs received> <job id>".
+# <TERMs received> <job id> <bytes in the output file, or ->".
 __jacamar_exit=@EXIT_FILE@
 __jacamar_id=${SLURM_JOB_ID:-${PBS_JOBID:-${LSB_JOBID:-${COBALT_JOBID:-}}}}
-if ! { printf '%s %s %s\n' "$__jacamar_rc" "$__jacamar_terms" "$__jacamar_id" >"$__jacamar_exit.tmp.$$" &&
+__jacamar_size=$(wc -c <@OUTPUT@ 2>/dev/null) || __jacamar_size=-
+__jacamar_size=${__jacamar_size//[[:space:]]/}
+case $__jacamar_size in '' | *[!0-9]*) __jacamar_size=- ;; esac
+if ! { printf '%s %s %s %s\n' "$__jacamar_rc" "$__jacamar_terms" "$__jacamar_id" "$__jacamar_size" >"$__jacamar_exit.tmp.$$" &&
     mv -f "$__jacamar_exit.tmp.$$" "$__jacamar_exit"; } 2>/dev/null; then
     echo "jacamar: WARNING: could not write the exit status file $__jacamar_exit" >&2
     rm -f "$__jacamar_exit.tmp.$$" 2>/dev/null
@@ -63,21 +67,48 @@ pub struct ExitRecord {
     pub code: i32,
     /// TERMs the wrapper received: the scheduler cancelled or timed out the job.
     pub terms: u32,
+    /// The size of the job's output file when the wrapper ended (see [`wrapper_script`]):
+    /// the tailer reads at least this much. `None`: not known (a record of an older
+    /// wrapper, with three fields, or the file could not be read: `-`).
+    pub output_bytes: Option<u64>,
 }
 
 /// The exit-status file at `path` for scheduler job `id`. `None`: no file (yet), or not a
 /// whole record, or one written by another job (the job id the job saw differs from
 /// `id`; a record without an id, as Flux jobs write it, is taken as this job's).
+///
+/// The record is `<status> <TERMs> <job id> <output bytes>`; the job id may be empty, and
+/// the fourth field may be missing (an older wrapper) or not a number (`-`): the size is
+/// then unknown, the rest stands.
+///
+/// The name is looked for in its directory's listing before it is opened (see
+/// [`super::tail::listed`]): on an NFS client or a FUSE view, opening an absent name
+/// leaves a negative entry that hides the file for a while after the job writes it (and
+/// makes cleanup's unlink fail).
 pub fn read_exit_file(path: &Path, id: &str) -> Option<ExitRecord> {
-    let text = std::fs::read_to_string(path).ok()?;
+    if !super::tail::listed(path) {
+        return None;
+    }
+    parse_exit_record(&std::fs::read_to_string(path).ok()?, id)
+}
+
+/// The record `text` of [`read_exit_file`].
+pub fn parse_exit_record(text: &str, id: &str) -> Option<ExitRecord> {
     let line = text.strip_suffix('\n')?;
     let mut w = line.split(' ');
     let code = w.next()?.parse().ok()?;
     let terms = w.next()?.parse().ok()?;
-    match w.next() {
-        Some(jid) if !jid.is_empty() && jid != id => None,
-        _ => Some(ExitRecord { code, terms }),
+    if let Some(jid) = w.next() {
+        if !jid.is_empty() && jid != id {
+            return None;
+        }
     }
+    let output_bytes = w.next().and_then(|b| b.parse().ok());
+    Some(ExitRecord {
+        code,
+        terms,
+        output_bytes,
+    })
 }
 
 /// The wrapper submitted to the scheduler: a shebang, the scheduler's `header`, the stage
@@ -87,6 +118,15 @@ pub fn read_exit_file(path: &Path, id: &str) -> Option<ExitRecord> {
 /// through a temporary file and a rename, so a reader sees all of it or nothing; a failure
 /// to write it is a warning in the job's output, the status stays), and an exit with that
 /// status. The file is not written when the job is killed (SIGKILL) before its end.
+///
+/// Output size: the record holds the size of `output` (the file the driver tails) read on
+/// the compute node after `after` (`wc -c`, which reads the size of a regular file; `-`
+/// when it cannot be read). Where the wrapper's stdout is that file (Slurm's `--output`,
+/// the `exec >>` redirect of PBS and LSF, Cobalt's `-o`) the size is every byte the job
+/// and the wrapper wrote; where another process copies the output into the file (Flux's
+/// job shell) it is what had arrived by then: either way a lower bound the tailer waits
+/// for, and a later line is still caught by its quiet window. The scheduler's own lines
+/// after the job's end (a cancel's notice) are not counted.
 ///
 /// Cancel: schedulers signal the whole job at once (Slurm's `scancel --signal=TERM --full`
 /// and plain cancel, and so `qdel` of Debian's PBS wrappers over Slurm; PBS and LSF signal
@@ -105,7 +145,13 @@ pub fn read_exit_file(path: &Path, id: &str) -> Option<ExitRecord> {
 /// 128+N (the same build exit code; bash's `Terminated` line reaches the output). A job
 /// that ends without a TERM is not held up by background processes it leaves behind (the
 /// scheduler cleans those up, as before).
-pub fn wrapper_script(header: &str, command: &[String], after: &str, exit_file: &Path) -> String {
+pub fn wrapper_script(
+    header: &str,
+    command: &[String],
+    after: &str,
+    output: &Path,
+    exit_file: &Path,
+) -> String {
     let cmd: Vec<String> = command.iter().map(|w| sh_quote(w)).collect();
     let mut after = after.to_string();
     if !after.is_empty() && !after.ends_with('\n') {
@@ -117,7 +163,9 @@ pub fn wrapper_script(header: &str, command: &[String], after: &str, exit_file: 
     let (before_after, end) = rest
         .split_once("@AFTER@")
         .expect("the template names @AFTER@");
-    let end = end.replace("@EXIT_FILE@", &sh_quote(&path_arg(exit_file)));
+    let end = end
+        .replace("@EXIT_FILE@", &sh_quote(&path_arg(exit_file)))
+        .replace("@OUTPUT@", &sh_quote(&path_arg(output)));
     let mut s = String::from("#!/bin/bash\n");
     for part in [
         header,
@@ -181,6 +229,7 @@ mod tests {
                 "it's $x".into(),
             ],
             "echo \"after $__jacamar_rc\"",
+            Path::new("/nonexistent/dir/s.out"),
             Path::new("/nonexistent/dir/s.exit"),
         );
         assert!(w.starts_with("#!/bin/bash\n#SBATCH --x\n"), "{w}");
@@ -213,6 +262,7 @@ mod tests {
             "",
             &["bash".into(), script.display().to_string()],
             "echo \"rc $__jacamar_rc\"",
+            &d.path().join("s.out"),
             &d.path().join("s.exit"),
         );
         let mut child = spawn_wrapper(d.path(), &w);
@@ -233,7 +283,9 @@ mod tests {
             rec,
             ExitRecord {
                 code: 143,
-                terms: 1
+                terms: 1,
+                // Its stdout was a pipe, the output file never existed: size unknown.
+                output_bytes: None,
             }
         );
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
@@ -242,10 +294,16 @@ mod tests {
     #[test]
     fn wrapper_of_a_finished_job_does_not_wait_for_its_leftovers() {
         let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("s.out");
         let w = wrapper_script(
-            "",
-            &["bash".into(), "-c".into(), "sleep 60 & exit 0".into()],
-            "",
+            &output_redirect(&out),
+            &[
+                "bash".into(),
+                "-c".into(),
+                "echo hello; sleep 60 & exit 0".into(),
+            ],
+            "echo after",
+            &out,
             &d.path().join("s.exit"),
         );
         let t0 = std::time::Instant::now();
@@ -255,16 +313,26 @@ mod tests {
         assert!(st.success());
         assert!(t0.elapsed() < Duration::from_secs(30));
         let exit = d.path().join("s.exit");
+        // The output size counts the job's line and the wrapper's own (`after`).
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\nafter\n");
         assert_eq!(
             read_exit_file(&exit, "9"),
-            Some(ExitRecord { code: 0, terms: 0 })
+            Some(ExitRecord {
+                code: 0,
+                terms: 0,
+                output_bytes: Some(12)
+            })
         );
         // Another job's record, a torn one, none: not this job's status.
         std::fs::write(&exit, "3 0 77\n").unwrap();
         assert_eq!(read_exit_file(&exit, "9"), None);
         assert_eq!(
             read_exit_file(&exit, "77"),
-            Some(ExitRecord { code: 3, terms: 0 })
+            Some(ExitRecord {
+                code: 3,
+                terms: 0,
+                output_bytes: None
+            })
         );
         std::fs::write(&exit, "3 0").unwrap();
         assert_eq!(read_exit_file(&exit, "77"), None);
@@ -279,5 +347,30 @@ mod tests {
             "no temporary file left"
         );
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    #[test]
+    fn exit_records_old_and_new() {
+        let rec = |code, terms, output_bytes| {
+            Some(ExitRecord {
+                code,
+                terms,
+                output_bytes,
+            })
+        };
+        // Today's four fields; the job id may be empty (Flux).
+        assert_eq!(
+            parse_exit_record("0 0 12 345\n", "12"),
+            rec(0, 0, Some(345))
+        );
+        assert_eq!(parse_exit_record("143 1  0\n", "12"), rec(143, 1, Some(0)));
+        // The size unknown: `-` (the file could not be read), or an older wrapper's three.
+        assert_eq!(parse_exit_record("2 0 12 -\n", "12"), rec(2, 0, None));
+        assert_eq!(parse_exit_record("2 0 12\n", "12"), rec(2, 0, None));
+        assert_eq!(parse_exit_record("2 0 \n", "12"), rec(2, 0, None));
+        // Another job's, torn (no newline), not a status: none.
+        assert_eq!(parse_exit_record("0 0 13 345\n", "12"), None);
+        assert_eq!(parse_exit_record("0 0 12 345", "12"), None);
+        assert_eq!(parse_exit_record("x 0 12 345\n", "12"), None);
     }
 }

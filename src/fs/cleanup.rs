@@ -3,10 +3,20 @@
 //! Idempotent and tolerant of concurrency: whatever is already gone (`ENOENT`) counts as
 //! removed, and a directory that keeps getting new entries is given up on with a warning
 //! rather than an error.
+//!
+//! Shared file systems cache names: an NFS client (or a FUSE view with `negative_timeout`)
+//! that looked a name up while it was absent keeps saying `ENOENT` for it for a while, even
+//! after the file appeared and `readdir` lists it; the directory's `rmdir` then fails with
+//! `ENOTEMPTY`. A round in which a listed entry's unlink said `ENOENT` and the `rmdir` said
+//! `ENOTEMPTY` is taken as such a stale cache: it is retried with a short backoff (100 ms
+//! doubling up to 2 s) for up to [`STALE_BOUND`], without counting against
+//! [`MAX_ROUNDS`], before the warning. A directory given up on (with its warning) makes its
+//! parents give up at once, so the bound is not paid again per level.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
@@ -22,6 +32,14 @@ use super::{FsError, JobPaths};
 const MAX_DEPTH: usize = 64;
 /// Rounds of "empty it, rmdir it" before giving up on a directory that keeps filling.
 const MAX_ROUNDS: usize = 5;
+/// The longest wait for a stale name cache of the file system to expire (see the module
+/// doc): as long as the default `nfs_timeout`, and longer than the 10 s entry caches of the
+/// docker cluster's view; NFS's negative entries go with the directory's change.
+pub const STALE_BOUND: Duration = Duration::from_secs(30);
+/// The first pause before retrying a directory whose name cache looks stale.
+const STALE_FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// The longest pause between two such retries.
+const STALE_MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// Remove the job's scripts directory (recursively, never following symlinks) and then the
 /// empty parents up to, not including, `<base>/scripts`. Does nothing when `retain_logs`.
@@ -93,10 +111,25 @@ pub(crate) fn open_child(parent: &DirFd, name: &str) -> Result<Option<DirFd>, Fs
 /// Remove `parent/name` and everything below it. A non-directory (including a symlink) is
 /// unlinked, never followed.
 pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<(), FsError> {
+    remove_tree_at(parent, name, depth).map(|_| ())
+}
+
+/// What became of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    Removed,
+    /// It was not there (`ENOENT`), although the caller may have just listed it.
+    Absent,
+    /// Given up on, with a warning: left in place.
+    Left,
+}
+
+/// [`remove_tree`], saying what became of `name`.
+fn remove_tree_at(parent: &DirFd, name: &OsStr, depth: usize) -> Result<Gone, FsError> {
     let path = parent.path.join(name);
     let fd = match fcntl::openat(parent.borrow(), name, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ENOENT) => return Ok(Gone::Absent),
         // Not a directory after all (unlink_entry's EPERM fallback, or a race): unlink it
         // once, with no fallback back here, so an unremovable file is an error, not a loop.
         Err(Errno::ELOOP | Errno::ENOTDIR) => return unlink_file(parent, name),
@@ -119,7 +152,10 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
     };
     let mut dir = Dir::from_fd(dup).map_err(|e| FsError::io("read", &path, e))?;
 
-    for _ in 0..MAX_ROUNDS {
+    let mut rounds = 0;
+    let mut stale_since: Option<Instant> = None;
+    let mut pause = STALE_FIRST_PAUSE;
+    while rounds < MAX_ROUNDS {
         let mut entries: Vec<(OsString, Option<Type>)> = Vec::new();
         for entry in dir.iter() {
             let entry = entry.map_err(|e| FsError::io("read", &path, e))?;
@@ -128,17 +164,39 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
                 entries.push((OsStr::from_bytes(bytes).to_os_string(), entry.file_type()));
             }
         }
+        let (mut listed_but_gone, mut child_left) = (false, false);
         for (n, t) in entries {
-            if t == Some(Type::Directory) {
-                remove_tree(&this, &n, depth + 1)?;
+            let gone = if t == Some(Type::Directory) {
+                remove_tree_at(&this, &n, depth + 1)?
             } else {
-                unlink_entry(&this, &n, depth + 1)?;
-            }
+                unlink_entry(&this, &n, depth + 1)?
+            };
+            listed_but_gone |= gone == Gone::Absent;
+            child_left |= gone == Gone::Left;
         }
         match unistd::unlinkat(&parent.fd, name, UnlinkatFlags::RemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+            Ok(()) | Err(Errno::ENOENT) => return Ok(Gone::Removed),
+            // A subdirectory was given up on (and said so): so is this one, at once.
+            Err(Errno::ENOTEMPTY | Errno::EEXIST) if child_left => return Ok(Gone::Left),
+            // A listed entry said ENOENT: the file system's name cache is stale (see the
+            // module doc); wait for it, bounded.
+            Err(Errno::ENOTEMPTY | Errno::EEXIST) if listed_but_gone => {
+                let since = *stale_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= STALE_BOUND {
+                    tracing::warn!(
+                        "cleanup gave up removing {}: the file system still lists entries \
+                         that it says do not exist after {}s (a stale name cache of a shared \
+                         file system?); it is left in place",
+                        path.display(),
+                        STALE_BOUND.as_secs()
+                    );
+                    return Ok(Gone::Left);
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(STALE_MAX_PAUSE);
+            }
             // Something was added meanwhile (a run still writing): go round again.
-            Err(Errno::ENOTEMPTY | Errno::EEXIST) => {}
+            Err(Errno::ENOTEMPTY | Errno::EEXIST) => rounds += 1,
             Err(e) => return Err(FsError::io("remove", path, e)),
         }
     }
@@ -148,26 +206,27 @@ pub(crate) fn remove_tree(parent: &DirFd, name: &OsStr, depth: usize) -> Result<
          entries (a process of the job still writing?); it is left in place",
         path.display()
     );
-    Ok(())
+    Ok(Gone::Left)
 }
 
-/// Unlink a non-directory entry; if it turns out to be a directory (the file system gave no
-/// type, or it was swapped meanwhile), remove it as a tree.
-/// Unlink the non-directory `parent/name`: gone already is fine, any other failure (an
-/// immutable file, another owner's file in a sticky directory) is an error naming it.
-fn unlink_file(parent: &DirFd, name: &OsStr) -> Result<(), FsError> {
+/// Unlink the non-directory `parent/name`: gone already is fine ([`Gone::Absent`]), any
+/// other failure (an immutable file, another owner's file in a sticky directory) is an
+/// error naming it.
+fn unlink_file(parent: &DirFd, name: &OsStr) -> Result<Gone, FsError> {
     match unistd::unlinkat(&parent.fd, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Ok(()) => Ok(Gone::Removed),
+        Err(Errno::ENOENT) => Ok(Gone::Absent),
         Err(e) => Err(FsError::io("remove", parent.path.join(name), e)),
     }
 }
 
 /// Unlink `parent/name`; a directory (EISDIR, or EPERM, which POSIX allows for one) is
 /// removed as a tree.
-fn unlink_entry(parent: &DirFd, name: &OsStr, depth: usize) -> Result<(), FsError> {
+fn unlink_entry(parent: &DirFd, name: &OsStr, depth: usize) -> Result<Gone, FsError> {
     match unistd::unlinkat(&parent.fd, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(Errno::EISDIR | Errno::EPERM) => remove_tree(parent, name, depth),
+        Ok(()) => Ok(Gone::Removed),
+        Err(Errno::ENOENT) => Ok(Gone::Absent),
+        Err(Errno::EISDIR | Errno::EPERM) => remove_tree_at(parent, name, depth),
         Err(e) => Err(FsError::io("remove", parent.path.join(name), e)),
     }
 }

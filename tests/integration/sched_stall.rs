@@ -1,0 +1,103 @@
+//! A scheduler command that stalls (a Slurm client blocking through a network outage, as
+//! the docker cluster's `runner_disconnected` test does) is visible in the job log: on the
+//! real Slurm, as `jacamar-ci`, with `scheduler_bin` wrappers of which `squeue` sleeps
+//! 15 s once before running the real one.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::batch_slurm::{ci_user, require_slurm};
+use crate::harness::{require_root, runner_script, show, Harness};
+
+/// A `scheduler_bin` dir: every Slurm tool runs the real one; the first `squeue` sleeps
+/// `stall` seconds first (a marker in the world-writable `state` dir says it did).
+fn stalling_bin(stall: u32) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("jrs-stall-bin-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    for tool in ["sbatch", "squeue", "sacct", "scontrol", "scancel"] {
+        let real = which(tool);
+        let stall = if tool == "squeue" {
+            format!(
+                "if mkdir {m} 2>/dev/null; then sleep {stall}; fi\n",
+                m = state.join("stalled").display()
+            )
+        } else {
+            String::new()
+        };
+        let p = dir.path().join(tool);
+        std::fs::write(&p, format!("#!/bin/bash\n{stall}exec {real} \"$@\"\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+fn which(tool: &str) -> String {
+    let o = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .unwrap();
+    let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(!p.is_empty(), "{tool} not found");
+    p
+}
+
+fn harness(bin: &Path) -> Harness {
+    require_slurm();
+    let batch = format!(
+        "command_delay = \"1s\"\nnfs_timeout = \"20s\"\nscheduler_bin = \"{}\"",
+        bin.display()
+    );
+    let mut h = Harness::batch("slurm", &ci_user(), "kill_timeout = \"5s\"", &batch);
+    h.config_json();
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    h
+}
+
+/// The job succeeds, and its log says that squeue stalled and when it answered. (Before,
+/// the log had neither line: the stall was invisible.)
+#[test]
+fn a_stalled_squeue_is_said_in_the_job_log_and_the_job_succeeds() {
+    if !require_root() {
+        return;
+    }
+    let bin = stalling_bin(15);
+    let h = harness(bin.path());
+    let out = h.run(
+        "build_script",
+        &runner_script("echo job start\nsleep 3\necho job end\n"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "run failed: {}", show(&out));
+    assert!(
+        bin.path().join("state/stalled").exists(),
+        "squeue never stalled: {text}"
+    );
+    assert!(text.contains("job start\njob end\n"), "{text}");
+    let stalled = text.lines().find(|l| {
+        l.starts_with("squeue ") && l.ends_with(" has not answered for 10s; still waiting")
+    });
+    assert!(stalled.is_some(), "no stall line: {text}");
+    let answered = text
+        .lines()
+        .find(|l| l.starts_with("squeue ") && l.contains(" answered after "))
+        .unwrap_or_else(|| panic!("no answer line: {text}"));
+    let secs: u64 = answered
+        .rsplit(' ')
+        .next()
+        .and_then(|s| s.strip_suffix('s'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{answered}"));
+    assert!((15..120).contains(&secs), "{answered}");
+    // The output size the wrapper recorded on the compute node is what arrived.
+    assert!(!text.contains("WARNING"), "{text}");
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+}
