@@ -46,7 +46,7 @@ as_ci() { docker exec -u "$CI_USER" -w "/home/$CI_USER" "$@"; }
 sim_start() {
   local name=$1 id=$2 conf=$3 script=$4; shift 4
   local vars=(); for v in "$@"; do vars+=(--var "$v"); done
-  as_ci "$RUNNER" /opt/jacamar/bin/jacamar-sim --configuration "$conf" --job-id "$id" \
+  as_ci "$RUNNER" jacamar-sim --driver /opt/jacamar/bin/jacamar-auth --configuration "$conf" --job-id "$id" \
     --summary "/tmp/$name.json" "${vars[@]}" --script "$script" >"$work/$name.log" 2>&1 &
   SIM_PID=$!
 }
