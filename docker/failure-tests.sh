@@ -9,7 +9,8 @@
 #   cleanup_removes_scripts_dir  ... and cleanup removes the job's scripts dir
 #   late_output_file        the output file shows up on the runner only after the job ended:
 #                           waited for within nfs_timeout (and reported when nfs_timeout is short)
-#   compute_node_killed     docker kill c1 mid-job: the CI job fails naming the node failure
+#   compute_node_killed     docker kill c1 mid-job: the CI job ends as a system failure (exit 2)
+#                           naming the node failure (NODE_FAIL)
 #   controller_paused       docker pause of the controller for 20 s mid-job is survived
 #   runner_disconnected     the runner node off the network for 20 s mid-job is survived
 #   runner_restarted        the runner's container restarted mid-job, then cleanup: no job left
@@ -163,17 +164,23 @@ if want $t; then
     docker kill "$C1" >/dev/null; killed=$(date +%s)
     sim_wait 180; secs=$(( $(date +%s) - killed ))
     result=$(summary_field $t result); reason=$(summary_field $t failure_reason); msg=$(summary_field $t message)
-    nodefail=$(grep -a -i 'NODE_FAIL\|NodeFail\|node fail' "$work/$t.log" | head -n2 | tr '\n' '|' || true)
+    # The run call's exit code: jacamar-auth exits SYSTEM_FAILURE_EXIT_CODE (2, as
+    # jacamar-sim sets it, like the runner) on a system failure (docs/batch-outcomes.md).
+    run_rc=$(docker exec "$RUNNER" jq -r '[.calls[] | select(.kind == "run")] | last | .exit_code // ""' "/tmp/$t.json" 2>/dev/null || true)
+    # The driver's line for a NODE_FAIL end: "slurm job N ended NODE_FAIL (...)" and
+    # "a node of the job failed".
+    ended=$(grep -a 'ended NODE_FAIL' "$work/$t.log" | head -n1 || true)
+    named=$(grep -a 'a node of the job failed' "$work/$t.log" | head -n1 || true)
     if [ "$SIM_RC" = 124 ]; then
       fail $t "the CI job did not end within 180 s of docker kill c1; log tail: $(tail -5 "$work/$t.log" | tr '\n' '|')"
     elif [ "$SIM_RC" = 0 ]; then
       fail $t "the CI job succeeded although its node was killed"
-    elif [ -z "$nodefail" ]; then
-      fail $t "the CI job failed (exit $SIM_RC, result $result) but nothing names the node failure; log tail: $(tail -6 "$work/$t.log" | tr '\n' '|')"
+    elif [ "$result" != system_failure ] || [ "$SIM_RC" != 2 ] || [ "$run_rc" != 2 ]; then
+      fail $t "the CI job ended as '$result' (jacamar-sim exit $SIM_RC, run call exit '$run_rc'), not as a system failure (exit 2); failure_reason '$reason'; log tail: $(tail -6 "$work/$t.log" | tr '\n' '|')"
+    elif [ -z "$ended" ] || [ -z "$named" ]; then
+      fail $t "a system failure, but the job log does not name the node failure (ended NODE_FAIL: '$ended'; 'a node of the job failed': '$named'); log tail: $(tail -6 "$work/$t.log" | tr '\n' '|')"
     else
-      class="classified as $result"
-      [ "$result" = system_failure ] || class="classified as '$result' (not system_failure: outcome classification pending)"
-      pass $t "CI job ended ${secs}s after the kill, exit $SIM_RC, $class; failure_reason '$reason'; log: $nodefail runner message: '$msg'"
+      pass $t "CI job ended ${secs}s after the kill as a system failure (run call exit $run_rc, failure_reason '$reason'); log: '$ended' / '$named'"
     fi
   fi
   docker start "$C1" >/dev/null 2>&1 || true
