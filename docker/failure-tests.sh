@@ -164,9 +164,9 @@ if want $t; then
     docker kill "$C1" >/dev/null; killed=$(date +%s)
     sim_wait 180; secs=$(( $(date +%s) - killed ))
     result=$(summary_field $t result); reason=$(summary_field $t failure_reason); msg=$(summary_field $t message)
-    # The run call's exit code: jacamar-auth exits SYSTEM_FAILURE_EXIT_CODE (2, as
+    # build_script's run call: jacamar-auth exits SYSTEM_FAILURE_EXIT_CODE (2, as
     # jacamar-sim sets it, like the runner) on a system failure (docs/batch-outcomes.md).
-    run_rc=$(docker exec "$RUNNER" jq -r '[.calls[] | select(.kind == "run")] | last | .exit_code // ""' "/tmp/$t.json" 2>/dev/null || true)
+    run_rc=$(docker exec "$RUNNER" jq -r '[.calls[] | select(.kind == "run" and .stage == "build_script")] | last | .exit_code // ""' "/tmp/$t.json" 2>/dev/null || true)
     # The driver's line for a NODE_FAIL end: "slurm job N ended NODE_FAIL (...)" and
     # "a node of the job failed".
     ended=$(grep -a 'ended NODE_FAIL' "$work/$t.log" | head -n1 || true)
@@ -180,7 +180,7 @@ if want $t; then
     elif [ -z "$ended" ] || [ -z "$named" ]; then
       fail $t "a system failure, but the job log does not name the node failure (ended NODE_FAIL: '$ended'; 'a node of the job failed': '$named'); log tail: $(tail -6 "$work/$t.log" | tr '\n' '|')"
     else
-      pass $t "CI job ended ${secs}s after the kill as a system failure (run call exit $run_rc, failure_reason '$reason'); log: '$ended' / '$named'"
+      pass $t "CI job ended ${secs}s after the kill as a system failure (run call exit $run_rc, failure_reason '$reason'); log: '$ended'$([ "$named" = "$ended" ] || echo " / '$named'")"
     fi
   fi
   docker start "$C1" >/dev/null 2>&1 || true
