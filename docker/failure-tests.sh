@@ -163,7 +163,7 @@ if want $t; then
     sleep 3
     docker kill "$C1" >/dev/null; killed=$(date +%s)
     sim_wait 180; secs=$(( $(date +%s) - killed ))
-    result=$(summary_field $t result); reason=$(summary_field $t failure_reason); msg=$(summary_field $t message)
+    result=$(summary_field $t result); reason=$(summary_field $t failure_reason)
     # build_script's run call: jacamar-auth exits SYSTEM_FAILURE_EXIT_CODE (2, as
     # jacamar-sim sets it, like the runner) on a system failure (docs/batch-outcomes.md).
     run_rc=$(docker exec "$RUNNER" jq -r '[.calls[] | select(.kind == "run" and .stage == "build_script")] | last | .exit_code // ""' "/tmp/$t.json" 2>/dev/null || true)

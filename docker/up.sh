@@ -55,7 +55,7 @@ if [ "${JACAMAR_DOCKER_NO_BUILD:-0}" != 1 ]; then
   log "cargo build --release (a no-op when up to date)"
   (cd "$REPO_DIR" && nice cargo build --release --bins --quiet)
   # Cached: leaves the packages alone (same bytes) when nothing they are made from changed.
-  log "scripts/package.sh --no-build (log: /tmp/jacamar-rs-package.log)"
+  log "scripts/package.sh --no-build (log: /tmp/jacamar-rs-package.log; the first time on a machine it also cargo-installs cargo-deb and cargo-generate-rpm: minutes)"
   "$REPO_DIR/scripts/package.sh" --no-build </dev/null >/tmp/jacamar-rs-package.log 2>&1 \
     || { tail -20 /tmp/jacamar-rs-package.log >&2; die "scripts/package.sh failed"; }
 fi
