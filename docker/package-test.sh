@@ -17,6 +17,7 @@
 #                        caps flavour's %pre/%post script and requirements
 # The test tool jacamar-sim (target/release; the runner stand-in, not in the packages) is
 # copied into the containers for the jobs only. Containers: jrs-pkgtest-*, removed at exit.
+# The job logs stay in /tmp/jacamar-rs-package-test/ ($JACAMAR_PKGTEST_LOGS).
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || die "run as root"
 docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || die "no $BASE_IMAGE: run docker/up.sh first"
@@ -44,6 +45,9 @@ for f in "$DEB_PLAIN" "$DEB_CAPS" "$RPM_PLAIN" "$RPM_CAPS" "$SIM"; do
 done
 
 work=$(mktemp -d /tmp/jacamar-rs-package-test.XXXXXX)
+# Each job's log stays in $logs for reading after the run (emptied at the start).
+logs=${JACAMAR_PKGTEST_LOGS:-/tmp/jacamar-rs-package-test}
+rm -rf "$logs"; mkdir -p "$logs"
 containers=()
 SERVER_PID=""
 finish() {
@@ -75,13 +79,14 @@ fresh() {
 in_c() { local c=$1; shift; docker exec "$c" "$@"; }
 
 # sim NAME CONTAINER USER CONFIG ARGS...: one CI job by jacamar-sim as USER; sets $out (job
-# log and runner log), $rc, and $summary (the --summary JSON).
+# log and runner log, also in $logs/NAME.log), $rc, and $summary (the --summary JSON).
 sim() {
-  local c=$2 user=$3 conf=$4; shift 4
+  local name=$1 c=$2 user=$3 conf=$4; shift 4
   rc=0
   out=$(docker exec -u "$user" -w "$(in_c "$c" getent passwd "$user" | cut -d: -f6)" "$c" \
           /tmp/jacamar-sim --driver /opt/jacamar/bin/jacamar-auth --configuration "$conf" \
           --summary /tmp/summary.json "$@" 2>&1) || rc=$?
+  printf '%s\n' "$out" >"$logs/$name.log"
   summary=$(in_c "$c" cat /tmp/summary.json 2>/dev/null || echo '{}')
   in_c "$c" rm -f /tmp/summary.json
 }
@@ -111,14 +116,14 @@ root:root 755 /opt/jacamar/bin/jacamar" ] && [[ $examples == *gitlab-runner-conf
   in_c "$c" install -d /etc/gitlab-runner
   printf '[general]\nexecutor = "shell"\ndata_dir = "$HOME"\n\n[auth]\ndownscope = "none"\n' \
     | docker exec -i "$c" tee /etc/gitlab-runner/jacamar.toml >/dev/null
-  sim j1 "$c" ciuser /etc/gitlab-runner/jacamar.toml --job-id 501 \
+  sim plain-ok "$c" ciuser /etc/gitlab-runner/jacamar.toml --job-id 501 \
     --script 'echo "PKG-JOB-RAN as $(id -un) on $(hostname)"'
   line=$(grep -a '^PKG-JOB-RAN ' <<<"$out" | head -n1 || true)
   rc_ok=$rc calls_ok=$(calls) ok1=0
   [ "$rc" = 0 ] && [ "$line" = "PKG-JOB-RAN as ciuser on $c" ] && [ "$(jq -r .result <<<"$summary")" = success ] \
     && full_sequence && ok1=1
   log1=$out
-  sim j2 "$c" ciuser /etc/gitlab-runner/jacamar.toml --job-id 502 --script 'echo before' --script 'exit 3' --script 'echo NOT-REACHED'
+  sim plain-exit3 "$c" ciuser /etc/gitlab-runner/jacamar.toml --job-id 502 --script 'echo before' --script 'exit 3' --script 'echo NOT-REACHED'
   code=$(jq -r '.build_exit_code_file // "" | tostring | gsub("\\s"; "")' <<<"$summary")
   if [ "$ok1" = 1 ] && [ "$rc" = 1 ] && [ "$code" = 3 ] && [ "$(jq -r .result <<<"$summary")" = failed ] \
      && grep -qx before <<<"$out" && ! grep -q NOT-REACHED <<<"$out" && full_sequence; then
@@ -202,7 +207,7 @@ else
   # setuid_job JOB: one CI job as gitlab-runner for jobuser, sets $out, $rc, $summary.
   setuid_job() {
     mint "$1"
-    sim "j$1" "$c" gitlab-runner /etc/gitlab-runner/jacamar.toml --job-id "$1" --user jobuser \
+    sim "setuid-$1" "$c" gitlab-runner /etc/gitlab-runner/jacamar.toml --job-id "$1" --user jobuser \
       --var CI_PROJECT_PATH=group/project --var "SITE_ID_TOKEN=$token" \
       --script 'echo "PKG-SETUID-JOB as $(id -un) uid $(id -u) gid $(id -g) caps $(grep ^CapEff /proc/self/status | cut -f2)"'
   }
@@ -248,5 +253,6 @@ else
   fail rpm_caps "jacamar-auth: '$auth'; scriptlets: $(grep scriptlet <<<"$scripts" | tr '\n' ' '); requires: $reqs"
 fi
 
+echo "(job logs: $logs)"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
