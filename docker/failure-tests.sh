@@ -9,7 +9,8 @@
 #   cleanup_removes_scripts_dir  ... and cleanup removes the job's scripts dir
 #   late_output_file        the output file shows up on the runner only after the job ended:
 #                           waited for within nfs_timeout (and reported when nfs_timeout is short)
-#   compute_node_killed     docker kill c1 mid-job: the CI job fails naming the node failure
+#   compute_node_killed     docker kill c1 mid-job: the CI job ends as a system failure (exit 2)
+#                           naming the node failure (NODE_FAIL)
 #   controller_paused       docker pause of the controller for 20 s mid-job is survived
 #   runner_disconnected     the runner node off the network for 20 s mid-job is survived
 #   runner_restarted        the runner's container restarted mid-job, then cleanup: no job left
@@ -46,7 +47,7 @@ as_ci() { docker exec -u "$CI_USER" -w "/home/$CI_USER" "$@"; }
 sim_start() {
   local name=$1 id=$2 conf=$3 script=$4; shift 4
   local vars=(); for v in "$@"; do vars+=(--var "$v"); done
-  as_ci "$RUNNER" /opt/jacamar/bin/jacamar-sim --configuration "$conf" --job-id "$id" \
+  as_ci "$RUNNER" jacamar-sim --driver /opt/jacamar/bin/jacamar-auth --configuration "$conf" --job-id "$id" \
     --summary "/tmp/$name.json" "${vars[@]}" --script "$script" >"$work/$name.log" 2>&1 &
   SIM_PID=$!
 }
@@ -162,18 +163,24 @@ if want $t; then
     sleep 3
     docker kill "$C1" >/dev/null; killed=$(date +%s)
     sim_wait 180; secs=$(( $(date +%s) - killed ))
-    result=$(summary_field $t result); reason=$(summary_field $t failure_reason); msg=$(summary_field $t message)
-    nodefail=$(grep -a -i 'NODE_FAIL\|NodeFail\|node fail' "$work/$t.log" | head -n2 | tr '\n' '|' || true)
+    result=$(summary_field $t result); reason=$(summary_field $t failure_reason)
+    # build_script's run call: jacamar-auth exits SYSTEM_FAILURE_EXIT_CODE (2, as
+    # jacamar-sim sets it, like the runner) on a system failure (docs/batch-outcomes.md).
+    run_rc=$(docker exec "$RUNNER" jq -r '[.calls[] | select(.kind == "run" and .stage == "build_script")] | last | .exit_code // ""' "/tmp/$t.json" 2>/dev/null || true)
+    # The driver's line for a NODE_FAIL end: "slurm job N ended NODE_FAIL (...)" and
+    # "a node of the job failed".
+    ended=$(grep -a 'ended NODE_FAIL' "$work/$t.log" | head -n1 || true)
+    named=$(grep -a 'a node of the job failed' "$work/$t.log" | head -n1 || true)
     if [ "$SIM_RC" = 124 ]; then
       fail $t "the CI job did not end within 180 s of docker kill c1; log tail: $(tail -5 "$work/$t.log" | tr '\n' '|')"
     elif [ "$SIM_RC" = 0 ]; then
       fail $t "the CI job succeeded although its node was killed"
-    elif [ -z "$nodefail" ]; then
-      fail $t "the CI job failed (exit $SIM_RC, result $result) but nothing names the node failure; log tail: $(tail -6 "$work/$t.log" | tr '\n' '|')"
+    elif [ "$result" != system_failure ] || [ "$SIM_RC" != 2 ] || [ "$run_rc" != 2 ]; then
+      fail $t "the CI job ended as '$result' (jacamar-sim exit $SIM_RC, run call exit '$run_rc'), not as a system failure (exit 2); failure_reason '$reason'; log tail: $(tail -6 "$work/$t.log" | tr '\n' '|')"
+    elif [ -z "$ended" ] || [ -z "$named" ]; then
+      fail $t "a system failure, but the job log does not name the node failure (ended NODE_FAIL: '$ended'; 'a node of the job failed': '$named'); log tail: $(tail -6 "$work/$t.log" | tr '\n' '|')"
     else
-      class="classified as $result"
-      [ "$result" = system_failure ] || class="classified as '$result' (not system_failure: outcome classification pending)"
-      pass $t "CI job ended ${secs}s after the kill, exit $SIM_RC, $class; failure_reason '$reason'; log: $nodefail runner message: '$msg'"
+      pass $t "CI job ended ${secs}s after the kill as a system failure (run call exit $run_rc, failure_reason '$reason'); log: '$ended'$([ "$named" = "$ended" ] || echo " / '$named'")"
     fi
   fi
   docker start "$C1" >/dev/null 2>&1 || true
@@ -184,7 +191,7 @@ fi
 # ------------------------------------------------------------------------------------------
 # outage_test NAME DESCRIPTION START_CMD STOP_CMD: a 40 s job on c2; after it has run a few
 # seconds, START_CMD, OUTAGE seconds, STOP_CMD. Survived = success, every line, and the
-# driver's lines for the scheduler failing and answering again.
+# driver's lines for the scheduler failing (or not answering) and answering again.
 outage_test() {
   local t=$1 what=$2 start_cmd=$3 stop_cmd=$4 id n=40
   next_id
@@ -201,12 +208,14 @@ outage_test() {
   wait "$probe" || true
   sim_wait 240
   local failing answering
-  failing=$(grep -a 'scheduler command failed' "$work/$t.log" | head -n1 || true)
-  answering=$(grep -a 'scheduler answering again' "$work/$t.log" | head -n1 || true)
+  # A scheduler command that fails (then answers again), or one that blocks through the
+  # outage (Slurm's client retries a controller it cannot reach): either pair is logged.
+  failing=$(grep -a -e 'scheduler command failed' -e 'has not answered for' "$work/$t.log" | head -n1 || true)
+  answering=$(grep -a -e 'scheduler answering again' -e ' answered after ' "$work/$t.log" | head -n1 || true)
   if [ "$SIM_RC" != 0 ] || ! all_ticks "$work/$t.log" $n c2; then
     fail "$t" "$what: exit $SIM_RC, $(grep -c '^tick' "$work/$t.log") of $n lines; log: $(grep -av '^tick' "$work/$t.log" | tail -8 | tr '\n' '|')"
   elif [ -z "$failing" ] || [ -z "$answering" ]; then
-    fail "$t" "$what: survived (job succeeded, all $n lines) but the driver logged nothing about the outage (failing: '$failing', answering: '$answering'); an squeue started on the runner as the outage began ended $(cat "$work/$t.probe"): the Slurm client blocked through the outage, so no scheduler command failed"
+    fail "$t" "$what: survived (job succeeded, all $n lines) but the driver logged nothing about the outage (failing or stalled: '$failing', answering: '$answering'); an squeue started on the runner as the outage began ended $(cat "$work/$t.probe")"
   else
     pass "$t" "$what: job succeeded with all $n lines; log: '$failing' then '$answering' (probe squeue during the outage: $(cat "$work/$t.probe"))"
   fi

@@ -13,7 +13,7 @@ uids=$(for c in "$CTL" "$C1" "$C2" "$RUNNER"; do docker exec "$c" id -u "$CI_USE
 sim_job() {
   local id=$(( $(date +%s%N) / 1000000 % 1000000000 ))
   rc=0
-  out=$(docker exec -u "$CI_USER" -w "/home/$CI_USER" "$RUNNER" /opt/jacamar/bin/jacamar-sim \
+  out=$(docker exec -u "$CI_USER" -w "/home/$CI_USER" "$RUNNER" jacamar-sim --driver /opt/jacamar/bin/jacamar-auth \
           --configuration "/etc/gitlab-runner/$2" --job-id "$id" \
           --script 'echo "JOB-RAN-ON $(hostname -s) as $(id -un) uid $(id -u) in ${SLURM_JOB_ID:+slurm job $SLURM_JOB_ID}"' 2>&1) || rc=$?
 }

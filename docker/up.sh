@@ -6,7 +6,8 @@
 #      dockerd started if not answering.
 #   2. The base image local/debian:bookworm from `debootstrap --variant=minbase bookworm`
 #      (skipped when the image exists: no registry is reachable, nothing is pulled).
-#   3. jacamar-rs release binaries (nice cargo build --release; a no-op when fresh).
+#   3. jacamar-rs release binaries (nice cargo build --release; a no-op when fresh) and the
+#      packages (scripts/package.sh, cached); the plain .deb is staged for the runner image.
 #   4. The service images (node/Dockerfile, runner/Dockerfile) and `docker-compose up -d`.
 #   5. Waits until both compute nodes are idle and the runner's FUSE view is mounted.
 source "$(dirname "$0")/lib.sh"
@@ -48,20 +49,32 @@ else
   log "imported $BASE_IMAGE"
 fi
 
-# --- 3. jacamar-rs binaries
-bins=(jacamar-auth jacamar jacamar-sim)
+# --- 3. jacamar-rs: the plain flavour's .deb (scripts/package.sh) and the runner stand-in
 if [ "${JACAMAR_DOCKER_NO_BUILD:-0}" != 1 ]; then
   command -v cargo >/dev/null || die "cargo is required to build the release binaries"
   log "cargo build --release (a no-op when up to date)"
   (cd "$REPO_DIR" && nice cargo build --release --bins --quiet)
+  # Cached: leaves the packages alone (same bytes) when nothing they are made from changed.
+  log "scripts/package.sh --no-build (log: /tmp/jacamar-rs-package.log; the first time on a machine it also cargo-installs cargo-deb and cargo-generate-rpm: minutes)"
+  "$REPO_DIR/scripts/package.sh" --no-build </dev/null >/tmp/jacamar-rs-package.log 2>&1 \
+    || { tail -20 /tmp/jacamar-rs-package.log >&2; die "scripts/package.sh failed"; }
 fi
+version=$(cd "$REPO_DIR" && cargo pkgid); version=${version##*[#@]}
+deb="$REPO_DIR/target/packages/jacamar-rs_${version}_amd64.deb"
+[ -s "$deb" ] || die "missing $deb (scripts/package.sh)"
+# Staged in the runner's build context, copied only when different, so that the image's
+# install layer stays cached (the legacy builder compares contents, not times).
+pkg="$DOCKER_DIR/runner/pkg"
+mkdir -p "$pkg"
+find "$pkg" -name '*.deb' ! -name "${deb##*/}" -delete
+cmp -s "$deb" "$pkg/${deb##*/}" || cp "$deb" "$pkg/${deb##*/}"
+# jacamar-sim, the runner stand-in: a test tool, not in the package.
 stage="$DOCKER_DIR/runner/bin"
 mkdir -p "$stage"
-for b in "${bins[@]}"; do
-  [ -x "$REPO_DIR/target/release/$b" ] || die "missing target/release/$b"
-  # cp only when different, so the image layer stays cached.
-  cmp -s "$REPO_DIR/target/release/$b" "$stage/$b" || cp "$REPO_DIR/target/release/$b" "$stage/$b"
-done
+rm -f "$stage/jacamar-auth" "$stage/jacamar"   # staged by earlier versions of this script
+[ -x "$REPO_DIR/target/release/jacamar-sim" ] || die "missing target/release/jacamar-sim"
+cmp -s "$REPO_DIR/target/release/jacamar-sim" "$stage/jacamar-sim" \
+  || cp "$REPO_DIR/target/release/jacamar-sim" "$stage/jacamar-sim"
 
 # --- 4. images and containers
 log "building $NODE_IMAGE"

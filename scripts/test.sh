@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need, then runs
-# formatting and lint checks, the unit and integration tests, as root (as CI does).
+# formatting and lint checks, the unit and integration tests, then the multi-host docker
+# cluster's tests (docker/README.md), as root (as CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -57,9 +58,15 @@ cleanup_test_leftovers() {
   [ -n "$cg" ] && find "$cg" -depth -type d -name 'jacamar-rs.*' -exec rmdir {} \; 2>/dev/null
   return 0
 }
-if [ "$(id -u)" = 0 ] && [ "${JACAMAR_TEST_KEEP_LEFTOVERS:-0}" != 1 ]; then
-  trap cleanup_test_leftovers EXIT
-fi
+# The docker cluster is removed (docker/down.sh) however the run ends, once up.sh started.
+docker_started=0
+on_exit() {
+  if [ "$docker_started" = 1 ]; then docker/down.sh </dev/null || echo "docker/down.sh failed" >&2; fi
+  if [ "$(id -u)" = 0 ] && [ "${JACAMAR_TEST_KEEP_LEFTOVERS:-0}" != 1 ]; then
+    cleanup_test_leftovers
+  fi
+}
+trap on_exit EXIT
 
 # --- batch executors: a real one-node Slurm, the Torque wrappers (qsub/qstat/qdel
 # over Slurm) for the PBS executor, and the non-root user the batch tests submit as. The
@@ -84,4 +91,33 @@ cargo test --all-targets --no-fail-fast 2>&1 || suite=$?
 # test running at the same time would see as an outage.
 cargo test --test integration -- --ignored --exact \
   scale_poll::a_controller_restart_mid_job_is_a_log_line 2>&1
-exit "$suite"
+
+# --- the multi-host docker cluster (docker/README.md): up, one CI job per batch executor,
+# the packages in fresh containers, the multi-host failure tests, down (also in on_exit).
+# Installs docker.io, docker-compose, debootstrap and the packaging tools itself; the base
+# image and the cargo installs stay on the machine. Every step runs; any failure fails the
+# run. Opt-out only by JACAMAR_TEST_NO_DOCKER=1 (CI never sets it).
+docker_rc=0
+if [ "${JACAMAR_TEST_NO_DOCKER:-0}" = 1 ]; then
+  echo "!!!!!!!! JACAMAR_TEST_NO_DOCKER=1: the docker cluster, the package check and the" >&2
+  echo "!!!!!!!! multi-host failure tests were NOT run; this is not a full test run" >&2
+else
+  [ "$(id -u)" = 0 ] || { echo "the docker cluster needs root" >&2; exit 2; }
+  docker_step() { # docker_step SCRIPT: run it, time it, remember a failure
+    local t0=$SECONDS rc=0
+    echo "=== docker/$1" >&2
+    "docker/$1" </dev/null || rc=$?
+    echo "=== docker/$1: exit $rc after $((SECONDS - t0)) s" >&2
+    [ "$rc" = 0 ] || docker_rc=1
+    return "$rc"
+  }
+  docker_started=1
+  if docker_step up.sh; then
+    docker_step smoke.sh || true
+    docker_step package-test.sh || true
+    docker_step failure-tests.sh || true
+  fi
+  docker_step down.sh && docker_started=0
+fi
+[ "$suite" = 0 ] || exit "$suite"
+exit "$docker_rc"
