@@ -68,6 +68,28 @@ pub fn all_empty() -> std::io::Result<bool> {
         .all(|x| x.effective == 0 && x.permitted == 0 && x.inheritable == 0))
 }
 
+/// `CAP_SETGID` and `CAP_SETUID` (linux/capability.h).
+pub const CAP_SETGID: u32 = 6;
+pub const CAP_SETUID: u32 = 7;
+
+/// True when every capability of `caps` (numbers below 32) is in the calling thread's
+/// effective set.
+pub fn effective_has(caps: &[u32]) -> std::io::Result<bool> {
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget writes two data structs into `d`, which has room for them.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(caps
+        .iter()
+        .all(|&c| c < 32 && d[0].effective & (1 << c) != 0))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -106,8 +106,8 @@ struct FdPlan {
 ///
 /// With `pipes`, the control and status pipes become descriptors 3 and 4 of the child
 /// (`--control-fd 3 --status-fd 4` precede `args`); without, the child keeps no descriptor
-/// above 2 (the `jacamar signal` helper). Every other descriptor is closed in the child
-/// before exec, whatever its close-on-exec flag. With `cgroup_procs` (an open
+/// above 2 (the `jacamar signal` helper). Every other descriptor is closed by the exec
+/// (the hook marks it close-on-exec, whatever its flag was). With `cgroup_procs` (an open
 /// `cgroup.procs`), the child first moves itself into that cgroup.
 ///
 /// The one exception, for speed: `downscope = "none"` with nothing else to do in the child
@@ -188,8 +188,13 @@ fn highest_open_fd() -> RawFd {
 
 /// The child's descriptors, between fork and exec (raw syscalls only): join the cgroup,
 /// move the pipes to 3 and 4 through free descriptors above both (never a fixed number,
-/// which could be one of the pipes), then close everything from 5 on (from 3 on without
-/// pipes).
+/// which could be one of the pipes), then mark everything from 5 on (from 3 on without
+/// pipes) close-on-exec, so the exec closes it.
+///
+/// Marked, not closed: std's own close-on-exec pipe, through which the child reports a
+/// failure of the steps that follow (a `setgroups` refused for want of CAP_SETGID) to
+/// `spawn`, is among them and must stay open until the exec. Closed here, a later failure
+/// aborted the child ("fatal runtime error") and the parent saw only a SIGABRT.
 fn arrange_fds(f: &FdPlan) -> std::io::Result<()> {
     // SAFETY: plain syscalls (write, fcntl, dup2, close_range/close) on integer descriptors
     // of this process, between fork and exec: no pointer but a static byte string, no
@@ -217,33 +222,38 @@ fn arrange_fds(f: &FdPlan) -> std::io::Result<()> {
             }
             None => 3,
         };
-        close_from(
+        cloexec_from(
             first_closed,
             f.highest_open.max(f.cgroup_procs.unwrap_or(0)),
         )
     }
 }
 
-/// Close every descriptor from `first` on: `close_range(2)` (Linux 5.9), or on ENOSYS a
-/// loop of `close` up to `highest` (everything opened after that was close-on-exec).
-fn close_from(first: RawFd, highest: RawFd) -> std::io::Result<()> {
-    // SAFETY: close_range/close on integer descriptors; async-signal-safe.
+/// Mark every descriptor from `first` on close-on-exec: `close_range(2)` with
+/// `CLOSE_RANGE_CLOEXEC` (Linux 5.11), or where the kernel lacks it (ENOSYS before 5.9,
+/// EINVAL for the flag before 5.11) `fcntl(F_SETFD)` on each up to `highest` (everything
+/// opened after that was close-on-exec already).
+fn cloexec_from(first: RawFd, highest: RawFd) -> std::io::Result<()> {
+    // SAFETY: close_range/fcntl on integer descriptors; async-signal-safe.
     unsafe {
         if libc::syscall(
             libc::SYS_close_range,
             first as libc::c_uint,
             libc::c_uint::MAX,
-            0,
+            libc::CLOSE_RANGE_CLOEXEC,
         ) == 0
         {
             return Ok(());
         }
         let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ENOSYS) {
+        if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
             return Err(err);
         }
         for fd in first..=highest {
-            libc::close(fd);
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
     }
     Ok(())
@@ -382,8 +392,17 @@ pub fn spawn_error(plan: &Plan, user: &str, exe: &Path, e: &std::io::Error) -> S
     } else {
         exe.to_path_buf()
     };
+    let hint = if plan.mode == Downscope::Setuid
+        && e.raw_os_error() == Some(libc::EPERM)
+        && !nix::unistd::geteuid().is_root()
+    {
+        " (jacamar-auth is not root: does its file still carry cap_setuid,cap_setgid=ep? \
+         `jacamar-auth validate --configuration FILE` as this account checks it)"
+    } else {
+        ""
+    };
     format!(
-        "failed to start {} as {user} (uid {}, gid {}, downscope {}): {e}",
+        "failed to start {} as {user} (uid {}, gid {}, downscope {}): {e}{hint}",
         what.display(),
         plan.uid,
         plan.gid,

@@ -137,9 +137,17 @@ fn validate(configuration: Option<&Path>, runner_config: Option<&Path>) -> i32 {
 
 fn validate_configuration(path: &Path) -> i32 {
     match privileged::validate_file(path) {
-        Ok(_) => {
-            println!("{}: OK", path.display());
-            0
+        Ok(config) => {
+            let problems = privileged::deployment_problems(&config);
+            if problems.is_empty() {
+                println!("{}: OK", path.display());
+                return 0;
+            }
+            for p in &problems {
+                println!("{}: {p}", path.display());
+            }
+            eprintln!("{} problem(s) in {}", problems.len(), path.display());
+            1
         }
         Err(e) => {
             println!("{}", e.report());

@@ -771,3 +771,30 @@ pub fn signal_name(n: i32) -> String {
 pub fn validate_file(path: &Path) -> Result<Config, crate::config::ConfigError> {
     Config::from_file(path)
 }
+
+/// What in this process would fail every job of `config` (for `jacamar-auth validate`, run
+/// as the account the runner uses): `downscope = "setuid"` needs uid 0 or CAP_SETUID and
+/// CAP_SETGID in the effective set (the caps-only deployment's file capabilities).
+pub fn deployment_problems(config: &Config) -> Vec<String> {
+    if config.auth.downscope != crate::config::Downscope::Setuid || nix::unistd::geteuid().is_root()
+    {
+        return Vec::new();
+    }
+    use crate::auth::caps::{effective_has, CAP_SETGID, CAP_SETUID};
+    match effective_has(&[CAP_SETUID, CAP_SETGID]) {
+        Ok(true) => Vec::new(),
+        Ok(false) => vec![format!(
+            "[auth] downscope = \"setuid\": jacamar-auth runs as uid {} without \
+             cap_setuid and cap_setgid in its effective set, so every job would fail to \
+             start; run it as root, or give the file the capabilities (`setcap \
+             cap_setuid,cap_setgid=ep {}`, and check with getcap)",
+            nix::unistd::geteuid(),
+            std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "jacamar-auth".into())
+        )],
+        Err(e) => vec![format!(
+            "[auth] downscope = \"setuid\": cannot read this process's capabilities: {e}"
+        )],
+    }
+}

@@ -335,3 +335,83 @@ fn caps_only_service_account_downscopes_and_cancels() {
     );
     let _ = std::fs::remove_file(&mark);
 }
+
+/// A caps-only deployment whose copy of jacamar-auth lost its file capabilities (a package
+/// upgrade without the post-install `setcap`, a copy with `cp`): the downscope fails in the
+/// child at `setgroups`, and that failure reaches the job log and the audit log as a clear
+/// error naming it, never as a crash. (Before: the child had closed std's error pipe with
+/// every other descriptor before dropping privileges, so it aborted with `fatal runtime
+/// error` and jacamar-auth said only "killed by SIGABRT without reporting a status".)
+#[test]
+fn caps_only_copy_without_its_capabilities_fails_with_a_clear_error() {
+    if !require_root() || !require_tool("setcap") {
+        return;
+    }
+    let svc = ensure_user("jrs_test_svc", &[], "/bin/bash");
+    let _user = ensure_user(CAROL, &[GA], "/bin/bash");
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let mut h = harness(&server, "setuid", "data_dir = \"$HOME\"", "", "");
+    give_token(&mut h, &server, CAROL);
+    let auth = crate::auth_kit::caps_service_copy(&mut h, &svc);
+    let st = std::process::Command::new("setcap")
+        .arg("-r")
+        .arg(&auth)
+        .status()
+        .unwrap();
+    assert!(st.success(), "setcap -r failed");
+
+    let as_svc = |env: &std::collections::BTreeMap<String, String>, args: &[&str]| {
+        std::process::Command::new(&auth)
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .current_dir(&h.runner_dir)
+            .stdin(std::process::Stdio::null())
+            .uid(svc.uid.as_raw())
+            .gid(svc.gid.as_raw())
+            .process_group(0)
+            .output()
+            .unwrap()
+    };
+    let cfg = h.config_path.display().to_string();
+    let mut env = h.env.clone();
+    let out = as_svc(&env, &["config", "--configuration", &cfg]);
+    let out = if out.status.success() {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for (k, val) in v["job_env"].as_object().unwrap() {
+            env.insert(k.clone(), val.as_str().unwrap().to_string());
+        }
+        as_svc(&env, &["prepare"])
+    } else {
+        out
+    };
+    let text = show(&out);
+    assert!(
+        !out.status.success(),
+        "a stage succeeded without capabilities: {text}"
+    );
+    assert!(
+        !text.contains("fatal runtime error") && !text.contains("SIGABRT"),
+        "the downscope crashed instead of reporting: {text}"
+    );
+    let audit = audit_lines(&h);
+    let error = audit
+        .iter()
+        .filter(|l| l["level"] == "ERROR")
+        .map(|l| l["msg"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        error.contains("Operation not permitted") && error.contains("cap_setuid,cap_setgid=ep"),
+        "the audit log does not say what failed: {error}\naudit: {audit:?}\njob log: {text}"
+    );
+    // And `validate`, run as the service account, says so before any job.
+    let out = as_svc(&env, &["validate", "--configuration", &cfg]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "validate passed: {}", show(&out));
+    assert!(
+        said.contains("downscope = \"setuid\"") && said.contains("setcap cap_setuid,cap_setgid=ep"),
+        "{}",
+        show(&out)
+    );
+}
