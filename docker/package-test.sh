@@ -12,7 +12,8 @@
 #   deb_caps_setuid_job  as gitlab-runner (no root), a job downscoped with setuid to another
 #                        user: its id_token minted here, checked against a JWKS served over
 #                        HTTPS (openssl s_server on the host's docker bridge address)
-#   deb_caps_without_the_capability  the control: after setcap -r the same job fails
+#   deb_caps_without_the_capability  the control: after setcap -r the same job fails (no
+#                        crash), and validate as gitlab-runner names the capability
 #   rpm_plain, rpm_caps  owner, group, mode and file capabilities in the RPM headers, the
 #                        caps flavour's %pre/%post script and requirements
 # The test tool jacamar-sim (target/release; the runner stand-in, not in the packages) is
@@ -223,7 +224,14 @@ else
   # above ran on the capability the package set, not on something of the container's).
   in_c "$c" setcap -r /opt/jacamar/bin/jacamar-auth
   setuid_job 602
-  if [ "$rc" != 0 ] && ! grep -q '^PKG-SETUID-JOB ' <<<"$out"; then
+  # And the failure is a clear one: no crash of the pre-exec hook, and validate as the
+  # service account says what is missing before any job.
+  valid2=$(docker exec -u gitlab-runner "$c" /opt/jacamar/bin/jacamar-auth validate --configuration /etc/gitlab-runner/jacamar.toml 2>&1) && valid2="PASSED: $valid2"
+  if grep -qa -e 'fatal runtime error' -e SIGABRT <<<"$out"; then
+    fail deb_caps_without_the_capability "the job failed by a crash, not a clear error: $(oneline "$(tail -6 <<<"$out")")"
+  elif [[ $valid2 == PASSED* ]] || [[ $valid2 != *cap_setuid,cap_setgid=ep* ]]; then
+    fail deb_caps_without_the_capability "validate as gitlab-runner does not name the missing capability: $(oneline "$valid2")"
+  elif [ "$rc" != 0 ] && ! grep -q '^PKG-SETUID-JOB ' <<<"$out"; then
     pass deb_caps_without_the_capability "after setcap -r the same job fails (jacamar-sim exit $rc, $(jq -r .result <<<"$summary")): $(oneline "$(grep -a -v '^[[:space:]]*$' <<<"$out" | tail -3)")"
   else
     fail deb_caps_without_the_capability "after setcap -r the job still ran (exit $rc): $(oneline "$(tail -6 <<<"$out")")"
