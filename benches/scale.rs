@@ -692,6 +692,11 @@ struct Outcome {
     /// command_delay and per minute; and the tools used.
     per_delay_max: f64,
     per_min_max: f64,
+    /// The shortest time between two successive status calls of one user in the window
+    /// (min over users; infinite with fewer than two calls): >= command_delay means at most
+    /// one per period, whatever the window's phase (a 43 s window can hold 5 calls 10 s
+    /// apart: 5 / 4.3 = 1.16 "per command_delay" by the count alone).
+    min_gap_secs: f64,
     status_tools: BTreeMap<String, usize>,
     sdiag_users_per_min: f64,
     sdiag_types: BTreeMap<String, u64>,
@@ -719,6 +724,7 @@ fn scenario(s: &Settings, executor: &str, n: usize, nusers: usize) -> Outcome {
             format!("shell N={n} idle")
         },
         n,
+        min_gap_secs: f64::INFINITY,
         ..Outcome::default()
     };
     println!("== {} ==", o.label);
@@ -893,6 +899,7 @@ fn scenario(s: &Settings, executor: &str, n: usize, nusers: usize) -> Outcome {
         for u in &users {
             let text = std::fs::read_to_string(&u.calls).unwrap_or_default();
             let mut count = 0usize;
+            let mut last: Option<f64> = None;
             for l in text.lines() {
                 let mut w = l.split(' ');
                 let (Some(t), Some(tool)) =
@@ -902,6 +909,10 @@ fn scenario(s: &Settings, executor: &str, n: usize, nusers: usize) -> Outcome {
                 };
                 if t >= w0 && t <= w1 && matches!(tool, "squeue" | "sacct" | "scontrol") {
                     count += 1;
+                    if let Some(prev) = last {
+                        o.min_gap_secs = o.min_gap_secs.min(t - prev);
+                    }
+                    last = Some(t);
                     *o.status_tools.entry(tool.to_string()).or_default() += 1;
                 }
             }
@@ -1149,7 +1160,7 @@ fn f2(x: f64) -> String {
 
 fn line_of(o: &Outcome, s: &Settings) -> String {
     format!(
-        "{}: {} running (after {:.0} s), {} ok; SIGTERM -> scancel p50 {} p95 {} s; status calls per user per command_delay {} (max user; {} /min), sdiag RPCs per user {} /min; CPU per job own p50 {} ms p95 {} ms, with children p50 {} ms; RSS per job p50 {} p95 {} max {} MiB (HWM p95 {}); log latency p50 {} p95 {} s ({} lines); cancel-to-gone p50 {} p95 {} max {} s ({}); wall {:.0} s; status tools {:?}; sdiag by type {:?}; by user {:?}; delay {}",
+        "{}: {} running (after {:.0} s), {} ok; SIGTERM -> scancel p50 {} p95 {} s; status calls per user per command_delay {} (max user; {} /min; shortest gap {} s), sdiag RPCs per user {} /min; CPU per job own p50 {} ms p95 {} ms, with children p50 {} ms; RSS per job p50 {} p95 {} max {} MiB (HWM p95 {}); log latency p50 {} p95 {} s ({} lines); cancel-to-gone p50 {} p95 {} max {} s ({}); wall {:.0} s; status tools {:?}; sdiag by type {:?}; by user {:?}; delay {}",
         o.label,
         o.started,
         o.start_secs,
@@ -1158,6 +1169,7 @@ fn line_of(o: &Outcome, s: &Settings) -> String {
         f2(pct(&o.to_scancel.iter().map(|x| x.1).collect::<Vec<_>>(), 0.95)),
         f2(o.per_delay_max),
         f1(o.per_min_max),
+        f2(o.min_gap_secs),
         f1(o.sdiag_users_per_min),
         f1(pct(&o.cpu_own_ms, 0.5)),
         f1(pct(&o.cpu_own_ms, 0.95)),
@@ -1194,7 +1206,12 @@ fn markdown(outs: &[Outcome], s: &Settings) -> String {
             o.ok,
             o.n,
             if batch {
-                format!("{} ({})", f2(o.per_delay_max), f1(o.per_min_max))
+                format!(
+                    "{} ({}; gap >= {} s)",
+                    f2(o.per_delay_max),
+                    f1(o.per_min_max),
+                    f2(o.min_gap_secs)
+                )
             } else {
                 "-".into()
             },
