@@ -664,7 +664,13 @@ async fn status_of(
                 JobState::Finished(f.clone()).describe()
             ),
         };
-        log.say(format!("{text} (exit code {})", f.exit_code)).await;
+        // A system failure has no exit code of the job's own (Slurm says 0:0 for a node
+        // failure): "(exit code 0)" after "a system failure" would only mislead.
+        if o.cause == outcome::Cause::Infrastructure && stopped.is_none() {
+            log.say(text).await;
+        } else {
+            log.say(format!("{text} (exit code {})", f.exit_code)).await;
+        }
     }
     let resubmit = o.resubmit && stopped.is_none();
     (
@@ -1735,6 +1741,8 @@ mod tests {
             assert!(log.contains(&format!("{timeout} (exit code 143)")), "{log}");
             let (st, log) = end(Final::ended("NODE_FAIL", 0, None, None)).await;
             assert!(matches!(st, Status::SystemFailure { .. }), "{st:?}\n{log}");
+            // Slurm's 0:0 of a node failure is not shown as the job's exit code.
+            assert!(!log.contains("(exit code"), "{log}");
             let (st, log) = end(Final::ended("CANCELLED", 0, Some(15), None)).await;
             assert!(
                 matches!(&st, Status::BuildFailure { exit_code: 143, stopped: Some(s), .. } if s.contains("cancelled outside this CI job")),
