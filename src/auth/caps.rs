@@ -52,8 +52,9 @@ pub fn clear_all() -> std::io::Result<()> {
     Ok(())
 }
 
-/// True when the effective, permitted and inheritable sets of the calling thread are empty.
-pub fn all_empty() -> std::io::Result<bool> {
+/// The calling thread's capability sets (version 3: two structs, capabilities 0-31 and
+/// 32-63). Async-signal-safe.
+fn capget() -> std::io::Result<[Data; 2]> {
     let mut h = Header {
         version: VERSION_3,
         pid: 0,
@@ -64,6 +65,12 @@ pub fn all_empty() -> std::io::Result<bool> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(d)
+}
+
+/// True when the effective, permitted and inheritable sets of the calling thread are empty.
+pub fn all_empty() -> std::io::Result<bool> {
+    let d = capget()?;
     Ok(d.iter()
         .all(|x| x.effective == 0 && x.permitted == 0 && x.inheritable == 0))
 }
@@ -75,16 +82,7 @@ pub const CAP_SETUID: u32 = 7;
 /// True when every capability of `caps` (numbers below 32) is in the calling thread's
 /// effective set.
 pub fn effective_has(caps: &[u32]) -> std::io::Result<bool> {
-    let mut h = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut d = [Data::default(); 2];
-    // SAFETY: capget writes two data structs into `d`, which has room for them.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let d = capget()?;
     Ok(caps
         .iter()
         .all(|&c| c < 32 && d[0].effective & (1 << c) != 0))

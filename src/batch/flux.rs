@@ -274,9 +274,7 @@ impl Scheduler for Flux {
         cmds: &'a Commands,
     ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
         Box::pin(async move {
-            let user = super::running_user().ok_or_else(|| {
-                BatchError::Setup("no user name for flux jobs --user (no passwd entry)".into())
-            })?;
+            let user = super::listing_user("flux jobs --user")?;
             let args = vec![
                 "jobs".to_string(),
                 "-a".into(),

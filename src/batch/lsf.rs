@@ -235,9 +235,7 @@ impl Scheduler for Lsf {
         cmds: &'a Commands,
     ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
         Box::pin(async move {
-            let user = super::running_user().ok_or_else(|| {
-                BatchError::Setup("no user name for bjobs -u (no passwd entry)".into())
-            })?;
+            let user = super::listing_user("bjobs -u")?;
             let args = s(&["-u", user, "-a", "-noheader", "-o", BJOBS_LIST_FORMAT]);
             super::list_command(cmds, "bjobs", &args, failure, no_jobs, parse_bjobs_list).await
         })

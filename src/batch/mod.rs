@@ -329,6 +329,13 @@ pub fn running_user() -> Option<&'static str> {
     .as_deref()
 }
 
+/// [`running_user`] for a per-user listing by `command` (for the error: `qstat -u`), which
+/// is only asked for when [`Scheduler::lists_user_jobs`] found a name.
+pub fn listing_user(command: &str) -> Result<&'static str, BatchError> {
+    running_user()
+        .ok_or_else(|| BatchError::Setup(format!("no user name for {command} (no passwd entry)")))
+}
+
 /// Run a scheduler's per-user listing and read it with `parse`. An answer for which
 /// `empty` holds (the scheduler's words for "you have no jobs", said with a failure by
 /// some) is an empty listing; any other failure is classified by `failure`.

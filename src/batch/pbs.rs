@@ -270,9 +270,7 @@ impl Scheduler for Pbs {
         cmds: &'a Commands,
     ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
         Box::pin(async move {
-            let user = super::running_user().ok_or_else(|| {
-                BatchError::Setup("no user name for qstat -u (no passwd entry)".into())
-            })?;
+            let user = super::listing_user("qstat -u")?;
             let args = s(&["-u", user]);
             super::list_command(cmds, "qstat", &args, failure, |_| false, parse_qstat_table).await
         })

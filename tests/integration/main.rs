@@ -20,6 +20,7 @@ mod refusals;
 mod runner_config;
 mod scale_poll;
 mod scale_wait;
+mod sched_bin;
 mod sched_stall;
 mod sec_fs;
 mod sec_policy;

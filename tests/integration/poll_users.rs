@@ -11,78 +11,13 @@ use std::time::Duration;
 
 use crate::batch_slurm::{ci_user, require_slurm, wait_exit};
 use crate::harness::{require_root, runner_script, show, Harness};
-
-/// A `scheduler_bin` dir of wrappers, one per `(tool, real path)`, that log every call
-/// (`<unix time> <tool> <args>`) to `calls.log` and exec the real (or fake) command.
-struct Counting {
-    dir: tempfile::TempDir,
-}
-
-impl Counting {
-    fn new(tools: &[(&str, PathBuf)]) -> Counting {
-        let dir = tempfile::Builder::new()
-            .prefix("jrs-pusers-bin-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let log = dir.path().join("calls.log");
-        std::fs::write(&log, "").unwrap();
-        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
-        for (tool, real) in tools {
-            let text = format!(
-                "#!/bin/bash\nprintf '%s %s %s\\n' \"$(date +%s.%N)\" {tool} \"$*\" >>{log}\nexec {real} \"$@\"\n",
-                log = log.display(),
-                real = real.display()
-            );
-            let p = dir.path().join(tool);
-            std::fs::write(&p, text).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        Counting { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Every call logged: (time, tool, arguments).
-    fn calls(&self) -> Vec<(f64, String, String)> {
-        std::fs::read_to_string(self.dir.path().join("calls.log"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.splitn(3, ' ');
-                let t = w.next()?.parse().ok()?;
-                Some((t, w.next()?.to_string(), w.next().unwrap_or("").to_string()))
-            })
-            .collect()
-    }
-}
-
-/// A 1777 data dir shared by several harnesses: the jobs of one user on one host share
-/// their polls through the user's base dir in it.
-fn shared_data_dir() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::Builder::new()
-        .prefix("jrs-pusers-data-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    (tmp, data)
-}
+use crate::sched_bin::{exec_real, shared_data_dir, use_data_dir, which, SchedBin};
 
 /// A harness of `executor` for `jacamar-ci` with `[batch]` lines `batch` and the data dir
 /// `shared`, prepared.
 fn harness(executor: &str, batch: &str, shared: &Path) -> Harness {
     let mut h = Harness::batch(executor, &ci_user(), "kill_timeout = \"5s\"", batch);
-    let text = std::fs::read_to_string(&h.config_path).unwrap();
-    let own = format!("data_dir = \"{}\"", h.data_dir.display());
-    assert!(text.contains(&own), "{text}");
-    let text = text.replace(&own, &format!("data_dir = \"{}\"", shared.display()));
-    std::fs::write(&h.config_path, text).unwrap();
-    h.data_dir = shared.to_path_buf();
+    use_data_dir(&mut h, shared);
     h.config_json();
     let out = h.prepare();
     assert!(out.status.success(), "prepare: {}", show(&out));
@@ -186,31 +121,21 @@ fn operands(args: &str, opts_with_value: &[&str]) -> usize {
     n
 }
 
-fn which(tool: &str) -> PathBuf {
-    let o = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .unwrap();
-    let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(
-        !p.is_empty(),
-        "{tool} not found (slurm-wlm-torque, which scripts/test.sh installs)"
-    );
-    PathBuf::from(p)
-}
-
 #[test]
 fn pbs_twenty_jobs_of_one_user_share_one_qstat_per_period() {
     if !require_root() {
         return;
     }
     require_slurm();
-    let bin = Counting::new(&[
-        ("qsub", which("qsub")),
-        ("qstat", which("qstat")),
-        ("qdel", which("qdel")),
-    ]);
-    let (_keep, data) = shared_data_dir();
+    let bin = SchedBin::new(
+        "jrs-pusers-bin-",
+        &[
+            ("qsub", exec_real(&which("qsub"))),
+            ("qstat", exec_real(&which("qstat"))),
+            ("qdel", exec_real(&which("qdel"))),
+        ],
+    );
+    let (_keep, data) = shared_data_dir("jrs-pusers-data-");
     let batch = format!(
         "command_delay = \"2s\"\nnfs_timeout = \"20s\"\nscheduler_bin = \"{}\"",
         bin.path().display()
@@ -258,13 +183,14 @@ fn fakes_copy(into: &Path) -> PathBuf {
 /// `n` jobs of one user on the FAKE `executor` (`flux`, `lsf`, `cobalt`), polled every
 /// second: their calls.
 fn fake_run(executor: &str, tools: &[&str], n: usize) -> Vec<(f64, String, String)> {
-    let (keep, data) = shared_data_dir();
+    let (keep, data) = shared_data_dir("jrs-pusers-data-");
     let fakes = fakes_copy(keep.path());
     let sub = if executor == "cobalt" { "cobalt/" } else { "" };
-    let bin = Counting::new(
+    let bin = SchedBin::new(
+        "jrs-pusers-bin-",
         &tools
             .iter()
-            .map(|t| (*t, fakes.join(format!("{sub}{t}"))))
+            .map(|t| (*t, exec_real(&fakes.join(format!("{sub}{t}")))))
             .collect::<Vec<_>>(),
     );
     let state = keep.path().join("state");

@@ -10,13 +10,14 @@
 //! (`transient_retry_window`), but a test's own direct `squeue` call may not.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::batch_slurm::{ci_user, lines_of, require_slurm, wait_exit, wait_line};
 use crate::harness::{proc_stat, require_root, runner_script, show, wait_for, Harness};
+use crate::sched_bin::{exec_real, shared_data_dir, use_data_dir, which, SchedBin};
 
 /// Held by every test of this module.
 static SLURM: Mutex<()> = Mutex::new(());
@@ -29,68 +30,25 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 const FINAL: &str =
     "COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|PREEMPTED|BOOT_FAIL|DEADLINE";
 
-/// A `scheduler_bin` dir of wrappers that log every call (`<unix time> <tool> <args>`) to
-/// `calls.log` and run the real command. `purge`: squeue lists no finished job.
-struct Counting {
-    dir: tempfile::TempDir,
-}
-
-impl Counting {
-    fn new(purge: bool) -> Counting {
-        let dir = tempfile::Builder::new()
-            .prefix("jrs-poll-bin-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let log = dir.path().join("calls.log");
-        std::fs::write(&log, "").unwrap();
-        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
-        for tool in ["sbatch", "squeue", "sacct", "scontrol", "scancel"] {
+/// A `scheduler_bin` dir of logging wrappers of the real Slurm tools (see
+/// [`SchedBin`]). `purge`: squeue lists no finished job.
+fn counting(purge: bool) -> SchedBin {
+    let tools: Vec<(&str, String)> = ["sbatch", "squeue", "sacct", "scontrol", "scancel"]
+        .into_iter()
+        .map(|tool| {
             let real = which(tool);
-            let run = if purge && tool == "squeue" {
+            let body = if purge && tool == "squeue" {
                 format!(
-                    "{real} \"$@\" | grep -Ev '^[^|]*\\|({FINAL})\\|'\nexit \"${{PIPESTATUS[0]}}\"\n"
+                    "{} \"$@\" | grep -Ev '^[^|]*\\|({FINAL})\\|'\nexit \"${{PIPESTATUS[0]}}\"\n",
+                    real.display()
                 )
             } else {
-                format!("exec {real} \"$@\"\n")
+                exec_real(&real)
             };
-            let text = format!(
-                "#!/bin/bash\nprintf '%s %s %s\\n' \"$(date +%s.%N)\" {tool} \"$*\" >>{log}\n{run}",
-                log = log.display()
-            );
-            let p = dir.path().join(tool);
-            std::fs::write(&p, text).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        Counting { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Every call logged: (time, tool, arguments).
-    fn calls(&self) -> Vec<(f64, String, String)> {
-        std::fs::read_to_string(self.dir.path().join("calls.log"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.splitn(3, ' ');
-                let t = w.next()?.parse().ok()?;
-                Some((t, w.next()?.to_string(), w.next().unwrap_or("").to_string()))
-            })
-            .collect()
-    }
-}
-
-fn which(tool: &str) -> String {
-    let o = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .unwrap();
-    let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(!p.is_empty(), "{tool} not found");
-    p
+            (tool, body)
+        })
+        .collect();
+    SchedBin::new("jrs-poll-bin-", &tools)
 }
 
 /// A Slurm harness of `jacamar-ci` whose scheduler commands go through `bin`, with
@@ -104,30 +62,12 @@ fn harness(bin: &Path, delay: &str, shared: Option<&Path>) -> Harness {
     );
     let mut h = Harness::batch("slurm", &ci_user(), "kill_timeout = \"5s\"", &batch);
     if let Some(shared) = shared {
-        let text = std::fs::read_to_string(&h.config_path).unwrap();
-        let own = format!("data_dir = \"{}\"", h.data_dir.display());
-        assert!(text.contains(&own), "{text}");
-        let text = text.replace(&own, &format!("data_dir = \"{}\"", shared.display()));
-        std::fs::write(&h.config_path, text).unwrap();
-        h.data_dir = shared.to_path_buf();
+        use_data_dir(&mut h, shared);
     }
     h.config_json();
     let out = h.prepare();
     assert!(out.status.success(), "prepare: {}", show(&out));
     h
-}
-
-/// A 1777 data dir shared by several harnesses (in a world-readable temp dir).
-fn shared_data_dir() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::Builder::new()
-        .prefix("jrs-poll-data-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    (tmp, data)
 }
 
 #[test]
@@ -136,8 +76,8 @@ fn twenty_jobs_of_one_user_share_one_status_query_per_period() {
         return;
     }
     let _serial = serial();
-    let bin = Counting::new(false);
-    let (_keep, data) = shared_data_dir();
+    let bin = counting(false);
+    let (_keep, data) = shared_data_dir("jrs-poll-data-");
     let hs: Vec<Harness> = (0..20)
         .map(|_| harness(bin.path(), "2s", Some(&data)))
         .collect();
@@ -292,7 +232,7 @@ fn a_controller_restart_mid_job_is_a_log_line() {
         return;
     }
     let _serial = serial();
-    let bin = Counting::new(false);
+    let bin = counting(false);
     let h = harness(bin.path(), "1s", None);
     let mut child = h.spawn_run(
         "build_script",
@@ -336,7 +276,7 @@ fn a_job_purged_from_squeue_reports_its_exit_code() {
     }
     let _serial = serial();
     // squeue forgets finished jobs at once, as after MinJobAge.
-    let bin = Counting::new(true);
+    let bin = counting(true);
 
     // The wrapper's exit file tells the code: no accounting query.
     let h = harness(bin.path(), "1s", None);

@@ -5,47 +5,32 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use crate::batch_slurm::{ci_user, require_slurm};
 use crate::harness::{require_root, runner_script, show, Harness};
+use crate::sched_bin::{exec_real, which, SchedBin};
 
 /// A `scheduler_bin` dir: every Slurm tool runs the real one; the first `squeue` sleeps
 /// `stall` seconds first (a marker in the world-writable `state` dir says it did).
-fn stalling_bin(stall: u32) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("jrs-stall-bin-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let state = dir.path().join("state");
+fn stalling_bin(stall: u32) -> SchedBin {
+    let tools: Vec<(&str, String)> = ["sbatch", "squeue", "sacct", "scontrol", "scancel"]
+        .into_iter()
+        .map(|tool| {
+            let stall = if tool == "squeue" {
+                format!(
+                    "if mkdir \"$(dirname \"$0\")/state/stalled\" 2>/dev/null; then sleep {stall}; fi\n"
+                )
+            } else {
+                String::new()
+            };
+            (tool, format!("{stall}{}", exec_real(&which(tool))))
+        })
+        .collect();
+    let bin = SchedBin::new("jrs-stall-bin-", &tools);
+    let state = bin.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    for tool in ["sbatch", "squeue", "sacct", "scontrol", "scancel"] {
-        let real = which(tool);
-        let stall = if tool == "squeue" {
-            format!(
-                "if mkdir {m} 2>/dev/null; then sleep {stall}; fi\n",
-                m = state.join("stalled").display()
-            )
-        } else {
-            String::new()
-        };
-        let p = dir.path().join(tool);
-        std::fs::write(&p, format!("#!/bin/bash\n{stall}exec {real} \"$@\"\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    dir
-}
-
-fn which(tool: &str) -> String {
-    let o = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .unwrap();
-    let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(!p.is_empty(), "{tool} not found");
-    p
+    bin
 }
 
 fn harness(bin: &Path) -> Harness {
