@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crate::batch_slurm::{beats_on, ci_user, heartbeat_job, sigkill_drivers};
 use crate::harness::{
-    alive, all_pids, children, lines_of, proc_stat, require_root, show, wait_exit, wait_for,
-    wait_line, Harness,
+    alive, all_pids, children, lines_of, proc_stat, require_root, runner_script, show, wait_exit,
+    wait_for, wait_line, Harness,
 };
 
 /// One fake scheduler under test.
@@ -146,7 +146,7 @@ fn streams_output_and_succeeds(executor: &'static str) {
     let f = fake(executor, "");
     let mut child = f.h.spawn_run(
         "build_script",
-        "for i in 1 2 3 4; do echo \"tick $i as $(id -un)\"; sleep 1; done\necho on stderr >&2\n",
+        &runner_script("for i in 1 2 3 4; do echo \"tick $i as $(id -un)\"; sleep 1; done\necho on stderr >&2\n"),
     );
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
@@ -182,7 +182,10 @@ fn streams_output_and_succeeds(executor: &'static str) {
 
 fn exit_code_7(executor: &'static str, batch_extra: &str) {
     let f = fake(executor, batch_extra);
-    let out = f.h.run("build_script", "echo before the end\nexit 7\n");
+    let out = f.h.run(
+        "build_script",
+        &runner_script("echo before the end\nexit 7\n"),
+    );
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(
         f.h.build_exit_code().as_deref(),
@@ -195,7 +198,7 @@ fn exit_code_7(executor: &'static str, batch_extra: &str) {
         "{}",
         show(&out)
     );
-    let out = f.h.run("build_script", "echo fine\n");
+    let out = f.h.run("build_script", &runner_script("echo fine\n"));
     assert!(out.status.success(), "{}", show(&out));
     assert!(f.h.cleanup().status.success());
 }
@@ -208,7 +211,7 @@ fn cancel_runs_the_trap(executor: &'static str, batch_extra: &str) -> (String, S
         "trap 'echo trapped TERM; touch {m}; exit 3' TERM\necho started\nsleep 300 &\nwait\necho not reached\n",
         m = marker.display()
     );
-    let mut child = f.h.spawn_run("build_script", &script);
+    let mut child = f.h.spawn_run("build_script", &runner_script(&script));
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
@@ -239,9 +242,11 @@ fn cancel_runs_the_trap(executor: &'static str, batch_extra: &str) -> (String, S
     for p in ours {
         assert!(!alive(p), "jacamar {p} survived");
     }
-    assert_eq!(f.h.build_exit_code().as_deref(), Some("3"), "{text}");
+    // The runner's script runs the body in `: | eval ...`: the trap's `exit 3` ends the
+    // eval's subshell, while the script's own shell, which has no trap, dies of the TERM.
+    assert_eq!(f.h.build_exit_code().as_deref(), Some("143"), "{text}");
     assert!(f.h.scripts_job_dir().is_dir());
-    let out = f.h.run("after_script", "echo after ran\n");
+    let out = f.h.run("after_script", &runner_script("echo after ran\n"));
     assert!(out.status.success(), "{}", show(&out));
     assert!(f.h.cleanup().status.success());
     let calls = std::fs::read_to_string(f.state.join("calls")).unwrap();
@@ -251,7 +256,8 @@ fn cancel_runs_the_trap(executor: &'static str, batch_extra: &str) -> (String, S
 fn cleanup_cancels_an_orphan(executor: &'static str) {
     let f = fake(executor, "");
     let beat = f.h.data_dir.join(format!("beat-{}", f.h.job_id));
-    let mut child = f.h.spawn_run("build_script", &heartbeat_job(&beat));
+    let mut child =
+        f.h.spawn_run("build_script", &runner_script(&heartbeat_job(&beat)));
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
@@ -292,7 +298,7 @@ fn cleanup_cancels_an_orphan(executor: &'static str) {
 fn refuses(executor: &'static str, params: &str, arg: &str) {
     let mut f = fake(executor, "");
     f.h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", params);
-    let out = f.h.run("build_script", "echo no\n");
+    let out = f.h.run("build_script", &runner_script("echo no\n"));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout)
@@ -398,7 +404,7 @@ fn lsf_job_name_belongs_to_the_user_without_job_cancellation() {
     // Without lsf_job_cancellation the driver does not name the job: the user's -J stays.
     let mut f = fake("lsf", "");
     f.h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", "-J my-own-name -n 1");
-    let out = f.h.run("build_script", "echo named\n");
+    let out = f.h.run("build_script", &runner_script("echo named\n"));
     assert!(out.status.success(), "{}", show(&out));
     let name = std::fs::read_to_string(f.only_job().join("name")).unwrap();
     assert_eq!(name.trim(), "my-own-name");
@@ -406,12 +412,12 @@ fn lsf_job_name_belongs_to_the_user_without_job_cancellation() {
 
     // With it, the driver names the job and refuses the user's -J.
     let mut f = fake("lsf", "lsf_job_cancellation = true");
-    let out = f.h.run("build_script", "echo named\n");
+    let out = f.h.run("build_script", &runner_script("echo named\n"));
     assert!(out.status.success(), "{}", show(&out));
     let name = std::fs::read_to_string(f.only_job().join("name")).unwrap();
     assert_eq!(name.trim(), format!("ci-{}", f.h.job_id));
     f.h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", "-J my-own-name");
-    let out = f.h.run("build_script", "echo named\n");
+    let out = f.h.run("build_script", &runner_script("echo named\n"));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("refusing scheduler argument \"-J\""),
@@ -477,7 +483,7 @@ fn cobalt_skip_cobalt_log_takes_the_status_from_the_output() {
         "rm -f {l}; mkdir {l}\necho working\nexit 5\n",
         l = log.display()
     );
-    let out = f.h.run("build_script", &script);
+    let out = f.h.run("build_script", &runner_script(&script));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(
         f.h.build_exit_code().as_deref(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::batch_slurm::{ci_user, require_slurm, slurm_jobs};
-use crate::harness::{require_root, show, wait_for, Harness};
+use crate::harness::{require_root, runner_script, show, wait_for, Harness};
 
 fn pbs() -> Harness {
     require_slurm();
@@ -34,7 +34,7 @@ fn pbs_job_streams_output_and_reports_its_exit_code() {
     let h = pbs();
     let out = h.run(
         "build_script",
-        "echo \"pbs says hi as $(id -un)\"\necho to stderr >&2\nexit 7\n",
+        &runner_script("echo \"pbs says hi as $(id -un)\"\necho to stderr >&2\nexit 7\n"),
     );
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{}", show(&out));
@@ -42,7 +42,7 @@ fn pbs_job_streams_output_and_reports_its_exit_code() {
     assert!(text.contains("pbs says hi as jacamar-ci"), "{}", show(&out));
     assert!(text.contains("to stderr"), "{}", show(&out));
     assert!(text.contains("Submitted pbs job"), "{}", show(&out));
-    let out = h.run("build_script", "echo fine\n");
+    let out = h.run("build_script", &runner_script("echo fine\n"));
     assert!(out.status.success(), "{}", show(&out));
     assert!(h.cleanup().status.success());
 }
@@ -57,7 +57,7 @@ fn pbs_refuses_output_arguments() {
         "CUSTOM_ENV_SCHEDULER_PARAMETERS",
         "-l walltime=00:05:00 -o /tmp/x",
     );
-    let out = h.run("build_script", "echo no\n");
+    let out = h.run("build_script", &runner_script("echo no\n"));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("refusing scheduler argument \"-o\""),
@@ -73,7 +73,7 @@ fn pbs_cleanup_cancels_an_orphaned_job() {
         return;
     }
     let h = pbs();
-    let mut child = h.spawn_run("build_script", "echo started\nsleep 300\n");
+    let mut child = h.spawn_run("build_script", &runner_script("echo started\nsleep 300\n"));
     let out_file = h.scripts_job_dir().join("build_script.out");
     assert!(wait_for(Duration::from_secs(60), || {
         std::fs::read_to_string(&out_file)
