@@ -202,7 +202,15 @@ async fn run_shell(
     if outcome.output_leaked {
         tracing::warn!("jacamar: a process of the job kept the output open after it ended");
     }
-    let stopped = outcome.stopped.map(|r| r.to_string());
+    let stopped = outcome.stopped.map(|r| {
+        // The script's shell ended of the stop's signal, but some of its processes (the
+        // body's subshell running a trap, a child ignoring TERM) did not: say so.
+        if outcome.escalated && outcome.exit != Exit::Signal(libc::SIGKILL) {
+            format!("{r}; the rest of the job was still running at kill_timeout and was killed with SIGKILL")
+        } else {
+            r.to_string()
+        }
+    });
     Ok(match (outcome.exit, stopped) {
         (Exit::Code(0), None) => Status::Success,
         (Exit::Code(c), stopped) => Status::BuildFailure {

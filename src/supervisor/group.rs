@@ -100,6 +100,18 @@ pub fn nothing_left(root: Pid, pgid: Option<Pid>) -> bool {
     root.as_raw() == std::process::id() as i32 && !pgid.is_some_and(group_alive) && !has_children()
 }
 
+/// Whether any process of the job other than zombies is left: a descendant of `root` (us)
+/// or a member of group `pgid`. Reaps the orphans re-parented to us on the way, so their
+/// zombies do not count.
+pub fn any_alive(root: Pid, pgid: Option<Pid>) -> bool {
+    if nothing_left(root, pgid) {
+        return false;
+    }
+    let procs = descendants(root, pgid);
+    reap_orphans(&procs);
+    procs.iter().any(|p| !p.zombie)
+}
+
 /// What a sweep found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {

@@ -5,6 +5,8 @@
 //!  Running ───────────────────────▶ Stopping ─────────────────────────────────▶ Killed
 //!     │                                │                                          │
 //!     └──────────── leader exits ──────┴──────────────────────────────────────────┘
+//!                                      │ (from Stopping: once the rest of the job ended,
+//!                                      │  or at kill_at; see `after_the_leader`)
 //!                                      ▼
 //!                      Sweeping (group + descendants until empty)
 //!                                      ▼
@@ -202,6 +204,7 @@ pub async fn supervise(
         Ok(st) => Exit::from_status(st),
         Err(_) => Exit::Code(-1),
     };
+    let state = after_the_leader(state, term, policy, requests, &mut requests_open).await;
     let (stopped, escalated) = match state {
         State::Running => (None, false),
         State::Stopping { reason, .. } => (Some(reason), false),
@@ -243,6 +246,50 @@ pub async fn supervise(
         sweep,
         output_leaked,
     }
+}
+
+/// The leader exited during a stop: the rest of the job may still be running its TERM
+/// traps (the runner's script runs the job's body in the subshell of `: | eval ...`, so
+/// its own shell, which has no trap, dies of the TERM at once while the body's trap is
+/// just starting). Wait for the group and our descendants to end on their own until the
+/// stop's `kill_at` (a second signal or a Kill: at once), then `kill()`: the trap gets
+/// the kill_timeout the stop promised, as if the leader were still there. In any other
+/// state there is nothing to wait for (a job that ended on its own has its leftovers swept
+/// with [`Policy::leftover_grace`]).
+async fn after_the_leader(
+    mut state: State,
+    term: &mut dyn Terminator,
+    policy: &Policy,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    requests_open: &mut bool,
+) -> State {
+    let Some(pgid) = policy.sweep_group else {
+        return state;
+    };
+    let me = Pid::from_raw(std::process::id() as i32);
+    let alive = || async move {
+        tokio::task::spawn_blocking(move || group::any_alive(me, Some(pgid)))
+            .await
+            .unwrap_or(false)
+    };
+    while let State::Stopping { reason, kill_at } = state {
+        if !alive().await {
+            break;
+        }
+        tokio::select! {
+            biased;
+            req = requests.recv(), if *requests_open => match req {
+                None => *requests_open = false,
+                Some(req) => state = on_request(state, req, term, policy),
+            },
+            _ = tokio::time::sleep_until(kill_at) => {
+                term.kill();
+                state = State::Killed { reason };
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    state
 }
 
 fn on_request(state: State, req: Request, term: &mut dyn Terminator, policy: &Policy) -> State {

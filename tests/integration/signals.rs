@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+use crate::harness::runner_script;
 use crate::harness::{alive, descendants, pids_in, show, wait_for, Harness};
 
 /// A job that traps TERM, starts a TERM-ignoring child and a double-forked grandchild,
@@ -38,7 +39,7 @@ wait $!
 
 fn start(h: &Harness, script: &str) -> (std::process::Child, Vec<i32>) {
     let mark = h.tmp.path().join("mark");
-    let child = h.spawn_run("build_script", script);
+    let child = h.spawn_run("build_script", &runner_script(script));
     assert!(
         wait_for(Duration::from_secs(20), || mark.join("ready").exists()),
         "job never got ready"
@@ -114,7 +115,11 @@ fn a_job_ignoring_sigterm_is_killed_at_kill_timeout() {
         "killed before kill_timeout: {took:?}"
     );
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(h.build_exit_code().as_deref(), Some("137"));
+    // The script's own shell (the runner's, around `: | eval`) has no trap and died of the
+    // TERM: its status is the build's. What ignored the TERM (the body's subshell and its
+    // children) was given kill_timeout all the same, then killed. (Before, the leader's
+    // exit started the sweep at once: "killed before kill_timeout: 526ms".)
+    assert_eq!(h.build_exit_code().as_deref(), Some("143"));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("SIGKILL"),
         "{}",
@@ -149,7 +154,7 @@ fn backstop_ends_a_job_nobody_cancelled() {
     let t0 = Instant::now();
     let out = h.run(
         "build_script",
-        "trap 'exit 143' TERM\nsleep 300 &\nwait $!\n",
+        &runner_script("trap 'exit 143' TERM\nsleep 300 &\nwait $!\n"),
     );
     let took = t0.elapsed();
     // The job would sleep 300 s: it ends at timeout (1 s) + grace (1 s), plus kill_timeout
@@ -203,9 +208,9 @@ fn leftover_background_processes_are_swept_when_the_script_ends() {
     let t0 = Instant::now();
     let out = h.run(
         "build_script",
-        &format!(
+        &runner_script(&format!(
             ": > {m}/left\nbash -c 'trap \"\" TERM; echo $$ >> {m}/left; exec sleep 300' &\n( setsid bash -c 'echo $$ >> {m}/left; exec sleep 300' & )\nwhile [ \"$(wc -l < {m}/left)\" -lt 2 ]; do sleep 0.05; done\necho done\n"
-        ),
+        )),
     );
     assert!(out.status.success(), "{}", show(&out));
     assert!(
@@ -256,4 +261,41 @@ fn an_inherited_blocked_sigterm_does_not_stop_the_cancel() {
     let out = child.wait_with_output().unwrap();
     assert!(trapped, "the cancel never reached the job: {}", show(&out));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+}
+
+/// The runner's script runs the job's body in the subshell of `: | eval ...`: on a cancel
+/// its own shell dies of the TERM at once, while the body's TERM trap is just starting. The
+/// trap still runs to its end within kill_timeout (before, the leader's exit started the
+/// sweep, which killed the trap mid-way: "trap-done" never came).
+#[test]
+fn a_slow_term_trap_in_the_runners_script_runs_to_its_end() {
+    let h = ready_harness("20s");
+    let mark = h.tmp.path().join("mark");
+    let script = format!(
+        "trap 'echo trap-start; sleep 2; echo trap-done; touch {m}/trap-done; exit 3' TERM\n\
+         touch {m}/ready\nsleep 300 &\nwait $!\necho not-reached\n",
+        m = mark.display()
+    );
+    let child = h.spawn_run("build_script", &runner_script(&script));
+    assert!(
+        wait_for(Duration::from_secs(20), || mark.join("ready").exists()),
+        "job never got ready"
+    );
+    let t0 = Instant::now();
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        mark.join("trap-done").exists() && text.contains("trap-done"),
+        "the trap was cut short: {}",
+        show(&out)
+    );
+    assert!(!text.contains("not-reached"), "{}", show(&out));
+    assert!(
+        took < Duration::from_secs(20),
+        "waited for kill_timeout although the trap ended: {took:?}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(h.build_exit_code().as_deref(), Some("143"));
 }
