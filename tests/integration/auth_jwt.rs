@@ -6,6 +6,7 @@ use crate::auth_kit::{
     audit_lines, claims, give_token, harness, hs256_with_public_key, mint, now, pki, raw_token,
     self_signed, JwksServer, TOKEN_VAR,
 };
+use crate::harness::runner_script;
 use crate::harness::{show, Harness};
 
 const GENERIC: &str = "the job could not be authorized to run on this runner";
@@ -231,7 +232,7 @@ fn good_token_runs_every_stage_with_one_fetch_and_logs_the_account() {
     h.config_json();
     assert!(h.prepare().status.success());
     for stage in ["get_sources", "build_script", "after_script"] {
-        let out = h.run(stage, "echo ok\n");
+        let out = h.run(stage, &runner_script("echo ok\n"));
         assert!(out.status.success(), "{stage}: {}", show(&out));
     }
     assert!(h.cleanup().status.success());
@@ -263,12 +264,15 @@ fn unknown_kid_refetches_once_and_accepts_a_rotated_key() {
     assert!(h.prepare().status.success());
     assert_eq!(server.hits(), 2);
     // Now cached: no more fetches.
-    assert!(h.run("build_script", "true\n").status.success());
+    assert!(h
+        .run("build_script", &runner_script("true\n"))
+        .status
+        .success());
     assert_eq!(server.hits(), 2);
     // A kid the server never has: one refetch per stage, then refused.
     let t = mint(&pki().keys[2], &claims(&server.url, h.job_id, "alice"));
     h.set(TOKEN_VAR, &t);
-    let out = h.run("build_script", "true\n");
+    let out = h.run("build_script", &runner_script("true\n"));
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert_eq!(server.hits(), 3);
 }
@@ -330,7 +334,7 @@ fn self_signed_ca_certificate_in_tls_ca_file_is_accepted_when_pinned_and_named()
     give_token(&mut h, &server, "alice");
     h.config_json();
     assert!(h.prepare().status.success());
-    let out = h.run("build_script", "echo ok\n");
+    let out = h.run("build_script", &runner_script("echo ok\n"));
     assert!(out.status.success(), "{}", show(&out));
     assert!(h.cleanup().status.success());
     assert_eq!(server.hits(), 1);
@@ -365,7 +369,7 @@ fn cleanup_gets_the_exp_grace_and_other_stages_do_not() {
     let mut c = claims(&server.url, h.job_id, "alice");
     c["exp"] = json!(now() - 30);
     h.set(TOKEN_VAR, &mint(&pki().keys[0], &c));
-    let out = h.run("build_script", "true\n");
+    let out = h.run("build_script", &runner_script("true\n"));
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let out = h.cleanup();
     assert!(out.status.success(), "{}", show(&out));

@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use crate::auth_kit::{audit_lines, ensure_user, give_token, harness, pki, JwksServer};
+use crate::harness::runner_script;
 use crate::harness::{alive, require, require_root, require_tool, show, wait_for};
 
 const CAROL: &str = "jrs_test_carol";
@@ -183,7 +184,7 @@ fn runas_script_maps_the_user() {
     h.set("CUSTOM_ENV_TARGET_USER", DAVE);
     assert!(h.config().status.success());
     assert!(h.prepare().status.success());
-    let out = h.run("build_script", "id -u\n");
+    let out = h.run("build_script", &runner_script("id -u\n"));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&svc.uid.to_string()),
         "{}",
@@ -213,9 +214,9 @@ fn run_stage_allowlist_skips_other_stages() {
     give_token(&mut h, &server, "alice");
     h.config_json();
     assert!(h.prepare().status.success());
-    let out = h.run("build_script", "echo ran-build\n");
+    let out = h.run("build_script", &runner_script("echo ran-build\n"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ran-build"));
-    let out = h.run("after_script", "echo ran-after\n");
+    let out = h.run("after_script", &runner_script("echo ran-after\n"));
     assert!(out.status.success(), "{}", show(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ran-after"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("run_stage_allowlist"));

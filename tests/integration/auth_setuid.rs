@@ -6,6 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use crate::auth_kit::{audit_lines, ensure_user, give_token, harness, pki, JwksServer};
+use crate::harness::runner_script;
 use crate::harness::{require_root, require_tool, show, wait_for, Harness};
 
 const ALICE: &str = "jrs_test_alice";
@@ -72,7 +73,7 @@ fn setuid_job_runs_as_the_user_with_no_capabilities() {
         runner = h.runner_dir.display(),
         bobs = bobs.display()
     );
-    let out = h.run("build_script", &script);
+    let out = h.run("build_script", &runner_script(&script));
     assert!(out.status.success(), "{}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let g1 = nix::unistd::Group::from_name(G1)
@@ -129,7 +130,10 @@ fn no_new_privs_is_set_when_configured() {
     users();
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = setuid_job(&server, "no_new_privs = true", "");
-    let out = h.run("build_script", "grep NoNewPrivs /proc/self/status\n");
+    let out = h.run(
+        "build_script",
+        &runner_script("grep NoNewPrivs /proc/self/status\n"),
+    );
     assert!(out.status.success(), "{}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(status_field(&text, "NoNewPrivs"), "1", "{text}");
@@ -143,12 +147,13 @@ fn no_new_privs_is_set_when_configured() {
 fn seccomp_probe(h: &Harness) -> String {
     let fifo = format!("/tmp/jrs-seccomp-{}", h.job_id);
     let script = format!(
-        "hostname jrs-never-set 2>/dev/null; echo hostname-rc=$?\n\
-         mkfifo {fifo} 2>&1 | sed 's/^/mkfifo-says: /'; echo mkfifo-rc=${{PIPESTATUS[0]}}\n\
+        "rc=0; hostname jrs-never-set 2>/dev/null || rc=$?; echo hostname-rc=$rc\n\
+         rc=0; said=$(mkfifo {fifo} 2>&1) || rc=$?\n\
+         [ -z \"$said\" ] || echo \"mkfifo-says: $said\"; echo mkfifo-rc=$rc\n\
          rm -f {fifo}\n\
          grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status\n"
     );
-    let out = h.run("build_script", &script);
+    let out = h.run("build_script", &runner_script(&script));
     assert!(out.status.success(), "{}", show(&out));
     String::from_utf8_lossy(&out.stdout).to_string()
 }
@@ -229,7 +234,7 @@ fn job_token_never_appears_on_a_command_line() {
              sh -c 'touch {m}; sleep 4' git-fetch \"https://gitlab-ci-token:{token}@example.invalid/g/p.git\"\n",
             m = mark.display()
         );
-        let child = h.spawn_run("get_sources", &script);
+        let child = h.spawn_run("get_sources", &runner_script(&script));
         assert!(wait_for(Duration::from_secs(20), || mark.exists()));
         let mut seen = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -269,7 +274,7 @@ fn sudo_downscope_runs_the_job_as_the_user() {
     assert!(h.config().status.success());
     let out = h.prepare();
     assert!(out.status.success(), "{}", show(&out));
-    let out = h.run("build_script", "echo uid=$(id -u)\n");
+    let out = h.run("build_script", &runner_script("echo uid=$(id -u)\n"));
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("uid={}", alice.uid)),
@@ -277,6 +282,6 @@ fn sudo_downscope_runs_the_job_as_the_user() {
         show(&out)
     );
     // A failing script still reports its exit code through sudo.
-    let out = h.run("build_script", "exit 7\n");
+    let out = h.run("build_script", &runner_script("exit 7\n"));
     assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{}", show(&out));
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch_slurm::ci_user;
+use crate::harness::runner_script;
 use crate::harness::{alive, config_text, require_root, show, wait_for, Harness};
 
 const SCRIPT: &str = "#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'echo hello\\n'\nexit 0\n";
@@ -43,7 +44,7 @@ fn a_cleanup_that_gives_up_says_so_on_stderr() {
     }
     let mut h = Harness::new("");
     h.config_json();
-    let out = h.run("build_script", SCRIPT);
+    let out = h.run("build_script", &runner_script(SCRIPT));
     assert!(out.status.success(), "run: {}", show(&out));
     let dir = h.scripts_job_dir();
     // Files keep arriving while cleanup empties the directory: after its rounds it gives
@@ -96,7 +97,7 @@ fn a_batch_submit_failure_is_named_a_scheduler_failure_in_the_job_log() {
     h.config_json();
     let out = h.prepare();
     assert!(out.status.success(), "prepare: {}", show(&out));
-    let out = h.run("build_script", SCRIPT);
+    let out = h.run("build_script", &runner_script(SCRIPT));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(
@@ -107,7 +108,7 @@ fn a_batch_submit_failure_is_named_a_scheduler_failure_in_the_job_log() {
     assert!(!stderr.contains("directories"), "{}", show(&out));
     // The full text (for the runner's log with -u) names what failed.
     h.unobfuscated = true;
-    let out = h.run("build_script", SCRIPT);
+    let out = h.run("build_script", &runner_script(SCRIPT));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("failed to submit to slurm"),

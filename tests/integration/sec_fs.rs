@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
+use crate::harness::runner_script;
 use crate::harness::{require_root, show, Harness};
 
 /// The job's user.
@@ -80,7 +81,7 @@ fn whole_job(h: &mut Harness) -> (bool, String) {
     let ok = step("config", h.config())
         && step("prepare", h.prepare())
         && {
-            let out = h.run("build_script", SCRIPT);
+            let out = h.run("build_script", &runner_script(SCRIPT));
             let code = h.build_exit_code();
             step(&format!("run (job exit code {code:?})"), out)
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::auth_kit::{
     audit_lines, claims, ensure_user, give_token, harness, mint, pki, JwksServer, TOKEN_VAR,
 };
+use crate::harness::runner_script;
 use crate::harness::{require_root, require_tool, show, wait_for, Harness, AUTH};
 
 const SYS: &str = "jrs_policy_sys";
@@ -63,7 +64,7 @@ fn setuid_job(server: &JwksServer, login: &str, auth: &str) -> Result<String, St
     }
     let out = h.prepare();
     assert!(out.status.success(), "prepare: {}", show(&out));
-    let out = h.run("build_script", "echo uid=$(id -u)\n");
+    let out = h.run("build_script", &runner_script("echo uid=$(id -u)\n"));
     assert!(out.status.success(), "run: {}", show(&out));
     assert!(h.cleanup().status.success());
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
@@ -285,7 +286,7 @@ fn the_upstream_admin_tutorial_configuration_runs_a_setuid_job() {
     assert!(out.status.success(), "config: {}", show(&out));
     let out = h.prepare();
     assert!(out.status.success(), "prepare: {}", show(&out));
-    let out = h.run("build_script", "echo as=$(id -un)\n");
+    let out = h.run("build_script", &runner_script("echo as=$(id -un)\n"));
     assert!(out.status.success(), "run: {}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("as={TUT}")),
@@ -379,7 +380,7 @@ fn an_absurd_ci_job_timeout_is_a_clean_system_failure() {
         h.set("CUSTOM_ENV_CI_JOB_TIMEOUT", value);
         for (what, out) in [
             ("prepare", h.prepare()),
-            ("run", h.run("build_script", "echo ran\n")),
+            ("run", h.run("build_script", &runner_script("echo ran\n"))),
         ] {
             assert_eq!(
                 out.status.code(),
@@ -397,7 +398,7 @@ fn an_absurd_ci_job_timeout_is_a_clean_system_failure() {
     }
     // The documented maximum itself is accepted.
     h.set("CUSTOM_ENV_CI_JOB_TIMEOUT", "2592000");
-    let out = h.run("build_script", "echo ran\n");
+    let out = h.run("build_script", &runner_script("echo ran\n"));
     assert!(out.status.success(), "{}", show(&out));
 }
 
@@ -418,7 +419,7 @@ fn jacamar_auth_is_not_dumpable() {
     let ready = h.data_dir.join("ready");
     let mut child = h.spawn_run(
         "build_script",
-        &format!("touch {}\nsleep 30\n", ready.display()),
+        &runner_script(&format!("touch {}\nsleep 30\n", ready.display())),
     );
     assert!(
         wait_for(Duration::from_secs(30), || ready.exists()),

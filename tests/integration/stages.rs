@@ -2,6 +2,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+use crate::harness::runner_script;
 use crate::harness::{show, Harness};
 
 const ALL_RUN_STAGES: &[&str] = &[
@@ -47,7 +48,10 @@ fn happy_path_through_every_stage() {
     }
 
     for stage in ALL_RUN_STAGES {
-        let out = h.run(stage, &format!("echo \"stage {stage} as $(id -un)\"\n"));
+        let out = h.run(
+            stage,
+            &runner_script(&format!("echo \"stage {stage} as $(id -un)\"\n")),
+        );
         assert!(out.status.success(), "{stage}: {}", show(&out));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -70,7 +74,7 @@ fn failing_script_reports_its_real_exit_code() {
     let mut h = Harness::new("");
     h.config_json();
     assert!(h.prepare().status.success());
-    let out = h.run("build_script", "echo before\nexit 3\n");
+    let out = h.run("build_script", &runner_script("echo before\nexit 3\n"));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(h.build_exit_code().as_deref(), Some("3"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("before"));
@@ -83,10 +87,20 @@ fn runner_exit_codes_come_from_the_environment() {
     h.set("SYSTEM_FAILURE_EXIT_CODE", "42");
     h.config_json();
     assert!(h.prepare().status.success());
-    assert_eq!(h.run("build_script", "exit 9\n").status.code(), Some(41));
+    assert_eq!(
+        h.run("build_script", &runner_script("exit 9\n"))
+            .status
+            .code(),
+        Some(41)
+    );
     assert_eq!(h.build_exit_code().as_deref(), Some("9"));
     h.env.remove("JACAMAR_CI_CONFIG_STR");
-    assert_eq!(h.run("build_script", "true\n").status.code(), Some(42));
+    assert_eq!(
+        h.run("build_script", &runner_script("true\n"))
+            .status
+            .code(),
+        Some(42)
+    );
 }
 
 #[test]
@@ -94,7 +108,7 @@ fn a_script_killed_by_a_signal_is_named_in_the_job_log() {
     let mut h = Harness::new("");
     h.config_json();
     assert!(h.prepare().status.success());
-    let out = h.run("build_script", "kill -KILL $$\n");
+    let out = h.run("build_script", &runner_script("kill -KILL $$\n"));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(h.build_exit_code().as_deref(), Some("137"));
     assert!(
@@ -113,7 +127,7 @@ fn stdout_and_stderr_stay_apart_and_the_env_is_an_allowlist() {
     assert!(h.prepare().status.success());
     let out = h.run(
         "build_script",
-        "echo to-out; echo to-err >&2; env | sort; echo \"TMPDIR=[$TMPDIR]\"\n",
+        &runner_script("echo to-out; echo to-err >&2; env | sort; echo \"TMPDIR=[$TMPDIR]\"\n"),
     );
     assert!(out.status.success(), "{}", show(&out));
     let so = String::from_utf8_lossy(&out.stdout);
@@ -151,7 +165,10 @@ fn custom_shell_path_is_used() {
     h.rewrite_config(&format!("shell_path = \"{}\"", wrapper.display()));
     h.config_json();
     assert!(h.prepare().status.success());
-    let out = h.run("build_script", "echo \"via=[${VIA_SHELL_PATH:-}]\"\n");
+    let out = h.run(
+        "build_script",
+        &runner_script("echo \"via=[${VIA_SHELL_PATH:-}]\"\n"),
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("via=[yes]"),
         "{}",
@@ -164,7 +181,10 @@ fn cleanup_is_idempotent_and_retain_logs_keeps_scripts() {
     let mut h = Harness::new("");
     h.config_json();
     assert!(h.prepare().status.success());
-    assert!(h.run("build_script", "true\n").status.success());
+    assert!(h
+        .run("build_script", &runner_script("true\n"))
+        .status
+        .success());
     for i in 0..3 {
         let out = h.cleanup();
         assert!(out.status.success(), "cleanup #{i}: {}", show(&out));
@@ -174,7 +194,10 @@ fn cleanup_is_idempotent_and_retain_logs_keeps_scripts() {
     let mut h = Harness::new("retain_logs = true");
     h.config_json();
     assert!(h.prepare().status.success());
-    assert!(h.run("build_script", "true\n").status.success());
+    assert!(h
+        .run("build_script", &runner_script("true\n"))
+        .status
+        .success());
     assert!(h.cleanup().status.success());
     assert!(h.scripts_job_dir().join("build_script.bash").is_file());
 }
