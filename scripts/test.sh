@@ -33,11 +33,11 @@ test_names() { # $1: passwd or group
   getent "$1" | cut -d: -f1 | grep -E '^(jrs_[a-z0-9]+_[a-z0-9_]+|project_77_bot_jrs)$' || true
 }
 cleanup_test_leftovers() {
-  local u g i cg home
+  local u g cg home
   for u in $(test_names passwd); do
     home=$(getent passwd "$u" | cut -d: -f6)
     command -v scancel >/dev/null && scancel -u "$u" 2>/dev/null
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
       pkill -KILL -u "$u" 2>/dev/null || break
       sleep 0.1
     done
