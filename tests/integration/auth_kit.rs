@@ -496,3 +496,25 @@ pub fn caps_service_copy(h: &mut Harness, svc: &nix::unistd::User) -> PathBuf {
     nix::unistd::chown(&response, Some(svc.uid), Some(svc.gid)).unwrap();
     auth
 }
+
+/// `auth` (a caps-only copy) with `args`, run as the service account `svc` the way the
+/// runner runs a hook: `env` only, in the runner's dir, no stdin, its own process group.
+pub fn svc_command(
+    auth: &std::path::Path,
+    svc: &nix::unistd::User,
+    runner_dir: &std::path::Path,
+    env: &std::collections::BTreeMap<String, String>,
+    args: &[&str],
+) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(auth);
+    c.args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(runner_dir)
+        .stdin(std::process::Stdio::null())
+        .uid(svc.uid.as_raw())
+        .gid(svc.gid.as_raw())
+        .process_group(0);
+    c
+}

@@ -3,7 +3,6 @@
 //! account deployment with a cancel.
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use crate::auth_kit::{audit_lines, ensure_user, give_token, harness, pki, JwksServer};
@@ -222,27 +221,6 @@ fn run_stage_allowlist_skips_other_stages() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("run_stage_allowlist"));
 }
 
-/// `auth` (a caps-only copy) with `args`, run as the service account `svc` the way the
-/// runner runs a hook: `env` only, in the runner's dir, no stdin, its own process group.
-fn svc_command(
-    auth: &std::path::Path,
-    svc: &nix::unistd::User,
-    runner_dir: &std::path::Path,
-    env: &std::collections::BTreeMap<String, String>,
-    args: &[&str],
-) -> std::process::Command {
-    let mut c = std::process::Command::new(auth);
-    c.args(args)
-        .env_clear()
-        .envs(env)
-        .current_dir(runner_dir)
-        .stdin(std::process::Stdio::null())
-        .uid(svc.uid.as_raw())
-        .gid(svc.gid.as_raw())
-        .process_group(0);
-    c
-}
-
 /// The deployment of ../shared/seeds/non-root-setuid-capabilities.txt: a copy of
 /// jacamar-auth with `setcap cap_setuid,cap_setgid=ep`, run by a non-root service account,
 /// downscopes to the user; a cancel still ends the job within kill_timeout + 1 s.
@@ -262,7 +240,7 @@ fn caps_only_service_account_downscopes_and_cancels() {
 
     let runner_dir = h.runner_dir.clone();
     let as_svc = |env: &std::collections::BTreeMap<String, String>, args: &[&str]| {
-        svc_command(&auth, &svc, &runner_dir, env, args)
+        crate::auth_kit::svc_command(&auth, &svc, &runner_dir, env, args)
     };
     let cfg = h.config_path.display().to_string();
     let out = as_svc(&h.env, &["config", "--configuration", &cfg])
@@ -375,7 +353,7 @@ fn caps_only_copy_without_its_capabilities_fails_with_a_clear_error() {
     assert!(st.success(), "setcap -r failed");
 
     let as_svc = |env: &std::collections::BTreeMap<String, String>, args: &[&str]| {
-        svc_command(&auth, &svc, &h.runner_dir, env, args)
+        crate::auth_kit::svc_command(&auth, &svc, &h.runner_dir, env, args)
             .output()
             .unwrap()
     };

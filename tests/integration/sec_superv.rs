@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
@@ -232,17 +232,9 @@ fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
     give_token(&mut h, &server, &user.name);
     let auth = crate::auth_kit::caps_service_copy(&mut h, &svc);
     let marks = user_dir(&h, &user);
+    let runner_dir = h.runner_dir.clone();
     let as_svc = |env: &BTreeMap<String, String>, args: &[&str]| {
-        let mut c = Command::new(&auth);
-        c.args(args)
-            .env_clear()
-            .envs(env)
-            .current_dir(&h.runner_dir)
-            .stdin(Stdio::null())
-            .uid(svc.uid.as_raw())
-            .gid(svc.gid.as_raw())
-            .process_group(0);
-        c
+        crate::auth_kit::svc_command(&auth, &svc, &runner_dir, env, args)
     };
     let cfg = h.config_path.display().to_string();
     let out = as_svc(&h.env, &["config", "--configuration", &cfg])
