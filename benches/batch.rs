@@ -147,7 +147,9 @@ fn counting_bin(dir: &Path) -> PathBuf {
     let log = dir.join("calls");
     std::fs::write(&log, "").unwrap();
     std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
-    for t in ["sbatch", "scontrol", "sacct", "scancel"] {
+    // Every Slurm tool the driver may run: a tool missing here fails the job (the driver
+    // looks in scheduler_bin only).
+    for t in ["sbatch", "squeue", "scontrol", "sacct", "scancel"] {
         let p = bin.join(t);
         std::fs::write(
             &p,
@@ -177,16 +179,21 @@ fn calls_per_minute(delay: &str, job_secs: u64) {
     let st = c.wait().unwrap();
     let secs = start.elapsed().as_secs_f64();
     let calls = std::fs::read_to_string(d.join("calls")).unwrap();
+    // A failed job's counts say nothing about polling: stop, never print them as figures.
+    assert!(
+        st.success(),
+        "the counted job (command_delay {delay}) failed: {st}; calls: {calls:?}"
+    );
     let status = calls
         .lines()
-        .filter(|l| *l == "scontrol" || *l == "sacct")
+        .filter(|l| matches!(*l, "squeue" | "scontrol" | "sacct"))
         .count();
     let total = calls.lines().count();
     println!(
-        "calls per job-minute, command_delay {delay}: {:.1} status calls/min, {:.1} total/min ({total} calls over {secs:.1} s, job {job_secs} s, ok={})",
+        "calls per job-minute, command_delay {delay}: {:.1} status calls/min, {:.1} total/min ({total} calls over {secs:.1} s, job {job_secs} s: {})",
         status as f64 * 60.0 / secs,
         total as f64 * 60.0 / secs,
-        st.success()
+        calls.lines().collect::<Vec<_>>().join(" ")
     );
     job.cleanup();
     let _ = std::fs::remove_dir_all(&d);
