@@ -220,13 +220,31 @@ fn open_base_parent(paths: &JobPaths, exp: &Expected<'_>, create: bool) -> Resul
         Anchor::Templated => {
             let base = paths.base_dir();
             let parent = base.parent().unwrap_or(Path::new("/"));
-            // The deepest existing ancestor is the admin's (or the user's) directory.
+            // The deepest existing ancestor; symbolic links on the way to it (an admin's
+            // `/scratch` -> `/lustre/scratch`) are resolved once, and the resolved path is
+            // then walked from `/` without following any.
             let existing = parent
                 .ancestors()
                 .find(|a| std::fs::symlink_metadata(a).is_ok())
                 .unwrap_or(Path::new("/"));
-            let mut dir = open_dir_path(existing, "data_dir ancestor")?;
-            let st = check_anchor(&dir)?;
+            let resolved = std::fs::canonicalize(existing).map_err(|source| FsError::Io {
+                op: "resolve",
+                path: existing.to_path_buf(),
+                source,
+            })?;
+            // Every directory on the way belongs to root or the user: the owner of a
+            // directory may rename or remove any entry in it, sticky bit or not, so anyone
+            // else owning one could swap the base dir below it for a tree of their own.
+            let owners = [0, exp.policy.uid];
+            let trust = Trust {
+                owners: &owners,
+                what: "data_dir",
+                rule: "every directory on the way to a data_dir that names the user must \
+                       belong to root or the user (another owner could swap the user's \
+                       directories for their own)",
+            };
+            let mut dir = open_trusted_path(&resolved, &trust)?;
+            check_trusted(&dir, &trust)?;
             let missing: Vec<&OsStr> = match parent.strip_prefix(existing) {
                 Ok(rest) => rest.iter().collect(),
                 Err(_) => Vec::new(),
@@ -240,6 +258,7 @@ fn open_base_parent(paths: &JobPaths, exp: &Expected<'_>, create: bool) -> Resul
                     path: base.to_path_buf(),
                 });
             }
+            let st = dir.stat()?;
             if st.st_uid != exp.policy.uid && perm_bits(&st) & 0o1000 == 0 {
                 return Err(FsError::refused(
                     &dir.path,

@@ -453,20 +453,23 @@ fn user_specific_data_dir_creates_missing_parents() {
 }
 
 #[test]
-fn user_specific_data_dir_needs_an_owned_or_sticky_ancestor() {
+fn user_specific_data_dir_needs_ancestors_of_root_or_the_user() {
     let s = site();
     let store = s.root.join("store");
     fs::create_dir(&store).unwrap();
-    chmod(&store, 0o755);
     chown(&store, Some(FAKE_UID), None).unwrap();
     let p = s.paths_for(&format!("{}/$USER/ci", store.display()));
-    let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
-    assert_eq!(path, store);
-    assert!(reason.starts_with("will not create"), "{reason}");
-    assert!(!store.join("alice").exists());
-
-    // A sticky world-writable ancestor (like /tmp) is fine.
-    chmod(&store, 0o1777);
+    // Another account's directory, private or world-writable and sticky: its owner may
+    // rename any entry of it, so nothing of the user's is created there (issue 16).
+    for mode in [0o755, 0o1777] {
+        chmod(&store, mode);
+        let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
+        assert_eq!(path, store);
+        assert!(reason.starts_with("owned by uid 12345"), "{reason}");
+        assert!(!store.join("alice").exists());
+    }
+    // Root's (or the user's) sticky world-writable directory, like /tmp, is fine.
+    chown(&store, Some(0), None).unwrap();
     ensure_job_dirs(&p, &policy()).unwrap();
     assert_eq!(lmode(&store.join("alice")), 0o700);
 }

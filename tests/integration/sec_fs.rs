@@ -324,3 +324,75 @@ fn root_dir_creation_leaves_a_home_data_dir_to_the_user() {
     let md = std::fs::symlink_metadata(&base).unwrap();
     assert_eq!((md.uid(), md.mode() & 0o7777), (user.uid.as_raw(), 0o700));
 }
+
+/// Issue 16, finding 1: with a `data_dir` that has a part after `$USER`
+/// (`<scratch>/$USER/ci`) below a sticky world-writable directory, another local user who
+/// creates `<scratch>/<user>` first (mode 1777, theirs) owns the directory the user's base
+/// dir would be created in: as its owner they may rename or remove any entry of it, swap the
+/// base dir for a tree of their own while a stage runs, and have their script run as the
+/// user. Every directory on the way must belong to root or the user: the stage is refused,
+/// naming the directory and its owner, and nothing is created in it.
+#[test]
+fn a_user_named_data_dir_below_another_users_directory_is_refused() {
+    if !require_root() {
+        return;
+    }
+    ensure_user(USER, &[], "/bin/bash");
+    let mallory = ensure_user(OTHER, &[], "/bin/bash");
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let site = site();
+    let scratch = site.path().join("scratch");
+    mkdir(&scratch, 0o1777, None);
+    // mallory got there first: <scratch>/<user>, hers, world-writable and sticky.
+    let planted = scratch.join(USER);
+    mkdir(&planted, 0o1777, Some(&mallory));
+    let mut h = job(&server, &format!("{}/$USER/ci", scratch.display()), "", "");
+    let (ok, log) = whole_job(&mut h);
+    assert!(
+        !ok,
+        "the job ran with its base dir inside {OTHER}'s directory:\n{log}"
+    );
+    assert!(
+        log.contains(&planted.display().to_string()) && log.contains(OTHER),
+        "the refusal must name {} and its owner {OTHER}:\n{log}",
+        planted.display()
+    );
+    assert!(!log.contains("job-ran-as-"), "{log}");
+    let entries: Vec<_> = std::fs::read_dir(&planted)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(entries.is_empty(), "created in {planted:?}: {entries:?}");
+}
+
+/// The same layout without the plant: the user's own `<scratch>/<user>` (created by the job,
+/// or already there and theirs) and the parts below it are fine, through a symbolic link
+/// of root's on the way (`/scratch` -> `/lustre/scratch` is common).
+#[test]
+fn a_user_named_data_dir_below_the_users_own_directory_works() {
+    if !require_root() {
+        return;
+    }
+    let user = ensure_user(USER, &[], "/bin/bash");
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let site = site();
+    let real = site.path().join("lustre");
+    mkdir(&real, 0o755, None);
+    let scratch = real.join("scratch");
+    mkdir(&scratch, 0o1777, None);
+    let link = site.path().join("scratch");
+    std::os::unix::fs::symlink(&scratch, &link).unwrap();
+    let data_dir = format!("{}/$USER/ci", link.display());
+    // First job: <scratch>/<user> does not exist yet; the job creates it.
+    let mut h = job(&server, &data_dir, "", "");
+    let (ok, log) = whole_job(&mut h);
+    assert!(ok, "{log}");
+    assert!(log.contains(&format!("job-ran-as-{USER}")), "{log}");
+    let md = std::fs::symlink_metadata(scratch.join(USER)).unwrap();
+    assert_eq!(md.uid(), user.uid.as_raw());
+    // Second job: it exists and is the user's (even world-writable and sticky).
+    std::fs::set_permissions(scratch.join(USER), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut h = job(&server, &data_dir, "", "");
+    let (ok, log) = whole_job(&mut h);
+    assert!(ok, "{log}");
+}
