@@ -76,9 +76,9 @@ pub const UNSUPPORTED: &[(&str, &str, &str)] = &[
 ];
 
 /// Executor names accepted in `general.executor` (`sbatch` is an alias of `slurm`, `bsub` of
-/// `lsf`; `qsub` is none: PBS and Cobalt both submit with it).
+/// `lsf`, `qsub` of `cobalt`: upstream's executors page names them so; PBS has no alias).
 pub const EXECUTORS: &[&str] = &[
-    "shell", "slurm", "sbatch", "pbs", "flux", "lsf", "bsub", "cobalt",
+    "shell", "slurm", "sbatch", "pbs", "flux", "lsf", "bsub", "cobalt", "qsub",
 ];
 pub const DOWNSCOPES: &[&str] = &["none", "setuid", "sudo"];
 pub const LOG_LEVELS: &[&str] = &["debug", "info", "warn", "error"];

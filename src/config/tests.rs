@@ -442,7 +442,7 @@ fn bad_choices_list_the_allowed_values() {
     assert_eq!(found.len(), 2, "{found:?}");
     assert_eq!(found[0].key.as_deref(), Some("general.executor"));
     assert!(found[0].message.contains(
-        "expected one of \"shell\", \"slurm\", \"sbatch\", \"pbs\", \"flux\", \"lsf\", \"bsub\", \"cobalt\" (values are lowercase)"
+        "expected one of \"shell\", \"slurm\", \"sbatch\", \"pbs\", \"flux\", \"lsf\", \"bsub\", \"cobalt\", \"qsub\" (values are lowercase)"
     ), "{}", found[0].message);
     assert_eq!(found[1].key.as_deref(), Some("auth.downscope"));
     assert!(found[1].message.contains("\"none\", \"setuid\", \"sudo\""));
@@ -471,10 +471,17 @@ fn bsub_is_lsf() {
     let c = ok(&BASE.replace("\"shell\"", "\"bsub\""));
     assert_eq!(c.general.executor, Executor::Lsf);
     assert_eq!(c.general.executor.as_str(), "lsf");
-    // qsub is the submit command of both PBS and Cobalt: no alias, the error lists the names.
-    let found = problems(&BASE.replace("\"shell\"", "\"qsub\""));
+}
+
+#[test]
+fn qsub_is_cobalt_as_upstream_names_it() {
+    // Upstream's executors page: `executor = "cobalt"` or `"qsub"`; PBS is `pbs` only.
+    let c = ok(&BASE.replace("\"shell\"", "\"qsub\""));
+    assert_eq!(c.general.executor, Executor::Cobalt);
+    assert_eq!(c.general.executor.as_str(), "cobalt");
+    let found = problems(&BASE.replace("\"shell\"", "\"torque\""));
     assert_eq!(found[0].key.as_deref(), Some("general.executor"));
-    assert!(found[0].message.contains("\"pbs\""), "{}", found[0].message);
+    assert!(found[0].message.contains("\"qsub\""), "{}", found[0].message);
 }
 
 #[test]

@@ -26,9 +26,10 @@ impl Executor {
         ("lsf", Executor::Lsf),
         ("bsub", Executor::Lsf),
         ("cobalt", Executor::Cobalt),
+        ("qsub", Executor::Cobalt),
     ];
 
-    /// Canonical name (`sbatch` reads back as `slurm`, `bsub` as `lsf`).
+    /// Canonical name (`sbatch` reads back as `slurm`, `bsub` as `lsf`, `qsub` as `cobalt`).
     pub fn as_str(self) -> &'static str {
         match self {
             Executor::Shell => "shell",
