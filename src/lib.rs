@@ -14,6 +14,15 @@
 // Every `unsafe` block says why it is sound (CI denies warnings).
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+/// What `--version` prints after the program's name: the version, then a `Version: <x>` line
+/// as upstream Jacamar prints it (Spack and site scripts find installs with
+/// `Version:\s*(\S+)`).
+pub const VERSION_TEXT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nVersion: ",
+    env!("CARGO_PKG_VERSION")
+);
+
 pub mod auth;
 pub mod batch;
 pub mod clock;

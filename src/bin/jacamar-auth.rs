@@ -13,7 +13,7 @@ use jacamar::stages::privileged::{self, Call, Options};
 /// GitLab Runner custom-executor driver for HPC: authorizes the job, downscopes to the
 /// user's account and runs each stage through jacamar.
 #[derive(Parser, Debug)]
-#[command(name = "jacamar-auth", version, about, long_about = None)]
+#[command(name = "jacamar-auth", version = jacamar::VERSION_TEXT, about, long_about = None)]
 struct Cli {
     /// Show full error details in the job log (by default they go to the audit log only).
     #[arg(short = 'u', long, global = true)]

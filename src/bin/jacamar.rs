@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 /// Runs one stage of a CI job as the job's user (started by jacamar-auth).
 #[derive(Parser, Debug)]
-#[command(name = "jacamar", version, about, long_about = None)]
+#[command(name = "jacamar", version = jacamar::VERSION_TEXT, about, long_about = None)]
 struct Cli {
     /// Descriptor on which jacamar-auth hands over the stage and sends control messages
     /// (required by every action but `signal`).

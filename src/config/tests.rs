@@ -481,7 +481,11 @@ fn qsub_is_cobalt_as_upstream_names_it() {
     assert_eq!(c.general.executor.as_str(), "cobalt");
     let found = problems(&BASE.replace("\"shell\"", "\"torque\""));
     assert_eq!(found[0].key.as_deref(), Some("general.executor"));
-    assert!(found[0].message.contains("\"qsub\""), "{}", found[0].message);
+    assert!(
+        found[0].message.contains("\"qsub\""),
+        "{}",
+        found[0].message
+    );
 }
 
 #[test]

@@ -209,3 +209,22 @@ fn cleanup_works_without_job_env_from_a_failed_config() {
     let out = h.cleanup();
     assert!(out.status.success(), "{}", show(&out));
 }
+
+/// Upstream's `--version` has a `Version: <x>` line, which Spack (`Version:\s*(\S+)`) and site
+/// scripts look for: both binaries print one, after clap's usual `<name> <version>`.
+#[test]
+fn both_binaries_print_a_version_line_as_upstream_does() {
+    for bin in [crate::harness::AUTH, env!("CARGO_BIN_EXE_jacamar")] {
+        let out = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bin}: {}", show(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.lines().any(|l| l == format!("Version: {version}")),
+            "{bin} --version printed {text:?}"
+        );
+    }
+}
