@@ -174,6 +174,9 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
         )
     })?;
     let config = load_config(opts).map_err(|e| (e, None))?;
+    if let Some(problem) = capabilities_with_downscope_none(&config) {
+        return Err((StageError::Deployment(problem), Some(config)));
+    }
     let run = async {
         let mut job = JobContext::from_env()?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -772,29 +775,72 @@ pub fn validate_file(path: &Path) -> Result<Config, crate::config::ConfigError> 
     Config::from_file(path)
 }
 
-/// What in this process would fail every job of `config` (for `jacamar-auth validate`, run
-/// as the account the runner uses): `downscope = "setuid"` needs uid 0 or CAP_SETUID and
-/// CAP_SETGID in the effective set (the caps-only deployment's file capabilities).
+/// What in this process would fail every job of `config`, or make it unsafe (for
+/// `jacamar-auth validate`, run as the account the runner uses): `downscope = "setuid"`
+/// needs uid 0 or CAP_SETUID and CAP_SETGID in the effective set (the caps-only
+/// deployment's file capabilities); `downscope = "none"` must not run in a process holding
+/// capabilities (see [`capabilities_with_downscope_none`]).
 pub fn deployment_problems(config: &Config) -> Vec<String> {
-    if config.auth.downscope != crate::config::Downscope::Setuid || nix::unistd::geteuid().is_root()
-    {
-        return Vec::new();
+    let mut problems: Vec<String> = capabilities_with_downscope_none(config)
+        .into_iter()
+        .collect();
+    if config.auth.downscope != Downscope::Setuid || nix::unistd::geteuid().is_root() {
+        return problems;
     }
     use crate::auth::caps::{effective_has, CAP_SETGID, CAP_SETUID};
     match effective_has(&[CAP_SETUID, CAP_SETGID]) {
-        Ok(true) => Vec::new(),
-        Ok(false) => vec![format!(
+        Ok(true) => {}
+        Ok(false) => problems.push(format!(
             "[auth] downscope = \"setuid\": jacamar-auth runs as uid {} without \
              cap_setuid and cap_setgid in its effective set, so every job would fail to \
              start; run it as root, or give the file the capabilities (`setcap \
              cap_setuid,cap_setgid=ep {}`, and check with getcap)",
             nix::unistd::geteuid(),
-            std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "jacamar-auth".into())
-        )],
-        Err(e) => vec![format!(
+            own_path()
+        )),
+        Err(e) => problems.push(format!(
             "[auth] downscope = \"setuid\": cannot read this process's capabilities: {e}"
-        )],
+        )),
+    }
+    problems
+}
+
+/// This executable's path, for messages.
+fn own_path() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "jacamar-auth".into())
+}
+
+/// `downscope = "none"` in a jacamar-auth that holds capabilities its uid does not give it
+/// (a non-root account with file capabilities: the caps-only deployment). Its job would run
+/// as that same account, which may execute this binary with a configuration, a job response
+/// and an id_token of its own (`downscope = "setuid"`, its own `gitlab_server`) and so run
+/// as any user. Every stage refuses it before reading the job, and `validate` reports it.
+/// `None` for another downscope, for root (its job runs as root already) and for a process
+/// without capabilities. A failure to read the capabilities refuses too.
+pub fn capabilities_with_downscope_none(config: &Config) -> Option<String> {
+    let uid = nix::unistd::geteuid();
+    if config.auth.downscope != Downscope::None || uid.is_root() {
+        return None;
+    }
+    match crate::auth::caps::held() {
+        Ok(0) => None,
+        Ok(mask) => Some(format!(
+            "[auth] downscope = \"none\" is refused: jacamar-auth ({}) runs as uid {uid} \
+             holding capabilities (permitted/effective {mask:016x}), and a job with \
+             downscope = \"none\" runs as that same uid, so it could execute this \
+             jacamar-auth with a configuration and an id_token of its own and run as any \
+             user; use downscope = \"setuid\" with this copy, or run downscope = \"none\" \
+             jobs through a copy of jacamar-auth without capabilities (getcap shows them, \
+             setcap -r removes them)",
+            own_path()
+        )),
+        Err(e) => Some(format!(
+            "[auth] downscope = \"none\" is refused: cannot read the capabilities of \
+             jacamar-auth ({}, uid {uid}): {e}; a job running as this uid could use any it \
+             holds",
+            own_path()
+        )),
     }
 }
