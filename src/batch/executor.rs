@@ -40,6 +40,7 @@ use super::{args, BatchError, Commands, Final, JobState, Scheduler, Submission};
 use crate::config::Config;
 use crate::protocol::Status;
 use crate::supervisor::{Reason, Request};
+use crate::text::sanitize;
 
 /// The shortest interval between two status polls (when `command_delay` is smaller).
 pub const MIN_POLL: Duration = Duration::from_millis(250);
@@ -934,14 +935,24 @@ pub async fn cleanup_job(
     workdir: PathBuf,
 ) -> Vec<String> {
     let record = Record::in_dir(scripts_dir);
-    let jobs = match record.read() {
-        Ok(j) => j,
+    let name = scheduler.name();
+    // The record is in the job's scripts dir: only ids of the scheduler's own form pass.
+    let read = match record.read(name, &|id| scheduler.valid_id(id)) {
+        Ok(r) => r,
         Err(e) => return vec![e.to_string()],
     };
+    let mut problems: Vec<String> = read
+        .refused
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {r}: skipped, no command is given it",
+                record.path().display()
+            )
+        })
+        .collect();
     let cmds = commands(config, env, workdir);
-    let name = scheduler.name();
-    let mut problems = Vec::new();
-    for j in jobs.iter().filter(|j| !j.done) {
+    for j in read.jobs.iter().filter(|j| !j.done) {
         let st = match scheduler.state(&cmds, &j.id).await {
             Ok(st) => st,
             Err(e) => {
@@ -955,10 +966,11 @@ pub async fn cleanup_job(
         if !st.is_active() {
             continue;
         }
+        // The scheduler's words may carry what the job put there (a Flux exception note).
         println!(
             "cleanup: cancelling {name} job {} (still {})",
             j.id,
-            st.describe()
+            sanitize(&st.describe())
         );
         if let Err(e) = scheduler.cancel(&cmds, &j.id, false).await {
             problems.push(e.to_string());
@@ -970,7 +982,11 @@ pub async fn cleanup_job(
             .clamp(MIN_POLL, Duration::from_secs(1));
         match confirm_gone(scheduler, &cmds, &j.id, step).await {
             Some(st) => {
-                println!("cleanup: {name} job {} is gone ({})", j.id, st.describe());
+                println!(
+                    "cleanup: {name} job {} is gone ({})",
+                    j.id,
+                    sanitize(&st.describe())
+                );
                 if let Err(e) = record.finished(&j.id) {
                     problems.push(e.to_string());
                 }
@@ -1111,6 +1127,9 @@ mod tests {
             }
             fn illegal_args(&self) -> &'static [args::Illegal] {
                 &[]
+            }
+            fn valid_id(&self, id: &str) -> bool {
+                crate::batch::is_decimal_id(id)
             }
             fn submit<'a>(
                 &'a self,

@@ -24,6 +24,7 @@ use crate::job::{JobContext, RunnerEnv};
 use crate::protocol::{self, Action, ControlWriter, Handoff, Status};
 use crate::supervisor::cgroup::JobCgroup;
 use crate::supervisor::{self, group, OsSignals, Outcome, Policy, Request, Terminator};
+use crate::text::sanitize;
 
 /// One call of `jacamar-auth` by the runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +85,7 @@ pub fn main(opts: Options) -> i32 {
         Ok(Done::Success | Done::Configured(_)) => 0,
         Ok(Done::BuildFailure { exit_code, note }) => {
             if let Some(note) = note {
-                eprintln!("ERROR: {note}");
+                eprintln!("ERROR: {}", sanitize(&note));
             }
             if let Some(path) = &runner.build_exit_code_file {
                 if let Err(e) = std::fs::write(path, format!("{exit_code}\n")) {
@@ -109,7 +110,9 @@ pub fn main(opts: Options) -> i32 {
 /// Without a configuration (it could not be loaded) the event goes to syslog on a best
 /// effort: nothing says logging is wanted, so a missing /dev/log is not reported.
 fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
-    let full = err.detail();
+    // The reason may quote what the job controls (a message jacamar relays, a variable, a
+    // path): no control character reaches the runner's log or the audit log as is.
+    let full = sanitize(&err.detail()).into_owned();
     let job = JobContext::from_env().ok();
     let id = obfuscate::error_id();
     let sink = match config {
@@ -196,7 +199,8 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
             }
             Call::Run { stage, .. } if !auth::stage_allowed(&config, stage) => {
                 eprintln!(
-                    "WARNING: stage {stage} is not in the runner's run_stage_allowlist; skipped"
+                    "WARNING: stage {} is not in the runner's run_stage_allowlist; skipped",
+                    sanitize(stage)
                 );
                 Ok(Done::Success)
             }
@@ -723,10 +727,11 @@ fn done_of(status: Status, category: Option<obfuscate::Category>) -> Result<Done
             Done::BuildFailure { exit_code, note }
         }
         Status::SystemFailure { message } => {
+            // jacamar runs as the job's user: its words are the job's to choose.
             return Err(StageError::User {
-                message,
+                message: sanitize(&message).into_owned(),
                 category: category.unwrap_or(obfuscate::Category::Internal),
-            })
+            });
         }
         Status::Configured {
             builds_dir,
