@@ -1070,6 +1070,100 @@ mod tests {
         assert!(matches!(s, Status::BuildFailure { exit_code: 1, .. }));
     }
 
+    /// `cleanup_job` against a scheduler that records the id of every call: a forged line of
+    /// the job's record gives no id to any call and is reported escaped; the valid ids are
+    /// asked about and the active one is cancelled.
+    #[tokio::test(start_paused = true)]
+    async fn cleanup_gives_no_forged_id_to_the_scheduler() {
+        use std::sync::Mutex;
+
+        #[derive(Default)]
+        struct Ids(Mutex<Vec<String>>);
+        impl Scheduler for Ids {
+            fn name(&self) -> &'static str {
+                "slurm"
+            }
+            fn illegal_args(&self) -> &'static [args::Illegal] {
+                &[]
+            }
+            fn valid_id(&self, id: &str) -> bool {
+                super::super::slurm::valid_id(id)
+            }
+            fn submit<'a>(
+                &'a self,
+                _: &'a Commands,
+                _: &'a Submission,
+            ) -> crate::batch::BoxFuture<'a, Result<String, BatchError>> {
+                Box::pin(async { Ok("1".to_string()) })
+            }
+            fn state<'a>(
+                &'a self,
+                _: &'a Commands,
+                id: &'a str,
+            ) -> crate::batch::BoxFuture<'a, Result<JobState, BatchError>> {
+                let cancelled = self.0.lock().unwrap().contains(&format!("cancel {id}"));
+                self.0.lock().unwrap().push(format!("state {id}"));
+                Box::pin(async move {
+                    Ok(match (id, cancelled) {
+                        ("41", false) => JobState::Running {
+                            state: "RUNNING".into(),
+                        },
+                        ("41", true) => {
+                            JobState::Finished(Final::ended("CANCELLED", 0, None, None))
+                        }
+                        _ => JobState::Unknown,
+                    })
+                })
+            }
+            fn cancel<'a>(
+                &'a self,
+                _: &'a Commands,
+                id: &'a str,
+                _: bool,
+            ) -> crate::batch::BoxFuture<'a, Result<(), BatchError>> {
+                self.0.lock().unwrap().push(format!("cancel {id}"));
+                Box::pin(async { Ok(()) })
+            }
+        }
+
+        let text =
+            "[general]\nexecutor = \"slurm\"\ndata_dir = \"/ecp\"\n[auth]\ndownscope = \"none\"\n";
+        let config = Config::from_str_named(text, "test.toml").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(super::super::persist::FILE_NAME),
+            "job slurm 41\njob slurm --uid=0\njob slurm 4\x1b[31m2\njob slurm -u alice\njob slurm 43\n",
+        )
+        .unwrap();
+        let sched = Ids::default();
+        let problems = cleanup_job(
+            &config,
+            &sched,
+            dir.path(),
+            vec![],
+            dir.path().to_path_buf(),
+        )
+        .await;
+        let calls = sched.0.lock().unwrap().clone();
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.ends_with(" 41") || c.ends_with(" 43")),
+            "{calls:?}"
+        );
+        assert!(calls.contains(&"cancel 41".to_string()), "{calls:?}");
+        assert!(calls.contains(&"state 43".to_string()), "{calls:?}");
+        let text = problems.join("\n");
+        assert_eq!(problems.len(), 3, "{text}");
+        assert!(
+            text.contains("\"--uid=0\" is not a slurm job id")
+                && text.contains("\"4\\u{1b}[31m2\" is not a slurm job id")
+                && text.contains("\"job slurm -u alice\"")
+                && !text.contains('\x1b'),
+            "{text}"
+        );
+    }
+
     mod machine {
         //! The state machine on tokio's paused clock, against an in-memory scheduler that
         //! answers from a script and records every call with its (virtual) time. The tails
