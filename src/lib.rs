@@ -36,3 +36,4 @@ pub mod stages;
 pub mod supervisor;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod text;

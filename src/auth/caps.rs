@@ -88,6 +88,15 @@ pub fn effective_has(caps: &[u32]) -> std::io::Result<bool> {
         .all(|&c| c < 32 && d[0].effective & (1 << c) != 0))
 }
 
+/// The capabilities in the calling thread's permitted or effective set, as one mask
+/// (bit N: capability N, as `CapPrm`/`CapEff` of `/proc/self/status`); 0 when it holds none.
+pub fn held() -> std::io::Result<u64> {
+    let d = capget()?;
+    let low = u64::from(d[0].permitted | d[0].effective);
+    let high = u64::from(d[1].permitted | d[1].effective);
+    Ok((high << 32) | low)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -101,5 +110,18 @@ mod tests {
             });
         }
         assert_eq!(cmd.status().unwrap().code(), Some(0));
+    }
+
+    #[test]
+    fn held_matches_proc_status() {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap()
+        };
+        assert_eq!(super::held().unwrap(), field("CapPrm:") | field("CapEff:"));
     }
 }

@@ -62,6 +62,70 @@ pub fn check_sizes(env: &BTreeMap<String, String>, max: usize) -> Result<(), Aut
     Ok(())
 }
 
+/// Whether the job variable `name` is reserved while the driver manages git's credentials
+/// (unless `unrestricted_cmd_line`): [`ASKPASS_ORIGIN_VAR`] and the git variables of
+/// [`askpass_env`] (`GIT_ASKPASS`, `GIT_TERMINAL_PROMPT`, `GIT_CONFIG_COUNT`,
+/// `GIT_CONFIG_KEY_<n>`, `GIT_CONFIG_VALUE_<n>`), and `GIT_CONFIG_PARAMETERS`, which git
+/// reads after `GIT_CONFIG_COUNT`: a `credential.helper` there would come after our empty
+/// one and be given the token to store. The runner's script exports every CI variable over
+/// the environment `jacamar` set, so any of these would decide where the job token goes.
+/// Helpers from config files (system, `HOME`, `GIT_CONFIG_GLOBAL`) come before the
+/// command-scope reset and are cleared by it; the user's own opt-ins (`JACAMAR_NO_BASH_PROFILE`,
+/// ...) and other git variables (`GIT_STRATEGY`, `GIT_CONFIG_NOSYSTEM`) are not reserved.
+pub fn reserved_git_variable(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        ASKPASS_ORIGIN_VAR,
+        "GIT_ASKPASS",
+        "GIT_TERMINAL_PROMPT",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_PARAMETERS",
+    ];
+    let numbered = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    EXACT.contains(&name) || numbered("GIT_CONFIG_KEY_") || numbered("GIT_CONFIG_VALUE_")
+}
+
+/// Refuse a job whose CI variables (`CUSTOM_ENV_<NAME>`: exactly what the runner's script
+/// exports) set a name of [`reserved_git_variable`]. The error names every such variable,
+/// never a value.
+pub fn check_reserved(env: &BTreeMap<String, String>) -> Result<(), AuthError> {
+    let names: Vec<String> = env
+        .keys()
+        .filter_map(|k| k.strip_prefix("CUSTOM_ENV_"))
+        .filter(|n| reserved_git_variable(n))
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        Ok(())
+    } else {
+        Err(AuthError::ReservedVariables(names))
+    }
+}
+
+/// The text of [`AuthError::ReservedVariables`] for `names`.
+pub fn reserved_message(names: &[String]) -> String {
+    let (what, verb) = if names.len() == 1 {
+        ("the CI variable", "is")
+    } else {
+        ("the CI variables", "are")
+    };
+    format!(
+        "job refused: {what} {} {verb} reserved by the CI driver because {} where git sends \
+         the job token (the driver gives it only to the job's GitLab server); remove {} from \
+         the job's variables (.gitlab-ci.yml, and the project's, group's or instance's CI/CD \
+         variables, or the pipeline's)",
+        names.join(", "),
+        if names.len() == 1 {
+            "it decides"
+        } else {
+            "they decide"
+        },
+        if names.len() == 1 { "it" } else { "them" },
+    )
+}
+
 /// The user name git is given for job-token authentication.
 pub const TOKEN_USER: &str = "gitlab-ci-token";
 
@@ -242,6 +306,69 @@ mod tests {
         let e = check_sizes(&env, 10).unwrap_err().to_string();
         assert!(
             e.contains("BIG") && e.contains("33") && !e.contains("secretvalue"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reserved_names_are_the_ones_that_steer_the_token() {
+        for name in [
+            "JACAMAR_ASKPASS_ORIGIN",
+            "GIT_ASKPASS",
+            "GIT_TERMINAL_PROMPT",
+            "GIT_CONFIG_COUNT",
+            "GIT_CONFIG_PARAMETERS",
+            "GIT_CONFIG_KEY_0",
+            "GIT_CONFIG_VALUE_0",
+            "GIT_CONFIG_KEY_7",
+            "GIT_CONFIG_VALUE_12",
+        ] {
+            assert!(reserved_git_variable(name), "{name}");
+        }
+        for name in [
+            "GIT_CONFIG_NOSYSTEM",
+            "GIT_CONFIG_GLOBAL",
+            "GIT_CONFIG_KEY_",
+            "GIT_CONFIG_KEY_x",
+            "GIT_STRATEGY",
+            "GIT_DEPTH",
+            "JACAMAR_NO_BASH_PROFILE",
+            "JACAMAR_ETC_PROFILE_ONLY",
+            "JACAMAR_LIMIT_BUILD_DIR",
+            "JACAMAR_REUSE_ALLOCATION",
+            "git_askpass",
+            "CI_JOB_TOKEN",
+        ] {
+            assert!(!reserved_git_variable(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn reserved_variables_are_named_never_shown() {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE".to_string(),
+            "true".to_string(),
+        );
+        env.insert("GIT_ASKPASS".to_string(), "/runner/own".to_string());
+        assert!(check_reserved(&env).is_ok(), "the runner's own variables");
+        env.insert(
+            "CUSTOM_ENV_JACAMAR_ASKPASS_ORIGIN".to_string(),
+            "https://evil.example".to_string(),
+        );
+        env.insert(
+            "CUSTOM_ENV_GIT_CONFIG_VALUE_12".to_string(),
+            "secretvalue".to_string(),
+        );
+        let e = check_reserved(&env).unwrap_err();
+        assert!(e.user_facing());
+        let e = e.to_string();
+        assert!(
+            e.contains("GIT_CONFIG_VALUE_12, JACAMAR_ASKPASS_ORIGIN are reserved")
+                && e.contains("job token")
+                && !e.contains("evil")
+                && !e.contains("secretvalue")
+                && !e.contains("NO_BASH_PROFILE"),
             "{e}"
         );
     }

@@ -86,17 +86,23 @@ pub enum AuthError {
         len: usize,
         max: usize,
     },
+    /// CI variables that would decide where the job token goes (see
+    /// [`env::reserved_git_variable`]): their names, never their values.
+    #[error("{}", env::reserved_message(.0))]
+    ReservedVariables(Vec<String>),
 }
 
 impl AuthError {
     /// Errors whose full text the CI user needs and may see (they reveal nothing of the
-    /// runner): the missing id_token, an over-long variable, the script line holding the
-    /// job token where it cannot be hidden (its number, never its text).
+    /// runner): the missing id_token, an over-long variable, a reserved variable (its name,
+    /// never its value), the script line holding the job token where it cannot be hidden
+    /// (its number, never its text).
     pub fn user_facing(&self) -> bool {
         matches!(
             self,
             AuthError::MissingToken { .. }
                 | AuthError::EnvTooLong { .. }
+                | AuthError::ReservedVariables(_)
                 | AuthError::TokenInScript(_)
         )
     }
@@ -196,6 +202,11 @@ pub async fn authorize(
 ) -> Result<Target, AuthError> {
     let a = &config.auth;
     env::check_sizes(env, a.max_env_chars)?;
+    // The driver manages git's credentials (askpass, see `env::askpass_env`): no CI
+    // variable may steer where the job token goes.
+    if !config.general.unrestricted_cmd_line {
+        env::check_reserved(env)?;
+    }
     let (var, token) = find_token(config, env);
     let Some(token) = token else {
         if !needs_token(config) {

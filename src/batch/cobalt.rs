@@ -185,7 +185,12 @@ pub fn parse_submit(stdout: &str) -> Option<String> {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
-    (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| id.to_string())
+    valid_id(id).then(|| id.to_string())
+}
+
+/// A Cobalt job id as qsub prints it: decimal digits.
+pub fn valid_id(id: &str) -> bool {
+    super::is_decimal_id(id)
 }
 
 impl Scheduler for Cobalt {
@@ -214,6 +219,10 @@ impl Scheduler for Cobalt {
             output,
             &exit,
         )
+    }
+
+    fn valid_id(&self, id: &str) -> bool {
+        valid_id(id)
     }
 
     fn submit<'a>(
@@ -300,7 +309,8 @@ impl Scheduler for Cobalt {
     ) -> BoxFuture<'a, Result<(), BatchError>> {
         // qdel sends SIGTERM, then SIGKILL after a delay: graceful already.
         Box::pin(async move {
-            let args = s(&[id]);
+            // `--`: Cobalt's qdel (optparse) takes what follows as job ids, never options.
+            let args = s(&["--", id]);
             super::cancel_command(cmds, "qdel", &args, failure, |_| false).await
         })
     }
@@ -317,6 +327,15 @@ impl Scheduler for Cobalt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_ids_are_digits() {
+        assert!(valid_id("1000"));
+        assert_eq!(parse_submit("1000\n").as_deref(), Some("1000"));
+        for id in ["", "-u", "--", "10 00", "1000\u{1b}[0m", "1000.server", "x"] {
+            assert!(!valid_id(id), "{id:?}");
+        }
+    }
 
     #[test]
     fn qstat_tables() {

@@ -40,6 +40,7 @@ use super::{args, BatchError, Commands, Final, JobState, Scheduler, Submission};
 use crate::config::Config;
 use crate::protocol::Status;
 use crate::supervisor::{Reason, Request};
+use crate::text::sanitize;
 
 /// The shortest interval between two status polls (when `command_delay` is smaller).
 pub const MIN_POLL: Duration = Duration::from_millis(250);
@@ -934,14 +935,24 @@ pub async fn cleanup_job(
     workdir: PathBuf,
 ) -> Vec<String> {
     let record = Record::in_dir(scripts_dir);
-    let jobs = match record.read() {
-        Ok(j) => j,
+    let name = scheduler.name();
+    // The record is in the job's scripts dir: only ids of the scheduler's own form pass.
+    let read = match record.read(name, &|id| scheduler.valid_id(id)) {
+        Ok(r) => r,
         Err(e) => return vec![e.to_string()],
     };
+    let mut problems: Vec<String> = read
+        .refused
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {r}: skipped, no command is given it",
+                record.path().display()
+            )
+        })
+        .collect();
     let cmds = commands(config, env, workdir);
-    let name = scheduler.name();
-    let mut problems = Vec::new();
-    for j in jobs.iter().filter(|j| !j.done) {
+    for j in read.jobs.iter().filter(|j| !j.done) {
         let st = match scheduler.state(&cmds, &j.id).await {
             Ok(st) => st,
             Err(e) => {
@@ -955,10 +966,11 @@ pub async fn cleanup_job(
         if !st.is_active() {
             continue;
         }
+        // The scheduler's words may carry what the job put there (a Flux exception note).
         println!(
             "cleanup: cancelling {name} job {} (still {})",
             j.id,
-            st.describe()
+            sanitize(&st.describe())
         );
         if let Err(e) = scheduler.cancel(&cmds, &j.id, false).await {
             problems.push(e.to_string());
@@ -970,7 +982,11 @@ pub async fn cleanup_job(
             .clamp(MIN_POLL, Duration::from_secs(1));
         match confirm_gone(scheduler, &cmds, &j.id, step).await {
             Some(st) => {
-                println!("cleanup: {name} job {} is gone ({})", j.id, st.describe());
+                println!(
+                    "cleanup: {name} job {} is gone ({})",
+                    j.id,
+                    sanitize(&st.describe())
+                );
                 if let Err(e) = record.finished(&j.id) {
                     problems.push(e.to_string());
                 }
@@ -1054,6 +1070,100 @@ mod tests {
         assert!(matches!(s, Status::BuildFailure { exit_code: 1, .. }));
     }
 
+    /// `cleanup_job` against a scheduler that records the id of every call: a forged line of
+    /// the job's record gives no id to any call and is reported escaped; the valid ids are
+    /// asked about and the active one is cancelled.
+    #[tokio::test(start_paused = true)]
+    async fn cleanup_gives_no_forged_id_to_the_scheduler() {
+        use std::sync::Mutex;
+
+        #[derive(Default)]
+        struct Ids(Mutex<Vec<String>>);
+        impl Scheduler for Ids {
+            fn name(&self) -> &'static str {
+                "slurm"
+            }
+            fn illegal_args(&self) -> &'static [args::Illegal] {
+                &[]
+            }
+            fn valid_id(&self, id: &str) -> bool {
+                super::super::slurm::valid_id(id)
+            }
+            fn submit<'a>(
+                &'a self,
+                _: &'a Commands,
+                _: &'a Submission,
+            ) -> crate::batch::BoxFuture<'a, Result<String, BatchError>> {
+                Box::pin(async { Ok("1".to_string()) })
+            }
+            fn state<'a>(
+                &'a self,
+                _: &'a Commands,
+                id: &'a str,
+            ) -> crate::batch::BoxFuture<'a, Result<JobState, BatchError>> {
+                let cancelled = self.0.lock().unwrap().contains(&format!("cancel {id}"));
+                self.0.lock().unwrap().push(format!("state {id}"));
+                Box::pin(async move {
+                    Ok(match (id, cancelled) {
+                        ("41", false) => JobState::Running {
+                            state: "RUNNING".into(),
+                        },
+                        ("41", true) => {
+                            JobState::Finished(Final::ended("CANCELLED", 0, None, None))
+                        }
+                        _ => JobState::Unknown,
+                    })
+                })
+            }
+            fn cancel<'a>(
+                &'a self,
+                _: &'a Commands,
+                id: &'a str,
+                _: bool,
+            ) -> crate::batch::BoxFuture<'a, Result<(), BatchError>> {
+                self.0.lock().unwrap().push(format!("cancel {id}"));
+                Box::pin(async { Ok(()) })
+            }
+        }
+
+        let text =
+            "[general]\nexecutor = \"slurm\"\ndata_dir = \"/ecp\"\n[auth]\ndownscope = \"none\"\n";
+        let config = Config::from_str_named(text, "test.toml").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(super::super::persist::FILE_NAME),
+            "job slurm 41\njob slurm --uid=0\njob slurm 4\x1b[31m2\njob slurm -u alice\njob slurm 43\n",
+        )
+        .unwrap();
+        let sched = Ids::default();
+        let problems = cleanup_job(
+            &config,
+            &sched,
+            dir.path(),
+            vec![],
+            dir.path().to_path_buf(),
+        )
+        .await;
+        let calls = sched.0.lock().unwrap().clone();
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.ends_with(" 41") || c.ends_with(" 43")),
+            "{calls:?}"
+        );
+        assert!(calls.contains(&"cancel 41".to_string()), "{calls:?}");
+        assert!(calls.contains(&"state 43".to_string()), "{calls:?}");
+        let text = problems.join("\n");
+        assert_eq!(problems.len(), 3, "{text}");
+        assert!(
+            text.contains("\"--uid=0\" is not a slurm job id")
+                && text.contains("\"4\\u{1b}[31m2\" is not a slurm job id")
+                && text.contains("\"job slurm -u alice\"")
+                && !text.contains('\x1b'),
+            "{text}"
+        );
+    }
+
     mod machine {
         //! The state machine on tokio's paused clock, against an in-memory scheduler that
         //! answers from a script and records every call with its (virtual) time. The tails
@@ -1111,6 +1221,9 @@ mod tests {
             }
             fn illegal_args(&self) -> &'static [args::Illegal] {
                 &[]
+            }
+            fn valid_id(&self, id: &str) -> bool {
+                crate::batch::is_decimal_id(id)
             }
             fn submit<'a>(
                 &'a self,

@@ -142,14 +142,25 @@ fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
     super::command_failure(tool, args, out, transient)
 }
 
-/// The job id in `flux submit`'s answer: its last non-blank line (`ƒ2kAbCd`, or decimal).
+/// The job id in `flux submit`'s answer: its last non-blank line (`ƒ2kAbCd`, or decimal),
+/// when [`valid_id`].
 pub fn parse_submit(stdout: &str) -> Option<String> {
     let id = stdout
         .lines()
         .rev()
         .map(str::trim)
         .find(|l| !l.is_empty())?;
-    (!id.contains(char::is_whitespace)).then(|| id.to_string())
+    valid_id(id).then(|| id.to_string())
+}
+
+/// A Flux job id in the forms this module reads ([`decimal_id`]): decimal digits (at most
+/// 20), or F58 (`ƒ` or `f`, then base-58 digits) whose value fits in 64 bits.
+pub fn valid_id(id: &str) -> bool {
+    if id.starts_with(|c: char| c.is_ascii_digit()) {
+        super::is_decimal_id(id)
+    } else {
+        decimal_id(id).is_some()
+    }
 }
 
 /// The state in `flux jobs -n -o JOBS_FORMAT ID`'s answer.
@@ -215,6 +226,10 @@ impl Scheduler for Flux {
 
     fn illegal_args(&self) -> &'static [Illegal] {
         ILLEGAL
+    }
+
+    fn valid_id(&self, id: &str) -> bool {
+        valid_id(id)
     }
 
     fn submit<'a>(
@@ -296,10 +311,12 @@ impl Scheduler for Flux {
         Box::pin(async move {
             // graceful: SIGTERM only, the job's traps run; otherwise flux cancel (SIGTERM,
             // then SIGKILL after the instance's kill timeout).
+            // `--`: `flux job kill` (getopt_long) and `flux cancel` (argparse) take what
+            // follows as job ids, never options.
             let args = if graceful {
-                s(&["job", "kill", "--signal=SIGTERM", id])
+                s(&["job", "kill", "--signal=SIGTERM", "--", id])
             } else {
-                s(&["cancel", id])
+                s(&["cancel", "--", id])
             };
             super::cancel_command(cmds, "flux", &args, failure, |stderr| {
                 let e = stderr.to_ascii_lowercase();
@@ -320,6 +337,29 @@ mod tests {
         assert_eq!(parse_submit("1234\n").as_deref(), Some("1234"));
         assert_eq!(parse_submit("  \n"), None);
         assert_eq!(parse_submit("job submitted"), None);
+        assert_eq!(parse_submit("--all\n"), None);
+    }
+
+    #[test]
+    fn job_ids_are_decimal_or_f58() {
+        for id in ["ƒ2kAbCd", "f2kAbCd", "1234", "ƒ2", "18446744073709551615"] {
+            assert!(valid_id(id), "{id}");
+        }
+        for id in [
+            "",
+            "ƒ",
+            "ƒ0",
+            "--all",
+            "-u",
+            "0x1f",
+            "ƒ2k\u{1b}[31m",
+            "ƒ2k Ab",
+            "123456789012345678901",
+            // Beyond 64 bits.
+            "ƒzzzzzzzzzzzzzzzzzzzzzz",
+        ] {
+            assert!(!valid_id(id), "{id:?}");
+        }
     }
 
     /// `flux jobs -a -n --user=ci -o LIST_FORMAT` (flux-jobs(1) OUTPUT FORMAT: `{id}` is

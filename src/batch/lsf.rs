@@ -125,9 +125,14 @@ pub fn parse_submit(stdout: &str) -> Option<String> {
     stdout.lines().find_map(|l| {
         let rest = l.trim().strip_prefix("Job <")?;
         let (id, tail) = rest.split_once('>')?;
-        (tail.contains("submitted") && !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
-            .then(|| id.to_string())
+        (tail.contains("submitted") && valid_id(id)).then(|| id.to_string())
     })
+}
+
+/// An LSF job id as bsub prints it: decimal digits. (bkill documents no `--`; the id
+/// never starts with `-`.)
+pub fn valid_id(id: &str) -> bool {
+    super::is_decimal_id(id)
 }
 
 /// The state in `bjobs -noheader -o BJOBS_FORMAT ID`'s answer.
@@ -189,6 +194,10 @@ impl Scheduler for Lsf {
             output,
             &super::wrapper::exit_path(output),
         )
+    }
+
+    fn valid_id(&self, id: &str) -> bool {
+        valid_id(id)
     }
 
     fn submit<'a>(
@@ -267,6 +276,14 @@ impl Scheduler for Lsf {
 mod tests {
     use super::*;
     use crate::batch::args::find_illegal;
+
+    #[test]
+    fn job_ids_are_digits() {
+        assert!(valid_id("1234"));
+        for id in ["", "-J", "--", "12 34", "1234\u{1b}[0m", "1234[1]", "x"] {
+            assert!(!valid_id(id), "{id:?}");
+        }
+    }
 
     #[test]
     fn submit_answers() {

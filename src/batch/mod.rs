@@ -232,6 +232,12 @@ pub trait Scheduler: Send + Sync {
     ) -> (Vec<String>, Vec<String>) {
         (Vec::new(), Vec::new())
     }
+    /// Whether `id` has the form of a job id this scheduler's submit command prints, the
+    /// only form the driver records (each scheduler's `parse_submit` keeps to it). Ids read
+    /// back from the job's record, which the job can write, are checked with it before any
+    /// command gets one: an id that fails (`--uid=0`, an escape sequence) is reported and
+    /// skipped (see [`persist`]).
+    fn valid_id(&self, id: &str) -> bool;
     /// Submit the job; returns the scheduler's job id.
     fn submit<'a>(
         &'a self,
@@ -500,6 +506,12 @@ pub(crate) async fn cancel_command(
     } else {
         Err(failure(tool, args, &out))
     }
+}
+
+/// A decimal job id: 1 to 20 ASCII digits (Slurm, LSF and Cobalt ids, the sequence number
+/// of a PBS id, a Flux id in decimal).
+pub fn is_decimal_id(id: &str) -> bool {
+    (1..=20).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Owned arguments from string literals.

@@ -181,7 +181,7 @@ fn finished_use_x(o: &CmdOutput) -> bool {
     !o.success() && o.stderr.contains("use -x")
 }
 
-/// The job id in `qsub`'s answer: its last non-blank line (any word).
+/// The job id in `qsub`'s answer: its last non-blank line, when [`valid_id`].
 pub fn parse_submit(stdout: &str) -> Option<String> {
     let id = stdout
         .lines()
@@ -189,7 +189,27 @@ pub fn parse_submit(stdout: &str) -> Option<String> {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
-    (!id.is_empty() && !id.contains(char::is_whitespace)).then(|| id.to_string())
+    valid_id(id).then(|| id.to_string())
+}
+
+/// A PBS job id as qsub prints it: the sequence number (decimal digits; `[]` after it for an
+/// array: Torque's `-t`, PBS Pro's `-J`), then optionally `.` and the server's name, whose
+/// dot-separated labels are letters, digits and inner hyphens (`123`, `123.server`,
+/// `123[].pbs.example.org`). Nothing that could be read as an option or hold a blank or a
+/// control character.
+pub fn valid_id(id: &str) -> bool {
+    let (seq, server) = match id.split_once('.') {
+        Some((seq, server)) => (seq, Some(server)),
+        None => (id, None),
+    };
+    let seq = seq.strip_suffix("[]").unwrap_or(seq);
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    super::is_decimal_id(seq) && id.len() <= 255 && server.map_or(true, |s| s.split('.').all(label))
 }
 
 impl Scheduler for Pbs {
@@ -209,6 +229,10 @@ impl Scheduler for Pbs {
             output,
             &exit_file(output),
         )
+    }
+
+    fn valid_id(&self, id: &str) -> bool {
+        valid_id(id)
     }
 
     fn submit<'a>(
@@ -284,7 +308,9 @@ impl Scheduler for Pbs {
     ) -> BoxFuture<'a, Result<(), BatchError>> {
         // qdel sends SIGTERM, then SIGKILL after the server's kill delay: graceful already.
         Box::pin(async move {
-            let args = s(&[id]);
+            // `--`: Torque's and PBS Pro's qdel (getopt) and the Slurm wrapper's
+            // (Getopt::Long) take what follows as job ids, never options.
+            let args = s(&["--", id]);
             super::cancel_command(cmds, "qdel", &args, failure, |e| {
                 e.contains("Unknown Job") || e.contains("completed")
             })
@@ -301,6 +327,43 @@ impl Scheduler for Pbs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_ids_are_a_sequence_number_and_a_server_name() {
+        for id in [
+            "123",
+            "123.server",
+            "123.pbs-1.example.org",
+            "123[]",
+            "123[].server",
+            "4567.Head-Node01",
+        ] {
+            assert!(valid_id(id), "{id}");
+            assert_eq!(parse_submit(&format!("{id}\n")).as_deref(), Some(id));
+        }
+        for id in [
+            "",
+            "-W",
+            "--",
+            "-Wforce",
+            "server.123",
+            "123.",
+            "123..server",
+            "123.-server",
+            "123.server-",
+            "123.ser ver",
+            "123.ser_ver",
+            "123[1]",
+            "[].server",
+            "123.server\u{1b}[31m",
+            "123\u{1b}[31m",
+            "123.server/x",
+        ] {
+            assert!(!valid_id(id), "{id:?}");
+        }
+        assert!(!valid_id(&format!("1.{}", "a".repeat(64))));
+        assert!(!valid_id(&format!("1.{}", ["a"; 200].join("."))));
+    }
 
     #[test]
     fn qstat_answers() {

@@ -73,11 +73,12 @@ impl Record {
         self.append(&format!("done {id}"))
     }
 
-    /// Every job recorded, in submission order. A missing file is an empty record.
-    pub fn read(&self) -> Result<Vec<Recorded>, BatchError> {
+    /// Every job recorded for the scheduler `name`, in submission order, and what was
+    /// refused (see [`parse`]). A missing file is an empty record.
+    pub fn read(&self, name: &str, valid: &dyn Fn(&str) -> bool) -> Result<Read, BatchError> {
         let text = match std::fs::read(&self.path) {
             Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::default()),
             Err(source) => {
                 return Err(BatchError::Persist {
                     path: self.path.clone(),
@@ -85,57 +86,115 @@ impl Record {
                 })
             }
         };
-        Ok(parse(&text))
+        Ok(parse(&text, name, valid))
     }
 }
 
-/// Parse the record's text (complete lines only).
-pub fn parse(text: &str) -> Vec<Recorded> {
+/// What a record holds for one scheduler.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Read {
+    /// The jobs, in submission order.
+    pub jobs: Vec<Recorded>,
+    /// One sentence per `job` line refused (its number, and the id or the line shown
+    /// escaped), to report: its id is never given to a command.
+    pub refused: Vec<String>,
+}
+
+/// Parse the record's text (complete lines only) for the scheduler `name`, whose ids pass
+/// `valid` ([`super::Scheduler::valid_id`]). The file is in the job's scripts dir, so the
+/// job can write it: a `job` line that is not `job <name> <id>` with a valid id is refused
+/// and reported, never trusted. Other lines (`submitting ...`, `done <id>`, anything else)
+/// give no id to any command and are read as before or ignored.
+pub fn parse(text: &str, name: &str, valid: &dyn Fn(&str) -> bool) -> Read {
     let complete = match text.rfind('\n') {
         Some(i) => &text[..=i],
         None => "",
     };
-    let mut jobs: Vec<Recorded> = Vec::new();
-    for line in complete.lines() {
-        let mut w = line.split_whitespace();
-        match (w.next(), w.next(), w.next()) {
-            (Some("job"), Some(sched), Some(id)) => jobs.push(Recorded {
+    let mut read = Read::default();
+    for (n, line) in complete.lines().enumerate() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["job", sched, id] if *sched == name && valid(id) => read.jobs.push(Recorded {
                 scheduler: sched.to_string(),
                 id: id.to_string(),
                 done: false,
             }),
-            (Some("done"), Some(id), None) => {
-                for j in jobs.iter_mut().filter(|j| j.id == id) {
+            ["job", sched, id] if *sched == name => read
+                .refused
+                .push(format!("line {}: {id:?} is not a {name} job id", n + 1)),
+            ["job", ..] => read.refused.push(format!(
+                "line {}: {line:?} is not \"job {name} <id>\"",
+                n + 1
+            )),
+            ["done", id] => {
+                for j in read.jobs.iter_mut().filter(|j| j.id == *id) {
                     j.done = true;
                 }
             }
             _ => {}
         }
     }
-    jobs
+    read
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn digits(id: &str) -> bool {
+        super::super::is_decimal_id(id)
+    }
+
     #[test]
     fn round_trip_and_torn_lines() {
         let d = tempfile::tempdir().unwrap();
         let r = Record::in_dir(d.path());
-        assert!(r.read().unwrap().is_empty());
+        assert_eq!(r.read("slurm", &digits).unwrap(), Read::default());
         r.submitting("slurm", "ci-1").unwrap();
         r.submitted("slurm", "41").unwrap();
         r.submitted("slurm", "42").unwrap();
         r.finished("41").unwrap();
-        let jobs = r.read().unwrap();
+        let read = r.read("slurm", &digits).unwrap();
+        assert!(read.refused.is_empty(), "{read:?}");
+        let jobs = read.jobs;
         assert_eq!(jobs.len(), 2);
         assert!(jobs[0].done && !jobs[1].done);
         assert_eq!(jobs[1].id, "42");
         assert_eq!(
-            parse("job slurm 1\njob slurm 2").len(),
+            parse("job slurm 1\njob slurm 2", "slurm", &digits)
+                .jobs
+                .len(),
             1,
             "torn last line ignored"
         );
+    }
+
+    /// The job can write its record: ids the scheduler never prints are refused, shown
+    /// escaped, and never become jobs to cancel.
+    #[test]
+    fn forged_ids_are_refused_and_shown_escaped() {
+        let text = "submitting slurm ci-1\n\
+                    job slurm 41\n\
+                    job slurm --uid=0\n\
+                    job slurm 7\x1b[31mred\n\
+                    job slurm -u alice\n\
+                    job pbs 43.server\n\
+                    job slurm\n\
+                    done --uid=0\n\
+                    job slurm 44\n";
+        let read = parse(text, "slurm", &digits);
+        let ids: Vec<&str> = read.jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["41", "44"]);
+        assert_eq!(
+            read.refused,
+            [
+                "line 3: \"--uid=0\" is not a slurm job id",
+                "line 4: \"7\\u{1b}[31mred\" is not a slurm job id",
+                "line 5: \"job slurm -u alice\" is not \"job slurm <id>\"",
+                "line 6: \"job pbs 43.server\" is not \"job slurm <id>\"",
+                "line 7: \"job slurm\" is not \"job slurm <id>\"",
+            ]
+        );
+        assert!(read.refused.iter().all(|r| !r.contains('\x1b')));
     }
 }

@@ -632,6 +632,9 @@ mod tests {
         fn illegal_args(&self) -> &'static [args::Illegal] {
             &[]
         }
+        fn valid_id(&self, id: &str) -> bool {
+            crate::batch::is_decimal_id(id)
+        }
         fn submit<'a>(
             &'a self,
             _: &'a Commands,

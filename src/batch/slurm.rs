@@ -98,11 +98,18 @@ fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
     super::failure_by_words(TRANSIENT, tool, args, out)
 }
 
-/// The id in `sbatch --parsable`'s answer (`42` or `42;cluster`).
+/// The id in `sbatch --parsable`'s answer (`42` or `42;cluster`): a plain job id, also for
+/// an array or heterogeneous submission (their `N_M` and `N+M` forms name a task or a
+/// component, which sbatch never prints), so [`valid_id`].
 pub fn parse_submit(stdout: &str) -> Option<String> {
     let line = stdout.lines().rev().find(|l| !l.trim().is_empty())?;
     let id = line.trim().split(';').next()?.trim();
-    (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit() || c == '_')).then(|| id.to_string())
+    valid_id(id).then(|| id.to_string())
+}
+
+/// A Slurm job id as the driver records it: decimal digits.
+pub fn valid_id(id: &str) -> bool {
+    super::is_decimal_id(id)
 }
 
 /// `A:B` (exit code, signal) as Slurm prints it.
@@ -365,6 +372,10 @@ impl Scheduler for Slurm {
         deadline_args(args, left, grace)
     }
 
+    fn valid_id(&self, id: &str) -> bool {
+        valid_id(id)
+    }
+
     fn submit<'a>(
         &'a self,
         cmds: &'a Commands,
@@ -389,7 +400,8 @@ impl Scheduler for Slurm {
         id: &'a str,
     ) -> BoxFuture<'a, Result<JobState, BatchError>> {
         Box::pin(async move {
-            let args = s(&["show", "job", "-o", id]);
+            // `--`: scontrol (getopt) takes what follows as operands, never options.
+            let args = s(&["show", "job", "-o", "--", id]);
             let purged = |o: &CmdOutput| !o.success() && o.stderr.contains("Invalid job id");
             let st = super::state_command(cmds, "scontrol", &args, failure, purged, parse_scontrol)
                 .await?;
@@ -493,10 +505,11 @@ impl Scheduler for Slurm {
         graceful: bool,
     ) -> BoxFuture<'a, Result<(), BatchError>> {
         Box::pin(async move {
+            // `--`: scancel (getopt) takes what follows as job ids, never options.
             let args = if graceful {
-                s(&["--signal=TERM", "--full", id])
+                s(&["--signal=TERM", "--full", "--", id])
             } else {
-                s(&[id])
+                s(&["--", id])
             };
             super::cancel_command(cmds, "scancel", &args, failure, |e| {
                 e.contains("already completing or completed") || e.contains("Invalid job id")
@@ -516,6 +529,28 @@ mod tests {
         assert_eq!(parse_submit("warning\n43;ci\n").as_deref(), Some("43"));
         assert_eq!(parse_submit(""), None);
         assert_eq!(parse_submit("Submitted batch job 4"), None);
+        assert_eq!(parse_submit("--uid=0\n"), None);
+    }
+
+    #[test]
+    fn job_ids_are_digits() {
+        for id in ["1", "42", "18446744073709551615"] {
+            assert!(valid_id(id), "{id}");
+        }
+        for id in [
+            "",
+            "--uid=0",
+            "-u",
+            "42_1",
+            "42+1",
+            "4 2",
+            "7\u{1b}[31m",
+            "123456789012345678901",
+            "+42",
+            "42;ci",
+        ] {
+            assert!(!valid_id(id), "{id:?}");
+        }
     }
 
     #[test]

@@ -115,6 +115,9 @@ fn signal_pids(name: &str, pids: &[i32]) -> i32 {
 /// Answer git's credential prompt and exit, if `prompt` is one: the job token goes only to
 /// the job's GitLab server (`JACAMAR_ASKPASS_ORIGIN`); anything else gets nothing on
 /// stdout, the reason on stderr (git's, so the job log) and exit status 1, and git fails.
+/// The variable is trusted because no CI variable can set it: jacamar-auth refuses a job
+/// whose CI variables name it (`auth::env::check_reserved`), so only the handoff or the
+/// job's own script does.
 fn askpass(prompt: &str) {
     use jacamar::auth::env::{askpass, Askpass, ASKPASS_ORIGIN_VAR};
     use std::io::Write;

@@ -33,6 +33,10 @@ pub enum StageError {
     Config(#[from] ConfigError),
     #[error("no configuration: {0}")]
     NoConfig(String),
+    /// The configuration cannot be run by this deployment of jacamar-auth (its account and
+    /// capabilities): refused before anything of the job is read.
+    #[error("{0}")]
+    Deployment(String),
     #[error("{0}")]
     Job(#[from] JobError),
     #[error("{0}")]
@@ -66,7 +70,9 @@ impl StageError {
     /// What kind of failure this is, for the job log's generic message.
     pub fn category(&self) -> Category {
         match self {
-            StageError::Config(_) | StageError::NoConfig(_) => Category::Configuration,
+            StageError::Config(_) | StageError::NoConfig(_) | StageError::Deployment(_) => {
+                Category::Configuration
+            }
             StageError::Job(_) | StageError::Script { .. } => Category::Environment,
             StageError::Auth(_) => Category::Authorization,
             StageError::Fs(_) => Category::Directories,

@@ -24,6 +24,7 @@ use crate::job::{JobContext, RunnerEnv};
 use crate::protocol::{self, Action, ControlWriter, Handoff, Status};
 use crate::supervisor::cgroup::JobCgroup;
 use crate::supervisor::{self, group, OsSignals, Outcome, Policy, Request, Terminator};
+use crate::text::sanitize;
 
 /// One call of `jacamar-auth` by the runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +85,7 @@ pub fn main(opts: Options) -> i32 {
         Ok(Done::Success | Done::Configured(_)) => 0,
         Ok(Done::BuildFailure { exit_code, note }) => {
             if let Some(note) = note {
-                eprintln!("ERROR: {note}");
+                eprintln!("ERROR: {}", sanitize(&note));
             }
             if let Some(path) = &runner.build_exit_code_file {
                 if let Err(e) = std::fs::write(path, format!("{exit_code}\n")) {
@@ -109,7 +110,9 @@ pub fn main(opts: Options) -> i32 {
 /// Without a configuration (it could not be loaded) the event goes to syslog on a best
 /// effort: nothing says logging is wanted, so a missing /dev/log is not reported.
 fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
-    let full = err.detail();
+    // The reason may quote what the job controls (a message jacamar relays, a variable, a
+    // path): no control character reaches the runner's log or the audit log as is.
+    let full = sanitize(&err.detail()).into_owned();
     let job = JobContext::from_env().ok();
     let id = obfuscate::error_id();
     let sink = match config {
@@ -174,6 +177,9 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
         )
     })?;
     let config = load_config(opts).map_err(|e| (e, None))?;
+    if let Some(problem) = capabilities_with_downscope_none(&config) {
+        return Err((StageError::Deployment(problem), Some(config)));
+    }
     let run = async {
         let mut job = JobContext::from_env()?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -193,7 +199,8 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
             }
             Call::Run { stage, .. } if !auth::stage_allowed(&config, stage) => {
                 eprintln!(
-                    "WARNING: stage {stage} is not in the runner's run_stage_allowlist; skipped"
+                    "WARNING: stage {} is not in the runner's run_stage_allowlist; skipped",
+                    sanitize(stage)
                 );
                 Ok(Done::Success)
             }
@@ -720,10 +727,11 @@ fn done_of(status: Status, category: Option<obfuscate::Category>) -> Result<Done
             Done::BuildFailure { exit_code, note }
         }
         Status::SystemFailure { message } => {
+            // jacamar runs as the job's user: its words are the job's to choose.
             return Err(StageError::User {
-                message,
+                message: sanitize(&message).into_owned(),
                 category: category.unwrap_or(obfuscate::Category::Internal),
-            })
+            });
         }
         Status::Configured {
             builds_dir,
@@ -772,29 +780,72 @@ pub fn validate_file(path: &Path) -> Result<Config, crate::config::ConfigError> 
     Config::from_file(path)
 }
 
-/// What in this process would fail every job of `config` (for `jacamar-auth validate`, run
-/// as the account the runner uses): `downscope = "setuid"` needs uid 0 or CAP_SETUID and
-/// CAP_SETGID in the effective set (the caps-only deployment's file capabilities).
+/// What in this process would fail every job of `config`, or make it unsafe (for
+/// `jacamar-auth validate`, run as the account the runner uses): `downscope = "setuid"`
+/// needs uid 0 or CAP_SETUID and CAP_SETGID in the effective set (the caps-only
+/// deployment's file capabilities); `downscope = "none"` must not run in a process holding
+/// capabilities (see [`capabilities_with_downscope_none`]).
 pub fn deployment_problems(config: &Config) -> Vec<String> {
-    if config.auth.downscope != crate::config::Downscope::Setuid || nix::unistd::geteuid().is_root()
-    {
-        return Vec::new();
+    let mut problems: Vec<String> = capabilities_with_downscope_none(config)
+        .into_iter()
+        .collect();
+    if config.auth.downscope != Downscope::Setuid || nix::unistd::geteuid().is_root() {
+        return problems;
     }
     use crate::auth::caps::{effective_has, CAP_SETGID, CAP_SETUID};
     match effective_has(&[CAP_SETUID, CAP_SETGID]) {
-        Ok(true) => Vec::new(),
-        Ok(false) => vec![format!(
+        Ok(true) => {}
+        Ok(false) => problems.push(format!(
             "[auth] downscope = \"setuid\": jacamar-auth runs as uid {} without \
              cap_setuid and cap_setgid in its effective set, so every job would fail to \
              start; run it as root, or give the file the capabilities (`setcap \
              cap_setuid,cap_setgid=ep {}`, and check with getcap)",
             nix::unistd::geteuid(),
-            std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "jacamar-auth".into())
-        )],
-        Err(e) => vec![format!(
+            own_path()
+        )),
+        Err(e) => problems.push(format!(
             "[auth] downscope = \"setuid\": cannot read this process's capabilities: {e}"
-        )],
+        )),
+    }
+    problems
+}
+
+/// This executable's path, for messages.
+fn own_path() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "jacamar-auth".into())
+}
+
+/// `downscope = "none"` in a jacamar-auth that holds capabilities its uid does not give it
+/// (a non-root account with file capabilities: the caps-only deployment). Its job would run
+/// as that same account, which may execute this binary with a configuration, a job response
+/// and an id_token of its own (`downscope = "setuid"`, its own `gitlab_server`) and so run
+/// as any user. Every stage refuses it before reading the job, and `validate` reports it.
+/// `None` for another downscope, for root (its job runs as root already) and for a process
+/// without capabilities. A failure to read the capabilities refuses too.
+pub fn capabilities_with_downscope_none(config: &Config) -> Option<String> {
+    let uid = nix::unistd::geteuid();
+    if config.auth.downscope != Downscope::None || uid.is_root() {
+        return None;
+    }
+    match crate::auth::caps::held() {
+        Ok(0) => None,
+        Ok(mask) => Some(format!(
+            "[auth] downscope = \"none\" is refused: jacamar-auth ({}) runs as uid {uid} \
+             holding capabilities (permitted/effective {mask:016x}), and a job with \
+             downscope = \"none\" runs as that same uid, so it could execute this \
+             jacamar-auth with a configuration and an id_token of its own and run as any \
+             user; use downscope = \"setuid\" with this copy, or run downscope = \"none\" \
+             jobs through a copy of jacamar-auth without capabilities (getcap shows them, \
+             setcap -r removes them)",
+            own_path()
+        )),
+        Err(e) => Some(format!(
+            "[auth] downscope = \"none\" is refused: cannot read the capabilities of \
+             jacamar-auth ({}, uid {uid}): {e}; a job running as this uid could use any it \
+             holds",
+            own_path()
+        )),
     }
 }

@@ -311,7 +311,7 @@ async fn cancel_batch_jobs(config: &Config, h: &Handoff, paths: &fs::JobPaths) {
     )
     .await;
     for p in problems {
-        eprintln!("jacamar: WARNING: cleanup: {p}");
+        eprintln!("jacamar: WARNING: cleanup: {}", crate::text::sanitize(&p));
     }
 }
 

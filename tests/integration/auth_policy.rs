@@ -399,3 +399,243 @@ fn caps_only_copy_without_its_capabilities_fails_with_a_clear_error() {
         show(&out)
     );
 }
+
+/// A caps-only copy of jacamar-auth configured with `downscope = "none"` (finding 3 of
+/// issue 16): the job would run as the service account, which may execute that same copy
+/// with a configuration, job response and token of its own and become any user. Every
+/// stage refuses before anything of the job runs (a system failure naming `[auth]
+/// downscope`), and `validate`, run as the service account, reports it. (Before: every
+/// stage ran the job as the service account and `validate` said OK.)
+#[test]
+fn caps_only_copy_with_downscope_none_is_refused_at_every_stage_and_by_validate() {
+    if !require_root() || !require_tool("setcap") {
+        return;
+    }
+    let svc = ensure_user("jrs_test_svc", &[], "/bin/bash");
+    let _user = ensure_user(CAROL, &[GA], "/bin/bash");
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let mut h = harness(&server, "none", "data_dir = \"$HOME\"", "", "");
+    give_token(&mut h, &server, CAROL);
+    let auth = crate::auth_kit::caps_service_copy(&mut h, &svc);
+    let as_svc = |env: &std::collections::BTreeMap<String, String>, args: &[&str]| {
+        crate::auth_kit::svc_command(&auth, &svc, &h.runner_dir, env, args)
+            .output()
+            .unwrap()
+    };
+    let cfg = h.config_path.display().to_string();
+    // What config would have handed the later stages.
+    let mut env = h.env.clone();
+    env.insert(
+        "JACAMAR_CI_CONFIG_STR".into(),
+        std::fs::read_to_string(&h.config_path).unwrap(),
+    );
+    let script = h.runner_dir.join("script-build");
+    std::fs::write(&script, runner_script("echo job-ran-as=$(id -un)\n")).unwrap();
+    nix::unistd::chown(&script, Some(svc.uid), Some(svc.gid)).unwrap();
+    let script = script.display().to_string();
+    let stages: [(&str, Vec<&str>); 4] = [
+        ("config", vec!["config", "--configuration", &cfg]),
+        ("prepare", vec!["prepare"]),
+        ("run", vec!["run", &script, "build_script"]),
+        ("cleanup", vec!["cleanup", "--configuration", &cfg]),
+    ];
+    for (name, args) in &stages {
+        let out = as_svc(&env, args);
+        let text = show(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{name} ran with downscope = \"none\" in a copy holding capabilities: {text}"
+        );
+        assert!(!text.contains("job-ran-as="), "{name}: {text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if *name == "cleanup" {
+            // cleanup's output reaches only the runner's log: the full reason.
+            assert!(
+                err.contains("[auth] downscope") && err.contains("setuid"),
+                "{name}: {text}"
+            );
+        } else {
+            assert!(
+                err.contains("configuration could not be used"),
+                "{name}: {text}"
+            );
+        }
+    }
+    let errors: Vec<String> = audit_lines(&h)
+        .iter()
+        .filter(|l| l["level"] == "ERROR")
+        .map(|l| l["msg"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    for e in &errors {
+        assert!(
+            e.contains("[auth] downscope = \"none\"")
+                && e.contains("capabilit")
+                && e.contains("downscope = \"setuid\""),
+            "{e}"
+        );
+    }
+    assert!(
+        !audit_lines(&h).iter().any(|l| l["level"] == "INFO"),
+        "a stage was authorized"
+    );
+    let out = as_svc(&env, &["validate", "--configuration", &cfg]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "validate: {}", show(&out));
+    assert!(
+        said.contains("[auth] downscope = \"none\"") && said.contains("capabilit"),
+        "{}",
+        show(&out)
+    );
+}
+
+/// The escalation of finding 3 itself: a job of a caps-only deployment with
+/// `downscope = "none"` runs as the service account, which may execute the capability
+/// holding jacamar-auth; the job runs it with a configuration (`downscope = "setuid"`, a
+/// `gitlab_server` of its own), a job response and an id_token it made, and its script would
+/// run as another user. Now the job never starts. (Before: the nested run printed the
+/// victim's uid.)
+#[test]
+fn a_downscope_none_job_cannot_run_the_caps_copy_to_become_another_user() {
+    if !require_root() || !require_tool("setcap") {
+        return;
+    }
+    let svc = ensure_user("jrs_test_svc", &[], "/bin/bash");
+    let victim = ensure_user(DAVE, &[GB], "/bin/bash");
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    // The job's own "GitLab": a JWKS server publishing a key the job holds.
+    let own = JwksServer::start(&[&pki().keys[1]]);
+    let mut h = harness(&server, "none", "data_dir = \"$HOME\"", "", "");
+    give_token(&mut h, &server, CAROL);
+    let auth = crate::auth_kit::caps_service_copy(&mut h, &svc);
+
+    // The job's kit, in a directory of the service account (the job's own account).
+    let kit = h.tmp.path().join("kit");
+    std::fs::create_dir(&kit).unwrap();
+    std::fs::set_permissions(&kit, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let evil = kit.join("evil.toml");
+    std::fs::write(
+        &evil,
+        format!(
+            "[general]\nexecutor = \"shell\"\ndata_dir = \"$HOME\"\n{}\n[auth]\ndownscope = \"setuid\"\n",
+            crate::auth_kit::server_lines(&own)
+        ),
+    )
+    .unwrap();
+    let job_id = 77_000_000 + u64::from(std::process::id() % 1_000_000);
+    let response = kit.join("response.json");
+    let host = own.url.trim_start_matches("https://");
+    std::fs::write(
+        &response,
+        format!(
+            "{{\"id\": {job_id}, \"token\": \"x\", \"git_info\": {{\"repo_url\": \"https://gitlab-ci-token:x@{host}/g/p.git\"}}, \"runner_info\": {{\"timeout\": 3600}}, \"variables\": []}}"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&response, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let inner = kit.join("inner.sh");
+    std::fs::write(&inner, "echo escalated-uid=$(id -u)\n").unwrap();
+    std::fs::create_dir(kit.join("cache")).unwrap();
+    let token = crate::auth_kit::mint(
+        &pki().keys[1],
+        &crate::auth_kit::claims(&own.url, job_id, &victim.name),
+    );
+    let vars = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ("HOME", svc.dir.display().to_string()),
+        ("TMPDIR", kit.display().to_string()),
+        ("XDG_CACHE_HOME", kit.join("cache").display().to_string()),
+        ("JOB_RESPONSE_FILE", response.display().to_string()),
+        ("SYSTEM_FAILURE_EXIT_CODE", "2".into()),
+        ("BUILD_FAILURE_EXIT_CODE", "1".into()),
+        ("CUSTOM_ENV_CI_JOB_ID", job_id.to_string()),
+        ("CUSTOM_ENV_CI_JOB_TOKEN", "x".into()),
+        ("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN", "evilrunr".into()),
+        ("CUSTOM_ENV_CI_CONCURRENT_PROJECT_ID", "0".into()),
+        ("CUSTOM_ENV_CI_PROJECT_PATH", "g/p".into()),
+        ("CUSTOM_ENV_CI_JOB_TIMEOUT", "3600".into()),
+        ("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "true".into()),
+        ("CUSTOM_ENV_SITE_ID_TOKEN", token),
+    ];
+    let env_words: Vec<String> = vars.iter().map(|(k, v)| format!("'{k}={v}'")).collect();
+    let run = |args: &str| {
+        format!(
+            "env -i {} '{}' {args}\n",
+            env_words.join(" "),
+            auth.display()
+        )
+    };
+    let e = evil.display();
+    let escalate = kit.join("escalate.sh");
+    std::fs::write(
+        &escalate,
+        format!(
+            "cd {k}\n{}{}{}",
+            run(&format!("config --configuration {e} >/dev/null")),
+            run(&format!("prepare --configuration {e}")),
+            run(&format!(
+                "run --configuration {e} {} build_script",
+                inner.display()
+            )),
+            k = kit.display()
+        ),
+    )
+    .unwrap();
+    for p in std::fs::read_dir(&kit).unwrap().flatten() {
+        nix::unistd::chown(&p.path(), Some(svc.uid), Some(svc.gid)).unwrap();
+    }
+    nix::unistd::chown(&kit, Some(svc.uid), Some(svc.gid)).unwrap();
+
+    // The outer job, as the runner would run it.
+    let as_svc = |env: &std::collections::BTreeMap<String, String>, args: &[&str]| {
+        crate::auth_kit::svc_command(&auth, &svc, &h.runner_dir, env, args)
+            .output()
+            .unwrap()
+    };
+    let cfg = h.config_path.display().to_string();
+    let mut env = h.env.clone();
+    let out = as_svc(&env, &["config", "--configuration", &cfg]);
+    if out.status.success() {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for (k, val) in v["job_env"].as_object().unwrap() {
+            env.insert(k.clone(), val.as_str().unwrap().to_string());
+        }
+    } else {
+        env.insert(
+            "JACAMAR_CI_CONFIG_STR".into(),
+            std::fs::read_to_string(&h.config_path).unwrap(),
+        );
+    }
+    let _ = as_svc(&env, &["prepare"]);
+    let script = h.runner_dir.join("script-build");
+    std::fs::write(
+        &script,
+        runner_script(&format!(
+            "echo outer-uid=$(id -u)\nbash {}\n",
+            quote_path(&escalate)
+        )),
+    )
+    .unwrap();
+    nix::unistd::chown(&script, Some(svc.uid), Some(svc.gid)).unwrap();
+    let out = as_svc(
+        &env,
+        &["run", &script.display().to_string(), "build_script"],
+    );
+    let text = show(&out);
+    assert!(
+        !text.contains(&format!("escalated-uid={}", victim.uid)),
+        "the job became {} through the caps copy: {text}",
+        victim.name
+    );
+    assert!(
+        !text.contains("outer-uid="),
+        "the job ran as the service account: {text}"
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+}
+
+/// `path` as one single-quoted bash word.
+fn quote_path(path: &std::path::Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}

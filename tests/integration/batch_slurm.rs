@@ -516,3 +516,86 @@ fn twenty_concurrent_jobs_keep_their_logs_apart() {
         );
     }
 }
+
+/// Finding 5 of issue 16: the record of a job's scheduler ids (`batch-jobs`, in its scripts
+/// dir) is writable by the job. Ids that are not Slurm job ids (option-looking ones, one
+/// with an escape sequence) are reported, escaped, and skipped: no Slurm command ever gets
+/// them, and nothing raw reaches the runner's log; a well-formed id is still asked about.
+/// (Before: `scontrol` and `scancel` got `--uid=0…` and the escape sequence was printed.)
+#[test]
+fn cleanup_never_passes_a_forged_record_id_to_slurm() {
+    if !require_root() {
+        return;
+    }
+    use crate::sched_bin::{exec_real, which, SchedBin};
+    require_slurm();
+    let tools: Vec<(&str, String)> = ["sbatch", "scancel", "scontrol", "sacct", "squeue"]
+        .into_iter()
+        .map(|t| (t, exec_real(&which(t))))
+        .collect();
+    let bin = SchedBin::new("jrs-forged-ids-", &tools);
+    let mut h = Harness::batch(
+        "slurm",
+        &ci_user(),
+        GENERAL,
+        &format!("{BATCH}\nscheduler_bin = \"{}\"", bin.path().display()),
+    );
+    h.config_json();
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    let record = h.scripts_job_dir().join("batch-jobs");
+    // The job itself appends to its record (a host stage, run as the job's user).
+    let body = format!(
+        "printf 'job slurm --uid=0\\n' >> {r}\n\
+         printf 'job slurm --uid=0\\033[31m\\n' >> {r}\n\
+         printf 'job slurm 7\\033[31mred\\n' >> {r}\n\
+         printf 'job slurm -u alice\\n' >> {r}\n\
+         printf 'job slurm 999999999\\n' >> {r}\n\
+         echo record-written\n",
+        r = record.display()
+    );
+    let out = h.run("after_script", &runner_script(&body));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("record-written"),
+        "{}",
+        show(&out)
+    );
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+    let calls = bin.calls();
+    let forged: Vec<_> = calls
+        .iter()
+        .filter(|(_, _, args)| {
+            args.contains("--uid")
+                || args.contains('\u{1b}')
+                || args.contains("red")
+                || args.split(' ').any(|w| w == "-u")
+        })
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "a Slurm command got a forged id: {forged:?}\n{}",
+        show(&out)
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|(_, tool, args)| tool == "scontrol" && args.contains("999999999")),
+        "the well-formed id was not asked about: {calls:?}\n{}",
+        show(&out)
+    );
+    assert!(
+        !out.stdout.contains(&0x1b) && !out.stderr.contains(&0x1b),
+        "cleanup printed a raw escape sequence: {}",
+        show(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for shown in [
+        "\"--uid=0\"",
+        "\"--uid=0\\u{1b}[31m\"",
+        "\"7\\u{1b}[31mred\"",
+        "-u alice",
+    ] {
+        assert!(err.contains(shown), "{shown} not reported: {}", show(&out));
+    }
+}

@@ -231,3 +231,31 @@ fn setuid_without_a_token_is_refused_clearly() {
         show(&out)
     );
 }
+
+/// A failure `jacamar` relays may quote what the job chose (here the path of the CI
+/// variable `CUSTOM_CI_BUILDS_DIR`): jacamar-auth writes it to the runner without its
+/// control characters, shown escaped, so an escape sequence or a carriage return cannot
+/// colour or rewrite the runner's log (finding 5 of issue 16).
+#[test]
+fn a_relayed_failure_reaches_the_runner_without_control_characters() {
+    let mut h = Harness::new("custom_build_dir = true");
+    h.unobfuscated = true;
+    let dir = h
+        .tmp
+        .path()
+        .join("missing-\u{1b}[31mred\rERROR: forged line");
+    h.set("CUSTOM_ENV_CUSTOM_CI_BUILDS_DIR", dir.to_str().unwrap());
+    let out = h.config();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CUSTOM_CI_BUILDS_DIR") && err.contains("missing-\\u{1b}[31mred\\u{d}ERROR"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !out.stderr.contains(&0x1b) && !out.stderr.contains(&b'\r'),
+        "a control character reached the runner: {:?}",
+        err
+    );
+}

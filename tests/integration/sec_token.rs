@@ -464,6 +464,117 @@ fn askpass_gives_the_job_token_only_to_the_trusted_gitlab_origin() {
     }
 }
 
+/// Finding 4 of issue 16: the runner's script exports every CI variable before git runs, so
+/// a CI variable `JACAMAR_ASKPASS_ORIGIN` naming another host would have `GIT_ASKPASS` hand
+/// it `gitlab-ci-token:<token>`. A job whose CI variables set a name reserved for the
+/// driver's git credentials is refused at every stage with a message naming the variable
+/// (never its value), and the other host gets nothing. (Before: the token reached it.)
+#[test]
+fn a_ci_variable_cannot_redirect_the_askpass_token() {
+    if !require_tool("git") {
+        return;
+    }
+    let listener = AuthListener::start();
+    let url = format!("{}/x.git", listener.origin);
+    let mut h = Harness::new("");
+    // The job's GitLab is elsewhere: only a CI variable points git's askpass at the listener.
+    h.response_server = "https://gitlab.example.com".into();
+    let token = unique_token(&mut h);
+    h.set("CUSTOM_ENV_JACAMAR_ASKPASS_ORIGIN", &listener.origin);
+    h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "true");
+    let server = h.response_server.clone();
+    let mut body = token_exports(
+        &token,
+        &server,
+        &[
+            ("JACAMAR_ASKPASS_ORIGIN", &listener.origin),
+            ("JACAMAR_NO_BASH_PROFILE", "true"),
+        ],
+    );
+    body += &format!(
+        "if {} ; then echo ls-remote-ok; else echo ls-remote-failed; fi\n",
+        command(&["git", "ls-remote", &url])
+    );
+    let script = runner_script(&body);
+    let config = h.config();
+    let refused = |what: &str, out: &std::process::Output| {
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", show(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("JACAMAR_ASKPASS_ORIGIN")
+                && err.contains("reserved")
+                && err.contains("job token"),
+            "{what}: {}",
+            show(out)
+        );
+        assert!(
+            !err.contains(&listener.origin),
+            "{what}: the message shows the variable's value: {}",
+            show(out)
+        );
+        assert!(
+            !err.contains("JACAMAR_NO_BASH_PROFILE"),
+            "{what}: a legitimate opt-in was named: {}",
+            show(out)
+        );
+    };
+    // The runner would stop after config; each later stage refuses on its own as well.
+    let cfg = h.config_path.display().to_string();
+    h.set(
+        "JACAMAR_CI_CONFIG_STR",
+        &std::fs::read_to_string(&cfg).unwrap(),
+    );
+    let prepare = h.prepare();
+    let run = h.run("get_sources", &script);
+    let cleanup = h.cleanup();
+    let reqs = listener.requests();
+    let with_token: Vec<_> = reqs
+        .iter()
+        .filter(|(_, a)| a.as_deref() == Some(basic(&token).as_str()))
+        .collect();
+    assert!(
+        with_token.is_empty(),
+        "a CI variable sent the job token to {}: {reqs:?}\n{}",
+        listener.origin,
+        show(&run)
+    );
+    for (what, out) in [
+        ("config", &config),
+        ("prepare", &prepare),
+        ("run", &run),
+        ("cleanup", &cleanup),
+    ] {
+        refused(what, out);
+    }
+    assert!(reqs.is_empty(), "git ran: {reqs:?}");
+
+    // Every reserved name is named; with unrestricted_cmd_line (no askpass, the runner's
+    // own URLs carry the token) the driver manages no git credentials and refuses none.
+    let mut h = Harness::new("");
+    for name in [
+        "GIT_ASKPASS",
+        "GIT_CONFIG_VALUE_12",
+        "GIT_CONFIG_PARAMETERS",
+    ] {
+        h.set(&format!("CUSTOM_ENV_{name}"), "x");
+    }
+    h.set("CUSTOM_ENV_GIT_CONFIG_NOSYSTEM", "1");
+    let out = h.config();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    for name in [
+        "GIT_ASKPASS",
+        "GIT_CONFIG_VALUE_12",
+        "GIT_CONFIG_PARAMETERS",
+    ] {
+        assert!(err.contains(name), "{name}: {}", show(&out));
+    }
+    assert!(!err.contains("GIT_CONFIG_NOSYSTEM"), "{}", show(&out));
+    h.rewrite_config("unrestricted_cmd_line = true");
+    let out = h.config();
+    assert!(out.status.success(), "{}", show(&out));
+}
+
 #[test]
 fn setuid_askpass_trusts_gitlab_server_and_nothing_else() {
     if !require_root() || !require_tool("git") {
