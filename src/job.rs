@@ -177,6 +177,21 @@ impl RunnerEnv {
     }
 }
 
+/// The user name of the job token in a runner's clone URL (`gitlab-ci-token:<token>@`), and
+/// the one git is given for job-token authentication.
+pub const TOKEN_USER: &str = "gitlab-ci-token";
+
+/// The job token of a runner clone URL `scheme://gitlab-ci-token:<token>@host/...`: `None`
+/// for another user, an empty token, or one with a `%` (a percent-encoded token is not what
+/// the runner puts on git's command lines).
+pub fn token_in_clone_url(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (user, token) = userinfo.split_once(':')?;
+    (user == TOKEN_USER && !token.is_empty() && !token.contains('%')).then(|| token.to_string())
+}
+
 /// The part of the runner-written `JOB_RESPONSE_FILE` the driver trusts.
 ///
 /// The runner writes the job payload it received from GitLab into its own 0700 temp dir
@@ -384,5 +399,28 @@ mod tests {
         assert!(JobResponse::parse(br#"{"id": -1}"#).is_err());
         let e = JobResponse::from_env_map(&BTreeMap::new()).unwrap_err();
         assert!(e.to_string().contains("JOB_RESPONSE_FILE"), "{e}");
+    }
+
+    #[test]
+    fn clone_url_token() {
+        let tok = "glcbt-64_AbC9-x_yZ";
+        assert_eq!(
+            token_in_clone_url(&format!("https://gitlab-ci-token:{tok}@gl.example/g/p.git"))
+                .as_deref(),
+            Some(tok)
+        );
+        assert_eq!(token_in_clone_url("https://gl.example/g/p.git"), None);
+        assert_eq!(
+            token_in_clone_url("https://other:x@gl.example/g/p.git"),
+            None
+        );
+        assert_eq!(
+            token_in_clone_url("https://gitlab-ci-token:a%40b@gl.example/g/p.git"),
+            None
+        );
+        assert_eq!(
+            token_in_clone_url("https://gitlab-ci-token:@gl.example/"),
+            None
+        );
     }
 }

@@ -97,6 +97,12 @@ pub struct Handoff {
     pub env: Vec<(String, String)>,
     /// Backstop, as milliseconds since the Unix epoch.
     pub deadline_unix_ms: Option<u64>,
+    /// The job token `jacamar` keeps off the command lines of the runner's own stages (see
+    /// [`crate::stages::prelude`]): set for a `run` stage unless `unrestricted_cmd_line`.
+    /// It travels here, on the pipe, never on a command line; absent from an older
+    /// `jacamar-auth`'s handoff, which then gets no prelude.
+    #[serde(default)]
+    pub job_token: Option<String>,
 }
 
 /// The kind of a failure of the driver, each with the sentence the job log gets for it
@@ -425,6 +431,7 @@ mod tests {
             },
             env: vec![("PATH".into(), "/bin".into())],
             deadline_unix_ms: Some(5),
+            job_token: Some("glcbt-x".into()),
         }
     }
 
@@ -450,6 +457,14 @@ mod tests {
         let mut rest = String::new();
         r.read_to_string(&mut rest).unwrap();
         assert_eq!(rest, "TERM 15 parent\n");
+    }
+
+    #[test]
+    fn a_handoff_without_a_job_token_reads_as_none() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v.as_object_mut().unwrap().remove("job_token");
+        let h: Handoff = serde_json::from_value(v).unwrap();
+        assert_eq!(h.job_token, None);
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub fn reserved_message(names: &[String]) -> String {
 }
 
 /// The user name git is given for job-token authentication.
-pub const TOKEN_USER: &str = "gitlab-ci-token";
+pub use crate::job::TOKEN_USER;
 
 /// The handoff variable naming the origin whose credential prompts `jacamar` answers as
 /// `GIT_ASKPASS` (`scheme://host:port`, see [`Origin`]).

@@ -19,7 +19,6 @@ pub mod audit;
 pub mod caps;
 pub mod downscope;
 pub mod env;
-pub mod hide_token;
 pub mod jwks;
 pub mod jwt;
 pub mod lists;
@@ -74,9 +73,6 @@ pub enum AuthError {
     Seccomp(String),
     #[error("downscope: {0}")]
     Downscope(String),
-    /// The stage's script holds the job token where it cannot be kept off command lines.
-    #[error("{0}")]
-    TokenInScript(#[from] hide_token::HideError),
     /// The runner's job response, which names the job the id_token must be for.
     #[error("cannot bind the id_token to this job: {0}")]
     JobResponse(#[source] crate::job::ResponseError),
@@ -95,15 +91,13 @@ pub enum AuthError {
 impl AuthError {
     /// Errors whose full text the CI user needs and may see (they reveal nothing of the
     /// runner): the missing id_token, an over-long variable, a reserved variable (its name,
-    /// never its value), the script line holding the job token where it cannot be hidden
-    /// (its number, never its text).
+    /// never its value).
     pub fn user_facing(&self) -> bool {
         matches!(
             self,
             AuthError::MissingToken { .. }
                 | AuthError::EnvTooLong { .. }
                 | AuthError::ReservedVariables(_)
-                | AuthError::TokenInScript(_)
         )
     }
 }

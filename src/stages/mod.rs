@@ -2,6 +2,8 @@
 //!
 //! * [`privileged`]: what `jacamar-auth` does for `config`, `prepare`, `run` and `cleanup`.
 //! * [`user`]: what `jacamar` does, as the job's user, when `jacamar-auth` hands it a stage.
+//! * [`prelude`]: the bash functions `jacamar` writes in front of the runner's own stage
+//!   scripts to keep the job token off their command lines.
 //!
 //! * [`diag`]: the diagnostics subscriber both binaries install (stderr, level filter).
 //!
@@ -10,6 +12,7 @@
 //! back over the status pipe.
 
 pub mod diag;
+pub mod prelude;
 pub mod privileged;
 pub mod user;
 

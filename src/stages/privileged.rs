@@ -213,12 +213,6 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
                     path: script.clone(),
                     source: std::io::Error::other("the script is not valid UTF-8"),
                 })?;
-                let script = if config.general.unrestricted_cmd_line {
-                    script
-                } else {
-                    auth::hide_token::hide(&script, &job_token(&env))
-                        .map_err(auth::AuthError::from)?
-                };
                 let action = Action::Run {
                     stage: stage.clone(),
                     script,
@@ -235,17 +229,20 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
 }
 
 /// The job token to keep off command lines: the one in the clone URL of the runner's job
-/// response (GitLab's, whatever CI variables say), else `CUSTOM_ENV_CI_JOB_TOKEN`.
-fn job_token(env: &BTreeMap<String, String>) -> String {
-    crate::job::JobResponse::from_env_map(env)
-        .ok()
+/// `response` (GitLab's, whatever CI variables say), else `CUSTOM_ENV_CI_JOB_TOKEN`; `None`
+/// when neither gives a non-empty one.
+fn job_token(
+    response: Option<&crate::job::JobResponse>,
+    env: &BTreeMap<String, String>,
+) -> Option<String> {
+    response
         .and_then(|r| {
             r.repo_url
                 .as_deref()
-                .and_then(auth::hide_token::token_in_clone_url)
+                .and_then(crate::job::token_in_clone_url)
         })
         .or_else(|| env.get("CUSTOM_ENV_CI_JOB_TOKEN").cloned())
-        .unwrap_or_default()
+        .filter(|t| !t.is_empty())
 }
 
 /// Record a successful authorization (with the local account) in the audit log; a failure
@@ -507,7 +504,8 @@ fn create_base_dir_as_root(
 
 /// Everything `jacamar` gets for `action`: the configuration, the job, the account, the
 /// job's environment (allowlisted, plus git's askpass for the job's GitLab server unless
-/// `unrestricted_cmd_line`) and the backstop.
+/// `unrestricted_cmd_line`), the backstop, and for a `run` stage (unless
+/// `unrestricted_cmd_line`) the job token its prelude keeps off command lines.
 fn handoff_of(
     config: &Config,
     job: &JobContext,
@@ -521,12 +519,17 @@ fn handoff_of(
         &target.account,
         ours.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
+    let mut job_token = None;
     if !config.general.unrestricted_cmd_line {
         // Only the job's GitLab server gets the token from git's askpass.
-        let response = crate::job::JobResponse::from_env_map(&ours.into_iter().collect()).ok();
+        let ours: BTreeMap<String, String> = ours.into_iter().collect();
+        let response = crate::job::JobResponse::from_env_map(&ours).ok();
         let origins =
             auth::env::askpass_origins(config.general.gitlab_server.as_deref(), response.as_ref());
         env.extend(auth::env::askpass_env(exe, &origins));
+        if matches!(action, Action::Run { .. }) {
+            job_token = self::job_token(response.as_ref(), &ours);
+        }
     }
     Handoff {
         action,
@@ -535,6 +538,7 @@ fn handoff_of(
         account: target.account.clone(),
         env,
         deadline_unix_ms,
+        job_token,
     }
 }
 

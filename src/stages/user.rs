@@ -119,7 +119,14 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
         Action::Run { stage, script } => {
             // Held until the stage (and so the job's processes) is gone.
             let _claim = fs::builds::hold_claim(&paths, &policy, &builds_plan()?, &mut notify)?;
-            let path = fs::write_script(&paths, &policy, stage, script.as_bytes())?;
+            // The runner's own stages get the prelude that keeps the job token off their
+            // command lines; the script itself is written as the runner wrote it.
+            let token = h
+                .job_token
+                .as_deref()
+                .filter(|_| !config.general.unrestricted_cmd_line);
+            let text = super::prelude::stage_script(stage, token, script);
+            let path = fs::write_script(&paths, &policy, stage, &text)?;
             let search_path = crate::auth::env::search_path(&h.env);
             let cmd = shell::command(
                 config.general.shell_path.as_deref(),

@@ -208,7 +208,7 @@ fn seccomp_block_calls_makes_hostname_fail_in_the_job() {
 
 #[test]
 fn job_token_never_appears_on_a_command_line() {
-    // downscope none is enough: the rewrite is independent of the account.
+    // downscope none is enough: the prelude is independent of the account.
     let server = JwksServer::start(&[&pki().keys[0]]);
     for unrestricted in [false, true] {
         let general = if unrestricted {
@@ -224,15 +224,24 @@ fn job_token_never_appears_on_a_command_line() {
         h.config_json();
         assert!(h.prepare().status.success());
         let mark = h.tmp.path().join("running");
+        // A `git` first on the job's PATH that lives long enough to be seen.
+        let bin = h.tmp.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(
+            bin.join("git"),
+            format!("#!/bin/sh\ntouch {}\nsleep 4\n", mark.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(bin.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
         // git's askpass prompt for the job's GitLab server (gitlab_server), the only origin
         // that gets the token.
         let host = server.url.trim_start_matches("https://");
-        // What the runner's get_sources does: a command line with the token in a URL.
+        // What the runner's get_sources does: a git command line with the token in a URL.
         let script = format!(
-            "export CI_JOB_TOKEN={token}\n\
+            "export CI_JOB_TOKEN={token}\nexport PATH={b}:$PATH\n\
              echo askpass=$(\"$GIT_ASKPASS\" \"Password for 'https://gitlab-ci-token@{host}': \")\n\
-             sh -c 'touch {m}; sleep 4' git-fetch \"https://gitlab-ci-token:{token}@example.invalid/g/p.git\"\n",
-            m = mark.display()
+             git fetch \"https://gitlab-ci-token:{token}@example.invalid/g/p.git\"\n",
+            b = bin.display()
         );
         let child = h.spawn_run("get_sources", &runner_script(&script));
         assert!(wait_for(Duration::from_secs(20), || mark.exists()));

@@ -1,7 +1,8 @@
-//! The job token stays with the job: off every command line during artifact and cache
-//! transfers (and out of the script file except its own export), handed by GIT_ASKPASS only
-//! to the trusted GitLab origin, and an id_token bound to the job id the runner wrote, not to
-//! a CI variable the user can override.
+//! The job token stays with the job: off the command lines of the runner's own helper and
+//! git calls (the prelude `jacamar` writes in front of the runner's own stages, which it
+//! leaves byte for byte as the runner wrote them), never changed in the user's own stages,
+//! handed by GIT_ASKPASS only to the trusted GitLab origin, and an id_token bound to the job
+//! id the runner wrote, not to a CI variable the user can override.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -79,6 +80,28 @@ fn runner_script(body: &str) -> String {
     )
 }
 
+/// `body` as the runner >= 19.1 finishes it by default: the eval in an explicit subshell with
+/// its own TERM trap, stdin from /dev/null (see the custom executor protocol notes).
+fn runner_script_v19(body: &str) -> String {
+    format!(
+        "#!/usr/bin/env bash\n\ntrap 'exit 1' TERM\n\n\
+         case \"$(set -o)\" in *\"pipefail\"*) set -o pipefail;; esac; set -o errexit\n\
+         set +o noclobber\n(trap 'exit 1' TERM; eval {}) < /dev/null\nexit 0\n",
+        runner_quote(body)
+    )
+}
+
+/// `body` in each shape of stage script in the field: the legacy `: | eval $'...'`
+/// (runner < 19.1, [`harness::runner_script`]), `: | (eval ...)` (runner 17 and 18) and the
+/// current `(trap 'exit 1' TERM; eval ...) < /dev/null`.
+fn runner_shapes(body: &str) -> [(&'static str, String); 3] {
+    [
+        ("legacy", crate::harness::runner_script(body)),
+        ("subshell", runner_script(body)),
+        ("v19", runner_script_v19(body)),
+    ]
+}
+
 /// `export NAME=value` as the runner writes the job's variables.
 fn export(name: &str, value: &str) -> String {
     format!("export {name}={}\n", runner_quote(value))
@@ -146,9 +169,81 @@ fn count(hay: &str, needle: &str) -> usize {
     hay.matches(needle).count()
 }
 
+/// Another local account reading every process's command line (bash builtins only) until
+/// it is stopped; what it saw is a set of command lines, one a line.
+struct Spy {
+    child: std::process::Child,
+    stop: PathBuf,
+    log: PathBuf,
+}
+
+impl Spy {
+    /// Start the spy as `user`, its files in the world-writable `scratch`, and wait for its
+    /// first full scan.
+    fn start(user: &nix::unistd::User, scratch: &std::path::Path) -> Spy {
+        let stop = scratch.join("stop-spy");
+        let ready = scratch.join("spy-ready");
+        let log = scratch.join("spy.log");
+        let child = spawn_as(
+            user,
+            &format!(
+                "declare -A seen; n=0\n\
+                 while [ ! -e {stop} ]; do\n\
+                   for f in /proc/[0-9]*/cmdline; do\n\
+                     mapfile -d '' -t a < \"$f\" 2>/dev/null || continue\n\
+                     [ ${{#a[@]}} -gt 0 ] && seen[\"${{a[*]}}\"]=1\n\
+                   done\n\
+                   n=$((n+1)); [ $n = 1 ] && : > {ready}\n\
+                 done\n\
+                 printf '%s\\n' \"${{!seen[@]}}\" > {log}\n\
+                 echo \"scans: $n\" >> {log}\n",
+                stop = stop.display(),
+                ready = ready.display(),
+                log = log.display()
+            ),
+        );
+        assert!(
+            wait_for(Duration::from_secs(30), || ready.exists()),
+            "the spy never finished a scan"
+        );
+        Spy { child, stop, log }
+    }
+
+    /// Stop the spy and return every command line it saw.
+    fn stop(mut self) -> String {
+        std::fs::write(&self.stop, "").unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "spy: {status:?}");
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+/// The script file `jacamar` wrote for `stage` of `h`'s job (kept with `retain_logs`).
+fn written_script(h: &Harness, user: &str, stage: &str) -> String {
+    let scripts = written_scripts(h, user);
+    let file = scripts
+        .iter()
+        .find(|p| p.ends_with(format!("{stage}.bash")))
+        .unwrap_or_else(|| panic!("no {stage} script file in {scripts:?}"));
+    std::fs::read_to_string(file).unwrap()
+}
+
+/// What `jacamar` must write for a stage of the runner's own: its prelude, then `script`
+/// byte for byte.
+fn assert_prelude_then_script(text: &str, stage: &str, token: &str, script: &str) {
+    let prelude = jacamar::stages::prelude::prelude(stage, Some(token))
+        .unwrap_or_else(|| panic!("{stage} gets no prelude"));
+    assert!(
+        text.starts_with(&prelude) && &text[prelude.len()..] == script,
+        "the {stage} file is not the prelude and then the runner's script:\n{text}"
+    );
+    assert!(prelude.contains("function gitlab-runner {") && prelude.contains("function git {"));
+    assert_eq!(count(&prelude, token), 1, "{prelude}");
+}
+
 #[test]
-fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_file() {
-    if !require_root() || !require_tool("git") {
+fn artifact_upload_keeps_the_job_token_off_command_lines_and_the_runners_script_unchanged() {
+    if !require_root() {
         return;
     }
     let alice = ensure_user(ALICE, &[], "/bin/bash");
@@ -232,75 +327,52 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
         runner_quote("\x1b[0;33mMissing gitlab-runner.  Uploading artifacts is disabled.\x1b[0;m")
     );
     body += "fi\n";
-    let script = runner_script(&body);
-    assert!(script.contains(&format!("--token {token}")), "{script}");
 
-    // The spy: another local account reading every process's command line, all builtins.
-    let stop = scratch.join("stop-spy");
-    let ready = scratch.join("spy-ready");
-    let log = scratch.join("spy.log");
-    let mut spy_proc = spawn_as(
-        &spy,
-        &format!(
-            "declare -A seen; n=0\n\
-             while [ ! -e {stop} ]; do\n\
-               for f in /proc/[0-9]*/cmdline; do\n\
-                 mapfile -d '' -t a < \"$f\" 2>/dev/null || continue\n\
-                 [ ${{#a[@]}} -gt 0 ] && seen[\"${{a[*]}}\"]=1\n\
-               done\n\
-               n=$((n+1)); [ $n = 1 ] && : > {ready}\n\
-             done\n\
-             printf '%s\\n' \"${{!seen[@]}}\" > {log}\n\
-             echo \"scans: $n\" >> {log}\n",
-            stop = stop.display(),
-            ready = ready.display(),
-            log = log.display()
-        ),
-    );
-    assert!(
-        wait_for(Duration::from_secs(30), || ready.exists()),
-        "the spy never finished a scan"
-    );
+    let spy = Spy::start(&spy, &scratch);
+    let stage = "upload_artifacts_on_success";
+    for (shape, script) in runner_shapes(&body) {
+        assert!(script.contains(&format!("--token {token}")), "{script}");
+        let _ = std::fs::remove_file(&started);
+        let out = h.run(stage, &script);
+        assert!(
+            started.exists(),
+            "{shape}: the fake helper never ran: {}",
+            show(&out)
+        );
+        assert!(out.status.success(), "{shape}: {}", show(&out));
 
-    let out = h.run("upload_artifacts_on_success", &script);
-    assert!(
-        started.exists(),
-        "the fake helper never ran: {}",
-        show(&out)
-    );
-    std::fs::write(&stop, "").unwrap();
-    let spy_status = spy_proc.wait().unwrap();
-    assert!(spy_status.success(), "spy: {spy_status:?}");
-    assert!(out.status.success(), "{}", show(&out));
-
-    // The helper got what it needs from the environment, its other arguments intact, and
-    // the variables holding the token still hold it.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!(
-            "fake-helper argv: artifacts-uploader --url {url} --id {id} --path out dir --artifact-format zip --artifact-type archive"
-        )),
-        "{}",
-        show(&out)
-    );
-    assert!(
-        stdout.contains(&format!("fake-helper CI_JOB_TOKEN={token}\n")),
-        "{stdout}"
-    );
-    let host = server.url.trim_start_matches("https://");
-    assert!(
-        stdout.contains(&format!(
-            "fake-helper CI_REPOSITORY_URL=https://gitlab-ci-token:{token}@{host}/group/project.git\n"
-        )),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(&format!("fake-helper CI_REGISTRY_PASSWORD={token}\n")),
-        "{stdout}"
-    );
+        // The helper got what it needs from the environment, its other arguments intact,
+        // and the variables holding the token still hold it.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "fake-helper argv: artifacts-uploader --url {url} --id {id} --path out dir --artifact-format zip --artifact-type archive\n"
+            )),
+            "{shape}: {}",
+            show(&out)
+        );
+        assert!(
+            stdout.contains(&format!("fake-helper CI_JOB_TOKEN={token}\n")),
+            "{shape}: {stdout}"
+        );
+        let host = server.url.trim_start_matches("https://");
+        assert!(
+            stdout.contains(&format!(
+                "fake-helper CI_REPOSITORY_URL=https://gitlab-ci-token:{token}@{host}/group/project.git\n"
+            )),
+            "{shape}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("fake-helper CI_REGISTRY_PASSWORD={token}\n")),
+            "{shape}: {stdout}"
+        );
+        // The file is the prelude, then the runner's script as the runner wrote it.
+        let text = written_script(&h, &alice.name, stage);
+        assert_prelude_then_script(&text, stage, &token, &script);
+    }
 
     // The spy saw the helper's command line, never the token.
-    let seen = std::fs::read_to_string(&log).unwrap();
+    let seen = spy.stop();
     assert!(
         seen.lines().any(|l| l.contains("artifacts-uploader --url")),
         "the spy never saw the helper (scan too slow?): {seen}"
@@ -310,29 +382,38 @@ fn artifact_upload_keeps_the_job_token_off_command_lines_and_out_of_the_script_f
         leaked.is_empty(),
         "the spy ({SPY}) read the job token from: {leaked:?}"
     );
-
-    // The script file on disk holds the token once: the CI_JOB_TOKEN export.
-    let scripts = written_scripts(&h, &alice.name);
-    let file = scripts
-        .iter()
-        .find(|p| p.ends_with("upload_artifacts_on_success.bash"))
-        .unwrap_or_else(|| panic!("no script file in {scripts:?}"));
-    let text = std::fs::read_to_string(file).unwrap();
-    assert_eq!(
-        count(&text, &token),
-        1,
-        "the script file holds the token outside the CI_JOB_TOKEN export:\n{text}"
-    );
-    assert_eq!(
-        count(&text, &format!("export CI_JOB_TOKEN={token}")),
-        1,
-        "{text}"
-    );
     assert!(h.cleanup().status.success());
 }
 
 /// A request line and its Authorization header, as the listener saw them.
 type Request = (String, Option<String>);
+
+/// Read one HTTP request's line and headers from `stream` (no body: only GETs come).
+fn read_request(stream: &std::net::TcpStream) -> Option<Request> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut first = String::new();
+    reader.read_line(&mut first).ok()?;
+    let mut auth = None;
+    loop {
+        let mut l = String::new();
+        match reader.read_line(&mut l) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if l == "\r\n" || l == "\n" => break,
+            Ok(_) => {
+                if let Some((k, v)) = l.split_once(':') {
+                    if k.eq_ignore_ascii_case("authorization") {
+                        auth = Some(v.trim().to_string());
+                    }
+                }
+            }
+        }
+    }
+    Some((first.trim().to_string(), auth))
+}
+
+const UNAUTHORIZED: &[u8] =
+    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"jrs\"\r\n\
+      Content-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// An HTTP listener on 127.0.0.1 that answers every request `401` with
 /// `WWW-Authenticate: Basic` and records each request line and its Authorization header.
@@ -349,31 +430,11 @@ impl AuthListener {
         let r = requests.clone();
         std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut first = String::new();
-                if reader.read_line(&mut first).is_err() {
+                let Some(req) = read_request(&stream) else {
                     continue;
-                }
-                let mut auth = None;
-                loop {
-                    let mut l = String::new();
-                    match reader.read_line(&mut l) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) if l == "\r\n" || l == "\n" => break,
-                        Ok(_) => {
-                            if let Some((k, v)) = l.split_once(':') {
-                                if k.eq_ignore_ascii_case("authorization") {
-                                    auth = Some(v.trim().to_string());
-                                }
-                            }
-                        }
-                    }
-                }
-                r.lock().unwrap().push((first.trim().to_string(), auth));
-                let _ = stream.write_all(
-                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"jrs\"\r\n\
-                      Content-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+                };
+                r.lock().unwrap().push(req);
+                let _ = stream.write_all(UNAUTHORIZED);
             }
         });
         AuthListener { origin, requests }
@@ -698,4 +759,378 @@ fn verified_job_without_the_runners_job_response_is_refused() {
         "{}",
         show(&out)
     );
+}
+
+#[test]
+fn a_users_quoted_heredoc_keeps_the_job_token_it_holds() {
+    if !require_root() {
+        return;
+    }
+    let alice = ensure_user(ALICE, &[], "/bin/bash");
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let mut h = harness(
+        &server,
+        "setuid",
+        "retain_logs = true",
+        "root_dir_creation = true",
+        "",
+    );
+    give_token(&mut h, &server, ALICE);
+    let token = unique_token(&mut h);
+    no_profile(&mut h);
+    assert!(h.config().status.success());
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    let scratch = h.tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o1777)).unwrap();
+
+    for (shape, _) in runner_shapes("") {
+        // The user's own script writes a file from a quoted here-document: bash expands
+        // nothing in it, so the file must hold exactly what the script says.
+        let file = scratch.join(format!("heredoc-{shape}.txt"));
+        let mut body = token_exports(&token, &server.url, &[]);
+        body += &format!(
+            "cat > {} <<'EOF'\ntoken={token}\nliteral $HOME ${{CI_JOB_TOKEN}}\nEOF\n",
+            file.display()
+        );
+        let script = runner_shapes(&body)
+            .into_iter()
+            .find(|(s, _)| *s == shape)
+            .unwrap()
+            .1;
+        let out = h.run("build_script", &script);
+        assert!(out.status.success(), "{shape}: {}", show(&out));
+        let written = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{shape}: {}: {e}\n{}", file.display(), show(&out)));
+        assert_eq!(
+            written,
+            format!("token={token}\nliteral $HOME ${{CI_JOB_TOKEN}}\n"),
+            "{shape}: the user's quoted here-document was changed"
+        );
+        // The user's stage runs exactly as the runner wrote it.
+        let scripts = written_scripts(&h, &alice.name);
+        let path = scripts
+            .iter()
+            .find(|p| p.ends_with("build_script.bash"))
+            .unwrap_or_else(|| panic!("no build_script file in {scripts:?}"));
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            script,
+            "{shape}: the build_script file is not the runner's script"
+        );
+    }
+    assert!(h.cleanup().status.success());
+}
+
+/// A dumb-HTTP git server on 127.0.0.1 for the bare repositories under `root`: a request
+/// with the job token's Basic credentials gets the file it names (404 when there is none),
+/// any other gets 401. Each answer comes after `delay`, so that git's processes live long
+/// enough for a spy to read their command lines. Records every request.
+struct GitServer {
+    origin: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl GitServer {
+    fn start(root: PathBuf, token: &str, delay: Duration) -> GitServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let origin = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (r, want) = (requests.clone(), basic(token));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (root, want, r) = (root.clone(), want.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let Some((line, auth)) = read_request(&stream) else {
+                        return;
+                    };
+                    r.lock().unwrap().push((line.clone(), auth.clone()));
+                    std::thread::sleep(delay);
+                    if auth.as_deref() != Some(want.as_str()) {
+                        let _ = stream.write_all(UNAUTHORIZED);
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or("/");
+                    let rel = path.split('?').next().unwrap_or("").trim_start_matches('/');
+                    let body = (!rel.split('/').any(|c| c == ".."))
+                        .then(|| std::fs::read(root.join(rel)).ok())
+                        .flatten();
+                    let _ = match body {
+                        Some(b) => stream
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                                    b.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .and_then(|()| stream.write_all(&b)),
+                        None => stream.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        ),
+                    };
+                });
+            }
+        });
+        GitServer { origin, requests }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Run git as the test (root) for the fixtures, with no system or global configuration.
+fn git_fixture(cwd: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `group/project.git` (a file and the submodule `sub`, at `<origin>/group/sub.git`) and
+/// `group/sub.git` under `root`, bare, packed and ready for dumb HTTP. Returns the
+/// project's commit.
+fn git_fixtures(root: &std::path::Path, origin: &str) -> String {
+    let work = root.join("work");
+    std::fs::create_dir_all(root.join("group")).unwrap();
+    for name in ["sub", "project"] {
+        let w = work.join(name);
+        std::fs::create_dir_all(&w).unwrap();
+        git_fixture(&w, &["init", "-q", "-b", "main"]);
+        std::fs::write(w.join(format!("{name}.txt")), format!("{name} content\n")).unwrap();
+        git_fixture(&w, &["add", "."]);
+        if name == "project" {
+            let sub = git_fixture(&work.join("sub"), &["rev-parse", "HEAD"]);
+            std::fs::write(
+                w.join(".gitmodules"),
+                format!("[submodule \"sub\"]\n\tpath = sub\n\turl = {origin}/group/sub.git\n"),
+            )
+            .unwrap();
+            git_fixture(&w, &["add", ".gitmodules"]);
+            git_fixture(
+                &w,
+                &[
+                    "update-index",
+                    "--add",
+                    "--cacheinfo",
+                    &format!("160000,{sub},sub"),
+                ],
+            );
+        }
+        git_fixture(&w, &["commit", "-q", "-m", name]);
+        let bare = root.join("group").join(format!("{name}.git"));
+        git_fixture(
+            root,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                w.to_str().unwrap(),
+                bare.to_str().unwrap(),
+            ],
+        );
+        git_fixture(&bare, &["repack", "-a", "-d", "-q"]);
+        git_fixture(&bare, &["update-server-info"]);
+    }
+    git_fixture(&work.join("project"), &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn get_sources_fetches_through_askpass_with_no_job_token_on_any_command_line() {
+    if !require_root() || !require_tool("git") {
+        return;
+    }
+    let alice = ensure_user(ALICE, &[], "/bin/bash");
+    let spy = ensure_user(SPY, &[], "/bin/bash");
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let mut h = harness(
+        &server,
+        "setuid",
+        "retain_logs = true",
+        "root_dir_creation = true",
+        "",
+    );
+    give_token(&mut h, &server, ALICE);
+    let token = unique_token(&mut h);
+    no_profile(&mut h);
+    let repos = h.tmp.path().join("repos");
+    let git = GitServer::start(repos.clone(), &token, Duration::from_millis(150));
+    let sha = git_fixtures(&repos, &git.origin);
+    // The runner's job response names the git server: its clone URL's origin is trusted.
+    h.response_server = git.origin.clone();
+    assert!(h.config().status.success());
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    let scratch = h.tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o1777)).unwrap();
+
+    let host = git.origin.trim_start_matches("http://");
+    let url = format!("http://gitlab-ci-token:{token}@{host}/group/project.git");
+    let insteadof = format!(
+        "url.http://gitlab-ci-token:{token}@{host}/.insteadOf={}/",
+        git.origin
+    );
+    let agent = "http.userAgent=gitlab-runner 18.0.5 linux/amd64";
+    let spy = Spy::start(&spy, &scratch);
+    for (shape, _) in runner_shapes("") {
+        // What the runner's get_sources does (shells/abstract.go: the template dir, the
+        // fetch strategy, the checkout, the submodules, then the clone strategy of
+        // FF_USE_GIT_NATIVE_CLONE), with the token in the URLs of its git command lines.
+        let dir = scratch.join(shape);
+        let mut body = token_exports(&token, &git.origin, &[]);
+        body += &format!("mkdir -p {}\ncd {}\n", dir.display(), dir.display());
+        body += "mkdir -p tmpl\n";
+        for (k, v) in [
+            ("init.defaultBranch", "none"),
+            ("fetch.recurseSubmodules", "false"),
+            // Ignored by this git (older than 2.46); a newer one does not run GIT_ASKPASS
+            // with it, for the driver as much as for this test.
+            ("credential.interactive", "never"),
+            ("gc.autoDetach", "false"),
+        ] {
+            body += &format!(
+                "{}\n",
+                command(&["git", "config", "-f", "tmpl/config", k, v])
+            );
+        }
+        body += &format!(
+            "{}\n",
+            command(&["git", "init", "project", "--template", "tmpl"])
+        );
+        body += "cd project\n";
+        body += &format!(
+            "if {} >/dev/null 2>&1; then\n  echo {}\nelse\n  {}\nfi\n",
+            command(&["git", "remote", "add", "origin", &url]),
+            runner_quote("Created fresh repository."),
+            command(&["git", "remote", "set-url", "origin", &url])
+        );
+        let fetch = [
+            "git",
+            "-c",
+            agent,
+            "fetch",
+            "origin",
+            "--no-recurse-submodules",
+            "+refs/heads/*:refs/remotes/origin/*",
+        ];
+        let unshallow: Vec<&str> = fetch.iter().copied().chain(["--unshallow"]).collect();
+        body += &format!(
+            "if [ -f .git/shallow ]; then\n  {}\nelse\n  {}\nfi\n",
+            command(&unshallow),
+            command(&fetch)
+        );
+        body += &format!(
+            "{}\n",
+            command(&[
+                "git",
+                "-c",
+                "submodule.recurse=false",
+                "checkout",
+                "-f",
+                "-q",
+                &sha
+            ])
+        );
+        body += &format!("{}\n", command(&["git", "clean", "-ffdx"]));
+        body += &format!("{}\n", command(&["git", "submodule", "init"]));
+        body += &format!("{}\n", command(&["git", "submodule", "sync"]));
+        body += &format!(
+            "if {}; then\n  echo {}\nelse\n  echo submodules-failed\n  exit 1\nfi\n",
+            command(&["git", "-c", &insteadof, "submodule", "update", "--init"]),
+            runner_quote("Updated submodules")
+        );
+        body += &format!(
+            "{}\n",
+            command(&["git", "submodule", "foreach", "git clean -ffdx"])
+        );
+        body += "echo \"project=$(cat project.txt) sub=$(cat sub/sub.txt)\"\n";
+        body += "echo \"origin=$(git config --get remote.origin.url)\"\n";
+        body += "cd ..\n";
+        body += &format!(
+            "{}\n",
+            command(&[
+                "git",
+                "-c",
+                agent,
+                "clone",
+                "--no-checkout",
+                &url,
+                "cloned",
+                "--template",
+                "tmpl"
+            ])
+        );
+        body += "echo \"cloned=$(git -C cloned rev-parse HEAD)\"\n";
+        let script = runner_shapes(&body)
+            .into_iter()
+            .find(|(s, _)| *s == shape)
+            .unwrap()
+            .1;
+        let before = git.requests().len();
+        let out = h.run("get_sources", &script);
+        assert!(out.status.success(), "{shape}: {}", show(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for want in [
+            "project=project content sub=sub content\n".to_string(),
+            format!("origin=http://gitlab-ci-token@{host}/group/project.git\n"),
+            format!("cloned={sha}\n"),
+        ] {
+            assert!(
+                stdout.contains(&want),
+                "{shape}: no {want:?} in {}",
+                show(&out)
+            );
+        }
+        // git authenticated with the job token, which it had from GIT_ASKPASS: it was on
+        // no command line and in no git config.
+        let reqs = git.requests()[before..].to_vec();
+        let authed = reqs
+            .iter()
+            .filter(|(_, a)| a.as_deref() == Some(basic(&token).as_str()))
+            .count();
+        assert!(
+            authed > 0 && reqs.iter().any(|(l, _)| l.contains("/group/sub.git/")),
+            "{shape}: {reqs:?}"
+        );
+        for config in [
+            "project/.git/config",
+            "project/.git/modules/sub/config",
+            "cloned/config",
+            "cloned/.git/config",
+        ] {
+            if let Ok(text) = std::fs::read_to_string(dir.join(config)) {
+                assert!(
+                    !text.contains(&token),
+                    "{shape}: {config} holds the token:\n{text}"
+                );
+            }
+        }
+        let text = written_script(&h, &alice.name, "get_sources");
+        assert_prelude_then_script(&text, "get_sources", &token, &script);
+    }
+    let seen = spy.stop();
+    assert!(
+        seen.lines()
+            .any(|l| l.contains("fetch origin --no-recurse-submodules"))
+            && seen.lines().any(|l| l.contains("submodule update --init"))
+            && seen.lines().any(|l| l.contains("git-remote-http")),
+        "the spy never saw git (scan too slow?): {seen}"
+    );
+    let leaked: Vec<&str> = seen.lines().filter(|l| l.contains(&token)).collect();
+    assert!(
+        leaked.is_empty(),
+        "the spy ({SPY}) read the job token from: {leaked:?}"
+    );
+    assert!(h.cleanup().status.success());
 }

@@ -252,7 +252,7 @@ fn keep_tmp_keeps_private_files() {
         parsed
             .repo_url
             .as_deref()
-            .and_then(jacamar::auth::hide_token::token_in_clone_url)
+            .and_then(jacamar::job::token_in_clone_url)
             .as_deref(),
         response["token"].as_str()
     );
