@@ -216,14 +216,20 @@ pub fn askpass_origins(
 /// it answers from the `CI_JOB_TOKEN` the runner's script exports, and only for `origins`
 /// ([`ASKPASS_ORIGIN_VAR`], space-separated; without one it answers nothing). The
 /// credential helpers are reset (an empty `credential.helper`) so the token is never stored
-/// on disk, and git never falls back to a terminal prompt.
+/// on disk, and git never falls back to a terminal prompt. `credential.interactive` is set:
+/// the runner's template configuration says `never`, with which git 2.46 and later no longer
+/// ask `GIT_ASKPASS` at all (upstream's `ff_git_interactive`; always on here, the terminal
+/// stays off by `GIT_TERMINAL_PROMPT=0`). These are command-scope entries: they come after
+/// every configuration file, the runner's template and the repository's config included.
 pub fn askpass_env(jacamar: &Path, origins: &[Origin]) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         ("GIT_ASKPASS", jacamar.display().to_string()),
         ("GIT_TERMINAL_PROMPT", "0".to_string()),
-        ("GIT_CONFIG_COUNT", "1".to_string()),
+        ("GIT_CONFIG_COUNT", "2".to_string()),
         ("GIT_CONFIG_KEY_0", "credential.helper".to_string()),
         ("GIT_CONFIG_VALUE_0", String::new()),
+        ("GIT_CONFIG_KEY_1", "credential.interactive".to_string()),
+        ("GIT_CONFIG_VALUE_1", "true".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -488,6 +494,44 @@ mod tests {
         assert!(!askpass_env(Path::new("/j"), &[])
             .iter()
             .any(|(k, _)| k == ASKPASS_ORIGIN_VAR));
+    }
+
+    /// The runner's template config says `credential.interactive = never` (git 2.46 and later
+    /// then never ask GIT_ASKPASS) and a repository or profile may name credential helpers:
+    /// git itself reads our command-scope entries last, so they win.
+    #[test]
+    fn our_git_entries_come_after_every_config_file() {
+        let git = crate::shell::find_on_path("git", DEFAULT_PATH);
+        if !crate::test_support::require(git.is_some(), "git is not installed") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("template.cfg");
+        std::fs::write(
+            &cfg,
+            "[credential]\n\tinteractive = never\n\thelper = store\n",
+        )
+        .unwrap();
+        let env = askpass_env(Path::new("/j"), &[]);
+        let get = |key: &str| {
+            let out = std::process::Command::new(git.as_ref().unwrap())
+                .args(["config", "--get-all", key])
+                .env_clear()
+                .env("HOME", dir.path())
+                .env("GIT_CONFIG_GLOBAL", &cfg)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(get("credential.interactive"), "never\ntrue\n");
+        assert_eq!(
+            get("credential.helper"),
+            "store\n\n",
+            "the empty helper comes last"
+        );
     }
 
     #[test]

@@ -208,6 +208,9 @@ pub const KEYS: &[KeySpec] = &[
         .default("false")
         .chosen()
         .used_by("fs"),
+    key(G, "ff_git_interactive", Bool)
+        .default("false")
+        .used_by("auth"),
     // [auth]
     key(A, "downscope", Choice(DOWNSCOPES))
         .required()

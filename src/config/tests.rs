@@ -93,6 +93,7 @@ fn defaults_of_a_minimal_file() {
             file_lock_debug: false,
             user_enabled_limit: false,
             ff_custom_data_dir: false,
+            ff_git_interactive: false,
         }
     );
     assert_eq!(

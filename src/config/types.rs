@@ -99,6 +99,9 @@ pub struct General {
     pub file_lock_debug: bool,
     pub user_enabled_limit: bool,
     pub ff_custom_data_dir: bool,
+    /// Upstream's switch for git's `credential.interactive`; the driver always sets it when
+    /// it manages git's credentials (see `auth::env::askpass_env`), so it changes nothing.
+    pub ff_git_interactive: bool,
 }
 
 /// `[auth]`. Lists are empty when not set.

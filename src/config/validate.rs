@@ -112,6 +112,7 @@ fn general(s: &mut Section<'_, '_>) -> Option<General> {
     let file_lock_debug = s.bool("file_lock_debug");
     let user_enabled_limit = s.bool("user_enabled_limit");
     let ff_custom_data_dir = s.bool("ff_custom_data_dir");
+    let ff_git_interactive = s.bool("ff_git_interactive");
 
     Some(General {
         executor: executor?,
@@ -136,6 +137,7 @@ fn general(s: &mut Section<'_, '_>) -> Option<General> {
         file_lock_debug,
         user_enabled_limit,
         ff_custom_data_dir,
+        ff_git_interactive,
     })
 }
 
