@@ -113,6 +113,10 @@ pub struct Target {
     pub identity: Option<jwt::Identity>,
 }
 
+/// The warning the job log gets for a `jacamar --no-auth` job.
+pub const NO_AUTH_WARNING: &str = "WARNING: jacamar --no-auth: the job runs as the runner's \
+     own account, without authorization; its user is not verified";
+
 /// The warning the job log gets for an unverified job.
 pub const UNVERIFIED_WARNING: &str = "WARNING: no id_token and no gitlab_server configured: \
      the job runs as the runner's own account (downscope = \"none\"), its user is not verified";
@@ -168,19 +172,53 @@ pub fn trusted_server(
 /// `allow_bot_accounts = true`, `jwt_required_aud`, `ff_getent_check`). Without a token
 /// none of them could be checked; the job would run unverified.
 pub fn needs_token(config: &Config) -> bool {
-    let a = &config.auth;
-    a.downscope != Downscope::None
+    config.auth.downscope != Downscope::None
         || config.general.gitlab_server.is_some()
-        || !a.user_allowlist.is_empty()
-        || !a.user_blocklist.is_empty()
-        || !a.groups_allowlist.is_empty()
-        || !a.groups_blocklist.is_empty()
-        || !a.shell_allowlist.is_empty()
-        || !a.pipeline_source_allowlist.is_empty()
-        || a.runas.is_some()
-        || a.allow_bot_accounts
-        || a.jwt_required_aud.is_some()
-        || a.ff_getent_check
+        || !policy_keys_set(config).is_empty()
+}
+
+/// The keys of `[auth]` that judge the GitLab user and are set: each needs a verified
+/// identity to be applied.
+pub fn policy_keys_set(config: &Config) -> Vec<&'static str> {
+    let a = &config.auth;
+    [
+        ("user_allowlist", !a.user_allowlist.is_empty()),
+        ("user_blocklist", !a.user_blocklist.is_empty()),
+        ("groups_allowlist", !a.groups_allowlist.is_empty()),
+        ("groups_blocklist", !a.groups_blocklist.is_empty()),
+        ("shell_allowlist", !a.shell_allowlist.is_empty()),
+        (
+            "pipeline_source_allowlist",
+            !a.pipeline_source_allowlist.is_empty(),
+        ),
+        ("runas", a.runas.is_some()),
+        ("allow_bot_accounts", a.allow_bot_accounts),
+        ("jwt_required_aud", a.jwt_required_aud.is_some()),
+        ("ff_getent_check", a.ff_getent_check),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect()
+}
+
+/// `jacamar --no-auth`: no authorization at all, the job runs as this process's own account
+/// (the caller checked, with [`crate::stages::privileged::no_auth_problems`], that this is
+/// neither root nor privileged). `enforce_nologin` and the variable checks still apply.
+pub fn unauthorized(
+    config: &Config,
+    env: &BTreeMap<String, String>,
+) -> Result<Target, AuthError> {
+    env::check_sizes(env, config.auth.max_env_chars)?;
+    if !config.general.unrestricted_cmd_line {
+        env::check_reserved(env)?;
+    }
+    check_nologin_file(config)?;
+    Ok(Target {
+        account: account_of(nix::unistd::geteuid().as_raw())?,
+        downscope: Downscope::None,
+        groups: Vec::new(),
+        identity: None,
+    })
 }
 
 /// Decide who runs the job, for the runner's stage `stage` (`config_exec`, ...,

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use jacamar::config::runner;
-use jacamar::stages::privileged::{self, Call, Options};
+use jacamar::stages::cli::{self, StageCommand};
+use jacamar::stages::privileged::{self, Options};
 
 /// GitLab Runner custom-executor driver for HPC: authorizes the job, downscopes to the
 /// user's account and runs each stage through jacamar.
@@ -24,34 +25,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// config_exec: print the job's directories and state as JSON on stdout.
-    Config {
-        /// Jacamar TOML configuration file.
-        #[arg(long, value_name = "FILE")]
-        configuration: Option<PathBuf>,
-    },
-    /// prepare_exec: create the job's directories.
-    Prepare {
-        /// Configuration file (normally passed from config through job_env).
-        #[arg(long, value_name = "FILE")]
-        configuration: Option<PathBuf>,
-    },
-    /// run_exec: run one stage's script as the job's user.
-    Run {
-        /// Configuration file (normally passed from config through job_env).
-        #[arg(long, value_name = "FILE")]
-        configuration: Option<PathBuf>,
-        /// The runner's script for this stage.
-        script: PathBuf,
-        /// The stage's name (prepare_script, get_sources, build_script, step_*, ...).
-        stage: String,
-    },
-    /// cleanup_exec: remove the job's script files; safe to run several times.
-    Cleanup {
-        /// Jacamar TOML configuration file.
-        #[arg(long, value_name = "FILE")]
-        configuration: Option<PathBuf>,
-    },
+    #[command(flatten)]
+    Stage(StageCommand),
     /// Check a configuration file and/or the runner's config.toml wiring; print every
     /// problem, one a line; exit 0 only when everything given is clean.
     #[command(group(clap::ArgGroup::new("input").required(true).multiple(true)
@@ -68,29 +43,8 @@ enum Command {
 }
 
 fn main() {
-    // First of all: no core dump and no ptrace by our own uid while we hold the runner's
-    // environment, job tokens and (as root or with capabilities) privileges. The execve of
-    // `jacamar` resets the flag for that process, an ordinary process of the job's user.
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        eprintln!("Error encountered during job: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
-        std::process::exit(system_failure_exit_code());
-    }
-    // A signal mask inherited from whoever started us (a wrapper, a runner thread that
-    // blocks signals) would hold back the runner's SIGTERM: the cancel would do nothing.
-    if let Err(e) = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    ) {
-        eprintln!("Error encountered during job: failed to clear the inherited signal mask: {e}");
-        std::process::exit(system_failure_exit_code());
-    }
-    // Before anything opens: a descriptor left open by whoever started us (a wrapper
-    // script, socket activation) must never reach jacamar or the job.
-    if let Err(e) = jacamar::auth::downscope::cloexec_inherited_fds() {
-        eprintln!(
-            "Error encountered during job: failed to mark inherited descriptors close-on-exec: {e}"
-        );
+    if let Err(e) = cli::start_up() {
+        eprintln!("Error encountered during job: {e}");
         std::process::exit(system_failure_exit_code());
     }
     // Diagnostics go to stderr only: config's stdout is the runner's JSON.
@@ -101,19 +55,13 @@ fn main() {
             configuration,
             runner_config,
         } => std::process::exit(validate(configuration.as_deref(), runner_config.as_deref())),
-        Command::Config { configuration } => (Call::Config, configuration),
-        Command::Prepare { configuration } => (Call::Prepare, configuration),
-        Command::Run {
-            configuration,
-            script,
-            stage,
-        } => (Call::Run { script, stage }, configuration),
-        Command::Cleanup { configuration } => (Call::Cleanup, configuration),
+        Command::Stage(stage) => stage.into_call(),
     };
     let code = privileged::main(Options {
         unobfuscated: cli.unobfuscated,
         configuration,
         call,
+        no_auth: false,
     });
     std::process::exit(code);
 }

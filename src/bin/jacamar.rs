@@ -6,6 +6,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use clap::{Parser, Subcommand};
+use jacamar::stages::cli::StageCommand;
 
 /// Runs one stage of a CI job as the job's user (started by jacamar-auth).
 #[derive(Parser, Debug)]
@@ -47,7 +48,51 @@ enum Action {
     },
 }
 
+/// `jacamar --no-auth`: the runner's hooks without jacamar-auth, for a runner that runs as an
+/// ordinary account and needs no account switch (upstream's name). No authorization: every
+/// job runs as this account; root, capabilities, `downscope` other than "none" and the
+/// `[auth]` keys that judge the GitLab user are refused (see `privileged::no_auth_problems`).
+#[derive(Parser, Debug)]
+#[command(name = "jacamar --no-auth", version = jacamar::VERSION_TEXT, long_about = None)]
+struct NoAuthCli {
+    /// Run the runner's hooks directly, without jacamar-auth and without authorization.
+    #[arg(long, required = true)]
+    no_auth: bool,
+    /// Show full error details in the job log (by default they go to the audit log only).
+    #[arg(short = 'u', long, global = true)]
+    unobfuscated: bool,
+    #[command(subcommand)]
+    command: StageCommand,
+}
+
+/// `--no-auth` among the global flags (before the sub-command).
+fn no_auth_requested(args: &[std::ffi::OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| a.to_str().is_some_and(|s| s.starts_with('-')))
+        .any(|a| a == "--no-auth")
+}
+
+fn no_auth_main() -> i32 {
+    if let Err(e) = jacamar::stages::cli::start_up() {
+        eprintln!("Error encountered during job: {e}");
+        return jacamar::job::RunnerEnv::from_env().system_failure_exit_code;
+    }
+    jacamar::stages::diag::install();
+    let cli = NoAuthCli::parse();
+    let (call, configuration) = cli.command.into_call();
+    jacamar::stages::privileged::main(jacamar::stages::privileged::Options {
+        unobfuscated: cli.unobfuscated,
+        configuration,
+        call,
+        no_auth: true,
+    })
+}
+
 fn main() {
+    if no_auth_requested(&std::env::args_os().collect::<Vec<_>>()) {
+        std::process::exit(no_auth_main());
+    }
     // Diagnostics on stderr (stdout is git's answer for askpass).
     jacamar::stages::diag::install();
     // git runs us as GIT_ASKPASS with its prompt as the only argument (see auth::env).

@@ -5,12 +5,15 @@
 //! * [`prelude`]: the bash functions `jacamar` writes in front of the runner's own stage
 //!   scripts to keep the job token off their command lines.
 //!
+//! * [`cli`]: the runner-facing sub-commands and start-up of `jacamar-auth` and
+//!   `jacamar --no-auth`.
 //! * [`diag`]: the diagnostics subscriber both binaries install (stderr, level filter).
 //!
 //! Both sides share the error type here; [`StageError::category`] decides what the job log
 //! may be told (see [`crate::auth::obfuscate`]); `jacamar` sends the category of its failure
 //! back over the status pipe.
 
+pub mod cli;
 pub mod diag;
 pub mod prelude;
 pub mod privileged;

@@ -53,6 +53,9 @@ pub struct Options {
     pub unobfuscated: bool,
     pub configuration: Option<PathBuf>,
     pub call: Call,
+    /// `jacamar --no-auth`: no authorization, the job runs as our own account (see
+    /// [`no_auth_problems`]).
+    pub no_auth: bool,
 }
 
 /// What a stage amounted to, before it is mapped to an exit code.
@@ -180,16 +183,27 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
     if let Some(problem) = capabilities_with_downscope_none(&config) {
         return Err((StageError::Deployment(problem), Some(config)));
     }
+    if opts.no_auth {
+        if let Some(problem) = no_auth_problems(&config).into_iter().next() {
+            return Err((StageError::Deployment(problem), Some(config)));
+        }
+    }
     let run = async {
         let mut job = JobContext::from_env()?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
         crate::batch::args::capture(&config, &mut job, &env);
-        let target = auth::authorize(&config, opts.call.stage_name(), &env).await?;
+        let target = if opts.no_auth {
+            auth::unauthorized(&config, &env)?
+        } else {
+            auth::authorize(&config, opts.call.stage_name(), &env).await?
+        };
         authorized(&config, &job, opts.call.stage_name(), &target)?;
         match &opts.call {
             Call::Config => config_stage(opts, &config, &job, &target, signals).await,
             Call::Prepare => {
-                if target.identity.is_none() {
+                if opts.no_auth {
+                    eprintln!("{}", auth::NO_AUTH_WARNING);
+                } else if target.identity.is_none() {
                     eprintln!("{}", auth::UNVERIFIED_WARNING);
                 }
                 if let Some(msg) = &config.general.job_message {
@@ -819,6 +833,42 @@ fn own_path() -> String {
     std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "jacamar-auth".into())
+}
+
+/// What makes `jacamar --no-auth` refuse `config`, every stage: it never authorizes and never switches accounts, so it runs only as an
+/// ordinary account without capabilities, with `downscope = "none"` and none of the `[auth]`
+/// keys that judge the GitLab user (they could not be applied).
+pub fn no_auth_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        problems.push(
+            "jacamar --no-auth runs every job as its own account, and this is root: run the \
+             runner's hooks through jacamar-auth (downscope = \"setuid\") instead"
+                .to_string(),
+        );
+    } else if !matches!(crate::auth::caps::held(), Ok(0)) {
+        problems.push(format!(
+            "jacamar --no-auth ({}) holds capabilities (or they cannot be read) as uid {uid}: \
+             a job running as this uid could use them; remove them (setcap -r) or use \
+             jacamar-auth",
+            own_path()
+        ));
+    }
+    if config.auth.downscope != Downscope::None {
+        problems.push(format!(
+            "[auth] downscope = \"{}\": jacamar --no-auth never switches accounts; wire the \
+             runner's hooks to jacamar-auth, or set downscope = \"none\"",
+            config.auth.downscope.as_str()
+        ));
+    }
+    for key in auth::policy_keys_set(config) {
+        problems.push(format!(
+            "[auth] {key}: jacamar --no-auth does not authorize jobs, so this key could not be \
+             applied; wire the runner's hooks to jacamar-auth, or remove the key"
+        ));
+    }
+    problems
 }
 
 /// `downscope = "none"` in a jacamar-auth that holds capabilities its uid does not give it

@@ -1,0 +1,78 @@
+//! The runner-facing command line, shared by `jacamar-auth` and `jacamar --no-auth`: the four
+//! hooks of `[runners.custom]` as sub-commands, and the start-up every runner-facing process
+//! does before anything else.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::privileged::Call;
+
+/// One hook of `[runners.custom]`.
+#[derive(Subcommand, Debug)]
+pub enum StageCommand {
+    /// config_exec: print the job's directories and state as JSON on stdout.
+    Config {
+        /// Jacamar TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        configuration: Option<PathBuf>,
+    },
+    /// prepare_exec: create the job's directories.
+    Prepare {
+        /// Configuration file (normally passed from config through job_env).
+        #[arg(long, value_name = "FILE")]
+        configuration: Option<PathBuf>,
+    },
+    /// run_exec: run one stage's script as the job's user.
+    Run {
+        /// Configuration file (normally passed from config through job_env).
+        #[arg(long, value_name = "FILE")]
+        configuration: Option<PathBuf>,
+        /// The runner's script for this stage.
+        script: PathBuf,
+        /// The stage's name (prepare_script, get_sources, build_script, step_*, ...).
+        stage: String,
+    },
+    /// cleanup_exec: remove the job's script files; safe to run several times.
+    Cleanup {
+        /// Jacamar TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        configuration: Option<PathBuf>,
+    },
+}
+
+impl StageCommand {
+    /// The stage to run and the `--configuration` given with it.
+    pub fn into_call(self) -> (Call, Option<PathBuf>) {
+        match self {
+            StageCommand::Config { configuration } => (Call::Config, configuration),
+            StageCommand::Prepare { configuration } => (Call::Prepare, configuration),
+            StageCommand::Run {
+                configuration,
+                script,
+                stage,
+            } => (Call::Run { script, stage }, configuration),
+            StageCommand::Cleanup { configuration } => (Call::Cleanup, configuration),
+        }
+    }
+}
+
+/// What a runner-facing process does first, before it reads anything: no core dump and no
+/// ptrace by its own uid while it holds the runner's environment, job tokens and (as root or
+/// with capabilities) privileges (the execve of `jacamar` resets the flag for that process);
+/// an empty signal mask (one inherited from a wrapper or a runner thread would hold back the
+/// runner's SIGTERM, and the cancel would do nothing); every inherited descriptor
+/// close-on-exec (one left open by whoever started us must never reach `jacamar` or the job).
+/// The error is the sentence for the runner's log.
+pub fn start_up() -> Result<(), String> {
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| format!("prctl(PR_SET_DUMPABLE, 0) failed: {e}"))?;
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .map_err(|e| format!("failed to clear the inherited signal mask: {e}"))?;
+    crate::auth::downscope::cloexec_inherited_fds()
+        .map_err(|e| format!("failed to mark inherited descriptors close-on-exec: {e}"))
+}
