@@ -91,6 +91,12 @@ pub struct Coordinator {
 /// The runner's authentication token every fake GitLab accepts (a "created runner" token).
 pub const RUNNER_TOKEN: &str = "glrt-e2eRunnerTok3n_xyz";
 
+/// The runner's short token as the runner derives it from [`RUNNER_TOKEN`] (the 9
+/// characters after the `glrt-` prefix), the second component of the standard builds dir.
+pub fn short_token() -> &'static str {
+    &RUNNER_TOKEN[5..14]
+}
+
 impl Coordinator {
     pub fn start() -> Coordinator {
         let shared = Arc::new(Shared {

@@ -148,6 +148,7 @@ pub struct Site {
     pub opts: SiteOpts,
     runner: Option<Child>,
     started: Option<Instant>,
+    repo: std::cell::OnceCell<Repo>,
 }
 
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
@@ -260,6 +261,7 @@ impl Site {
             opts,
             runner: None,
             started: None,
+            repo: std::cell::OnceCell::new(),
         };
         if site.opts.caps {
             site.setup_caps();
@@ -382,8 +384,14 @@ impl Site {
         );
     }
 
-    /// A bare repository at `/group/project.git` with `files` committed on `main`.
-    pub fn repo(&self, files: &[(&str, &str)]) -> Repo {
+    /// The project's repository: a bare one at `/group/project.git` with `files` committed
+    /// on `main`, made on the first call (by [`Site::queue`] with a README when the test
+    /// made none).
+    pub fn repo(&self, files: &[(&str, &str)]) -> &Repo {
+        self.repo.get_or_init(|| self.make_repo(files))
+    }
+
+    fn make_repo(&self, files: &[(&str, &str)]) -> Repo {
         let work = self.tmp.path().join("repo-work");
         std::fs::create_dir_all(&work).unwrap();
         let git = |dir: &Path, args: &[&str]| {
@@ -423,8 +431,9 @@ impl Site {
         Repo { dir: bare, sha }
     }
 
-    /// Queue `spec` (with `sha` as the commit, when there is a repository) and return it.
-    pub fn queue(&self, spec: &JobSpec, sha: Option<&str>) -> JobRef {
+    /// Queue `spec` for the project's repository ([`Site::repo`]) and return it.
+    pub fn queue(&self, spec: &JobSpec) -> JobRef {
+        let sha = Some(self.repo(&[("README.md", "e2e\n")]).sha.as_str());
         let id = next_job_id();
         let token = format!("glcbt-e2e{id}_{}Tk", std::process::id());
         let url = self.url();
@@ -633,6 +642,140 @@ impl Drop for Site {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+impl Site {
+    /// A directory every account may write (sticky), for the jobs' markers.
+    pub fn scratch(&self) -> PathBuf {
+        let d = self.tmp.path().join("scratch");
+        if !d.exists() {
+            std::fs::create_dir(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        }
+        d
+    }
+
+    /// The processes left of `job`: the job user's processes with `CI_JOB_ID=<id>` in their
+    /// environment (everything the job's shells started) or a working directory below this
+    /// site's job directories (the job's shells themselves).
+    pub fn leftovers(&self, job: &JobRef) -> Vec<(i32, String)> {
+        let mut out = job_processes(&self.user, job.id);
+        let base = self.base_dir();
+        for pid in crate::harness::all_pids() {
+            if out.iter().any(|(p, _)| *p == pid) {
+                continue;
+            }
+            use std::os::unix::fs::MetadataExt;
+            let Ok(md) = std::fs::metadata(format!("/proc/{pid}")) else {
+                continue;
+            };
+            if md.uid() != self.user.uid.as_raw() || !crate::harness::alive(pid) {
+                continue;
+            }
+            let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+                continue;
+            };
+            if cwd.starts_with(&base) {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+            }
+        }
+        out
+    }
+
+    /// Wait up to `limit` until no process of `job` is left; what is left after that.
+    pub fn wait_no_leftovers(&self, job: &JobRef, limit: Duration) -> Vec<(i32, String)> {
+        let until = Instant::now() + limit;
+        loop {
+            let left = self.leftovers(job);
+            if left.is_empty() || Instant::now() >= until {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `<builds dir>/group/project.tmp`, the runner's temporary project dir (file-type
+    /// variables), for the standard builds dir of concurrent id 0.
+    pub fn project_tmp_dir(&self) -> PathBuf {
+        self.base_dir()
+            .join("builds")
+            .join(crate::coordinator::short_token())
+            .join("000")
+            .join(format!("{PROJECT}.tmp"))
+    }
+
+    /// `<base>/scripts/<runner>/000/group/project/<job id>`: removed by jacamar's cleanup.
+    pub fn scripts_dir(&self, job: &JobRef) -> PathBuf {
+        self.base_dir()
+            .join("scripts")
+            .join(crate::coordinator::short_token())
+            .join("000")
+            .join(PROJECT)
+            .join(job.id.to_string())
+    }
+}
+
+/// Another local account reading every process's command line (all bash builtins) until
+/// stopped: what a user sharing the host sees.
+pub struct Spy {
+    child: Child,
+    stop: PathBuf,
+    log: PathBuf,
+}
+
+impl Spy {
+    pub fn start(site: &Site) -> Spy {
+        let spy = ensure_user(SPY_USER, &[], "/bin/bash");
+        let dir = site.scratch();
+        let stop = dir.join("stop-spy");
+        let ready = dir.join("spy-ready");
+        let log = dir.join("spy.log");
+        let script = format!(
+            "declare -A seen; n=0\n\
+             while [ ! -e {stop} ]; do\n\
+               for f in /proc/[0-9]*/cmdline; do\n\
+                 mapfile -d '' -t a < \"$f\" 2>/dev/null || continue\n\
+                 [ ${{#a[@]}} -gt 0 ] && seen[\"${{a[*]}}\"]=1\n\
+               done\n\
+               n=$((n+1)); [ $n = 1 ] && : > {ready}\n\
+             done\n\
+             printf '%s\\n' \"${{!seen[@]}}\" > {log}\n\
+             echo \"scans: $n\" >> {log}\n",
+            stop = stop.display(),
+            ready = ready.display(),
+            log = log.display()
+        );
+        let child = Command::new("/bin/bash")
+            .args(["-c", &script])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .uid(spy.uid.as_raw())
+            .gid(spy.gid.as_raw())
+            .spawn()
+            .unwrap();
+        assert!(
+            crate::harness::wait_for(Duration::from_secs(30), || ready.exists()),
+            "the spy never finished a scan"
+        );
+        Spy { child, stop, log }
+    }
+
+    /// Stop the spy; every distinct command line it saw.
+    pub fn finish(mut self) -> Vec<String> {
+        std::fs::write(&self.stop, "").unwrap();
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "spy: {st:?}");
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
