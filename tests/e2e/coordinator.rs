@@ -238,11 +238,6 @@ impl Coordinator {
         self.with(|st| st.jobs.get(&id).and_then(|j| j.final_update.clone()))
     }
 
-    /// Wait until the runner has asked for a job `n` times in all.
-    pub fn wait_requests(&self, n: usize, limit: Duration) -> bool {
-        self.wait(limit, |st| st.requests >= n)
-    }
-
     pub fn artifacts(&self, id: u64) -> Vec<Artifact> {
         self.with(|st| {
             st.jobs
@@ -254,10 +249,6 @@ impl Coordinator {
 
     pub fn jwks_hits(&self) -> usize {
         self.with(|st| st.jwks_hits)
-    }
-
-    pub fn requests(&self) -> usize {
-        self.with(|st| st.requests)
     }
 
     pub fn verify_hits(&self) -> usize {

@@ -53,7 +53,7 @@ fn success_with_sources(v: Version) {
     let Some(mut site) = site(v, SiteOpts::default()) else {
         return;
     };
-    let repo = site.repo(&[("README.md", "hello from the e2e repository\n")]);
+    site.repo(&[("README.md", "hello from the e2e repository\n")]);
     let job = site.queue(&JobSpec::new(
         "sources",
         &[
@@ -62,6 +62,7 @@ fn success_with_sources(v: Version) {
             "git log --oneline | wc -l",
         ],
     ));
+    site.verify();
     site.start_runner();
     assert_final(&site, &job, "success");
     site.stop();
@@ -88,10 +89,10 @@ fn exit_code_reported(v: Version) {
 }
 both!(exit_code_reported);
 
-/// The job body of the cancel tests: a TERM trap that records itself (in a scratch file:
-/// after an abort the log may no longer be sent) and a child that would outlive the job.
-fn trapping_script(marker: &std::path::Path) -> Vec<&'static str> {
-    let _ = marker;
+/// The job body of the cancel tests: a TERM trap that records itself in `$MARKER` (a
+/// scratch file: after an abort the log may no longer be sent), a child that would outlive
+/// the job, and a steady output (the runner learns of a cancel from its log updates).
+fn trapping_script() -> Vec<&'static str> {
     vec![
         "trap 'echo \"trap TERM\" >> \"$MARKER\"; echo trapped-in-job; exit 3' TERM",
         "sleep 600 &",
@@ -109,7 +110,7 @@ fn cancel(v: Version, status: &str) {
     };
     let marker = site.scratch().join("trap");
     let after = site.scratch().join("after");
-    let mut spec = JobSpec::new("cancel", &trapping_script(&marker))
+    let mut spec = JobSpec::new("cancel", &trapping_script())
         .after(&["echo after_script-ran >> \"$AFTER\""])
         .var("MARKER", marker.to_str().unwrap())
         .var("AFTER", after.to_str().unwrap());
@@ -193,7 +194,7 @@ fn job_timeout(v: Version) {
     };
     let marker = site.scratch().join("trap");
     let mut spec =
-        JobSpec::new("timeout", &trapping_script(&marker)).var("MARKER", marker.to_str().unwrap());
+        JobSpec::new("timeout", &trapping_script()).var("MARKER", marker.to_str().unwrap());
     spec.timeout = 5;
     let job = site.queue(&spec);
     site.start_runner();
@@ -234,9 +235,10 @@ fn artifacts_upload_and_download(v: Version) {
     let stored = site.coord.artifacts(a.id);
     assert_eq!(stored.len(), 1, "{stored:?}\n{}", site.explain(&a));
     assert!(
-        stored[0].query.contains("artifact_type=archive"),
-        "{:?}",
-        stored[0].query
+        stored[0].query.contains("artifact_type=archive") && stored[0].filename.ends_with(".zip"),
+        "{:?} {:?}",
+        stored[0].query,
+        stored[0].filename
     );
     let mut down = JobSpec::new("download", &["cat out/a.txt"]);
     down.dependencies = json!([{
@@ -366,7 +368,7 @@ fn caps_service_account(v: Version) {
     let Some(mut site) = site(v, opts) else {
         return;
     };
-    let repo = site.repo(&[("README.md", "caps deployment\n")]);
+    site.repo(&[("README.md", "caps deployment\n")]);
     let job = site.queue(&JobSpec::new(
         "caps",
         &["echo \"user=$(id -un) uid=$(id -u)\"", "cat README.md"],
@@ -389,7 +391,7 @@ fn no_token_on_command_lines(v: Version) {
     let Some(mut site) = site(v, SiteOpts::default()) else {
         return;
     };
-    let repo = site.repo(&[("README.md", "spy\n")]);
+    site.repo(&[("README.md", "spy\n")]);
     let mut spec = JobSpec::new(
         "spy",
         &[
@@ -433,7 +435,7 @@ fn https_with_site_ca(v: Version) {
     let Some(mut site) = site(v, opts) else {
         return;
     };
-    let repo = site.repo(&[("README.md", "over https\n")]);
+    site.repo(&[("README.md", "over https\n")]);
     let mut spec = JobSpec::new(
         "https",
         &["cat README.md", "mkdir -p out", "echo z > out/z"],

@@ -147,7 +147,6 @@ pub struct Site {
     pub auth: PathBuf,
     pub opts: SiteOpts,
     runner: Option<Child>,
-    started: Option<Instant>,
     repo: std::cell::OnceCell<Repo>,
 }
 
@@ -215,7 +214,6 @@ pub struct JobRef {
 
 /// A bare repository with one commit on `main`, ready for git's dumb HTTP protocol.
 pub struct Repo {
-    pub dir: PathBuf,
     pub sha: String,
 }
 
@@ -260,7 +258,6 @@ impl Site {
             runner_dir,
             opts,
             runner: None,
-            started: None,
             repo: std::cell::OnceCell::new(),
         };
         if site.opts.caps {
@@ -384,6 +381,32 @@ impl Site {
         );
     }
 
+    /// `gitlab-runner verify` against the fake GitLab (`POST /api/v4/runners/verify`): the
+    /// runner's token is valid.
+    pub fn verify(&self) {
+        let out = Command::new(&self.bin)
+            .args(["verify", "--config"])
+            .arg(&self.runner_toml)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOME", "/root")
+            .current_dir(&self.runner_dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "gitlab-runner verify: {text}");
+        assert_eq!(self.coord.verify_hits(), 1, "gitlab-runner verify: {text}");
+        assert!(text.contains("is valid"), "gitlab-runner verify: {text}");
+    }
+
     /// The project's repository: a bare one at `/group/project.git` with `files` committed
     /// on `main`, made on the first call (by [`Site::queue`] with a README when the test
     /// made none).
@@ -428,12 +451,12 @@ impl Site {
         );
         git(&bare, &["update-server-info"]);
         self.coord.add_repo(PROJECT, &bare);
-        Repo { dir: bare, sha }
+        Repo { sha }
     }
 
     /// Queue `spec` for the project's repository ([`Site::repo`]) and return it.
     pub fn queue(&self, spec: &JobSpec) -> JobRef {
-        let sha = Some(self.repo(&[("README.md", "e2e\n")]).sha.as_str());
+        let sha = self.repo(&[("README.md", "e2e\n")]).sha.as_str();
         let id = next_job_id();
         let token = format!("glcbt-e2e{id}_{}Tk", std::process::id());
         let url = self.url();
@@ -468,9 +491,7 @@ impl Site {
         for (k, val, file) in &spec.variables {
             vars.push(json!({"key": k, "value": val, "public": false, "masked": false, "file": file, "raw": false}));
         }
-        if let Some(sha) = sha {
-            vars.push(v("CI_COMMIT_SHA", sha, true, false));
-        }
+        vars.push(v("CI_COMMIT_SHA", sha, true, false));
         let step = |name: &str, script: &[String], when: &str| json!({"name": name, "script": script, "timeout": spec.timeout, "when": when, "allow_failure": false});
         let mut steps = vec![step("script", &spec.script, "on_success")];
         if !spec.after_script.is_empty() {
@@ -485,7 +506,7 @@ impl Site {
             "git_info": {
                 "repo_url": repo_url,
                 "ref": "main",
-                "sha": sha.unwrap_or(zeros),
+                "sha": sha,
                 "before_sha": zeros,
                 "ref_type": "branch",
                 "refspecs": ["+refs/heads/main:refs/remotes/origin/main"],
@@ -543,7 +564,6 @@ impl Site {
             }
         }
         self.runner = Some(c.spawn().unwrap());
-        self.started = Some(Instant::now());
     }
 
     pub fn runner_pid(&self) -> i32 {
@@ -621,8 +641,8 @@ impl Site {
         }
     }
 
-    /// The builds dir the runner was given for `job` (from the job's `CI_BUILDS_DIR`
-    /// line the tests print), else the standard one.
+    /// The job user's base dir (`<data_dir>/<user>`, or `$HOME/.jacamar-ci` for the caps
+    /// deployment's `data_dir = "$HOME"`).
     pub fn base_dir(&self) -> PathBuf {
         match &self.svc {
             Some(_) => self.user.dir.join(".jacamar-ci"),
