@@ -80,6 +80,9 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Milliseconds every artifacts upload and every git `info/refs` request is held before
+    /// it is answered (so that a scan of the host's processes sees the uploader and git).
+    upload_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 pub struct Coordinator {
@@ -105,6 +108,7 @@ impl Coordinator {
                 ..State::default()
             }),
             changed: Condvar::new(),
+            upload_delay_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let http = TcpListener::bind("127.0.0.1:0").unwrap();
         let https = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -193,6 +197,13 @@ impl Coordinator {
             );
             st.queue.push(job);
         });
+    }
+
+    /// Hold every artifacts upload and git `info/refs` request `d` before answering it.
+    pub fn set_slow(&self, d: Duration) {
+        self.shared
+            .upload_delay_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Serve the bare repository `dir` at `/<project_path>.git`.
@@ -372,6 +383,12 @@ fn json_response(status: &str, extra: &[(&str, String)], v: &Value) -> Vec<u8> {
 }
 
 fn handle(s: &Shared, req: Request) -> Vec<u8> {
+    if (req.method == "POST" && job_id_of(&req.path, "/artifacts").is_some())
+        || (req.method == "GET" && req.path.ends_with(".git/info/refs"))
+    {
+        let ms = s.upload_delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let mut st = s.state.lock().unwrap();
     st.log.push(format!("{} {}", req.method, req.path));
     let resp = route(&mut st, &req);

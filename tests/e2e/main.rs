@@ -7,7 +7,8 @@
 //! (/usr/local/bin/gitlab-runner, for the helper commands); scripts/test.sh provides all of
 //! them. Without them every test fails, unless `JACAMAR_TEST_ALLOW_SKIP=1`.
 //! Each scenario runs once per runner release: `cargo test --test e2e v18_0_5` runs one
-//! release's half.
+//! release's half. `JACAMAR_E2E_SHOW=1` (with `--nocapture`) prints every job's log, the
+//! runner's log and the requests the fake GitLab saw.
 
 #[path = "../integration/auth_kit.rs"]
 mod auth_kit;

@@ -407,6 +407,8 @@ fn no_token_on_command_lines(v: Version) {
     }]);
     spec.cache = json!([{"key": "k", "untracked": false, "policy": "pull-push", "paths": ["vendor/"], "when": "on_success"}]);
     let job = site.queue(&spec);
+    // The uploader and git wait 1.5 s for answers: long enough for the spy's scans.
+    site.coord.set_slow(Duration::from_millis(1500));
     let spy = Spy::start(&site);
     site.start_runner();
     assert_final(&site, &job, "success");
@@ -416,6 +418,14 @@ fn no_token_on_command_lines(v: Version) {
         seen.iter().any(|l| l.contains("artifacts-uploader")),
         "the spy never saw the artifacts upload (scan too slow?): {seen:?}"
     );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("git") && l.contains("fetch")),
+        "the spy never saw git fetch (scan too slow?): {seen:?}"
+    );
+    if std::env::var_os("JACAMAR_E2E_SHOW").is_some() {
+        eprintln!("the spy saw:\n{}", seen.join("\n"));
+    }
     let leaked: Vec<&String> = seen.iter().filter(|l| l.contains(&job.token)).collect();
     assert!(
         leaked.is_empty(),
@@ -503,6 +513,9 @@ fn sigquit_drains(v: Version) {
         site.explain(&job)
     );
     site.signal_runner(nix::sys::signal::Signal::SIGQUIT);
+    // A job queued once the runner has seen the signal (a request already under way may
+    // still be answered) must stay queued.
+    std::thread::sleep(Duration::from_millis(1500));
     let next = site.queue(&JobSpec::new("not-taken", &["true"]));
     assert_final(&site, &job, "success");
     assert_log(&site, &job, "job-finished");
