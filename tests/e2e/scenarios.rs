@@ -590,3 +590,43 @@ fn refused_blocklisted_user(v: Version) {
     refused(v, true)
 }
 both!(refused_blocklisted_user);
+
+/// The fake GitLab's git server itself: the job token as HTTP Basic password or nothing
+/// (so the scenarios' clones prove that the job authenticated with its token).
+#[test]
+fn fake_git_server_demands_the_job_token() {
+    if !crate::harness::require_root() || !crate::harness::require_tool("git") {
+        return;
+    }
+    // No runner is started: the site kit needs no runner binary for this.
+    let site = Site::new(Version::V18_0_5, "/bin/false".into(), SiteOpts::default());
+    site.repo(&[("README.md", "x\n")]);
+    let job = site.queue(&JobSpec::new("git", &["true"]));
+    let host = site.coord.http_url.trim_start_matches("http://");
+    let ls = |cred: &str| {
+        std::process::Command::new("git")
+            .args([
+                "ls-remote",
+                &format!("http://{cred}{host}/group/project.git"),
+            ])
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("HOME", site.tmp.path())
+            .output()
+            .unwrap()
+    };
+    for cred in ["", "gitlab-ci-token:wrong@", "someone:@"] {
+        let out = ls(cred);
+        assert!(!out.status.success(), "git ls-remote with {cred:?} worked");
+    }
+    let out = ls(&format!("someone:{}@", job.token));
+    assert!(
+        !out.status.success(),
+        "another user name with the token worked"
+    );
+    let out = ls(&format!("gitlab-ci-token:{}@", job.token));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("refs/heads/main"),
+        "git ls-remote with the job token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
