@@ -12,7 +12,8 @@ need_pkgs=()
 # and RSA keys; hostname for the seccomp test. bindfs (and fuse3 for its umount) for the
 # NFS-like view of tests/integration/nfs_view.rs.
 auth_pkgs=(libseccomp-dev libcap2-bin sudo openssl hostname)
-for p in bash procps util-linux passwd e2fsprogs bindfs fuse3 "${auth_pkgs[@]}"; do
+# git for the end-to-end tests' job sources (tests/e2e, through the real GitLab Runner).
+for p in bash procps util-linux passwd e2fsprogs bindfs fuse3 git "${auth_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -81,6 +82,21 @@ if [ "${JACAMAR_TEST_NO_SLURM:-0}" != 1 ]; then
   fi
 fi
 # --- end batch executors
+
+# --- the real GitLab Runner for the end-to-end tests (tests/e2e): both releases, built once
+# from the shared sources by scripts/gitlab-runner.sh (cached in /var/cache/gitlab-runner-build,
+# outside the clone; a cold build takes 4-6 minutes each). The job's helper commands
+# (`gitlab-runner artifacts-uploader`, ...) are looked up as `gitlab-runner` on the job user's
+# PATH, as on a site where the runner is installed: /usr/local/bin/gitlab-runner links to the
+# v18.0.5 build (an existing regular file there, a site's own runner, is left alone).
+if [ "$(id -u)" = 0 ]; then
+  JACAMAR_E2E_RUNNER_V18_0_5=$(bash scripts/gitlab-runner.sh v18.0.5 </dev/null | tail -n1)
+  JACAMAR_E2E_RUNNER_V16_9_2=$(bash scripts/gitlab-runner.sh v16.9.2 </dev/null | tail -n1)
+  export JACAMAR_E2E_RUNNER_V18_0_5 JACAMAR_E2E_RUNNER_V16_9_2
+  if [ -L /usr/local/bin/gitlab-runner ] || [ ! -e /usr/local/bin/gitlab-runner ]; then
+    ln -sfn "$JACAMAR_E2E_RUNNER_V18_0_5" /usr/local/bin/gitlab-runner
+  fi
+fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

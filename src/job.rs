@@ -66,6 +66,10 @@ pub struct BuildDirVars {
     /// `JACAMAR_LIMIT_BUILD_DIR`: the project opts in to `limit_build_dir` (with
     /// `user_enabled_limit`).
     pub limit_opt_in: bool,
+    /// `CI_PROJECT_DIR`, as given: where the runner put the project (its `.tmp` sibling is
+    /// removed at cleanup, see `fs::builds::remove_runner_tmp`; used only below the builds dir).
+    #[serde(default)]
+    pub project_dir: Option<String>,
 }
 
 /// Truthy CI variable values, as GitLab users write them.
@@ -125,6 +129,7 @@ impl JobContext {
                 project_id: get("CI_PROJECT_ID").cloned(),
                 custom_builds_dir: get("CUSTOM_CI_BUILDS_DIR").cloned(),
                 limit_opt_in: truthy(get("JACAMAR_LIMIT_BUILD_DIR")),
+                project_dir: get("CI_PROJECT_DIR").cloned(),
             },
             batch_variables: BTreeMap::new(),
         })

@@ -33,8 +33,8 @@ use super::cleanup::{open_child, remove_tree};
 use super::custom::{open_custom_root, parse_custom_root};
 use super::paths::{Anchor, BuildsAt};
 use super::secure::{
-    dir_flags, ensure_job_dirs, file_type, open_below_base, open_existing_base_parent,
-    open_private_child, perm_bits, DirFd,
+    dir_flags, ensure_job_dirs, file_type, open_below_base, open_dir_path,
+    open_existing_base_parent, open_private_child, perm_bits, DirFd,
 };
 use super::static_dirs;
 use super::{validate_segment, DirPolicy, FsError, JobPaths, SegmentKind};
@@ -388,6 +388,202 @@ pub fn cleanup(
         }
     }
     Ok(report)
+}
+
+/// Suffix the runner adds to the project dir for its temporary project dir.
+pub const RUNNER_TMP_SUFFIX: &str = ".tmp";
+
+/// `cleanup`, as the user, before the claim is released: remove the runner's temporary
+/// project dir of this job's builds dir, `<builds dir>/<namespace>/<project>.tmp`, where the
+/// runner writes file-type variables (and its git template and env file). The runner's own
+/// `cleanup_file_variables` stage removes the variables' files, but after an abort it runs
+/// with a cancelled context and fails, leaving the secrets behind.
+///
+/// The project dir is the runner's `CI_PROJECT_DIR` when it lies below the builds dir
+/// (GitLab under a relative URL root adds a component), and `<builds dir>/<CI_PROJECT_PATH>`.
+/// Everything is reached through directory descriptors from the base dir (or the verified
+/// custom root), never following a symlink; every directory on the way and the `.tmp` dir
+/// itself must belong to the user, else nothing is removed and the refusal is returned.
+/// Missing directories are not an error. Returns the removed directories.
+pub fn remove_runner_tmp(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    plan: &BuildsPlan,
+    job: &JobContext,
+) -> Result<Vec<PathBuf>, FsError> {
+    let slot = match plan.layout {
+        Layout::Limited => {
+            let Some(dir) = plan.open_claim_dir(paths, policy, false)? else {
+                return Ok(Vec::new());
+            };
+            match dir.find(plan.job_id)? {
+                Some(slot) => Some(slot),
+                None => return Ok(Vec::new()),
+            }
+        }
+        _ => None,
+    };
+    let located = plan.locate(paths.clone(), slot);
+    let builds_dir = located.builds_dir();
+    let mut candidates: Vec<Vec<String>> = Vec::new();
+    if let Some(rel) = job
+        .build_dirs
+        .project_dir
+        .as_deref()
+        .and_then(|d| relative_below(&builds_dir, d))
+    {
+        candidates.push(rel);
+    }
+    let from_path = paths.project_segments().to_vec();
+    if !from_path.is_empty() && !candidates.contains(&from_path) {
+        candidates.push(from_path);
+    }
+    let mut removed = Vec::new();
+    if candidates.is_empty() {
+        return Ok(removed);
+    }
+    let Some(builds) = open_builds_dir(&located, policy, plan, slot)? else {
+        return Ok(removed);
+    };
+    for rel in candidates {
+        let Some((last, dirs)) = rel.split_last() else {
+            continue;
+        };
+        let mut chain: Vec<DirFd> = Vec::new();
+        let mut missing = false;
+        for name in dirs {
+            match open_child(chain.last().unwrap_or(&builds), name)? {
+                Some(d) => {
+                    owned_by_user(&d, policy)?;
+                    chain.push(d);
+                }
+                None => {
+                    missing = true;
+                    break;
+                }
+            }
+        }
+        if missing {
+            continue;
+        }
+        let cur = chain.last().unwrap_or(&builds);
+        let name = format!("{last}{RUNNER_TMP_SUFFIX}");
+        let path = cur.path.join(&name);
+        let st = match stat::fstatat(&cur.fd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(FsError::io("stat", path, e)),
+        };
+        if file_type(&st) != SFlag::S_IFDIR {
+            return Err(FsError::refused(
+                path,
+                "is not a directory (the runner's temporary project dir)",
+            ));
+        }
+        if st.st_uid != policy.uid {
+            return Err(FsError::refused(
+                path,
+                format!(
+                    "owned by uid {}, not the job's user (uid {})",
+                    st.st_uid, policy.uid
+                ),
+            ));
+        }
+        remove_tree(cur, OsStr::new(&name), 0)?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// The components of `dir` below `builds_dir`, when `dir` is an absolute path strictly below
+/// it made only of plain names (no `.`, `..` or empty components).
+fn relative_below(builds_dir: &std::path::Path, dir: &str) -> Option<Vec<String>> {
+    use std::path::Component;
+    let rest = std::path::Path::new(dir).strip_prefix(builds_dir).ok()?;
+    if dir
+        .split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return None;
+    }
+    let comps: Option<Vec<String>> = rest
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => n.to_str().map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    comps.filter(|c| !c.is_empty())
+}
+
+/// `d` must belong to the job's user.
+fn owned_by_user(d: &DirFd, policy: &DirPolicy) -> Result<(), FsError> {
+    let st = d.stat()?;
+    if st.st_uid != policy.uid {
+        return Err(FsError::refused(
+            &d.path,
+            format!(
+                "owned by uid {}, not the job's user (uid {})",
+                st.st_uid, policy.uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The existing builds dir of `located` (the plan's layout at `slot`), opened through
+/// descriptors from the base dir's parent or the verified custom root, each directory below
+/// them owned by the user; `None` when part of it is missing.
+fn open_builds_dir(
+    located: &JobPaths,
+    policy: &DirPolicy,
+    plan: &BuildsPlan,
+    slot: Option<u32>,
+) -> Result<Option<DirFd>, FsError> {
+    let (mut cur, comps) = match &plan.root {
+        Root::Custom(root) => match open_custom_root(root, policy) {
+            Ok(d) => (d, plan.below_root(slot)),
+            Err(FsError::Missing { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        },
+        Root::Base => {
+            let Some(comps) = located.builds_components() else {
+                return Ok(None);
+            };
+            let base = located.base_dir();
+            let parent_path = match located.anchor() {
+                Anchor::Fixed { path, .. } => path.clone(),
+                Anchor::Templated => base
+                    .parent()
+                    .unwrap_or(std::path::Path::new("/"))
+                    .to_path_buf(),
+            };
+            let parent = match open_dir_path(&parent_path, "directory") {
+                Ok(d) => d,
+                Err(FsError::Missing { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let Some(base_name) = base.file_name().and_then(OsStr::to_str) else {
+                return Err(FsError::refused(base, "has no usable final component"));
+            };
+            let Some(base) = open_child(&parent, base_name)? else {
+                return Ok(None);
+            };
+            owned_by_user(&base, policy)?;
+            (base, comps)
+        }
+    };
+    for name in &comps {
+        match open_child(&cur, name)? {
+            Some(d) => {
+                owned_by_user(&d, policy)?;
+                cur = d;
+            }
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(cur))
 }
 
 /// The driver's own directories below the base dir, the only ones a `group_permissions`

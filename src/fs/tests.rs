@@ -854,3 +854,133 @@ fn cleanup_of_an_unremovable_file_is_an_error_not_a_recursion() {
     cleanup_job(&p, false).unwrap();
     assert!(!p.scripts_dir().exists());
 }
+
+// ------------------------------------------------- the runner's temporary project dir
+
+/// The job of `site` with `CI_PROJECT_DIR` = `project_dir`, and the plan of the standard
+/// layout.
+fn runner_tmp_job(
+    site: &Site,
+    project_dir: Option<&str>,
+) -> (JobPaths, builds::BuildsPlan, crate::job::JobContext) {
+    let mut env = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("CI_JOB_ID", "42"),
+        ("CI_RUNNER_SHORT_TOKEN", "abc123"),
+        ("CI_PROJECT_PATH", "group/project"),
+    ] {
+        env.insert(format!("CUSTOM_ENV_{k}"), v.to_string());
+    }
+    if let Some(d) = project_dir {
+        env.insert("CUSTOM_ENV_CI_PROJECT_DIR".into(), d.to_string());
+    }
+    let job = crate::job::JobContext::from_map(&env).unwrap();
+    let config = crate::config::Config::from_str_named(
+        &format!(
+            "[general]\nexecutor = \"shell\"\ndata_dir = \"{}\"\n[auth]\ndownscope = \"none\"\n",
+            site.data.display()
+        ),
+        "test",
+    )
+    .unwrap();
+    let paths = site.paths();
+    ensure_job_dirs(&paths, &policy()).unwrap();
+    let plan = builds::BuildsPlan::new(&config.general, &job, &paths).unwrap();
+    (paths, plan, job)
+}
+
+#[test]
+fn runner_tmp_dir_is_removed_with_its_secrets_and_nothing_else() {
+    let s = site();
+    let builds = s.paths().builds_dir();
+    let (paths, plan, job) = runner_tmp_job(&s, None);
+    let project = builds.join("group/project");
+    let tmp = builds.join("group/project.tmp");
+    fs::create_dir_all(project.join("src")).unwrap();
+    fs::create_dir_all(tmp.join("git-template")).unwrap();
+    fs::write(tmp.join("SECRET_FILE"), "s3cret").unwrap();
+    fs::write(project.join("src/main.c"), "int main;").unwrap();
+    let removed = builds::remove_runner_tmp(&paths, &policy(), &plan, &job).unwrap();
+    assert_eq!(removed, vec![tmp.clone()]);
+    assert!(!tmp.exists());
+    assert!(
+        project.join("src/main.c").exists(),
+        "the project dir itself is kept"
+    );
+    // Nothing left: a second cleanup is fine.
+    assert!(builds::remove_runner_tmp(&paths, &policy(), &plan, &job)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn runner_tmp_dir_follows_ci_project_dir_only_below_the_builds_dir() {
+    let s = site();
+    let builds = s.paths().builds_dir();
+    // GitLab under a relative URL root: the runner's project dir has one more component.
+    let under_root = builds.join("gitlab/group/project");
+    let (paths, plan, job) = runner_tmp_job(&s, Some(under_root.to_str().unwrap()));
+    fs::create_dir_all(builds.join("gitlab/group/project.tmp")).unwrap();
+    fs::write(builds.join("gitlab/group/project.tmp/SECRET_FILE"), "x").unwrap();
+    let removed = builds::remove_runner_tmp(&paths, &policy(), &plan, &job).unwrap();
+    assert_eq!(removed, vec![builds.join("gitlab/group/project.tmp")]);
+
+    // A CI_PROJECT_DIR elsewhere (a CI variable can say anything) is ignored.
+    let elsewhere = s.root.join("victim/project");
+    fs::create_dir_all(s.root.join("victim/project.tmp")).unwrap();
+    for dir in [
+        elsewhere.to_str().unwrap().to_string(),
+        format!("{}/../../victim/project", builds.display()),
+    ] {
+        let (paths, plan, job) = runner_tmp_job(&s, Some(&dir));
+        builds::remove_runner_tmp(&paths, &policy(), &plan, &job).unwrap();
+        assert!(s.root.join("victim/project.tmp").exists(), "{dir}");
+    }
+}
+
+#[test]
+fn runner_tmp_dir_is_never_reached_through_a_symlink() {
+    let s = site();
+    let builds = s.paths().builds_dir();
+    let (paths, plan, job) = runner_tmp_job(&s, None);
+    let victim = s.root.join("victim");
+    fs::create_dir_all(victim.join("project.tmp")).unwrap();
+    fs::write(victim.join("project.tmp/keep"), "k").unwrap();
+
+    // `<builds>/group` is a symlink to the victim: refused, nothing removed.
+    symlink(&victim, builds.join("group")).unwrap();
+    let err = builds::remove_runner_tmp(&paths, &policy(), &plan, &job).unwrap_err();
+    let (path, reason) = refused_reason(err);
+    assert_eq!(path, builds.join("group"));
+    assert!(reason.contains("symbolic link"), "{reason}");
+    assert!(victim.join("project.tmp/keep").exists());
+
+    // `<builds>/group/project.tmp` is a symlink to the victim's dir: refused, not followed.
+    fs::remove_file(builds.join("group")).unwrap();
+    fs::create_dir(builds.join("group")).unwrap();
+    symlink(victim.join("project.tmp"), builds.join("group/project.tmp")).unwrap();
+    let err = builds::remove_runner_tmp(&paths, &policy(), &plan, &job).unwrap_err();
+    let (path, reason) = refused_reason(err);
+    assert_eq!(path, builds.join("group/project.tmp"));
+    assert!(reason.contains("not a directory"), "{reason}");
+    assert!(victim.join("project.tmp/keep").exists());
+}
+
+#[test]
+fn runner_tmp_dir_of_another_owner_is_refused() {
+    let s = site();
+    let builds = s.paths().builds_dir();
+    let (paths, plan, job) = runner_tmp_job(&s, None);
+    let tmp = builds.join("group/project.tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::write(tmp.join("keep"), "k").unwrap();
+    chown(&tmp, Some(FAKE_UID), None).unwrap();
+    let (path, reason) =
+        refused_reason(builds::remove_runner_tmp(&paths, &policy(), &plan, &job).unwrap_err());
+    assert_eq!(path, tmp);
+    assert!(
+        reason.contains(&format!("owned by uid {FAKE_UID}")),
+        "{reason}"
+    );
+    assert!(tmp.join("keep").exists());
+}

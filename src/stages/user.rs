@@ -105,8 +105,15 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                 // Cancel the scheduler jobs still queued or running before their record goes.
                 cancel_batch_jobs(&config, &h, &paths).await;
             }
+            let plan = builds_plan()?;
+            // Before the claim goes: the runner's file-type variables of this job (left
+            // behind when the runner's own cleanup_file_variables ran after an abort).
+            // A refusal is said in the runner's log; the rest of the cleanup goes on.
+            if let Err(e) = fs::builds::remove_runner_tmp(&paths, &policy, &plan, &h.job) {
+                tracing::warn!("jacamar: cleanup left the runner's temporary project dir: {e}");
+            }
             fs::cleanup_job(&paths, config.general.retain_logs)?;
-            let report = fs::builds::cleanup(&paths, &policy, &builds_plan()?, &config.general)?;
+            let report = fs::builds::cleanup(&paths, &policy, &plan, &config.general)?;
             if let (Some(slot), true) = (report.released, report.still_in_use) {
                 eprintln!(
                     "jacamar: build directory {} is still in use by a stage of job {} that has not ended; it frees up when that stage ends",

@@ -177,6 +177,28 @@ pub fn self_signed(name: &str, san: &str) -> SelfSigned {
     }
 }
 
+/// A rustls server configuration presenting `cert_der` (DER) with its PKCS#8 key.
+fn server_config(cert_der: Vec<u8>, key_der: Vec<u8>) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(cert_der)],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()),
+        )
+        .unwrap();
+    Arc::new(cfg)
+}
+
+/// The server configuration of the test PKI's `127.0.0.1` certificate (signed by
+/// `pki().ca_pem`), for other loopback TLS servers of the tests.
+pub fn pki_server_config() -> Arc<rustls::ServerConfig> {
+    let pki = pki();
+    server_config(pki.cert_der.clone(), pki.key_der.clone())
+}
+
 /// A JWKS server: serves `/-/jwks` and `/oauth/discovery/keys`, counts the requests.
 pub struct JwksServer {
     pub url: String,
@@ -198,17 +220,7 @@ impl JwksServer {
     }
 
     fn start_with(cert_der: Vec<u8>, key_der: Vec<u8>, keys: &[&SigningKey]) -> JwksServer {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![rustls::pki_types::CertificateDer::from(cert_der)],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()),
-            )
-            .unwrap();
-        let cfg = Arc::new(cfg);
+        let cfg = server_config(cert_der, key_der);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!(
             "https://127.0.0.1:{}",
