@@ -12,7 +12,7 @@
 #
 # Environment:
 #   JACAMAR_SHARED_DIR          the project's shared directory (default: `shared` beside the
-#                               checkout, i.e. <checkout>/../shared, as CI lays it out)
+#                               checkout, i.e. <checkout>/../shared, else /work/shared)
 #   GITLAB_RUNNER_BUILD_SCRIPT  the build script (default $JACAMAR_SHARED_DIR/scripts/build-gitlab-runner.sh)
 #   GITLAB_RUNNER_BUILD_DIR     where binaries are cached, outside the clone so that fresh clones
 #                               reuse them (default /var/cache/gitlab-runner-build)
@@ -31,7 +31,15 @@ case "$TAG" in
   *) die "unsupported runner release '$TAG': the shared sources hold v18.0.5 and v16.9.2" ;;
 esac
 
-SHARED=${JACAMAR_SHARED_DIR:-$HERE/../../shared}
+# The shared directory: JACAMAR_SHARED_DIR, else `shared` beside the checkout, else this
+# machine's /work/shared (a CI clone may live elsewhere than the developer checkout).
+if [ -n "${JACAMAR_SHARED_DIR:-}" ]; then
+  SHARED=$JACAMAR_SHARED_DIR
+elif [ -f "$HERE/../../shared/scripts/build-gitlab-runner.sh" ]; then
+  SHARED=$HERE/../../shared
+else
+  SHARED=/work/shared
+fi
 BUILD=${GITLAB_RUNNER_BUILD_SCRIPT:-$SHARED/scripts/build-gitlab-runner.sh}
 OUTDIR=${GITLAB_RUNNER_BUILD_DIR:-/var/cache/gitlab-runner-build}
 [ -f "$BUILD" ] || die "the runner's build script is missing: $BUILD
