@@ -174,40 +174,13 @@ pub fn trusted_server(
 pub fn needs_token(config: &Config) -> bool {
     config.auth.downscope != Downscope::None
         || config.general.gitlab_server.is_some()
-        || !policy_keys_set(config).is_empty()
-}
-
-/// The keys of `[auth]` that judge the GitLab user and are set: each needs a verified
-/// identity to be applied.
-pub fn policy_keys_set(config: &Config) -> Vec<&'static str> {
-    let a = &config.auth;
-    [
-        ("user_allowlist", !a.user_allowlist.is_empty()),
-        ("user_blocklist", !a.user_blocklist.is_empty()),
-        ("groups_allowlist", !a.groups_allowlist.is_empty()),
-        ("groups_blocklist", !a.groups_blocklist.is_empty()),
-        ("shell_allowlist", !a.shell_allowlist.is_empty()),
-        (
-            "pipeline_source_allowlist",
-            !a.pipeline_source_allowlist.is_empty(),
-        ),
-        ("runas", a.runas.is_some()),
-        ("allow_bot_accounts", a.allow_bot_accounts),
-        ("jwt_required_aud", a.jwt_required_aud.is_some()),
-        ("ff_getent_check", a.ff_getent_check),
-    ]
-    .into_iter()
-    .filter_map(|(k, set)| set.then_some(k))
-    .collect()
+        || !config.auth.policy_keys_set().is_empty()
 }
 
 /// `jacamar --no-auth`: no authorization at all, the job runs as this process's own account
 /// (the caller checked, with [`crate::stages::privileged::no_auth_problems`], that this is
 /// neither root nor privileged). `enforce_nologin` and the variable checks still apply.
-pub fn unauthorized(
-    config: &Config,
-    env: &BTreeMap<String, String>,
-) -> Result<Target, AuthError> {
+pub fn unauthorized(config: &Config, env: &BTreeMap<String, String>) -> Result<Target, AuthError> {
     env::check_sizes(env, config.auth.max_env_chars)?;
     if !config.general.unrestricted_cmd_line {
         env::check_reserved(env)?;

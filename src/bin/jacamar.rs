@@ -19,6 +19,10 @@ struct Cli {
     /// Descriptor on which the stage's status is reported back (as --control-fd).
     #[arg(long, value_name = "FD")]
     status_fd: Option<i32>,
+    /// Run the runner's hooks directly, without jacamar-auth and without authorization
+    /// (`jacamar --no-auth config|prepare|run|cleanup ...`; see `jacamar --no-auth --help`).
+    #[arg(long)]
+    no_auth: bool,
     #[command(subcommand)]
     action: Action,
 }
@@ -53,7 +57,13 @@ enum Action {
 /// job runs as this account; root, capabilities, `downscope` other than "none" and the
 /// `[auth]` keys that judge the GitLab user are refused (see `privileged::no_auth_problems`).
 #[derive(Parser, Debug)]
-#[command(name = "jacamar --no-auth", version = jacamar::VERSION_TEXT, long_about = None)]
+#[command(
+    name = "jacamar --no-auth",
+    version = jacamar::VERSION_TEXT,
+    about = "The runner's hooks without jacamar-auth and without authorization: every job runs \
+             as this (non-root, unprivileged) account, with [auth] downscope = \"none\"",
+    long_about = None
+)]
 struct NoAuthCli {
     /// Run the runner's hooks directly, without jacamar-auth and without authorization.
     #[arg(long, required = true)]

@@ -461,11 +461,17 @@ impl<'a> Checker<'a> {
             }
             return None;
         };
-        let (first, exec_ok) = self.execs(r, custom);
-        let configurations = self.configurations(r, custom);
+        let no_auth = HOOKS
+            .iter()
+            .any(|&h| leading_flags(custom, h).contains(&NO_AUTH));
+        let (first, exec_ok) = self.execs(r, custom, no_auth);
+        let configurations = self.configurations(r, custom, no_auth);
         self.cleanup_reads_config_file(r, &configurations);
         let config = self.load_configurations(r, &configurations);
         let (graceful, force) = self.kill_timeouts(r, custom, config.as_ref());
+        if let (true, Some((file, c))) = (no_auth, config.as_ref()) {
+            self.no_auth_configuration(r, file, c);
+        }
 
         if self.problems.len() != before || !exec_ok {
             return None;
@@ -497,11 +503,16 @@ impl<'a> Checker<'a> {
 
     /// The four `*_exec`: present, absolute, executable, all the same file. Returns the
     /// first hook's resolved executable and whether all four passed.
-    fn execs(&mut self, r: &Runner<'_, '_>, custom: &DeTable<'_>) -> (Option<Exec>, bool) {
+    fn execs(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        no_auth: bool,
+    ) -> (Option<Exec>, bool) {
         let mut first: Option<Exec> = None;
         let mut exec_ok = true;
         for hook in HOOKS {
-            let Some(exec) = self.exec(r, custom, hook, first.as_ref()) else {
+            let Some(exec) = self.exec(r, custom, hook, first.as_ref(), no_auth) else {
                 exec_ok = false;
                 continue;
             };
@@ -521,6 +532,7 @@ impl<'a> Checker<'a> {
         custom: &DeTable<'_>,
         hook: Hook,
         first: Option<&Exec>,
+        no_auth: bool,
     ) -> Option<Exec> {
         let key = format!("{}_exec", hook.name());
         let dotted = format!("runners.custom.{key}");
@@ -538,7 +550,7 @@ impl<'a> Checker<'a> {
             }
             return None;
         };
-        if let Some(message) = exec_path_problem(&value) {
+        if let Some(message) = exec_path_problem(&value, no_auth) {
             self.push(Some(line), Some(&r.label), &dotted, message);
             return None;
         }
@@ -605,10 +617,11 @@ impl<'a> Checker<'a> {
         &mut self,
         r: &Runner<'_, '_>,
         custom: &DeTable<'_>,
+        no_auth: bool,
     ) -> Vec<(Hook, String, usize)> {
         let mut configurations = Vec::new();
         for hook in HOOKS {
-            let args = self.args(r, custom, hook);
+            let args = self.args(r, custom, hook, no_auth);
             if let Some((file, line)) = args.configuration {
                 configurations.push((hook, file, line));
             }
@@ -661,6 +674,37 @@ impl<'a> Checker<'a> {
             }
         }
         config
+    }
+
+    /// `jacamar --no-auth` hooks: their configuration must let jobs run without an account
+    /// switch and without authorization (`downscope = "none"`, none of the `[auth]` keys
+    /// that judge the GitLab user), else every job would be refused.
+    fn no_auth_configuration(&mut self, r: &Runner<'_, '_>, file: &Path, c: &Config) {
+        let mut problems = Vec::new();
+        if c.auth.downscope != crate::config::Downscope::None {
+            problems.push(format!(
+                "[auth] downscope = \"{}\" in {}: `jacamar --no-auth` never switches accounts, \
+                 so every job would be refused; set downscope = \"none\" or run the hooks \
+                 through jacamar-auth",
+                c.auth.downscope.as_str(),
+                file.display()
+            ));
+        }
+        for key in c.auth.policy_keys_set() {
+            problems.push(format!(
+                "[auth] {key} in {}: `jacamar --no-auth` does not authorize jobs, so every \
+                 job would be refused; remove it or run the hooks through jacamar-auth",
+                file.display()
+            ));
+        }
+        for message in problems {
+            self.push(
+                Some(r.custom_line),
+                Some(&r.label),
+                "runners.custom.config_args",
+                message,
+            );
+        }
     }
 
     /// One `--configuration FILE`: absolute and a valid jacamar configuration, else reported.
@@ -767,13 +811,27 @@ impl<'a> Checker<'a> {
     }
 
     /// Check `<hook>_args` against the documented form; the `--configuration FILE` it gives.
-    fn args(&mut self, r: &Runner<'_, '_>, custom: &DeTable<'_>, hook: Hook) -> Args {
+    fn args(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        hook: Hook,
+        no_auth: bool,
+    ) -> Args {
         let mut out = Args {
             configuration: None,
         };
         let Some((words, line)) = self.arg_words(r, custom, hook) else {
             return out;
         };
+        if no_auth && !leading_flags(custom, hook).contains(&NO_AUTH) {
+            let message = format!(
+                "another hook runs `jacamar --no-auth`: every hook must; put \"{NO_AUTH}\" \
+                 first in {}",
+                hook.args_key()
+            );
+            self.args_problem(r, hook, line, message);
+        }
         let Some(after) = self.sub_command(r, hook, &words, line) else {
             return out;
         };
@@ -859,7 +917,7 @@ impl<'a> Checker<'a> {
         let documented = hook.documented_args(ARGS_PLACEHOLDER);
         let start = words
             .iter()
-            .position(|(w, _)| !is_unobfuscated(w))
+            .position(|(w, _)| !is_global_flag(w))
             .unwrap_or(words.len());
         let Some((sub, sub_line)) = words.get(start) else {
             let message = format!(
@@ -875,7 +933,7 @@ impl<'a> Checker<'a> {
         let message = if sub.starts_with('-') {
             format!(
                 "'{sub}' before the sub-command is not a global flag of jacamar-auth (only \
-                 -u/--unobfuscated is): write {key} = {documented}"
+                 -u/--unobfuscated is; jacamar also takes --no-auth): write {key} = {documented}"
             )
         } else {
             format!(
@@ -900,7 +958,7 @@ impl<'a> Checker<'a> {
         let mut configuration = None;
         let mut after = words.iter();
         while let Some((w, l)) = after.next() {
-            if is_unobfuscated(w) {
+            if is_global_flag(w) {
                 let message = format!(
                     "'{w}' comes after the sub-command '{}': global flags go before it; \
                      move it to the front ([\"{w}\", \"{}\", ...])",
@@ -1100,9 +1158,10 @@ impl<'a> Checker<'a> {
     }
 }
 
-/// What is wrong with a hook's path before its file is looked at: not absolute, or the
-/// job-side `jacamar` named instead of `jacamar-auth`.
-fn exec_path_problem(value: &str) -> Option<String> {
+/// What is wrong with a hook's path before its file is looked at: not absolute, the
+/// job-side `jacamar` named without `--no-auth` in the hooks' arguments, or `--no-auth`
+/// given to something else than `jacamar`.
+fn exec_path_problem(value: &str, no_auth: bool) -> Option<String> {
     let path = Path::new(value);
     if !path.is_absolute() {
         return Some(format!(
@@ -1110,18 +1169,51 @@ fn exec_path_problem(value: &str) -> Option<String> {
              (e.g. \"{INSTALLED_AUTH}\")"
         ));
     }
-    if path.file_name().and_then(|n| n.to_str()) == Some("jacamar") {
+    let is_jacamar = path.file_name().and_then(|n| n.to_str()) == Some("jacamar");
+    if is_jacamar && !no_auth {
         return Some(format!(
             "\"{value}\" is the job-side binary: the hooks run jacamar-auth, \
-             e.g. \"{}\"",
+             e.g. \"{}\" (or, for a runner that needs no account switch, `jacamar` with \
+             \"{NO_AUTH}\" first in every hook's arguments)",
             path.with_file_name("jacamar-auth").display()
+        ));
+    }
+    if no_auth && !is_jacamar {
+        return Some(format!(
+            "\"{value}\" is given \"{NO_AUTH}\", a flag of jacamar (the hooks without \
+             authorization), not of jacamar-auth: run \"{}\", or drop \"{NO_AUTH}\"",
+            path.with_file_name("jacamar").display()
         ));
     }
     None
 }
 
+/// `jacamar`'s flag for running the hooks without jacamar-auth (upstream's name).
+const NO_AUTH: &str = "--no-auth";
+
 fn is_unobfuscated(word: &str) -> bool {
     word == "-u" || word == "--unobfuscated"
+}
+
+/// A flag that goes before the sub-command: `-u`/`--unobfuscated`, and `--no-auth`.
+fn is_global_flag(word: &str) -> bool {
+    is_unobfuscated(word) || word == NO_AUTH
+}
+
+/// The string items of `<hook>_args` before the first one that is not a global flag
+/// (nothing when the key is missing or not an array of strings: reported elsewhere).
+fn leading_flags<'c>(custom: &'c DeTable<'_>, hook: Hook) -> Vec<&'c str> {
+    let Some(DeValue::Array(items)) = custom.get(hook.args_key().as_str()).map(|v| v.get_ref())
+    else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map_while(|i| match i.get_ref() {
+            DeValue::String(s) if is_global_flag(s) => Some(s.as_ref()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -546,3 +546,67 @@ fn every_problem_of_every_runner_is_listed_in_file_order() {
         .collect();
     assert_eq!(runners, ["#1", "#1", "#3", "#3"]);
 }
+
+/// The README's runner wired to `jacamar --no-auth` (upstream's way for a runner that needs
+/// no account switch): every hook runs `jacamar` with `--no-auth` before the sub-command.
+fn no_auth_runner() -> String {
+    let text = readme_runner().replace(AUTH, "/opt/jacamar/bin/jacamar");
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.trim_start().contains("_args") {
+            out.push_str(&line.replacen("[\"", "[\"--no-auth\", \"", 1));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn no_auth_host(auth_lines: &str) -> FakeHost {
+    let mut host = FakeHost::readme();
+    host.exec("/opt/jacamar/bin/jacamar", Ok("/opt/jacamar/bin/jacamar"));
+    host.config(
+        JACAMAR_TOML,
+        &readme_jacamar().replace("[auth]\n", &format!("[auth]\n{auth_lines}")),
+    );
+    host
+}
+
+#[test]
+fn jacamar_no_auth_hooks_pass() {
+    let text = no_auth_runner();
+    assert!(text.contains("[\"--no-auth\", \"config\""), "{text}");
+    check(&text, &no_auth_host("")).unwrap_or_else(|e| panic!("{}", e.report()));
+}
+
+#[test]
+fn jacamar_no_auth_hooks_need_the_flag_everywhere_and_a_configuration_without_policy() {
+    // One hook without --no-auth.
+    let text = no_auth_runner().replacen("[\"--no-auth\", \"run\"]", "[\"run\"]", 1);
+    let e = check(&text, &no_auth_host("")).unwrap_err();
+    let report = e.report();
+    assert!(
+        report.contains("run_args") && report.contains("every hook must"),
+        "{report}"
+    );
+    // The job-side binary without --no-auth at all.
+    let text = no_auth_runner().replace("\"--no-auth\", ", "");
+    let report = check(&text, &no_auth_host("")).unwrap_err().report();
+    assert!(report.contains("is the job-side binary"), "{report}");
+    // --no-auth given to jacamar-auth.
+    let text = no_auth_runner().replace("/opt/jacamar/bin/jacamar\"", &format!("{AUTH}\""));
+    let report = check(&text, &no_auth_host("")).unwrap_err().report();
+    assert!(report.contains("a flag of jacamar"), "{report}");
+    // A configuration with a policy key: every job would be refused.
+    let report = check(
+        &no_auth_runner(),
+        &no_auth_host("user_allowlist = [\"alice\"]\n"),
+    )
+    .unwrap_err()
+    .report();
+    assert!(
+        report.contains("[auth] user_allowlist") && report.contains("--no-auth"),
+        "{report}"
+    );
+}

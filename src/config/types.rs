@@ -15,6 +15,31 @@ pub enum Executor {
     Cobalt,
 }
 
+impl Auth {
+    /// The keys of `[auth]` that judge the GitLab user and are set: each needs a verified
+    /// identity to be applied.
+    pub fn policy_keys_set(&self) -> Vec<&'static str> {
+        [
+            ("user_allowlist", !self.user_allowlist.is_empty()),
+            ("user_blocklist", !self.user_blocklist.is_empty()),
+            ("groups_allowlist", !self.groups_allowlist.is_empty()),
+            ("groups_blocklist", !self.groups_blocklist.is_empty()),
+            ("shell_allowlist", !self.shell_allowlist.is_empty()),
+            (
+                "pipeline_source_allowlist",
+                !self.pipeline_source_allowlist.is_empty(),
+            ),
+            ("runas", self.runas.is_some()),
+            ("allow_bot_accounts", self.allow_bot_accounts),
+            ("jwt_required_aud", self.jwt_required_aud.is_some()),
+            ("ff_getent_check", self.ff_getent_check),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
+}
+
 impl Executor {
     /// Every executor with the names that select it in `general.executor`.
     pub const NAMES: &'static [(&'static str, Executor)] = &[

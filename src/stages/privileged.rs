@@ -835,9 +835,10 @@ fn own_path() -> String {
         .unwrap_or_else(|_| "jacamar-auth".into())
 }
 
-/// What makes `jacamar --no-auth` refuse `config`, every stage: it never authorizes and never switches accounts, so it runs only as an
-/// ordinary account without capabilities, with `downscope = "none"` and none of the `[auth]`
-/// keys that judge the GitLab user (they could not be applied).
+/// What makes `jacamar --no-auth` refuse `config`, at every stage: it never authorizes and
+/// never switches accounts, so it runs only as an ordinary account without capabilities, with
+/// `downscope = "none"` and none of the `[auth]` keys that judge the GitLab user (they could
+/// not be applied).
 pub fn no_auth_problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     let uid = nix::unistd::geteuid();
@@ -862,7 +863,7 @@ pub fn no_auth_problems(config: &Config) -> Vec<String> {
             config.auth.downscope.as_str()
         ));
     }
-    for key in auth::policy_keys_set(config) {
+    for key in config.auth.policy_keys_set() {
         problems.push(format!(
             "[auth] {key}: jacamar --no-auth does not authorize jobs, so this key could not be \
              applied; wire the runner's hooks to jacamar-auth, or remove the key"

@@ -29,6 +29,8 @@ pub struct Harness {
     pub unobfuscated: bool,
     /// Run jacamar-auth as this user (uid, gid, name) instead of the test's own.
     pub run_as: Option<(u32, u32, String)>,
+    /// Drive the hooks with `jacamar --no-auth` instead of `jacamar-auth`.
+    pub no_auth: bool,
     /// The GitLab server the runner's `JOB_RESPONSE_FILE` names (in `git_info.repo_url`).
     pub response_server: String,
 }
@@ -122,6 +124,7 @@ impl Harness {
             job_id,
             unobfuscated: false,
             run_as: None,
+            no_auth: false,
             response_server: "https://gitlab.example.com".into(),
         }
     }
@@ -176,7 +179,13 @@ impl Harness {
     /// A `jacamar-auth` command for `args`, with the runner's environment and working dir.
     pub fn auth(&self, args: &[&str]) -> Command {
         self.write_response();
-        let mut c = Command::new(AUTH);
+        let mut c = if self.no_auth {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_jacamar"));
+            c.arg("--no-auth");
+            c
+        } else {
+            Command::new(AUTH)
+        };
         if self.unobfuscated {
             c.arg("-u");
         }

@@ -228,3 +228,91 @@ fn both_binaries_print_a_version_line_as_upstream_does() {
         );
     }
 }
+
+/// Upstream's `jacamar --no-auth`: the runner's hooks without jacamar-auth, for a runner that
+/// runs as an ordinary account. A whole job runs as that account (here the non-root CI user
+/// of the batch tests, `downscope = "none"`), with a warning that nothing was authorized; the
+/// job's exit code reaches the runner.
+#[test]
+fn jacamar_no_auth_runs_the_hooks_as_the_runners_own_account() {
+    if !crate::harness::require_root() {
+        return;
+    }
+    let user = crate::batch_slurm::ci_user();
+    let mut h = Harness::batch("shell", &user, "", "");
+    h.no_auth = true;
+    h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "true");
+    let out = h.config();
+    assert!(out.status.success(), "config: {}", show(&out));
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("jacamar --no-auth"),
+        "prepare must warn that nothing is authorized: {}",
+        show(&out)
+    );
+    let out = h.run(
+        "build_script",
+        &runner_script("echo ran-as-$(id -un)\nexit 7\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("ran-as-{user}")),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(h.build_exit_code().as_deref(), Some("7"));
+    assert!(h.cleanup().status.success());
+}
+
+/// `jacamar --no-auth` never runs a job as root, never switches accounts and cannot apply
+/// the `[auth]` keys that judge the GitLab user: each is refused at the first stage, naming
+/// the key, as a system failure (the runner's 2).
+#[test]
+fn jacamar_no_auth_refuses_root_downscope_and_policy_keys() {
+    if !crate::harness::require_root() {
+        return;
+    }
+    // As root (this test process): refused whatever the configuration.
+    let mut h = Harness::new("");
+    h.no_auth = true;
+    h.unobfuscated = true;
+    let out = h.config();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("this is root"),
+        "{}",
+        show(&out)
+    );
+    // As the CI user: downscope = "setuid" and a policy key.
+    let user = crate::batch_slurm::ci_user();
+    for (auth, key) in [
+        ("downscope = \"setuid\"", "[auth] downscope"),
+        ("user_allowlist = [\"someone\"]", "[auth] user_allowlist"),
+    ] {
+        let mut h = Harness::batch("shell", &user, "", "");
+        let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+            "downscope = \"none\"",
+            if auth.starts_with("downscope") {
+                auth
+            } else {
+                "downscope = \"none\""
+            },
+        );
+        let text = if auth.starts_with("user_") {
+            text.replace("[auth]\n", &format!("[auth]\n{auth}\n"))
+        } else {
+            text
+        };
+        std::fs::write(&h.config_path, text).unwrap();
+        h.no_auth = true;
+        h.unobfuscated = true;
+        let out = h.config();
+        assert_eq!(out.status.code(), Some(2), "{auth}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(key) && err.contains("--no-auth"),
+            "{auth}: {err}"
+        );
+    }
+}
