@@ -48,6 +48,15 @@ enum Action {
 }
 
 fn main() {
+    // First of all: not dumpable. We run as the job's user, and so does the job: a dumpable
+    // jacamar could be ptraced by it, or have its status pipe taken with pidfd_getfd to
+    // forge the stage's status or flood jacamar-auth. The kernel still lets us read our own
+    // /proc entries; the job's shell is dumpable again after its execve. (Harmless for
+    // `signal`; good for askpass, which holds the job token.)
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("jacamar: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
+        std::process::exit(3);
+    }
     // Diagnostics on stderr (stdout is git's answer for askpass).
     jacamar::stages::diag::install();
     // git runs us as GIT_ASKPASS with its prompt as the only argument (see auth::env).
