@@ -55,7 +55,7 @@ fn main() {
     // `signal`; good for askpass, which holds the job token.)
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("jacamar: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
-        std::process::exit(3);
+        std::process::exit(jacamar::protocol::EXIT_NOT_REPORTED);
     }
     // Diagnostics on stderr (stdout is git's answer for askpass).
     jacamar::stages::diag::install();
@@ -70,7 +70,7 @@ fn main() {
     }
     let (Some(control_fd), Some(status_fd)) = (cli.control_fd, cli.status_fd) else {
         eprintln!("jacamar: --control-fd and --status-fd are required (jacamar is started by jacamar-auth, not by hand)");
-        std::process::exit(3);
+        std::process::exit(jacamar::protocol::EXIT_NOT_REPORTED);
     };
     let fds = jacamar::protocol::inherited_fd(control_fd)
         .and_then(|c| jacamar::protocol::inherited_fd(status_fd).map(|s| (c, s)));
@@ -78,7 +78,7 @@ fn main() {
         Ok((control, status)) => jacamar::stages::user::main(control, status),
         Err(e) => {
             eprintln!("jacamar: {e} (jacamar is started by jacamar-auth, not by hand)");
-            3
+            jacamar::protocol::EXIT_NOT_REPORTED
         }
     };
     std::process::exit(code);
