@@ -8,14 +8,44 @@
 //!   zero or more control lines: `TERM <signo> <why>\n` (forward this signal to the job;
 //!   `why` is `signal`, `backstop` or `parent`) or `KILL\n`. **EOF means the parent is gone** (it was SIGKILLed, or crashed): the child
 //!   ends the job as if it had been sent `TERM 15`.
-//! * **status** (child writes, parent reads): one JSON line, the [`Status`] of the stage; a
-//!   `system_failure` also names its [`Category`] (`"category": "scheduler"`). The key is
-//!   optional both ways: a line without it reads as [`Category::Internal`], an unknown
-//!   category is read as none, and a reader that does not know the key ignores it.
+//! * **status** (child writes, parent reads): exactly one JSON line, the [`Status`] of the
+//!   stage; a `system_failure` also names its [`Category`] (`"category": "scheduler"`). The
+//!   key is optional both ways: a line without it reads as [`Category::Internal`], an unknown
+//!   category is read as none, and a reader that does not know the key ignores it. Having
+//!   written it, `jacamar` exits with the code of that status ([`exit_code_of`]): 0 for
+//!   `success` and `configured`, [`EXIT_BUILD_FAILURE`] (10) for `build_failure`,
+//!   [`EXIT_SYSTEM_FAILURE`] (11) for `system_failure`; [`EXIT_NOT_REPORTED`] (3) when it
+//!   could not write one.
 //!
 //! The script travels over the pipe because the runner's temp dir is 0700 and owned by the
 //! runner's account: a downscoped `jacamar` could not read it, and the privileged side must
 //! never write into a directory the user controls. Nothing secret goes on `jacamar`'s argv.
+//!
+//! # What the job's side can send, and its bounds
+//!
+//! `jacamar` runs as the job's user, so the job's processes share its uid. `jacamar` makes
+//! itself non-dumpable first thing (`src/bin/jacamar.rs`): a process of that uid can then
+//! neither ptrace it nor take its descriptors with `pidfd_getfd` (reopening them through
+//! `/proc/<pid>/fd` is refused anyway: the pipes belong to `jacamar-auth`'s account, mode
+//! 0600). Whatever still reaches `jacamar-auth` is held to:
+//!
+//! * the status pipe is read up to [`MAX_STATUS`] (64 KiB) and no further ([`read_status`]):
+//!   a longer status is a system failure saying so, and `jacamar-auth` never holds more than
+//!   the bound whatever is written;
+//! * a status counts only when it is consistent with what `jacamar-auth` saw itself
+//!   ([`verdict`]): exactly one line, a [`Status`], and `jacamar` exited with that status's
+//!   code. Two lines (a forged one and `jacamar`'s), something that is not a status, or a
+//!   status `jacamar`'s exit contradicts (a `success` line from a `jacamar` that exited 10 or
+//!   was killed by a signal) make the stage a system failure: the status channel was
+//!   tampered with or is inconsistent. Nothing on the pipe at all is the older "ended without
+//!   reporting a status". While `jacamar-auth` was stopping the job (cancel, backstop) and
+//!   `jacamar` was killed by a signal, its status is not used: the stage is the stop's build
+//!   failure, never a success.
+//!
+//! In the other direction (`jacamar` reading what `jacamar-auth` wrote), control lines are
+//! read up to [`MAX_CONTROL_LINE`] bytes: a longer one is refused (skipped, its bytes never
+//! buffered); the handoff's header is at most 64 bytes, its body at most [`MAX_HANDOFF`]
+//! (refused by the writer beyond that) and buffered only as it arrives.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -27,14 +57,26 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::job::JobContext;
-use crate::supervisor::{Reason, Request};
+use crate::supervisor::{Exit, Reason, Request};
 
 /// Largest handoff accepted (scripts of the runner carry every CI variable).
 pub const MAX_HANDOFF: usize = 256 * 1024 * 1024;
+/// Largest status `jacamar-auth` reads (a real one is a line of at most a few KiB: a system
+/// failure's message is cut to fit, see [`write_status`]).
+pub const MAX_STATUS: usize = 64 * 1024;
+/// Largest control line `jacamar` accepts (the longest real one, `TERM 15 backstop`, has 16
+/// bytes before its newline).
+pub const MAX_CONTROL_LINE: usize = 128;
+/// `jacamar`'s exit code after reporting a `build_failure` (`success` and `configured`: 0).
+pub const EXIT_BUILD_FAILURE: i32 = 10;
+/// `jacamar`'s exit code after reporting a `system_failure`.
+pub const EXIT_SYSTEM_FAILURE: i32 = 11;
+/// `jacamar`'s exit code when it could not report a status (or was not started right).
+pub const EXIT_NOT_REPORTED: i32 = 3;
 
 /// Protocol errors.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +89,11 @@ pub enum ProtocolError {
     Malformed(String),
     #[error("failed to set up the channel to jacamar: {0}")]
     Setup(nix::Error),
+    #[error(
+        "the stage handed to jacamar is {0} bytes, more than the limit of {MAX_HANDOFF} \
+         (the runner's script is too large)"
+    )]
+    TooLarge(usize),
 }
 
 /// The local account the job runs as.
@@ -145,6 +192,27 @@ pub enum Status {
     },
 }
 
+impl Status {
+    /// The status's name on the wire (`success`, `build_failure`, ...).
+    pub fn class(&self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::BuildFailure { .. } => "build_failure",
+            Status::SystemFailure { .. } => "system_failure",
+            Status::Configured { .. } => "configured",
+        }
+    }
+}
+
+/// The code `jacamar` exits with once it has reported `s` (see the module's doc).
+pub fn exit_code_of(s: &Status) -> i32 {
+    match s {
+        Status::Success | Status::Configured { .. } => 0,
+        Status::BuildFailure { .. } => EXIT_BUILD_FAILURE,
+        Status::SystemFailure { .. } => EXIT_SYSTEM_FAILURE,
+    }
+}
+
 /// Create a pipe with close-on-exec set on both ends.
 pub fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), ProtocolError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ProtocolError::Setup)
@@ -165,6 +233,9 @@ pub fn set_inheritable(fd: impl AsFd, inherit: bool) -> Result<(), ProtocolError
 /// The handoff as it goes on the pipe: `HANDOFF <len>\n` and the JSON.
 pub fn handoff_bytes(h: &Handoff) -> Result<Vec<u8>, ProtocolError> {
     let body = serde_json::to_vec(h).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if body.len() > MAX_HANDOFF {
+        return Err(ProtocolError::TooLarge(body.len()));
+    }
     let mut msg = format!("HANDOFF {}\n", body.len()).into_bytes();
     msg.extend_from_slice(&body);
     Ok(msg)
@@ -275,8 +346,17 @@ pub fn read_handoff(r: &mut File) -> Result<Handoff, ProtocolError> {
         .and_then(|n| n.parse().ok())
         .filter(|n| *n <= MAX_HANDOFF)
         .ok_or_else(|| ProtocolError::Malformed(format!("bad header {header:?}")))?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(ProtocolError::Read)?;
+    // Buffered as it arrives: a header alone never makes us allocate its length.
+    let mut body = Vec::with_capacity(len.min(1024 * 1024));
+    r.take(len as u64)
+        .read_to_end(&mut body)
+        .map_err(ProtocolError::Read)?;
+    if body.len() < len {
+        return Err(ProtocolError::Malformed(format!(
+            "EOF after {} of the handoff's {len} bytes",
+            body.len()
+        )));
+    }
     serde_json::from_slice(&body).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
@@ -314,25 +394,83 @@ pub fn parse_control(line: &str) -> Option<Request> {
     Some(Request::Terminate { signal, reason })
 }
 
+/// How a read of one line with a bound ended ([`read_line_bounded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineRead {
+    /// A line (without its newline) is in the buffer; a last line without a newline counts.
+    Line,
+    /// The line was longer than the bound: its bytes were consumed up to its newline (or
+    /// EOF) and dropped, never buffered; the buffer is empty.
+    TooLong,
+    /// End of input.
+    Eof,
+}
+
+/// Read one `\n`-terminated line into `line` (cleared first), keeping at most `max` bytes:
+/// a longer line is consumed and dropped ([`LineRead::TooLong`]). Memory stays within `max`
+/// plus the reader's own buffer whatever the writer sends.
+pub async fn read_line_bounded<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    line: &mut Vec<u8>,
+) -> std::io::Result<LineRead> {
+    line.clear();
+    let mut too_long = false;
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(match (too_long, line.is_empty()) {
+                (true, _) => LineRead::TooLong,
+                (false, true) => LineRead::Eof,
+                (false, false) => LineRead::Line,
+            });
+        }
+        let newline = avail.iter().position(|&b| b == b'\n');
+        let part = &avail[..newline.unwrap_or(avail.len())];
+        if !too_long && line.len() + part.len() > max {
+            too_long = true;
+            line.clear();
+        }
+        if !too_long {
+            line.extend_from_slice(part);
+        }
+        let used = part.len() + usize::from(newline.is_some());
+        r.consume(used);
+        if newline.is_some() {
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else {
+                LineRead::Line
+            });
+        }
+    }
+}
+
 /// Turn the rest of the control pipe into requests (child side). EOF becomes
-/// `Terminate(SIGTERM, ParentGone)`.
+/// `Terminate(SIGTERM, ParentGone)`. A line longer than [`MAX_CONTROL_LINE`] is refused
+/// (never buffered) with a warning, like any line that is not a request.
 pub fn control_requests(
     fd: OwnedFd,
     tx: mpsc::UnboundedSender<Request>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
     Ok(tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(rx).lines();
+        let mut rx = tokio::io::BufReader::new(rx);
+        let mut line = Vec::with_capacity(MAX_CONTROL_LINE);
         loop {
-            match lines.next_line().await {
-                Ok(Some(line)) => {
-                    if let Some(req) = parse_control(&line) {
+            match read_line_bounded(&mut rx, MAX_CONTROL_LINE, &mut line).await {
+                Ok(LineRead::Line) => {
+                    let req = std::str::from_utf8(&line).ok().and_then(parse_control);
+                    if let Some(req) = req {
                         if tx.send(req).is_err() {
                             return;
                         }
                     }
                 }
-                Ok(None) | Err(_) => {
+                Ok(LineRead::TooLong) => tracing::warn!(
+                    "jacamar: refused a control line longer than {MAX_CONTROL_LINE} bytes"
+                ),
+                Ok(LineRead::Eof) | Err(_) => {
                     let _ = tx.send(Request::Terminate {
                         signal: Signal::SIGTERM,
                         reason: Reason::ParentGone,
@@ -345,8 +483,27 @@ pub fn control_requests(
 }
 
 /// Write the status line (child side). `category` is added to a `system_failure` (and
-/// ignored for any other status).
+/// ignored for any other status). A `system_failure` whose message would make the line
+/// longer than [`MAX_STATUS`] has its message cut (and says so): the reader stops there.
 pub fn write_status(w: &mut File, s: &Status, category: Option<Category>) -> std::io::Result<()> {
+    let mut line = status_line(s, category)?;
+    if line.len() > MAX_STATUS {
+        if let Status::SystemFailure { message } = s {
+            let mut cut = MAX_STATUS / 2;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let short = Status::SystemFailure {
+                message: format!("{} ... (cut at {cut} bytes)", &message[..cut]),
+            };
+            line = status_line(&short, category)?;
+        }
+    }
+    w.write_all(&line)
+}
+
+/// The status line of `s`, its newline included.
+fn status_line(s: &Status, category: Option<Category>) -> std::io::Result<Vec<u8>> {
     let mut value = serde_json::to_value(s).map_err(std::io::Error::other)?;
     if let (Status::SystemFailure { .. }, Some(c), Some(obj)) = (s, category, value.as_object_mut())
     {
@@ -354,22 +511,114 @@ pub fn write_status(w: &mut File, s: &Status, category: Option<Category>) -> std
     }
     let mut line = serde_json::to_vec(&value).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    w.write_all(&line)
+    Ok(line)
 }
 
-/// Parse what the child wrote on the status pipe (None: nothing usable, the child died),
-/// with the category of a `system_failure` (None when absent or unknown: an older or newer
-/// `jacamar`).
-pub fn parse_status(bytes: &[u8]) -> Option<(Status, Option<Category>)> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let value: serde_json::Value = serde_json::from_str(text.lines().next()?).ok()?;
+/// What was read from a pipe with a bound ([`read_bounded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bounded {
+    /// Everything written until EOF, at most the bound.
+    Complete(Vec<u8>),
+    /// More than the bound was written: reading stopped there, what was read is dropped.
+    TooLong,
+}
+
+/// Read `r` to EOF, but never more than `max` bytes: the buffer grows only with what
+/// arrives and never beyond `max` + 1 bytes; past that, reading stops ([`Bounded::TooLong`]).
+pub async fn read_bounded<R: AsyncRead + Unpin>(mut r: R, max: usize) -> std::io::Result<Bounded> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // buf.len() <= max here: one more byte than the bound is enough to know.
+        let want = (max + 1 - buf.len()).min(chunk.len());
+        let n = r.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Ok(Bounded::Complete(buf));
+        }
+        buf.reserve_exact(n);
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > max {
+            return Ok(Bounded::TooLong);
+        }
+    }
+}
+
+/// Read the status pipe (parent side), up to [`MAX_STATUS`]. Returning closes our end: a
+/// writer that goes on past the bound gets EPIPE.
+pub async fn read_status(fd: OwnedFd) -> std::io::Result<Bounded> {
+    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    read_bounded(rx, MAX_STATUS).await
+}
+
+/// Parse what the child wrote on the status pipe: exactly one line (its newline optional),
+/// a [`Status`], with the category of a `system_failure` (None when absent or unknown: an
+/// older or newer `jacamar`). The error says what is wrong, never what was written.
+pub fn parse_status(bytes: &[u8]) -> Result<(Status, Option<Category>), String> {
+    let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if line.contains(&b'\n') {
+        return Err(format!(
+            "{} lines were written on the status pipe, where jacamar writes one",
+            line.split(|&b| b == b'\n').count()
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| format!("what was written on the status pipe is not JSON ({e})"))?;
     let category = match value.get("category") {
         Some(c) if value.get("status").and_then(|s| s.as_str()) == Some("system_failure") => {
             serde_json::from_value(c.clone()).ok()
         }
         _ => None,
     };
-    Some((serde_json::from_value(value).ok()?, category))
+    let status = serde_json::from_value(value)
+        .map_err(|e| format!("what was written on the status pipe is not a status ({e})"))?;
+    Ok((status, category))
+}
+
+/// What `jacamar-auth` makes of the status pipe, given how `jacamar` ended ([`verdict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing was written: `jacamar` ended without reporting a status.
+    Silent,
+    /// One status line, consistent with `jacamar`'s exit.
+    Reported(Status, Option<Category>),
+    /// Not one status consistent with `jacamar`'s exit (too long, more than one line, not a
+    /// status, or a status its exit contradicts): the channel was tampered with or is
+    /// inconsistent. The text says which, never what was written.
+    Inconsistent(String),
+}
+
+/// Check what was read on the status pipe against how `jacamar` ended (see the module's
+/// doc): a status counts only when it is the one line on the pipe and `jacamar` exited
+/// with its code ([`exit_code_of`]).
+pub fn verdict(read: &Bounded, exit: Exit) -> Verdict {
+    let bytes = match read {
+        Bounded::TooLong => {
+            return Verdict::Inconsistent(format!(
+                "the status was too long (more than {MAX_STATUS} bytes)"
+            ))
+        }
+        Bounded::Complete(b) if b.is_empty() => return Verdict::Silent,
+        Bounded::Complete(b) => b,
+    };
+    let (status, category) = match parse_status(bytes) {
+        Ok(s) => s,
+        Err(why) => return Verdict::Inconsistent(why),
+    };
+    let code = exit_code_of(&status);
+    if exit == Exit::Code(code) {
+        return Verdict::Reported(status, category);
+    }
+    let how = match exit {
+        Exit::Code(c) => format!("exited with code {c}"),
+        Exit::Signal(s) => match Signal::try_from(s) {
+            Ok(sig) => format!("was killed by {}", sig.as_str()),
+            Err(_) => format!("was killed by signal {s}"),
+        },
+    };
+    Verdict::Inconsistent(format!(
+        "the status says {} (exit code {code}) but jacamar {how}",
+        status.class()
+    ))
 }
 
 /// Take ownership of an inherited descriptor named on our command line, refusing the
@@ -522,19 +771,19 @@ mod tests {
         let mut v = Vec::new();
         v.extend(serde_json::to_vec(&s).unwrap());
         v.push(b'\n');
-        assert_eq!(parse_status(&v), Some((s, None)));
-        assert_eq!(parse_status(b"garbage"), None);
+        assert_eq!(parse_status(&v), Ok((s, None)));
+        assert!(parse_status(b"garbage").is_err());
         // The plain success line is unchanged by the Configured variant.
         assert_eq!(
             parse_status(b"{\"status\":\"success\"}\n"),
-            Some((Status::Success, None))
+            Ok((Status::Success, None))
         );
         let c = Status::Configured {
             builds_dir: "/d/builds/p_1/000".into(),
             builds_dir_is_shared: false,
         };
         let line = serde_json::to_vec(&c).unwrap();
-        assert_eq!(parse_status(&line), Some((c, None)));
+        assert_eq!(parse_status(&line), Ok((c, None)));
     }
 
     #[test]
@@ -550,17 +799,17 @@ mod tests {
         r.read_to_end(&mut line).unwrap();
         assert_eq!(
             parse_status(&line),
-            Some((failed.clone(), Some(Category::Scheduler)))
+            Ok((failed.clone(), Some(Category::Scheduler)))
         );
         // An older jacamar (no category), a newer one (unknown category): the status stays.
         let old = br#"{"status":"system_failure","message":"sbatch: not found"}"#;
-        assert_eq!(parse_status(old), Some((failed.clone(), None)));
+        assert_eq!(parse_status(old), Ok((failed.clone(), None)));
         let newer =
             br#"{"status":"system_failure","message":"sbatch: not found","category":"quantum"}"#;
-        assert_eq!(parse_status(newer), Some((failed, None)));
+        assert_eq!(parse_status(newer), Ok((failed, None)));
         // A category is only a failure's.
         let ok = br#"{"status":"success","category":"scheduler"}"#;
-        assert_eq!(parse_status(ok), Some((Status::Success, None)));
+        assert_eq!(parse_status(ok), Ok((Status::Success, None)));
     }
 
     #[tokio::test]
@@ -589,5 +838,251 @@ mod tests {
         assert_eq!(&rest, b"KILL\n");
         assert!(writer.delivered());
         assert!(matches!(writer.delivery(), Delivery::Delivered));
+    }
+
+    /// A writer thread that writes `total` bytes (in 64 KiB pieces) into `w` and returns how
+    /// many it wrote and the error that stopped it, if any.
+    fn flood(w: OwnedFd, total: usize) -> std::thread::JoinHandle<(usize, Option<std::io::Error>)> {
+        std::thread::spawn(move || {
+            let mut w = File::from(w);
+            let piece = vec![b'x'; 64 * 1024];
+            let mut written = 0;
+            while written < total {
+                if let Err(e) = w.write_all(&piece) {
+                    return (written, Some(e));
+                }
+                written += piece.len();
+            }
+            (written, None)
+        })
+    }
+
+    #[tokio::test]
+    async fn the_status_is_read_up_to_its_bound_and_no_further() {
+        // 64 MiB offered: reading stops after the bound, and the writer then gets EPIPE.
+        let (r, w) = pipe_cloexec().unwrap();
+        let writer = flood(w, 64 * 1024 * 1024);
+        assert_eq!(read_status(r).await.unwrap(), Bounded::TooLong);
+        let (written, err) = tokio::task::spawn_blocking(move || writer.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(std::io::ErrorKind::BrokenPipe),
+            "the writer was not stopped"
+        );
+        // What was written is what the pipe holds plus what we read: nowhere near 64 MiB.
+        assert!(
+            written <= MAX_STATUS + 1024 * 1024,
+            "{written} bytes written"
+        );
+        // Exactly the bound is still a complete read; one byte more is not.
+        for (len, complete) in [(MAX_STATUS, true), (MAX_STATUS + 1, false)] {
+            let (r, w) = pipe_cloexec().unwrap();
+            let writer = std::thread::spawn(move || File::from(w).write_all(&vec![b'{'; len]));
+            let got = read_status(r).await.unwrap();
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+            match got {
+                Bounded::Complete(b) => assert!(complete && b.len() == len, "{len}"),
+                Bounded::TooLong => assert!(!complete, "{len}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bounded_read_never_holds_more_than_its_bound() {
+        let data = vec![b'y'; 10_000];
+        let got = read_bounded(&data[..], 9_999).await.unwrap();
+        assert_eq!(got, Bounded::TooLong);
+        let got = read_bounded(&data[..], 10_000).await.unwrap();
+        let Bounded::Complete(b) = got else {
+            panic!("a read of exactly the bound is complete")
+        };
+        assert_eq!(b.len(), 10_000);
+        assert!(b.capacity() <= 10_001, "capacity {}", b.capacity());
+    }
+
+    fn line_of(s: &Status) -> Vec<u8> {
+        let mut v = serde_json::to_vec(s).unwrap();
+        v.push(b'\n');
+        v
+    }
+
+    #[test]
+    fn two_status_lines_are_refused() {
+        let forged = b"{\"status\":\"success\"}\n".to_vec();
+        let real = line_of(&Status::BuildFailure {
+            exit_code: 7,
+            signal: None,
+            stopped: None,
+        });
+        let both = [forged.clone(), real].concat();
+        let err = parse_status(&both).unwrap_err();
+        assert!(err.contains("2 lines"), "{err}");
+        assert!(!err.contains("success"), "the error quotes the pipe: {err}");
+        assert!(matches!(
+            verdict(&Bounded::Complete(both), Exit::Code(EXIT_BUILD_FAILURE)),
+            Verdict::Inconsistent(_)
+        ));
+        // A line glued to the next without its newline is not a status either.
+        let glued = b"{\"status\":\"success\"}{\"status\":\"success\"}\n".to_vec();
+        assert!(matches!(
+            verdict(&Bounded::Complete(glued), Exit::Code(0)),
+            Verdict::Inconsistent(_)
+        ));
+    }
+
+    #[test]
+    fn a_status_counts_only_when_jacamars_exit_agrees() {
+        let build = Status::BuildFailure {
+            exit_code: 7,
+            signal: None,
+            stopped: None,
+        };
+        let system = Status::SystemFailure {
+            message: "no".into(),
+        };
+        let configured = Status::Configured {
+            builds_dir: "/b".into(),
+            builds_dir_is_shared: false,
+        };
+        let cases = [
+            (Status::Success, Exit::Code(0), true),
+            (configured.clone(), Exit::Code(0), true),
+            (build.clone(), Exit::Code(EXIT_BUILD_FAILURE), true),
+            (system.clone(), Exit::Code(EXIT_SYSTEM_FAILURE), true),
+            // A forged success: jacamar itself ended otherwise.
+            (Status::Success, Exit::Code(EXIT_BUILD_FAILURE), false),
+            (Status::Success, Exit::Signal(libc::SIGKILL), false),
+            (Status::Success, Exit::Code(EXIT_NOT_REPORTED), false),
+            (configured, Exit::Signal(libc::SIGTERM), false),
+            (build, Exit::Code(0), false),
+            (system, Exit::Code(0), false),
+        ];
+        for (status, exit, ok) in cases {
+            let got = verdict(&Bounded::Complete(line_of(&status)), exit);
+            if ok {
+                assert_eq!(got, Verdict::Reported(status, None), "{exit:?}");
+            } else {
+                let Verdict::Inconsistent(why) = got else {
+                    panic!("{status:?} with {exit:?} was accepted: {got:?}")
+                };
+                assert!(why.contains(status.class()), "{why}");
+            }
+        }
+        let Verdict::Inconsistent(why) = verdict(
+            &Bounded::Complete(line_of(&Status::Success)),
+            Exit::Signal(libc::SIGKILL),
+        ) else {
+            unreachable!()
+        };
+        assert!(why.contains("was killed by SIGKILL"), "{why}");
+        // Nothing at all is no status; too much is a refusal that says so.
+        assert_eq!(
+            verdict(&Bounded::Complete(Vec::new()), Exit::Signal(9)),
+            Verdict::Silent
+        );
+        let Verdict::Inconsistent(why) = verdict(&Bounded::TooLong, Exit::Code(0)) else {
+            unreachable!()
+        };
+        assert!(why.contains("too long"), "{why}");
+    }
+
+    #[test]
+    fn a_huge_failure_message_is_cut_to_fit_the_bound() {
+        let (r, w) = pipe_cloexec().unwrap();
+        let (mut r, mut w) = (File::from(r), File::from(w));
+        let writer = std::thread::spawn(move || {
+            let huge = Status::SystemFailure {
+                message: "é".repeat(MAX_STATUS),
+            };
+            write_status(&mut w, &huge, Some(Category::Directories)).unwrap();
+        });
+        let mut line = Vec::new();
+        r.read_to_end(&mut line).unwrap();
+        writer.join().unwrap();
+        assert!(line.len() <= MAX_STATUS, "{} bytes", line.len());
+        let Verdict::Reported(Status::SystemFailure { message }, category) =
+            verdict(&Bounded::Complete(line), Exit::Code(EXIT_SYSTEM_FAILURE))
+        else {
+            panic!("the cut status does not read back")
+        };
+        assert!(
+            message.ends_with("(cut at 32768 bytes)"),
+            "{}",
+            &message[message.len() - 40..]
+        );
+        assert_eq!(category, Some(Category::Directories));
+    }
+
+    #[tokio::test]
+    async fn an_over_long_control_line_is_refused_not_buffered() {
+        let mut input = vec![b'x'; 1024 * 1024];
+        input.extend_from_slice(b"\nTERM 15 signal\nKILL");
+        let mut r = tokio::io::BufReader::new(&input[..]);
+        let mut line = Vec::new();
+        let got = read_line_bounded(&mut r, MAX_CONTROL_LINE, &mut line).await;
+        assert_eq!(got.unwrap(), LineRead::TooLong);
+        assert!(line.capacity() <= MAX_CONTROL_LINE, "{}", line.capacity());
+        let got = read_line_bounded(&mut r, MAX_CONTROL_LINE, &mut line).await;
+        assert_eq!(
+            (got.unwrap(), &line[..]),
+            (LineRead::Line, &b"TERM 15 signal"[..])
+        );
+        // A last line without its newline still counts, then EOF.
+        let got = read_line_bounded(&mut r, MAX_CONTROL_LINE, &mut line).await;
+        assert_eq!((got.unwrap(), &line[..]), (LineRead::Line, &b"KILL"[..]));
+        let got = read_line_bounded(&mut r, MAX_CONTROL_LINE, &mut line).await;
+        assert_eq!(got.unwrap(), LineRead::Eof);
+        // Exactly the bound is a line.
+        let exact = [vec![b'y'; MAX_CONTROL_LINE], b"\n".to_vec()].concat();
+        let mut r = tokio::io::BufReader::new(&exact[..]);
+        let got = read_line_bounded(&mut r, MAX_CONTROL_LINE, &mut line).await;
+        assert_eq!(
+            (got.unwrap(), line.len()),
+            (LineRead::Line, MAX_CONTROL_LINE)
+        );
+    }
+
+    #[tokio::test]
+    async fn control_requests_skip_an_over_long_line_and_keep_reading() {
+        let (r, w) = pipe_cloexec().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = File::from(w);
+            w.write_all(&vec![b'T'; 4 * 1024 * 1024]).unwrap();
+            w.write_all(b"\nKILL\n").unwrap();
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = control_requests(r, tx).unwrap();
+        assert!(matches!(rx.recv().await, Some(Request::Kill { .. })));
+        // Then EOF: the parent is gone.
+        assert!(matches!(
+            rx.recv().await,
+            Some(Request::Terminate {
+                reason: Reason::ParentGone,
+                ..
+            })
+        ));
+        task.await.unwrap();
+        tokio::task::spawn_blocking(move || writer.join().unwrap())
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn a_handoff_header_alone_is_not_trusted_with_its_length() {
+        let (r, w) = pipe_cloexec().unwrap();
+        let (mut r, mut w) = (File::from(r), File::from(w));
+        w.write_all(format!("HANDOFF {MAX_HANDOFF}\n{{}}").as_bytes())
+            .unwrap();
+        drop(w);
+        let err = read_handoff(&mut r).unwrap_err().to_string();
+        assert!(err.contains("EOF after 2 of"), "{err}");
+        let (r, w) = pipe_cloexec().unwrap();
+        let (mut r, mut w) = (File::from(r), File::from(w));
+        w.write_all(format!("HANDOFF {}\n", MAX_HANDOFF + 1).as_bytes())
+            .unwrap();
+        drop(w);
+        assert!(read_handoff(&mut r).is_err());
     }
 }

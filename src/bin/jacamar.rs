@@ -100,6 +100,15 @@ fn no_auth_main() -> i32 {
 }
 
 fn main() {
+    // First of all: not dumpable. We run as the job's user, and so does the job: a dumpable
+    // jacamar could be ptraced by it, or have its status pipe taken with pidfd_getfd to
+    // forge the stage's status or flood jacamar-auth. The kernel still lets us read our own
+    // /proc entries; the job's shell is dumpable again after its execve. (Harmless for
+    // `signal`; good for askpass, which holds the job token.)
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("jacamar: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
+        std::process::exit(jacamar::protocol::EXIT_NOT_REPORTED);
+    }
     if no_auth_requested(&std::env::args_os().collect::<Vec<_>>()) {
         std::process::exit(no_auth_main());
     }
@@ -116,7 +125,7 @@ fn main() {
     }
     let (Some(control_fd), Some(status_fd)) = (cli.control_fd, cli.status_fd) else {
         eprintln!("jacamar: --control-fd and --status-fd are required (jacamar is started by jacamar-auth, not by hand)");
-        std::process::exit(3);
+        std::process::exit(jacamar::protocol::EXIT_NOT_REPORTED);
     };
     let fds = jacamar::protocol::inherited_fd(control_fd)
         .and_then(|c| jacamar::protocol::inherited_fd(status_fd).map(|s| (c, s)));
@@ -124,7 +133,7 @@ fn main() {
         Ok((control, status)) => jacamar::stages::user::main(control, status),
         Err(e) => {
             eprintln!("jacamar: {e} (jacamar is started by jacamar-auth, not by hand)");
-            3
+            jacamar::protocol::EXIT_NOT_REPORTED
         }
     };
     std::process::exit(code);

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
@@ -21,7 +20,7 @@ use crate::auth::{self, obfuscate, Target};
 use crate::config::{Config, Downscope};
 use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
-use crate::protocol::{self, Action, ControlWriter, Handoff, Status};
+use crate::protocol::{self, Action, ControlWriter, Handoff, Status, Verdict};
 use crate::supervisor::cgroup::JobCgroup;
 use crate::supervisor::{self, group, OsSignals, Outcome, Policy, Request, Terminator};
 use crate::text::sanitize;
@@ -472,7 +471,7 @@ async fn hand_over(
             return Err(e);
         }
     };
-    let status_task = tokio::spawn(read_status(st_r));
+    let status_task = tokio::spawn(protocol::read_status(st_r));
     let mut term = ControlTerminator {
         control,
         pgid: super::group_of(&child, "jacamar")?,
@@ -486,14 +485,27 @@ async fn hand_over(
     forwarder.abort();
     // jacamar is reaped (tokio owned it): now everything left of the job is ours to kill.
     sweep_leftovers(&plan, &target.account.name, &exe, cgroup).await;
-    let status_bytes = tokio::time::timeout(Duration::from_secs(2), status_task)
+    // Nothing (a failed read, a pipe still open 2 s after jacamar was reaped) reads as no
+    // status: the stage is never a success without one.
+    let status = tokio::time::timeout(Duration::from_secs(2), status_task)
         .await
         .ok()
         .and_then(Result::ok)
-        .unwrap_or_default();
-    match protocol::parse_status(&status_bytes) {
-        Some((status, category)) => done_of(status, category),
-        None => no_status(&outcome, term.control.delivery()),
+        .and_then(Result::ok)
+        .unwrap_or(protocol::Bounded::Complete(Vec::new()));
+    result_of(&status, &outcome, term.control.delivery())
+}
+
+/// The stage's result from what was read on the status pipe and how `jacamar` ended.
+fn result_of(
+    status: &protocol::Bounded,
+    outcome: &Outcome,
+    delivery: protocol::Delivery,
+) -> Result<Done, StageError> {
+    match protocol::verdict(status, outcome.exit) {
+        Verdict::Reported(status, category) => done_of(status, category),
+        Verdict::Silent => no_status(outcome, delivery),
+        Verdict::Inconsistent(why) => inconsistent_status(outcome, &why),
     }
 }
 
@@ -601,15 +613,6 @@ fn spawn_jacamar(
     })
 }
 
-/// Everything `jacamar` writes on the status pipe, until EOF (empty if the pipe fails).
-async fn read_status(fd: std::os::fd::OwnedFd) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-        let _ = rx.read_to_end(&mut buf).await;
-    }
-    buf
-}
-
 /// The job's cgroup, when we can have one (root, cgroup v2 mounted); a failure is said in
 /// the job log and leaves the pid sweep alone.
 fn job_cgroup() -> Option<JobCgroup> {
@@ -703,22 +706,49 @@ fn kill_leftovers(plan: &Plan, user: &str, exe: &Path, pids: &[i32]) -> Result<(
         .env("PATH", auth::env::DEFAULT_PATH)
         .current_dir("/")
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let out = cmd.output().map_err(|e| {
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
         format!(
             "failed to start `jacamar signal` for {denied:?}: {}",
             auth::downscope::spawn_error(&helper, user, exe, &e)
         )
     })?;
-    if out.status.success() {
+    // The helper runs as the job's user: read its stderr with a bound.
+    let stderr = child.stderr.take().map(helper_stderr).unwrap_or_default();
+    let status = child
+        .wait()
+        .map_err(|e| format!("failed to wait for `jacamar signal` for {denied:?}: {e}"))?;
+    if status.success() {
         Ok(())
     } else {
         Err(format!(
-            "`jacamar signal KILL {denied:?}` as {user} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            "`jacamar signal KILL {denied:?}` as {user} failed ({status}): {stderr}"
         ))
     }
+}
+
+/// Most of a `jacamar signal` helper's stderr kept (one line per pid it could not signal).
+const MAX_HELPER_STDERR: usize = 16 * 1024;
+
+/// A helper's stderr, read up to [`MAX_HELPER_STDERR`] (the rest is cut, and our end closed
+/// when we return: a helper that goes on writing gets EPIPE).
+fn helper_stderr(pipe: std::process::ChildStderr) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let read = pipe
+        .take(MAX_HELPER_STDERR as u64 + 1)
+        .read_to_end(&mut buf);
+    let cut = buf.len() > MAX_HELPER_STDERR;
+    buf.truncate(MAX_HELPER_STDERR);
+    let mut text = String::from_utf8_lossy(&buf).trim().to_string();
+    if cut {
+        text.push_str(" ... (cut)");
+    }
+    if let Err(e) = read {
+        text.push_str(&format!(" (reading it failed: {e})"));
+    }
+    text
 }
 
 /// What `jacamar` reported, for the runner. A system failure keeps the category `jacamar`
@@ -783,6 +813,25 @@ fn no_status(outcome: &Outcome, delivery: protocol::Delivery) -> Result<Done, St
             message: format!("jacamar {how} {when}"),
             category: obfuscate::Category::Internal,
         }),
+    }
+}
+
+/// What `jacamar` reported is not one status consistent with its exit (see
+/// [`protocol::verdict`]): a system failure, as the job may have written it. While we were
+/// stopping the job and `jacamar` was killed by a signal (we SIGKILL its group after
+/// `KILL`), whatever it wrote is not used: the stage is the stop's build failure.
+fn inconsistent_status(outcome: &Outcome, why: &str) -> Result<Done, StageError> {
+    match (&outcome.stopped, outcome.exit) {
+        (Some(stop), supervisor::Exit::Signal(s)) => Ok(Done::BuildFailure {
+            exit_code: outcome.exit.as_code(),
+            note: Some(format!(
+                "job stopped ({stop}): jacamar was killed by {}; its status was not used ({why})",
+                signal_name(s)
+            )),
+        }),
+        _ => Err(StageError::Internal(format!(
+            "the status channel from jacamar was tampered with or is inconsistent: {why}"
+        ))),
     }
 }
 
@@ -902,5 +951,132 @@ pub fn capabilities_with_downscope_none(config: &Config) -> Option<String> {
              holds",
             own_path()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Bounded, Delivery};
+    use supervisor::{Exit, Reason};
+
+    fn outcome(exit: Exit, stopped: Option<Reason>) -> Outcome {
+        Outcome {
+            exit,
+            stopped,
+            escalated: false,
+            sweep: Default::default(),
+            output_leaked: false,
+        }
+    }
+
+    fn pipe(lines: &[&str]) -> Bounded {
+        Bounded::Complete(lines.concat().into_bytes())
+    }
+
+    const SUCCESS: &str = "{\"status\":\"success\"}\n";
+    const BUILD_7: &str =
+        "{\"status\":\"build_failure\",\"exit_code\":7,\"signal\":null,\"stopped\":null}\n";
+
+    fn tampered(r: Result<Done, StageError>) -> String {
+        match r {
+            Err(e @ StageError::Internal(_)) => {
+                assert_eq!(e.category(), obfuscate::Category::Internal);
+                let text = e.to_string();
+                assert!(text.contains("tampered with or is inconsistent"), "{text}");
+                text
+            }
+            other => panic!("not refused as a tampered status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_forged_line_before_jacamars_own_is_a_system_failure() {
+        let exit = Exit::Code(protocol::EXIT_BUILD_FAILURE);
+        let r = result_of(
+            &pipe(&[SUCCESS, BUILD_7]),
+            &outcome(exit, None),
+            Delivery::Delivered,
+        );
+        assert!(tampered(r).contains("2 lines"));
+    }
+
+    #[test]
+    fn a_success_line_contradicted_by_jacamars_exit_is_a_system_failure() {
+        for exit in [
+            Exit::Signal(libc::SIGKILL),
+            Exit::Code(protocol::EXIT_BUILD_FAILURE),
+            Exit::Code(protocol::EXIT_NOT_REPORTED),
+        ] {
+            let r = result_of(&pipe(&[SUCCESS]), &outcome(exit, None), Delivery::Delivered);
+            assert!(tampered(r).contains("success"), "{exit:?}");
+        }
+        let r = result_of(
+            &Bounded::TooLong,
+            &outcome(Exit::Code(0), None),
+            Delivery::Delivered,
+        );
+        assert!(tampered(r).contains("too long"));
+    }
+
+    #[test]
+    fn consistent_statuses_and_silence_keep_their_meaning() {
+        let ok = result_of(
+            &pipe(&[SUCCESS]),
+            &outcome(Exit::Code(0), None),
+            Delivery::Delivered,
+        );
+        assert!(matches!(ok, Ok(Done::Success)));
+        let exit = Exit::Code(protocol::EXIT_BUILD_FAILURE);
+        let failed = result_of(&pipe(&[BUILD_7]), &outcome(exit, None), Delivery::Delivered);
+        assert!(matches!(
+            failed,
+            Ok(Done::BuildFailure { exit_code: 7, .. })
+        ));
+        // Nothing written: unchanged (an internal failure; a build failure when we stopped it).
+        let silent = result_of(
+            &pipe(&[]),
+            &outcome(Exit::Signal(libc::SIGKILL), None),
+            Delivery::Delivered,
+        );
+        match silent {
+            Err(StageError::User { message, .. }) => {
+                assert!(message.contains("without reporting a status"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let stopped = outcome(
+            Exit::Signal(libc::SIGKILL),
+            Some(Reason::Signal(Signal::SIGTERM)),
+        );
+        let r = result_of(&pipe(&[]), &stopped, Delivery::Pending);
+        assert!(
+            matches!(&r, Ok(Done::BuildFailure { exit_code: 137, note: Some(n) })
+                if n.contains("before it had read the stage")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn during_a_stop_a_killed_jacamars_status_is_not_used() {
+        // We SIGKILL jacamar's group after KILL: whatever it wrote, the stop's build failure.
+        let stopped = outcome(
+            Exit::Signal(libc::SIGKILL),
+            Some(Reason::Signal(Signal::SIGTERM)),
+        );
+        for lines in [&[SUCCESS][..], &[SUCCESS, BUILD_7][..], &[BUILD_7][..]] {
+            let r = result_of(&pipe(lines), &stopped, Delivery::Delivered);
+            assert!(
+                matches!(&r, Ok(Done::BuildFailure { exit_code: 137, note: Some(n) })
+                    if n.contains("job stopped") && n.contains("not used")),
+                "{lines:?}: {r:?}"
+            );
+        }
+        // A stop does not excuse a contradiction from a jacamar that exited by itself.
+        let exited = outcome(
+            Exit::Code(protocol::EXIT_BUILD_FAILURE),
+            Some(Reason::Backstop),
+        );
+        tampered(result_of(&pipe(&[SUCCESS]), &exited, Delivery::Delivered));
     }
 }

@@ -19,9 +19,10 @@ use crate::protocol::{self, Action, Handoff, Status};
 use crate::shell::{self, Profile};
 use crate::supervisor::{self, group, Exit, GroupTerminator, OsSignals, Policy};
 
-/// Run the stage handed over on `control`, report on `status`. Returns our exit code
-/// (0 when a status was written, whatever it says). A failure is reported with its
-/// category, so the job log names what failed.
+/// Run the stage handed over on `control`, report on `status`. Returns our exit code: the
+/// code of the status written ([`protocol::exit_code_of`]; `jacamar-auth` checks the two
+/// agree), [`protocol::EXIT_NOT_REPORTED`] when none could be. A failure is reported with
+/// its category, so the job log names what failed.
 pub fn main(control: OwnedFd, status: OwnedFd) -> i32 {
     // Our descriptors must not leak into the user's shell.
     let result = protocol::set_inheritable(&status, false)
@@ -38,10 +39,10 @@ pub fn main(control: OwnedFd, status: OwnedFd) -> i32 {
     };
     let mut status = File::from(status);
     match protocol::write_status(&mut status, &st, category) {
-        Ok(()) => 0,
+        Ok(()) => protocol::exit_code_of(&st),
         Err(e) => {
             tracing::error!("jacamar: failed to report the stage's status: {e}");
-            3
+            protocol::EXIT_NOT_REPORTED
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The supervision boundary holds even when the job kills
-//! `jacamar` itself, and no descriptor inherited by `jacamar-auth` reaches the job.
+//! `jacamar` itself, no descriptor inherited by `jacamar-auth` reaches the job, and the job
+//! cannot reach into `jacamar` (same uid) to take its status pipe.
 //!
 //! Every job here is the runner's script shape (`: | eval $'...'`) run through the real
 //! stages with real accounts (`jrs_superv_*`), real setuid/sudo, a real JWKS server and
@@ -463,4 +464,177 @@ fn empty_cgroups_of_a_dead_jacamar_auth_are_removed_by_the_next_call() {
     h.config_json();
     assert!(h.prepare().status.success());
     assert!(!stale.exists(), "{} is still there", stale.display());
+}
+
+// ------------------------------------------- issue 16, finding 2: the status pipe
+
+/// The job's attack on its own `jacamar` (same uid): find it among the job's ancestors,
+/// read the status descriptor's number from its command line, and take that descriptor with
+/// `pidfd_open` + `pidfd_getfd` (syscalls 434 and 438, the same number on every
+/// architecture), or else by opening `/proc/<jacamar>/fd/<n>` (refused even while
+/// `jacamar` was dumpable: the pipe belongs to jacamar-auth's account, mode 0600). `forge`
+/// writes a success line; `flood N` writes N MiB. Prints `POC: pidfd_getfd <errno name>` and
+/// `POC: open /proc/<jacamar>/fd <errno name>` when the kernel refuses.
+const POC: &str = r#"import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def parent(pid):
+    s = open(f"/proc/{pid}/stat").read()
+    return int(s[s.rfind(")") + 2:].split()[1])
+pid = os.getppid()
+while pid > 1 and open(f"/proc/{pid}/comm").read().strip() != "jacamar":
+    pid = parent(pid)
+if pid <= 1:
+    print("POC: no jacamar among my ancestors", flush=True)
+    sys.exit(1)
+argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+fd = int(argv[argv.index(b"--status-fd") + 1])
+st = -1
+pidfd = libc.syscall(434, pid, 0)
+if pidfd < 0:
+    print("POC: pidfd_open", errno.errorcode[ctypes.get_errno()], flush=True)
+else:
+    st = libc.syscall(438, pidfd, fd, 0)
+    if st < 0:
+        print("POC: pidfd_getfd", errno.errorcode[ctypes.get_errno()], flush=True)
+try:
+    via_proc = os.open(f"/proc/{pid}/fd/{fd}", os.O_WRONLY)
+    print("POC: opened /proc/<jacamar>/fd", flush=True)
+except OSError as e:
+    print("POC: open /proc/<jacamar>/fd", errno.errorcode[e.errno], flush=True)
+    via_proc = -1
+st = st if st >= 0 else via_proc
+if st < 0:
+    sys.exit(0)
+print(f"POC: took jacamar {pid}'s status descriptor {fd}", flush=True)
+if sys.argv[1] == "forge":
+    os.write(st, b'{"status":"success"}\n')
+    print("POC: forged a success line", flush=True)
+else:
+    chunk, written = b"x" * (1 << 20), 0
+    try:
+        for _ in range(int(sys.argv[2])):
+            view = memoryview(chunk)
+            while view:
+                n = os.write(st, view)
+                view, written = view[n:], written + n
+    except BrokenPipeError:
+        print("POC: broken pipe", flush=True)
+    print(f"POC: wrote {written} bytes", flush=True)
+"#;
+
+/// The attack's script in a file the job's user can read.
+fn poc_file(h: &Harness, user: &nix::unistd::User) -> PathBuf {
+    let p = user_dir(h, user).join("poc.py");
+    std::fs::write(&p, POC).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+/// The kernel refused the job both ways to jacamar's descriptor.
+fn job_was_refused_the_descriptor(out: &Output) -> bool {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.contains("POC: pidfd_getfd EPERM")
+        && stdout.contains("POC: open /proc/<jacamar>/fd EACCES")
+}
+
+/// A job that writes a success line into `jacamar`'s status pipe and then fails (`exit 7`)
+/// must not have its stage reported as a success; `jacamar` is not dumpable, so the kernel
+/// refuses it the descriptor (EPERM) and the stage is the script's build failure.
+fn forged_success_never_reaches_the_runner(downscope: &str, user: &str) {
+    let user = ensure_user(user, &[], "/bin/bash");
+    let _guard = KillUid(user.uid.as_raw());
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = ready(&server, downscope, &user.name, "");
+    let poc = poc_file(&h, &user);
+    let body = format!("python3 {} forge\nexit 7\n", poc.display());
+    let out = h.run("build_script", &runner_script(&body));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("POC: "),
+        "the attack did not run: {}",
+        show(&out)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the stage of a job that exits 7 was not its build failure: {}",
+        show(&out)
+    );
+    assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{}", show(&out));
+    assert!(
+        job_was_refused_the_descriptor(&out),
+        "the kernel let the job take jacamar's status descriptor: {}",
+        show(&out)
+    );
+}
+
+#[test]
+fn setuid_job_cannot_forge_its_status_through_jacamars_pipe() {
+    if !require_root() || !require_tool("python3") {
+        return;
+    }
+    forged_success_never_reaches_the_runner("setuid", "jrs_superv_h");
+}
+
+#[test]
+fn sudo_job_cannot_forge_its_status_through_jacamars_pipe() {
+    if !require_root() || !require_tool("python3") || !require_tool("sudo") {
+        return;
+    }
+    sudoers();
+    forged_success_never_reaches_the_runner("sudo", "jrs_superv_i");
+}
+
+/// Peak resident set (`VmHWM`) of `pid` in KiB; `None` once it is gone.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A job that floods `jacamar`'s status pipe (200 MiB) never grows the root `jacamar-auth`
+/// beyond a few MiB: the status is read up to its bound, and the job cannot take the
+/// descriptor at all.
+#[test]
+fn setuid_job_cannot_flood_jacamar_auth_through_the_status_pipe() {
+    if !require_root() || !require_tool("python3") {
+        return;
+    }
+    let user = ensure_user("jrs_superv_j", &[], "/bin/bash");
+    let _guard = KillUid(user.uid.as_raw());
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = ready(&server, "setuid", &user.name, "");
+    let poc = poc_file(&h, &user);
+    let body = format!("python3 {} flood 200\n", poc.display());
+    let mut child = h.spawn_run("build_script", &runner_script(&body));
+    let pid = child.id();
+    let mut peak = 0;
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(120) {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let out = child.wait_with_output().unwrap();
+    eprintln!("jacamar-auth peak RSS (VmHWM) during the flood: {peak} KiB");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("POC: "),
+        "the attack did not run: {}",
+        show(&out)
+    );
+    assert!(
+        peak > 0 && peak < 64 * 1024,
+        "jacamar-auth grew to {peak} KiB while the job flooded the status pipe: {}",
+        show(&out)
+    );
+    assert!(
+        job_was_refused_the_descriptor(&out),
+        "the kernel let the job take jacamar's status descriptor: {}",
+        show(&out)
+    );
 }
