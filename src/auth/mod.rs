@@ -204,10 +204,7 @@ pub fn policy_keys_set(config: &Config) -> Vec<&'static str> {
 /// `jacamar --no-auth`: no authorization at all, the job runs as this process's own account
 /// (the caller checked, with [`crate::stages::privileged::no_auth_problems`], that this is
 /// neither root nor privileged). `enforce_nologin` and the variable checks still apply.
-pub fn unauthorized(
-    config: &Config,
-    env: &BTreeMap<String, String>,
-) -> Result<Target, AuthError> {
+pub fn unauthorized(config: &Config, env: &BTreeMap<String, String>) -> Result<Target, AuthError> {
     env::check_sizes(env, config.auth.max_env_chars)?;
     if !config.general.unrestricted_cmd_line {
         env::check_reserved(env)?;
