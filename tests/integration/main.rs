@@ -27,6 +27,7 @@ mod sec_policy;
 mod sec_shell;
 mod sec_superv;
 mod sec_token;
+mod sections;
 mod signals;
 mod sim;
 mod stages;
