@@ -354,6 +354,7 @@ shape_tests!(
     cobalt_exit_code_7_from_the_cobaltlog,
     cobalt_exit_code_7_from_the_output_with_skip_cobalt_log,
     cobalt_skip_cobalt_log_takes_the_status_from_the_output,
+    cobalt_build_script_arriving_twice_never_takes_the_first_calls_exit_code,
     cobalt_cancel_runs_the_trap,
     cobalt_cleanup_cancels_an_orphan,
     cobalt_refuses_illegal_arguments,
@@ -544,6 +545,41 @@ fn cobalt_cancel_runs_the_trap(shape: Shape) {
         return;
     }
     cancel_runs_the_trap("cobalt", "", shape);
+}
+
+/// The same stage submitted twice in one job (see `sections`): the first job's Cobalt log
+/// (`build_script.cobaltlog`, which Cobalt appends to) says "exit code of 7"; the second
+/// job ends 0 but keeps Cobalt from writing its own last line (its log unwritable). The
+/// second call reports its own job's end, never the first's 7. (Before: the stale log was
+/// read, "exit code 7".)
+fn cobalt_build_script_arriving_twice_never_takes_the_first_calls_exit_code(shape: Shape) {
+    if !require_root() {
+        return;
+    }
+    let f = fake("cobalt", "");
+    let out = f.h.run(
+        "build_script",
+        &runner_script_in(shape, "echo first-call\nexit 7\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
+    assert_eq!(f.h.build_exit_code().as_deref(), Some("7"), "{shape}");
+    let log = f.h.scripts_job_dir().join("build_script.cobaltlog");
+    let body = format!("chmod a-w {}\necho second-call\n", log.display());
+    let out = f.h.run("build_script", &runner_script_in(shape, &body));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("second-call"), "{shape}: {}", show(&out));
+    assert!(
+        !text.contains("first-call"),
+        "{shape}: replayed: {}",
+        show(&out)
+    );
+    assert!(
+        out.status.success(),
+        "{shape}: the first call's exit code came back (build exit code {:?}): {}",
+        f.h.build_exit_code(),
+        show(&out)
+    );
+    assert!(f.h.cleanup().status.success(), "{shape}: cleanup");
 }
 
 fn cobalt_cleanup_cancels_an_orphan(shape: Shape) {
