@@ -31,6 +31,26 @@ pub struct Harness {
     pub run_as: Option<(u32, u32, String)>,
     /// The GitLab server the runner's `JOB_RESPONSE_FILE` names (in `git_info.repo_url`).
     pub response_server: String,
+    /// Keys merged into the runner's `JOB_RESPONSE_FILE` (objects key by key, so
+    /// `{"git_info": {"depth": 20}}` keeps the clone URL), as newer runners add them.
+    pub response_extra: serde_json::Value,
+}
+
+/// `extra` merged into `base`: objects key by key (recursively), anything else replaced.
+fn merge_json(base: &mut serde_json::Value, extra: &serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                match b.get_mut(k) {
+                    Some(slot) => merge_json(slot, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, e) => *b = e.clone(),
+    }
 }
 
 /// A config with `data_dir` set to the harness's dir, plus `extra` lines in `[general]`.
@@ -123,6 +143,7 @@ impl Harness {
             unobfuscated: false,
             run_as: None,
             response_server: "https://gitlab.example.com".into(),
+            response_extra: serde_json::Value::Null,
         }
     }
 
@@ -158,13 +179,16 @@ impl Harness {
             .response_server
             .split_once("://")
             .unwrap_or(("https", &self.response_server));
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "id": self.job_id,
             "token": token,
             "git_info": {"repo_url": format!("{scheme}://gitlab-ci-token:{token}@{host}/group/project.git")},
             "runner_info": {"timeout": timeout},
             "variables": [],
         });
+        if !self.response_extra.is_null() {
+            merge_json(&mut body, &self.response_extra);
+        }
         let path = self.runner_dir.join("response.json");
         std::fs::write(&path, serde_json::to_vec(&body).unwrap()).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();

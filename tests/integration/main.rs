@@ -17,6 +17,7 @@ mod health;
 mod nfs_view;
 mod poll_users;
 mod refusals;
+mod responses;
 mod runner_config;
 mod scale_poll;
 mod scale_wait;

@@ -366,6 +366,8 @@ impl Sim {
             "credentials": [],
             "dependencies": [],
             "features": {"trace_sections": true, "failure_reasons": ["script_failure", "runner_system_failure", "job_execution_timeout"]},
+            // Runner 17+ writes the job's `run` (native steps), empty when the job has none.
+            "run": "",
         })
     }
 
