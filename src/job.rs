@@ -406,6 +406,29 @@ mod tests {
         assert!(e.to_string().contains("JOB_RESPONSE_FILE"), "{e}");
     }
 
+    /// Newer runners' keys (`run`, `inputs`, `policy_options`, `suspend_options`,
+    /// `image.executor_opts`, `image.pull_policy`), unknown ones, and unknown keys inside
+    /// `git_info` and `runner_info` are ignored; `null` objects read as absent.
+    #[test]
+    fn job_response_ignores_keys_it_does_not_read() {
+        let r = JobResponse::parse(
+            br#"{"id": 78, "run": "[]", "inputs": {"n": 3}, "hooks": [],
+                "policy_options": {"execution_policy_job": true}, "suspend_options": {},
+                "image": {"name": "a", "pull_policy": ["always"],
+                          "executor_opts": {"docker": {"platform": "amd64"}}},
+                "git_info": {"repo_url": "https://h.example/g/p.git", "repo_object_format": "sha1"},
+                "runner_info": {"timeout": 60, "future": {"x": [1]}},
+                "a_key_of_the_future": [{"deep": null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id, 78);
+        assert_eq!(r.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(r.server_origin().as_deref(), Some("https://h.example"));
+        let r =
+            JobResponse::parse(br#"{"id": 79, "git_info": null, "runner_info": null}"#).unwrap();
+        assert_eq!((r.repo_url, r.timeout), (None, None));
+    }
+
     #[test]
     fn clone_url_token() {
         let tok = "glcbt-64_AbC9-x_yZ";

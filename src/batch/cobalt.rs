@@ -315,6 +315,10 @@ impl Scheduler for Cobalt {
         })
     }
 
+    fn end_files(&self, output: &Path) -> Vec<PathBuf> {
+        vec![log_file(output)]
+    }
+
     fn final_from_files(&self, sub: &Submission, _id: &str) -> Option<Final> {
         if self.skip_log {
             let text = std::fs::read_to_string(&sub.output).ok()?;

@@ -326,7 +326,7 @@ async fn drive(
             job.scheduler.name()
         ))
         .await;
-        if let Err(e) = remove_stale(&sub) {
+        if let Err(e) = remove_stale(job.scheduler, &sub) {
             return e;
         }
     }
@@ -447,7 +447,7 @@ async fn prepare(job: &BatchJob<'_>, log: &Log) -> Result<(Submission, Option<St
         name: args::job_name(job.ci_job_id, job.variables, b.disable_name_prefix),
         args,
     };
-    remove_stale(&sub)?;
+    remove_stale(sched, &sub)?;
     let record = Record::in_dir(&job.scripts_dir);
     match record.submitting(sched.name(), &sub.name) {
         Ok(()) => Ok((sub, source)),
@@ -455,10 +455,17 @@ async fn prepare(job: &BatchJob<'_>, log: &Log) -> Result<(Submission, Option<St
     }
 }
 
-/// Remove the output (and error) file of an earlier try, so the tail starts afresh.
-fn remove_stale(sub: &Submission) -> Result<(), Status> {
+/// Remove the output (and error) file of an earlier try, so the tail starts afresh, and the
+/// files saying how that try ended (the exit file, the scheduler's own: see
+/// [`Scheduler::end_files`]), so its end is never taken for this one's.
+fn remove_stale(sched: &dyn Scheduler, sub: &Submission) -> Result<(), Status> {
     let exit = super::wrapper::exit_path(&sub.output);
-    for stale in [&sub.output, &exit].into_iter().chain(sub.error.as_ref()) {
+    let own = sched.end_files(&sub.output);
+    for stale in [&sub.output, &exit]
+        .into_iter()
+        .chain(sub.error.as_ref())
+        .chain(own.iter())
+    {
         match std::fs::remove_file(stale) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

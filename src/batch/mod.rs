@@ -319,6 +319,13 @@ pub trait Scheduler: Send + Sync {
     fn final_from_files(&self, _sub: &Submission, _id: &str) -> Option<Final> {
         None
     }
+    /// The files beside `output` that [`Scheduler::final_from_files`] reads and the
+    /// scheduler itself writes (Cobalt's log, which it appends to): removed with the stale
+    /// output before every submission, so the job's end is never read from an earlier
+    /// submission's (the stage called again, a resubmission).
+    fn end_files(&self, _output: &Path) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 /// The name of the account running us (the job's user): the `USER` of per-user listings

@@ -23,6 +23,14 @@
 //!   before the runner's SIGKILL arrives. The runner reads both as whole
 //!   seconds and replaces a value <= 0 with its default: such a value is
 //!   reported too.
+//! - `prepare_timeout` (runner 19.0: config_exec, prepare_exec and the prepare
+//!   script) and `get_sources_timeout` (runner 19.1), keys of `[[runners]]`, are
+//!   Go duration strings (`"15m"`): a bare integer (read as nanoseconds), a
+//!   value the runner cannot parse (it refuses the whole file) or one <= 0 (the
+//!   runner then uses the job timeout) is reported, and so is either key in
+//!   `[runners.custom]`, where the runner does not read it. Neither is compared
+//!   with jacamar's own timeouts: how long config and prepare take depends on the
+//!   site (a `limit_build_dir` wait, a slow file system), not on a setting.
 //!
 //! The file system is reached through [`RunnerHost`], so that the checks can
 //! be tested on the README's paths without those files.
@@ -175,13 +183,26 @@ pub struct RunnerSummary {
     pub kill_timeout: Duration,
     pub graceful_kill_timeout: Duration,
     pub force_kill_timeout: Duration,
+    /// `prepare_timeout` of `[[runners]]`, when set (runner 19.0+).
+    pub prepare_timeout: Option<Duration>,
+    /// `get_sources_timeout` of `[[runners]]`, when set (runner 19.1+).
+    pub get_sources_timeout: Option<Duration>,
 }
 
 impl RunnerSummary {
-    /// One line saying what was compared.
+    /// One line saying what was compared (and the stage timeouts read).
     pub fn describe(&self) -> String {
+        let mut stage_timeouts = String::new();
+        for (key, value) in [
+            ("prepare_timeout", self.prepare_timeout),
+            ("get_sources_timeout", self.get_sources_timeout),
+        ] {
+            if let Some(d) = value {
+                let _ = write!(stage_timeouts, "; {key} {}", format_duration(d));
+            }
+        }
         format!(
-            "runner {}: OK ({} with {}; kill_timeout {} + force_kill_timeout {} <= graceful_kill_timeout {})",
+            "runner {}: OK ({} with {}; kill_timeout {} + force_kill_timeout {} <= graceful_kill_timeout {}{stage_timeouts})",
             self.runner,
             self.exec.display(),
             self.configuration.display(),
@@ -290,6 +311,8 @@ struct Checker<'a> {
 struct Runner<'t, 'i> {
     /// For messages: `"name"` or `#N`.
     label: String,
+    /// The `[[runners]]` table itself.
+    table: &'t DeTable<'i>,
     /// Line of its first key (or of the entry).
     line: usize,
     custom: Option<&'t DeTable<'i>>,
@@ -445,6 +468,7 @@ impl<'a> Checker<'a> {
         };
         Runner {
             label,
+            table,
             line,
             custom,
             custom_mistyped: custom.is_none() && table.contains_key("custom"),
@@ -472,6 +496,7 @@ impl<'a> Checker<'a> {
         if let (true, Some((file, c))) = (no_auth, config.as_ref()) {
             self.no_auth_configuration(r, file, c);
         }
+        let (prepare_timeout, get_sources_timeout) = self.stage_timeouts(r, custom);
 
         if self.problems.len() != before || !exec_ok {
             return None;
@@ -484,6 +509,8 @@ impl<'a> Checker<'a> {
             kill_timeout: c.general.kill_timeout,
             graceful_kill_timeout: graceful,
             force_kill_timeout: force,
+            prepare_timeout,
+            get_sources_timeout,
         })
     }
 
@@ -1098,6 +1125,65 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// `prepare_timeout` and `get_sources_timeout` of `[[runners]]`, each checked (see
+    /// [`Checker::stage_timeout`]); either key in `[runners.custom]` is reported.
+    fn stage_timeouts(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+    ) -> (Option<Duration>, Option<Duration>) {
+        for key in STAGE_TIMEOUTS {
+            if let Some((k, _)) = custom.get_key_value(key) {
+                let line = self.line(k.span().start);
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    &format!("runners.custom.{key}"),
+                    format!(
+                        "is not read in [runners.custom]: the runner (19.0 and later) reads \
+                         {key} from the [[runners]] table itself; move it there"
+                    ),
+                );
+            }
+        }
+        (
+            self.stage_timeout(r, STAGE_TIMEOUTS[0]),
+            self.stage_timeout(r, STAGE_TIMEOUTS[1]),
+        )
+    }
+
+    /// One stage timeout of `[[runners]]` as the runner reads it (a Go duration string;
+    /// a bare integer is nanoseconds): its value when it bounds the stage, `None` when
+    /// unset; a value the runner cannot read, reads as nanoseconds, or ignores (<= 0) is
+    /// reported.
+    fn stage_timeout(&mut self, r: &Runner<'_, '_>, key: &str) -> Option<Duration> {
+        let (k, v) = r.table.get_key_value(key)?;
+        let line = self.line(k.span().start);
+        let problem = match v.get_ref() {
+            DeValue::String(text) => match stage_timeout_value(text) {
+                Ok(d) => return Some(d),
+                Err(why) => why,
+            },
+            DeValue::Integer(i) => format!(
+                "{} is read by the runner as nanoseconds, not seconds: write a duration \
+                 string, e.g. {key} = \"15m\"",
+                i.as_str()
+            ),
+            other => format!(
+                "expected a duration string, found {} (the runner refuses to load the \
+                 file): write e.g. {key} = \"15m\"",
+                other.type_str()
+            ),
+        };
+        self.push(
+            Some(line),
+            Some(&r.label),
+            &format!("runners.{key}"),
+            problem,
+        );
+        None
+    }
+
     fn timing(
         &mut self,
         r: &Runner<'_, '_>,
@@ -1156,6 +1242,36 @@ impl<'a> Checker<'a> {
             );
         }
     }
+}
+
+/// The stage timeouts of `[[runners]]` newer runners read, in the order they apply.
+const STAGE_TIMEOUTS: [&str; 2] = ["prepare_timeout", "get_sources_timeout"];
+
+/// A stage timeout's string as the runner reads it (Go's `time.ParseDuration`): the
+/// duration, or why the runner cannot use it.
+fn stage_timeout_value(text: &str) -> Result<Duration, String> {
+    let ignored = "the runner ignores a value <= 0 and bounds the stage by the job \
+                   timeout: give a positive duration (e.g. \"15m\") or remove the key";
+    if let Some(rest) = text.strip_prefix('-') {
+        // Go accepts a negative duration; ours are never negative.
+        return match super::duration::parse_duration(rest) {
+            Ok(_) => Err(format!("\"{text}\" is negative: {ignored}")),
+            Err(why) => Err(unreadable(text, &why)),
+        };
+    }
+    match super::duration::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err(format!("\"{text}\" is zero: {ignored}")),
+        Ok(d) => Ok(d),
+        Err(why) => Err(unreadable(text, &why)),
+    }
+}
+
+/// Why the runner refuses a duration string it cannot parse.
+fn unreadable(text: &str, why: &str) -> String {
+    format!(
+        "\"{text}\" is not a duration the runner can read ({why}), so it refuses to load \
+         the file: write e.g. \"15m\" or \"1h30m\""
+    )
 }
 
 /// What is wrong with a hook's path before its file is looked at: not absolute, the

@@ -610,3 +610,93 @@ fn jacamar_no_auth_hooks_need_the_flag_everywhere_and_a_configuration_without_po
         "{report}"
     );
 }
+
+/// `readme_runner()` with `lines` in the `[[runners]]` table itself.
+fn with_runner_keys(lines: &str) -> String {
+    readme_runner().replacen(
+        "  executor = \"custom\"\n",
+        &format!("  executor = \"custom\"\n{lines}"),
+        1,
+    )
+}
+
+#[test]
+fn stage_timeouts_of_newer_runners_are_read_and_shown() {
+    let host = FakeHost::readme();
+    let text = with_runner_keys("  prepare_timeout = \"15m\"\n  get_sources_timeout = \"1h30m\"\n");
+    let summaries = check(&text, &host).unwrap_or_else(|e| panic!("{}", e.report()));
+    let s = &summaries[0];
+    assert_eq!(s.prepare_timeout, Some(Duration::from_secs(900)));
+    assert_eq!(s.get_sources_timeout, Some(Duration::from_secs(5400)));
+    assert!(
+        s.describe()
+            .ends_with("; prepare_timeout 15m; get_sources_timeout 1h30m)"),
+        "{}",
+        s.describe()
+    );
+    // Unset: nothing said, nothing bounded but the job timeout.
+    let summaries = check(&readme_runner(), &host).unwrap();
+    assert_eq!(summaries[0].prepare_timeout, None);
+    assert!(!summaries[0].describe().contains("prepare_timeout"));
+}
+
+#[test]
+fn stage_timeouts_the_runner_cannot_use_are_reported_on_their_line() {
+    let host = FakeHost::readme();
+    for (line, key, wants) in [
+        (
+            "  prepare_timeout = 900\n",
+            "runners.prepare_timeout",
+            &[
+                "900 is read by the runner as nanoseconds",
+                "prepare_timeout = \"15m\"",
+            ][..],
+        ),
+        (
+            "  get_sources_timeout = \"15 minutes\"\n",
+            "runners.get_sources_timeout",
+            &[
+                "\"15 minutes\" is not a duration the runner can read",
+                "refuses to load",
+            ][..],
+        ),
+        (
+            "  prepare_timeout = \"0s\"\n",
+            "runners.prepare_timeout",
+            &["\"0s\" is zero", "bounds the stage by the job timeout"][..],
+        ),
+        (
+            "  get_sources_timeout = \"-5m\"\n",
+            "runners.get_sources_timeout",
+            &["\"-5m\" is negative"][..],
+        ),
+        (
+            "  prepare_timeout = true\n",
+            "runners.prepare_timeout",
+            &["expected a duration string, found boolean"][..],
+        ),
+    ] {
+        let text = with_runner_keys(line);
+        let err = check(&text, &host).expect_err(line);
+        assert_eq!(err.problems.len(), 1, "{line}: {}", err.report());
+        let p = &err.problems[0];
+        assert_eq!(p.key, key, "{line}");
+        assert_eq!(p.line, Some(line_of(&text, line.trim())), "{line}");
+        for want in wants {
+            assert!(p.message.contains(want), "{line}: {}", p.message);
+        }
+    }
+    // In [runners.custom] the runner does not read them.
+    let text = readme_runner().replace(
+        "    graceful_kill_timeout",
+        "    prepare_timeout = \"15m\"\n    graceful_kill_timeout",
+    );
+    let err = check(&text, &host).expect_err("prepare_timeout in [runners.custom]");
+    assert_eq!(err.problems.len(), 1, "{}", err.report());
+    assert_eq!(err.problems[0].key, "runners.custom.prepare_timeout");
+    assert!(
+        err.problems[0].message.contains("move it there"),
+        "{}",
+        err.report()
+    );
+}

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use crate::batch_slurm::{beats_on, ci_user, heartbeat_job, sigkill_drivers};
 use crate::harness::{
-    alive, all_pids, children, lines_of, proc_stat, require_root, runner_script, show, wait_exit,
-    wait_for, wait_line, Harness,
+    alive, all_pids, children, lines_of, proc_stat, require_root, runner_script_in, show,
+    wait_exit, wait_for, wait_line, Harness, Shape,
 };
+use crate::shape_tests;
 
 /// One fake scheduler under test.
 struct Fake {
@@ -142,22 +143,22 @@ fn group_members(pg: i32) -> Vec<i32> {
         .collect()
 }
 
-fn streams_output_and_succeeds(executor: &'static str) {
+fn streams_output_and_succeeds(executor: &'static str, shape: Shape) {
     let f = fake(executor, "");
     let mut child = f.h.spawn_run(
         "build_script",
-        &runner_script("for i in 1 2 3 4; do echo \"tick $i as $(id -un)\"; sleep 1; done\necho on stderr >&2\n"),
+        &runner_script_in(shape, "for i in 1 2 3 4; do echo \"tick $i as $(id -un)\"; sleep 1; done\necho on stderr >&2\n"),
     );
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
         wait_line(&rx, "tick 2 as", Duration::from_secs(20), &mut seen),
-        "no live output: {seen:?}"
+        "{shape}: no live output: {seen:?}"
     );
     // The job still runs when its second line reaches the log.
     assert!(
         Fake::running(&f.only_job()),
-        "job not running while its output arrived: {seen:?}"
+        "{shape}: job not running while its output arrived: {seen:?}"
     );
     let st = wait_exit(&mut child, Duration::from_secs(30)).expect("run did not end");
     seen.extend(rx.try_iter().map(|(_, l)| l));
@@ -166,60 +167,71 @@ fn streams_output_and_succeeds(executor: &'static str) {
     for i in 1..=4 {
         assert!(
             text.contains(&format!("tick {i} as {}", ci_user())),
-            "tick {i} missing: {text}"
+            "{shape}: tick {i} missing: {text}"
         );
     }
-    assert!(text.contains("on stderr"), "{text}");
-    let id = f.recorded_id().expect("job id not recorded");
+    assert!(text.contains("on stderr"), "{shape}: {text}");
+    let id = f
+        .recorded_id()
+        .unwrap_or_else(|| panic!("{executor} {shape}: job id not recorded"));
     assert!(
         text.contains(&format!("Submitted {executor} job {id}")),
-        "{text}"
+        "{shape}: {text}"
     );
     let out = f.h.cleanup();
-    assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(out.status.success(), "{shape}: cleanup: {}", show(&out));
     assert!(!f.h.scripts_job_dir().exists());
 }
 
-fn exit_code_7(executor: &'static str, batch_extra: &str) {
+fn exit_code_7(executor: &'static str, batch_extra: &str, shape: Shape) {
     let f = fake(executor, batch_extra);
     let out = f.h.run(
         "build_script",
-        &runner_script("echo before the end\nexit 7\n"),
+        &runner_script_in(shape, "echo before the end\nexit 7\n"),
     );
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
     assert_eq!(
         f.h.build_exit_code().as_deref(),
         Some("7"),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("before the end"),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
-    let out = f.h.run("build_script", &runner_script("echo fine\n"));
-    assert!(out.status.success(), "{}", show(&out));
-    assert!(f.h.cleanup().status.success());
+    let out =
+        f.h.run("build_script", &runner_script_in(shape, "echo fine\n"));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
+    assert!(f.h.cleanup().status.success(), "{shape}: cleanup");
 }
 
 /// Returns the job log and the fake's record of the commands it was given.
-fn cancel_runs_the_trap(executor: &'static str, batch_extra: &str) -> (String, String) {
+fn cancel_runs_the_trap(
+    executor: &'static str,
+    batch_extra: &str,
+    shape: Shape,
+) -> (String, String) {
     let f = fake(executor, batch_extra);
     let marker = f.h.data_dir.join(format!("trap-{}", f.h.job_id));
     let script = format!(
         "trap 'echo trapped TERM; touch {m}; exit 3' TERM\necho started\nsleep 300 &\nwait\necho not reached\n",
         m = marker.display()
     );
-    let mut child = f.h.spawn_run("build_script", &runner_script(&script));
+    let mut child =
+        f.h.spawn_run("build_script", &runner_script_in(shape, &script));
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
         wait_line(&rx, "started", Duration::from_secs(20), &mut seen),
-        "{seen:?}"
+        "{shape}: {seen:?}"
     );
     let ours = children(child.id());
-    assert!(!ours.is_empty(), "jacamar not found under jacamar-auth");
+    assert!(
+        !ours.is_empty(),
+        "{shape}: jacamar not found under jacamar-auth"
+    );
     let job = f.only_job();
     assert!(Fake::running(&job));
     nix::sys::signal::kill(
@@ -230,61 +242,75 @@ fn cancel_runs_the_trap(executor: &'static str, batch_extra: &str) -> (String, S
     // Ended, and within kill_timeout (5 s) + a generous margin for a loaded machine.
     assert!(
         wait_for(Duration::from_secs(5 + 60), || Fake::gone(&job)),
-        "{executor} job still there"
+        "{shape}: {executor} job still there"
     );
     let st = wait_exit(&mut child, Duration::from_secs(30)).expect("run call did not exit");
     assert!(!st.success());
     seen.extend(rx.try_iter().map(|(_, l)| l));
     let text = seen.join("\n");
-    assert!(text.contains("trapped TERM"), "trap output missing: {text}");
-    assert!(!text.contains("not reached"), "{text}");
-    assert!(marker.exists(), "the job's TERM trap did not run");
+    assert!(
+        text.contains("trapped TERM"),
+        "{shape}: trap output missing: {text}"
+    );
+    assert!(!text.contains("not reached"), "{shape}: {text}");
+    assert!(marker.exists(), "{shape}: the job's TERM trap did not run");
     for p in ours {
-        assert!(!alive(p), "jacamar {p} survived");
+        assert!(!alive(p), "{shape}: jacamar {p} survived");
     }
-    // The runner's script runs the body in `: | eval ...`: the trap's `exit 3` ends the
-    // eval's subshell, while the script's own shell, which has no trap, dies of the TERM.
-    assert_eq!(f.h.build_exit_code().as_deref(), Some("143"), "{text}");
+    // The runner's script runs the body in a subshell: the trap's `exit 3` ends it, while
+    // the script's own shell dies of the TERM (legacy: 143) or exits 1 from its own trap
+    // once the body ended (current).
+    let want = shape.cancelled_status(3).to_string();
+    assert_eq!(
+        f.h.build_exit_code().as_deref(),
+        Some(want.as_str()),
+        "{executor} {shape}: {text}"
+    );
     assert!(f.h.scripts_job_dir().is_dir());
-    let out = f.h.run("after_script", &runner_script("echo after ran\n"));
-    assert!(out.status.success(), "{}", show(&out));
-    assert!(f.h.cleanup().status.success());
+    let out =
+        f.h.run("after_script", &runner_script_in(shape, "echo after ran\n"));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
+    assert!(f.h.cleanup().status.success(), "{shape}: cleanup");
     let calls = std::fs::read_to_string(f.state.join("calls")).unwrap();
     (text, calls)
 }
 
-fn cleanup_cancels_an_orphan(executor: &'static str) {
+fn cleanup_cancels_an_orphan(executor: &'static str, shape: Shape) {
     let f = fake(executor, "");
     let beat = f.h.data_dir.join(format!("beat-{}", f.h.job_id));
-    let mut child =
-        f.h.spawn_run("build_script", &runner_script(&heartbeat_job(&beat)));
+    let mut child = f.h.spawn_run(
+        "build_script",
+        &runner_script_in(shape, &heartbeat_job(&beat)),
+    );
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
         wait_line(&rx, "started", Duration::from_secs(20), &mut seen),
-        "{seen:?}"
+        "{shape}: {seen:?}"
     );
     let job = f.only_job();
     sigkill_drivers(&mut child);
     assert!(
         beats_on(&beat),
-        "the {executor} job stopped with its drivers"
+        "{shape}: the {executor} job stopped with its drivers"
     );
     assert!(
         Fake::running(&job),
-        "the job must outlive its killed drivers until cleanup"
+        "{shape}: the job must outlive its killed drivers until cleanup"
     );
-    let id = f.recorded_id().expect("job id not recorded");
+    let id = f
+        .recorded_id()
+        .unwrap_or_else(|| panic!("{executor} {shape}: job id not recorded"));
     let out = f.h.cleanup();
-    assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(out.status.success(), "{shape}: cleanup: {}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("cancelling {executor} job {id}")),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
     assert!(
         wait_for(Duration::from_secs(10), || Fake::gone(&job)),
-        "cleanup left the {executor} job running: rc {:?}, processes {:?}\n{}",
+        "{shape}: cleanup left the {executor} job running: rc {:?}, processes {:?}\n{}",
         std::fs::read_to_string(job.join("rc")),
         std::fs::read_to_string(job.join("pgid"))
             .ok()
@@ -295,183 +321,200 @@ fn cleanup_cancels_an_orphan(executor: &'static str) {
     assert!(!f.h.scripts_job_dir().exists());
 }
 
-fn refuses(executor: &'static str, params: &str, arg: &str) {
+fn refuses(executor: &'static str, params: &str, arg: &str, shape: Shape) {
     let mut f = fake(executor, "");
     f.h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", params);
-    let out = f.h.run("build_script", &runner_script("echo no\n"));
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let out =
+        f.h.run("build_script", &runner_script_in(shape, "echo no\n"));
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout)
             .contains(&format!("refusing scheduler argument \"{arg}\"")),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
-    assert!(f.jobs().is_empty(), "a refused job was submitted");
-    assert!(f.h.cleanup().status.success());
+    assert!(f.jobs().is_empty(), "{shape}: a refused job was submitted");
+    assert!(f.h.cleanup().status.success(), "{shape}: cleanup");
 }
+
+shape_tests!(
+    flux_streams_output_and_succeeds,
+    flux_exit_code_7,
+    flux_cancel_runs_the_trap,
+    flux_cleanup_cancels_an_orphan,
+    flux_refuses_illegal_arguments,
+    lsf_streams_output_and_succeeds,
+    lsf_exit_code_7,
+    lsf_cancel_runs_the_trap,
+    lsf_job_cancellation_names_the_job_and_signals_term_first,
+    lsf_job_name_belongs_to_the_user_without_job_cancellation,
+    lsf_cleanup_cancels_an_orphan,
+    lsf_refuses_illegal_arguments,
+    cobalt_streams_output_and_succeeds,
+    cobalt_exit_code_7_from_the_cobaltlog,
+    cobalt_exit_code_7_from_the_output_with_skip_cobalt_log,
+    cobalt_skip_cobalt_log_takes_the_status_from_the_output,
+    cobalt_build_script_arriving_twice_never_takes_the_first_calls_exit_code,
+    cobalt_cancel_runs_the_trap,
+    cobalt_cleanup_cancels_an_orphan,
+    cobalt_refuses_illegal_arguments,
+);
 
 // Flux.
 
-#[test]
-fn flux_streams_output_and_succeeds() {
+fn flux_streams_output_and_succeeds(shape: Shape) {
     if !require_root() {
         return;
     }
-    streams_output_and_succeeds("flux");
+    streams_output_and_succeeds("flux", shape);
 }
 
-#[test]
-fn flux_exit_code_7() {
+fn flux_exit_code_7(shape: Shape) {
     if !require_root() {
         return;
     }
-    exit_code_7("flux", "");
+    exit_code_7("flux", "", shape);
 }
 
-#[test]
-fn flux_cancel_runs_the_trap() {
+fn flux_cancel_runs_the_trap(shape: Shape) {
     if !require_root() {
         return;
     }
-    let (_, calls) = cancel_runs_the_trap("flux", "");
-    assert!(calls.contains("flux job kill --signal=SIGTERM "), "{calls}");
+    let (_, calls) = cancel_runs_the_trap("flux", "", shape);
+    assert!(
+        calls.contains("flux job kill --signal=SIGTERM "),
+        "{shape}: {calls}"
+    );
 }
 
-#[test]
-fn flux_cleanup_cancels_an_orphan() {
+fn flux_cleanup_cancels_an_orphan(shape: Shape) {
     if !require_root() {
         return;
     }
-    cleanup_cancels_an_orphan("flux");
+    cleanup_cancels_an_orphan("flux", shape);
 }
 
-#[test]
-fn flux_refuses_illegal_arguments() {
+fn flux_refuses_illegal_arguments(shape: Shape) {
     if !require_root() {
         return;
     }
-    refuses("flux", "-N 1 --output=/tmp/x", "--output=/tmp/x");
-    refuses("flux", "--wait", "--wait");
+    refuses("flux", "-N 1 --output=/tmp/x", "--output=/tmp/x", shape);
+    refuses("flux", "--wait", "--wait", shape);
 }
 
 // LSF.
 
-#[test]
-fn lsf_streams_output_and_succeeds() {
+fn lsf_streams_output_and_succeeds(shape: Shape) {
     if !require_root() {
         return;
     }
-    streams_output_and_succeeds("lsf");
+    streams_output_and_succeeds("lsf", shape);
 }
 
-#[test]
-fn lsf_exit_code_7() {
+fn lsf_exit_code_7(shape: Shape) {
     if !require_root() {
         return;
     }
-    exit_code_7("lsf", "");
+    exit_code_7("lsf", "", shape);
 }
 
-#[test]
-fn lsf_cancel_runs_the_trap() {
+fn lsf_cancel_runs_the_trap(shape: Shape) {
     if !require_root() {
         return;
     }
     // Without lsf_job_cancellation: one plain bkill by id (LSF's INT, TERM, KILL sequence).
-    let (_, calls) = cancel_runs_the_trap("lsf", "");
-    assert!(calls.contains("\nbkill 1000\n"), "{calls}");
-    assert!(!calls.contains("bkill -s"), "{calls}");
-    assert!(!calls.contains("-J "), "{calls}");
+    let (_, calls) = cancel_runs_the_trap("lsf", "", shape);
+    assert!(calls.contains("\nbkill 1000\n"), "{shape}: {calls}");
+    assert!(!calls.contains("bkill -s"), "{shape}: {calls}");
+    assert!(!calls.contains("-J "), "{shape}: {calls}");
 }
 
-#[test]
-fn lsf_job_cancellation_names_the_job_and_signals_term_first() {
+fn lsf_job_cancellation_names_the_job_and_signals_term_first(shape: Shape) {
     if !require_root() {
         return;
     }
-    let (text, calls) = cancel_runs_the_trap("lsf", "lsf_job_cancellation = true");
-    assert!(text.contains("asking the job to stop (SIGTERM)"), "{text}");
-    assert!(calls.contains("bsub -o "), "{calls}");
-    assert!(calls.contains(" -J ci-"), "{calls}");
-    assert!(calls.contains("\nbkill -s TERM 1000\n"), "{calls}");
+    let (text, calls) = cancel_runs_the_trap("lsf", "lsf_job_cancellation = true", shape);
+    assert!(
+        text.contains("asking the job to stop (SIGTERM)"),
+        "{shape}: {text}"
+    );
+    assert!(calls.contains("bsub -o "), "{shape}: {calls}");
+    assert!(calls.contains(" -J ci-"), "{shape}: {calls}");
+    assert!(calls.contains("\nbkill -s TERM 1000\n"), "{shape}: {calls}");
 }
 
-#[test]
-fn lsf_job_name_belongs_to_the_user_without_job_cancellation() {
+fn lsf_job_name_belongs_to_the_user_without_job_cancellation(shape: Shape) {
     if !require_root() {
         return;
     }
     // Without lsf_job_cancellation the driver does not name the job: the user's -J stays.
     let mut f = fake("lsf", "");
     f.h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", "-J my-own-name -n 1");
-    let out = f.h.run("build_script", &runner_script("echo named\n"));
-    assert!(out.status.success(), "{}", show(&out));
+    let out =
+        f.h.run("build_script", &runner_script_in(shape, "echo named\n"));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let name = std::fs::read_to_string(f.only_job().join("name")).unwrap();
     assert_eq!(name.trim(), "my-own-name");
-    assert!(f.h.cleanup().status.success());
+    assert!(f.h.cleanup().status.success(), "{shape}: cleanup");
 
     // With it, the driver names the job and refuses the user's -J.
     let mut f = fake("lsf", "lsf_job_cancellation = true");
-    let out = f.h.run("build_script", &runner_script("echo named\n"));
-    assert!(out.status.success(), "{}", show(&out));
+    let out =
+        f.h.run("build_script", &runner_script_in(shape, "echo named\n"));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let name = std::fs::read_to_string(f.only_job().join("name")).unwrap();
     assert_eq!(name.trim(), format!("ci-{}", f.h.job_id));
     f.h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", "-J my-own-name");
-    let out = f.h.run("build_script", &runner_script("echo named\n"));
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let out =
+        f.h.run("build_script", &runner_script_in(shape, "echo named\n"));
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("refusing scheduler argument \"-J\""),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
-    assert!(f.h.cleanup().status.success());
+    assert!(f.h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn lsf_cleanup_cancels_an_orphan() {
+fn lsf_cleanup_cancels_an_orphan(shape: Shape) {
     if !require_root() {
         return;
     }
-    cleanup_cancels_an_orphan("lsf");
+    cleanup_cancels_an_orphan("lsf", shape);
 }
 
-#[test]
-fn lsf_refuses_illegal_arguments() {
+fn lsf_refuses_illegal_arguments(shape: Shape) {
     if !require_root() {
         return;
     }
-    refuses("lsf", "-n 2 -oo /tmp/x", "-oo");
-    refuses("lsf", "-Is", "-Is");
+    refuses("lsf", "-n 2 -oo /tmp/x", "-oo", shape);
+    refuses("lsf", "-Is", "-Is", shape);
 }
 
 // Cobalt.
 
-#[test]
-fn cobalt_streams_output_and_succeeds() {
+fn cobalt_streams_output_and_succeeds(shape: Shape) {
     if !require_root() {
         return;
     }
-    streams_output_and_succeeds("cobalt");
+    streams_output_and_succeeds("cobalt", shape);
 }
 
-#[test]
-fn cobalt_exit_code_7_from_the_cobaltlog() {
+fn cobalt_exit_code_7_from_the_cobaltlog(shape: Shape) {
     if !require_root() {
         return;
     }
-    exit_code_7("cobalt", "");
+    exit_code_7("cobalt", "", shape);
 }
 
-#[test]
-fn cobalt_exit_code_7_from_the_output_with_skip_cobalt_log() {
+fn cobalt_exit_code_7_from_the_output_with_skip_cobalt_log(shape: Shape) {
     if !require_root() {
         return;
     }
-    exit_code_7("cobalt", "skip_cobalt_log = true");
+    exit_code_7("cobalt", "skip_cobalt_log = true", shape);
 }
 
-#[test]
-fn cobalt_skip_cobalt_log_takes_the_status_from_the_output() {
+fn cobalt_skip_cobalt_log_takes_the_status_from_the_output(shape: Shape) {
     if !require_root() {
         return;
     }
@@ -483,41 +526,73 @@ fn cobalt_skip_cobalt_log_takes_the_status_from_the_output() {
         "rm -f {l}; mkdir {l}\necho working\nexit 5\n",
         l = log.display()
     );
-    let out = f.h.run("build_script", &runner_script(&script));
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let out = f.h.run("build_script", &runner_script_in(shape, &script));
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
     assert_eq!(
         f.h.build_exit_code().as_deref(),
         Some("5"),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("working"), "{text}");
+    assert!(text.contains("working"), "{shape}: {text}");
     assert!(log.is_dir());
-    assert!(f.h.cleanup().status.success());
+    assert!(f.h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn cobalt_cancel_runs_the_trap() {
+fn cobalt_cancel_runs_the_trap(shape: Shape) {
     if !require_root() {
         return;
     }
-    cancel_runs_the_trap("cobalt", "");
+    cancel_runs_the_trap("cobalt", "", shape);
 }
 
-#[test]
-fn cobalt_cleanup_cancels_an_orphan() {
+/// The same stage submitted twice in one job (see `sections`): the first job's Cobalt log
+/// (`build_script.cobaltlog`, which Cobalt appends to) says "exit code of 7"; the second
+/// job ends 0 but keeps Cobalt from writing its own last line (its log unwritable). The
+/// second call reports its own job's end, never the first's 7. (Before: the stale log was
+/// read, "exit code 7".)
+fn cobalt_build_script_arriving_twice_never_takes_the_first_calls_exit_code(shape: Shape) {
     if !require_root() {
         return;
     }
-    cleanup_cancels_an_orphan("cobalt");
+    let f = fake("cobalt", "");
+    let out = f.h.run(
+        "build_script",
+        &runner_script_in(shape, "echo first-call\nexit 7\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
+    assert_eq!(f.h.build_exit_code().as_deref(), Some("7"), "{shape}");
+    let log = f.h.scripts_job_dir().join("build_script.cobaltlog");
+    let body = format!("chmod a-w {}\necho second-call\n", log.display());
+    let out = f.h.run("build_script", &runner_script_in(shape, &body));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("second-call"), "{shape}: {}", show(&out));
+    assert!(
+        !text.contains("first-call"),
+        "{shape}: replayed: {}",
+        show(&out)
+    );
+    assert!(
+        out.status.success(),
+        "{shape}: the first call's exit code came back (build exit code {:?}): {}",
+        f.h.build_exit_code(),
+        show(&out)
+    );
+    assert!(f.h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn cobalt_refuses_illegal_arguments() {
+fn cobalt_cleanup_cancels_an_orphan(shape: Shape) {
     if !require_root() {
         return;
     }
-    refuses("cobalt", "-n 1 --debuglog /tmp/x", "--debuglog");
-    refuses("cobalt", "-O pfx", "-O");
+    cleanup_cancels_an_orphan("cobalt", shape);
+}
+
+fn cobalt_refuses_illegal_arguments(shape: Shape) {
+    if !require_root() {
+        return;
+    }
+    refuses("cobalt", "-n 1 --debuglog /tmp/x", "--debuglog", shape);
+    refuses("cobalt", "-O pfx", "-O", shape);
 }

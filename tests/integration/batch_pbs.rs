@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::batch_slurm::{ci_user, require_slurm, slurm_jobs};
-use crate::harness::{require_root, runner_script, show, wait_for, Harness};
+use crate::harness::{require_root, runner_script_in, show, wait_for, Harness, Shape};
+use crate::shape_tests;
 
 fn pbs() -> Harness {
     require_slurm();
@@ -26,29 +27,49 @@ fn pbs() -> Harness {
     h
 }
 
-#[test]
-fn pbs_job_streams_output_and_reports_its_exit_code() {
+shape_tests!(
+    pbs_job_streams_output_and_reports_its_exit_code,
+    pbs_refuses_output_arguments,
+    pbs_cleanup_cancels_an_orphaned_job,
+);
+
+fn pbs_job_streams_output_and_reports_its_exit_code(shape: Shape) {
     if !require_root() {
         return;
     }
     let h = pbs();
     let out = h.run(
         "build_script",
-        &runner_script("echo \"pbs says hi as $(id -un)\"\necho to stderr >&2\nexit 7\n"),
+        &runner_script_in(
+            shape,
+            "echo \"pbs says hi as $(id -un)\"\necho to stderr >&2\nexit 7\n",
+        ),
     );
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{}", show(&out));
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
+    assert_eq!(
+        h.build_exit_code().as_deref(),
+        Some("7"),
+        "{shape}: {}",
+        show(&out)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("pbs says hi as jacamar-ci"), "{}", show(&out));
-    assert!(text.contains("to stderr"), "{}", show(&out));
-    assert!(text.contains("Submitted pbs job"), "{}", show(&out));
-    let out = h.run("build_script", &runner_script("echo fine\n"));
-    assert!(out.status.success(), "{}", show(&out));
-    assert!(h.cleanup().status.success());
+    assert!(
+        text.contains("pbs says hi as jacamar-ci"),
+        "{shape}: {}",
+        show(&out)
+    );
+    assert!(text.contains("to stderr"), "{shape}: {}", show(&out));
+    assert!(
+        text.contains("Submitted pbs job"),
+        "{shape}: {}",
+        show(&out)
+    );
+    let out = h.run("build_script", &runner_script_in(shape, "echo fine\n"));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn pbs_refuses_output_arguments() {
+fn pbs_refuses_output_arguments(shape: Shape) {
     if !require_root() {
         return;
     }
@@ -57,23 +78,25 @@ fn pbs_refuses_output_arguments() {
         "CUSTOM_ENV_SCHEDULER_PARAMETERS",
         "-l walltime=00:05:00 -o /tmp/x",
     );
-    let out = h.run("build_script", &runner_script("echo no\n"));
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let out = h.run("build_script", &runner_script_in(shape, "echo no\n"));
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("refusing scheduler argument \"-o\""),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
-    assert!(h.cleanup().status.success());
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn pbs_cleanup_cancels_an_orphaned_job() {
+fn pbs_cleanup_cancels_an_orphaned_job(shape: Shape) {
     if !require_root() {
         return;
     }
     let h = pbs();
-    let mut child = h.spawn_run("build_script", &runner_script("echo started\nsleep 300\n"));
+    let mut child = h.spawn_run(
+        "build_script",
+        &runner_script_in(shape, "echo started\nsleep 300\n"),
+    );
     let out_file = h.scripts_job_dir().join("build_script.out");
     assert!(wait_for(Duration::from_secs(60), || {
         std::fs::read_to_string(&out_file)
@@ -82,14 +105,14 @@ fn pbs_cleanup_cancels_an_orphaned_job() {
     }));
     let name = format!("ci-{}", h.job_id);
     let listed = || !slurm_jobs(&name).is_empty();
-    assert!(listed());
+    assert!(listed(), "{shape}: the job is not listed");
     let _ = child.kill();
     let _ = child.wait();
     // jacamar saw its parent go (control pipe EOF) and cancels; cleanup makes sure.
     let out = h.cleanup();
-    assert!(out.status.success(), "{}", show(&out));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     assert!(
         wait_for(Duration::from_secs(30), || !listed()),
-        "pbs job left behind"
+        "{shape}: pbs job left behind"
     );
 }

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 // Re-exported for the other batch tests (sec_shell imports them from here).
 use crate::harness::{
-    alive, descendants, proc_stat, require_root, runner_script, show, wait_for, Harness,
+    alive, descendants, proc_stat, require_root, runner_script_in, show, wait_for, Harness, Shape,
 };
 pub use crate::harness::{children, lines_of, wait_exit, wait_line};
+use crate::shape_tests;
 
 /// The non-root user jobs are submitted as (created by scripts/test.sh).
 pub fn ci_user() -> String {
@@ -136,28 +137,40 @@ pub fn beats_on(beat: &std::path::Path) -> bool {
     wait_for(Duration::from_secs(60), || count() >= n0 + 5)
 }
 
-#[test]
-fn output_is_streamed_live_and_success_reported() {
+shape_tests!(
+    output_is_streamed_live_and_success_reported,
+    exit_code_7_reaches_the_build_exit_code_file,
+    sigterm_cancels_the_slurm_job_and_its_trap_runs,
+    cleanup_cancels_the_job_after_sigkill_of_both_drivers,
+    output_moved_in_late_arrives_within_nfs_timeout,
+    illegal_arguments_are_refused_by_name,
+    allow_illegal_args_lets_them_through,
+    quoted_arguments_and_arguments_variable_order,
+    env_vars_path_extends_the_job_path,
+    cleanup_never_passes_a_forged_record_id_to_slurm,
+);
+
+fn output_is_streamed_live_and_success_reported(shape: Shape) {
     if !require_root() {
         return;
     }
     let h = slurm("");
     let mut child = h.spawn_run(
         "build_script",
-        &runner_script("for i in 1 2 3 4 5 6 7 8; do echo \"tick $i as $(id -un) in job ${SLURM_JOB_ID:-none}\"; sleep 1; done\n"),
+        &runner_script_in(shape, "for i in 1 2 3 4 5 6 7 8; do echo \"tick $i as $(id -un) in job ${SLURM_JOB_ID:-none}\"; sleep 1; done\n"),
     );
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
         wait_line(&rx, "tick 2 as", Duration::from_secs(60), &mut seen),
-        "no live output: {seen:?}"
+        "{shape}: no live output: {seen:?}"
     );
     // The job is still running when its second line reaches us.
     let active = active_jobs(&job_name(&h));
     assert_eq!(
         active.len(),
         1,
-        "job not running while its output arrived: {seen:?}"
+        "{shape}: job not running while its output arrived: {seen:?}"
     );
     let st = wait_exit(&mut child, Duration::from_secs(120)).expect("run did not end");
     seen.extend(rx.try_iter().map(|(_, l)| l));
@@ -166,52 +179,55 @@ fn output_is_streamed_live_and_success_reported() {
     for i in 1..=8 {
         assert!(
             text.contains(&format!("tick {i} as jacamar-ci in job {}", active[0])),
-            "tick {i} missing: {text}"
+            "{shape}: tick {i} missing: {text}"
         );
     }
     assert!(
         text.contains(&format!("Submitted slurm job {}", active[0])),
-        "{text}"
+        "{shape}: {text}"
     );
     assert_eq!(recorded_id(&h).as_deref(), Some(active[0].as_str()));
     let out = h.cleanup();
-    assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(out.status.success(), "{shape}: cleanup: {}", show(&out));
     assert!(!h.scripts_job_dir().exists());
 }
 
-#[test]
-fn exit_code_7_reaches_the_build_exit_code_file() {
+fn exit_code_7_reaches_the_build_exit_code_file(shape: Shape) {
     if !require_root() {
         return;
     }
     let h = slurm("");
     let out = h.run(
         "build_script",
-        &runner_script("echo before the end\nexit 7\n"),
+        &runner_script_in(shape, "echo before the end\nexit 7\n"),
     );
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{}", show(&out));
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
+    assert_eq!(
+        h.build_exit_code().as_deref(),
+        Some("7"),
+        "{shape}: {}",
+        show(&out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("before the end"),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
     // Every other stage runs on the host, not through the scheduler.
     let out = h.run(
         "after_script",
-        &runner_script("echo after on host ${SLURM_JOB_ID:-nojob}\n"),
+        &runner_script_in(shape, "echo after on host ${SLURM_JOB_ID:-nojob}\n"),
     );
-    assert!(out.status.success(), "{}", show(&out));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("after on host nojob"),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
-    assert!(h.cleanup().status.success());
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn sigterm_cancels_the_slurm_job_and_its_trap_runs() {
+fn sigterm_cancels_the_slurm_job_and_its_trap_runs(shape: Shape) {
     if !require_root() {
         return;
     }
@@ -221,12 +237,12 @@ fn sigterm_cancels_the_slurm_job_and_its_trap_runs() {
         "trap 'echo trapped TERM; touch {m}; exit 3' TERM\necho started\nsleep 300 &\nwait\necho not reached\n",
         m = marker.display()
     );
-    let mut child = h.spawn_run("build_script", &runner_script(&script));
+    let mut child = h.spawn_run("build_script", &runner_script_in(shape, &script));
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
         wait_line(&rx, "started", Duration::from_secs(60), &mut seen),
-        "{seen:?}"
+        "{shape}: {seen:?}"
     );
     let ours: Vec<i32> = children(child.id());
     assert!(!ours.is_empty(), "jacamar not found under jacamar-auth");
@@ -245,7 +261,7 @@ fn sigterm_cancels_the_slurm_job_and_its_trap_runs() {
     });
     assert!(
         gone,
-        "slurm job still listed {:?} after {:?}",
+        "{shape}: slurm job still listed {:?} after {:?}",
         active_jobs(&name),
         t0.elapsed()
     );
@@ -253,65 +269,75 @@ fn sigterm_cancels_the_slurm_job_and_its_trap_runs() {
     assert!(!st.success());
     seen.extend(rx.try_iter().map(|(_, l)| l));
     let text = seen.join("\n");
-    assert!(text.contains("trapped TERM"), "trap output missing: {text}");
-    assert!(!text.contains("not reached"), "{text}");
-    assert!(marker.exists(), "the job's TERM trap did not run");
+    assert!(
+        text.contains("trapped TERM"),
+        "{shape}: trap output missing: {text}"
+    );
+    assert!(!text.contains("not reached"), "{shape}: {text}");
+    assert!(marker.exists(), "{shape}: the job's TERM trap did not run");
     for p in ours {
-        assert!(!alive(p), "jacamar {p} survived");
+        assert!(!alive(p), "{shape}: jacamar {p} survived");
     }
-    // The runner's script runs the body in `: | eval ...`: the trap's `exit 3` ends the
-    // eval's subshell, while the script's own shell, which has no trap, dies of the TERM.
-    assert_eq!(h.build_exit_code().as_deref(), Some("143"), "{text}");
+    // The runner's script runs the body in a subshell: the trap's `exit 3` ends it, while
+    // the script's own shell dies of the TERM (legacy: 143) or exits 1 from its own trap
+    // once the body ended (current).
+    let want = shape.cancelled_status(3).to_string();
+    assert_eq!(
+        h.build_exit_code().as_deref(),
+        Some(want.as_str()),
+        "{shape}: {text}"
+    );
     // Graceful cancel keeps the job directory: after_script still runs.
     assert!(h.scripts_job_dir().is_dir());
-    let out = h.run("after_script", &runner_script("echo after ran\n"));
-    assert!(out.status.success(), "{}", show(&out));
-    assert!(h.cleanup().status.success());
+    let out = h.run("after_script", &runner_script_in(shape, "echo after ran\n"));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn cleanup_cancels_the_job_after_sigkill_of_both_drivers() {
+fn cleanup_cancels_the_job_after_sigkill_of_both_drivers(shape: Shape) {
     if !require_root() {
         return;
     }
     let h = slurm("");
     let beat = h.data_dir.join(format!("beat-{}", h.job_id));
-    let mut child = h.spawn_run("build_script", &runner_script(&heartbeat_job(&beat)));
+    let mut child = h.spawn_run(
+        "build_script",
+        &runner_script_in(shape, &heartbeat_job(&beat)),
+    );
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
         wait_line(&rx, "started", Duration::from_secs(60), &mut seen),
-        "{seen:?}"
+        "{shape}: {seen:?}"
     );
     let name = job_name(&h);
     let ids = active_jobs(&name);
     assert_eq!(ids.len(), 1);
     sigkill_drivers(&mut child);
-    assert!(beats_on(&beat), "the job stopped with its drivers");
+    assert!(beats_on(&beat), "{shape}: the job stopped with its drivers");
     assert_eq!(
         active_jobs(&name),
         ids,
-        "the job must outlive its killed drivers until cleanup"
+        "{shape}: the job must outlive its killed drivers until cleanup"
     );
     assert_eq!(recorded_id(&h), Some(ids[0].clone()));
 
     let out = h.cleanup();
-    assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(out.status.success(), "{shape}: cleanup: {}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("cancelling slurm job {}", ids[0])),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
     assert!(
         wait_for(Duration::from_secs(30), || active_jobs(&name).is_empty()),
-        "cleanup left {:?}",
+        "{shape}: cleanup left {:?}",
         active_jobs(&name)
     );
     assert!(!h.scripts_job_dir().exists());
 }
 
-#[test]
-fn output_moved_in_late_arrives_within_nfs_timeout() {
+fn output_moved_in_late_arrives_within_nfs_timeout(shape: Shape) {
     if !require_root() {
         return;
     }
@@ -329,26 +355,25 @@ fn output_moved_in_late_arrives_within_nfs_timeout() {
         o = out_file.display(),
         t = tmp.display()
     );
-    let out = h.run("build_script", &runner_script(&script));
-    assert!(out.status.success(), "{}", show(&out));
+    let out = h.run("build_script", &runner_script_in(shape, &script));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     for i in 1..=5 {
         assert!(
             text.contains(&format!("late line {i}\n")),
-            "line {i} lost: {}",
+            "{shape}: line {i} lost: {}",
             show(&out)
         );
     }
     assert!(
         text.contains("no newline at the end\n"),
-        "partial last line lost: {}",
+        "{shape}: partial last line lost: {}",
         show(&out)
     );
-    assert!(h.cleanup().status.success());
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn illegal_arguments_are_refused_by_name() {
+fn illegal_arguments_are_refused_by_name(shape: Shape) {
     if !require_root() {
         return;
     }
@@ -357,8 +382,11 @@ fn illegal_arguments_are_refused_by_name() {
         "CUSTOM_ENV_SCHEDULER_PARAMETERS",
         "-N 1 --output=/tmp/elsewhere.out",
     );
-    let out = h.run("build_script", &runner_script("echo must not run\n"));
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let out = h.run(
+        "build_script",
+        &runner_script_in(shape, "echo must not run\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -366,24 +394,23 @@ fn illegal_arguments_are_refused_by_name() {
     );
     assert!(
         text.contains("refusing scheduler argument \"--output=/tmp/elsewhere.out\""),
-        "{text}"
+        "{shape}: {text}"
     );
     assert!(!text.contains("must not run"));
     assert!(recorded_id(&h).is_none(), "nothing may be submitted");
     for bad in ["-J x", "--wait", "-e err", "--chdir=/"] {
         h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", bad);
-        let out = h.run("build_script", &runner_script("true\n"));
-        assert_eq!(out.status.code(), Some(1), "{bad}: {}", show(&out));
+        let out = h.run("build_script", &runner_script_in(shape, "true\n"));
+        assert_eq!(out.status.code(), Some(1), "{shape} {bad}: {}", show(&out));
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("refusing scheduler argument"),
             "{bad}"
         );
     }
-    assert!(h.cleanup().status.success());
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn allow_illegal_args_lets_them_through() {
+fn allow_illegal_args_lets_them_through(shape: Shape) {
     if !require_root() {
         return;
     }
@@ -391,19 +418,21 @@ fn allow_illegal_args_lets_them_through() {
     h.set("CUSTOM_ENV_SCHEDULER_PARAMETERS", "--job-name=custom-name");
     let out = h.run(
         "build_script",
-        &runner_script("scontrol show job $SLURM_JOB_ID | grep -o 'JobName=[^ ]*'\n"),
+        &runner_script_in(
+            shape,
+            "scontrol show job $SLURM_JOB_ID | grep -o 'JobName=[^ ]*'\n",
+        ),
     );
-    assert!(out.status.success(), "{}", show(&out));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("JobName=custom-name"),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
-    assert!(h.cleanup().status.success());
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn quoted_arguments_and_arguments_variable_order() {
+fn quoted_arguments_and_arguments_variable_order(shape: Shape) {
     if !require_root() {
         return;
     }
@@ -415,63 +444,67 @@ fn quoted_arguments_and_arguments_variable_order() {
     );
     let out = h.run(
         "build_script",
-        &runner_script(
+        &runner_script_in(
+            shape,
             "scontrol show job $SLURM_JOB_ID | grep -o 'Comment=.*'\necho \"mode=$SITE_MODE\"\n",
         ),
     );
-    assert!(out.status.success(), "{}", show(&out));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(r#"Comment=two words, 'single' and "double""#),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
     assert!(
         text.contains("mode=debug x"),
-        "env_vars not passed: {}",
+        "{shape}: env_vars not passed: {}",
         show(&out)
     );
     assert!(
         text.contains("arguments from SITE_PARAMS"),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
     // Unbalanced quotes: a clear error, nothing submitted.
     h.set("CUSTOM_ENV_SITE_PARAMS", "--comment='open");
-    let out = h.run("build_script", &runner_script("true\n"));
+    let out = h.run("build_script", &runner_script_in(shape, "true\n"));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stdout)
             .contains("failed to split SITE_PARAMS: unterminated single quote"),
-        "{}",
+        "{shape}: {}",
         show(&out)
     );
-    assert!(h.cleanup().status.success());
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
 /// `env_vars` values expand `$NAME` against the job's environment: `PATH=$PATH:/opt/jrs-x`
 /// extends PATH, so the scheduler's commands are still found (a literal `$PATH` lost them).
 /// The job's own shell sets its PATH anew, so a second entry shows the extended value there.
-#[test]
-fn env_vars_path_extends_the_job_path() {
+fn env_vars_path_extends_the_job_path(shape: Shape) {
     if !require_root() {
         return;
     }
     let h = slurm("env_vars = [\"PATH=$PATH:/opt/jrs-x\", \"JRS_SEEN_PATH=${PATH}\"]");
     let out = h.run(
         "build_script",
-        &runner_script("echo \"path=[$JRS_SEEN_PATH]\"\n"),
+        &runner_script_in(shape, "echo \"path=[$JRS_SEEN_PATH]\"\n"),
     );
-    assert!(out.status.success(), "{}", show(&out));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Submitted slurm job"), "{}", show(&out));
+    assert!(
+        text.contains("Submitted slurm job"),
+        "{shape}: {}",
+        show(&out)
+    );
     let path = text
         .lines()
         .find_map(|l| l.strip_prefix("path=["))
-        .unwrap_or_else(|| panic!("no path line: {}", show(&out)));
+        .unwrap_or_else(|| panic!("{shape}: no path line: {}", show(&out)));
     assert!(path.ends_with(":/opt/jrs-x]"), "{path}");
     assert!(!path.contains('$'), "{path}");
-    assert!(h.cleanup().status.success());
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
 #[test]
@@ -483,24 +516,27 @@ fn twenty_concurrent_jobs_keep_their_logs_apart() {
     let handles: Vec<_> = (0..20)
         .map(|n| {
             std::thread::spawn(move || {
+                // Half the jobs in each shape of the runner's script.
+                let shape = Shape::BOTH[n % 2];
                 let h = slurm("");
                 let out = h.run(
                     "build_script",
-                    &runner_script(&format!(
-                        "for i in 1 2 3; do echo \"job-{n}-line-$i\"; sleep 0.5; done\n"
-                    )),
+                    &runner_script_in(
+                        shape,
+                        &format!("for i in 1 2 3; do echo \"job-{n}-line-$i\"; sleep 0.5; done\n"),
+                    ),
                 );
                 let cleanup = h.cleanup();
-                (n, out, cleanup)
+                (n, shape, out, cleanup)
             })
         })
         .collect();
     for hd in handles {
-        let (n, out, cleanup) = hd.join().unwrap();
-        assert!(out.status.success(), "job {n}: {}", show(&out));
+        let (n, shape, out, cleanup) = hd.join().unwrap();
+        assert!(out.status.success(), "job {n} ({shape}): {}", show(&out));
         assert!(
             cleanup.status.success(),
-            "job {n} cleanup: {}",
+            "job {n} ({shape}) cleanup: {}",
             show(&cleanup)
         );
         let text = String::from_utf8_lossy(&out.stdout);
@@ -512,7 +548,7 @@ fn twenty_concurrent_jobs_keep_their_logs_apart() {
                 format!("job-{n}-line-2"),
                 format!("job-{n}-line-3")
             ],
-            "job {n} log: {text}"
+            "job {n} ({shape}) log: {text}"
         );
     }
 }
@@ -522,8 +558,7 @@ fn twenty_concurrent_jobs_keep_their_logs_apart() {
 /// with an escape sequence) are reported, escaped, and skipped: no Slurm command ever gets
 /// them, and nothing raw reaches the runner's log; a well-formed id is still asked about.
 /// (Before: `scontrol` and `scancel` got `--uid=0…` and the escape sequence was printed.)
-#[test]
-fn cleanup_never_passes_a_forged_record_id_to_slurm() {
+fn cleanup_never_passes_a_forged_record_id_to_slurm(shape: Shape) {
     if !require_root() {
         return;
     }
@@ -554,7 +589,7 @@ fn cleanup_never_passes_a_forged_record_id_to_slurm() {
          echo record-written\n",
         r = record.display()
     );
-    let out = h.run("after_script", &runner_script(&body));
+    let out = h.run("after_script", &runner_script_in(shape, &body));
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("record-written"),
         "{}",

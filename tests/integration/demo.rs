@@ -5,7 +5,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{alive, config_text, pids_in, wait_for, SIM};
+use crate::harness::{alive, config_text, pids_in, wait_for, Shape, SIM};
+use crate::shape_tests;
 
 struct Job {
     dir: tempfile::TempDir,
@@ -153,8 +154,12 @@ fn a_failing_script_reports_exit_code_3_to_the_runner() {
     assert!(j.log.contains("exit code 3"), "{}", j.show());
 }
 
-#[test]
-fn graceful_cancel_runs_the_trap_then_after_script_as_canceled() {
+shape_tests!(
+    graceful_cancel_runs_the_trap_then_after_script_as_canceled,
+    hard_abort_skips_later_stages_and_cleanup_may_overlap_the_dying_run,
+);
+
+fn graceful_cancel_runs_the_trap_then_after_script_as_canceled(shape: Shape) {
     let job = r#"
 script = ["trap 'echo trap-ran > @MARK@/trapped; exit 143' TERM; echo $$ > @MARK@/pids; sleep 300 & wait $!"]
 after_script = ["echo after_script sees CI_JOB_STATUS=$CI_JOB_STATUS"]
@@ -163,6 +168,8 @@ after_script = ["echo after_script sees CI_JOB_STATUS=$CI_JOB_STATUS"]
         "kill_timeout = \"3s\"",
         Some(job),
         &[
+            "--script-shape",
+            shape.name(),
             "--cancel-after",
             "1s",
             "--cancel-kind",
@@ -171,25 +178,29 @@ after_script = ["echo after_script sees CI_JOB_STATUS=$CI_JOB_STATUS"]
             "30s",
         ],
     );
-    assert_eq!(j.summary["result"], "canceled", "{}", j.show());
-    assert!(j.mark().join("trapped").exists(), "{}", j.show());
+    assert_eq!(j.summary["result"], "canceled", "{shape}: {}", j.show());
+    assert!(j.mark().join("trapped").exists(), "{shape}: {}", j.show());
     assert!(
         j.log.contains("CI_JOB_STATUS=canceled"),
-        "after_script did not run as canceled: {}",
+        "{shape}: after_script did not run as canceled: {}",
         j.show()
     );
     let pids = pids_in(&j.mark().join("pids"));
-    assert!(pids.iter().all(|&p| !alive(p)), "survivors {pids:?}");
+    assert!(
+        pids.iter().all(|&p| !alive(p)),
+        "{shape}: survivors {pids:?}"
+    );
 }
 
-#[test]
-fn hard_abort_skips_later_stages_and_cleanup_may_overlap_the_dying_run() {
+fn hard_abort_skips_later_stages_and_cleanup_may_overlap_the_dying_run(shape: Shape) {
     // The job ignores SIGTERM, so the run call lives until kill_timeout (4 s); the runner
     // starts cleanup after 1 s anyway.
     let script = "trap '' TERM; echo $$ > @MARK@/pids; sleep 300 & wait $!; sleep 300";
     let j = sim(
         "kill_timeout = \"4s\"",
         &[
+            "--script-shape",
+            shape.name(),
             "--script",
             script,
             "--cancel-after",
@@ -200,20 +211,23 @@ fn hard_abort_skips_later_stages_and_cleanup_may_overlap_the_dying_run() {
             "1s",
         ],
     );
-    assert_eq!(j.summary["result"], "canceled", "{}", j.show());
+    assert_eq!(j.summary["result"], "canceled", "{shape}: {}", j.show());
     let calls = j.calls();
     assert!(
         !calls.iter().any(|c| c.1.as_deref() == Some("after_script")),
         "{}",
         j.show()
     );
-    let cleanup = calls.iter().find(|c| c.0 == "cleanup").expect("no cleanup");
-    assert_eq!(cleanup.2, Some(0), "{}", j.show());
+    let cleanup = calls
+        .iter()
+        .find(|c| c.0 == "cleanup")
+        .unwrap_or_else(|| panic!("{shape}: no cleanup"));
+    assert_eq!(cleanup.2, Some(0), "{shape}: {}", j.show());
     let pids = pids_in(&j.mark().join("pids"));
     assert!(
         wait_for(std::time::Duration::from_secs(8), || pids
             .iter()
             .all(|&p| !alive(p))),
-        "survivors {pids:?}"
+        "{shape}: survivors {pids:?}"
     );
 }

@@ -33,6 +33,26 @@ pub struct Harness {
     pub no_auth: bool,
     /// The GitLab server the runner's `JOB_RESPONSE_FILE` names (in `git_info.repo_url`).
     pub response_server: String,
+    /// Keys merged into the runner's `JOB_RESPONSE_FILE` (objects key by key, so
+    /// `{"git_info": {"depth": 20}}` keeps the clone URL), as newer runners add them.
+    pub response_extra: serde_json::Value,
+}
+
+/// `extra` merged into `base`: objects key by key (recursively), anything else replaced.
+fn merge_json(base: &mut serde_json::Value, extra: &serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                match b.get_mut(k) {
+                    Some(slot) => merge_json(slot, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, e) => *b = e.clone(),
+    }
 }
 
 /// A config with `data_dir` set to the harness's dir, plus `extra` lines in `[general]`.
@@ -126,6 +146,7 @@ impl Harness {
             run_as: None,
             no_auth: false,
             response_server: "https://gitlab.example.com".into(),
+            response_extra: serde_json::Value::Null,
         }
     }
 
@@ -161,13 +182,16 @@ impl Harness {
             .response_server
             .split_once("://")
             .unwrap_or(("https", &self.response_server));
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "id": self.job_id,
             "token": token,
             "git_info": {"repo_url": format!("{scheme}://gitlab-ci-token:{token}@{host}/group/project.git")},
             "runner_info": {"timeout": timeout},
             "variables": [],
         });
+        if !self.response_extra.is_null() {
+            merge_json(&mut body, &self.response_extra);
+        }
         let path = self.runner_dir.join("response.json");
         std::fs::write(&path, serde_json::to_vec(&body).unwrap()).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -465,19 +489,154 @@ pub fn require_tool(name: &str) -> bool {
         || skip_or_fail(&format!("this test needs `{name}` on PATH"))
 }
 
-/// `body` in the exact shape of the runner's generated bash scripts (`BashWriter.Finish`):
-/// the commands ANSI-C quoted inside `: | eval $'...'` (a subshell), then the builtin
-/// `exit 0`. Test drivers with this, never with a bare body.
-pub fn runner_script(body: &str) -> String {
-    let mut q = String::new();
-    for c in body.chars() {
-        match c {
-            '\\' => q.push_str("\\\\"),
-            '\'' => q.push_str("\\'"),
-            '\n' => q.push_str("\\n"),
-            '\t' => q.push_str("\\t"),
-            c => q.push(c),
+/// The runner's quoting of one shell word, byte for byte as its bash writer's default
+/// escaping (`helpers.ShellEscape`): a word of only `[A-Za-z0-9,./@_-]` stays bare; anything
+/// else becomes ANSI-C quoted, with `\a \b \t \n \v \f \r \' \\` escapes and `\xHH` for the
+/// other control bytes, DEL and every non-ASCII byte.
+pub fn runner_quote(s: &str) -> String {
+    if s.is_empty() {
+        return "''".into();
+    }
+    let lit = |b: u8| b.is_ascii_alphanumeric() || b",-./@_".contains(&b);
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b if lit(b) => out.push(b as char),
+            0x07 => out.push_str("\\a"),
+            0x08 => out.push_str("\\b"),
+            b'\t' => out.push_str("\\t"),
+            b'\n' => out.push_str("\\n"),
+            0x0b => out.push_str("\\v"),
+            0x0c => out.push_str("\\f"),
+            b'\r' => out.push_str("\\r"),
+            b'\'' => out.push_str("\\'"),
+            b'\\' => out.push_str("\\\\"),
+            b' '..=b'~' => out.push(b as char),
+            other => out.push_str(&format!("\\x{other:02x}")),
         }
     }
-    format!("#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n: | eval $'{q}'\nexit 0\n")
+    if s.bytes().all(lit) {
+        out
+    } else {
+        format!("$'{out}'")
+    }
+}
+
+/// The shapes of stage script GitLab Runner's bash writer finishes (`BashWriter.Finish`,
+/// shells/bash.go; see the custom executor protocol notes). The user's body runs in a
+/// subshell in each; what differs is the script's own shell on the runner's SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Runner < 17.4 (v16.9.2's writer): `: | eval $'...'`, no trap. On SIGTERM the
+    /// script's shell dies of it at once (143) while the body's own trap may still run.
+    Legacy,
+    /// Runner 17.4 to 19.0 (v18.0.5's writer): `trap exit 1 TERM` (the trap `exit` on SIGHUP
+    /// and SIGTERM) before the same `: | eval`. On SIGTERM the script's shell waits for the
+    /// body, then exits with the body's status (143 when the body died of the TERM).
+    V17,
+    /// Runner >= 19.1 (default): `(trap 'exit 1' TERM; eval $'...') < /dev/null` under an
+    /// outer `trap 'exit 1' TERM`. On SIGTERM the script's shell waits for the body, then
+    /// exits 1: a cancelled job reports 1.
+    Current,
+}
+
+impl Shape {
+    /// The two shapes every signal, trap, batch and token test runs under.
+    pub const BOTH: [Shape; 2] = [Shape::Legacy, Shape::Current];
+    /// Every shape in the field.
+    pub const ALL: [Shape; 3] = [Shape::Legacy, Shape::V17, Shape::Current];
+
+    /// The name used in test names, failure messages and jacamar-sim's `--script-shape`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Legacy => "legacy",
+            Shape::V17 => "v17",
+            Shape::Current => "current",
+        }
+    }
+
+    /// `body` (the exports and commands of a stage, one per line) in this shape, byte for
+    /// byte as the runner writes it.
+    pub fn script(self, body: &str) -> String {
+        let q = runner_quote(body);
+        const PIPEFAIL: &str =
+            "if set -o | grep pipefail > /dev/null; then set -o pipefail; fi; set -o errexit\n";
+        match self {
+            Shape::Legacy => format!(
+                "#!/usr/bin/env bash\n\n{PIPEFAIL}set +o noclobber\n: | eval {q}\nexit 0\n"
+            ),
+            Shape::V17 => format!(
+                "#!/usr/bin/env bash\n\ntrap exit 1 TERM\n\n{PIPEFAIL}set +o noclobber\n: | eval {q}\nexit 0\n"
+            ),
+            Shape::Current => format!(
+                "#!/usr/bin/env bash\n\ntrap 'exit 1' TERM\n\n\
+                 case \"$(set -o)\" in *\"pipefail\"*) set -o pipefail;; esac; set -o errexit\n\
+                 set +o noclobber\n(trap 'exit 1' TERM; eval {q}) < /dev/null\nexit 0\n"
+            ),
+        }
+    }
+
+    /// What the script's own shell (and so `BUILD_EXIT_CODE_FILE`) reports when the run
+    /// call is cancelled while the body runs: `body` is the body's own status then (143
+    /// when it died of the TERM, its trap's `exit N` otherwise).
+    pub fn cancelled_status(self, body: i32) -> i32 {
+        match self {
+            Shape::Legacy => 143,
+            Shape::V17 => body,
+            Shape::Current => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `body` in the runner's legacy shape ([`Shape::Legacy`]): the commands inside
+/// `: | eval $'...'` (a subshell), then the builtin `exit 0`. Test drivers with this (or
+/// [`runner_script_in`]), never with a bare body.
+pub fn runner_script(body: &str) -> String {
+    Shape::Legacy.script(body)
+}
+
+/// `body` in the runner's script `shape`.
+pub fn runner_script_in(shape: Shape, body: &str) -> String {
+    shape.script(body)
+}
+
+/// `shape_tests!(f, g, ...)`: for each `fn f(shape: Shape)` of the calling module, a module
+/// `f` with the tests `legacy` and `current` (`f::legacy` in the test's name and failure);
+/// `shape_tests!(all: f, ...)` adds `v17`.
+#[macro_export]
+macro_rules! shape_tests {
+    (all: $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn legacy() {
+                super::$name($crate::harness::Shape::Legacy)
+            }
+            #[test]
+            fn v17() {
+                super::$name($crate::harness::Shape::V17)
+            }
+            #[test]
+            fn current() {
+                super::$name($crate::harness::Shape::Current)
+            }
+        }
+    )+};
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn legacy() {
+                super::$name($crate::harness::Shape::Legacy)
+            }
+            #[test]
+            fn current() {
+                super::$name($crate::harness::Shape::Current)
+            }
+        }
+    )+};
 }

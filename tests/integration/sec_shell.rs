@@ -3,7 +3,8 @@
 //! a tty): the script's real status reaches the runner and `BUILD_EXIT_CODE_FILE`, the login
 //! environment (a variable, an exported function, a PATH entry of `~/.profile`) reaches the
 //! job, under the shell executor (setuid) and under Slurm; and a cancelled Slurm job's TERM
-//! trap runs to its end inside the runner's `: | eval` subshell.
+//! trap runs to its end inside the runner's subshell. Each test runs under the legacy and
+//! the current shape of the runner's script ([`Shape`]).
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -12,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
 use crate::batch_slurm::{ci_user, lines_of, require_slurm, wait_exit, wait_line};
-use crate::harness::{require_root, require_tool, runner_script, show, wait_for, Harness};
+use crate::harness::{
+    require_root, require_tool, runner_script_in, show, wait_for, Harness, Shape,
+};
+use crate::shape_tests;
 
 const USER: &str = "jrs_shell_deb";
 
@@ -134,27 +138,34 @@ fn skel_user() -> nix::unistd::User {
     u
 }
 
-#[test]
-fn setuid_runner_script_of_a_skel_account_succeeds_with_its_login_environment() {
+shape_tests!(
+    setuid_runner_script_of_a_skel_account_succeeds_with_its_login_environment,
+    profile_flags_choose_the_profile_files_a_job_sees,
+    setuid_runner_script_exit_3_reaches_the_build_exit_code_file,
+    slurm_runner_script_of_a_skel_account_keeps_status_and_login_environment,
+    cancelled_slurm_job_runs_its_term_trap_to_the_end_before_kill_timeout,
+    cancelled_pbs_job_runs_its_term_trap_to_the_end,
+);
+
+fn setuid_runner_script_of_a_skel_account_succeeds_with_its_login_environment(shape: Shape) {
     if !require_root() || !require_tool("setsid") {
         return;
     }
     skel_user();
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = setuid_job(&server);
-    let out = h.run("build_script", &runner_script(SHOW_LOGIN_ENV));
-    assert!(out.status.success(), "{}", show(&out));
+    let out = h.run("build_script", &runner_script_in(shape, SHOW_LOGIN_ENV));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     assert_login_env(&String::from_utf8_lossy(&out.stdout));
     // Other stages, on the host too.
-    let out = h.run("after_script", &runner_script("echo after-ran\n"));
-    assert!(out.status.success(), "{}", show(&out));
-    assert!(h.cleanup().status.success());
+    let out = h.run("after_script", &runner_script_in(shape, "echo after-ran\n"));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
 /// `JACAMAR_NO_BASH_PROFILE` reads no profile file, `JACAMAR_ETC_PROFILE_ONLY` only
 /// `/etc/profile` (which sets the user's PATH on Debian): neither sees `~/.profile`.
-#[test]
-fn profile_flags_choose_the_profile_files_a_job_sees() {
+fn profile_flags_choose_the_profile_files_a_job_sees(shape: Shape) {
     if !require_root() || !require_tool("setsid") {
         return;
     }
@@ -162,52 +173,59 @@ fn profile_flags_choose_the_profile_files_a_job_sees() {
     let server = JwksServer::start(&[&pki().keys[0]]);
     let body = "echo \"var=${JRS_SHELL_PROFILE_VAR:-unset} path=$PATH\"\n";
     let mut h = setuid_job(&server);
-    let out = h.run("build_script", &runner_script(body));
-    assert!(out.status.success(), "{}", show(&out));
+    let out = h.run("build_script", &runner_script_in(shape, body));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let login = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(login.contains("var=from-profile"), "{login}");
+    assert!(login.contains("var=from-profile"), "{shape}: {login}");
     assert!(
         login.contains("/jrs-shell-bin:/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"),
-        "{login}"
+        "{shape}: {login}"
     );
     h.set("CUSTOM_ENV_JACAMAR_ETC_PROFILE_ONLY", "1");
-    let out = h.run("build_script", &runner_script(body));
-    assert!(out.status.success(), "{}", show(&out));
+    let out = h.run("build_script", &runner_script_in(shape, body));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let etc = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         etc.contains("var=unset path=/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games\n"),
-        "{etc}"
+        "{shape}: {etc}"
     );
     h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "1");
-    let out = h.run("build_script", &runner_script(body));
-    assert!(out.status.success(), "{}", show(&out));
+    let out = h.run("build_script", &runner_script_in(shape, body));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let none = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         none.contains(
             "var=unset path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
         ),
-        "{none}"
+        "{shape}: {none}"
     );
-    assert!(h.cleanup().status.success());
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn setuid_runner_script_exit_3_reaches_the_build_exit_code_file() {
+fn setuid_runner_script_exit_3_reaches_the_build_exit_code_file(shape: Shape) {
     if !require_root() || !require_tool("setsid") {
         return;
     }
     skel_user();
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = setuid_job(&server);
-    let out = h.run("build_script", &runner_script("echo before-exit\nexit 3\n"));
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert_eq!(h.build_exit_code().as_deref(), Some("3"), "{}", show(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("before-exit"),
-        "{}",
+    let out = h.run(
+        "build_script",
+        &runner_script_in(shape, "echo before-exit\nexit 3\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
+    assert_eq!(
+        h.build_exit_code().as_deref(),
+        Some("3"),
+        "{shape}: {}",
         show(&out)
     );
-    assert!(h.cleanup().status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("before-exit"),
+        "{shape}: {}",
+        show(&out)
+    );
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
 /// The batch user (`jacamar-ci`) with the stock skel files and the profile block.
@@ -256,29 +274,35 @@ fn active_jobs(name: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn slurm_runner_script_of_a_skel_account_keeps_status_and_login_environment() {
+fn slurm_runner_script_of_a_skel_account_keeps_status_and_login_environment(shape: Shape) {
     if !require_root() || !require_tool("setsid") {
         return;
     }
     batch_user();
     let h = slurm("5s");
-    let out = h.run("build_script", &runner_script(SHOW_LOGIN_ENV));
-    assert!(out.status.success(), "{}", show(&out));
+    let out = h.run("build_script", &runner_script_in(shape, SHOW_LOGIN_ENV));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     assert_login_env(&String::from_utf8_lossy(&out.stdout));
-    let out = h.run("build_script", &runner_script("echo before-exit\nexit 3\n"));
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert_eq!(h.build_exit_code().as_deref(), Some("3"), "{}", show(&out));
-    assert!(h.cleanup().status.success());
+    let out = h.run(
+        "build_script",
+        &runner_script_in(shape, "echo before-exit\nexit 3\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
+    assert_eq!(
+        h.build_exit_code().as_deref(),
+        Some("3"),
+        "{shape}: {}",
+        show(&out)
+    );
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-#[test]
-fn cancelled_slurm_job_runs_its_term_trap_to_the_end_before_kill_timeout() {
+fn cancelled_slurm_job_runs_its_term_trap_to_the_end_before_kill_timeout(shape: Shape) {
     if !require_root() || !require_tool("setsid") {
         return;
     }
     batch_user();
-    cancel_and_see_the_trap_end(slurm("30s"), true);
+    cancel_and_see_the_trap_end(slurm("30s"), true, shape);
 }
 
 /// PBS's cancel (`qdel`, here Debian's wrapper over Slurm: TERM to the whole job, SIGKILL
@@ -286,20 +310,19 @@ fn cancelled_slurm_job_runs_its_term_trap_to_the_end_before_kill_timeout() {
 /// These wrappers' `qstat` says `C` while Slurm still runs the job (COMPLETING), so the
 /// driver stops reading the log before the trap's last line: the trap's end is checked by
 /// the file it writes.
-#[test]
-fn cancelled_pbs_job_runs_its_term_trap_to_the_end() {
+fn cancelled_pbs_job_runs_its_term_trap_to_the_end(shape: Shape) {
     if !require_root() || !require_tool("setsid") || !require_tool("qsub") {
         return;
     }
     batch_user();
-    cancel_and_see_the_trap_end(batch("pbs", "30s"), false);
+    cancel_and_see_the_trap_end(batch("pbs", "30s"), false, shape);
 }
 
 /// Run a runner-shaped build_script whose eval subshell traps TERM (2 s of work), cancel
 /// the run call as the runner does, and check the trap ran to its end, the job left the
 /// queue, and the run ended well before the kill_timeout (30 s) escalation. `in_log`: the
 /// trap's last line must be in the job log (else only its marker file is checked).
-fn cancel_and_see_the_trap_end(h: Harness, in_log: bool) {
+fn cancel_and_see_the_trap_end(h: Harness, in_log: bool, shape: Shape) {
     const KILL_TIMEOUT: Duration = Duration::from_secs(30);
     let marker = h.data_dir.join(format!("trap-done-{}", h.job_id));
     let body = format!(
@@ -309,15 +332,15 @@ fn cancel_and_see_the_trap_end(h: Harness, in_log: bool) {
          echo not-reached\n",
         m = marker.display()
     );
-    let mut child = h.spawn_run("build_script", &runner_script(&body));
+    let mut child = h.spawn_run("build_script", &runner_script_in(shape, &body));
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     assert!(
         wait_line(&rx, "job-ready", Duration::from_secs(90), &mut seen),
-        "the job never started: {seen:?}"
+        "{shape}: the job never started: {seen:?}"
     );
     let name = format!("ci-{}", h.job_id);
-    assert_eq!(active_jobs(&name).len(), 1, "{seen:?}");
+    assert_eq!(active_jobs(&name).len(), 1, "{shape}: {seen:?}");
 
     // The runner's cancel: SIGTERM to the run call's process group.
     let t0 = Instant::now();
@@ -332,33 +355,33 @@ fn cancel_and_see_the_trap_end(h: Harness, in_log: bool) {
     seen.extend(rx.try_iter().map(|(_, l)| l));
     let text = seen.join("\n");
     eprintln!("run ended {took:?} after the SIGTERM ({st:?}):\n{text}");
-    assert!(!st.success(), "{text}");
+    assert!(!st.success(), "{shape}: {text}");
     assert!(
         text.contains("trap-start"),
-        "the trap never started: {text}"
+        "{shape}: the trap never started: {text}"
     );
     assert!(
         !in_log || text.contains("trap-done"),
-        "the trap was cut short (no trap-done): {text}"
+        "{shape}: the trap was cut short (no trap-done): {text}"
     );
     assert!(
         wait_for(Duration::from_secs(20), || marker.exists()),
-        "the trap was cut short (its file never came): {text}"
+        "{shape}: the trap was cut short (its file never came): {text}"
     );
-    assert!(!text.contains("not-reached"), "{text}");
+    assert!(!text.contains("not-reached"), "{shape}: {text}");
     assert!(
         !text.contains("still there after kill_timeout"),
-        "the job needed the kill_timeout escalation: {text}"
+        "{shape}: the job needed the kill_timeout escalation: {text}"
     );
     // The trap takes 2 s; the escalation would come at 30 s.
     assert!(
         took < KILL_TIMEOUT - Duration::from_secs(10),
-        "the run ended only after {took:?}: {text}"
+        "{shape}: the run ended only after {took:?}: {text}"
     );
     assert!(
         wait_for(Duration::from_secs(30), || active_jobs(&name).is_empty()),
-        "the job is still listed: {:?}",
+        "{shape}: the job is still listed: {:?}",
         active_jobs(&name)
     );
-    assert!(h.cleanup().status.success());
+    assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }

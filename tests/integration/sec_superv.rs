@@ -2,9 +2,10 @@
 //! `jacamar` itself, no descriptor inherited by `jacamar-auth` reaches the job, and the job
 //! cannot reach into `jacamar` (same uid) to take its status pipe.
 //!
-//! Every job here is the runner's script shape (`: | eval $'...'`) run through the real
-//! stages with real accounts (`jrs_superv_*`), real setuid/sudo, a real JWKS server and
-//! minted id_tokens.
+//! Every job here is a runner-shaped script, under the legacy (`: | eval $'...'`) and the
+//! current (`(trap 'exit 1' TERM; eval $'...') < /dev/null`) shape ([`Shape`]), run through
+//! the real stages with real accounts (`jrs_superv_*`), real setuid/sudo, a real JWKS server
+//! and minted id_tokens.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -16,8 +17,9 @@ use std::time::Duration;
 
 use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
 use crate::harness::{
-    alive, pids_in, require_root, require_tool, runner_script, show, wait_for, Harness,
+    alive, pids_in, require_root, require_tool, runner_script_in, show, wait_for, Harness, Shape,
 };
+use crate::shape_tests;
 
 /// Live (non-zombie) processes whose real uid is `uid`.
 fn procs_of_uid(uid: u32) -> Vec<i32> {
@@ -59,6 +61,12 @@ impl Drop for KillUid {
             left.is_empty()
         });
     }
+}
+
+/// The test account `base` of one shape's test: the two shapes' tests run in parallel, and
+/// each kills every process of its account when it ends ([`KillUid`]).
+fn account(base: &str, shape: Shape) -> String {
+    format!("{base}_{}", shape.name())
 }
 
 /// A directory the job's user may write (for the pids its job records).
@@ -108,7 +116,7 @@ fn fork_loop_body(marks: &Path) -> String {
     )
 }
 
-fn assert_nothing_left(uid: u32, marks: &Path, out: &Output) {
+fn assert_nothing_left(shape: Shape, uid: u32, marks: &Path, out: &Output) {
     // jacamar-auth has reaped everything before returning: no wait is needed.
     let left = procs_of_uid(uid);
     let pids: Vec<i32> = pids_in(&marks.join("pids"))
@@ -117,69 +125,88 @@ fn assert_nothing_left(uid: u32, marks: &Path, out: &Output) {
         .collect();
     assert!(
         left.is_empty() && pids.is_empty(),
-        "processes of the job outlived the run call: uid {uid} has {left:?}, recorded pids alive \
-         {pids:?}\n{}",
+        "{shape}: processes of the job outlived the run call: uid {uid} has {left:?}, recorded \
+         pids alive {pids:?}\n{}",
         show(out)
     );
 }
 
-#[test]
-fn setuid_job_that_kills_jacamar_leaves_no_process_behind() {
+shape_tests!(
+    setuid_job_that_kills_jacamar_leaves_no_process_behind,
+    setuid_fork_loop_ends_after_jacamar_is_killed,
+    sudo_job_that_kills_jacamar_leaves_no_process_behind,
+    unprivileged_job_that_kills_jacamar_leaves_no_process_behind,
+    caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop,
+    descriptors_inherited_by_jacamar_auth_never_reach_a_setuid_job,
+    descriptors_inherited_by_jacamar_auth_never_reach_an_unprivileged_job,
+    descriptors_inherited_by_a_non_root_jacamar_auth_never_reach_the_job,
+    sudo_pipes_on_descriptors_100_and_101_still_reach_jacamar,
+    setuid_pipes_on_high_descriptors_still_reach_jacamar,
+);
+
+fn setuid_job_that_kills_jacamar_leaves_no_process_behind(shape: Shape) {
     if !require_root() {
         return;
     }
-    let user = ensure_user("jrs_superv_a", &[], "/bin/bash");
+    let user = ensure_user(&account("jrs_superv_a", shape), &[], "/bin/bash");
     let _guard = KillUid(user.uid.as_raw());
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = ready(&server, "setuid", &user.name, "");
     let marks = user_dir(&h, &user);
-    let out = h.run("build_script", &runner_script(&escape_body(&marks)));
+    let out = h.run(
+        "build_script",
+        &runner_script_in(shape, &escape_body(&marks)),
+    );
     assert!(
         pids_in(&marks.join("pids")).len() >= 3,
-        "the job did not start: {}",
+        "{shape}: the job did not start: {}",
         show(&out)
     );
-    assert!(!out.status.success(), "{}", show(&out));
-    assert_nothing_left(user.uid.as_raw(), &marks, &out);
+    assert!(!out.status.success(), "{shape}: {}", show(&out));
+    assert_nothing_left(shape, user.uid.as_raw(), &marks, &out);
 }
 
-#[test]
-fn setuid_fork_loop_ends_after_jacamar_is_killed() {
+fn setuid_fork_loop_ends_after_jacamar_is_killed(shape: Shape) {
     if !require_root() || !require_tool("pgrep") {
         return;
     }
-    let user = ensure_user("jrs_superv_b", &[], "/bin/bash");
+    let user = ensure_user(&account("jrs_superv_b", shape), &[], "/bin/bash");
     let _guard = KillUid(user.uid.as_raw());
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = ready(&server, "setuid", &user.name, "");
     let marks = user_dir(&h, &user);
-    let out = h.run("build_script", &runner_script(&fork_loop_body(&marks)));
+    let out = h.run(
+        "build_script",
+        &runner_script_in(shape, &fork_loop_body(&marks)),
+    );
     assert!(
         !pids_in(&marks.join("pids")).is_empty(),
-        "the job did not start: {}",
+        "{shape}: the job did not start: {}",
         show(&out)
     );
-    assert_nothing_left(user.uid.as_raw(), &marks, &out);
+    assert_nothing_left(shape, user.uid.as_raw(), &marks, &out);
 }
 
-#[test]
-fn sudo_job_that_kills_jacamar_leaves_no_process_behind() {
+fn sudo_job_that_kills_jacamar_leaves_no_process_behind(shape: Shape) {
     if !require_root() || !require_tool("sudo") {
         return;
     }
-    let user = ensure_user("jrs_superv_d", &[], "/bin/bash");
+    let user = ensure_user(&account("jrs_superv_d", shape), &[], "/bin/bash");
     let _guard = KillUid(user.uid.as_raw());
     sudoers();
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = ready(&server, "sudo", &user.name, "");
     let marks = user_dir(&h, &user);
-    let out = h.run("build_script", &runner_script(&escape_body(&marks)));
+    let out = h.run(
+        "build_script",
+        &runner_script_in(shape, &escape_body(&marks)),
+    );
     assert!(
         pids_in(&marks.join("pids")).len() >= 3,
-        "the job did not start: {}",
+        "{shape}: the job did not start: {}",
         show(&out)
     );
-    assert_nothing_left(user.uid.as_raw(), &marks, &out);
+    assert_nothing_left(shape, user.uid.as_raw(), &marks, &out);
 }
 
 /// The sudoers lines of README.md for the test's own jacamar (root is the service account).
@@ -191,8 +218,7 @@ fn sudoers() {
     std::fs::set_permissions(drop_in, std::fs::Permissions::from_mode(0o440)).unwrap();
 }
 
-#[test]
-fn unprivileged_job_that_kills_jacamar_leaves_no_process_behind() {
+fn unprivileged_job_that_kills_jacamar_leaves_no_process_behind(shape: Shape) {
     // downscope = "none": the job runs as jacamar-auth's own account (root here); only the
     // pids the job recorded identify it.
     let h = Harness::new("kill_timeout = \"2s\"");
@@ -201,9 +227,16 @@ fn unprivileged_job_that_kills_jacamar_leaves_no_process_behind() {
     assert!(h.prepare().status.success());
     let marks = h.tmp.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
-    let out = h.run("build_script", &runner_script(&escape_body(&marks)));
+    let out = h.run(
+        "build_script",
+        &runner_script_in(shape, &escape_body(&marks)),
+    );
     let pids = pids_in(&marks.join("pids"));
-    assert!(pids.len() >= 3, "the job did not start: {}", show(&out));
+    assert!(
+        pids.len() >= 3,
+        "{shape}: the job did not start: {}",
+        show(&out)
+    );
     let left: Vec<i32> = pids.into_iter().filter(|&p| alive(p)).collect();
     for &p in &left {
         let _ = nix::sys::signal::kill(
@@ -213,20 +246,19 @@ fn unprivileged_job_that_kills_jacamar_leaves_no_process_behind() {
     }
     assert!(
         left.is_empty(),
-        "processes of the job outlived the run call: {left:?}\n{}",
+        "{shape}: processes of the job outlived the run call: {left:?}\n{}",
         show(&out)
     );
 }
 
 /// The caps-only deployment: a copy of jacamar-auth with `cap_setuid,cap_setgid=ep` run by a
 /// non-root service account, which may not signal the user's processes itself.
-#[test]
-fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
+fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop(shape: Shape) {
     if !require_root() || !require_tool("setcap") || !require_tool("pgrep") {
         return;
     }
     let svc = ensure_user("jrs_superv_svc", &[], "/bin/bash");
-    let user = ensure_user("jrs_superv_c", &[], "/bin/bash");
+    let user = ensure_user(&account("jrs_superv_c", shape), &[], "/bin/bash");
     let _guard = KillUid(user.uid.as_raw());
     let server = JwksServer::start(&[&pki().keys[0]]);
     let mut h = harness(&server, "setuid", "data_dir = \"$HOME\"", "", "");
@@ -254,7 +286,7 @@ fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
         1,
     );
     let script = h.runner_dir.join("script-build");
-    std::fs::write(&script, runner_script(&body)).unwrap();
+    std::fs::write(&script, runner_script_in(shape, &body)).unwrap();
     nix::unistd::chown(&script, Some(svc.uid), Some(svc.gid)).unwrap();
     let out = as_svc(
         &h.env,
@@ -264,10 +296,10 @@ fn caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop() {
     .unwrap();
     assert!(
         pids_in(&marks.join("pids")).len() >= 4,
-        "the job did not start: {}",
+        "{shape}: the job did not start: {}",
         show(&out)
     );
-    assert_nothing_left(user.uid.as_raw(), &marks, &out);
+    assert_nothing_left(shape, user.uid.as_raw(), &marks, &out);
 }
 
 // ---------------------------------------------------------------- item 8: descriptors
@@ -296,8 +328,14 @@ fn auth_with_fds(h: &Harness, args: &[&str], file: &std::fs::File, fds: Vec<i32>
     c
 }
 
-fn run_with_fds(h: &Harness, body: &str, fds: Vec<i32>, file: &std::fs::File) -> Output {
-    let p = h.script_file("build_script", &runner_script(body));
+fn run_with_fds(
+    h: &Harness,
+    shape: Shape,
+    body: &str,
+    fds: Vec<i32>,
+    file: &std::fs::File,
+) -> Output {
+    let p = h.script_file("build_script", &runner_script_in(shape, body));
     auth_with_fds(
         h,
         &["run", &p.display().to_string(), "build_script"],
@@ -330,20 +368,20 @@ fn reported(out: &Output) -> bool {
     out.status.success()
 }
 
-fn assert_no_leak(out: &Output, secret: &Path) {
-    assert!(reported(out), "{}", show(out));
+fn assert_no_leak(shape: Shape, out: &Output, secret: &Path) {
+    assert!(reported(out), "{shape}: {}", show(out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("no-fd-7") && text.contains("no-fd-100"),
-        "{text}"
+        "{shape}: {text}"
     );
     assert!(
         !text.contains("runner-secret-4711"),
-        "the job read it: {text}"
+        "{shape}: the job read it: {text}"
     );
     assert!(
         !text.contains(&secret.display().to_string()),
-        "an inherited descriptor reached the job or jacamar: {text}"
+        "{shape}: an inherited descriptor reached the job or jacamar: {text}"
     );
     let shell: Vec<&str> = text
         .lines()
@@ -353,43 +391,40 @@ fn assert_no_leak(out: &Output, secret: &Path) {
         .filter(|(_, target)| !target.is_empty())
         .map(|(fd, _)| fd)
         .collect();
-    assert!(!shell.is_empty(), "{text}");
+    assert!(!shell.is_empty(), "{shape}: {text}");
     for fd in shell {
         assert!(
             ["0", "1", "2", "255"].contains(&fd),
-            "the job's shell holds descriptor {fd}: {text}"
+            "{shape}: the job's shell holds descriptor {fd}: {text}"
         );
     }
 }
 
-#[test]
-fn descriptors_inherited_by_jacamar_auth_never_reach_a_setuid_job() {
+fn descriptors_inherited_by_jacamar_auth_never_reach_a_setuid_job(shape: Shape) {
     if !require_root() {
         return;
     }
-    let user = ensure_user("jrs_superv_e", &[], "/bin/bash");
+    let user = ensure_user(&account("jrs_superv_e", shape), &[], "/bin/bash");
     let _guard = KillUid(user.uid.as_raw());
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = ready(&server, "setuid", &user.name, "");
     let (path, file) = secret(&h);
-    let out = run_with_fds(&h, FD_PROBE, vec![7, 100], &file);
-    assert_no_leak(&out, &path);
+    let out = run_with_fds(&h, shape, FD_PROBE, vec![7, 100], &file);
+    assert_no_leak(shape, &out, &path);
 }
 
-#[test]
-fn descriptors_inherited_by_jacamar_auth_never_reach_an_unprivileged_job() {
+fn descriptors_inherited_by_jacamar_auth_never_reach_an_unprivileged_job(shape: Shape) {
     let mut h = Harness::new("");
     h.config_json();
     assert!(h.prepare().status.success());
     let (path, file) = secret(&h);
-    let out = run_with_fds(&h, FD_PROBE, vec![7, 100], &file);
-    assert_no_leak(&out, &path);
+    let out = run_with_fds(&h, shape, FD_PROBE, vec![7, 100], &file);
+    assert_no_leak(shape, &out, &path);
 }
 
 /// The hookless `posix_spawn` path: a non-root runner account with `downscope = "none"`
 /// and nothing to change in the child.
-#[test]
-fn descriptors_inherited_by_a_non_root_jacamar_auth_never_reach_the_job() {
+fn descriptors_inherited_by_a_non_root_jacamar_auth_never_reach_the_job(shape: Shape) {
     if !require_root() {
         return;
     }
@@ -398,14 +433,14 @@ fn descriptors_inherited_by_a_non_root_jacamar_auth_never_reach_the_job() {
     let out = h.prepare();
     assert!(out.status.success(), "{}", show(&out));
     let (path, file) = secret(&h);
-    let out = run_with_fds(&h, FD_PROBE, vec![7, 100], &file);
-    assert_no_leak(&out, &path);
+    let out = run_with_fds(&h, shape, FD_PROBE, vec![7, 100], &file);
+    assert_no_leak(shape, &out, &path);
 }
 
 /// Descriptors 3..=k taken by inherited files push jacamar-auth's pipes up; for some k they
 /// land on 100 and 101, the temporaries the sudo path used to move them through.
-fn pipes_survive_any_numbering(downscope: &str, user: &str) {
-    let user = ensure_user(user, &[], "/bin/bash");
+fn pipes_survive_any_numbering(shape: Shape, downscope: &str, user: &str) {
+    let user = ensure_user(&account(user, shape), &[], "/bin/bash");
     let _guard = KillUid(user.uid.as_raw());
     if downscope == "sudo" {
         sudoers();
@@ -414,33 +449,31 @@ fn pipes_survive_any_numbering(downscope: &str, user: &str) {
     let h = ready(&server, downscope, &user.name, "");
     let (path, file) = secret(&h);
     for k in 80..=100 {
-        let out = run_with_fds(&h, "echo stage-ran\n", (3..=k).collect(), &file);
+        let out = run_with_fds(&h, shape, "echo stage-ran\n", (3..=k).collect(), &file);
         assert!(
             reported(&out) && String::from_utf8_lossy(&out.stdout).contains("stage-ran"),
-            "with descriptors 3..={k} inherited (build exit code {:?}): {}",
+            "{shape}: with descriptors 3..={k} inherited (build exit code {:?}): {}",
             h.build_exit_code(),
             show(&out)
         );
     }
-    let out = run_with_fds(&h, FD_PROBE, (3..=100).collect(), &file);
+    let out = run_with_fds(&h, shape, FD_PROBE, (3..=100).collect(), &file);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains(&path.display().to_string()), "{text}");
 }
 
-#[test]
-fn sudo_pipes_on_descriptors_100_and_101_still_reach_jacamar() {
+fn sudo_pipes_on_descriptors_100_and_101_still_reach_jacamar(shape: Shape) {
     if !require_root() || !require_tool("sudo") {
         return;
     }
-    pipes_survive_any_numbering("sudo", "jrs_superv_f");
+    pipes_survive_any_numbering(shape, "sudo", "jrs_superv_f");
 }
 
-#[test]
-fn setuid_pipes_on_high_descriptors_still_reach_jacamar() {
+fn setuid_pipes_on_high_descriptors_still_reach_jacamar(shape: Shape) {
     if !require_root() {
         return;
     }
-    pipes_survive_any_numbering("setuid", "jrs_superv_g");
+    pipes_survive_any_numbering(shape, "setuid", "jrs_superv_g");
 }
 
 /// A jacamar-auth that the runner SIGKILLed cannot remove its job's cgroup; the next call
@@ -547,7 +580,7 @@ fn forged_success_never_reaches_the_runner(downscope: &str, user: &str) {
     let h = ready(&server, downscope, &user.name, "");
     let poc = poc_file(&h, &user);
     let body = format!("python3 {} forge\nexit 7\n", poc.display());
-    let out = h.run("build_script", &runner_script(&body));
+    let out = h.run("build_script", &runner_script_in(Shape::Current, &body));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("POC: "),
         "the attack did not run: {}",
@@ -606,7 +639,7 @@ fn setuid_job_cannot_flood_jacamar_auth_through_the_status_pipe() {
     let h = ready(&server, "setuid", &user.name, "");
     let poc = poc_file(&h, &user);
     let body = format!("python3 {} flood 200\n", poc.display());
-    let mut child = h.spawn_run("build_script", &runner_script(&body));
+    let mut child = h.spawn_run("build_script", &runner_script_in(Shape::Current, &body));
     let pid = child.id();
     let mut peak = 0;
     let started = std::time::Instant::now();

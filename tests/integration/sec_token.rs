@@ -16,7 +16,10 @@ use std::time::Duration;
 use base64::Engine;
 
 use crate::auth_kit::{claims, ensure_user, give_token, harness, mint, pki, JwksServer, TOKEN_VAR};
-use crate::harness::{require_root, require_tool, show, wait_for, Harness};
+use crate::harness::{
+    require_root, require_tool, runner_quote, runner_script_in, show, wait_for, Harness, Shape,
+};
+use crate::shape_tests;
 
 const ALICE: &str = "jrs_token_alice";
 const SPY: &str = "jrs_token_spy";
@@ -36,42 +39,10 @@ fn no_profile(h: &mut Harness) {
     h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "true");
 }
 
-/// The runner's quoting of one shell word (its bash writer's default escaping, as
-/// documented by GitLab Runner): a word of only `[A-Za-z0-9,./@_-]` stays bare; anything
-/// else becomes ANSI-C quoted, with `\a \b \t \n \v \f \r \' \\` escapes and `\xHH` for the
-/// other control and non-ASCII bytes.
-fn runner_quote(s: &str) -> String {
-    if s.is_empty() {
-        return "''".into();
-    }
-    let lit = |b: u8| b.is_ascii_alphanumeric() || b",-./@_".contains(&b);
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b if lit(b) => out.push(b as char),
-            0x07 => out.push_str("\\a"),
-            0x08 => out.push_str("\\b"),
-            b'\t' => out.push_str("\\t"),
-            b'\n' => out.push_str("\\n"),
-            0x0b => out.push_str("\\v"),
-            0x0c => out.push_str("\\f"),
-            b'\r' => out.push_str("\\r"),
-            b'\'' => out.push_str("\\'"),
-            b'\\' => out.push_str("\\\\"),
-            b' '..=b'~' => out.push(b as char),
-            other => out.push_str(&format!("\\x{other:02x}")),
-        }
-    }
-    if !s.bytes().all(lit) {
-        format!("$'{out}'")
-    } else {
-        out
-    }
-}
-
-/// A stage script exactly as the runner's bash writer finishes it: the body (exports and
-/// commands, one per line) quoted once more as the argument of `eval` in a subshell.
-fn runner_script(body: &str) -> String {
+/// A stage script as the runner's bash writer finishes it with FF_USE_NEW_EVAL_STRATEGY
+/// (runner 17 and 18): the body quoted once more as the argument of `eval` in an explicit
+/// subshell, `: | (eval ...)`, under the writer's `trap exit 1 TERM`.
+fn runner_script_new_eval(body: &str) -> String {
     format!(
         "#!/usr/bin/env bash\n\ntrap exit 1 TERM\n\n\
          if set -o | grep pipefail > /dev/null; then set -o pipefail; fi; set -o errexit\n\
@@ -80,25 +51,15 @@ fn runner_script(body: &str) -> String {
     )
 }
 
-/// `body` as the runner >= 19.1 finishes it by default: the eval in an explicit subshell with
-/// its own TERM trap, stdin from /dev/null (see the custom executor protocol notes).
-fn runner_script_v19(body: &str) -> String {
-    format!(
-        "#!/usr/bin/env bash\n\ntrap 'exit 1' TERM\n\n\
-         case \"$(set -o)\" in *\"pipefail\"*) set -o pipefail;; esac; set -o errexit\n\
-         set +o noclobber\n(trap 'exit 1' TERM; eval {}) < /dev/null\nexit 0\n",
-        runner_quote(body)
-    )
-}
-
-/// `body` in each shape of stage script in the field: the legacy `: | eval $'...'`
-/// (runner < 19.1, [`harness::runner_script`]), `: | (eval ...)` (runner 17 and 18) and the
-/// current `(trap 'exit 1' TERM; eval ...) < /dev/null`.
-fn runner_shapes(body: &str) -> [(&'static str, String); 3] {
+/// `body` in each shape of stage script in the field: every [`Shape`] (legacy `: | eval
+/// $'...'`, the v17 one with `trap exit 1 TERM` in front, the current `(trap 'exit 1' TERM;
+/// eval ...) < /dev/null`) and `: | (eval ...)` (FF_USE_NEW_EVAL_STRATEGY, runner 17 and 18).
+fn runner_shapes(body: &str) -> [(&'static str, String); 4] {
     [
-        ("legacy", crate::harness::runner_script(body)),
-        ("subshell", runner_script(body)),
-        ("v19", runner_script_v19(body)),
+        (Shape::Legacy.name(), Shape::Legacy.script(body)),
+        (Shape::V17.name(), Shape::V17.script(body)),
+        ("new-eval", runner_script_new_eval(body)),
+        (Shape::Current.name(), Shape::Current.script(body)),
     ]
 }
 
@@ -457,17 +418,22 @@ fn basic(token: &str) -> String {
 }
 
 /// A get_sources-like stage: the job's exports, then `git ls-remote` of `url`.
-fn ls_remote_script(token: &str, server: &str, url: &str) -> String {
+fn ls_remote_script(shape: Shape, token: &str, server: &str, url: &str) -> String {
     let mut body = token_exports(token, server, &[]);
     body += &format!(
         "if {} ; then echo ls-remote-ok; else echo ls-remote-failed; fi\n",
         command(&["git", "ls-remote", url])
     );
-    runner_script(&body)
+    runner_script_in(shape, &body)
 }
 
-#[test]
-fn askpass_gives_the_job_token_only_to_the_trusted_gitlab_origin() {
+shape_tests!(
+    askpass_gives_the_job_token_only_to_the_trusted_gitlab_origin,
+    a_ci_variable_cannot_redirect_the_askpass_token,
+    setuid_askpass_trusts_gitlab_server_and_nothing_else,
+);
+
+fn askpass_gives_the_job_token_only_to_the_trusted_gitlab_origin(shape: Shape) {
     if !require_tool("git") {
         return;
     }
@@ -484,18 +450,18 @@ fn askpass_gives_the_job_token_only_to_the_trusted_gitlab_origin() {
         };
         let token = unique_token(&mut h);
         h.config_json();
-        assert!(h.prepare().status.success());
+        assert!(h.prepare().status.success(), "{shape}: prepare");
         let out = h.run(
             "get_sources",
-            &ls_remote_script(&token, &h.response_server.clone(), &url),
+            &ls_remote_script(shape, &token, &h.response_server.clone(), &url),
         );
-        assert!(out.status.success(), "{}", show(&out));
+        assert!(out.status.success(), "{shape}: {}", show(&out));
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("ls-remote-failed"), "{}", show(&out));
+        assert!(text.contains("ls-remote-failed"), "{shape}: {}", show(&out));
         let reqs = listener.requests();
         assert!(
             !reqs.is_empty(),
-            "git never reached the listener: {}",
+            "{shape}: git never reached the listener: {}",
             show(&out)
         );
         let with_token: Vec<_> = reqs
@@ -505,23 +471,23 @@ fn askpass_gives_the_job_token_only_to_the_trusted_gitlab_origin() {
         if trusted {
             assert!(
                 !with_token.is_empty(),
-                "the trusted origin never got the token: {reqs:?}\n{}",
+                "{shape}: the trusted origin never got the token: {reqs:?}\n{}",
                 show(&out)
             );
         } else {
             assert!(
                 with_token.is_empty(),
-                "GIT_ASKPASS gave the job token to an untrusted origin {}: {reqs:?}",
+                "{shape}: GIT_ASKPASS gave the job token to an untrusted origin {}: {reqs:?}",
                 listener.origin
             );
             assert!(
                 reqs.iter().all(|(_, a)| a.is_none()),
-                "no credentials at all for an untrusted origin: {reqs:?}"
+                "{shape}: no credentials at all for an untrusted origin: {reqs:?}"
             );
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains(&listener.origin), "{}", show(&out));
+            assert!(err.contains(&listener.origin), "{shape}: {}", show(&out));
         }
-        assert!(h.cleanup().status.success());
+        assert!(h.cleanup().status.success(), "{shape}: cleanup");
     }
 }
 
@@ -530,8 +496,7 @@ fn askpass_gives_the_job_token_only_to_the_trusted_gitlab_origin() {
 /// it `gitlab-ci-token:<token>`. A job whose CI variables set a name reserved for the
 /// driver's git credentials is refused at every stage with a message naming the variable
 /// (never its value), and the other host gets nothing. (Before: the token reached it.)
-#[test]
-fn a_ci_variable_cannot_redirect_the_askpass_token() {
+fn a_ci_variable_cannot_redirect_the_askpass_token(shape: Shape) {
     if !require_tool("git") {
         return;
     }
@@ -556,26 +521,26 @@ fn a_ci_variable_cannot_redirect_the_askpass_token() {
         "if {} ; then echo ls-remote-ok; else echo ls-remote-failed; fi\n",
         command(&["git", "ls-remote", &url])
     );
-    let script = runner_script(&body);
+    let script = runner_script_in(shape, &body);
     let config = h.config();
     let refused = |what: &str, out: &std::process::Output| {
-        assert_eq!(out.status.code(), Some(2), "{what}: {}", show(out));
+        assert_eq!(out.status.code(), Some(2), "{shape} {what}: {}", show(out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("JACAMAR_ASKPASS_ORIGIN")
                 && err.contains("reserved")
                 && err.contains("job token"),
-            "{what}: {}",
+            "{shape} {what}: {}",
             show(out)
         );
         assert!(
             !err.contains(&listener.origin),
-            "{what}: the message shows the variable's value: {}",
+            "{shape} {what}: the message shows the variable's value: {}",
             show(out)
         );
         assert!(
             !err.contains("JACAMAR_NO_BASH_PROFILE"),
-            "{what}: a legitimate opt-in was named: {}",
+            "{shape} {what}: a legitimate opt-in was named: {}",
             show(out)
         );
     };
@@ -595,7 +560,7 @@ fn a_ci_variable_cannot_redirect_the_askpass_token() {
         .collect();
     assert!(
         with_token.is_empty(),
-        "a CI variable sent the job token to {}: {reqs:?}\n{}",
+        "{shape}: a CI variable sent the job token to {}: {reqs:?}\n{}",
         listener.origin,
         show(&run)
     );
@@ -607,7 +572,7 @@ fn a_ci_variable_cannot_redirect_the_askpass_token() {
     ] {
         refused(what, out);
     }
-    assert!(reqs.is_empty(), "git ran: {reqs:?}");
+    assert!(reqs.is_empty(), "{shape}: git ran: {reqs:?}");
 
     // Every reserved name is named; with unrestricted_cmd_line (no askpass, the runner's
     // own URLs carry the token) the driver manages no git credentials and refuses none.
@@ -622,22 +587,25 @@ fn a_ci_variable_cannot_redirect_the_askpass_token() {
     h.set("CUSTOM_ENV_GIT_CONFIG_NOSYSTEM", "1");
     let out = h.config();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert_eq!(out.status.code(), Some(2), "{shape}: {}", show(&out));
     for name in [
         "GIT_ASKPASS",
         "GIT_CONFIG_VALUE_12",
         "GIT_CONFIG_PARAMETERS",
     ] {
-        assert!(err.contains(name), "{name}: {}", show(&out));
+        assert!(err.contains(name), "{shape} {name}: {}", show(&out));
     }
-    assert!(!err.contains("GIT_CONFIG_NOSYSTEM"), "{}", show(&out));
+    assert!(
+        !err.contains("GIT_CONFIG_NOSYSTEM"),
+        "{shape}: {}",
+        show(&out)
+    );
     h.rewrite_config("unrestricted_cmd_line = true");
     let out = h.config();
-    assert!(out.status.success(), "{}", show(&out));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
 }
 
-#[test]
-fn setuid_askpass_trusts_gitlab_server_and_nothing_else() {
+fn setuid_askpass_trusts_gitlab_server_and_nothing_else(shape: Shape) {
     if !require_root() || !require_tool("git") {
         return;
     }
@@ -650,7 +618,7 @@ fn setuid_askpass_trusts_gitlab_server_and_nothing_else() {
     no_profile(&mut h);
     assert!(h.config().status.success());
     let out = h.prepare();
-    assert!(out.status.success(), "{}", show(&out));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let host = server.url.trim_start_matches("https://").to_string();
     let mut body = token_exports(&token, &server.url, &[]);
     body += &format!(
@@ -675,22 +643,30 @@ fn setuid_askpass_trusts_gitlab_server_and_nothing_else() {
             runner_quote(&prompt)
         );
     }
-    let out = h.run("get_sources", &runner_script(&body));
-    assert!(out.status.success(), "{}", show(&out));
+    let out = h.run("get_sources", &runner_script_in(shape, &body));
+    assert!(out.status.success(), "{shape}: {}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ls-remote-failed"), "{}", show(&out));
-    assert!(text.contains("user=gitlab-ci-token\n"), "{}", show(&out));
-    assert!(text.contains(&format!("pass={token}\n")), "{}", show(&out));
-    assert!(text.contains("http=refused\n"), "{}", show(&out));
+    assert!(text.contains("ls-remote-failed"), "{shape}: {}", show(&out));
+    assert!(
+        text.contains("user=gitlab-ci-token\n"),
+        "{shape}: {}",
+        show(&out)
+    );
+    assert!(
+        text.contains(&format!("pass={token}\n")),
+        "{shape}: {}",
+        show(&out)
+    );
+    assert!(text.contains("http=refused\n"), "{shape}: {}", show(&out));
     let reqs = listener.requests();
     assert!(
         !reqs.is_empty(),
-        "git never reached the listener: {}",
+        "{shape}: git never reached the listener: {}",
         show(&out)
     );
     assert!(
         reqs.iter().all(|(_, a)| a.is_none()),
-        "credentials sent to {}: {reqs:?}",
+        "{shape}: credentials sent to {}: {reqs:?}",
         listener.origin
     );
 }

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::Shape;
+use crate::shape_tests;
+
 const SIM: &str = env!("CARGO_BIN_EXE_jacamar-sim");
 
 fn fixture(name: &str) -> PathBuf {
@@ -58,7 +61,7 @@ fn sim_command(dir: &Path, fake_env: &[(&str, &str)], args: &[&str]) -> Command 
         .arg(fixture("fake-driver.sh"))
         .arg("--summary")
         .arg(dir.join("summary.json"))
-        .args(["--retry-delay", "100ms"])
+        .args(["--retry-delay", "100ms", "--stage-retry-delay", "100ms"])
         .args(args)
         .env("TMPDIR", dir)
         .env("FAKE_LOG", dir.join("calls.log"))
@@ -264,8 +267,55 @@ fn keep_tmp_keeps_private_files() {
         .path();
     assert_eq!(mode(&script), 0o700);
     let text = std::fs::read_to_string(&script).unwrap();
-    assert!(text.contains("set -eo pipefail"));
-    assert!(text.contains("export CI_JOB_ID="));
+    // The current shape by default.
+    assert!(
+        text.contains("\nset +o noclobber\n(trap 'exit 1' TERM; eval $'"),
+        "{text}"
+    );
+    assert!(text.contains("export CI_JOB_ID=1000\\n"), "{text}");
+}
+
+/// `--script-shape` writes each shape of the runner's script, byte for byte as the
+/// harness's [`Shape::script`] (the same bytes the runner's writer produces): the body of
+/// the emulator's `after_script` stage, checked against the harness's quoting of it.
+#[test]
+fn script_shape_writes_each_shape_of_the_runners_script() {
+    for shape in Shape::ALL {
+        let r = run_sim(
+            &[],
+            &[
+                "--script",
+                "true",
+                "--keep-tmp",
+                "--script-shape",
+                shape.name(),
+            ],
+        );
+        assert_eq!(r.code, 0, "{shape}: {}", r.stderr);
+        let tmp = PathBuf::from(r.summary["tmp_dir"].as_str().unwrap());
+        let script = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with("-build_script"))
+            .expect("a build_script script file")
+            .path();
+        let text = std::fs::read_to_string(&script).unwrap();
+        // The body the emulator quoted, unquoted by bash itself, quoted again by the harness.
+        let line = text.lines().find(|l| l.contains("eval $'")).unwrap();
+        let quoted = &line[line.find("$'").unwrap()..=line.rfind('\'').unwrap()];
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("printf '%s' {quoted}"))
+            .output()
+            .unwrap();
+        let body = String::from_utf8(out.stdout).unwrap();
+        assert!(body.contains("\ntrue\n"), "{shape}: {body}");
+        assert_eq!(text, shape.script(&body), "{shape}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+    let r = run_sim(&[], &["--script", "true", "--script-shape", "v20"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("v20"), "{}", r.stderr);
 }
 
 #[test]
@@ -380,8 +430,16 @@ fn unknown_exit_code_is_a_system_failure() {
     assert_eq!(r.calls.last().unwrap(), "cleanup");
 }
 
-#[test]
-fn graceful_cancel_terms_build_script_then_runs_after_script() {
+shape_tests!(
+    graceful_cancel_terms_build_script_then_runs_after_script,
+    hard_cancel_skips_later_stages_and_runs_cleanup,
+    sigterm_ignored_leads_to_sigkill_after_graceful_timeout,
+    hard_abort_starts_cleanup_while_the_run_call_is_still_dying,
+    job_timeout_is_a_hard_abort,
+    sigint_to_the_sim_is_a_hard_cancel,
+);
+
+fn graceful_cancel_terms_build_script_then_runs_after_script(shape: Shape) {
     let jobs = tempfile::tempdir().unwrap();
     let marker = jobs.path().join("marker");
     let job = job_file(
@@ -392,6 +450,8 @@ fn graceful_cancel_terms_build_script_then_runs_after_script() {
     let r = run_sim(
         &[("FAKE_TERM_MARKER", marker.to_str().unwrap())],
         &[
+            "--script-shape",
+            shape.name(),
             "--job",
             &job,
             "--cancel-after",
@@ -401,7 +461,7 @@ fn graceful_cancel_terms_build_script_then_runs_after_script() {
         ],
     );
     assert!(start.elapsed() < Duration::from_secs(10));
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 1, "{shape}: {}\n{}", r.stdout, r.stderr);
     assert_eq!(
         std::fs::read_to_string(&marker).unwrap(),
         "TERM build_script\n"
@@ -428,8 +488,7 @@ fn graceful_cancel_terms_build_script_then_runs_after_script() {
     assert_eq!(build["signals_sent"], serde_json::json!(["TERM"]));
 }
 
-#[test]
-fn hard_cancel_skips_later_stages_and_runs_cleanup() {
+fn hard_cancel_skips_later_stages_and_runs_cleanup(shape: Shape) {
     let jobs = tempfile::tempdir().unwrap();
     let marker = jobs.path().join("marker");
     let job = job_file(
@@ -439,6 +498,8 @@ fn hard_cancel_skips_later_stages_and_runs_cleanup() {
     let r = run_sim(
         &[("FAKE_TERM_MARKER", marker.to_str().unwrap())],
         &[
+            "--script-shape",
+            shape.name(),
             "--job",
             &job,
             "--cancel-after",
@@ -447,7 +508,7 @@ fn hard_cancel_skips_later_stages_and_runs_cleanup() {
             "hard",
         ],
     );
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 1, "{shape}: {}\n{}", r.stdout, r.stderr);
     assert_eq!(
         std::fs::read_to_string(&marker).unwrap(),
         "TERM build_script\n"
@@ -457,12 +518,13 @@ fn hard_cancel_skips_later_stages_and_runs_cleanup() {
     assert!(r.stdout.contains("ERROR: Job failed: canceled"));
 }
 
-#[test]
-fn sigterm_ignored_leads_to_sigkill_after_graceful_timeout() {
+fn sigterm_ignored_leads_to_sigkill_after_graceful_timeout(shape: Shape) {
     let start = Instant::now();
     let r = run_sim(
         &[("FAKE_IGNORE_TERM", "1")],
         &[
+            "--script-shape",
+            shape.name(),
             "--script",
             "sleep 30",
             "--cancel-after",
@@ -489,11 +551,12 @@ fn sigterm_ignored_leads_to_sigkill_after_graceful_timeout() {
         .any(|c| c == "run upload_artifacts_on_failure"));
 }
 
-#[test]
-fn hard_abort_starts_cleanup_while_the_run_call_is_still_dying() {
+fn hard_abort_starts_cleanup_while_the_run_call_is_still_dying(shape: Shape) {
     let r = run_sim(
         &[("FAKE_IGNORE_TERM", "1")],
         &[
+            "--script-shape",
+            shape.name(),
             "--script",
             "sleep 30",
             "--cancel-after",
@@ -517,11 +580,10 @@ fn hard_abort_starts_cleanup_while_the_run_call_is_still_dying() {
     assert!(r.stderr.contains("finally ended: killed by signal SIGKILL"));
 }
 
-#[test]
-fn job_timeout_is_a_hard_abort() {
+fn job_timeout_is_a_hard_abort(shape: Shape) {
     let jobs = tempfile::tempdir().unwrap();
     let job = job_file(jobs.path(), "script = [\"sleep 30\"]\ntimeout = \"1s\"\n");
-    let r = run_sim(&[], &["--job", &job]);
+    let r = run_sim(&[], &["--script-shape", shape.name(), "--job", &job]);
     assert_eq!(r.code, 1);
     assert_eq!(r.summary["result"], "failed");
     assert_eq!(r.summary["failure_reason"], "job_execution_timeout");
@@ -532,12 +594,15 @@ fn job_timeout_is_a_hard_abort() {
     assert_eq!(r.calls.last().unwrap(), "cleanup");
 }
 
-#[test]
-fn sigint_to_the_sim_is_a_hard_cancel() {
+fn sigint_to_the_sim_is_a_hard_cancel(shape: Shape) {
     let dir = tempfile::tempdir().unwrap();
-    let child = sim_command(dir.path(), &[], &["--script", "sleep 30"])
-        .spawn()
-        .unwrap();
+    let child = sim_command(
+        dir.path(),
+        &[],
+        &["--script-shape", shape.name(), "--script", "sleep 30"],
+    )
+    .spawn()
+    .unwrap();
     let log = dir.path().join("calls.log");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !std::fs::read_to_string(&log)
@@ -554,7 +619,7 @@ fn sigint_to_the_sim_is_a_hard_cancel() {
     )
     .unwrap();
     let r = finish(dir, child, Duration::from_secs(10));
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 1, "{shape}: {}\n{}", r.stdout, r.stderr);
     assert_eq!(r.summary["result"], "canceled");
     assert_eq!(&r.calls[6..], ["run build_script", "cleanup"]);
     assert!(r.stderr.contains("received SIGINT"));
@@ -641,4 +706,105 @@ fn shared_builds_dir_and_variable_overrides() {
     let env = r.env_of("run build_script");
     assert!(env.contains("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN=abcd1234\n"));
     assert!(env.contains(&format!("CUSTOM_ENV_CI_BUILDS_DIR={tmp}/fake-builds\n")));
+}
+
+/// `GET_SOURCES_ATTEMPTS` (runner 18's `attemptExecuteStage`): get_sources reaches the
+/// driver again after a failed try, clear_worktree before the second try only, "Retrying in"
+/// after every failed try, 1.5 times longer each time.
+#[test]
+fn get_sources_attempts_retry_with_clear_worktree_before_the_second_try() {
+    let r = run_sim(
+        &[("FAKE_STAGE_FAILS", "get_sources:2")],
+        &["--script", "echo ok", "--var", "GET_SOURCES_ATTEMPTS=3"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        &r.calls[2..8],
+        [
+            "run prepare_script",
+            "run get_sources",
+            "run clear_worktree",
+            "run get_sources",
+            "run get_sources",
+            "run restore_cache",
+        ]
+    );
+    assert!(r
+        .stdout
+        .contains("Deleting all tracked and untracked files due to source fetch failure"));
+    assert_eq!(
+        r.stdout.matches("Retrying in 100ms\n").count(),
+        1,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        r.stdout.matches("Retrying in 150ms\n").count(),
+        1,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.summary["result"], "success");
+
+    // Every try failing: the job fails after the last one (and its wait).
+    let r = run_sim(
+        &[("FAKE_STAGE_FAILS", "restore_cache:9")],
+        &["--script", "echo ok", "--var", "RESTORE_CACHE_ATTEMPTS=2"],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.calls_of("run restore_cache"), 2);
+    assert_eq!(r.calls_of("run clear_worktree"), 0);
+    assert_eq!(r.calls_of("run build_script"), 0);
+    assert_eq!(r.stdout.matches("Retrying in").count(), 2, "{}", r.stdout);
+    assert_eq!(r.calls.last().unwrap(), "cleanup");
+}
+
+/// The runner's reading of the attempts variables: not an integer is a warning and one
+/// try; an integer outside 1..10 fails the stage (a system failure); the docker-only
+/// EXECUTOR_JOB_SECTION_ATTEMPTS retries nothing.
+#[test]
+fn stage_attempts_out_of_range_fail_and_section_attempts_retry_nothing() {
+    let r = run_sim(
+        &[],
+        &["--script", "echo ok", "--var", "GET_SOURCES_ATTEMPTS=11"],
+    );
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("number of attempts out of the range [1, 10] for stage: get_sources"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.calls_of("run get_sources"), 0);
+
+    let r = run_sim(
+        &[("FAKE_STAGE_FAILS", "download_artifacts:1")],
+        &[
+            "--script",
+            "echo ok",
+            "--var",
+            "ARTIFACT_DOWNLOAD_ATTEMPTS=two",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(
+            "ARTIFACT_DOWNLOAD_ATTEMPTS: expected int got \"two\", using default value: 1"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.calls_of("run download_artifacts"), 1);
+
+    let r = run_sim(
+        &[("FAKE_STAGE_FAILS", "build_script:1")],
+        &[
+            "--script",
+            "echo ok",
+            "--var",
+            "EXECUTOR_JOB_SECTION_ATTEMPTS=3",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.calls_of("run build_script"), 1);
 }

@@ -28,6 +28,7 @@ use clap::Parser;
 use duration::parse_duration;
 use job::{parse_var, JobSpec};
 use runner::{CancelKind, Options};
+use script::Shape;
 
 const AFTER_HELP: &str = "\
 JOB FILE (TOML):
@@ -45,6 +46,22 @@ DURATIONS: 500ms, 10s, 5m, 1h, 1h30m, or a bare number of seconds.
 
 OUTPUT: the job log (as GitLab would show it) on stdout; the runner's own log (signals sent,
 cleanup's output, warnings) on stderr, each line prefixed with \"[runner log] \".
+
+SCRIPT SHAPES (--script-shape): the bash script each stage is handed, as the runner's writer
+makes it; the job's commands run in a subshell in each:
+  current  runner >= 19.1: (trap 'exit 1' TERM; eval $'...') < /dev/null, and trap 'exit 1' TERM
+           in the script's own shell, which on a cancel waits for the body and exits 1
+  v17      runner 17.4 to 19.0: trap exit 1 TERM, then : | eval $'...'; on a cancel the script's
+           shell waits for the body and exits with its status
+  legacy   runner < 17.4: : | eval $'...', no trap; on a cancel the script's shell dies of the
+           SIGTERM at once (143) while the body may still run
+
+STAGE RETRIES: the job variables GET_SOURCES_ATTEMPTS, RESTORE_CACHE_ATTEMPTS and
+ARTIFACT_DOWNLOAD_ATTEMPTS (1 to 10, default 1) make those stages reach the driver up to that
+many times, as the runner does: clear_worktree runs before the second try of get_sources, and
+after each failed try (the last one too) the runner waits --stage-retry-delay, 1.5 times longer
+each time (at most 5m). An integer outside 1..10 fails the stage. EXECUTOR_JOB_SECTION_ATTEMPTS
+is read by the runner for the docker executor only, so it changes nothing here.
 
 SIGNALS: SIGINT/SIGTERM to jacamar-sim = hard cancel of the job (cleanup still runs); a second
 one SIGKILLs every running call and skips cleanup (forced shutdown).
@@ -112,6 +129,15 @@ struct Cli {
     /// Delay between config+prepare tries (the runner retries up to 3 times).
     #[arg(long, value_name = "DUR", default_value = "3s")]
     retry_delay: String,
+
+    /// Shape of the stage scripts (see SCRIPT SHAPES below).
+    #[arg(long, value_enum, default_value = "current")]
+    script_shape: Shape,
+
+    /// Wait after a failed try of get_sources, restore_cache or download_artifacts (runner 18:
+    /// 5s, then 1.5 times longer each try; 0s: no wait, as runner 16 and 17).
+    #[arg(long, value_name = "DUR", default_value = "5s")]
+    stage_retry_delay: String,
 
     /// Pass -u (--unobfuscated) to the driver.
     #[arg(short = 'u', long)]
@@ -201,6 +227,8 @@ fn options(cli: Cli) -> Result<(Options, Option<PathBuf>)> {
         force_kill_timeout: dur("force-kill-timeout", &cli.force_kill_timeout)?,
         hard_abort_wait: dur("hard-abort-wait", &cli.hard_abort_wait)?,
         retry_delay: dur("retry-delay", &cli.retry_delay)?,
+        shape: cli.script_shape,
+        stage_retry_delay: dur("stage-retry-delay", &cli.stage_retry_delay)?,
         unobfuscated: cli.unobfuscated,
         keep_tmp: cli.keep_tmp,
         job_id: cli.job_id,

@@ -23,7 +23,7 @@ use crate::process::{
     self, describe_ending, CallKind, CallRecord, CallSpec, Ending, Finished, KillTimings,
     OutputMode, Records,
 };
-use crate::script::{self, ScriptInput, Stage};
+use crate::script::{self, ScriptInput, Shape, Stage};
 
 /// How many times the runner tries config+prepare.
 const PREPARE_TRIES: u32 = 3;
@@ -31,6 +31,10 @@ const PREPARE_TRIES: u32 = 3;
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The runner's default after_script timeout.
 const AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most tries the runner makes of a retried stage (`GET_SOURCES_ATTEMPTS`, ...).
+const MAX_STAGE_ATTEMPTS: i64 = 10;
+/// The longest wait between tries of a stage (the runner's backoff maximum).
+const MAX_STAGE_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// The runner's `CI_RUNNER_SHORT_TOKEN` unless overridden with `--var`.
 pub const DEFAULT_SHORT_TOKEN: &str = "simrunnr";
 /// Default `CI_PROJECT_PATH`.
@@ -61,6 +65,10 @@ pub struct Options {
     pub force_kill_timeout: Duration,
     pub hard_abort_wait: Duration,
     pub retry_delay: Duration,
+    /// The shape of the stage scripts.
+    pub shape: Shape,
+    /// The first wait after a failed try of a retried stage (x1.5 per try, at most 5 min).
+    pub stage_retry_delay: Duration,
     pub unobfuscated: bool,
     pub keep_tmp: bool,
     pub job_id: u64,
@@ -358,6 +366,8 @@ impl Sim {
             "credentials": [],
             "dependencies": [],
             "features": {"trace_sections": true, "failure_reasons": ["script_failure", "runner_system_failure", "job_execution_timeout"]},
+            // Runner 17+ writes the job's `run` (native steps), empty when the job has none.
+            "run": "",
         })
     }
 
@@ -608,6 +618,7 @@ impl Sim {
         let vars = self.ci_variables(status);
         let text = script::generate(&ScriptInput {
             stage,
+            shape: self.opts.shape,
             variables: &vars,
             project_dir: &project,
             lines: &lines,
@@ -631,6 +642,69 @@ impl Sim {
             .call(CallKind::Run, Some(stage), sub, OutputMode::JobLog, status)
             .await;
         self.verdict(res, stage == Stage::BuildScript).map(|_| ())
+    }
+
+    /// The number of tries of a retried stage, from the job variable `variable` as the
+    /// runner reads it: unset means 1; a value that is not an integer is reported and means
+    /// 1; an integer outside [1, 10] fails the stage.
+    fn stage_attempts(&self, stage: Stage, variable: &str) -> Result<u32, JobError> {
+        let Some(raw) = self.lookup_override(variable).filter(|v| !v.is_empty()) else {
+            return Ok(1);
+        };
+        match raw.parse::<i64>() {
+            Ok(n) if (1..=MAX_STAGE_ATTEMPTS).contains(&n) => Ok(n as u32),
+            Ok(_) => Err(JobError::System(format!(
+                "number of attempts out of the range [1, {MAX_STAGE_ATTEMPTS}] for stage: {}",
+                stage.name()
+            ))),
+            Err(_) => {
+                job_warning(&format!(
+                    "WARNING: {variable}: expected int got {raw:?}, using default value: 1"
+                ));
+                Ok(1)
+            }
+        }
+    }
+
+    /// A stage the runner tries up to `variable` times (`GET_SOURCES_ATTEMPTS`,
+    /// `RESTORE_CACHE_ATTEMPTS`, `ARTIFACT_DOWNLOAD_ATTEMPTS`), as runner 18 does: before the
+    /// second try of get_sources it runs clear_worktree (a failed clear_worktree skips that
+    /// try), and after every failed try (the last one too) it waits, 5 s at first
+    /// (`--stage-retry-delay`), then 1.5 times longer each time, at most 5 minutes.
+    /// `EXECUTOR_JOB_SECTION_ATTEMPTS` is read by the runner for the docker executor only.
+    async fn attempt_stage(&mut self, stage: Stage, variable: &str) -> Result<(), JobError> {
+        let attempts = self.stage_attempts(stage, variable)?;
+        let mut delay = self.opts.stage_retry_delay;
+        let mut result = Ok(());
+        for attempt in 0..attempts {
+            if self.hard.is_cancelled() {
+                return Err(self.abort_error());
+            }
+            result = if stage == Stage::GetSources && attempt == 1 {
+                self.run_stage(Stage::ClearWorktree, "running").await
+            } else {
+                Ok(())
+            };
+            if result.is_ok() {
+                result = self.run_stage(stage, "running").await;
+                if result.is_ok() {
+                    return result;
+                }
+            }
+            if self.hard.is_cancelled() {
+                return Err(self.abort_error());
+            }
+            if !delay.is_zero() {
+                // The runner's words, in the job log, after the last try too.
+                job_log(&format!("Retrying in {}", format_go(delay)));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.hard.cancelled() => {}
+                }
+                delay = delay.mul_f64(1.5).min(MAX_STAGE_RETRY_DELAY);
+            }
+        }
+        result
     }
 
     async fn cleanup(&mut self) {
@@ -671,12 +745,12 @@ impl Sim {
             return Some(e);
         }
         let mut err = None;
-        for stage in [
-            Stage::GetSources,
-            Stage::RestoreCache,
-            Stage::DownloadArtifacts,
+        for (stage, variable) in [
+            (Stage::GetSources, "GET_SOURCES_ATTEMPTS"),
+            (Stage::RestoreCache, "RESTORE_CACHE_ATTEMPTS"),
+            (Stage::DownloadArtifacts, "ARTIFACT_DOWNLOAD_ATTEMPTS"),
         ] {
-            if let Err(e) = self.run_stage(stage, "running").await {
+            if let Err(e) = self.attempt_stage(stage, variable).await {
                 err = Some(e);
                 break;
             }
