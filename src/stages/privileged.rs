@@ -89,12 +89,17 @@ pub fn main(opts: Options) -> i32 {
             if let Some(note) = note {
                 eprintln!("ERROR: {}", sanitize(&note));
             }
+            // The runner (17.9+) reports the integer in this file as the job's exit code: a
+            // file left from an earlier call, or none, would report another code. Not
+            // writing it is the driver's failure, said as one.
             if let Some(path) = &runner.build_exit_code_file {
                 if let Err(e) = std::fs::write(path, format!("{exit_code}\n")) {
-                    tracing::warn!(
-                        "failed to write the job's exit code to {}: {e}",
+                    eprintln!(
+                        "Error encountered during job: the script failed with exit code \
+                         {exit_code}, but writing it to BUILD_EXIT_CODE_FILE ({}) failed: {e}",
                         path.display()
                     );
+                    return runner.system_failure_exit_code;
                 }
             }
             runner.build_failure_exit_code

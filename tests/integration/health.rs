@@ -201,3 +201,24 @@ fn sigterm_reaches_jacamar_auth_while_jacamar_never_reads_its_handoff() {
     );
     eprintln!("jacamar-auth ended {:?} after SIGTERM", t0.elapsed());
 }
+
+/// The runner reports the integer in `BUILD_EXIT_CODE_FILE` as the job's exit code (17.9+):
+/// when it cannot be written, the stage is the driver's failure (the runner's 2) and says
+/// so, never a build failure that a stale or missing file would misreport.
+#[test]
+fn an_unwritable_build_exit_code_file_is_a_system_failure_that_says_so() {
+    let mut h = Harness::new("");
+    h.set("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "true");
+    assert!(h.config().status.success());
+    assert!(h.prepare().status.success());
+    let missing = h.tmp.path().join("no-such-dir").join("build_exit_code");
+    h.set("BUILD_EXIT_CODE_FILE", &missing.display().to_string());
+    let out = h.run("build_script", &runner_script("exit 7\n"));
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exit code 7") && err.contains("BUILD_EXIT_CODE_FILE"),
+        "{}",
+        show(&out)
+    );
+}
