@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need, then runs
-# formatting and lint checks, the unit and integration tests, then the multi-host docker
-# cluster's tests (docker/README.md), as root (as CI does).
+# formatting and lint checks, the unit and integration tests, each fuzz target briefly
+# (scripts/fuzz.sh, docs/fuzzing.md), then the multi-host docker cluster's tests
+# (docker/README.md), as root (as CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -108,6 +109,15 @@ cargo test --all-targets --no-fail-fast 2>&1 || suite=$?
 cargo test --test integration -- --ignored --exact \
   scale_poll::a_controller_restart_mid_job_is_a_log_line 2>&1
 
+# --- fuzzing (docs/fuzzing.md): every target of fuzz/ briefly, from its committed seeds
+# (installs nightly and cargo-fuzz when missing). A finding fails the run, its input's path
+# printed; the docker part still runs. JACAMAR_TEST_FUZZ_SECONDS: the time per target.
+fuzz_rc=0
+echo "=== fuzz" >&2
+fuzz_t0=$SECONDS
+bash scripts/fuzz.sh "${JACAMAR_TEST_FUZZ_SECONDS:-15}" </dev/null || fuzz_rc=$?
+echo "=== fuzz: exit $fuzz_rc after $((SECONDS - fuzz_t0)) s" >&2
+
 # --- the multi-host docker cluster (docker/README.md): up, one CI job per batch executor,
 # the packages in fresh containers, the multi-host failure tests, down (also in on_exit).
 # Installs docker.io, docker-compose, debootstrap and the packaging tools itself; the base
@@ -136,4 +146,5 @@ else
   docker_step down.sh && docker_started=0
 fi
 [ "$suite" = 0 ] || exit "$suite"
+[ "$fuzz_rc" = 0 ] || exit "$fuzz_rc"
 exit "$docker_rc"

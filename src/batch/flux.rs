@@ -184,7 +184,7 @@ pub fn parse_jobs(stdout: &str) -> Option<JobState> {
             // Negative: the signal that ended the job shell; -128: canceled before it ran.
             let (code, signal) = match rc {
                 Some(-128) => (0, None),
-                Some(c) if c < 0 => (0, Some(-c)),
+                Some(c) if c < 0 => (0, Some(c.saturating_neg())),
                 Some(c) => (c, None),
                 None => (0, None),
             };
@@ -364,6 +364,18 @@ mod tests {
 
     /// `flux jobs -a -n --user=ci -o LIST_FORMAT` (flux-jobs(1) OUTPUT FORMAT: `{id}` is
     /// decimal, empty fields for what an active job does not have yet).
+    /// Found while writing fuzz/fuzz_targets/sched.rs (its dictionary's boundary values): a
+    /// returncode of i32::MIN overflowed its negation (the signal of a negative code).
+    #[test]
+    fn fuzz_most_negative_returncode() {
+        let text = std::str::from_utf8(b"2051|INACTIVE|FAILED|-2147483648||\n").unwrap();
+        let m = parse_jobs_list(text);
+        let JobState::Finished(f) = &m["2051"].state else {
+            panic!("{m:?}")
+        };
+        assert!(!f.success() && f.exit_code == i32::MAX, "{f:?}");
+    }
+
     #[test]
     fn jobs_listing() {
         let t = "2049|SCHED||||\n2050|RUN||||\n2051|INACTIVE|FAILED|7||\n2052|INACTIVE|CANCELED|-15|cancel|\n";

@@ -61,10 +61,11 @@ pub struct Final {
 }
 
 /// The exit code of a script that ended with `code` or by `signal`: the code, or 128 + the
-/// signal when the code is 0 (as a shell reports a death by signal).
+/// signal when the code is 0 (as a shell reports a death by signal; saturated, for a
+/// scheduler's answer that is no signal number).
 pub fn exit_code_of(code: i32, signal: Option<i32>) -> i32 {
     match (code, signal) {
-        (0, Some(s)) => 128 + s,
+        (0, Some(s)) => 128i32.saturating_add(s),
         (c, _) => c,
     }
 }

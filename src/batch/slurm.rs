@@ -251,15 +251,21 @@ pub fn parse_time_limit(s: &str) -> Option<Duration> {
         None => (None, s),
     };
     let parts: Vec<u64> = rest.split(':').map(num).collect::<Option<_>>()?;
-    let secs = match (days, parts.as_slice()) {
-        (None, [m]) => m * 60,
-        (None, [m, sec]) => m * 60 + sec,
-        (None, [h, m, sec]) => h * 3600 + m * 60 + sec,
-        (Some(d), [h]) => d * 86400 + h * 3600,
-        (Some(d), [h, m]) => d * 86400 + h * 3600 + m * 60,
-        (Some(d), [h, m, sec]) => d * 86400 + h * 3600 + m * 60 + sec,
+    let (d, h, m, sec) = match (days, parts.as_slice()) {
+        (None, [m]) => (0, 0, *m, 0),
+        (None, [m, sec]) => (0, 0, *m, *sec),
+        (None, [h, m, sec]) => (0, *h, *m, *sec),
+        (Some(d), [h]) => (d, *h, 0, 0),
+        (Some(d), [h, m]) => (d, *h, *m, 0),
+        (Some(d), [h, m, sec]) => (d, *h, *m, *sec),
         _ => return None,
     };
+    // Too many seconds for u64: no limit Slurm would accept either.
+    let secs = d
+        .checked_mul(86400)?
+        .checked_add(h.checked_mul(3600)?)?
+        .checked_add(m.checked_mul(60)?)?
+        .checked_add(sec)?;
     Some(Duration::from_secs(secs))
 }
 
@@ -640,6 +646,43 @@ mod tests {
         assert_eq!(b("now"), Some(0));
         assert_eq!(b("16:00"), None);
         assert_eq!(b("now+5fortnights"), None);
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/sched.rs, with fuzz/dict/sched.dict): minutes,
+    /// hours or days whose seconds overflow u64 panicked in a debug build and wrapped to a
+    /// short limit in a release build. Slurm refuses such a `--time`: not a time limit.
+    #[test]
+    fn fuzz_time_limit_overflow_is_no_time_limit() {
+        for input in [
+            &b"400000000000000000"[..],
+            b"999999999999999999:0",
+            b"5124095576030432:0:0",
+            b"213503982334602-0",
+            b"1-18446744073709551615",
+        ] {
+            let text = std::str::from_utf8(input).unwrap();
+            assert_eq!(parse_time_limit(text), None, "{text}");
+        }
+    }
+
+    /// Found while writing fuzz/fuzz_targets/sched.rs (its dictionary's boundary values): a
+    /// signal number near i32::MAX in `ExitCode=0:N` (sacct, scontrol) overflowed 128 + N.
+    /// The job still reads as failed, with the largest exit code.
+    #[test]
+    fn fuzz_huge_signal_in_exit_code() {
+        let all = parse_sacct_all(
+            std::str::from_utf8(
+                b"5|FAILED|0:2147483647
+",
+            )
+            .unwrap(),
+        );
+        let JobState::Finished(f) = &all["5"] else {
+            panic!("{all:?}")
+        };
+        assert!(!f.success() && f.exit_code == i32::MAX, "{f:?}");
+        let st = parse_scontrol("JobId=5 JobState=CANCELLED Reason=None ExitCode=0:2147483647");
+        assert!(matches!(st, Some(JobState::Finished(f)) if f.exit_code == i32::MAX));
     }
 
     #[test]
