@@ -48,7 +48,8 @@ pub struct Pki {
     pub ca_pem: PathBuf,
     cert_der: Vec<u8>,
     key_der: Vec<u8>,
-    /// Three independent keys: `keys[0]` is the server's usual key.
+    /// Three independent keys: `keys[0]` is the server's usual key. Their kids are their
+    /// RFC 7638 thumbprints, as GitLab's.
     pub keys: Vec<SigningKey>,
 }
 
@@ -123,11 +124,17 @@ pub fn pki() -> &'static Pki {
                     .step_by(2)
                     .map(|j| u8::from_str_radix(&hex[j..j + 2], 16).unwrap())
                     .collect();
+                let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+                // Named as GitLab names its keys: the RFC 7638 thumbprint. Another PKI's key
+                // (another test run's, another fake GitLab's at the same URL) never reuses
+                // this kid, which jacamar-auth's JWKS cache would map to the old key.
+                let jwk = format!(r#"{{"e":"AQAB","kty":"RSA","n":"{n}"}}"#);
+                let thumb = ring::digest::digest(&ring::digest::SHA256, jwk.as_bytes());
                 SigningKey {
-                    kid: format!("key-{i}"),
+                    kid: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(thumb.as_ref()),
                     der,
                     public_pem,
-                    n: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+                    n,
                 }
             })
             .collect();
