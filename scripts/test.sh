@@ -108,8 +108,9 @@ cargo test --all-targets --no-fail-fast 2>&1 || suite=$?
 cargo test --test integration -- --ignored --exact \
   scale_poll::a_controller_restart_mid_job_is_a_log_line 2>&1
 
-# --- the multi-host docker cluster (docker/README.md): up, one CI job per batch executor,
-# the packages in fresh containers, the multi-host failure tests, down (also in on_exit).
+# --- the multi-host docker cluster (docker/README.md): up, CI jobs per batch executor through
+# the real GitLab Runner on the runner node (a fake GitLab from tests/e2e on the host), the
+# packages in fresh containers, the multi-host failure tests, down (also in on_exit).
 # Installs docker.io, docker-compose, debootstrap and the packaging tools itself; the base
 # image and the cargo installs stay on the machine. Every step runs; any failure fails the
 # run. Opt-out only by JACAMAR_TEST_NO_DOCKER=1 (CI never sets it).
