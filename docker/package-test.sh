@@ -160,7 +160,14 @@ else
 
   # A GitLab server's keys: a CA and a server certificate for the bridge's address, an RSA
   # signing key published as a JWKS by openssl s_server -WWW (files under its directory).
+  # The host's address on docker's default bridge: IPAM's Gateway when the daemon records one
+  # (a freshly installed daemon may not), else the bridge interface's (docker0) address.
   gw=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
+  if [ -z "$gw" ]; then
+    br=$(docker network inspect bridge -f '{{index .Options "com.docker.network.bridge.name"}}')
+    gw=$(ip -4 -o addr show dev "${br:-docker0}" 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
+  fi
+  [ -n "$gw" ] || die "no address of the host on docker's default bridge (docker network inspect bridge, ip addr show docker0)"
   pki=$work/pki; mkdir -p "$pki/www/-" "$pki/www/oauth/discovery"
   o() { (cd "$pki" && openssl "$@") >/dev/null 2>&1 || die "openssl $* failed"; }
   o req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj "/CN=jacamar-rs package-test CA" \

@@ -1,36 +1,93 @@
 #!/usr/bin/env bash
-# One CI job through every stage on the running cluster (docker/up.sh): jacamar-sim, the
-# runner stand-in, drives jacamar-auth on the runner node as the non-root user ciuser with
-# executor = "slurm"; the job runs on a compute node. Prints the node that ran it. Then the
-# same with executor = "pbs" (the Torque wrappers over Slurm). Exit 0 when both succeed.
+# CI jobs through the REAL GitLab Runner (v18.0.5) on the running cluster (docker/up.sh).
+# The fake GitLab (tests/e2e/cluster_fake.rs, test code) starts on the host at the cluster
+# network's gateway; `gitlab-runner run` starts as root on the runner node with
+# /etc/gitlab-runner/config.toml (custom executor -> jacamar-auth from the .deb); for each
+# batch executor (the runners "slurm" and "pbs") two jobs are queued at once:
+#   ok     every stage: get_sources clones the fake's repository with the job token, the
+#          script runs as ciuser (setuid: its id_token verified against the fake's JWKS over
+#          TLS) in a batch job on a compute node, prints the clone's README and writes an
+#          artifact, which the helper uploads from the runner node; after_script runs.
+#   exit3  the script ends with `exit 3`: a script failure with exit code 3.
+# Checked on what the fake recorded: the runner's final PUT (state, failure_reason,
+# exit_code), the job log (trace) and the artifacts. Exit 0 when all four are as expected.
+# Logs: /tmp/jacamar-rs-smoke/ (each job's log, the runner's log, the fake's requests).
 source "$(dirname "$0")/lib.sh"
+work=${JACAMAR_DOCKER_LOGS:-/tmp/jacamar-rs-smoke}
+rm -rf "$work"; mkdir -p "$work"
 
 # The CI user has the same uid on every node (the shared filesystem depends on it).
 uids=$(for c in "$CTL" "$C1" "$C2" "$RUNNER"; do docker exec "$c" id -u "$CI_USER"; done | sort -u)
 [ "$(wc -l <<<"$uids")" = 1 ] || die "uid of $CI_USER differs between nodes: $uids"
+ci_uid=$uids
 
-# sim_job EXECUTOR CONFIG: one job; sets $out (the job log) and $rc.
-sim_job() {
-  local id=$(( $(date +%s%N) / 1000000 % 1000000000 ))
-  rc=0
-  out=$(docker exec -u "$CI_USER" -w "/home/$CI_USER" "$RUNNER" jacamar-sim --driver /opt/jacamar/bin/jacamar-auth \
-          --configuration "/etc/gitlab-runner/$2" --job-id "$id" \
-          --script 'echo "JOB-RAN-ON $(hostname -s) as $(id -un) uid $(id -u) in ${SLURM_JOB_ID:+slurm job $SLURM_JOB_ID}"' 2>&1) || rc=$?
+finish() {
+  runner_service_stop
+  docker exec "$RUNNER" cat "$RUNNER_LOG" >"$work/gitlab-runner.log" 2>/dev/null || true
+  [ -n "${FAKE_CTL:-}" ] && curl -sS "$FAKE_CTL/requests" >"$work/requests.log" 2>/dev/null
+  fake_gitlab_stop
 }
+trap finish EXIT
+fake_gitlab_start "$work/fake-gitlab.log"
+runner_service_start
+
+ok_job='{"name": "smoke",
+  "script": ["echo \"JOB-RAN-ON $(hostname -s) as $(id -un) uid $(id -u) batch job ${SLURM_JOB_ID:-?}\"",
+             "cat README.md",
+             "mkdir -p out && echo \"artifact of job $CI_JOB_ID\" > out/result.txt"],
+  "after_script": ["echo \"AFTER-SCRIPT-RAN as $(id -un)\""],
+  "artifacts": ["out/"]}'
+exit3_job='{"name": "exit3", "script": ["echo \"BEFORE-EXIT on $(hostname -s)\"", "exit 3", "echo NOT-REACHED"]}'
+
+declare -A ids
+for ex in slurm pbs; do
+  token=$RUNNER_SLURM; [ "$ex" = pbs ] && token=$RUNNER_PBS
+  ids[$ex-ok]=$(fake_job "$token" "$ok_job")
+  ids[$ex-exit3]=$(fake_job "$token" "$exit3_job")
+done
+log "queued: $(for k in "${!ids[@]}"; do printf '%s=%s ' "$k" "${ids[$k]}"; done)"
 
 fail=0
-for pair in slurm:jacamar.toml pbs:jacamar-pbs.toml; do
-  ex=${pair%%:*}
-  sim_job "$ex" "${pair#*:}"
-  line=$(grep -a '^JOB-RAN-ON ' <<<"$out" | tail -n1 || true)
-  node=$(awk '{print $2}' <<<"$line")
-  if [ "$rc" = 0 ] && [[ $node == c[12] ]] && [[ $line == *" as $CI_USER "* ]]; then
-    echo "smoke: executor=$ex: CI job succeeded on compute node $node ($line)"
-  else
-    echo "smoke: executor=$ex: FAILED (jacamar-sim exit $rc, node '${node:-?}'); job log:" >&2
-    sed 's/^/  | /' <<<"$out" >&2
-    fail=1
+bad() { echo "smoke: $1: FAILED: $2" >&2; fail=1; }
+for key in slurm-ok slurm-exit3 pbs-ok pbs-exit3; do
+  id=${ids[$key]}
+  if ! fake_wait_final "$id" 300; then
+    fake_trace "$id" >"$work/$key.log" 2>/dev/null || true
+    bad "$key" "no final update from the runner within 300 s (job $id); log: $work/$key.log"
+    continue
   fi
+  fake_job_json "$id" >"$work/$key.json"
+  jq -r .trace "$work/$key.json" | clean_log >"$work/$key.log"
+  L=$work/$key.log
+  state=$(jq -r .state <<<"$FINAL") reason=$(jq -r '.failure_reason // ""' <<<"$FINAL") code=$(jq -r '.exit_code // ""' <<<"$FINAL")
+  grep -aq 'Running with gitlab-runner 18\.0\.5' "$L" || bad "$key" "the job log does not come from gitlab-runner 18.0.5"
+  case "$key" in
+    *-ok)
+      line=$(grep -a '^JOB-RAN-ON ' "$L" | tail -n1 || true)
+      node=$(awk '{print $2}' <<<"$line")
+      arts=$(jq '[.artifacts[] | select(.size > 0)] | length' "$work/$key.json")
+      if [ "$state" != success ]; then
+        bad "$key" "state '$state' (failure_reason '$reason', exit_code '$code'), expected success; log: $L"
+      elif [[ $node != c[12] ]] || [[ $line != *" as $CI_USER uid $ci_uid "* ]]; then
+        bad "$key" "the script did not run as $CI_USER on a compute node: '${line:-no JOB-RAN-ON line}'; log: $L"
+      elif ! grep -aqx "hello from the cluster's fake GitLab" "$L"; then
+        bad "$key" "the clone's README.md is not in the job log (get_sources); log: $L"
+      elif ! grep -aq "^AFTER-SCRIPT-RAN as $CI_USER" "$L"; then
+        bad "$key" "after_script did not run as $CI_USER; log: $L"
+      elif [ "$arts" != 1 ]; then
+        bad "$key" "$arts artifacts uploaded, expected 1; log: $L"
+      else
+        echo "smoke: executor=${key%%-*}: CI job $id succeeded through the real runner on compute node $node ($line); sources cloned, artifact uploaded, after_script ran"
+      fi ;;
+    *-exit3)
+      if [ "$state" != failed ] || [ "$reason" != script_failure ] || [ "$code" != 3 ]; then
+        bad "$key" "final update $FINAL, expected failed / script_failure / exit_code 3; log: $L"
+      elif ! grep -aq '^BEFORE-EXIT on c[12]' "$L" || grep -aq '^NOT-REACHED' "$L"; then
+        bad "$key" "the script's lines around 'exit 3' are wrong; log: $L"
+      else
+        echo "smoke: executor=${key%%-*}: CI job $id failed as it should: script_failure, exit code 3 ($(grep -a -m1 '^BEFORE-EXIT' "$L"))"
+      fi ;;
+  esac
 done
-log "done"
+log "done (logs: $work)"
 exit "$fail"

@@ -2,12 +2,14 @@
 # Bring up the multi-host test cluster (controller, c1, c2, runner) from nothing, as root,
 # without stdin. Idempotent: a second run rebuilds nothing that is unchanged and leaves
 # running containers alone (docker-compose recreates only what changed).
-#   1. Debian's docker.io, docker-compose (v1) and debootstrap, installed if missing;
+#   1. Debian's docker.io, docker-compose (v1), debootstrap (and curl, jq, git, openssl for
+#      the fake GitLab and the scripts driving it), installed if missing;
 #      dockerd started if not answering.
 #   2. The base image local/debian:bookworm from `debootstrap --variant=minbase bookworm`
 #      (skipped when the image exists: no registry is reachable, nothing is pulled).
 #   3. jacamar-rs release binaries (nice cargo build --release; a no-op when fresh) and the
-#      packages (scripts/package.sh, cached); the plain .deb is staged for the runner image.
+#      packages (scripts/package.sh, cached); the plain .deb and the real GitLab Runner
+#      (scripts/gitlab-runner.sh v18.0.5, cached) are staged for the runner image.
 #   4. The service images (node/Dockerfile, runner/Dockerfile) and `docker-compose up -d`.
 #   5. Waits until both compute nodes are idle and the runner's FUSE view is mounted.
 source "$(dirname "$0")/lib.sh"
@@ -19,6 +21,9 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# For the fake GitLab on the host (tests/e2e/cluster_fake.rs: its repository, its PKI) and
+# the scripts that drive it (smoke.sh, failure-tests.sh).
+for t in curl jq git openssl; do command -v "$t" >/dev/null || need+=("$t"); done
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   apt-cache show docker.io >/dev/null 2>&1 || apt-get update -qq
@@ -49,7 +54,7 @@ else
   log "imported $BASE_IMAGE"
 fi
 
-# --- 3. jacamar-rs: the plain flavour's .deb (scripts/package.sh) and the runner stand-in
+# --- 3. jacamar-rs: the plain flavour's .deb (scripts/package.sh) and the GitLab Runner
 if [ "${JACAMAR_DOCKER_NO_BUILD:-0}" != 1 ]; then
   command -v cargo >/dev/null || die "cargo is required to build the release binaries"
   log "cargo build --release (a no-op when up to date)"
@@ -58,6 +63,11 @@ if [ "${JACAMAR_DOCKER_NO_BUILD:-0}" != 1 ]; then
   log "scripts/package.sh --no-build (log: /tmp/jacamar-rs-package.log; the first time on a machine it also cargo-installs cargo-deb and cargo-generate-rpm: minutes)"
   "$REPO_DIR/scripts/package.sh" --no-build </dev/null >/tmp/jacamar-rs-package.log 2>&1 \
     || { tail -20 /tmp/jacamar-rs-package.log >&2; die "scripts/package.sh failed"; }
+  # The fake GitLab smoke.sh and failure-tests.sh start (tests/e2e/cluster_fake.rs) is a mode
+  # of the e2e test binary: built now, so that they only check it is fresh.
+  log "cargo test --test e2e --no-run (the fake GitLab; a no-op when up to date)"
+  (cd "$REPO_DIR" && nice cargo test --test e2e --no-run --quiet 2>/tmp/jacamar-rs-e2e-build.log) \
+    || { tail -20 /tmp/jacamar-rs-e2e-build.log >&2; die "building the e2e test binary failed"; }
 fi
 version=$(cd "$REPO_DIR" && cargo pkgid); version=${version##*[#@]}
 deb="$REPO_DIR/target/packages/jacamar-rs_${version}_amd64.deb"
@@ -68,13 +78,18 @@ pkg="$DOCKER_DIR/runner/pkg"
 mkdir -p "$pkg"
 find "$pkg" -name '*.deb' ! -name "${deb##*/}" -delete
 cmp -s "$deb" "$pkg/${deb##*/}" || cp "$deb" "$pkg/${deb##*/}"
-# jacamar-sim, the runner stand-in: a test tool, not in the package.
+# The real GitLab Runner v18.0.5 (scripts/gitlab-runner.sh: built once, cached in
+# /var/cache/gitlab-runner-build; a cold build takes minutes), staged like the .deb.
+log "scripts/gitlab-runner.sh v18.0.5 (cached; log: /tmp/jacamar-rs-gitlab-runner.log)"
+runner_bin=$(bash "$REPO_DIR/scripts/gitlab-runner.sh" v18.0.5 </dev/null 2>/tmp/jacamar-rs-gitlab-runner.log | tail -n1) \
+  || { tail -20 /tmp/jacamar-rs-gitlab-runner.log >&2; die "scripts/gitlab-runner.sh v18.0.5 failed"; }
+[ -x "$runner_bin" ] || die "scripts/gitlab-runner.sh printed '$runner_bin', not an executable"
 stage="$DOCKER_DIR/runner/bin"
 mkdir -p "$stage"
-rm -f "$stage/jacamar-auth" "$stage/jacamar"   # staged by earlier versions of this script
-[ -x "$REPO_DIR/target/release/jacamar-sim" ] || die "missing target/release/jacamar-sim"
-cmp -s "$REPO_DIR/target/release/jacamar-sim" "$stage/jacamar-sim" \
-  || cp "$REPO_DIR/target/release/jacamar-sim" "$stage/jacamar-sim"
+# Staged by earlier versions of this script (jacamar-sim, the runner stand-in, is no longer
+# in the image).
+rm -f "$stage/jacamar-auth" "$stage/jacamar" "$stage/jacamar-sim"
+cmp -s "$runner_bin" "$stage/gitlab-runner" || cp "$runner_bin" "$stage/gitlab-runner"
 
 # --- 4. images and containers
 log "building $NODE_IMAGE"

@@ -118,8 +118,9 @@ fuzz_t0=$SECONDS
 bash scripts/fuzz.sh "${JACAMAR_TEST_FUZZ_SECONDS:-15}" </dev/null || fuzz_rc=$?
 echo "=== fuzz: exit $fuzz_rc after $((SECONDS - fuzz_t0)) s" >&2
 
-# --- the multi-host docker cluster (docker/README.md): up, one CI job per batch executor,
-# the packages in fresh containers, the multi-host failure tests, down (also in on_exit).
+# --- the multi-host docker cluster (docker/README.md): up, CI jobs per batch executor through
+# the real GitLab Runner on the runner node (a fake GitLab from tests/e2e on the host), the
+# packages in fresh containers, the multi-host failure tests, down (also in on_exit).
 # Installs docker.io, docker-compose, debootstrap and the packaging tools itself; the base
 # image and the cargo installs stay on the machine. Every step runs; any failure fails the
 # run. Opt-out only by JACAMAR_TEST_NO_DOCKER=1 (CI never sets it).

@@ -9,10 +9,13 @@
 #
 # DIR (0700) keeps the runner's environment for every call (DIR/env), the job response file,
 # the scripts and build_exit_code; it survives a container restart (it is on the container's
-# own filesystem). The configuration: $MINI_RUNNER_CONF (default /etc/gitlab-runner/jacamar.toml).
+# own filesystem). The configuration: $MINI_RUNNER_CONF (default /etc/gitlab-runner/jacamar.toml,
+# setuid: run it as root and give the job's id_token as a job variable, SITE_ID_TOKEN=...).
+# GitLab's URL (CI_SERVER_URL, the clone URL): $MINI_RUNNER_SERVER_URL.
 set -euo pipefail
 AUTH=${MINI_RUNNER_AUTH:-/opt/jacamar/bin/jacamar-auth}
 CONF=${MINI_RUNNER_CONF:-/etc/gitlab-runner/jacamar.toml}
+SERVER=${MINI_RUNNER_SERVER_URL:-https://gitlab.example.com}
 cmd=${1:?usage: mini-runner init|config|prepare|run|cleanup DIR ...}
 dir=${2:?missing DIR}
 
@@ -37,11 +40,11 @@ case "$cmd" in
     for kv in CI_JOB_ID="$id" CI_JOB_TOKEN="$token" CI_RUNNER_SHORT_TOKEN=dockrnnr \
               CI_CONCURRENT_ID=0 CI_CONCURRENT_PROJECT_ID=0 CI_PROJECT_ID=1 \
               CI_PROJECT_PATH=group/project CI_JOB_TIMEOUT=3600 CI_PIPELINE_SOURCE=push \
-              CI_SERVER_URL=https://gitlab.example.com GITLAB_USER_LOGIN="$user" "$@"; do
+              CI_SERVER_URL="$SERVER" GITLAB_USER_LOGIN="$user" "$@"; do
       setv "CUSTOM_ENV_${kv%%=*}" "${kv#*=}"
     done
-    jq -n --argjson id "$id" --arg tok "$token" '{id: $id, token: $tok,
-      git_info: {repo_url: ("https://gitlab-ci-token:" + $tok + "@gitlab.example.com/group/project.git")},
+    jq -n --argjson id "$id" --arg tok "$token" --arg host "${SERVER#*://}" '{id: $id, token: $tok,
+      git_info: {repo_url: ("https://gitlab-ci-token:" + $tok + "@" + $host + "/group/project.git")},
       runner_info: {timeout: 3600}, variables: []}' > "$dir/response.json"
     chmod 0600 "$dir/response.json" ;;
   config)

@@ -1,6 +1,8 @@
 //! A fake GitLab for the real GitLab Runner, on loopback: the runner API the runner's `run`
 //! command and its helper commands use, a dumb-HTTP git server and the JWKS, served over
 //! plain HTTP and over HTTPS (the test PKI's `127.0.0.1` certificate) from the same state.
+//! The docker cluster's runner node reaches the same fake on the cluster network's gateway
+//! (`crate::cluster_fake`). It knows one runner token or several, each with its own queue.
 //!
 //! Shapes as the runner's sources (v16.9.2, v18.0.5) read and write them:
 //! * `POST /api/v4/runners/verify` (`gitlab-runner verify`): 200 `{"id", "token"}`;
@@ -63,8 +65,10 @@ struct Job {
 
 #[derive(Default)]
 struct State {
-    runner_token: String,
-    queue: Vec<Value>,
+    /// The runners' authentication tokens this GitLab knows.
+    runner_tokens: Vec<String>,
+    /// Jobs waiting for a runner: (the token of the runner they are for, the job).
+    queue: Vec<(String, Value)>,
     jobs: BTreeMap<u64, Job>,
     /// `/<ns>/<project>.git` -> bare repository.
     repos: BTreeMap<String, PathBuf>,
@@ -101,19 +105,30 @@ pub fn short_token() -> &'static str {
 }
 
 impl Coordinator {
+    /// A fake GitLab on loopback (ephemeral ports) for the runner with [`RUNNER_TOKEN`].
     pub fn start() -> Coordinator {
+        Coordinator::start_at("127.0.0.1:0", "127.0.0.1:0", &[RUNNER_TOKEN])
+    }
+
+    /// A fake GitLab listening on `http_addr` and `https_addr` (`IP:PORT`; the HTTPS
+    /// certificate must name the IP, see `auth_kit::pki_extra_san`) for the runners with
+    /// `runner_tokens`. Panics with the address when it cannot listen.
+    pub fn start_at(http_addr: &str, https_addr: &str, runner_tokens: &[&str]) -> Coordinator {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                runner_token: RUNNER_TOKEN.into(),
+                runner_tokens: runner_tokens.iter().map(|t| t.to_string()).collect(),
                 ..State::default()
             }),
             changed: Condvar::new(),
             upload_delay_ms: std::sync::atomic::AtomicU64::new(0),
         });
-        let http = TcpListener::bind("127.0.0.1:0").unwrap();
-        let https = TcpListener::bind("127.0.0.1:0").unwrap();
-        let http_url = format!("http://127.0.0.1:{}", http.local_addr().unwrap().port());
-        let https_url = format!("https://127.0.0.1:{}", https.local_addr().unwrap().port());
+        let bind = |a: &str| {
+            TcpListener::bind(a)
+                .unwrap_or_else(|e| panic!("the fake GitLab cannot listen on {a}: {e}"))
+        };
+        let (http, https) = (bind(http_addr), bind(https_addr));
+        let http_url = format!("http://{}", http.local_addr().unwrap());
+        let https_url = format!("https://{}", https.local_addr().unwrap());
         let s = shared.clone();
         std::thread::spawn(move || {
             for stream in http.incoming().flatten() {
@@ -182,8 +197,14 @@ impl Coordinator {
         }
     }
 
-    /// Queue `job` (the JSON of a job response); its `id` and `token` are registered.
+    /// Queue `job` (the JSON of a job response) for the runner with [`RUNNER_TOKEN`]; its
+    /// `id` and `token` are registered.
     pub fn queue(&self, job: Value) {
+        self.queue_for(RUNNER_TOKEN, job)
+    }
+
+    /// Queue `job` for the runner with `runner_token`.
+    pub fn queue_for(&self, runner_token: &str, job: Value) {
         let id = job["id"].as_u64().expect("job id");
         let token = job["token"].as_str().expect("job token").to_string();
         self.with(|st| {
@@ -195,7 +216,7 @@ impl Coordinator {
                     ..Job::default()
                 },
             );
-            st.queue.push(job);
+            st.queue.push((runner_token.to_string(), job));
         });
     }
 
@@ -280,14 +301,38 @@ impl Coordinator {
     pub fn queued(&self) -> usize {
         self.with(|st| st.queue.len())
     }
+
+    /// What this fake knows of job `id`, as JSON (None: no such job): its `status`
+    /// (`Job-Status`), `queued` (not taken by a runner yet), the `trace`, the `final` update
+    /// (`state`, `failure_reason`, `exit_code`) or null, the number of `updates`, and the
+    /// `artifacts` (`filename`, `query`, `size`).
+    pub fn job_json(&self, id: u64) -> Option<Value> {
+        self.with(|st| {
+            let queued = st.queue.iter().any(|(_, j)| j["id"].as_u64() == Some(id));
+            let j = st.jobs.get(&id)?;
+            Some(json!({
+                "id": id,
+                "status": j.status,
+                "queued": queued,
+                "trace": String::from_utf8_lossy(&j.trace),
+                "final": j.final_update.as_ref().map(|f| json!({
+                    "state": f.state, "failure_reason": f.failure_reason, "exit_code": f.exit_code,
+                })),
+                "updates": j.updates.len(),
+                "artifacts": j.artifacts.iter().map(|a| json!({
+                    "filename": a.filename, "query": a.query, "size": a.data.len(),
+                })).collect::<Vec<_>>(),
+            }))
+        })
+    }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    headers: BTreeMap<String, String>,
-    body: Vec<u8>,
+pub(crate) struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
 }
 
 fn serve(s: &Shared, r: &mut impl BufRead, w: &mut TcpStream) {
@@ -300,7 +345,7 @@ fn serve(s: &Shared, r: &mut impl BufRead, w: &mut TcpStream) {
 }
 
 /// One HTTP/1.1 request: the head, then a `Content-Length` or chunked body.
-fn read_request(r: &mut impl BufRead, buf: &mut Vec<u8>) -> Option<Request> {
+pub(crate) fn read_request(r: &mut impl BufRead, buf: &mut Vec<u8>) -> Option<Request> {
     let mut first = String::new();
     r.read_line(&mut first).ok()?;
     let mut parts = first.split_whitespace();
@@ -362,7 +407,7 @@ fn read_request(r: &mut impl BufRead, buf: &mut Vec<u8>) -> Option<Request> {
     })
 }
 
-fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+pub(crate) fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {status}\r\n");
     for (k, v) in headers {
         out += &format!("{k}: {v}\r\n");
@@ -376,7 +421,7 @@ fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn json_response(status: &str, extra: &[(&str, String)], v: &Value) -> Vec<u8> {
+pub(crate) fn json_response(status: &str, extra: &[(&str, String)], v: &Value) -> Vec<u8> {
     let mut h = vec![("Content-Type", "application/json".to_string())];
     h.extend(extra.iter().cloned());
     response(status, &h, v.to_string().as_bytes())
@@ -394,6 +439,12 @@ fn handle(s: &Shared, req: Request) -> Vec<u8> {
     let resp = route(&mut st, &req);
     s.changed.notify_all();
     resp
+}
+
+/// Which of the known runners the request body's `token` is.
+fn runner_index(st: &State, body: &Value) -> Option<usize> {
+    let t = body["token"].as_str()?;
+    st.runner_tokens.iter().position(|r| r == t)
 }
 
 fn job_id_of(path: &str, suffix: &str) -> Option<u64> {
@@ -414,21 +465,26 @@ fn route(st: &mut State, req: &Request) -> Vec<u8> {
     if m == "POST" && p == "/api/v4/runners/verify" {
         st.verify_hits += 1;
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
-        if body["token"].as_str() != Some(st.runner_token.as_str()) {
+        let Some(n) = runner_index(st, &body) else {
             return json_response("403 Forbidden", &[], &json!({"message": "403 Forbidden"}));
-        }
-        return json_response("200 OK", &[], &json!({"id": 1, "token": st.runner_token}));
+        };
+        return json_response(
+            "200 OK",
+            &[],
+            &json!({"id": n + 1, "token": st.runner_tokens[n]}),
+        );
     }
     if m == "POST" && p == "/api/v4/jobs/request" {
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
-        if body["token"].as_str() != Some(st.runner_token.as_str()) {
+        let Some(n) = runner_index(st, &body) else {
             return json_response("403 Forbidden", &[], &json!({"message": "403 Forbidden"}));
-        }
+        };
         st.requests += 1;
-        if st.queue.is_empty() {
+        let runner = st.runner_tokens[n].clone();
+        let Some(at) = st.queue.iter().position(|(t, _)| *t == runner) else {
             return response("204 No Content", &[], b"");
-        }
-        let job = st.queue.remove(0);
+        };
+        let (_, job) = st.queue.remove(at);
         return json_response("201 Created", &[], &job);
     }
     if m == "PATCH" {

@@ -9,9 +9,13 @@
 //! Each scenario runs once per runner release: `cargo test --test e2e v18_0_5` runs one
 //! release's half. `JACAMAR_E2E_SHOW=1` (with `--nocapture`) prints every job's log, the
 //! runner's log and the requests the fake GitLab saw.
+//!
+//! `cluster_fake::serve_fake_gitlab` (`#[ignore]`d) is no test: it serves the fake GitLab to
+//! the docker cluster's runner node (docker/README.md) until killed.
 
 #[path = "../integration/auth_kit.rs"]
 mod auth_kit;
+mod cluster_fake;
 mod coordinator;
 #[path = "../integration/harness.rs"]
 mod harness;

@@ -415,118 +415,15 @@ impl Site {
     }
 
     fn make_repo(&self, files: &[(&str, &str)]) -> Repo {
-        let work = self.tmp.path().join("repo-work");
-        std::fs::create_dir_all(&work).unwrap();
-        let git = |dir: &Path, args: &[&str]| {
-            sh(Command::new("git")
-                .args([
-                    "-c",
-                    "init.defaultBranch=main",
-                    "-c",
-                    "user.name=e2e",
-                    "-c",
-                    "user.email=e2e@example.com",
-                ])
-                .args(args)
-                .current_dir(dir)
-                .env("HOME", self.tmp.path()))
-        };
-        git(&work, &["init", "-q"]);
-        for (name, text) in files {
-            std::fs::write(work.join(name), text).unwrap();
-        }
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-q", "-m", "e2e"]);
-        let sha = git(&work, &["rev-parse", "HEAD"]);
-        let bare = self.tmp.path().join("project.git");
-        git(
-            self.tmp.path(),
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                work.to_str().unwrap(),
-                bare.to_str().unwrap(),
-            ],
-        );
-        git(&bare, &["update-server-info"]);
-        self.coord.add_repo(PROJECT, &bare);
-        Repo { sha }
+        make_repo(self.tmp.path(), &self.coord, files)
     }
 
     /// Queue `spec` for the project's repository ([`Site::repo`]) and return it.
     pub fn queue(&self, spec: &JobSpec) -> JobRef {
-        let sha = self.repo(&[("README.md", "e2e\n")]).sha.as_str();
+        let sha = self.repo(&[("README.md", "e2e\n")]).sha.clone();
         let id = next_job_id();
         let token = format!("glcbt-e2e{id}_{}Tk", std::process::id());
-        let url = self.url();
-        let (scheme, host) = url.split_once("://").unwrap();
-        let repo_url = format!("{scheme}://gitlab-ci-token:{token}@{host}/{PROJECT}.git");
-        let v = |k: &str, val: &str, public: bool, masked: bool| json!({"key": k, "value": val, "public": public, "masked": masked, "file": false, "raw": false});
-        let mut vars = vec![
-            v("CI_JOB_ID", &id.to_string(), true, false),
-            v("CI_JOB_TOKEN", &token, false, true),
-            v("CI_JOB_NAME", spec.name, true, false),
-            v("CI_JOB_STAGE", "test", true, false),
-            v("CI_PROJECT_ID", "77", true, false),
-            v("CI_PROJECT_PATH", PROJECT, true, false),
-            v("CI_PROJECT_NAME", "project", true, false),
-            v("CI_PROJECT_NAMESPACE", "group", true, false),
-            v("CI_SERVER_URL", url, true, false),
-            v("CI_REPOSITORY_URL", &repo_url, false, false),
-            v("CI_PIPELINE_ID", "500", true, false),
-            v("CI_PIPELINE_SOURCE", "push", true, false),
-            v("CI_COMMIT_REF_NAME", "main", true, false),
-            v(
-                "GITLAB_USER_LOGIN",
-                spec.login.as_deref().unwrap_or(JOB_USER),
-                true,
-                false,
-            ),
-        ];
-        if let Some(login) = &spec.login {
-            let t = mint(&pki().keys[0], &claims(&self.coord.https_url, id, login));
-            vars.push(v("SITE_ID_TOKEN", &t, false, true));
-        }
-        for (k, val, file) in &spec.variables {
-            vars.push(json!({"key": k, "value": val, "public": false, "masked": false, "file": file, "raw": false}));
-        }
-        vars.push(v("CI_COMMIT_SHA", sha, true, false));
-        let step = |name: &str, script: &[String], when: &str| json!({"name": name, "script": script, "timeout": spec.timeout, "when": when, "allow_failure": false});
-        let mut steps = vec![step("script", &spec.script, "on_success")];
-        if !spec.after_script.is_empty() {
-            steps.push(step("after_script", &spec.after_script, "always"));
-        }
-        let zeros = "0000000000000000000000000000000000000000";
-        let job = json!({
-            "id": id,
-            "token": token,
-            "allow_git_fetch": true,
-            "job_info": {"name": spec.name, "stage": "test", "project_id": 77, "project_name": "project"},
-            "git_info": {
-                "repo_url": repo_url,
-                "ref": "main",
-                "sha": sha,
-                "before_sha": zeros,
-                "ref_type": "branch",
-                "refspecs": ["+refs/heads/main:refs/remotes/origin/main"],
-                "depth": 0,
-            },
-            "runner_info": {"timeout": spec.timeout},
-            "variables": vars,
-            "steps": steps,
-            "image": {"name": ""},
-            "services": [],
-            "artifacts": spec.artifacts,
-            "cache": spec.cache,
-            "credentials": [],
-            "dependencies": spec.dependencies,
-            "features": {
-                "trace_sections": true,
-                "failure_reasons": ["unknown_failure", "script_failure", "api_failure",
-                    "stuck_or_timeout_failure", "runner_system_failure", "job_execution_timeout"],
-            },
-        });
+        let job = job_response(spec, id, &token, self.url(), &self.coord.https_url, &sha);
         self.coord.queue(job);
         JobRef { id, token }
     }
@@ -649,6 +546,129 @@ impl Site {
             None => self.data_dir.join(&self.user.name),
         }
     }
+}
+
+/// A bare repository in `dir` (`project.git`, made from `dir/repo-work`) with `files`
+/// committed on `main`, served by `coord` at `/group/project.git` (git's dumb HTTP protocol).
+pub fn make_repo(dir: &Path, coord: &Coordinator, files: &[(&str, &str)]) -> Repo {
+    let work = dir.join("repo-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let git = |at: &Path, args: &[&str]| {
+        sh(Command::new("git")
+            .args([
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "user.name=e2e",
+                "-c",
+                "user.email=e2e@example.com",
+            ])
+            .args(args)
+            .current_dir(at)
+            .env("HOME", dir))
+    };
+    git(&work, &["init", "-q"]);
+    for (name, text) in files {
+        std::fs::write(work.join(name), text).unwrap();
+    }
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "e2e"]);
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    let bare = dir.join("project.git");
+    git(
+        dir,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    git(&bare, &["update-server-info"]);
+    coord.add_repo(PROJECT, &bare);
+    Repo { sha }
+}
+
+/// The job response GitLab sends the runner for `spec` (job `id` with job token `token`):
+/// the project's repository at `url` (the runner's GitLab URL) with `sha` on `main`, the
+/// usual `CI_*` variables, and an id_token (`SITE_ID_TOKEN`, issued by `jwt_issuer`, signed
+/// with the test PKI's first key) unless `spec.login` is None.
+pub fn job_response(
+    spec: &JobSpec,
+    id: u64,
+    token: &str,
+    url: &str,
+    jwt_issuer: &str,
+    sha: &str,
+) -> Value {
+    let (scheme, host) = url.split_once("://").unwrap();
+    let repo_url = format!("{scheme}://gitlab-ci-token:{token}@{host}/{PROJECT}.git");
+    let v = |k: &str, val: &str, public: bool, masked: bool| json!({"key": k, "value": val, "public": public, "masked": masked, "file": false, "raw": false});
+    let mut vars = vec![
+        v("CI_JOB_ID", &id.to_string(), true, false),
+        v("CI_JOB_TOKEN", token, false, true),
+        v("CI_JOB_NAME", spec.name, true, false),
+        v("CI_JOB_STAGE", "test", true, false),
+        v("CI_PROJECT_ID", "77", true, false),
+        v("CI_PROJECT_PATH", PROJECT, true, false),
+        v("CI_PROJECT_NAME", "project", true, false),
+        v("CI_PROJECT_NAMESPACE", "group", true, false),
+        v("CI_SERVER_URL", url, true, false),
+        v("CI_REPOSITORY_URL", &repo_url, false, false),
+        v("CI_PIPELINE_ID", "500", true, false),
+        v("CI_PIPELINE_SOURCE", "push", true, false),
+        v("CI_COMMIT_REF_NAME", "main", true, false),
+        v(
+            "GITLAB_USER_LOGIN",
+            spec.login.as_deref().unwrap_or(JOB_USER),
+            true,
+            false,
+        ),
+    ];
+    if let Some(login) = &spec.login {
+        let t = mint(&pki().keys[0], &claims(jwt_issuer, id, login));
+        vars.push(v("SITE_ID_TOKEN", &t, false, true));
+    }
+    for (k, val, file) in &spec.variables {
+        vars.push(json!({"key": k, "value": val, "public": false, "masked": false, "file": file, "raw": false}));
+    }
+    vars.push(v("CI_COMMIT_SHA", sha, true, false));
+    let step = |name: &str, script: &[String], when: &str| json!({"name": name, "script": script, "timeout": spec.timeout, "when": when, "allow_failure": false});
+    let mut steps = vec![step("script", &spec.script, "on_success")];
+    if !spec.after_script.is_empty() {
+        steps.push(step("after_script", &spec.after_script, "always"));
+    }
+    let zeros = "0000000000000000000000000000000000000000";
+    json!({
+        "id": id,
+        "token": token,
+        "allow_git_fetch": true,
+        "job_info": {"name": spec.name, "stage": "test", "project_id": 77, "project_name": "project"},
+        "git_info": {
+            "repo_url": repo_url,
+            "ref": "main",
+            "sha": sha,
+            "before_sha": zeros,
+            "ref_type": "branch",
+            "refspecs": ["+refs/heads/main:refs/remotes/origin/main"],
+            "depth": 0,
+        },
+        "runner_info": {"timeout": spec.timeout},
+        "variables": vars,
+        "steps": steps,
+        "image": {"name": ""},
+        "services": [],
+        "artifacts": spec.artifacts,
+        "cache": spec.cache,
+        "credentials": [],
+        "dependencies": spec.dependencies,
+        "features": {
+            "trace_sections": true,
+            "failure_reasons": ["unknown_failure", "script_failure", "api_failure",
+                "stuck_or_timeout_failure", "runner_system_failure", "job_execution_timeout"],
+        },
+    })
 }
 
 impl Drop for Site {

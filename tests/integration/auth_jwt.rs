@@ -114,7 +114,7 @@ fn attack_matrix_is_refused_with_reasons_logged() {
             Box::new(|u, j| {
                 // Signed by another key, claiming the server's kid.
                 Some(mint(
-                    &pki().keys[1].with_kid("key-0"),
+                    &pki().keys[1].with_kid(&pki().keys[0].kid),
                     &claims(u, j, "alice"),
                 ))
             }),
@@ -124,7 +124,7 @@ fn attack_matrix_is_refused_with_reasons_logged() {
             "alg none",
             Box::new(|u, j| {
                 Some(raw_token(
-                    &json!({"alg": "none", "typ": "JWT", "kid": "key-0"}),
+                    &json!({"alg": "none", "typ": "JWT", "kid": pki().keys[0].kid}),
                     &claims(u, j, "alice"),
                     "",
                 ))

@@ -48,7 +48,8 @@ pub struct Pki {
     pub ca_pem: PathBuf,
     cert_der: Vec<u8>,
     key_der: Vec<u8>,
-    /// Three independent keys: `keys[0]` is the server's usual key.
+    /// Three independent keys: `keys[0]` is the server's usual key. Their kids are their
+    /// RFC 7638 thumbprints, as GitLab's.
     pub keys: Vec<SigningKey>,
 }
 
@@ -66,10 +67,25 @@ fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+static PKI: OnceLock<Pki> = OnceLock::new();
+static EXTRA_SAN: OnceLock<String> = OnceLock::new();
+
+/// Names the PKI's server certificate holds besides `IP:127.0.0.1` (`subjectAltName` syntax,
+/// e.g. `IP:10.213.77.1`), for a fake served beyond loopback (the docker cluster's fake
+/// GitLab). Call before anything uses [`pki`]; panics when the PKI is already made.
+pub fn pki_extra_san(san: &str) {
+    assert!(
+        PKI.get().is_none(),
+        "pki_extra_san({san:?}) after the PKI was made"
+    );
+    EXTRA_SAN
+        .set(san.to_string())
+        .expect("pki_extra_san called twice");
+}
+
 /// The test run's PKI, made once (in a directory everyone may read: a non-root service
 /// account uses the CA file too).
 pub fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("jrs-pki")
@@ -84,9 +100,10 @@ pub fn pki() -> &'static Pki {
             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
         o(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
             "-subj", "/CN=127.0.0.1"]);
+        let extra = EXTRA_SAN.get().map(|s| format!(",{s}")).unwrap_or_default();
         std::fs::write(
             dir.join("srv.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+            format!("subjectAltName=IP:127.0.0.1{extra}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n"),
         )
         .unwrap();
         o(&["x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
@@ -107,11 +124,17 @@ pub fn pki() -> &'static Pki {
                     .step_by(2)
                     .map(|j| u8::from_str_radix(&hex[j..j + 2], 16).unwrap())
                     .collect();
+                let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+                // Named as GitLab names its keys: the RFC 7638 thumbprint. Another PKI's key
+                // (another test run's, another fake GitLab's at the same URL) never reuses
+                // this kid, which jacamar-auth's JWKS cache would map to the old key.
+                let jwk = format!(r#"{{"e":"AQAB","kty":"RSA","n":"{n}"}}"#);
+                let thumb = ring::digest::digest(&ring::digest::SHA256, jwk.as_bytes());
                 SigningKey {
-                    kid: format!("key-{i}"),
+                    kid: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(thumb.as_ref()),
                     der,
                     public_pem,
-                    n: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+                    n,
                 }
             })
             .collect();
