@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use jacamar::config::runner::{check_runner_config, RunnerHost, NOT_FOUND};
+use jacamar::config::runner::{check_runner_config, ExecProblem, RunnerHost};
 use jacamar::config::{Config, ConfigError};
 use libfuzzer_sys::fuzz_target;
 
@@ -18,14 +18,14 @@ const FULL: &str = include_str!("../../configs/full.toml");
 struct Host;
 
 impl RunnerHost for Host {
-    fn executable(&self, path: &Path) -> Result<PathBuf, String> {
+    fn executable(&self, path: &Path) -> Result<PathBuf, ExecProblem> {
         match path.to_str() {
             Some(AUTH) => Ok(PathBuf::from(AUTH)),
             // A symlink to it, as packages may install.
             Some("/usr/bin/jacamar-auth") => Ok(PathBuf::from(AUTH)),
             Some("/usr/bin/true") => Ok(PathBuf::from("/usr/bin/true")),
-            Some("/tmp/not-exec") => Err("is not executable (mode 0644)".into()),
-            _ => Err(NOT_FOUND.to_string()),
+            Some("/tmp/not-exec") => Err(ExecProblem::NotExecutable(0o644)),
+            _ => Err(ExecProblem::NotFound),
         }
     }
 

@@ -23,21 +23,47 @@ const UNITS: &[(&str, u128)] = &[
 
 const UNIT_LIST: &str = "ns, us, ms, s, m, h";
 
+/// A duration string that is not one: a sentence without the key (callers add the key),
+/// `invalid duration "<text>": <why>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {text:?}: {why}")]
+pub struct DurationError {
+    /// The string as given.
+    pub text: String,
+    pub why: DurationProblem,
+}
+
+/// What is wrong with a duration string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationProblem {
+    #[error("negative durations are not allowed")]
+    Negative,
+    #[error("empty")]
+    Empty,
+    #[error("expected a number before the unit")]
+    NoNumber,
+    #[error("missing unit (use one of {UNIT_LIST})")]
+    MissingUnit,
+    #[error("unknown unit {0:?} (use one of {UNIT_LIST})")]
+    UnknownUnit(String),
+    #[error("too large")]
+    TooLarge,
+}
+
 /// Parse a duration string such as `"1h30m"` or `"500ms"`.
-///
-/// The error is a sentence without the key; callers add the key.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let quoted = format!("{s:?}");
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let err = |why| DurationError {
+        text: s.to_string(),
+        why,
+    };
     let mut rest = s;
     if let Some(r) = rest.strip_prefix('+') {
         rest = r;
     } else if rest.starts_with('-') {
-        return Err(format!(
-            "invalid duration {quoted}: negative durations are not allowed"
-        ));
+        return Err(err(DurationProblem::Negative));
     }
     if rest.is_empty() {
-        return Err(format!("invalid duration {quoted}: empty"));
+        return Err(err(DurationProblem::Empty));
     }
     // Go accepts a bare "0" without a unit; nothing else may omit it.
     if rest == "0" {
@@ -58,9 +84,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             None => ("", after_int),
         };
         if int_digits.is_empty() && frac_digits.is_empty() {
-            return Err(format!(
-                "invalid duration {quoted}: expected a number before the unit"
-            ));
+            return Err(err(DurationProblem::NoNumber));
         }
         // Unit: everything up to the next digit or '.'.
         let unit_len = after_frac
@@ -70,19 +94,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(after_frac.len());
         let (unit, after_unit) = after_frac.split_at(unit_len);
         if unit.is_empty() {
-            return Err(format!(
-                "invalid duration {quoted}: missing unit (use one of {UNIT_LIST})"
-            ));
+            return Err(err(DurationProblem::MissingUnit));
         }
         let scale = UNITS
             .iter()
             .find(|(name, _)| *name == unit)
             .map(|(_, scale)| *scale)
-            .ok_or_else(|| {
-                format!("invalid duration {quoted}: unknown unit {unit:?} (use one of {UNIT_LIST})")
-            })?;
+            .ok_or_else(|| err(DurationProblem::UnknownUnit(unit.to_string())))?;
 
-        let overflow = || format!("invalid duration {quoted}: too large");
+        let overflow = || err(DurationProblem::TooLarge);
         let whole: u128 = if int_digits.is_empty() {
             0
         } else {
@@ -105,8 +125,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         rest = after_unit;
     }
-    let secs = u64::try_from(total / 1_000_000_000)
-        .map_err(|_| format!("invalid duration {quoted}: too large"))?;
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| err(DurationProblem::TooLarge))?;
     let sub = (total % 1_000_000_000) as u32;
     Ok(Duration::new(secs, sub))
 }
@@ -192,7 +211,7 @@ mod tests {
             ("3000000h", "too large"),
         ];
         for (text, want) in cases {
-            let err = parse_duration(text).expect_err(text);
+            let err = parse_duration(text).expect_err(text).to_string();
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(err.contains(&format!("{text:?}")), "{text:?}: {err}");
         }

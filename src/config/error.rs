@@ -48,21 +48,43 @@ impl Problem {
     }
 }
 
-/// Every problem of one configuration file.
-///
-/// `Display` is a single line (summary and the first problem) fit for a job
-/// log; [`ConfigError::report`] lists them all.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", summary(.origin, .problems))]
-pub struct ConfigError {
-    /// Where the text came from (a path, or a name such as `<embedded default>`).
-    pub origin: String,
-    pub problems: Vec<Problem>,
+/// One problem of a file, rendered on one line against the file's name; the problems of
+/// one file make a [`Problems`] error.
+pub trait FileProblem {
+    /// What a summary calls the file's problems (`invalid configuration`).
+    const SUMMARY: &'static str;
+
+    /// The problem on one line, prefixed by `origin` (the file) when not empty.
+    fn render(&self, origin: &str) -> String;
 }
 
-impl ConfigError {
-    pub fn new(origin: impl Into<String>, problems: Vec<Problem>) -> ConfigError {
-        ConfigError {
+impl FileProblem for Problem {
+    const SUMMARY: &'static str = "invalid configuration";
+
+    fn render(&self, origin: &str) -> String {
+        Problem::render(self, origin)
+    }
+}
+
+/// Every problem of one file: a jacamar configuration ([`ConfigError`]) or the runner's
+/// `config.toml` ([`super::runner::RunnerConfigError`]).
+///
+/// `Display` is a single line (summary and the first problem) fit for a job
+/// log; [`Problems::report`] lists them all.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", summary(.origin, .problems))]
+pub struct Problems<P: FileProblem> {
+    /// Where the text came from (a path, or a name such as `<embedded default>`).
+    pub origin: String,
+    pub problems: Vec<P>,
+}
+
+/// Every problem of one configuration file.
+pub type ConfigError = Problems<Problem>;
+
+impl<P: FileProblem> Problems<P> {
+    pub fn new(origin: impl Into<String>, problems: Vec<P>) -> Problems<P> {
+        Problems {
             origin: origin.into(),
             problems,
         }
@@ -79,12 +101,13 @@ impl ConfigError {
     }
 }
 
-fn summary(origin: &str, problems: &[Problem]) -> String {
+fn summary<P: FileProblem>(origin: &str, problems: &[P]) -> String {
+    let what = P::SUMMARY;
     match problems {
-        [] => format!("invalid configuration: {origin}: unknown problem"),
-        [only] => format!("invalid configuration: {}", only.render(origin)),
+        [] => format!("{what}: {origin}: unknown problem"),
+        [only] => format!("{what}: {}", only.render(origin)),
         [first, rest @ ..] => format!(
-            "invalid configuration ({} problems, first shown): {}",
+            "{what} ({} problems, first shown): {}",
             rest.len() + 1,
             first.render(origin)
         ),

@@ -22,8 +22,8 @@ mod validate;
 
 use std::path::Path;
 
-pub use duration::{format_duration, parse_duration};
-pub use error::{ConfigError, Problem};
+pub use duration::{format_duration, parse_duration, DurationError, DurationProblem};
+pub use error::{ConfigError, FileProblem, Problem, Problems};
 pub use types::{
     Auth, Batch, Downscope, Executor, General, LogLevel, LogLocation, Logging, RunAs, Seccomp,
 };

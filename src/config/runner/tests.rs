@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
-use crate::config::Problem;
+use crate::config::{Config, ConfigError, Problem};
 
 const AUTH: &str = "/opt/jacamar/bin/jacamar-auth";
 const JACAMAR_TOML: &str = "/etc/gitlab-runner/jacamar.toml";
 
 /// The README's Deployment section, where the runner snippet and the minimal
 /// configuration are documented: the tests check what admins copy.
-const README: &str = include_str!("../../README.md");
+const README: &str = include_str!("../../../README.md");
 
 /// The first ```toml block of the README that contains `needle`.
 fn readme_block(needle: &str) -> String {
@@ -38,8 +38,8 @@ fn readme_jacamar() -> String {
 }
 
 struct FakeHost {
-    /// path -> canonical path, or what is wrong with it.
-    execs: HashMap<PathBuf, Result<PathBuf, String>>,
+    /// path -> canonical path, or the mode of a file that is not executable.
+    execs: HashMap<PathBuf, Result<PathBuf, u32>>,
     /// path -> jacamar TOML text.
     configs: HashMap<PathBuf, String>,
 }
@@ -56,11 +56,9 @@ impl FakeHost {
         host
     }
 
-    fn exec(&mut self, path: &str, state: Result<&str, &str>) {
-        self.execs.insert(
-            PathBuf::from(path),
-            state.map(PathBuf::from).map_err(str::to_string),
-        );
+    fn exec(&mut self, path: &str, state: Result<&str, u32>) {
+        self.execs
+            .insert(PathBuf::from(path), state.map(PathBuf::from));
     }
 
     fn config(&mut self, path: &str, text: &str) {
@@ -69,11 +67,12 @@ impl FakeHost {
 }
 
 impl RunnerHost for FakeHost {
-    fn executable(&self, path: &Path) -> Result<PathBuf, String> {
-        self.execs
-            .get(path)
-            .cloned()
-            .unwrap_or_else(|| Err(NOT_FOUND.to_string()))
+    fn executable(&self, path: &Path) -> Result<PathBuf, ExecProblem> {
+        match self.execs.get(path) {
+            Some(Ok(p)) => Ok(p.clone()),
+            Some(Err(mode)) => Err(ExecProblem::NotExecutable(*mode)),
+            None => Err(ExecProblem::NotFound),
+        }
     }
 
     fn jacamar_config(&self, path: &Path) -> Result<Config, ConfigError> {
@@ -459,7 +458,7 @@ fn invalid_or_missing_jacamar_configuration_is_reported_once() {
 #[test]
 fn not_executable_and_different_files() {
     let mut host = FakeHost::readme();
-    host.exec(AUTH, Err("is not executable (mode 0644)"));
+    host.exec(AUTH, Err(0o644));
     let err = check(&readme_runner(), &host).expect_err("not executable");
     // All four hooks name it: four lines, one per key.
     assert_eq!(err.problems.len(), 4, "{}", err.report());

@@ -1,0 +1,197 @@
+//! The hooks' `*_exec`: present, absolute, an executable file, all four the same one.
+
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+
+use super::document::Runner;
+use super::hook::{Hook, HOOKS, INSTALLED_AUTH, NO_AUTH};
+use super::host::ExecProblem;
+use super::Checker;
+
+/// A hook's `*_exec` once checked: its value, line and resolved file.
+pub(super) struct Exec {
+    pub(super) hook: Hook,
+    pub(super) value: String,
+    pub(super) line: usize,
+    pub(super) resolved: PathBuf,
+}
+
+impl Checker<'_> {
+    /// The four `*_exec`: present, absolute, executable, all the same file. Returns the
+    /// first hook's resolved executable and whether all four passed.
+    pub(super) fn execs(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        no_auth: bool,
+    ) -> (Option<Exec>, bool) {
+        let mut first: Option<Exec> = None;
+        let mut exec_ok = true;
+        for hook in HOOKS {
+            let Some(exec) = self.exec(r, custom, hook, first.as_ref(), no_auth) else {
+                exec_ok = false;
+                continue;
+            };
+            match &first {
+                None => first = Some(exec),
+                Some(f) => exec_ok &= self.same_exec(r, f, &exec),
+            }
+        }
+        (first, exec_ok)
+    }
+
+    /// One hook's `*_exec` checked and resolved; `None` once a problem was reported (a
+    /// missing key suggests `first`'s path, or the installed one).
+    fn exec(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        hook: Hook,
+        first: Option<&Exec>,
+        no_auth: bool,
+    ) -> Option<Exec> {
+        let key = format!("{}_exec", hook.name());
+        let dotted = format!("runners.custom.{key}");
+        let Some((value, line)) = self.string(r, custom, &key) else {
+            let suggestion = first.map_or(INSTALLED_AUTH, |f| f.value.as_str());
+            if !custom.contains_key(key.as_str()) {
+                self.push(
+                    Some(r.custom_line),
+                    Some(&r.label),
+                    &dotted,
+                    format!(
+                        "missing: jacamar-auth runs all four hooks; add {key} = \"{suggestion}\""
+                    ),
+                );
+            }
+            return None;
+        };
+        if let Some(message) = exec_path_problem(&value, no_auth) {
+            self.push(Some(line), Some(&r.label), &dotted, message);
+            return None;
+        }
+        let resolved = self.resolve_exec(r, &dotted, &value, line)?;
+        Some(Exec {
+            hook,
+            value,
+            line,
+            resolved,
+        })
+    }
+
+    /// The hook's file as the host resolves it; a missing or unusable file is reported.
+    fn resolve_exec(
+        &mut self,
+        r: &Runner<'_, '_>,
+        dotted: &str,
+        value: &str,
+        line: usize,
+    ) -> Option<PathBuf> {
+        match self.host.executable(Path::new(value)) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                let fix = if matches!(why, ExecProblem::NotFound) {
+                    "install jacamar-auth there (the jacamar-rs packages put it in \
+                     /opt/jacamar/bin) or fix the path"
+                } else {
+                    "give it mode 0755 root:root (runner as root) or 0750 \
+                     root:gitlab-runner (the caps flavour), or fix the path"
+                };
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    dotted,
+                    format!("\"{value}\" {why}: {fix}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether `exec` resolves to the same file as `first`; a different one is reported.
+    fn same_exec(&mut self, r: &Runner<'_, '_>, first: &Exec, exec: &Exec) -> bool {
+        if first.resolved == exec.resolved {
+            return true;
+        }
+        let key = format!("{}_exec", exec.hook.name());
+        let (value, first_value) = (&exec.value, &first.value);
+        self.push(
+            Some(exec.line),
+            Some(&r.label),
+            &format!("runners.custom.{key}"),
+            format!(
+                "\"{value}\" differs from {}_exec \"{first_value}\": all four \
+                 hooks must run the same jacamar-auth; set {key} = \"{first_value}\"",
+                first.hook.name()
+            ),
+        );
+        false
+    }
+
+    /// A non-empty string key of `[runners.custom]` with its line; a wrong
+    /// type is reported.
+    fn string(
+        &mut self,
+        r: &Runner<'_, '_>,
+        custom: &DeTable<'_>,
+        key: &str,
+    ) -> Option<(String, usize)> {
+        let (k, v) = custom.get_key_value(key)?;
+        let line = self.line(k.span().start);
+        match v.get_ref() {
+            DeValue::String(s) if s.is_empty() => {
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    &format!("runners.custom.{key}"),
+                    format!("is empty: set {key} = \"{INSTALLED_AUTH}\""),
+                );
+                None
+            }
+            DeValue::String(s) => Some((s.to_string(), line)),
+            other => {
+                self.push(
+                    Some(line),
+                    Some(&r.label),
+                    &format!("runners.custom.{key}"),
+                    format!(
+                        "expected a string, found {}: set {key} = \"{INSTALLED_AUTH}\"",
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// What is wrong with a hook's path before its file is looked at: not absolute, the
+/// job-side `jacamar` named without `--no-auth` in the hooks' arguments, or `--no-auth`
+/// given to something else than `jacamar`.
+fn exec_path_problem(value: &str, no_auth: bool) -> Option<String> {
+    let path = Path::new(value);
+    if !path.is_absolute() {
+        return Some(format!(
+            "\"{value}\" is not an absolute path: give jacamar-auth's full path \
+             (e.g. \"{INSTALLED_AUTH}\")"
+        ));
+    }
+    let is_jacamar = path.file_name().and_then(|n| n.to_str()) == Some("jacamar");
+    if is_jacamar && !no_auth {
+        return Some(format!(
+            "\"{value}\" is the job-side binary: the hooks run jacamar-auth, \
+             e.g. \"{}\" (or, for a runner that needs no account switch, `jacamar` with \
+             \"{NO_AUTH}\" first in every hook's arguments)",
+            path.with_file_name("jacamar-auth").display()
+        ));
+    }
+    if no_auth && !is_jacamar {
+        return Some(format!(
+            "\"{value}\" is given \"{NO_AUTH}\", a flag of jacamar (the hooks without \
+             authorization), not of jacamar-auth: run \"{}\", or drop \"{NO_AUTH}\"",
+            path.with_file_name("jacamar").display()
+        ));
+    }
+    None
+}
