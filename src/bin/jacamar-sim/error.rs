@@ -4,7 +4,11 @@
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("invalid duration {text:?}: {why}")]
-    Duration { text: String, why: String },
+    Duration {
+        text: String,
+        #[source]
+        why: jacamar::config::DurationError,
+    },
     #[error("invalid job file {origin}: {why}")]
     Job { origin: String, why: String },
     #[error("invalid --var {arg:?}: {why}")]
@@ -16,3 +20,8 @@ pub enum SimError {
         source: std::io::Error,
     },
 }
+
+/// A CI variable name that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid variable name {0:?} (use letters, digits and _)")]
+pub struct BadVarName(pub String);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::duration::parse_duration;
-use crate::error::SimError;
+use crate::error::{BadVarName, SimError};
 
 /// Jacamar configuration handed to `config`/`cleanup` when `--configuration` is not given.
 pub const DEFAULT_CONFIG: &str =
@@ -129,16 +129,14 @@ impl JobSpec {
 }
 
 /// A CI variable name: letters, digits and underscores, not starting with a digit.
-pub fn check_var_name(name: &str) -> Result<(), String> {
+pub fn check_var_name(name: &str) -> Result<(), BadVarName> {
     let ok = !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid variable name {name:?} (use letters, digits and _)"
-        ))
+        Err(BadVarName(name.to_string()))
     }
 }
 
@@ -150,7 +148,7 @@ pub fn parse_var(arg: &str) -> Result<(String, String), SimError> {
     })?;
     check_var_name(k).map_err(|why| SimError::Var {
         arg: arg.to_string(),
-        why,
+        why: why.to_string(),
     })?;
     Ok((k.to_string(), v.to_string()))
 }
