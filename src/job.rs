@@ -225,7 +225,11 @@ pub enum ResponseError {
         source: std::io::Error,
     },
     #[error("the runner's job response {path} is not valid: {why}")]
-    Invalid { path: PathBuf, why: String },
+    Invalid {
+        path: PathBuf,
+        #[source]
+        why: serde_json::Error,
+    },
 }
 
 #[derive(Deserialize)]
@@ -272,8 +276,8 @@ impl JobResponse {
     }
 
     /// Parse the JSON payload.
-    pub fn parse(text: &[u8]) -> Result<JobResponse, String> {
-        let raw: RawResponse = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &[u8]) -> Result<JobResponse, serde_json::Error> {
+        let raw: RawResponse = serde_json::from_slice(text)?;
         Ok(JobResponse {
             id: raw.id,
             repo_url: raw

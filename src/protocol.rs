@@ -550,27 +550,36 @@ pub async fn read_status(fd: OwnedFd) -> std::io::Result<Bounded> {
     read_bounded(rx, MAX_STATUS).await
 }
 
+/// Why what was written on the status pipe is not one status: what is wrong, never what
+/// was written.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{0} lines were written on the status pipe, where jacamar writes one")]
+    Lines(usize),
+    #[error("what was written on the status pipe is not JSON ({0})")]
+    NotJson(#[source] serde_json::Error),
+    #[error("what was written on the status pipe is not a status ({0})")]
+    NotAStatus(#[source] serde_json::Error),
+}
+
 /// Parse what the child wrote on the status pipe: exactly one line (its newline optional),
 /// a [`Status`], with the category of a `system_failure` (None when absent or unknown: an
-/// older or newer `jacamar`). The error says what is wrong, never what was written.
-pub fn parse_status(bytes: &[u8]) -> Result<(Status, Option<Category>), String> {
+/// older or newer `jacamar`).
+pub fn parse_status(bytes: &[u8]) -> Result<(Status, Option<Category>), StatusError> {
     let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if line.contains(&b'\n') {
-        return Err(format!(
-            "{} lines were written on the status pipe, where jacamar writes one",
-            line.split(|&b| b == b'\n').count()
+        return Err(StatusError::Lines(
+            line.split(|&b| b == b'\n').count(),
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(line)
-        .map_err(|e| format!("what was written on the status pipe is not JSON ({e})"))?;
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(StatusError::NotJson)?;
     let category = match value.get("category") {
         Some(c) if value.get("status").and_then(|s| s.as_str()) == Some("system_failure") => {
             serde_json::from_value(c.clone()).ok()
         }
         _ => None,
     };
-    let status = serde_json::from_value(value)
-        .map_err(|e| format!("what was written on the status pipe is not a status ({e})"))?;
+    let status = serde_json::from_value(value).map_err(StatusError::NotAStatus)?;
     Ok((status, category))
 }
 
@@ -602,7 +611,7 @@ pub fn verdict(read: &Bounded, exit: Exit) -> Verdict {
     };
     let (status, category) = match parse_status(bytes) {
         Ok(s) => s,
-        Err(why) => return Verdict::Inconsistent(why),
+        Err(why) => return Verdict::Inconsistent(why.to_string()),
     };
     let code = exit_code_of(&status);
     if exit == Exit::Code(code) {
@@ -771,19 +780,19 @@ mod tests {
         let mut v = Vec::new();
         v.extend(serde_json::to_vec(&s).unwrap());
         v.push(b'\n');
-        assert_eq!(parse_status(&v), Ok((s, None)));
+        assert_eq!(parse_status(&v).ok(), Some((s, None)));
         assert!(parse_status(b"garbage").is_err());
         // The plain success line is unchanged by the Configured variant.
         assert_eq!(
-            parse_status(b"{\"status\":\"success\"}\n"),
-            Ok((Status::Success, None))
+            parse_status(b"{\"status\":\"success\"}\n").ok(),
+            Some((Status::Success, None))
         );
         let c = Status::Configured {
             builds_dir: "/d/builds/p_1/000".into(),
             builds_dir_is_shared: false,
         };
         let line = serde_json::to_vec(&c).unwrap();
-        assert_eq!(parse_status(&line), Ok((c, None)));
+        assert_eq!(parse_status(&line).ok(), Some((c, None)));
     }
 
     #[test]
@@ -798,18 +807,18 @@ mod tests {
         let mut line = Vec::new();
         r.read_to_end(&mut line).unwrap();
         assert_eq!(
-            parse_status(&line),
-            Ok((failed.clone(), Some(Category::Scheduler)))
+            parse_status(&line).ok(),
+            Some((failed.clone(), Some(Category::Scheduler)))
         );
         // An older jacamar (no category), a newer one (unknown category): the status stays.
         let old = br#"{"status":"system_failure","message":"sbatch: not found"}"#;
-        assert_eq!(parse_status(old), Ok((failed.clone(), None)));
+        assert_eq!(parse_status(old).ok(), Some((failed.clone(), None)));
         let newer =
             br#"{"status":"system_failure","message":"sbatch: not found","category":"quantum"}"#;
-        assert_eq!(parse_status(newer), Ok((failed, None)));
+        assert_eq!(parse_status(newer).ok(), Some((failed, None)));
         // A category is only a failure's.
         let ok = br#"{"status":"success","category":"scheduler"}"#;
-        assert_eq!(parse_status(ok), Ok((Status::Success, None)));
+        assert_eq!(parse_status(ok).ok(), Some((Status::Success, None)));
     }
 
     #[tokio::test]
@@ -917,7 +926,7 @@ mod tests {
             stopped: None,
         });
         let both = [forged.clone(), real].concat();
-        let err = parse_status(&both).unwrap_err();
+        let err = parse_status(&both).unwrap_err().to_string();
         assert!(err.contains("2 lines"), "{err}");
         assert!(!err.contains("success"), "the error quotes the pipe: {err}");
         assert!(matches!(

@@ -64,7 +64,7 @@ fn general(s: &mut Section<'_, '_>) -> Option<General> {
         .and_then(|(dir, line)| match check_data_dir(&dir) {
             Ok(()) => Some(dir),
             Err(why) => {
-                s.push(Some(line), "data_dir", why);
+                s.push(Some(line), "data_dir", why.to_string());
                 None
             }
         });
@@ -486,21 +486,28 @@ fn queue_heartbeat(s: &mut Section<'_, '_>, default: Duration) -> Duration {
     d
 }
 
+/// A `data_dir` that cannot say where jobs go on every host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BadDataDir {
+    #[error(
+        "data_dir must be an absolute path or start with $HOME (e.g. \"/scratch/$USER/ci\" or \"$HOME\"), found \"{0}\""
+    )]
+    NotAbsolute(String),
+    #[error("data_dir must not contain '..' components, found \"{0}\"")]
+    DotDot(String),
+}
+
 /// `data_dir` must say where jobs go on every host: an absolute path or one
 /// under `$HOME`. `$USER` may appear anywhere in it.
-fn check_data_dir(dir: &str) -> Result<(), String> {
+fn check_data_dir(dir: &str) -> Result<(), BadDataDir> {
     let under_home = ["$HOME", "${HOME}"]
         .iter()
         .any(|h| dir == *h || dir.strip_prefix(h).is_some_and(|r| r.starts_with('/')));
     if !dir.starts_with('/') && !under_home {
-        return Err(format!(
-            "data_dir must be an absolute path or start with $HOME (e.g. \"/scratch/$USER/ci\" or \"$HOME\"), found \"{dir}\""
-        ));
+        return Err(BadDataDir::NotAbsolute(dir.to_string()));
     }
     if dir.split('/').any(|part| part == "..") {
-        return Err(format!(
-            "data_dir must not contain '..' components, found \"{dir}\""
-        ));
+        return Err(BadDataDir::DotDot(dir.to_string()));
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub(crate) fn parse_custom_root(raw: &str) -> Result<PathBuf, FsError> {
             "it contains '$'; variables are not expanded, give the absolute path".into(),
         ));
     }
-    let p = normalize_absolute(raw).map_err(bad)?;
+    let p = normalize_absolute(raw).map_err(|r| bad(r.to_string()))?;
     if p == Path::new("/") {
         return Err(bad("it is the root directory".into()));
     }

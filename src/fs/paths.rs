@@ -141,7 +141,7 @@ impl JobPaths {
         let (expanded, user_specific) = expand(data_dir_raw, &user.name, &home)?;
         let expanded = normalize_absolute(&expanded).map_err(|reason| FsError::InvalidDataDir {
             value: data_dir_raw.to_string(),
-            reason,
+            reason: reason.to_string(),
         })?;
 
         let trimmed = data_dir_raw.trim_end_matches('/');
@@ -327,7 +327,7 @@ fn checked_home(home: &Path) -> Result<String, FsError> {
     if s.contains('$') {
         return Err(bad("it contains '$'"));
     }
-    normalize_absolute(s).map_err(|r| bad(&r))?;
+    normalize_absolute(s).map_err(|r| bad(&r.to_string()))?;
     Ok(s.to_string())
 }
 
@@ -371,18 +371,30 @@ fn bare_var<'a>(after: &'a str, name: &str) -> Option<&'a str> {
     }
 }
 
+/// Why a path's text is not a plain absolute path (the reason of an [`FsError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NotAbsolute {
+    #[error("it is not an absolute path")]
+    Relative,
+    #[error("it contains a NUL byte")]
+    Nul,
+    /// `.` or `..`.
+    #[error("it contains a {0:?} component")]
+    DotComponent(String),
+}
+
 /// An absolute path without `.`/`..` components or NUL bytes, with duplicate `/` removed.
-pub(crate) fn normalize_absolute(s: &str) -> Result<PathBuf, String> {
+pub(crate) fn normalize_absolute(s: &str) -> Result<PathBuf, NotAbsolute> {
     if !s.starts_with('/') {
-        return Err("it is not an absolute path".into());
+        return Err(NotAbsolute::Relative);
     }
     if s.contains('\0') {
-        return Err("it contains a NUL byte".into());
+        return Err(NotAbsolute::Nul);
     }
     let mut p = PathBuf::from("/");
     for seg in s.split('/').filter(|seg| !seg.is_empty()) {
         if seg == "." || seg == ".." {
-            return Err(format!("it contains a {seg:?} component"));
+            return Err(NotAbsolute::DotComponent(seg.to_string()));
         }
         p.push(seg);
     }
