@@ -568,9 +568,7 @@ pub enum StatusError {
 pub fn parse_status(bytes: &[u8]) -> Result<(Status, Option<Category>), StatusError> {
     let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if line.contains(&b'\n') {
-        return Err(StatusError::Lines(
-            line.split(|&b| b == b'\n').count(),
-        ));
+        return Err(StatusError::Lines(line.split(|&b| b == b'\n').count()));
     }
     let value: serde_json::Value = serde_json::from_slice(line).map_err(StatusError::NotJson)?;
     let category = match value.get("category") {

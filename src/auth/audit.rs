@@ -140,7 +140,11 @@ pub fn render(ev: &Event<'_>) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("failed to write the audit log {path}: {why}")]
-    File { path: PathBuf, why: String },
+    File {
+        path: PathBuf,
+        #[source]
+        why: FileProblem,
+    },
     #[error("failed to send the audit event to syslog (/dev/log): {0}")]
     Syslog(std::io::Error),
     #[error("failed to send the audit event to {network} {address}: {source}")]
@@ -184,8 +188,25 @@ fn record_via(sink: &Sink, ev: &Event<'_>, syslog: &Path) -> Result<(), AuditErr
     }
 }
 
+/// Why the audit file could not be written (see the module's rules).
+#[derive(Debug, thiserror::Error)]
+pub enum FileProblem {
+    #[error("it is a symbolic link; refusing to follow it")]
+    Symlink,
+    /// Opening, reading the metadata of or writing the file failed.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    #[error("it is not a regular file")]
+    NotAFile,
+    #[error("it is owned by uid {uid}, not by jacamar-auth's uid {me}")]
+    Owner { uid: u32, me: u32 },
+    /// Its permission bits (`mode & 0o7777`) gave others access, which could not be removed.
+    #[error("failed to remove the access of others (mode {mode:o}): {source}")]
+    Chmod { mode: u32, source: std::io::Error },
+}
+
 /// Append `line` and a newline to the audit file `path` (see the module's rules).
-fn append_line(path: &Path, line: &str) -> Result<(), String> {
+fn append_line(path: &Path, line: &str) -> Result<(), FileProblem> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -193,27 +214,24 @@ fn append_line(path: &Path, line: &str) -> Result<(), String> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => "it is a symbolic link; refusing to follow it".to_string(),
-            _ => e.to_string(),
+            Some(libc::ELOOP) => FileProblem::Symlink,
+            _ => FileProblem::Io(e),
         })?;
-    let m = f.metadata().map_err(|e| e.to_string())?;
+    let m = f.metadata().map_err(FileProblem::Io)?;
     if !m.file_type().is_file() {
-        return Err("it is not a regular file".into());
+        return Err(FileProblem::NotAFile);
     }
     let me = nix::unistd::geteuid().as_raw();
     if m.uid() != me {
-        return Err(format!(
-            "it is owned by uid {}, not by jacamar-auth's uid {me}",
-            m.uid()
-        ));
+        return Err(FileProblem::Owner { uid: m.uid(), me });
     }
     let mode = m.permissions().mode() & 0o7777;
     if mode & 0o027 != 0 {
         f.set_permissions(std::fs::Permissions::from_mode(mode & !0o027))
-            .map_err(|e| format!("failed to remove the access of others (mode {mode:o}): {e}"))?;
+            .map_err(|source| FileProblem::Chmod { mode, source })?;
     }
     (&f).write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| e.to_string())
+        .map_err(FileProblem::Io)
 }
 
 /// `<pri>jacamar-auth[pid]: line` with facility LOG_AUTHPRIV (10).

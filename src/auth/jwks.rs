@@ -175,14 +175,13 @@ fn write_cache(src: &Source, keys: &[Key]) {
 /// key is read on its own ([`Jwk`]), so that one the library cannot model (another `kty`,
 /// an unknown curve or `alg`) is skipped instead of failing the whole set, as a
 /// [`jsonwebtoken::jwk::JwkSet`] would.
-pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, String> {
+pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, JwksProblem> {
     #[derive(Deserialize)]
     struct Document {
         keys: Vec<serde_json::Value>,
     }
-    let doc: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let doc: Document = serde_json::from_value(doc).map_err(|_| "no \"keys\" array")?;
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(JwksProblem::NotJson)?;
+    let doc: Document = serde_json::from_value(doc).map_err(|_| JwksProblem::NoKeys)?;
     let out: Vec<Key> = doc
         .keys
         .into_iter()
@@ -190,9 +189,27 @@ pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, String> {
         .filter_map(Key::from_jwk)
         .collect();
     if out.is_empty() {
-        return Err("no RS256 signing key with a kid".into());
+        return Err(JwksProblem::NoSigningKey);
     }
     Ok(out)
+}
+
+/// Why one JWKS endpoint gave no usable key.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksProblem {
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("no \"keys\" array")]
+    NoKeys,
+    #[error("no RS256 signing key with a kid")]
+    NoSigningKey,
+    /// The request failed: the error with each of its sources, `: `-separated.
+    #[error("{}", error_chain(.0))]
+    Request(#[source] reqwest::Error),
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("response larger than {MAX_BODY} bytes")]
+    TooLarge,
 }
 
 /// Fetch the keys: `/-/jwks`, then `/oauth/discovery/keys`.
@@ -235,24 +252,24 @@ fn client(src: &Source) -> Result<reqwest::Client, AuthError> {
         .map_err(|e| AuthError::Jwks(format!("failed to set up the HTTPS client: {e}")))
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
-    let mut resp = client.get(url).send().await.map_err(error_chain)?;
+async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, JwksProblem> {
+    let mut resp = client.get(url).send().await.map_err(JwksProblem::Request)?;
     if !resp.status().is_success() {
-        return Err(format!("HTTP {}", resp.status()));
+        return Err(JwksProblem::Status(resp.status()));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(error_chain)? {
+    while let Some(chunk) = resp.chunk().await.map_err(JwksProblem::Request)? {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_BODY {
-            return Err(format!("response larger than {MAX_BODY} bytes"));
+            return Err(JwksProblem::TooLarge);
         }
     }
     Ok(body)
 }
 
-fn error_chain(e: reqwest::Error) -> String {
+fn error_chain(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
+    let mut src = std::error::Error::source(e);
     while let Some(inner) = src {
         s.push_str(": ");
         s.push_str(&inner.to_string());
@@ -290,9 +307,15 @@ mod tests {
         let other_alg = br#"{"keys":[{"kty":"RSA","kid":"a","n":"AQ","e":"AQAB","alg":"RS512"},
             {"kty":"RSA","kid":"","n":"AQ","e":"AQAB"}]}"#;
         assert!(parse_jwks(other_alg).is_err());
-        assert!(parse_jwks(br#"{"keys":{}}"#).unwrap_err().contains("keys"));
+        assert!(parse_jwks(br#"{"keys":{}}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("keys"));
         assert!(parse_jwks(b"{}").is_err());
-        assert!(parse_jwks(b"<html>").unwrap_err().contains("not JSON"));
+        assert!(parse_jwks(b"<html>")
+            .unwrap_err()
+            .to_string()
+            .contains("not JSON"));
     }
 
     #[test]

@@ -65,8 +65,13 @@ pub enum AuthError {
     BadLogin(String),
     #[error("job refused: {0}")]
     Refused(String),
-    #[error("RunAs validation failed: {0}")]
-    RunAs(String),
+    /// The validation script of `[auth.runas]` refused the job, or could not be asked.
+    #[error("RunAs validation failed: {}: {why}", script.display())]
+    RunAs {
+        script: std::path::PathBuf,
+        #[source]
+        why: runas::RunAsProblem,
+    },
     #[error("no local account {0:?} for the job's user")]
     NoAccount(String),
     #[error("seccomp: {0}")]

@@ -43,8 +43,10 @@ pub async fn validate(
     id: &Identity,
     job_env: &BTreeMap<String, String>,
 ) -> Result<String, AuthError> {
-    let script = &runas.validation_script;
-    let fail = |why: String| AuthError::RunAs(format!("{}: {why}", script.display()));
+    let fail = |why| AuthError::RunAs {
+        script: runas.validation_script.clone(),
+        why,
+    };
     let file = open_checked(runas).map_err(fail)?;
     let requested = runas
         .user_variable
@@ -57,58 +59,107 @@ pub async fn validate(
     drop(file);
     let stderr = String::from_utf8_lossy(&answer.stderr).trim().to_string();
     if !answer.status.success() {
-        return Err(fail(format!(
-            "refused {} (requested {:?}): {}{}",
-            id.login,
+        return Err(fail(RunAsProblem::Refused {
+            login: id.login.clone(),
             requested,
-            answer.status,
-            if stderr.is_empty() {
-                String::new()
-            } else {
-                format!(", stderr: {stderr}")
-            }
-        )));
+            status: answer.status,
+            stderr,
+        }));
     }
     account_of(&answer).map_err(fail)
 }
 
+/// Why the validation script refused the job, or could not be asked (after the script's
+/// path in [`AuthError::RunAs`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RunAsProblem {
+    #[error("cannot open: {0}")]
+    Open(#[source] std::io::Error),
+    /// Its metadata, or its content for the SHA-256, could not be read.
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("owned by uid {uid}, not by root or by jacamar-auth's account (uid {me})")]
+    Owner { uid: u32, me: u32 },
+    /// Its permission bits (`mode & 0o7777`).
+    #[error("mode {0:o} lets group or others modify it")]
+    Writable(u32),
+    #[error("sha256 is {got}, the configuration expects {want}")]
+    Sha256 { got: String, want: String },
+    #[error("cannot run: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Waiting for its exit failed.
+    #[error("{0}")]
+    Wait(#[source] std::io::Error),
+    #[error("did not finish within {}s; the job is refused", TIMEOUT.as_secs())]
+    Timeout,
+    /// It exited non-zero: its status and the start of its stderr.
+    #[error("refused {login} (requested {requested:?}): {status}{}", stderr_part(.stderr))]
+    Refused {
+        login: String,
+        requested: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error(
+        "exited 0 but printed more than {MAX_OUT} bytes on stdout, not the JSON object \
+         {{\"username\": ...}}"
+    )]
+    TooLong,
+    #[error("exited 0 but its output is not the JSON object {{\"username\": ...}}: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("exited 0 but its JSON has no \"username\": {0}")]
+    NoUsername(serde_json::Value),
+    #[error("mapped to {0:?}, which is not a valid account name")]
+    BadName(String),
+}
+
+/// `, stderr: <text>` after a refusal, when the script said something there.
+fn stderr_part(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(", stderr: {stderr}")
+    }
+}
+
 /// Open the script and check it: a regular file, owned by root or by us, not writable by
 /// group or others, with the configured SHA-256 (hashed from the opened file).
-fn open_checked(runas: &RunAs) -> Result<std::fs::File, String> {
-    let file =
-        std::fs::File::open(&runas.validation_script).map_err(|e| format!("cannot open: {e}"))?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+fn open_checked(runas: &RunAs) -> Result<std::fs::File, RunAsProblem> {
+    let file = std::fs::File::open(&runas.validation_script).map_err(RunAsProblem::Open)?;
+    let meta = file.metadata().map_err(RunAsProblem::Read)?;
     let me = nix::unistd::geteuid().as_raw();
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        return Err(RunAsProblem::NotAFile);
     }
     if meta.uid() != 0 && meta.uid() != me {
-        return Err(format!(
-            "owned by uid {}, not by root or by jacamar-auth's account (uid {me})",
-            meta.uid()
-        ));
+        return Err(RunAsProblem::Owner {
+            uid: meta.uid(),
+            me,
+        });
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "mode {:o} lets group or others modify it",
-            meta.mode() & 0o7777
-        ));
+        return Err(RunAsProblem::Writable(meta.mode() & 0o7777));
     }
     if let Some(want) = &runas.sha256 {
-        let got = sha256_of(&file)?;
+        let got = sha256_of(&file).map_err(RunAsProblem::Read)?;
         if !got.eq_ignore_ascii_case(want) {
-            return Err(format!("sha256 is {got}, the configuration expects {want}"));
+            return Err(RunAsProblem::Sha256 {
+                got,
+                want: want.clone(),
+            });
         }
     }
     Ok(file)
 }
 
 /// The SHA-256 of what `file` holds from its current offset, in lowercase hex.
-fn sha256_of(mut file: &std::fs::File) -> Result<String, String> {
+fn sha256_of(mut file: &std::fs::File) -> std::io::Result<String> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = [0u8; 8192];
     loop {
-        let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| e.to_string())?;
+        let n = std::io::Read::read(&mut file, &mut buf)?;
         if n == 0 {
             break;
         }
@@ -181,8 +232,8 @@ struct Answer {
 /// Run the script to its end within [`TIMEOUT`]. Both pipes are read to EOF (what is kept
 /// is capped, the rest is read and dropped), so a chatty script never blocks on a full
 /// pipe; at the limit its process group is killed.
-async fn run_bounded(mut cmd: tokio::process::Command) -> Result<Answer, String> {
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run: {e}"))?;
+async fn run_bounded(mut cmd: tokio::process::Command) -> Result<Answer, RunAsProblem> {
+    let mut child = cmd.spawn().map_err(RunAsProblem::Spawn)?;
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
     let out = child.stdout.take();
     let err = child.stderr.take();
@@ -194,7 +245,7 @@ async fn run_bounded(mut cmd: tokio::process::Command) -> Result<Answer, String>
     };
     match tokio::time::timeout(TIMEOUT, work).await {
         Ok((status, stdout, stdout_cut, stderr)) => Ok(Answer {
-            status: status.map_err(|e| e.to_string())?,
+            status: status.map_err(RunAsProblem::Wait)?,
             stdout,
             stdout_cut,
             stderr,
@@ -206,10 +257,7 @@ async fn run_bounded(mut cmd: tokio::process::Command) -> Result<Answer, String>
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            Err(format!(
-                "did not finish within {}s; the job is refused",
-                TIMEOUT.as_secs()
-            ))
+            Err(RunAsProblem::Timeout)
         }
     }
 }
@@ -240,23 +288,20 @@ async fn drain_capped<R: tokio::io::AsyncRead + Unpin>(
 
 /// The account of a successful answer: stdout is the JSON object `{"username": "<name>"}`
 /// with a valid account name.
-fn account_of(answer: &Answer) -> Result<String, String> {
+fn account_of(answer: &Answer) -> Result<String, RunAsProblem> {
     if answer.stdout_cut {
-        return Err(format!(
-            "exited 0 but printed more than {MAX_OUT} bytes on stdout, not the JSON object \
-             {{\"username\": ...}}"
-        ));
+        return Err(RunAsProblem::TooLong);
     }
-    let v: serde_json::Value = serde_json::from_slice(&answer.stdout).map_err(|e| {
-        format!("exited 0 but its output is not the JSON object {{\"username\": ...}}: {e}")
-    })?;
-    let name = v
+    let v: serde_json::Value =
+        serde_json::from_slice(&answer.stdout).map_err(RunAsProblem::NotJson)?;
+    let Some(name) = v
         .get("username")
         .and_then(|u| u.as_str())
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| format!("exited 0 but its JSON has no \"username\": {v}"))?;
-    check_login(name)
-        .map_err(|_| format!("mapped to {name:?}, which is not a valid account name"))?;
+    else {
+        return Err(RunAsProblem::NoUsername(v));
+    };
+    check_login(name).map_err(|_| RunAsProblem::BadName(name.to_string()))?;
     Ok(name.to_string())
 }
 

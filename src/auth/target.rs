@@ -53,8 +53,13 @@ pub struct Host {
     /// `UID_MIN` of /etc/login.defs, if it has a readable one.
     pub login_defs_uid_min: Option<u32>,
     /// The lines of /etc/shells: `Ok(None)` when the file does not exist.
-    pub shells: Result<Option<Vec<String>>, String>,
+    pub shells: Result<Option<Vec<String>>, ShellsUnreadable>,
 }
+
+/// /etc/shells exists but could not be read (shared: a [`Host`] is cloned).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("failed to read {SHELLS}: {0}")]
+pub struct ShellsUnreadable(pub std::sync::Arc<std::io::Error>);
 
 impl Host {
     pub fn system() -> Host {
@@ -69,7 +74,7 @@ impl Host {
             shells: match std::fs::read_to_string(SHELLS) {
                 Ok(t) => Ok(Some(shells_of(&t))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(format!("failed to read {SHELLS}: {e}")),
+                Err(e) => Err(ShellsUnreadable(std::sync::Arc::new(e))),
             },
         }
     }
@@ -166,7 +171,10 @@ fn shell_or_default(shell: &Path) -> &Path {
 }
 
 /// Why `shell` is a nologin shell, or `None` for a login shell.
-fn nologin_shell(shell: &Path, shells: &Result<Option<Vec<String>>, String>) -> Option<String> {
+fn nologin_shell(
+    shell: &Path,
+    shells: &Result<Option<Vec<String>>, ShellsUnreadable>,
+) -> Option<String> {
     let shell = shell_or_default(shell);
     if matches!(
         shell.file_name().and_then(|n| n.to_str()),
@@ -268,7 +276,9 @@ mod tests {
         h.shells = Ok(None);
         assert!(check_with(&a, &who("u", 2000, "/bin/zsh"), &h).is_ok());
         assert!(check_with(&a, &who("u", 2000, "/sbin/nologin"), &h).is_err());
-        h.shells = Err("failed to read /etc/shells: denied".into());
+        h.shells = Err(ShellsUnreadable(std::sync::Arc::new(
+            std::io::Error::other("denied"),
+        )));
         assert!(refusal(&a, &who("u", 2000, "/bin/bash"), &h).contains("denied"));
         let allow = auth("allow_nologin_shells = true");
         assert!(check_with(&allow, &who("u", 2000, "/usr/sbin/nologin"), &host()).is_ok());

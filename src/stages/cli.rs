@@ -64,15 +64,24 @@ impl StageCommand {
 /// runner's SIGTERM, and the cancel would do nothing); every inherited descriptor
 /// close-on-exec (one left open by whoever started us must never reach `jacamar` or the job).
 /// The error is the sentence for the runner's log.
-pub fn start_up() -> Result<(), String> {
-    nix::sys::prctl::set_dumpable(false)
-        .map_err(|e| format!("prctl(PR_SET_DUMPABLE, 0) failed: {e}"))?;
+pub fn start_up() -> Result<(), StartUpError> {
+    nix::sys::prctl::set_dumpable(false).map_err(StartUpError::Dumpable)?;
     nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     )
-    .map_err(|e| format!("failed to clear the inherited signal mask: {e}"))?;
-    crate::auth::downscope::cloexec_inherited_fds()
-        .map_err(|e| format!("failed to mark inherited descriptors close-on-exec: {e}"))
+    .map_err(StartUpError::SignalMask)?;
+    crate::auth::downscope::cloexec_inherited_fds().map_err(StartUpError::Cloexec)
+}
+
+/// What [`start_up`] could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartUpError {
+    #[error("prctl(PR_SET_DUMPABLE, 0) failed: {0}")]
+    Dumpable(#[source] nix::errno::Errno),
+    #[error("failed to clear the inherited signal mask: {0}")]
+    SignalMask(#[source] nix::errno::Errno),
+    #[error("failed to mark inherited descriptors close-on-exec: {0}")]
+    Cloexec(#[source] std::io::Error),
 }

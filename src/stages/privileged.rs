@@ -689,14 +689,14 @@ async fn sweep_leftovers(plan: &Plan, user: &str, exe: &Path, cgroup: Option<Job
 /// Those we may not signal (a caps-only service account holds no CAP_KILL) are killed by a
 /// fresh `jacamar signal KILL <pid>...` started as the job's user through the same
 /// downscoping (without the seccomp filter: it is our own binary).
-fn kill_leftovers(plan: &Plan, user: &str, exe: &Path, pids: &[i32]) -> Result<(), String> {
+fn kill_leftovers(plan: &Plan, user: &str, exe: &Path, pids: &[i32]) -> Result<(), KillError> {
     use nix::errno::Errno;
     let mut denied = Vec::new();
     for &pid in pids {
         match nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL) {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(Errno::EPERM) => denied.push(pid),
-            Err(e) => return Err(format!("failed to SIGKILL process {pid}: {e}")),
+            Err(e) => return Err(KillError::Signal { pid, errno: e }),
         }
     }
     if denied.is_empty() {
@@ -713,24 +713,47 @@ fn kill_leftovers(plan: &Plan, user: &str, exe: &Path, pids: &[i32]) -> Result<(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "failed to start `jacamar signal` for {denied:?}: {}",
-            auth::downscope::spawn_error(&helper, user, exe, &e)
-        )
+    let mut child = cmd.spawn().map_err(|e| KillError::Spawn {
+        why: auth::downscope::spawn_error(&helper, user, exe, &e),
+        denied: denied.clone(),
     })?;
     // The helper runs as the job's user: read its stderr with a bound.
     let stderr = child.stderr.take().map(helper_stderr).unwrap_or_default();
-    let status = child
-        .wait()
-        .map_err(|e| format!("failed to wait for `jacamar signal` for {denied:?}: {e}"))?;
+    let status = child.wait().map_err(|source| KillError::Wait {
+        denied: denied.clone(),
+        source,
+    })?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "`jacamar signal KILL {denied:?}` as {user} failed ({status}): {stderr}"
-        ))
+        Err(KillError::Helper {
+            denied,
+            user: user.to_string(),
+            status,
+            stderr,
+        })
     }
+}
+
+/// What [`kill_leftovers`] could not kill, and why.
+#[derive(Debug, thiserror::Error)]
+enum KillError {
+    #[error("failed to SIGKILL process {pid}: {errno}")]
+    Signal { pid: i32, errno: nix::errno::Errno },
+    #[error("failed to start `jacamar signal` for {denied:?}: {why}")]
+    Spawn { denied: Vec<i32>, why: String },
+    #[error("failed to wait for `jacamar signal` for {denied:?}: {source}")]
+    Wait {
+        denied: Vec<i32>,
+        source: std::io::Error,
+    },
+    #[error("`jacamar signal KILL {denied:?}` as {user} failed ({status}): {stderr}")]
+    Helper {
+        denied: Vec<i32>,
+        user: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
 }
 
 /// Most of a `jacamar signal` helper's stderr kept (one line per pid it could not signal).

@@ -201,8 +201,8 @@ pub fn own_children() -> Vec<ProcInfo> {
 ///
 /// Must not run while another child of ours is owned by someone else (tokio): it reaps
 /// every zombie child it sees.
-pub fn sweep_children(
-    kill: &mut dyn FnMut(&[i32]) -> Result<(), String>,
+pub fn sweep_children<E: std::fmt::Display>(
+    kill: &mut dyn FnMut(&[i32]) -> Result<(), E>,
     bound: Duration,
 ) -> SweepReport {
     let started = Instant::now();
@@ -226,7 +226,7 @@ pub fn sweep_children(
         match kill(&live) {
             Ok(()) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => {
-                report.errors.push(e);
+                report.errors.push(e.to_string());
                 // Not retried in a tight loop (e.g. a process that changed its uid).
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -291,11 +291,11 @@ mod tests {
         let orphan: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         assert!(own_children().iter().any(|p| p.pid == orphan));
         let mut sent = Vec::new();
-        let report = sweep_children(
+        let report = sweep_children::<nix::errno::Errno>(
             &mut |pids| {
                 sent.extend_from_slice(pids);
                 for &p in pids {
-                    kill(Pid::from_raw(p), Signal::SIGKILL).map_err(|e| e.to_string())?;
+                    kill(Pid::from_raw(p), Signal::SIGKILL)?;
                 }
                 Ok(())
             },

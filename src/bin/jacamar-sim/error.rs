@@ -4,9 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("invalid duration {text:?}: {why}")]
+    /// `why` already says what is wrong (and is not a source: `{e:#}` would repeat it).
     Duration {
         text: String,
-        #[source]
         why: jacamar::config::DurationError,
     },
     #[error("invalid job file {origin}: {why}")]
