@@ -614,6 +614,7 @@ fn wait_all(jobs: &mut [Job], deadline: Instant) -> usize {
         let mut left = 0;
         for j in jobs.iter_mut().filter(|j| j.exit.is_none() && j.pid > 0) {
             let mut status = 0;
+            // SAFETY: rusage is plain integers and timevals: all-zero bytes are a valid value.
             let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
             // SAFETY: plain syscall on our own child with valid out-pointers.
             let r = unsafe { libc::wait4(j.pid, &mut status, libc::WNOHANG, &mut ru) };

@@ -16,3 +16,11 @@ pub fn require(ok: bool, what: &str) -> bool {
     }
     panic!("{what}; run as root via scripts/test.sh, or set {ALLOW_SKIP_VAR}=1 to skip");
 }
+
+/// A unit test that needs root starts with `if !require_root() { return; }` (and is
+/// ignored unless the `root-tests` feature is on): without root it fails, naming what it
+/// needs (see [`require`]).
+#[track_caller]
+pub fn require_root() -> bool {
+    require(nix::unistd::geteuid().is_root(), "this test needs root")
+}

@@ -31,6 +31,7 @@ fn decide(server: &JwksServer, login: &str, auth: &str) -> Result<(), String> {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn list_precedence_with_real_accounts() {
     if !require_root() {
         return;
@@ -84,6 +85,7 @@ fn list_precedence_with_real_accounts() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn bots_shells_sources_and_accounts() {
     if !require_root() {
         return;
@@ -107,6 +109,7 @@ fn bots_shells_sources_and_accounts() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn nologin_blocks_jobs() {
     let nologin = std::path::Path::new("/etc/nologin");
     if !require_root()
@@ -138,6 +141,7 @@ fn nologin_blocks_jobs() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn runas_script_maps_the_user() {
     if !require_root() {
         return;
@@ -225,6 +229,7 @@ fn run_stage_allowlist_skips_other_stages() {
 /// jacamar-auth with `setcap cap_setuid,cap_setgid=ep`, run by a non-root service account,
 /// downscopes to the user; a cancel still ends the job within kill_timeout + 1 s.
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn caps_only_service_account_downscopes_and_cancels() {
     if !require_root() || !require_tool("setcap") {
         return;
@@ -335,6 +340,7 @@ fn caps_only_service_account_downscopes_and_cancels() {
 /// every other descriptor before dropping privileges, so it aborted with `fatal runtime
 /// error` and jacamar-auth said only "killed by SIGABRT without reporting a status".)
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn caps_only_copy_without_its_capabilities_fails_with_a_clear_error() {
     if !require_root() || !require_tool("setcap") {
         return;
@@ -407,6 +413,7 @@ fn caps_only_copy_without_its_capabilities_fails_with_a_clear_error() {
 /// downscope`), and `validate`, run as the service account, reports it. (Before: every
 /// stage ran the job as the service account and `validate` said OK.)
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn caps_only_copy_with_downscope_none_is_refused_at_every_stage_and_by_validate() {
     if !require_root() || !require_tool("setcap") {
         return;
@@ -497,6 +504,7 @@ fn caps_only_copy_with_downscope_none_is_refused_at_every_stage_and_by_validate(
 /// run as another user. Now the job never starts. (Before: the nested run printed the
 /// victim's uid.)
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_downscope_none_job_cannot_run_the_caps_copy_to_become_another_user() {
     if !require_root() || !require_tool("setcap") {
         return;

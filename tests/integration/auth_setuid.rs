@@ -47,6 +47,7 @@ fn status_field(text: &str, key: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn setuid_job_runs_as_the_user_with_no_capabilities() {
     if !require_root() {
         return;
@@ -123,6 +124,7 @@ fn setuid_job_runs_as_the_user_with_no_capabilities() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn no_new_privs_is_set_when_configured() {
     if !require_root() {
         return;
@@ -159,6 +161,7 @@ fn seccomp_probe(h: &Harness) -> String {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn seccomp_block_calls_makes_hostname_fail_in_the_job() {
     if !require_root() || !require_tool("hostname") {
         return;
@@ -266,6 +269,7 @@ fn job_token_never_appears_on_a_command_line() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn sudo_downscope_runs_the_job_as_the_user() {
     if !require_root() || !require_tool("sudo") {
         return;

@@ -338,6 +338,7 @@ fn refuses(executor: &'static str, params: &str, arg: &str, shape: Shape) {
 }
 
 shape_tests!(
+    root:
     flux_streams_output_and_succeeds,
     flux_exit_code_7,
     flux_cancel_runs_the_trap,

@@ -28,6 +28,7 @@ fn pbs() -> Harness {
 }
 
 shape_tests!(
+    root:
     pbs_job_streams_output_and_reports_its_exit_code,
     pbs_refuses_output_arguments,
     pbs_cleanup_cancels_an_orphaned_job,

@@ -138,6 +138,7 @@ pub fn beats_on(beat: &std::path::Path) -> bool {
 }
 
 shape_tests!(
+    root:
     output_is_streamed_live_and_success_reported,
     exit_code_7_reaches_the_build_exit_code_file,
     sigterm_cancels_the_slurm_job_and_its_trap_runs,
@@ -508,6 +509,7 @@ fn env_vars_path_extends_the_job_path(shape: Shape) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn twenty_concurrent_jobs_keep_their_logs_apart() {
     if !require_root() {
         return;

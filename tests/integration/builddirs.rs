@@ -238,6 +238,7 @@ fn static_dirs_are_per_job_kept_and_removed_only_when_old() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn custom_build_dir_uses_the_users_directory_and_refuses_others() {
     let mut a = Harness::new("custom_build_dir = true");
     a.unobfuscated = true;
@@ -530,6 +531,7 @@ impl Drop for Mount {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn claims_work_on_a_second_filesystem() {
     if !require_root() || !require_tool("mount") {
         return;

@@ -101,6 +101,7 @@ fn job_processes(root: u32, slurm_id: &str) -> Vec<i32> {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn setuid_slurm_job_runs_as_the_user_streams_and_reports_its_exit_code() {
     if !require_root() {
         return;
@@ -146,6 +147,7 @@ fn setuid_slurm_job_runs_as_the_user_streams_and_reports_its_exit_code() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn setuid_slurm_job_is_cancelled_by_sigterm_to_the_runs_group() {
     if !require_root() {
         return;
@@ -268,6 +270,7 @@ fn a_claim_stays_taken_while_a_hard_aborted_run_is_still_dying() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn the_backstop_cancels_a_slurm_job_that_outlives_its_timeout() {
     if !require_root() {
         return;

@@ -608,35 +608,36 @@ pub fn runner_script_in(shape: Shape, body: &str) -> String {
 
 /// `shape_tests!(f, g, ...)`: for each `fn f(shape: Shape)` of the calling module, a module
 /// `f` with the tests `legacy` and `current` (`f::legacy` in the test's name and failure);
-/// `shape_tests!(all: f, ...)` adds `v17`.
+/// `shape_tests!(all: f, ...)` adds `v17`. `root:` before either form marks tests that need
+/// root: ignored unless the `root-tests` feature is on (`f` still starts with
+/// `require_root()`, so that without root they fail, never pass silently).
 #[macro_export]
 macro_rules! shape_tests {
-    (all: $($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn legacy() {
-                super::$name($crate::harness::Shape::Legacy)
-            }
-            #[test]
-            fn v17() {
-                super::$name($crate::harness::Shape::V17)
-            }
-            #[test]
-            fn current() {
-                super::$name($crate::harness::Shape::Current)
-            }
-        }
+    (root: all: $($name:ident),+ $(,)?) => {
+        $crate::shape_tests!(@tests [cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")] [Legacy legacy, V17 v17, Current current] $($name),+);
+    };
+    (root: $($name:ident),+ $(,)?) => {
+        $crate::shape_tests!(@tests [cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")] [Legacy legacy, Current current] $($name),+);
+    };
+    (all: $($name:ident),+ $(,)?) => {
+        $crate::shape_tests!(@tests [] [Legacy legacy, V17 v17, Current current] $($name),+);
+    };
+    ($($name:ident),+ $(,)?) => {
+        $crate::shape_tests!(@tests [] [Legacy legacy, Current current] $($name),+);
+    };
+    (@tests $attr:tt $shapes:tt $($name:ident),+) => {$(
+        $crate::shape_tests!(@module $attr $shapes $name);
     )+};
-    ($($name:ident),+ $(,)?) => {$(
+    (@module $attr:tt [$($shape:ident $test:ident),+] $name:ident) => {
         mod $name {
-            #[test]
-            fn legacy() {
-                super::$name($crate::harness::Shape::Legacy)
-            }
-            #[test]
-            fn current() {
-                super::$name($crate::harness::Shape::Current)
-            }
+            $($crate::shape_tests!(@test $attr $shape $test $name);)+
         }
-    )+};
+    };
+    (@test [$($attr:meta)?] $shape:ident $test:ident $name:ident) => {
+        #[test]
+        $(#[$attr])?
+        fn $test() {
+            super::$name($crate::harness::Shape::$shape)
+        }
+    };
 }

@@ -38,6 +38,7 @@ fn flood(dir: &Path, threads: usize) -> (Arc<AtomicBool>, Vec<std::thread::JoinH
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_cleanup_that_gives_up_says_so_on_stderr() {
     if !require_root() {
         return;
@@ -73,6 +74,7 @@ fn a_cleanup_that_gives_up_says_so_on_stderr() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_batch_submit_failure_is_named_a_scheduler_failure_in_the_job_log() {
     if !require_root() {
         return;
@@ -136,6 +138,7 @@ fn deaf_jacamar(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn sigterm_reaches_jacamar_auth_while_jacamar_never_reads_its_handoff() {
     if !require_root() {
         return;

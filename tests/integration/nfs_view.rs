@@ -90,6 +90,7 @@ async fn collect(rx: &mut mpsc::Receiver<Vec<u8>>, want: usize, limit: Duration)
 /// (The old tailer stopped after 1.5 s of quiet and lost the tail: "assertion `left ==
 /// right` failed; left: \"first\\n\", right: \"first\\nsecond\\nlast line\\n\"".)
 #[tokio::test(flavor = "current_thread")]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 async fn tail_reads_every_byte_the_exit_file_counts_through_a_stale_view() {
     if !ready() {
         return;
@@ -135,6 +136,7 @@ async fn tail_reads_every_byte_the_exit_file_counts_through_a_stale_view() {
 /// With the size known and the bytes never arriving (the file is shorter than the record
 /// says), the tailer gives up at nfs_timeout and its report says how many of how many.
 #[tokio::test(flavor = "current_thread")]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 async fn tail_reports_bytes_that_never_arrive() {
     if !ready() {
         return;
@@ -154,6 +156,7 @@ async fn tail_reports_bytes_that_never_arrive() {
 /// file is seen through the view as soon as the job writes it. (The old open by name left
 /// one: "the exit file written behind the view is not seen through it".)
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn exit_file_check_leaves_no_negative_entry() {
     if !ready() {
         return;
@@ -205,6 +208,7 @@ fn job_paths(view: &View) -> (JobPaths, DirPolicy) {
 /// that and removes the dir. (The old cleanup gave up after 5 quick rounds: "the scripts
 /// dir is left in place".)
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn cleanup_through_a_stale_negative_entry_removes_the_scripts_dir() {
     if !ready() {
         return;

@@ -122,6 +122,7 @@ fn operands(args: &str, opts_with_value: &[&str]) -> usize {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn pbs_twenty_jobs_of_one_user_share_one_qstat_per_period() {
     if !require_root() {
         return;
@@ -211,6 +212,7 @@ fn fake_run(executor: &str, tools: &[&str], n: usize) -> Vec<(f64, String, Strin
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn lsf_fake_jobs_of_one_user_share_one_bjobs_per_period() {
     if !require_root() {
         return;
@@ -238,6 +240,7 @@ fn lsf_fake_jobs_of_one_user_share_one_bjobs_per_period() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn flux_fake_jobs_of_one_user_share_one_flux_jobs_per_period() {
     if !require_root() {
         return;
@@ -257,6 +260,7 @@ fn flux_fake_jobs_of_one_user_share_one_flux_jobs_per_period() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn cobalt_fake_jobs_of_one_user_share_one_qstat_per_period() {
     if !require_root() {
         return;

@@ -71,6 +71,7 @@ fn harness(bin: &Path, delay: &str, shared: Option<&Path>) -> Harness {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn twenty_jobs_of_one_user_share_one_status_query_per_period() {
     if !require_root() {
         return;
@@ -270,6 +271,7 @@ fn a_controller_restart_mid_job_is_a_log_line() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_job_purged_from_squeue_reports_its_exit_code() {
     if !require_root() {
         return;

@@ -38,6 +38,7 @@ fn active(h: &Harness) -> Vec<(String, String)> {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_job_waiting_for_its_begin_time_shows_pending_and_heartbeats() {
     if !require_root() {
         return;
@@ -62,6 +63,7 @@ fn a_job_waiting_for_its_begin_time_shows_pending_and_heartbeats() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn the_submission_carries_the_ci_jobs_deadline() {
     if !require_root() {
         return;
@@ -103,6 +105,7 @@ fn the_submission_carries_the_ci_jobs_deadline() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_job_that_cannot_start_before_the_ci_timeout_never_started() {
     if !require_root() {
         return;
@@ -134,6 +137,7 @@ fn a_job_that_cannot_start_before_the_ci_timeout_never_started() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn cancelling_a_pending_job_removes_it_at_once() {
     if !require_root() {
         return;
@@ -178,6 +182,7 @@ fn cancelling_a_pending_job_removes_it_at_once() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn time_limit_is_the_users_build_failure_with_the_explicit_message() {
     if !require_root() {
         return;

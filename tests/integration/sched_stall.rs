@@ -49,6 +49,7 @@ fn harness(bin: &Path) -> Harness {
 /// The job succeeds, and its log says that squeue stalled and when it answered. (Before,
 /// the log had neither line: the stall was invisible.)
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_stalled_squeue_is_said_in_the_job_log_and_the_job_succeeds() {
     if !require_root() {
         return;

@@ -99,6 +99,7 @@ fn plant_user_files(dir: &Path, user: &nix::unistd::User) -> Vec<PathBuf> {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn group_permissions_change_never_empties_a_user_named_data_dir() {
     if !require_root() {
         return;
@@ -195,6 +196,7 @@ fn plain_layout_keeps_user_files(root_dir_creation: bool) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn group_permissions_change_keeps_user_files_in_data_dir_user() {
     if !require_root() {
         return;
@@ -203,6 +205,7 @@ fn group_permissions_change_keeps_user_files_in_data_dir_user() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn group_permissions_change_keeps_user_files_with_root_dir_creation() {
     if !require_root() {
         return;
@@ -232,6 +235,7 @@ fn refused_data_dir(data_dir: &Path, bad: &Path, why: &str) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn root_dir_creation_refuses_a_data_dir_below_a_users_directory() {
     if !require_root() {
         return;
@@ -248,6 +252,7 @@ fn root_dir_creation_refuses_a_data_dir_below_a_users_directory() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn root_dir_creation_refuses_a_data_dir_below_a_world_writable_directory() {
     if !require_root() {
         return;
@@ -266,6 +271,7 @@ fn root_dir_creation_refuses_a_data_dir_below_a_world_writable_directory() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn root_dir_creation_refuses_a_symbolic_link_in_data_dir() {
     if !require_root() {
         return;
@@ -282,6 +288,7 @@ fn root_dir_creation_refuses_a_symbolic_link_in_data_dir() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn root_dir_creation_works_below_a_sticky_world_writable_directory() {
     if !require_root() {
         return;
@@ -308,6 +315,7 @@ fn root_dir_creation_works_below_a_sticky_world_writable_directory() {
 /// `data_dir = "$HOME"`: the home belongs to the user, so root does not create anything in
 /// it; the user creates `$HOME/.jacamar-ci` and the job runs.
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn root_dir_creation_leaves_a_home_data_dir_to_the_user() {
     if !require_root() {
         return;
@@ -333,6 +341,7 @@ fn root_dir_creation_leaves_a_home_data_dir_to_the_user() {
 /// user. Every directory on the way must belong to root or the user: the stage is refused,
 /// naming the directory and its owner, and nothing is created in it.
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_user_named_data_dir_below_another_users_directory_is_refused() {
     if !require_root() {
         return;
@@ -369,6 +378,7 @@ fn a_user_named_data_dir_below_another_users_directory_is_refused() {
 /// or already there and theirs) and the parts below it are fine, through a symbolic link
 /// of root's on the way (`/scratch` -> `/lustre/scratch` is common).
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_user_named_data_dir_below_the_users_own_directory_works() {
     if !require_root() {
         return;

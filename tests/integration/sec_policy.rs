@@ -83,6 +83,7 @@ fn drop_gitlab_server(h: &Harness) {
 // ---- item 5: a floor on the target account ----
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn system_accounts_below_the_uid_floor_get_no_job_unless_minimum_uid_admits_them() {
     if !require_root() {
         return;
@@ -105,6 +106,7 @@ fn system_accounts_below_the_uid_floor_get_no_job_unless_minimum_uid_admits_them
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn nologin_shell_accounts_get_no_job_unless_allowed() {
     if !require_root() {
         return;
@@ -127,6 +129,7 @@ fn nologin_shell_accounts_get_no_job_unless_allowed() {
 /// jacamar-auth as a caps-only service account (a copy with `setcap cap_setuid,cap_setgid=ep`):
 /// a token whose user_login is the service account itself gets no job.
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn the_runners_own_account_is_never_a_target() {
     if !require_root() || !require_tool("setcap") {
         return;
@@ -163,6 +166,7 @@ fn the_runners_own_account_is_never_a_target() {
 // ---- item 7: the server is never a CI variable; no silent skip of policy ----
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn keys_are_never_fetched_from_the_jobs_ci_server_url() {
     if !require_root() {
         return;
@@ -255,6 +259,7 @@ fn an_untokened_job_is_refused_when_a_policy_key_is_set() {
 /// Upstream's admin tutorial configuration, verbatim but for `tls-ca-file` (the test's
 /// GitLab has a private CA): setuid without `gitlab_server` runs a job.
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn the_upstream_admin_tutorial_configuration_runs_a_setuid_job() {
     if !require_root() {
         return;
@@ -405,6 +410,7 @@ fn an_absurd_ci_job_timeout_is_a_clean_system_failure() {
 /// A non-dumpable process's /proc/<pid> files belong to root, whoever runs it: jacamar-auth
 /// run by a non-root account shows root-owned /proc files during a job.
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn jacamar_auth_is_not_dumpable() {
     if !require_root() {
         return;
@@ -482,6 +488,7 @@ fn a_symlink_at_the_audit_log_path_is_refused_and_its_target_untouched() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn an_audit_log_owned_by_another_user_is_refused() {
     if !require_root() {
         return;

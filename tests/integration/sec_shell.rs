@@ -139,6 +139,7 @@ fn skel_user() -> nix::unistd::User {
 }
 
 shape_tests!(
+    root:
     setuid_runner_script_of_a_skel_account_succeeds_with_its_login_environment,
     profile_flags_choose_the_profile_files_a_job_sees,
     setuid_runner_script_exit_3_reaches_the_build_exit_code_file,

@@ -132,13 +132,16 @@ fn assert_nothing_left(shape: Shape, uid: u32, marks: &Path, out: &Output) {
 }
 
 shape_tests!(
+    unprivileged_job_that_kills_jacamar_leaves_no_process_behind,
+    descriptors_inherited_by_jacamar_auth_never_reach_an_unprivileged_job,
+);
+shape_tests!(
+    root:
     setuid_job_that_kills_jacamar_leaves_no_process_behind,
     setuid_fork_loop_ends_after_jacamar_is_killed,
     sudo_job_that_kills_jacamar_leaves_no_process_behind,
-    unprivileged_job_that_kills_jacamar_leaves_no_process_behind,
     caps_only_service_account_sweeps_an_escaped_job_and_its_fork_loop,
     descriptors_inherited_by_jacamar_auth_never_reach_a_setuid_job,
-    descriptors_inherited_by_jacamar_auth_never_reach_an_unprivileged_job,
     descriptors_inherited_by_a_non_root_jacamar_auth_never_reach_the_job,
     sudo_pipes_on_descriptors_100_and_101_still_reach_jacamar,
     setuid_pipes_on_high_descriptors_still_reach_jacamar,
@@ -479,6 +482,7 @@ fn setuid_pipes_on_high_descriptors_still_reach_jacamar(shape: Shape) {
 /// A jacamar-auth that the runner SIGKILLed cannot remove its job's cgroup; the next call
 /// removes it once it is empty (a live owner's cgroup is never touched).
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn empty_cgroups_of_a_dead_jacamar_auth_are_removed_by_the_next_call() {
     if !require_root() {
         return;
@@ -601,6 +605,7 @@ fn forged_success_never_reaches_the_runner(downscope: &str, user: &str) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn setuid_job_cannot_forge_its_status_through_jacamars_pipe() {
     if !require_root() || !require_tool("python3") {
         return;
@@ -609,6 +614,7 @@ fn setuid_job_cannot_forge_its_status_through_jacamars_pipe() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn sudo_job_cannot_forge_its_status_through_jacamars_pipe() {
     if !require_root() || !require_tool("python3") || !require_tool("sudo") {
         return;
@@ -629,6 +635,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// beyond a few MiB: the status is read up to its bound, and the job cannot take the
 /// descriptor at all.
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn setuid_job_cannot_flood_jacamar_auth_through_the_status_pipe() {
     if !require_root() || !require_tool("python3") {
         return;

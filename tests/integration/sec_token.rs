@@ -203,6 +203,7 @@ fn assert_prelude_then_script(text: &str, stage: &str, token: &str, script: &str
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn artifact_upload_keeps_the_job_token_off_command_lines_and_the_runners_script_unchanged() {
     if !require_root() {
         return;
@@ -430,6 +431,9 @@ fn ls_remote_script(shape: Shape, token: &str, server: &str, url: &str) -> Strin
 shape_tests!(
     askpass_gives_the_job_token_only_to_the_trusted_gitlab_origin,
     a_ci_variable_cannot_redirect_the_askpass_token,
+);
+shape_tests!(
+    root:
     setuid_askpass_trusts_gitlab_server_and_nothing_else,
 );
 
@@ -738,6 +742,7 @@ fn verified_job_without_the_runners_job_response_is_refused() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_users_quoted_heredoc_keeps_the_job_token_it_holds() {
     if !require_root() {
         return;
@@ -922,6 +927,7 @@ fn git_fixtures(root: &std::path::Path, origin: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn get_sources_fetches_through_askpass_with_no_job_token_on_any_command_line() {
     if !require_root() || !require_tool("git") {
         return;

@@ -17,6 +17,9 @@ use crate::shape_tests;
 shape_tests!(
     shell_stages_arriving_twice_each_run_afresh,
     limit_build_dir_claim_holds_across_a_repeated_stage,
+);
+shape_tests!(
+    root:
     slurm_build_script_arriving_twice_runs_afresh,
 );
 

@@ -234,6 +234,7 @@ fn both_binaries_print_a_version_line_as_upstream_does() {
 /// of the batch tests, `downscope = "none"`), with a warning that nothing was authorized; the
 /// job's exit code reaches the runner.
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn jacamar_no_auth_runs_the_hooks_as_the_runners_own_account() {
     if !crate::harness::require_root() {
         return;
@@ -269,6 +270,7 @@ fn jacamar_no_auth_runs_the_hooks_as_the_runners_own_account() {
 /// the `[auth]` keys that judge the GitLab user: each is refused at the first stage, naming
 /// the key, as a system failure (the runner's 2).
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn jacamar_no_auth_refuses_root_downscope_and_policy_keys() {
     if !crate::harness::require_root() {
         return;
