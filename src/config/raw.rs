@@ -107,27 +107,6 @@ mod tests {
     }
 
     #[test]
-    fn missing_bracket_names_line_and_last_key() {
-        let text = "\
-[general]
-executor = \"shell\"
-data_dir = \"/ecp\"
-
-[auth]
-downscope = \"setuid\"
-user_allowlist = [\"usr1\"]
-user_blocklist = [\"usr2\", \"usr3\"
-groups_allowlist = [\"grp1\"]
-";
-        let problem = parse(text).expect_err("must fail");
-        assert_eq!(problem.line, Some(8), "{problem:?}");
-        assert_eq!(problem.key.as_deref(), Some("auth.user_blocklist"));
-        assert!(problem
-            .render("")
-            .starts_with("Near line 8 (last key parsed 'auth.user_blocklist'): invalid TOML"));
-    }
-
-    #[test]
     fn syntax_errors_point_at_their_line() {
         let cases: &[(&str, usize, Option<&str>)] = &[
             ("[general]\nexecutor = shell\n", 2, Some("general.executor")),

@@ -366,24 +366,25 @@ fn top_level_key_points_to_its_table() {
     );
 }
 
+/// A syntax error (here a missing `]`, on line 8) names its line and the last key parsed
+/// before it, as upstream's messages do (raw::parse's problem, reported as is).
 #[test]
 fn malformed_toml_names_line_and_last_key() {
-    let text = "\
-[general]
-executor = \"shell\"
-data_dir = \"/ecp\"
-
-[auth]
-downscope = \"setuid\"
-user_allowlist = [\"usr1\"]
-user_blocklist = [\"usr2\", \"usr3\"
-groups_allowlist = [\"grp1\", \"grp2\"]
-";
-    let err = parse(text).expect_err("malformed");
+    let text = with_key(
+        "auth",
+        "user_allowlist = [\"usr1\"]\nuser_blocklist = [\"usr2\", \"usr3\"\n\
+         groups_allowlist = [\"grp1\", \"grp2\"]",
+    );
+    let err = parse(&text).expect_err("malformed");
     assert_eq!(err.problems.len(), 1);
+    let problem = &err.problems[0];
+    assert_eq!(problem.line, Some(8), "{problem:?}");
+    assert_eq!(problem.key.as_deref(), Some("auth.user_blocklist"));
     let report = err.report();
     assert!(
-        report.starts_with("test.toml: Near line 8 (last key parsed 'auth.user_blocklist'): "),
+        report.starts_with(
+            "test.toml: Near line 8 (last key parsed 'auth.user_blocklist'): invalid TOML"
+        ),
         "{report}"
     );
     assert!(err.to_string().contains("Near line 8"), "{err}");

@@ -43,9 +43,9 @@ impl Checker<'_> {
             return;
         };
         if cfg != clean {
-            self.push(
-                Some(*clean_line),
-                Some(&r.label),
+            self.problem(
+                r,
+                *clean_line,
                 "runners.custom.cleanup_args",
                 format!(
                     "--configuration \"{clean}\" differs from config_args' \"{cfg}\": cleanup \
@@ -101,7 +101,7 @@ impl Checker<'_> {
     /// Report a problem of `<hook>_args` at `line`.
     fn args_problem(&mut self, r: &Runner<'_, '_>, hook: Hook, line: usize, message: String) {
         let dotted = format!("runners.custom.{}", hook.args_key());
-        self.push(Some(line), Some(&r.label), &dotted, message);
+        self.problem(r, line, &dotted, message);
     }
 
     /// `<hook>_args` as words with their lines, and the key's line; a missing key, a value
@@ -116,9 +116,9 @@ impl Checker<'_> {
         let documented = hook.documented_args(ARGS_PLACEHOLDER);
         let Some((k, v)) = custom.get_key_value(key.as_str()) else {
             let dotted = format!("runners.custom.{key}");
-            self.push(
-                Some(r.custom_line),
-                Some(&r.label),
+            self.problem(
+                r,
+                r.custom_line,
                 &dotted,
                 format!("missing: jacamar-auth needs its sub-command; add {key} = {documented}"),
             );

@@ -54,12 +54,7 @@ impl Checker<'_> {
             ));
         }
         for message in problems {
-            self.push(
-                Some(r.custom_line),
-                Some(&r.label),
-                "runners.custom.config_args",
-                message,
-            );
+            self.problem(r, r.custom_line, "runners.custom.config_args", message);
         }
     }
 
@@ -72,9 +67,9 @@ impl Checker<'_> {
         line: usize,
     ) -> Option<Config> {
         if !Path::new(file).is_absolute() {
-            self.push(
-                Some(line),
-                Some(&r.label),
+            self.problem(
+                r,
+                line,
                 key,
                 format!(
                     "--configuration \"{file}\" is relative, and the runner starts every hook \
@@ -88,9 +83,9 @@ impl Checker<'_> {
             Err(e) => {
                 let first = e.problems.first().map(|p| p.render("")).unwrap_or_default();
                 let count = e.problems.len();
-                self.push(
-                    Some(line),
-                    Some(&r.label),
+                self.problem(
+                    r,
+                    line,
                     key,
                     format!(
                         "--configuration \"{file}\" is not a valid jacamar configuration \

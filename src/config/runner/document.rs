@@ -156,9 +156,9 @@ impl Checker<'_> {
 
     /// Report a custom runner without a `[runners.custom]` table.
     pub(super) fn missing_custom(&mut self, r: &Runner<'_, '_>) {
-        self.push(
-            Some(r.line),
-            Some(&r.label),
+        self.problem(
+            r,
+            r.line,
             "runners.custom",
             format!(
                 "executor = \"custom\" without a [runners.custom] table: add one with the \

@@ -56,9 +56,9 @@ impl Checker<'_> {
         let Some((value, line)) = self.string(r, custom, &key) else {
             let suggestion = first.map_or(INSTALLED_AUTH, |f| f.value.as_str());
             if !custom.contains_key(key.as_str()) {
-                self.push(
-                    Some(r.custom_line),
-                    Some(&r.label),
+                self.problem(
+                    r,
+                    r.custom_line,
                     &dotted,
                     format!(
                         "missing: jacamar-auth runs all four hooks; add {key} = \"{suggestion}\""
@@ -68,7 +68,7 @@ impl Checker<'_> {
             return None;
         };
         if let Some(message) = exec_path_problem(&value, no_auth) {
-            self.push(Some(line), Some(&r.label), &dotted, message);
+            self.problem(r, line, &dotted, message);
             return None;
         }
         let resolved = self.resolve_exec(r, &dotted, &value, line)?;
@@ -98,12 +98,7 @@ impl Checker<'_> {
                     "give it mode 0755 root:root (runner as root) or 0750 \
                      root:gitlab-runner (the caps flavour), or fix the path"
                 };
-                self.push(
-                    Some(line),
-                    Some(&r.label),
-                    dotted,
-                    format!("\"{value}\" {why}: {fix}"),
-                );
+                self.problem(r, line, dotted, format!("\"{value}\" {why}: {fix}"));
                 None
             }
         }
@@ -116,9 +111,9 @@ impl Checker<'_> {
         }
         let key = format!("{}_exec", exec.hook.name());
         let (value, first_value) = (&exec.value, &first.value);
-        self.push(
-            Some(exec.line),
-            Some(&r.label),
+        self.problem(
+            r,
+            exec.line,
             &format!("runners.custom.{key}"),
             format!(
                 "\"{value}\" differs from {}_exec \"{first_value}\": all four \
@@ -141,9 +136,9 @@ impl Checker<'_> {
         let line = self.line(k.span().start);
         match v.get_ref() {
             DeValue::String(s) if s.is_empty() => {
-                self.push(
-                    Some(line),
-                    Some(&r.label),
+                self.problem(
+                    r,
+                    line,
                     &format!("runners.custom.{key}"),
                     format!("is empty: set {key} = \"{INSTALLED_AUTH}\""),
                 );
@@ -151,9 +146,9 @@ impl Checker<'_> {
             }
             DeValue::String(s) => Some((s.to_string(), line)),
             other => {
-                self.push(
-                    Some(line),
-                    Some(&r.label),
+                self.problem(
+                    r,
+                    line,
                     &format!("runners.custom.{key}"),
                     format!(
                         "expected a string, found {}: set {key} = \"{INSTALLED_AUTH}\"",

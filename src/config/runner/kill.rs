@@ -62,9 +62,9 @@ impl Checker<'_> {
             DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
                 Ok(n) if n > 0 => Duration::from_secs(n as u64),
                 Ok(n) => {
-                    self.push(
-                        Some(line),
-                        Some(&r.label),
+                    self.problem(
+                        r,
+                        line,
                         &dotted,
                         format!(
                             "{n} is ignored by the runner, which then uses its default of \
@@ -75,9 +75,9 @@ impl Checker<'_> {
                     default
                 }
                 Err(_) => {
-                    self.push(
-                        Some(line),
-                        Some(&r.label),
+                    self.problem(
+                        r,
+                        line,
                         &dotted,
                         format!(
                             "{i} seconds is out of range (the runner reads a 64-bit integer): \
@@ -88,9 +88,9 @@ impl Checker<'_> {
                 }
             },
             other => {
-                self.push(
-                    Some(line),
-                    Some(&r.label),
+                self.problem(
+                    r,
+                    line,
                     &dotted,
                     format!(
                         "expected a whole number of seconds, found {} (the runner refuses to \
@@ -103,6 +103,9 @@ impl Checker<'_> {
         }
     }
 
+    /// The two comparisons (see the module's docs): `kill` (K, `[general] kill_timeout` of
+    /// `file`) below `graceful` (G), and K + `force` (F) within G; either failing is reported
+    /// at graceful_kill_timeout's line (or `[runners.custom]`'s, when it is unset).
     fn timing(
         &mut self,
         r: &Runner<'_, '_>,
@@ -130,9 +133,9 @@ impl Checker<'_> {
             )
         };
         if kill >= graceful {
-            self.push(
-                Some(line),
-                Some(&r.label),
+            self.problem(
+                r,
+                line,
                 "runners.custom.graceful_kill_timeout",
                 format!(
                     "kill_timeout ({}, [general] of {}) is not below {graceful_is}: the runner \
@@ -144,9 +147,9 @@ impl Checker<'_> {
                 ),
             );
         } else if kill + force > graceful {
-            self.push(
-                Some(line),
-                Some(&r.label),
+            self.problem(
+                r,
+                line,
                 "runners.custom.graceful_kill_timeout",
                 format!(
                     "kill_timeout ({}, [general] of {}) + force_kill_timeout ({}) = {} exceeds \

@@ -129,6 +129,11 @@ impl Checker<'_> {
         });
     }
 
+    /// A problem of the runner `r` at `line`.
+    fn problem(&mut self, r: &Runner<'_, '_>, line: usize, key: &str, message: String) {
+        self.push(Some(line), Some(&r.label), key, message);
+    }
+
     fn line(&self, offset: usize) -> usize {
         self.lines.line(offset)
     }

@@ -20,9 +20,9 @@ impl Checker<'_> {
         for key in STAGE_TIMEOUTS {
             if let Some((k, _)) = custom.get_key_value(key) {
                 let line = self.line(k.span().start);
-                self.push(
-                    Some(line),
-                    Some(&r.label),
+                self.problem(
+                    r,
+                    line,
                     &format!("runners.custom.{key}"),
                     format!(
                         "is not read in [runners.custom]: the runner (19.0 and later) reads \
@@ -60,12 +60,7 @@ impl Checker<'_> {
                 other.type_str()
             ),
         };
-        self.push(
-            Some(line),
-            Some(&r.label),
-            &format!("runners.{key}"),
-            problem,
-        );
+        self.problem(r, line, &format!("runners.{key}"), problem);
         None
     }
 }
