@@ -5,7 +5,6 @@
 //! the driver at them. Jobs run as the non-root user `jacamar-ci`, like the Slurm tests.
 //! Needs root (to start the driver as that user); no Slurm needed.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use crate::harness::{
     alive, all_pids, children, lines_of, proc_stat, require_root, runner_script_in, show,
     wait_exit, wait_for, wait_line, Harness, Shape,
 };
+use crate::sched_bin::fake_clis;
 use crate::shape_tests;
 
 /// One fake scheduler under test.
@@ -24,45 +24,24 @@ struct Fake {
     executor: &'static str,
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        let dest = to.join(e.file_name());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
 /// A harness for `executor` (`flux`, `lsf`, `cobalt`) with the fakes copied to a dir the
 /// job's user can read (the checkout may not be), `batch_extra` lines in `[batch]`.
 fn fake(executor: &'static str, batch_extra: &str) -> Fake {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes");
-    let user = ci_user();
-    let pw = nix::unistd::User::from_name(&user)
-        .unwrap()
-        .unwrap_or_else(|| panic!("user {user} does not exist (scripts/test.sh creates it)"));
     // The Harness's temp dir is created first; the fakes and their state go inside it.
     let placeholder = "@@FAKES@@";
     // Cobalt's qsub/qstat/qdel live apart (not to be taken for PBS's).
     let sub = if executor == "cobalt" { "/cobalt" } else { "" };
     let mut h = Harness::batch(
         executor,
-        &user,
+        &ci_user(),
         "kill_timeout = \"5s\"",
         &format!(
-            "command_delay = \"500ms\"\nnfs_timeout = \"5s\"\nscheduler_bin = \"{placeholder}/bin{sub}\"\nenv_vars = [\"FAKE_SCHED_DIR={placeholder}/state\", \"FAKE_SCHED_KILL_GRACE=2\"]\n{batch_extra}"
+            "command_delay = \"500ms\"\nnfs_timeout = \"5s\"\nscheduler_bin = \"{placeholder}/fakes{sub}\"\nenv_vars = [\"FAKE_SCHED_DIR={placeholder}/state\", \"FAKE_SCHED_KILL_GRACE=2\"]\n{batch_extra}"
         ),
     );
     let root = h.tmp.path().join("fake-sched");
-    copy_dir(&src, &root.join("bin"));
-    let state = root.join("state");
-    std::fs::create_dir(&state).unwrap();
-    nix::unistd::chown(&state, Some(pw.uid), Some(pw.gid)).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    let (_, state) = fake_clis(&root);
     let cfg = std::fs::read_to_string(&h.config_path).unwrap();
     std::fs::write(
         &h.config_path,

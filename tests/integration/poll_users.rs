@@ -5,23 +5,17 @@
 //! At most two status commands per `command_delay`, none naming several jobs, and every job
 //! ends with its own exit code. Jobs run as the non-root `jacamar-ci`; needs root.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::batch_slurm::{ci_user, require_slurm, wait_exit};
-use crate::harness::{require_root, runner_script, show, Harness};
-use crate::sched_bin::{exec_real, shared_data_dir, use_data_dir, which, SchedBin};
+use crate::harness::{require_root, runner_script, Harness};
+use crate::sched_bin::{batch_harness, exec_real, fake_clis, shared_data_dir, which, SchedBin};
 
 /// A harness of `executor` for `jacamar-ci` with `[batch]` lines `batch` and the data dir
 /// `shared`, prepared.
 fn harness(executor: &str, batch: &str, shared: &Path) -> Harness {
-    let mut h = Harness::batch(executor, &ci_user(), "kill_timeout = \"5s\"", batch);
-    use_data_dir(&mut h, shared);
-    h.config_json();
-    let out = h.prepare();
-    assert!(out.status.success(), "prepare: {}", show(&out));
-    h
+    batch_harness(executor, batch, Some(shared))
 }
 
 /// Job `i`'s script: runs a few seconds, then exits with `i % 4`.
@@ -159,33 +153,11 @@ fn pbs_twenty_jobs_of_one_user_share_one_qstat_per_period() {
     }
 }
 
-/// A dir of the fakes (tests/fakes/) the job's user can read and run.
-fn fakes_copy(into: &Path) -> PathBuf {
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
-        for e in std::fs::read_dir(from).unwrap().flatten() {
-            let (p, dest) = (e.path(), to.join(e.file_name()));
-            if p.is_dir() {
-                copy_dir(&p, &dest);
-            } else {
-                std::fs::copy(&p, &dest).unwrap();
-            }
-        }
-    }
-    let dest = into.join("fakes");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes"),
-        &dest,
-    );
-    dest
-}
-
 /// `n` jobs of one user on the FAKE `executor` (`flux`, `lsf`, `cobalt`), polled every
 /// second: their calls.
 fn fake_run(executor: &str, tools: &[&str], n: usize) -> Vec<(f64, String, String)> {
     let (keep, data) = shared_data_dir("jrs-pusers-data-");
-    let fakes = fakes_copy(keep.path());
+    let (fakes, state) = fake_clis(keep.path());
     let sub = if executor == "cobalt" { "cobalt/" } else { "" };
     let bin = SchedBin::new(
         "jrs-pusers-bin-",
@@ -194,10 +166,6 @@ fn fake_run(executor: &str, tools: &[&str], n: usize) -> Vec<(f64, String, Strin
             .map(|t| (*t, exec_real(&fakes.join(format!("{sub}{t}")))))
             .collect::<Vec<_>>(),
     );
-    let state = keep.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    let pw = nix::unistd::User::from_name(&ci_user()).unwrap().unwrap();
-    nix::unistd::chown(&state, Some(pw.uid), Some(pw.gid)).unwrap();
     let batch = format!(
         "command_delay = \"1s\"\nnfs_timeout = \"5s\"\nscheduler_bin = \"{}\"\nenv_vars = [\"FAKE_SCHED_DIR={}\"]",
         bin.path().display(),

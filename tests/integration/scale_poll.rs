@@ -15,9 +15,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::batch_slurm::{ci_user, lines_of, require_slurm, wait_exit, wait_line};
+use crate::batch_slurm::{lines_of, wait_exit, wait_line};
 use crate::harness::{proc_stat, require_root, runner_script, show, wait_for, Harness};
-use crate::sched_bin::{exec_real, shared_data_dir, use_data_dir, which, SchedBin};
+use crate::sched_bin::{exec_real, shared_data_dir, slurm_harness, slurm_wrappers, SchedBin};
 
 /// Held by every test of this module.
 static SLURM: Mutex<()> = Mutex::new(());
@@ -31,43 +31,18 @@ const FINAL: &str =
     "COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|PREEMPTED|BOOT_FAIL|DEADLINE";
 
 /// A `scheduler_bin` dir of logging wrappers of the real Slurm tools (see
-/// [`SchedBin`]). `purge`: squeue lists no finished job.
+/// [`slurm_wrappers`]). `purge`: squeue lists no finished job.
 fn counting(purge: bool) -> SchedBin {
-    let tools: Vec<(&str, String)> = ["sbatch", "squeue", "sacct", "scontrol", "scancel"]
-        .into_iter()
-        .map(|tool| {
-            let real = which(tool);
-            let body = if purge && tool == "squeue" {
-                format!(
-                    "{} \"$@\" | grep -Ev '^[^|]*\\|({FINAL})\\|'\nexit \"${{PIPESTATUS[0]}}\"\n",
-                    real.display()
-                )
-            } else {
-                exec_real(&real)
-            };
-            (tool, body)
-        })
-        .collect();
-    SchedBin::new("jrs-poll-bin-", &tools)
-}
-
-/// A Slurm harness of `jacamar-ci` whose scheduler commands go through `bin`, with
-/// `command_delay`, and (when given) the data dir `shared` instead of its own: the jobs
-/// of one user on one host share their polls through the user's base dir.
-fn harness(bin: &Path, delay: &str, shared: Option<&Path>) -> Harness {
-    require_slurm();
-    let batch = format!(
-        "command_delay = \"{delay}\"\nnfs_timeout = \"20s\"\nscheduler_bin = \"{}\"",
-        bin.display()
-    );
-    let mut h = Harness::batch("slurm", &ci_user(), "kill_timeout = \"5s\"", &batch);
-    if let Some(shared) = shared {
-        use_data_dir(&mut h, shared);
-    }
-    h.config_json();
-    let out = h.prepare();
-    assert!(out.status.success(), "prepare: {}", show(&out));
-    h
+    slurm_wrappers("jrs-poll-bin-", |real| {
+        if purge {
+            format!(
+                "{} \"$@\" | grep -Ev '^[^|]*\\|({FINAL})\\|'\nexit \"${{PIPESTATUS[0]}}\"\n",
+                real.display()
+            )
+        } else {
+            exec_real(real)
+        }
+    })
 }
 
 #[test]
@@ -80,7 +55,7 @@ fn twenty_jobs_of_one_user_share_one_status_query_per_period() {
     let bin = counting(false);
     let (_keep, data) = shared_data_dir("jrs-poll-data-");
     let hs: Vec<Harness> = (0..20)
-        .map(|_| harness(bin.path(), "2s", Some(&data)))
+        .map(|_| slurm_harness(bin.path(), "2s", Some(&data)))
         .collect();
     let script = runner_script("echo \"start $SLURM_JOB_ID\"\nsleep 15\necho end\n");
     let mut runs: Vec<_> = hs
@@ -234,7 +209,7 @@ fn a_controller_restart_mid_job_is_a_log_line() {
     }
     let _serial = serial();
     let bin = counting(false);
-    let h = harness(bin.path(), "1s", None);
+    let h = slurm_harness(bin.path(), "1s", None);
     let mut child = h.spawn_run(
         "build_script",
         &runner_script("echo started\nsleep 45\necho finished\n"),
@@ -281,7 +256,7 @@ fn a_job_purged_from_squeue_reports_its_exit_code() {
     let bin = counting(true);
 
     // The wrapper's exit file tells the code: no accounting query.
-    let h = harness(bin.path(), "1s", None);
+    let h = slurm_harness(bin.path(), "1s", None);
     let out = h.run(
         "build_script",
         &runner_script("echo before the end\nexit 7\n"),
@@ -296,7 +271,7 @@ fn a_job_purged_from_squeue_reports_its_exit_code() {
     assert!(h.cleanup().status.success());
 
     // No exit file (the job made its scripts dir read-only): one sacct tells the code.
-    let h = harness(bin.path(), "1s", None);
+    let h = slurm_harness(bin.path(), "1s", None);
     let dir = h.scripts_job_dir();
     let out = h.run(
         "build_script",

@@ -1,12 +1,16 @@
-//! Test kit for `[batch] scheduler_bin`: a dir of wrapper scripts that log every call of a
-//! scheduler tool (`<unix time> <tool> <args>` in `calls.log`) before running the real (or
-//! fake) one, or a variant of it; and a data dir shared by several harnesses, so that the
-//! jobs of one user on one host share their polls through the user's base dir.
+//! Test kit for the schedulers the batch tests run against: a `[batch] scheduler_bin` dir of
+//! wrapper scripts that log every call of a scheduler tool (`<unix time> <tool> <args>` in
+//! `calls.log`) before running the real (or fake) one, or a variant of it ([`SchedBin`],
+//! [`slurm_wrappers`]); the FAKE Flux, LSF and Cobalt CLIs of tests/fakes/ where the job's
+//! user can run them ([`fake_clis`]); a prepared batch harness of the CI user
+//! ([`batch_harness`]); and a data dir shared by several harnesses, so that the jobs of one
+//! user on one host share their polls through the user's base dir.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::harness::Harness;
+use crate::batch_slurm::{ci_user, require_slurm};
+use crate::harness::{show, Harness};
 
 /// A `scheduler_bin` dir (world-readable, in /tmp, removed on drop).
 pub struct SchedBin {
@@ -96,4 +100,77 @@ pub fn use_data_dir(h: &mut Harness, shared: &Path) {
     let text = text.replace(&own, &format!("data_dir = \"{}\"", shared.display()));
     std::fs::write(&h.config_path, text).unwrap();
     h.data_dir = shared.to_path_buf();
+}
+
+/// The Slurm tools the driver runs.
+pub const SLURM_TOOLS: [&str; 5] = ["sbatch", "squeue", "sacct", "scontrol", "scancel"];
+
+/// A `scheduler_bin` dir of wrappers of the real Slurm tools: each logs its call and runs
+/// the real one ([`exec_real`]), but `squeue` runs `squeue(the real squeue)`.
+pub fn slurm_wrappers(prefix: &str, squeue: impl Fn(&Path) -> String) -> SchedBin {
+    let tools: Vec<(&str, String)> = SLURM_TOOLS
+        .into_iter()
+        .map(|tool| match tool {
+            "squeue" => (tool, squeue(&which(tool))),
+            _ => (tool, exec_real(&which(tool))),
+        })
+        .collect();
+    SchedBin::new(prefix, &tools)
+}
+
+/// A Slurm harness of the CI user whose scheduler commands go through `bin`, with
+/// `command_delay`, and (when given) the data dir `shared` instead of its own, prepared.
+pub fn slurm_harness(bin: &Path, delay: &str, shared: Option<&Path>) -> Harness {
+    require_slurm();
+    let batch = format!(
+        "command_delay = \"{delay}\"\nnfs_timeout = \"20s\"\nscheduler_bin = \"{}\"",
+        bin.display()
+    );
+    batch_harness("slurm", &batch, shared)
+}
+
+/// A harness of `executor` for the CI user (`jacamar-ci`), `kill_timeout = "5s"`, with the
+/// `[batch]` lines `batch` and (when given) the data dir `shared` instead of its own,
+/// prepared.
+pub fn batch_harness(executor: &str, batch: &str, shared: Option<&Path>) -> Harness {
+    let mut h = Harness::batch(executor, &ci_user(), "kill_timeout = \"5s\"", batch);
+    if let Some(shared) = shared {
+        use_data_dir(&mut h, shared);
+    }
+    h.config_json();
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    h
+}
+
+/// The FAKE scheduler CLIs (tests/fakes/) copied to `<into>/fakes`, which the job's user
+/// can read and run (the checkout may not be; Cobalt's qsub/qstat/qdel are in
+/// `fakes/cobalt`), and their empty job table `<into>/state` (`FAKE_SCHED_DIR`), the CI
+/// user's: (fakes, state).
+pub fn fake_clis(into: &Path) -> (PathBuf, PathBuf) {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let (p, dest) = (e.path(), to.join(e.file_name()));
+            if p.is_dir() {
+                copy_dir(&p, &dest);
+            } else {
+                std::fs::copy(&p, &dest).unwrap();
+            }
+        }
+    }
+    let fakes = into.join("fakes");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes"),
+        &fakes,
+    );
+    let user = ci_user();
+    let pw = nix::unistd::User::from_name(&user)
+        .unwrap()
+        .unwrap_or_else(|| panic!("user {user} does not exist (scripts/test.sh creates it)"));
+    let state = into.join("state");
+    std::fs::create_dir(&state).unwrap();
+    nix::unistd::chown(&state, Some(pw.uid), Some(pw.gid)).unwrap();
+    (fakes, state)
 }

@@ -4,46 +4,23 @@
 //! 15 s once before running the real one.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
-use crate::batch_slurm::{ci_user, require_slurm};
-use crate::harness::{require_root, runner_script, show, Harness};
-use crate::sched_bin::{exec_real, which, SchedBin};
+use crate::harness::{require_root, runner_script, show};
+use crate::sched_bin::{exec_real, slurm_harness, slurm_wrappers, SchedBin};
 
 /// A `scheduler_bin` dir: every Slurm tool runs the real one; the first `squeue` sleeps
 /// `stall` seconds first (a marker in the world-writable `state` dir says it did).
 fn stalling_bin(stall: u32) -> SchedBin {
-    let tools: Vec<(&str, String)> = ["sbatch", "squeue", "sacct", "scontrol", "scancel"]
-        .into_iter()
-        .map(|tool| {
-            let stall = if tool == "squeue" {
-                format!(
-                    "if mkdir \"$(dirname \"$0\")/state/stalled\" 2>/dev/null; then sleep {stall}; fi\n"
-                )
-            } else {
-                String::new()
-            };
-            (tool, format!("{stall}{}", exec_real(&which(tool))))
-        })
-        .collect();
-    let bin = SchedBin::new("jrs-stall-bin-", &tools);
+    let bin = slurm_wrappers("jrs-stall-bin-", |real| {
+        format!(
+            "if mkdir \"$(dirname \"$0\")/state/stalled\" 2>/dev/null; then sleep {stall}; fi\n{}",
+            exec_real(real)
+        )
+    });
     let state = bin.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o1777)).unwrap();
     bin
-}
-
-fn harness(bin: &Path) -> Harness {
-    require_slurm();
-    let batch = format!(
-        "command_delay = \"1s\"\nnfs_timeout = \"20s\"\nscheduler_bin = \"{}\"",
-        bin.display()
-    );
-    let mut h = Harness::batch("slurm", &ci_user(), "kill_timeout = \"5s\"", &batch);
-    h.config_json();
-    let out = h.prepare();
-    assert!(out.status.success(), "prepare: {}", show(&out));
-    h
 }
 
 /// The job succeeds, and its log says that squeue stalled and when it answered. (Before,
@@ -55,7 +32,7 @@ fn a_stalled_squeue_is_said_in_the_job_log_and_the_job_succeeds() {
         return;
     }
     let bin = stalling_bin(15);
-    let h = harness(bin.path());
+    let h = slurm_harness(bin.path(), "1s", None);
     let out = h.run(
         "build_script",
         &runner_script("echo job start\nsleep 3\necho job end\n"),
