@@ -604,157 +604,159 @@ fn go_plugins_are_rejected() {
     }
 }
 
+/// The semantic rules' mistakes: (table, line to add, expected key, expected message
+/// fragment).
+const SEMANTIC_MISTAKES: &[(&str, &str, &str, &str)] = &[
+    (
+        "general",
+        "gitlab_server = \"gitlab.example.com\"",
+        "general.gitlab_server",
+        "https://",
+    ),
+    (
+        "general",
+        "gitlab_server = \"https://\"",
+        "general.gitlab_server",
+        "https://",
+    ),
+    (
+        "general",
+        "shell_path = \"bash\"",
+        "general.shell_path",
+        "absolute path",
+    ),
+    (
+        "general",
+        "jwt_env_variable = \"MY-TOKEN\"",
+        "general.jwt_env_variable",
+        "environment variable name",
+    ),
+    (
+        "general",
+        "static_min_days = -3",
+        "general.static_min_days",
+        ">= 0",
+    ),
+    (
+        "general",
+        "max_build_dir = 99999999999",
+        "general.max_build_dir",
+        "too large",
+    ),
+    (
+        "general",
+        "max_build_dir = 1.5",
+        "general.max_build_dir",
+        "expected an integer, found float",
+    ),
+    ("auth", "max_env_chars = 0", "auth.max_env_chars", ">= 1"),
+    (
+        "auth",
+        "jacamar_path = \"custom/bin\"",
+        "auth.jacamar_path",
+        "absolute path",
+    ),
+    (
+        "auth.runas",
+        "user_variable = \"TARGET\"",
+        "auth.runas.validation_script",
+        "missing required key",
+    ),
+    (
+        "auth.runas",
+        "validation_script = \"run.py\"",
+        "auth.runas.validation_script",
+        "absolute path",
+    ),
+    (
+        "auth.runas",
+        "validation_script = \"/r\"\nsha256 = \"abc\"",
+        "auth.runas.sha256",
+        "64 hexadecimal",
+    ),
+    (
+        "auth.runas",
+        "validation_script = \"/r\"\nvalidation_env = [\"NOEQUALS\"]",
+        "auth.runas.validation_env",
+        "KEY=value",
+    ),
+    (
+        "auth.runas",
+        "validation_script = \"/r\"\nvalidation_env = [\"=x\"]",
+        "auth.runas.validation_env",
+        "KEY=value",
+    ),
+    (
+        "auth.runas",
+        "validation_script = \"/r\"\nuser_variable = \"1ABC\"",
+        "auth.runas.user_variable",
+        "environment variable name",
+    ),
+    (
+        "auth.logging",
+        "location = \"logs/auth.log\"",
+        "auth.logging.location",
+        "syslog",
+    ),
+    (
+        "auth.logging",
+        "network = \"udp\"",
+        "auth.logging.network",
+        "without address",
+    ),
+    (
+        "auth.logging",
+        "address = \"localhost:514\"",
+        "auth.logging.address",
+        "without network",
+    ),
+    (
+        "auth.logging",
+        "network = \"http\"\naddress = \"x\"",
+        "auth.logging.network",
+        "\"udp\"",
+    ),
+    (
+        "auth.seccomp",
+        "block_calls = [\"Open\"]",
+        "auth.seccomp.block_calls",
+        "not a system call name",
+    ),
+    (
+        "auth.seccomp",
+        "block_all = true",
+        "auth.seccomp.block_all",
+        "every job would fail",
+    ),
+    (
+        "auth.seccomp",
+        "block_all = true\nallow_calls = []",
+        "auth.seccomp.block_all",
+        "every job would fail",
+    ),
+    (
+        "batch",
+        "scheduler_bin = \"bin\"",
+        "batch.scheduler_bin",
+        "absolute path",
+    ),
+    (
+        "batch",
+        "env_vars = [\"GPU\"]",
+        "batch.env_vars",
+        "KEY=value",
+    ),
+    (
+        "batch",
+        "arguments_variable = [\"SITE PARAMS\"]",
+        "batch.arguments_variable",
+        "environment variable name",
+    ),
+];
+
 #[test]
 fn semantic_rules() {
-    // (table, line to add, expected key, expected message fragment)
-    let bad: &[(&str, &str, &str, &str)] = &[
-        (
-            "general",
-            "gitlab_server = \"gitlab.example.com\"",
-            "general.gitlab_server",
-            "https://",
-        ),
-        (
-            "general",
-            "gitlab_server = \"https://\"",
-            "general.gitlab_server",
-            "https://",
-        ),
-        (
-            "general",
-            "shell_path = \"bash\"",
-            "general.shell_path",
-            "absolute path",
-        ),
-        (
-            "general",
-            "jwt_env_variable = \"MY-TOKEN\"",
-            "general.jwt_env_variable",
-            "environment variable name",
-        ),
-        (
-            "general",
-            "static_min_days = -3",
-            "general.static_min_days",
-            ">= 0",
-        ),
-        (
-            "general",
-            "max_build_dir = 99999999999",
-            "general.max_build_dir",
-            "too large",
-        ),
-        (
-            "general",
-            "max_build_dir = 1.5",
-            "general.max_build_dir",
-            "expected an integer, found float",
-        ),
-        ("auth", "max_env_chars = 0", "auth.max_env_chars", ">= 1"),
-        (
-            "auth",
-            "jacamar_path = \"custom/bin\"",
-            "auth.jacamar_path",
-            "absolute path",
-        ),
-        (
-            "auth.runas",
-            "user_variable = \"TARGET\"",
-            "auth.runas.validation_script",
-            "missing required key",
-        ),
-        (
-            "auth.runas",
-            "validation_script = \"run.py\"",
-            "auth.runas.validation_script",
-            "absolute path",
-        ),
-        (
-            "auth.runas",
-            "validation_script = \"/r\"\nsha256 = \"abc\"",
-            "auth.runas.sha256",
-            "64 hexadecimal",
-        ),
-        (
-            "auth.runas",
-            "validation_script = \"/r\"\nvalidation_env = [\"NOEQUALS\"]",
-            "auth.runas.validation_env",
-            "KEY=value",
-        ),
-        (
-            "auth.runas",
-            "validation_script = \"/r\"\nvalidation_env = [\"=x\"]",
-            "auth.runas.validation_env",
-            "KEY=value",
-        ),
-        (
-            "auth.runas",
-            "validation_script = \"/r\"\nuser_variable = \"1ABC\"",
-            "auth.runas.user_variable",
-            "environment variable name",
-        ),
-        (
-            "auth.logging",
-            "location = \"logs/auth.log\"",
-            "auth.logging.location",
-            "syslog",
-        ),
-        (
-            "auth.logging",
-            "network = \"udp\"",
-            "auth.logging.network",
-            "without address",
-        ),
-        (
-            "auth.logging",
-            "address = \"localhost:514\"",
-            "auth.logging.address",
-            "without network",
-        ),
-        (
-            "auth.logging",
-            "network = \"http\"\naddress = \"x\"",
-            "auth.logging.network",
-            "\"udp\"",
-        ),
-        (
-            "auth.seccomp",
-            "block_calls = [\"Open\"]",
-            "auth.seccomp.block_calls",
-            "not a system call name",
-        ),
-        (
-            "auth.seccomp",
-            "block_all = true",
-            "auth.seccomp.block_all",
-            "every job would fail",
-        ),
-        (
-            "auth.seccomp",
-            "block_all = true\nallow_calls = []",
-            "auth.seccomp.block_all",
-            "every job would fail",
-        ),
-        (
-            "batch",
-            "scheduler_bin = \"bin\"",
-            "batch.scheduler_bin",
-            "absolute path",
-        ),
-        (
-            "batch",
-            "env_vars = [\"GPU\"]",
-            "batch.env_vars",
-            "KEY=value",
-        ),
-        (
-            "batch",
-            "arguments_variable = [\"SITE PARAMS\"]",
-            "batch.arguments_variable",
-            "environment variable name",
-        ),
-    ];
-    for (table, line, key, want) in bad {
+    for (table, line, key, want) in SEMANTIC_MISTAKES {
         let found = problems(&with_key(table, line));
         let p = found
             .iter()

@@ -208,148 +208,155 @@ fn graceful_kill_timeout_boundary_is_kill_plus_force() {
 /// One mistake at a time in the README's snippet (or its jacamar.toml): the
 /// only problem reported is on the mistaken line, names the key, says what
 /// to write.
+/// One mistake in the README's runner entry: `from` replaced with `to`.
+struct Mistake {
+    name: &'static str,
+    from: &'static str,
+    to: &'static str,
+    /// Text of the line the problem must point at (after the change).
+    at: &'static str,
+    key: &'static str,
+    says: &'static str,
+}
+
+/// Each mistake of [`each_mistake_is_one_line_with_its_line_and_key`].
+const MISTAKES: &[Mistake] = &[
+    Mistake {
+        name: "run_exec is another binary",
+        from: "run_exec     = \"/opt/jacamar/bin/jacamar-auth\"",
+        to: "run_exec     = \"/usr/local/bin/jacamar-auth\"",
+        at: "run_exec",
+        key: "runners.custom.run_exec",
+        says: "does not exist",
+    },
+    Mistake {
+        name: "prepare_exec is the job-side binary",
+        from: "prepare_exec = \"/opt/jacamar/bin/jacamar-auth\"",
+        to: "prepare_exec = \"/opt/jacamar/bin/jacamar\"",
+        at: "prepare_exec",
+        key: "runners.custom.prepare_exec",
+        says: "\"/opt/jacamar/bin/jacamar-auth\"",
+    },
+    Mistake {
+        name: "relative exec",
+        from: "cleanup_exec = \"/opt/jacamar/bin/jacamar-auth\"",
+        to: "cleanup_exec = \"jacamar-auth\"",
+        at: "cleanup_exec",
+        key: "runners.custom.cleanup_exec",
+        says: "absolute path",
+    },
+    Mistake {
+        name: "config without --configuration",
+        from:
+            "config_args  = [\"config\", \"--configuration\", \"/etc/gitlab-runner/jacamar.toml\"]",
+        to: "config_args  = [\"config\"]",
+        at: "config_args",
+        key: "runners.custom.config_args",
+        says: "no --configuration FILE",
+    },
+    Mistake {
+        name: "-u after the sub-command",
+        from: "config_args  = [\"config\",",
+        to: "config_args  = [\"config\", \"-u\",",
+        at: "config_args",
+        key: "runners.custom.config_args",
+        says: "move it to the front",
+    },
+    Mistake {
+        name: "wrong sub-command",
+        from: "run_args     = [\"run\"]",
+        to: "run_args     = [\"prepare\"]",
+        at: "run_args",
+        key: "runners.custom.run_args",
+        says: "needs 'run'",
+    },
+    Mistake {
+        name: "run_args with the script",
+        from: "run_args     = [\"run\"]",
+        to: "run_args     = [\"run\", \"build_script\"]",
+        at: "run_args",
+        key: "runners.custom.run_args",
+        says: "the runner appends the script path",
+    },
+    Mistake {
+        name: "prepare given --configuration",
+        from: "prepare_args = [\"prepare\"]",
+        to:
+            "prepare_args = [\"prepare\", \"--configuration\", \"/etc/gitlab-runner/jacamar.toml\"]",
+        at: "prepare_args",
+        key: "runners.custom.prepare_args",
+        says: "job_env",
+    },
+    Mistake {
+        name: "unknown global flag",
+        from: "prepare_args = [\"prepare\"]",
+        to: "prepare_args = [\"--debug\", \"prepare\"]",
+        at: "prepare_args",
+        key: "runners.custom.prepare_args",
+        says: "not a global flag",
+    },
+    Mistake {
+        name: "cleanup reads another file",
+        from:
+            "cleanup_args = [\"cleanup\", \"--configuration\", \"/etc/gitlab-runner/jacamar.toml\"]",
+        to: "cleanup_args = [\"cleanup\", \"--configuration\", \"/etc/gitlab-runner/other.toml\"]",
+        at: "cleanup_args",
+        key: "runners.custom.cleanup_args",
+        says: "use \"/etc/gitlab-runner/jacamar.toml\" in both",
+    },
+    Mistake {
+        name: "missing hook",
+        from: "    run_exec     = \"/opt/jacamar/bin/jacamar-auth\"\n",
+        to: "",
+        at: "[runners.custom]",
+        key: "runners.custom.run_exec",
+        says: "add run_exec = \"/opt/jacamar/bin/jacamar-auth\"",
+    },
+    Mistake {
+        name: "args as a string",
+        from: "run_args     = [\"run\"]",
+        to: "run_args     = \"run\"",
+        at: "run_args",
+        key: "runners.custom.run_args",
+        says: "write run_args = [\"run\"]",
+    },
+    Mistake {
+        name: "graceful_kill_timeout below kill_timeout",
+        from: "graceful_kill_timeout = 600",
+        to: "graceful_kill_timeout = 60",
+        at: "graceful_kill_timeout",
+        key: "runners.custom.graceful_kill_timeout",
+        says: "set graceful_kill_timeout = 130",
+    },
+    Mistake {
+        name: "graceful_kill_timeout without room for force_kill_timeout",
+        from: "graceful_kill_timeout = 600",
+        to: "graceful_kill_timeout = 125",
+        at: "graceful_kill_timeout",
+        key: "runners.custom.graceful_kill_timeout",
+        says: "+ force_kill_timeout (10s) = 2m10s exceeds",
+    },
+    Mistake {
+        name: "graceful_kill_timeout of 0 means the default",
+        from: "graceful_kill_timeout = 600",
+        to: "graceful_kill_timeout = 0",
+        at: "graceful_kill_timeout",
+        key: "runners.custom.graceful_kill_timeout",
+        says: "default of 600 s",
+    },
+    Mistake {
+        name: "force_kill_timeout as a duration string",
+        from: "graceful_kill_timeout = 600",
+        to: "graceful_kill_timeout = 600\n    force_kill_timeout = \"10s\"",
+        at: "force_kill_timeout",
+        key: "runners.custom.force_kill_timeout",
+        says: "whole number of seconds",
+    },
+];
+
 #[test]
 fn each_mistake_is_one_line_with_its_line_and_key() {
-    struct Case {
-        name: &'static str,
-        from: &'static str,
-        to: &'static str,
-        /// Text of the line the problem must point at (after the change).
-        at: &'static str,
-        key: &'static str,
-        says: &'static str,
-    }
-    let cases = [
-        Case {
-            name: "run_exec is another binary",
-            from: "run_exec     = \"/opt/jacamar/bin/jacamar-auth\"",
-            to: "run_exec     = \"/usr/local/bin/jacamar-auth\"",
-            at: "run_exec",
-            key: "runners.custom.run_exec",
-            says: "does not exist",
-        },
-        Case {
-            name: "prepare_exec is the job-side binary",
-            from: "prepare_exec = \"/opt/jacamar/bin/jacamar-auth\"",
-            to: "prepare_exec = \"/opt/jacamar/bin/jacamar\"",
-            at: "prepare_exec",
-            key: "runners.custom.prepare_exec",
-            says: "\"/opt/jacamar/bin/jacamar-auth\"",
-        },
-        Case {
-            name: "relative exec",
-            from: "cleanup_exec = \"/opt/jacamar/bin/jacamar-auth\"",
-            to: "cleanup_exec = \"jacamar-auth\"",
-            at: "cleanup_exec",
-            key: "runners.custom.cleanup_exec",
-            says: "absolute path",
-        },
-        Case {
-            name: "config without --configuration",
-            from: "config_args  = [\"config\", \"--configuration\", \"/etc/gitlab-runner/jacamar.toml\"]",
-            to: "config_args  = [\"config\"]",
-            at: "config_args",
-            key: "runners.custom.config_args",
-            says: "no --configuration FILE",
-        },
-        Case {
-            name: "-u after the sub-command",
-            from: "config_args  = [\"config\",",
-            to: "config_args  = [\"config\", \"-u\",",
-            at: "config_args",
-            key: "runners.custom.config_args",
-            says: "move it to the front",
-        },
-        Case {
-            name: "wrong sub-command",
-            from: "run_args     = [\"run\"]",
-            to: "run_args     = [\"prepare\"]",
-            at: "run_args",
-            key: "runners.custom.run_args",
-            says: "needs 'run'",
-        },
-        Case {
-            name: "run_args with the script",
-            from: "run_args     = [\"run\"]",
-            to: "run_args     = [\"run\", \"build_script\"]",
-            at: "run_args",
-            key: "runners.custom.run_args",
-            says: "the runner appends the script path",
-        },
-        Case {
-            name: "prepare given --configuration",
-            from: "prepare_args = [\"prepare\"]",
-            to: "prepare_args = [\"prepare\", \"--configuration\", \"/etc/gitlab-runner/jacamar.toml\"]",
-            at: "prepare_args",
-            key: "runners.custom.prepare_args",
-            says: "job_env",
-        },
-        Case {
-            name: "unknown global flag",
-            from: "prepare_args = [\"prepare\"]",
-            to: "prepare_args = [\"--debug\", \"prepare\"]",
-            at: "prepare_args",
-            key: "runners.custom.prepare_args",
-            says: "not a global flag",
-        },
-        Case {
-            name: "cleanup reads another file",
-            from: "cleanup_args = [\"cleanup\", \"--configuration\", \"/etc/gitlab-runner/jacamar.toml\"]",
-            to: "cleanup_args = [\"cleanup\", \"--configuration\", \"/etc/gitlab-runner/other.toml\"]",
-            at: "cleanup_args",
-            key: "runners.custom.cleanup_args",
-            says: "use \"/etc/gitlab-runner/jacamar.toml\" in both",
-        },
-        Case {
-            name: "missing hook",
-            from: "    run_exec     = \"/opt/jacamar/bin/jacamar-auth\"\n",
-            to: "",
-            at: "[runners.custom]",
-            key: "runners.custom.run_exec",
-            says: "add run_exec = \"/opt/jacamar/bin/jacamar-auth\"",
-        },
-        Case {
-            name: "args as a string",
-            from: "run_args     = [\"run\"]",
-            to: "run_args     = \"run\"",
-            at: "run_args",
-            key: "runners.custom.run_args",
-            says: "write run_args = [\"run\"]",
-        },
-        Case {
-            name: "graceful_kill_timeout below kill_timeout",
-            from: "graceful_kill_timeout = 600",
-            to: "graceful_kill_timeout = 60",
-            at: "graceful_kill_timeout",
-            key: "runners.custom.graceful_kill_timeout",
-            says: "set graceful_kill_timeout = 130",
-        },
-        Case {
-            name: "graceful_kill_timeout without room for force_kill_timeout",
-            from: "graceful_kill_timeout = 600",
-            to: "graceful_kill_timeout = 125",
-            at: "graceful_kill_timeout",
-            key: "runners.custom.graceful_kill_timeout",
-            says: "+ force_kill_timeout (10s) = 2m10s exceeds",
-        },
-        Case {
-            name: "graceful_kill_timeout of 0 means the default",
-            from: "graceful_kill_timeout = 600",
-            to: "graceful_kill_timeout = 0",
-            at: "graceful_kill_timeout",
-            key: "runners.custom.graceful_kill_timeout",
-            says: "default of 600 s",
-        },
-        Case {
-            name: "force_kill_timeout as a duration string",
-            from: "graceful_kill_timeout = 600",
-            to: "graceful_kill_timeout = 600\n    force_kill_timeout = \"10s\"",
-            at: "force_kill_timeout",
-            key: "runners.custom.force_kill_timeout",
-            says: "whole number of seconds",
-        },
-    ];
-    for case in cases {
+    for case in MISTAKES {
         let mut host = FakeHost::readme();
         // A second valid file, so that naming it is the only mistake.
         host.config("/etc/gitlab-runner/other.toml", &readme_jacamar());
