@@ -55,10 +55,10 @@ RUNNER_PID=/run/gitlab-runner.pid
 # goes to the runner node (tls-ca-file of config.toml and jacamar*.toml).
 fake_gitlab_start() {
   local logf=$1 bin line deadline
-  bin=$(cd "$REPO_DIR" && nice cargo test --test e2e --no-run --message-format=json 2>"$logf.build" \
+  bin=$(cd "$REPO_DIR" && nice cargo test --features root-tests --test e2e --no-run --message-format=json 2>"$logf.build" \
           | jq -r 'select(.reason == "compiler-artifact" and .profile.test == true and .target.name == "e2e") | .executable // empty' | tail -n1) \
     || { tail -20 "$logf.build" >&2; die "building the e2e test binary (the fake GitLab) failed"; }
-  [ -x "$bin" ] || { tail -20 "$logf.build" >&2; die "no e2e test binary (cargo test --test e2e --no-run)"; }
+  [ -x "$bin" ] || { tail -20 "$logf.build" >&2; die "no e2e test binary (cargo test --features root-tests --test e2e --no-run)"; }
   JACAMAR_FAKE_GITLAB_ADDR=$FAKE_GITLAB_IP JACAMAR_FAKE_GITLAB_PORT=$FAKE_GITLAB_PORT \
   JACAMAR_FAKE_GITLAB_RUNNERS="$RUNNER_SLURM,$RUNNER_PBS,$RUNNER_NFS2S" \
     "$bin" --ignored --exact cluster_fake::serve_fake_gitlab --nocapture --test-threads 1 \

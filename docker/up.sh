@@ -65,8 +65,8 @@ if [ "${JACAMAR_DOCKER_NO_BUILD:-0}" != 1 ]; then
     || { tail -20 /tmp/jacamar-rs-package.log >&2; die "scripts/package.sh failed"; }
   # The fake GitLab smoke.sh and failure-tests.sh start (tests/e2e/cluster_fake.rs) is a mode
   # of the e2e test binary: built now, so that they only check it is fresh.
-  log "cargo test --test e2e --no-run (the fake GitLab; a no-op when up to date)"
-  (cd "$REPO_DIR" && nice cargo test --test e2e --no-run --quiet 2>/tmp/jacamar-rs-e2e-build.log) \
+  log "cargo test --features root-tests --test e2e --no-run (the fake GitLab; a no-op when up to date)"
+  (cd "$REPO_DIR" && nice cargo test --features root-tests --test e2e --no-run --quiet 2>/tmp/jacamar-rs-e2e-build.log) \
     || { tail -20 /tmp/jacamar-rs-e2e-build.log >&2; die "building the e2e test binary failed"; }
 fi
 version=$(cd "$REPO_DIR" && cargo pkgid); version=${version##*[#@]}

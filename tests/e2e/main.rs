@@ -5,9 +5,10 @@
 //! Needs root, git, the runner binaries in `JACAMAR_E2E_RUNNER_V18_0_5` and
 //! `JACAMAR_E2E_RUNNER_V16_9_2`, and `gitlab-runner` on the job user's PATH
 //! (/usr/local/bin/gitlab-runner, for the helper commands); scripts/test.sh provides all of
-//! them. Without them every test fails, unless `JACAMAR_TEST_ALLOW_SKIP=1`.
-//! Each scenario runs once per runner release: `cargo test --test e2e v18_0_5` runs one
-//! release's half. `JACAMAR_E2E_SHOW=1` (with `--nocapture`) prints every job's log, the
+//! them. Without them every test fails, unless `JACAMAR_TEST_ALLOW_SKIP=1`. The target is
+//! built only with the `root-tests` feature (Cargo.toml): plain `cargo test` leaves it out.
+//! Each scenario runs once per runner release: `cargo test --features root-tests --test e2e
+//! v18_0_5` runs one release's half. `JACAMAR_E2E_SHOW=1` (with `--nocapture`) prints every job's log, the
 //! runner's log and the requests the fake GitLab saw.
 //!
 //! `cluster_fake::serve_fake_gitlab` (`#[ignore]`d) is no test: it serves the fake GitLab to

@@ -1,6 +1,10 @@
 //! Integration tests: the real binaries through the real stage sequence.
 //!
-//! Several tests need root (creating directories owned by other uids); CI runs as root.
+//! Several tests need root (creating directories owned by other uids, switching accounts);
+//! CI runs as root. Those are ignored unless the `root-tests` feature is on (`#[cfg_attr(not(
+//! feature = "root-tests"), ignore = ...)]`, `shape_tests!(root: ...)`), and start with
+//! `require_root()`: `cargo test` as any user runs the others; `cargo test --features
+//! root-tests`, as root, runs all (scripts/test.sh).
 
 mod auth_jwt;
 mod auth_kit;
