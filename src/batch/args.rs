@@ -26,7 +26,7 @@ pub struct Illegal {
     pub why: &'static str,
 }
 
-/// Copy the CI variables the batch executor reads (`arguments_variable`, the name prefix)
+/// Copy the CI variables a batch run reads (`arguments_variable`, the name prefix)
 /// from the runner's environment (`CUSTOM_ENV_<NAME>`) into the job context. Called by
 /// `jacamar-auth`, which is the only side that sees the runner's environment.
 pub fn capture(config: &Config, job: &mut JobContext, env: &BTreeMap<String, String>) {

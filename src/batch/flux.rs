@@ -4,12 +4,13 @@
 //! code, until the instance purges them), `flux jobs ID` for one job, `flux job kill` to
 //! signal and `flux cancel` to cancel.
 
-use super::args::Illegal;
-use super::limiter::CmdOutput;
-use super::{
-    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
-};
 use std::collections::BTreeMap;
+
+use super::args::Illegal;
+use super::scheduler::{
+    any_word, last_line_id, listed, running_user, Cmd, Query, Read, Scheduler, Submission,
+};
+use super::{path_arg, Final, JobState, Listed};
 
 /// The Flux scheduler (`executor = "flux"`).
 pub struct Flux;
@@ -104,7 +105,7 @@ pub fn parse_jobs_list(stdout: &str) -> BTreeMap<String, Listed> {
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
                 return None;
             }
-            Some((id.to_string(), super::listed(parse_jobs(rest)?, false)))
+            Some((id.to_string(), listed(parse_jobs(rest)?, false)))
         })
         .collect()
 }
@@ -129,28 +130,19 @@ pub fn decimal_id(id: &str) -> Option<String> {
     Some(n.to_string())
 }
 
-fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    // A broker that is restarting or unreachable: try again later.
-    let transient = [
-        "Connection refused",
-        "No such file or directory",
-        "Resource temporarily unavailable",
-        "Connection timed out",
-    ]
-    .iter()
-    .any(|t| out.stderr.contains(t) && out.stderr.contains("flux"));
-    super::command_failure(tool, args, out, transient)
-}
+/// A broker's words for being restarting or unreachable (with `flux` in the message: the
+/// command's own, not the job's): try again later.
+const TRANSIENT: &[&str] = &[
+    "Connection refused",
+    "No such file or directory",
+    "Resource temporarily unavailable",
+    "Connection timed out",
+];
 
 /// The job id in `flux submit`'s answer: its last non-blank line (`ƒ2kAbCd`, or decimal),
 /// when [`valid_id`].
 pub fn parse_submit(stdout: &str) -> Option<String> {
-    let id = stdout
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())?;
-    valid_id(id).then(|| id.to_string())
+    last_line_id(stdout, valid_id)
 }
 
 /// A Flux job id in the forms this module reads ([`decimal_id`]): decimal digits (at most
@@ -232,98 +224,71 @@ impl Scheduler for Flux {
         valid_id(id)
     }
 
-    fn submit<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        sub: &'a Submission,
-    ) -> BoxFuture<'a, Result<String, BatchError>> {
-        Box::pin(async move {
-            let mut args = vec![
-                "submit".to_string(),
-                format!("--job-name={}", sub.name),
-                format!("--output={}", path_arg(&sub.output)),
-                format!("--cwd={}", path_arg(&sub.workdir)),
-            ];
-            args.extend(sub.args.iter().cloned());
-            args.push(path_arg(&sub.script));
-            super::submit_command(cmds, "flux", &args, failure, parse_submit).await
-        })
+    /// A broker that is restarting or unreachable, as the `flux` command says it.
+    fn transient(&self, stderr: &str) -> bool {
+        stderr.contains("flux") && any_word(stderr, TRANSIENT)
     }
 
-    fn state<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
-        Box::pin(async move {
-            let args = s(&["jobs", "-n", "-o", JOBS_FORMAT, id]);
+    fn submit(&self, sub: &Submission) -> Cmd {
+        let options = vec![
+            "submit".to_string(),
+            format!("--job-name={}", sub.name),
+            format!("--output={}", path_arg(&sub.output)),
+            format!("--cwd={}", path_arg(&sub.workdir)),
+        ];
+        Cmd::submit("flux", options, sub)
+    }
+
+    fn parse_submit(&self, stdout: &str) -> Option<String> {
+        parse_submit(stdout)
+    }
+
+    fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
+        let jobs = Cmd::new("flux", &["jobs", "-n", "-o", JOBS_FORMAT, id]);
+        vec![Query::new(jobs, |o| {
             // Not known, or listed with no line: no record of the job.
-            let gone = |o: &CmdOutput| {
-                if o.success() {
-                    o.stdout.trim().is_empty()
-                } else {
-                    unknown(&o.stderr)
-                }
+            let gone = match o.success() {
+                true => o.stdout.trim().is_empty(),
+                false => unknown(&o.stderr),
             };
-            super::state_command(cmds, "flux", &args, failure, gone, parse_jobs).await
-        })
+            match gone {
+                true => Read::Got(JobState::Unknown),
+                false => Read::parse(o, parse_jobs),
+            }
+        })]
     }
 
-    /// Per user when the passwd database names us (given to `--user`).
-    fn lists_user_jobs(&self) -> bool {
-        super::running_user().is_some()
+    fn cancel(&self, id: &str, graceful: bool) -> Cmd {
+        // graceful: SIGTERM only, the job's traps run; otherwise flux cancel (SIGTERM,
+        // then SIGKILL after the instance's kill timeout).
+        // `--`: `flux job kill` (getopt_long) and `flux cancel` (argparse) take what
+        // follows as job ids, never options.
+        match graceful {
+            true => Cmd::new("flux", &["job", "kill", "--signal=SIGTERM", "--", id]),
+            false => Cmd::new("flux", &["cancel", "--", id]),
+        }
+    }
+
+    fn gone(&self, stderr: &str) -> bool {
+        let e = stderr.to_ascii_lowercase();
+        unknown(stderr) || e.contains("inactive") || e.contains("not running")
+    }
+
+    /// `flux jobs -a -n --user=USER -o LIST_FORMAT` (when the passwd database names us):
+    /// the user's pending, running and inactive jobs (flux-jobs(1): `-a` is every state; at
+    /// most `--count`, 1000 by default, the inactive ones most recent first). A job that
+    /// left it (purged, or past the count) is asked alone (the default
+    /// [`Scheduler::accounting`], `flux jobs ID`).
+    fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
+        let user = format!("--user={}", running_user()?);
+        let jobs = Cmd::new("flux", &["jobs", "-a", "-n", &user, "-o", LIST_FORMAT]);
+        Some(Query::new(jobs, |o| Read::table(o, parse_jobs_list)))
     }
 
     /// The decimal id: the listing prints `{id}` so that it does not depend on the
     /// locale's `ƒ`. An id in another form than F58 or decimal polls alone.
     fn listing_id(&self, id: &str) -> String {
         decimal_id(id).unwrap_or_default()
-    }
-
-    /// `flux jobs -a -n --user=USER -o LIST_FORMAT`: the user's pending, running and
-    /// inactive jobs (flux-jobs(1): `-a` is every state; at most `--count`, 1000 by
-    /// default, the inactive ones most recent first). A job that left it (purged, or past
-    /// the count) is asked alone (the default [`Scheduler::accounting`], `flux jobs ID`).
-    fn user_jobs<'a>(
-        &'a self,
-        cmds: &'a Commands,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
-        Box::pin(async move {
-            let user = super::listing_user("flux jobs --user")?;
-            let args = vec![
-                "jobs".to_string(),
-                "-a".into(),
-                "-n".into(),
-                format!("--user={user}"),
-                "-o".into(),
-                LIST_FORMAT.into(),
-            ];
-            super::list_command(cmds, "flux", &args, failure, |_| false, parse_jobs_list).await
-        })
-    }
-
-    fn cancel<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-        graceful: bool,
-    ) -> BoxFuture<'a, Result<(), BatchError>> {
-        Box::pin(async move {
-            // graceful: SIGTERM only, the job's traps run; otherwise flux cancel (SIGTERM,
-            // then SIGKILL after the instance's kill timeout).
-            // `--`: `flux job kill` (getopt_long) and `flux cancel` (argparse) take what
-            // follows as job ids, never options.
-            let args = if graceful {
-                s(&["job", "kill", "--signal=SIGTERM", "--", id])
-            } else {
-                s(&["cancel", "--", id])
-            };
-            super::cancel_command(cmds, "flux", &args, failure, |stderr| {
-                let e = stderr.to_ascii_lowercase();
-                unknown(stderr) || e.contains("inactive") || e.contains("not running")
-            })
-            .await
-        })
     }
 }
 

@@ -15,13 +15,12 @@
 //! SIGKILL after its terminate interval). Either way the driver cancels by the job id
 //! `bsub` printed, never by name, so no other job of the user is touched.
 
+use std::collections::BTreeMap;
+
 use super::args::Illegal;
 use super::limiter::CmdOutput;
-use super::wrapper::{output_redirect, wrapper_script};
-use super::{
-    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
-};
-use std::collections::BTreeMap;
+use super::scheduler::{any_word, listed, running_user, Cmd, Query, Read, Scheduler, Submission};
+use super::{path_arg, Final, JobState, Listed};
 
 /// The LSF scheduler (`executor = "lsf"`).
 pub struct Lsf {
@@ -90,7 +89,7 @@ pub fn parse_bjobs_list(stdout: &str) -> BTreeMap<String, Listed> {
             if id.is_empty() || !id.starts_with(|c: char| c.is_ascii_digit()) {
                 return None;
             }
-            Some((id.to_string(), super::listed(parse_bjobs(rest)?, false)))
+            Some((id.to_string(), listed(parse_bjobs(rest)?, false)))
         })
         .collect()
 }
@@ -115,10 +114,6 @@ const TRANSIENT: &[&str] = &[
     "Resource temporarily unavailable",
     "Timeout",
 ];
-
-fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    super::failure_by_words(TRANSIENT, tool, args, out)
-}
 
 /// The id in `bsub`'s answer: `Job <1234> is submitted to queue <normal>.`
 pub fn parse_submit(stdout: &str) -> Option<String> {
@@ -179,96 +174,81 @@ impl Scheduler for Lsf {
     }
 
     fn illegal_args(&self) -> &'static [Illegal] {
-        if self.job_cancellation {
-            ILLEGAL_NAMED
-        } else {
-            ILLEGAL
+        match self.job_cancellation {
+            true => ILLEGAL_NAMED,
+            false => ILLEGAL,
         }
-    }
-
-    fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
-        wrapper_script(
-            &output_redirect(output),
-            command,
-            "",
-            output,
-            &super::wrapper::exit_path(output),
-        )
     }
 
     fn valid_id(&self, id: &str) -> bool {
         valid_id(id)
     }
 
-    fn submit<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        sub: &'a Submission,
-    ) -> BoxFuture<'a, Result<String, BatchError>> {
-        Box::pin(async move {
-            // bsub runs in the job's working dir (Commands' cwd): the job starts there.
-            let mut args = vec!["-o".to_string(), path_arg(&report_file(&sub.output))];
-            if self.job_cancellation {
-                args.push("-J".into());
-                args.push(sub.name.clone());
+    fn transient(&self, stderr: &str) -> bool {
+        any_word(stderr, TRANSIENT)
+    }
+
+    /// bsub runs in the job's working dir (the commands' cwd): the job starts there.
+    fn submit(&self, sub: &Submission) -> Cmd {
+        let mut options = vec!["-o".to_string(), path_arg(&report_file(&sub.output))];
+        if self.job_cancellation {
+            options.extend(["-J".to_string(), sub.name.clone()]);
+        }
+        Cmd::submit("bsub", options, sub)
+    }
+
+    fn parse_submit(&self, stdout: &str) -> Option<String> {
+        parse_submit(stdout)
+    }
+
+    fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
+        let bjobs = Cmd::new("bjobs", &["-noheader", "-o", BJOBS_FORMAT, id]);
+        vec![Query::new(bjobs, |o| {
+            match o.stderr.contains("is not found") {
+                true => Read::Got(JobState::Unknown),
+                false => Read::parse(o, parse_bjobs),
             }
-            args.extend(sub.args.iter().cloned());
-            args.push(path_arg(&sub.script));
-            super::submit_command(cmds, "bsub", &args, failure, parse_submit).await
-        })
+        })]
     }
 
-    fn state<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
-        Box::pin(async move {
-            let args = s(&["-noheader", "-o", BJOBS_FORMAT, id]);
-            let unknown = |o: &CmdOutput| o.stderr.contains("is not found");
-            super::state_command(cmds, "bjobs", &args, failure, unknown, parse_bjobs).await
-        })
+    fn cancel(&self, id: &str, graceful: bool) -> Cmd {
+        match graceful && self.job_cancellation {
+            true => Cmd::new("bkill", &["-s", "TERM", id]),
+            false => Cmd::new("bkill", &[id]),
+        }
     }
 
-    /// Per user when the passwd database names us (`bjobs -u` is given the name).
-    fn lists_user_jobs(&self) -> bool {
-        super::running_user().is_some()
+    fn gone(&self, stderr: &str) -> bool {
+        any_word(
+            stderr,
+            &["already finished", "No matching job", "is not found"],
+        )
     }
 
-    /// `bjobs -u USER -a -noheader -o BJOBS_LIST_FORMAT`: every job of the user, finished
-    /// ones with their exit code until `CLEAN_PERIOD` (default one hour) removes them. A job
-    /// that left it is asked alone (the default [`Scheduler::accounting`], `bjobs ID`):
-    /// past `CLEAN_PERIOD` only `bhist` knows it, which the driver does not read.
-    fn user_jobs<'a>(
-        &'a self,
-        cmds: &'a Commands,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
-        Box::pin(async move {
-            let user = super::listing_user("bjobs -u")?;
-            let args = s(&["-u", user, "-a", "-noheader", "-o", BJOBS_LIST_FORMAT]);
-            super::list_command(cmds, "bjobs", &args, failure, no_jobs, parse_bjobs_list).await
-        })
+    /// `bjobs -u USER -a -noheader -o BJOBS_LIST_FORMAT` (when the passwd database names
+    /// us): every job of the user, finished ones with their exit code until `CLEAN_PERIOD`
+    /// (default one hour) removes them. A job that left it is asked alone (the default
+    /// [`Scheduler::accounting`], `bjobs ID`): past `CLEAN_PERIOD` only `bhist` knows it,
+    /// which the driver does not read.
+    fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
+        let args = [
+            "-u",
+            running_user()?,
+            "-a",
+            "-noheader",
+            "-o",
+            BJOBS_LIST_FORMAT,
+        ];
+        Some(Query::new(Cmd::new("bjobs", &args), |o| {
+            match o.stdout.trim().is_empty() && no_jobs(o) {
+                true => Read::Got(BTreeMap::new()),
+                false => Read::table(o, parse_bjobs_list),
+            }
+        }))
     }
 
-    fn cancel<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-        graceful: bool,
-    ) -> BoxFuture<'a, Result<(), BatchError>> {
-        Box::pin(async move {
-            let args = if graceful && self.job_cancellation {
-                s(&["-s", "TERM", id])
-            } else {
-                s(&[id])
-            };
-            super::cancel_command(cmds, "bkill", &args, failure, |e| {
-                e.contains("already finished")
-                    || e.contains("No matching job")
-                    || e.contains("is not found")
-            })
-            .await
-        })
+    fn spools_output(&self) -> bool {
+        true
     }
 }
 

@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use super::args::Illegal;
 use super::limiter::CmdOutput;
-use super::{
-    exit_code_of, path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler,
-    Submission,
-};
+use super::scheduler::{any_word, Accounting, Cmd, Query, Read, Scheduler, States, Submission};
+use super::{exit_code_of, fmt_dur, path_arg, Final, JobState, Listed};
 
 /// The Slurm scheduler (`executor = "slurm"` or `"sbatch"`).
 pub struct Slurm;
@@ -92,11 +90,6 @@ const TRANSIENT: &[&str] = &[
     "Communication connection failure",
     "Slurm backup controller in standby mode",
 ];
-
-/// Classify a failed command's output (Slurm's words for a busy or restarting controller).
-fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    super::failure_by_words(TRANSIENT, tool, args, out)
-}
 
 /// The id in `sbatch --parsable`'s answer (`42` or `42;cluster`): a plain job id, also for
 /// an array or heterogeneous submission (their `N_M` and `N+M` forms name a task or a
@@ -316,7 +309,7 @@ fn option_value<'a>(args: &'a [String], short: &str, long: &str) -> Option<&'a s
 /// left, when `--time` asks for more than is left (a warning: Slurm would
 /// remove the job at once as unable to end before its deadline, although it may well end
 /// sooner), or when `--begin` is not `now+N` or is past the CI job's end (sbatch refuses a
-/// begin after the deadline; the executor removes a job still queued at the CI job's end).
+/// begin after the deadline; the batch run removes a job still queued at the CI job's end).
 pub fn deadline_args(
     args: &[String],
     left: Duration,
@@ -326,7 +319,7 @@ pub fn deadline_args(
     if option_value(args, "--deadline", "--deadline").is_some() || left < Duration::from_secs(1) {
         return none(None);
     }
-    let left_text = super::executor::fmt_dur(left);
+    let left_text = fmt_dur(left);
     if let Some(t) = option_value(args, "-t", "--time") {
         match parse_time_limit(t) {
             Some(d) if d > left => {
@@ -355,9 +348,20 @@ pub fn deadline_args(
         vec![format!("--deadline=now+{secs}")],
         vec![format!(
             "slurm: --deadline=now+{secs} (the CI job's end, {left_text} from now, plus kill_timeout {})",
-            super::executor::fmt_dur(grace)
+            fmt_dur(grace)
         )],
     )
+}
+
+/// The `--format` of every `sacct` the driver reads.
+const SACCT_FORMAT: &str = "--format=JobID,State,ExitCode";
+
+/// The `sacct` query of `ids` (comma-separated) in the accounting database (`-X`: the
+/// allocations only) or, `completion_log`, in the completion log (`-c`, where there is no
+/// accounting database).
+fn sacct(ids: &str, completion_log: bool) -> Cmd {
+    let from = if completion_log { "-c" } else { "-X" };
+    Cmd::new("sacct", &[from, "-n", "-P", SACCT_FORMAT, "-j", ids])
 }
 
 impl Scheduler for Slurm {
@@ -369,128 +373,88 @@ impl Scheduler for Slurm {
         ILLEGAL
     }
 
-    fn deadline_args(
-        &self,
-        args: &[String],
-        left: Duration,
-        grace: Duration,
-    ) -> (Vec<String>, Vec<String>) {
-        deadline_args(args, left, grace)
-    }
-
     fn valid_id(&self, id: &str) -> bool {
         valid_id(id)
     }
 
-    fn submit<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        sub: &'a Submission,
-    ) -> BoxFuture<'a, Result<String, BatchError>> {
-        Box::pin(async move {
-            let mut args = vec![
-                "--parsable".to_string(),
-                format!("--job-name={}", sub.name),
-                format!("--output={}", path_arg(&sub.output)),
-                format!("--chdir={}", path_arg(&sub.workdir)),
-            ];
-            args.extend(sub.args.iter().cloned());
-            args.push(path_arg(&sub.script));
-            super::submit_command(cmds, "sbatch", &args, failure, parse_submit).await
-        })
+    fn transient(&self, stderr: &str) -> bool {
+        any_word(stderr, TRANSIENT)
     }
 
-    fn state<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
-        Box::pin(async move {
-            // `--`: scontrol (getopt) takes what follows as operands, never options.
-            let args = s(&["show", "job", "-o", "--", id]);
-            let purged = |o: &CmdOutput| !o.success() && o.stderr.contains("Invalid job id");
-            let st = super::state_command(cmds, "scontrol", &args, failure, purged, parse_scontrol)
-                .await?;
-            if st != JobState::Unknown {
-                return Ok(st);
+    fn submit(&self, sub: &Submission) -> Cmd {
+        let options = vec![
+            "--parsable".to_string(),
+            format!("--job-name={}", sub.name),
+            format!("--output={}", path_arg(&sub.output)),
+            format!("--chdir={}", path_arg(&sub.workdir)),
+        ];
+        Cmd::submit("sbatch", options, sub)
+    }
+
+    fn parse_submit(&self, stdout: &str) -> Option<String> {
+        parse_submit(stdout)
+    }
+
+    /// `scontrol show job` while the controller holds the job; once it purged the job
+    /// (`Invalid job id`), the accounting, then the completion log.
+    fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
+        // `--`: scontrol (getopt) takes what follows as operands, never options.
+        let scontrol = Cmd::new("scontrol", &["show", "job", "-o", "--", id]);
+        let live = Query::new(scontrol, |o| {
+            if !o.success() && o.stderr.contains("Invalid job id") {
+                return Read::Next;
             }
-            // Purged from the controller: ask the accounting, then the completion log.
-            let fmt = "--format=JobID,State,ExitCode";
-            let args = s(&["-X", "-n", "-P", fmt, "-j", id]);
-            let out = cmds.run("sacct", &args).await?;
-            if out.success() {
-                if let Some(st) = parse_sacct(&out.stdout, id) {
-                    return Ok(st);
+            match Read::parse(o, parse_scontrol) {
+                Read::Got(JobState::Unknown) => Read::Next,
+                r => r,
+            }
+        });
+        let purged = |completion_log| {
+            Query::new(sacct(id, completion_log), move |o: &CmdOutput| {
+                match o.success().then(|| parse_sacct(&o.stdout, id)).flatten() {
+                    Some(st) => Read::Got(st),
+                    None => Read::Next,
                 }
-            }
-            let args = s(&["-c", "-n", "-P", fmt, "-j", id]);
-            let out = cmds.run("sacct", &args).await?;
-            if out.success() {
-                return Ok(parse_sacct(&out.stdout, id).unwrap_or(JobState::Unknown));
-            }
-            Ok(JobState::Unknown)
-        })
+            })
+        };
+        vec![live, purged(false), purged(true)]
     }
 
-    fn lists_user_jobs(&self) -> bool {
-        true
+    fn cancel(&self, id: &str, graceful: bool) -> Cmd {
+        // `--`: scancel (getopt) takes what follows as job ids, never options.
+        match graceful {
+            true => Cmd::new("scancel", &["--signal=TERM", "--full", "--", id]),
+            false => Cmd::new("scancel", &["--", id]),
+        }
     }
 
-    fn user_jobs<'a>(
-        &'a self,
-        cmds: &'a Commands,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
-        Box::pin(async move {
-            let args = s(SQUEUE_ARGS);
-            let out = cmds.run("squeue", &args).await?;
-            if !out.success() {
-                return Err(failure("squeue", &args, &out));
-            }
-            Ok(parse_squeue(&out.stdout))
-        })
+    fn gone(&self, stderr: &str) -> bool {
+        stderr.contains("already completing or completed") || stderr.contains("Invalid job id")
     }
 
-    /// One `sacct -j a,b,c` for all of `ids` (a multi-id query of the accounting database,
-    /// by its index; the restriction on multi-id queries is squeue's), then one `sacct -c`
-    /// (the completion log, where there is no accounting database) for those still missing.
-    fn accounting<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        ids: &'a [String],
-    ) -> BoxFuture<'a, Result<BTreeMap<String, JobState>, BatchError>> {
-        Box::pin(async move {
-            let fmt = "--format=JobID,State,ExitCode";
-            let list = ids.join(",");
-            let args = s(&["-X", "-n", "-P", fmt, "-j", &list]);
-            let out = cmds.run("sacct", &args).await?;
-            let mut found = if out.success() {
-                parse_sacct_all(&out.stdout)
-            } else if TRANSIENT.iter().any(|w| out.stderr.contains(w)) {
-                return Err(failure("sacct", &args, &out));
+    fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
+        let squeue = Cmd::new("squeue", SQUEUE_ARGS);
+        Some(Query::new(squeue, |o| Read::table(o, parse_squeue)))
+    }
+
+    /// One `sacct -j a,b,c` for all of `missing` (a multi-id query of the accounting
+    /// database, by its index; the restriction on multi-id queries is squeue's), then one
+    /// `sacct -c` (the completion log, where there is no accounting database) for those
+    /// still missing. Only a transient failure of the first is an error.
+    fn accounting(&self, missing: &[&str], step: usize) -> Accounting {
+        if step > 1 {
+            return Accounting::Done;
+        }
+        let first = step == 0;
+        Accounting::Ask(Query::new(sacct(&missing.join(","), !first), move |o| {
+            if o.success() {
+                Read::Got(parse_sacct_all(&o.stdout))
+            } else if first && any_word(&o.stderr, TRANSIENT) {
+                Read::Failed
             } else {
-                BTreeMap::new()
-            };
-            found.retain(|id, _| ids.contains(id));
-            let missing: Vec<&str> = ids
-                .iter()
-                .filter(|id| !found.contains_key(*id))
-                .map(String::as_str)
-                .collect();
-            if missing.is_empty() {
-                return Ok(found);
+                Read::Got(States::new())
             }
-            let list = missing.join(",");
-            let args = s(&["-c", "-n", "-P", fmt, "-j", &list]);
-            let out = cmds.run("sacct", &args).await?;
-            if out.success() {
-                for (id, st) in parse_sacct_all(&out.stdout) {
-                    if missing.contains(&id.as_str()) {
-                        found.entry(id).or_insert(st);
-                    }
-                }
-            }
-            Ok(found)
-        })
+        }))
     }
 
     /// Slurm's word with the wrapper's code: `FAILED` with a code is an ordinary failure.
@@ -504,24 +468,13 @@ impl Scheduler for Slurm {
         }
     }
 
-    fn cancel<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-        graceful: bool,
-    ) -> BoxFuture<'a, Result<(), BatchError>> {
-        Box::pin(async move {
-            // `--`: scancel (getopt) takes what follows as job ids, never options.
-            let args = if graceful {
-                s(&["--signal=TERM", "--full", "--", id])
-            } else {
-                s(&["--", id])
-            };
-            super::cancel_command(cmds, "scancel", &args, failure, |e| {
-                e.contains("already completing or completed") || e.contains("Invalid job id")
-            })
-            .await
-        })
+    fn deadline_args(
+        &self,
+        args: &[String],
+        left: Duration,
+        grace: Duration,
+    ) -> (Vec<String>, Vec<String>) {
+        deadline_args(args, left, grace)
     }
 }
 
@@ -687,7 +640,7 @@ mod tests {
 
     #[test]
     fn the_deadline_and_its_warnings() {
-        let a = |v: &[&str]| s(v);
+        let a = |v: &[&str]| crate::batch::s(v);
         let hour = Duration::from_secs(3600);
         const G: Duration = Duration::from_secs(120);
         let (args, notes) = deadline_args(&a(&["-N", "1"]), hour, G);
