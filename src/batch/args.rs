@@ -26,6 +26,46 @@ pub struct Illegal {
     pub why: &'static str,
 }
 
+impl Illegal {
+    /// The short option `-c` and the long one `--long`.
+    pub const fn both(short: char, long: &'static str, why: &'static str) -> Illegal {
+        Illegal {
+            short: Some(short),
+            long: Some(long),
+            why,
+        }
+    }
+
+    /// The long option `--long` only (or one of LSF's single-dash words).
+    pub const fn long(long: &'static str, why: &'static str) -> Illegal {
+        Illegal {
+            short: None,
+            long: Some(long),
+            why,
+        }
+    }
+
+    /// The short option `-c` only.
+    pub const fn short(short: char, why: &'static str) -> Illegal {
+        Illegal {
+            short: Some(short),
+            long: None,
+            why,
+        }
+    }
+}
+
+/// Why the driver refuses an argument, in the words several schedulers share.
+pub mod why {
+    pub const OUTPUT: &str = "the driver chooses the output file it streams to the job log";
+    pub const STDERR: &str = "the driver streams stderr with stdout from its own output file";
+    pub const INPUT: &str = "batch jobs of the driver read no input";
+    pub const NAME: &str = "the driver names the job after the CI job";
+    pub const WAIT: &str = "the driver waits for the job itself";
+    pub const WORKDIR: &str = "the driver sets the job's working directory";
+    pub const INTERACTIVE: &str = "interactive jobs cannot be supervised by the driver";
+}
+
 /// Copy the CI variables a batch run reads (`arguments_variable`, the name prefix)
 /// from the runner's environment (`CUSTOM_ENV_<NAME>`) into the job context. Called by
 /// `jacamar-auth`, which is the only side that sees the runner's environment.

@@ -3,9 +3,6 @@
 //! description, failures classified in the scheduler's words.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use super::limiter::CmdOutput;
 use super::scheduler::{Accounting, Cmd, Query, Read, Scheduler, States, Submission};
@@ -117,25 +114,6 @@ impl<'a> Client<'a> {
             }
         }
         Ok(found)
-    }
-
-    /// Poll every `step` until job `id` is no longer active (its last state), for up to
-    /// `bound` (`None`).
-    pub async fn confirm_gone(
-        &self,
-        id: &str,
-        step: Duration,
-        bound: Duration,
-    ) -> Option<JobState> {
-        let until = Instant::now() + bound;
-        loop {
-            tokio::time::sleep(step).await;
-            match self.state(id).await {
-                Ok(st) if !st.is_active() => return Some(st),
-                _ if Instant::now() >= until => return None,
-                _ => {}
-            }
-        }
     }
 
     /// Ask `queries` in turn (see [`Scheduler::state`]): the first answer, or `None` when

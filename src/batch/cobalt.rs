@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::args::Illegal;
+use super::args::{why, Illegal};
 use super::scheduler::{
-    any_word, last_line_id, listed, running_user, Accounting, Cmd, Query, Read, Scheduler,
+    last_line_id, listed, running_user, Accounting, Cmd, Profile, Query, Read, Scheduler,
     Submission,
 };
 use super::{path_arg, Final, JobState, Listed};
@@ -25,56 +25,41 @@ pub struct Cobalt {
     pub skip_log: bool,
 }
 
+/// Cobalt's name, forms and words.
+const PROFILE: Profile = Profile {
+    name: "cobalt",
+    valid_id,
+    parse_submit,
+    gone: &[],
+    // Messages of the Cobalt clients for a component (the queue manager) that is down or
+    // unreachable (`component error: Failed to connect to queue-manager`, a refused or timed
+    // out XML-RPC connection): try again later, the job was not refused.
+    transient: &["Failed to connect to", "Connection refused", "timed out"],
+    illegal: &[
+        Illegal::both('o', "--output", why::OUTPUT),
+        Illegal::both(
+            'e',
+            "--error",
+            "the driver chooses the error file it streams to the job log",
+        ),
+        Illegal::both(
+            'O',
+            "--outputprefix",
+            "the driver chooses the output files it streams to the job log",
+        ),
+        Illegal::long(
+            "--debuglog",
+            "the driver reads the job's exit status from its own Cobalt log",
+        ),
+        Illegal::both('i', "--inputfile", why::INPUT),
+        Illegal::both('I', "--interactive", why::INTERACTIVE),
+        Illegal::long("--jobname", why::NAME),
+        Illegal::long("--cwd", why::WORKDIR),
+    ],
+};
+
 /// The line the script echoes last when `skip_cobalt_log` is set.
 pub const STATUS_ECHO: &str = "jacamar-rs: batch script exit status";
-
-const ILLEGAL: &[Illegal] = &[
-    Illegal {
-        short: Some('o'),
-        long: Some("--output"),
-        why: "the driver chooses the output file it streams to the job log",
-    },
-    Illegal {
-        short: Some('e'),
-        long: Some("--error"),
-        why: "the driver chooses the error file it streams to the job log",
-    },
-    Illegal {
-        short: Some('O'),
-        long: Some("--outputprefix"),
-        why: "the driver chooses the output files it streams to the job log",
-    },
-    Illegal {
-        short: None,
-        long: Some("--debuglog"),
-        why: "the driver reads the job's exit status from its own Cobalt log",
-    },
-    Illegal {
-        short: Some('i'),
-        long: Some("--inputfile"),
-        why: "batch jobs of the driver read no input",
-    },
-    Illegal {
-        short: Some('I'),
-        long: Some("--interactive"),
-        why: "interactive jobs cannot be supervised by the driver",
-    },
-    Illegal {
-        short: None,
-        long: Some("--jobname"),
-        why: "the driver names the job after the CI job",
-    },
-    Illegal {
-        short: None,
-        long: Some("--cwd"),
-        why: "the driver sets the job's working directory",
-    },
-];
-
-/// Messages of the Cobalt clients for a component (the queue manager) that is down or
-/// unreachable (`component error: Failed to connect to queue-manager`, a refused or timed
-/// out XML-RPC connection): try again later, the job was not refused.
-const TRANSIENT: &[&str] = &["Failed to connect to", "Connection refused", "timed out"];
 
 /// The Cobalt log of the job whose output is `output`.
 pub fn log_file(output: &Path) -> PathBuf {
@@ -184,20 +169,8 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl Scheduler for Cobalt {
-    fn name(&self) -> &'static str {
-        "cobalt"
-    }
-
-    fn illegal_args(&self) -> &'static [Illegal] {
-        ILLEGAL
-    }
-
-    fn valid_id(&self, id: &str) -> bool {
-        valid_id(id)
-    }
-
-    fn transient(&self, stderr: &str) -> bool {
-        any_word(stderr, TRANSIENT)
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn submit(&self, sub: &Submission) -> Cmd {
@@ -220,10 +193,6 @@ impl Scheduler for Cobalt {
         Cmd::submit("qsub", options, sub)
     }
 
-    fn parse_submit(&self, stdout: &str) -> Option<String> {
-        parse_submit(stdout)
-    }
-
     /// `qstat ID`: a job not listed is over (the Cobalt log says how) or never known.
     fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
         vec![Query::new(Cmd::new("qstat", &[id]), move |o| {
@@ -235,10 +204,6 @@ impl Scheduler for Cobalt {
     fn cancel(&self, id: &str, _graceful: bool) -> Cmd {
         // `--`: Cobalt's qdel (optparse) takes what follows as job ids, never options.
         Cmd::new("qdel", &["--", id])
-    }
-
-    fn gone(&self, _stderr: &str) -> bool {
-        false
     }
 
     /// `qstat -u USER` (when the passwd database names us): the user's queued and running
@@ -289,14 +254,13 @@ impl Scheduler for Cobalt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::scheduler::testing::{ids, out, shown, submission, submits};
 
     #[test]
     fn job_ids_are_digits() {
-        assert!(valid_id("1000"));
-        assert_eq!(parse_submit("1000\n").as_deref(), Some("1000"));
-        for id in ["", "-u", "--", "10 00", "1000\u{1b}[0m", "1000.server", "x"] {
-            assert!(!valid_id(id), "{id:?}");
-        }
+        submits(parse_submit, &[("1000\n", Some("1000"))]);
+        let bad = ["", "-u", "--", "10 00", "1000\u{1b}[0m", "1000.server", "x"];
+        ids(valid_id, &["1000"], &bad);
     }
 
     #[test]
@@ -390,5 +354,29 @@ mod tests {
             String::from_utf8_lossy(&o.stdout),
             format!("it's\n{STATUS_ECHO} 4\n")
         );
+    }
+
+    /// The commands, and how `qstat ID` reads: a job it does not list is unknown to it (its
+    /// end is in its files).
+    #[test]
+    fn commands_and_the_state_answer() {
+        let cobalt = Cobalt { skip_log: false };
+        let sub = submission(&["-n", "1"]);
+        assert_eq!(
+            cobalt.submit(&sub).display(),
+            "qsub --jobname ci-7 --cwd /w -o /s/build_script.out -e /s/build_script.err --debuglog /s/build_script.cobaltlog -n 1 /s/build_script-batch"
+        );
+        assert_eq!(cobalt.cancel("1000", true).display(), "qdel -- 1000");
+        let q = cobalt.state("1000");
+        assert_eq!(shown(&q), ["qstat 1000"]);
+        assert_eq!((q[0].read)(&out(0, "", "")), Read::Got(JobState::Unknown));
+        let t = "JobID   User       WallTime  Nodes  State    Location\n=======\n1000    ci         00:10:00  1      running  nid0001\n";
+        assert!(matches!(
+            (q[0].read)(&out(0, t, "")),
+            Read::Got(JobState::Running { .. })
+        ));
+        assert!(matches!(cobalt.accounting(&["1000"], 0), Accounting::Done));
+        let ended = "x Info: task completed normally with an exit code of 0; initiating job cleanup and removal\n";
+        assert!(parse_cobaltlog(ended).is_some_and(|f| f.success()));
     }
 }

@@ -17,9 +17,9 @@
 
 use std::collections::BTreeMap;
 
-use super::args::Illegal;
+use super::args::{why, Illegal};
 use super::limiter::CmdOutput;
-use super::scheduler::{any_word, listed, running_user, Cmd, Query, Read, Scheduler, Submission};
+use super::scheduler::{listed, running_user, Cmd, Profile, Query, Read, Scheduler, Submission};
 use super::{path_arg, Final, JobState, Listed};
 
 /// The LSF scheduler (`executor = "lsf"`).
@@ -28,42 +28,43 @@ pub struct Lsf {
     pub job_cancellation: bool,
 }
 
-const fn word(w: &'static str, why: &'static str) -> Illegal {
-    Illegal {
-        short: None,
-        long: Some(w),
-        why,
-    }
-}
-
-const OUT: &str = "the driver chooses the output file it streams to the job log";
-const INTERACTIVE: &str = "interactive jobs cannot be supervised by the driver";
+/// LSF's name, forms and words.
+const PROFILE: Profile = Profile {
+    name: "lsf",
+    valid_id,
+    parse_submit,
+    gone: &["already finished", "No matching job", "is not found"],
+    // mbatchd busy or restarting: LSF's own words for "try again".
+    transient: &[
+        "LSF is down",
+        "Batch system not responding",
+        "batch system daemon not responding",
+        "Failed in an LSF library call",
+        "Resource temporarily unavailable",
+        "Timeout",
+    ],
+    illegal: ILLEGAL,
+};
 
 /// With `lsf_job_cancellation`: every refused option, the job name last (LSF options are
 /// single-dash words, matched exactly).
 const ILLEGAL_NAMED: &[Illegal] = &[
-    word("-o", OUT),
-    word("-oo", OUT),
-    word(
-        "-e",
-        "the driver streams stderr with stdout from its own output file",
-    ),
-    word(
-        "-eo",
-        "the driver streams stderr with stdout from its own output file",
-    ),
-    word("-i", "batch jobs of the driver read no input"),
-    word("-is", "batch jobs of the driver read no input"),
-    word("-K", "the driver waits for the job itself"),
-    word("-I", INTERACTIVE),
-    word("-Ip", INTERACTIVE),
-    word("-Is", INTERACTIVE),
-    word("-IS", INTERACTIVE),
-    word("-ISp", INTERACTIVE),
-    word("-ISs", INTERACTIVE),
-    word("-IX", INTERACTIVE),
-    word("-cwd", "the driver sets the job's working directory"),
-    word(
+    Illegal::long("-o", why::OUTPUT),
+    Illegal::long("-oo", why::OUTPUT),
+    Illegal::long("-e", why::STDERR),
+    Illegal::long("-eo", why::STDERR),
+    Illegal::long("-i", why::INPUT),
+    Illegal::long("-is", why::INPUT),
+    Illegal::long("-K", why::WAIT),
+    Illegal::long("-I", why::INTERACTIVE),
+    Illegal::long("-Ip", why::INTERACTIVE),
+    Illegal::long("-Is", why::INTERACTIVE),
+    Illegal::long("-IS", why::INTERACTIVE),
+    Illegal::long("-ISp", why::INTERACTIVE),
+    Illegal::long("-ISs", why::INTERACTIVE),
+    Illegal::long("-IX", why::INTERACTIVE),
+    Illegal::long("-cwd", why::WORKDIR),
+    Illegal::long(
         "-J",
         "the driver names the job after the CI job (lsf_job_cancellation)",
     ),
@@ -104,16 +105,6 @@ fn no_jobs(o: &CmdOutput) -> bool {
 pub fn report_file(output: &std::path::Path) -> std::path::PathBuf {
     output.with_extension("lsf.out")
 }
-
-/// mbatchd busy or restarting: LSF's own words for "try again".
-const TRANSIENT: &[&str] = &[
-    "LSF is down",
-    "Batch system not responding",
-    "batch system daemon not responding",
-    "Failed in an LSF library call",
-    "Resource temporarily unavailable",
-    "Timeout",
-];
 
 /// The id in `bsub`'s answer: `Job <1234> is submitted to queue <normal>.`
 pub fn parse_submit(stdout: &str) -> Option<String> {
@@ -169,8 +160,8 @@ pub fn parse_bjobs(stdout: &str) -> Option<JobState> {
 }
 
 impl Scheduler for Lsf {
-    fn name(&self) -> &'static str {
-        "lsf"
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn illegal_args(&self) -> &'static [Illegal] {
@@ -180,14 +171,6 @@ impl Scheduler for Lsf {
         }
     }
 
-    fn valid_id(&self, id: &str) -> bool {
-        valid_id(id)
-    }
-
-    fn transient(&self, stderr: &str) -> bool {
-        any_word(stderr, TRANSIENT)
-    }
-
     /// bsub runs in the job's working dir (the commands' cwd): the job starts there.
     fn submit(&self, sub: &Submission) -> Cmd {
         let mut options = vec!["-o".to_string(), path_arg(&report_file(&sub.output))];
@@ -195,10 +178,6 @@ impl Scheduler for Lsf {
             options.extend(["-J".to_string(), sub.name.clone()]);
         }
         Cmd::submit("bsub", options, sub)
-    }
-
-    fn parse_submit(&self, stdout: &str) -> Option<String> {
-        parse_submit(stdout)
     }
 
     fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
@@ -216,13 +195,6 @@ impl Scheduler for Lsf {
             true => Cmd::new("bkill", &["-s", "TERM", id]),
             false => Cmd::new("bkill", &[id]),
         }
-    }
-
-    fn gone(&self, stderr: &str) -> bool {
-        any_word(
-            stderr,
-            &["already finished", "No matching job", "is not found"],
-        )
     }
 
     /// `bjobs -u USER -a -noheader -o BJOBS_LIST_FORMAT` (when the passwd database names
@@ -256,28 +228,23 @@ impl Scheduler for Lsf {
 mod tests {
     use super::*;
     use crate::batch::args::find_illegal;
+    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission, submits};
 
     #[test]
     fn job_ids_are_digits() {
-        assert!(valid_id("1234"));
-        for id in ["", "-J", "--", "12 34", "1234\u{1b}[0m", "1234[1]", "x"] {
-            assert!(!valid_id(id), "{id:?}");
-        }
+        let bad = ["", "-J", "--", "12 34", "1234\u{1b}[0m", "1234[1]", "x"];
+        ids(valid_id, &["1234"], &bad);
     }
 
     #[test]
     fn submit_answers() {
-        assert_eq!(
-            parse_submit("Job <1234> is submitted to queue <normal>.\n").as_deref(),
-            Some("1234")
-        );
-        assert_eq!(
-            parse_submit("Job <x> is submitted to queue <normal>."),
-            None
-        );
-        assert_eq!(
-            parse_submit("Request aborted by esub. Job not submitted."),
-            None
+        submits(
+            parse_submit,
+            &[
+                ("Job <1234> is submitted to queue <normal>.\n", Some("1234")),
+                ("Job <x> is submitted to queue <normal>.", None),
+                ("Request aborted by esub. Job not submitted.", None),
+            ],
         );
     }
 
@@ -295,19 +262,13 @@ mod tests {
             parse_bjobs("RUN|-|-|-"),
             Some(JobState::Running { .. })
         ));
-        let Some(JobState::Finished(f)) = parse_bjobs("DONE|-|-|-") else {
-            panic!()
-        };
+        let f = fin(parse_bjobs("DONE|-|-|-"));
         assert!(f.success());
-        let Some(JobState::Finished(f)) = parse_bjobs("EXIT|7|-|-") else {
-            panic!()
-        };
+        let f = fin(parse_bjobs("EXIT|7|-|-"));
         assert_eq!((f.normal_end, f.exit_code), (true, 7));
-        let Some(JobState::Finished(f)) =
-            parse_bjobs("EXIT|140|TERM_RUNLIMIT: job killed after reaching LSF run time limit|-")
-        else {
-            panic!()
-        };
+        let f = fin(parse_bjobs(
+            "EXIT|140|TERM_RUNLIMIT: job killed after reaching LSF run time limit|-",
+        ));
         assert!(!f.normal_end);
         assert_eq!(f.exit_code, 140);
         assert!(f.reason.unwrap().starts_with("TERM_RUNLIMIT"));
@@ -326,13 +287,9 @@ mod tests {
             &m["1002"].state,
             JobState::Queued { reason: Some(r), .. } if r == "New job is waiting for scheduling"
         ));
-        let JobState::Finished(f) = &m["1004"].state else {
-            panic!()
-        };
+        let f = fin(m["1004"].state.clone());
         assert_eq!((f.exit_code, m["1004"].code_unknown), (3, false));
-        let JobState::Finished(f) = &m["1003"].state else {
-            panic!()
-        };
+        let f = fin(m["1003"].state.clone());
         assert!(f.success());
         assert!(parse_bjobs_list("").is_empty());
         let none = CmdOutput {
@@ -369,5 +326,41 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// The commands with and without `lsf_job_cancellation`, and how `bjobs` reads.
+    #[test]
+    fn commands_and_the_state_answer() {
+        let (plain, named) = (
+            Lsf {
+                job_cancellation: false,
+            },
+            Lsf {
+                job_cancellation: true,
+            },
+        );
+        let sub = submission(&["-n", "2"]);
+        assert_eq!(
+            plain.submit(&sub).display(),
+            "bsub -o /s/build_script.lsf.out -n 2 /s/build_script-batch"
+        );
+        assert_eq!(
+            named.submit(&sub).display(),
+            "bsub -o /s/build_script.lsf.out -J ci-7 -n 2 /s/build_script-batch"
+        );
+        assert_eq!(plain.cancel("1234", true).display(), "bkill 1234");
+        assert_eq!(named.cancel("1234", true).display(), "bkill -s TERM 1234");
+        assert_eq!(named.cancel("1234", false).display(), "bkill 1234");
+        assert!(plain.gone("Job <1234>: Job has already finished"));
+        assert!(plain.gone("Job <1234>: No matching job found"));
+        let q = plain.state("1234");
+        assert_eq!(
+            shown(&q),
+            [format!("bjobs -noheader -o {BJOBS_FORMAT} 1234")]
+        );
+        let unknown = out(255, "", "Job <1234> is not found\n");
+        assert_eq!((q[0].read)(&unknown), Read::Got(JobState::Unknown));
+        let done = (q[0].read)(&out(0, "DONE|-|-|-\n", ""));
+        assert!(matches!(done, Read::Got(JobState::Finished(f)) if f.success()));
     }
 }

@@ -18,66 +18,44 @@
 
 use std::collections::BTreeMap;
 
-use super::args::Illegal;
+use super::args::{why, Illegal};
 use super::limiter::CmdOutput;
 use super::scheduler::{
-    any_word, last_line_id, listed, running_user, Cmd, Query, Read, Scheduler, Submission,
+    last_line_id, listed, running_user, Cmd, Profile, Query, Read, Scheduler, Submission,
 };
 use super::{path_arg, Final, JobState, Listed};
 
 /// The PBS scheduler (`executor = "pbs"`).
 pub struct Pbs;
 
-const ILLEGAL: &[Illegal] = &[
-    Illegal {
-        short: Some('o'),
-        long: None,
-        why: "the driver chooses the output file it streams to the job log",
-    },
-    Illegal {
-        short: Some('e'),
-        long: None,
-        why: "the driver chooses the error file",
-    },
-    Illegal {
-        short: Some('j'),
-        long: None,
-        why: "the driver joins the job's output itself",
-    },
-    Illegal {
-        short: Some('k'),
-        long: None,
-        why: "the driver chooses where output is kept",
-    },
-    Illegal {
-        short: Some('N'),
-        long: None,
-        why: "the driver names the job after the CI job",
-    },
-    Illegal {
-        short: Some('I'),
-        long: None,
-        why: "interactive jobs cannot be supervised by the driver",
-    },
-    Illegal {
-        short: Some('z'),
-        long: None,
-        why: "the driver needs the job id qsub prints",
-    },
-];
-
-/// Messages of the PBS clients (Torque, PBS Pro) for a server that is down, restarting or
-/// unreachable (`pbs_connect` failures, PBSE_NOSERVER, PBSE_PROTOCOL, a dropped
-/// connection): try again later, the job was not refused.
-const TRANSIENT: &[&str] = &[
-    "cannot connect to server",
-    "Cannot connect to default server",
-    "No server to connect to",
-    "Connection refused",
-    "Connection timed out",
-    "Communication failure",
-    "End of File",
-];
+/// PBS's name, forms and words.
+const PROFILE: Profile = Profile {
+    name: "pbs",
+    valid_id,
+    parse_submit,
+    gone: &["Unknown Job", "completed"],
+    // Messages of the PBS clients (Torque, PBS Pro) for a server that is down, restarting or
+    // unreachable (`pbs_connect` failures, PBSE_NOSERVER, PBSE_PROTOCOL, a dropped
+    // connection): try again later, the job was not refused.
+    transient: &[
+        "cannot connect to server",
+        "Cannot connect to default server",
+        "No server to connect to",
+        "Connection refused",
+        "Connection timed out",
+        "Communication failure",
+        "End of File",
+    ],
+    illegal: &[
+        Illegal::short('o', why::OUTPUT),
+        Illegal::short('e', "the driver chooses the error file"),
+        Illegal::short('j', "the driver joins the job's output itself"),
+        Illegal::short('k', "the driver chooses where output is kept"),
+        Illegal::short('N', why::NAME),
+        Illegal::short('I', why::INTERACTIVE),
+        Illegal::short('z', "the driver needs the job id qsub prints"),
+    ],
+};
 
 /// The exit-code file of the job whose output is `output` (the wrapper's own, see
 /// [`super::wrapper::exit_path`]).
@@ -197,20 +175,8 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl Scheduler for Pbs {
-    fn name(&self) -> &'static str {
-        "pbs"
-    }
-
-    fn illegal_args(&self) -> &'static [Illegal] {
-        ILLEGAL
-    }
-
-    fn valid_id(&self, id: &str) -> bool {
-        valid_id(id)
-    }
-
-    fn transient(&self, stderr: &str) -> bool {
-        any_word(stderr, TRANSIENT)
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn submit(&self, sub: &Submission) -> Cmd {
@@ -226,10 +192,6 @@ impl Scheduler for Pbs {
             sched_out,
         ];
         Cmd::submit("qsub", options, sub)
-    }
-
-    fn parse_submit(&self, stdout: &str) -> Option<String> {
-        parse_submit(stdout)
     }
 
     /// `qstat -f ID`; PBS Pro keeps a finished job in the server's history
@@ -250,10 +212,6 @@ impl Scheduler for Pbs {
         // `--`: Torque's and PBS Pro's qdel (getopt) and the Slurm wrapper's
         // (Getopt::Long) take what follows as job ids, never options.
         Cmd::new("qdel", &["--", id])
-    }
-
-    fn gone(&self, stderr: &str) -> bool {
-        stderr.contains("Unknown Job") || stderr.contains("completed")
     }
 
     /// `qstat -u USER` (when the passwd database names us): the same table on Torque, PBS
@@ -284,23 +242,23 @@ impl Scheduler for Pbs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::scheduler::testing::{out, shown, submission};
+    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission};
     use std::path::Path;
 
     #[test]
     fn job_ids_are_a_sequence_number_and_a_server_name() {
-        for id in [
+        let good = [
             "123",
             "123.server",
             "123.pbs-1.example.org",
             "123[]",
             "123[].server",
             "4567.Head-Node01",
-        ] {
-            assert!(valid_id(id), "{id}");
+        ];
+        for id in good {
             assert_eq!(parse_submit(&format!("{id}\n")).as_deref(), Some(id));
         }
-        for id in [
+        let bad = [
             "",
             "-W",
             "--",
@@ -317,9 +275,8 @@ mod tests {
             "123.server\u{1b}[31m",
             "123\u{1b}[31m",
             "123.server/x",
-        ] {
-            assert!(!valid_id(id), "{id:?}");
-        }
+        ];
+        ids(valid_id, &good, &bad);
         assert!(!valid_id(&format!("1.{}", "a".repeat(64))));
         assert!(!valid_id(&format!("1.{}", ["a"; 200].join("."))));
     }
@@ -332,14 +289,10 @@ mod tests {
             Some(JobState::Running { state: "R".into() })
         );
         let t = "Job Id: 31.srv\n    job_state = C\n    exit_status = 7\n";
-        let Some(JobState::Finished(f)) = parse_qstat(t) else {
-            panic!()
-        };
+        let f = fin(parse_qstat(t));
         assert_eq!((f.exit_code, f.success()), (7, false));
         let t = "job_state = F\nExit_status = 271\n";
-        let Some(JobState::Finished(f)) = parse_qstat(t) else {
-            panic!()
-        };
+        let f = fin(parse_qstat(t));
         assert_eq!((f.exit_code, f.success()), (143, false));
         let t = "job_state = Q\ncomment = Not Running: Insufficient resources\n";
         assert!(matches!(
@@ -374,9 +327,7 @@ mod tests {
         assert_eq!(letter(&m["42"]), ("R".into(), false));
         assert!(matches!(m["42"].state, JobState::Running { .. }));
         assert_eq!(letter(&m["43"]), ("C".into(), true));
-        let JobState::Finished(f) = &m["43"].state else {
-            panic!()
-        };
+        let f = fin(m["43"].state.clone());
         assert!(
             !f.normal_end,
             "a listed end is the scheduler's word, not the code"

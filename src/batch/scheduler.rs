@@ -131,31 +131,70 @@ pub enum Accounting {
     Done,
 }
 
+/// What a scheduler is called, and the forms and words it is known by: constant per
+/// scheduler ([`Scheduler::profile`]).
+pub struct Profile {
+    /// The scheduler's name for the job log (`slurm`).
+    pub name: &'static str,
+    /// Arguments the driver controls: refused in user arguments unless allowed.
+    pub illegal: &'static [Illegal],
+    /// Its words, in a failed command's stderr, for a daemon that is only busy, restarting
+    /// or unreachable (see [`Scheduler::transient`]).
+    pub transient: &'static [&'static str],
+    /// Its words, in a failed cancel's stderr, for a job already over or unknown (see
+    /// [`Scheduler::gone`]).
+    pub gone: &'static [&'static str],
+    /// Whether an id has the form of a job id its submit command prints (see
+    /// [`Scheduler::valid_id`]).
+    pub valid_id: fn(&str) -> bool,
+    /// The job id in its submit command's stdout, when it passes `valid_id`.
+    pub parse_submit: fn(&str) -> Option<String>,
+}
+
 /// A scheduler, described: its commands and how their answers read.
 pub trait Scheduler: Send + Sync {
+    /// Its name, forms and words.
+    fn profile(&self) -> &'static Profile;
+
     /// The scheduler's name for the job log (`slurm`).
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.profile().name
+    }
 
     /// Arguments the driver controls: refused in user arguments unless allowed.
-    fn illegal_args(&self) -> &'static [Illegal];
+    fn illegal_args(&self) -> &'static [Illegal] {
+        self.profile().illegal
+    }
 
     /// Whether `id` has the form of a job id this scheduler's submit command prints, the
-    /// only form the driver records (each [`Scheduler::parse_submit`] keeps to it). Ids read
+    /// only form the driver records (each [`Profile::parse_submit`] keeps to it). Ids read
     /// back from the job's record, which the job can write, are checked with it before any
     /// command gets one: an id that fails (`--uid=0`, an escape sequence) is reported and
     /// skipped (see [`super::persist`]).
-    fn valid_id(&self, id: &str) -> bool;
+    fn valid_id(&self, id: &str) -> bool {
+        (self.profile().valid_id)(id)
+    }
 
     /// Whether a failed command's `stderr` says the scheduler's daemon is only busy,
     /// restarting or unreachable: the command is retried with backoff
-    /// ([`super::BatchError::Transient`]). Each scheduler knows its own words for that.
-    fn transient(&self, stderr: &str) -> bool;
+    /// ([`super::BatchError::Transient`]). By default: one of [`Profile::transient`].
+    fn transient(&self, stderr: &str) -> bool {
+        any_word(stderr, self.profile().transient)
+    }
+
+    /// Whether a failed cancel's `stderr` says the job is already over or unknown: the
+    /// cancel has nothing left to do. By default: one of [`Profile::gone`].
+    fn gone(&self, stderr: &str) -> bool {
+        any_word(stderr, self.profile().gone)
+    }
+
+    /// The job id in the submit command's stdout ([`Profile::parse_submit`]).
+    fn parse_submit(&self, stdout: &str) -> Option<String> {
+        (self.profile().parse_submit)(stdout)
+    }
 
     /// The submit command of `sub` (see [`Cmd::submit`]).
     fn submit(&self, sub: &Submission) -> Cmd;
-
-    /// The job id in the submit command's stdout, when it passes [`Scheduler::valid_id`].
-    fn parse_submit(&self, stdout: &str) -> Option<String>;
 
     /// The commands that tell job `id`'s state, asked in turn: the first that answers
     /// ([`Read::Got`]) decides, [`Read::Next`] asks the next, and after the last the job is
@@ -165,10 +204,6 @@ pub trait Scheduler: Send + Sync {
     /// The command that ends job `id`; `graceful`: deliver SIGTERM and let the job run its
     /// traps (the scheduler's "signal" form), otherwise the plain cancel.
     fn cancel(&self, id: &str, graceful: bool) -> Cmd;
-
-    /// Whether a failed cancel's `stderr` says the job is already over or unknown: the
-    /// cancel has nothing left to do.
-    fn gone(&self, stderr: &str) -> bool;
 
     /// Every job of the user running us, in one per-user command (never a multi-id query of
     /// the live queue), by [`Scheduler::listing_id`]: then the jobs of one user share one
@@ -338,22 +373,58 @@ pub(crate) mod testing {
         queries.iter().map(|q| q.cmd.display()).collect()
     }
 
+    /// The final state in `st` (the test fails on any other).
+    pub fn fin(st: impl Into<Option<JobState>>) -> Final {
+        match st.into() {
+            Some(JobState::Finished(f)) => f,
+            other => panic!("not a final state: {other:?}"),
+        }
+    }
+
+    /// `valid` takes every id of `good` and none of `bad`.
+    pub fn ids(valid: fn(&str) -> bool, good: &[&str], bad: &[&str]) {
+        for id in good {
+            assert!(valid(id), "{id:?}");
+        }
+        for id in bad {
+            assert!(!valid(id), "{id:?}");
+        }
+    }
+
+    /// `parse` reads each answer of a submit command as its id (`None`: no id).
+    pub fn submits(parse: fn(&str) -> Option<String>, answers: &[(&str, Option<&str>)]) {
+        for (answer, id) in answers {
+            assert_eq!(parse(answer).as_deref(), *id, "{answer:?}");
+        }
+    }
+
     /// An in-memory scheduler for the unit tests of the state machine and the poller: its
     /// commands are words (`state 42`, `cancel plain 42`, `list`, `accounting 5 6`), which
     /// the test answers through [`crate::batch::Commands::answering`], the answer in JSON
     /// on stdout ([`json`]).
     pub struct Mem {
-        pub name: &'static str,
+        pub profile: &'static Profile,
         /// It lists the user's jobs in one command (`list`).
         pub lists: bool,
         /// Its listing keys jobs by the id's part before the first dot (as PBS's does).
         pub keyed: bool,
     }
 
+    /// The in-memory scheduler's name, forms and words: `fake`, decimal ids, submit's
+    /// answer the id.
+    pub const FAKE: Profile = Profile {
+        name: "fake",
+        illegal: &[],
+        transient: &[],
+        gone: &[],
+        valid_id: crate::batch::is_decimal_id,
+        parse_submit: |stdout| Some(stdout.trim().to_string()),
+    };
+
     impl Mem {
         /// `fake`, polled per job.
         pub const FAKE: Mem = Mem {
-            name: "fake",
+            profile: &FAKE,
             lists: false,
             keyed: false,
         };
@@ -369,32 +440,17 @@ pub(crate) mod testing {
     }
 
     impl Scheduler for Mem {
-        fn name(&self) -> &'static str {
-            self.name
-        }
-        fn illegal_args(&self) -> &'static [Illegal] {
-            &[]
-        }
-        fn valid_id(&self, id: &str) -> bool {
-            crate::batch::is_decimal_id(id)
-        }
-        fn transient(&self, _: &str) -> bool {
-            false
+        fn profile(&self) -> &'static Profile {
+            self.profile
         }
         fn submit(&self, _: &Submission) -> Cmd {
             Cmd::new("submit", &[])
-        }
-        fn parse_submit(&self, stdout: &str) -> Option<String> {
-            Some(stdout.trim().to_string())
         }
         fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
             vec![Query::new(Cmd::new("state", &[id]), from_json)]
         }
         fn cancel(&self, id: &str, graceful: bool) -> Cmd {
             Cmd::new("cancel", &[if graceful { "graceful" } else { "plain" }, id])
-        }
-        fn gone(&self, _: &str) -> bool {
-            false
         }
         fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
             self.lists

@@ -8,88 +8,48 @@ use std::collections::BTreeMap;
 
 use std::time::Duration;
 
-use super::args::Illegal;
+use super::args::{why, Illegal};
 use super::limiter::CmdOutput;
-use super::scheduler::{any_word, Accounting, Cmd, Query, Read, Scheduler, States, Submission};
+use super::scheduler::{
+    any_word, Accounting, Cmd, Profile, Query, Read, Scheduler, States, Submission,
+};
 use super::{exit_code_of, fmt_dur, path_arg, Final, JobState, Listed};
 
 /// The Slurm scheduler (`executor = "slurm"` or `"sbatch"`).
 pub struct Slurm;
 
-const ILLEGAL: &[Illegal] = &[
-    Illegal {
-        short: Some('o'),
-        long: Some("--output"),
-        why: "the driver chooses the output file it streams to the job log",
-    },
-    Illegal {
-        short: Some('e'),
-        long: Some("--error"),
-        why: "the driver streams stderr with stdout from its own output file",
-    },
-    Illegal {
-        short: Some('i'),
-        long: Some("--input"),
-        why: "batch jobs of the driver read no input",
-    },
-    Illegal {
-        short: Some('J'),
-        long: Some("--job-name"),
-        why: "the driver names the job after the CI job",
-    },
-    Illegal {
-        short: Some('W'),
-        long: Some("--wait"),
-        why: "the driver waits for the job itself",
-    },
-    Illegal {
-        short: Some('D'),
-        long: Some("--chdir"),
-        why: "the driver sets the job's working directory",
-    },
-    Illegal {
-        short: None,
-        long: Some("--wrap"),
-        why: "the driver submits the CI job's script",
-    },
-    Illegal {
-        short: None,
-        long: Some("--parsable"),
-        why: "the driver reads sbatch's answer itself",
-    },
-    Illegal {
-        short: None,
-        long: Some("--test-only"),
-        why: "the job would never run",
-    },
-    Illegal {
-        short: None,
-        long: Some("--uid"),
-        why: "jobs run as the CI job's user",
-    },
-    Illegal {
-        short: None,
-        long: Some("--gid"),
-        why: "jobs run as the CI job's user",
-    },
-    Illegal {
-        short: None,
-        long: Some("--export-file"),
-        why: "the driver controls the job's environment",
-    },
-];
-
-/// Messages of a Slurm client that mean "try again later", not "your job failed".
-const TRANSIENT: &[&str] = &[
-    "Unable to contact slurm controller",
-    "Socket timed out",
-    "Connection refused",
-    "Zero Bytes were transmitted",
-    "temporarily unable",
-    "Resource temporarily unavailable",
-    "Communication connection failure",
-    "Slurm backup controller in standby mode",
-];
+/// Slurm's name, forms and words.
+const PROFILE: Profile = Profile {
+    name: "slurm",
+    valid_id,
+    parse_submit,
+    gone: &["already completing or completed", "Invalid job id"],
+    // Messages of a Slurm client that mean "try again later", not "your job failed".
+    transient: &[
+        "Unable to contact slurm controller",
+        "Socket timed out",
+        "Connection refused",
+        "Zero Bytes were transmitted",
+        "temporarily unable",
+        "Resource temporarily unavailable",
+        "Communication connection failure",
+        "Slurm backup controller in standby mode",
+    ],
+    illegal: &[
+        Illegal::both('o', "--output", why::OUTPUT),
+        Illegal::both('e', "--error", why::STDERR),
+        Illegal::both('i', "--input", why::INPUT),
+        Illegal::both('J', "--job-name", why::NAME),
+        Illegal::both('W', "--wait", why::WAIT),
+        Illegal::both('D', "--chdir", why::WORKDIR),
+        Illegal::long("--wrap", "the driver submits the CI job's script"),
+        Illegal::long("--parsable", "the driver reads sbatch's answer itself"),
+        Illegal::long("--test-only", "the job would never run"),
+        Illegal::long("--uid", "jobs run as the CI job's user"),
+        Illegal::long("--gid", "jobs run as the CI job's user"),
+        Illegal::long("--export-file", "the driver controls the job's environment"),
+    ],
+};
 
 /// The id in `sbatch --parsable`'s answer (`42` or `42;cluster`): a plain job id, also for
 /// an array or heterogeneous submission (their `N_M` and `N+M` forms name a task or a
@@ -365,20 +325,8 @@ fn sacct(ids: &str, completion_log: bool) -> Cmd {
 }
 
 impl Scheduler for Slurm {
-    fn name(&self) -> &'static str {
-        "slurm"
-    }
-
-    fn illegal_args(&self) -> &'static [Illegal] {
-        ILLEGAL
-    }
-
-    fn valid_id(&self, id: &str) -> bool {
-        valid_id(id)
-    }
-
-    fn transient(&self, stderr: &str) -> bool {
-        any_word(stderr, TRANSIENT)
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn submit(&self, sub: &Submission) -> Cmd {
@@ -389,10 +337,6 @@ impl Scheduler for Slurm {
             format!("--chdir={}", path_arg(&sub.workdir)),
         ];
         Cmd::submit("sbatch", options, sub)
-    }
-
-    fn parse_submit(&self, stdout: &str) -> Option<String> {
-        parse_submit(stdout)
     }
 
     /// `scontrol show job` while the controller holds the job; once it purged the job
@@ -428,10 +372,6 @@ impl Scheduler for Slurm {
         }
     }
 
-    fn gone(&self, stderr: &str) -> bool {
-        stderr.contains("already completing or completed") || stderr.contains("Invalid job id")
-    }
-
     fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
         let squeue = Cmd::new("squeue", SQUEUE_ARGS);
         Some(Query::new(squeue, |o| Read::table(o, parse_squeue)))
@@ -449,7 +389,7 @@ impl Scheduler for Slurm {
         Accounting::Ask(Query::new(sacct(&missing.join(","), !first), move |o| {
             if o.success() {
                 Read::Got(parse_sacct_all(&o.stdout))
-            } else if first && any_word(&o.stderr, TRANSIENT) {
+            } else if first && any_word(&o.stderr, PROFILE.transient) {
                 Read::Failed
             } else {
                 Read::Got(States::new())
@@ -481,35 +421,40 @@ impl Scheduler for Slurm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission, submits};
 
     #[test]
     fn submit_answers() {
-        assert_eq!(parse_submit("42\n").as_deref(), Some("42"));
-        assert_eq!(parse_submit("warning\n43;ci\n").as_deref(), Some("43"));
-        assert_eq!(parse_submit(""), None);
-        assert_eq!(parse_submit("Submitted batch job 4"), None);
-        assert_eq!(parse_submit("--uid=0\n"), None);
+        submits(
+            parse_submit,
+            &[
+                ("42\n", Some("42")),
+                ("warning\n43;ci\n", Some("43")),
+                ("", None),
+                ("Submitted batch job 4", None),
+                ("--uid=0\n", None),
+            ],
+        );
     }
 
     #[test]
     fn job_ids_are_digits() {
-        for id in ["1", "42", "18446744073709551615"] {
-            assert!(valid_id(id), "{id}");
-        }
-        for id in [
-            "",
-            "--uid=0",
-            "-u",
-            "42_1",
-            "42+1",
-            "4 2",
-            "7\u{1b}[31m",
-            "123456789012345678901",
-            "+42",
-            "42;ci",
-        ] {
-            assert!(!valid_id(id), "{id:?}");
-        }
+        ids(
+            valid_id,
+            &["1", "42", "18446744073709551615"],
+            &[
+                "",
+                "--uid=0",
+                "-u",
+                "42_1",
+                "42+1",
+                "4 2",
+                "7\u{1b}[31m",
+                "123456789012345678901",
+                "+42",
+                "42;ci",
+            ],
+        );
     }
 
     #[test]
@@ -532,21 +477,15 @@ mod tests {
             })
         );
         let l = "JobId=7 JobState=TIMEOUT Reason=TimeLimit ExitCode=0:15";
-        let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
-            panic!()
-        };
+        let f = fin(parse_scontrol(l));
         assert!(!f.success());
         assert_eq!(f.exit_code, 143);
         assert_eq!(f.reason.as_deref(), Some("TimeLimit"));
         let l = "JobId=8 JobState=COMPLETED Reason=None ExitCode=0:0";
-        let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
-            panic!()
-        };
+        let f = fin(parse_scontrol(l));
         assert!(f.success());
         let l = "JobId=9 JobState=FAILED Reason=JobLaunchFailure ExitCode=0:0";
-        let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
-            panic!()
-        };
+        let f = fin(parse_scontrol(l));
         assert!(!f.success() && f.exit_code == 0);
         assert_eq!(parse_scontrol("nothing"), None);
     }
@@ -630,9 +569,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let JobState::Finished(f) = &all["5"] else {
-            panic!("{all:?}")
-        };
+        let f = fin(all["5"].clone());
         assert!(!f.success() && f.exit_code == i32::MAX, "{f:?}");
         let st = parse_scontrol("JobId=5 JobState=CANCELLED Reason=None ExitCode=0:2147483647");
         assert!(matches!(st, Some(JobState::Finished(f)) if f.exit_code == i32::MAX));
@@ -684,12 +621,90 @@ mod tests {
 
     #[test]
     fn sacct_lines() {
-        let out = "12|CANCELLED by 1001|0:0\n";
-        let JobState::Finished(f) = parse_sacct(out, "12").unwrap() else {
+        let text = "12|CANCELLED by 1001|0:0\n";
+        let f = fin(parse_sacct(text, "12"));
+        assert_eq!(f.state, "CANCELLED");
+        assert_eq!(parse_sacct(text, "13"), None);
+        assert!(parse_sacct("14|RUNNING|0:0", "14").unwrap().is_active());
+    }
+
+    /// The commands, and how the state chain reads recorded answers: `scontrol` while the
+    /// controller holds the job, the accounting (`sacct -X`), then the completion log
+    /// (`sacct -c`) once it purged it.
+    #[test]
+    fn commands_and_the_state_chain() {
+        let sub = submission(&["-N", "1"]);
+        assert_eq!(
+            Slurm.submit(&sub).display(),
+            "sbatch --parsable --job-name=ci-7 --output=/s/build_script.out --chdir=/w -N 1 /s/build_script-batch"
+        );
+        assert_eq!(
+            Slurm.cancel("42", true).display(),
+            "scancel --signal=TERM --full -- 42"
+        );
+        assert_eq!(Slurm.cancel("42", false).display(), "scancel -- 42");
+        let q = Slurm.state("42");
+        assert_eq!(
+            shown(&q),
+            [
+                "scontrol show job -o -- 42",
+                "sacct -X -n -P --format=JobID,State,ExitCode -j 42",
+                "sacct -c -n -P --format=JobID,State,ExitCode -j 42"
+            ]
+        );
+        let purged = out(1, "", "slurm_load_jobs error: Invalid job id specified");
+        assert_eq!((q[0].read)(&purged), Read::Next);
+        let down = out(
+            1,
+            "",
+            "slurm_load_jobs error: Unable to contact slurm controller",
+        );
+        assert_eq!((q[0].read)(&down), Read::Failed);
+        assert!(Slurm.transient(&down.stderr));
+        let running = out(
+            0,
+            "JobId=42 JobState=RUNNING Reason=None ExitCode=0:0\n",
+            "",
+        );
+        assert!(matches!(
+            (q[0].read)(&running),
+            Read::Got(JobState::Running { .. })
+        ));
+        assert_eq!((q[1].read)(&out(0, "", "")), Read::Next);
+        let done = out(0, "42|COMPLETED|0:0\n", "");
+        assert!(matches!((q[2].read)(&done), Read::Got(JobState::Finished(f)) if f.success()));
+        assert!(Slurm.gone(
+            "scancel: error: Kill job error on job id 42: Job/step already completing or completed"
+        ));
+    }
+
+    /// The accounting of jobs that left the listing: `sacct -X` for all, `sacct -c` for
+    /// those still missing; only a transient failure of the first is an error.
+    #[test]
+    fn accounting_asks_the_database_then_the_completion_log() {
+        let Accounting::Ask(first) = Slurm.accounting(&["5", "6"], 0) else {
             panic!()
         };
-        assert_eq!(f.state, "CANCELLED");
-        assert_eq!(parse_sacct(out, "13"), None);
-        assert!(parse_sacct("14|RUNNING|0:0", "14").unwrap().is_active());
+        assert_eq!(
+            first.cmd.display(),
+            "sacct -X -n -P --format=JobID,State,ExitCode -j 5,6"
+        );
+        let down = out(
+            1,
+            "",
+            "sacct: error: Socket timed out on send/recv operation",
+        );
+        assert_eq!((first.read)(&down), Read::Failed);
+        let no_db = out(1, "", "Slurm accounting storage is disabled\n");
+        assert_eq!((first.read)(&no_db), Read::Got(States::new()));
+        let Accounting::Ask(second) = Slurm.accounting(&["6"], 1) else {
+            panic!()
+        };
+        assert_eq!(
+            second.cmd.display(),
+            "sacct -c -n -P --format=JobID,State,ExitCode -j 6"
+        );
+        assert_eq!((second.read)(&down), Read::Got(States::new()));
+        assert!(matches!(Slurm.accounting(&["6"], 2), Accounting::Done));
     }
 }

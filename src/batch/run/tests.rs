@@ -1,6 +1,7 @@
 use super::*;
 use crate::batch::limiter::CmdOutput;
-use crate::batch::scheduler::testing::{json, out, Mem};
+use crate::batch::scheduler::testing::{json, out, Mem, FAKE};
+use crate::batch::scheduler::Profile;
 use crate::batch::BatchError;
 use std::sync::{Arc, Mutex};
 use tokio::time::sleep_until;
@@ -45,8 +46,12 @@ async fn cleanup_gives_no_forged_id_to_the_scheduler() {
         "job slurm 41\njob slurm --uid=0\njob slurm 4\x1b[31m2\njob slurm -u alice\njob slurm 43\n",
     )
     .unwrap();
-    let slurm = Mem {
+    const SLURM: Profile = Profile {
         name: "slurm",
+        ..FAKE
+    };
+    let slurm = Mem {
+        profile: &SLURM,
         ..Mem::FAKE
     };
     let problems = cancel::cleanup_with(&config, Client::new(&slurm, &cmds), dir.path()).await;
