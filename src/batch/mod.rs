@@ -168,7 +168,10 @@ pub enum BatchError {
     #[error("refusing scheduler argument {arg:?}: {why} (set allow_illegal_args in [batch] to permit it)")]
     IllegalArgument { arg: String, why: String },
     #[error("failed to split {variable}: {why}")]
-    Split { variable: String, why: String },
+    Split {
+        variable: String,
+        why: args::SplitError,
+    },
     #[error("failed to read the scheduler's answer to {command}: {why}")]
     Parse { command: String, why: String },
     #[error("failed to record the scheduler job id in {path}: {source}")]
