@@ -689,13 +689,21 @@ mod tests {
             }
         }
         async fn poll(&self, fake: &Arc<Fake>) -> Result<JobState, BatchError> {
-            let cmds = fake.commands();
+            self.poll_every(fake, &fake.commands(), PERIOD).await
+        }
+        /// A poll with `period` through `cmds`.
+        async fn poll_every(
+            &self,
+            fake: &Fake,
+            cmds: &Commands,
+            period: Duration,
+        ) -> Result<JobState, BatchError> {
             let job = JobRef {
                 id: &self.id,
                 exit_file: &self.exit,
             };
-            let client = Client::new(fake.mem(), &cmds);
-            self.poller.state(client, PERIOD, &job).await
+            let client = Client::new(fake.mem(), cmds);
+            self.poller.state(client, period, &job).await
         }
     }
 
@@ -705,22 +713,29 @@ mod tests {
         }
     }
 
+    /// Two drivers of one user (one poll directory, in a new temporary dir), of the jobs
+    /// `ids`.
+    fn two(ids: [&str; 2]) -> (tempfile::TempDir, Driver, Driver) {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let (a, b) = (
+            Driver::new(d.path(), &clock, ids[0]),
+            Driver::new(d.path(), &clock, ids[1]),
+        );
+        (d, a, b)
+    }
+
     /// PBS-like ids: the listing says `7`, the submission `7.srv`; the listing answers for
     /// both jobs, and a listed end without an exit file is asked by the submitted id.
     #[tokio::test(start_paused = true)]
     async fn jobs_are_found_in_the_listing_by_their_listing_id() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Arc::new(Fake {
             keyed: true,
             ..Fake::default()
         });
         fake.list("7", running());
         fake.list("8", JobState::Finished(Final::ended("C", 0, None, None)));
-        let (a, b) = (
-            Driver::new(d.path(), &clock, "7.srv"),
-            Driver::new(d.path(), &clock, "8.srv"),
-        );
+        let (_d, a, b) = two(["7.srv", "8.srv"]);
         assert_eq!(a.poll(&fake).await.unwrap(), running());
         assert!(matches!(
             b.poll(&fake).await.unwrap(),
@@ -733,13 +748,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_fresh_snapshot_is_shared_and_a_stale_one_refreshed() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[("1", running()), ("2", running())]);
-        let (a, b) = (
-            Driver::new(d.path(), &clock, "1"),
-            Driver::new(d.path(), &clock, "2"),
-        );
+        let (d, a, b) = two(["1", "2"]);
         assert_eq!(a.poll(&fake).await.unwrap(), running());
         assert_eq!(fake.listings(), 1);
         tokio::time::sleep(MS(1500)).await;
@@ -844,15 +854,7 @@ mod tests {
         let winner = Driver::new(d.path(), &clock, "1");
         let w = {
             let fake = fake.clone();
-            tokio::spawn(async move {
-                let cmds = fake.commands();
-                let job = JobRef {
-                    id: &winner.id,
-                    exit_file: &winner.exit,
-                };
-                let client = Client::new(fake.mem(), &cmds);
-                winner.poller.state(client, period, &job).await
-            })
+            tokio::spawn(async move { winner.poll_every(&fake, &fake.commands(), period).await })
         };
         tokio::time::sleep(MS(50)).await;
         let loser = Driver::new(d.path(), &clock, "2");
@@ -867,14 +869,7 @@ mod tests {
             }
             got
         });
-        let job = JobRef {
-            id: &loser.id,
-            exit_file: &loser.exit,
-        };
-        let st = loser
-            .poller
-            .state(Client::new(fake.mem(), &cmds), period, &job)
-            .await;
+        let st = loser.poll_every(&fake, &cmds, period).await;
         assert_eq!(st.unwrap(), running());
         assert_eq!(w.await.unwrap().unwrap(), running());
         drop((cmds, tx));
@@ -900,13 +895,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn jobs_that_left_the_listing_share_one_accounting_query() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[]);
-        let (a, b) = (
-            Driver::new(d.path(), &clock, "5"),
-            Driver::new(d.path(), &clock, "6"),
-        );
+        let (d, a, b) = two(["5", "6"]);
         // The accounting does not know them yet (slurmdbd lags).
         assert_eq!(a.poll(&fake).await.unwrap(), JobState::Unknown);
         assert_eq!(b.poll(&fake).await.unwrap(), JobState::Unknown);
@@ -977,14 +967,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_listing_reaches_every_reader_once_per_period() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[("1", running()), ("2", running())]);
         *fake.down.lock().unwrap() = Some("Unable to contact slurm controller".into());
-        let (a, b) = (
-            Driver::new(d.path(), &clock, "1"),
-            Driver::new(d.path(), &clock, "2"),
-        );
+        let (_d, a, b) = two(["1", "2"]);
         let e = a.poll(&fake).await.unwrap_err();
         assert!(e.is_transient(), "{e}");
         let e = b.poll(&fake).await.unwrap_err();

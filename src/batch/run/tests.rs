@@ -174,6 +174,20 @@ mod machine {
             None,
         )))
     }
+    /// A scheduler answering `st` until the plain cancel, then CANCELLED.
+    fn until_cancelled(st: fn() -> Result<JobState, BatchError>) -> Arc<Fake> {
+        Fake::new(move |c| match sent(c, "cancel plain") {
+            true => cancelled(),
+            false => st(),
+        })
+    }
+    /// A scheduler answering `st` to `n` polls, then COMPLETED.
+    fn completed_after(n: usize, st: fn() -> Result<JobState, BatchError>) -> Arc<Fake> {
+        Fake::new(move |c| match polls(c) < n {
+            true => st(),
+            false => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
+        })
+    }
     fn sent(calls: &Calls, what: &str) -> bool {
         calls.iter().any(|(_, w)| w == what)
     }
@@ -252,13 +266,7 @@ mod machine {
     #[tokio::test(start_paused = true)]
     async fn polls_no_more_than_once_per_command_delay() {
         // Running for 100 s, then done.
-        let fake = Fake::new(|c| {
-            if polls(c) < 10 {
-                running()
-            } else {
-                Ok(JobState::Finished(Final::exited("COMPLETED", 0)))
-            }
-        });
+        let fake = completed_after(10, running);
         let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
         assert_eq!(st, Status::Success, "{log}");
         let t = fake.times("state");
@@ -271,13 +279,7 @@ mod machine {
         }
         assert!(log.contains("fake job 42 RUNNING"), "{log}");
         // Below the floor, polls are MIN_POLL apart.
-        let fake = Fake::new(|c| {
-            if polls(c) < 10 {
-                running()
-            } else {
-                Ok(JobState::Finished(Final::exited("COMPLETED", 0)))
-            }
-        });
+        let fake = completed_after(10, running);
         let (st, _) = run(&fake, "command_delay = \"0s\"", None, vec![]).await;
         assert_eq!(st, Status::Success);
         let t = fake.times("state");
@@ -290,13 +292,7 @@ mod machine {
     async fn a_pending_job_is_removed_with_the_plain_cancel_at_once() {
         // The signal form does nothing to a job without processes: only the plain
         // cancel removes it.
-        let fake = Fake::new(|c| {
-            if sent(c, "cancel plain") {
-                cancelled()
-            } else {
-                pending()
-            }
-        });
+        let fake = until_cancelled(pending);
         let parent = Request::Terminate {
             signal: Signal::SIGTERM,
             reason: Reason::Parent,
@@ -331,13 +327,7 @@ mod machine {
         );
         assert!(log.contains("fake job 42 left the queue after"), "{log}");
         // Cancelled before the first poll: never seen running either.
-        let fake = Fake::new(|c| {
-            if sent(c, "cancel plain") {
-                cancelled()
-            } else {
-                pending()
-            }
-        });
+        let fake = until_cancelled(pending);
         let (_, log) = run(&fake, "command_delay = \"5s\"", None, vec![(S(2), parent)]).await;
         assert_eq!(fake.times("cancel plain"), [S(2)], "{log}");
     }
@@ -403,13 +393,7 @@ mod machine {
         // Running: the running heartbeat (5 min), none within 30 s.
         assert!(!log.contains("running for"), "{log}");
         // Default: 2m.
-        let fake = Fake::new(|c| {
-            if polls(c) < 30 {
-                pending()
-            } else {
-                Ok(JobState::Finished(Final::exited("COMPLETED", 0)))
-            }
-        });
+        let fake = completed_after(30, pending);
         let (_, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
         assert_eq!(
             log.matches("PENDING (Resources), waiting").count(),
@@ -539,13 +523,7 @@ mod machine {
     #[tokio::test(start_paused = true)]
     async fn a_running_job_gets_the_plain_cancel_at_kill_timeout() {
         // The job's traps outlive the TERM: only the plain cancel ends it.
-        let fake = Fake::new(|c| {
-            if sent(c, "cancel plain") {
-                cancelled()
-            } else {
-                running()
-            }
-        });
+        let fake = until_cancelled(running);
         let term = Request::Terminate {
             signal: Signal::SIGTERM,
             reason: Reason::Signal(Signal::SIGTERM),
@@ -573,13 +551,7 @@ mod machine {
             "{log}"
         );
         // A second signal of ours escalates at once.
-        let fake = Fake::new(|c| {
-            if sent(c, "cancel plain") {
-                cancelled()
-            } else {
-                running()
-            }
-        });
+        let fake = until_cancelled(running);
         let int = Request::Terminate {
             signal: Signal::SIGINT,
             reason: Reason::Signal(Signal::SIGINT),
@@ -596,13 +568,7 @@ mod machine {
 
     #[tokio::test(start_paused = true)]
     async fn the_backstop_cancels_at_the_deadline() {
-        let fake = Fake::new(|c| {
-            if sent(c, "cancel plain") {
-                cancelled()
-            } else {
-                running()
-            }
-        });
+        let fake = until_cancelled(running);
         let (st, log) = run(&fake, "command_delay = \"10s\"", Some(S(3600)), vec![]).await;
         let Status::BuildFailure { stopped, .. } = st else {
             panic!("{st:?}\n{log}")
