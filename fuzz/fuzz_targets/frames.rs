@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match which % 3 {
         0 => {
-            if let Some((status, category)) = parse_status(rest) {
+            if let Ok((status, category)) = parse_status(rest) {
                 let mut f = memfd(b"");
                 write_status(&mut f, &status, category).unwrap();
                 f.seek(SeekFrom::Start(0)).unwrap();
