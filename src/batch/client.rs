@@ -153,7 +153,7 @@ impl<'a> Client<'a> {
 }
 
 /// [`Client::failure`] with the classification given.
-pub fn failure(cmd: &Cmd, out: &CmdOutput, transient: bool) -> BatchError {
+fn failure(cmd: &Cmd, out: &CmdOutput, transient: bool) -> BatchError {
     let e = out.stderr.trim();
     let message = if e.is_empty() {
         format!("exit status {:?}", out.code)

@@ -11,7 +11,7 @@
 //!   [`Commands`] runs them, directly (argv, never a shell).
 //! * [`args`]: the submission's arguments (user variables split with shell-word rules,
 //!   `default_args`, `env_vars`) and each scheduler's refused arguments.
-//! * [`run`]: the state machine of one batch job, [`run::BatchRun`] (submit, wait, tail,
+//! * [`run`](mod@run): the state machine of one batch job, `BatchRun` (submit, wait, tail,
 //!   cancel, result), and `cleanup`'s cancel.
 //! * [`poller`]: one status query per user per `command_delay`, shared by every job of the
 //!   user on the host through a snapshot in the user's base dir (docs/batch-polling.md).
@@ -189,7 +189,7 @@ impl BatchError {
     }
 }
 
-/// One job of a per-user listing ([`Scheduler::user_jobs`]).
+/// One job of a per-user listing ([`Scheduler::listing`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Listed {
     pub state: JobState,

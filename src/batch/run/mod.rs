@@ -1,4 +1,4 @@
-//! The state machine of one batch job, [`BatchRun`]:
+//! The state machine of one batch job, `BatchRun`:
 //!
 //! ```text
 //!  submit ──▶ waiting (poll every command_delay, state changes + heartbeat in the log)
@@ -11,9 +11,9 @@
 //!    └──────────────── resubmit (preempted, node/boot failure; resubmit_limit) ◀┘
 //! ```
 //!
-//! Its steps, each in its own file: [`submit`] (the submission prepared, submitted,
-//! recorded), [`wait`] (the waiting loop and its polls), [`cancel`] (cancelling, removing a
-//! job that never started, and `cleanup`'s cancel), [`log`] (the job log and the tails of
+//! Its steps, each in its own file: `submit.rs` (the submission prepared, submitted,
+//! recorded), `wait.rs` (the waiting loop and its polls), `cancel.rs` (cancelling, removing
+//! a job that never started, and `cleanup`'s cancel), `log.rs` (the job log and the tails of
 //! the job's output into it). The unit tests run the machine on tokio's paused clock against
 //! an in-memory scheduler (`tests.rs`).
 //!
