@@ -713,6 +713,13 @@ mod tests {
         }
     }
 
+    /// One driver (its poll directory in a new temporary dir), of the job `id`.
+    fn one(id: &str) -> (tempfile::TempDir, Driver) {
+        let d = tempfile::tempdir().unwrap();
+        let drv = Driver::new(d.path(), &paused_clock(), id);
+        (d, drv)
+    }
+
     /// Two drivers of one user (one poll directory, in a new temporary dir), of the jobs
     /// `ids`.
     fn two(ids: [&str; 2]) -> (tempfile::TempDir, Driver, Driver) {
@@ -805,10 +812,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stuck_poller_is_bypassed_and_a_dead_one_replaced() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[("1", running())]);
-        let drv = Driver::new(d.path(), &clock, "1");
+        let (d, drv) = one("1");
         ensure_dir(&d.path().join(DIR_NAME)).unwrap();
         // Another driver holds the lock and writes nothing.
         let held = lock::try_lock_file(&d.path().join(DIR_NAME).join("fake.lock"))
@@ -935,10 +940,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_exit_file_comes_first() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[("42", running())]);
-        let drv = Driver::new(d.path(), &clock, "42");
+        let (_d, drv) = one("42");
         std::fs::write(&drv.exit, "7 0 42\n").unwrap();
         let JobState::Finished(f) = drv.poll(&fake).await.unwrap() else {
             panic!()

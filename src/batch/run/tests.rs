@@ -211,6 +211,11 @@ mod machine {
         run_ci(fake, batch, deadline, None, requests).await
     }
 
+    /// [`run`] without requests or backstop: the job runs to its end.
+    async fn run_alone(fake: &Arc<Fake>, batch: &str) -> (Status, String) {
+        run(fake, batch, None, vec![]).await
+    }
+
     /// [`run`] with the CI job's end `ci_end` after the start.
     async fn run_ci(
         fake: &Arc<Fake>,
@@ -267,7 +272,7 @@ mod machine {
     async fn polls_no_more_than_once_per_command_delay() {
         // Running for 100 s, then done.
         let fake = completed_after(10, running);
-        let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+        let (st, log) = run_alone(&fake, "command_delay = \"10s\"").await;
         assert_eq!(st, Status::Success, "{log}");
         let t = fake.times("state");
         assert_eq!(t.len(), 11, "{t:?}");
@@ -280,7 +285,7 @@ mod machine {
         assert!(log.contains("fake job 42 RUNNING"), "{log}");
         // Below the floor, polls are MIN_POLL apart.
         let fake = completed_after(10, running);
-        let (st, _) = run(&fake, "command_delay = \"0s\"", None, vec![]).await;
+        let (st, _) = run_alone(&fake, "command_delay = \"0s\"").await;
         assert_eq!(st, Status::Success);
         let t = fake.times("state");
         for w in t.windows(2) {
@@ -365,13 +370,8 @@ mod machine {
             9..=12 => running(),
             _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
         });
-        let (st, log) = run(
-            &fake,
-            "command_delay = \"10s\"\nqueue_heartbeat = \"25s\"",
-            None,
-            vec![],
-        )
-        .await;
+        let (st, log) =
+            run_alone(&fake, "command_delay = \"10s\"\nqueue_heartbeat = \"25s\"").await;
         assert_eq!(st, Status::Success, "{log}");
         let what = "fake job 42 PENDING (BeginTime), expected start 2030-01-01T10:00:00";
         // The change once, at the first poll (10 s); then a beat 25 s after it, and so on.
@@ -394,7 +394,7 @@ mod machine {
         assert!(!log.contains("running for"), "{log}");
         // Default: 2m.
         let fake = completed_after(30, pending);
-        let (_, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+        let (_, log) = run_alone(&fake, "command_delay = \"10s\"").await;
         assert_eq!(
             log.matches("PENDING (Resources), waiting").count(),
             2,
@@ -478,7 +478,7 @@ mod machine {
         };
         // Off by default: one submission, a system failure with the explicit message.
         let fake = Fake::new(node_fail);
-        let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+        let (st, log) = run_alone(&fake, "command_delay = \"10s\"").await;
         let Status::SystemFailure { message, .. } = st else {
             panic!("{st:?}\n{log}")
         };
@@ -490,13 +490,7 @@ mod machine {
         assert_eq!(fake.times("submit").len(), 1);
         // With a budget of 2: the third submission completes.
         let fake = Fake::new(node_fail);
-        let (st, log) = run(
-            &fake,
-            "command_delay = \"10s\"\nresubmit_limit = 2",
-            None,
-            vec![],
-        )
-        .await;
+        let (st, log) = run_alone(&fake, "command_delay = \"10s\"\nresubmit_limit = 2").await;
         assert_eq!(st, Status::Success, "{log}");
         assert_eq!(fake.times("submit").len(), 3, "{log}");
         assert!(
@@ -509,13 +503,7 @@ mod machine {
         );
         // A budget of 1 is spent: the second NODE_FAIL is the system failure.
         let fake = Fake::new(node_fail);
-        let (st, _) = run(
-            &fake,
-            "command_delay = \"10s\"\nresubmit_limit = 1",
-            None,
-            vec![],
-        )
-        .await;
+        let (st, _) = run_alone(&fake, "command_delay = \"10s\"\nresubmit_limit = 1").await;
         assert!(matches!(st, Status::SystemFailure { .. }), "{st:?}");
         assert_eq!(fake.times("submit").len(), 2);
     }
@@ -594,7 +582,7 @@ mod machine {
             4 => running(),
             _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
         });
-        let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+        let (st, log) = run_alone(&fake, "command_delay = \"10s\"").await;
         assert_eq!(st, Status::Success, "{log}");
         let t = fake.times("state");
         // Backoff after the 1st, 2nd, 3rd failure: 20 s, 40 s, then the 60 s cap.
@@ -658,7 +646,7 @@ mod machine {
             }),
             _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
         });
-        let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+        let (st, log) = run_alone(&fake, "command_delay = \"10s\"").await;
         assert_eq!(st, Status::Success, "{log}");
         let t = fake.times("state");
         // 20 s, 40 s, then 60 s apart: eight minutes of failures.
@@ -675,7 +663,7 @@ mod machine {
                 Ok(JobState::Unknown)
             }
         });
-        let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+        let (st, log) = run_alone(&fake, "command_delay = \"10s\"").await;
         let Status::SystemFailure { message, .. } = st else {
             panic!("{st:?}\n{log}")
         };
@@ -697,7 +685,7 @@ mod machine {
                     Ok(JobState::Finished(f.clone()))
                 }
             });
-            async move { run(&fake, "command_delay = \"10s\"", None, vec![]).await }
+            async move { run_alone(&fake, "command_delay = \"10s\"").await }
         };
         let (st, _) = end(Final::exited("FAILED", 7)).await;
         assert_eq!(
@@ -747,7 +735,7 @@ mod machine {
                 )))
             }
         });
-        let (st, log) = run(&fake, "command_delay = \"10s\"", None, vec![]).await;
+        let (st, log) = run_alone(&fake, "command_delay = \"10s\"").await;
         assert!(
             matches!(&st, Status::BuildFailure { exit_code: 1, stopped: Some(s), .. }
                 if s == "fake job 42: waited 40s in the queue (Resources), never started (the scheduler removed it at the CI job's deadline)"),
