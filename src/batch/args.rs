@@ -26,7 +26,47 @@ pub struct Illegal {
     pub why: &'static str,
 }
 
-/// Copy the CI variables the batch executor reads (`arguments_variable`, the name prefix)
+impl Illegal {
+    /// The short option `-c` and the long one `--long`.
+    pub const fn both(short: char, long: &'static str, why: &'static str) -> Illegal {
+        Illegal {
+            short: Some(short),
+            long: Some(long),
+            why,
+        }
+    }
+
+    /// The long option `--long` only (or one of LSF's single-dash words).
+    pub const fn long(long: &'static str, why: &'static str) -> Illegal {
+        Illegal {
+            short: None,
+            long: Some(long),
+            why,
+        }
+    }
+
+    /// The short option `-c` only.
+    pub const fn short(short: char, why: &'static str) -> Illegal {
+        Illegal {
+            short: Some(short),
+            long: None,
+            why,
+        }
+    }
+}
+
+/// Why the driver refuses an argument, in the words several schedulers share.
+pub mod why {
+    pub const OUTPUT: &str = "the driver chooses the output file it streams to the job log";
+    pub const STDERR: &str = "the driver streams stderr with stdout from its own output file";
+    pub const INPUT: &str = "batch jobs of the driver read no input";
+    pub const NAME: &str = "the driver names the job after the CI job";
+    pub const WAIT: &str = "the driver waits for the job itself";
+    pub const WORKDIR: &str = "the driver sets the job's working directory";
+    pub const INTERACTIVE: &str = "interactive jobs cannot be supervised by the driver";
+}
+
+/// Copy the CI variables a batch run reads (`arguments_variable`, the name prefix)
 /// from the runner's environment (`CUSTOM_ENV_<NAME>`) into the job context. Called by
 /// `jacamar-auth`, which is the only side that sees the runner's environment.
 pub fn capture(config: &Config, job: &mut JobContext, env: &BTreeMap<String, String>) {
@@ -71,7 +111,7 @@ pub fn user_args(
 /// that runs to the end of the line. An unterminated quote is an error naming the quote and
 /// the byte where it opens; a trailing backslash (which escapes nothing) is an error naming
 /// its byte.
-pub fn split(s: &str) -> Result<Vec<String>, String> {
+pub fn split(s: &str) -> Result<Vec<String>, SplitError> {
     match shell_words::split(s) {
         Err(shell_words::ParseError) => Err(unterminated_quote(s)),
         Ok(words) => {
@@ -79,7 +119,7 @@ pub fn split(s: &str) -> Result<Vec<String>, String> {
             // would have failed), so an odd run ends in one that escapes nothing.
             let run = s.len() - s.trim_end_matches('\\').len();
             if run % 2 == 1 {
-                Err(format!("trailing backslash at byte {}", s.len() - 1))
+                Err(SplitError::TrailingBackslash(s.len() - 1))
             } else {
                 Ok(words)
             }
@@ -87,17 +127,30 @@ pub fn split(s: &str) -> Result<Vec<String>, String> {
     }
 }
 
-/// The message for `s`, which [`shell_words::split`] refused: it leaves a quote open. That
-/// quote opens at the longest prefix that still splits (every longer prefix ends inside it).
-fn unterminated_quote(s: &str) -> String {
+/// Why [`split`] refused a value: where the word that cannot end begins.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    #[error("unterminated single quote at byte {0}")]
+    SingleQuote(usize),
+    #[error("unterminated double quote at byte {0}")]
+    DoubleQuote(usize),
+    #[error("unterminated quote")]
+    Quote,
+    #[error("trailing backslash at byte {0}")]
+    TrailingBackslash(usize),
+}
+
+/// Why [`shell_words::split`] refused `s`: it leaves a quote open. That quote opens at the
+/// longest prefix that still splits (every longer prefix ends inside it).
+fn unterminated_quote(s: &str) -> SplitError {
     let open = s
         .char_indices()
         .rev()
         .find(|&(i, c)| matches!(c, '\'' | '"') && shell_words::split(&s[..i]).is_ok());
     match open {
-        Some((i, '\'')) => format!("unterminated single quote at byte {i}"),
-        Some((i, _)) => format!("unterminated double quote at byte {i}"),
-        None => "unterminated quote".to_string(),
+        Some((i, '\'')) => SplitError::SingleQuote(i),
+        Some((i, _)) => SplitError::DoubleQuote(i),
+        None => SplitError::Quote,
     }
 }
 
@@ -309,26 +362,18 @@ mod tests {
 
     #[test]
     fn split_errors_name_the_problem() {
-        assert!(split("'abc")
-            .unwrap_err()
-            .contains("unterminated single quote"));
-        assert!(split("x \"abc")
-            .unwrap_err()
-            .contains("unterminated double quote at byte 2"));
-        assert!(split("abc\\").unwrap_err().contains("trailing backslash"));
+        let why = |text: &str| split(text).unwrap_err().to_string();
+        assert!(why("'abc").contains("unterminated single quote"));
+        assert!(why("x \"abc").contains("unterminated double quote at byte 2"));
+        assert!(why("abc\\").contains("trailing backslash"));
         assert_eq!(
-            split(r#"a\' "b'c" 'd"#).unwrap_err(),
+            why(r#"a\' "b'c" 'd"#),
             "unterminated single quote at byte 10"
         );
-        assert_eq!(
-            split(r#"'a"b' "c"#).unwrap_err(),
-            "unterminated double quote at byte 6"
-        );
+        assert_eq!(why(r#"'a"b' "c"#), "unterminated double quote at byte 6");
         assert_eq!(split("a\\\\").unwrap(), s(&["a\\"]));
-        assert_eq!(
-            split("a \\\\\\").unwrap_err(),
-            "trailing backslash at byte 4"
-        );
+        assert_eq!(why("a \\\\\\"), "trailing backslash at byte 4");
+        assert_eq!(split("'abc"), Err(SplitError::SingleQuote(0)));
         assert_eq!(split("a\\\nb").unwrap(), s(&["ab"]));
     }
 

@@ -12,11 +12,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::args::Illegal;
-use super::limiter::CmdOutput;
-use super::{
-    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
+use super::args::{why, Illegal};
+use super::scheduler::{
+    last_line_id, listed, running_user, Accounting, Cmd, Profile, Query, Read, Scheduler,
+    Submission,
 };
+use super::{path_arg, Final, JobState, Listed};
 
 /// The Cobalt scheduler (`executor = "cobalt"`).
 pub struct Cobalt {
@@ -24,61 +25,41 @@ pub struct Cobalt {
     pub skip_log: bool,
 }
 
+/// Cobalt's name, forms and words.
+const PROFILE: Profile = Profile {
+    name: "cobalt",
+    valid_id,
+    parse_submit,
+    gone: &[],
+    // Messages of the Cobalt clients for a component (the queue manager) that is down or
+    // unreachable (`component error: Failed to connect to queue-manager`, a refused or timed
+    // out XML-RPC connection): try again later, the job was not refused.
+    transient: &["Failed to connect to", "Connection refused", "timed out"],
+    illegal: &[
+        Illegal::both('o', "--output", why::OUTPUT),
+        Illegal::both(
+            'e',
+            "--error",
+            "the driver chooses the error file it streams to the job log",
+        ),
+        Illegal::both(
+            'O',
+            "--outputprefix",
+            "the driver chooses the output files it streams to the job log",
+        ),
+        Illegal::long(
+            "--debuglog",
+            "the driver reads the job's exit status from its own Cobalt log",
+        ),
+        Illegal::both('i', "--inputfile", why::INPUT),
+        Illegal::both('I', "--interactive", why::INTERACTIVE),
+        Illegal::long("--jobname", why::NAME),
+        Illegal::long("--cwd", why::WORKDIR),
+    ],
+};
+
 /// The line the script echoes last when `skip_cobalt_log` is set.
 pub const STATUS_ECHO: &str = "jacamar-rs: batch script exit status";
-
-const ILLEGAL: &[Illegal] = &[
-    Illegal {
-        short: Some('o'),
-        long: Some("--output"),
-        why: "the driver chooses the output file it streams to the job log",
-    },
-    Illegal {
-        short: Some('e'),
-        long: Some("--error"),
-        why: "the driver chooses the error file it streams to the job log",
-    },
-    Illegal {
-        short: Some('O'),
-        long: Some("--outputprefix"),
-        why: "the driver chooses the output files it streams to the job log",
-    },
-    Illegal {
-        short: None,
-        long: Some("--debuglog"),
-        why: "the driver reads the job's exit status from its own Cobalt log",
-    },
-    Illegal {
-        short: Some('i'),
-        long: Some("--inputfile"),
-        why: "batch jobs of the driver read no input",
-    },
-    Illegal {
-        short: Some('I'),
-        long: Some("--interactive"),
-        why: "interactive jobs cannot be supervised by the driver",
-    },
-    Illegal {
-        short: None,
-        long: Some("--jobname"),
-        why: "the driver names the job after the CI job",
-    },
-    Illegal {
-        short: None,
-        long: Some("--cwd"),
-        why: "the driver sets the job's working directory",
-    },
-];
-
-/// Messages of the Cobalt clients for a component (the queue manager) that is down or
-/// unreachable (`component error: Failed to connect to queue-manager`, a refused or timed
-/// out XML-RPC connection): try again later, the job was not refused.
-const TRANSIENT: &[&str] = &["Failed to connect to", "Connection refused", "timed out"];
-
-/// Classify a failed command's output with Cobalt's words for an unreachable component.
-fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    super::failure_by_words(TRANSIENT, tool, args, out)
-}
 
 /// The Cobalt log of the job whose output is `output`.
 pub fn log_file(output: &Path) -> PathBuf {
@@ -179,13 +160,7 @@ pub fn parse_status_echo(text: &str) -> Option<i32> {
 
 /// The job id in `qsub`'s answer: its last non-blank line (digits).
 pub fn parse_submit(stdout: &str) -> Option<String> {
-    let id = stdout
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
-    valid_id(id).then(|| id.to_string())
+    last_line_id(stdout, valid_id)
 }
 
 /// A Cobalt job id as qsub prints it: decimal digits.
@@ -194,125 +169,73 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl Scheduler for Cobalt {
-    fn name(&self) -> &'static str {
-        "cobalt"
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
-    fn illegal_args(&self) -> &'static [Illegal] {
-        ILLEGAL
+    fn submit(&self, sub: &Submission) -> Cmd {
+        let err = sub
+            .error
+            .clone()
+            .unwrap_or_else(|| sub.output.with_extension("err"));
+        let options = vec![
+            "--jobname".to_string(),
+            sub.name.clone(),
+            "--cwd".into(),
+            path_arg(&sub.workdir),
+            "-o".into(),
+            path_arg(&sub.output),
+            "-e".into(),
+            path_arg(&err),
+            "--debuglog".into(),
+            path_arg(&log_file(&sub.output)),
+        ];
+        Cmd::submit("qsub", options, sub)
+    }
+
+    /// `qstat ID`: a job not listed is over (the Cobalt log says how) or never known.
+    fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
+        vec![Query::new(Cmd::new("qstat", &[id]), move |o| {
+            Read::table(o, |s| parse_qstat(s, id).unwrap_or(JobState::Unknown))
+        })]
+    }
+
+    /// qdel sends SIGTERM, then SIGKILL after a delay: graceful already.
+    fn cancel(&self, id: &str, _graceful: bool) -> Cmd {
+        // `--`: Cobalt's qdel (optparse) takes what follows as job ids, never options.
+        Cmd::new("qdel", &["--", id])
+    }
+
+    /// `qstat -u USER` (when the passwd database names us): the user's queued and running
+    /// jobs. A finished job leaves it at once; its end is in its exit file or Cobalt log.
+    fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
+        let qstat = Cmd::new("qstat", &["-u", running_user()?]);
+        Some(Query::new(qstat, |o| {
+            Read::table(o, |s| {
+                let rows = parse_qstat_all(s).into_iter();
+                rows.map(|(id, st)| (id, listed(st, false))).collect()
+            })
+        }))
+    }
+
+    /// Cobalt keeps no history `qstat` could show: nothing to ask. A job that left the
+    /// listing ends by its exit file, or by its Cobalt log
+    /// ([`Scheduler::final_from_files`]) when the poll answers `Unknown`.
+    fn accounting(&self, _missing: &[&str], _step: usize) -> Accounting {
+        Accounting::Done
     }
 
     fn error_file(&self, output: &Path) -> Option<PathBuf> {
         Some(output.with_extension("err"))
     }
 
-    fn wrapper(&self, output: &Path, command: &[String]) -> String {
-        let exit = super::wrapper::exit_path(output);
-        if !self.skip_log {
-            return super::wrapper::wrapper_script("", command, "", output, &exit);
+    /// With `skip_cobalt_log`: the stage's status echoed at the end of its output, where
+    /// the driver reads it.
+    fn epilogue(&self) -> String {
+        match self.skip_log {
+            true => format!("echo \"{STATUS_ECHO} $__jacamar_rc\""),
+            false => String::new(),
         }
-        // Echo the stage's status afterwards: the driver reads it from the output.
-        super::wrapper::wrapper_script(
-            "",
-            command,
-            &format!("echo \"{STATUS_ECHO} $__jacamar_rc\""),
-            output,
-            &exit,
-        )
-    }
-
-    fn valid_id(&self, id: &str) -> bool {
-        valid_id(id)
-    }
-
-    fn submit<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        sub: &'a Submission,
-    ) -> BoxFuture<'a, Result<String, BatchError>> {
-        Box::pin(async move {
-            let err = sub
-                .error
-                .clone()
-                .unwrap_or_else(|| sub.output.with_extension("err"));
-            let mut args = vec![
-                "--jobname".to_string(),
-                sub.name.clone(),
-                "--cwd".into(),
-                path_arg(&sub.workdir),
-                "-o".into(),
-                path_arg(&sub.output),
-                "-e".into(),
-                path_arg(&err),
-                "--debuglog".into(),
-                path_arg(&log_file(&sub.output)),
-            ];
-            args.extend(sub.args.iter().cloned());
-            args.push(path_arg(&sub.script));
-            super::submit_command(cmds, "qsub", &args, failure, parse_submit).await
-        })
-    }
-
-    fn state<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
-        Box::pin(async move {
-            let args = s(&[id]);
-            // Not listed: over (the Cobalt log says how) or never known.
-            let listed = |o: &str| Some(parse_qstat(o, id).unwrap_or(JobState::Unknown));
-            super::state_command(cmds, "qstat", &args, failure, |_| false, listed).await
-        })
-    }
-
-    /// Per user when the passwd database names us (`qstat -u` needs the name).
-    fn lists_user_jobs(&self) -> bool {
-        super::running_user().is_some()
-    }
-
-    /// `qstat -u USER`: the user's queued and running jobs. A finished job leaves it at
-    /// once; its end is in its exit file or Cobalt log.
-    fn user_jobs<'a>(
-        &'a self,
-        cmds: &'a Commands,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
-        Box::pin(async move {
-            let user = super::listing_user("qstat -u")?;
-            let args = s(&["-u", user]);
-            let parse = |o: &str| {
-                parse_qstat_all(o)
-                    .into_iter()
-                    .map(|(id, st)| (id, super::listed(st, false)))
-                    .collect()
-            };
-            super::list_command(cmds, "qstat", &args, failure, |_| false, parse).await
-        })
-    }
-
-    /// Cobalt keeps no history `qstat` could show: nothing to ask. A job that left the
-    /// listing ends by its exit file, or by its Cobalt log
-    /// ([`Scheduler::final_from_files`]) when the poll answers `Unknown`.
-    fn accounting<'a>(
-        &'a self,
-        _cmds: &'a Commands,
-        _ids: &'a [String],
-    ) -> BoxFuture<'a, Result<BTreeMap<String, JobState>, BatchError>> {
-        Box::pin(async { Ok(BTreeMap::new()) })
-    }
-
-    fn cancel<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-        _graceful: bool,
-    ) -> BoxFuture<'a, Result<(), BatchError>> {
-        // qdel sends SIGTERM, then SIGKILL after a delay: graceful already.
-        Box::pin(async move {
-            // `--`: Cobalt's qdel (optparse) takes what follows as job ids, never options.
-            let args = s(&["--", id]);
-            super::cancel_command(cmds, "qdel", &args, failure, |_| false).await
-        })
     }
 
     fn end_files(&self, output: &Path) -> Vec<PathBuf> {
@@ -331,14 +254,13 @@ impl Scheduler for Cobalt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::scheduler::testing::{ids, out, shown, submission, submits};
 
     #[test]
     fn job_ids_are_digits() {
-        assert!(valid_id("1000"));
-        assert_eq!(parse_submit("1000\n").as_deref(), Some("1000"));
-        for id in ["", "-u", "--", "10 00", "1000\u{1b}[0m", "1000.server", "x"] {
-            assert!(!valid_id(id), "{id:?}");
-        }
+        submits(parse_submit, &[("1000\n", Some("1000"))]);
+        let bad = ["", "-u", "--", "10 00", "1000\u{1b}[0m", "1000.server", "x"];
+        ids(valid_id, &["1000"], &bad);
     }
 
     #[test]
@@ -392,20 +314,14 @@ mod tests {
 
     #[test]
     fn failures_are_transient_in_cobalt_words_only() {
-        let out = |stderr: &str| CmdOutput {
-            code: Some(1),
-            stdout: String::new(),
-            stderr: stderr.into(),
-        };
-        let args = s(&["1"]);
         for e in [
             "component error: Failed to connect to queue-manager",
             "component error: Following exception occured in queue-manager: [Errno 111] Connection refused",
         ] {
-            assert!(failure("qsub", &args, &out(e)).is_transient(), "{e}");
+            assert!(Cobalt { skip_log: false }.transient(e), "{e}");
         }
         let refused = "component error: XMLRPC failure <Fault 1: 'job has no walltime'> in queue-manager.add_jobs";
-        assert!(!failure("qsub", &args, &out(refused)).is_transient());
+        assert!(!Cobalt { skip_log: false }.transient(refused));
     }
 
     #[test]
@@ -438,5 +354,29 @@ mod tests {
             String::from_utf8_lossy(&o.stdout),
             format!("it's\n{STATUS_ECHO} 4\n")
         );
+    }
+
+    /// The commands, and how `qstat ID` reads: a job it does not list is unknown to it (its
+    /// end is in its files).
+    #[test]
+    fn commands_and_the_state_answer() {
+        let cobalt = Cobalt { skip_log: false };
+        let sub = submission(&["-n", "1"]);
+        assert_eq!(
+            cobalt.submit(&sub).display(),
+            "qsub --jobname ci-7 --cwd /w -o /s/build_script.out -e /s/build_script.err --debuglog /s/build_script.cobaltlog -n 1 /s/build_script-batch"
+        );
+        assert_eq!(cobalt.cancel("1000", true).display(), "qdel -- 1000");
+        let q = cobalt.state("1000");
+        assert_eq!(shown(&q), ["qstat 1000"]);
+        assert_eq!((q[0].read)(&out(0, "", "")), Read::Got(JobState::Unknown));
+        let t = "JobID   User       WallTime  Nodes  State    Location\n=======\n1000    ci         00:10:00  1      running  nid0001\n";
+        assert!(matches!(
+            (q[0].read)(&out(0, t, "")),
+            Read::Got(JobState::Running { .. })
+        ));
+        assert!(matches!(cobalt.accounting(&["1000"], 0), Accounting::Done));
+        let ended = "x Info: task completed normally with an exit code of 0; initiating job cleanup and removal\n";
+        assert!(parse_cobaltlog(ended).is_some_and(|f| f.success()));
     }
 }

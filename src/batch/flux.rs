@@ -4,88 +4,52 @@
 //! code, until the instance purges them), `flux jobs ID` for one job, `flux job kill` to
 //! signal and `flux cancel` to cancel.
 
-use super::args::Illegal;
-use super::limiter::CmdOutput;
-use super::{
-    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
-};
 use std::collections::BTreeMap;
+
+use super::args::{why, Illegal};
+use super::scheduler::{
+    any_word, last_line_id, listed, running_user, Cmd, Profile, Query, Read, Scheduler, Submission,
+};
+use super::{path_arg, Final, JobState, Listed};
 
 /// The Flux scheduler (`executor = "flux"`).
 pub struct Flux;
 
-const ILLEGAL: &[Illegal] = &[
-    Illegal {
-        short: None,
-        long: Some("--output"),
-        why: "the driver chooses the output file it streams to the job log",
-    },
-    Illegal {
-        short: None,
-        long: Some("--error"),
-        why: "the driver streams stderr with stdout from its own output file",
-    },
-    Illegal {
-        short: None,
-        long: Some("--input"),
-        why: "batch jobs of the driver read no input",
-    },
-    Illegal {
-        short: None,
-        long: Some("--job-name"),
-        why: "the driver names the job after the CI job",
-    },
-    Illegal {
-        short: None,
-        long: Some("--cwd"),
-        why: "the driver sets the job's working directory",
-    },
-    Illegal {
-        short: None,
-        long: Some("--wait"),
-        why: "the driver waits for the job itself",
-    },
-    Illegal {
-        short: None,
-        long: Some("--wait-event"),
-        why: "the driver waits for the job itself",
-    },
-    Illegal {
-        short: None,
-        long: Some("--watch"),
-        why: "the driver streams the job's output itself",
-    },
-    Illegal {
-        short: None,
-        long: Some("--dry-run"),
-        why: "the job would never run",
-    },
-    Illegal {
-        short: None,
-        long: Some("--cc"),
-        why: "one CI job is one scheduler job",
-    },
-    Illegal {
-        short: None,
-        long: Some("--bcc"),
-        why: "one CI job is one scheduler job",
-    },
-    Illegal {
-        short: None,
-        long: Some("--quiet"),
-        why: "the driver reads the job id flux submit prints",
-    },
-    Illegal {
-        short: None,
-        long: Some("--log"),
-        why: "the driver reads flux submit's answer itself",
-    },
-    Illegal {
-        short: None,
-        long: Some("--log-stderr"),
-        why: "the driver reads flux submit's answer itself",
-    },
-];
+/// Flux's name, forms and words.
+const PROFILE: Profile = Profile {
+    name: "flux",
+    valid_id,
+    parse_submit,
+    // Not words alone: see `gone` in the `Scheduler` impl (case-insensitive).
+    gone: &[],
+    // A broker's words for being restarting or unreachable, with `flux` in the message (the
+    // command's own, not the job's; see `transient` in the `Scheduler` impl): try again.
+    transient: &[
+        "Connection refused",
+        "No such file or directory",
+        "Resource temporarily unavailable",
+        "Connection timed out",
+    ],
+    illegal: &[
+        Illegal::long("--output", why::OUTPUT),
+        Illegal::long("--error", why::STDERR),
+        Illegal::long("--input", why::INPUT),
+        Illegal::long("--job-name", why::NAME),
+        Illegal::long("--cwd", why::WORKDIR),
+        Illegal::long("--wait", why::WAIT),
+        Illegal::long("--wait-event", why::WAIT),
+        Illegal::long("--watch", "the driver streams the job's output itself"),
+        Illegal::long("--dry-run", "the job would never run"),
+        Illegal::long("--cc", "one CI job is one scheduler job"),
+        Illegal::long("--bcc", "one CI job is one scheduler job"),
+        Illegal::long("--quiet", "the driver reads the job id flux submit prints"),
+        Illegal::long("--log", "the driver reads flux submit's answer itself"),
+        Illegal::long(
+            "--log-stderr",
+            "the driver reads flux submit's answer itself",
+        ),
+    ],
+};
 
 /// The `flux jobs` format the driver reads: fields separated by `|`.
 pub const JOBS_FORMAT: &str = "{state}|{result}|{returncode}|{exception.type}|{exception.note}";
@@ -104,7 +68,7 @@ pub fn parse_jobs_list(stdout: &str) -> BTreeMap<String, Listed> {
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
                 return None;
             }
-            Some((id.to_string(), super::listed(parse_jobs(rest)?, false)))
+            Some((id.to_string(), listed(parse_jobs(rest)?, false)))
         })
         .collect()
 }
@@ -129,28 +93,10 @@ pub fn decimal_id(id: &str) -> Option<String> {
     Some(n.to_string())
 }
 
-fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    // A broker that is restarting or unreachable: try again later.
-    let transient = [
-        "Connection refused",
-        "No such file or directory",
-        "Resource temporarily unavailable",
-        "Connection timed out",
-    ]
-    .iter()
-    .any(|t| out.stderr.contains(t) && out.stderr.contains("flux"));
-    super::command_failure(tool, args, out, transient)
-}
-
 /// The job id in `flux submit`'s answer: its last non-blank line (`ƒ2kAbCd`, or decimal),
 /// when [`valid_id`].
 pub fn parse_submit(stdout: &str) -> Option<String> {
-    let id = stdout
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())?;
-    valid_id(id).then(|| id.to_string())
+    last_line_id(stdout, valid_id)
 }
 
 /// A Flux job id in the forms this module reads ([`decimal_id`]): decimal digits (at most
@@ -220,58 +166,65 @@ fn unknown(stderr: &str) -> bool {
 }
 
 impl Scheduler for Flux {
-    fn name(&self) -> &'static str {
-        "flux"
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
-    fn illegal_args(&self) -> &'static [Illegal] {
-        ILLEGAL
+    /// A broker that is restarting or unreachable, as the `flux` command says it.
+    fn transient(&self, stderr: &str) -> bool {
+        stderr.contains("flux") && any_word(stderr, PROFILE.transient)
     }
 
-    fn valid_id(&self, id: &str) -> bool {
-        valid_id(id)
+    fn submit(&self, sub: &Submission) -> Cmd {
+        let options = vec![
+            "submit".to_string(),
+            format!("--job-name={}", sub.name),
+            format!("--output={}", path_arg(&sub.output)),
+            format!("--cwd={}", path_arg(&sub.workdir)),
+        ];
+        Cmd::submit("flux", options, sub)
     }
 
-    fn submit<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        sub: &'a Submission,
-    ) -> BoxFuture<'a, Result<String, BatchError>> {
-        Box::pin(async move {
-            let mut args = vec![
-                "submit".to_string(),
-                format!("--job-name={}", sub.name),
-                format!("--output={}", path_arg(&sub.output)),
-                format!("--cwd={}", path_arg(&sub.workdir)),
-            ];
-            args.extend(sub.args.iter().cloned());
-            args.push(path_arg(&sub.script));
-            super::submit_command(cmds, "flux", &args, failure, parse_submit).await
-        })
-    }
-
-    fn state<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
-        Box::pin(async move {
-            let args = s(&["jobs", "-n", "-o", JOBS_FORMAT, id]);
+    fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
+        let jobs = Cmd::new("flux", &["jobs", "-n", "-o", JOBS_FORMAT, id]);
+        vec![Query::new(jobs, |o| {
             // Not known, or listed with no line: no record of the job.
-            let gone = |o: &CmdOutput| {
-                if o.success() {
-                    o.stdout.trim().is_empty()
-                } else {
-                    unknown(&o.stderr)
-                }
+            let gone = match o.success() {
+                true => o.stdout.trim().is_empty(),
+                false => unknown(&o.stderr),
             };
-            super::state_command(cmds, "flux", &args, failure, gone, parse_jobs).await
-        })
+            match gone {
+                true => Read::Got(JobState::Unknown),
+                false => Read::parse(o, parse_jobs),
+            }
+        })]
     }
 
-    /// Per user when the passwd database names us (given to `--user`).
-    fn lists_user_jobs(&self) -> bool {
-        super::running_user().is_some()
+    fn cancel(&self, id: &str, graceful: bool) -> Cmd {
+        // graceful: SIGTERM only, the job's traps run; otherwise flux cancel (SIGTERM,
+        // then SIGKILL after the instance's kill timeout).
+        // `--`: `flux job kill` (getopt_long) and `flux cancel` (argparse) take what
+        // follows as job ids, never options.
+        match graceful {
+            true => Cmd::new("flux", &["job", "kill", "--signal=SIGTERM", "--", id]),
+            false => Cmd::new("flux", &["cancel", "--", id]),
+        }
+    }
+
+    fn gone(&self, stderr: &str) -> bool {
+        let e = stderr.to_ascii_lowercase();
+        unknown(stderr) || e.contains("inactive") || e.contains("not running")
+    }
+
+    /// `flux jobs -a -n --user=USER -o LIST_FORMAT` (when the passwd database names us):
+    /// the user's pending, running and inactive jobs (flux-jobs(1): `-a` is every state; at
+    /// most `--count`, 1000 by default, the inactive ones most recent first). A job that
+    /// left it (purged, or past the count) is asked alone (the default
+    /// [`Scheduler::accounting`], `flux jobs ID`).
+    fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
+        let user = format!("--user={}", running_user()?);
+        let jobs = Cmd::new("flux", &["jobs", "-a", "-n", &user, "-o", LIST_FORMAT]);
+        Some(Query::new(jobs, |o| Read::table(o, parse_jobs_list)))
     }
 
     /// The decimal id: the listing prints `{id}` so that it does not depend on the
@@ -279,73 +232,31 @@ impl Scheduler for Flux {
     fn listing_id(&self, id: &str) -> String {
         decimal_id(id).unwrap_or_default()
     }
-
-    /// `flux jobs -a -n --user=USER -o LIST_FORMAT`: the user's pending, running and
-    /// inactive jobs (flux-jobs(1): `-a` is every state; at most `--count`, 1000 by
-    /// default, the inactive ones most recent first). A job that left it (purged, or past
-    /// the count) is asked alone (the default [`Scheduler::accounting`], `flux jobs ID`).
-    fn user_jobs<'a>(
-        &'a self,
-        cmds: &'a Commands,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
-        Box::pin(async move {
-            let user = super::listing_user("flux jobs --user")?;
-            let args = vec![
-                "jobs".to_string(),
-                "-a".into(),
-                "-n".into(),
-                format!("--user={user}"),
-                "-o".into(),
-                LIST_FORMAT.into(),
-            ];
-            super::list_command(cmds, "flux", &args, failure, |_| false, parse_jobs_list).await
-        })
-    }
-
-    fn cancel<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-        graceful: bool,
-    ) -> BoxFuture<'a, Result<(), BatchError>> {
-        Box::pin(async move {
-            // graceful: SIGTERM only, the job's traps run; otherwise flux cancel (SIGTERM,
-            // then SIGKILL after the instance's kill timeout).
-            // `--`: `flux job kill` (getopt_long) and `flux cancel` (argparse) take what
-            // follows as job ids, never options.
-            let args = if graceful {
-                s(&["job", "kill", "--signal=SIGTERM", "--", id])
-            } else {
-                s(&["cancel", "--", id])
-            };
-            super::cancel_command(cmds, "flux", &args, failure, |stderr| {
-                let e = stderr.to_ascii_lowercase();
-                unknown(stderr) || e.contains("inactive") || e.contains("not running")
-            })
-            .await
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission, submits};
 
     #[test]
     fn submit_answers() {
-        assert_eq!(parse_submit("ƒ2kAbCd\n").as_deref(), Some("ƒ2kAbCd"));
-        assert_eq!(parse_submit("1234\n").as_deref(), Some("1234"));
-        assert_eq!(parse_submit("  \n"), None);
-        assert_eq!(parse_submit("job submitted"), None);
-        assert_eq!(parse_submit("--all\n"), None);
+        submits(
+            parse_submit,
+            &[
+                ("ƒ2kAbCd\n", Some("ƒ2kAbCd")),
+                ("1234\n", Some("1234")),
+                ("  \n", None),
+                ("job submitted", None),
+                ("--all\n", None),
+            ],
+        );
     }
 
     #[test]
     fn job_ids_are_decimal_or_f58() {
-        for id in ["ƒ2kAbCd", "f2kAbCd", "1234", "ƒ2", "18446744073709551615"] {
-            assert!(valid_id(id), "{id}");
-        }
-        for id in [
+        let good = ["ƒ2kAbCd", "f2kAbCd", "1234", "ƒ2", "18446744073709551615"];
+        let bad = [
             "",
             "ƒ",
             "ƒ0",
@@ -357,9 +268,8 @@ mod tests {
             "123456789012345678901",
             // Beyond 64 bits.
             "ƒzzzzzzzzzzzzzzzzzzzzzz",
-        ] {
-            assert!(!valid_id(id), "{id:?}");
-        }
+        ];
+        ids(valid_id, &good, &bad);
     }
 
     /// `flux jobs -a -n --user=ci -o LIST_FORMAT` (flux-jobs(1) OUTPUT FORMAT: `{id}` is
@@ -370,9 +280,7 @@ mod tests {
     fn fuzz_most_negative_returncode() {
         let text = std::str::from_utf8(b"2051|INACTIVE|FAILED|-2147483648||\n").unwrap();
         let m = parse_jobs_list(text);
-        let JobState::Finished(f) = &m["2051"].state else {
-            panic!("{m:?}")
-        };
+        let f = fin(m["2051"].state.clone());
         assert!(!f.success() && f.exit_code == i32::MAX, "{f:?}");
     }
 
@@ -383,13 +291,9 @@ mod tests {
         assert_eq!(m.len(), 4, "{m:?}");
         assert!(matches!(m["2049"].state, JobState::Queued { .. }));
         assert!(matches!(m["2050"].state, JobState::Running { .. }));
-        let JobState::Finished(f) = &m["2051"].state else {
-            panic!()
-        };
+        let f = fin(m["2051"].state.clone());
         assert_eq!((f.exit_code, m["2051"].code_unknown), (7, false));
-        let JobState::Finished(f) = &m["2052"].state else {
-            panic!()
-        };
+        let f = fin(m["2052"].state.clone());
         assert_eq!(f.exit_code, 143);
         assert!(parse_jobs_list("").is_empty());
     }
@@ -423,33 +327,56 @@ mod tests {
             parse_jobs("RUN||||"),
             Some(JobState::Running { .. })
         ));
-        let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|COMPLETED|0||") else {
-            panic!()
-        };
+        let f = fin(parse_jobs("INACTIVE|COMPLETED|0||"));
         assert!(f.success());
-        let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|FAILED|7||") else {
-            panic!()
-        };
+        let f = fin(parse_jobs("INACTIVE|FAILED|7||"));
         assert_eq!((f.success(), f.exit_code, f.normal_end), (false, 7, true));
-        let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|CANCELED|-15|cancel|") else {
-            panic!()
-        };
+        let f = fin(parse_jobs("INACTIVE|CANCELED|-15|cancel|"));
         assert_eq!(f.exit_code, 143);
         assert_eq!(f.reason.as_deref(), Some("cancel"));
-        let Some(JobState::Finished(f)) =
-            parse_jobs("INACTIVE|TIMEOUT|-9|timeout|resource allocation expired")
-        else {
-            panic!()
-        };
+        let f = fin(parse_jobs(
+            "INACTIVE|TIMEOUT|-9|timeout|resource allocation expired",
+        ));
         assert!(!f.normal_end);
         assert_eq!(
             f.reason.as_deref(),
             Some("timeout: resource allocation expired")
         );
-        let Some(JobState::Finished(f)) = parse_jobs("INACTIVE|CANCELED|-128|cancel|") else {
-            panic!()
-        };
+        let f = fin(parse_jobs("INACTIVE|CANCELED|-128|cancel|"));
         assert_eq!((f.exit_code, f.success()), (0, false));
         assert_eq!(parse_jobs("garbage"), None);
+    }
+
+    /// The commands, and how `flux jobs ID` reads: an unknown id, or an empty answer, is no
+    /// record of the job.
+    #[test]
+    fn commands_and_the_state_answer() {
+        let sub = submission(&["-N1"]);
+        assert_eq!(
+            Flux.submit(&sub).display(),
+            "flux submit --job-name=ci-7 --output=/s/build_script.out --cwd=/w -N1 /s/build_script-batch"
+        );
+        assert_eq!(
+            Flux.cancel("ƒ2k", true).display(),
+            "flux job kill --signal=SIGTERM -- ƒ2k"
+        );
+        assert_eq!(Flux.cancel("ƒ2k", false).display(), "flux cancel -- ƒ2k");
+        let q = Flux.state("ƒ2k");
+        assert_eq!(shown(&q), [format!("flux jobs -n -o {JOBS_FORMAT} ƒ2k")]);
+        let read = &q[0].read;
+        let unknown = out(1, "", "flux-jobs: ERROR: ƒ2k: unknown job id\n");
+        assert_eq!(read(&unknown), Read::Got(JobState::Unknown));
+        assert_eq!(read(&out(0, "\n", "")), Read::Got(JobState::Unknown));
+        assert!(matches!(
+            read(&out(0, "RUN||||\n", "")),
+            Read::Got(JobState::Running { .. })
+        ));
+        assert_eq!(read(&out(0, "garbage\n", "")), Read::Unreadable);
+        assert!(Flux.gone("flux-cancel: ƒ2k: job is inactive"));
+        assert!(Flux.gone("flux-job: kill ƒ2k: job is not running"));
+        assert!(!Flux.gone("flux-cancel: permission denied"));
+        // A broker's words only when the flux command says them.
+        assert!(Flux.transient("flux-jobs: ERROR: Connection refused"));
+        assert!(!Flux.transient("Connection refused"));
     }
 }

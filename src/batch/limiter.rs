@@ -2,7 +2,7 @@
 //!
 //! `command_delay` is the period of the limiter (a governor GCRA quota); a small burst lets
 //! a cancel go out at once even just after a status poll, while the steady rate stays at
-//! one command per `command_delay`. Status polls are additionally spaced by the executor's
+//! one command per `command_delay`. Status polls are additionally spaced by the batch run's
 //! own timer, so they never exceed one per `command_delay`. Commands run directly (argv,
 //! never a shell), with the job's environment, from `scheduler_bin` when it is set.
 //!
@@ -57,7 +57,19 @@ pub struct Commands {
     pub stall_notice: Duration,
     /// The job log ([`Commands::notify_to`]); `None`: our stdout.
     notices: Option<mpsc::WeakSender<Vec<u8>>>,
+    /// Unit tests: answers in memory instead of processes ([`Commands::answering`]).
+    #[cfg(test)]
+    answer: Option<Answer>,
 }
+
+/// An in-memory answer to one command (unit tests).
+#[cfg(test)]
+pub(crate) type AnswerFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<CmdOutput, BatchError>> + Send>>;
+
+/// A scheduler in memory for unit tests: the answer to `tool args...`.
+#[cfg(test)]
+pub(crate) type Answer = Box<dyn Fn(&str, &[String]) -> AnswerFuture + Send + Sync>;
 
 impl Commands {
     /// `command_delay` zero: no metering. `bin`: `scheduler_bin`.
@@ -79,6 +91,18 @@ impl Commands {
             timeout: Duration::from_secs(120),
             stall_notice: STALL_NOTICE,
             notices: None,
+            #[cfg(test)]
+            answer: None,
+        }
+    }
+
+    /// Commands answered by `answer` instead of processes, unmetered (unit tests of the
+    /// state machine and the poller, on tokio's paused clock).
+    #[cfg(test)]
+    pub(crate) fn answering(answer: Answer) -> Commands {
+        Commands {
+            answer: Some(answer),
+            ..Commands::new(Duration::ZERO, None, Vec::new(), PathBuf::from("/"))
         }
     }
 
@@ -112,13 +136,13 @@ impl Commands {
             out = &mut work => return out,
             _ = tokio::time::sleep(self.stall_notice) => {}
         }
-        let waited = super::executor::fmt_dur(start.elapsed());
+        let waited = super::fmt_dur(start.elapsed());
         self.notice(&format!(
             "{what} has not answered for {waited}; still waiting"
         ))
         .await;
         let out = work.await;
-        let took = super::executor::fmt_dur(start.elapsed());
+        let took = super::fmt_dur(start.elapsed());
         self.notice(&format!("{what} answered after {took}")).await;
         out
     }
@@ -144,6 +168,10 @@ impl Commands {
             l.until_ready().await;
         }
         self.count.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        if let Some(answer) = &self.answer {
+            return answer(tool, args).await;
+        }
         let program = self.program(tool);
         let shown = display(tool, args);
         let child = tokio::process::Command::new(&program)

@@ -15,13 +15,12 @@
 //! SIGKILL after its terminate interval). Either way the driver cancels by the job id
 //! `bsub` printed, never by name, so no other job of the user is touched.
 
-use super::args::Illegal;
-use super::limiter::CmdOutput;
-use super::wrapper::{output_redirect, wrapper_script};
-use super::{
-    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
-};
 use std::collections::BTreeMap;
+
+use super::args::{why, Illegal};
+use super::limiter::CmdOutput;
+use super::scheduler::{listed, running_user, Cmd, Profile, Query, Read, Scheduler, Submission};
+use super::{path_arg, Final, JobState, Listed};
 
 /// The LSF scheduler (`executor = "lsf"`).
 pub struct Lsf {
@@ -29,42 +28,43 @@ pub struct Lsf {
     pub job_cancellation: bool,
 }
 
-const fn word(w: &'static str, why: &'static str) -> Illegal {
-    Illegal {
-        short: None,
-        long: Some(w),
-        why,
-    }
-}
-
-const OUT: &str = "the driver chooses the output file it streams to the job log";
-const INTERACTIVE: &str = "interactive jobs cannot be supervised by the driver";
+/// LSF's name, forms and words.
+const PROFILE: Profile = Profile {
+    name: "lsf",
+    valid_id,
+    parse_submit,
+    gone: &["already finished", "No matching job", "is not found"],
+    // mbatchd busy or restarting: LSF's own words for "try again".
+    transient: &[
+        "LSF is down",
+        "Batch system not responding",
+        "batch system daemon not responding",
+        "Failed in an LSF library call",
+        "Resource temporarily unavailable",
+        "Timeout",
+    ],
+    illegal: ILLEGAL,
+};
 
 /// With `lsf_job_cancellation`: every refused option, the job name last (LSF options are
 /// single-dash words, matched exactly).
 const ILLEGAL_NAMED: &[Illegal] = &[
-    word("-o", OUT),
-    word("-oo", OUT),
-    word(
-        "-e",
-        "the driver streams stderr with stdout from its own output file",
-    ),
-    word(
-        "-eo",
-        "the driver streams stderr with stdout from its own output file",
-    ),
-    word("-i", "batch jobs of the driver read no input"),
-    word("-is", "batch jobs of the driver read no input"),
-    word("-K", "the driver waits for the job itself"),
-    word("-I", INTERACTIVE),
-    word("-Ip", INTERACTIVE),
-    word("-Is", INTERACTIVE),
-    word("-IS", INTERACTIVE),
-    word("-ISp", INTERACTIVE),
-    word("-ISs", INTERACTIVE),
-    word("-IX", INTERACTIVE),
-    word("-cwd", "the driver sets the job's working directory"),
-    word(
+    Illegal::long("-o", why::OUTPUT),
+    Illegal::long("-oo", why::OUTPUT),
+    Illegal::long("-e", why::STDERR),
+    Illegal::long("-eo", why::STDERR),
+    Illegal::long("-i", why::INPUT),
+    Illegal::long("-is", why::INPUT),
+    Illegal::long("-K", why::WAIT),
+    Illegal::long("-I", why::INTERACTIVE),
+    Illegal::long("-Ip", why::INTERACTIVE),
+    Illegal::long("-Is", why::INTERACTIVE),
+    Illegal::long("-IS", why::INTERACTIVE),
+    Illegal::long("-ISp", why::INTERACTIVE),
+    Illegal::long("-ISs", why::INTERACTIVE),
+    Illegal::long("-IX", why::INTERACTIVE),
+    Illegal::long("-cwd", why::WORKDIR),
+    Illegal::long(
         "-J",
         "the driver names the job after the CI job (lsf_job_cancellation)",
     ),
@@ -90,7 +90,7 @@ pub fn parse_bjobs_list(stdout: &str) -> BTreeMap<String, Listed> {
             if id.is_empty() || !id.starts_with(|c: char| c.is_ascii_digit()) {
                 return None;
             }
-            Some((id.to_string(), super::listed(parse_bjobs(rest)?, false)))
+            Some((id.to_string(), listed(parse_bjobs(rest)?, false)))
         })
         .collect()
 }
@@ -104,20 +104,6 @@ fn no_jobs(o: &CmdOutput) -> bool {
 /// The file LSF's own `-o` (its job report) goes to, next to the output file.
 pub fn report_file(output: &std::path::Path) -> std::path::PathBuf {
     output.with_extension("lsf.out")
-}
-
-/// mbatchd busy or restarting: LSF's own words for "try again".
-const TRANSIENT: &[&str] = &[
-    "LSF is down",
-    "Batch system not responding",
-    "batch system daemon not responding",
-    "Failed in an LSF library call",
-    "Resource temporarily unavailable",
-    "Timeout",
-];
-
-fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    super::failure_by_words(TRANSIENT, tool, args, out)
 }
 
 /// The id in `bsub`'s answer: `Job <1234> is submitted to queue <normal>.`
@@ -174,101 +160,67 @@ pub fn parse_bjobs(stdout: &str) -> Option<JobState> {
 }
 
 impl Scheduler for Lsf {
-    fn name(&self) -> &'static str {
-        "lsf"
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn illegal_args(&self) -> &'static [Illegal] {
-        if self.job_cancellation {
-            ILLEGAL_NAMED
-        } else {
-            ILLEGAL
+        match self.job_cancellation {
+            true => ILLEGAL_NAMED,
+            false => ILLEGAL,
         }
     }
 
-    fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
-        wrapper_script(
-            &output_redirect(output),
-            command,
-            "",
-            output,
-            &super::wrapper::exit_path(output),
-        )
+    /// bsub runs in the job's working dir (the commands' cwd): the job starts there.
+    fn submit(&self, sub: &Submission) -> Cmd {
+        let mut options = vec!["-o".to_string(), path_arg(&report_file(&sub.output))];
+        if self.job_cancellation {
+            options.extend(["-J".to_string(), sub.name.clone()]);
+        }
+        Cmd::submit("bsub", options, sub)
     }
 
-    fn valid_id(&self, id: &str) -> bool {
-        valid_id(id)
-    }
-
-    fn submit<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        sub: &'a Submission,
-    ) -> BoxFuture<'a, Result<String, BatchError>> {
-        Box::pin(async move {
-            // bsub runs in the job's working dir (Commands' cwd): the job starts there.
-            let mut args = vec!["-o".to_string(), path_arg(&report_file(&sub.output))];
-            if self.job_cancellation {
-                args.push("-J".into());
-                args.push(sub.name.clone());
+    fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
+        let bjobs = Cmd::new("bjobs", &["-noheader", "-o", BJOBS_FORMAT, id]);
+        vec![Query::new(bjobs, |o| {
+            match o.stderr.contains("is not found") {
+                true => Read::Got(JobState::Unknown),
+                false => Read::parse(o, parse_bjobs),
             }
-            args.extend(sub.args.iter().cloned());
-            args.push(path_arg(&sub.script));
-            super::submit_command(cmds, "bsub", &args, failure, parse_submit).await
-        })
+        })]
     }
 
-    fn state<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
-        Box::pin(async move {
-            let args = s(&["-noheader", "-o", BJOBS_FORMAT, id]);
-            let unknown = |o: &CmdOutput| o.stderr.contains("is not found");
-            super::state_command(cmds, "bjobs", &args, failure, unknown, parse_bjobs).await
-        })
+    fn cancel(&self, id: &str, graceful: bool) -> Cmd {
+        match graceful && self.job_cancellation {
+            true => Cmd::new("bkill", &["-s", "TERM", id]),
+            false => Cmd::new("bkill", &[id]),
+        }
     }
 
-    /// Per user when the passwd database names us (`bjobs -u` is given the name).
-    fn lists_user_jobs(&self) -> bool {
-        super::running_user().is_some()
+    /// `bjobs -u USER -a -noheader -o BJOBS_LIST_FORMAT` (when the passwd database names
+    /// us): every job of the user, finished ones with their exit code until `CLEAN_PERIOD`
+    /// (default one hour) removes them. A job that left it is asked alone (the default
+    /// [`Scheduler::accounting`], `bjobs ID`): past `CLEAN_PERIOD` only `bhist` knows it,
+    /// which the driver does not read.
+    fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
+        let args = [
+            "-u",
+            running_user()?,
+            "-a",
+            "-noheader",
+            "-o",
+            BJOBS_LIST_FORMAT,
+        ];
+        Some(Query::new(Cmd::new("bjobs", &args), |o| {
+            match o.stdout.trim().is_empty() && no_jobs(o) {
+                true => Read::Got(BTreeMap::new()),
+                false => Read::table(o, parse_bjobs_list),
+            }
+        }))
     }
 
-    /// `bjobs -u USER -a -noheader -o BJOBS_LIST_FORMAT`: every job of the user, finished
-    /// ones with their exit code until `CLEAN_PERIOD` (default one hour) removes them. A job
-    /// that left it is asked alone (the default [`Scheduler::accounting`], `bjobs ID`):
-    /// past `CLEAN_PERIOD` only `bhist` knows it, which the driver does not read.
-    fn user_jobs<'a>(
-        &'a self,
-        cmds: &'a Commands,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
-        Box::pin(async move {
-            let user = super::listing_user("bjobs -u")?;
-            let args = s(&["-u", user, "-a", "-noheader", "-o", BJOBS_LIST_FORMAT]);
-            super::list_command(cmds, "bjobs", &args, failure, no_jobs, parse_bjobs_list).await
-        })
-    }
-
-    fn cancel<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-        graceful: bool,
-    ) -> BoxFuture<'a, Result<(), BatchError>> {
-        Box::pin(async move {
-            let args = if graceful && self.job_cancellation {
-                s(&["-s", "TERM", id])
-            } else {
-                s(&[id])
-            };
-            super::cancel_command(cmds, "bkill", &args, failure, |e| {
-                e.contains("already finished")
-                    || e.contains("No matching job")
-                    || e.contains("is not found")
-            })
-            .await
-        })
+    fn spools_output(&self) -> bool {
+        true
     }
 }
 
@@ -276,28 +228,23 @@ impl Scheduler for Lsf {
 mod tests {
     use super::*;
     use crate::batch::args::find_illegal;
+    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission, submits};
 
     #[test]
     fn job_ids_are_digits() {
-        assert!(valid_id("1234"));
-        for id in ["", "-J", "--", "12 34", "1234\u{1b}[0m", "1234[1]", "x"] {
-            assert!(!valid_id(id), "{id:?}");
-        }
+        let bad = ["", "-J", "--", "12 34", "1234\u{1b}[0m", "1234[1]", "x"];
+        ids(valid_id, &["1234"], &bad);
     }
 
     #[test]
     fn submit_answers() {
-        assert_eq!(
-            parse_submit("Job <1234> is submitted to queue <normal>.\n").as_deref(),
-            Some("1234")
-        );
-        assert_eq!(
-            parse_submit("Job <x> is submitted to queue <normal>."),
-            None
-        );
-        assert_eq!(
-            parse_submit("Request aborted by esub. Job not submitted."),
-            None
+        submits(
+            parse_submit,
+            &[
+                ("Job <1234> is submitted to queue <normal>.\n", Some("1234")),
+                ("Job <x> is submitted to queue <normal>.", None),
+                ("Request aborted by esub. Job not submitted.", None),
+            ],
         );
     }
 
@@ -315,19 +262,13 @@ mod tests {
             parse_bjobs("RUN|-|-|-"),
             Some(JobState::Running { .. })
         ));
-        let Some(JobState::Finished(f)) = parse_bjobs("DONE|-|-|-") else {
-            panic!()
-        };
+        let f = fin(parse_bjobs("DONE|-|-|-"));
         assert!(f.success());
-        let Some(JobState::Finished(f)) = parse_bjobs("EXIT|7|-|-") else {
-            panic!()
-        };
+        let f = fin(parse_bjobs("EXIT|7|-|-"));
         assert_eq!((f.normal_end, f.exit_code), (true, 7));
-        let Some(JobState::Finished(f)) =
-            parse_bjobs("EXIT|140|TERM_RUNLIMIT: job killed after reaching LSF run time limit|-")
-        else {
-            panic!()
-        };
+        let f = fin(parse_bjobs(
+            "EXIT|140|TERM_RUNLIMIT: job killed after reaching LSF run time limit|-",
+        ));
         assert!(!f.normal_end);
         assert_eq!(f.exit_code, 140);
         assert!(f.reason.unwrap().starts_with("TERM_RUNLIMIT"));
@@ -346,13 +287,9 @@ mod tests {
             &m["1002"].state,
             JobState::Queued { reason: Some(r), .. } if r == "New job is waiting for scheduling"
         ));
-        let JobState::Finished(f) = &m["1004"].state else {
-            panic!()
-        };
+        let f = fin(m["1004"].state.clone());
         assert_eq!((f.exit_code, m["1004"].code_unknown), (3, false));
-        let JobState::Finished(f) = &m["1003"].state else {
-            panic!()
-        };
+        let f = fin(m["1003"].state.clone());
         assert!(f.success());
         assert!(parse_bjobs_list("").is_empty());
         let none = CmdOutput {
@@ -389,5 +326,41 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// The commands with and without `lsf_job_cancellation`, and how `bjobs` reads.
+    #[test]
+    fn commands_and_the_state_answer() {
+        let (plain, named) = (
+            Lsf {
+                job_cancellation: false,
+            },
+            Lsf {
+                job_cancellation: true,
+            },
+        );
+        let sub = submission(&["-n", "2"]);
+        assert_eq!(
+            plain.submit(&sub).display(),
+            "bsub -o /s/build_script.lsf.out -n 2 /s/build_script-batch"
+        );
+        assert_eq!(
+            named.submit(&sub).display(),
+            "bsub -o /s/build_script.lsf.out -J ci-7 -n 2 /s/build_script-batch"
+        );
+        assert_eq!(plain.cancel("1234", true).display(), "bkill 1234");
+        assert_eq!(named.cancel("1234", true).display(), "bkill -s TERM 1234");
+        assert_eq!(named.cancel("1234", false).display(), "bkill 1234");
+        assert!(plain.gone("Job <1234>: Job has already finished"));
+        assert!(plain.gone("Job <1234>: No matching job found"));
+        let q = plain.state("1234");
+        assert_eq!(
+            shown(&q),
+            [format!("bjobs -noheader -o {BJOBS_FORMAT} 1234")]
+        );
+        let unknown = out(255, "", "Job <1234> is not found\n");
+        assert_eq!((q[0].read)(&unknown), Read::Got(JobState::Unknown));
+        let done = (q[0].read)(&out(0, "DONE|-|-|-\n", ""));
+        assert!(matches!(done, Read::Got(JobState::Finished(f)) if f.success()));
     }
 }

@@ -12,8 +12,9 @@
 
 use std::time::Duration;
 
-use super::Final;
+use super::{fmt_dur, Final, JobState};
 use crate::protocol::Status;
+use crate::supervisor::Reason;
 
 /// Who ended the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub struct Outcome {
     pub resubmit: bool,
 }
 
-/// What the executor knows of the job beyond its final state.
+/// What the batch run knows of the job beyond its final state.
 #[derive(Debug, Clone)]
 pub struct Seen<'a> {
     /// The scheduler's name and the job id, for the messages.
@@ -57,12 +58,12 @@ pub fn never_started(queued_for: Duration, reason: Option<&str>) -> String {
     let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
     format!(
         "waited {} in the queue{why}, never started",
-        super::executor::fmt_dur(queued_for)
+        fmt_dur(queued_for)
     )
 }
 
 /// Classify `f`, the final state of a job that ended without a cancel of ours (a cancel
-/// of ours is the stopping reason, see the executor). Slurm's words are recognised; any
+/// of ours is the stopping reason, see [`verdict`]). Slurm's words are recognised; any
 /// other scheduler's words keep the general rule: the scheduler's normal end is decided
 /// by the exit code, any other end is the user's build failure naming the state.
 pub fn classify(f: &Final, seen: &Seen<'_>) -> Outcome {
@@ -70,7 +71,7 @@ pub fn classify(f: &Final, seen: &Seen<'_>) -> Outcome {
         "{} job {} ended {}",
         seen.name,
         seen.id,
-        super::JobState::Finished(f.clone()).describe()
+        JobState::Finished(f.clone()).describe()
     );
     let code = if f.exit_code == 0 { 1 } else { f.exit_code };
     let user = |why: Option<String>| Outcome {
@@ -142,10 +143,77 @@ pub fn status(o: &Outcome, stopped: Option<String>) -> Status {
     }
 }
 
-/// A system failure of the batch executor with `message`: the one place this module
-/// family builds one (GitLab retries it with `retry: when: runner_system_failure`).
+/// A system failure of a batch job with `message`: the one place this module family builds
+/// one (GitLab retries it with `retry: when: runner_system_failure`).
 pub fn system_failure(message: String) -> Status {
     Status::SystemFailure { message }
+}
+
+/// A build failure with exit code 1; `stopped`: why we stopped it, if we did.
+pub fn failed(stopped: Option<String>) -> Status {
+    Status::BuildFailure {
+        exit_code: 1,
+        signal: None,
+        stopped,
+    }
+}
+
+/// What a supervised job comes to: the stage's status, whether a resubmission may help,
+/// and the line for the job log, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub status: Status,
+    pub resubmit: bool,
+    pub line: Option<String>,
+}
+
+impl Verdict {
+    /// `status`, with no resubmission and nothing (more) to say.
+    pub fn of(status: Status) -> Verdict {
+        Verdict {
+            status,
+            resubmit: false,
+            line: None,
+        }
+    }
+}
+
+/// The verdict on the job `seen` from its end `fin` (`None`: a cancel not confirmed) and,
+/// when we cancelled it, why (`stopped`: a job we stopped failed, even if its trap exited
+/// 0), classified by [`classify`]; a resubmission never follows our cancel.
+pub fn verdict(fin: Option<&Final>, stopped: Option<Reason>, seen: &Seen<'_>) -> Verdict {
+    let (name, id) = (seen.name, seen.id);
+    let Some(f) = fin else {
+        let why = stopped.map_or_else(|| "cancel".to_string(), |r| r.to_string());
+        return Verdict {
+            line: Some(format!("ERROR: {name} job {id} could not be confirmed gone after the cancel ({why}); cleanup will retry")),
+            ..Verdict::of(failed(Some(why)))
+        };
+    };
+    let o = classify(f, seen);
+    if o.cause == Cause::Success && stopped.is_none() {
+        return Verdict::of(Status::Success);
+    }
+    let line = (stopped.is_some() || !f.normal_end).then(|| {
+        let text = match (&stopped, &o.message) {
+            (None, Some(m)) => m.clone(),
+            _ => format!(
+                "{name} job {id} ended {}",
+                JobState::Finished(f.clone()).describe()
+            ),
+        };
+        // A system failure has no exit code of the job's own (Slurm says 0:0 for a node
+        // failure): "(exit code 0)" after "a system failure" would only mislead.
+        match o.cause == Cause::Infrastructure && stopped.is_none() {
+            true => text,
+            false => format!("{text} (exit code {})", f.exit_code),
+        }
+    });
+    Verdict {
+        status: status(&o, stopped.map(|r| r.to_string())),
+        resubmit: o.resubmit && stopped.is_none(),
+        line,
+    }
 }
 
 #[cfg(test)]
@@ -164,14 +232,13 @@ mod tests {
 
     type Row = (Final, bool, Cause, i32, Option<&'static str>, bool);
 
-    /// Every final state of the table in docs/batch-outcomes.md.
-    #[test]
-    fn every_final_state_is_classified() {
+    /// Every final state of the table in docs/batch-outcomes.md: (final state, seen
+    /// running, cause, exit code, message part, resubmit).
+    fn table() -> Vec<Row> {
         let ended = |state: &str, code: i32, sig: Option<i32>, reason: Option<&str>| {
             Final::ended(state, code, sig, reason.map(str::to_string))
         };
-        // (final state, seen running, cause, exit code, message part, resubmit)
-        let table: Vec<Row> = vec![
+        vec![
             (Final::exited("COMPLETED", 0), true, Cause::Success, 0, None, false),
             (Final::exited("FAILED", 7), true, Cause::User, 7, None, false),
             (
@@ -262,8 +329,12 @@ mod tests {
                 Some("slurm job 42 ended SPECIAL_EXIT"),
                 false,
             ),
-        ];
-        for (f, ran, cause, code, msg, resubmit) in table {
+        ]
+    }
+
+    #[test]
+    fn every_final_state_is_classified() {
+        for (f, ran, cause, code, msg, resubmit) in table() {
             let o = classify(&f, &seen(ran));
             assert_eq!(o.cause, cause, "{f:?}: {o:?}");
             assert_eq!(o.exit_code, code, "{f:?}: {o:?}");
@@ -305,5 +376,46 @@ mod tests {
             status(&o, Some("x".into())),
             Status::BuildFailure { .. }
         ));
+    }
+
+    /// The stage's status and the log's line from a job's end (and our stop).
+    #[test]
+    fn verdicts_of_final_states() {
+        let v = |f: Final, stopped: Option<Reason>| verdict(Some(&f), stopped, &seen(false));
+        assert_eq!(
+            v(Final::exited("COMPLETED", 0), None),
+            Verdict::of(Status::Success)
+        );
+        assert!(matches!(
+            v(Final::exited("FAILED", 7), None).status,
+            Status::BuildFailure {
+                exit_code: 7,
+                stopped: None,
+                ..
+            }
+        ));
+        let t = v(
+            Final::ended("TIMEOUT", 0, Some(15), Some("TimeLimit".into())),
+            None,
+        );
+        let Status::BuildFailure {
+            exit_code, stopped, ..
+        } = t.status
+        else {
+            panic!()
+        };
+        assert_eq!(exit_code, 143);
+        assert!(stopped.unwrap().contains("TIMEOUT (TimeLimit)"));
+        assert!(t.line.unwrap().ends_with("(exit code 143)"));
+        let s = v(Final::exited("COMPLETED", 0), Some(Reason::Parent)).status;
+        assert!(matches!(s, Status::BuildFailure { exit_code: 1, .. }));
+        let node = v(Final::ended("NODE_FAIL", 0, None, None), None);
+        assert!(node.resubmit && !node.line.unwrap().contains("(exit code"));
+        let unconfirmed = verdict(None, Some(Reason::Parent), &seen(true));
+        assert_eq!(unconfirmed.status, failed(Some(Reason::Parent.to_string())));
+        assert!(unconfirmed
+            .line
+            .unwrap()
+            .contains("could not be confirmed gone"));
     }
 }

@@ -16,72 +16,46 @@
 //! records the script's exit code in `<stage>.exit` next to it: `qstat` reports
 //! `exit_status` only on some PBS flavours (not at all through the Slurm wrappers).
 
-use super::args::Illegal;
-use super::limiter::CmdOutput;
-use super::wrapper::{output_redirect, wrapper_script};
-use super::{
-    path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler, Submission,
-};
 use std::collections::BTreeMap;
+
+use super::args::{why, Illegal};
+use super::limiter::CmdOutput;
+use super::scheduler::{
+    last_line_id, listed, running_user, Cmd, Profile, Query, Read, Scheduler, Submission,
+};
+use super::{path_arg, Final, JobState, Listed};
 
 /// The PBS scheduler (`executor = "pbs"`).
 pub struct Pbs;
 
-const ILLEGAL: &[Illegal] = &[
-    Illegal {
-        short: Some('o'),
-        long: None,
-        why: "the driver chooses the output file it streams to the job log",
-    },
-    Illegal {
-        short: Some('e'),
-        long: None,
-        why: "the driver chooses the error file",
-    },
-    Illegal {
-        short: Some('j'),
-        long: None,
-        why: "the driver joins the job's output itself",
-    },
-    Illegal {
-        short: Some('k'),
-        long: None,
-        why: "the driver chooses where output is kept",
-    },
-    Illegal {
-        short: Some('N'),
-        long: None,
-        why: "the driver names the job after the CI job",
-    },
-    Illegal {
-        short: Some('I'),
-        long: None,
-        why: "interactive jobs cannot be supervised by the driver",
-    },
-    Illegal {
-        short: Some('z'),
-        long: None,
-        why: "the driver needs the job id qsub prints",
-    },
-];
-
-/// Messages of the PBS clients (Torque, PBS Pro) for a server that is down, restarting or
-/// unreachable (`pbs_connect` failures, PBSE_NOSERVER, PBSE_PROTOCOL, a dropped
-/// connection): try again later, the job was not refused.
-const TRANSIENT: &[&str] = &[
-    "cannot connect to server",
-    "Cannot connect to default server",
-    "No server to connect to",
-    "Connection refused",
-    "Connection timed out",
-    "Communication failure",
-    "End of File",
-];
-
-/// Classify a failed command's output with PBS's words for an unreachable server.
-fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    super::failure_by_words(TRANSIENT, tool, args, out)
-}
+/// PBS's name, forms and words.
+const PROFILE: Profile = Profile {
+    name: "pbs",
+    valid_id,
+    parse_submit,
+    gone: &["Unknown Job", "completed"],
+    // Messages of the PBS clients (Torque, PBS Pro) for a server that is down, restarting or
+    // unreachable (`pbs_connect` failures, PBSE_NOSERVER, PBSE_PROTOCOL, a dropped
+    // connection): try again later, the job was not refused.
+    transient: &[
+        "cannot connect to server",
+        "Cannot connect to default server",
+        "No server to connect to",
+        "Connection refused",
+        "Connection timed out",
+        "Communication failure",
+        "End of File",
+    ],
+    illegal: &[
+        Illegal::short('o', why::OUTPUT),
+        Illegal::short('e', "the driver chooses the error file"),
+        Illegal::short('j', "the driver joins the job's output itself"),
+        Illegal::short('k', "the driver chooses where output is kept"),
+        Illegal::short('N', why::NAME),
+        Illegal::short('I', why::INTERACTIVE),
+        Illegal::short('z', "the driver needs the job id qsub prints"),
+    ],
+};
 
 /// The exit-code file of the job whose output is `output` (the wrapper's own, see
 /// [`super::wrapper::exit_path`]).
@@ -155,24 +129,18 @@ pub fn parse_qstat_table(stdout: &str) -> BTreeMap<String, Listed> {
                 other => other,
             };
             let unknown = matches!(state, JobState::Finished(_));
-            Some((sequence(id).to_string(), super::listed(state, unknown)))
+            Some((sequence(id).to_string(), listed(state, unknown)))
         })
         .collect()
 }
 
 /// The state in `qstat [-x] -f ID`'s answer `out`: `Unknown` for Torque's and PBS's
 /// PBSE_UNKJOBID (15001, exit status 153, "Unknown Job Id").
-fn read_state(args: &[String], out: &CmdOutput) -> Result<JobState, BatchError> {
+fn read_state(out: &CmdOutput) -> Read<JobState> {
     if !out.success() && (out.code == Some(153) || out.stderr.contains("Unknown Job")) {
-        return Ok(JobState::Unknown);
+        return Read::Got(JobState::Unknown);
     }
-    if !out.success() {
-        return Err(failure("qstat", args, out));
-    }
-    parse_qstat(&out.stdout).ok_or_else(|| BatchError::Parse {
-        command: super::limiter::display("qstat", args),
-        why: format!("no job state in {:?}", out.stdout.trim()),
-    })
+    Read::parse(out, parse_qstat)
 }
 
 /// PBS Pro's answer to `qstat -f ID` for a job that left the live queue: its history is
@@ -183,13 +151,7 @@ fn finished_use_x(o: &CmdOutput) -> bool {
 
 /// The job id in `qsub`'s answer: its last non-blank line, when [`valid_id`].
 pub fn parse_submit(stdout: &str) -> Option<String> {
-    let id = stdout
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
-    valid_id(id).then(|| id.to_string())
+    last_line_id(stdout, valid_id)
 }
 
 /// A PBS job id as qsub prints it: the sequence number (decimal digits; `[]` after it for an
@@ -213,109 +175,62 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl Scheduler for Pbs {
-    fn name(&self) -> &'static str {
-        "pbs"
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
-    fn illegal_args(&self) -> &'static [Illegal] {
-        ILLEGAL
+    fn submit(&self, sub: &Submission) -> Cmd {
+        // The scheduler's own messages (walltime kills) go next to the output file.
+        let sched_out = path_arg(&sub.output.with_extension("pbs.out"));
+        let options = vec![
+            "-V".to_string(),
+            "-N".into(),
+            sub.name.clone(),
+            "-o".into(),
+            sched_out.clone(),
+            "-e".into(),
+            sched_out,
+        ];
+        Cmd::submit("qsub", options, sub)
     }
 
-    fn wrapper(&self, output: &std::path::Path, command: &[String]) -> String {
-        wrapper_script(
-            &output_redirect(output),
-            command,
-            "",
-            output,
-            &exit_file(output),
-        )
-    }
-
-    fn valid_id(&self, id: &str) -> bool {
-        valid_id(id)
-    }
-
-    fn submit<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        sub: &'a Submission,
-    ) -> BoxFuture<'a, Result<String, BatchError>> {
-        Box::pin(async move {
-            // The scheduler's own messages (walltime kills) go next to the output file.
-            let sched_out = path_arg(&sub.output.with_extension("pbs.out"));
-            let mut args = vec![
-                "-V".to_string(),
-                "-N".into(),
-                sub.name.clone(),
-                "-o".into(),
-                sched_out.clone(),
-                "-e".into(),
-                sched_out,
-            ];
-            args.extend(sub.args.iter().cloned());
-            args.push(path_arg(&sub.script));
-            super::submit_command(cmds, "qsub", &args, failure, parse_submit).await
-        })
-    }
-
-    fn state<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
-        Box::pin(async move {
-            let args = s(&["-f", id]);
-            let out = cmds.run("qstat", &args).await?;
-            if !finished_use_x(&out) {
-                return read_state(&args, &out);
+    /// `qstat -f ID`; PBS Pro keeps a finished job in the server's history
+    /// (`job_history_enable`), asked with `qstat -x -f ID`.
+    fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
+        let live = Query::new(Cmd::new("qstat", &["-f", id]), |o| {
+            match finished_use_x(o) {
+                true => Read::Next,
+                false => read_state(o),
             }
-            // PBS Pro: a finished job is in the server's history (job_history_enable).
-            let args = s(&["-x", "-f", id]);
-            read_state(&args, &cmds.run("qstat", &args).await?)
-        })
+        });
+        let history = Query::new(Cmd::new("qstat", &["-x", "-f", id]), read_state);
+        vec![live, history]
     }
 
-    /// Per user when the passwd database names us (`qstat -u` needs the name).
-    fn lists_user_jobs(&self) -> bool {
-        super::running_user().is_some()
+    /// qdel sends SIGTERM, then SIGKILL after the server's kill delay: graceful already.
+    fn cancel(&self, id: &str, _graceful: bool) -> Cmd {
+        // `--`: Torque's and PBS Pro's qdel (getopt) and the Slurm wrapper's
+        // (Getopt::Long) take what follows as job ids, never options.
+        Cmd::new("qdel", &["--", id])
+    }
+
+    /// `qstat -u USER` (when the passwd database names us): the same table on Torque, PBS
+    /// Pro and the Slurm wrappers (which print nothing and exit 0 when the user has no
+    /// job). Jobs that leave it are asked one by one (the default
+    /// [`Scheduler::accounting`]): Torque keeps no history past `keep_completed`, PBS Pro's
+    /// `qstat -x -f` ([`Scheduler::state`] falls back to it) cannot be asked in one command
+    /// that Torque and the wrappers understand.
+    fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
+        let qstat = Cmd::new("qstat", &["-u", running_user()?]);
+        Some(Query::new(qstat, |o| Read::table(o, parse_qstat_table)))
     }
 
     fn listing_id(&self, id: &str) -> String {
         sequence(id).to_string()
     }
 
-    /// `qstat -u USER`: the same table on Torque, PBS Pro and the Slurm wrappers (which
-    /// print nothing and exit 0 when the user has no job). Jobs that leave it are asked
-    /// one by one (the default [`Scheduler::accounting`]): Torque keeps no history past
-    /// `keep_completed`, PBS Pro's `qstat -x -f` ([`Scheduler::state`] falls back to it)
-    /// cannot be asked in one command that Torque and the wrappers understand.
-    fn user_jobs<'a>(
-        &'a self,
-        cmds: &'a Commands,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
-        Box::pin(async move {
-            let user = super::listing_user("qstat -u")?;
-            let args = s(&["-u", user]);
-            super::list_command(cmds, "qstat", &args, failure, |_| false, parse_qstat_table).await
-        })
-    }
-
-    fn cancel<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-        _graceful: bool,
-    ) -> BoxFuture<'a, Result<(), BatchError>> {
-        // qdel sends SIGTERM, then SIGKILL after the server's kill delay: graceful already.
-        Box::pin(async move {
-            // `--`: Torque's and PBS Pro's qdel (getopt) and the Slurm wrapper's
-            // (Getopt::Long) take what follows as job ids, never options.
-            let args = s(&["--", id]);
-            super::cancel_command(cmds, "qdel", &args, failure, |e| {
-                e.contains("Unknown Job") || e.contains("completed")
-            })
-            .await
-        })
+    fn spools_output(&self) -> bool {
+        true
     }
 
     fn final_from_files(&self, sub: &Submission, id: &str) -> Option<Final> {
@@ -327,21 +242,23 @@ impl Scheduler for Pbs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission};
+    use std::path::Path;
 
     #[test]
     fn job_ids_are_a_sequence_number_and_a_server_name() {
-        for id in [
+        let good = [
             "123",
             "123.server",
             "123.pbs-1.example.org",
             "123[]",
             "123[].server",
             "4567.Head-Node01",
-        ] {
-            assert!(valid_id(id), "{id}");
+        ];
+        for id in good {
             assert_eq!(parse_submit(&format!("{id}\n")).as_deref(), Some(id));
         }
-        for id in [
+        let bad = [
             "",
             "-W",
             "--",
@@ -358,9 +275,8 @@ mod tests {
             "123.server\u{1b}[31m",
             "123\u{1b}[31m",
             "123.server/x",
-        ] {
-            assert!(!valid_id(id), "{id:?}");
-        }
+        ];
+        ids(valid_id, &good, &bad);
         assert!(!valid_id(&format!("1.{}", "a".repeat(64))));
         assert!(!valid_id(&format!("1.{}", ["a"; 200].join("."))));
     }
@@ -373,14 +289,10 @@ mod tests {
             Some(JobState::Running { state: "R".into() })
         );
         let t = "Job Id: 31.srv\n    job_state = C\n    exit_status = 7\n";
-        let Some(JobState::Finished(f)) = parse_qstat(t) else {
-            panic!()
-        };
+        let f = fin(parse_qstat(t));
         assert_eq!((f.exit_code, f.success()), (7, false));
         let t = "job_state = F\nExit_status = 271\n";
-        let Some(JobState::Finished(f)) = parse_qstat(t) else {
-            panic!()
-        };
+        let f = fin(parse_qstat(t));
         assert_eq!((f.exit_code, f.success()), (143, false));
         let t = "job_state = Q\ncomment = Not Running: Insufficient resources\n";
         assert!(matches!(
@@ -415,9 +327,7 @@ mod tests {
         assert_eq!(letter(&m["42"]), ("R".into(), false));
         assert!(matches!(m["42"].state, JobState::Running { .. }));
         assert_eq!(letter(&m["43"]), ("C".into(), true));
-        let JobState::Finished(f) = &m["43"].state else {
-            panic!()
-        };
+        let f = fin(m["43"].state.clone());
         assert!(
             !f.normal_end,
             "a listed end is the scheduler's word, not the code"
@@ -473,44 +383,60 @@ Job ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time
 
     #[test]
     fn pbs_pro_history_is_asked_with_x() {
-        let out = |code, stderr: &str| CmdOutput {
-            code: Some(code),
-            stdout: String::new(),
-            stderr: stderr.into(),
-        };
-        assert!(finished_use_x(&out(
+        let finished = out(
             35,
-            "qstat: 1201.pbspro1 Job has finished, use -x or -H to obtain historical job information"
-        )));
-        assert!(!finished_use_x(&out(153, "qstat: Unknown Job Id 12.srv")));
-        let args = s(&["-f", "12"]);
-        assert_eq!(
-            read_state(&args, &out(153, "qstat: Unknown Job Id 12.srv")).unwrap(),
-            JobState::Unknown
+            "",
+            "qstat: 1201.pbspro1 Job has finished, use -x or -H to obtain historical job information",
         );
+        let unknown = out(153, "", "qstat: Unknown Job Id 12.srv");
+        assert!(finished_use_x(&finished));
+        assert!(!finished_use_x(&unknown));
+        assert_eq!(read_state(&unknown), Read::Got(JobState::Unknown));
+        let q = Pbs.state("1201.pbspro1");
+        assert_eq!(
+            shown(&q),
+            ["qstat -f 1201.pbspro1", "qstat -x -f 1201.pbspro1"]
+        );
+        assert_eq!((q[0].read)(&finished), Read::Next);
+        assert_eq!((q[0].read)(&unknown), Read::Got(JobState::Unknown));
+        let history = out(
+            0,
+            "Job Id: 1201.pbspro1\n    job_state = F\n    Exit_status = 0\n",
+            "",
+        );
+        assert!(matches!((q[1].read)(&history), Read::Got(JobState::Finished(f)) if f.success()));
+        assert_eq!((q[1].read)(&out(0, "garbage", "")), Read::Unreadable);
     }
 
     #[test]
     fn failures_are_transient_in_pbs_words_only() {
-        let out = |stderr: &str| CmdOutput {
-            code: Some(1),
-            stdout: String::new(),
-            stderr: stderr.into(),
-        };
-        let args = s(&["-f", "1"]);
         for e in [
             "qstat: cannot connect to server srv (errno=111) Connection refused",
             "Cannot connect to default server host 'srv' - check pbs_server daemon.",
             "qsub: End of File",
         ] {
-            assert!(failure("qstat", &args, &out(e)).is_transient(), "{e}");
+            assert!(Pbs.transient(e), "{e}");
         }
         for e in [
             "qsub: Unknown queue MSG=requested queue not found",
             "qsub: Job exceeds queue resource limits",
         ] {
-            assert!(!failure("qsub", &args, &out(e)).is_transient(), "{e}");
+            assert!(!Pbs.transient(e), "{e}");
         }
+    }
+
+    #[test]
+    fn submit_and_cancel_commands() {
+        let sub = submission(&["-l", "walltime=1:00:00"]);
+        assert_eq!(
+            Pbs.submit(&sub).display(),
+            "qsub -V -N ci-7 -o /s/build_script.pbs.out -e /s/build_script.pbs.out -l walltime=1:00:00 /s/build_script-batch"
+        );
+        assert_eq!(Pbs.cancel("12.srv", true).display(), "qdel -- 12.srv");
+        assert!(Pbs.gone("qdel: Unknown Job Id 12.srv"));
+        assert!(Pbs
+            .wrapper(Path::new("/s/o"), &[])
+            .contains("exec >>'/s/o' 2>&1"));
     }
 
     #[test]

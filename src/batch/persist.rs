@@ -1,6 +1,6 @@
 //! The scheduler job ids of a CI job, recorded in the job's scripts dir.
 //!
-//! Before submitting, the executor writes a `submitting` line (so a driver killed during
+//! Before submitting, the batch run writes a `submitting` line (so a driver killed during
 //! the submit call leaves a trace); the moment the id is known it appends `<scheduler>
 //! <id>`, and `done <id>` once it saw the job leave the queue. Lines are appended with one
 //! `write` each and fsynced, so a reader never sees half a record it would misread (a torn
@@ -21,7 +21,7 @@ pub const FILE_NAME: &str = "batch-jobs";
 pub struct Recorded {
     pub scheduler: String,
     pub id: String,
-    /// The executor saw the job leave the queue.
+    /// The batch run saw the job leave the queue.
     pub done: bool,
 }
 

@@ -6,7 +6,7 @@
 //! by a rename). A snapshot younger than the poll period is used as it is. Otherwise the
 //! reader tries to become the poller: a non-blocking lock on `<scheduler>.lock` elects one;
 //! the winner looks again (another may have just written), then runs the per-user query
-//! ([`Scheduler::user_jobs`]), one accounting query for the jobs that left the listing
+//! ([`Scheduler::listing`]), one accounting query for the jobs that left the listing
 //! ([`Scheduler::accounting`], asked for through `<scheduler>.want/<id>` files), and writes
 //! the snapshot. Losers wait for the next snapshot for [`wait_bound`], then ask the
 //! scheduler about their own job alone, so nothing hangs on a stuck poller; a dead poller's
@@ -14,8 +14,8 @@
 //! another user.
 //!
 //! A stalled query is said in the job log of every job waiting on it: the poller's own
-//! command says so itself ([`Commands::noticing`]); a loser that has waited
-//! [`Commands::stall_notice`] for the snapshot says once why it waits, and again when the
+//! command says so itself ([`super::Commands::noticing`]); a loser that has waited
+//! [`super::Commands::stall_notice`] for the snapshot says once why it waits, and again when the
 //! snapshot comes or it gives up waiting.
 //!
 //! Before any of that, the job's own exit-status file (written by the wrapper at its very
@@ -23,18 +23,19 @@
 //! it without being signalled is over, whatever the listing says.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::executor::fmt_dur;
+use super::client::Client;
+use super::scheduler::Scheduler;
 use super::wrapper::{read_exit_file, ExitRecord};
-use super::{BatchError, Commands, Final, JobState, Listed, Scheduler};
+use super::{fmt_dur, BatchError, Final, JobState, Listed};
+use crate::fs::lock;
 
 /// The poll directory's name in the user's base dir.
 pub const DIR_NAME: &str = ".jacamar-poll";
@@ -126,6 +127,22 @@ pub struct JobRef<'a> {
     pub exit_file: &'a Path,
 }
 
+/// One poll of one job: what the snapshot's steps need.
+struct Ask<'a> {
+    client: Client<'a>,
+    /// The poll directory.
+    dir: &'a Path,
+    period: Duration,
+    /// The job's key in the listing and in the poll directory ([`Scheduler::listing_id`]).
+    key: &'a str,
+    /// The id its submission gave.
+    id: &'a str,
+    /// Its exit file, when it wrote one (after a TERM: the scheduler's word decides).
+    exit: Option<&'a ExitRecord>,
+    /// Wall clock by which the job was surely submitted.
+    since: u64,
+}
+
 /// The status queries of one batch job: shared with the user's other jobs through the poll
 /// directory when there is one and the scheduler lists a user's jobs in one command,
 /// otherwise one [`Scheduler::state`] per poll.
@@ -158,19 +175,18 @@ impl Poller {
         }
     }
 
-    /// The job's state, polled at most once per `period` (the executor's spacing): the exit
+    /// The job's state, polled at most once per `period` (the batch run's spacing): the exit
     /// file first, then the shared snapshot (or the scheduler directly). Errors are the
     /// scheduler's (a failed listing reaches every reader of its snapshot); the caller's
     /// retry policy applies to them.
     ///
     /// A job missing from a listing taken after it was submitted, without an exit file, is
     /// `Unknown` until the accounting answers (at the next poll). The submission is taken
-    /// to be at least one `period` before this job's first poll, as the executor waits one
+    /// to be at least one `period` before this job's first poll, as the batch run waits one
     /// period after submitting.
     pub async fn state(
         &self,
-        sched: &dyn Scheduler,
-        cmds: &Commands,
+        client: Client<'_>,
         period: Duration,
         job: &JobRef<'_>,
     ) -> Result<JobState, BatchError> {
@@ -187,53 +203,42 @@ impl Poller {
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert(now.saturating_sub(period.as_millis() as u64));
         // The job as the listing and the poll dir know it (PBS: `123` for `123.server`).
-        let key = sched.listing_id(job.id);
+        let key = client.sched.listing_id(job.id);
         let dir = match &self.dir {
-            Some(d) if sched.lists_user_jobs() && valid_id(&key) => d,
-            _ => return single(sched, cmds, job.id, exit.as_ref()).await,
+            Some(d) if client.lists_user_jobs() && valid_id(&key) => d,
+            _ => return single(client, job.id, exit.as_ref()).await,
         };
-        let keyed = JobRef {
-            id: &key,
-            exit_file: job.exit_file,
+        let ask = Ask {
+            client,
+            dir,
+            period,
+            key: &key,
+            id: job.id,
+            exit: exit.as_ref(),
+            since,
         };
-        match self
-            .snapshot(dir, sched, cmds, period, &keyed, since, exit.is_some())
-            .await?
-        {
-            Some(snap) => {
-                self.answer(dir, sched, cmds, &snap, &keyed, job.id, exit.as_ref())
-                    .await
-            }
-            None => single(sched, cmds, job.id, exit.as_ref()).await,
+        match self.snapshot(&ask).await? {
+            Some(snap) => self.answer(&ask, &snap).await,
+            None => single(client, job.id, exit.as_ref()).await,
         }
     }
 
-    /// A snapshot that can answer for `job`: a fresh one, or one this process takes as the
-    /// elected poller. `None`: no snapshot came within [`wait_bound`], or the poll directory
-    /// is unusable (reported once).
-    #[allow(clippy::too_many_arguments)]
-    async fn snapshot(
-        &self,
-        dir: &Path,
-        sched: &dyn Scheduler,
-        cmds: &Commands,
-        period: Duration,
-        job: &JobRef<'_>,
-        since: u64,
-        has_exit: bool,
-    ) -> Result<Option<Snapshot>, BatchError> {
-        let name = sched.name();
+    /// A snapshot that can answer for the job: a fresh one, or one this process takes as
+    /// the elected poller. `None`: no snapshot came within [`wait_bound`], or the poll
+    /// directory is unusable (reported once).
+    async fn snapshot(&self, ask: &Ask<'_>) -> Result<Option<Snapshot>, BatchError> {
+        let (name, cmds, dir) = (ask.client.name(), ask.client.cmds, ask.dir);
         let path = dir.join(format!("{name}.json"));
         let lock_path = dir.join(format!("{name}.lock"));
         let start = tokio::time::Instant::now();
-        let until = start + wait_bound(period);
+        let until = start + wait_bound(ask.period);
         let mut told = false;
         if let Err(e) = ensure_dir(dir) {
             self.warn(&e);
             return Ok(None);
         }
         loop {
-            if let Some(s) = self.usable(&path, period, job.id, since) {
+            if let Some(s) = self.usable(&path, ask) {
                 if told {
                     let took = fmt_dur(start.elapsed());
                     cmds.notice(&format!(
@@ -243,7 +248,7 @@ impl Poller {
                 }
                 return Ok(Some(s));
             }
-            let lock = match try_lock(&lock_path) {
+            let lock = match lock::try_lock_file(&lock_path) {
                 Ok(l) => l,
                 Err(e) => {
                     self.warn(&e);
@@ -251,10 +256,10 @@ impl Poller {
                 }
             };
             if let Some(lock) = lock {
-                if let Some(s) = self.usable(&path, period, job.id, since) {
+                if let Some(s) = self.usable(&path, ask) {
                     return Ok(Some(s));
                 }
-                let snap = self.query(dir, sched, cmds, job, since, has_exit).await?;
+                let snap = self.query(ask).await?;
                 if let Err(e) = write_snapshot(dir, &path, &snap) {
                     self.warn(&e);
                 }
@@ -267,7 +272,7 @@ impl Poller {
                     cmds.notice(&format!(
                         "no shared {name} status poll after {}; asking {name} about job {} alone",
                         fmt_dur(waited),
-                        job.id
+                        ask.key
                     ))
                     .await;
                 }
@@ -286,40 +291,34 @@ impl Poller {
         }
     }
 
-    /// The snapshot at `path` if it is younger than `period` and covers job `id` (lists it,
-    /// has its accounting, or was taken after it was submitted).
-    fn usable(&self, path: &Path, period: Duration, id: &str, since: u64) -> Option<Snapshot> {
+    /// The snapshot at `path` if it is younger than the period and covers the job (lists
+    /// it, has its accounting, or was taken after it was submitted).
+    fn usable(&self, path: &Path, ask: &Ask<'_>) -> Option<Snapshot> {
         let s: Snapshot = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
         let now = (self.clock)();
-        let fresh = now.saturating_sub(s.taken_ms) < period.as_millis() as u64
-            && s.taken_ms <= now + period.as_millis() as u64;
-        let covers =
-            s.jobs.contains_key(id) || s.accounting.contains_key(id) || s.taken_ms >= since;
+        let period = ask.period.as_millis() as u64;
+        let fresh = now.saturating_sub(s.taken_ms) < period && s.taken_ms <= now + period;
+        let covers = s.jobs.contains_key(ask.key)
+            || s.accounting.contains_key(ask.key)
+            || s.taken_ms >= ask.since;
         (fresh && covers).then_some(s)
     }
 
     /// The elected poller's query: the listing, then one accounting query for the wanted
     /// jobs (and this one, when it left the listing without an exit file). A failed query
     /// is kept in the snapshot, except a command that cannot be started at all.
-    async fn query(
-        &self,
-        dir: &Path,
-        sched: &dyn Scheduler,
-        cmds: &Commands,
-        job: &JobRef<'_>,
-        since: u64,
-        has_exit: bool,
-    ) -> Result<Snapshot, BatchError> {
+    async fn query(&self, ask: &Ask<'_>) -> Result<Snapshot, BatchError> {
+        let client = ask.client;
         let taken_ms = (self.clock)();
         let mut snap = Snapshot {
-            scheduler: sched.name().to_string(),
+            scheduler: client.name().to_string(),
             taken_ms,
             jobs: BTreeMap::new(),
             accounting: BTreeMap::new(),
             error: None,
             accounting_error: None,
         };
-        match sched.user_jobs(cmds).await {
+        match client.user_jobs().await {
             Ok(jobs) => snap.jobs = jobs,
             Err(e @ BatchError::Spawn { .. }) => return Err(e),
             Err(e) => {
@@ -327,9 +326,9 @@ impl Poller {
                 return Ok(snap);
             }
         }
-        let mut want = wanted(&want_dir(dir, sched.name()));
-        if !snap.jobs.contains_key(job.id) && taken_ms >= since && !has_exit {
-            want.push(job.id.to_string());
+        let mut want = wanted(&want_dir(ask.dir, client.name()));
+        if !snap.jobs.contains_key(ask.key) && taken_ms >= ask.since && ask.exit.is_none() {
+            want.push(ask.key.to_string());
         }
         want.sort();
         want.dedup();
@@ -337,7 +336,7 @@ impl Poller {
         if want.is_empty() {
             return Ok(snap);
         }
-        match sched.accounting(cmds, &want).await {
+        match client.accounting(&want).await {
             Ok(found) => snap.accounting = found,
             Err(e @ BatchError::Spawn { .. }) => return Err(e),
             Err(e) => snap.accounting_error = Some(SnapError::of(&e)),
@@ -345,24 +344,15 @@ impl Poller {
         Ok(snap)
     }
 
-    /// Job `job`'s state from `snap` (and its exit file, when the job was signalled);
-    /// `job.id` is the job's listing key, `id` the id its submission gave.
-    #[allow(clippy::too_many_arguments)]
-    async fn answer(
-        &self,
-        dir: &Path,
-        sched: &dyn Scheduler,
-        cmds: &Commands,
-        snap: &Snapshot,
-        job: &JobRef<'_>,
-        id: &str,
-        exit: Option<&ExitRecord>,
-    ) -> Result<JobState, BatchError> {
+    /// The job's state from `snap` (and its exit file, when the job was signalled).
+    async fn answer(&self, ask: &Ask<'_>, snap: &Snapshot) -> Result<JobState, BatchError> {
         if let Some(e) = &snap.error {
             return Err(e.to_error());
         }
-        let want = want_dir(dir, sched.name()).join(job.id);
-        match snap.jobs.get(job.id) {
+        let (client, exit) = (ask.client, ask.exit);
+        let sched = client.sched;
+        let want = want_dir(ask.dir, sched.name()).join(ask.key);
+        match snap.jobs.get(ask.key) {
             Some(l) if l.code_unknown => {
                 let JobState::Finished(f) = &l.state else {
                     return Ok(l.state.clone());
@@ -371,14 +361,14 @@ impl Poller {
                     return Ok(JobState::Finished(sched.with_exit_code(f, r.code)));
                 }
                 // The controller still holds the job: its own answer has the exit code.
-                match sched.state(cmds, id).await? {
+                match client.state(ask.id).await? {
                     JobState::Finished(g) => Ok(JobState::Finished(g)),
                     _ => Ok(JobState::Finished(f.clone())),
                 }
             }
             Some(l) => Ok(merge(sched, l.state.clone(), exit)),
             None if exit.is_some() => Ok(merge(sched, JobState::Unknown, exit)),
-            None => match snap.accounting.get(job.id) {
+            None => match snap.accounting.get(ask.key) {
                 Some(st) => {
                     if !st.is_active() {
                         remove_want(&want);
@@ -444,12 +434,11 @@ fn merge(sched: &dyn Scheduler, st: JobState, exit: Option<&ExitRecord>) -> JobS
 
 /// The job's state from the scheduler alone (one command for this job).
 async fn single(
-    sched: &dyn Scheduler,
-    cmds: &Commands,
+    client: Client<'_>,
     id: &str,
     exit: Option<&ExitRecord>,
 ) -> Result<JobState, BatchError> {
-    Ok(merge(sched, sched.state(cmds, id).await?, exit))
+    Ok(merge(client.sched, client.state(id).await?, exit))
 }
 
 /// An id usable as a file name (Slurm's `123`, `123_4`; PBS's `12.server`).
@@ -480,23 +469,6 @@ fn ensure_dir(dir: &Path) -> std::io::Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The lock file opened and locked, or `None` when another process holds the lock.
-fn try_lock(path: &Path) -> std::io::Result<Option<File>> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    match crate::fs::claim::try_lock(f.as_fd(), libc::F_WRLCK) {
-        Ok(true) => Ok(Some(f)),
-        Ok(false) => Ok(None),
-        Err(e) => Err(std::io::Error::from(e)),
-    }
 }
 
 /// Write `snap` to `path` whole: a private temporary file, then a rename.
@@ -576,7 +548,9 @@ mod tests {
     //! the drivers of one user; the scheduler is in memory and counts its queries.
 
     use super::*;
-    use crate::batch::{args, BoxFuture, Submission};
+    use crate::batch::limiter::CmdOutput;
+    use crate::batch::scheduler::testing::{json, Mem};
+    use crate::batch::Commands;
     use tokio::time::Instant;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
@@ -601,6 +575,17 @@ mod tests {
         keyed: bool,
     }
 
+    /// The fake's description: it lists the user's jobs.
+    const LISTS: Mem = Mem {
+        lists: true,
+        ..Mem::FAKE
+    };
+    /// ..., keyed as PBS's listing.
+    const KEYED: Mem = Mem {
+        keyed: true,
+        ..LISTS
+    };
+
     impl Fake {
         fn with(jobs: &[(&str, JobState)]) -> Arc<Fake> {
             let f = Fake::default();
@@ -623,87 +608,62 @@ mod tests {
         fn listings(&self) -> u32 {
             *self.listings.lock().unwrap()
         }
-    }
+        fn mem(&self) -> &'static Mem {
+            match self.keyed {
+                true => &KEYED,
+                false => &LISTS,
+            }
+        }
 
-    impl Scheduler for Fake {
-        fn name(&self) -> &'static str {
-            "fake"
-        }
-        fn illegal_args(&self) -> &'static [args::Illegal] {
-            &[]
-        }
-        fn valid_id(&self, id: &str) -> bool {
-            crate::batch::is_decimal_id(id)
-        }
-        fn submit<'a>(
-            &'a self,
-            _: &'a Commands,
-            _: &'a Submission,
-        ) -> BoxFuture<'a, Result<String, BatchError>> {
-            Box::pin(async { Ok("1".into()) })
-        }
-        fn state<'a>(
-            &'a self,
-            _: &'a Commands,
-            id: &'a str,
-        ) -> BoxFuture<'a, Result<JobState, BatchError>> {
+        /// The answer to [`Mem`]'s `state ID` and `accounting IDS...` (the listing is
+        /// [`Fake::listed`]).
+        fn respond(&self, tool: &str, args: &[String]) -> CmdOutput {
+            if tool == "accounting" {
+                self.accountings.lock().unwrap().push(args.to_vec());
+                let known = self.known.lock().unwrap().clone();
+                let found: BTreeMap<String, JobState> = known
+                    .into_iter()
+                    .filter(|(id, _)| args.contains(id))
+                    .collect();
+                return json(&found);
+            }
+            let id = &args[0];
             *self.singles.lock().unwrap() += 1;
             self.asked.lock().unwrap().push(id.to_string());
             let st = self
                 .listing
                 .lock()
                 .unwrap()
-                .get(&self.listing_id(id))
+                .get(&self.mem().listing_id(id))
                 .map(|l| l.state.clone())
                 .unwrap_or(JobState::Unknown);
-            Box::pin(async move { Ok(st) })
+            json(&st)
         }
-        fn cancel<'a>(
-            &'a self,
-            _: &'a Commands,
-            _: &'a str,
-            _: bool,
-        ) -> BoxFuture<'a, Result<(), BatchError>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn lists_user_jobs(&self) -> bool {
-            true
-        }
-        fn listing_id(&self, id: &str) -> String {
-            match self.keyed {
-                true => id.split('.').next().unwrap_or(id).to_string(),
-                false => id.to_string(),
+
+        /// The listing, after [`Fake::takes`]; an error while the fake is `down`.
+        async fn listed(&self) -> Result<CmdOutput, BatchError> {
+            tokio::time::sleep(self.takes).await;
+            if let Some(m) = self.down.lock().unwrap().clone() {
+                return Err(BatchError::Transient {
+                    command: "squeue --me".into(),
+                    message: m,
+                });
             }
+            Ok(json(&*self.listing.lock().unwrap()))
         }
-        fn user_jobs<'a>(
-            &'a self,
-            _: &'a Commands,
-        ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
-            *self.listings.lock().unwrap() += 1;
-            Box::pin(async move {
-                tokio::time::sleep(self.takes).await;
-                if let Some(m) = self.down.lock().unwrap().clone() {
-                    return Err(BatchError::Transient {
-                        command: "squeue --me".into(),
-                        message: m,
-                    });
+
+        /// Commands answered by this fake.
+        fn commands(self: &Arc<Self>) -> Commands {
+            let fake = self.clone();
+            Commands::answering(Box::new(move |tool, args| {
+                let fake = fake.clone();
+                if tool == "list" {
+                    *fake.listings.lock().unwrap() += 1;
+                    return Box::pin(async move { fake.listed().await });
                 }
-                Ok(self.listing.lock().unwrap().clone())
-            })
-        }
-        fn accounting<'a>(
-            &'a self,
-            _: &'a Commands,
-            ids: &'a [String],
-        ) -> BoxFuture<'a, Result<BTreeMap<String, JobState>, BatchError>> {
-            self.accountings.lock().unwrap().push(ids.to_vec());
-            let known = self.known.lock().unwrap().clone();
-            Box::pin(async move {
-                Ok(known
-                    .into_iter()
-                    .filter(|(id, _)| ids.contains(id))
-                    .collect())
-            })
+                let answer = fake.respond(tool, args);
+                Box::pin(async move { Ok(answer) })
+            }))
         }
     }
 
@@ -728,13 +688,22 @@ mod tests {
                 exit: dir.join(format!("{id}.exit")),
             }
         }
-        async fn poll(&self, fake: &Fake) -> Result<JobState, BatchError> {
-            let cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
+        async fn poll(&self, fake: &Arc<Fake>) -> Result<JobState, BatchError> {
+            self.poll_every(fake, &fake.commands(), PERIOD).await
+        }
+        /// A poll with `period` through `cmds`.
+        async fn poll_every(
+            &self,
+            fake: &Fake,
+            cmds: &Commands,
+            period: Duration,
+        ) -> Result<JobState, BatchError> {
             let job = JobRef {
                 id: &self.id,
                 exit_file: &self.exit,
             };
-            self.poller.state(fake, &cmds, PERIOD, &job).await
+            let client = Client::new(fake.mem(), cmds);
+            self.poller.state(client, period, &job).await
         }
     }
 
@@ -744,22 +713,36 @@ mod tests {
         }
     }
 
+    /// One driver (its poll directory in a new temporary dir), of the job `id`.
+    fn one(id: &str) -> (tempfile::TempDir, Driver) {
+        let d = tempfile::tempdir().unwrap();
+        let drv = Driver::new(d.path(), &paused_clock(), id);
+        (d, drv)
+    }
+
+    /// Two drivers of one user (one poll directory, in a new temporary dir), of the jobs
+    /// `ids`.
+    fn two(ids: [&str; 2]) -> (tempfile::TempDir, Driver, Driver) {
+        let d = tempfile::tempdir().unwrap();
+        let clock = paused_clock();
+        let (a, b) = (
+            Driver::new(d.path(), &clock, ids[0]),
+            Driver::new(d.path(), &clock, ids[1]),
+        );
+        (d, a, b)
+    }
+
     /// PBS-like ids: the listing says `7`, the submission `7.srv`; the listing answers for
     /// both jobs, and a listed end without an exit file is asked by the submitted id.
     #[tokio::test(start_paused = true)]
     async fn jobs_are_found_in_the_listing_by_their_listing_id() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
-        let fake = Fake {
+        let fake = Arc::new(Fake {
             keyed: true,
             ..Fake::default()
-        };
+        });
         fake.list("7", running());
         fake.list("8", JobState::Finished(Final::ended("C", 0, None, None)));
-        let (a, b) = (
-            Driver::new(d.path(), &clock, "7.srv"),
-            Driver::new(d.path(), &clock, "8.srv"),
-        );
+        let (_d, a, b) = two(["7.srv", "8.srv"]);
         assert_eq!(a.poll(&fake).await.unwrap(), running());
         assert!(matches!(
             b.poll(&fake).await.unwrap(),
@@ -772,13 +755,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_fresh_snapshot_is_shared_and_a_stale_one_refreshed() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[("1", running()), ("2", running())]);
-        let (a, b) = (
-            Driver::new(d.path(), &clock, "1"),
-            Driver::new(d.path(), &clock, "2"),
-        );
+        let (d, a, b) = two(["1", "2"]);
         assert_eq!(a.poll(&fake).await.unwrap(), running());
         assert_eq!(fake.listings(), 1);
         tokio::time::sleep(MS(1500)).await;
@@ -834,13 +812,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stuck_poller_is_bypassed_and_a_dead_one_replaced() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[("1", running())]);
-        let drv = Driver::new(d.path(), &clock, "1");
+        let (d, drv) = one("1");
         ensure_dir(&d.path().join(DIR_NAME)).unwrap();
         // Another driver holds the lock and writes nothing.
-        let held = try_lock(&d.path().join(DIR_NAME).join("fake.lock"))
+        let held = lock::try_lock_file(&d.path().join(DIR_NAME).join("fake.lock"))
             .unwrap()
             .unwrap();
         let t0 = Instant::now();
@@ -883,19 +859,12 @@ mod tests {
         let winner = Driver::new(d.path(), &clock, "1");
         let w = {
             let fake = fake.clone();
-            tokio::spawn(async move {
-                let cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
-                let job = JobRef {
-                    id: &winner.id,
-                    exit_file: &winner.exit,
-                };
-                winner.poller.state(&*fake, &cmds, period, &job).await
-            })
+            tokio::spawn(async move { winner.poll_every(&fake, &fake.commands(), period).await })
         };
         tokio::time::sleep(MS(50)).await;
         let loser = Driver::new(d.path(), &clock, "2");
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let mut cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
+        let mut cmds = fake.commands();
         cmds.notify_to(&tx);
         let t0 = Instant::now();
         let lines = tokio::spawn(async move {
@@ -905,11 +874,7 @@ mod tests {
             }
             got
         });
-        let job = JobRef {
-            id: &loser.id,
-            exit_file: &loser.exit,
-        };
-        let st = loser.poller.state(&*fake, &cmds, period, &job).await;
+        let st = loser.poll_every(&fake, &cmds, period).await;
         assert_eq!(st.unwrap(), running());
         assert_eq!(w.await.unwrap().unwrap(), running());
         drop((cmds, tx));
@@ -935,13 +900,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn jobs_that_left_the_listing_share_one_accounting_query() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[]);
-        let (a, b) = (
-            Driver::new(d.path(), &clock, "5"),
-            Driver::new(d.path(), &clock, "6"),
-        );
+        let (d, a, b) = two(["5", "6"]);
         // The accounting does not know them yet (slurmdbd lags).
         assert_eq!(a.poll(&fake).await.unwrap(), JobState::Unknown);
         assert_eq!(b.poll(&fake).await.unwrap(), JobState::Unknown);
@@ -980,10 +940,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_exit_file_comes_first() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[("42", running())]);
-        let drv = Driver::new(d.path(), &clock, "42");
+        let (_d, drv) = one("42");
         std::fs::write(&drv.exit, "7 0 42\n").unwrap();
         let JobState::Finished(f) = drv.poll(&fake).await.unwrap() else {
             panic!()
@@ -1012,14 +970,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_listing_reaches_every_reader_once_per_period() {
-        let d = tempfile::tempdir().unwrap();
-        let clock = paused_clock();
         let fake = Fake::with(&[("1", running()), ("2", running())]);
         *fake.down.lock().unwrap() = Some("Unable to contact slurm controller".into());
-        let (a, b) = (
-            Driver::new(d.path(), &clock, "1"),
-            Driver::new(d.path(), &clock, "2"),
-        );
+        let (_d, a, b) = two(["1", "2"]);
         let e = a.poll(&fake).await.unwrap_err();
         assert!(e.is_transient(), "{e}");
         let e = b.poll(&fake).await.unwrap_err();
@@ -1035,7 +988,7 @@ mod tests {
     async fn without_a_poll_dir_each_job_asks_alone() {
         let fake = Fake::with(&[("1", running())]);
         let p = Poller::new(None, paused_clock());
-        let cmds = Commands::new(Duration::ZERO, None, vec![], "/".into());
+        let cmds = fake.commands();
         let d = tempfile::tempdir().unwrap();
         let exit = d.path().join("x.exit");
         let job = JobRef {
@@ -1043,7 +996,9 @@ mod tests {
             exit_file: &exit,
         };
         assert_eq!(
-            p.state(&*fake, &cmds, PERIOD, &job).await.unwrap(),
+            p.state(Client::new(fake.mem(), &cmds), PERIOD, &job)
+                .await
+                .unwrap(),
             running()
         );
         assert_eq!((fake.listings(), *fake.singles.lock().unwrap()), (0, 1));

@@ -8,95 +8,48 @@ use std::collections::BTreeMap;
 
 use std::time::Duration;
 
-use super::args::Illegal;
+use super::args::{why, Illegal};
 use super::limiter::CmdOutput;
-use super::{
-    exit_code_of, path_arg, s, BatchError, BoxFuture, Commands, Final, JobState, Listed, Scheduler,
-    Submission,
+use super::scheduler::{
+    any_word, Accounting, Cmd, Profile, Query, Read, Scheduler, States, Submission,
 };
+use super::{exit_code_of, fmt_dur, path_arg, Final, JobState, Listed};
 
 /// The Slurm scheduler (`executor = "slurm"` or `"sbatch"`).
 pub struct Slurm;
 
-const ILLEGAL: &[Illegal] = &[
-    Illegal {
-        short: Some('o'),
-        long: Some("--output"),
-        why: "the driver chooses the output file it streams to the job log",
-    },
-    Illegal {
-        short: Some('e'),
-        long: Some("--error"),
-        why: "the driver streams stderr with stdout from its own output file",
-    },
-    Illegal {
-        short: Some('i'),
-        long: Some("--input"),
-        why: "batch jobs of the driver read no input",
-    },
-    Illegal {
-        short: Some('J'),
-        long: Some("--job-name"),
-        why: "the driver names the job after the CI job",
-    },
-    Illegal {
-        short: Some('W'),
-        long: Some("--wait"),
-        why: "the driver waits for the job itself",
-    },
-    Illegal {
-        short: Some('D'),
-        long: Some("--chdir"),
-        why: "the driver sets the job's working directory",
-    },
-    Illegal {
-        short: None,
-        long: Some("--wrap"),
-        why: "the driver submits the CI job's script",
-    },
-    Illegal {
-        short: None,
-        long: Some("--parsable"),
-        why: "the driver reads sbatch's answer itself",
-    },
-    Illegal {
-        short: None,
-        long: Some("--test-only"),
-        why: "the job would never run",
-    },
-    Illegal {
-        short: None,
-        long: Some("--uid"),
-        why: "jobs run as the CI job's user",
-    },
-    Illegal {
-        short: None,
-        long: Some("--gid"),
-        why: "jobs run as the CI job's user",
-    },
-    Illegal {
-        short: None,
-        long: Some("--export-file"),
-        why: "the driver controls the job's environment",
-    },
-];
-
-/// Messages of a Slurm client that mean "try again later", not "your job failed".
-const TRANSIENT: &[&str] = &[
-    "Unable to contact slurm controller",
-    "Socket timed out",
-    "Connection refused",
-    "Zero Bytes were transmitted",
-    "temporarily unable",
-    "Resource temporarily unavailable",
-    "Communication connection failure",
-    "Slurm backup controller in standby mode",
-];
-
-/// Classify a failed command's output (Slurm's words for a busy or restarting controller).
-fn failure(tool: &str, args: &[String], out: &CmdOutput) -> BatchError {
-    super::failure_by_words(TRANSIENT, tool, args, out)
-}
+/// Slurm's name, forms and words.
+const PROFILE: Profile = Profile {
+    name: "slurm",
+    valid_id,
+    parse_submit,
+    gone: &["already completing or completed", "Invalid job id"],
+    // Messages of a Slurm client that mean "try again later", not "your job failed".
+    transient: &[
+        "Unable to contact slurm controller",
+        "Socket timed out",
+        "Connection refused",
+        "Zero Bytes were transmitted",
+        "temporarily unable",
+        "Resource temporarily unavailable",
+        "Communication connection failure",
+        "Slurm backup controller in standby mode",
+    ],
+    illegal: &[
+        Illegal::both('o', "--output", why::OUTPUT),
+        Illegal::both('e', "--error", why::STDERR),
+        Illegal::both('i', "--input", why::INPUT),
+        Illegal::both('J', "--job-name", why::NAME),
+        Illegal::both('W', "--wait", why::WAIT),
+        Illegal::both('D', "--chdir", why::WORKDIR),
+        Illegal::long("--wrap", "the driver submits the CI job's script"),
+        Illegal::long("--parsable", "the driver reads sbatch's answer itself"),
+        Illegal::long("--test-only", "the job would never run"),
+        Illegal::long("--uid", "jobs run as the CI job's user"),
+        Illegal::long("--gid", "jobs run as the CI job's user"),
+        Illegal::long("--export-file", "the driver controls the job's environment"),
+    ],
+};
 
 /// The id in `sbatch --parsable`'s answer (`42` or `42;cluster`): a plain job id, also for
 /// an array or heterogeneous submission (their `N_M` and `N+M` forms name a task or a
@@ -316,7 +269,7 @@ fn option_value<'a>(args: &'a [String], short: &str, long: &str) -> Option<&'a s
 /// left, when `--time` asks for more than is left (a warning: Slurm would
 /// remove the job at once as unable to end before its deadline, although it may well end
 /// sooner), or when `--begin` is not `now+N` or is past the CI job's end (sbatch refuses a
-/// begin after the deadline; the executor removes a job still queued at the CI job's end).
+/// begin after the deadline; the batch run removes a job still queued at the CI job's end).
 pub fn deadline_args(
     args: &[String],
     left: Duration,
@@ -326,7 +279,7 @@ pub fn deadline_args(
     if option_value(args, "--deadline", "--deadline").is_some() || left < Duration::from_secs(1) {
         return none(None);
     }
-    let left_text = super::executor::fmt_dur(left);
+    let left_text = fmt_dur(left);
     if let Some(t) = option_value(args, "-t", "--time") {
         match parse_time_limit(t) {
             Some(d) if d > left => {
@@ -355,142 +308,93 @@ pub fn deadline_args(
         vec![format!("--deadline=now+{secs}")],
         vec![format!(
             "slurm: --deadline=now+{secs} (the CI job's end, {left_text} from now, plus kill_timeout {})",
-            super::executor::fmt_dur(grace)
+            fmt_dur(grace)
         )],
     )
 }
 
+/// The `--format` of every `sacct` the driver reads.
+const SACCT_FORMAT: &str = "--format=JobID,State,ExitCode";
+
+/// The `sacct` query of `ids` (comma-separated) in the accounting database (`-X`: the
+/// allocations only) or, `completion_log`, in the completion log (`-c`, where there is no
+/// accounting database).
+fn sacct(ids: &str, completion_log: bool) -> Cmd {
+    let from = if completion_log { "-c" } else { "-X" };
+    Cmd::new("sacct", &[from, "-n", "-P", SACCT_FORMAT, "-j", ids])
+}
+
 impl Scheduler for Slurm {
-    fn name(&self) -> &'static str {
-        "slurm"
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
-    fn illegal_args(&self) -> &'static [Illegal] {
-        ILLEGAL
+    fn submit(&self, sub: &Submission) -> Cmd {
+        let options = vec![
+            "--parsable".to_string(),
+            format!("--job-name={}", sub.name),
+            format!("--output={}", path_arg(&sub.output)),
+            format!("--chdir={}", path_arg(&sub.workdir)),
+        ];
+        Cmd::submit("sbatch", options, sub)
     }
 
-    fn deadline_args(
-        &self,
-        args: &[String],
-        left: Duration,
-        grace: Duration,
-    ) -> (Vec<String>, Vec<String>) {
-        deadline_args(args, left, grace)
-    }
-
-    fn valid_id(&self, id: &str) -> bool {
-        valid_id(id)
-    }
-
-    fn submit<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        sub: &'a Submission,
-    ) -> BoxFuture<'a, Result<String, BatchError>> {
-        Box::pin(async move {
-            let mut args = vec![
-                "--parsable".to_string(),
-                format!("--job-name={}", sub.name),
-                format!("--output={}", path_arg(&sub.output)),
-                format!("--chdir={}", path_arg(&sub.workdir)),
-            ];
-            args.extend(sub.args.iter().cloned());
-            args.push(path_arg(&sub.script));
-            super::submit_command(cmds, "sbatch", &args, failure, parse_submit).await
-        })
-    }
-
-    fn state<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<JobState, BatchError>> {
-        Box::pin(async move {
-            // `--`: scontrol (getopt) takes what follows as operands, never options.
-            let args = s(&["show", "job", "-o", "--", id]);
-            let purged = |o: &CmdOutput| !o.success() && o.stderr.contains("Invalid job id");
-            let st = super::state_command(cmds, "scontrol", &args, failure, purged, parse_scontrol)
-                .await?;
-            if st != JobState::Unknown {
-                return Ok(st);
+    /// `scontrol show job` while the controller holds the job; once it purged the job
+    /// (`Invalid job id`), the accounting, then the completion log.
+    fn state<'a>(&self, id: &'a str) -> Vec<Query<'a, JobState>> {
+        // `--`: scontrol (getopt) takes what follows as operands, never options.
+        let scontrol = Cmd::new("scontrol", &["show", "job", "-o", "--", id]);
+        let live = Query::new(scontrol, |o| {
+            if !o.success() && o.stderr.contains("Invalid job id") {
+                return Read::Next;
             }
-            // Purged from the controller: ask the accounting, then the completion log.
-            let fmt = "--format=JobID,State,ExitCode";
-            let args = s(&["-X", "-n", "-P", fmt, "-j", id]);
-            let out = cmds.run("sacct", &args).await?;
-            if out.success() {
-                if let Some(st) = parse_sacct(&out.stdout, id) {
-                    return Ok(st);
+            match Read::parse(o, parse_scontrol) {
+                Read::Got(JobState::Unknown) => Read::Next,
+                r => r,
+            }
+        });
+        let purged = |completion_log| {
+            Query::new(sacct(id, completion_log), move |o: &CmdOutput| {
+                match o.success().then(|| parse_sacct(&o.stdout, id)).flatten() {
+                    Some(st) => Read::Got(st),
+                    None => Read::Next,
                 }
-            }
-            let args = s(&["-c", "-n", "-P", fmt, "-j", id]);
-            let out = cmds.run("sacct", &args).await?;
-            if out.success() {
-                return Ok(parse_sacct(&out.stdout, id).unwrap_or(JobState::Unknown));
-            }
-            Ok(JobState::Unknown)
-        })
+            })
+        };
+        vec![live, purged(false), purged(true)]
     }
 
-    fn lists_user_jobs(&self) -> bool {
-        true
+    fn cancel(&self, id: &str, graceful: bool) -> Cmd {
+        // `--`: scancel (getopt) takes what follows as job ids, never options.
+        match graceful {
+            true => Cmd::new("scancel", &["--signal=TERM", "--full", "--", id]),
+            false => Cmd::new("scancel", &["--", id]),
+        }
     }
 
-    fn user_jobs<'a>(
-        &'a self,
-        cmds: &'a Commands,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, Listed>, BatchError>> {
-        Box::pin(async move {
-            let args = s(SQUEUE_ARGS);
-            let out = cmds.run("squeue", &args).await?;
-            if !out.success() {
-                return Err(failure("squeue", &args, &out));
-            }
-            Ok(parse_squeue(&out.stdout))
-        })
+    fn listing(&self) -> Option<Query<'static, BTreeMap<String, Listed>>> {
+        let squeue = Cmd::new("squeue", SQUEUE_ARGS);
+        Some(Query::new(squeue, |o| Read::table(o, parse_squeue)))
     }
 
-    /// One `sacct -j a,b,c` for all of `ids` (a multi-id query of the accounting database,
-    /// by its index; the restriction on multi-id queries is squeue's), then one `sacct -c`
-    /// (the completion log, where there is no accounting database) for those still missing.
-    fn accounting<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        ids: &'a [String],
-    ) -> BoxFuture<'a, Result<BTreeMap<String, JobState>, BatchError>> {
-        Box::pin(async move {
-            let fmt = "--format=JobID,State,ExitCode";
-            let list = ids.join(",");
-            let args = s(&["-X", "-n", "-P", fmt, "-j", &list]);
-            let out = cmds.run("sacct", &args).await?;
-            let mut found = if out.success() {
-                parse_sacct_all(&out.stdout)
-            } else if TRANSIENT.iter().any(|w| out.stderr.contains(w)) {
-                return Err(failure("sacct", &args, &out));
+    /// One `sacct -j a,b,c` for all of `missing` (a multi-id query of the accounting
+    /// database, by its index; the restriction on multi-id queries is squeue's), then one
+    /// `sacct -c` (the completion log, where there is no accounting database) for those
+    /// still missing. Only a transient failure of the first is an error.
+    fn accounting(&self, missing: &[&str], step: usize) -> Accounting {
+        if step > 1 {
+            return Accounting::Done;
+        }
+        let first = step == 0;
+        Accounting::Ask(Query::new(sacct(&missing.join(","), !first), move |o| {
+            if o.success() {
+                Read::Got(parse_sacct_all(&o.stdout))
+            } else if first && any_word(&o.stderr, PROFILE.transient) {
+                Read::Failed
             } else {
-                BTreeMap::new()
-            };
-            found.retain(|id, _| ids.contains(id));
-            let missing: Vec<&str> = ids
-                .iter()
-                .filter(|id| !found.contains_key(*id))
-                .map(String::as_str)
-                .collect();
-            if missing.is_empty() {
-                return Ok(found);
+                Read::Got(States::new())
             }
-            let list = missing.join(",");
-            let args = s(&["-c", "-n", "-P", fmt, "-j", &list]);
-            let out = cmds.run("sacct", &args).await?;
-            if out.success() {
-                for (id, st) in parse_sacct_all(&out.stdout) {
-                    if missing.contains(&id.as_str()) {
-                        found.entry(id).or_insert(st);
-                    }
-                }
-            }
-            Ok(found)
-        })
+        }))
     }
 
     /// Slurm's word with the wrapper's code: `FAILED` with a code is an ordinary failure.
@@ -504,59 +408,53 @@ impl Scheduler for Slurm {
         }
     }
 
-    fn cancel<'a>(
-        &'a self,
-        cmds: &'a Commands,
-        id: &'a str,
-        graceful: bool,
-    ) -> BoxFuture<'a, Result<(), BatchError>> {
-        Box::pin(async move {
-            // `--`: scancel (getopt) takes what follows as job ids, never options.
-            let args = if graceful {
-                s(&["--signal=TERM", "--full", "--", id])
-            } else {
-                s(&["--", id])
-            };
-            super::cancel_command(cmds, "scancel", &args, failure, |e| {
-                e.contains("already completing or completed") || e.contains("Invalid job id")
-            })
-            .await
-        })
+    fn deadline_args(
+        &self,
+        args: &[String],
+        left: Duration,
+        grace: Duration,
+    ) -> (Vec<String>, Vec<String>) {
+        deadline_args(args, left, grace)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission, submits};
 
     #[test]
     fn submit_answers() {
-        assert_eq!(parse_submit("42\n").as_deref(), Some("42"));
-        assert_eq!(parse_submit("warning\n43;ci\n").as_deref(), Some("43"));
-        assert_eq!(parse_submit(""), None);
-        assert_eq!(parse_submit("Submitted batch job 4"), None);
-        assert_eq!(parse_submit("--uid=0\n"), None);
+        submits(
+            parse_submit,
+            &[
+                ("42\n", Some("42")),
+                ("warning\n43;ci\n", Some("43")),
+                ("", None),
+                ("Submitted batch job 4", None),
+                ("--uid=0\n", None),
+            ],
+        );
     }
 
     #[test]
     fn job_ids_are_digits() {
-        for id in ["1", "42", "18446744073709551615"] {
-            assert!(valid_id(id), "{id}");
-        }
-        for id in [
-            "",
-            "--uid=0",
-            "-u",
-            "42_1",
-            "42+1",
-            "4 2",
-            "7\u{1b}[31m",
-            "123456789012345678901",
-            "+42",
-            "42;ci",
-        ] {
-            assert!(!valid_id(id), "{id:?}");
-        }
+        ids(
+            valid_id,
+            &["1", "42", "18446744073709551615"],
+            &[
+                "",
+                "--uid=0",
+                "-u",
+                "42_1",
+                "42+1",
+                "4 2",
+                "7\u{1b}[31m",
+                "123456789012345678901",
+                "+42",
+                "42;ci",
+            ],
+        );
     }
 
     #[test]
@@ -579,21 +477,15 @@ mod tests {
             })
         );
         let l = "JobId=7 JobState=TIMEOUT Reason=TimeLimit ExitCode=0:15";
-        let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
-            panic!()
-        };
+        let f = fin(parse_scontrol(l));
         assert!(!f.success());
         assert_eq!(f.exit_code, 143);
         assert_eq!(f.reason.as_deref(), Some("TimeLimit"));
         let l = "JobId=8 JobState=COMPLETED Reason=None ExitCode=0:0";
-        let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
-            panic!()
-        };
+        let f = fin(parse_scontrol(l));
         assert!(f.success());
         let l = "JobId=9 JobState=FAILED Reason=JobLaunchFailure ExitCode=0:0";
-        let JobState::Finished(f) = parse_scontrol(l).unwrap() else {
-            panic!()
-        };
+        let f = fin(parse_scontrol(l));
         assert!(!f.success() && f.exit_code == 0);
         assert_eq!(parse_scontrol("nothing"), None);
     }
@@ -677,9 +569,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let JobState::Finished(f) = &all["5"] else {
-            panic!("{all:?}")
-        };
+        let f = fin(all["5"].clone());
         assert!(!f.success() && f.exit_code == i32::MAX, "{f:?}");
         let st = parse_scontrol("JobId=5 JobState=CANCELLED Reason=None ExitCode=0:2147483647");
         assert!(matches!(st, Some(JobState::Finished(f)) if f.exit_code == i32::MAX));
@@ -687,7 +577,7 @@ mod tests {
 
     #[test]
     fn the_deadline_and_its_warnings() {
-        let a = |v: &[&str]| s(v);
+        let a = |v: &[&str]| crate::batch::s(v);
         let hour = Duration::from_secs(3600);
         const G: Duration = Duration::from_secs(120);
         let (args, notes) = deadline_args(&a(&["-N", "1"]), hour, G);
@@ -731,12 +621,90 @@ mod tests {
 
     #[test]
     fn sacct_lines() {
-        let out = "12|CANCELLED by 1001|0:0\n";
-        let JobState::Finished(f) = parse_sacct(out, "12").unwrap() else {
+        let text = "12|CANCELLED by 1001|0:0\n";
+        let f = fin(parse_sacct(text, "12"));
+        assert_eq!(f.state, "CANCELLED");
+        assert_eq!(parse_sacct(text, "13"), None);
+        assert!(parse_sacct("14|RUNNING|0:0", "14").unwrap().is_active());
+    }
+
+    /// The commands, and how the state chain reads recorded answers: `scontrol` while the
+    /// controller holds the job, the accounting (`sacct -X`), then the completion log
+    /// (`sacct -c`) once it purged it.
+    #[test]
+    fn commands_and_the_state_chain() {
+        let sub = submission(&["-N", "1"]);
+        assert_eq!(
+            Slurm.submit(&sub).display(),
+            "sbatch --parsable --job-name=ci-7 --output=/s/build_script.out --chdir=/w -N 1 /s/build_script-batch"
+        );
+        assert_eq!(
+            Slurm.cancel("42", true).display(),
+            "scancel --signal=TERM --full -- 42"
+        );
+        assert_eq!(Slurm.cancel("42", false).display(), "scancel -- 42");
+        let q = Slurm.state("42");
+        assert_eq!(
+            shown(&q),
+            [
+                "scontrol show job -o -- 42",
+                "sacct -X -n -P --format=JobID,State,ExitCode -j 42",
+                "sacct -c -n -P --format=JobID,State,ExitCode -j 42"
+            ]
+        );
+        let purged = out(1, "", "slurm_load_jobs error: Invalid job id specified");
+        assert_eq!((q[0].read)(&purged), Read::Next);
+        let down = out(
+            1,
+            "",
+            "slurm_load_jobs error: Unable to contact slurm controller",
+        );
+        assert_eq!((q[0].read)(&down), Read::Failed);
+        assert!(Slurm.transient(&down.stderr));
+        let running = out(
+            0,
+            "JobId=42 JobState=RUNNING Reason=None ExitCode=0:0\n",
+            "",
+        );
+        assert!(matches!(
+            (q[0].read)(&running),
+            Read::Got(JobState::Running { .. })
+        ));
+        assert_eq!((q[1].read)(&out(0, "", "")), Read::Next);
+        let done = out(0, "42|COMPLETED|0:0\n", "");
+        assert!(matches!((q[2].read)(&done), Read::Got(JobState::Finished(f)) if f.success()));
+        assert!(Slurm.gone(
+            "scancel: error: Kill job error on job id 42: Job/step already completing or completed"
+        ));
+    }
+
+    /// The accounting of jobs that left the listing: `sacct -X` for all, `sacct -c` for
+    /// those still missing; only a transient failure of the first is an error.
+    #[test]
+    fn accounting_asks_the_database_then_the_completion_log() {
+        let Accounting::Ask(first) = Slurm.accounting(&["5", "6"], 0) else {
             panic!()
         };
-        assert_eq!(f.state, "CANCELLED");
-        assert_eq!(parse_sacct(out, "13"), None);
-        assert!(parse_sacct("14|RUNNING|0:0", "14").unwrap().is_active());
+        assert_eq!(
+            first.cmd.display(),
+            "sacct -X -n -P --format=JobID,State,ExitCode -j 5,6"
+        );
+        let down = out(
+            1,
+            "",
+            "sacct: error: Socket timed out on send/recv operation",
+        );
+        assert_eq!((first.read)(&down), Read::Failed);
+        let no_db = out(1, "", "Slurm accounting storage is disabled\n");
+        assert_eq!((first.read)(&no_db), Read::Got(States::new()));
+        let Accounting::Ask(second) = Slurm.accounting(&["6"], 1) else {
+            panic!()
+        };
+        assert_eq!(
+            second.cmd.display(),
+            "sacct -c -n -P --format=JobID,State,ExitCode -j 6"
+        );
+        assert_eq!((second.read)(&down), Read::Got(States::new()));
+        assert!(matches!(Slurm.accounting(&["6"], 2), Accounting::Done));
     }
 }

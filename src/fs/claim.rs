@@ -19,18 +19,19 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, openat, AtFlags, FcntlArg, OFlag};
+use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{self, FileStat, Mode, SFlag};
 use nix::unistd::{self, UnlinkatFlags};
 use serde_json::Value;
 
 use super::cleanup::remove_tree;
+use super::lock::try_lock;
 use super::secure::{entry_names, file_type, open_dir_path, open_private_child, perm_bits, DirFd};
 use super::{DirPolicy, FsError, UserInfo};
 
@@ -649,34 +650,6 @@ fn write_record(file: &File, path: &Path, text: &str) -> Result<(), FsError> {
     };
     file.write_all_at(text.as_bytes(), 0).map_err(io("write"))?;
     file.set_len(text.len() as u64).map_err(io("truncate"))
-}
-
-/// A whole-file lock request.
-fn flock_of(kind: libc::c_int) -> libc::flock {
-    // SAFETY: `libc::flock` is a plain C struct of integers, for which all-zero is a valid
-    // value; the fields that matter are set right below.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 0;
-    fl
-}
-
-/// Try to take a whole-file lock without blocking: `Ok(false)` when another holds it.
-/// Uses an open-file-description lock, or a classic POSIX lock where the file system does
-/// not support those.
-pub(crate) fn try_lock(fd: BorrowedFd<'_>, kind: libc::c_int) -> nix::Result<bool> {
-    let fl = flock_of(kind);
-    let res = match fcntl(fd, FcntlArg::F_OFD_SETLK(&fl)) {
-        Err(Errno::EINVAL) => fcntl(fd, FcntlArg::F_SETLK(&fl)),
-        other => other,
-    };
-    match res {
-        Ok(_) => Ok(true),
-        Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// Take a lock a claimant holds only for a moment: retry for a short while.

@@ -21,6 +21,7 @@
 //! * [`builds`]: where the builds dir goes (`limit_build_dir`, `static_builds_dir`,
 //!   `custom_build_dir`, a `group_permissions` change) and what cleanup removes; built on:
 //! * [`claim`]: claiming concurrent build directories with fcntl locks (`limit_build_dir`).
+//! * [`lock`]: the non-blocking fcntl lock those claims (and the batch status poller) take.
 //! * `custom`: verifying the user's `CUSTOM_CI_BUILDS_DIR`.
 //! * `static_dirs`: removing old static build directories.
 //! * `walk`: opening a path from `/` that only trusted owners can redirect
@@ -32,6 +33,7 @@ pub mod builds;
 pub mod claim;
 mod cleanup;
 mod custom;
+pub mod lock;
 mod paths;
 mod secure;
 mod static_dirs;

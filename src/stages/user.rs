@@ -274,10 +274,7 @@ async fn run_batch(
         .chain(cmd.args.iter().cloned())
         .collect();
     let scripts_dir = b.paths.scripts_dir();
-    let wrapper = scheduler.wrapper(
-        &batch::executor::output_path(&scripts_dir, b.stage),
-        &command,
-    );
+    let wrapper = scheduler.wrapper(&batch::run::output_path(&scripts_dir, b.stage), &command);
     let name = format!("{}-batch", b.stage);
     let script = fs::write_script(b.paths, b.policy, &name, wrapper.as_bytes())?;
     let job = BatchJob {
@@ -299,7 +296,7 @@ async fn run_batch(
             .job_timeout
             .and_then(|t| tokio::time::Instant::now().checked_add(t)),
     };
-    let st = batch::run_batch(job, &mut rx).await;
+    let st = batch::run(job, &mut rx).await;
     ctl_task.abort();
     sig_task.abort();
     Ok(st)
