@@ -295,7 +295,12 @@ async fn after_the_leader(
 fn on_request(state: State, req: Request, term: &mut dyn Terminator, policy: &Policy) -> State {
     match (state, req) {
         (State::Killed { reason }, _) => State::Killed { reason },
-        (_, Request::Kill { reason }) => {
+        // A stop under way keeps its reason: the Kill only cuts its kill_timeout short.
+        (State::Stopping { reason, .. }, Request::Kill { .. }) => {
+            term.kill();
+            State::Killed { reason }
+        }
+        (State::Running, Request::Kill { reason }) => {
             term.kill();
             State::Killed { reason }
         }
@@ -486,6 +491,20 @@ mod tests {
         let (out, calls, _) = run(Policy::new(Duration::from_secs(9)), vec![kill]).await;
         assert_eq!(calls, ["kill"]);
         assert_eq!(out.stopped, Some(Reason::Parent));
+    }
+
+    /// The parent's KILL at its own kill_timeout (it raced ours) ends a stop that began
+    /// with the runner's SIGTERM: the stop is still explained by that SIGTERM, not by the
+    /// parent (the job log said "cancelled by jacamar-auth" in one run of three).
+    #[tokio::test(start_paused = true)]
+    async fn a_kill_during_a_stop_keeps_the_stops_reason() {
+        let kill = Request::Kill {
+            reason: Reason::Parent,
+        };
+        let (out, calls, _) = run(Policy::new(Duration::from_secs(9)), vec![TERM, kill]).await;
+        assert_eq!(calls, ["term SIGTERM received SIGTERM", "kill"]);
+        assert!(out.escalated);
+        assert_eq!(out.stopped, Some(Reason::Signal(Signal::SIGTERM)));
     }
 
     #[tokio::test]
