@@ -101,10 +101,8 @@ impl StageError {
 
 /// The process group of a child just spawned as its group's leader: its pid. A child
 /// without a pid (already reaped) is an error, never group 0 (which would be our own).
-pub fn group_of(child: &tokio::process::Child, what: &str) -> Result<Pid, StageError> {
-    child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
+pub fn group_of(pid: Option<u32>, what: &str) -> Result<Pid, StageError> {
+    pid.and_then(|p| i32::try_from(p).ok())
         .map(Pid::from_raw)
         .ok_or_else(|| StageError::Internal(format!("{what} ended before its pid could be read")))
 }

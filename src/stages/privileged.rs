@@ -15,14 +15,16 @@ use tokio::sync::mpsc;
 
 use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
 use crate::auth::audit::{self, Event, Level, Sink};
-use crate::auth::downscope::{Pipes, Plan};
+use crate::auth::downscope::{CloneError, Pipes, Plan};
 use crate::auth::{self, obfuscate, Target};
 use crate::config::{Config, Downscope};
 use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
 use crate::protocol::{self, Action, ControlWriter, Handoff, Status, Verdict};
 use crate::supervisor::cgroup::JobCgroup;
-use crate::supervisor::{self, group, OsSignals, Outcome, Policy, Request, Terminator};
+use crate::supervisor::{
+    self, group, AnyChild, OsSignals, Outcome, PidfdChild, Policy, Request, Terminator,
+};
 use crate::text::sanitize;
 
 /// One call of `jacamar-auth` by the runner.
@@ -479,7 +481,7 @@ async fn hand_over(
     let status_task = tokio::spawn(protocol::read_status(st_r));
     let mut term = ControlTerminator {
         control,
-        pgid: super::group_of(&child, "jacamar")?,
+        pgid: super::group_of(child.id(), "jacamar")?,
         can_signal: target.downscope == Downscope::None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -576,7 +578,9 @@ fn handoff_of(
 /// Start `jacamar` as the job's account (through `plan`), its own process group's leader,
 /// with the two pipes and the job's cgroup; an empty environment but `PATH` and our
 /// diagnostics settings. For `config`, its stdout goes to our stderr: our stdout is the
-/// runner's JSON.
+/// runner's JSON. With a cgroup it is created inside it (`clone3`), unless the kernel
+/// refuses that: then it moves itself there before exec (slower, see
+/// `auth::downscope::spawn_into_cgroup`).
 fn spawn_jacamar(
     plan: &Plan,
     target: &Target,
@@ -584,13 +588,47 @@ fn spawn_jacamar(
     action: &Action,
     pipes: Pipes,
     cgroup: Option<&JobCgroup>,
-) -> Result<tokio::process::Child, StageError> {
+) -> Result<AnyChild, StageError> {
     let args: Vec<String> = match action {
         Action::Config => vec!["config".into()],
         Action::Prepare => vec!["prepare".into()],
         Action::Run { stage, .. } => vec!["run".into(), stage.clone()],
         Action::Cleanup => vec!["cleanup".into()],
     };
+    let env: Vec<(String, String)> = std::iter::once(("PATH", auth::env::DEFAULT_PATH.into()))
+        .chain(super::diag::passed_env())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let stdout_to_stderr = matches!(action, Action::Config);
+    let failed = |e: &std::io::Error| {
+        StageError::Internal(auth::downscope::spawn_error(
+            plan,
+            &target.account.name,
+            exe,
+            e,
+        ))
+    };
+    if let Some(cg) = cgroup {
+        let launch = auth::downscope::Launch {
+            user: &target.account.name,
+            exe,
+            pipes: Some(pipes),
+            args: &args,
+            env: &env,
+            stdout_to_stderr,
+        };
+        match auth::downscope::spawn_into_cgroup(plan, &launch, cg.dir_fd()) {
+            Ok(s) => {
+                return PidfdChild::new(s.pid, s.pidfd)
+                    .map(AnyChild::Pidfd)
+                    .map_err(|e| StageError::Internal(format!("failed to watch jacamar: {e}")))
+            }
+            Err(CloneError::Failed(e)) => return Err(failed(&e)),
+            Err(CloneError::Unsupported(e)) => tracing::debug!(
+                "clone3(CLONE_INTO_CGROUP) refused ({e}); jacamar joins the job's cgroup itself"
+            ),
+        }
+    }
     let mut cmd = auth::downscope::command(
         plan,
         &target.account.name,
@@ -600,22 +638,14 @@ fn spawn_jacamar(
         &args,
     );
     cmd.env_clear()
-        .env("PATH", auth::env::DEFAULT_PATH)
-        .envs(super::diag::passed_env())
+        .envs(env)
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .process_group(0);
-    if matches!(action, Action::Config) {
+    if stdout_to_stderr {
         cmd.stdout(std::process::Stdio::from(std::io::stderr()));
     }
-    cmd.spawn().map_err(|e| {
-        StageError::Internal(auth::downscope::spawn_error(
-            plan,
-            &target.account.name,
-            exe,
-            &e,
-        ))
-    })
+    cmd.spawn().map(AnyChild::Tokio).map_err(|e| failed(&e))
 }
 
 /// The job's cgroup, when we can have one (root, cgroup v2 mounted); a failure is said in
@@ -641,9 +671,18 @@ const LEFTOVER_BOUND: Duration = Duration::from_secs(10);
 /// child subreaper), by pid, until we have no child left. Normally `jacamar` has swept the
 /// job itself and this finds nothing; it matters when the job killed `jacamar`.
 async fn sweep_leftovers(plan: &Plan, user: &str, exe: &Path, cgroup: Option<JobCgroup>) {
-    if cgroup.is_none() && !group::has_children() {
-        return;
-    }
+    // The usual end: nothing left (jacamar swept the job). Checked here, without the
+    // blocking thread the sweep needs (starting one costs more than the whole check).
+    let cgroup = match cgroup {
+        Some(cg) if !group::has_children() && cg.populated().is_ok_and(|p| !p) => {
+            if let Err(e) = cg.remove() {
+                tracing::warn!("jacamar-auth: failed to remove the job's cgroup: {e}");
+            }
+            return;
+        }
+        None if !group::has_children() => return,
+        other => other,
+    };
     let (plan, user, exe) = (plan.clone(), user.to_string(), exe.to_path_buf());
     let swept = tokio::task::spawn_blocking(move || {
         let mut errors = Vec::new();

@@ -186,7 +186,7 @@ async fn run_shell(
             what: cmd.program.display().to_string(),
             source,
         })?;
-    let pgid = group_of(&child, &cmd.program.display().to_string())?;
+    let pgid = group_of(child.id(), &cmd.program.display().to_string())?;
     let mut relays = Vec::new();
     if let Some(out) = child.stdout.take() {
         relays.push(supervisor::relay::spawn_relay(out, tokio::io::stdout()));

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::child::Waitable;
 use super::group::{self, SweepReport};
 
 /// Why the supervisor stopped (or was asked to stop) the child.
@@ -164,7 +164,7 @@ enum State {
 /// `relays` are the tasks copying the child's output; they are awaited (bounded) at the end.
 /// `requests` may close at any time; that only means no more requests will come.
 pub async fn supervise(
-    child: &mut Child,
+    child: &mut impl Waitable,
     term: &mut dyn Terminator,
     policy: &Policy,
     requests: &mut mpsc::UnboundedReceiver<Request>,
@@ -390,7 +390,7 @@ mod tests {
         }
     }
 
-    fn sleeper() -> (Child, Recorder) {
+    fn sleeper() -> (tokio::process::Child, Recorder) {
         let child = tokio::process::Command::new("sleep")
             .arg("1000")
             .spawn()

@@ -6,12 +6,14 @@
 //! as a process group plus every descendant. See `docs/supervision.md` for the design.
 
 pub mod cgroup;
+pub mod child;
 pub mod group;
 pub mod machine;
 pub mod procfs;
 pub mod relay;
 pub mod signals;
 
+pub use child::{AnyChild, PidfdChild, Waitable};
 pub use machine::{
     escalates_now, supervise, Exit, GroupTerminator, Outcome, Policy, Reason, Request, Terminator,
 };

@@ -676,5 +676,83 @@ fn setuid_job_cannot_flood_jacamar_auth_through_the_status_pipe() {
         job_was_refused_the_descriptor(&out),
         "the kernel let the job take jacamar's status descriptor: {}",
         show(&out)
+/// As root, `jacamar` is created inside the job's cgroup (`clone3(CLONE_INTO_CGROUP)`), not
+/// moved there by a write of `0` to `cgroup.procs` between fork and exec: that move waits
+/// for an RCU grace period in the kernel, 5-40 ms of every stage (BENCHMARKS.md). The job
+/// is still in the cgroup, and the run's status is the job's. Seen with `strace -f` on the
+/// real jacamar-auth of a setuid job.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn setuid_jacamar_is_born_in_the_job_cgroup_not_moved_there() {
+    if !require_root() || !require_tool("strace") {
+        return;
+    }
+    let user = ensure_user("jrs_superv_h", &[], "/bin/bash");
+    let _guard = KillUid(user.uid.as_raw());
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = ready(&server, "setuid", &user.name, "");
+    let marks = user_dir(&h, &user);
+    let script = h.script_file(
+        "build_script",
+        &runner_script(&format!(
+            "cat /proc/self/cgroup > {}/cgroup\nexit 3\n",
+            marks.display()
+        )),
+    );
+    let trace = h.tmp.path().join("strace.out");
+    h.write_response();
+    let out = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-s",
+            "64",
+            "-e",
+            "trace=clone,clone3,fork,vfork,write,execve",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .arg(crate::harness::AUTH)
+        .args(["-u", "run"])
+        .arg(&script)
+        .arg("build_script")
+        .env_clear()
+        .envs(&h.env)
+        .current_dir(&h.runner_dir)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .output()
+        .unwrap();
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}\n{trace}", show(&out));
+    let cgroup = std::fs::read_to_string(marks.join("cgroup")).unwrap_or_default();
+    assert!(
+        cgroup.contains("/jacamar-rs."),
+        "the job is not in the job's cgroup: {cgroup:?}\n{}",
+        show(&out)
+    );
+    // The process that execs jacamar: the pid of the `execve(".../jacamar", ...)` line.
+    let jacamar = trace
+        .lines()
+        .find(|l| l.contains("execve(") && l.contains("/jacamar\""))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no execve of jacamar in the trace:\n{trace}"));
+    let before_exec: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(jacamar))
+        .take_while(|l| !l.contains("execve("))
+        .collect();
+    assert!(
+        !before_exec
+            .iter()
+            .any(|l| l.contains("write(") && l.contains("\"0\"")),
+        "jacamar's process moved itself into the cgroup before exec:\n{}",
+        before_exec.join("\n")
+    );
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains("clone3(") && l.contains("CLONE_INTO_CGROUP")),
+        "jacamar-auth did not create jacamar inside the cgroup:\n{trace}"
     );
 }
