@@ -684,10 +684,64 @@ fn setuid_job_cannot_flood_jacamar_auth_through_the_status_pipe() {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn setuid_jacamar_is_born_in_the_job_cgroup_not_moved_there() {
-    if !require_root() || !require_tool("strace") {
+    let Some(trace) = traced_cgroup_job("jrs_superv_h", false) else {
         return;
+    };
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains("clone3(") && l.contains("CLONE_INTO_CGROUP")),
+        "jacamar-auth did not create jacamar inside the cgroup:\n{trace}"
+    );
+    let before_exec = before_jacamar_exec(&trace);
+    assert!(
+        !before_exec
+            .iter()
+            .any(|l| l.contains("write(") && l.contains("\"0\"")),
+        "jacamar's process moved itself into the cgroup before exec:\n{}",
+        before_exec.join("\n")
+    );
+}
+
+/// Where `clone3` is refused (ENOSYS, as Docker's default seccomp profile answers it), the
+/// child of a setuid job still joins the job's cgroup before exec, by writing `cgroup.procs`.
+#[test]
+fn setuid_jacamar_joins_the_job_cgroup_where_clone3_is_refused() {
+    let Some(trace) = traced_cgroup_job("jrs_superv_i", true) else {
+        return;
+    };
+    let before_exec = before_jacamar_exec(&trace);
+    assert!(
+        before_exec
+            .iter()
+            .any(|l| l.contains("write(") && l.contains("\"0\"")),
+        "jacamar's process did not join the cgroup before exec:\n{trace}"
+    );
+}
+
+/// The trace lines of the process that execs `jacamar`, up to that `execve`.
+fn before_jacamar_exec(trace: &str) -> Vec<&str> {
+    let pid = trace
+        .lines()
+        .find(|l| l.contains("execve(") && l.contains("/jacamar\""))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no execve of jacamar in the trace:\n{trace}"));
+    trace
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(pid))
+        .take_while(|l| !l.contains("execve("))
+        .collect()
+}
+
+/// A setuid job of `user` that records its cgroup and exits 3, run by jacamar-auth under
+/// `strace -f` (`refuse_clone3`: under a seccomp filter answering `clone3` with ENOSYS).
+/// Checks that the run failed with the job's status and the job was in the job's cgroup;
+/// returns the trace. None: skipped (no root or strace).
+fn traced_cgroup_job(user: &str, refuse_clone3: bool) -> Option<String> {
+    if !require_root() || !require_tool("strace") {
+        return None;
     }
-    let user = ensure_user("jrs_superv_h", &[], "/bin/bash");
+    let user = ensure_user(user, &[], "/bin/bash");
     let _guard = KillUid(user.uid.as_raw());
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = ready(&server, "setuid", &user.name, "");
@@ -701,28 +755,35 @@ fn setuid_jacamar_is_born_in_the_job_cgroup_not_moved_there() {
     );
     let trace = h.tmp.path().join("strace.out");
     h.write_response();
-    let out = Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-s",
-            "64",
-            "-e",
-            "trace=clone,clone3,fork,vfork,write,execve",
-        ])
-        .arg("-o")
-        .arg(&trace)
-        .arg(crate::harness::AUTH)
-        .args(["-u", "run"])
-        .arg(&script)
-        .arg("build_script")
-        .env_clear()
-        .envs(&h.env)
-        .current_dir(&h.runner_dir)
-        .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new("strace");
+    cmd.args([
+        "-f",
+        "-qq",
+        "-s",
+        "64",
+        "-e",
+        "trace=clone,clone3,fork,vfork,write,execve",
+    ])
+    .arg("-o")
+    .arg(&trace)
+    .arg(crate::harness::AUTH)
+    .args(["-u", "run"])
+    .arg(&script)
+    .arg("build_script")
+    .env_clear()
+    .envs(&h.env)
+    .current_dir(&h.runner_dir)
+    .stdin(std::process::Stdio::null())
+    .process_group(0);
+    if refuse_clone3 {
+        // SAFETY: the hook only calls prctl with a filter built before the fork (a static
+        // program on this stack frame, alive until exec); strace then runs under it and
+        // so does everything it starts.
+        unsafe {
+            cmd.pre_exec(refuse_clone3_filter);
+        }
+    }
+    let out = cmd.output().unwrap();
     let trace = std::fs::read_to_string(&trace).unwrap();
     assert_eq!(out.status.code(), Some(1), "{}\n{trace}", show(&out));
     let cgroup = std::fs::read_to_string(marks.join("cgroup")).unwrap_or_default();
@@ -731,28 +792,57 @@ fn setuid_jacamar_is_born_in_the_job_cgroup_not_moved_there() {
         "the job is not in the job's cgroup: {cgroup:?}\n{}",
         show(&out)
     );
-    // The process that execs jacamar: the pid of the `execve(".../jacamar", ...)` line.
-    let jacamar = trace
-        .lines()
-        .find(|l| l.contains("execve(") && l.contains("/jacamar\""))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no execve of jacamar in the trace:\n{trace}"));
-    let before_exec: Vec<&str> = trace
-        .lines()
-        .filter(|l| l.split_whitespace().next() == Some(jacamar))
-        .take_while(|l| !l.contains("execve("))
-        .collect();
-    assert!(
-        !before_exec
-            .iter()
-            .any(|l| l.contains("write(") && l.contains("\"0\"")),
-        "jacamar's process moved itself into the cgroup before exec:\n{}",
-        before_exec.join("\n")
-    );
-    assert!(
-        trace
-            .lines()
-            .any(|l| l.contains("clone3(") && l.contains("CLONE_INTO_CGROUP")),
-        "jacamar-auth did not create jacamar inside the cgroup:\n{trace}"
-    );
+    Some(trace)
+}
+
+/// Install a seccomp filter answering `clone3` with ENOSYS (x86_64 and aarch64 numbers:
+/// 435 on both), everything else allowed. Raw syscalls only (called between fork and exec).
+fn refuse_clone3_filter() -> std::io::Result<()> {
+    const LD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let insns = [
+        // seccomp_data.nr is at offset 0.
+        libc::sock_filter {
+            code: LD_NR,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: JEQ,
+            jt: 0,
+            jf: 1,
+            k: 435,
+        },
+        libc::sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with a pointer to a program that lives until the call returns.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
