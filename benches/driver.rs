@@ -9,7 +9,10 @@
 //!
 //! Run with `scripts/bench.sh` (or `cargo build --release --bins && cargo bench --bench
 //! driver`). `JACAMAR_BIN_DIR` points at the binaries (default: target/release),
-//! `BENCH_QUICK=1` is a smoke run, `BENCH_IDLE_SECS` sets the idle job's length (default 60).
+//! `JACAMAR_BIN_DIR_BEFORE` at other binaries measured in the same rounds of figures 1 and
+//! 1b (before/after in one session), `BENCH_ONLY=overhead,signals,escalation,idle` picks
+//! figures, `BENCH_QUICK=1` is a smoke run, `BENCH_IDLE_SECS` sets the idle job's length
+//! (default 60).
 //! Nothing here asserts on timings: it reports medians and percentiles measured in one run.
 
 use std::collections::BTreeMap;
@@ -34,6 +37,11 @@ type Res<T> = Result<T, String>;
 
 struct Settings {
     bin_dir: PathBuf,
+    /// `JACAMAR_BIN_DIR_BEFORE`: other binaries measured in the same pairs as a third side
+    /// of figures 1 and 1b (before/after in one session).
+    before_dir: Option<PathBuf>,
+    /// `BENCH_ONLY`: the figures to run (`overhead`, `signals`, `escalation`, `idle`).
+    only: Option<Vec<String>>,
     quick: bool,
     overhead_pairs: usize,
     signal_runs: usize,
@@ -55,8 +63,17 @@ impl Settings {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(if quick { 5 } else { 60 });
+        let before_dir = std::env::var_os("JACAMAR_BIN_DIR_BEFORE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let only = std::env::var("BENCH_ONLY")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.split(',').map(|w| w.trim().to_string()).collect());
         Settings {
             bin_dir,
+            before_dir,
+            only,
             quick,
             overhead_pairs: if quick { 10 } else { 100 },
             signal_runs: if quick { 10 } else { 100 },
@@ -87,6 +104,11 @@ struct Job {
 impl Job {
     /// A job with `kill_timeout`, through `config` and `prepare`.
     fn start(s: &Settings, kill_timeout: &str) -> Res<Job> {
+        Job::start_with(s.auth(), kill_timeout)
+    }
+
+    /// The same with the `jacamar-auth` at `auth`.
+    fn start_with(auth: PathBuf, kill_timeout: &str) -> Res<Job> {
         let tmp = tempfile::Builder::new()
             .prefix("jacamar-bench")
             .tempdir()
@@ -128,7 +150,7 @@ impl Job {
             env.insert(k.to_string(), v);
         }
         let mut job = Job {
-            auth: s.auth(),
+            auth,
             tmp,
             runner_dir,
             config_path,
@@ -362,110 +384,188 @@ fn judged(figure: impl Into<String>, value: String, target: &str, met: bool) -> 
 
 fn overhead(s: &Settings) -> Res<Vec<Row>> {
     let job = Job::start(s, "5s")?;
-    let mut rows = overhead_with(s, &job, true)?;
-    rows.extend(overhead_with(s, &job, false)?);
+    let before = match &s.before_dir {
+        Some(d) => Some(Job::start_with(d.join("jacamar-auth"), "5s")?),
+        None => None,
+    };
+    let mut rows = overhead_with(s, &job, before.as_ref(), true)?;
+    rows.extend(overhead_with(s, &job, before.as_ref(), false)?);
+    rows.extend(exec_chain(s, &job)?);
     Ok(rows)
+}
+
+/// The bash the driver runs for an empty script, alone: the job's environment, in the
+/// user's home, output piped (`flags` before the script).
+fn bash_alone(home: &Path, flags: &[&str], script: &Path) -> Command {
+    let user = whoami();
+    let mut c = Command::new("bash");
+    c.args(flags)
+        .arg(script)
+        .env_clear()
+        .env("HOME", home)
+        .env("USER", &user)
+        .env("LOGNAME", &user)
+        .env("SHELL", "/bin/bash")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .current_dir(home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    c
+}
+
+/// Wall time of `c` (which must succeed), in ms.
+fn time(mut c: Command, what: &str) -> Res<f64> {
+    let t0 = Instant::now();
+    let out = c.output().map_err(|e| format!("{what}: {e}"))?;
+    let took = ms(t0.elapsed());
+    if !out.status.success() {
+        return Err(format!("{what} failed: {}", show(&out)));
+    }
+    Ok(took)
+}
+
+/// Run the `sides` in interleaved rounds (3 warm-up rounds; the order rotates from round to
+/// round, so no side always runs first); the times of each side, in ms.
+fn interleaved(n: usize, sides: &[(&str, &dyn Fn() -> Command)]) -> Res<Vec<Vec<f64>>> {
+    for _ in 0..3 {
+        for (what, make) in sides {
+            time(make(), what)?;
+        }
+    }
+    let mut times = vec![Vec::with_capacity(n); sides.len()];
+    for i in 0..n {
+        for k in 0..sides.len() {
+            let idx = (i + k) % sides.len();
+            let (what, make) = &sides[idx];
+            times[idx].push(time(make(), what)?);
+        }
+    }
+    Ok(times)
+}
+
+/// The added time of `a` over `base`, paired run by run.
+fn added_row(figure: String, a: &[f64], base: &[f64], judge: bool) -> Row {
+    let diff: Vec<f64> = a.iter().zip(base).map(|(x, y)| x - y).collect();
+    let added = median(&diff);
+    let value = format!(
+        "{added:.2} ms (p10 {:.2}, p90 {:.2}; difference of medians {:.2}; ratio {:.2}x)",
+        pct(&diff, 10.0),
+        pct(&diff, 90.0),
+        median(a) - median(base),
+        median(a) / median(base)
+    );
+    if judge {
+        judged(figure, value, "<= 3 ms", added <= 3.0)
+    } else {
+        row(figure, value)
+    }
 }
 
 /// `login`: `bash --login` (the default, reads the account's profile); otherwise the job sets
 /// `JACAMAR_NO_BASH_PROFILE` and the baseline is `bash --noprofile --norc`, which takes the
-/// profile's own cost and noise out of both sides.
-fn overhead_with(s: &Settings, job: &Job, login: bool) -> Res<Vec<Row>> {
+/// profile's own cost and noise out of both sides. With `before`, its driver is a third side
+/// of every round.
+fn overhead_with(s: &Settings, job: &Job, before: Option<&Job>, login: bool) -> Res<Vec<Row>> {
     let script = job.script_file("build_script", "")?;
+    let before_script = match before {
+        Some(b) => Some(b.script_file("build_script", "")?),
+        None => None,
+    };
     // `jacamar` runs bash with the job's environment, in the user's home, output piped.
-    let home = std::env::var("HOME").unwrap_or("/root".into());
-    let user = whoami();
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or("/root".into()));
     let flags: &[&str] = if login {
         &["--login"]
     } else {
         &["--noprofile", "--norc"]
     };
-    let bash_alone = || {
-        let mut c = Command::new("bash");
-        c.args(flags)
-            .arg(&script)
-            .env_clear()
-            .env("HOME", &home)
-            .env("USER", &user)
-            .env("LOGNAME", &user)
-            .env("SHELL", "/bin/bash")
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .current_dir(&home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        c
-    };
-    let driver = || {
-        let mut c = job.auth(&["run", &script.display().to_string(), "build_script"]);
+    let driver_of = |j: &Job, script: &Path| {
+        let mut c = j.auth(&["run", &script.display().to_string(), "build_script"]);
         if !login {
             c.env("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "true");
         }
         c
     };
-
-    let time = |mut c: Command, what: &str| -> Res<f64> {
-        let t0 = Instant::now();
-        let out = c.output().map_err(|e| format!("{what}: {e}"))?;
-        let took = ms(t0.elapsed());
-        if !out.status.success() {
-            return Err(format!("{what} failed: {}", show(&out)));
-        }
-        Ok(took)
-    };
-
-    // Warm the page cache and the binaries.
-    for _ in 0..3 {
-        time(bash_alone(), "bash")?;
-        time(driver(), "jacamar-auth run")?;
+    let bash = || bash_alone(&home, flags, &script);
+    let driver = || driver_of(job, &script);
+    let mut sides: Vec<(&str, &dyn Fn() -> Command)> =
+        vec![("bash", &bash), ("jacamar-auth run", &driver)];
+    let old = || driver_of(before.unwrap(), before_script.as_ref().unwrap());
+    if before.is_some() {
+        sides.push(("jacamar-auth run (before)", &old));
     }
-    let (mut a, mut b, mut diff) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..s.overhead_pairs {
-        // Alternate the order within a pair too, so neither side always runs first.
-        let (da, db) = if i % 2 == 0 {
-            let db = time(bash_alone(), "bash")?;
-            (time(driver(), "jacamar-auth run")?, db)
-        } else {
-            let da = time(driver(), "jacamar-auth run")?;
-            (da, time(bash_alone(), "bash")?)
-        };
-        a.push(da);
-        b.push(db);
-        diff.push(da - db);
-    }
-    let added = median(&diff);
+    let times = interleaved(s.overhead_pairs, &sides)?;
+    let (b, a) = (&times[0], &times[1]);
     let n = s.overhead_pairs;
     let (tag, bash) = if login {
         ("1", "bash --login")
     } else {
         ("1b", "bash --noprofile --norc")
     };
-    Ok(vec![
+    let mut rows = vec![
         row(
             format!("{tag}. {bash} (empty script), median of {n}"),
-            format!("{:.2} ms (p90 {:.2})", median(&b), pct(&b, 90.0)),
+            format!("{:.2} ms (p90 {:.2})", median(b), pct(b, 90.0)),
         ),
         row(
             format!("{tag}. jacamar-auth run -> jacamar -> {bash}, median of {n}"),
-            format!("{:.2} ms (p90 {:.2})", median(&a), pct(&a, 90.0)),
+            format!("{:.2} ms (p90 {:.2})", median(a), pct(a, 90.0)),
         ),
-        judged(
+        added_row(
             format!("{tag}. added per stage, median of paired differences"),
-            format!(
-                "{added:.2} ms (p10 {:.2}, p90 {:.2}; difference of medians {:.2}; ratio {:.2}x)",
-                pct(&diff, 10.0),
-                pct(&diff, 90.0),
-                median(&a) - median(&b),
-                median(&a) / median(&b)
-            ),
-            "<= 5 ms",
-            added <= 5.0,
+            a,
+            b,
+            true,
         ),
-    ])
+    ];
+    if let (Some(d), Some(old)) = (&s.before_dir, times.get(2)) {
+        rows.push(row(
+            format!("{tag}. before ({}): run, median of {n}", d.display()),
+            format!("{:.2} ms (p90 {:.2})", median(old), pct(old, 90.0)),
+        ));
+        rows.push(added_row(
+            format!("{tag}. before: added per stage, median of paired differences"),
+            old,
+            b,
+            false,
+        ));
+    }
+    Ok(rows)
+}
+
+/// 1c. What the login exec chain itself costs (bash only, no driver): `bash --login -c
+/// 'exec "$BASH" --noprofile --norc "$0"' SCRIPT` (what `jacamar` runs, so that
+/// `~/.bash_logout` never runs) against `bash --login SCRIPT`, both with an empty home, so
+/// only /etc/profile is read.
+fn exec_chain(s: &Settings, job: &Job) -> Res<Vec<Row>> {
+    let script = job.script_file("build_script", "")?;
+    let home = job.tmp.path().join("empty-home");
+    std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+    let plain = || bash_alone(&home, &["--login"], &script);
+    let chain = || {
+        bash_alone(
+            &home,
+            &["--login", "-c", r#"exec "$BASH" --noprofile --norc "$0""#],
+            &script,
+        )
+    };
+    let times = interleaved(
+        s.overhead_pairs,
+        &[("bash --login", &plain), ("chain", &chain)],
+    )?;
+    Ok(vec![added_row(
+        format!(
+            "1c. the login exec chain (bash --login -c 'exec bash ...') over bash --login, empty home, median of {}",
+            s.overhead_pairs
+        ),
+        &times[1],
+        &times[0],
+        false,
+    )])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -871,13 +971,16 @@ fn main() {
     let mut rows = Vec::new();
     let mut failed = false;
     type Bench = fn(&Settings) -> Res<Vec<Row>>;
-    let benches: [(&str, Bench); 4] = [
-        ("per-stage overhead", overhead),
-        ("signal forwarding", signal_forwarding),
-        ("kill escalation", escalation),
-        ("idle supervision", idle),
+    let benches: [(&str, &str, Bench); 4] = [
+        ("overhead", "per-stage overhead", overhead),
+        ("signals", "signal forwarding", signal_forwarding),
+        ("escalation", "kill escalation", escalation),
+        ("idle", "idle supervision", idle),
     ];
-    for (name, f) in benches {
+    for (key, name, f) in benches {
+        if s.only.as_ref().is_some_and(|o| !o.iter().any(|w| w == key)) {
+            continue;
+        }
         eprintln!("running: {name} ...");
         let t0 = Instant::now();
         match f(&s) {

@@ -61,6 +61,9 @@ struct Job {
     final_update: Option<Final>,
     updates: Vec<Value>,
     artifacts: Vec<Artifact>,
+    /// When the runner took the job, and when its final update (success/failed) came.
+    picked: Option<Instant>,
+    finished: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -297,6 +300,16 @@ impl Coordinator {
         self.with(|st| st.log.join("\n"))
     }
 
+    /// How long job `id` took as GitLab sees it: from the runner taking it to its final
+    /// update (None until both happened). For benches/jobs.rs.
+    #[allow(dead_code)]
+    pub fn job_duration(&self, id: u64) -> Option<Duration> {
+        self.with(|st| {
+            let j = st.jobs.get(&id)?;
+            Some(j.finished?.saturating_duration_since(j.picked?))
+        })
+    }
+
     /// Whether any queued job is still waiting for the runner.
     pub fn queued(&self) -> usize {
         self.with(|st| st.queue.len())
@@ -485,6 +498,9 @@ fn route(st: &mut State, req: &Request) -> Vec<u8> {
             return response("204 No Content", &[], b"");
         };
         let (_, job) = st.queue.remove(at);
+        if let Some(j) = job["id"].as_u64().and_then(|id| st.jobs.get_mut(&id)) {
+            j.picked = Some(Instant::now());
+        }
         return json_response("201 Created", &[], &job);
     }
     if m == "PATCH" {
@@ -531,6 +547,7 @@ fn route(st: &mut State, req: &Request) -> Vec<u8> {
             }
             let state = body["state"].as_str().unwrap_or("").to_string();
             if state == "success" || state == "failed" {
+                job.finished.get_or_insert_with(Instant::now);
                 job.final_update = Some(Final {
                     state,
                     failure_reason: body["failure_reason"].as_str().map(str::to_string),
