@@ -47,6 +47,10 @@ pub struct JobContext {
     pub no_bash_profile: bool,
     /// `JACAMAR_ETC_PROFILE_ONLY`: source /etc/profile but not the user's files.
     pub etc_profile_only: bool,
+    /// `JACAMAR_BASH_PROFILE_ONCE`: read the profile in the job's first stage only, and give
+    /// later stages what it left (see `stages::login_env`).
+    #[serde(default)]
+    pub bash_profile_once: bool,
     /// CI variables the batch executor reads (`[batch] arguments_variable`, the job name
     /// prefix), copied by `jacamar-auth` (see [`crate::batch::args::capture`]).
     #[serde(default)]
@@ -125,6 +129,7 @@ impl JobContext {
             job_status: get("CI_JOB_STATUS").cloned(),
             no_bash_profile: truthy(get("JACAMAR_NO_BASH_PROFILE")),
             etc_profile_only: truthy(get("JACAMAR_ETC_PROFILE_ONLY")),
+            bash_profile_once: truthy(get("JACAMAR_BASH_PROFILE_ONCE")),
             build_dirs: BuildDirVars {
                 project_id: get("CI_PROJECT_ID").cloned(),
                 custom_builds_dir: get("CUSTOM_CI_BUILDS_DIR").cloned(),
@@ -326,12 +331,13 @@ mod tests {
             ("CUSTOM_ENV_CI_PROJECT_PATH", "grp/proj"),
             ("CUSTOM_ENV_CI_JOB_TIMEOUT", "3600"),
             ("CUSTOM_ENV_JACAMAR_NO_BASH_PROFILE", "true"),
+            ("CUSTOM_ENV_JACAMAR_BASH_PROFILE_ONCE", "Yes"),
         ]);
         let j = JobContext::from_map(&e).unwrap();
         assert_eq!(j.job_id, 42);
         assert_eq!(j.concurrent_id, 3);
         assert_eq!(j.job_timeout, Some(Duration::from_secs(3600)));
-        assert!(j.no_bash_profile && !j.etc_profile_only);
+        assert!(j.no_bash_profile && !j.etc_profile_only && j.bash_profile_once);
     }
 
     #[test]

@@ -675,6 +675,7 @@ mod tests {
                 job_status: None,
                 no_bash_profile: false,
                 etc_profile_only: false,
+                bash_profile_once: false,
                 build_dirs: Default::default(),
                 batch_variables: Default::default(),
             },

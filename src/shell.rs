@@ -52,6 +52,28 @@ const LOGIN_THEN_EXEC: &str = r#"exec "$BASH" --noprofile --norc "$0""#;
 const ETC_PROFILE_THEN_EXEC: &str =
     r#"if [ -r /etc/profile ]; then . /etc/profile; fi; exec "$BASH" --noprofile --norc "$0""#;
 
+/// The first stage of a `JACAMAR_BASH_PROFILE_ONCE` job (see `stages::login_env`): right
+/// before the login shell execs the script's bash, `<jacamar> capture-env <output>` records
+/// what the script's bash would get (exported variables and functions, umask, limits,
+/// ignored signals, working directory). Its failure never stops the stage (`|| :`, also under
+/// a profile's `set -e`). Both paths are in the program text, single-quoted, not in
+/// positional parameters, which a profile could `shift` or `set --`.
+#[derive(Debug, Clone, Copy)]
+pub struct Capture<'a> {
+    pub jacamar: &'a Path,
+    pub output: &'a Path,
+}
+
+impl Capture<'_> {
+    fn step(&self) -> String {
+        format!(
+            "{} capture-env {} || :; ",
+            sh_quote(&self.jacamar.display().to_string()),
+            sh_quote(&self.output.display().to_string())
+        )
+    }
+}
+
 impl Profile {
     pub fn from_flags(no_bash_profile: bool, etc_profile_only: bool) -> Profile {
         match (no_bash_profile, etc_profile_only) {
@@ -94,6 +116,19 @@ pub fn command(
     script: &Path,
     search_path: &str,
 ) -> ShellCommand {
+    command_capturing(shell_path, profile, script, search_path, None)
+}
+
+/// [`command`], and with `capture` the profile's result is recorded before the script's
+/// bash starts (see [`Capture`]; nothing to record with [`Profile::None`]).
+pub fn command_capturing(
+    shell_path: Option<&Path>,
+    profile: Profile,
+    script: &Path,
+    search_path: &str,
+    capture: Option<&Capture<'_>>,
+) -> ShellCommand {
+    let capture = capture.map(Capture::step).unwrap_or_default();
     let program = shell_path
         .map(Path::to_path_buf)
         .or_else(|| find_on_path("bash", search_path))
@@ -103,7 +138,7 @@ pub fn command(
         Profile::Login => vec![
             "--login".into(),
             "-c".into(),
-            LOGIN_THEN_EXEC.into(),
+            format!("{capture}{LOGIN_THEN_EXEC}"),
             script,
         ],
         Profile::None => vec!["--noprofile".into(), "--norc".into(), script],
@@ -111,7 +146,12 @@ pub fn command(
             "--noprofile".into(),
             "--norc".into(),
             "-c".into(),
-            ETC_PROFILE_THEN_EXEC.into(),
+            match ETC_PROFILE_THEN_EXEC.split_once("exec ") {
+                Some((profile, exec)) if !capture.is_empty() => {
+                    format!("{profile}{capture}exec {exec}")
+                }
+                _ => ETC_PROFILE_THEN_EXEC.into(),
+            },
             script,
         ],
     };
@@ -192,6 +232,65 @@ mod tests {
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
+    }
+
+    #[test]
+    fn the_capture_runs_after_the_profile_right_before_the_exec() {
+        let home = home_with_failing_logout();
+        std::fs::write(
+            home.path().join(".bash_profile"),
+            "export PROFILE_VAR=pv\nset -e\nset -- a b c\nshift\n",
+        )
+        .unwrap();
+        // A stand-in for `jacamar capture-env FILE`: records its arguments and environment,
+        // then fails (the stage goes on regardless).
+        let fake = home.path().join("fake jacamar");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\n{ echo \"args:$1:$2\"; env; } > \"$2\"\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out_file = home.path().join("it's captured");
+        let script = home.path().join("s.bash");
+        std::fs::write(&script, "echo \"script:$PROFILE_VAR\"\n").unwrap();
+        for profile in [Profile::Login, Profile::EtcOnly] {
+            let _ = std::fs::remove_file(&out_file);
+            let capture = Capture {
+                jacamar: &fake,
+                output: &out_file,
+            };
+            let c = command_capturing(None, profile, &script, "/usr/bin:/bin", Some(&capture));
+            let out = std::process::Command::new(&c.program)
+                .args(&c.args)
+                .env_clear()
+                .env("HOME", home.path())
+                .env("PATH", "/usr/bin:/bin")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{profile:?}: {out:?}");
+            let captured = std::fs::read_to_string(&out_file).unwrap();
+            assert!(
+                captured.starts_with(&format!("args:capture-env:{}\n", out_file.display())),
+                "{captured}"
+            );
+            let want = if profile == Profile::Login { "pv" } else { "" };
+            assert_eq!(
+                captured.contains("PROFILE_VAR=pv"),
+                profile == Profile::Login,
+                "{captured}"
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("script:{want}\n")
+            );
+        }
+        // Without a capture the programs are the plain ones.
+        let c = command_capturing(None, Profile::EtcOnly, &script, "/bin", None);
+        assert_eq!(c.args[3], ETC_PROFILE_THEN_EXEC);
+        let c = command_capturing(None, Profile::None, &script, "/bin", None);
+        assert_eq!(c.args, command(None, Profile::None, &script, "/bin").args);
     }
 
     #[test]

@@ -40,6 +40,13 @@ enum Action {
     },
     /// Remove the job's script files.
     Cleanup,
+    /// Record the login shell's state for the later stages of a JACAMAR_BASH_PROFILE_ONCE job
+    /// (run by the job's first stage, inside its login shell).
+    #[command(hide = true)]
+    CaptureEnv {
+        /// Where the state goes (created 0600 or replaced; a symbolic link is refused).
+        output: std::path::PathBuf,
+    },
     /// Send a signal to processes of the job (jacamar-auth runs this as the job's user when
     /// it may not signal them itself: a caps-only service account). Every pid is tried;
     /// exit 0 when each was signalled or was already gone, 1 otherwise.
@@ -122,6 +129,13 @@ fn main() {
     let cli = Cli::parse();
     if let Action::Signal { signal, pids } = &cli.action {
         std::process::exit(signal_pids(signal, pids));
+    }
+    if let Action::CaptureEnv { output } = &cli.action {
+        if let Err(e) = jacamar::stages::login_env::capture_to(output) {
+            eprintln!("jacamar capture-env: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
     }
     let (Some(control_fd), Some(status_fd)) = (cli.control_fd, cli.status_fd) else {
         eprintln!("jacamar: --control-fd and --status-fd are required (jacamar is started by jacamar-auth, not by hand)");

@@ -44,7 +44,10 @@ mod tests;
 
 pub use cleanup::cleanup_job;
 pub use paths::{validate_project_path, validate_segment, JobPaths, SegmentKind};
-pub use secure::{check_base_dir, create_base_dir_for_user, ensure_job_dirs, write_script};
+pub use secure::{
+    check_base_dir, create_base_dir_for_user, ensure_job_dirs, read_job_file, remove_job_file,
+    write_job_file, write_script,
+};
 
 /// Name of the directory created in the user's home when `data_dir = "$HOME"`.
 pub const HOME_BASE_NAME: &str = ".jacamar-ci";

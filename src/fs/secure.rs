@@ -440,11 +440,132 @@ pub fn write_script(
     })
 }
 
+/// The mode of the driver's own files in the job's scripts dir ([`write_job_file`]).
+const JOB_FILE_MODE: u32 = 0o600;
+
+/// A file name of the driver's own in the scripts dir: one plain component, never a stage
+/// script's (`.bash`).
+fn job_file_name(name: &str) -> Result<&str, FsError> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && !name.ends_with(".bash");
+    if ok {
+        Ok(name)
+    } else {
+        Err(FsError::InvalidValue {
+            what: "job file name",
+            value: name.to_string(),
+            reason: "not a plain file name of the driver's".into(),
+        })
+    }
+}
+
+/// Write `content` to `<scripts dir>/<name>` (replacing it, mode 0600): a file of the
+/// driver's own, kept between the stages of one job and removed with the scripts dir at
+/// cleanup (the login environment of `stages::login_env`).
+pub fn write_job_file(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    name: &str,
+    content: &[u8],
+) -> Result<PathBuf, FsError> {
+    let name = job_file_name(name)?;
+    let exp = Expected {
+        policy,
+        user: paths.user(),
+    };
+    retry_vanished(|| {
+        let base = open_base(paths, &exp, true)?;
+        let dir = open_chain(&base, &paths.scripts_components(), &exp)?;
+        create_file(&dir, name, content, JOB_FILE_MODE)
+    })
+}
+
+/// Read `<scripts dir>/<name>` (no symlink followed; a regular file of ours): `None` when it
+/// (or the scripts dir) does not exist; an error when it holds more than `max` bytes.
+pub fn read_job_file(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    name: &str,
+    max: u64,
+) -> Result<Option<Vec<u8>>, FsError> {
+    use std::io::Read;
+    let name = job_file_name(name)?;
+    let exp = Expected {
+        policy,
+        user: paths.user(),
+    };
+    let dir = match open_base(paths, &exp, false)
+        .and_then(|base| open_chain(&base, &paths.scripts_components(), &exp))
+    {
+        Ok(d) => d,
+        Err(FsError::Missing { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let path = dir.path.join(name);
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let fd = match fcntl::openat(dir.borrow(), name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Err(FsError::refused(path, "is a symbolic link")),
+        Err(e) => return Err(FsError::io("open", path, e)),
+    };
+    let st = stat::fstat(&fd).map_err(|e| FsError::io("stat", &path, e))?;
+    if file_type(&st) != SFlag::S_IFREG {
+        return Err(FsError::refused(path, "is not a regular file"));
+    }
+    if st.st_uid != exp.user.uid {
+        return Err(FsError::refused(path, "is not owned by the job's user"));
+    }
+    let mut buf = Vec::new();
+    File::from(fd)
+        .take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|source| FsError::Io {
+            op: "read",
+            path: path.clone(),
+            source,
+        })?;
+    if buf.len() as u64 > max {
+        return Err(FsError::refused(
+            path,
+            format!("holds more than {max} bytes"),
+        ));
+    }
+    Ok(Some(buf))
+}
+
+/// Remove `<scripts dir>/<name>` (already gone is fine).
+pub fn remove_job_file(paths: &JobPaths, policy: &DirPolicy, name: &str) -> Result<(), FsError> {
+    let name = job_file_name(name)?;
+    let exp = Expected {
+        policy,
+        user: paths.user(),
+    };
+    let dir = match open_base(paths, &exp, false)
+        .and_then(|base| open_chain(&base, &paths.scripts_components(), &exp))
+    {
+        Ok(d) => d,
+        Err(FsError::Missing { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match unistd::unlinkat(&dir.fd, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(FsError::io("remove", dir.path.join(name), e)),
+    }
+}
+
 fn create_script(dir: &DirFd, name: &str, content: &[u8]) -> Result<PathBuf, FsError> {
+    create_file(dir, name, content, SCRIPT_MODE)
+}
+
+fn create_file(dir: &DirFd, name: &str, content: &[u8], mode: u32) -> Result<PathBuf, FsError> {
     let path = dir.path.join(name);
     let flags =
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mode = Mode::from_bits_truncate(SCRIPT_MODE);
+    let mode = Mode::from_bits_truncate(mode);
     for _ in 0..VANISHED_RETRIES {
         match fcntl::openat(dir.borrow(), name, flags, mode) {
             Ok(fd) => {

@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod diag;
+pub mod login_env;
 pub mod prelude;
 pub mod privileged;
 pub mod user;

@@ -136,13 +136,19 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
             let text = super::prelude::stage_script(stage, token, script);
             let path = fs::write_script(&paths, &policy, stage, &text)?;
             let search_path = crate::auth::env::search_path(&h.env);
+            let profile = Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only);
+            let submitted =
+                config.general.executor.is_batch() && crate::batch::is_submitted_stage(stage);
             let cmd = shell::command(
                 config.general.shell_path.as_deref(),
-                Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only),
+                profile,
                 &path,
                 search_path,
             );
-            if config.general.executor.is_batch() && crate::batch::is_submitted_stage(stage) {
+            if !submitted && h.job.bash_profile_once && profile != Profile::None {
+                return profile_once(&config, &h, &paths, &policy, profile, &path, control).await;
+            }
+            if submitted {
                 let deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
                 let batch = BatchStage {
                     config: &config,
@@ -158,34 +164,108 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                     other => Ok(other),
                 };
             }
-            run_shell(&config, &h, cmd, control).await
+            let launch = Launch {
+                env: h.env.clone(),
+                cwd: h.account.workdir(),
+                state: None,
+            };
+            run_shell(&config, &h, cmd, &launch, control).await
         }
     }
+}
+
+/// A `run` stage of a `JACAMAR_BASH_PROFILE_ONCE` job (see [`super::login_env`]): replay what
+/// the job's first stage recorded, or (nothing usable recorded yet) run the login shell as
+/// always and record it.
+async fn profile_once(
+    config: &Config,
+    h: &Handoff,
+    paths: &fs::JobPaths,
+    policy: &DirPolicy,
+    profile: Profile,
+    script: &std::path::Path,
+    control: OwnedFd,
+) -> Result<Status, StageError> {
+    use super::login_env;
+    let shell_path = config.general.shell_path.as_deref();
+    let search_path = crate::auth::env::search_path(&h.env);
+    match login_env::load(paths, policy) {
+        Ok(Some(state)) => {
+            let cmd = shell::command(shell_path, Profile::None, script, search_path);
+            let launch = Launch {
+                env: state.apply_env(&h.env),
+                cwd: state.cwd_or(h.account.workdir()),
+                state: Some(state.process_state()).filter(|s| !s.is_empty()),
+            };
+            return run_shell(config, h, cmd, &launch, control).await;
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "jacamar: WARNING: JACAMAR_BASH_PROFILE_ONCE: {}; this stage reads the profile",
+            crate::text::sanitize(&e)
+        ),
+    }
+    let raw = login_env::raw_path(paths);
+    let exe = std::env::current_exe()
+        .map_err(|e| StageError::Internal(format!("failed to find our own executable: {e}")))?;
+    let capture = shell::Capture {
+        jacamar: &exe,
+        output: &raw,
+    };
+    let cmd = shell::command_capturing(shell_path, profile, script, search_path, Some(&capture));
+    let launch = Launch {
+        env: h.env.clone(),
+        cwd: h.account.workdir(),
+        state: None,
+    };
+    let status = run_shell(config, h, cmd, &launch, control).await;
+    if let Err(e) = login_env::finish(paths, policy, &h.env) {
+        eprintln!(
+            "jacamar: WARNING: JACAMAR_BASH_PROFILE_ONCE: {}; the next stage reads the profile",
+            crate::text::sanitize(&e)
+        );
+    }
+    status
+}
+
+/// How the stage's shell is started: its whole environment, working directory, and what
+/// its process must set before exec (a replayed login state).
+struct Launch {
+    env: Vec<(String, String)>,
+    cwd: std::path::PathBuf,
+    state: Option<super::login_env::ProcessState>,
 }
 
 async fn run_shell(
     config: &Config,
     h: &Handoff,
     cmd: shell::ShellCommand,
+    launch: &Launch,
     control: OwnedFd,
 ) -> Result<Status, StageError> {
     let signals = OsSignals::install()
         .map_err(|e| StageError::Internal(format!("failed to install signal handlers: {e}")))?;
-    let cwd = h.account.workdir();
-    let mut child = tokio::process::Command::new(&cmd.program)
+    let mut command = tokio::process::Command::new(&cmd.program);
+    command
         .args(&cmd.args)
         .env_clear()
-        .envs(h.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(cwd)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&launch.cwd)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|source| StageError::Spawn {
-            what: cmd.program.display().to_string(),
-            source,
-        })?;
+        .process_group(0);
+    if let Some(state) = launch.state.clone() {
+        // SAFETY: `apply` makes raw syscalls only (umask, setrlimit, sigaction) on data
+        // built before the fork and moved into the closure; nothing allocates.
+        unsafe {
+            command.pre_exec(move || state.apply());
+        }
+    }
+    let mut child = command.spawn().map_err(|source| StageError::Spawn {
+        what: cmd.program.display().to_string(),
+        source,
+    })?;
     let pgid = group_of(child.id(), &cmd.program.display().to_string())?;
     let mut relays = Vec::new();
     if let Some(out) = child.stdout.take() {

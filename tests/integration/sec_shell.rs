@@ -386,3 +386,183 @@ fn cancel_and_see_the_trap_end(h: Harness, in_log: bool, shape: Shape) {
     );
     assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
+
+/// The accounts of the profile-once tests (one each: they count the profile's runs).
+const ONCE_USER: &str = "jrs_shell_once";
+const ONCE_USER_2: &str = "jrs_shell_once2";
+
+/// A `~/.bash_profile` that counts its runs, exports a variable (with its shell's pid), a
+/// function and a PATH entry, keeps a variable unexported, sets umask, a soft limit and an
+/// ignored signal, and prints a line.
+const ONCE_PROFILE: &str = r#"echo run >> "$HOME/profile-runs"
+export ONCE_VAR="pid-$$"
+once_fn() { echo "once-fn $1"; }
+export -f once_fn
+once_unexported=1
+export PATH="$HOME/once-bin:$PATH"
+umask 027
+ulimit -S -n 200
+trap '' USR1
+echo "profile says hi"
+"#;
+
+/// What a stage shows of the login state.
+const SHOW_ONCE: &str = "echo \"var=$ONCE_VAR unexported=${once_unexported:-unset}\"\n\
+     once_fn called\n\
+     echo \"path=$PATH\"\n\
+     echo \"umask=$(umask) nofile=$(ulimit -S -n)\"\n\
+     grep SigIgn /proc/$$/status\n";
+
+/// A profile-once account, its profile written afresh, its run count reset.
+fn once_user(name: &str) -> nix::unistd::User {
+    let u = ensure_user(name, &[], "/bin/bash");
+    let profile = u.dir.join(".bash_profile");
+    std::fs::write(&profile, ONCE_PROFILE).unwrap();
+    nix::unistd::chown(&profile, Some(u.uid), Some(u.gid)).unwrap();
+    let _ = std::fs::remove_file(u.dir.join("profile-runs"));
+    u
+}
+
+fn profile_runs(u: &nix::unistd::User) -> usize {
+    std::fs::read_to_string(u.dir.join("profile-runs"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// A setuid job of `user` after config and prepare (`once`: with
+/// `JACAMAR_BASH_PROFILE_ONCE`).
+fn once_job(server: &JwksServer, user: &str, once: bool) -> Harness {
+    let mut h = harness(server, "setuid", "", "root_dir_creation = true", "");
+    give_token(&mut h, server, user);
+    if once {
+        h.set("CUSTOM_ENV_JACAMAR_BASH_PROFILE_ONCE", "true");
+    }
+    h.unobfuscated = true;
+    let out = h.config();
+    assert!(out.status.success(), "config: {}", show(&out));
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    h
+}
+
+/// The job's `login-env.json` (below the data dir).
+fn login_env_file(h: &Harness) -> Option<std::path::PathBuf> {
+    fn find(d: &Path) -> Option<std::path::PathBuf> {
+        for e in std::fs::read_dir(d).ok()?.flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == "login-env.json") {
+                return Some(p);
+            }
+            if p.is_dir() && !p.is_symlink() {
+                if let Some(f) = find(&p) {
+                    return Some(f);
+                }
+            }
+        }
+        None
+    }
+    find(&h.data_dir)
+}
+
+/// With `JACAMAR_BASH_PROFILE_ONCE`, the profile runs in the job's first stage only; later
+/// stages get what it exported (a variable, a function, PATH), its umask, soft limit and
+/// ignored signal, but not its unexported variable, not its output, and its `$$` is the
+/// first stage's. The status of a replayed stage is the script's. Without the variable
+/// the profile runs in every stage.
+#[test]
+fn profile_once_runs_the_login_profile_in_the_first_stage_only() {
+    if !require_root() {
+        return;
+    }
+    let u = once_user(ONCE_USER);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+
+    let h = once_job(&server, ONCE_USER, false);
+    for stage in ["prepare_script", "build_script"] {
+        let out = h.run(stage, &runner_script(SHOW_ONCE));
+        assert!(out.status.success(), "{stage}: {}", show(&out));
+    }
+    assert_eq!(
+        profile_runs(&u),
+        2,
+        "the default reads the profile every stage"
+    );
+    assert!(h.cleanup().status.success());
+
+    let _ = std::fs::remove_file(u.dir.join("profile-runs"));
+    let h = once_job(&server, ONCE_USER, true);
+    let first = h.run("prepare_script", &runner_script(SHOW_ONCE));
+    assert!(first.status.success(), "{}", show(&first));
+    let first = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(first.contains("profile says hi"), "{first}");
+    assert_eq!(profile_runs(&u), 1);
+    let var = first
+        .lines()
+        .find_map(|l| l.strip_prefix("var="))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no var line: {first}"))
+        .to_string();
+    assert!(var.starts_with("pid-"), "{first}");
+    assert!(
+        login_env_file(&h).is_some(),
+        "nothing kept for the later stages"
+    );
+
+    for stage in ["get_sources", "build_script", "after_script"] {
+        let out = h.run(stage, &runner_script(SHOW_ONCE));
+        assert!(out.status.success(), "{stage}: {}", show(&out));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(profile_runs(&u), 1, "{stage} read the profile: {text}");
+        assert!(!text.contains("profile says hi"), "{stage}: {text}");
+        for want in [
+            format!("var={var} unexported=unset"),
+            "once-fn called".to_string(),
+            format!("path={}/once-bin:", u.dir.display()),
+            "umask=0027 nofile=200".to_string(),
+        ] {
+            assert!(text.contains(&want), "{stage}: {want:?} missing: {text}");
+        }
+        // SIGUSR1 (10) ignored: bit 9 of SigIgn.
+        let sigign = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+            .unwrap_or_else(|| panic!("{stage}: no SigIgn line: {text}"));
+        assert_ne!(sigign & (1 << 9), 0, "{stage}: USR1 is not ignored: {text}");
+    }
+    let out = h.run("build_script", &runner_script("exit 3\n"));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(h.build_exit_code().as_deref(), Some("3"), "{}", show(&out));
+    assert_eq!(profile_runs(&u), 1);
+    assert!(h.cleanup().status.success());
+}
+
+/// A kept state that cannot be read is said in the job log, and the stage reads the profile
+/// again (and keeps a new state for the next one).
+#[test]
+fn profile_once_reads_the_profile_again_when_the_kept_state_is_unusable() {
+    if !require_root() {
+        return;
+    }
+    let u = once_user(ONCE_USER_2);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = once_job(&server, ONCE_USER_2, true);
+    let out = h.run("prepare_script", &runner_script("echo one\n"));
+    assert!(out.status.success(), "{}", show(&out));
+    let file = login_env_file(&h).expect("nothing kept");
+    std::fs::write(&file, "{ not json").unwrap();
+    nix::unistd::chown(&file, Some(u.uid), Some(u.gid)).unwrap();
+    let out = h.run("get_sources", &runner_script(SHOW_ONCE));
+    assert!(out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("JACAMAR_BASH_PROFILE_ONCE") && err.contains("reads the profile"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(profile_runs(&u), 2);
+    let out = h.run("build_script", &runner_script(SHOW_ONCE));
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(profile_runs(&u), 2, "{}", show(&out));
+    assert!(h.cleanup().status.success());
+}

@@ -1,0 +1,519 @@
+//! `JACAMAR_BASH_PROFILE_ONCE`: the login profile read once per job, not once per stage.
+//!
+//! The runner calls `run` 6 to 8 times per job, and by default every call starts a login
+//! shell that reads the account's profile files (see [`crate::shell`]); a site profile that
+//! loads a module system can take hundreds of milliseconds each time. With this CI variable
+//! set (opt-in: what a stage sees changes, see below), and a profile in use (the default
+//! login profile or `JACAMAR_ETC_PROFILE_ONLY`):
+//!
+//! * the first `run` stage of the job (normally the runner's `prepare_script`) runs the login
+//!   shell as always; after the profile files and right before the login shell execs the
+//!   script's bash, `jacamar capture-env FILE` (a child of the login shell, so it inherits
+//!   exactly what that bash would) records the environment (exported variables and exported
+//!   functions), the umask, the resource limits, the ignored signals and the working
+//!   directory. When the stage has ended, `jacamar` keeps what the profile changed relative
+//!   to the environment it gave the login shell, in `<scripts dir>/login-env.json` (the job's
+//!   private scripts directory, removed at cleanup);
+//! * every later `run` stage of that job starts `bash --noprofile --norc SCRIPT` with the
+//!   stage's own environment plus those changes (minus the variables the profile unset), in
+//!   the recorded working directory, with the recorded umask, limits and ignored signals.
+//!   No profile file is read and no login shell runs.
+//!
+//! What a later stage sees differently from the default (every other thing is the same):
+//!
+//! 1. The profile files do not run again, so whatever they do besides the state above
+//!    happens once per job: what they print appears in the first stage's log only; files
+//!    they write, processes they start (an `ssh-agent`), caches they fill, the time they
+//!    take.
+//! 2. Values the profile computes are the first stage's: `$$`, `$RANDOM`, dates, anything
+//!    read from a file or a command whose answer changes during the job.
+//! 3. Not recorded: the nice value, CPU affinity and other per-process settings outside the
+//!    list above (`renice`, `taskset` on the shell itself).
+//! 4. The state is the one of the first stage: a later stage's own environment (as
+//!    `jacamar-auth` builds it: the same allowlisted variables in every stage) gets the
+//!    profile's changes applied on top; the runner's script then exports the CI variables,
+//!    as in every mode.
+//!
+//! The same in both modes: unexported variables and functions, aliases, shell options and
+//! traps with a handler of the profile never reach the script (the login shell execs a fresh
+//! bash); `BASH_ENV`, when the profile exports it, is read by the script's bash; `SHLVL`,
+//! `PWD`, `OLDPWD` and `_` are the script's bash's own. A batch executor's submitted stage
+//! still reads the profile on the compute node. When nothing usable was recorded (the profile
+//! exited or exec'd before the capture, a variable is not UTF-8, the file is damaged), the
+//! next stage reads the profile again and records again: never less than the default.
+//!
+//! The files are the job user's, written and read by `jacamar` running as that user, in the
+//! job's private scripts directory: no privileged process reads them. They are still
+//! checked: at most [`MAX_BYTES`], the format named, names non-empty without `=` or NUL,
+//! values without NUL, known limits and signals only.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fs::{self, DirPolicy, JobPaths};
+
+/// What `jacamar capture-env` writes (in the scripts dir, named by the capturing stage).
+pub const RAW_FILE: &str = "login-env.raw.json";
+/// What later stages replay.
+pub const FILE: &str = "login-env.json";
+/// Bound of either file: the kernel's limit on a process's environment is far below.
+pub const MAX_BYTES: u64 = 4 << 20;
+/// The format written; another is not replayed (the profile is read again).
+const FORMAT: u32 = 1;
+/// Variables bash keeps for itself, never replayed.
+const SHELL_OWN: &[&str] = &["_", "SHLVL", "PWD", "OLDPWD"];
+
+/// The resource limits recorded and replayed.
+const RLIMITS: &[(libc::__rlimit_resource_t, &str)] = &[
+    (libc::RLIMIT_AS, "as"),
+    (libc::RLIMIT_CORE, "core"),
+    (libc::RLIMIT_CPU, "cpu"),
+    (libc::RLIMIT_DATA, "data"),
+    (libc::RLIMIT_FSIZE, "fsize"),
+    (libc::RLIMIT_LOCKS, "locks"),
+    (libc::RLIMIT_MEMLOCK, "memlock"),
+    (libc::RLIMIT_MSGQUEUE, "msgqueue"),
+    (libc::RLIMIT_NICE, "nice"),
+    (libc::RLIMIT_NOFILE, "nofile"),
+    (libc::RLIMIT_NPROC, "nproc"),
+    (libc::RLIMIT_RSS, "rss"),
+    (libc::RLIMIT_RTPRIO, "rtprio"),
+    (libc::RLIMIT_RTTIME, "rttime"),
+    (libc::RLIMIT_SIGPENDING, "sigpending"),
+    (libc::RLIMIT_STACK, "stack"),
+];
+
+/// The login shell's state as the script's bash would get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginState {
+    pub format: u32,
+    /// Recorded: the whole environment. Kept for replay: what the profile set or changed.
+    pub env: Vec<(String, String)>,
+    /// Kept for replay: the variables of the stage's environment the profile removed.
+    #[serde(default)]
+    pub unset: Vec<String>,
+    pub umask: u32,
+    /// Limit name (see [`RLIMITS`]), soft, hard (`u64::MAX`: unlimited).
+    pub rlimits: Vec<(String, u64, u64)>,
+    pub ignored_signals: Vec<i32>,
+    pub cwd: Option<PathBuf>,
+}
+
+/// `jacamar capture-env FILE`: record this process's state (it runs as a child of the login
+/// shell, after the profile) in `output` (created 0600, replaced, no symlink followed).
+pub fn capture_to(output: &Path) -> Result<(), String> {
+    let mut env = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        // `_` is this program's own path, set by bash for it.
+        if k.as_bytes() == b"_" {
+            continue;
+        }
+        match (k.to_str(), v.to_str()) {
+            (Some(k), Some(v)) => env.push((k.to_string(), v.to_string())),
+            _ => {
+                return Err(format!(
+                    "the login shell's variable {:?} is not UTF-8: its environment is not \
+                     recorded, every stage reads the profile",
+                    k
+                ))
+            }
+        }
+    }
+    // SAFETY: umask only swaps this process's file mode mask; the old one is put back.
+    let umask = unsafe {
+        let old = libc::umask(0o077);
+        libc::umask(old);
+        old
+    };
+    let mut rlimits = Vec::new();
+    for &(res, name) in RLIMITS {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one struct we own.
+        if unsafe { libc::getrlimit(res, &mut l) } == 0 {
+            rlimits.push((name.to_string(), l.rlim_cur, l.rlim_max));
+        }
+    }
+    let ignored_signals = (1..=max_signal())
+        .filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP && ignored_here(s))
+        .collect();
+    let state = LoginState {
+        format: FORMAT,
+        env,
+        unset: Vec::new(),
+        umask: umask as u32,
+        rlimits,
+        ignored_signals,
+        cwd: std::env::current_dir().ok(),
+    };
+    let text = serde_json::to_vec(&state).map_err(|e| e.to_string())?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(output)
+        .and_then(|mut f| f.write_all(&text))
+        .map_err(|e| format!("failed to write {}: {e}", output.display()))
+}
+
+/// Whether this process ignores `sig`.
+fn ignored_here(sig: i32) -> bool {
+    // SAFETY: a query only (no new action), into a zeroed struct we own.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// The highest signal number (`SIGRTMAX`).
+fn max_signal() -> i32 {
+    libc::SIGRTMAX()
+}
+
+/// Parse and check a state file's content (`what` names it in errors).
+fn parse(bytes: &[u8], what: &str) -> Result<LoginState, String> {
+    let st: LoginState =
+        serde_json::from_slice(bytes).map_err(|e| format!("{what} is not readable: {e}"))?;
+    if st.format != FORMAT {
+        return Err(format!("{what} has format {} (not {FORMAT})", st.format));
+    }
+    let bad_name = |k: &str| k.is_empty() || k.contains(['=', '\0']);
+    if let Some((k, _)) = st.env.iter().find(|(k, v)| bad_name(k) || v.contains('\0')) {
+        return Err(format!("{what} holds an unusable variable {k:?}"));
+    }
+    if let Some(k) = st.unset.iter().find(|k| bad_name(k)) {
+        return Err(format!("{what} holds an unusable variable name {k:?}"));
+    }
+    if st.umask > 0o777 {
+        return Err(format!("{what} holds umask {:o}", st.umask));
+    }
+    if let Some((n, ..)) = st
+        .rlimits
+        .iter()
+        .find(|(n, ..)| !RLIMITS.iter().any(|(_, k)| k == n))
+    {
+        return Err(format!("{what} holds an unknown limit {n:?}"));
+    }
+    if let Some(s) = st
+        .ignored_signals
+        .iter()
+        .find(|&&s| s < 1 || s > max_signal() || s == libc::SIGKILL || s == libc::SIGSTOP)
+    {
+        return Err(format!("{what} holds signal {s}"));
+    }
+    if st.cwd.as_ref().is_some_and(|c| !c.is_absolute()) {
+        return Err(format!("{what} holds a relative working directory"));
+    }
+    Ok(st)
+}
+
+/// Before a stage: what the first stage kept, if anything (`Ok(None)`: this stage records).
+/// `Err`: the file is unusable (the caller says so in the job log and records again).
+pub fn load(paths: &JobPaths, policy: &DirPolicy) -> Result<Option<LoginState>, String> {
+    let what = paths.scripts_dir().join(FILE).display().to_string();
+    match fs::read_job_file(paths, policy, FILE, MAX_BYTES) {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => parse(&bytes, &what).map(Some),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Where the capturing stage's `jacamar capture-env` writes.
+pub fn raw_path(paths: &JobPaths) -> PathBuf {
+    paths.scripts_dir().join(RAW_FILE)
+}
+
+/// After the capturing stage: keep what the profile changed relative to `base` (the
+/// environment the login shell was given) for the later stages. `Ok(false)`: nothing was
+/// recorded (the next stage records again).
+pub fn finish(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    base: &[(String, String)],
+) -> Result<bool, String> {
+    let what = raw_path(paths).display().to_string();
+    let raw = match fs::read_job_file(paths, policy, RAW_FILE, MAX_BYTES) {
+        Ok(None) => return Ok(false),
+        Ok(Some(bytes)) => parse(&bytes, &what),
+        Err(e) => Err(e.to_string()),
+    };
+    let _ = fs::remove_job_file(paths, policy, RAW_FILE);
+    let kept = changes(raw?, base);
+    let text = serde_json::to_vec(&kept).map_err(|e| e.to_string())?;
+    fs::write_job_file(paths, policy, FILE, &text).map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// The recorded state `raw` with only what differs from `base` in its environment: the
+/// variables set or changed, and (in `unset`) those of `base` that are gone; bash's own
+/// variables are neither.
+fn changes(mut raw: LoginState, base: &[(String, String)]) -> LoginState {
+    let own = |k: &str| SHELL_OWN.contains(&k);
+    raw.unset = base
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !own(k) && !raw.env.iter().any(|(n, _)| n == *k))
+        .cloned()
+        .collect();
+    raw.env
+        .retain(|(k, v)| !own(k) && !base.iter().any(|(n, bv)| n == k && bv == v));
+    raw
+}
+
+impl LoginState {
+    /// The stage's environment `base` with the profile's changes.
+    pub fn apply_env(&self, base: &[(String, String)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = base
+            .iter()
+            .filter(|(k, _)| !self.unset.contains(k) && !self.env.iter().any(|(n, _)| n == k))
+            .cloned()
+            .collect();
+        env.extend(self.env.iter().cloned());
+        env
+    }
+
+    /// The working directory: the recorded one while it is a directory, else `default`.
+    pub fn cwd_or(&self, default: PathBuf) -> PathBuf {
+        match &self.cwd {
+            Some(c) if c.is_dir() => c.clone(),
+            _ => default,
+        }
+    }
+
+    /// What the child must set before exec: only what differs from this process (so the
+    /// usual case, a profile that changes none of it, keeps the fast spawn).
+    pub fn process_state(&self) -> ProcessState {
+        // SAFETY: umask swaps this process's mask; the old one is put back at once.
+        let ours = unsafe {
+            let old = libc::umask(0o077);
+            libc::umask(old);
+            old as u32
+        };
+        let mut limits = Vec::new();
+        for (name, soft, hard) in &self.rlimits {
+            let Some(&(res, _)) = RLIMITS.iter().find(|(_, n)| n == name) else {
+                continue;
+            };
+            let mut cur = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes one struct we own.
+            let known = unsafe { libc::getrlimit(res, &mut cur) } == 0;
+            if !known || cur.rlim_cur != *soft || cur.rlim_max != *hard {
+                limits.push((
+                    res,
+                    libc::rlimit {
+                        rlim_cur: *soft,
+                        rlim_max: *hard,
+                    },
+                ));
+            }
+        }
+        ProcessState {
+            umask: (self.umask != ours).then_some(self.umask as libc::mode_t),
+            limits,
+            // An ignored signal stays ignored across fork and exec: only the others.
+            ignore: self
+                .ignored_signals
+                .iter()
+                .copied()
+                .filter(|&s| !ignored_here(s))
+                .collect(),
+        }
+    }
+}
+
+/// Settings for the script's bash, applied between fork and exec.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessState {
+    umask: Option<libc::mode_t>,
+    limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    ignore: Vec<i32>,
+}
+
+impl ProcessState {
+    pub fn is_empty(&self) -> bool {
+        self.umask.is_none() && self.limits.is_empty() && self.ignore.is_empty()
+    }
+
+    /// Apply them to the calling process: the child, before exec. Raw syscalls only (no
+    /// allocation): umask, setrlimit, sigaction.
+    pub fn apply(&self) -> std::io::Result<()> {
+        // SAFETY: plain syscalls with integer arguments or pointers to data owned by `self`
+        // or this frame, all alive for the call.
+        unsafe {
+            if let Some(m) = self.umask {
+                libc::umask(m);
+            }
+            for (res, l) in &self.limits {
+                if libc::setrlimit(*res, l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for &s in &self.ignore {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = libc::SIG_IGN;
+                if libc::sigaction(s, &act, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn state(e: &[(&str, &str)]) -> LoginState {
+        LoginState {
+            format: FORMAT,
+            env: env(e),
+            unset: vec![],
+            umask: 0o022,
+            rlimits: vec![],
+            ignored_signals: vec![],
+            cwd: None,
+        }
+    }
+
+    #[test]
+    fn keeps_what_the_profile_changed_and_replays_it_on_the_stages_environment() {
+        let base = env(&[
+            ("HOME", "/h"),
+            ("PATH", "/bin"),
+            ("LANG", "C"),
+            ("TERM", "x"),
+        ]);
+        // The recorded environment: PATH changed, LANG removed, MODULEPATH and a function
+        // added, and bash's own variables.
+        let raw = state(&[
+            ("HOME", "/h"),
+            ("PATH", "/opt/m/bin:/bin"),
+            ("TERM", "x"),
+            ("MODULEPATH", "/opt/m"),
+            ("BASH_FUNC_module%%", "() {  echo m\n}"),
+            ("SHLVL", "1"),
+            ("PWD", "/h"),
+        ]);
+        let kept = changes(raw, &base);
+        assert_eq!(kept.unset, vec!["LANG".to_string()]);
+        assert_eq!(
+            kept.env,
+            env(&[
+                ("PATH", "/opt/m/bin:/bin"),
+                ("MODULEPATH", "/opt/m"),
+                ("BASH_FUNC_module%%", "() {  echo m\n}"),
+            ])
+        );
+        // A later stage's environment (askpass added by jacamar-auth, say) gets them.
+        let later = env(&[
+            ("HOME", "/h"),
+            ("PATH", "/bin"),
+            ("LANG", "C"),
+            ("GIT_ASKPASS", "/j"),
+        ]);
+        let mut got = kept.apply_env(&later);
+        got.sort();
+        let mut want = env(&[
+            ("HOME", "/h"),
+            ("GIT_ASKPASS", "/j"),
+            ("PATH", "/opt/m/bin:/bin"),
+            ("MODULEPATH", "/opt/m"),
+            ("BASH_FUNC_module%%", "() {  echo m\n}"),
+        ]);
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_replayed() {
+        let ok = serde_json::to_vec(&state(&[("A", "1")])).unwrap();
+        assert!(parse(&ok, "f").is_ok());
+        let cases: Vec<(LoginState, &str)> = vec![
+            (state(&[("", "1")]), "unusable variable"),
+            (state(&[("A=B", "1")]), "unusable variable"),
+            (state(&[("A", "x\0y")]), "unusable variable"),
+            (
+                LoginState {
+                    format: 9,
+                    ..state(&[])
+                },
+                "format 9",
+            ),
+            (
+                LoginState {
+                    umask: 0o1777,
+                    ..state(&[])
+                },
+                "umask",
+            ),
+            (
+                LoginState {
+                    rlimits: vec![("bogus".into(), 1, 1)],
+                    ..state(&[])
+                },
+                "unknown limit",
+            ),
+            (
+                LoginState {
+                    ignored_signals: vec![libc::SIGKILL],
+                    ..state(&[])
+                },
+                "signal 9",
+            ),
+            (
+                LoginState {
+                    cwd: Some("rel".into()),
+                    ..state(&[])
+                },
+                "relative",
+            ),
+        ];
+        for (st, want) in cases {
+            let bytes = serde_json::to_vec(&st).unwrap();
+            let e = parse(&bytes, "f").unwrap_err();
+            assert!(e.contains(want), "{e} (wanted {want:?})");
+        }
+        let e = parse(b"{\"format\":1", "the file").unwrap_err();
+        assert!(e.starts_with("the file is not readable"), "{e}");
+    }
+
+    #[test]
+    fn records_this_process_and_replays_nothing_it_already_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("raw.json");
+        capture_to(&out).unwrap();
+        let st = parse(&std::fs::read(&out).unwrap(), "raw").unwrap();
+        assert!(st.env.iter().any(|(k, _)| k == "PATH"));
+        assert_eq!(st.cwd, std::env::current_dir().ok());
+        assert!(st.rlimits.iter().any(|(n, ..)| n == "stack"));
+        // The same process: no umask or limit to change.
+        let ps = st.process_state();
+        assert!(ps.umask.is_none() && ps.limits.is_empty(), "{ps:?}");
+        // A symlink in its place is not followed.
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(capture_to(&link).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
+}
