@@ -98,7 +98,7 @@ fn no_auth_main() -> i32 {
     jacamar::stages::diag::install();
     let cli = NoAuthCli::parse();
     let (call, configuration) = cli.command.into_call();
-    jacamar::stages::privileged::main(jacamar::stages::privileged::Options {
+    jacamar::stages::privileged::main_no_auth(jacamar::stages::privileged::Options {
         unobfuscated: cli.unobfuscated,
         configuration,
         call,

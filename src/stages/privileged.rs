@@ -73,6 +73,55 @@ enum Done {
 
 /// Run one stage and return the process exit code for the runner.
 pub fn main(opts: Options) -> i32 {
+    main_with::<Verify>(opts)
+}
+
+/// [`main`] for `jacamar --no-auth` (`opts.no_auth` is set). A separate instance of the
+/// stage without the authorization path, so that `jacamar` (this one's only caller) does not
+/// carry the JWKS client, TLS and token verification: a smaller binary starts faster, and
+/// `jacamar` starts in every stage.
+pub fn main_no_auth(mut opts: Options) -> i32 {
+    opts.no_auth = true;
+    main_with::<NoAuth>(opts)
+}
+
+/// How a stage decides who runs the job: a type, not a flag, so that each binary holds
+/// only the path it uses.
+trait Authorizer {
+    fn target<'a>(
+        config: &'a Config,
+        stage: &'a str,
+        env: &'a BTreeMap<String, String>,
+    ) -> impl std::future::Future<Output = Result<Target, auth::AuthError>> + 'a;
+}
+
+/// `jacamar-auth`: the id_token and the configured policy ([`auth::authorize`]).
+struct Verify;
+
+impl Authorizer for Verify {
+    fn target<'a>(
+        config: &'a Config,
+        stage: &'a str,
+        env: &'a BTreeMap<String, String>,
+    ) -> impl std::future::Future<Output = Result<Target, auth::AuthError>> + 'a {
+        auth::authorize(config, stage, env)
+    }
+}
+
+/// `jacamar --no-auth`: this process's own account ([`auth::unauthorized`]).
+struct NoAuth;
+
+impl Authorizer for NoAuth {
+    fn target<'a>(
+        config: &'a Config,
+        _stage: &'a str,
+        env: &'a BTreeMap<String, String>,
+    ) -> impl std::future::Future<Output = Result<Target, auth::AuthError>> + 'a {
+        std::future::ready(auth::unauthorized(config, env))
+    }
+}
+
+fn main_with<A: Authorizer>(opts: Options) -> i32 {
     let runner = RunnerEnv::from_env();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,7 +133,7 @@ pub fn main(opts: Options) -> i32 {
             return runner.system_failure_exit_code;
         }
     };
-    let result = rt.block_on(stage(&opts));
+    let result = rt.block_on(stage::<A>(&opts));
     match result {
         Ok(Done::Success | Done::Configured(_)) => 0,
         Ok(Done::BuildFailure { exit_code, note }) => {
@@ -177,7 +226,7 @@ fn load_config(opts: &Options) -> Result<Config, StageError> {
     }
 }
 
-async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
+async fn stage<A: Authorizer>(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
     // Install the signal handlers before anything is spawned.
     let signals = OsSignals::install().map_err(|e| {
         (
@@ -198,11 +247,7 @@ async fn stage(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
         let mut job = JobContext::from_env()?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
         crate::batch::args::capture(&config, &mut job, &env);
-        let target = if opts.no_auth {
-            auth::unauthorized(&config, &env)?
-        } else {
-            auth::authorize(&config, opts.call.stage_name(), &env).await?
-        };
+        let target = A::target(&config, opts.call.stage_name(), &env).await?;
         authorized(&config, &job, opts.call.stage_name(), &target)?;
         match &opts.call {
             Call::Config => config_stage(opts, &config, &job, &target, signals).await,
