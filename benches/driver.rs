@@ -11,7 +11,8 @@
 //! driver`). `JACAMAR_BIN_DIR` points at the binaries (default: target/release),
 //! `JACAMAR_BIN_DIR_BEFORE` at other binaries measured in the same rounds of figures 1 and
 //! 1b (before/after in one session), `BENCH_ONLY=overhead,signals,escalation,idle` picks
-//! figures, `BENCH_QUICK=1` is a smoke run, `BENCH_IDLE_SECS` sets the idle job's length
+//! figures, `BENCH_GAP_MS` pauses before every timed run of figures 1-1c (stages spaced as
+//! the runner spaces them), `BENCH_QUICK=1` is a smoke run, `BENCH_IDLE_SECS` sets the idle job's length
 //! (default 60).
 //! Nothing here asserts on timings: it reports medians and percentiles measured in one run.
 
@@ -42,6 +43,9 @@ struct Settings {
     before_dir: Option<PathBuf>,
     /// `BENCH_ONLY`: the figures to run (`overhead`, `signals`, `escalation`, `idle`).
     only: Option<Vec<String>>,
+    /// `BENCH_GAP_MS`: a pause before every timed run of figures 1-1c (default 0), for
+    /// stages spaced as the runner spaces them (some kernel costs depend on it).
+    gap: Duration,
     quick: bool,
     overhead_pairs: usize,
     signal_runs: usize,
@@ -70,10 +74,17 @@ impl Settings {
             .ok()
             .filter(|v| !v.trim().is_empty())
             .map(|v| v.split(',').map(|w| w.trim().to_string()).collect());
+        let gap = Duration::from_millis(
+            std::env::var("BENCH_GAP_MS")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
+        );
         Settings {
             bin_dir,
             before_dir,
             only,
+            gap,
             quick,
             overhead_pairs: if quick { 10 } else { 100 },
             signal_runs: if quick { 10 } else { 100 },
@@ -431,7 +442,11 @@ fn time(mut c: Command, what: &str) -> Res<f64> {
 
 /// Run the `sides` in interleaved rounds (3 warm-up rounds; the order rotates from round to
 /// round, so no side always runs first); the times of each side, in ms.
-fn interleaved(n: usize, sides: &[(&str, &dyn Fn() -> Command)]) -> Res<Vec<Vec<f64>>> {
+fn interleaved(
+    n: usize,
+    gap: Duration,
+    sides: &[(&str, &dyn Fn() -> Command)],
+) -> Res<Vec<Vec<f64>>> {
     for _ in 0..3 {
         for (what, make) in sides {
             time(make(), what)?;
@@ -442,6 +457,7 @@ fn interleaved(n: usize, sides: &[(&str, &dyn Fn() -> Command)]) -> Res<Vec<Vec<
         for k in 0..sides.len() {
             let idx = (i + k) % sides.len();
             let (what, make) = &sides[idx];
+            std::thread::sleep(gap);
             times[idx].push(time(make(), what)?);
         }
     }
@@ -498,7 +514,7 @@ fn overhead_with(s: &Settings, job: &Job, before: Option<&Job>, login: bool) -> 
     if before.is_some() {
         sides.push(("jacamar-auth run (before)", &old));
     }
-    let times = interleaved(s.overhead_pairs, &sides)?;
+    let times = interleaved(s.overhead_pairs, s.gap, &sides)?;
     let (b, a) = (&times[0], &times[1]);
     let n = s.overhead_pairs;
     let (tag, bash) = if login {
@@ -555,6 +571,7 @@ fn exec_chain(s: &Settings, job: &Job) -> Res<Vec<Row>> {
     };
     let times = interleaved(
         s.overhead_pairs,
+        s.gap,
         &[("bash --login", &plain), ("chain", &chain)],
     )?;
     Ok(vec![added_row(

@@ -26,8 +26,8 @@
 //! Run with `scripts/bench-jobs.sh` (root; builds the release binaries and the runner).
 //! `JOBS_BENCH_N` jobs per executor (default 10), `JOBS_BENCH_RUNNER=v18.0.5` for the other
 //! runner release (default v16.9.2), `JOBS_BENCH_BEFORE_DIR=DIR` adds the jacamar-auth in
-//! DIR (another build) as one more executor of the same rounds. Nothing here asserts on
-//! timings.
+//! DIR (another build) as one more executor of the same rounds, `JOBS_BENCH_ACCOUNTS=plain`
+//! (or `slow`) runs one account's series only. Nothing here asserts on timings.
 
 #[path = "../tests/integration/auth_kit.rs"]
 mod auth_kit;
@@ -114,7 +114,12 @@ fn main() {
         against: None,
         times: vec![],
     }];
-    for login in [PLAIN, SLOW] {
+    let accounts: Vec<&'static str> = match std::env::var("JOBS_BENCH_ACCOUNTS").as_deref() {
+        Ok("plain") => vec![PLAIN],
+        Ok("slow") => vec![SLOW],
+        _ => vec![PLAIN, SLOW],
+    };
+    for login in accounts {
         let pt = variants.len();
         variants.push(Variant {
             name: format!("{login}: pass-through as the user, login shell per stage"),

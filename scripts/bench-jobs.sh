@@ -7,6 +7,7 @@
 #   scripts/bench-jobs.sh                          10 jobs per executor, runner v16.9.2
 #   JOBS_BENCH_N=20 JOBS_BENCH_RUNNER=v18.0.5 scripts/bench-jobs.sh
 #   JOBS_BENCH_BEFORE_DIR=/path/to/other/target/release scripts/bench-jobs.sh   (before/after)
+#   JOBS_BENCH_ACCOUNTS=plain JOBS_BENCH_N=60 scripts/bench-jobs.sh              (one account)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-jobs.sh: run as root (the bench creates accounts and runs setuid jobs)" >&2; exit 2; }
