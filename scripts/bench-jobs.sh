@@ -20,4 +20,4 @@ if [ -L /usr/local/bin/gitlab-runner ] || [ ! -e /usr/local/bin/gitlab-runner ];
   ln -sfn "$JACAMAR_E2E_RUNNER_V18_0_5" /usr/local/bin/gitlab-runner
 fi
 echo "nproc $(nproc), kernel $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
-cargo bench --quiet --bench jobs
+cargo bench --quiet --features root-tests --bench jobs

@@ -733,10 +733,7 @@ mod tests {
 
     /// A job cgroup (root, cgroup v2); None when the test is skipped.
     fn cgroup() -> Option<JobCgroup> {
-        if !crate::test_support::require(
-            nix::unistd::geteuid().is_root(),
-            "creating a job cgroup needs root",
-        ) {
+        if !crate::test_support::require_root() {
             return None;
         }
         let cg = JobCgroup::create().expect("create the job cgroup");
@@ -747,6 +744,7 @@ mod tests {
 
     /// One test: the job cgroup's name is per process (`jacamar-rs.<pid>.<start time>`).
     #[tokio::test]
+    #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
     async fn a_child_cloned_into_the_cgroup_runs_there_as_spawn_would_start_it() {
         let Some(cg) = cgroup() else { return };
         a_child_that_cannot_exec_reports_the_error_and_is_reaped(&cg);

@@ -387,7 +387,8 @@ fn cancel_and_see_the_trap_end(h: Harness, in_log: bool, shape: Shape) {
     assert!(h.cleanup().status.success(), "{shape}: cleanup");
 }
 
-/// The accounts of the profile-once tests (one each: they count the profile's runs).
+/// The accounts of the profile-once tests, one per test and shape (`_legacy`, `_current`):
+/// they count the profile's runs.
 const ONCE_USER: &str = "jrs_shell_once";
 const ONCE_USER_2: &str = "jrs_shell_once2";
 
@@ -464,22 +465,28 @@ fn login_env_file(h: &Harness) -> Option<std::path::PathBuf> {
     find(&h.data_dir)
 }
 
+shape_tests!(
+    root:
+    profile_once_runs_the_login_profile_in_the_first_stage_only,
+    profile_once_reads_the_profile_again_when_the_kept_state_is_unusable,
+);
+
 /// With `JACAMAR_BASH_PROFILE_ONCE`, the profile runs in the job's first stage only; later
 /// stages get what it exported (a variable, a function, PATH), its umask, soft limit and
 /// ignored signal, but not its unexported variable, not its output, and its `$$` is the
 /// first stage's. The status of a replayed stage is the script's. Without the variable
 /// the profile runs in every stage.
-#[test]
-fn profile_once_runs_the_login_profile_in_the_first_stage_only() {
+fn profile_once_runs_the_login_profile_in_the_first_stage_only(shape: Shape) {
     if !require_root() {
         return;
     }
-    let u = once_user(ONCE_USER);
+    let user = format!("{ONCE_USER}_{shape}");
+    let u = once_user(&user);
     let server = JwksServer::start(&[&pki().keys[0]]);
 
-    let h = once_job(&server, ONCE_USER, false);
+    let h = once_job(&server, &user, false);
     for stage in ["prepare_script", "build_script"] {
-        let out = h.run(stage, &runner_script(SHOW_ONCE));
+        let out = h.run(stage, &runner_script_in(shape, SHOW_ONCE));
         assert!(out.status.success(), "{stage}: {}", show(&out));
     }
     assert_eq!(
@@ -490,8 +497,8 @@ fn profile_once_runs_the_login_profile_in_the_first_stage_only() {
     assert!(h.cleanup().status.success());
 
     let _ = std::fs::remove_file(u.dir.join("profile-runs"));
-    let h = once_job(&server, ONCE_USER, true);
-    let first = h.run("prepare_script", &runner_script(SHOW_ONCE));
+    let h = once_job(&server, &user, true);
+    let first = h.run("prepare_script", &runner_script_in(shape, SHOW_ONCE));
     assert!(first.status.success(), "{}", show(&first));
     let first = String::from_utf8_lossy(&first.stdout).to_string();
     assert!(first.contains("profile says hi"), "{first}");
@@ -509,7 +516,7 @@ fn profile_once_runs_the_login_profile_in_the_first_stage_only() {
     );
 
     for stage in ["get_sources", "build_script", "after_script"] {
-        let out = h.run(stage, &runner_script(SHOW_ONCE));
+        let out = h.run(stage, &runner_script_in(shape, SHOW_ONCE));
         assert!(out.status.success(), "{stage}: {}", show(&out));
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert_eq!(profile_runs(&u), 1, "{stage} read the profile: {text}");
@@ -530,7 +537,7 @@ fn profile_once_runs_the_login_profile_in_the_first_stage_only() {
             .unwrap_or_else(|| panic!("{stage}: no SigIgn line: {text}"));
         assert_ne!(sigign & (1 << 9), 0, "{stage}: USR1 is not ignored: {text}");
     }
-    let out = h.run("build_script", &runner_script("exit 3\n"));
+    let out = h.run("build_script", &runner_script_in(shape, "exit 3\n"));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(h.build_exit_code().as_deref(), Some("3"), "{}", show(&out));
     assert_eq!(profile_runs(&u), 1);
@@ -539,20 +546,20 @@ fn profile_once_runs_the_login_profile_in_the_first_stage_only() {
 
 /// A kept state that cannot be read is said in the job log, and the stage reads the profile
 /// again (and keeps a new state for the next one).
-#[test]
-fn profile_once_reads_the_profile_again_when_the_kept_state_is_unusable() {
+fn profile_once_reads_the_profile_again_when_the_kept_state_is_unusable(shape: Shape) {
     if !require_root() {
         return;
     }
-    let u = once_user(ONCE_USER_2);
+    let user = format!("{ONCE_USER_2}_{shape}");
+    let u = once_user(&user);
     let server = JwksServer::start(&[&pki().keys[0]]);
-    let h = once_job(&server, ONCE_USER_2, true);
-    let out = h.run("prepare_script", &runner_script("echo one\n"));
+    let h = once_job(&server, &user, true);
+    let out = h.run("prepare_script", &runner_script_in(shape, "echo one\n"));
     assert!(out.status.success(), "{}", show(&out));
     let file = login_env_file(&h).expect("nothing kept");
     std::fs::write(&file, "{ not json").unwrap();
     nix::unistd::chown(&file, Some(u.uid), Some(u.gid)).unwrap();
-    let out = h.run("get_sources", &runner_script(SHOW_ONCE));
+    let out = h.run("get_sources", &runner_script_in(shape, SHOW_ONCE));
     assert!(out.status.success(), "{}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -561,7 +568,7 @@ fn profile_once_reads_the_profile_again_when_the_kept_state_is_unusable() {
         show(&out)
     );
     assert_eq!(profile_runs(&u), 2);
-    let out = h.run("build_script", &runner_script(SHOW_ONCE));
+    let out = h.run("build_script", &runner_script_in(shape, SHOW_ONCE));
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(profile_runs(&u), 2, "{}", show(&out));
     assert!(h.cleanup().status.success());

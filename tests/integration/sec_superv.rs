@@ -676,6 +676,9 @@ fn setuid_job_cannot_flood_jacamar_auth_through_the_status_pipe() {
         job_was_refused_the_descriptor(&out),
         "the kernel let the job take jacamar's status descriptor: {}",
         show(&out)
+    );
+}
+
 /// As root, `jacamar` is created inside the job's cgroup (`clone3(CLONE_INTO_CGROUP)`), not
 /// moved there by a write of `0` to `cgroup.procs` between fork and exec: that move waits
 /// for an RCU grace period in the kernel, 5-40 ms of every stage (BENCHMARKS.md). The job
@@ -706,6 +709,7 @@ fn setuid_jacamar_is_born_in_the_job_cgroup_not_moved_there() {
 /// Where `clone3` is refused (ENOSYS, as Docker's default seccomp profile answers it), the
 /// child of a setuid job still joins the job's cgroup before exec, by writing `cgroup.procs`.
 #[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn setuid_jacamar_joins_the_job_cgroup_where_clone3_is_refused() {
     let Some(trace) = traced_cgroup_job("jrs_superv_i", true) else {
         return;
@@ -748,10 +752,13 @@ fn traced_cgroup_job(user: &str, refuse_clone3: bool) -> Option<String> {
     let marks = user_dir(&h, &user);
     let script = h.script_file(
         "build_script",
-        &runner_script(&format!(
-            "cat /proc/self/cgroup > {}/cgroup\nexit 3\n",
-            marks.display()
-        )),
+        &runner_script_in(
+            Shape::Legacy,
+            &format!(
+                "cat /proc/self/cgroup > {}/cgroup\nexit 3\n",
+                marks.display()
+            ),
+        ),
     );
     let trace = h.tmp.path().join("strace.out");
     h.write_response();
