@@ -99,8 +99,9 @@ struct FdPlan {
     /// (moving itself) before anything else.
     cgroup_procs: Option<RawFd>,
     /// The highest descriptor open before the fork: the bound of the close loop when the
-    /// kernel has no `close_range` (before Linux 5.9).
-    highest_open: RawFd,
+    /// kernel has no `close_range` with `CLOSE_RANGE_CLOEXEC` (before Linux 5.11); `None`
+    /// where it has one (then its failure fails the spawn).
+    highest_open: Option<RawFd>,
 }
 
 /// The command that starts `jacamar` (`exe`) with `args`.
@@ -478,15 +479,37 @@ impl ChildSteps<'_> {
     }
 }
 
-/// The highest descriptor open now (read from /proc before a fork; 1023 if unreadable).
-fn highest_open_fd() -> RawFd {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-                .max()
-                .unwrap_or(2)
-        })
-        .unwrap_or(1023)
+/// The highest descriptor open now (read from /proc before a fork; 1023 if unreadable),
+/// needed only where `close_range(CLOSE_RANGE_CLOEXEC)` is missing: elsewhere `None`, and
+/// the scan of `/proc/self/fd` (0.08 ms of every stage here) is not made.
+fn highest_open_fd() -> Option<RawFd> {
+    if close_range_cloexec_works() {
+        return None;
+    }
+    Some(
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+                    .max()
+                    .unwrap_or(2)
+            })
+            .unwrap_or(1023),
+    )
+}
+
+/// Whether this kernel has `close_range` with `CLOSE_RANGE_CLOEXEC` (Linux 5.11): asked on
+/// a range no descriptor can be in.
+fn close_range_cloexec_works() -> bool {
+    // SAFETY: close_range on the range [u32::MAX, u32::MAX], which holds no open descriptor:
+    // nothing changes, only the answer (0, or ENOSYS/EINVAL) matters.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            libc::c_uint::MAX,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+    }
 }
 
 /// The child's descriptors, between fork and exec (raw syscalls only): join the cgroup,
@@ -527,7 +550,7 @@ fn arrange_fds(f: &FdPlan) -> std::io::Result<()> {
         };
         cloexec_from(
             first_closed,
-            f.highest_open.max(f.cgroup_procs.unwrap_or(0)),
+            f.highest_open.map(|h| h.max(f.cgroup_procs.unwrap_or(0))),
         )
     }
 }
@@ -535,8 +558,9 @@ fn arrange_fds(f: &FdPlan) -> std::io::Result<()> {
 /// Mark every descriptor from `first` on close-on-exec: `close_range(2)` with
 /// `CLOSE_RANGE_CLOEXEC` (Linux 5.11), or where the kernel lacks it (ENOSYS before 5.9,
 /// EINVAL for the flag before 5.11) `fcntl(F_SETFD)` on each up to `highest` (everything
-/// opened after that was close-on-exec already).
-fn cloexec_from(first: RawFd, highest: RawFd) -> std::io::Result<()> {
+/// opened after that was close-on-exec already). Without `highest` (the kernel was found to
+/// have it) a failure is the error: nothing may stay open by default.
+fn cloexec_from(first: RawFd, highest: Option<RawFd>) -> std::io::Result<()> {
     // SAFETY: close_range/fcntl on integer descriptors; async-signal-safe.
     unsafe {
         if libc::syscall(
@@ -549,6 +573,9 @@ fn cloexec_from(first: RawFd, highest: RawFd) -> std::io::Result<()> {
             return Ok(());
         }
         let err = std::io::Error::last_os_error();
+        let Some(highest) = highest else {
+            return Err(err);
+        };
         if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
             return Err(err);
         }
