@@ -11,7 +11,8 @@
 //! 7. [`supervisor`]: the command runs under one state machine (signals, timeouts, sweeping).
 //! 8. [`stages::privileged`]: the outcome is mapped to the runner's exit codes ([`job::RunnerEnv`]).
 
-// Every `unsafe` block says why it is sound (CI denies warnings).
+// Every `unsafe` block says why it is sound (CI denies warnings); all of them are in `sys`,
+// every other module forbids unsafe code.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 /// What `--version` prints after the program's name: the version, then a `Version: <x>` line
@@ -23,17 +24,31 @@ pub const VERSION_TEXT: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
+#[forbid(unsafe_code)]
 pub mod auth;
+#[forbid(unsafe_code)]
 pub mod batch;
+#[forbid(unsafe_code)]
 pub mod clock;
+#[forbid(unsafe_code)]
 pub mod config;
+#[forbid(unsafe_code)]
 pub mod fs;
+#[forbid(unsafe_code)]
 pub mod hex;
+#[forbid(unsafe_code)]
 pub mod job;
+#[forbid(unsafe_code)]
 pub mod protocol;
+#[forbid(unsafe_code)]
 pub mod shell;
+#[forbid(unsafe_code)]
 pub mod stages;
+#[forbid(unsafe_code)]
 pub mod supervisor;
+pub mod sys;
+#[forbid(unsafe_code)]
 #[cfg(test)]
 pub(crate) mod test_support;
+#[forbid(unsafe_code)]
 pub mod text;

@@ -16,7 +16,6 @@
 //! says so. `enforce_nologin` applies to it too.
 
 pub mod audit;
-pub mod caps;
 pub mod downscope;
 pub mod env;
 pub mod jwks;

@@ -207,16 +207,8 @@ fn command(
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: fcntl is async-signal-safe; it only clears FD_CLOEXEC on the script's fd so
-    // the kernel (and the script's interpreter) can open it as /proc/self/fd/N.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // The kernel (and the script's interpreter) opens the script as /proc/self/fd/N.
+    crate::sys::fd::keep_open_across_exec(cmd.as_std_mut(), fd);
     cmd
 }
 

@@ -3,7 +3,8 @@
 //! Not meant to be started by hand: `jacamar-auth` starts it with the two pipes of the
 //! handoff protocol (see the library's `protocol` module).
 
-#![warn(clippy::undocumented_unsafe_blocks)]
+// No unsafe code: the raw system calls are in the library's `sys` module.
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 use jacamar::stages::cli::StageCommand;

@@ -256,11 +256,7 @@ async fn run_shell(
         .stderr(std::process::Stdio::piped())
         .process_group(0);
     if let Some(state) = launch.state.clone() {
-        // SAFETY: `apply` makes raw syscalls only (umask, setrlimit, sigaction) on data
-        // built before the fork and moved into the closure; nothing allocates.
-        unsafe {
-            command.pre_exec(move || state.apply());
-        }
+        state.apply_before_exec(command.as_std_mut());
     }
     let mut child = command.spawn().map_err(|source| StageError::Spawn {
         what: cmd.program.display().to_string(),
