@@ -25,7 +25,9 @@ pub const VERSION_TEXT: &str = concat!(
 );
 
 #[forbid(unsafe_code)]
-pub mod auth;
+pub mod audit;
+#[forbid(unsafe_code)]
+pub mod authz;
 #[forbid(unsafe_code)]
 pub mod batch;
 #[forbid(unsafe_code)]
@@ -38,6 +40,10 @@ pub mod fs;
 pub mod hex;
 #[forbid(unsafe_code)]
 pub mod job;
+#[forbid(unsafe_code)]
+pub mod jobenv;
+#[forbid(unsafe_code)]
+pub mod privdrop;
 #[forbid(unsafe_code)]
 pub mod protocol;
 #[forbid(unsafe_code)]

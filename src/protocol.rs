@@ -152,7 +152,7 @@ pub struct Handoff {
 }
 
 /// The kind of a failure of the driver, each with the sentence the job log gets for it
-/// (`auth::obfuscate::public_message`). Travels on the status pipe with a `system_failure`,
+/// (`audit::obfuscate::public_message`). Travels on the status pipe with a `system_failure`,
 /// so the job log names what failed in `jacamar` (a scheduler, not the directories).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -16,8 +16,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use jacamar::auth::jwks::{parse_jwks, Key};
-use jacamar::auth::jwt::{header_kid, validate, Expect};
+use jacamar::authz::jwks::{parse_jwks, Key};
+use jacamar::authz::jwt::{header_kid, validate, Expect};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use libfuzzer_sys::fuzz_target;
 

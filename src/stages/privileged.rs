@@ -14,12 +14,13 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
-use crate::auth::audit::{self, Event, Level, Sink};
-use crate::auth::downscope::{CloneError, Pipes, Plan};
-use crate::auth::{self, obfuscate, Target};
+use crate::audit::{self, obfuscate, Event, Level, Sink};
+use crate::authz::{self, Target};
 use crate::config::{Config, Downscope};
 use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
+use crate::jobenv;
+use crate::privdrop::downscope::{self, CloneError, Pipes, Plan};
 use crate::protocol::{self, Action, ControlWriter, Handoff, Status, Verdict};
 use crate::supervisor::cgroup::JobCgroup;
 use crate::supervisor::{
@@ -92,10 +93,10 @@ trait Authorizer {
         config: &'a Config,
         stage: &'a str,
         env: &'a BTreeMap<String, String>,
-    ) -> impl std::future::Future<Output = Result<Target, auth::AuthError>> + 'a;
+    ) -> impl std::future::Future<Output = Result<Target, authz::AuthError>> + 'a;
 }
 
-/// `jacamar-auth`: the id_token and the configured policy ([`auth::authorize`]).
+/// `jacamar-auth`: the id_token and the configured policy ([`authz::authorize`]).
 struct Verify;
 
 impl Authorizer for Verify {
@@ -103,12 +104,12 @@ impl Authorizer for Verify {
         config: &'a Config,
         stage: &'a str,
         env: &'a BTreeMap<String, String>,
-    ) -> impl std::future::Future<Output = Result<Target, auth::AuthError>> + 'a {
-        auth::authorize(config, stage, env)
+    ) -> impl std::future::Future<Output = Result<Target, authz::AuthError>> + 'a {
+        authz::authorize(config, stage, env)
     }
 }
 
-/// `jacamar --no-auth`: this process's own account ([`auth::unauthorized`]).
+/// `jacamar --no-auth`: this process's own account ([`authz::unauthorized`]).
 struct NoAuth;
 
 impl Authorizer for NoAuth {
@@ -116,8 +117,8 @@ impl Authorizer for NoAuth {
         config: &'a Config,
         _stage: &'a str,
         env: &'a BTreeMap<String, String>,
-    ) -> impl std::future::Future<Output = Result<Target, auth::AuthError>> + 'a {
-        std::future::ready(auth::unauthorized(config, env))
+    ) -> impl std::future::Future<Output = Result<Target, authz::AuthError>> + 'a {
+        std::future::ready(authz::unauthorized(config, env))
     }
 }
 
@@ -253,16 +254,16 @@ async fn stage<A: Authorizer>(opts: &Options) -> Result<Done, (StageError, Optio
             Call::Config => config_stage(opts, &config, &job, &target, signals).await,
             Call::Prepare => {
                 if opts.no_auth {
-                    eprintln!("{}", auth::NO_AUTH_WARNING);
+                    eprintln!("{}", authz::NO_AUTH_WARNING);
                 } else if target.identity.is_none() {
-                    eprintln!("{}", auth::UNVERIFIED_WARNING);
+                    eprintln!("{}", authz::UNVERIFIED_WARNING);
                 }
                 if let Some(msg) = &config.general.job_message {
                     println!("{}", msg.trim_end());
                 }
                 hand_over(&config, &job, &target, Action::Prepare, signals).await
             }
-            Call::Run { stage, .. } if !auth::stage_allowed(&config, stage) => {
+            Call::Run { stage, .. } if !authz::stage_allowed(&config, stage) => {
                 eprintln!(
                     "WARNING: stage {} is not in the runner's run_stage_allowlist; skipped",
                     sanitize(stage)
@@ -492,7 +493,7 @@ async fn hand_over(
     // Before anything is started: a deadline that cannot be computed fails the stage.
     let backstop = deadline(job)?;
     create_base_dir_as_root(config, job, target)?;
-    let plan = auth::downscope::plan(config, target)?;
+    let plan = downscope::plan(config, target)?;
     // Whatever the job leaves behind comes back to us, even if it kills jacamar itself.
     if !group::become_subreaper() {
         tracing::warn!(
@@ -593,7 +594,7 @@ fn handoff_of(
     deadline_unix_ms: Option<u64>,
 ) -> Handoff {
     let ours: Vec<(String, String)> = std::env::vars().collect();
-    let mut env = auth::env::job_env(
+    let mut env = jobenv::job_env(
         &target.account,
         ours.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
@@ -603,8 +604,8 @@ fn handoff_of(
         let ours: BTreeMap<String, String> = ours.into_iter().collect();
         let response = crate::job::JobResponse::from_env_map(&ours).ok();
         let origins =
-            auth::env::askpass_origins(config.general.gitlab_server.as_deref(), response.as_ref());
-        env.extend(auth::env::askpass_env(exe, &origins));
+            jobenv::askpass_origins(config.general.gitlab_server.as_deref(), response.as_ref());
+        env.extend(jobenv::askpass_env(exe, &origins));
         if matches!(action, Action::Run { .. }) {
             job_token = self::job_token(response.as_ref(), &ours);
         }
@@ -625,7 +626,7 @@ fn handoff_of(
 /// diagnostics settings. For `config`, its stdout goes to our stderr: our stdout is the
 /// runner's JSON. With a cgroup it is created inside it (`clone3`), unless the kernel
 /// refuses that: then it moves itself there before exec (slower, see
-/// `auth::downscope::spawn_into_cgroup`).
+/// `downscope::spawn_into_cgroup`).
 fn spawn_jacamar(
     plan: &Plan,
     target: &Target,
@@ -640,21 +641,16 @@ fn spawn_jacamar(
         Action::Run { stage, .. } => vec!["run".into(), stage.clone()],
         Action::Cleanup => vec!["cleanup".into()],
     };
-    let env: Vec<(String, String)> = std::iter::once(("PATH", auth::env::DEFAULT_PATH.into()))
+    let env: Vec<(String, String)> = std::iter::once(("PATH", jobenv::DEFAULT_PATH.into()))
         .chain(super::diag::passed_env())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     let stdout_to_stderr = matches!(action, Action::Config);
     let failed = |e: &std::io::Error| {
-        StageError::Internal(auth::downscope::spawn_error(
-            plan,
-            &target.account.name,
-            exe,
-            e,
-        ))
+        StageError::Internal(downscope::spawn_error(plan, &target.account.name, exe, e))
     };
     if let Some(cg) = cgroup {
-        let launch = auth::downscope::Launch {
+        let launch = downscope::Launch {
             user: &target.account.name,
             exe,
             pipes: Some(pipes),
@@ -662,7 +658,7 @@ fn spawn_jacamar(
             env: &env,
             stdout_to_stderr,
         };
-        match auth::downscope::spawn_into_cgroup(plan, &launch, cg.dir_fd()) {
+        match downscope::spawn_into_cgroup(plan, &launch, cg.dir_fd()) {
             Ok(s) => {
                 return PidfdChild::new(s.pid, s.pidfd)
                     .map(AnyChild::Pidfd)
@@ -674,7 +670,7 @@ fn spawn_jacamar(
             ),
         }
     }
-    let mut cmd = auth::downscope::command(
+    let mut cmd = downscope::command(
         plan,
         &target.account.name,
         exe,
@@ -790,15 +786,15 @@ fn kill_leftovers(plan: &Plan, user: &str, exe: &Path, pids: &[i32]) -> Result<(
     helper.seccomp = None;
     let mut args = vec!["signal".to_string(), "KILL".to_string()];
     args.extend(denied.iter().map(i32::to_string));
-    let mut cmd = auth::downscope::command(&helper, user, exe, None, None, &args).into_std();
+    let mut cmd = downscope::command(&helper, user, exe, None, None, &args).into_std();
     cmd.env_clear()
-        .env("PATH", auth::env::DEFAULT_PATH)
+        .env("PATH", jobenv::DEFAULT_PATH)
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| KillError::Spawn {
-        why: auth::downscope::spawn_error(&helper, user, exe, &e),
+        why: downscope::spawn_error(&helper, user, exe, &e),
         denied: denied.clone(),
     })?;
     // The helper runs as the job's user: read its stderr with a bound.

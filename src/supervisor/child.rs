@@ -2,7 +2,7 @@
 //! through its pidfd.
 //!
 //! `jacamar-auth` (as root) starts `jacamar` with `clone3(CLONE_INTO_CGROUP)` so that it is
-//! born in the job's cgroup (see `auth::downscope::spawn_into_cgroup` and `sys::clone`); tokio cannot start a
+//! born in the job's cgroup (see `privdrop::downscope::spawn_into_cgroup` and `sys::clone`); tokio cannot start a
 //! process that way, so that child is a [`PidfdChild`]. [`crate::supervisor::supervise`]
 //! takes either through [`Waitable`].
 

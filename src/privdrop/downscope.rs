@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Uid};
 
-use super::{seccomp, AuthError, Target};
+use super::seccomp;
+use crate::authz::{AuthError, Target};
 use crate::config::{Config, Downscope};
 use crate::sys::clone::{self, ChildPlan, Exec, Identity};
 use crate::sys::cred::Credentials;

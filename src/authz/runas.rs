@@ -188,7 +188,7 @@ fn command(
         .arg(requested)
         .env_clear()
         .envs(runas.validation_env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", super::env::DEFAULT_PATH)
+        .env("PATH", crate::jobenv::DEFAULT_PATH)
         .env("RUNAS_CURRENT_USER", &id.login)
         .env("RUNAS_TARGET_USER", requested)
         .env("RUNAS_USER_ID", &id.user_id)

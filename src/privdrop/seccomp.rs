@@ -22,7 +22,7 @@ use std::io::{Read, Seek};
 use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
-use super::AuthError;
+use crate::authz::AuthError;
 use crate::config::Seccomp;
 use crate::sys::seccomp::BadLength;
 
