@@ -4,7 +4,8 @@
 //!
 //! 1. [`job`]: the runner's environment is read into a [`job::JobContext`].
 //! 2. [`config`]: the TOML file is parsed into a validated [`config::Config`].
-//! 3. [`auth`]: the privileged side decides who runs the job ([`auth::Target`]).
+//! 3. [`authz`]: the privileged side decides who runs the job ([`authz::Target`]); [`privdrop`]
+//!    starts `jacamar` as that account (raw system calls in [`sys`]).
 //! 4. [`protocol`]: the privileged side hands the stage to `jacamar` over a pipe.
 //! 5. [`fs`]: `jacamar`, as the user, creates the job's directories and script file.
 //! 6. [`shell`] / [`batch`]: the script is turned into a command.
