@@ -312,54 +312,47 @@ mod tests {
         }
     }
 
-    fn runas_with(dir: &std::path::Path, body: &str) -> RunAs {
-        let path = dir.join("validate.sh");
+    /// What [`validate`] answers for a validation script of `body` (bash), and how long
+    /// the answer took.
+    async fn answer_of(body: &str) -> (Result<String, AuthError>, std::time::Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("validate.sh");
         std::fs::write(&path, format!("#!/bin/bash\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
-        RunAs {
+        let r = RunAs {
             validation_script: path,
             user_variable: None,
             sha256: None,
             validation_env: Vec::new(),
-        }
+        };
+        let t0 = std::time::Instant::now();
+        let got = validate(&r, &identity(), &BTreeMap::new()).await;
+        (got, t0.elapsed())
     }
 
     #[tokio::test]
     async fn a_chatty_script_is_drained_and_its_answer_taken_at_once() {
-        let dir = tempfile::tempdir().unwrap();
         // 1 MiB on stderr, far more than a pipe holds, then the answer.
-        let r = runas_with(
-            dir.path(),
-            r#"head -c 1048576 /dev/zero | tr '\0' x >&2; echo '{"username": "svc_a"}'"#,
-        );
-        let t0 = std::time::Instant::now();
-        let got = validate(&r, &identity(), &BTreeMap::new()).await;
+        let (got, took) =
+            answer_of(r#"head -c 1048576 /dev/zero | tr '\0' x >&2; echo '{"username": "svc_a"}'"#)
+                .await;
         assert_eq!(got.unwrap(), "svc_a");
-        assert!(t0.elapsed() < TIMEOUT / 2, "took {:?}", t0.elapsed());
+        assert!(took < TIMEOUT / 2, "took {took:?}");
     }
 
     #[tokio::test]
     async fn too_much_stdout_is_refused_by_name_not_by_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = runas_with(
-            dir.path(),
-            r#"head -c 1048576 /dev/zero | tr '\0' ' '; echo '{"username": "svc_a"}'"#,
-        );
-        let e = validate(&r, &identity(), &BTreeMap::new())
-            .await
-            .unwrap_err()
-            .to_string();
+        let (got, _) =
+            answer_of(r#"head -c 1048576 /dev/zero | tr '\0' ' '; echo '{"username": "svc_a"}'"#)
+                .await;
+        let e = got.unwrap_err().to_string();
         assert!(e.contains("more than 65536 bytes on stdout"), "{e}");
     }
 
     #[tokio::test]
     async fn a_refusal_carries_the_start_of_stderr() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = runas_with(dir.path(), "echo \"no such project for $1\" >&2; exit 3");
-        let e = validate(&r, &identity(), &BTreeMap::new())
-            .await
-            .unwrap_err()
-            .to_string();
+        let (got, _) = answer_of("echo \"no such project for $1\" >&2; exit 3").await;
+        let e = got.unwrap_err().to_string();
         assert!(
             e.contains("refused jrs_silent_a") && e.contains("no such project for jrs_silent_a"),
             "{e}"

@@ -139,18 +139,8 @@ pub fn spawn_into_cgroup(
     cgroup_dir: BorrowedFd<'_>,
 ) -> Result<Started, CloneError> {
     let failed = CloneError::Failed;
-    let argv: Vec<*const libc::c_char> = exec
-        .argv
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = exec
-        .envp
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = null_terminated(exec.argv);
+    let envp = null_terminated(exec.envp);
     let (err_r, err_w) = fd::error_pipe().map_err(failed)?;
     let child = ChildSteps {
         plan,
@@ -200,6 +190,15 @@ pub fn spawn_into_cgroup(
             Err(CloneError::Failed(e))
         }
     }
+}
+
+/// `execve`'s form of `strings`: their pointers, then a null one.
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 /// What the child of [`spawn_into_cgroup`] does, all prepared by the parent.

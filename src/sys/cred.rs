@@ -45,30 +45,28 @@ pub fn become_account(c: &Credentials) -> std::io::Result<()> {
     }
     caps::clear_all()?;
     // Verify: every uid and gid is the target's and no capability is left.
-    let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
-    // SAFETY: getresuid writes three u32 locals of this frame.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_getresuid,
-            &mut r as *mut u32,
-            &mut e as *mut u32,
-            &mut s as *mut u32,
-        )
-    })?;
-    if (r, e, s) != (uid, uid, uid) {
+    if getres(libc::SYS_getresuid)? != (uid, uid, uid) {
         return Err(std::io::Error::from_raw_os_error(libc::EPERM));
     }
-    // SAFETY: getresgid writes three u32 locals of this frame.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_getresgid,
-            &mut r as *mut u32,
-            &mut e as *mut u32,
-            &mut s as *mut u32,
-        )
-    })?;
-    if (r, e, s) != (gid, gid, gid) || !caps::all_empty()? {
+    if getres(libc::SYS_getresgid)? != (gid, gid, gid) || !caps::all_empty()? {
         return Err(std::io::Error::from_raw_os_error(libc::EPERM));
     }
     Ok(())
+}
+
+/// The real, effective and saved ids of `getresuid` or `getresgid` (`nr`, either syscall's
+/// number). Async-signal-safe.
+fn getres(nr: libc::c_long) -> std::io::Result<(u32, u32, u32)> {
+    let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
+    // SAFETY: getresuid/getresgid (the only callers' `nr`) write three u32 locals of this
+    // frame (uid_t and gid_t are u32).
+    check(unsafe {
+        libc::syscall(
+            nr,
+            &mut r as *mut u32,
+            &mut e as *mut u32,
+            &mut s as *mut u32,
+        )
+    })?;
+    Ok((r, e, s))
 }
