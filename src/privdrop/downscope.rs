@@ -16,6 +16,10 @@
 //! [`spawn_into_cgroup`], or joining it first thing in [`command`]'s hook), moves the two
 //! pipes to descriptors 3 and 4 and closes every other descriptor from 3 on (see
 //! [`command`] for the one hookless exception).
+//!
+//! This file is the policy (which mode, which arguments, what the child must do); the
+//! child's raw system calls are in `crate::sys` (`clone`, `cred`, `caps`, `fd`, `signal`,
+//! `limits`, `seccomp`).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
