@@ -77,6 +77,7 @@ impl ProcessState {
         &self.limits
     }
 
+    /// True when nothing is to be set (the child then needs no hook).
     pub fn is_empty(&self) -> bool {
         self.umask.is_none() && self.limits.is_empty() && self.ignore.is_empty()
     }

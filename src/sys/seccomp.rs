@@ -34,6 +34,7 @@ impl Program {
         self.filter.len()
     }
 
+    /// True for no instruction (never for a program made by [`Program::new`]).
     pub fn is_empty(&self) -> bool {
         self.filter.is_empty()
     }
