@@ -20,40 +20,20 @@ use crate::auth::{self, obfuscate, Target};
 use crate::config::{Config, Downscope};
 use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
-use crate::protocol::{self, Action, ControlWriter, Handoff, Status, Verdict};
+use crate::protocol::{self, ControlWriter, Handoff, Stage, Status, Verdict};
 use crate::supervisor::cgroup::JobCgroup;
 use crate::supervisor::{
-    self, group, AnyChild, OsSignals, Outcome, PidfdChild, Policy, Request, Terminator,
+    self, group, AnyChild, ChildEnd, OsSignals, PidfdChild, Policy, Request, Terminator,
 };
 use crate::text::sanitize;
-
-/// One call of `jacamar-auth` by the runner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Call {
-    Config,
-    Prepare,
-    Run { script: PathBuf, stage: String },
-    Cleanup,
-}
-
-impl Call {
-    /// The runner's name of the stage, as logs know it.
-    pub fn stage_name(&self) -> &str {
-        match self {
-            Call::Config => "config_exec",
-            Call::Prepare => "prepare_exec",
-            Call::Run { stage, .. } => stage,
-            Call::Cleanup => "cleanup_exec",
-        }
-    }
-}
 
 /// Options of `jacamar-auth`.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub unobfuscated: bool,
     pub configuration: Option<PathBuf>,
-    pub call: Call,
+    /// The stage the runner called (a `run` stage with its script's path).
+    pub stage: Stage<PathBuf>,
     /// `jacamar --no-auth`: no authorization, the job runs as our own account (see
     /// [`no_auth_problems`]).
     pub no_auth: bool,
@@ -61,7 +41,7 @@ pub struct Options {
 
 /// What a stage amounted to, before it is mapped to an exit code.
 #[derive(Debug)]
-enum Done {
+enum StageEnd {
     Success,
     BuildFailure {
         exit_code: i32,
@@ -135,8 +115,8 @@ fn main_with<A: Authorizer>(opts: Options) -> i32 {
     };
     let result = rt.block_on(stage::<A>(&opts));
     match result {
-        Ok(Done::Success | Done::Configured(_)) => 0,
-        Ok(Done::BuildFailure { exit_code, note }) => {
+        Ok(StageEnd::Success | StageEnd::Configured(_)) => 0,
+        Ok(StageEnd::BuildFailure { exit_code, note }) => {
             if let Some(note) = note {
                 eprintln!("ERROR: {}", sanitize(&note));
             }
@@ -184,7 +164,7 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
             msg: &full,
             job: job.as_ref().map(|j| j.job_id),
             runner: job.as_ref().map(|j| j.runner_short_token.as_str()),
-            stage: opts.call.stage_name(),
+            stage: opts.stage.name(),
             error_id: Some(&id),
             account: None,
             login: None,
@@ -195,7 +175,7 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
         tracing::error!("{e}");
     }
     let user_facing = matches!(err, StageError::Auth(a) if a.user_facing());
-    if opts.unobfuscated || opts.call == Call::Cleanup || user_facing {
+    if opts.unobfuscated || opts.stage == Stage::Cleanup || user_facing {
         eprintln!("Error encountered during job: {full}");
     } else {
         eprintln!(
@@ -209,9 +189,9 @@ fn report(opts: &Options, err: &StageError, config: Option<&Config>) {
 /// `job_env` (set by `config`), falling back to `--configuration` (cleanup has it).
 fn load_config(opts: &Options) -> Result<Config, StageError> {
     let from_env = std::env::var(CONFIG_ENV).ok().filter(|s| !s.is_empty());
-    match (&opts.call, from_env, &opts.configuration) {
-        (Call::Config, _, Some(path)) | (_, None, Some(path)) => Ok(Config::from_file(path)?),
-        (Call::Config, _, None) => Err(StageError::NoConfig(
+    match (&opts.stage, from_env, &opts.configuration) {
+        (Stage::Config, _, Some(path)) | (_, None, Some(path)) => Ok(Config::from_file(path)?),
+        (Stage::Config, _, None) => Err(StageError::NoConfig(
             "config requires --configuration FILE".into(),
         )),
         (_, Some(text), _) => {
@@ -226,7 +206,7 @@ fn load_config(opts: &Options) -> Result<Config, StageError> {
     }
 }
 
-async fn stage<A: Authorizer>(opts: &Options) -> Result<Done, (StageError, Option<Config>)> {
+async fn stage<A: Authorizer>(opts: &Options) -> Result<StageEnd, (StageError, Option<Config>)> {
     // Install the signal handlers before anything is spawned.
     let signals = OsSignals::install().map_err(|e| {
         (
@@ -247,11 +227,11 @@ async fn stage<A: Authorizer>(opts: &Options) -> Result<Done, (StageError, Optio
         let mut job = JobContext::from_env()?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
         crate::batch::args::capture(&config, &mut job, &env);
-        let target = A::target(&config, opts.call.stage_name(), &env).await?;
-        authorized(&config, &job, opts.call.stage_name(), &target)?;
-        match &opts.call {
-            Call::Config => config_stage(opts, &config, &job, &target, signals).await,
-            Call::Prepare => {
+        let target = A::target(&config, opts.stage.name(), &env).await?;
+        authorized(&config, &job, opts.stage.name(), &target)?;
+        match &opts.stage {
+            Stage::Config => config_stage(opts, &config, &job, &target, signals).await,
+            Stage::Prepare => {
                 if opts.no_auth {
                     eprintln!("{}", auth::NO_AUTH_WARNING);
                 } else if target.identity.is_none() {
@@ -260,37 +240,38 @@ async fn stage<A: Authorizer>(opts: &Options) -> Result<Done, (StageError, Optio
                 if let Some(msg) = &config.general.job_message {
                     println!("{}", msg.trim_end());
                 }
-                hand_over(&config, &job, &target, Action::Prepare, signals).await
+                hand_over(&config, &job, &target, Stage::Prepare, signals).await
             }
-            Call::Run { stage, .. } if !auth::stage_allowed(&config, stage) => {
+            Stage::Run { name, .. } if !auth::stage_allowed(&config, name) => {
                 eprintln!(
                     "WARNING: stage {} is not in the runner's run_stage_allowlist; skipped",
-                    sanitize(stage)
+                    sanitize(name)
                 );
-                Ok(Done::Success)
+                Ok(StageEnd::Success)
             }
-            Call::Run { script, stage } => {
-                let text = std::fs::read(script).map_err(|source| StageError::Script {
-                    path: script.clone(),
-                    source,
-                })?;
-                let script = String::from_utf8(text).map_err(|_| StageError::Script {
-                    path: script.clone(),
-                    source: std::io::Error::other("the script is not valid UTF-8"),
-                })?;
-                let action = Action::Run {
-                    stage: stage.clone(),
-                    script,
-                };
-                hand_over(&config, &job, &target, action, signals).await
+            Stage::Run { .. } => {
+                let stage = opts.stage.clone().try_map_script(read_script)?;
+                hand_over(&config, &job, &target, stage, signals).await
             }
-            Call::Cleanup => hand_over(&config, &job, &target, Action::Cleanup, signals).await,
+            Stage::Cleanup => hand_over(&config, &job, &target, Stage::Cleanup, signals).await,
         }
     };
     match run.await {
         Ok(done) => Ok(done),
         Err(e) => Err((e, Some(config))),
     }
+}
+
+/// The runner's script for a `run` stage, read as the account the runner uses.
+fn read_script(path: PathBuf) -> Result<String, StageError> {
+    let text = std::fs::read(&path).map_err(|source| StageError::Script {
+        path: path.clone(),
+        source,
+    })?;
+    String::from_utf8(text).map_err(|_| StageError::Script {
+        path,
+        source: std::io::Error::other("the script is not valid UTF-8"),
+    })
 }
 
 /// The job token to keep off command lines: the one in the clone URL of the runner's job
@@ -361,13 +342,13 @@ async fn config_stage(
     job: &JobContext,
     target: &Target,
     signals: OsSignals,
-) -> Result<Done, StageError> {
+) -> Result<StageEnd, StageError> {
     let paths = job_paths(config, job, &target.account)?;
     let builds = match builds_of(config, job, &paths)? {
         Some(b) => b,
         // A claim or a user-owned root: decided by jacamar, as the user.
-        None => match hand_over(config, job, target, Action::Config, signals).await? {
-            Done::Configured(b) => b,
+        None => match hand_over(config, job, target, Stage::Config, signals).await? {
+            StageEnd::Configured(b) => b,
             other => return Ok(other),
         },
     };
@@ -388,7 +369,7 @@ async fn config_stage(
         "job_env": job_env,
     });
     println!("{out}");
-    Ok(Done::Success)
+    Ok(StageEnd::Success)
 }
 
 /// The builds dir when config can decide it alone (`None`: jacamar must, see `fs::builds`).
@@ -476,7 +457,7 @@ impl Terminator for ControlTerminator {
     }
 }
 
-/// Start `jacamar` for `action`, hand it the stage, supervise it, and read its status.
+/// Start `jacamar` for `stage`, hand it the stage, supervise it, and read its status.
 ///
 /// The handoff is written by a task of its own ([`ControlWriter`]) while the supervisor
 /// runs: a `jacamar` that never reads it still gets our signals forwarded and, after
@@ -485,9 +466,9 @@ async fn hand_over(
     config: &Config,
     job: &JobContext,
     target: &Target,
-    action: Action,
+    stage: Stage,
     signals: OsSignals,
-) -> Result<Done, StageError> {
+) -> Result<StageEnd, StageError> {
     let exe = jacamar_binary(config)?;
     // Before anything is started: a deadline that cannot be computed fails the stage.
     let backstop = deadline(job)?;
@@ -500,7 +481,7 @@ async fn hand_over(
              jacamar may survive it"
         );
     }
-    let handoff = handoff_of(config, job, target, action, &exe, backstop.map(|b| b.1));
+    let handoff = handoff_of(config, job, target, stage, &exe, backstop.map(|b| b.1));
     let (ctl_r, ctl_w) = protocol::pipe_cloexec()?;
     let (st_r, st_w) = protocol::pipe_cloexec()?;
     protocol::set_inheritable(&ctl_r, true)?;
@@ -512,7 +493,7 @@ async fn hand_over(
         control: protocol::raw(&ctl_r),
         status: protocol::raw(&st_w),
     };
-    let spawned = spawn_jacamar(&plan, target, &exe, &handoff.action, pipes, cgroup.as_ref());
+    let spawned = spawn_jacamar(&plan, target, &exe, &handoff.stage, pipes, cgroup.as_ref());
     drop((ctl_r, st_w));
     let mut child = match spawned {
         Ok(c) => c,
@@ -551,9 +532,9 @@ async fn hand_over(
 /// The stage's result from what was read on the status pipe and how `jacamar` ended.
 fn result_of(
     status: &protocol::Bounded,
-    outcome: &Outcome,
+    outcome: &ChildEnd,
     delivery: protocol::Delivery,
-) -> Result<Done, StageError> {
+) -> Result<StageEnd, StageError> {
     match protocol::verdict(status, outcome.exit) {
         Verdict::Reported(status, category) => done_of(status, category),
         Verdict::Silent => no_status(outcome, delivery),
@@ -580,7 +561,7 @@ fn create_base_dir_as_root(
     Ok(())
 }
 
-/// Everything `jacamar` gets for `action`: the configuration, the job, the account, the
+/// Everything `jacamar` gets for `stage`: the configuration, the job, the account, the
 /// job's environment (allowlisted, plus git's askpass for the job's GitLab server unless
 /// `unrestricted_cmd_line`), the backstop, and for a `run` stage (unless
 /// `unrestricted_cmd_line`) the job token its prelude keeps off command lines.
@@ -588,7 +569,7 @@ fn handoff_of(
     config: &Config,
     job: &JobContext,
     target: &Target,
-    action: Action,
+    stage: Stage,
     exe: &Path,
     deadline_unix_ms: Option<u64>,
 ) -> Handoff {
@@ -605,12 +586,12 @@ fn handoff_of(
         let origins =
             auth::env::askpass_origins(config.general.gitlab_server.as_deref(), response.as_ref());
         env.extend(auth::env::askpass_env(exe, &origins));
-        if matches!(action, Action::Run { .. }) {
+        if matches!(stage, Stage::Run { .. }) {
             job_token = self::job_token(response.as_ref(), &ours);
         }
     }
     Handoff {
-        action,
+        stage,
         config_toml: config.source.clone(),
         job: job.clone(),
         account: target.account.clone(),
@@ -630,21 +611,19 @@ fn spawn_jacamar(
     plan: &Plan,
     target: &Target,
     exe: &Path,
-    action: &Action,
+    stage: &Stage,
     pipes: Pipes,
     cgroup: Option<&JobCgroup>,
 ) -> Result<AnyChild, StageError> {
-    let args: Vec<String> = match action {
-        Action::Config => vec!["config".into()],
-        Action::Prepare => vec!["prepare".into()],
-        Action::Run { stage, .. } => vec!["run".into(), stage.clone()],
-        Action::Cleanup => vec!["cleanup".into()],
-    };
+    let mut args = vec![stage.hook().to_string()];
+    if let Stage::Run { name, .. } = stage {
+        args.push(name.clone());
+    }
     let env: Vec<(String, String)> = std::iter::once(("PATH", auth::env::DEFAULT_PATH.into()))
         .chain(super::diag::passed_env())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    let stdout_to_stderr = matches!(action, Action::Config);
+    let stdout_to_stderr = matches!(stage, Stage::Config);
     let failed = |e: &std::io::Error| {
         StageError::Internal(auth::downscope::spawn_error(
             plan,
@@ -865,9 +844,9 @@ fn helper_stderr(pipe: std::process::ChildStderr) -> String {
 
 /// What `jacamar` reported, for the runner. A system failure keeps the category `jacamar`
 /// named (an older `jacamar` names none: internal).
-fn done_of(status: Status, category: Option<obfuscate::Category>) -> Result<Done, StageError> {
+fn done_of(status: Status, category: Option<obfuscate::Category>) -> Result<StageEnd, StageError> {
     Ok(match status {
-        Status::Success => Done::Success,
+        Status::Success => StageEnd::Success,
         Status::BuildFailure {
             exit_code,
             signal,
@@ -884,7 +863,7 @@ fn done_of(status: Status, category: Option<obfuscate::Category>) -> Result<Done
                 )),
                 (None, None) => None,
             };
-            Done::BuildFailure { exit_code, note }
+            StageEnd::BuildFailure { exit_code, note }
         }
         Status::SystemFailure { message } => {
             // jacamar runs as the job's user: its words are the job's to choose.
@@ -896,7 +875,7 @@ fn done_of(status: Status, category: Option<obfuscate::Category>) -> Result<Done
         Status::Configured {
             builds_dir,
             builds_dir_is_shared,
-        } => Done::Configured(BuildsInfo {
+        } => StageEnd::Configured(BuildsInfo {
             builds_dir,
             builds_dir_is_shared,
         }),
@@ -906,7 +885,7 @@ fn done_of(status: Status, category: Option<obfuscate::Category>) -> Result<Done
 /// `jacamar` ended without telling us how the stage went: a build failure when we stopped
 /// it, else an internal failure (never one of the directories: we do not know what failed).
 /// Both say whether it had read the stage at all.
-fn no_status(outcome: &Outcome, delivery: protocol::Delivery) -> Result<Done, StageError> {
+fn no_status(outcome: &ChildEnd, delivery: protocol::Delivery) -> Result<StageEnd, StageError> {
     let how = match outcome.exit {
         supervisor::Exit::Code(c) => format!("exited with code {c}"),
         supervisor::Exit::Signal(s) => format!("was killed by {}", signal_name(s)),
@@ -917,7 +896,7 @@ fn no_status(outcome: &Outcome, delivery: protocol::Delivery) -> Result<Done, St
         protocol::Delivery::Failed(e) => format!("before it had read the stage handed to it ({e})"),
     };
     match outcome.stopped {
-        Some(why) => Ok(Done::BuildFailure {
+        Some(why) => Ok(StageEnd::BuildFailure {
             exit_code: outcome.exit.as_code(),
             note: Some(format!("job stopped ({why}): jacamar {how} {when}")),
         }),
@@ -932,9 +911,9 @@ fn no_status(outcome: &Outcome, delivery: protocol::Delivery) -> Result<Done, St
 /// [`protocol::verdict`]): a system failure, as the job may have written it. While we were
 /// stopping the job and `jacamar` was killed by a signal (we SIGKILL its group after
 /// `KILL`), whatever it wrote is not used: the stage is the stop's build failure.
-fn inconsistent_status(outcome: &Outcome, why: &str) -> Result<Done, StageError> {
+fn inconsistent_status(outcome: &ChildEnd, why: &str) -> Result<StageEnd, StageError> {
     match (&outcome.stopped, outcome.exit) {
-        (Some(stop), supervisor::Exit::Signal(s)) => Ok(Done::BuildFailure {
+        (Some(stop), supervisor::Exit::Signal(s)) => Ok(StageEnd::BuildFailure {
             exit_code: outcome.exit.as_code(),
             note: Some(format!(
                 "job stopped ({stop}): jacamar was killed by {}; its status was not used ({why})",
@@ -1072,8 +1051,8 @@ mod tests {
     use protocol::{Bounded, Delivery};
     use supervisor::{Exit, Reason};
 
-    fn outcome(exit: Exit, stopped: Option<Reason>) -> Outcome {
-        Outcome {
+    fn outcome(exit: Exit, stopped: Option<Reason>) -> ChildEnd {
+        ChildEnd {
             exit,
             stopped,
             escalated: false,
@@ -1090,7 +1069,7 @@ mod tests {
     const BUILD_7: &str =
         "{\"status\":\"build_failure\",\"exit_code\":7,\"signal\":null,\"stopped\":null}\n";
 
-    fn tampered(r: Result<Done, StageError>) -> String {
+    fn tampered(r: Result<StageEnd, StageError>) -> String {
         match r {
             Err(e @ StageError::Internal(_)) => {
                 assert_eq!(e.category(), obfuscate::Category::Internal);
@@ -1138,12 +1117,12 @@ mod tests {
             &outcome(Exit::Code(0), None),
             Delivery::Delivered,
         );
-        assert!(matches!(ok, Ok(Done::Success)));
+        assert!(matches!(ok, Ok(StageEnd::Success)));
         let exit = Exit::Code(protocol::EXIT_BUILD_FAILURE);
         let failed = result_of(&pipe(&[BUILD_7]), &outcome(exit, None), Delivery::Delivered);
         assert!(matches!(
             failed,
-            Ok(Done::BuildFailure { exit_code: 7, .. })
+            Ok(StageEnd::BuildFailure { exit_code: 7, .. })
         ));
         // Nothing written: unchanged (an internal failure; a build failure when we stopped it).
         let silent = result_of(
@@ -1163,7 +1142,7 @@ mod tests {
         );
         let r = result_of(&pipe(&[]), &stopped, Delivery::Pending);
         assert!(
-            matches!(&r, Ok(Done::BuildFailure { exit_code: 137, note: Some(n) })
+            matches!(&r, Ok(StageEnd::BuildFailure { exit_code: 137, note: Some(n) })
                 if n.contains("before it had read the stage")),
             "{r:?}"
         );
@@ -1179,7 +1158,7 @@ mod tests {
         for lines in [&[SUCCESS][..], &[SUCCESS, BUILD_7][..], &[BUILD_7][..]] {
             let r = result_of(&pipe(lines), &stopped, Delivery::Delivered);
             assert!(
-                matches!(&r, Ok(Done::BuildFailure { exit_code: 137, note: Some(n) })
+                matches!(&r, Ok(StageEnd::BuildFailure { exit_code: 137, note: Some(n) })
                     if n.contains("job stopped") && n.contains("not used")),
                 "{lines:?}: {r:?}"
             );

@@ -15,15 +15,17 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use jacamar::protocol::Stage;
+
 use crate::duration::format_go;
 use crate::error::SimError;
 use crate::job::{JobSpec, DEFAULT_CONFIG, DEFAULT_TIMEOUT};
 use crate::output::{job_error, job_log, job_section, job_warning, runner_log};
 use crate::process::{
-    self, describe_ending, CallKind, CallRecord, CallSpec, Ending, Finished, KillTimings,
-    OutputMode, Records,
+    self, describe_call_end, CallEnd, CallRecord, CallSpec, Finished, KillTimings, OutputMode,
+    Records,
 };
-use crate::script::{self, ScriptInput, Shape, Stage};
+use crate::script::{self, RunStage, ScriptInput, Shape};
 
 /// How many times the runner tries config+prepare.
 const PREPARE_TRIES: u32 = 3;
@@ -379,41 +381,54 @@ impl Sim {
             .unwrap_or(JobError::Canceled)
     }
 
-    fn args(&self, sub: &[OsString]) -> Vec<OsString> {
-        let mut a = Vec::new();
+    /// The driver's command line for `stage`, as the runner's `[runners.custom]` hooks give
+    /// it: `config` and `cleanup` with `--configuration`, `run` with the script and the name.
+    fn args(&self, stage: &Stage<PathBuf>) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
         if self.opts.unobfuscated {
             a.push("-u".into());
         }
-        a.extend(sub.iter().cloned());
+        a.push(stage.hook().into());
+        match stage {
+            Stage::Config | Stage::Cleanup => {
+                a.push("--configuration".into());
+                a.push(self.config_file.clone().into_os_string());
+            }
+            Stage::Prepare => {}
+            Stage::Run { name, script } => {
+                a.push(script.clone().into_os_string());
+                a.push(name.into());
+            }
+        }
         a
     }
 
     async fn call(
         &mut self,
-        kind: CallKind,
-        stage: Option<Stage>,
-        sub: Vec<OsString>,
+        stage: Stage<PathBuf>,
+        run_stage: Option<RunStage>,
         output: OutputMode,
         status: &str,
     ) -> CallResult {
-        let terminate = match (kind, stage) {
-            (CallKind::Cleanup, _) => CancellationToken::new(),
-            (_, Some(Stage::BuildScript)) => self.graceful.clone(),
+        let cleanup = stage == Stage::Cleanup;
+        let terminate = match (cleanup, run_stage) {
+            (true, _) => CancellationToken::new(),
+            (_, Some(RunStage::BuildScript)) => self.graceful.clone(),
             _ => self.hard.clone(),
         };
+        let hook = stage.hook();
         let spec = CallSpec {
-            kind,
-            stage: stage.map(|s| s.name().to_string()),
+            args: self.args(&stage),
+            stage,
             program: self.opts.driver.clone(),
-            args: self.args(&sub),
             env: self.call_env(status),
             cwd: self.tmp.clone(),
             output,
             terminate,
             kill_now: self.kill_now.clone(),
-            deadline: match (kind, stage) {
-                (CallKind::Cleanup, _) => Some(CLEANUP_TIMEOUT),
-                (_, Some(Stage::AfterScript)) => Some(AFTER_SCRIPT_TIMEOUT),
+            deadline: match (cleanup, run_stage) {
+                (true, _) => Some(CLEANUP_TIMEOUT),
+                (_, Some(RunStage::AfterScript)) => Some(AFTER_SCRIPT_TIMEOUT),
                 _ => None,
             },
             timings: KillTimings {
@@ -441,10 +456,10 @@ impl Sim {
                 Ok(f) => CallResult::Done(f),
                 Err(_) => CallResult::SpawnFailed("the call's supervisor vanished".into()),
             },
-            _ = detach, if kind != CallKind::Cleanup => {
+            _ = detach, if !cleanup => {
                 runner_log(&format!(
                     "{} (pid {}) still running {} after the abort; starting cleanup anyway",
-                    kind.name(), running.pid, format_go(wait)
+                    hook, running.pid, format_go(wait)
                 ));
                 if let Some(r) = self.records.lock().unwrap_or_else(|p| p.into_inner()).get_mut(running.index) {
                     r.detached = true;
@@ -486,30 +501,19 @@ impl Sim {
             CallResult::SpawnFailed(e) => return Err(JobError::System(e)),
         };
         match f.ending {
-            Ending::Exited { code: Some(0), .. } => Ok(f),
-            Ending::Exited { code: Some(1), .. } => Err(JobError::Build(self.build_exit_code())),
-            Ending::Exited { code: Some(2), .. } => Err(JobError::System("exit status 2".into())),
-            Ending::Exited { code: Some(c), .. } => Err(JobError::System(format!(
+            CallEnd::Exited { code: Some(0), .. } => Ok(f),
+            CallEnd::Exited { code: Some(1), .. } => Err(JobError::Build(self.build_exit_code())),
+            CallEnd::Exited { code: Some(2), .. } => Err(JobError::System("exit status 2".into())),
+            CallEnd::Exited { code: Some(c), .. } => Err(JobError::System(format!(
                 "unknown Custom executor executable exit code {c}"
             ))),
-            ref other => Err(JobError::System(describe_ending(other))),
+            ref other => Err(JobError::System(describe_call_end(other))),
         }
     }
 
     async fn config_and_prepare(&mut self) -> Result<(), JobError> {
-        let sub = vec![
-            "config".into(),
-            "--configuration".into(),
-            self.config_file.clone().into_os_string(),
-        ];
         let res = self
-            .call(
-                CallKind::Config,
-                None,
-                sub,
-                OutputMode::CaptureStdout,
-                "running",
-            )
+            .call(Stage::Config, None, OutputMode::CaptureStdout, "running")
             .await;
         let f = self.verdict(res, false)?;
         let text = String::from_utf8_lossy(&f.stdout);
@@ -555,13 +559,7 @@ impl Sim {
         self.dirs = Some((builds, project));
 
         let res = self
-            .call(
-                CallKind::Prepare,
-                None,
-                vec!["prepare".into()],
-                OutputMode::JobLog,
-                "running",
-            )
+            .call(Stage::Prepare, None, OutputMode::JobLog, "running")
             .await;
         self.verdict(res, false).map(|_| ())
     }
@@ -600,11 +598,11 @@ impl Sim {
         Err(JobError::System("prepare environment: out of tries".into()))
     }
 
-    fn write_script(&mut self, stage: Stage, status: &str) -> Result<PathBuf, JobError> {
+    fn write_script(&mut self, stage: RunStage, status: &str) -> Result<PathBuf, JobError> {
         self.script_counter += 1;
         let (_, project) = self.dirs.clone().unwrap_or_default();
         let lines: Vec<String> = match stage {
-            Stage::BuildScript => self
+            RunStage::BuildScript => self
                 .opts
                 .job
                 .before_script
@@ -612,7 +610,7 @@ impl Sim {
                 .chain(&self.opts.job.script)
                 .cloned()
                 .collect(),
-            Stage::AfterScript => self.opts.job.after_script.clone(),
+            RunStage::AfterScript => self.opts.job.after_script.clone(),
             _ => Vec::new(),
         };
         let vars = self.ci_variables(status);
@@ -631,23 +629,27 @@ impl Sim {
         Ok(path)
     }
 
-    async fn run_stage(&mut self, stage: Stage, status: &str) -> Result<(), JobError> {
+    async fn run_stage(&mut self, stage: RunStage, status: &str) -> Result<(), JobError> {
         if self.hard.is_cancelled() {
             return Err(self.abort_error());
         }
         job_section(stage.header());
         let path = self.write_script(stage, status)?;
-        let sub = vec!["run".into(), path.into_os_string(), stage.name().into()];
+        let call = Stage::Run {
+            name: stage.name().into(),
+            script: path,
+        };
         let res = self
-            .call(CallKind::Run, Some(stage), sub, OutputMode::JobLog, status)
+            .call(call, Some(stage), OutputMode::JobLog, status)
             .await;
-        self.verdict(res, stage == Stage::BuildScript).map(|_| ())
+        self.verdict(res, stage == RunStage::BuildScript)
+            .map(|_| ())
     }
 
     /// The number of tries of a retried stage, from the job variable `variable` as the
     /// runner reads it: unset means 1; a value that is not an integer is reported and means
     /// 1; an integer outside [1, 10] fails the stage.
-    fn stage_attempts(&self, stage: Stage, variable: &str) -> Result<u32, JobError> {
+    fn stage_attempts(&self, stage: RunStage, variable: &str) -> Result<u32, JobError> {
         let Some(raw) = self.lookup_override(variable).filter(|v| !v.is_empty()) else {
             return Ok(1);
         };
@@ -672,7 +674,7 @@ impl Sim {
     /// try), and after every failed try (the last one too) it waits, 5 s at first
     /// (`--stage-retry-delay`), then 1.5 times longer each time, at most 5 minutes.
     /// `EXECUTOR_JOB_SECTION_ATTEMPTS` is read by the runner for the docker executor only.
-    async fn attempt_stage(&mut self, stage: Stage, variable: &str) -> Result<(), JobError> {
+    async fn attempt_stage(&mut self, stage: RunStage, variable: &str) -> Result<(), JobError> {
         let attempts = self.stage_attempts(stage, variable)?;
         let mut delay = self.opts.stage_retry_delay;
         let mut result = Ok(());
@@ -680,8 +682,8 @@ impl Sim {
             if self.hard.is_cancelled() {
                 return Err(self.abort_error());
             }
-            result = if stage == Stage::GetSources && attempt == 1 {
-                self.run_stage(Stage::ClearWorktree, "running").await
+            result = if stage == RunStage::GetSources && attempt == 1 {
+                self.run_stage(RunStage::ClearWorktree, "running").await
             } else {
                 Ok(())
             };
@@ -712,26 +714,15 @@ impl Sim {
             runner_log("WARNING: forced shutdown: not calling cleanup");
             return;
         }
-        let sub = vec![
-            "cleanup".into(),
-            "--configuration".into(),
-            self.config_file.clone().into_os_string(),
-        ];
         match self
-            .call(
-                CallKind::Cleanup,
-                None,
-                sub,
-                OutputMode::RunnerLog,
-                "running",
-            )
+            .call(Stage::Cleanup, None, OutputMode::RunnerLog, "running")
             .await
         {
             CallResult::Done(f) => match f.ending {
-                Ending::Exited { code: Some(0), .. } => {}
+                CallEnd::Exited { code: Some(0), .. } => {}
                 other => runner_log(&format!(
                     "WARNING: cleanup failed ({}); job status unchanged",
-                    describe_ending(&other)
+                    describe_call_end(&other)
                 )),
             },
             CallResult::SpawnFailed(e) => runner_log(&format!("WARNING: cleanup: {e}")),
@@ -741,14 +732,14 @@ impl Sim {
 
     /// The job's stages after a successful prepare; returns the job's error, if any.
     async fn stages(&mut self) -> Option<JobError> {
-        if let Err(e) = self.run_stage(Stage::PrepareScript, "running").await {
+        if let Err(e) = self.run_stage(RunStage::PrepareScript, "running").await {
             return Some(e);
         }
         let mut err = None;
         for (stage, variable) in [
-            (Stage::GetSources, "GET_SOURCES_ATTEMPTS"),
-            (Stage::RestoreCache, "RESTORE_CACHE_ATTEMPTS"),
-            (Stage::DownloadArtifacts, "ARTIFACT_DOWNLOAD_ATTEMPTS"),
+            (RunStage::GetSources, "GET_SOURCES_ATTEMPTS"),
+            (RunStage::RestoreCache, "RESTORE_CACHE_ATTEMPTS"),
+            (RunStage::DownloadArtifacts, "ARTIFACT_DOWNLOAD_ATTEMPTS"),
         ] {
             if let Err(e) = self.attempt_stage(stage, variable).await {
                 err = Some(e);
@@ -776,7 +767,7 @@ impl Sim {
                     }
                 }));
             }
-            err = self.run_stage(Stage::BuildScript, "running").await.err();
+            err = self.run_stage(RunStage::BuildScript, "running").await.err();
             if self.opts.cancel_kind == CancelKind::Graceful {
                 if let Some(t) = cancel_timer.take() {
                     t.abort();
@@ -788,7 +779,7 @@ impl Sim {
                     Some(JobError::Canceled) => "canceled",
                     Some(_) => "failed",
                 };
-                if let Err(e) = self.run_stage(Stage::AfterScript, status).await {
+                if let Err(e) = self.run_stage(RunStage::AfterScript, status).await {
                     if !self.hard.is_cancelled() {
                         job_warning(&format!(
                             "WARNING: after_script failed, but job will continue unaffected: {}",
@@ -800,18 +791,20 @@ impl Sim {
         }
         let ok = err.is_none();
         let archive = if ok {
-            Stage::ArchiveCache
+            RunStage::ArchiveCache
         } else {
-            Stage::ArchiveCacheOnFailure
+            RunStage::ArchiveCacheOnFailure
         };
         let upload = if ok {
-            Stage::UploadArtifactsOnSuccess
+            RunStage::UploadArtifactsOnSuccess
         } else {
-            Stage::UploadArtifactsOnFailure
+            RunStage::UploadArtifactsOnFailure
         };
         let archive_err = self.run_stage(archive, "running").await.err();
         let upload_err = self.run_stage(upload, "running").await.err();
-        let _ = self.run_stage(Stage::CleanupFileVariables, "running").await;
+        let _ = self
+            .run_stage(RunStage::CleanupFileVariables, "running")
+            .await;
         if let Some(t) = cancel_timer {
             t.abort();
         }
