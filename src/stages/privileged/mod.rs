@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
 use crate::auth::audit::{self, Event, Level, Sink};
-use crate::auth::{self, obfuscate, Target};
+use crate::auth::{self, obfuscate, AuthError, Target};
 use crate::config::Config;
 use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
@@ -65,26 +65,21 @@ pub fn main_no_auth(mut opts: Options) -> i32 {
     main_with::<NoAuth>(opts)
 }
 
+/// The runner's environment, as a stage reads it.
+type Env = BTreeMap<String, String>;
+
 /// How a stage decides who runs the job: a type, not a flag, so that each binary holds
 /// only the path it uses.
 trait Authorizer {
-    fn target<'a>(
-        config: &'a Config,
-        stage: &'a str,
-        env: &'a BTreeMap<String, String>,
-    ) -> impl std::future::Future<Output = Result<Target, auth::AuthError>> + 'a;
+    async fn target(config: &Config, stage: &str, env: &Env) -> Result<Target, AuthError>;
 }
 
 /// `jacamar-auth`: the id_token and the configured policy ([`auth::authorize`]).
 struct Verify;
 
 impl Authorizer for Verify {
-    fn target<'a>(
-        config: &'a Config,
-        stage: &'a str,
-        env: &'a BTreeMap<String, String>,
-    ) -> impl std::future::Future<Output = Result<Target, auth::AuthError>> + 'a {
-        auth::authorize(config, stage, env)
+    async fn target(config: &Config, stage: &str, env: &Env) -> Result<Target, AuthError> {
+        auth::authorize(config, stage, env).await
     }
 }
 
@@ -92,12 +87,8 @@ impl Authorizer for Verify {
 struct NoAuth;
 
 impl Authorizer for NoAuth {
-    fn target<'a>(
-        config: &'a Config,
-        _stage: &'a str,
-        env: &'a BTreeMap<String, String>,
-    ) -> impl std::future::Future<Output = Result<Target, auth::AuthError>> + 'a {
-        std::future::ready(auth::unauthorized(config, env))
+    async fn target(config: &Config, _stage: &str, env: &Env) -> Result<Target, AuthError> {
+        auth::unauthorized(config, env)
     }
 }
 
