@@ -202,14 +202,7 @@ async fn run_stage(
     }
     if submitted {
         let deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
-        let batch = BatchStage {
-            config,
-            h,
-            paths,
-            policy,
-            stage,
-        };
-        let st = run_batch(batch, cmd, control, deadline).await?;
+        let st = run_batch(cx, stage, cmd, control, deadline).await?;
         // What the batch executor reports as a system failure is the scheduler's.
         return match st {
             Status::SystemFailure { message } => Err(StageError::Scheduler(message)),
@@ -359,19 +352,13 @@ async fn run_shell(
     Ok(Status::of_exit(outcome.exit, stopped))
 }
 
-/// A submitted stage of a batch executor, and where its files go.
-struct BatchStage<'a> {
-    config: &'a Config,
-    h: &'a Handoff,
-    paths: &'a fs::JobPaths,
-    policy: &'a DirPolicy,
-    stage: &'a str,
-}
-
-/// The batch `run` of a submitted stage: write the wrapper, take cancellation requests from
-/// the control pipe and our signals, and run the batch executor.
+/// The batch `run` of a submitted stage (`stage`): write the wrapper, take cancellation
+/// requests from the control pipe and our signals, and run the batch job ([`BatchRun`]).
+///
+/// [`BatchRun`]: crate::batch::run::BatchRun
 async fn run_batch(
-    b: BatchStage<'_>,
+    b: &Ctx<'_>,
+    stage: &str,
     cmd: shell::ShellCommand,
     control: OwnedFd,
     deadline: Option<tokio::time::Instant>,
@@ -391,14 +378,14 @@ async fn run_batch(
         .chain(cmd.args.iter().cloned())
         .collect();
     let scripts_dir = b.paths.scripts_dir();
-    let wrapper = scheduler.wrapper(&batch::run::output_path(&scripts_dir, b.stage), &command);
-    let name = format!("{}-batch", b.stage);
+    let wrapper = scheduler.wrapper(&batch::run::output_path(&scripts_dir, stage), &command);
+    let name = format!("{}-batch", stage);
     let script = fs::write_script(b.paths, b.policy, &name, wrapper.as_bytes())?;
     let job = BatchJob {
         config: b.config,
         scheduler: scheduler.as_ref(),
         scripts_dir,
-        stage: b.stage,
+        stage,
         script,
         env: b.h.env.clone(),
         variables: &b.h.job.batch_variables,
