@@ -5,11 +5,11 @@
 //! -> map the result to the runner's exit codes.
 //!
 //! * this module: the stage driver, from the command line to the runner's exit code;
-//! * [`handover`]: start `jacamar` as the job's account, hand it the stage, supervise it;
-//! * [`sweep`]: kill and reap what the job left once `jacamar` is gone;
-//! * [`end`]: what `jacamar`'s status and exit amount to ([`end::StageEnd`]), and the
+//! * `handover`: start `jacamar` as the job's account, hand it the stage, supervise it;
+//! * `sweep`: kill and reap what the job left once `jacamar` is gone;
+//! * `end`: what `jacamar`'s status and exit amount to (`StageEnd`), and the
 //!   runner's exit code for it;
-//! * [`deployment`]: what would fail every job of a configuration here (`validate`).
+//! * `deployment`: what would fail every job of a configuration here (`validate`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

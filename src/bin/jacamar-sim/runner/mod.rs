@@ -1,11 +1,11 @@
 //! One job, played the way GitLab Runner's custom executor plays it: config + prepare (retried),
 //! `run` once per sub-stage, cleanup always; job timeout, graceful and hard cancel.
 //!
-//! * this module: the job's state ([`Sim`]), its start, its end and its summary;
-//! * [`stages`]: the calls in the runner's order, with its retries;
-//! * [`call`]: one driver call and what its end means for the job;
-//! * [`env`]: the CI variables, the environment and the job response every call gets;
-//! * [`files`]: the runner's temp dir and the private files in it.
+//! * this module: the job's state (`Sim`), its start, its end and its summary;
+//! * `stages`: the calls in the runner's order, with its retries;
+//! * `call`: one driver call and what its end means for the job;
+//! * `env`: the CI variables, the environment and the job response every call gets;
+//! * `files`: the runner's temp dir and the private files in it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
