@@ -53,7 +53,7 @@
 //!   [`protocol::Status`] (its name: [`protocol::Status::class`]).
 //! * **how it ended**, one type a level: a supervised process [`supervisor::ChildEnd`], a
 //!   stage for the runner `stages::privileged::end::StageEnd`, a batch job
-//!   [`batch::outcome::Outcome`], an emulator's call `CallEnd` (in `jacamar-sim`).
+//!   [`batch::outcome::JobEnd`], an emulator's call `CallEnd` (in `jacamar-sim`).
 
 // Every `unsafe` block says why it is sound (CI denies warnings).
 #![warn(clippy::undocumented_unsafe_blocks)]
