@@ -203,7 +203,7 @@ async fn run_stage(
     if submitted {
         let deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
         let st = run_batch(cx, stage, cmd, control, deadline).await?;
-        // What the batch executor reports as a system failure is the scheduler's.
+        // What a batch job reports as a system failure is the scheduler's.
         return match st {
             Status::SystemFailure { message } => Err(StageError::Scheduler(message)),
             other => Ok(other),
