@@ -50,7 +50,8 @@
 //!   script runs (the scheduler's, never ours to hold).
 //! * **status class**: how a stage ended, as the runner counts it: success, build failure
 //!   (`BUILD_FAILURE_EXIT_CODE`) or system failure (`SYSTEM_FAILURE_EXIT_CODE`); on the wire
-//!   [`protocol::Status`] (its name: [`protocol::Status::class`]).
+//!   [`protocol::Status`] (its name: [`protocol::Status::class`]); what `jacamar-auth`
+//!   makes of the status pipe: [`protocol::StatusVerdict`].
 //! * **how it ended**, one type a level: a supervised process [`supervisor::ChildEnd`], a
 //!   stage for the runner `stages::privileged::end::StageEnd`, a batch job
 //!   [`batch::outcome::JobEnd`], an emulator's call `CallEnd` (in `jacamar-sim`).

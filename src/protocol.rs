@@ -653,7 +653,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<(Status, Option<Category>), StatusEr
 
 /// What `jacamar-auth` makes of the status pipe, given how `jacamar` ended ([`verdict`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum StatusVerdict {
     /// Nothing was written: `jacamar` ended without reporting a status.
     Silent,
     /// One status line, consistent with `jacamar`'s exit.
@@ -667,23 +667,23 @@ pub enum Verdict {
 /// Check what was read on the status pipe against how `jacamar` ended (see the module's
 /// doc): a status counts only when it is the one line on the pipe and `jacamar` exited
 /// with its code ([`exit_code_of`]).
-pub fn verdict(read: &Bounded, exit: Exit) -> Verdict {
+pub fn verdict(read: &Bounded, exit: Exit) -> StatusVerdict {
     let bytes = match read {
         Bounded::TooLong => {
-            return Verdict::Inconsistent(format!(
+            return StatusVerdict::Inconsistent(format!(
                 "the status was too long (more than {MAX_STATUS} bytes)"
             ))
         }
-        Bounded::Complete(b) if b.is_empty() => return Verdict::Silent,
+        Bounded::Complete(b) if b.is_empty() => return StatusVerdict::Silent,
         Bounded::Complete(b) => b,
     };
     let (status, category) = match parse_status(bytes) {
         Ok(s) => s,
-        Err(why) => return Verdict::Inconsistent(why.to_string()),
+        Err(why) => return StatusVerdict::Inconsistent(why.to_string()),
     };
     let code = exit_code_of(&status);
     if exit == Exit::Code(code) {
-        return Verdict::Reported(status, category);
+        return StatusVerdict::Reported(status, category);
     }
     let how = match exit {
         Exit::Code(c) => format!("exited with code {c}"),
@@ -692,7 +692,7 @@ pub fn verdict(read: &Bounded, exit: Exit) -> Verdict {
             Err(_) => format!("was killed by signal {s}"),
         },
     };
-    Verdict::Inconsistent(format!(
+    StatusVerdict::Inconsistent(format!(
         "the status says {} (exit code {code}) but jacamar {how}",
         status.class()
     ))
@@ -1066,13 +1066,13 @@ mod tests {
         assert!(!err.contains("success"), "the error quotes the pipe: {err}");
         assert!(matches!(
             verdict(&Bounded::Complete(both), Exit::Code(EXIT_BUILD_FAILURE)),
-            Verdict::Inconsistent(_)
+            StatusVerdict::Inconsistent(_)
         ));
         // A line glued to the next without its newline is not a status either.
         let glued = b"{\"status\":\"success\"}{\"status\":\"success\"}\n".to_vec();
         assert!(matches!(
             verdict(&Bounded::Complete(glued), Exit::Code(0)),
-            Verdict::Inconsistent(_)
+            StatusVerdict::Inconsistent(_)
         ));
     }
 
@@ -1106,15 +1106,15 @@ mod tests {
         for (status, exit, ok) in cases {
             let got = verdict(&Bounded::Complete(line_of(&status)), exit);
             if ok {
-                assert_eq!(got, Verdict::Reported(status, None), "{exit:?}");
+                assert_eq!(got, StatusVerdict::Reported(status, None), "{exit:?}");
             } else {
-                let Verdict::Inconsistent(why) = got else {
+                let StatusVerdict::Inconsistent(why) = got else {
                     panic!("{status:?} with {exit:?} was accepted: {got:?}")
                 };
                 assert!(why.contains(status.class()), "{why}");
             }
         }
-        let Verdict::Inconsistent(why) = verdict(
+        let StatusVerdict::Inconsistent(why) = verdict(
             &Bounded::Complete(line_of(&Status::Success)),
             Exit::Signal(libc::SIGKILL),
         ) else {
@@ -1124,9 +1124,9 @@ mod tests {
         // Nothing at all is no status; too much is a refusal that says so.
         assert_eq!(
             verdict(&Bounded::Complete(Vec::new()), Exit::Signal(9)),
-            Verdict::Silent
+            StatusVerdict::Silent
         );
-        let Verdict::Inconsistent(why) = verdict(&Bounded::TooLong, Exit::Code(0)) else {
+        let StatusVerdict::Inconsistent(why) = verdict(&Bounded::TooLong, Exit::Code(0)) else {
             unreachable!()
         };
         assert!(why.contains("too long"), "{why}");
@@ -1146,7 +1146,7 @@ mod tests {
         r.read_to_end(&mut line).unwrap();
         writer.join().unwrap();
         assert!(line.len() <= MAX_STATUS, "{} bytes", line.len());
-        let Verdict::Reported(Status::SystemFailure { message }, category) =
+        let StatusVerdict::Reported(Status::SystemFailure { message }, category) =
             verdict(&Bounded::Complete(line), Exit::Code(EXIT_SYSTEM_FAILURE))
         else {
             panic!("the cut status does not read back")

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use crate::auth::obfuscate;
 use crate::fs::builds::BuildsInfo;
 use crate::job::RunnerEnv;
-use crate::protocol::{self, Status, Verdict};
+use crate::protocol::{self, Status, StatusVerdict};
 use crate::stages::StageError;
 use crate::supervisor::{self, ChildEnd};
 use crate::text::sanitize;
@@ -60,9 +60,9 @@ pub(super) fn result_of(
     delivery: protocol::Delivery,
 ) -> Result<StageEnd, StageError> {
     match protocol::verdict(status, outcome.exit) {
-        Verdict::Reported(status, category) => end_of(status, category),
-        Verdict::Silent => no_status(outcome, delivery),
-        Verdict::Inconsistent(why) => inconsistent_status(outcome, &why),
+        StatusVerdict::Reported(status, category) => end_of(status, category),
+        StatusVerdict::Silent => no_status(outcome, delivery),
+        StatusVerdict::Inconsistent(why) => inconsistent_status(outcome, &why),
     }
 }
 
