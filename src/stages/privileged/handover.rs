@@ -314,3 +314,44 @@ fn job_cgroup() -> Option<JobCgroup> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(timeout: Option<Duration>) -> JobContext {
+        JobContext {
+            job_id: 7,
+            runner_short_token: "abc".into(),
+            concurrent_id: 0,
+            project_path: "g/p".into(),
+            job_timeout: timeout,
+            user_login: None,
+            pipeline_source: None,
+            server_url: None,
+            job_status: None,
+            no_bash_profile: false,
+            etc_profile_only: false,
+            bash_profile_once: false,
+            build_dirs: Default::default(),
+            batch_variables: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_backstop_is_the_jobs_timeout_plus_the_grace_or_an_error_never_a_panic() {
+        assert!(deadline(&job(None)).unwrap().is_none());
+        let timeout = Duration::from_secs(3600);
+        let before = SystemTime::now();
+        let (at, unix_ms) = deadline(&job(Some(timeout))).unwrap().unwrap();
+        let max = timeout + supervisor::backstop_grace();
+        let from = before.duration_since(UNIX_EPOCH).unwrap() + max;
+        assert!(unix_ms >= from.as_millis() as u64, "{unix_ms} < {from:?}");
+        assert!(at > tokio::time::Instant::now() + timeout);
+        let err = deadline(&job(Some(Duration::MAX))).unwrap_err();
+        assert!(
+            err.to_string().contains("CUSTOM_ENV_CI_JOB_TIMEOUT"),
+            "{err}"
+        );
+    }
+}

@@ -351,3 +351,80 @@ fn builds_of(
 ) -> Result<Option<BuildsInfo>, StageError> {
     Ok(BuildsPlan::new(&config.general, job, paths)?.planned(paths))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobResponse;
+
+    #[test]
+    fn the_job_token_is_gitlabs_before_the_ci_variables() {
+        let response = |url: &str| JobResponse {
+            id: 1,
+            repo_url: Some(url.into()),
+            timeout: None,
+        };
+        let env: Env = [(
+            "CUSTOM_ENV_CI_JOB_TOKEN".to_string(),
+            "from-var".to_string(),
+        )]
+        .into();
+        let gitlab = response("https://gitlab-ci-token:glcbt-x@gitlab.example.com/g/p.git");
+        assert_eq!(job_token(Some(&gitlab), &env).as_deref(), Some("glcbt-x"));
+        let no_token = response("https://gitlab.example.com/g/p.git");
+        assert_eq!(
+            job_token(Some(&no_token), &env).as_deref(),
+            Some("from-var")
+        );
+        assert_eq!(job_token(None, &env).as_deref(), Some("from-var"));
+        let empty: Env = [("CUSTOM_ENV_CI_JOB_TOKEN".to_string(), String::new())].into();
+        assert_eq!(job_token(None, &empty), None);
+        assert_eq!(job_token(None, &Env::new()), None);
+    }
+
+    #[test]
+    fn the_runners_script_is_read_as_utf8_or_refused_naming_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("script.");
+        std::fs::write(&good, "echo hi\n").unwrap();
+        assert_eq!(read_script(good).unwrap(), "echo hi\n");
+        let bad = dir.path().join("binary");
+        std::fs::write(&bad, [0xff, 0xfe]).unwrap();
+        let err = read_script(bad.clone()).unwrap_err();
+        assert!(matches!(&err, StageError::Script { path, .. } if *path == bad));
+        assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = read_script(missing.clone()).unwrap_err();
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            err.category(),
+            crate::auth::obfuscate::Category::Environment
+        );
+    }
+
+    #[test]
+    fn a_stage_from_the_command_line_is_read_into_the_handoffs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("script");
+        std::fs::write(&path, "true\n").unwrap();
+        let called = Stage::Run {
+            name: "build_script".into(),
+            script: path,
+        };
+        assert_eq!(called.name(), "build_script");
+        let handed = called.try_map_script(read_script).unwrap();
+        assert_eq!(
+            handed,
+            Stage::Run {
+                name: "build_script".into(),
+                script: "true\n".to_string(),
+            }
+        );
+        let cleanup: Stage<PathBuf> = Stage::Cleanup;
+        assert_eq!(cleanup.name(), "cleanup_exec");
+        assert_eq!(cleanup.try_map_script(read_script).unwrap(), Stage::Cleanup);
+    }
+}
