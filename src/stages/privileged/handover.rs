@@ -320,21 +320,17 @@ mod tests {
     use super::*;
 
     fn job(timeout: Option<Duration>) -> JobContext {
+        let env: BTreeMap<String, String> = [
+            ("CUSTOM_ENV_CI_JOB_ID", "7"),
+            ("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN", "abc"),
+            ("CUSTOM_ENV_CI_PROJECT_PATH", "g/p"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        // The timeout is set past the environment's bound (CI_JOB_TIMEOUT is checked).
         JobContext {
-            job_id: 7,
-            runner_short_token: "abc".into(),
-            concurrent_id: 0,
-            project_path: "g/p".into(),
             job_timeout: timeout,
-            user_login: None,
-            pipeline_source: None,
-            server_url: None,
-            job_status: None,
-            no_bash_profile: false,
-            etc_profile_only: false,
-            bash_profile_once: false,
-            build_dirs: Default::default(),
-            batch_variables: Default::default(),
+            ..JobContext::from_map(&env).unwrap()
         }
     }
 
