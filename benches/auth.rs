@@ -83,7 +83,7 @@ fn main() {
         let p = e.path();
         let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         let t = v["fetched_at"].as_u64().unwrap();
-        v["fetched_at"] = (t - jacamar::auth::jwks::TTL.as_secs() - 1).into();
+        v["fetched_at"] = (t - jacamar::authz::jwks::TTL.as_secs() - 1).into();
         std::fs::write(&p, v.to_string()).unwrap();
     }
     let before = server.hits();
@@ -91,7 +91,7 @@ fn main() {
     h.config_json();
     println!(
         "after the TTL ({}s) expired: {} request(s) for 2 more stages",
-        jacamar::auth::jwks::TTL.as_secs(),
+        jacamar::authz::jwks::TTL.as_secs(),
         server.hits() - before
     );
 }

@@ -4,7 +4,8 @@
 //!
 //! 1. [`job`]: the runner's environment is read into a [`job::JobContext`].
 //! 2. [`config`]: the TOML file is parsed into a validated [`config::Config`].
-//! 3. [`auth`]: the privileged side decides who runs the job ([`auth::Target`]).
+//! 3. [`authz`]: the privileged side decides who runs the job ([`authz::Target`]); [`privdrop`]
+//!    starts `jacamar` as that account (raw system calls in [`sys`]).
 //! 4. [`protocol`]: the privileged side hands the stage to `jacamar` over a pipe.
 //! 5. [`fs`]: `jacamar`, as the user, creates the job's directories and script file.
 //! 6. [`shell`] / [`batch`]: the script is turned into a command.
@@ -31,8 +32,8 @@
 //! * **jacamar**: the binary that runs a stage as the job's user ([`stages::user`]); the
 //!   handoff and its status travel over two pipes ([`protocol::Handoff`], [`protocol::Status`]).
 //! * **downscope**: how `jacamar-auth` becomes the job's account to start `jacamar`
-//!   (`[auth] downscope`, [`config::Downscope`]; the account: [`auth::Target`]; the
-//!   privilege drop: [`auth::downscope::Plan`]).
+//!   (`[auth] downscope`, [`config::Downscope`]; the account: [`authz::Target`]; the
+//!   privilege drop: [`privdrop::downscope::Plan`]).
 //! * **data_dir / base dir**: `[general] data_dir` is the root of every user's directories;
 //!   a user's base dir is `<data_dir>/<user>`, owned by the user ([`fs::JobPaths::base_dir`]).
 //! * **builds dir**: where the runner checks the project out (`builds_dir` of `config`'s
@@ -56,7 +57,8 @@
 //!   stage for the runner `stages::privileged::end::StageEnd`, a batch job
 //!   [`batch::outcome::JobEnd`], an emulator's call `CallEnd` (in `jacamar-sim`).
 
-// Every `unsafe` block says why it is sound (CI denies warnings).
+// Every `unsafe` block says why it is sound (CI denies warnings); all of them are in `sys`,
+// every other module forbids unsafe code.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 /// What `--version` prints after the program's name: the version, then a `Version: <x>` line
@@ -68,17 +70,37 @@ pub const VERSION_TEXT: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
-pub mod auth;
+#[forbid(unsafe_code)]
+pub mod audit;
+#[forbid(unsafe_code)]
+pub mod authz;
+#[forbid(unsafe_code)]
 pub mod batch;
+#[forbid(unsafe_code)]
 pub mod clock;
+#[forbid(unsafe_code)]
 pub mod config;
+#[forbid(unsafe_code)]
 pub mod fs;
+#[forbid(unsafe_code)]
 pub mod hex;
+#[forbid(unsafe_code)]
 pub mod job;
+#[forbid(unsafe_code)]
+pub mod jobenv;
+#[forbid(unsafe_code)]
+pub mod privdrop;
+#[forbid(unsafe_code)]
 pub mod protocol;
+#[forbid(unsafe_code)]
 pub mod shell;
+#[forbid(unsafe_code)]
 pub mod stages;
+#[forbid(unsafe_code)]
 pub mod supervisor;
+pub mod sys;
+#[forbid(unsafe_code)]
 #[cfg(test)]
 pub(crate) mod test_support;
+#[forbid(unsafe_code)]
 pub mod text;

@@ -49,11 +49,10 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -202,7 +201,7 @@ pub struct Handoff {
 }
 
 /// The kind of a failure of the driver, each with the sentence the job log gets for it
-/// (`auth::obfuscate::public_message`). Travels on the status pipe with a `system_failure`,
+/// (`audit::obfuscate::public_message`). Travels on the status pipe with a `system_failure`,
 /// so the job log names what failed in `jacamar` (a scheduler, not the directories).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -706,15 +705,7 @@ pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd, ProtocolError> {
             "descriptor {fd} is a standard stream"
         )));
     }
-    // SAFETY: fcntl(F_GETFD) on a plain number only reads that descriptor's flags and fails
-    // with EBADF when it is not open (there is no I/O-safe way to probe a number). `fd` is
-    // adopted only once that succeeded: it is open, was inherited for us alone and named on
-    // our command line by our parent, and is taken exactly once, at start-up, so the new
-    // OwnedFd is its only owner.
-    unsafe {
-        Errno::result(libc::fcntl(fd, libc::F_GETFD)).map_err(ProtocolError::Setup)?;
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
+    crate::sys::fd::adopt_inherited(fd).map_err(ProtocolError::Setup)
 }
 
 /// The raw number of a descriptor, for the command line.

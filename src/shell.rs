@@ -90,7 +90,7 @@ pub fn sh_quote(w: &str) -> String {
 }
 
 /// Find an executable `name` on `search_path` (a `PATH`-style list, e.g.
-/// [`crate::auth::env::search_path`]): the first `<dir>/<name>` that is a regular file
+/// [`crate::jobenv::search_path`]): the first `<dir>/<name>` that is a regular file
 /// (symlinks followed) with an execute bit. Empty and relative entries are skipped, so
 /// nothing is ever found relative to the current directory. The one PATH lookup of the
 /// driver: the job's shell and the batch scheduler's commands.

@@ -1,4 +1,4 @@
-//! The job's id_token (src/auth/jwt.rs) and the server's key set (src/auth/jwks.rs), against
+//! The job's id_token (src/authz/jwt.rs) and the server's key set (src/authz/jwks.rs), against
 //! a fixed RSA key made for this target only (fuzz/keys/: never a key of any server). The
 //! first byte picks the case:
 //!
@@ -16,8 +16,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use jacamar::auth::jwks::{parse_jwks, Key};
-use jacamar::auth::jwt::{header_kid, validate, Expect};
+use jacamar::authz::jwks::{parse_jwks, Key};
+use jacamar::authz::jwt::{header_kid, validate, Expect};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use libfuzzer_sys::fuzz_target;
 

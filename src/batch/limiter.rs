@@ -158,7 +158,7 @@ impl Commands {
         if let Some(bin) = &self.bin {
             return bin.join(tool);
         }
-        let path = crate::auth::env::search_path(&self.env);
+        let path = crate::jobenv::search_path(&self.env);
         crate::shell::find_on_path(tool, path).unwrap_or_else(|| PathBuf::from(tool))
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Wire it into the runner's `[runners.custom]` hooks: `config`, `prepare`, `run`, `cleanup`.
 
-#![warn(clippy::undocumented_unsafe_blocks)]
+// No unsafe code: the raw system calls are in the library's `sys` module.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 

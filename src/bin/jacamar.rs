@@ -3,7 +3,8 @@
 //! Not meant to be started by hand: `jacamar-auth` starts it with the two pipes of the
 //! handoff protocol (see the library's `protocol` module).
 
-#![warn(clippy::undocumented_unsafe_blocks)]
+// No unsafe code: the raw system calls are in the library's `sys` module.
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 use jacamar::stages::cli::StageCommand;
@@ -123,7 +124,7 @@ fn main() {
     }
     // Diagnostics on stderr (stdout is git's answer for askpass).
     jacamar::stages::diag::install();
-    // git runs us as GIT_ASKPASS with its prompt as the only argument (see auth::env).
+    // git runs us as GIT_ASKPASS with its prompt as the only argument (see jobenv).
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if let [prompt] = argv.as_slice() {
         askpass(prompt);
@@ -196,10 +197,10 @@ fn signal_pids(name: &str, pids: &[i32]) -> i32 {
 /// the job's GitLab server (`JACAMAR_ASKPASS_ORIGIN`); anything else gets nothing on
 /// stdout, the reason on stderr (git's, so the job log) and exit status 1, and git fails.
 /// The variable is trusted because no CI variable can set it: jacamar-auth refuses a job
-/// whose CI variables name it (`auth::env::check_reserved`), so only the handoff or the
+/// whose CI variables name it (`jobenv::check_reserved`), so only the handoff or the
 /// job's own script does.
 fn askpass(prompt: &str) {
-    use jacamar::auth::env::{askpass, Askpass, ASKPASS_ORIGIN_VAR};
+    use jacamar::jobenv::{askpass, Askpass, ASKPASS_ORIGIN_VAR};
     use std::io::Write;
     let token = std::env::var("CI_JOB_TOKEN").ok();
     let origin = std::env::var(ASKPASS_ORIGIN_VAR).ok();

@@ -125,7 +125,7 @@ pub struct General {
     pub user_enabled_limit: bool,
     pub ff_custom_data_dir: bool,
     /// Upstream's switch for git's `credential.interactive`; the driver always sets it when
-    /// it manages git's credentials (see `auth::env::askpass_env`), so it changes nothing.
+    /// it manages git's credentials (see `jobenv::askpass_env`), so it changes nothing.
     pub ff_git_interactive: bool,
 }
 

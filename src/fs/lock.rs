@@ -15,22 +15,10 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 
-/// A whole-file lock request of `kind` (`F_RDLCK`, `F_WRLCK`).
-fn flock_of(kind: libc::c_int) -> libc::flock {
-    // SAFETY: `libc::flock` is a plain C struct of integers, for which all-zero is a valid
-    // value; the fields that matter are set right below.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 0;
-    fl
-}
-
 /// Try to take a whole-file lock of `kind` on `fd` without blocking: `Ok(false)` when
 /// another holds it.
 pub fn try_lock(fd: BorrowedFd<'_>, kind: libc::c_int) -> nix::Result<bool> {
-    let fl = flock_of(kind);
+    let fl = crate::sys::flock::whole_file(kind);
     let res = match fcntl(fd, FcntlArg::F_OFD_SETLK(&fl)) {
         Err(Errno::EINVAL) => fcntl(fd, FcntlArg::F_SETLK(&fl)),
         other => other,

@@ -78,7 +78,7 @@ pub fn start_up() -> Result<(), StartUpError> {
         None,
     )
     .map_err(StartUpError::SignalMask)?;
-    crate::auth::downscope::cloexec_inherited_fds().map_err(StartUpError::Cloexec)
+    crate::sys::fd::cloexec_inherited_fds().map_err(StartUpError::Cloexec)
 }
 
 /// What [`start_up`] could not do.

@@ -55,6 +55,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fs::{self, DirPolicy, JobPaths};
+use crate::sys::limits;
 
 /// What `jacamar capture-env` writes (in the scripts dir, named by the capturing stage).
 pub const RAW_FILE: &str = "login-env.raw.json";
@@ -123,20 +124,10 @@ pub fn capture_to(output: &Path) -> Result<(), String> {
             }
         }
     }
-    // SAFETY: umask only swaps this process's file mode mask; the old one is put back.
-    let umask = unsafe {
-        let old = libc::umask(0o077);
-        libc::umask(old);
-        old
-    };
+    let umask = limits::current_umask();
     let mut rlimits = Vec::new();
     for &(res, name) in RLIMITS {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes one struct we own.
-        if unsafe { libc::getrlimit(res, &mut l) } == 0 {
+        if let Some(l) = limits::getrlimit(res) {
             rlimits.push((name.to_string(), l.rlim_cur, l.rlim_max));
         }
     }
@@ -166,11 +157,7 @@ pub fn capture_to(output: &Path) -> Result<(), String> {
 
 /// Whether this process ignores `sig`.
 fn ignored_here(sig: i32) -> bool {
-    // SAFETY: a query only (no new action), into a zeroed struct we own.
-    unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
-    }
+    crate::sys::signal::is_ignored(sig)
 }
 
 /// The highest signal number (`SIGRTMAX`).
@@ -291,25 +278,16 @@ impl LoginState {
     /// What the child must set before exec: only what differs from this process (so the
     /// usual case, a profile that changes none of it, keeps the fast spawn).
     pub fn process_state(&self) -> ProcessState {
-        // SAFETY: umask swaps this process's mask; the old one is put back at once.
-        let ours = unsafe {
-            let old = libc::umask(0o077);
-            libc::umask(old);
-            old as u32
-        };
-        let mut limits = Vec::new();
+        let ours = limits::current_umask() as u32;
+        let mut changed = Vec::new();
         for (name, soft, hard) in &self.rlimits {
             let Some(&(res, _)) = RLIMITS.iter().find(|(_, n)| n == name) else {
                 continue;
             };
-            let mut cur = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: getrlimit writes one struct we own.
-            let known = unsafe { libc::getrlimit(res, &mut cur) } == 0;
-            if !known || cur.rlim_cur != *soft || cur.rlim_max != *hard {
-                limits.push((
+            let same = limits::getrlimit(res)
+                .is_some_and(|cur| cur.rlim_cur == *soft && cur.rlim_max == *hard);
+            if !same {
+                changed.push((
                     res,
                     libc::rlimit {
                         rlim_cur: *soft,
@@ -318,58 +296,21 @@ impl LoginState {
                 ));
             }
         }
-        ProcessState {
-            umask: (self.umask != ours).then_some(self.umask as libc::mode_t),
-            limits,
+        ProcessState::new(
+            (self.umask != ours).then_some(self.umask as libc::mode_t),
+            changed,
             // An ignored signal stays ignored across fork and exec: only the others.
-            ignore: self
-                .ignored_signals
+            self.ignored_signals
                 .iter()
                 .copied()
                 .filter(|&s| !ignored_here(s))
                 .collect(),
-        }
+        )
     }
 }
 
 /// Settings for the script's bash, applied between fork and exec.
-#[derive(Debug, Clone, Default)]
-pub struct ProcessState {
-    umask: Option<libc::mode_t>,
-    limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
-    ignore: Vec<i32>,
-}
-
-impl ProcessState {
-    pub fn is_empty(&self) -> bool {
-        self.umask.is_none() && self.limits.is_empty() && self.ignore.is_empty()
-    }
-
-    /// Apply them to the calling process: the child, before exec. Raw syscalls only (no
-    /// allocation): umask, setrlimit, sigaction.
-    pub fn apply(&self) -> std::io::Result<()> {
-        // SAFETY: plain syscalls with integer arguments or pointers to data owned by `self`
-        // or this frame, all alive for the call.
-        unsafe {
-            if let Some(m) = self.umask {
-                libc::umask(m);
-            }
-            for (res, l) in &self.limits {
-                if libc::setrlimit(*res, l) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for &s in &self.ignore {
-                let mut act: libc::sigaction = std::mem::zeroed();
-                act.sa_sigaction = libc::SIG_IGN;
-                if libc::sigaction(s, &act, std::ptr::null_mut()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-        }
-        Ok(())
-    }
-}
+pub use crate::sys::limits::ProcessState;
 
 #[cfg(test)]
 mod tests {
@@ -507,7 +448,7 @@ mod tests {
         assert!(st.rlimits.iter().any(|(n, ..)| n == "stack"));
         // The same process: no umask or limit to change.
         let ps = st.process_state();
-        assert!(ps.umask.is_none() && ps.limits.is_empty(), "{ps:?}");
+        assert!(ps.umask().is_none() && ps.limits().is_empty(), "{ps:?}");
         // A symlink in its place is not followed.
         let target = dir.path().join("target");
         std::fs::write(&target, "keep").unwrap();

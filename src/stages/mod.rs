@@ -10,7 +10,7 @@
 //! * [`diag`]: the diagnostics subscriber both binaries install (stderr, level filter).
 //!
 //! Both sides share the error type here; [`StageError::category`] decides what the job log
-//! may be told (see [`crate::auth::obfuscate`]); `jacamar` sends the category of its failure
+//! may be told (see [`crate::audit::obfuscate`]); `jacamar` sends the category of its failure
 //! back over the status pipe.
 
 pub mod cli;
@@ -20,8 +20,8 @@ pub mod prelude;
 pub mod privileged;
 pub mod user;
 
-use crate::auth::obfuscate::Category;
-use crate::auth::AuthError;
+use crate::audit::obfuscate::Category;
+use crate::authz::AuthError;
 use crate::config::{Config, ConfigError};
 use crate::fs::{FsError, JobPaths, UserInfo};
 use crate::job::{JobContext, JobError};

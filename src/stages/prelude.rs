@@ -18,7 +18,7 @@
 //!   as they are.
 //! * `git` replaces `gitlab-ci-token:<tok>@` by `gitlab-ci-token@` in each argument and runs
 //!   `command git` with the result; git then asks `GIT_ASKPASS` (`jacamar`, for the trusted
-//!   origins only, see [`crate::auth::env::askpass`]) for the password.
+//!   origins only, see [`crate::jobenv::askpass`]) for the password.
 //!
 //! Both keep stdin, stdout and the exit status of the call. Below the prelude the runner's
 //! script is written byte for byte: nothing of it is parsed or rewritten, so a stage does

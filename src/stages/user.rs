@@ -188,7 +188,7 @@ async fn run_stage(
         .filter(|_| !config.general.unrestricted_cmd_line);
     let text = super::prelude::stage_script(stage, token, script);
     let path = fs::write_script(paths, policy, stage, &text)?;
-    let search_path = crate::auth::env::search_path(&h.env);
+    let search_path = crate::jobenv::search_path(&h.env);
     let profile = Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only);
     let submitted = config.general.executor.is_batch() && crate::batch::is_submitted_stage(stage);
     let cmd = shell::command(
@@ -231,7 +231,7 @@ async fn profile_once(
 ) -> Result<Status, StageError> {
     use super::login_env;
     let shell_path = config.general.shell_path.as_deref();
-    let search_path = crate::auth::env::search_path(&h.env);
+    let search_path = crate::jobenv::search_path(&h.env);
     match login_env::load(paths, policy) {
         Ok(Some(state)) => {
             let cmd = shell::command(shell_path, Profile::None, script, search_path);
@@ -299,11 +299,7 @@ async fn run_shell(
         .stderr(std::process::Stdio::piped())
         .process_group(0);
     if let Some(state) = launch.state.clone() {
-        // SAFETY: `apply` makes raw syscalls only (umask, setrlimit, sigaction) on data
-        // built before the fork and moved into the closure; nothing allocates.
-        unsafe {
-            command.pre_exec(move || state.apply());
-        }
+        state.apply_before_exec(command.as_std_mut());
     }
     let mut child = command.spawn().map_err(|source| StageError::Spawn {
         what: cmd.program.display().to_string(),

@@ -2,14 +2,13 @@
 //! through its pidfd.
 //!
 //! `jacamar-auth` (as root) starts `jacamar` with `clone3(CLONE_INTO_CGROUP)` so that it is
-//! born in the job's cgroup (see `auth::downscope::spawn_into_cgroup`); tokio cannot start a
+//! born in the job's cgroup (see `privdrop::downscope::spawn_into_cgroup` and `sys::clone`); tokio cannot start a
 //! process that way, so that child is a [`PidfdChild`]. [`crate::supervisor::supervise`]
 //! takes either through [`Waitable`].
 
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 use tokio::io::unix::AsyncFd;
@@ -39,11 +38,7 @@ impl PidfdChild {
     /// `pid` must be a child of this process that nothing else reaps, `pidfd` a pidfd of
     /// it. Needs a tokio runtime with I/O enabled.
     pub fn new(pid: i32, pidfd: OwnedFd) -> io::Result<PidfdChild> {
-        // SAFETY: an OwnedFd is a valid open descriptor, and the AsyncFd owns it (nothing
-        // else can close or replace it) until it is dropped.
-        let pidfd =
-            unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
-                .map_err(io::Error::from)?;
+        let pidfd = crate::sys::pidfd::register(pidfd)?;
         Ok(PidfdChild {
             pid,
             pidfd,
@@ -60,23 +55,9 @@ impl PidfdChild {
         if let Some(st) = self.status {
             return Ok(Some(st));
         }
-        let mut raw = 0;
-        loop {
-            // SAFETY: waitpid on our own child's pid with a pointer to a local.
-            let r = unsafe { libc::waitpid(self.pid, &mut raw, libc::WNOHANG) };
-            if r == 0 {
-                return Ok(None);
-            }
-            if r == self.pid {
-                let st = ExitStatus::from_raw(raw);
-                self.status = Some(st);
-                return Ok(Some(st));
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e);
-            }
-        }
+        let st = crate::sys::pidfd::try_wait(self.pid)?;
+        self.status = st;
+        Ok(st)
     }
 }
 
@@ -122,31 +103,7 @@ impl Waitable for AnyChild {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
-
-    /// A child started with fork (not by tokio) and its pidfd.
-    fn forked(code: i32, sleep_ms: u64) -> (i32, OwnedFd) {
-        // SAFETY: the child only sleeps and exits (no allocation, no locks: nanosleep and
-        // _exit are async-signal-safe).
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
-        if pid == 0 {
-            let ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: (sleep_ms * 1_000_000) as libc::c_long,
-            };
-            // SAFETY: see above.
-            unsafe {
-                libc::nanosleep(&ts, std::ptr::null_mut());
-                libc::_exit(code);
-            }
-        }
-        // SAFETY: pidfd_open on our child; the returned descriptor is ours to own.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        assert!(fd >= 0, "pidfd_open: {}", io::Error::last_os_error());
-        // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
-        (pid, unsafe { OwnedFd::from_raw_fd(fd as i32) })
-    }
+    use crate::sys::pidfd::forked;
 
     #[tokio::test]
     async fn waits_for_the_exit_status_of_a_child_tokio_did_not_spawn() {
@@ -157,9 +114,9 @@ mod tests {
         assert_eq!(st.code(), Some(7));
         // Reaped once; a second wait gives the same status.
         assert_eq!(child.wait().await.unwrap().code(), Some(7));
-        // SAFETY: waitpid with a null status pointer (allowed): it was reaped, so ECHILD.
-        let again = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        assert_eq!(again, -1);
+        // It was reaped, so ECHILD.
+        let again = crate::sys::pidfd::try_wait(pid).unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::ECHILD));
     }
 
     #[tokio::test]

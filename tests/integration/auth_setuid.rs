@@ -277,7 +277,7 @@ fn sudo_downscope_runs_the_job_as_the_user() {
     let (alice, _) = users();
     // The documented sudoers lines, for the test's own jacamar binary.
     let jacamar = std::path::Path::new(crate::harness::AUTH).with_file_name("jacamar");
-    let lines = jacamar::auth::downscope::sudoers_lines("root", &jacamar);
+    let lines = jacamar::privdrop::downscope::sudoers_lines("root", &jacamar);
     let drop_in = "/etc/sudoers.d/jacamar-rs-test";
     std::fs::write(drop_in, &lines).unwrap();
     std::fs::set_permissions(drop_in, std::fs::Permissions::from_mode(0o440)).unwrap();

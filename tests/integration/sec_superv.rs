@@ -215,7 +215,7 @@ fn sudo_job_that_kills_jacamar_leaves_no_process_behind(shape: Shape) {
 /// The sudoers lines of README.md for the test's own jacamar (root is the service account).
 fn sudoers() {
     let jacamar = Path::new(crate::harness::AUTH).with_file_name("jacamar");
-    let lines = jacamar::auth::downscope::sudoers_lines("root", &jacamar);
+    let lines = jacamar::privdrop::downscope::sudoers_lines("root", &jacamar);
     let drop_in = "/etc/sudoers.d/jacamar-rs-superv";
     std::fs::write(drop_in, &lines).unwrap();
     std::fs::set_permissions(drop_in, std::fs::Permissions::from_mode(0o440)).unwrap();

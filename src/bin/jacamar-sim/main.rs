@@ -10,6 +10,8 @@
 //! - [`output`]: the job log and the runner's log.
 //! - [`error`]: the emulator's own errors.
 
+#![forbid(unsafe_code)]
+
 mod duration;
 mod error;
 mod job;

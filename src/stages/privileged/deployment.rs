@@ -22,7 +22,7 @@ pub fn deployment_problems(config: &Config) -> Vec<String> {
     if config.auth.downscope != Downscope::Setuid || nix::unistd::geteuid().is_root() {
         return problems;
     }
-    use crate::auth::caps::{effective_has, CAP_SETGID, CAP_SETUID};
+    use crate::sys::caps::{effective_has, CAP_SETGID, CAP_SETUID};
     match effective_has(&[CAP_SETUID, CAP_SETGID]) {
         Ok(true) => {}
         Ok(false) => problems.push(format!(
@@ -60,7 +60,7 @@ pub fn no_auth_problems(config: &Config) -> Vec<String> {
              runner's hooks through jacamar-auth (downscope = \"setuid\") instead"
                 .to_string(),
         );
-    } else if !matches!(crate::auth::caps::held(), Ok(0)) {
+    } else if !matches!(crate::sys::caps::held(), Ok(0)) {
         problems.push(format!(
             "jacamar --no-auth ({}) holds capabilities (or they cannot be read) as uid {uid}: \
              a job running as this uid could use them; remove them (setcap -r) or use \
@@ -96,7 +96,7 @@ pub fn capabilities_with_downscope_none(config: &Config) -> Option<String> {
     if config.auth.downscope != Downscope::None || uid.is_root() {
         return None;
     }
-    match crate::auth::caps::held() {
+    match crate::sys::caps::held() {
         Ok(0) => None,
         Ok(mask) => Some(format!(
             "[auth] downscope = \"none\" is refused: jacamar-auth ({}) runs as uid {uid} \

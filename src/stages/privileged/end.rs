@@ -5,7 +5,7 @@
 
 use nix::sys::signal::Signal;
 
-use crate::auth::obfuscate;
+use crate::audit::obfuscate;
 use crate::fs::builds::BuildsInfo;
 use crate::job::RunnerEnv;
 use crate::protocol::{self, Status, StatusVerdict};

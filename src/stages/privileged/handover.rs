@@ -11,10 +11,11 @@ use tokio::sync::mpsc;
 
 use super::end::{result_of, StageEnd};
 use super::sweep::sweep_leftovers;
-use crate::auth::downscope::{CloneError, Pipes, Plan};
-use crate::auth::{self, Target};
+use crate::authz::Target;
 use crate::config::{Config, Downscope};
 use crate::job::JobContext;
+use crate::jobenv;
+use crate::privdrop::downscope::{self, CloneError, Pipes, Plan};
 use crate::protocol::{self, ControlWriter, Handoff, Stage};
 use crate::stages::{job_paths, StageError};
 use crate::supervisor::cgroup::JobCgroup;
@@ -114,7 +115,7 @@ pub(super) async fn hand_over(
     // Before anything is started: a deadline that cannot be computed fails the stage.
     let backstop = deadline(job)?;
     create_base_dir_as_root(config, job, target)?;
-    let plan = auth::downscope::plan(config, target)?;
+    let plan = downscope::plan(config, target)?;
     // Whatever the job leaves behind comes back to us, even if it kills jacamar itself.
     if !group::become_subreaper() {
         tracing::warn!(
@@ -202,7 +203,7 @@ fn handoff_of(
     deadline_unix_ms: Option<u64>,
 ) -> Handoff {
     let ours: Vec<(String, String)> = std::env::vars().collect();
-    let mut env = auth::env::job_env(
+    let mut env = jobenv::job_env(
         &target.account,
         ours.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
@@ -212,8 +213,8 @@ fn handoff_of(
         let ours: BTreeMap<String, String> = ours.into_iter().collect();
         let response = crate::job::JobResponse::from_env_map(&ours).ok();
         let origins =
-            auth::env::askpass_origins(config.general.gitlab_server.as_deref(), response.as_ref());
-        env.extend(auth::env::askpass_env(exe, &origins));
+            jobenv::askpass_origins(config.general.gitlab_server.as_deref(), response.as_ref());
+        env.extend(jobenv::askpass_env(exe, &origins));
         if matches!(stage, Stage::Run { .. }) {
             job_token = super::job_token(response.as_ref(), &ours);
         }
@@ -234,7 +235,7 @@ fn handoff_of(
 /// diagnostics settings. For `config`, its stdout goes to our stderr: our stdout is the
 /// runner's JSON. With a cgroup it is created inside it (`clone3`), unless the kernel
 /// refuses that: then it moves itself there before exec (slower, see
-/// `auth::downscope::spawn_into_cgroup`).
+/// `downscope::spawn_into_cgroup`).
 fn spawn_jacamar(
     plan: &Plan,
     target: &Target,
@@ -247,21 +248,16 @@ fn spawn_jacamar(
     if let Stage::Run { name, .. } = stage {
         args.push(name.clone());
     }
-    let env: Vec<(String, String)> = std::iter::once(("PATH", auth::env::DEFAULT_PATH.into()))
+    let env: Vec<(String, String)> = std::iter::once(("PATH", jobenv::DEFAULT_PATH.into()))
         .chain(crate::stages::diag::passed_env())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     let stdout_to_stderr = matches!(stage, Stage::Config);
     let failed = |e: &std::io::Error| {
-        StageError::Internal(auth::downscope::spawn_error(
-            plan,
-            &target.account.name,
-            exe,
-            e,
-        ))
+        StageError::Internal(downscope::spawn_error(plan, &target.account.name, exe, e))
     };
     if let Some(cg) = cgroup {
-        let launch = auth::downscope::Launch {
+        let launch = downscope::Launch {
             user: &target.account.name,
             exe,
             pipes: Some(pipes),
@@ -269,7 +265,7 @@ fn spawn_jacamar(
             env: &env,
             stdout_to_stderr,
         };
-        match auth::downscope::spawn_into_cgroup(plan, &launch, cg.dir_fd()) {
+        match downscope::spawn_into_cgroup(plan, &launch, cg.dir_fd()) {
             Ok(s) => {
                 return PidfdChild::new(s.pid, s.pidfd)
                     .map(AnyChild::Pidfd)
@@ -281,7 +277,7 @@ fn spawn_jacamar(
             ),
         }
     }
-    let mut cmd = auth::downscope::command(
+    let mut cmd = downscope::command(
         plan,
         &target.account.name,
         exe,

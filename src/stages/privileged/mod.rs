@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use super::{job_paths, StageError, CONFIG_ENV, CONFIG_PATH_ENV};
-use crate::auth::audit::{self, Event, Level, Sink};
-use crate::auth::{self, obfuscate, AuthError, Target};
+use crate::audit::{self, obfuscate, Event, Level, Sink};
+use crate::authz::{self, AuthError, Target};
 use crate::config::Config;
 use crate::fs::builds::{BuildsInfo, BuildsPlan};
 use crate::job::{JobContext, RunnerEnv};
@@ -74,21 +74,21 @@ trait Authorizer {
     async fn target(config: &Config, stage: &str, env: &Env) -> Result<Target, AuthError>;
 }
 
-/// `jacamar-auth`: the id_token and the configured policy ([`auth::authorize`]).
+/// `jacamar-auth`: the id_token and the configured policy ([`authz::authorize`]).
 struct Verify;
 
 impl Authorizer for Verify {
     async fn target(config: &Config, stage: &str, env: &Env) -> Result<Target, AuthError> {
-        auth::authorize(config, stage, env).await
+        authz::authorize(config, stage, env).await
     }
 }
 
-/// `jacamar --no-auth`: this process's own account ([`auth::unauthorized`]).
+/// `jacamar --no-auth`: this process's own account ([`authz::unauthorized`]).
 struct NoAuth;
 
 impl Authorizer for NoAuth {
     async fn target(config: &Config, _stage: &str, env: &Env) -> Result<Target, AuthError> {
-        auth::unauthorized(config, env)
+        authz::unauthorized(config, env)
     }
 }
 
@@ -204,16 +204,16 @@ async fn stage<A: Authorizer>(opts: &Options) -> Result<StageEnd, (StageError, O
             Stage::Config => config_stage(opts, &config, &job, &target, signals).await,
             Stage::Prepare => {
                 if opts.no_auth {
-                    eprintln!("{}", auth::NO_AUTH_WARNING);
+                    eprintln!("{}", authz::NO_AUTH_WARNING);
                 } else if target.identity.is_none() {
-                    eprintln!("{}", auth::UNVERIFIED_WARNING);
+                    eprintln!("{}", authz::UNVERIFIED_WARNING);
                 }
                 if let Some(msg) = &config.general.job_message {
                     println!("{}", msg.trim_end());
                 }
                 hand_over(&config, &job, &target, Stage::Prepare, signals).await
             }
-            Stage::Run { name, .. } if !auth::stage_allowed(&config, name) => {
+            Stage::Run { name, .. } if !authz::stage_allowed(&config, name) => {
                 eprintln!(
                     "WARNING: stage {} is not in the runner's run_stage_allowlist; skipped",
                     sanitize(name)
@@ -401,7 +401,7 @@ mod tests {
         );
         assert_eq!(
             err.category(),
-            crate::auth::obfuscate::Category::Environment
+            crate::audit::obfuscate::Category::Environment
         );
     }
 

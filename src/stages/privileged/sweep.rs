@@ -8,7 +8,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::auth::{self, downscope::Plan};
+use crate::jobenv;
+use crate::privdrop::downscope::{self, Plan};
 use crate::supervisor::cgroup::JobCgroup;
 use crate::supervisor::group;
 
@@ -99,15 +100,15 @@ fn kill_leftovers(plan: &Plan, user: &str, exe: &Path, pids: &[i32]) -> Result<(
     helper.seccomp = None;
     let mut args = vec!["signal".to_string(), "KILL".to_string()];
     args.extend(denied.iter().map(i32::to_string));
-    let mut cmd = auth::downscope::command(&helper, user, exe, None, None, &args).into_std();
+    let mut cmd = downscope::command(&helper, user, exe, None, None, &args).into_std();
     cmd.env_clear()
-        .env("PATH", auth::env::DEFAULT_PATH)
+        .env("PATH", jobenv::DEFAULT_PATH)
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| KillError::Spawn {
-        why: auth::downscope::spawn_error(&helper, user, exe, &e),
+        why: downscope::spawn_error(&helper, user, exe, &e),
         denied: denied.clone(),
     })?;
     // The helper runs as the job's user: read its stderr with a bound.

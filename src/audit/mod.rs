@@ -1,4 +1,8 @@
-//! The audit log of jacamar-auth: one JSON object per event, to a file or to syslog.
+//! The audit log of jacamar-auth: one JSON object per event, to a file or to syslog; and
+//! ([`obfuscate`]) what the job log may say about a failure instead of its full reason.
+//!
+//! Layering: at the auth/batch/shell layer. It may import `config`, `protocol`, `clock` and
+//! `hex`; never `authz`, `privdrop`, `stages` or a binary.
 //!
 //! Fields: `time` (RFC 3339, UTC), `level`, `msg`, `job`, `runner`, `stage`, `pid`,
 //! `hostname`, `error_id` when the job log got an obfuscated message with that id, and on a
@@ -15,6 +19,8 @@
 //! by an older version was 0644); group read stays for an administrator's log group. The
 //! directory holding it is the administrator's and is trusted. Every write failure is an
 //! [`AuditError`]: the caller fails the stage.
+
+pub mod obfuscate;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};

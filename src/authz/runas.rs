@@ -188,7 +188,7 @@ fn command(
         .arg(requested)
         .env_clear()
         .envs(runas.validation_env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", super::env::DEFAULT_PATH)
+        .env("PATH", crate::jobenv::DEFAULT_PATH)
         .env("RUNAS_CURRENT_USER", &id.login)
         .env("RUNAS_TARGET_USER", requested)
         .env("RUNAS_USER_ID", &id.user_id)
@@ -207,16 +207,8 @@ fn command(
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: fcntl is async-signal-safe; it only clears FD_CLOEXEC on the script's fd so
-    // the kernel (and the script's interpreter) can open it as /proc/self/fd/N.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // The kernel (and the script's interpreter) opens the script as /proc/self/fd/N.
+    crate::sys::fd::keep_open_across_exec(cmd.as_std_mut(), fd);
     cmd
 }
 
@@ -320,54 +312,47 @@ mod tests {
         }
     }
 
-    fn runas_with(dir: &std::path::Path, body: &str) -> RunAs {
-        let path = dir.join("validate.sh");
+    /// What [`validate`] answers for a validation script of `body` (bash), and how long
+    /// the answer took.
+    async fn answer_of(body: &str) -> (Result<String, AuthError>, std::time::Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("validate.sh");
         std::fs::write(&path, format!("#!/bin/bash\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
-        RunAs {
+        let r = RunAs {
             validation_script: path,
             user_variable: None,
             sha256: None,
             validation_env: Vec::new(),
-        }
+        };
+        let t0 = std::time::Instant::now();
+        let got = validate(&r, &identity(), &BTreeMap::new()).await;
+        (got, t0.elapsed())
     }
 
     #[tokio::test]
     async fn a_chatty_script_is_drained_and_its_answer_taken_at_once() {
-        let dir = tempfile::tempdir().unwrap();
         // 1 MiB on stderr, far more than a pipe holds, then the answer.
-        let r = runas_with(
-            dir.path(),
-            r#"head -c 1048576 /dev/zero | tr '\0' x >&2; echo '{"username": "svc_a"}'"#,
-        );
-        let t0 = std::time::Instant::now();
-        let got = validate(&r, &identity(), &BTreeMap::new()).await;
+        let (got, took) =
+            answer_of(r#"head -c 1048576 /dev/zero | tr '\0' x >&2; echo '{"username": "svc_a"}'"#)
+                .await;
         assert_eq!(got.unwrap(), "svc_a");
-        assert!(t0.elapsed() < TIMEOUT / 2, "took {:?}", t0.elapsed());
+        assert!(took < TIMEOUT / 2, "took {took:?}");
     }
 
     #[tokio::test]
     async fn too_much_stdout_is_refused_by_name_not_by_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = runas_with(
-            dir.path(),
-            r#"head -c 1048576 /dev/zero | tr '\0' ' '; echo '{"username": "svc_a"}'"#,
-        );
-        let e = validate(&r, &identity(), &BTreeMap::new())
-            .await
-            .unwrap_err()
-            .to_string();
+        let (got, _) =
+            answer_of(r#"head -c 1048576 /dev/zero | tr '\0' ' '; echo '{"username": "svc_a"}'"#)
+                .await;
+        let e = got.unwrap_err().to_string();
         assert!(e.contains("more than 65536 bytes on stdout"), "{e}");
     }
 
     #[tokio::test]
     async fn a_refusal_carries_the_start_of_stderr() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = runas_with(dir.path(), "echo \"no such project for $1\" >&2; exit 3");
-        let e = validate(&r, &identity(), &BTreeMap::new())
-            .await
-            .unwrap_err()
-            .to_string();
+        let (got, _) = answer_of("echo \"no such project for $1\" >&2; exit 3").await;
+        let e = got.unwrap_err().to_string();
         assert!(
             e.contains("refused jrs_silent_a") && e.contains("no such project for jrs_silent_a"),
             "{e}"

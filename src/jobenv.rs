@@ -1,4 +1,8 @@
-//! The job's environment, built from an allowlist.
+//! The job's environment, built from an allowlist, and the checks of the CI variables that
+//! refuse a job (over-long, or deciding where the job token goes).
+//!
+//! Layering: at the auth/batch/shell layer. It may import `config`, `job`, `protocol` and
+//! `shell`; never `authz`, `privdrop`, `stages` or a binary.
 //!
 //! Nothing of the runner's or the service account's environment is inherited wholesale: no
 //! runner secrets, no `LD_PRELOAD`/`LD_LIBRARY_PATH`, no `TMPDIR` pointing into the runner's
@@ -7,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::AuthError;
 use crate::protocol::Account;
 
 /// Default PATH of a job (bash --login usually replaces it from /etc/profile).
@@ -44,14 +47,30 @@ pub fn job_env<'a>(
     env
 }
 
+/// CI variables that refuse a job (their full text is for the CI user: it names the
+/// variable, never its value).
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("CI variable {name} is {len} characters long, more than max_env_chars ({max}) allows")]
+    TooLong {
+        name: String,
+        len: usize,
+        max: usize,
+    },
+    /// CI variables that would decide where the job token goes (see
+    /// [`reserved_git_variable`]): their names, never their values.
+    #[error("{}", reserved_message(.0))]
+    Reserved(Vec<String>),
+}
+
 /// `max_env_chars`: every `CUSTOM_ENV_` variable (the job's CI variables) must be at most
 /// `max` characters long. The error names the variable, never its value.
-pub fn check_sizes(env: &BTreeMap<String, String>, max: usize) -> Result<(), AuthError> {
+pub fn check_sizes(env: &BTreeMap<String, String>, max: usize) -> Result<(), EnvError> {
     for (k, v) in env {
         if k.starts_with("CUSTOM_ENV_") {
             let len = v.chars().count();
             if len > max {
-                return Err(AuthError::EnvTooLong {
+                return Err(EnvError::TooLong {
                     name: k.trim_start_matches("CUSTOM_ENV_").to_string(),
                     len,
                     max,
@@ -90,7 +109,7 @@ pub fn reserved_git_variable(name: &str) -> bool {
 /// Refuse a job whose CI variables (`CUSTOM_ENV_<NAME>`: exactly what the runner's script
 /// exports) set a name of [`reserved_git_variable`]. The error names every such variable,
 /// never a value.
-pub fn check_reserved(env: &BTreeMap<String, String>) -> Result<(), AuthError> {
+pub fn check_reserved(env: &BTreeMap<String, String>) -> Result<(), EnvError> {
     let names: Vec<String> = env
         .keys()
         .filter_map(|k| k.strip_prefix("CUSTOM_ENV_"))
@@ -100,11 +119,11 @@ pub fn check_reserved(env: &BTreeMap<String, String>) -> Result<(), AuthError> {
     if names.is_empty() {
         Ok(())
     } else {
-        Err(AuthError::ReservedVariables(names))
+        Err(EnvError::Reserved(names))
     }
 }
 
-/// The text of [`AuthError::ReservedVariables`] for `names`.
+/// The text of [`EnvError::Reserved`] for `names`.
 pub fn reserved_message(names: &[String]) -> String {
     let (what, verb) = if names.len() == 1 {
         ("the CI variable", "is")
@@ -366,7 +385,8 @@ mod tests {
             "CUSTOM_ENV_GIT_CONFIG_VALUE_12".to_string(),
             "secretvalue".to_string(),
         );
-        let e = check_reserved(&env).unwrap_err();
+        // As authorization reports it: the CI user sees the whole text.
+        let e = crate::authz::AuthError::from(check_reserved(&env).unwrap_err());
         assert!(e.user_facing());
         let e = e.to_string();
         assert!(

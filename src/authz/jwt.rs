@@ -118,26 +118,17 @@ pub fn validate(token: &str, key: &Key, expect: &Expect<'_>) -> Result<Identity,
 /// The claims of a token that we read. Every field takes any JSON value, so a claim of the
 /// wrong type is reported by [`check_claims`] with its name instead of failing the decoding.
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Claims {
-    #[serde(default)]
     pub exp: Option<Seconds>,
-    #[serde(default)]
     pub nbf: Option<Seconds>,
-    #[serde(default)]
     pub iat: Option<Seconds>,
-    #[serde(default)]
     pub iss: Option<Text>,
-    #[serde(default)]
     pub aud: Option<Audience>,
-    #[serde(default)]
     pub job_id: Option<Text>,
-    #[serde(default)]
     pub user_login: Option<Text>,
-    #[serde(default)]
     pub user_id: Option<Text>,
-    #[serde(default)]
     pub project_path: Option<Text>,
-    #[serde(default)]
     pub pipeline_source: Option<Text>,
 }
 

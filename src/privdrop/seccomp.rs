@@ -22,20 +22,11 @@ use std::io::{Read, Seek};
 use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
-use super::AuthError;
+use crate::authz::AuthError;
 use crate::config::Seccomp;
+use crate::sys::seccomp::BadLength;
 
-/// A compiled filter, ready to install in a pre-exec hook: 1 to [`MAX_INSTRUCTIONS`]
-/// instructions (checked by [`Program::new`], before any fork).
-#[derive(Debug, Clone)]
-pub struct Program {
-    filter: Vec<libc::sock_filter>,
-}
-
-/// The most instructions the kernel accepts in one classic BPF filter (`BPF_MAXINSNS`); a
-/// longer one would only fail in the child, after the fork. Below `u16::MAX`, the width of
-/// `sock_fprog.len`.
-pub const MAX_INSTRUCTIONS: usize = 4096;
+pub use crate::sys::seccomp::{Program, MAX_INSTRUCTIONS};
 
 /// Whether the configuration asks for a filter.
 pub fn wanted(cfg: &Seccomp) -> bool {
@@ -118,7 +109,7 @@ pub fn build(cfg: &Seccomp, uid: u32, gid: u32) -> Result<Option<Program>, AuthE
             }
         }
     }
-    Program::new(export(&ctx)?).map(Some)
+    program(export(&ctx)?).map(Some)
 }
 
 /// The filter as BPF instructions (through a memfd: libseccomp 2.5 exports to a descriptor).
@@ -147,53 +138,15 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>, AuthError> 
         .collect())
 }
 
-impl Program {
-    /// A program of `filter`, refused when empty or longer than [`MAX_INSTRUCTIONS`].
-    pub fn new(filter: Vec<libc::sock_filter>) -> Result<Program, AuthError> {
-        if filter.is_empty() || filter.len() > MAX_INSTRUCTIONS {
-            return Err(err(format!(
-                "the filter has {} BPF instructions; the kernel accepts 1 to {MAX_INSTRUCTIONS} \
-                 (block or allow fewer calls: block_calls, allow_calls)",
-                filter.len()
-            )));
-        }
-        Ok(Program { filter })
-    }
-
-    /// Number of BPF instructions.
-    pub fn len(&self) -> usize {
-        self.filter.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.filter.is_empty()
-    }
-
-    /// Install the filter on the calling thread. Async-signal-safe (one `prctl`), meant for
-    /// a pre-exec hook. Needs `no_new_privs` or `CAP_SYS_ADMIN`.
-    pub fn install(&self) -> std::io::Result<()> {
-        // Never truncated: `new` keeps the length within MAX_INSTRUCTIONS < u16::MAX.
-        let len = u16::try_from(self.filter.len())
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::E2BIG))?;
-        let prog = libc::sock_fprog {
-            len,
-            filter: self.filter.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: `prog` points at `self.filter`, alive for the duration of the call; the
-        // kernel copies the program.
-        let rc = unsafe {
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                &prog as *const libc::sock_fprog,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
+/// A program of `filter`, refused (with what to change) when empty or longer than
+/// [`MAX_INSTRUCTIONS`].
+pub fn program(filter: Vec<libc::sock_filter>) -> Result<Program, AuthError> {
+    Program::new(filter).map_err(|BadLength(len)| {
+        err(format!(
+            "the filter has {len} BPF instructions; the kernel accepts 1 to {MAX_INSTRUCTIONS} \
+             (block or allow fewer calls: block_calls, allow_calls)"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -236,9 +189,9 @@ mod tests {
             jf: 0,
             k: 0x7fff_0000, // SECCOMP_RET_ALLOW
         };
-        assert!(Program::new(vec![insn; MAX_INSTRUCTIONS]).is_ok());
+        assert!(program(vec![insn; MAX_INSTRUCTIONS]).is_ok());
         for n in [0, MAX_INSTRUCTIONS + 1, u16::MAX as usize + 1] {
-            let e = Program::new(vec![insn; n]).unwrap_err().to_string();
+            let e = program(vec![insn; n]).unwrap_err().to_string();
             assert!(e.contains(&format!("has {n} BPF instructions")), "{e}");
             assert!(e.contains("4096"), "{e}");
         }
@@ -262,23 +215,10 @@ mod tests {
         c.block_calls = vec!["sethostname".into()];
         c.block_with_errno = true;
         let p = build(&c, 0, 0).unwrap().unwrap();
-        let mut cmd = std::process::Command::new("/bin/true");
-        let prog = p.clone();
-        // SAFETY: only async-signal-safe calls (prctl, sethostname, _exit) in the child.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                prog.install()?;
-                // An over-long name: without the filter the kernel answers EINVAL (or EPERM
-                // for non-root) and changes nothing, so this test can never rename the host.
-                let name = [b'x'; 1000];
-                let rc = libc::sethostname(name.as_ptr().cast(), name.len());
-                let e = *libc::__errno_location();
-                libc::_exit(if rc == -1 && e == libc::EPERM { 42 } else { 43 });
-            });
-        }
-        let st = cmd.status().unwrap();
-        assert_eq!(st.code(), Some(42));
+        assert_eq!(
+            crate::sys::seccomp::sethostname_in_child(Some(&p)),
+            Some(42)
+        );
     }
 
     /// The control case of [`installed_filter_blocks_in_a_child`]: without the filter the
@@ -292,16 +232,6 @@ mod tests {
         ) {
             return;
         }
-        let mut cmd = std::process::Command::new("/bin/true");
-        // SAFETY: only async-signal-safe calls (sethostname, _exit) in the child.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                let name = [b'x'; 1000];
-                let rc = libc::sethostname(name.as_ptr().cast(), name.len());
-                let e = *libc::__errno_location();
-                libc::_exit(if rc == -1 && e == libc::EPERM { 42 } else { 43 });
-            });
-        }
-        assert_eq!(cmd.status().unwrap().code(), Some(43));
+        assert_eq!(crate::sys::seccomp::sethostname_in_child(None), Some(43));
     }
 }

@@ -1,4 +1,5 @@
-//! Raw capability syscalls for the pre-exec helper (async-signal-safe, no allocation).
+//! Raw capability syscalls (async-signal-safe, no allocation), for the pre-exec child and
+//! for `jacamar-auth validate`'s checks of the service account.
 //!
 //! A service account holding only file capabilities (`cap_setuid,cap_setgid=ep`) keeps
 //! them across `setresuid`: the kernel clears capabilities on a uid switch only for a

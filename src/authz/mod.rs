@@ -1,11 +1,15 @@
-//! The privilege boundary: who runs the job, with what environment, and what the job log
-//! may say about failures.
+//! Authorization: who may run the job. Its one job is the decision, a [`Target`] (the local
+//! account, the downscope mode, the verified identity) or an [`AuthError`].
 //!
 //! [`authorize`] is called by jacamar-auth at every stage. Identity comes from the job's
-//! signed id_token ([`jwt`], keys from [`jwks`]), never from `CUSTOM_ENV_` variables; then
-//! the policy of `[auth]` ([`lists`], bot accounts, pipeline sources, [`runas`],
-//! [`nologin`], shells) decides, and the result is a [`Target`]. [`downscope`] turns it into
-//! the command that starts `jacamar` as that account ([`caps`], [`seccomp`]).
+//! signed id_token ([`jwt`], keys from [`jwks`] over [`tls`]), never from `CUSTOM_ENV_`
+//! variables; then the policy of `[auth]` ([`lists`], bot accounts, pipeline sources,
+//! [`runas`], [`nologin`], shells, [`target`]'s uid rules) decides. How the job then becomes
+//! that account is [`crate::privdrop`]'s; its environment is [`crate::jobenv`]'s; what the
+//! logs say is [`crate::audit`]'s.
+//!
+//! Layering: at the auth/batch/shell layer. It may import `config`, `job`, `protocol`,
+//! `shell`, `jobenv`, `clock`/`hex`/`text` and `sys`; never `stages`, `privdrop`, `audit` or a binary.
 //!
 //! The token's keys come from the trusted server ([`trusted_server`]): `gitlab_server`, else
 //! the origin of the runner-written job response, never a CI variable.
@@ -15,17 +19,11 @@
 //! jacamar-auth's own account unverified ([`Target::identity`] is `None`), and the job log
 //! says so. `enforce_nologin` applies to it too.
 
-pub mod audit;
-pub mod caps;
-pub mod downscope;
-pub mod env;
 pub mod jwks;
 pub mod jwt;
 pub mod lists;
 pub mod nologin;
-pub mod obfuscate;
 pub mod runas;
-pub mod seccomp;
 pub mod target;
 pub mod tls;
 
@@ -35,13 +33,14 @@ use std::time::Duration;
 
 use crate::config::{Config, Downscope};
 use crate::job::JobResponse;
+use crate::jobenv;
 use crate::protocol::Account;
 
 /// The fallback variable of the job's id_token.
 pub const DEFAULT_JWT_VARIABLE: &str = "CI_JOB_JWT";
 
 /// Authorization failures. Their text is for the admin; the job log gets
-/// [`obfuscate::public_message`] unless `--unobfuscated` (or [`AuthError::user_facing`]).
+/// [`crate::audit::obfuscate::public_message`] unless `--unobfuscated` (or [`AuthError::user_facing`]).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("failed to look up the local account of uid {uid}: {why}")]
@@ -81,16 +80,9 @@ pub enum AuthError {
     /// The runner's job response, which names the job the id_token must be for.
     #[error("cannot bind the id_token to this job: {0}")]
     JobResponse(#[source] crate::job::ResponseError),
-    #[error("CI variable {name} is {len} characters long, more than max_env_chars ({max}) allows")]
-    EnvTooLong {
-        name: String,
-        len: usize,
-        max: usize,
-    },
-    /// CI variables that would decide where the job token goes (see
-    /// [`env::reserved_git_variable`]): their names, never their values.
-    #[error("{}", env::reserved_message(.0))]
-    ReservedVariables(Vec<String>),
+    /// A CI variable refused by [`jobenv::check_sizes`] or [`jobenv::check_reserved`].
+    #[error(transparent)]
+    Env(#[from] jobenv::EnvError),
 }
 
 impl AuthError {
@@ -98,12 +90,7 @@ impl AuthError {
     /// runner): the missing id_token, an over-long variable, a reserved variable (its name,
     /// never its value).
     pub fn user_facing(&self) -> bool {
-        matches!(
-            self,
-            AuthError::MissingToken { .. }
-                | AuthError::EnvTooLong { .. }
-                | AuthError::ReservedVariables(_)
-        )
+        matches!(self, AuthError::MissingToken { .. } | AuthError::Env(_))
     }
 }
 
@@ -186,9 +173,9 @@ pub fn needs_token(config: &Config) -> bool {
 /// (the caller checked, with [`crate::stages::privileged::no_auth_problems`], that this is
 /// neither root nor privileged). `enforce_nologin` and the variable checks still apply.
 pub fn unauthorized(config: &Config, env: &BTreeMap<String, String>) -> Result<Target, AuthError> {
-    env::check_sizes(env, config.auth.max_env_chars)?;
+    jobenv::check_sizes(env, config.auth.max_env_chars)?;
     if !config.general.unrestricted_cmd_line {
-        env::check_reserved(env)?;
+        jobenv::check_reserved(env)?;
     }
     check_nologin_file(config)?;
     Ok(Target {
@@ -211,11 +198,11 @@ pub async fn authorize(
     env: &BTreeMap<String, String>,
 ) -> Result<Target, AuthError> {
     let a = &config.auth;
-    env::check_sizes(env, a.max_env_chars)?;
-    // The driver manages git's credentials (askpass, see `env::askpass_env`): no CI
+    jobenv::check_sizes(env, a.max_env_chars)?;
+    // The driver manages git's credentials (askpass, see `jobenv::askpass_env`): no CI
     // variable may steer where the job token goes.
     if !config.general.unrestricted_cmd_line {
-        env::check_reserved(env)?;
+        jobenv::check_reserved(env)?;
     }
     let (var, token) = find_token(config, env);
     let Some(token) = token else {
@@ -406,7 +393,7 @@ async fn getent_check(name: &str, uid: u32) -> Result<(), AuthError> {
     let out = tokio::process::Command::new("getent")
         .args(["passwd", name])
         .env_clear()
-        .env("PATH", env::DEFAULT_PATH)
+        .env("PATH", jobenv::DEFAULT_PATH)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
