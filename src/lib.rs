@@ -10,7 +10,52 @@
 //! 5. [`fs`]: `jacamar`, as the user, creates the job's directories and script file.
 //! 6. [`shell`] / [`batch`]: the script is turned into a command.
 //! 7. [`supervisor`]: the command runs under one state machine (signals, timeouts, sweeping).
-//! 8. [`stages::privileged`]: the outcome is mapped to the runner's exit codes ([`job::RunnerEnv`]).
+//! 8. [`stages::privileged`]: how the stage ended is mapped to the runner's exit codes
+//!    ([`job::RunnerEnv`]).
+//!
+//! # Glossary
+//!
+//! One name per concept; the type that holds it in brackets.
+//!
+//! * **the runner**: GitLab Runner, whose custom executor calls our binaries, one call a stage
+//!   ([`job::RunnerEnv`]: its exit codes; [`job::JobResponse`]: the job it was sent). Its
+//!   `config.toml`, where it is registered, is checked by `jacamar-auth validate`
+//!   ([`config::runner`]); the emulator of it is `jacamar-sim` (`src/bin/jacamar-sim/`).
+//! * **stage**: one call of a hook of the runner's `[runners.custom]`: `config`, `prepare`,
+//!   `run` (with the name of the run stage, `build_script`, `step_*`, ...) or `cleanup`
+//!   ([`protocol::Stage`]).
+//! * **job**: the CI job the stages belong to, as read from the runner's `CUSTOM_ENV_*`
+//!   ([`job::JobContext`]).
+//! * **jacamar-auth**: the binary the runner calls, as root or a service account with
+//!   `cap_setuid,cap_setgid`: it authorizes the job and hands each stage over
+//!   ([`stages::privileged`]).
+//! * **jacamar**: the binary that runs a stage as the job's user ([`stages::user`]); the
+//!   handoff and its status travel over two pipes ([`protocol::Handoff`], [`protocol::Status`]).
+//! * **downscope**: how `jacamar-auth` becomes the job's account to start `jacamar`
+//!   (`[auth] downscope`, [`config::Downscope`]; the account: [`authz::Target`]; the
+//!   privilege drop: [`privdrop::downscope::Plan`]).
+//! * **data_dir / base dir**: `[general] data_dir` is the root of every user's directories;
+//!   a user's base dir is `<data_dir>/<user>`, owned by the user ([`fs::JobPaths::base_dir`]).
+//! * **builds dir**: where the runner checks the project out (`builds_dir` of `config`'s
+//!   answer, [`fs::builds::BuildsInfo`]; planned by [`fs::builds::BuildsPlan`]).
+//! * **claim**: a job's hold on one of a project's concurrent build directories
+//!   (`limit_build_dir`, [`fs::claim::ClaimDir`]).
+//! * **executor**: `[general] executor`, the way a `run` stage's script runs: `shell`, or a
+//!   batch scheduler ([`config::Executor`]).
+//! * **scheduler**: a batch system (Slurm, PBS, LSF, Flux, Cobalt) and the commands it is
+//!   driven with ([`batch::Scheduler`]).
+//! * **batch job**: a submitted stage's job at the scheduler (what it is given:
+//!   [`batch::BatchJob`]; its state machine: `batch::run::BatchRun`; its states:
+//!   [`batch::JobState`], its final word [`batch::Final`]).
+//! * **allocation**: the nodes a scheduler grants a batch job, where the submitted stage's
+//!   script runs (the scheduler's, never ours to hold).
+//! * **status class**: how a stage ended, as the runner counts it: success, build failure
+//!   (`BUILD_FAILURE_EXIT_CODE`) or system failure (`SYSTEM_FAILURE_EXIT_CODE`); on the wire
+//!   [`protocol::Status`] (its name: [`protocol::Status::class`]); what `jacamar-auth`
+//!   makes of the status pipe: [`protocol::StatusVerdict`].
+//! * **how it ended**, one type a level: a supervised process [`supervisor::ChildEnd`], a
+//!   stage for the runner `stages::privileged::end::StageEnd`, a batch job
+//!   [`batch::outcome::JobEnd`], an emulator's call `CallEnd` (in `jacamar-sim`).
 
 // Every `unsafe` block says why it is sound (CI denies warnings); all of them are in `sys`,
 // every other module forbids unsafe code.

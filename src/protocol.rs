@@ -116,25 +116,74 @@ impl Account {
     }
 }
 
-/// What `jacamar` is asked to do.
+/// The stage being run: one hook of the runner's `[runners.custom]`, the same for
+/// `jacamar-auth` (from its command line), `jacamar` (in the [`Handoff`]) and the emulator.
+///
+/// `S` is how a `run` stage's script is held: its path, as the runner names it on
+/// `jacamar-auth`'s command line (`Stage<PathBuf>`), or its content, as it travels to
+/// `jacamar` in the handoff (`Stage<String>`, the default). On the pipe a stage is
+/// `{"action": "config" | "prepare" | "run" | "cleanup"}`, a `run` with `"stage"` (its
+/// name) and `"script"` (the content).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
-pub enum Action {
+pub enum Stage<S = String> {
     /// `config_exec`: decide the job's builds dir as the user (claim one with
     /// `limit_build_dir`, verify `CUSTOM_CI_BUILDS_DIR`); answered with [`Status::Configured`].
     Config,
-    /// Create the job's directories.
+    /// `prepare_exec`: create the job's directories.
     Prepare,
-    /// Write the stage's script into the user's script dir and run it.
-    Run { stage: String, script: String },
-    /// Remove the job's script files (unless retain_logs). Idempotent.
+    /// `run_exec`: write the stage's script into the user's script dir and run it.
+    Run {
+        /// The runner's name of the stage (`prepare_script`, `build_script`, `step_*`, ...).
+        #[serde(rename = "stage")]
+        name: String,
+        script: S,
+    },
+    /// `cleanup_exec`: remove the job's script files (unless retain_logs). Idempotent.
     Cleanup,
+}
+
+impl<S> Stage<S> {
+    /// The sub-command of the hook (`config`, `prepare`, `run`, `cleanup`).
+    pub fn hook(&self) -> &'static str {
+        match self {
+            Stage::Config => "config",
+            Stage::Prepare => "prepare",
+            Stage::Run { .. } => "run",
+            Stage::Cleanup => "cleanup",
+        }
+    }
+
+    /// The runner's name of the stage, as logs know it (`config_exec`, `build_script`, ...).
+    pub fn name(&self) -> &str {
+        match self {
+            Stage::Config => "config_exec",
+            Stage::Prepare => "prepare_exec",
+            Stage::Run { name, .. } => name,
+            Stage::Cleanup => "cleanup_exec",
+        }
+    }
+
+    /// The same stage with its script turned into another form (a path into its content).
+    pub fn try_map_script<T, E>(self, f: impl FnOnce(S) -> Result<T, E>) -> Result<Stage<T>, E> {
+        Ok(match self {
+            Stage::Config => Stage::Config,
+            Stage::Prepare => Stage::Prepare,
+            Stage::Run { name, script } => Stage::Run {
+                name,
+                script: f(script)?,
+            },
+            Stage::Cleanup => Stage::Cleanup,
+        })
+    }
 }
 
 /// Everything `jacamar` needs, decided by the privileged side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
-    pub action: Action,
+    /// The stage (`"action"` on the pipe).
+    #[serde(rename = "action")]
+    pub stage: Stage,
     /// The configuration's TOML text; `jacamar` re-validates it.
     pub config_toml: String,
     pub job: JobContext,
@@ -184,7 +233,7 @@ pub enum Status {
     SystemFailure {
         message: String,
     },
-    /// [`Action::Config`] succeeded: what `config_exec` prints for the runner.
+    /// [`Stage::Config`] succeeded: what `config_exec` prints for the runner.
     Configured {
         builds_dir: std::path::PathBuf,
         builds_dir_is_shared: bool,
@@ -199,6 +248,27 @@ impl Status {
             Status::BuildFailure { .. } => "build_failure",
             Status::SystemFailure { .. } => "system_failure",
             Status::Configured { .. } => "configured",
+        }
+    }
+}
+
+impl Status {
+    /// The status of a `run` stage whose script ended with `exit`; `stopped` is why we
+    /// stopped it, if we did: then the stage failed even if the script's trap exited 0. A
+    /// script killed by signal `s` failed with the shell's code for it, `128 + s`.
+    pub fn of_exit(exit: Exit, stopped: Option<String>) -> Status {
+        match (exit, stopped) {
+            (Exit::Code(0), None) => Status::Success,
+            (Exit::Code(c), stopped) => Status::BuildFailure {
+                exit_code: if c == 0 { 1 } else { c },
+                signal: None,
+                stopped,
+            },
+            (Exit::Signal(s), stopped) => Status::BuildFailure {
+                exit_code: 128 + s,
+                signal: Some(s),
+                stopped,
+            },
         }
     }
 }
@@ -582,7 +652,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<(Status, Option<Category>), StatusEr
 
 /// What `jacamar-auth` makes of the status pipe, given how `jacamar` ended ([`verdict`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum StatusVerdict {
     /// Nothing was written: `jacamar` ended without reporting a status.
     Silent,
     /// One status line, consistent with `jacamar`'s exit.
@@ -596,23 +666,23 @@ pub enum Verdict {
 /// Check what was read on the status pipe against how `jacamar` ended (see the module's
 /// doc): a status counts only when it is the one line on the pipe and `jacamar` exited
 /// with its code ([`exit_code_of`]).
-pub fn verdict(read: &Bounded, exit: Exit) -> Verdict {
+pub fn verdict(read: &Bounded, exit: Exit) -> StatusVerdict {
     let bytes = match read {
         Bounded::TooLong => {
-            return Verdict::Inconsistent(format!(
+            return StatusVerdict::Inconsistent(format!(
                 "the status was too long (more than {MAX_STATUS} bytes)"
             ))
         }
-        Bounded::Complete(b) if b.is_empty() => return Verdict::Silent,
+        Bounded::Complete(b) if b.is_empty() => return StatusVerdict::Silent,
         Bounded::Complete(b) => b,
     };
     let (status, category) = match parse_status(bytes) {
         Ok(s) => s,
-        Err(why) => return Verdict::Inconsistent(why.to_string()),
+        Err(why) => return StatusVerdict::Inconsistent(why.to_string()),
     };
     let code = exit_code_of(&status);
     if exit == Exit::Code(code) {
-        return Verdict::Reported(status, category);
+        return StatusVerdict::Reported(status, category);
     }
     let how = match exit {
         Exit::Code(c) => format!("exited with code {c}"),
@@ -621,7 +691,7 @@ pub fn verdict(read: &Bounded, exit: Exit) -> Verdict {
             Err(_) => format!("was killed by signal {s}"),
         },
     };
-    Verdict::Inconsistent(format!(
+    StatusVerdict::Inconsistent(format!(
         "the status says {} (exit code {code}) but jacamar {how}",
         status.class()
     ))
@@ -647,10 +717,76 @@ pub fn raw(fd: &OwnedFd) -> RawFd {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_scripts_exit_maps_to_one_status() {
+        assert_eq!(Status::of_exit(Exit::Code(0), None), Status::Success);
+        let failed = |exit_code, signal, stopped: Option<&str>| Status::BuildFailure {
+            exit_code,
+            signal,
+            stopped: stopped.map(str::to_string),
+        };
+        assert_eq!(Status::of_exit(Exit::Code(7), None), failed(7, None, None));
+        // A stopped script failed, even when its trap exited 0.
+        let why = Some("backstop".to_string());
+        assert_eq!(
+            Status::of_exit(Exit::Code(0), why.clone()),
+            failed(1, None, Some("backstop"))
+        );
+        assert_eq!(
+            Status::of_exit(Exit::Signal(libc::SIGKILL), None),
+            failed(137, Some(9), None)
+        );
+        assert_eq!(
+            Status::of_exit(Exit::Signal(libc::SIGTERM), why),
+            failed(143, Some(15), Some("backstop"))
+        );
+        for (st, code) in [
+            (Status::Success, 0),
+            (failed(7, None, None), EXIT_BUILD_FAILURE),
+            (
+                Status::SystemFailure {
+                    message: "x".into(),
+                },
+                EXIT_SYSTEM_FAILURE,
+            ),
+        ] {
+            assert_eq!(exit_code_of(&st), code, "{st:?}");
+        }
+    }
+
+    #[test]
+    fn a_stage_keeps_its_wire_encoding() {
+        let run: Stage = Stage::Run {
+            name: "build_script".into(),
+            script: "echo hi\n".into(),
+        };
+        let json = serde_json::to_value(&run).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"action": "run", "stage": "build_script", "script": "echo hi\n"})
+        );
+        for (stage, word) in [
+            (Stage::<String>::Config, "config"),
+            (Stage::Prepare, "prepare"),
+            (Stage::Cleanup, "cleanup"),
+        ] {
+            assert_eq!(stage.hook(), word);
+            let json = serde_json::to_value(&stage).unwrap();
+            assert_eq!(json, serde_json::json!({ "action": word }));
+            assert_eq!(serde_json::from_value::<Stage>(json).unwrap(), stage);
+        }
+        assert_eq!(run.name(), "build_script");
+        assert_eq!(Stage::<String>::Prepare.name(), "prepare_exec");
+        let h = sample();
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["action"]["action"], "run");
+        assert_eq!(json["action"]["stage"], "build_script");
+    }
+
     fn sample() -> Handoff {
         Handoff {
-            action: Action::Run {
-                stage: "build_script".into(),
+            stage: Stage::Run {
+                name: "build_script".into(),
                 script: "echo hi\n".repeat(100_000),
             },
             config_toml: "[general]\n".into(),
@@ -921,13 +1057,13 @@ mod tests {
         assert!(!err.contains("success"), "the error quotes the pipe: {err}");
         assert!(matches!(
             verdict(&Bounded::Complete(both), Exit::Code(EXIT_BUILD_FAILURE)),
-            Verdict::Inconsistent(_)
+            StatusVerdict::Inconsistent(_)
         ));
         // A line glued to the next without its newline is not a status either.
         let glued = b"{\"status\":\"success\"}{\"status\":\"success\"}\n".to_vec();
         assert!(matches!(
             verdict(&Bounded::Complete(glued), Exit::Code(0)),
-            Verdict::Inconsistent(_)
+            StatusVerdict::Inconsistent(_)
         ));
     }
 
@@ -961,15 +1097,15 @@ mod tests {
         for (status, exit, ok) in cases {
             let got = verdict(&Bounded::Complete(line_of(&status)), exit);
             if ok {
-                assert_eq!(got, Verdict::Reported(status, None), "{exit:?}");
+                assert_eq!(got, StatusVerdict::Reported(status, None), "{exit:?}");
             } else {
-                let Verdict::Inconsistent(why) = got else {
+                let StatusVerdict::Inconsistent(why) = got else {
                     panic!("{status:?} with {exit:?} was accepted: {got:?}")
                 };
                 assert!(why.contains(status.class()), "{why}");
             }
         }
-        let Verdict::Inconsistent(why) = verdict(
+        let StatusVerdict::Inconsistent(why) = verdict(
             &Bounded::Complete(line_of(&Status::Success)),
             Exit::Signal(libc::SIGKILL),
         ) else {
@@ -979,9 +1115,9 @@ mod tests {
         // Nothing at all is no status; too much is a refusal that says so.
         assert_eq!(
             verdict(&Bounded::Complete(Vec::new()), Exit::Signal(9)),
-            Verdict::Silent
+            StatusVerdict::Silent
         );
-        let Verdict::Inconsistent(why) = verdict(&Bounded::TooLong, Exit::Code(0)) else {
+        let StatusVerdict::Inconsistent(why) = verdict(&Bounded::TooLong, Exit::Code(0)) else {
             unreachable!()
         };
         assert!(why.contains("too long"), "{why}");
@@ -1001,7 +1137,7 @@ mod tests {
         r.read_to_end(&mut line).unwrap();
         writer.join().unwrap();
         assert!(line.len() <= MAX_STATUS, "{} bytes", line.len());
-        let Verdict::Reported(Status::SystemFailure { message }, category) =
+        let StatusVerdict::Reported(Status::SystemFailure { message }, category) =
             verdict(&Bounded::Complete(line), Exit::Code(EXIT_SYSTEM_FAILURE))
         else {
             panic!("the cut status does not read back")

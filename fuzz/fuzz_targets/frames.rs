@@ -25,7 +25,8 @@ use std::sync::OnceLock;
 
 use jacamar::protocol::{
     control_line, exit_code_of, handoff_bytes, parse_control, parse_status, read_bounded,
-    read_handoff, read_line_bounded, verdict, write_status, Bounded, LineRead, Verdict, MAX_STATUS,
+    read_handoff, read_line_bounded, verdict, write_status, Bounded, LineRead, StatusVerdict,
+    MAX_STATUS,
 };
 use jacamar::supervisor::Exit;
 use libfuzzer_sys::fuzz_target;
@@ -72,21 +73,21 @@ fuzz_target!(|data: &[u8]| {
                 let read = Bounded::Complete(rest.to_vec());
                 assert!(matches!(
                     verdict(&read, Exit::Code(code)),
-                    Verdict::Reported(s, _) if s == status
+                    StatusVerdict::Reported(s, _) if s == status
                 ));
                 assert!(matches!(
                     verdict(&read, Exit::Code(code.wrapping_add(1))),
-                    Verdict::Inconsistent(_)
+                    StatusVerdict::Inconsistent(_)
                 ));
                 assert!(matches!(
                     verdict(&read, Exit::Signal(9)),
-                    Verdict::Inconsistent(_)
+                    StatusVerdict::Inconsistent(_)
                 ));
             } else if !rest.is_empty() {
                 let read = Bounded::Complete(rest.to_vec());
                 assert!(matches!(
                     verdict(&read, Exit::Code(0)),
-                    Verdict::Inconsistent(_)
+                    StatusVerdict::Inconsistent(_)
                 ));
             }
         }

@@ -29,7 +29,7 @@ pub enum Cause {
 
 /// The classified end of one scheduler job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct JobEnd {
     pub cause: Cause,
     /// The build exit code (never 0 for a failure).
     pub exit_code: i32,
@@ -66,7 +66,7 @@ pub fn never_started(queued_for: Duration, reason: Option<&str>) -> String {
 /// of ours is the stopping reason, see [`verdict`]). Slurm's words are recognised; any
 /// other scheduler's words keep the general rule: the scheduler's normal end is decided
 /// by the exit code, any other end is the user's build failure naming the state.
-pub fn classify(f: &Final, seen: &Seen<'_>) -> Outcome {
+pub fn classify(f: &Final, seen: &Seen<'_>) -> JobEnd {
     let ended = format!(
         "{} job {} ended {}",
         seen.name,
@@ -74,13 +74,13 @@ pub fn classify(f: &Final, seen: &Seen<'_>) -> Outcome {
         JobState::Finished(f.clone()).describe()
     );
     let code = if f.exit_code == 0 { 1 } else { f.exit_code };
-    let user = |why: Option<String>| Outcome {
+    let user = |why: Option<String>| JobEnd {
         cause: Cause::User,
         exit_code: code,
         message: why,
         resubmit: false,
     };
-    let infra = |why: &str, resubmit: bool| Outcome {
+    let infra = |why: &str, resubmit: bool| JobEnd {
         cause: Cause::Infrastructure,
         exit_code: code,
         message: Some(format!("{ended}: {why} (a system failure)")),
@@ -88,7 +88,7 @@ pub fn classify(f: &Final, seen: &Seen<'_>) -> Outcome {
     };
     if f.normal_end {
         return match f.exit_code {
-            0 => Outcome {
+            0 => JobEnd {
                 cause: Cause::Success,
                 exit_code: 0,
                 message: None,
@@ -129,7 +129,7 @@ pub fn classify(f: &Final, seen: &Seen<'_>) -> Outcome {
 
 /// The stage's status for `o`; `stopped` is why we stopped the job, if we did (then the
 /// stage failed even if the job's trap exited 0).
-pub fn status(o: &Outcome, stopped: Option<String>) -> Status {
+pub fn status(o: &JobEnd, stopped: Option<String>) -> Status {
     match o.cause {
         Cause::Success if stopped.is_none() => Status::Success,
         Cause::Infrastructure if stopped.is_none() => {

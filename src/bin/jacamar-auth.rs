@@ -51,17 +51,17 @@ fn main() {
     // Diagnostics go to stderr only: config's stdout is the runner's JSON.
     jacamar::stages::diag::install();
     let cli = Cli::parse();
-    let (call, configuration) = match cli.command {
+    let (stage, configuration) = match cli.command {
         Command::Validate {
             configuration,
             runner_config,
         } => std::process::exit(validate(configuration.as_deref(), runner_config.as_deref())),
-        Command::Stage(stage) => stage.into_call(),
+        Command::Stage(stage) => stage.into_stage(),
     };
     let code = privileged::main(Options {
         unobfuscated: cli.unobfuscated,
         configuration,
-        call,
+        stage,
         no_auth: false,
     });
     std::process::exit(code);

@@ -25,11 +25,13 @@ struct Cli {
     #[arg(long)]
     no_auth: bool,
     #[command(subcommand)]
-    action: Action,
+    command: Command,
 }
 
+/// `jacamar`'s sub-commands: the stage named on its command line (the handoff's stage is
+/// the one run), and its helpers.
 #[derive(Subcommand, Debug)]
-enum Action {
+enum Command {
     /// Decide (claim, verify) the job's builds directory for config_exec.
     Config,
     /// Create the job's directories.
@@ -98,11 +100,11 @@ fn no_auth_main() -> i32 {
     }
     jacamar::stages::diag::install();
     let cli = NoAuthCli::parse();
-    let (call, configuration) = cli.command.into_call();
+    let (stage, configuration) = cli.command.into_stage();
     jacamar::stages::privileged::main_no_auth(jacamar::stages::privileged::Options {
         unobfuscated: cli.unobfuscated,
         configuration,
-        call,
+        stage,
         no_auth: true,
     })
 }
@@ -128,10 +130,10 @@ fn main() {
         askpass(prompt);
     }
     let cli = Cli::parse();
-    if let Action::Signal { signal, pids } = &cli.action {
+    if let Command::Signal { signal, pids } = &cli.command {
         std::process::exit(signal_pids(signal, pids));
     }
-    if let Action::CaptureEnv { output } = &cli.action {
+    if let Command::CaptureEnv { output } = &cli.command {
         if let Err(e) = jacamar::stages::login_env::capture_to(output) {
             eprintln!("jacamar capture-env: {e}");
             std::process::exit(1);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::privileged::Call;
+use crate::protocol::Stage;
 
 /// One hook of `[runners.custom]`.
 #[derive(Subcommand, Debug)]
@@ -43,16 +43,22 @@ pub enum StageCommand {
 
 impl StageCommand {
     /// The stage to run and the `--configuration` given with it.
-    pub fn into_call(self) -> (Call, Option<PathBuf>) {
+    pub fn into_stage(self) -> (Stage<PathBuf>, Option<PathBuf>) {
         match self {
-            StageCommand::Config { configuration } => (Call::Config, configuration),
-            StageCommand::Prepare { configuration } => (Call::Prepare, configuration),
+            StageCommand::Config { configuration } => (Stage::Config, configuration),
+            StageCommand::Prepare { configuration } => (Stage::Prepare, configuration),
             StageCommand::Run {
                 configuration,
                 script,
                 stage,
-            } => (Call::Run { script, stage }, configuration),
-            StageCommand::Cleanup { configuration } => (Call::Cleanup, configuration),
+            } => (
+                Stage::Run {
+                    name: stage,
+                    script,
+                },
+                configuration,
+            ),
+            StageCommand::Cleanup { configuration } => (Stage::Cleanup, configuration),
         }
     }
 }

@@ -15,7 +15,7 @@ use super::{group_of, job_paths, StageError};
 use crate::batch::{self, BatchJob};
 use crate::config::Config;
 use crate::fs::{self, DirPolicy};
-use crate::protocol::{self, Action, Handoff, Status};
+use crate::protocol::{self, Handoff, Stage, Status};
 use crate::shell::{self, Profile};
 use crate::supervisor::{self, group, Exit, GroupTerminator, OsSignals, Policy};
 
@@ -64,6 +64,25 @@ fn run(control: OwnedFd) -> Result<Status, StageError> {
     rt.block_on(act(handoff, control.into()))
 }
 
+/// What every stage of `jacamar` works with: the handed-over stage, the configuration it
+/// carried, and the job's paths and directory policy for the job's account.
+struct Ctx<'a> {
+    h: &'a Handoff,
+    config: &'a Config,
+    paths: &'a fs::JobPaths,
+    policy: &'a DirPolicy,
+}
+
+impl Ctx<'_> {
+    fn builds_plan(&self) -> Result<fs::builds::BuildsPlan, StageError> {
+        Ok(fs::builds::BuildsPlan::new(
+            &self.config.general,
+            &self.h.job,
+            self.paths,
+        )?)
+    }
+}
+
 async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
     let config = Config::from_str_named(&h.config_toml, "configuration from jacamar-auth")?;
     let paths = job_paths(&config, &h.job, &h.account)?;
@@ -71,15 +90,20 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
         uid: h.account.uid,
         group_permissions: config.general.group_permissions,
     };
-    let builds_plan = || fs::builds::BuildsPlan::new(&config.general, &h.job, &paths);
+    let cx = Ctx {
+        h: &h,
+        config: &config,
+        paths: &paths,
+        policy: &policy,
+    };
     // Messages of the build-directory features go to the job log (stderr), never stdout.
     let mut notify = |m: &str| eprintln!("{m}");
-    match &h.action {
-        Action::Config => {
+    match &h.stage {
+        Stage::Config => {
             let info = fs::builds::configure(
                 &paths,
                 &policy,
-                &builds_plan()?,
+                &cx.builds_plan()?,
                 &config.general,
                 &h.job,
                 &mut notify,
@@ -89,8 +113,8 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                 builds_dir_is_shared: info.builds_dir_is_shared,
             })
         }
-        Action::Prepare => {
-            let plan = builds_plan()?;
+        Stage::Prepare => {
+            let plan = cx.builds_plan()?;
             fs::builds::prepare(
                 paths.clone(),
                 &policy,
@@ -101,77 +125,96 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
             )?;
             Ok(Status::Success)
         }
-        Action::Cleanup => {
-            if config.general.executor.is_batch() {
-                // Cancel the scheduler jobs still queued or running before their record goes.
-                cancel_batch_jobs(&config, &h, &paths).await;
-            }
-            let plan = builds_plan()?;
-            // Before the claim goes: the runner's file-type variables of this job (left
-            // behind when the runner's own cleanup_file_variables ran after an abort).
-            // A refusal is said in the runner's log; the rest of the cleanup goes on.
-            if let Err(e) = fs::builds::remove_runner_tmp(&paths, &policy, &plan, &h.job) {
-                tracing::warn!("jacamar: cleanup left the runner's temporary project dir: {e}");
-            }
-            fs::cleanup_job(&paths, config.general.retain_logs)?;
-            let report = fs::builds::cleanup(&paths, &policy, &plan, &config.general)?;
-            if let (Some(slot), true) = (report.released, report.still_in_use) {
-                eprintln!(
-                    "jacamar: build directory {} is still in use by a stage of job {} that has not ended; it frees up when that stage ends",
-                    fs::claim::slot_name(slot),
-                    h.job.job_id
-                );
-            }
-            Ok(Status::Success)
-        }
-        Action::Run { stage, script } => {
-            // Held until the stage (and so the job's processes) is gone.
-            let _claim = fs::builds::hold_claim(&paths, &policy, &builds_plan()?, &mut notify)?;
-            // The runner's own stages get the prelude that keeps the job token off their
-            // command lines; the script itself is written as the runner wrote it.
-            let token = h
-                .job_token
-                .as_deref()
-                .filter(|_| !config.general.unrestricted_cmd_line);
-            let text = super::prelude::stage_script(stage, token, script);
-            let path = fs::write_script(&paths, &policy, stage, &text)?;
-            let search_path = crate::jobenv::search_path(&h.env);
-            let profile = Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only);
-            let submitted =
-                config.general.executor.is_batch() && crate::batch::is_submitted_stage(stage);
-            let cmd = shell::command(
-                config.general.shell_path.as_deref(),
-                profile,
-                &path,
-                search_path,
-            );
-            if !submitted && h.job.bash_profile_once && profile != Profile::None {
-                return profile_once(&config, &h, &paths, &policy, profile, &path, control).await;
-            }
-            if submitted {
-                let deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
-                let batch = BatchStage {
-                    config: &config,
-                    h: &h,
-                    paths: &paths,
-                    policy: &policy,
-                    stage,
-                };
-                let st = run_batch(batch, cmd, control, deadline).await?;
-                // What the batch executor reports as a system failure is the scheduler's.
-                return match st {
-                    Status::SystemFailure { message } => Err(StageError::Scheduler(message)),
-                    other => Ok(other),
-                };
-            }
-            let launch = Launch {
-                env: h.env.clone(),
-                cwd: h.account.workdir(),
-                state: None,
-            };
-            run_shell(&config, &h, cmd, &launch, control).await
-        }
+        Stage::Cleanup => cleanup(&cx).await,
+        Stage::Run { name, script } => run_stage(&cx, name, script, control).await,
     }
+}
+
+/// `cleanup_exec`: cancel a batch executor's scheduler jobs still alive, remove the job's
+/// files and release its build directory's claim.
+async fn cleanup(cx: &Ctx<'_>) -> Result<Status, StageError> {
+    let Ctx {
+        h,
+        config,
+        paths,
+        policy,
+    } = *cx;
+    if config.general.executor.is_batch() {
+        // Cancel the scheduler jobs still queued or running before their record goes.
+        cancel_batch_jobs(config, h, paths).await;
+    }
+    let plan = cx.builds_plan()?;
+    // Before the claim goes: the runner's file-type variables of this job (left
+    // behind when the runner's own cleanup_file_variables ran after an abort).
+    // A refusal is said in the runner's log; the rest of the cleanup goes on.
+    if let Err(e) = fs::builds::remove_runner_tmp(paths, policy, &plan, &h.job) {
+        tracing::warn!("jacamar: cleanup left the runner's temporary project dir: {e}");
+    }
+    fs::cleanup_job(paths, config.general.retain_logs)?;
+    let report = fs::builds::cleanup(paths, policy, &plan, &config.general)?;
+    if let (Some(slot), true) = (report.released, report.still_in_use) {
+        eprintln!(
+            "jacamar: build directory {} is still in use by a stage of job {} that has not ended; it frees up when that stage ends",
+            fs::claim::slot_name(slot),
+            h.job.job_id
+        );
+    }
+    Ok(Status::Success)
+}
+
+/// A `run` stage: write its script as the user (behind the prelude), then run it in the
+/// user's shell, submit it to the scheduler (a batch executor's submitted stage), or replay
+/// or record the login shell's state (`JACAMAR_BASH_PROFILE_ONCE`).
+async fn run_stage(
+    cx: &Ctx<'_>,
+    stage: &str,
+    script: &str,
+    control: OwnedFd,
+) -> Result<Status, StageError> {
+    let Ctx {
+        h,
+        config,
+        paths,
+        policy,
+    } = *cx;
+    let mut notify = |m: &str| eprintln!("{m}");
+    // Held until the stage (and so the job's processes) is gone.
+    let _claim = fs::builds::hold_claim(paths, policy, &cx.builds_plan()?, &mut notify)?;
+    // The runner's own stages get the prelude that keeps the job token off their
+    // command lines; the script itself is written as the runner wrote it.
+    let token = h
+        .job_token
+        .as_deref()
+        .filter(|_| !config.general.unrestricted_cmd_line);
+    let text = super::prelude::stage_script(stage, token, script);
+    let path = fs::write_script(paths, policy, stage, &text)?;
+    let search_path = crate::jobenv::search_path(&h.env);
+    let profile = Profile::from_flags(h.job.no_bash_profile, h.job.etc_profile_only);
+    let submitted = config.general.executor.is_batch() && crate::batch::is_submitted_stage(stage);
+    let cmd = shell::command(
+        config.general.shell_path.as_deref(),
+        profile,
+        &path,
+        search_path,
+    );
+    if !submitted && h.job.bash_profile_once && profile != Profile::None {
+        return profile_once(config, h, paths, policy, profile, &path, control).await;
+    }
+    if submitted {
+        let deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
+        let st = run_batch(cx, stage, cmd, control, deadline).await?;
+        // What a batch job reports as a system failure is the scheduler's.
+        return match st {
+            Status::SystemFailure { message } => Err(StageError::Scheduler(message)),
+            other => Ok(other),
+        };
+    }
+    let launch = Launch {
+        env: h.env.clone(),
+        cwd: h.account.workdir(),
+        state: None,
+    };
+    run_shell(config, h, cmd, &launch, control).await
 }
 
 /// A `run` stage of a `JACAMAR_BASH_PROFILE_ONCE` job (see [`super::login_env`]): replay what
@@ -302,35 +345,16 @@ async fn run_shell(
             r.to_string()
         }
     });
-    Ok(match (outcome.exit, stopped) {
-        (Exit::Code(0), None) => Status::Success,
-        (Exit::Code(c), stopped) => Status::BuildFailure {
-            // A job we stopped failed, even if its trap exited 0.
-            exit_code: if c == 0 { 1 } else { c },
-            signal: None,
-            stopped,
-        },
-        (Exit::Signal(s), stopped) => Status::BuildFailure {
-            exit_code: 128 + s,
-            signal: Some(s),
-            stopped,
-        },
-    })
+    Ok(Status::of_exit(outcome.exit, stopped))
 }
 
-/// A submitted stage of a batch executor, and where its files go.
-struct BatchStage<'a> {
-    config: &'a Config,
-    h: &'a Handoff,
-    paths: &'a fs::JobPaths,
-    policy: &'a DirPolicy,
-    stage: &'a str,
-}
-
-/// The batch `run` of a submitted stage: write the wrapper, take cancellation requests from
-/// the control pipe and our signals, and run the batch executor.
+/// The batch `run` of a submitted stage (`stage`): write the wrapper, take cancellation
+/// requests from the control pipe and our signals, and run the batch job ([`BatchRun`]).
+///
+/// [`BatchRun`]: crate::batch::run::BatchRun
 async fn run_batch(
-    b: BatchStage<'_>,
+    b: &Ctx<'_>,
+    stage: &str,
     cmd: shell::ShellCommand,
     control: OwnedFd,
     deadline: Option<tokio::time::Instant>,
@@ -350,14 +374,14 @@ async fn run_batch(
         .chain(cmd.args.iter().cloned())
         .collect();
     let scripts_dir = b.paths.scripts_dir();
-    let wrapper = scheduler.wrapper(&batch::run::output_path(&scripts_dir, b.stage), &command);
-    let name = format!("{}-batch", b.stage);
+    let wrapper = scheduler.wrapper(&batch::run::output_path(&scripts_dir, stage), &command);
+    let name = format!("{}-batch", stage);
     let script = fs::write_script(b.paths, b.policy, &name, wrapper.as_bytes())?;
     let job = BatchJob {
         config: b.config,
         scheduler: scheduler.as_ref(),
         scripts_dir,
-        stage: b.stage,
+        stage,
         script,
         env: b.h.env.clone(),
         variables: &b.h.job.batch_variables,

@@ -10,7 +10,7 @@
 //!                                      ▼
 //!                      Sweeping (group + descendants until empty)
 //!                                      ▼
-//!                      Draining (output pipes, bounded wait) ──▶ Outcome
+//!                      Draining (output pipes, bounded wait) ──▶ ChildEnd
 //! ```
 //!
 //! The machine does not know how to reach the child: a [`Terminator`] does. For the user's
@@ -142,7 +142,7 @@ impl Exit {
 
 /// What happened to one supervised child.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct ChildEnd {
     pub exit: Exit,
     /// Set when the supervisor stopped the child (and why).
     pub stopped: Option<Reason>,
@@ -169,7 +169,7 @@ pub async fn supervise(
     policy: &Policy,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     relays: Vec<JoinHandle<u64>>,
-) -> Outcome {
+) -> ChildEnd {
     let mut state = State::Running;
     let mut requests_open = true;
     let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
@@ -239,7 +239,7 @@ pub async fn supervise(
         }
     }
 
-    Outcome {
+    ChildEnd {
         exit,
         stopped,
         escalated,
@@ -408,7 +408,7 @@ mod tests {
     async fn run(
         policy: Policy,
         reqs: Vec<Request>,
-    ) -> (Outcome, Vec<String>, std::time::Duration) {
+    ) -> (ChildEnd, Vec<String>, std::time::Duration) {
         let (mut child, mut rec) = sleeper();
         let (tx, mut rx) = mpsc::unbounded_channel();
         for r in reqs {

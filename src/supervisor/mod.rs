@@ -15,7 +15,7 @@ pub mod signals;
 
 pub use child::{AnyChild, PidfdChild, Waitable};
 pub use machine::{
-    escalates_now, supervise, Exit, GroupTerminator, Outcome, Policy, Reason, Request, Terminator,
+    escalates_now, supervise, ChildEnd, Exit, GroupTerminator, Policy, Reason, Request, Terminator,
 };
 pub use signals::OsSignals;
 

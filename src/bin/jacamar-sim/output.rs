@@ -6,14 +6,20 @@ use std::io::Write;
 /// Prefix of every runner-log line on stderr.
 pub const RUNNER_LOG_PREFIX: &str = "[runner log] ";
 
-/// Writes raw bytes (one line including its newline) to the job log and flushes.
-pub fn job_log_bytes(line: &[u8]) {
-    let mut out = std::io::stdout().lock();
+/// Writes `prefix` and `line` (one line, its newline added when missing) to `out` and
+/// flushes; a log that cannot be written loses the line.
+fn write_line(mut out: impl Write, prefix: &[u8], line: &[u8]) {
+    let _ = out.write_all(prefix);
     let _ = out.write_all(line);
     if !line.ends_with(b"\n") {
         let _ = out.write_all(b"\n");
     }
     let _ = out.flush();
+}
+
+/// Writes raw bytes (one line including its newline) to the job log and flushes.
+pub fn job_log_bytes(line: &[u8]) {
+    write_line(std::io::stdout().lock(), b"", line);
 }
 
 /// Writes one line of text to the job log.
@@ -38,16 +44,23 @@ pub fn job_warning(text: &str) {
 
 /// Writes one line (raw bytes) to the runner log on stderr, with the prefix.
 pub fn runner_log_bytes(line: &[u8]) {
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(RUNNER_LOG_PREFIX.as_bytes());
-    let _ = err.write_all(line);
-    if !line.ends_with(b"\n") {
-        let _ = err.write_all(b"\n");
-    }
-    let _ = err.flush();
+    write_line(std::io::stderr().lock(), RUNNER_LOG_PREFIX.as_bytes(), line);
 }
 
 /// Writes one line of text to the runner log.
 pub fn runner_log(line: &str) {
     runner_log_bytes(line.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_gets_its_prefix_and_one_newline() {
+        let mut out = Vec::new();
+        write_line(&mut out, b"[runner log] ", b"one");
+        write_line(&mut out, b"", b"two\n");
+        assert_eq!(out, b"[runner log] one\ntwo\n");
+    }
 }

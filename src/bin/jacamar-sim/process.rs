@@ -18,33 +18,14 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use jacamar::protocol::Stage;
+
 use crate::output::{job_log_bytes, runner_log, runner_log_bytes};
 
 /// How long to keep reading a call's pipes after it exited (a descendant may hold them open).
 const PIPE_GRACE: Duration = Duration::from_secs(2);
 /// Upper bound on captured `config` stdout.
 const CAPTURE_LIMIT: u64 = 4 * 1024 * 1024;
-
-/// Which hook of `[runners.custom]` a call is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CallKind {
-    Config,
-    Prepare,
-    Run,
-    Cleanup,
-}
-
-impl CallKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            CallKind::Config => "config",
-            CallKind::Prepare => "prepare",
-            CallKind::Run => "run",
-            CallKind::Cleanup => "cleanup",
-        }
-    }
-}
 
 /// Where a call's stdout goes (stderr always goes to the same log as stdout, except that
 /// `Capture` sends stderr to the job log).
@@ -61,7 +42,9 @@ pub enum OutputMode {
 /// One entry of the summary's `calls` list.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallRecord {
-    pub kind: CallKind,
+    /// The hook (`config`, `prepare`, `run`, `cleanup`).
+    pub kind: &'static str,
+    /// A `run` stage's name.
     pub stage: Option<String>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -92,8 +75,8 @@ pub struct KillTimings {
 
 /// Everything needed to start one call.
 pub struct CallSpec {
-    pub kind: CallKind,
-    pub stage: Option<String>,
+    /// The stage called (a `run` stage with the path of its script).
+    pub stage: Stage<PathBuf>,
     pub program: PathBuf,
     pub args: Vec<OsString>,
     /// Added to the emulator's own environment, in order (a later duplicate wins).
@@ -111,7 +94,7 @@ pub struct CallSpec {
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
+pub enum CallEnd {
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
@@ -123,7 +106,7 @@ pub enum Ending {
 /// The result of a finished call.
 #[derive(Debug)]
 pub struct Finished {
-    pub ending: Ending,
+    pub ending: CallEnd,
     pub stdout: Vec<u8>,
 }
 
@@ -146,8 +129,8 @@ pub fn start(spec: CallSpec, records: &Records, origin: StdInstant) -> std::io::
     let pid = child.id().unwrap_or(0);
     let index = record_start(records, &spec, pid, origin);
     let label = match &spec.stage {
-        Some(stage) => format!("{} {stage} (pid {pid})", spec.kind.name()),
-        None => format!("{} (pid {pid})", spec.kind.name()),
+        Stage::Run { name, .. } => format!("run {name} (pid {pid})"),
+        other => format!("{} (pid {pid})", other.hook()),
     };
     let pipes = read_output(&mut child, spec.output);
 
@@ -189,8 +172,11 @@ fn spawn(spec: &CallSpec) -> std::io::Result<Child> {
 fn record_start(records: &Records, spec: &CallSpec, pid: u32, origin: StdInstant) -> usize {
     let mut recs = records.lock().unwrap_or_else(|p| p.into_inner());
     recs.push(CallRecord {
-        kind: spec.kind,
-        stage: spec.stage.clone(),
+        kind: spec.stage.hook(),
+        stage: match &spec.stage {
+            Stage::Run { name, .. } => Some(name.clone()),
+            _ => None,
+        },
         exit_code: None,
         signal: None,
         pid,
@@ -250,13 +236,13 @@ impl Watch {
         let ending = supervise(&mut child, pid, &spec, &self.records, self.index, label).await;
         let stdout = self.drain(pipes).await;
         let left_behind = group_still_alive(pid).await;
-        if left_behind && matches!(ending, Ending::Exited { .. }) {
+        if left_behind && matches!(ending, CallEnd::Exited { .. }) {
             runner_log(&format!(
                 "WARNING: {label}: processes of its group are still alive after it exited"
             ));
         }
         self.record_end(&ending, left_behind);
-        let describe = describe_ending(&ending);
+        let describe = describe_call_end(&ending);
         if tx.send(Finished { ending, stdout }).is_err() {
             // Nobody waits any more: cleanup was started without this call (hard abort).
             runner_log(&format!("detached {label} finally ended: {describe}"));
@@ -295,9 +281,9 @@ impl Watch {
     }
 
     /// Fills in the call's record: exit code or signal, end time, abandoned, left behind.
-    fn record_end(&self, ending: &Ending, left_behind: bool) {
+    fn record_end(&self, ending: &CallEnd, left_behind: bool) {
         let (code, signal) = match ending {
-            Ending::Exited { code, signal } => (*code, *signal),
+            CallEnd::Exited { code, signal } => (*code, *signal),
             _ => (None, None),
         };
         let mut recs = self.records.lock().unwrap_or_else(|p| p.into_inner());
@@ -305,27 +291,27 @@ impl Watch {
             r.exit_code = code;
             r.signal = signal;
             r.ended_ms = Some(ms_since(self.origin));
-            r.abandoned = *ending == Ending::Abandoned;
+            r.abandoned = *ending == CallEnd::Abandoned;
             r.group_left_behind = left_behind;
         }
     }
 }
 
 /// Text for an ending, for logs.
-pub fn describe_ending(ending: &Ending) -> String {
+pub fn describe_call_end(ending: &CallEnd) -> String {
     match ending {
-        Ending::Exited {
+        CallEnd::Exited {
             code: Some(code), ..
         } => format!("exit status {code}"),
-        Ending::Exited {
+        CallEnd::Exited {
             signal: Some(sig), ..
         } => match Signal::try_from(*sig) {
             Ok(s) => format!("killed by signal {}", s.as_str()),
             Err(_) => format!("killed by signal {sig}"),
         },
-        Ending::Exited { .. } => "ended".to_string(),
-        Ending::Abandoned => "abandoned (still alive after SIGKILL)".to_string(),
-        Ending::WaitFailed(e) => format!("wait failed: {e}"),
+        CallEnd::Exited { .. } => "ended".to_string(),
+        CallEnd::Abandoned => "abandoned (still alive after SIGKILL)".to_string(),
+        CallEnd::WaitFailed(e) => format!("wait failed: {e}"),
     }
 }
 
@@ -388,7 +374,7 @@ async fn supervise(
     records: &Records,
     index: usize,
     label: &str,
-) -> Ending {
+) -> CallEnd {
     let mut termed = false;
     let mut kill_at: Option<Instant> = None;
     let mut abandon_at: Option<Instant> = None;
@@ -397,8 +383,8 @@ async fn supervise(
         tokio::select! {
             status = child.wait() => {
                 return match status {
-                    Ok(st) => Ending::Exited { code: st.code(), signal: st.signal() },
-                    Err(e) => Ending::WaitFailed(e.to_string()),
+                    Ok(st) => CallEnd::Exited { code: st.code(), signal: st.signal() },
+                    Err(e) => CallEnd::WaitFailed(e.to_string()),
                 };
             }
             _ = spec.kill_now.cancelled(), if abandon_at.is_none() => {
@@ -425,7 +411,7 @@ async fn supervise(
                     "WARNING: {label} still alive {:?} after SIGKILL; abandoning it",
                     spec.timings.force_kill_timeout
                 ));
-                return Ending::Abandoned;
+                return CallEnd::Abandoned;
             }
         }
     }

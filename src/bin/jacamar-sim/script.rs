@@ -1,10 +1,10 @@
-//! Stage names and the bash scripts the runner generates for each `run` call.
+//! The names of the `run` stages and the bash scripts the runner generates for each `run` call.
 
 use std::fmt::Write as _;
 
-/// The `run` sub-stages, in the order the runner calls them.
+/// The `run` stages (the runner's `BuildStage`s), in the order the runner calls them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub enum RunStage {
     PrepareScript,
     GetSources,
     /// Before the second and later tries of get_sources (`GET_SOURCES_ATTEMPTS`).
@@ -20,42 +20,44 @@ pub enum Stage {
     CleanupFileVariables,
 }
 
-impl Stage {
+impl RunStage {
     /// The name passed as the last argument of `run`.
     pub fn name(self) -> &'static str {
         match self {
-            Stage::PrepareScript => "prepare_script",
-            Stage::GetSources => "get_sources",
-            Stage::ClearWorktree => "clear_worktree",
-            Stage::RestoreCache => "restore_cache",
-            Stage::DownloadArtifacts => "download_artifacts",
-            Stage::BuildScript => "build_script",
-            Stage::AfterScript => "after_script",
-            Stage::ArchiveCache => "archive_cache",
-            Stage::ArchiveCacheOnFailure => "archive_cache_on_failure",
-            Stage::UploadArtifactsOnSuccess => "upload_artifacts_on_success",
-            Stage::UploadArtifactsOnFailure => "upload_artifacts_on_failure",
-            Stage::CleanupFileVariables => "cleanup_file_variables",
+            RunStage::PrepareScript => "prepare_script",
+            RunStage::GetSources => "get_sources",
+            RunStage::ClearWorktree => "clear_worktree",
+            RunStage::RestoreCache => "restore_cache",
+            RunStage::DownloadArtifacts => "download_artifacts",
+            RunStage::BuildScript => "build_script",
+            RunStage::AfterScript => "after_script",
+            RunStage::ArchiveCache => "archive_cache",
+            RunStage::ArchiveCacheOnFailure => "archive_cache_on_failure",
+            RunStage::UploadArtifactsOnSuccess => "upload_artifacts_on_success",
+            RunStage::UploadArtifactsOnFailure => "upload_artifacts_on_failure",
+            RunStage::CleanupFileVariables => "cleanup_file_variables",
         }
     }
 
     /// The section header the runner prints in the job log before the stage.
     pub fn header(self) -> &'static str {
         match self {
-            Stage::PrepareScript => "Preparing environment",
-            Stage::GetSources => "Getting source from Git repository",
-            Stage::ClearWorktree => {
+            RunStage::PrepareScript => "Preparing environment",
+            RunStage::GetSources => "Getting source from Git repository",
+            RunStage::ClearWorktree => {
                 "Deleting all tracked and untracked files due to source fetch failure"
             }
-            Stage::RestoreCache => "Restoring cache",
-            Stage::DownloadArtifacts => "Downloading artifacts",
-            Stage::BuildScript => "Executing \"step_script\" stage of the job script",
-            Stage::AfterScript => "Running after_script",
-            Stage::ArchiveCache => "Saving cache for successful job",
-            Stage::ArchiveCacheOnFailure => "Saving cache for failed job",
-            Stage::UploadArtifactsOnSuccess => "Uploading artifacts for successful job",
-            Stage::UploadArtifactsOnFailure => "Uploading artifacts for failed job",
-            Stage::CleanupFileVariables => "Cleaning up project directory and file based variables",
+            RunStage::RestoreCache => "Restoring cache",
+            RunStage::DownloadArtifacts => "Downloading artifacts",
+            RunStage::BuildScript => "Executing \"step_script\" stage of the job script",
+            RunStage::AfterScript => "Running after_script",
+            RunStage::ArchiveCache => "Saving cache for successful job",
+            RunStage::ArchiveCacheOnFailure => "Saving cache for failed job",
+            RunStage::UploadArtifactsOnSuccess => "Uploading artifacts for successful job",
+            RunStage::UploadArtifactsOnFailure => "Uploading artifacts for failed job",
+            RunStage::CleanupFileVariables => {
+                "Cleaning up project directory and file based variables"
+            }
         }
     }
 }
@@ -79,7 +81,7 @@ pub enum Shape {
 
 /// Everything a stage script needs.
 pub struct ScriptInput<'a> {
-    pub stage: Stage,
+    pub stage: RunStage,
     pub shape: Shape,
     /// Variables exported at the top of the script (CI variables and job variables).
     pub variables: &'a [(String, String)],
@@ -168,15 +170,15 @@ fn stage_body(input: &ScriptInput<'_>) -> String {
     s.push('\n');
     let dir = runner_quote(input.project_dir);
     match input.stage {
-        Stage::PrepareScript => {
+        RunStage::PrepareScript => {
             s.push_str("echo \"Running on $(hostname) via jacamar-sim...\"\n");
         }
-        Stage::GetSources => {
+        RunStage::GetSources => {
             s.push_str(&green_echo("Fetching changes..."));
             let _ = writeln!(s, "mkdir -p {dir}");
             let _ = writeln!(s, "cd {dir}");
         }
-        Stage::ClearWorktree => {
+        RunStage::ClearWorktree => {
             // The runner runs `git rm -rf --ignore-unmatch .` and `git clean -ffdx` there;
             // the emulator has no repository to clear.
             s.push_str(&green_echo("Deleting tracked and untracked files..."));
@@ -187,22 +189,22 @@ fn stage_body(input: &ScriptInput<'_>) -> String {
 ",
             );
         }
-        Stage::BuildScript => {
+        RunStage::BuildScript => {
             let _ = writeln!(s, "cd {dir}");
             push_user_lines(&mut s, input.lines);
         }
-        Stage::AfterScript => {
+        RunStage::AfterScript => {
             let _ = writeln!(s, "cd {dir}");
             s.push_str(&green_echo("Running after script..."));
             push_user_lines(&mut s, input.lines);
         }
-        Stage::RestoreCache
-        | Stage::DownloadArtifacts
-        | Stage::ArchiveCache
-        | Stage::ArchiveCacheOnFailure
-        | Stage::UploadArtifactsOnSuccess
-        | Stage::UploadArtifactsOnFailure
-        | Stage::CleanupFileVariables => {
+        RunStage::RestoreCache
+        | RunStage::DownloadArtifacts
+        | RunStage::ArchiveCache
+        | RunStage::ArchiveCacheOnFailure
+        | RunStage::UploadArtifactsOnSuccess
+        | RunStage::UploadArtifactsOnFailure
+        | RunStage::CleanupFileVariables => {
             s.push_str(": # nothing to do for this stage in the emulator\n");
         }
     }
@@ -252,7 +254,7 @@ mod tests {
         let vars = vec![("CI_JOB_ID".to_string(), "7".to_string())];
         let lines = vec!["echo 'hi'".to_string()];
         generate(&ScriptInput {
-            stage: Stage::BuildScript,
+            stage: RunStage::BuildScript,
             shape,
             variables: &vars,
             project_dir: "/b/p",
@@ -306,7 +308,7 @@ mod tests {
             let script = |lines: &[&str]| {
                 let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
                 generate(&ScriptInput {
-                    stage: Stage::BuildScript,
+                    stage: RunStage::BuildScript,
                     shape,
                     variables: &[("V".into(), "it's \\ \"x\"\n\tline2 é".into())],
                     project_dir: &project,
@@ -343,7 +345,7 @@ mod tests {
             let _ = std::fs::remove_file(&ready);
             let lines = vec![format!("touch {}", ready.display()), "sleep 30".to_string()];
             let text = generate(&ScriptInput {
-                stage: Stage::BuildScript,
+                stage: RunStage::BuildScript,
                 shape,
                 variables: &[],
                 project_dir: "/",
