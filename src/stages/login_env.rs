@@ -104,9 +104,36 @@ pub struct LoginState {
     pub cwd: Option<PathBuf>,
 }
 
+/// Why the first stage's login state could not be recorded or used; each is said in the
+/// job log as a warning and the stage reads the profile instead.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginEnvError {
+    #[error(
+        "the login shell's variable {0:?} is not UTF-8: its environment is not recorded, \
+         every stage reads the profile"
+    )]
+    NotUtf8(std::ffi::OsString),
+    #[error("failed to write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} is not readable: {source}")]
+    Unreadable {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("{what} {why}")]
+    Invalid { what: String, why: String },
+    #[error("failed to encode the login state: {0}")]
+    Encode(serde_json::Error),
+    #[error(transparent)]
+    File(#[from] fs::FsError),
+}
+
 /// `jacamar capture-env FILE`: record this process's state (it runs as a child of the login
 /// shell, after the profile) in `output` (created 0600, replaced, no symlink followed).
-pub fn capture_to(output: &Path) -> Result<(), String> {
+pub fn capture_to(output: &Path) -> Result<(), LoginEnvError> {
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
         // `_` is this program's own path, set by bash for it.
@@ -115,13 +142,7 @@ pub fn capture_to(output: &Path) -> Result<(), String> {
         }
         match (k.to_str(), v.to_str()) {
             (Some(k), Some(v)) => env.push((k.to_string(), v.to_string())),
-            _ => {
-                return Err(format!(
-                    "the login shell's variable {:?} is not UTF-8: its environment is not \
-                     recorded, every stage reads the profile",
-                    k
-                ))
-            }
+            _ => return Err(LoginEnvError::NotUtf8(k)),
         }
     }
     let umask = limits::current_umask();
@@ -143,7 +164,7 @@ pub fn capture_to(output: &Path) -> Result<(), String> {
         ignored_signals,
         cwd: std::env::current_dir().ok(),
     };
-    let text = serde_json::to_vec(&state).map_err(|e| e.to_string())?;
+    let text = serde_json::to_vec(&state).map_err(LoginEnvError::Encode)?;
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -152,7 +173,10 @@ pub fn capture_to(output: &Path) -> Result<(), String> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(output)
         .and_then(|mut f| f.write_all(&text))
-        .map_err(|e| format!("failed to write {}: {e}", output.display()))
+        .map_err(|source| LoginEnvError::Write {
+            path: output.to_path_buf(),
+            source,
+        })
 }
 
 /// Whether this process ignores `sig`.
@@ -166,50 +190,57 @@ fn max_signal() -> i32 {
 }
 
 /// Parse and check a state file's content (`what` names it in errors).
-fn parse(bytes: &[u8], what: &str) -> Result<LoginState, String> {
+fn parse(bytes: &[u8], what: &str) -> Result<LoginState, LoginEnvError> {
+    let invalid = |why: String| LoginEnvError::Invalid {
+        what: what.to_string(),
+        why,
+    };
     let st: LoginState =
-        serde_json::from_slice(bytes).map_err(|e| format!("{what} is not readable: {e}"))?;
+        serde_json::from_slice(bytes).map_err(|source| LoginEnvError::Unreadable {
+            what: what.to_string(),
+            source,
+        })?;
     if st.format != FORMAT {
-        return Err(format!("{what} has format {} (not {FORMAT})", st.format));
+        return Err(invalid(format!("has format {} (not {FORMAT})", st.format)));
     }
     let bad_name = |k: &str| k.is_empty() || k.contains(['=', '\0']);
     if let Some((k, _)) = st.env.iter().find(|(k, v)| bad_name(k) || v.contains('\0')) {
-        return Err(format!("{what} holds an unusable variable {k:?}"));
+        return Err(invalid(format!("holds an unusable variable {k:?}")));
     }
     if let Some(k) = st.unset.iter().find(|k| bad_name(k)) {
-        return Err(format!("{what} holds an unusable variable name {k:?}"));
+        return Err(invalid(format!("holds an unusable variable name {k:?}")));
     }
     if st.umask > 0o777 {
-        return Err(format!("{what} holds umask {:o}", st.umask));
+        return Err(invalid(format!("holds umask {:o}", st.umask)));
     }
     if let Some((n, ..)) = st
         .rlimits
         .iter()
         .find(|(n, ..)| !RLIMITS.iter().any(|(_, k)| k == n))
     {
-        return Err(format!("{what} holds an unknown limit {n:?}"));
+        return Err(invalid(format!("holds an unknown limit {n:?}")));
     }
     if let Some(s) = st
         .ignored_signals
         .iter()
         .find(|&&s| s < 1 || s > max_signal() || s == libc::SIGKILL || s == libc::SIGSTOP)
     {
-        return Err(format!("{what} holds signal {s}"));
+        return Err(invalid(format!("holds signal {s}")));
     }
     if st.cwd.as_ref().is_some_and(|c| !c.is_absolute()) {
-        return Err(format!("{what} holds a relative working directory"));
+        return Err(invalid("holds a relative working directory".to_string()));
     }
     Ok(st)
 }
 
 /// Before a stage: what the first stage kept, if anything (`Ok(None)`: this stage records).
 /// `Err`: the file is unusable (the caller says so in the job log and records again).
-pub fn load(paths: &JobPaths, policy: &DirPolicy) -> Result<Option<LoginState>, String> {
+pub fn load(paths: &JobPaths, policy: &DirPolicy) -> Result<Option<LoginState>, LoginEnvError> {
     let what = paths.scripts_dir().join(FILE).display().to_string();
     match fs::read_job_file(paths, policy, FILE, MAX_BYTES) {
         Ok(None) => Ok(None),
         Ok(Some(bytes)) => parse(&bytes, &what).map(Some),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -225,17 +256,19 @@ pub fn finish(
     paths: &JobPaths,
     policy: &DirPolicy,
     base: &[(String, String)],
-) -> Result<bool, String> {
+) -> Result<bool, LoginEnvError> {
     let what = raw_path(paths).display().to_string();
     let raw = match fs::read_job_file(paths, policy, RAW_FILE, MAX_BYTES) {
         Ok(None) => return Ok(false),
         Ok(Some(bytes)) => parse(&bytes, &what),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     };
-    let _ = fs::remove_job_file(paths, policy, RAW_FILE);
+    // The raw record goes whatever it holds; failing to remove it is said (the next
+    // capture replaces it).
+    fs::remove_job_file(paths, policy, RAW_FILE)?;
     let kept = changes(raw?, base);
-    let text = serde_json::to_vec(&kept).map_err(|e| e.to_string())?;
-    fs::write_job_file(paths, policy, FILE, &text).map_err(|e| e.to_string())?;
+    let text = serde_json::to_vec(&kept).map_err(LoginEnvError::Encode)?;
+    fs::write_job_file(paths, policy, FILE, &text)?;
     Ok(true)
 }
 
@@ -430,10 +463,10 @@ mod tests {
         ];
         for (st, want) in cases {
             let bytes = serde_json::to_vec(&st).unwrap();
-            let e = parse(&bytes, "f").unwrap_err();
+            let e = parse(&bytes, "f").unwrap_err().to_string();
             assert!(e.contains(want), "{e} (wanted {want:?})");
         }
-        let e = parse(b"{\"format\":1", "the file").unwrap_err();
+        let e = parse(b"{\"format\":1", "the file").unwrap_err().to_string();
         assert!(e.starts_with("the file is not readable"), "{e}");
     }
 

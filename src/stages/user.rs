@@ -245,7 +245,7 @@ async fn profile_once(
         Ok(None) => {}
         Err(e) => eprintln!(
             "jacamar: WARNING: JACAMAR_BASH_PROFILE_ONCE: {}; this stage reads the profile",
-            crate::text::sanitize(&e)
+            crate::text::sanitize(&e.to_string())
         ),
     }
     let raw = login_env::raw_path(paths);
@@ -265,7 +265,7 @@ async fn profile_once(
     if let Err(e) = login_env::finish(paths, policy, &h.env) {
         eprintln!(
             "jacamar: WARNING: JACAMAR_BASH_PROFILE_ONCE: {}; the next stage reads the profile",
-            crate::text::sanitize(&e)
+            crate::text::sanitize(&e.to_string())
         );
     }
     status
