@@ -43,6 +43,19 @@ impl DirFd {
     pub(crate) fn stat(&self) -> Result<FileStat, FsError> {
         stat::fstat(&self.fd).map_err(|e| FsError::io("stat", &self.path, e))
     }
+
+    /// Its stat when it belongs to `uid`; else refused, `why` saying so of the owner found.
+    pub(crate) fn owned_by(
+        &self,
+        uid: u32,
+        why: impl FnOnce(u32) -> String,
+    ) -> Result<FileStat, FsError> {
+        let st = self.stat()?;
+        if st.st_uid != uid {
+            return Err(FsError::refused(&self.path, why(st.st_uid)));
+        }
+        Ok(st)
+    }
 }
 
 pub(crate) fn file_type(st: &FileStat) -> SFlag {
