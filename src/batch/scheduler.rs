@@ -355,7 +355,9 @@ pub fn listing_by_id(
         .filter_map(|l| {
             let (id, rest) = l.split_once('|')?;
             let id = id.trim();
-            is_id(id).then_some(())?;
+            if !is_id(id) {
+                return None;
+            }
             Some((id.to_string(), listed(parse(rest)?, false)))
         })
         .collect()
