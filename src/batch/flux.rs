@@ -304,8 +304,8 @@ mod tests {
         assert_eq!(parse_jobs("garbage"), None);
     }
 
-    /// The commands, and how `flux jobs ID` reads: an unknown id, or an empty answer, is no
-    /// record of the job.
+    /// The commands, the job id in `flux submit`'s answers, and how `flux jobs ID` reads: an
+    /// unknown id, or an empty answer, is no record of the job.
     #[test]
     fn commands_and_the_state_answer() {
         assert_eq!(

@@ -300,7 +300,8 @@ mod tests {
         }
     }
 
-    /// The commands with and without `lsf_job_cancellation`, and how `bjobs` reads.
+    /// The job id in bsub's answers, the commands with and without `lsf_job_cancellation`,
+    /// and how `bjobs` reads.
     #[test]
     fn commands_and_the_state_answer() {
         submits(

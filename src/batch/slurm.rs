@@ -599,9 +599,9 @@ mod tests {
         assert!(parse_sacct("14|RUNNING|0:0", "14").unwrap().is_active());
     }
 
-    /// The commands, and how the state chain reads recorded answers: `scontrol` while the
-    /// controller holds the job, the accounting (`sacct -X`), then the completion log
-    /// (`sacct -c`) once it purged it.
+    /// The commands, the job id in sbatch's answers, and how the state chain reads recorded
+    /// answers: `scontrol` while the controller holds the job, the accounting (`sacct -X`),
+    /// then the completion log (`sacct -c`) once it purged it.
     #[test]
     fn commands_and_the_state_chain() {
         assert_eq!(
