@@ -64,6 +64,9 @@ pub mod why {
     pub const WAIT: &str = "the driver waits for the job itself";
     pub const WORKDIR: &str = "the driver sets the job's working directory";
     pub const INTERACTIVE: &str = "interactive jobs cannot be supervised by the driver";
+    pub const NEVER_RUNS: &str = "the job would never run";
+    pub const USER: &str = "jobs run as the CI job's user";
+    pub const ONE_JOB: &str = "one CI job is one scheduler job";
 }
 
 /// Copy the CI variables a batch run reads (`arguments_variable`, the name prefix)

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::args::{why, Illegal};
 use super::scheduler::{
-    last_line_id, listed, running_user, Accounting, Cmd, Profile, Query, Read, Scheduler,
+    last_line_id, listed, queued, running_user, Accounting, Cmd, Profile, Query, Read, Scheduler,
     Submission,
 };
 use super::{path_arg, Final, JobState, Listed};
@@ -105,11 +105,7 @@ fn row_state(st: &str) -> JobState {
         "running" | "starting" | "exiting" | "killing" | "cleanup" => {
             JobState::Running { state: st }
         }
-        _ => JobState::Queued {
-            state: st,
-            reason: None,
-            expected_start: None,
-        },
+        _ => queued(&st, None),
     }
 }
 
@@ -254,11 +250,11 @@ impl Scheduler for Cobalt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::scheduler::testing::{ids, out, shown, submission, submits};
+    use crate::batch::scheduler::testing::{commands, ids, out, shown, submits};
 
     #[test]
     fn job_ids_are_digits() {
-        submits(parse_submit, &[("1000\n", Some("1000"))]);
+        submits(parse_submit, &[("1000\n", "1000")], &[]);
         let bad = ["", "-u", "--", "10 00", "1000\u{1b}[0m", "1000.server", "x"];
         ids(valid_id, &["1000"], &bad);
     }
@@ -266,14 +262,7 @@ mod tests {
     #[test]
     fn qstat_tables() {
         let t = "JobID   User       WallTime  Nodes  State    Location\n=======\n1000    ci         00:10:00  1      queued   None\n1001    ci         00:10:00  1      running  nid0001\n";
-        assert_eq!(
-            parse_qstat(t, "1000"),
-            Some(JobState::Queued {
-                state: "queued".into(),
-                reason: None,
-                expected_start: None,
-            })
-        );
+        assert_eq!(parse_qstat(t, "1000"), Some(queued("queued", None)));
         assert_eq!(
             parse_qstat(t, "1001"),
             Some(JobState::Running {
@@ -361,12 +350,12 @@ mod tests {
     #[test]
     fn commands_and_the_state_answer() {
         let cobalt = Cobalt { skip_log: false };
-        let sub = submission(&["-n", "1"]);
         assert_eq!(
-            cobalt.submit(&sub).display(),
-            "qsub --jobname ci-7 --cwd /w -o /s/build_script.out -e /s/build_script.err --debuglog /s/build_script.cobaltlog -n 1 /s/build_script-batch"
+            commands(&cobalt, &["-n", "1"], "1000"),
+            "qsub --jobname ci-7 --cwd /w -o /s/build_script.out -e /s/build_script.err --debuglog /s/build_script.cobaltlog -n 1 /s/build_script-batch\n\
+             qdel -- 1000\n\
+             qdel -- 1000"
         );
-        assert_eq!(cobalt.cancel("1000", true).display(), "qdel -- 1000");
         let q = cobalt.state("1000");
         assert_eq!(shown(&q), ["qstat 1000"]);
         assert_eq!((q[0].read)(&out(0, "", "")), Read::Got(JobState::Unknown));

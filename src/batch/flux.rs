@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use super::args::{why, Illegal};
 use super::scheduler::{
-    any_word, last_line_id, listed, running_user, Cmd, Profile, Query, Read, Scheduler, Submission,
+    any_word, last_line_id, listing_by_id, queued, running_user, Cmd, Profile, Query, Read,
+    Scheduler, Submission,
 };
-use super::{path_arg, Final, JobState, Listed};
+use super::{Final, JobState, Listed};
 
 /// The Flux scheduler (`executor = "flux"`).
 pub struct Flux;
@@ -39,9 +40,9 @@ const PROFILE: Profile = Profile {
         Illegal::long("--wait", why::WAIT),
         Illegal::long("--wait-event", why::WAIT),
         Illegal::long("--watch", "the driver streams the job's output itself"),
-        Illegal::long("--dry-run", "the job would never run"),
-        Illegal::long("--cc", "one CI job is one scheduler job"),
-        Illegal::long("--bcc", "one CI job is one scheduler job"),
+        Illegal::long("--dry-run", why::NEVER_RUNS),
+        Illegal::long("--cc", why::ONE_JOB),
+        Illegal::long("--bcc", why::ONE_JOB),
         Illegal::long("--quiet", "the driver reads the job id flux submit prints"),
         Illegal::long("--log", "the driver reads flux submit's answer itself"),
         Illegal::long(
@@ -60,17 +61,8 @@ pub const LIST_FORMAT: &str =
 
 /// `flux jobs -a -n -o LIST_FORMAT`'s lines by decimal job id.
 pub fn parse_jobs_list(stdout: &str) -> BTreeMap<String, Listed> {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            let (id, rest) = l.split_once('|')?;
-            let id = id.trim();
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            Some((id.to_string(), listed(parse_jobs(rest)?, false)))
-        })
-        .collect()
+    let digits = |id: &str| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit());
+    listing_by_id(stdout, digits, parse_jobs)
 }
 
 const F58: &str = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
@@ -116,11 +108,7 @@ pub fn parse_jobs(stdout: &str) -> Option<JobState> {
     let get = |i: usize| f.get(i).copied().filter(|v| !v.is_empty());
     let state = get(0)?;
     Some(match state {
-        "DEPEND" | "PRIORITY" | "SCHED" | "NEW" => JobState::Queued {
-            state: state.to_string(),
-            reason: None,
-            expected_start: None,
-        },
+        "DEPEND" | "PRIORITY" | "SCHED" | "NEW" => queued(state, None),
         "RUN" | "CLEANUP" => JobState::Running {
             state: state.to_string(),
         },
@@ -176,12 +164,7 @@ impl Scheduler for Flux {
     }
 
     fn submit(&self, sub: &Submission) -> Cmd {
-        let options = vec![
-            "submit".to_string(),
-            format!("--job-name={}", sub.name),
-            format!("--output={}", path_arg(&sub.output)),
-            format!("--cwd={}", path_arg(&sub.workdir)),
-        ];
+        let options = sub.long_options("submit", ["--job-name", "--output", "--cwd"]);
         Cmd::submit("flux", options, sub)
     }
 
@@ -237,21 +220,9 @@ impl Scheduler for Flux {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission, submits};
-
-    #[test]
-    fn submit_answers() {
-        submits(
-            parse_submit,
-            &[
-                ("ƒ2kAbCd\n", Some("ƒ2kAbCd")),
-                ("1234\n", Some("1234")),
-                ("  \n", None),
-                ("job submitted", None),
-                ("--all\n", None),
-            ],
-        );
-    }
+    use crate::batch::scheduler::testing::{
+        commands, fin, ids, out, phase, shown, submits, summary,
+    };
 
     #[test]
     fn job_ids_are_decimal_or_f58() {
@@ -287,14 +258,10 @@ mod tests {
     #[test]
     fn jobs_listing() {
         let t = "2049|SCHED||||\n2050|RUN||||\n2051|INACTIVE|FAILED|7||\n2052|INACTIVE|CANCELED|-15|cancel|\n";
-        let m = parse_jobs_list(t);
-        assert_eq!(m.len(), 4, "{m:?}");
-        assert!(matches!(m["2049"].state, JobState::Queued { .. }));
-        assert!(matches!(m["2050"].state, JobState::Running { .. }));
-        let f = fin(m["2051"].state.clone());
-        assert_eq!((f.exit_code, m["2051"].code_unknown), (7, false));
-        let f = fin(m["2052"].state.clone());
-        assert_eq!(f.exit_code, 143);
+        assert_eq!(
+            summary(&parse_jobs_list(t)),
+            "2049 queued, 2050 running, 2051 exit 7, 2052 exit 143"
+        );
         assert!(parse_jobs_list("").is_empty());
     }
 
@@ -315,18 +282,8 @@ mod tests {
 
     #[test]
     fn jobs_lines() {
-        assert_eq!(
-            parse_jobs("SCHED||||\n"),
-            Some(JobState::Queued {
-                state: "SCHED".into(),
-                reason: None,
-                expected_start: None,
-            })
-        );
-        assert!(matches!(
-            parse_jobs("RUN||||"),
-            Some(JobState::Running { .. })
-        ));
+        assert_eq!(parse_jobs("SCHED||||\n"), Some(queued("SCHED", None)));
+        assert_eq!(phase(parse_jobs("RUN||||").as_ref()), "running");
         let f = fin(parse_jobs("INACTIVE|COMPLETED|0||"));
         assert!(f.success());
         let f = fin(parse_jobs("INACTIVE|FAILED|7||"));
@@ -347,20 +304,21 @@ mod tests {
         assert_eq!(parse_jobs("garbage"), None);
     }
 
-    /// The commands, and how `flux jobs ID` reads: an unknown id, or an empty answer, is no
-    /// record of the job.
+    /// The commands, the job id in `flux submit`'s answers, and how `flux jobs ID` reads: an
+    /// unknown id, or an empty answer, is no record of the job.
     #[test]
     fn commands_and_the_state_answer() {
-        let sub = submission(&["-N1"]);
         assert_eq!(
-            Flux.submit(&sub).display(),
-            "flux submit --job-name=ci-7 --output=/s/build_script.out --cwd=/w -N1 /s/build_script-batch"
+            commands(&Flux, &["-N1"], "ƒ2k"),
+            "flux submit --job-name=ci-7 --output=/s/build_script.out --cwd=/w -N1 /s/build_script-batch\n\
+             flux job kill --signal=SIGTERM -- ƒ2k\n\
+             flux cancel -- ƒ2k"
         );
-        assert_eq!(
-            Flux.cancel("ƒ2k", true).display(),
-            "flux job kill --signal=SIGTERM -- ƒ2k"
+        submits(
+            parse_submit,
+            &[("ƒ2kAbCd\n", "ƒ2kAbCd"), ("1234\n", "1234")],
+            &["  \n", "job submitted", "--all\n"],
         );
-        assert_eq!(Flux.cancel("ƒ2k", false).display(), "flux cancel -- ƒ2k");
         let q = Flux.state("ƒ2k");
         assert_eq!(shown(&q), [format!("flux jobs -n -o {JOBS_FORMAT} ƒ2k")]);
         let read = &q[0].read;

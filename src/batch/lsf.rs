@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 
 use super::args::{why, Illegal};
 use super::limiter::CmdOutput;
-use super::scheduler::{listed, running_user, Cmd, Profile, Query, Read, Scheduler, Submission};
+use super::scheduler::{
+    listing_by_id, queued, running_user, Cmd, Profile, Query, Read, Scheduler, Submission,
+};
 use super::{path_arg, Final, JobState, Listed};
 
 /// The LSF scheduler (`executor = "lsf"`).
@@ -82,17 +84,8 @@ pub const BJOBS_LIST_FORMAT: &str = "jobid stat exit_code exit_reason pend_reaso
 /// `bjobs -u USER -a -noheader -o BJOBS_LIST_FORMAT`'s lines by job id. Finished jobs carry
 /// their exit code (`exit_code`, `-` for 0).
 pub fn parse_bjobs_list(stdout: &str) -> BTreeMap<String, Listed> {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            let (id, rest) = l.split_once('|')?;
-            let id = id.trim();
-            if id.is_empty() || !id.starts_with(|c: char| c.is_ascii_digit()) {
-                return None;
-            }
-            Some((id.to_string(), listed(parse_bjobs(rest)?, false)))
-        })
-        .collect()
+    let numeric = |id: &str| id.starts_with(|c: char| c.is_ascii_digit());
+    listing_by_id(stdout, numeric, parse_bjobs)
 }
 
 /// bjobs's words for "the user has no job" (`No unfinished job found`, `No job found`),
@@ -128,11 +121,7 @@ pub fn parse_bjobs(stdout: &str) -> Option<JobState> {
     let get = |i: usize| f.get(i).copied().filter(|v| !v.is_empty() && *v != "-");
     let stat = get(0)?;
     Some(match stat {
-        "PEND" | "PSUSP" | "WAIT" => JobState::Queued {
-            state: stat.to_string(),
-            reason: get(3).map(str::to_string),
-            expected_start: None,
-        },
+        "PEND" | "PSUSP" | "WAIT" => queued(stat, get(3).map(str::to_string)),
         "DONE" => JobState::Finished(Final::exited(stat, 0)),
         "EXIT" => {
             let code = get(1).and_then(|c| c.parse::<i32>().ok());
@@ -228,7 +217,9 @@ impl Scheduler for Lsf {
 mod tests {
     use super::*;
     use crate::batch::args::find_illegal;
-    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission, submits};
+    use crate::batch::scheduler::testing::{
+        commands, fin, ids, out, phase, shown, submits, summary,
+    };
 
     #[test]
     fn job_ids_are_digits() {
@@ -237,31 +228,15 @@ mod tests {
     }
 
     #[test]
-    fn submit_answers() {
-        submits(
-            parse_submit,
-            &[
-                ("Job <1234> is submitted to queue <normal>.\n", Some("1234")),
-                ("Job <x> is submitted to queue <normal>.", None),
-                ("Request aborted by esub. Job not submitted.", None),
-            ],
-        );
-    }
-
-    #[test]
     fn bjobs_lines() {
         assert_eq!(
             parse_bjobs("PEND|-|-|New job is waiting for scheduling\n"),
-            Some(JobState::Queued {
-                state: "PEND".into(),
-                reason: Some("New job is waiting for scheduling".into()),
-                expected_start: None,
-            })
+            Some(queued(
+                "PEND",
+                Some("New job is waiting for scheduling".into())
+            ))
         );
-        assert!(matches!(
-            parse_bjobs("RUN|-|-|-"),
-            Some(JobState::Running { .. })
-        ));
+        assert_eq!(phase(parse_bjobs("RUN|-|-|-").as_ref()), "running");
         let f = fin(parse_bjobs("DONE|-|-|-"));
         assert!(f.success());
         let f = fin(parse_bjobs("EXIT|7|-|-"));
@@ -281,16 +256,13 @@ mod tests {
     fn bjobs_listing() {
         let t = "1001|RUN|-|-|-\n1002|PEND|-|-|New job is waiting for scheduling\n1003|DONE|-|-|-\n1004|EXIT|3|-|-\n";
         let m = parse_bjobs_list(t);
-        assert_eq!(m.len(), 4, "{m:?}");
-        assert!(matches!(m["1001"].state, JobState::Running { .. }));
-        assert!(matches!(
-            &m["1002"].state,
-            JobState::Queued { reason: Some(r), .. } if r == "New job is waiting for scheduling"
-        ));
-        let f = fin(m["1004"].state.clone());
-        assert_eq!((f.exit_code, m["1004"].code_unknown), (3, false));
-        let f = fin(m["1003"].state.clone());
-        assert!(f.success());
+        assert_eq!(
+            summary(&m),
+            "1001 running, 1002 queued, 1003 exit 0, 1004 exit 3"
+        );
+        let pending = queued("PEND", Some("New job is waiting for scheduling".into()));
+        assert_eq!(m["1002"].state, pending);
+        assert!(fin(m["1003"].state.clone()).success());
         assert!(parse_bjobs_list("").is_empty());
         let none = CmdOutput {
             code: Some(255),
@@ -328,9 +300,18 @@ mod tests {
         }
     }
 
-    /// The commands with and without `lsf_job_cancellation`, and how `bjobs` reads.
+    /// The job id in bsub's answers, the commands with and without `lsf_job_cancellation`,
+    /// and how `bjobs` reads.
     #[test]
     fn commands_and_the_state_answer() {
+        submits(
+            parse_submit,
+            &[("Job <1234> is submitted to queue <normal>.\n", "1234")],
+            &[
+                "Job <x> is submitted to queue <normal>.",
+                "Request aborted by esub. Job not submitted.",
+            ],
+        );
         let (plain, named) = (
             Lsf {
                 job_cancellation: false,
@@ -339,18 +320,18 @@ mod tests {
                 job_cancellation: true,
             },
         );
-        let sub = submission(&["-n", "2"]);
         assert_eq!(
-            plain.submit(&sub).display(),
-            "bsub -o /s/build_script.lsf.out -n 2 /s/build_script-batch"
+            commands(&plain, &["-n", "2"], "1234"),
+            "bsub -o /s/build_script.lsf.out -n 2 /s/build_script-batch\n\
+             bkill 1234\n\
+             bkill 1234"
         );
         assert_eq!(
-            named.submit(&sub).display(),
-            "bsub -o /s/build_script.lsf.out -J ci-7 -n 2 /s/build_script-batch"
+            commands(&named, &["-n", "2"], "1234"),
+            "bsub -o /s/build_script.lsf.out -J ci-7 -n 2 /s/build_script-batch\n\
+             bkill -s TERM 1234\n\
+             bkill 1234"
         );
-        assert_eq!(plain.cancel("1234", true).display(), "bkill 1234");
-        assert_eq!(named.cancel("1234", true).display(), "bkill -s TERM 1234");
-        assert_eq!(named.cancel("1234", false).display(), "bkill 1234");
         assert!(plain.gone("Job <1234>: Job has already finished"));
         assert!(plain.gone("Job <1234>: No matching job found"));
         let q = plain.state("1234");

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use super::args::{why, Illegal};
 use super::limiter::CmdOutput;
 use super::scheduler::{
-    last_line_id, listed, running_user, Cmd, Profile, Query, Read, Scheduler, Submission,
+    last_line_id, listed, queued, running_user, Cmd, Profile, Query, Read, Scheduler, Submission,
 };
 use super::{path_arg, Final, JobState, Listed};
 
@@ -92,11 +92,7 @@ fn state_of(st: String, exit: Option<i32>, comment: Option<&str>) -> JobState {
             Some(c) => Final::exited(&st, c),
             None => Final::ended(&st, 1, None, Some("no exit status reported".into())),
         }),
-        _ => JobState::Queued {
-            state: st,
-            reason: comment.map(str::to_string),
-            expected_start: None,
-        },
+        _ => queued(&st, comment.map(str::to_string)),
     }
 }
 
@@ -242,7 +238,7 @@ impl Scheduler for Pbs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission};
+    use crate::batch::scheduler::testing::{commands, fin, ids, out, shown};
     use std::path::Path;
 
     #[test]
@@ -427,12 +423,12 @@ Job ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time
 
     #[test]
     fn submit_and_cancel_commands() {
-        let sub = submission(&["-l", "walltime=1:00:00"]);
         assert_eq!(
-            Pbs.submit(&sub).display(),
-            "qsub -V -N ci-7 -o /s/build_script.pbs.out -e /s/build_script.pbs.out -l walltime=1:00:00 /s/build_script-batch"
+            commands(&Pbs, &["-l", "walltime=1:00:00"], "12.srv"),
+            "qsub -V -N ci-7 -o /s/build_script.pbs.out -e /s/build_script.pbs.out -l walltime=1:00:00 /s/build_script-batch\n\
+             qdel -- 12.srv\n\
+             qdel -- 12.srv"
         );
-        assert_eq!(Pbs.cancel("12.srv", true).display(), "qdel -- 12.srv");
         assert!(Pbs.gone("qdel: Unknown Job Id 12.srv"));
         assert!(Pbs
             .wrapper(Path::new("/s/o"), &[])

@@ -32,6 +32,20 @@ pub struct Submission {
     pub args: Vec<String>,
 }
 
+impl Submission {
+    /// `lead`, then the job's name, output file and working directory as the long options
+    /// `names` (`--job-name=ci-7`, ...): the submit options of Slurm and Flux.
+    pub fn long_options(&self, lead: &str, names: [&str; 3]) -> Vec<String> {
+        let [name, output, workdir] = names;
+        vec![
+            lead.to_string(),
+            format!("{name}={}", self.name),
+            format!("{output}={}", path_arg(&self.output)),
+            format!("{workdir}={}", path_arg(&self.workdir)),
+        ]
+    }
+}
+
 /// One scheduler command: the tool (found in `scheduler_bin`, or on the job's `PATH`) and
 /// its arguments, run directly (argv, never a shell).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,6 +342,37 @@ pub fn running_user() -> Option<&'static str> {
     .as_deref()
 }
 
+/// A per-user listing of lines `ID|fields...` by id: each line's fields read by `parse`;
+/// a line without `|`, with an id that is not `is_id`'s, or with unreadable fields is
+/// passed over. The exit code of a final state is known (it is among the fields).
+pub fn listing_by_id(
+    stdout: &str,
+    is_id: fn(&str) -> bool,
+    parse: fn(&str) -> Option<JobState>,
+) -> BTreeMap<String, Listed> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (id, rest) = l.split_once('|')?;
+            let id = id.trim();
+            if !is_id(id) {
+                return None;
+            }
+            Some((id.to_string(), listed(parse(rest)?, false)))
+        })
+        .collect()
+}
+
+/// A job waiting in the queue in the scheduler's word `state`, for `reason` (the expected
+/// start comes from a listing, see [`Listed::expected_start`]).
+pub fn queued(state: &str, reason: Option<String>) -> JobState {
+    JobState::Queued {
+        state: state.to_string(),
+        reason,
+        expected_start: None,
+    }
+}
+
 /// A listed job: its state, the exit code unknown when `code_unknown`.
 pub fn listed(state: JobState, code_unknown: bool) -> Listed {
     let expected_start = match &state {
@@ -381,6 +426,29 @@ pub(crate) mod testing {
         }
     }
 
+    /// What `st` is: `queued`, `running`, `finished` or `unknown` (`none`: no state read).
+    pub fn phase(st: Option<&JobState>) -> &'static str {
+        match st {
+            Some(JobState::Queued { .. }) => "queued",
+            Some(JobState::Running { .. }) => "running",
+            Some(JobState::Finished(_)) => "finished",
+            Some(JobState::Unknown) => "unknown",
+            None => "none",
+        }
+    }
+
+    /// A listing in a line, by id: each job's [`phase`], a finished one's exit code
+    /// instead (`?` when the listing has none, [`Listed::code_unknown`]):
+    /// `41 queued, 42 running, 43 exit 7`.
+    pub fn summary(m: &BTreeMap<String, Listed>) -> String {
+        let job = |(id, l): (&String, &Listed)| match &l.state {
+            JobState::Finished(_) if l.code_unknown => format!("{id} exit ?"),
+            JobState::Finished(f) => format!("{id} exit {}", f.exit_code),
+            st => format!("{id} {}", phase(Some(st))),
+        };
+        m.iter().map(job).collect::<Vec<_>>().join(", ")
+    }
+
     /// `valid` takes every id of `good` and none of `bad`.
     pub fn ids(valid: fn(&str) -> bool, good: &[&str], bad: &[&str]) {
         for id in good {
@@ -391,11 +459,26 @@ pub(crate) mod testing {
         }
     }
 
-    /// `parse` reads each answer of a submit command as its id (`None`: no id).
-    pub fn submits(parse: fn(&str) -> Option<String>, answers: &[(&str, Option<&str>)]) {
-        for (answer, id) in answers {
-            assert_eq!(parse(answer).as_deref(), *id, "{answer:?}");
+    /// `parse` reads each `(answer, id)` of `good` as its id, and no id in any answer of
+    /// `bad`.
+    pub fn submits(parse: fn(&str) -> Option<String>, good: &[(&str, &str)], bad: &[&str]) {
+        for (answer, id) in good {
+            assert_eq!(parse(answer).as_deref(), Some(*id), "{answer:?}");
         }
+        for answer in bad {
+            assert_eq!(parse(answer), None, "{answer:?}");
+        }
+    }
+
+    /// `sched`'s commands, shown one a line: the submit of [`submission`]`(args)`, then the
+    /// graceful and the plain cancel of job `id`.
+    pub fn commands(sched: &dyn Scheduler, args: &[&str], id: &str) -> String {
+        [
+            sched.submit(&submission(args)).display(),
+            sched.cancel(id, true).display(),
+            sched.cancel(id, false).display(),
+        ]
+        .join("\n")
     }
 
     /// An in-memory scheduler for the unit tests of the state machine and the poller: its

@@ -11,9 +11,9 @@ use std::time::Duration;
 use super::args::{why, Illegal};
 use super::limiter::CmdOutput;
 use super::scheduler::{
-    any_word, Accounting, Cmd, Profile, Query, Read, Scheduler, States, Submission,
+    any_word, queued, Accounting, Cmd, Profile, Query, Read, Scheduler, States, Submission,
 };
-use super::{exit_code_of, fmt_dur, path_arg, Final, JobState, Listed};
+use super::{exit_code_of, fmt_dur, Final, JobState, Listed};
 
 /// The Slurm scheduler (`executor = "slurm"` or `"sbatch"`).
 pub struct Slurm;
@@ -44,9 +44,9 @@ const PROFILE: Profile = Profile {
         Illegal::both('D', "--chdir", why::WORKDIR),
         Illegal::long("--wrap", "the driver submits the CI job's script"),
         Illegal::long("--parsable", "the driver reads sbatch's answer itself"),
-        Illegal::long("--test-only", "the job would never run"),
-        Illegal::long("--uid", "jobs run as the CI job's user"),
-        Illegal::long("--gid", "jobs run as the CI job's user"),
+        Illegal::long("--test-only", why::NEVER_RUNS),
+        Illegal::long("--uid", why::USER),
+        Illegal::long("--gid", why::USER),
         Illegal::long("--export-file", "the driver controls the job's environment"),
     ],
 };
@@ -92,11 +92,7 @@ pub fn classify(state: &str, reason: Option<&str>, exit: Option<&str>) -> JobSta
     let (code, sig) = exit.map(parse_exit).unwrap_or((0, None));
     match state.as_str() {
         "PENDING" | "REQUEUED" | "REQUEUE_FED" | "REQUEUE_HOLD" | "RESV_DEL_HOLD" | "SUSPENDED"
-        | "STOPPED" | "CONFIGURING" | "RESIZING" => JobState::Queued {
-            state,
-            reason,
-            expected_start: None,
-        },
+        | "STOPPED" | "CONFIGURING" | "RESIZING" => queued(&state, reason),
         "RUNNING" | "COMPLETING" | "SIGNALING" | "STAGE_OUT" => JobState::Running { state },
         "COMPLETED" => JobState::Finished(Final::exited(&state, exit_code_of(code, sig))),
         "FAILED" if code != 0 && sig.is_none() => JobState::Finished(Final {
@@ -330,12 +326,7 @@ impl Scheduler for Slurm {
     }
 
     fn submit(&self, sub: &Submission) -> Cmd {
-        let options = vec![
-            "--parsable".to_string(),
-            format!("--job-name={}", sub.name),
-            format!("--output={}", path_arg(&sub.output)),
-            format!("--chdir={}", path_arg(&sub.workdir)),
-        ];
+        let options = sub.long_options("--parsable", ["--job-name", "--output", "--chdir"]);
         Cmd::submit("sbatch", options, sub)
     }
 
@@ -421,21 +412,7 @@ impl Scheduler for Slurm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::scheduler::testing::{fin, ids, out, shown, submission, submits};
-
-    #[test]
-    fn submit_answers() {
-        submits(
-            parse_submit,
-            &[
-                ("42\n", Some("42")),
-                ("warning\n43;ci\n", Some("43")),
-                ("", None),
-                ("Submitted batch job 4", None),
-                ("--uid=0\n", None),
-            ],
-        );
-    }
+    use crate::batch::scheduler::testing::{commands, fin, ids, out, shown, submits};
 
     #[test]
     fn job_ids_are_digits() {
@@ -470,11 +447,7 @@ mod tests {
         let l = "JobId=6 JobState=PENDING Reason=Resources ExitCode=0:0";
         assert_eq!(
             parse_scontrol(l),
-            Some(JobState::Queued {
-                state: "PENDING".into(),
-                reason: Some("Resources".into()),
-                expected_start: None,
-            })
+            Some(queued("PENDING", Some("Resources".into())))
         );
         let l = "JobId=7 JobState=TIMEOUT Reason=TimeLimit ExitCode=0:15";
         let f = fin(parse_scontrol(l));
@@ -545,16 +518,14 @@ mod tests {
     /// short limit in a release build. Slurm refuses such a `--time`: not a time limit.
     #[test]
     fn fuzz_time_limit_overflow_is_no_time_limit() {
-        for input in [
-            &b"400000000000000000"[..],
-            b"999999999999999999:0",
-            b"5124095576030432:0:0",
-            b"213503982334602-0",
-            b"1-18446744073709551615",
-        ] {
-            let text = std::str::from_utf8(input).unwrap();
-            assert_eq!(parse_time_limit(text), None, "{text}");
-        }
+        let overflows = [
+            "400000000000000000",
+            "999999999999999999:0",
+            "5124095576030432:0:0",
+            "213503982334602-0",
+            "1-18446744073709551615",
+        ];
+        assert_eq!(overflows.map(parse_time_limit), [None; 5]);
     }
 
     /// Found while writing fuzz/fuzz_targets/sched.rs (its dictionary's boundary values): a
@@ -628,21 +599,22 @@ mod tests {
         assert!(parse_sacct("14|RUNNING|0:0", "14").unwrap().is_active());
     }
 
-    /// The commands, and how the state chain reads recorded answers: `scontrol` while the
-    /// controller holds the job, the accounting (`sacct -X`), then the completion log
-    /// (`sacct -c`) once it purged it.
+    /// The commands, the job id in sbatch's answers, and how the state chain reads recorded
+    /// answers: `scontrol` while the controller holds the job, the accounting (`sacct -X`),
+    /// then the completion log (`sacct -c`) once it purged it.
     #[test]
     fn commands_and_the_state_chain() {
-        let sub = submission(&["-N", "1"]);
         assert_eq!(
-            Slurm.submit(&sub).display(),
-            "sbatch --parsable --job-name=ci-7 --output=/s/build_script.out --chdir=/w -N 1 /s/build_script-batch"
+            commands(&Slurm, &["-N", "1"], "42"),
+            "sbatch --parsable --job-name=ci-7 --output=/s/build_script.out --chdir=/w -N 1 /s/build_script-batch\n\
+             scancel --signal=TERM --full -- 42\n\
+             scancel -- 42"
         );
-        assert_eq!(
-            Slurm.cancel("42", true).display(),
-            "scancel --signal=TERM --full -- 42"
+        submits(
+            parse_submit,
+            &[("42\n", "42"), ("warning\n43;ci\n", "43")],
+            &["", "Submitted batch job 4", "--uid=0\n"],
         );
-        assert_eq!(Slurm.cancel("42", false).display(), "scancel -- 42");
         let q = Slurm.state("42");
         assert_eq!(
             shown(&q),

@@ -95,43 +95,42 @@ pub const LOG_NETWORKS: &[&str] = &[
     "unixpacket",
 ];
 
-const fn key(table: &'static str, key: &'static str, kind: Kind) -> KeySpec {
+/// How a key is named and whether it must be set.
+#[derive(Clone, Copy)]
+enum Name {
+    /// Upstream Jacamar's name.
+    Up,
+    /// jacamar-rs's own name ([`KeySpec::chosen_name`]).
+    Ours,
+    /// Upstream's name, and the key must be set (its default is then `""`).
+    Req,
+}
+
+/// One row of [`KEYS`]: `name`, `table`, `key`, `kind`, `default` (as written in TOML, `""`:
+/// unset), the module it drives, its extra `rule` (`""`: none).
+const fn key(
+    name: Name,
+    table: &'static str,
+    key: &'static str,
+    kind: Kind,
+    default: &'static str,
+    used_by: &'static str,
+    rule: &'static str,
+) -> KeySpec {
     KeySpec {
         table,
         key,
         kind,
-        default: "",
-        required: false,
-        chosen_name: false,
-        rule: "",
-        used_by: "",
-    }
-}
-
-impl KeySpec {
-    const fn default(mut self, default: &'static str) -> Self {
-        self.default = default;
-        self
-    }
-    const fn required(mut self) -> Self {
-        self.required = true;
-        self
-    }
-    const fn chosen(mut self) -> Self {
-        self.chosen_name = true;
-        self
-    }
-    const fn rule(mut self, rule: &'static str) -> Self {
-        self.rule = rule;
-        self
-    }
-    const fn used_by(mut self, module: &'static str) -> Self {
-        self.used_by = module;
-        self
+        default,
+        required: matches!(name, Name::Req),
+        chosen_name: matches!(name, Name::Ours),
+        rule,
+        used_by,
     }
 }
 
 use Kind::*;
+use Name::*;
 
 const G: &str = "general";
 const A: &str = "auth";
@@ -140,244 +139,96 @@ const L: &str = "auth.logging";
 const S: &str = "auth.seccomp";
 const B: &str = "batch";
 
-const ABS: &str = "absolute path";
-const ENV: &str = "environment variable name";
-const KV: &str = "each item KEY=value";
-const SYSCALL: &str = "each item a syscall name [a-z0-9_]";
+const EXECUTOR: Kind = Choice(EXECUTORS);
+const DOWNSCOPE: Kind = Choice(DOWNSCOPES);
+const LOG_LEVEL: Kind = Choice(LOG_LEVELS);
+const LOG_NETWORK: Kind = Choice(LOG_NETWORKS);
 
-/// Every key, grouped by table in [`TABLES`] order.
+/// Every key, grouped by table in [`TABLES`] order: its [`Name`], table, key, kind,
+/// default, the module it drives and its rule.
+#[rustfmt::skip]
 pub const KEYS: &[KeySpec] = &[
     // [general]
-    key(G, "executor", Choice(EXECUTORS))
-        .required()
-        .used_by("stages"),
-    key(G, "data_dir", String)
-        .required()
-        .rule("absolute, or starting with $HOME; may contain $USER")
-        .used_by("fs"),
-    key(G, "retain_logs", Bool).default("false").used_by("fs"),
-    key(G, "custom_build_dir", Bool)
-        .default("false")
-        .used_by("fs"),
-    key(G, "name", String).used_by("auth"),
-    key(G, "kill_timeout", Duration)
-        .default("120s")
-        .rule("> 0")
-        .used_by("supervisor"),
-    key(G, "shell_path", Path).rule(ABS).used_by("shell"),
-    key(G, "job_message", String).used_by("stages"),
-    key(G, "gitlab_server", String)
-        .rule("starts with https:// or http://")
-        .used_by("auth"),
-    key(G, "tls-ca-file", Path).used_by("auth"),
-    key(G, "unrestricted_cmd_line", Bool)
-        .default("false")
-        .used_by("shell"),
-    key(G, "static_builds_dir", Bool)
-        .default("false")
-        .used_by("fs"),
-    key(G, "static_min_days", Integer)
-        .default("7")
-        .rule(">= 0")
-        .used_by("fs"),
-    key(G, "group_permissions", Bool)
-        .default("false")
-        .used_by("fs"),
-    key(G, "jwt_env_variable", String).rule(ENV).used_by("auth"),
-    key(G, "unlimited_stack", Bool)
-        .default("false")
-        .chosen()
-        .used_by("auth"),
-    key(G, "limit_build_dir", Bool)
-        .default("false")
-        .used_by("fs"),
-    key(G, "max_build_dir", Integer)
-        .default("0")
-        .rule(">= 0")
-        .used_by("fs"),
-    key(G, "uncap_build_dir_cleanup", Bool)
-        .default("false")
-        .used_by("fs"),
-    key(G, "file_lock_debug", Bool)
-        .default("false")
-        .used_by("fs"),
-    key(G, "user_enabled_limit", Bool)
-        .default("false")
-        .used_by("fs"),
-    key(G, "ff_custom_data_dir", Bool)
-        .default("false")
-        .chosen()
-        .used_by("fs"),
-    key(G, "ff_git_interactive", Bool)
-        .default("false")
-        .used_by("auth"),
+    key(Req,  G, "executor",                  EXECUTOR,    "",       "stages",     ""),
+    key(Req,  G, "data_dir",                  String,      "",       "fs",         "absolute, or starting with $HOME; may contain $USER"),
+    key(Up,   G, "retain_logs",               Bool,        "false",  "fs",         ""),
+    key(Up,   G, "custom_build_dir",          Bool,        "false",  "fs",         ""),
+    key(Up,   G, "name",                      String,      "",       "auth",       ""),
+    key(Up,   G, "kill_timeout",              Duration,    "120s",   "supervisor", "> 0"),
+    key(Up,   G, "shell_path",                Path,        "",       "shell",      "absolute path"),
+    key(Up,   G, "job_message",               String,      "",       "stages",     ""),
+    key(Up,   G, "gitlab_server",             String,      "",       "auth",       "starts with https:// or http://"),
+    key(Up,   G, "tls-ca-file",               Path,        "",       "auth",       ""),
+    key(Up,   G, "unrestricted_cmd_line",     Bool,        "false",  "shell",      ""),
+    key(Up,   G, "static_builds_dir",         Bool,        "false",  "fs",         ""),
+    key(Up,   G, "static_min_days",           Integer,     "7",      "fs",         ">= 0"),
+    key(Up,   G, "group_permissions",         Bool,        "false",  "fs",         ""),
+    key(Up,   G, "jwt_env_variable",          String,      "",       "auth",       "environment variable name"),
+    key(Ours, G, "unlimited_stack",           Bool,        "false",  "auth",       ""),
+    key(Up,   G, "limit_build_dir",           Bool,        "false",  "fs",         ""),
+    key(Up,   G, "max_build_dir",             Integer,     "0",      "fs",         ">= 0"),
+    key(Up,   G, "uncap_build_dir_cleanup",   Bool,        "false",  "fs",         ""),
+    key(Up,   G, "file_lock_debug",           Bool,        "false",  "fs",         ""),
+    key(Up,   G, "user_enabled_limit",        Bool,        "false",  "fs",         ""),
+    key(Ours, G, "ff_custom_data_dir",        Bool,        "false",  "fs",         ""),
+    key(Up,   G, "ff_git_interactive",        Bool,        "false",  "auth",       ""),
     // [auth]
-    key(A, "downscope", Choice(DOWNSCOPES))
-        .required()
-        .used_by("auth"),
-    key(A, "jacamar_path", Path).rule(ABS).used_by("auth"),
-    key(A, "max_env_chars", Integer)
-        .default("10000")
-        .rule("> 0")
-        .used_by("auth"),
-    key(A, "lists_pre_validation", Bool)
-        .default("false")
-        .used_by("auth"),
-    key(A, "root_dir_creation", Bool)
-        .default("false")
-        .used_by("auth"),
-    key(A, "user_allowlist", StringArray)
-        .default("[]")
-        .used_by("auth"),
-    key(A, "user_blocklist", StringArray)
-        .default("[]")
-        .used_by("auth"),
-    key(A, "groups_allowlist", StringArray)
-        .default("[]")
-        .used_by("auth"),
-    key(A, "groups_blocklist", StringArray)
-        .default("[]")
-        .used_by("auth"),
-    key(A, "shell_allowlist", StringArray)
-        .default("[]")
-        .used_by("auth"),
-    key(A, "pipeline_source_allowlist", StringArray)
-        .default("[]")
-        .used_by("auth"),
-    key(A, "jwt_exp_delay", Duration)
-        .default("5m")
-        .used_by("auth"),
-    key(A, "jwt_required_aud", String).chosen().used_by("auth"),
-    key(A, "allow_bot_accounts", Bool)
-        .default("false")
-        .used_by("auth"),
-    key(A, "no_new_privs", Bool)
-        .default("false")
-        .used_by("auth"),
-    key(A, "run_stage_allowlist", StringArray)
-        .default("[]")
-        .chosen()
-        .used_by("auth"),
-    key(A, "enforce_nologin", Bool)
-        .default("false")
-        .used_by("auth"),
-    key(A, "ff_getent_check", Bool)
-        .default("false")
-        .chosen()
-        .used_by("auth"),
-    key(A, "minimum_uid", Integer)
-        .rule(">= 1; unset: UID_MIN of /etc/login.defs, else 1000")
-        .chosen()
-        .used_by("auth"),
-    key(A, "allow_nologin_shells", Bool)
-        .default("false")
-        .chosen()
-        .used_by("auth"),
+    key(Req,  A, "downscope",                 DOWNSCOPE,   "",       "auth",       ""),
+    key(Up,   A, "jacamar_path",              Path,        "",       "auth",       "absolute path"),
+    key(Up,   A, "max_env_chars",             Integer,     "10000",  "auth",       "> 0"),
+    key(Up,   A, "lists_pre_validation",      Bool,        "false",  "auth",       ""),
+    key(Up,   A, "root_dir_creation",         Bool,        "false",  "auth",       ""),
+    key(Up,   A, "user_allowlist",            StringArray, "[]",     "auth",       ""),
+    key(Up,   A, "user_blocklist",            StringArray, "[]",     "auth",       ""),
+    key(Up,   A, "groups_allowlist",          StringArray, "[]",     "auth",       ""),
+    key(Up,   A, "groups_blocklist",          StringArray, "[]",     "auth",       ""),
+    key(Up,   A, "shell_allowlist",           StringArray, "[]",     "auth",       ""),
+    key(Up,   A, "pipeline_source_allowlist", StringArray, "[]",     "auth",       ""),
+    key(Up,   A, "jwt_exp_delay",             Duration,    "5m",     "auth",       ""),
+    key(Ours, A, "jwt_required_aud",          String,      "",       "auth",       ""),
+    key(Up,   A, "allow_bot_accounts",        Bool,        "false",  "auth",       ""),
+    key(Up,   A, "no_new_privs",              Bool,        "false",  "auth",       ""),
+    key(Ours, A, "run_stage_allowlist",       StringArray, "[]",     "auth",       ""),
+    key(Up,   A, "enforce_nologin",           Bool,        "false",  "auth",       ""),
+    key(Ours, A, "ff_getent_check",           Bool,        "false",  "auth",       ""),
+    key(Ours, A, "minimum_uid",               Integer,     "",       "auth",       ">= 1; unset: UID_MIN of /etc/login.defs, else 1000"),
+    key(Ours, A, "allow_nologin_shells",      Bool,        "false",  "auth",       ""),
     // [auth.runas]
-    key(R, "validation_script", Path)
-        .rule("absolute path; required when [auth.runas] has keys")
-        .used_by("auth"),
-    key(R, "user_variable", String).rule(ENV).used_by("auth"),
-    key(R, "sha256", String)
-        .rule("64 hex digits")
-        .used_by("auth"),
-    key(R, "validation_env", StringArray)
-        .default("[]")
-        .rule(KV)
-        .used_by("auth"),
+    key(Up,   R, "validation_script",         Path,        "",       "auth",       "absolute path; required when [auth.runas] has keys"),
+    key(Up,   R, "user_variable",             String,      "",       "auth",       "environment variable name"),
+    key(Up,   R, "sha256",                    String,      "",       "auth",       "64 hex digits"),
+    key(Up,   R, "validation_env",            StringArray, "[]",     "auth",       "each item KEY=value"),
     // [auth.logging]
-    key(L, "enabled", Bool).default("false").used_by("auth"),
-    key(L, "location", String)
-        .default("syslog")
-        .rule("syslog or an absolute file path")
-        .used_by("auth"),
-    key(L, "level", Choice(LOG_LEVELS))
-        .default("info")
-        .used_by("auth"),
-    key(L, "network", Choice(LOG_NETWORKS))
-        .rule("needs address")
-        .used_by("auth"),
-    key(L, "address", String)
-        .rule("needs network")
-        .used_by("auth"),
+    key(Up,   L, "enabled",                   Bool,        "false",  "auth",       ""),
+    key(Up,   L, "location",                  String,      "syslog", "auth",       "syslog or an absolute file path"),
+    key(Up,   L, "level",                     LOG_LEVEL,   "info",   "auth",       ""),
+    key(Up,   L, "network",                   LOG_NETWORK, "",       "auth",       "needs address"),
+    key(Up,   L, "address",                   String,      "",       "auth",       "needs network"),
     // [auth.seccomp]
-    key(S, "disabled", Bool).default("false").used_by("auth"),
-    key(S, "block_calls", StringArray)
-        .default("[]")
-        .rule(SYSCALL)
-        .used_by("auth"),
-    key(S, "block_all", Bool)
-        .default("false")
-        .rule("needs allow_calls")
-        .used_by("auth"),
-    key(S, "allow_calls", StringArray)
-        .default("[]")
-        .rule(SYSCALL)
-        .used_by("auth"),
-    key(S, "log_allowed_actions", Bool)
-        .default("false")
-        .used_by("auth"),
-    key(S, "disable_no_new_privs", Bool)
-        .default("false")
-        .used_by("auth"),
-    key(S, "block_with_errno", Bool)
-        .default("false")
-        .chosen()
-        .used_by("auth"),
-    key(S, "limit_setuid", Bool)
-        .default("false")
-        .used_by("auth"),
-    key(S, "tty_rules", Bool).default("false").used_by("auth"),
+    key(Up,   S, "disabled",                  Bool,        "false",  "auth",       ""),
+    key(Up,   S, "block_calls",               StringArray, "[]",     "auth",       "each item a syscall name [a-z0-9_]"),
+    key(Up,   S, "block_all",                 Bool,        "false",  "auth",       "needs allow_calls"),
+    key(Up,   S, "allow_calls",               StringArray, "[]",     "auth",       "each item a syscall name [a-z0-9_]"),
+    key(Up,   S, "log_allowed_actions",       Bool,        "false",  "auth",       ""),
+    key(Up,   S, "disable_no_new_privs",      Bool,        "false",  "auth",       ""),
+    key(Ours, S, "block_with_errno",          Bool,        "false",  "auth",       ""),
+    key(Up,   S, "limit_setuid",              Bool,        "false",  "auth",       ""),
+    key(Up,   S, "tty_rules",                 Bool,        "false",  "auth",       ""),
     // [batch]
-    key(B, "arguments_variable", StringArray)
-        .default("[\"SCHEDULER_PARAMETERS\"]")
-        .rule("each item an environment variable name")
-        .used_by("batch"),
-    key(B, "command_delay", Duration)
-        .default("10s")
-        .used_by("batch"),
-    key(B, "nfs_timeout", Duration)
-        .default("30s")
-        .used_by("batch"),
-    key(B, "transient_retry_window", Duration)
-        .default("10m")
-        .chosen()
-        .used_by("batch"),
-    key(B, "scheduler_bin", Path).rule(ABS).used_by("batch"),
-    key(B, "env_vars", StringArray)
-        .default("[]")
-        .rule(KV)
-        .used_by("batch"),
-    key(B, "allow_illegal_args", Bool)
-        .default("false")
-        .used_by("batch"),
-    key(B, "skip_cobalt_log", Bool)
-        .default("false")
-        .chosen()
-        .used_by("batch"),
-    key(B, "lsf_job_cancellation", Bool)
-        .default("false")
-        .used_by("batch"),
-    key(B, "default_args", StringArray)
-        .default("[]")
-        .used_by("batch"),
-    key(B, "disable_name_prefix", Bool)
-        .default("false")
-        .used_by("batch"),
-    key(B, "ff_improved_quoting", Bool)
-        .default("false")
-        .chosen()
-        .used_by("batch"),
-    key(B, "queue_heartbeat", Duration)
-        .default("2m")
-        .chosen()
-        .rule("at least 1s")
-        .used_by("batch"),
-    key(B, "resubmit_limit", Integer)
-        .default("0")
-        .chosen()
-        .rule("0 to 10")
-        .used_by("batch"),
+    key(Up,   B, "arguments_variable",        StringArray, "[\"SCHEDULER_PARAMETERS\"]", "batch",      "each item an environment variable name"),
+    key(Up,   B, "command_delay",             Duration,    "10s",    "batch",      ""),
+    key(Up,   B, "nfs_timeout",               Duration,    "30s",    "batch",      ""),
+    key(Ours, B, "transient_retry_window",    Duration,    "10m",    "batch",      ""),
+    key(Up,   B, "scheduler_bin",             Path,        "",       "batch",      "absolute path"),
+    key(Up,   B, "env_vars",                  StringArray, "[]",     "batch",      "each item KEY=value"),
+    key(Up,   B, "allow_illegal_args",        Bool,        "false",  "batch",      ""),
+    key(Ours, B, "skip_cobalt_log",           Bool,        "false",  "batch",      ""),
+    key(Up,   B, "lsf_job_cancellation",      Bool,        "false",  "batch",      ""),
+    key(Up,   B, "default_args",              StringArray, "[]",     "batch",      ""),
+    key(Up,   B, "disable_name_prefix",       Bool,        "false",  "batch",      ""),
+    key(Ours, B, "ff_improved_quoting",       Bool,        "false",  "batch",      ""),
+    key(Ours, B, "queue_heartbeat",           Duration,    "2m",     "batch",      "at least 1s"),
+    key(Ours, B, "resubmit_limit",            Integer,     "0",      "batch",      "0 to 10"),
 ];
 
 /// The spec of `table.key`, if jacamar-rs knows it.

@@ -3,16 +3,49 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Which executor runs the job scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Executor {
-    Shell,
-    Slurm,
-    Pbs,
-    Flux,
-    Lsf,
-    Cobalt,
+/// A config enum and its words: the enum, with `NAMES` (every word that selects a variant,
+/// its canonical name first then its aliases: what `Section::choice` reads) and `as_str`
+/// (the canonical name).
+macro_rules! str_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $word:literal $(| $alias:literal)*,)+
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every name that selects a variant, with the variant.
+            pub const NAMES: &'static [(&'static str, $name)] = &[
+                $(($word, $name::$variant), $(($alias, $name::$variant),)*)+
+            ];
+
+            /// The canonical name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+        }
+    };
+}
+
+str_enum! {
+    /// Which executor runs the job scripts (`sbatch` selects slurm, `bsub` lsf, `qsub` cobalt).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Executor {
+        Shell = "shell",
+        Slurm = "slurm" | "sbatch",
+        Pbs = "pbs",
+        Flux = "flux",
+        Lsf = "lsf" | "bsub",
+        Cobalt = "cobalt" | "qsub",
+    }
 }
 
 impl Auth {
@@ -41,59 +74,20 @@ impl Auth {
 }
 
 impl Executor {
-    /// Every executor with the names that select it in `general.executor`.
-    pub const NAMES: &'static [(&'static str, Executor)] = &[
-        ("shell", Executor::Shell),
-        ("slurm", Executor::Slurm),
-        ("sbatch", Executor::Slurm),
-        ("pbs", Executor::Pbs),
-        ("flux", Executor::Flux),
-        ("lsf", Executor::Lsf),
-        ("bsub", Executor::Lsf),
-        ("cobalt", Executor::Cobalt),
-        ("qsub", Executor::Cobalt),
-    ];
-
-    /// Canonical name (`sbatch` reads back as `slurm`, `bsub` as `lsf`, `qsub` as `cobalt`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Executor::Shell => "shell",
-            Executor::Slurm => "slurm",
-            Executor::Pbs => "pbs",
-            Executor::Flux => "flux",
-            Executor::Lsf => "lsf",
-            Executor::Cobalt => "cobalt",
-        }
-    }
-
     /// True for the executors that submit to a batch scheduler.
     pub fn is_batch(self) -> bool {
         self != Executor::Shell
     }
 }
 
-/// How jacamar-auth drops privileges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Downscope {
-    None,
-    Setuid,
-    Sudo,
-}
-
-impl Downscope {
-    pub const NAMES: &'static [(&'static str, Downscope)] = &[
-        ("none", Downscope::None),
-        ("setuid", Downscope::Setuid),
-        ("sudo", Downscope::Sudo),
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Downscope::None => "none",
-            Downscope::Setuid => "setuid",
-            Downscope::Sudo => "sudo",
-        }
+str_enum! {
+    /// How jacamar-auth drops privileges.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Downscope {
+        None = "none",
+        Setuid = "setuid",
+        Sudo = "sudo",
     }
 }
 
@@ -180,23 +174,16 @@ pub enum LogLocation {
     File(PathBuf),
 }
 
-/// `[auth.logging] level`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogLevel {
-    Debug,
-    #[default]
-    Info,
-    Warn,
-    Error,
-}
-
-impl LogLevel {
-    pub const NAMES: &'static [(&'static str, LogLevel)] = &[
-        ("debug", LogLevel::Debug),
-        ("info", LogLevel::Info),
-        ("warn", LogLevel::Warn),
-        ("error", LogLevel::Error),
-    ];
+str_enum! {
+    /// `[auth.logging] level`
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum LogLevel {
+        Debug = "debug",
+        #[default]
+        Info = "info",
+        Warn = "warn",
+        Error = "error",
+    }
 }
 
 /// `[auth.logging]`

@@ -14,6 +14,13 @@ use super::raw::LineIndex;
 use super::section::Section;
 use super::types::*;
 
+/// `let key = s.how("key");` for each `key`: keys read into variables of their names.
+macro_rules! read {
+    ($s:ident.$how:ident($($key:ident),+ $(,)?)) => {
+        $(let $key = $s.$how(stringify!($key));)+
+    };
+}
+
 /// All validated tables, or every problem found (in file order).
 pub(crate) fn validate(
     doc: &DeTable<'_>,
@@ -94,25 +101,19 @@ fn general(s: &mut Section<'_, '_>) -> Option<General> {
         }
     });
 
-    let retain_logs = s.bool("retain_logs");
-    let custom_build_dir = s.bool("custom_build_dir");
-    let name = s.string("name");
+    read!(s.bool(retain_logs, custom_build_dir));
+    read!(s.string(name));
     let shell_path = s.path("shell_path", true);
-    let job_message = s.string("job_message");
+    read!(s.string(job_message));
     let tls_ca_file = s.path("tls-ca-file", false);
-    let unrestricted_cmd_line = s.bool("unrestricted_cmd_line");
-    let static_builds_dir = s.bool("static_builds_dir");
+    read!(s.bool(unrestricted_cmd_line, static_builds_dir));
     let static_min_days = u32_key(s, "static_min_days", DEFAULT_STATIC_MIN_DAYS);
-    let group_permissions = s.bool("group_permissions");
+    read!(s.bool(group_permissions));
     let jwt_env_variable = env_name(s, "jwt_env_variable");
-    let unlimited_stack = s.bool("unlimited_stack");
-    let limit_build_dir = s.bool("limit_build_dir");
+    read!(s.bool(unlimited_stack, limit_build_dir));
     let max_build_dir = u32_key(s, "max_build_dir", 0);
-    let uncap_build_dir_cleanup = s.bool("uncap_build_dir_cleanup");
-    let file_lock_debug = s.bool("file_lock_debug");
-    let user_enabled_limit = s.bool("user_enabled_limit");
-    let ff_custom_data_dir = s.bool("ff_custom_data_dir");
-    let ff_git_interactive = s.bool("ff_git_interactive");
+    read!(s.bool(uncap_build_dir_cleanup, file_lock_debug, user_enabled_limit));
+    read!(s.bool(ff_custom_data_dir, ff_git_interactive));
 
     Some(General {
         executor: executor?,
@@ -155,21 +156,15 @@ fn auth(s: &mut Section<'_, '_>, problems: &mut Vec<Problem>) -> Option<Auth> {
         1,
         u32::MAX as u64,
     );
-    let lists_pre_validation = s.bool("lists_pre_validation");
-    let root_dir_creation = s.bool("root_dir_creation");
-    let user_allowlist = s.strings("user_allowlist");
-    let user_blocklist = s.strings("user_blocklist");
-    let groups_allowlist = s.strings("groups_allowlist");
-    let groups_blocklist = s.strings("groups_blocklist");
-    let shell_allowlist = s.strings("shell_allowlist");
-    let pipeline_source_allowlist = s.strings("pipeline_source_allowlist");
+    read!(s.bool(lists_pre_validation, root_dir_creation));
+    read!(s.strings(user_allowlist, user_blocklist));
+    read!(s.strings(groups_allowlist, groups_blocklist));
+    read!(s.strings(shell_allowlist, pipeline_source_allowlist));
     let jwt_exp_delay = s.duration("jwt_exp_delay", DEFAULT_JWT_EXP_DELAY);
-    let jwt_required_aud = s.string("jwt_required_aud");
-    let allow_bot_accounts = s.bool("allow_bot_accounts");
-    let no_new_privs = s.bool("no_new_privs");
-    let run_stage_allowlist = s.strings("run_stage_allowlist");
-    let enforce_nologin = s.bool("enforce_nologin");
-    let ff_getent_check = s.bool("ff_getent_check");
+    read!(s.string(jwt_required_aud));
+    read!(s.bool(allow_bot_accounts, no_new_privs));
+    read!(s.strings(run_stage_allowlist));
+    read!(s.bool(enforce_nologin, ff_getent_check));
     let minimum_uid = if s.is_present("minimum_uid") {
         let n = s.uint("minimum_uid", 0, 1, u64::from(u32::MAX));
         // 0 only when the value was refused (reported).

@@ -519,16 +519,10 @@ fn relative_below(builds_dir: &std::path::Path, dir: &str) -> Option<Vec<String>
 
 /// `d` must belong to the job's user.
 fn owned_by_user(d: &DirFd, policy: &DirPolicy) -> Result<(), FsError> {
-    let st = d.stat()?;
-    if st.st_uid != policy.uid {
-        return Err(FsError::refused(
-            &d.path,
-            format!(
-                "owned by uid {}, not the job's user (uid {})",
-                st.st_uid, policy.uid
-            ),
-        ));
-    }
+    let uid = policy.uid;
+    d.owned_by(uid, |found| {
+        format!("owned by uid {found}, not the job's user (uid {uid})")
+    })?;
     Ok(())
 }
 

@@ -41,16 +41,12 @@ pub(crate) fn open_custom_root(root: &Path, policy: &DirPolicy) -> Result<DirFd,
         rule: "every directory above CUSTOM_CI_BUILDS_DIR must belong to root or the job's user",
     };
     let dir = open_trusted_path(root, &trust)?;
-    let st = dir.stat()?;
-    if st.st_uid != policy.uid {
-        return Err(FsError::refused(
-            &dir.path,
-            format!(
-                "CUSTOM_CI_BUILDS_DIR must be owned by the job's user (uid {}), found uid {}",
-                policy.uid, st.st_uid
-            ),
-        ));
-    }
+    let uid = policy.uid;
+    let st = dir.owned_by(uid, |found| {
+        format!(
+            "CUSTOM_CI_BUILDS_DIR must be owned by the job's user (uid {uid}), found uid {found}"
+        )
+    })?;
     let perm = perm_bits(&st);
     if perm & 0o022 != 0 {
         return Err(FsError::refused(

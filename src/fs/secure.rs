@@ -43,6 +43,19 @@ impl DirFd {
     pub(crate) fn stat(&self) -> Result<FileStat, FsError> {
         stat::fstat(&self.fd).map_err(|e| FsError::io("stat", &self.path, e))
     }
+
+    /// Its stat when it belongs to `uid`; else refused, `why` saying so of the owner found.
+    pub(crate) fn owned_by(
+        &self,
+        uid: u32,
+        why: impl FnOnce(u32) -> String,
+    ) -> Result<FileStat, FsError> {
+        let st = self.stat()?;
+        if st.st_uid != uid {
+            return Err(FsError::refused(&self.path, why(st.st_uid)));
+        }
+        Ok(st)
+    }
 }
 
 pub(crate) fn file_type(st: &FileStat) -> SFlag {
@@ -114,7 +127,15 @@ struct Expected<'a> {
     user: &'a UserInfo,
 }
 
-impl Expected<'_> {
+impl<'a> Expected<'a> {
+    /// What the job's dirs must be under `policy`, for the user of `paths`.
+    fn of(paths: &'a JobPaths, policy: &'a DirPolicy) -> Expected<'a> {
+        Expected {
+            policy,
+            user: paths.user(),
+        }
+    }
+
     fn owner(&self) -> String {
         if self.policy.uid == self.user.uid {
             format!("uid {} ({})", self.policy.uid, self.user.name)
@@ -326,10 +347,7 @@ fn retry_vanished<T>(mut op: impl FnMut() -> Result<T, FsError>) -> Result<T, Fs
 /// Create (or verify) the base dir, `builds`/`cache`/`scripts`, and the job's builds, cache and
 /// scripts directories.
 pub fn ensure_job_dirs(paths: &JobPaths, policy: &DirPolicy) -> Result<(), FsError> {
-    let exp = Expected {
-        policy,
-        user: paths.user(),
-    };
+    let exp = Expected::of(paths, policy);
     retry_vanished(|| {
         let base = open_base(paths, &exp, true)?;
         if let Some(builds) = paths.builds_components() {
@@ -365,10 +383,7 @@ pub fn create_base_dir_for_user(
     if paths.is_user_specific() {
         return Ok(false);
     }
-    let exp = Expected {
-        policy,
-        user: paths.user(),
-    };
+    let exp = Expected::of(paths, policy);
     let trust = Trust {
         owners: &[0],
         what: "data_dir",
@@ -406,10 +421,7 @@ pub fn create_base_dir_for_user(
                 group_permissions: !policy.group_permissions,
                 ..*policy
             };
-            let before_a_change = Expected {
-                policy: &other,
-                user: paths.user(),
-            };
+            let before_a_change = Expected::of(paths, &other);
             // The other setting's mode: the user side migrates it (`fs::builds`).
             if before_a_change.verify(&st, &dir.path, Rule::Exact).is_err() {
                 exp.verify(&st, &dir.path, Rule::Exact)?;
@@ -428,16 +440,44 @@ pub fn write_script(
     stage: &str,
     content: &[u8],
 ) -> Result<PathBuf, FsError> {
-    let name = script_file_name(stage)?;
-    let exp = Expected {
+    write_in_scripts_dir(
+        paths,
         policy,
-        user: paths.user(),
-    };
-    retry_vanished(|| {
-        let base = open_base(paths, &exp, true)?;
-        let dir = open_chain(&base, &paths.scripts_components(), &exp)?;
-        create_script(&dir, &name, content)
-    })
+        &script_file_name(stage)?,
+        content,
+        SCRIPT_MODE,
+    )
+}
+
+/// Write `content` to `<scripts dir>/<name>` with `mode` (replacing it), the scripts dir's
+/// missing parts made.
+fn write_in_scripts_dir(
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    name: &str,
+    content: &[u8],
+    mode: u32,
+) -> Result<PathBuf, FsError> {
+    let exp = Expected::of(paths, policy);
+    retry_vanished(|| create_file(&open_scripts_dir(paths, &exp)?, name, content, mode))
+}
+
+/// The job's scripts dir, opened and checked, its missing parts made.
+fn open_scripts_dir(paths: &JobPaths, exp: &Expected<'_>) -> Result<DirFd, FsError> {
+    let base = open_base(paths, exp, true)?;
+    open_chain(&base, &paths.scripts_components(), exp)
+}
+
+/// The job's scripts dir, opened and checked: `None` when it (or the base dir) does not
+/// exist; nothing is made.
+fn existing_scripts_dir(paths: &JobPaths, exp: &Expected<'_>) -> Result<Option<DirFd>, FsError> {
+    match open_base(paths, exp, false)
+        .and_then(|base| open_chain(&base, &paths.scripts_components(), exp))
+    {
+        Ok(d) => Ok(Some(d)),
+        Err(FsError::Missing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The mode of the driver's own files in the job's scripts dir ([`write_job_file`]).
@@ -471,16 +511,7 @@ pub fn write_job_file(
     name: &str,
     content: &[u8],
 ) -> Result<PathBuf, FsError> {
-    let name = job_file_name(name)?;
-    let exp = Expected {
-        policy,
-        user: paths.user(),
-    };
-    retry_vanished(|| {
-        let base = open_base(paths, &exp, true)?;
-        let dir = open_chain(&base, &paths.scripts_components(), &exp)?;
-        create_file(&dir, name, content, JOB_FILE_MODE)
-    })
+    write_in_scripts_dir(paths, policy, job_file_name(name)?, content, JOB_FILE_MODE)
 }
 
 /// Read `<scripts dir>/<name>` (no symlink followed; a regular file of ours): `None` when it
@@ -493,16 +524,9 @@ pub fn read_job_file(
 ) -> Result<Option<Vec<u8>>, FsError> {
     use std::io::Read;
     let name = job_file_name(name)?;
-    let exp = Expected {
-        policy,
-        user: paths.user(),
-    };
-    let dir = match open_base(paths, &exp, false)
-        .and_then(|base| open_chain(&base, &paths.scripts_components(), &exp))
-    {
-        Ok(d) => d,
-        Err(FsError::Missing { .. }) => return Ok(None),
-        Err(e) => return Err(e),
+    let exp = Expected::of(paths, policy);
+    let Some(dir) = existing_scripts_dir(paths, &exp)? else {
+        return Ok(None);
     };
     let path = dir.path.join(name);
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
@@ -540,25 +564,14 @@ pub fn read_job_file(
 /// Remove `<scripts dir>/<name>` (already gone is fine).
 pub fn remove_job_file(paths: &JobPaths, policy: &DirPolicy, name: &str) -> Result<(), FsError> {
     let name = job_file_name(name)?;
-    let exp = Expected {
-        policy,
-        user: paths.user(),
-    };
-    let dir = match open_base(paths, &exp, false)
-        .and_then(|base| open_chain(&base, &paths.scripts_components(), &exp))
-    {
-        Ok(d) => d,
-        Err(FsError::Missing { .. }) => return Ok(()),
-        Err(e) => return Err(e),
+    let exp = Expected::of(paths, policy);
+    let Some(dir) = existing_scripts_dir(paths, &exp)? else {
+        return Ok(());
     };
     match unistd::unlinkat(&dir.fd, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(FsError::io("remove", dir.path.join(name), e)),
     }
-}
-
-fn create_script(dir: &DirFd, name: &str, content: &[u8]) -> Result<PathBuf, FsError> {
-    create_file(dir, name, content, SCRIPT_MODE)
 }
 
 fn create_file(dir: &DirFd, name: &str, content: &[u8], mode: u32) -> Result<PathBuf, FsError> {
@@ -610,10 +623,7 @@ pub(crate) fn open_below_base(
     policy: &DirPolicy,
     components: &[String],
 ) -> Result<DirFd, FsError> {
-    let exp = Expected {
-        policy,
-        user: paths.user(),
-    };
+    let exp = Expected::of(paths, policy);
     retry_vanished(|| {
         let base = open_base(paths, &exp, true)?;
         open_chain(&base, components, &exp)
@@ -637,10 +647,7 @@ pub(crate) fn open_existing_base_parent(
     paths: &JobPaths,
     policy: &DirPolicy,
 ) -> Result<DirFd, FsError> {
-    let exp = Expected {
-        policy,
-        user: paths.user(),
-    };
+    let exp = Expected::of(paths, policy);
     open_base_parent(paths, &exp, false)
 }
 
@@ -667,10 +674,7 @@ pub(crate) fn entry_names(dir: &DirFd) -> Result<Vec<String>, FsError> {
 /// Verify, creating nothing: the admin's directory, the base dir (which must exist) and
 /// whichever of `builds`/`cache`/`scripts` exist.
 pub fn check_base_dir(paths: &JobPaths, policy: &DirPolicy) -> Result<(), FsError> {
-    let exp = Expected {
-        policy,
-        user: paths.user(),
-    };
+    let exp = Expected::of(paths, policy);
     let base = open_base(paths, &exp, false)?;
     for name in ["builds", "cache", "scripts"] {
         match open_or_create(&base, name, Rule::Exact, &exp, false, "directory") {

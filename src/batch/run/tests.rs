@@ -191,6 +191,10 @@ mod machine {
     fn sent(calls: &Calls, what: &str) -> bool {
         calls.iter().any(|(_, w)| w == what)
     }
+    /// How many times `text` stands in the job log `log`.
+    fn times(log: &str, text: &str) -> usize {
+        log.matches(text).count()
+    }
     fn polls(calls: &Calls) -> usize {
         calls.iter().filter(|(_, w)| w == "state").count()
     }
@@ -375,7 +379,7 @@ mod machine {
         assert_eq!(st, Status::Success, "{log}");
         let what = "fake job 42 PENDING (BeginTime), expected start 2030-01-01T10:00:00";
         // The change once, at the first poll (10 s); then a beat 25 s after it, and so on.
-        assert_eq!(log.matches(&format!("{what}\n")).count(), 1, "{log}");
+        assert_eq!(times(&log, &format!("{what}\n")), 1, "{log}");
         let beats: Vec<&str> = log
             .lines()
             .filter(|l| l.starts_with(&format!("{what}, waiting")))
@@ -395,11 +399,7 @@ mod machine {
         // Default: 2m.
         let fake = completed_after(30, pending);
         let (_, log) = run_alone(&fake, "command_delay = \"10s\"").await;
-        assert_eq!(
-            log.matches("PENDING (Resources), waiting").count(),
-            2,
-            "{log}"
-        );
+        assert_eq!(times(&log, "PENDING (Resources), waiting"), 2, "{log}");
         assert!(log.contains("PENDING (Resources), waiting 2m10s"), "{log}");
     }
 
@@ -589,7 +589,7 @@ mod machine {
         let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
         assert_eq!(gaps[1..4], [S(20), S(40), S(60)], "{t:?}");
         assert_eq!(
-            log.matches("scheduler command failed, retrying").count(),
+            times(&log, "scheduler command failed, retrying"),
             1,
             "{log}"
         );
@@ -625,7 +625,7 @@ mod machine {
             "{message}"
         );
         assert_eq!(
-            log.matches("scheduler command failed").count(),
+            times(&log, "scheduler command failed"),
             1,
             "one line when it starts failing: {log}"
         );
@@ -651,7 +651,7 @@ mod machine {
         let t = fake.times("state");
         // 20 s, 40 s, then 60 s apart: eight minutes of failures.
         assert!(t[t.len() - 1] - t[1] >= S(8 * 60), "{t:?}");
-        assert_eq!(log.matches("scheduler answering again").count(), 1, "{log}");
+        assert_eq!(times(&log, "scheduler answering again"), 1, "{log}");
     }
 
     #[tokio::test(start_paused = true)]

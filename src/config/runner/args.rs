@@ -1,9 +1,9 @@
 //! The hooks' `*_args`: `[-u] <hook>`, with `--configuration FILE` for config and
 //! cleanup (the same FILE in both), as documented.
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeValue;
 
-use super::document::Runner;
+use super::document::{Custom, Runner};
 use super::hook::{is_global_flag, leading_flags, Hook, ARGS_PLACEHOLDER, HOOKS, NO_AUTH};
 use super::Checker;
 
@@ -14,15 +14,10 @@ struct Args {
 
 impl Checker<'_> {
     /// The four `*_args` checked; the `--configuration FILE`s they give, with hook and line.
-    pub(super) fn configurations(
-        &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
-        no_auth: bool,
-    ) -> Vec<(Hook, String, usize)> {
+    pub(super) fn configurations(&mut self, c: &Custom<'_>) -> Vec<(Hook, String, usize)> {
         let mut configurations = Vec::new();
         for hook in HOOKS {
-            let args = self.args(r, custom, hook, no_auth);
+            let args = self.args(c, hook);
             if let Some((file, line)) = args.configuration {
                 configurations.push((hook, file, line));
             }
@@ -56,20 +51,15 @@ impl Checker<'_> {
     }
 
     /// Check `<hook>_args` against the documented form; the `--configuration FILE` it gives.
-    fn args(
-        &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
-        hook: Hook,
-        no_auth: bool,
-    ) -> Args {
+    fn args(&mut self, c: &Custom<'_>, hook: Hook) -> Args {
+        let r = c.r;
         let mut out = Args {
             configuration: None,
         };
-        let Some((words, line)) = self.arg_words(r, custom, hook) else {
+        let Some((words, line)) = self.arg_words(c, hook) else {
             return out;
         };
-        if no_auth && !leading_flags(custom, hook).contains(&NO_AUTH) {
+        if c.no_auth && !leading_flags(c.table, hook).contains(&NO_AUTH) {
             let message = format!(
                 "another hook runs `jacamar --no-auth`: every hook must; put \"{NO_AUTH}\" \
                  first in {}",
@@ -106,12 +96,8 @@ impl Checker<'_> {
 
     /// `<hook>_args` as words with their lines, and the key's line; a missing key, a value
     /// that is not an array, or an item that is not a string is reported and gives `None`.
-    fn arg_words(
-        &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
-        hook: Hook,
-    ) -> Option<(Vec<(String, usize)>, usize)> {
+    fn arg_words(&mut self, c: &Custom<'_>, hook: Hook) -> Option<(Vec<(String, usize)>, usize)> {
+        let (r, custom) = (c.r, c.table);
         let key = hook.args_key();
         let documented = hook.documented_args(ARGS_PLACEHOLDER);
         let Some((k, v)) = custom.get_key_value(key.as_str()) else {

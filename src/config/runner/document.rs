@@ -24,6 +24,17 @@ pub(super) struct Runner<'t, 'i> {
     pub(super) custom_line: usize,
 }
 
+/// A custom runner whose `[runners.custom]` is a table: what the checks of its hooks read.
+pub(super) struct Custom<'a> {
+    /// The `[[runners]]` entry.
+    pub(super) r: &'a Runner<'a, 'a>,
+    /// Its `[runners.custom]` table.
+    pub(super) table: &'a DeTable<'a>,
+    /// Some hook's arguments start with `--no-auth`: the hooks run `jacamar` without
+    /// authorization (then every hook's must).
+    pub(super) no_auth: bool,
+}
+
 impl Checker<'_> {
     /// The whole file: every `[[runners]]` entry with `executor = "custom"` checked; the
     /// summaries of those whose wiring is clean.
@@ -39,33 +50,21 @@ impl Checker<'_> {
             return Vec::new();
         };
         let DeValue::Array(items) = value.get_ref() else {
-            let line = self.line(key.span().start);
-            self.push(
-                Some(line),
-                None,
-                "runners",
-                format!(
-                    "expected an array of tables ([[runners]]), found {}",
-                    value.get_ref().type_str()
-                ),
-            );
+            let found = value.get_ref().type_str();
+            let message = format!("expected an array of tables ([[runners]]), found {found}");
+            self.runners_problem(key.span().start, message);
             return Vec::new();
         };
         let mut summaries = Vec::new();
         let mut customs = 0;
         for (index, item) in items.iter().enumerate() {
             let DeValue::Table(table) = item.get_ref() else {
-                let line = self.line(item.span().start);
-                self.push(
-                    Some(line),
-                    None,
-                    "runners",
-                    format!(
-                        "entry #{} is {}, not a table: write it as a [[runners]] table",
-                        index + 1,
-                        item.get_ref().type_str()
-                    ),
+                let message = format!(
+                    "entry #{} is {}, not a table: write it as a [[runners]] table",
+                    index + 1,
+                    item.get_ref().type_str()
                 );
+                self.runners_problem(item.span().start, message);
                 continue;
             };
             if !self.is_custom(table, index) {
@@ -87,6 +86,12 @@ impl Checker<'_> {
             );
         }
         summaries
+    }
+
+    /// A problem of the `runners` key itself, at the line of `offset`.
+    fn runners_problem(&mut self, offset: usize, message: String) {
+        let line = self.line(offset);
+        self.push(Some(line), None, "runners", message);
     }
 
     /// `executor = "custom"`? A wrong type is reported and counts as no.

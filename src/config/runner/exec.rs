@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeValue;
 
-use super::document::Runner;
+use super::document::{Custom, Runner};
 use super::hook::{Hook, HOOKS, INSTALLED_AUTH, NO_AUTH};
 use super::host::ExecProblem;
 use super::Checker;
@@ -20,22 +20,17 @@ pub(super) struct Exec {
 impl Checker<'_> {
     /// The four `*_exec`: present, absolute, executable, all the same file. Returns the
     /// first hook's resolved executable and whether all four passed.
-    pub(super) fn execs(
-        &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
-        no_auth: bool,
-    ) -> (Option<Exec>, bool) {
+    pub(super) fn execs(&mut self, c: &Custom<'_>) -> (Option<Exec>, bool) {
         let mut first: Option<Exec> = None;
         let mut exec_ok = true;
         for hook in HOOKS {
-            let Some(exec) = self.exec(r, custom, hook, first.as_ref(), no_auth) else {
+            let Some(exec) = self.exec(c, hook, first.as_ref()) else {
                 exec_ok = false;
                 continue;
             };
             match &first {
                 None => first = Some(exec),
-                Some(f) => exec_ok &= self.same_exec(r, f, &exec),
+                Some(f) => exec_ok &= self.same_exec(c.r, f, &exec),
             }
         }
         (first, exec_ok)
@@ -43,17 +38,11 @@ impl Checker<'_> {
 
     /// One hook's `*_exec` checked and resolved; `None` once a problem was reported (a
     /// missing key suggests `first`'s path, or the installed one).
-    fn exec(
-        &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
-        hook: Hook,
-        first: Option<&Exec>,
-        no_auth: bool,
-    ) -> Option<Exec> {
+    fn exec(&mut self, c: &Custom<'_>, hook: Hook, first: Option<&Exec>) -> Option<Exec> {
+        let (r, custom) = (c.r, c.table);
         let key = format!("{}_exec", hook.name());
         let dotted = format!("runners.custom.{key}");
-        let Some((value, line)) = self.string(r, custom, &key) else {
+        let Some((value, line)) = self.string(c, &key) else {
             let suggestion = first.map_or(INSTALLED_AUTH, |f| f.value.as_str());
             if !custom.contains_key(key.as_str()) {
                 self.problem(
@@ -67,11 +56,17 @@ impl Checker<'_> {
             }
             return None;
         };
-        if let Some(message) = exec_path_problem(&value, no_auth) {
-            self.problem(r, line, &dotted, message);
-            return None;
-        }
-        let resolved = self.resolve_exec(r, &dotted, &value, line)?;
+        let checked = match exec_path_problem(&value, c.no_auth) {
+            Some(message) => Err(message),
+            None => self.resolve_exec(&value),
+        };
+        let resolved = match checked {
+            Ok(p) => p,
+            Err(message) => {
+                self.problem(r, line, &dotted, message);
+                return None;
+            }
+        };
         Some(Exec {
             hook,
             value,
@@ -80,28 +75,19 @@ impl Checker<'_> {
         })
     }
 
-    /// The hook's file as the host resolves it; a missing or unusable file is reported.
-    fn resolve_exec(
-        &mut self,
-        r: &Runner<'_, '_>,
-        dotted: &str,
-        value: &str,
-        line: usize,
-    ) -> Option<PathBuf> {
-        match self.host.executable(Path::new(value)) {
-            Ok(p) => Some(p),
-            Err(why) => {
-                let fix = if matches!(why, ExecProblem::NotFound) {
-                    "install jacamar-auth there (the jacamar-rs packages put it in \
-                     /opt/jacamar/bin) or fix the path"
-                } else {
-                    "give it mode 0755 root:root (runner as root) or 0750 \
-                     root:gitlab-runner (the caps flavour), or fix the path"
-                };
-                self.problem(r, line, dotted, format!("\"{value}\" {why}: {fix}"));
-                None
-            }
-        }
+    /// The hook's file as the host resolves it, or what is wrong with it (missing, not
+    /// executable, ...) and how to fix it.
+    fn resolve_exec(&self, value: &str) -> Result<PathBuf, String> {
+        self.host.executable(Path::new(value)).map_err(|why| {
+            let fix = if matches!(why, ExecProblem::NotFound) {
+                "install jacamar-auth there (the jacamar-rs packages put it in \
+                 /opt/jacamar/bin) or fix the path"
+            } else {
+                "give it mode 0755 root:root (runner as root) or 0750 \
+                 root:gitlab-runner (the caps flavour), or fix the path"
+            };
+            format!("\"{value}\" {why}: {fix}")
+        })
     }
 
     /// Whether `exec` resolves to the same file as `first`; a different one is reported.
@@ -126,12 +112,8 @@ impl Checker<'_> {
 
     /// A non-empty string key of `[runners.custom]` with its line; a wrong
     /// type is reported.
-    fn string(
-        &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
-        key: &str,
-    ) -> Option<(String, usize)> {
+    fn string(&mut self, c: &Custom<'_>, key: &str) -> Option<(String, usize)> {
+        let (r, custom) = (c.r, c.table);
         let (k, v) = custom.get_key_value(key)?;
         let line = self.line(k.span().start);
         match v.get_ref() {

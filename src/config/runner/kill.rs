@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeValue;
 
-use super::document::Runner;
+use super::document::Custom;
 use super::Checker;
 use crate::config::duration::format_duration;
 use crate::config::Config;
@@ -22,36 +22,24 @@ impl Checker<'_> {
     /// config_args' file when it loaded.
     pub(super) fn kill_timeouts(
         &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
+        c: &Custom<'_>,
         config: Option<&(PathBuf, Config)>,
     ) -> (Duration, Duration) {
         let graceful = self.seconds(
-            r,
-            custom,
+            c,
             "graceful_kill_timeout",
             RUNNER_DEFAULT_GRACEFUL_KILL_TIMEOUT,
         );
-        let force = self.seconds(
-            r,
-            custom,
-            "force_kill_timeout",
-            RUNNER_DEFAULT_FORCE_KILL_TIMEOUT,
-        );
-        if let Some((file, c)) = config {
-            self.timing(r, custom, file, c.general.kill_timeout, graceful, force);
+        let force = self.seconds(c, "force_kill_timeout", RUNNER_DEFAULT_FORCE_KILL_TIMEOUT);
+        if let Some((file, config)) = config {
+            self.timing(c, file, config.general.kill_timeout, graceful, force);
         }
         (graceful, force)
     }
 
     /// A whole number of seconds of `[runners.custom]`, as the runner reads it.
-    fn seconds(
-        &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
-        key: &str,
-        default: Duration,
-    ) -> Duration {
+    fn seconds(&mut self, c: &Custom<'_>, key: &str, default: Duration) -> Duration {
+        let (r, custom) = (c.r, c.table);
         let Some((k, v)) = custom.get_key_value(key) else {
             return default;
         };
@@ -108,13 +96,13 @@ impl Checker<'_> {
     /// at graceful_kill_timeout's line (or `[runners.custom]`'s, when it is unset).
     fn timing(
         &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
+        c: &Custom<'_>,
         file: &Path,
         kill: Duration,
         graceful: Duration,
         force: Duration,
     ) {
+        let (r, custom) = (c.r, c.table);
         let graceful_line = custom
             .get_key_value("graceful_kill_timeout")
             .map(|(k, _)| self.line(k.span().start));

@@ -54,7 +54,7 @@ mod stage_timeouts;
 use std::path::{Path, PathBuf};
 
 use super::raw::{self, LineIndex};
-use document::Runner;
+use document::{Custom, Runner};
 use hook::{leading_flags, HOOKS, NO_AUTH};
 
 pub use host::{ExecProblem, FsHost, RunnerHost};
@@ -150,15 +150,20 @@ impl Checker<'_> {
         let no_auth = HOOKS
             .iter()
             .any(|&h| leading_flags(custom, h).contains(&NO_AUTH));
-        let (first, exec_ok) = self.execs(r, custom, no_auth);
-        let configurations = self.configurations(r, custom, no_auth);
+        let c = Custom {
+            r,
+            table: custom,
+            no_auth,
+        };
+        let (first, exec_ok) = self.execs(&c);
+        let configurations = self.configurations(&c);
         self.cleanup_reads_config_file(r, &configurations);
         let config = self.load_configurations(r, &configurations);
-        let (graceful, force) = self.kill_timeouts(r, custom, config.as_ref());
+        let (graceful, force) = self.kill_timeouts(&c, config.as_ref());
         if let (true, Some((file, c))) = (no_auth, config.as_ref()) {
             self.no_auth_configuration(r, file, c);
         }
-        let (prepare_timeout, get_sources_timeout) = self.stage_timeouts(r, custom);
+        let (prepare_timeout, get_sources_timeout) = self.stage_timeouts(&c);
 
         if self.problems.len() != before || !exec_ok {
             return None;

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeValue;
 
-use super::document::Runner;
+use super::document::{Custom, Runner};
 use super::Checker;
 use crate::config::duration::{parse_duration, DurationError};
 
@@ -14,9 +14,9 @@ impl Checker<'_> {
     /// [`Checker::stage_timeout`]); either key in `[runners.custom]` is reported.
     pub(super) fn stage_timeouts(
         &mut self,
-        r: &Runner<'_, '_>,
-        custom: &DeTable<'_>,
+        c: &Custom<'_>,
     ) -> (Option<Duration>, Option<Duration>) {
+        let (r, custom) = (c.r, c.table);
         for key in STAGE_TIMEOUTS {
             if let Some((k, _)) = custom.get_key_value(key) {
                 let line = self.line(k.span().start);

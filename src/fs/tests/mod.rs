@@ -51,9 +51,7 @@ struct Site {
 fn site() -> Site {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
-    let data = root.join("ecp");
-    fs::create_dir(&data).unwrap();
-    chmod(&data, 0o755);
+    let data = mkdir(root.join("ecp"), 0o755);
     let home = root.join("home/alice");
     fs::create_dir_all(&home).unwrap();
     chmod(&home, 0o755);
@@ -66,6 +64,13 @@ fn site() -> Site {
 }
 
 impl Site {
+    /// The job's paths, its directories made.
+    fn job_dirs(&self) -> JobPaths {
+        let p = self.paths();
+        ensure_job_dirs(&p, &policy()).unwrap();
+        p
+    }
+
     fn paths(&self) -> JobPaths {
         self.paths_for(self.data.to_str().unwrap())
     }
@@ -81,6 +86,13 @@ impl Site {
         )
         .unwrap()
     }
+}
+
+/// `path` made with `mode` (its parent exists).
+fn mkdir(path: PathBuf, mode: u32) -> PathBuf {
+    fs::create_dir(&path).unwrap();
+    chmod(&path, mode);
+    path
 }
 
 fn refused_reason(err: FsError) -> (PathBuf, String) {
@@ -293,9 +305,7 @@ fn group_permissions_give_0750_whatever_the_umask() {
 #[test]
 fn existing_base_symlink_is_refused() {
     let s = site();
-    let target = s.root.join("elsewhere");
-    fs::create_dir(&target).unwrap();
-    chmod(&target, 0o700);
+    let target = mkdir(s.root.join("elsewhere"), 0o700);
     symlink(&target, s.data.join("alice")).unwrap();
     let p = s.paths();
     let err = ensure_job_dirs(&p, &policy()).unwrap_err();
@@ -313,9 +323,7 @@ fn existing_base_symlink_is_refused() {
 #[test]
 fn existing_base_with_loose_mode_is_refused_and_left_alone() {
     let s = site();
-    let base = s.data.join("alice");
-    fs::create_dir(&base).unwrap();
-    chmod(&base, 0o777);
+    let base = mkdir(s.data.join("alice"), 0o777);
     let p = s.paths();
     let err = ensure_job_dirs(&p, &policy()).unwrap_err();
     assert_eq!(
@@ -329,8 +337,7 @@ fn existing_base_with_loose_mode_is_refused_and_left_alone() {
 #[test]
 fn builds_cache_scripts_must_be_exact_too() {
     let s = site();
-    let p = s.paths();
-    ensure_job_dirs(&p, &policy()).unwrap();
+    let p = s.job_dirs();
     let cache = p.base_dir().join("cache");
     chmod(&cache, 0o755);
     let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
@@ -404,9 +411,7 @@ fn home_data_dir() {
 #[test]
 fn user_specific_data_dir_creates_missing_parents() {
     let s = site();
-    let store = s.root.join("store");
-    fs::create_dir(&store).unwrap();
-    chmod(&store, 0o755);
+    let store = mkdir(s.root.join("store"), 0o755);
     let raw = format!("{}/$USER/ci", store.display());
     let p = s.paths_for(&raw);
     assert_eq!(p.base_dir(), store.join("alice/ci"));
@@ -424,8 +429,7 @@ fn user_specific_data_dir_creates_missing_parents() {
 #[test]
 fn deeper_symlink_is_refused() {
     let s = site();
-    let p = s.paths();
-    ensure_job_dirs(&p, &policy()).unwrap();
+    let p = s.job_dirs();
     let outside = s.root.join("outside");
     fs::create_dir(&outside).unwrap();
     let runner = p.base_dir().join("builds/abc123");
@@ -447,8 +451,7 @@ fn deeper_symlink_is_refused() {
 #[test]
 fn deeper_dir_writable_by_group_or_others_is_refused() {
     let s = site();
-    let p = s.paths();
-    ensure_job_dirs(&p, &policy()).unwrap();
+    let p = s.job_dirs();
     let nnn = p.cache_dir();
     chmod(&nnn, 0o777);
     let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
@@ -485,8 +488,7 @@ fn write_script_creates_and_replaces() {
 #[test]
 fn write_script_replaces_a_planted_symlink_without_following_it() {
     let s = site();
-    let p = s.paths();
-    ensure_job_dirs(&p, &policy()).unwrap();
+    let p = s.job_dirs();
     let victim = s.root.join("victim");
     fs::write(&victim, b"keep").unwrap();
     let script = p.script_path("get_sources").unwrap();
@@ -503,8 +505,7 @@ fn write_script_replaces_a_planted_symlink_without_following_it() {
 #[test]
 fn write_script_refuses_a_directory_in_the_way() {
     let s = site();
-    let p = s.paths();
-    ensure_job_dirs(&p, &policy()).unwrap();
+    let p = s.job_dirs();
     let script = p.script_path("build_script").unwrap();
     fs::create_dir(&script).unwrap();
     let (path, reason) =
@@ -517,8 +518,7 @@ fn write_script_refuses_a_directory_in_the_way() {
 #[test]
 fn cleanup_removes_scripts_and_empty_parents_twice() {
     let s = site();
-    let p = s.paths();
-    ensure_job_dirs(&p, &policy()).unwrap();
+    let p = s.job_dirs();
     write_script(&p, &policy(), "build_script", b"x").unwrap();
     fs::create_dir_all(p.scripts_dir().join("sub/deeper")).unwrap();
     fs::write(p.scripts_dir().join("sub/deeper/log"), b"l").unwrap();
@@ -582,8 +582,7 @@ fn cleanup_unlinks_symlinks_without_following_them() {
 #[test]
 fn cleanup_refuses_to_walk_through_a_symlinked_chain() {
     let s = site();
-    let p = s.paths();
-    ensure_job_dirs(&p, &policy()).unwrap();
+    let p = s.job_dirs();
     let outside = s.root.join("outside");
     let job = outside.join("000/group/project/42");
     fs::create_dir_all(&job).unwrap();
@@ -608,8 +607,7 @@ fn cleanup_with_retain_logs_keeps_files() {
 #[test]
 fn cleanup_concurrent_with_writes_does_not_error() {
     let s = site();
-    let p = s.paths();
-    ensure_job_dirs(&p, &policy()).unwrap();
+    let p = s.job_dirs();
     std::thread::scope(|sc| {
         let writer = sc.spawn(|| {
             for i in 0..200 {

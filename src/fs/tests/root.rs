@@ -6,16 +6,17 @@
 use super::*;
 use crate::test_support::{require, require_root};
 
+/// The test site, when the test runs as root (else `require_root` says why, and the test
+/// returns).
+fn root_site() -> Option<Site> {
+    require_root().then(site)
+}
+
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn existing_base_owned_by_another_uid_is_refused() {
-    if !require_root() {
-        return;
-    }
-    let s = site();
-    let base = s.data.join("alice");
-    fs::create_dir(&base).unwrap();
-    chmod(&base, 0o700);
+    let Some(s) = root_site() else { return };
+    let base = mkdir(s.data.join("alice"), 0o700);
     chown(&base, Some(FAKE_UID), None).unwrap();
     let p = s.paths();
     let err = ensure_job_dirs(&p, &policy()).unwrap_err();
@@ -44,10 +45,7 @@ fn existing_base_owned_by_another_uid_is_refused() {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn user_specific_data_dir_needs_ancestors_of_root_or_the_user() {
-    if !require_root() {
-        return;
-    }
-    let s = site();
+    let Some(s) = root_site() else { return };
     let store = s.root.join("store");
     fs::create_dir(&store).unwrap();
     chown(&store, Some(FAKE_UID), None).unwrap();
@@ -70,12 +68,8 @@ fn user_specific_data_dir_needs_ancestors_of_root_or_the_user() {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn deeper_dir_owned_by_another_uid_is_refused() {
-    if !require_root() {
-        return;
-    }
-    let s = site();
-    let p = s.paths();
-    ensure_job_dirs(&p, &policy()).unwrap();
+    let Some(s) = root_site() else { return };
+    let p = s.job_dirs();
     let nnn = p.cache_dir();
     chown(&nnn, Some(FAKE_UID), None).unwrap();
     let (path, reason) = refused_reason(ensure_job_dirs(&p, &policy()).unwrap_err());
@@ -107,9 +101,7 @@ fn works_as_an_unprivileged_user() {
         fs::create_dir(root.join(d)).unwrap();
         chmod(&root.join(d), 0o755);
     }
-    let base = root.join("ecp/u12345");
-    fs::create_dir(&base).unwrap();
-    chmod(&base, 0o700);
+    let base = mkdir(root.join("ecp/u12345"), 0o700);
     chown(&base, Some(FAKE_UID), Some(FAKE_UID)).unwrap();
 
     let out = std::process::Command::new("/usr/bin/setpriv")
@@ -227,10 +219,7 @@ fn cleanup_of_an_unremovable_file_is_an_error_not_a_recursion() {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn runner_tmp_dir_of_another_owner_is_refused() {
-    if !require_root() {
-        return;
-    }
-    let s = site();
+    let Some(s) = root_site() else { return };
     let builds = s.paths().builds_dir();
     let (paths, plan, job) = runner_tmp_job(&s, None);
     let tmp = builds.join("group/project.tmp");
