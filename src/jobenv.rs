@@ -525,13 +525,10 @@ mod tests {
         if !crate::test_support::require(git.is_some(), "git is not installed") {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("template.cfg");
-        std::fs::write(
-            &cfg,
+        let (dir, cfg) = crate::test_support::temp_file(
+            "template.cfg",
             "[credential]\n\tinteractive = never\n\thelper = store\n",
-        )
-        .unwrap();
+        );
         let env = askpass_env(Path::new("/j"), &[]);
         let get = |key: &str| {
             let out = std::process::Command::new(git.as_ref().unwrap())

@@ -187,9 +187,7 @@ mod tests {
 
     #[test]
     fn etc_profile_only_runs_the_script_for_real() {
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("s.bash");
-        std::fs::write(&script, "echo ran-$((40+2))\n").unwrap();
+        let (_dir, script) = crate::test_support::temp_file("s.bash", "echo ran-$((40+2))\n");
         let c = command(None, Profile::EtcOnly, &script, "/usr/bin:/bin");
         let out = std::process::Command::new(&c.program)
             .args(&c.args)

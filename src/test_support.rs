@@ -24,3 +24,16 @@ pub fn require(ok: bool, what: &str) -> bool {
 pub fn require_root() -> bool {
     require(nix::unistd::geteuid().is_root(), "this test needs root")
 }
+
+/// A temporary directory holding one file `name` with `contents`, and the file's path. Keep
+/// the directory (`let (_dir, path) = ...`, not `let (_, path)`): dropping it removes both.
+#[track_caller]
+pub fn temp_file(
+    name: &str,
+    contents: impl AsRef<[u8]>,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).unwrap();
+    (dir, path)
+}

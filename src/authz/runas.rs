@@ -315,9 +315,8 @@ mod tests {
     /// What [`validate`] answers for a validation script of `body` (bash), and how long
     /// the answer took.
     async fn answer_of(body: &str) -> (Result<String, AuthError>, std::time::Duration) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("validate.sh");
-        std::fs::write(&path, format!("#!/bin/bash\n{body}\n")).unwrap();
+        let (_dir, path) =
+            crate::test_support::temp_file("validate.sh", format!("#!/bin/bash\n{body}\n"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
         let r = RunAs {
             validation_script: path,

@@ -250,9 +250,7 @@ mod tests {
     #[test]
     fn program_ignores_relative_path_entries() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let tool = dir.path().join("jrs-crates-tool");
-        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        let (dir, tool) = crate::test_support::temp_file("jrs-crates-tool", "#!/bin/sh\n");
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
         // The same directory, once relative to our cwd and once absolute.
         let cwd = std::env::current_dir().unwrap();

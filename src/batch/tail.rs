@@ -401,9 +401,7 @@ mod tests {
 
     #[test]
     fn replacement_and_truncation() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("out");
-        std::fs::write(&p, "a\nb\n").unwrap();
+        let (d, p) = crate::test_support::temp_file("out", "a\nb\n");
         let mut t = Tailer::new(p.clone());
         assert_eq!(text(t.tick(true).0), "a\nb\n");
         // Truncate and write less: read from the start again.

@@ -251,13 +251,10 @@ mod tests {
 
     #[test]
     fn wrapper_outlives_term_until_the_runner_subshell_trap_is_done() {
-        let d = tempfile::tempdir().unwrap();
-        let script = d.path().join("build_script.bash");
-        std::fs::write(
-            &script,
+        let (d, script) = crate::test_support::temp_file(
+            "build_script.bash",
             "set -eo pipefail\n: | eval $'trap \\'sleep 1; echo done >trap-done; exit 7\\' TERM\\ntouch ready\\nsleep 60\\n'\nexit 0\n",
-        )
-        .unwrap();
+        );
         let w = wrapper_script(
             "",
             &["bash".into(), script.display().to_string()],

@@ -94,32 +94,68 @@ str_enum! {
 /// `[general]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct General {
+    /// `[general] executor`: what runs the job scripts (required).
     pub executor: Executor,
-    /// As written (may hold `$HOME` / `$USER`); expanded by `fs`.
+    /// `[general] data_dir`: base directory of every job's files (required), as written
+    /// (may hold `$HOME` / `$USER`); expanded by `fs`.
     pub data_dir: String,
+    /// `[general] retain_logs`: keep executor and scheduler generated files after the job
+    /// (default false).
     pub retain_logs: bool,
+    /// `[general] custom_build_dir`: users may pick their build directory through
+    /// `CUSTOM_CI_BUILDS_DIR` (default false).
     pub custom_build_dir: bool,
+    /// `[general] name`: this instance's name in jacamar-auth's logs (default unset).
     pub name: Option<String>,
+    /// `[general] kill_timeout`: grace between passing a signal on and SIGKILL (default 120s).
     pub kill_timeout: Duration,
+    /// `[general] shell_path`: the bash that runs job scripts (default unset: found on PATH).
     pub shell_path: Option<PathBuf>,
+    /// `[general] job_message`: printed at the start of every job (default unset).
     pub job_message: Option<String>,
+    /// `[general] gitlab_server`: the GitLab URL trusted for the id_token's keys, over the
+    /// job response's (default unset).
     pub gitlab_server: Option<String>,
-    /// TOML key `tls-ca-file`.
+    /// `[general] tls-ca-file` (with dashes): CA certificates for HTTPS requests (default
+    /// unset).
     pub tls_ca_file: Option<PathBuf>,
+    /// `[general] unrestricted_cmd_line`: job tokens allowed on the command line of runner
+    /// generated scripts; no askpass is installed (default false).
     pub unrestricted_cmd_line: bool,
+    /// `[general] static_builds_dir`: one kept build directory per job (default false).
     pub static_builds_dir: bool,
+    /// `[general] static_min_days`: days a static build directory is kept; 0: never removed
+    /// (default 7).
     pub static_min_days: u32,
+    /// `[general] group_permissions`: data directories 0750 instead of 0700 (default false).
     pub group_permissions: bool,
+    /// `[general] jwt_env_variable`: the CI variable holding the job's id_token (default
+    /// unset).
     pub jwt_env_variable: Option<String>,
+    /// `[general] unlimited_stack` (our name): raise the stack limit to the hard limit
+    /// (default false).
     pub unlimited_stack: bool,
+    /// `[general] limit_build_dir`: build directories claimed through lock files (default
+    /// false).
     pub limit_build_dir: bool,
+    /// `[general] max_build_dir`: most claimed build directories a project may have; 0: no
+    /// cap (default 0).
     pub max_build_dir: u32,
+    /// `[general] uncap_build_dir_cleanup`: cleanup removes every stale build directory,
+    /// not at most one (default false).
     pub uncap_build_dir_cleanup: bool,
+    /// `[general] file_lock_debug`: write the build directory claims as JSON lines (default
+    /// false).
     pub file_lock_debug: bool,
+    /// `[general] user_enabled_limit`: `limit_build_dir` only for projects setting
+    /// `JACAMAR_LIMIT_BUILD_DIR` (default false).
     pub user_enabled_limit: bool,
+    /// `[general] ff_custom_data_dir` (our name): users may choose their own data directory
+    /// (default false).
     pub ff_custom_data_dir: bool,
-    /// Upstream's switch for git's `credential.interactive`; the driver always sets it when
-    /// it manages git's credentials (see `jobenv::askpass_env`), so it changes nothing.
+    /// `[general] ff_git_interactive` (default false): upstream's switch for git's
+    /// `credential.interactive`; the driver always sets it when it manages git's credentials
+    /// (see `jobenv::askpass_env`), so it changes nothing.
     pub ff_git_interactive: bool,
 }
 

@@ -247,13 +247,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// `config_exec`, as the user: claim (`limit_build_dir`) or verify (custom root) the builds
-/// dir. `notify` receives messages for the job log (never stdout: that is the runner's JSON).
+/// dir with `claim` ([`claim_settings`]). `notify` receives messages for the job log (never
+/// stdout: that is the runner's JSON).
 pub fn configure(
     paths: &JobPaths,
     policy: &DirPolicy,
     plan: &BuildsPlan,
-    general: &General,
-    job: &JobContext,
+    claim: &ClaimSettings,
     notify: &mut dyn FnMut(&str),
 ) -> Result<BuildsInfo, FsError> {
     migrate_group_permissions(paths, policy, notify)?;
@@ -262,7 +262,7 @@ pub fn configure(
             let dir = plan
                 .open_claim_dir(paths, policy, true)?
                 .ok_or_else(|| FsError::refused(paths.base_dir(), "no builds directory"))?;
-            Some(dir.claim(&claim_settings(general, job), notify)?.slot)
+            Some(dir.claim(claim, notify)?.slot)
         }
         _ => {
             plan.open_root(paths, policy, false)?;
@@ -272,14 +272,13 @@ pub fn configure(
     Ok(info(&plan.locate(paths.clone(), slot)))
 }
 
-/// `prepare`, as the user: find this job's claim, create every directory of the job.
-/// Returns the paths with the builds dir where the plan put it.
+/// `prepare`, as the user: find this job's claim (and renew it with `claim`), create every
+/// directory of the job. Returns the paths with the builds dir where the plan put it.
 pub fn prepare(
     paths: JobPaths,
     policy: &DirPolicy,
     plan: &BuildsPlan,
-    general: &General,
-    job: &JobContext,
+    claim: &ClaimSettings,
     notify: &mut dyn FnMut(&str),
 ) -> Result<JobPaths, FsError> {
     migrate_group_permissions(&paths, policy, notify)?;
@@ -288,7 +287,7 @@ pub fn prepare(
             let dir = plan
                 .open_claim_dir(&paths, policy, true)?
                 .ok_or_else(|| FsError::refused(paths.base_dir(), "no builds directory"))?;
-            Some(dir.renew(&claim_settings(general, job))?.slot)
+            Some(dir.renew(claim)?.slot)
         }
         _ => None,
     };

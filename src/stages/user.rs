@@ -104,8 +104,7 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                 &paths,
                 &policy,
                 &cx.builds_plan()?,
-                &config.general,
-                &h.job,
+                &fs::builds::claim_settings(&config.general, &h.job),
                 &mut notify,
             )?;
             Ok(Status::Configured {
@@ -119,8 +118,7 @@ async fn act(h: Handoff, control: OwnedFd) -> Result<Status, StageError> {
                 paths.clone(),
                 &policy,
                 &plan,
-                &config.general,
-                &h.job,
+                &fs::builds::claim_settings(&config.general, &h.job),
                 &mut notify,
             )?;
             Ok(Status::Success)

@@ -56,14 +56,11 @@ impl Checker<'_> {
             }
             return None;
         };
-        let checked = match exec_path_problem(&value, c.no_auth) {
-            Some(message) => Err(message),
-            None => self.resolve_exec(&value),
-        };
+        let checked = check_exec_path(&value, c.no_auth).and_then(|()| self.resolve_exec(&value));
         let resolved = match checked {
             Ok(p) => p,
-            Err(message) => {
-                self.problem(r, line, &dotted, message);
+            Err(bad) => {
+                self.problem(r, line, &dotted, bad.to_string());
                 return None;
             }
         };
@@ -76,18 +73,14 @@ impl Checker<'_> {
     }
 
     /// The hook's file as the host resolves it, or what is wrong with it (missing, not
-    /// executable, ...) and how to fix it.
-    fn resolve_exec(&self, value: &str) -> Result<PathBuf, String> {
-        self.host.executable(Path::new(value)).map_err(|why| {
-            let fix = if matches!(why, ExecProblem::NotFound) {
-                "install jacamar-auth there (the jacamar-rs packages put it in \
-                 /opt/jacamar/bin) or fix the path"
-            } else {
-                "give it mode 0755 root:root (runner as root) or 0750 \
-                 root:gitlab-runner (the caps flavour), or fix the path"
-            };
-            format!("\"{value}\" {why}: {fix}")
-        })
+    /// executable, ...).
+    fn resolve_exec(&self, value: &str) -> Result<PathBuf, BadExec> {
+        self.host
+            .executable(Path::new(value))
+            .map_err(|why| BadExec::File {
+                value: value.to_string(),
+                why,
+            })
     }
 
     /// Whether `exec` resolves to the same file as `first`; a different one is reported.
@@ -143,32 +136,113 @@ impl Checker<'_> {
     }
 }
 
+/// What is wrong with a hook's `*_exec`, with how to fix it.
+#[derive(Debug, thiserror::Error)]
+enum BadExec {
+    /// A relative path.
+    #[error(
+        "\"{value}\" is not an absolute path: give jacamar-auth's full path \
+         (e.g. \"{INSTALLED_AUTH}\")"
+    )]
+    NotAbsolute { value: String },
+    /// The job-side `jacamar` named without `--no-auth` in the hooks' arguments.
+    #[error(
+        "\"{value}\" is the job-side binary: the hooks run jacamar-auth, \
+         e.g. \"{}\" (or, for a runner that needs no account switch, `jacamar` with \
+         \"{NO_AUTH}\" first in every hook's arguments)",
+        sibling(.value, "jacamar-auth")
+    )]
+    JobSide { value: String },
+    /// `--no-auth` given to something else than `jacamar`.
+    #[error(
+        "\"{value}\" is given \"{NO_AUTH}\", a flag of jacamar (the hooks without \
+         authorization), not of jacamar-auth: run \"{}\", or drop \"{NO_AUTH}\"",
+        sibling(.value, "jacamar")
+    )]
+    NoAuthNotJacamar { value: String },
+    /// The file itself (missing, not executable, ...).
+    #[error("\"{value}\" {why}: {}", file_fix(.why))]
+    File { value: String, why: ExecProblem },
+}
+
+/// `name` in the folder of the hook's path `value`, for a message.
+fn sibling(value: &str, name: &str) -> String {
+    Path::new(value).with_file_name(name).display().to_string()
+}
+
+/// How to fix a hook's file that is missing or not executable.
+fn file_fix(why: &ExecProblem) -> &'static str {
+    if matches!(why, ExecProblem::NotFound) {
+        "install jacamar-auth there (the jacamar-rs packages put it in \
+         /opt/jacamar/bin) or fix the path"
+    } else {
+        "give it mode 0755 root:root (runner as root) or 0750 \
+         root:gitlab-runner (the caps flavour), or fix the path"
+    }
+}
+
 /// What is wrong with a hook's path before its file is looked at: not absolute, the
 /// job-side `jacamar` named without `--no-auth` in the hooks' arguments, or `--no-auth`
 /// given to something else than `jacamar`.
-fn exec_path_problem(value: &str, no_auth: bool) -> Option<String> {
+fn check_exec_path(value: &str, no_auth: bool) -> Result<(), BadExec> {
     let path = Path::new(value);
+    let value = value.to_string();
     if !path.is_absolute() {
-        return Some(format!(
-            "\"{value}\" is not an absolute path: give jacamar-auth's full path \
-             (e.g. \"{INSTALLED_AUTH}\")"
-        ));
+        return Err(BadExec::NotAbsolute { value });
     }
     let is_jacamar = path.file_name().and_then(|n| n.to_str()) == Some("jacamar");
     if is_jacamar && !no_auth {
-        return Some(format!(
-            "\"{value}\" is the job-side binary: the hooks run jacamar-auth, \
-             e.g. \"{}\" (or, for a runner that needs no account switch, `jacamar` with \
-             \"{NO_AUTH}\" first in every hook's arguments)",
-            path.with_file_name("jacamar-auth").display()
-        ));
+        return Err(BadExec::JobSide { value });
     }
     if no_auth && !is_jacamar {
-        return Some(format!(
-            "\"{value}\" is given \"{NO_AUTH}\", a flag of jacamar (the hooks without \
-             authorization), not of jacamar-auth: run \"{}\", or drop \"{NO_AUTH}\"",
-            path.with_file_name("jacamar").display()
-        ));
+        return Err(BadExec::NoAuthNotJacamar { value });
     }
-    None
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each wrong `*_exec` is said in full, with its fix.
+    #[test]
+    fn each_wrong_exec_says_what_and_how_to_fix_it() {
+        let said =
+            |value: &str, no_auth: bool| check_exec_path(value, no_auth).unwrap_err().to_string();
+        assert_eq!(
+            said("bin/jacamar-auth", false),
+            "\"bin/jacamar-auth\" is not an absolute path: give jacamar-auth's full path \
+             (e.g. \"/opt/jacamar/bin/jacamar-auth\")"
+        );
+        assert_eq!(
+            said("/opt/j/jacamar", false),
+            "\"/opt/j/jacamar\" is the job-side binary: the hooks run jacamar-auth, e.g. \
+             \"/opt/j/jacamar-auth\" (or, for a runner that needs no account switch, `jacamar` \
+             with \"--no-auth\" first in every hook's arguments)"
+        );
+        assert_eq!(
+            said("/opt/j/jacamar-auth", true),
+            "\"/opt/j/jacamar-auth\" is given \"--no-auth\", a flag of jacamar (the hooks \
+             without authorization), not of jacamar-auth: run \"/opt/j/jacamar\", or drop \
+             \"--no-auth\""
+        );
+        assert!(check_exec_path("/opt/j/jacamar", true).is_ok());
+        let file = |why| {
+            BadExec::File {
+                value: "/x".to_string(),
+                why,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            file(ExecProblem::NotFound),
+            "\"/x\" does not exist: install jacamar-auth there (the jacamar-rs packages put \
+             it in /opt/jacamar/bin) or fix the path"
+        );
+        assert_eq!(
+            file(ExecProblem::NotExecutable(0o644)),
+            "\"/x\" is not executable (mode 0644): give it mode 0755 root:root (runner as \
+             root) or 0750 root:gitlab-runner (the caps flavour), or fix the path"
+        );
+    }
 }

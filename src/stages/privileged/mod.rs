@@ -407,9 +407,7 @@ mod tests {
 
     #[test]
     fn a_stage_from_the_command_line_is_read_into_the_handoffs() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("script");
-        std::fs::write(&path, "true\n").unwrap();
+        let (_dir, path) = crate::test_support::temp_file("script", "true\n");
         let called = Stage::Run {
             name: "build_script".into(),
             script: path,
