@@ -88,6 +88,21 @@ fn files_of(module: &str) -> Vec<PathBuf> {
     out
 }
 
+/// A file's code: everything before its inline test module (`#[cfg(test)]` then `mod x {`);
+/// a `#[cfg(test)] mod tests;` line further up only declares a test file, left out anyway.
+fn code_of(text: &str) -> &str {
+    let mut at = 0;
+    let mut lines = text.split_inclusive('\n').peekable();
+    while let Some(line) = lines.next() {
+        let next = lines.peek().map(|l| l.trim_end()).unwrap_or_default();
+        if line.trim() == "#[cfg(test)]" && next.starts_with("mod ") && next.ends_with('{') {
+            return &text[..at];
+        }
+        at += line.len();
+    }
+    text
+}
+
 /// The top-level module names a line of code reaches through `crate::`, grouped imports
 /// (`use crate::{a, b::c}`) included.
 fn crate_paths(line: &str) -> Vec<String> {
@@ -165,8 +180,7 @@ fn no_module_uses_a_module_of_a_higher_layer() {
     for (module, layer, _) in LAYERS {
         for file in files_of(module) {
             let text = std::fs::read_to_string(&file).expect("read source");
-            let code = text.split("\n#[cfg(test)]").next().unwrap_or_default();
-            for (n, line) in logical_lines(code) {
+            for (n, line) in logical_lines(code_of(&text)) {
                 if line.trim_start().starts_with("//") {
                     continue;
                 }
