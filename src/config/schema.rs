@@ -106,8 +106,12 @@ enum Name {
     Req,
 }
 
+/// A key's `used_by` when no module acts on it: accepted so that a site's file loads, its
+/// `rule` says why it has no effect.
+pub const NO_EFFECT: &str = "-";
+
 /// One row of [`KEYS`]: `name`, `table`, `key`, `kind`, `default` (as written in TOML, `""`:
-/// unset), the module it drives, its extra `rule` (`""`: none).
+/// unset), the module it drives ([`NO_EFFECT`]: none), its extra `rule` (`""`: none).
 const fn key(
     name: Name,
     table: &'static str,
@@ -153,67 +157,67 @@ pub const KEYS: &[KeySpec] = &[
     key(Req,  G, "data_dir",                  String,      "",       "fs",         "absolute, or starting with $HOME; may contain $USER"),
     key(Up,   G, "retain_logs",               Bool,        "false",  "fs",         ""),
     key(Up,   G, "custom_build_dir",          Bool,        "false",  "fs",         ""),
-    key(Up,   G, "name",                      String,      "",       "auth",       ""),
+    key(Up,   G, "name",                      String,      "",       "audit",      ""),
     key(Up,   G, "kill_timeout",              Duration,    "120s",   "supervisor", "> 0"),
     key(Up,   G, "shell_path",                Path,        "",       "shell",      "absolute path"),
     key(Up,   G, "job_message",               String,      "",       "stages",     ""),
-    key(Up,   G, "gitlab_server",             String,      "",       "auth",       "starts with https:// or http://"),
-    key(Up,   G, "tls-ca-file",               Path,        "",       "auth",       ""),
-    key(Up,   G, "unrestricted_cmd_line",     Bool,        "false",  "shell",      ""),
+    key(Up,   G, "gitlab_server",             String,      "",       "authz",      "starts with https:// or http://"),
+    key(Up,   G, "tls-ca-file",               Path,        "",       "authz",      ""),
+    key(Up,   G, "unrestricted_cmd_line",     Bool,        "false",  "stages",     ""),
     key(Up,   G, "static_builds_dir",         Bool,        "false",  "fs",         ""),
     key(Up,   G, "static_min_days",           Integer,     "7",      "fs",         ">= 0"),
     key(Up,   G, "group_permissions",         Bool,        "false",  "fs",         ""),
-    key(Up,   G, "jwt_env_variable",          String,      "",       "auth",       "environment variable name"),
-    key(Ours, G, "unlimited_stack",           Bool,        "false",  "auth",       ""),
+    key(Up,   G, "jwt_env_variable",          String,      "",       "authz",      "environment variable name"),
+    key(Ours, G, "unlimited_stack",           Bool,        "false",  "privdrop",   ""),
     key(Up,   G, "limit_build_dir",           Bool,        "false",  "fs",         ""),
     key(Up,   G, "max_build_dir",             Integer,     "0",      "fs",         ">= 0"),
     key(Up,   G, "uncap_build_dir_cleanup",   Bool,        "false",  "fs",         ""),
     key(Up,   G, "file_lock_debug",           Bool,        "false",  "fs",         ""),
     key(Up,   G, "user_enabled_limit",        Bool,        "false",  "fs",         ""),
-    key(Ours, G, "ff_custom_data_dir",        Bool,        "false",  "fs",         ""),
-    key(Up,   G, "ff_git_interactive",        Bool,        "false",  "auth",       ""),
+    key(Ours, G, "ff_custom_data_dir",        Bool,        "false",  "-",          "accepted, not implemented: no effect"),
+    key(Up,   G, "ff_git_interactive",        Bool,        "false",  "-",          "no effect: credential.interactive is always set"),
     // [auth]
-    key(Req,  A, "downscope",                 DOWNSCOPE,   "",       "auth",       ""),
-    key(Up,   A, "jacamar_path",              Path,        "",       "auth",       "absolute path"),
-    key(Up,   A, "max_env_chars",             Integer,     "10000",  "auth",       "> 0"),
-    key(Up,   A, "lists_pre_validation",      Bool,        "false",  "auth",       ""),
-    key(Up,   A, "root_dir_creation",         Bool,        "false",  "auth",       ""),
-    key(Up,   A, "user_allowlist",            StringArray, "[]",     "auth",       ""),
-    key(Up,   A, "user_blocklist",            StringArray, "[]",     "auth",       ""),
-    key(Up,   A, "groups_allowlist",          StringArray, "[]",     "auth",       ""),
-    key(Up,   A, "groups_blocklist",          StringArray, "[]",     "auth",       ""),
-    key(Up,   A, "shell_allowlist",           StringArray, "[]",     "auth",       ""),
-    key(Up,   A, "pipeline_source_allowlist", StringArray, "[]",     "auth",       ""),
-    key(Up,   A, "jwt_exp_delay",             Duration,    "5m",     "auth",       ""),
-    key(Ours, A, "jwt_required_aud",          String,      "",       "auth",       ""),
-    key(Up,   A, "allow_bot_accounts",        Bool,        "false",  "auth",       ""),
-    key(Up,   A, "no_new_privs",              Bool,        "false",  "auth",       ""),
-    key(Ours, A, "run_stage_allowlist",       StringArray, "[]",     "auth",       ""),
-    key(Up,   A, "enforce_nologin",           Bool,        "false",  "auth",       ""),
-    key(Ours, A, "ff_getent_check",           Bool,        "false",  "auth",       ""),
-    key(Ours, A, "minimum_uid",               Integer,     "",       "auth",       ">= 1; unset: UID_MIN of /etc/login.defs, else 1000"),
-    key(Ours, A, "allow_nologin_shells",      Bool,        "false",  "auth",       ""),
+    key(Req,  A, "downscope",                 DOWNSCOPE,   "",       "privdrop",   ""),
+    key(Up,   A, "jacamar_path",              Path,        "",       "stages",     "absolute path"),
+    key(Up,   A, "max_env_chars",             Integer,     "10000",  "authz",      "> 0"),
+    key(Up,   A, "lists_pre_validation",      Bool,        "false",  "authz",      ""),
+    key(Up,   A, "root_dir_creation",         Bool,        "false",  "stages",     ""),
+    key(Up,   A, "user_allowlist",            StringArray, "[]",     "authz",      ""),
+    key(Up,   A, "user_blocklist",            StringArray, "[]",     "authz",      ""),
+    key(Up,   A, "groups_allowlist",          StringArray, "[]",     "authz",      ""),
+    key(Up,   A, "groups_blocklist",          StringArray, "[]",     "authz",      ""),
+    key(Up,   A, "shell_allowlist",           StringArray, "[]",     "authz",      ""),
+    key(Up,   A, "pipeline_source_allowlist", StringArray, "[]",     "authz",      ""),
+    key(Up,   A, "jwt_exp_delay",             Duration,    "5m",     "authz",      ""),
+    key(Ours, A, "jwt_required_aud",          String,      "",       "authz",      ""),
+    key(Up,   A, "allow_bot_accounts",        Bool,        "false",  "authz",      ""),
+    key(Up,   A, "no_new_privs",              Bool,        "false",  "privdrop",   ""),
+    key(Ours, A, "run_stage_allowlist",       StringArray, "[]",     "authz",      ""),
+    key(Up,   A, "enforce_nologin",           Bool,        "false",  "authz",      ""),
+    key(Ours, A, "ff_getent_check",           Bool,        "false",  "authz",      ""),
+    key(Ours, A, "minimum_uid",               Integer,     "",       "authz",      ">= 1; unset: UID_MIN of /etc/login.defs, else 1000"),
+    key(Ours, A, "allow_nologin_shells",      Bool,        "false",  "authz",      ""),
     // [auth.runas]
-    key(Up,   R, "validation_script",         Path,        "",       "auth",       "absolute path; required when [auth.runas] has keys"),
-    key(Up,   R, "user_variable",             String,      "",       "auth",       "environment variable name"),
-    key(Up,   R, "sha256",                    String,      "",       "auth",       "64 hex digits"),
-    key(Up,   R, "validation_env",            StringArray, "[]",     "auth",       "each item KEY=value"),
+    key(Up,   R, "validation_script",         Path,        "",       "authz",      "absolute path; required when [auth.runas] has keys"),
+    key(Up,   R, "user_variable",             String,      "",       "authz",      "environment variable name"),
+    key(Up,   R, "sha256",                    String,      "",       "authz",      "64 hex digits"),
+    key(Up,   R, "validation_env",            StringArray, "[]",     "authz",      "each item KEY=value"),
     // [auth.logging]
-    key(Up,   L, "enabled",                   Bool,        "false",  "auth",       ""),
-    key(Up,   L, "location",                  String,      "syslog", "auth",       "syslog or an absolute file path"),
-    key(Up,   L, "level",                     LOG_LEVEL,   "info",   "auth",       ""),
-    key(Up,   L, "network",                   LOG_NETWORK, "",       "auth",       "needs address"),
-    key(Up,   L, "address",                   String,      "",       "auth",       "needs network"),
+    key(Up,   L, "enabled",                   Bool,        "false",  "audit",      ""),
+    key(Up,   L, "location",                  String,      "syslog", "audit",      "syslog or an absolute file path"),
+    key(Up,   L, "level",                     LOG_LEVEL,   "info",   "audit",      ""),
+    key(Up,   L, "network",                   LOG_NETWORK, "",       "audit",      "needs address"),
+    key(Up,   L, "address",                   String,      "",       "audit",      "needs network"),
     // [auth.seccomp]
-    key(Up,   S, "disabled",                  Bool,        "false",  "auth",       ""),
-    key(Up,   S, "block_calls",               StringArray, "[]",     "auth",       "each item a syscall name [a-z0-9_]"),
-    key(Up,   S, "block_all",                 Bool,        "false",  "auth",       "needs allow_calls"),
-    key(Up,   S, "allow_calls",               StringArray, "[]",     "auth",       "each item a syscall name [a-z0-9_]"),
-    key(Up,   S, "log_allowed_actions",       Bool,        "false",  "auth",       ""),
-    key(Up,   S, "disable_no_new_privs",      Bool,        "false",  "auth",       ""),
-    key(Ours, S, "block_with_errno",          Bool,        "false",  "auth",       ""),
-    key(Up,   S, "limit_setuid",              Bool,        "false",  "auth",       ""),
-    key(Up,   S, "tty_rules",                 Bool,        "false",  "auth",       ""),
+    key(Up,   S, "disabled",                  Bool,        "false",  "privdrop",   ""),
+    key(Up,   S, "block_calls",               StringArray, "[]",     "privdrop",   "each item a syscall name [a-z0-9_]"),
+    key(Up,   S, "block_all",                 Bool,        "false",  "privdrop",   "needs allow_calls"),
+    key(Up,   S, "allow_calls",               StringArray, "[]",     "privdrop",   "each item a syscall name [a-z0-9_]"),
+    key(Up,   S, "log_allowed_actions",       Bool,        "false",  "privdrop",   ""),
+    key(Up,   S, "disable_no_new_privs",      Bool,        "false",  "privdrop",   ""),
+    key(Ours, S, "block_with_errno",          Bool,        "false",  "privdrop",   ""),
+    key(Up,   S, "limit_setuid",              Bool,        "false",  "privdrop",   ""),
+    key(Up,   S, "tty_rules",                 Bool,        "false",  "privdrop",   ""),
     // [batch]
     key(Up,   B, "arguments_variable",        StringArray, "[\"SCHEDULER_PARAMETERS\"]", "batch",      "each item an environment variable name"),
     key(Up,   B, "command_delay",             Duration,    "10s",    "batch",      ""),
@@ -226,7 +230,7 @@ pub const KEYS: &[KeySpec] = &[
     key(Up,   B, "lsf_job_cancellation",      Bool,        "false",  "batch",      ""),
     key(Up,   B, "default_args",              StringArray, "[]",     "batch",      ""),
     key(Up,   B, "disable_name_prefix",       Bool,        "false",  "batch",      ""),
-    key(Ours, B, "ff_improved_quoting",       Bool,        "false",  "batch",      ""),
+    key(Ours, B, "ff_improved_quoting",       Bool,        "false",  "-",          "no effect: submissions are argv lists, never a shell line"),
     key(Ours, B, "queue_heartbeat",           Duration,    "2m",     "batch",      "at least 1s"),
     key(Ours, B, "resubmit_limit",            Integer,     "0",      "batch",      "0 to 10"),
 ];
@@ -275,9 +279,14 @@ pub fn markdown_table() -> std::string::String {
         } else {
             format!("`{}`", k.default)
         };
+        let used_by = if k.used_by == NO_EFFECT {
+            "none".to_string()
+        } else {
+            format!("`{}`", k.used_by)
+        };
         out.push_str(&format!(
-            "| [{}] | {} | {} | {} | {} | `{}` |\n",
-            k.table, name, ty, default, k.rule, k.used_by
+            "| [{}] | {} | {} | {} | {} | {} |\n",
+            k.table, name, ty, default, k.rule, used_by
         ));
     }
     out
@@ -286,6 +295,109 @@ pub fn markdown_table() -> std::string::String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The code of a top-level module of the library (`src/<m>.rs` or `src/<m>/`): comment
+    /// lines, test files and each file's part after `#[cfg(test)]` left out; `None` when
+    /// there is no such module.
+    fn module_code(module: &str) -> Option<std::string::String> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let file = src.join(format!("{module}.rs"));
+        let mut files = Vec::new();
+        if file.is_file() {
+            files.push(file);
+        } else if src.join(module).is_dir() {
+            let mut stack = vec![src.join(module)];
+            while let Some(dir) = stack.pop() {
+                for e in std::fs::read_dir(&dir).ok()? {
+                    let p = e.ok()?.path();
+                    let name = p.file_name()?.to_str()?.to_string();
+                    if p.is_dir() && name != "tests" {
+                        stack.push(p);
+                    } else if name.ends_with(".rs") && name != "tests.rs" {
+                        files.push(p);
+                    }
+                }
+            }
+        } else {
+            return None;
+        }
+        let mut code = std::string::String::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).ok()?;
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                // The inline test module ends a file's code (`#[cfg(test)]` then `mod x {`).
+                let next = lines.get(i + 1).map(|l| l.trim_end()).unwrap_or_default();
+                if line.trim() == "#[cfg(test)]" && next.starts_with("mod ") && next.ends_with('{')
+                {
+                    break;
+                }
+                if !line.trim_start().starts_with("//") {
+                    code.push_str(line);
+                    code.push('\n');
+                }
+            }
+        }
+        Some(code)
+    }
+
+    fn has_word(code: &str, word: &str) -> bool {
+        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        code.match_indices(word).any(|(at, _)| {
+            !code[..at].ends_with(ident) && !code[at + word.len()..].starts_with(ident)
+        })
+    }
+
+    /// "Used by" in docs/configuration.md is true: the module named reads the key's field
+    /// (a stale name after a module moved fails here), and a key no module acts on is read
+    /// by none and says why in its rule.
+    #[test]
+    fn every_key_is_read_by_the_module_it_names() {
+        for k in KEYS {
+            let field = k.key.replace('-', "_");
+            if k.used_by == NO_EFFECT {
+                assert!(
+                    !k.rule.is_empty(),
+                    "{}.{}: a key without effect says why",
+                    k.table,
+                    k.key
+                );
+                for m in [
+                    "stages",
+                    "authz",
+                    "privdrop",
+                    "jobenv",
+                    "audit",
+                    "batch",
+                    "shell",
+                    "fs",
+                    "supervisor",
+                ] {
+                    let code = module_code(m).expect("a module of the library");
+                    assert!(
+                        !has_word(&code, &format!(".{field}")),
+                        "{}.{}: marked without effect, but {m} reads it",
+                        k.table,
+                        k.key
+                    );
+                }
+                continue;
+            }
+            let code = module_code(k.used_by).unwrap_or_else(|| {
+                panic!(
+                    "{}.{}: used by {:?}, which is not a module of src/",
+                    k.table, k.key, k.used_by
+                )
+            });
+            assert!(
+                has_word(&code, &field),
+                "{}.{}: used by {}, whose code never names {field}",
+                k.table,
+                k.key,
+                k.used_by
+            );
+        }
+    }
 
     #[test]
     fn every_key_belongs_to_a_known_table_and_is_unique() {
