@@ -21,6 +21,8 @@ MARKER_TEXT="jacamar-rs test image debian-bookworm-minbase"
 
 log() { printf 'setup.sh: %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib/apt.sh
+. "$(dirname "$0")/../lib/apt.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root (installs packages, writes $CACHE)"
 
@@ -35,18 +37,8 @@ for p in "${PKGS[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # No init system on these machines: package scripts must not start daemons
-    # (docker-registry's postinst would start its systemd service otherwise).
-    prc_made=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-        chmod 0755 /usr/sbin/policy-rc.d
-        prc_made=1
-    fi
-    apt-get update -qq </dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
-    [ "$prc_made" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    # docker-registry's postinst would start its systemd service without the guard.
+    apt_install_no_daemons /tmp/jacamar-containers-apt.log "${missing[@]}" || die "apt-get install failed"
 else
     log "packages already installed"
 fi
