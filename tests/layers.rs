@@ -1,4 +1,4 @@
-//! The library's layers read one way: a module may use modules of its own layer or of the
+//! Checks that read the library's sources. The library's layers read one way: a module may use modules of its own layer or of the
 //! layers below it, never one above (docs/architecture.md). This test reads the sources and
 //! fails naming the file, the line and the rule broken; it needs no root and no tool.
 //!
@@ -222,4 +222,68 @@ fn the_layer_reader_finds_grouped_and_plain_paths() {
     );
     let joined = logical_lines("use crate::{\n    a,\n    b::c,\n};\nfn f() {}");
     assert_eq!(crate_paths(&joined[0].1), vec!["a", "b"]);
+}
+
+/// A module's code: every file's part before its inline test module, comment lines left out.
+fn module_code(module: &str) -> String {
+    let mut code = String::new();
+    for file in files_of(module) {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for line in code_of(&text)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+        {
+            code.push_str(line);
+            code.push('\n');
+        }
+    }
+    code
+}
+
+fn has_word(code: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    code.match_indices(word)
+        .any(|(at, _)| !code[..at].ends_with(ident) && !code[at + word.len()..].starts_with(ident))
+}
+
+/// "Used by" in docs/configuration.md is true: the module named reads the key's field (a
+/// stale name after a module moved fails here), and a key no module acts on is read by none
+/// and says why in its rule.
+#[test]
+fn every_key_is_read_by_the_module_it_names() {
+    use jacamar::config::schema::{KEYS, NO_EFFECT};
+    for k in KEYS {
+        let field = k.key.replace('-', "_");
+        if k.used_by == NO_EFFECT {
+            assert!(
+                !k.rule.is_empty(),
+                "{}.{}: a key without effect says why",
+                k.table,
+                k.key
+            );
+            for (m, _, _) in LAYERS.iter().filter(|(m, _, _)| *m != "config") {
+                assert!(
+                    !has_word(&module_code(m), &format!(".{field}")),
+                    "{}.{}: marked without effect, but {m} reads it",
+                    k.table,
+                    k.key
+                );
+            }
+            continue;
+        }
+        assert!(
+            layer_of(k.used_by).is_some(),
+            "{}.{}: used by {:?}, which is not a module of src/",
+            k.table,
+            k.key,
+            k.used_by
+        );
+        assert!(
+            has_word(&module_code(k.used_by), &field),
+            "{}.{}: used by {}, whose code never names {field}",
+            k.table,
+            k.key,
+            k.used_by
+        );
+    }
 }

@@ -111,7 +111,8 @@ enum Name {
 pub const NO_EFFECT: &str = "-";
 
 /// One row of [`KEYS`]: `name`, `table`, `key`, `kind`, `default` (as written in TOML, `""`:
-/// unset), the module it drives ([`NO_EFFECT`]: none), its extra `rule` (`""`: none).
+/// unset), the module it drives ([`NO_EFFECT`]: none; `tests/layers.rs` checks that the module
+/// reads the key), its extra `rule` (`""`: none).
 const fn key(
     name: Name,
     table: &'static str,
@@ -295,109 +296,6 @@ pub fn markdown_table() -> std::string::String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The code of a top-level module of the library (`src/<m>.rs` or `src/<m>/`): comment
-    /// lines, test files and each file's part after `#[cfg(test)]` left out; `None` when
-    /// there is no such module.
-    fn module_code(module: &str) -> Option<std::string::String> {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let file = src.join(format!("{module}.rs"));
-        let mut files = Vec::new();
-        if file.is_file() {
-            files.push(file);
-        } else if src.join(module).is_dir() {
-            let mut stack = vec![src.join(module)];
-            while let Some(dir) = stack.pop() {
-                for e in std::fs::read_dir(&dir).ok()? {
-                    let p = e.ok()?.path();
-                    let name = p.file_name()?.to_str()?.to_string();
-                    if p.is_dir() && name != "tests" {
-                        stack.push(p);
-                    } else if name.ends_with(".rs") && name != "tests.rs" {
-                        files.push(p);
-                    }
-                }
-            }
-        } else {
-            return None;
-        }
-        let mut code = std::string::String::new();
-        for f in files {
-            let text = std::fs::read_to_string(&f).ok()?;
-            let lines: Vec<&str> = text.lines().collect();
-            for (i, line) in lines.iter().enumerate() {
-                // The inline test module ends a file's code (`#[cfg(test)]` then `mod x {`).
-                let next = lines.get(i + 1).map(|l| l.trim_end()).unwrap_or_default();
-                if line.trim() == "#[cfg(test)]" && next.starts_with("mod ") && next.ends_with('{')
-                {
-                    break;
-                }
-                if !line.trim_start().starts_with("//") {
-                    code.push_str(line);
-                    code.push('\n');
-                }
-            }
-        }
-        Some(code)
-    }
-
-    fn has_word(code: &str, word: &str) -> bool {
-        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-        code.match_indices(word).any(|(at, _)| {
-            !code[..at].ends_with(ident) && !code[at + word.len()..].starts_with(ident)
-        })
-    }
-
-    /// "Used by" in docs/configuration.md is true: the module named reads the key's field
-    /// (a stale name after a module moved fails here), and a key no module acts on is read
-    /// by none and says why in its rule.
-    #[test]
-    fn every_key_is_read_by_the_module_it_names() {
-        for k in KEYS {
-            let field = k.key.replace('-', "_");
-            if k.used_by == NO_EFFECT {
-                assert!(
-                    !k.rule.is_empty(),
-                    "{}.{}: a key without effect says why",
-                    k.table,
-                    k.key
-                );
-                for m in [
-                    "stages",
-                    "authz",
-                    "privdrop",
-                    "jobenv",
-                    "audit",
-                    "batch",
-                    "shell",
-                    "fs",
-                    "supervisor",
-                ] {
-                    let code = module_code(m).expect("a module of the library");
-                    assert!(
-                        !has_word(&code, &format!(".{field}")),
-                        "{}.{}: marked without effect, but {m} reads it",
-                        k.table,
-                        k.key
-                    );
-                }
-                continue;
-            }
-            let code = module_code(k.used_by).unwrap_or_else(|| {
-                panic!(
-                    "{}.{}: used by {:?}, which is not a module of src/",
-                    k.table, k.key, k.used_by
-                )
-            });
-            assert!(
-                has_word(&code, &field),
-                "{}.{}: used by {}, whose code never names {field}",
-                k.table,
-                k.key,
-                k.used_by
-            );
-        }
-    }
 
     #[test]
     fn every_key_belongs_to_a_known_table_and_is_unique() {
