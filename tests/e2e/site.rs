@@ -148,7 +148,14 @@ pub struct Site {
     pub opts: SiteOpts,
     runner: Option<Child>,
     repo: std::cell::OnceCell<Repo>,
+    /// Held by a caps site for its life: its `data_dir = "$HOME"` puts both releases' jobs
+    /// in the same builds dir (same user, runner token and concurrent id 0), so the two caps
+    /// scenarios must not run at once (they raced on `.git/index.lock`).
+    _home: Option<std::sync::MutexGuard<'static, ()>>,
 }
+
+/// See [`Site::_home`].
+static CAPS_HOME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 
@@ -259,8 +266,11 @@ impl Site {
             opts,
             runner: None,
             repo: std::cell::OnceCell::new(),
+            _home: None,
         };
         if site.opts.caps {
+            // A panicking holder poisons the lock; the home dir is still free once it is gone.
+            site._home = Some(CAPS_HOME.lock().unwrap_or_else(|e| e.into_inner()));
             site.setup_caps();
         }
         site.write_configs();
