@@ -217,6 +217,40 @@ pub struct JobResponse {
     pub repo_url: Option<String>,
     /// `runner_info.timeout`: the job's maximum duration, as GitLab set it.
     pub timeout: Option<Duration>,
+    /// `image`: the job's `image:` (`None` when the name is empty), unchecked: see
+    /// `crate::container` for the checks before any of it reaches a tool.
+    pub image: Option<JobImage>,
+    /// `credentials` of type `registry` (the others are the runner's business).
+    pub registry_credentials: Vec<RegistryCredential>,
+}
+
+/// A job's `image:` as the job response gives it (`image.name`, `image.entrypoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JobImage {
+    pub name: String,
+    /// Empty: the image's own entrypoint.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+}
+
+/// One `credentials` entry of type `registry`: `url` is `HOST[:PORT]` (no scheme); GitLab
+/// sends `gitlab-ci-token` and the job token for its own registry. Its `Debug` never shows
+/// the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredential {
+    pub url: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 /// A `JOB_RESPONSE_FILE` that could not be used.
@@ -244,6 +278,30 @@ struct RawResponse {
     git_info: Option<RawGitInfo>,
     #[serde(default)]
     runner_info: Option<RawRunnerInfo>,
+    #[serde(default)]
+    image: Option<RawImage>,
+    #[serde(default)]
+    credentials: Option<Vec<RawCredential>>,
+}
+
+#[derive(Deserialize)]
+struct RawImage {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawCredential {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -294,6 +352,24 @@ impl JobResponse {
                 .and_then(|r| r.timeout)
                 .filter(|t| *t > 0)
                 .map(Duration::from_secs),
+            image: raw.image.and_then(|i| {
+                let name = i.name.filter(|n| !n.is_empty())?;
+                Some(JobImage {
+                    name,
+                    entrypoint: i.entrypoint.unwrap_or_default(),
+                })
+            }),
+            registry_credentials: raw
+                .credentials
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.kind.as_deref() == Some("registry"))
+                .map(|c| RegistryCredential {
+                    url: c.url.unwrap_or_default(),
+                    username: c.username.unwrap_or_default(),
+                    password: c.password.unwrap_or_default(),
+                })
+                .collect(),
         })
     }
 
@@ -414,6 +490,26 @@ mod tests {
         assert!(JobResponse::parse(br#"{"id": -1}"#).is_err());
         let e = JobResponse::from_env_map(&BTreeMap::new()).unwrap_err();
         assert!(e.to_string().contains("JOB_RESPONSE_FILE"), "{e}");
+    }
+
+    #[test]
+    fn job_response_image_and_registry_credentials() {
+        let r = JobResponse::parse(
+            br#"{"id": 5, "image": {"name": "reg:5050/g/i:1", "entrypoint": ["/bin/sh", "-c"], "alias": "x"},
+                "credentials": [{"type": "registry", "url": "reg:5050", "username": "gitlab-ci-token", "password": "glcbt-p"},
+                                {"type": "other", "url": "o", "username": "u", "password": "q"}]}"#,
+        )
+        .unwrap();
+        let image = r.image.unwrap();
+        assert_eq!(image.name, "reg:5050/g/i:1");
+        assert_eq!(image.entrypoint, ["/bin/sh", "-c"]);
+        assert_eq!(r.registry_credentials.len(), 1);
+        assert_eq!(r.registry_credentials[0].url, "reg:5050");
+        let shown = format!("{:?}", r.registry_credentials[0]);
+        assert!(!shown.contains("glcbt-p"), "{shown}");
+        let none = JobResponse::parse(br#"{"id": 5, "image": {"name": ""}, "credentials": null}"#)
+            .unwrap();
+        assert_eq!((none.image, none.registry_credentials.len()), (None, 0));
     }
 
     /// Newer runners' keys (`run`, `inputs`, `policy_options`, `suspend_options`,

@@ -81,6 +81,8 @@ pub mod clock;
 #[forbid(unsafe_code)]
 pub mod config;
 #[forbid(unsafe_code)]
+pub mod container;
+#[forbid(unsafe_code)]
 pub mod fs;
 #[forbid(unsafe_code)]
 pub mod hex;

@@ -198,6 +198,13 @@ pub struct Handoff {
     /// `jacamar-auth`'s handoff, which then gets no prelude.
     #[serde(default)]
     pub job_token: Option<String>,
+    /// The job response's `image:` for a `run` stage with a `run_mechanism` (unchecked
+    /// here: `crate::container` checks it before it reaches a tool).
+    #[serde(default)]
+    pub image: Option<crate::job::JobImage>,
+    /// The job response's registry credentials for the same stages; on the pipe only.
+    #[serde(default)]
+    pub registry_credentials: Vec<crate::job::RegistryCredential>,
 }
 
 /// The kind of a failure of the driver, each with the sentence the job log gets for it
@@ -816,6 +823,8 @@ mod tests {
             env: vec![("PATH".into(), "/bin".into())],
             deadline_unix_ms: Some(5),
             job_token: Some("glcbt-x".into()),
+            image: None,
+            registry_credentials: Vec::new(),
         }
     }
 

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8, &str)] = &[
     ("audit", 4, "the audit log and what errors may say"),
     ("shell", 4, "the shell executor"),
     ("batch", 4, "the batch executors"),
+    ("container", 4, "a job's image: podman (charliecloud later)"),
     ("stages", 5, "the runner's stages, both sides"),
 ];
 

@@ -25,7 +25,8 @@ use std::path::Path;
 pub use duration::{format_duration, parse_duration, DurationError, DurationProblem};
 pub use error::{ConfigError, FileProblem, Problem, Problems};
 pub use types::{
-    Auth, Batch, Downscope, Executor, General, LogLevel, LogLocation, Logging, RunAs, Seccomp,
+    Auth, Batch, Charliecloud, Downscope, Executor, General, LogLevel, LogLocation, Logging,
+    Podman, RunAs, RunMechanism, Seccomp,
 };
 
 /// The whole validated configuration.

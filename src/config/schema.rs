@@ -54,6 +54,8 @@ pub struct KeySpec {
 /// Every table, parent before child.
 pub const TABLES: &[&str] = &[
     "general",
+    "general.podman",
+    "general.charliecloud",
     "auth",
     "auth.runas",
     "auth.logging",
@@ -80,6 +82,8 @@ pub const UNSUPPORTED: &[(&str, &str, &str)] = &[
 pub const EXECUTORS: &[&str] = &[
     "shell", "slurm", "sbatch", "pbs", "flux", "lsf", "bsub", "cobalt", "qsub",
 ];
+/// Run mechanisms accepted in `general.run_mechanism` (a job's `image:`, see `container`).
+pub const RUN_MECHANISMS: &[&str] = &["podman", "charliecloud"];
 pub const DOWNSCOPES: &[&str] = &["none", "setuid", "sudo"];
 pub const LOG_LEVELS: &[&str] = &["debug", "info", "warn", "error"];
 /// Networks Go's `log/syslog` can dial.
@@ -138,6 +142,8 @@ use Kind::*;
 use Name::*;
 
 const G: &str = "general";
+const GP: &str = "general.podman";
+const GC: &str = "general.charliecloud";
 const A: &str = "auth";
 const R: &str = "auth.runas";
 const L: &str = "auth.logging";
@@ -145,6 +151,7 @@ const S: &str = "auth.seccomp";
 const B: &str = "batch";
 
 const EXECUTOR: Kind = Choice(EXECUTORS);
+const RUN_MECHANISM: Kind = Choice(RUN_MECHANISMS);
 const DOWNSCOPE: Kind = Choice(DOWNSCOPES);
 const LOG_LEVEL: Kind = Choice(LOG_LEVELS);
 const LOG_NETWORK: Kind = Choice(LOG_NETWORKS);
@@ -177,6 +184,15 @@ pub const KEYS: &[KeySpec] = &[
     key(Up,   G, "user_enabled_limit",        Bool,        "false",  "fs",         ""),
     key(Ours, G, "ff_custom_data_dir",        Bool,        "false",  "-",          "accepted, not implemented: no effect"),
     key(Up,   G, "ff_git_interactive",        Bool,        "false",  "-",          "no effect: credential.interactive is always set"),
+    key(Up,   G, "run_mechanism",             RUN_MECHANISM, "",     "container",  "unset: a job's image is not used"),
+    // [general.podman]
+    key(Up,   GP, "application_path",         Path,        "",       "container",  "absolute path; unset: podman on the job's PATH"),
+    key(Up,   GP, "default_image",            String,      "",       "container",  "for jobs without image:"),
+    key(Up,   GP, "custom_options",           StringArray, "[]",     "container",  "podman create options; no credentials"),
+    key(Ours, GP, "runtime",                  String,      "",       "container",  "unset: runc on a cgroup v1 hybrid host, else podman's default"),
+    // [general.charliecloud]
+    key(Up,   GC, "application_path",         Path,        "",       "container",  "absolute path of the directory holding ch-run and ch-image"),
+    key(Up,   GC, "default_image",            String,      "",       "container",  "for jobs without image:"),
     // [auth]
     key(Req,  A, "downscope",                 DOWNSCOPE,   "",       "privdrop",   ""),
     key(Up,   A, "jacamar_path",              Path,        "",       "stages",     "absolute path"),
@@ -319,6 +335,7 @@ mod tests {
         assert_eq!(top, ["general", "auth", "batch"]);
         let auth: Vec<_> = child_tables("auth").collect();
         assert_eq!(auth, ["auth.runas", "auth.logging", "auth.seccomp"]);
-        assert_eq!(child_tables("general").count(), 0);
+        let general: Vec<_> = child_tables("general").collect();
+        assert_eq!(general, ["general.podman", "general.charliecloud"]);
     }
 }

@@ -94,6 +94,9 @@ fn defaults_of_a_minimal_file() {
             user_enabled_limit: false,
             ff_custom_data_dir: false,
             ff_git_interactive: false,
+            run_mechanism: None,
+            podman: Default::default(),
+            charliecloud: Default::default(),
         }
     );
     assert_eq!(
@@ -1159,4 +1162,53 @@ fn minimum_uid_and_allow_nologin_shells_are_read() {
     let found = problems(&format!("{BASE}minimum_uid = 0\n"));
     assert_eq!(found[0].key.as_deref(), Some("auth.minimum_uid"));
     assert!(found[0].message.contains(">= 1"), "{found:?}");
+}
+
+#[test]
+fn container_tables_are_read_and_checked() {
+    let c = ok(&format!(
+        "{BASE}\n[general.podman]\napplication_path = \"/usr/bin/podman\"\ndefault_image = \"reg.example.com/g/i:1\"\ncustom_options = [\"--cpus=2\"]\nruntime = \"runc\"\n[general.charliecloud]\napplication_path = \"/usr/bin\"\n"
+    ));
+    assert_eq!(
+        c.general.podman.application_path.as_deref(),
+        Some(Path::new("/usr/bin/podman"))
+    );
+    assert_eq!(
+        c.general.podman.default_image.as_deref(),
+        Some("reg.example.com/g/i:1")
+    );
+    assert_eq!(c.general.podman.custom_options, ["--cpus=2"]);
+    assert_eq!(c.general.podman.runtime.as_deref(), Some("runc"));
+    assert_eq!(
+        c.general.charliecloud.application_path.as_deref(),
+        Some(Path::new("/usr/bin"))
+    );
+    let with = |extra: &str| BASE.replacen("[general]\n", &format!("[general]\n{extra}\n"), 1);
+    let c = ok(&with("run_mechanism = \"charliecloud\""));
+    assert_eq!(c.general.run_mechanism, Some(RunMechanism::Charliecloud));
+    let e = Config::from_str_named(&with("run_mechanism = \"docker\""), "t")
+        .unwrap_err()
+        .report();
+    assert!(e.contains("run_mechanism"), "{e}");
+    let e = Config::from_str_named(
+        &format!("{BASE}\n[general.podman]\ndefault_imag = \"x\"\napplication_path = \"podman\"\n"),
+        "t",
+    )
+    .unwrap_err()
+    .report();
+    assert!(e.contains("default_image"), "unknown key suggestion: {e}");
+    assert!(
+        e.contains("application_path must be an absolute path"),
+        "{e}"
+    );
+    let e = Config::from_str_named(
+        &format!("{BASE}\n[general.podman]\ndefault_image = \"-v /:/h x\"\n"),
+        "t",
+    )
+    .unwrap_err()
+    .report();
+    assert!(
+        e.contains("default_image must be an image reference"),
+        "{e}"
+    );
 }

@@ -81,6 +81,35 @@ impl Executor {
 }
 
 str_enum! {
+    /// `run_mechanism`: the tool that runs a job's `image:` (see `crate::container`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum RunMechanism {
+        Podman = "podman",
+        Charliecloud = "charliecloud",
+    }
+}
+
+/// `[general.podman]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Podman {
+    /// The podman binary; `None`: `podman` on the job's PATH.
+    pub application_path: Option<PathBuf>,
+    pub default_image: Option<String>,
+    /// Extra `podman create` arguments the admin sets.
+    pub custom_options: Vec<String>,
+    /// `--runtime` (our key); `None`: chosen from the host (see `crate::container`).
+    pub runtime: Option<String>,
+}
+
+/// `[general.charliecloud]` (accepted; the mechanism itself is not there yet).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Charliecloud {
+    /// The directory holding `ch-run` and `ch-image`; `None`: found on the job's PATH.
+    pub application_path: Option<PathBuf>,
+    pub default_image: Option<String>,
+}
+
+str_enum! {
     /// How jacamar-auth drops privileges.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
     #[serde(rename_all = "lowercase")]
@@ -157,6 +186,10 @@ pub struct General {
     /// `credential.interactive`; the driver always sets it when it manages git's credentials
     /// (see `jobenv::askpass_env`), so it changes nothing.
     pub ff_git_interactive: bool,
+    /// `run_mechanism`: `None` runs every job on the host, `image:` or not.
+    pub run_mechanism: Option<RunMechanism>,
+    pub podman: Podman,
+    pub charliecloud: Charliecloud,
 }
 
 /// `[auth]`. Lists are empty when not set.

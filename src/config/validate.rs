@@ -30,7 +30,7 @@ pub(crate) fn validate(
     let mut top = Section::top(doc, lines);
 
     let mut general_sec = top.subtable("general");
-    let general = general(&mut general_sec);
+    let general = general(&mut general_sec, &mut problems);
     problems.extend(general_sec.finish());
 
     let mut auth_sec = top.subtable("auth");
@@ -58,7 +58,7 @@ pub(crate) fn validate(
     }
 }
 
-fn general(s: &mut Section<'_, '_>) -> Option<General> {
+fn general(s: &mut Section<'_, '_>, problems: &mut Vec<Problem>) -> Option<General> {
     let executor = if s.is_present("executor") {
         s.choice("executor", Executor::NAMES)
     } else {
@@ -114,6 +114,16 @@ fn general(s: &mut Section<'_, '_>) -> Option<General> {
     let max_build_dir = u32_key(s, "max_build_dir", 0);
     read!(s.bool(uncap_build_dir_cleanup, file_lock_debug, user_enabled_limit));
     read!(s.bool(ff_custom_data_dir, ff_git_interactive));
+    let run_mechanism = s.choice("run_mechanism", RunMechanism::NAMES);
+    let mut podman_sec = s.subtable("podman");
+    let podman = podman(&mut podman_sec);
+    problems.extend(podman_sec.finish());
+    let mut ch_sec = s.subtable("charliecloud");
+    let charliecloud = Charliecloud {
+        application_path: ch_sec.path("application_path", true),
+        default_image: image_name(&mut ch_sec, "default_image"),
+    };
+    problems.extend(ch_sec.finish());
 
     Some(General {
         executor: executor?,
@@ -139,7 +149,55 @@ fn general(s: &mut Section<'_, '_>) -> Option<General> {
         user_enabled_limit,
         ff_custom_data_dir,
         ff_git_interactive,
+        run_mechanism,
+        podman,
+        charliecloud,
     })
+}
+
+/// `[general.podman]`.
+fn podman(s: &mut Section<'_, '_>) -> Podman {
+    let application_path = s.path("application_path", true);
+    let default_image = image_name(s, "default_image");
+    let custom_options = s.strings("custom_options");
+    let runtime = s.string_at("runtime").and_then(|(rt, line)| {
+        let ok = !rt.is_empty() && !rt.starts_with('-') && !rt.chars().any(char::is_whitespace);
+        if ok {
+            Some(rt)
+        } else {
+            s.push(
+                Some(line),
+                "runtime",
+                format!(
+                    "runtime must be an OCI runtime's name or path (e.g. \"runc\"), found \"{rt}\""
+                ),
+            );
+            None
+        }
+    });
+    Podman {
+        application_path,
+        default_image,
+        custom_options,
+        runtime,
+    }
+}
+
+/// An image reference key: non-empty, no whitespace or control characters, not an option.
+fn image_name(s: &mut Section<'_, '_>, key: &'static str) -> Option<String> {
+    let (name, line) = s.string_at(key)?;
+    if name.is_empty()
+        || name.starts_with('-')
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        s.push(
+            Some(line),
+            key,
+            format!("{key} must be an image reference such as \"registry.example.com/group/image:tag\", found \"{}\"", name.escape_debug()),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 fn auth(s: &mut Section<'_, '_>, problems: &mut Vec<Problem>) -> Option<Auth> {

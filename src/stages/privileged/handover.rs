@@ -208,10 +208,17 @@ fn handoff_of(
         ours.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
     let mut job_token = None;
+    let ours: BTreeMap<String, String> = ours.into_iter().collect();
+    let response = crate::job::JobResponse::from_env_map(&ours).ok();
+    let (mut image, mut registry_credentials) = (None, Vec::new());
+    if config.general.run_mechanism.is_some() && matches!(stage, Stage::Run { .. }) {
+        if let Some(r) = &response {
+            image = r.image.clone();
+            registry_credentials = r.registry_credentials.clone();
+        }
+    }
     if !config.general.unrestricted_cmd_line {
         // Only the job's GitLab server gets the token from git's askpass.
-        let ours: BTreeMap<String, String> = ours.into_iter().collect();
-        let response = crate::job::JobResponse::from_env_map(&ours).ok();
         let origins =
             jobenv::askpass_origins(config.general.gitlab_server.as_deref(), response.as_ref());
         env.extend(jobenv::askpass_env(exe, &origins));
@@ -227,6 +234,8 @@ fn handoff_of(
         env,
         deadline_unix_ms,
         job_token,
+        image,
+        registry_credentials,
     }
 }
 

@@ -363,6 +363,8 @@ mod tests {
             id: 1,
             repo_url: Some(url.into()),
             timeout: None,
+            image: None,
+            registry_credentials: Vec::new(),
         };
         let env: Env = [(
             "CUSTOM_ENV_CI_JOB_TOKEN".to_string(),
