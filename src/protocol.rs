@@ -219,6 +219,8 @@ pub enum Category {
     Directories,
     /// The batch scheduler did not take the job, or we lost track of it.
     Scheduler,
+    /// The job's image could not be run on this node (the tool, its setup).
+    Container,
     Internal,
 }
 

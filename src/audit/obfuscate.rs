@@ -24,6 +24,9 @@ pub fn public_message(c: Category) -> &'static str {
         Category::Scheduler => {
             "the batch scheduler did not take the job or it could not be followed; please contact the runner's administrator"
         }
+        Category::Container => {
+            "the job's image could not be run on this node; please contact the runner's administrator"
+        }
         Category::Internal => "an internal error occurred in the CI driver",
     }
 }

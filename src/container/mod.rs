@@ -63,6 +63,9 @@ pub enum ContainerError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// The tool failed for a reason of the node (the message names the key or account).
+    #[error("{0}")]
+    Tool(String),
     /// A podman command could not be started.
     #[error("failed to run {program}: {source}")]
     Spawn {

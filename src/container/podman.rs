@@ -269,8 +269,8 @@ pub struct CreateSpec<'a> {
     pub auth_file: Option<&'a Path>,
     /// `[general.podman] custom_options`, after ours (so the admin's win).
     pub custom_options: &'a [String],
-    /// The stage's script, run by bash inside.
-    pub script: &'a Path,
+    /// The command the container runs (under podman's `--init`).
+    pub command: &'a [String],
 }
 
 /// The arguments of `podman create` (after the global options) for `spec`. A bind path
@@ -285,6 +285,7 @@ pub fn create_args(spec: &CreateSpec<'_>) -> Vec<String> {
         "--network=host".into(),
         "--pull=always".into(),
         "--tls-verify=true".into(),
+        "--init".into(),
         format!("--env-file={}", spec.env_file.display()),
         format!("--workdir={}", spec.workdir.display()),
     ];
@@ -303,8 +304,7 @@ pub fn create_args(spec: &CreateSpec<'_>) -> Vec<String> {
         a.push(format!("--entrypoint={json}"));
     }
     a.push(spec.image.name.clone());
-    a.push("bash".into());
-    a.push(spec.script.display().to_string());
+    a.extend(spec.command.iter().cloned());
     a
 }
 
@@ -451,7 +451,7 @@ mod tests {
             env_file: Path::new("/tmp/s/env"),
             auth_file: Some(Path::new("/tmp/s/auth.json")),
             custom_options: &opts,
-            script: Path::new("/data/u/scripts/x/build_script"),
+            command: &["bash".into(), "/data/u/scripts/x/build_script".into()],
         };
         let a = create_args(&spec);
         for want in [
@@ -459,6 +459,7 @@ mod tests {
             "--network=host",
             "--pull=always",
             "--tls-verify=true",
+            "--init",
             "--authfile=/tmp/s/auth.json",
             "--env-file=/tmp/s/env",
             "--mount=type=bind,src=/data/u,dst=/data/u",

@@ -14,6 +14,7 @@
 //! back over the status pipe.
 
 pub mod cli;
+mod contained;
 pub mod diag;
 pub mod login_env;
 pub mod prelude;
@@ -69,6 +70,9 @@ pub enum StageError {
     /// The batch scheduler did not take the job, or `jacamar` lost track of it.
     #[error("{0}")]
     Scheduler(String),
+    /// The job's image could not be run (the tool, its setup on this node).
+    #[error("{0}")]
+    Container(#[from] crate::container::ContainerError),
     #[error("{0}")]
     Internal(String),
 }
@@ -85,6 +89,7 @@ impl StageError {
             StageError::Fs(_) => Category::Directories,
             StageError::User { category, .. } => *category,
             StageError::Scheduler(_) => Category::Scheduler,
+            StageError::Container(_) => Category::Container,
             StageError::Protocol(_) | StageError::Spawn { .. } | StageError::Internal(_) => {
                 Category::Internal
             }

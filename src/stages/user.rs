@@ -148,6 +148,20 @@ async fn cleanup(cx: &Ctx<'_>) -> Result<Status, StageError> {
     if let Err(e) = fs::builds::remove_runner_tmp(paths, policy, &plan, &h.job) {
         tracing::warn!("jacamar: cleanup left the runner's temporary project dir: {e}");
     }
+    if config.general.run_mechanism == Some(crate::config::RunMechanism::Podman) {
+        // Before the job's files go: the containers, the storage (subordinate ids' files
+        // only podman can remove) and the pause process of the job's podman.
+        if let Ok(pm) = crate::container::podman::Podman::new(
+            &config.general,
+            h.account.uid,
+            h.job.job_id,
+            &h.env,
+        ) {
+            for p in pm.cleanup() {
+                eprintln!("jacamar: WARNING: cleanup: {}", crate::text::sanitize(&p));
+            }
+        }
+    }
     fs::cleanup_job(paths, config.general.retain_logs)?;
     let report = fs::builds::cleanup(paths, policy, &plan, &config.general)?;
     if let (Some(slot), true) = (report.released, report.still_in_use) {
@@ -195,6 +209,21 @@ async fn run_stage(
         &path,
         search_path,
     );
+    if config.general.run_mechanism.is_some() && crate::container::is_user_stage(stage) {
+        match crate::container::Image::for_job(&config.general, h.image.as_ref()) {
+            Ok(Some(image)) => return in_image(cx, stage, &path, &image, control).await,
+            Ok(None) => {}
+            // An image name that cannot be used is the job's fault.
+            Err(e) => {
+                eprintln!("jacamar: {e}");
+                return Ok(Status::BuildFailure {
+                    exit_code: 1,
+                    signal: None,
+                    stopped: None,
+                });
+            }
+        }
+    }
     if !submitted && h.job.bash_profile_once && profile != Profile::None {
         return profile_once(config, h, paths, policy, profile, &path, control).await;
     }
@@ -213,6 +242,32 @@ async fn run_stage(
         state: None,
     };
     run_shell(config, h, cmd, &launch, control).await
+}
+
+/// A user stage of a job with an image (the job's `image:`, else the mechanism's
+/// `default_image`): run in it, see [`super::contained`].
+async fn in_image(
+    cx: &Ctx<'_>,
+    stage: &str,
+    script: &std::path::Path,
+    image: &crate::container::Image,
+    control: OwnedFd,
+) -> Result<Status, StageError> {
+    // The builds, cache and scripts directories (all below the base dir unless the
+    // project chose its own builds dir) at the same paths inside.
+    let mut binds = vec![cx.paths.base_dir().to_path_buf()];
+    if let fs::builds::Root::Custom(root) = &cx.builds_plan()?.root {
+        binds.push(root.clone());
+    }
+    let c = super::contained::Contained {
+        h: cx.h,
+        config: cx.config,
+        stage,
+        script,
+        workdir: cx.paths.base_dir().to_path_buf(),
+        binds,
+    };
+    super::contained::run(&c, image, control).await
 }
 
 /// A `run` stage of a `JACAMAR_BASH_PROFILE_ONCE` job (see [`super::login_env`]): replay what
@@ -426,7 +481,7 @@ async fn cancel_batch_jobs(config: &Config, h: &Handoff, paths: &fs::JobPaths) {
 }
 
 /// A Unix time in milliseconds as a tokio instant (now, if it is already past).
-fn instant_of_unix_ms(ms: u64) -> tokio::time::Instant {
+pub(super) fn instant_of_unix_ms(ms: u64) -> tokio::time::Instant {
     let target = UNIX_EPOCH + Duration::from_millis(ms);
     let left = target
         .duration_since(SystemTime::now())

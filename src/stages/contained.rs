@@ -1,0 +1,279 @@
+//! A user stage in the job's image (see [`crate::container`]): `podman create` (the pull,
+//! with the job's registry credentials in a 0600 auth file that goes right after), then
+//! `podman start --attach` supervised as the shell executor supervises bash, the stop going
+//! through podman ([`PodmanTerminator`]).
+//!
+//! Inside the container a small bash wrapper under podman's init runs the runner's script:
+//! podman delivers a stop signal to the container's first process only, so the wrapper
+//! passes it on to every process of the container (`kill -1`), as the shell executor's
+//! group signal reaches the script's body and its trap; after a stop it waits for them
+//! (kill_timeout is the supervisor's, then `podman rm -f`).
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{group_of, StageError};
+use crate::config::{Config, RunMechanism};
+use crate::container::classify;
+use crate::container::podman::{self, CreateSpec, Podman, PodmanTerminator};
+use crate::container::{ContainerError, Image};
+use crate::protocol::{self, Handoff, Status};
+use crate::supervisor::{self, Exit, OsSignals, Policy};
+
+/// The wrapper the container runs (`bash -c WRAPPER jacamar-stage SCRIPT`).
+const WRAPPER: &str = r#"bash "$1" & c=$!
+stopped=
+trap 'stopped=1; kill -s TERM -1 2>/dev/null' TERM
+trap 'stopped=1; kill -s INT -1 2>/dev/null' INT
+trap 'stopped=1; kill -s HUP -1 2>/dev/null' HUP
+while :; do wait "$c"; s=$?; kill -0 "$c" 2>/dev/null || break; done
+if [ -n "$stopped" ]; then while kill -0 -1 2>/dev/null; do sleep 0.1; done; fi
+exit "$s""#;
+
+/// How long `podman wait` may take for a container that has ended.
+const WAIT_BOUND: Duration = Duration::from_secs(10);
+
+/// What the stage runs: the handoff, the configuration, the script written for it and the
+/// directories bound into the container.
+pub(super) struct Contained<'a> {
+    pub h: &'a Handoff,
+    pub config: &'a Config,
+    pub stage: &'a str,
+    pub script: &'a Path,
+    pub binds: Vec<PathBuf>,
+    pub workdir: PathBuf,
+}
+
+/// Run the stage in `image`. The job's own faults (an image that cannot be used, a registry
+/// refusing the job token, an image that does not exist) are build failures said in the
+/// job log; the node's (the tool, subordinate ids, TLS trust) are system failures, said in
+/// the job log too (they name the key or the account, never a secret).
+pub(super) async fn run(
+    c: &Contained<'_>,
+    image: &Image,
+    control: OwnedFd,
+) -> Result<Status, StageError> {
+    match c.config.general.run_mechanism {
+        Some(RunMechanism::Podman) => {}
+        Some(RunMechanism::Charliecloud) => {
+            return Err(node_fault(ContainerError::NotSupportedYet("charliecloud")))
+        }
+        None => return Err(StageError::Internal("no run_mechanism for an image".into())),
+    }
+    if c.config.general.executor.is_batch() {
+        return Err(node_fault(ContainerError::NotSupportedYet(
+            "podman\" with a batch executor (images run with executor = \"shell\" only, for now",
+        )));
+    }
+    let h = c.h;
+    let pm =
+        Podman::new(&c.config.general, h.account.uid, h.job.job_id, &h.env).map_err(node_fault)?;
+    pm.ensure_state().map_err(node_fault)?;
+    let name = pm.container_name(c.stage);
+    eprintln!(
+        "jacamar: running {} in image {} with podman, rootless as {}",
+        c.stage, image.name, h.account.name
+    );
+    if let Some(st) = create(c, &pm, image, &name).await? {
+        return Ok(st);
+    }
+    let st = start(c, &pm, &name, control).await;
+    // The container has ended (or was killed): it goes, its state stays for the next stage.
+    let _ = tokio::process::Command::from(pm.command(&[
+        "rm".into(),
+        "--force".into(),
+        "--time=0".into(),
+        name.clone(),
+    ]))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status()
+    .await;
+    st
+}
+
+/// Say `e` in the job log and make it the stage's system failure.
+fn node_fault(e: ContainerError) -> StageError {
+    eprintln!("jacamar: ERROR: {e}");
+    StageError::Container(e)
+}
+
+/// `podman create` (it pulls the image). `Some(status)`: the stage ends here with the job's
+/// fault; an `Err` is the node's.
+async fn create(
+    c: &Contained<'_>,
+    pm: &Podman,
+    image: &Image,
+    name: &str,
+) -> Result<Option<Status>, StageError> {
+    let h = c.h;
+    let mut warn = |m: &str| eprintln!("{m}");
+    let creds = crate::container::checked_credentials(&h.registry_credentials, &mut warn);
+    let auth_file = if creds.is_empty() {
+        None
+    } else {
+        Some(
+            pm.write_private("auth.json", podman::auth_json(&creds).as_bytes())
+                .map_err(node_fault)?,
+        )
+    };
+    let (env_text, left_out) = podman::env_file(&h.env, &h.account.home);
+    for k in left_out {
+        eprintln!("jacamar: WARNING: {k} holds a newline and is not passed into the container");
+    }
+    let env_file = pm
+        .write_private("env", env_text.as_bytes())
+        .map_err(node_fault)?;
+    let script = c.script.to_path_buf();
+    let spec = CreateSpec {
+        name,
+        image,
+        binds: &c.binds,
+        workdir: &c.workdir,
+        home: &h.account.home,
+        env_file: &env_file,
+        auth_file: auth_file.as_deref(),
+        custom_options: &c.config.general.podman.custom_options,
+        // bash runs the wrapper under podman's init (see the module's doc).
+        command: &[
+            "bash".to_string(),
+            "-c".into(),
+            WRAPPER.into(),
+            "jacamar-stage".into(),
+            script.display().to_string(),
+        ],
+    };
+    let args = podman::create_args(&spec);
+    let out = tokio::process::Command::from(pm.command(&args))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await;
+    // The credentials are needed for the pull only.
+    if let Some(f) = &auth_file {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_file(&env_file);
+    let out = out.map_err(|source| {
+        node_fault(ContainerError::Spawn {
+            program: pm.program().display().to_string(),
+            source,
+        })
+    })?;
+    if out.status.success() {
+        return Ok(None);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let failure = classify::classify(&stderr);
+    let detail = mask(&classify::last_error_line(&stderr), &creds);
+    let message = classify::message(
+        failure,
+        image,
+        &h.job.project_path,
+        &h.account.name,
+        &detail,
+    );
+    if failure.is_the_jobs() {
+        eprintln!("{message}");
+        return Ok(Some(Status::BuildFailure {
+            exit_code: 1,
+            signal: None,
+            stopped: None,
+        }));
+    }
+    Err(node_fault(ContainerError::Tool(message)))
+}
+
+/// `text` with every credential's password (and its base64 form) masked: podman never
+/// prints them, this holds should a future version quote a request.
+fn mask(text: &str, creds: &[crate::job::RegistryCredential]) -> String {
+    use base64::Engine;
+    let mut t = text.to_string();
+    for c in creds.iter().filter(|c| !c.password.is_empty()) {
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", c.username, c.password));
+        t = t.replace(&b64, "[MASKED]").replace(&c.password, "[MASKED]");
+    }
+    t
+}
+
+/// `podman start --attach`, supervised; the exit code from `podman wait` once it ended.
+async fn start(
+    c: &Contained<'_>,
+    pm: &Podman,
+    name: &str,
+    control: OwnedFd,
+) -> Result<Status, StageError> {
+    let signals = OsSignals::install()
+        .map_err(|e| StageError::Internal(format!("failed to install signal handlers: {e}")))?;
+    let mut cmd = tokio::process::Command::from(pm.command(&[
+        "start".into(),
+        "--attach".into(),
+        name.to_string(),
+    ]));
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let program = pm.program().display().to_string();
+    let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
+        what: program.clone(),
+        source,
+    })?;
+    let pgid = group_of(child.id(), &program)?;
+    let mut relays = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        relays.push(supervisor::relay::spawn_relay(out, tokio::io::stdout()));
+    }
+    if let Some(err) = child.stderr.take() {
+        relays.push(supervisor::relay::spawn_relay(err, tokio::io::stderr()));
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ctl_task = protocol::control_requests(control, tx.clone())
+        .map_err(|e| StageError::Internal(format!("failed to read the control channel: {e}")))?;
+    let sig_task = signals.forward(tx);
+    let mut policy = Policy::new(c.config.general.kill_timeout);
+    policy.deadline = c.h.deadline_unix_ms.map(super::user::instant_of_unix_ms);
+    policy.sweep_group = Some(pgid);
+    let mut term = PodmanTerminator {
+        podman: pm.clone(),
+        name: name.to_string(),
+        pgid,
+    };
+    let outcome = supervisor::supervise(&mut child, &mut term, &policy, &mut rx, relays).await;
+    ctl_task.abort();
+    sig_task.abort();
+    let mut exit = outcome.exit;
+    if !outcome.escalated {
+        if let Some(code) = wait_code(pm, name).await {
+            exit = Exit::Code(code);
+        }
+    }
+    let stopped = outcome.stopped.map(|r| {
+        if outcome.escalated {
+            format!("{r}; the container was still running at kill_timeout and was removed with podman rm --force")
+        } else {
+            r.to_string()
+        }
+    });
+    Ok(Status::of_exit(exit, stopped))
+}
+
+/// The container's exit code from `podman wait` (bounded: it has ended by now).
+async fn wait_code(pm: &Podman, name: &str) -> Option<i32> {
+    let mut cmd = tokio::process::Command::from(pm.command(&["wait".into(), name.to_string()]));
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(WAIT_BOUND, cmd.output())
+        .await
+        .ok()?
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
