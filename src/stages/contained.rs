@@ -237,7 +237,12 @@ async fn start(
     let sig_task = signals.forward(tx);
     let mut policy = Policy::new(c.config.general.kill_timeout);
     policy.deadline = c.h.deadline_unix_ms.map(super::user::instant_of_unix_ms);
-    policy.sweep_group = Some(pgid);
+    // No sweep of our descendants: podman's pause process and conmon become ours (we are
+    // a subreaper) and outlive `podman start` by design; a stop would wait for them until
+    // kill_timeout. The wrapper inside waits for the container's processes after a stop,
+    // so `podman start` ends only when they have; the rest goes with `podman rm` below,
+    // the job cgroup's sweep and the cleanup stage.
+    policy.sweep_group = None;
     let mut term = PodmanTerminator {
         podman: pm.clone(),
         name: name.to_string(),

@@ -14,6 +14,7 @@ mod batch_fakes;
 mod batch_pbs;
 mod batch_slurm;
 mod builddirs;
+mod containers;
 mod demo;
 mod harden;
 mod harness;

@@ -1,0 +1,487 @@
+//! A job's `image:` with `run_mechanism = "podman"` (issue 19, slice 1: the shell executor on
+//! the host), for real: a real account (useradd -m, with its subordinate id ranges), setuid
+//! downscope, rootless podman, a local registry with TLS and htpasswd auth whose password is
+//! the job token (scripts/containers/registry.sh), the image scripts/containers/setup.sh
+//! builds. Needs root and the tools; fails naming what is missing (no silent skip).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
+use crate::harness::{require, require_root, require_tool, show, Harness, Shape};
+
+const USER: &str = "jrs_c19_pod";
+const IMAGE_ARCHIVE: &str = "/var/cache/jacamar-rs/images/debian-bookworm-minbase.tar";
+const MARKER: &str = "jacamar-rs test image";
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/containers")
+}
+
+/// Everything a container test needs, or false (a failure unless JACAMAR_TEST_ALLOW_SKIP=1).
+fn ready() -> bool {
+    if !require_root() {
+        return false;
+    }
+    for tool in [
+        "podman",
+        "runc",
+        "conmon",
+        "docker-registry",
+        "skopeo",
+        "htpasswd",
+        "newuidmap",
+    ] {
+        if !require_tool(tool) {
+            return false;
+        }
+    }
+    require(
+        Path::new(IMAGE_ARCHIVE).is_file(),
+        &format!("{IMAGE_ARCHIVE} is missing: run scripts/containers/setup.sh"),
+    )
+}
+
+/// A registry of this test: started on a free port with `token` as the password, stopped
+/// (and its certs.d entry removed) when dropped.
+struct Registry {
+    dir: tempfile::TempDir,
+    host: String,
+}
+
+impl Registry {
+    fn start(token: &str) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("jrs-c19-reg")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = Command::new(scripts().join("registry.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .env("JRS_REGISTRY_PORT", port.to_string())
+            .env("JRS_REGISTRY_PASSWORD", token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "registry.sh start: {}", show(&out));
+        Registry {
+            dir,
+            host: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    fn image(&self) -> String {
+        format!("{}/ci/debian:bookworm", self.host)
+    }
+
+    fn missing(&self) -> String {
+        format!("{}/ci/missing:bookworm", self.host)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = Command::new(scripts().join("registry.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+fn token() -> String {
+    format!("glcbt-c19-{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// The account's passwd entry (created once; useradd gives it its subordinate ranges).
+fn account() -> nix::unistd::User {
+    let u = ensure_user(USER, &[], "/bin/bash");
+    for f in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{USER}:"))),
+            "{USER} has no range in {f} (usermod --add-subuids/--add-subgids)"
+        );
+    }
+    u
+}
+
+/// A setuid job of the account with `image` and a registry credential whose password is
+/// `password`; the job token is `token`. `podman` are extra `[general.podman]` lines.
+fn job(
+    server: &JwksServer,
+    reg: &Registry,
+    image: &str,
+    token: &str,
+    password: &str,
+    podman: &str,
+) -> Harness {
+    account();
+    let general = format!("run_mechanism = \"podman\"\n[general.podman]\n{podman}\n");
+    let mut h = harness(server, "setuid", &general, "root_dir_creation = true", "");
+    give_token(&mut h, server, USER);
+    h.set("CUSTOM_ENV_CI_JOB_TOKEN", token);
+    h.response_extra = serde_json::json!({
+        "token": token,
+        "image": {"name": image},
+        "credentials": [{"type": "registry", "url": reg.host, "username": "gitlab-ci-token", "password": password}],
+    });
+    let out = h.config();
+    assert!(out.status.success(), "config: {}", show(&out));
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    h
+}
+
+fn state_dir(h: &Harness) -> PathBuf {
+    let uid = account().uid.as_raw();
+    PathBuf::from(format!("/tmp/jacamar-podman-{uid}/{}", h.job_id))
+}
+
+/// `podman ps -a` of the job's own podman state, as the account.
+fn podman_ps(h: &Harness) -> String {
+    let s = state_dir(h);
+    let cmd = format!(
+        "XDG_RUNTIME_DIR={s}/xdg podman --root={s}/storage --runroot={s}/xdg/run --storage-driver=overlay --cgroup-manager=cgroupfs --events-backend=file --log-level=error ps -a --format '{{{{.Names}}}} {{{{.Status}}}}'",
+        s = s.display()
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            USER,
+            "--regid",
+            USER,
+            "--init-groups",
+            "--reset-env",
+            "bash",
+            "-c",
+            &cmd,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The account's processes (pid, command line), zombies left out.
+fn processes_of_account() -> Vec<(i32, String)> {
+    let uid = account().uid.as_raw();
+    let mut out = Vec::new();
+    for pid in crate::harness::all_pids() {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'));
+        if zombie || uid_line.split_whitespace().nth(1) != Some(&uid.to_string()) {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        out.push((pid, cmd));
+    }
+    out
+}
+
+/// The job's processes: the account's whose command line names the job's state dir, plus
+/// conmon and catatonit instances of it.
+fn job_processes(h: &Harness) -> Vec<(i32, String)> {
+    let s = state_dir(h).display().to_string();
+    processes_of_account()
+        .into_iter()
+        .filter(|(_, c)| c.contains(&s) || c.contains(&h.job_id.to_string()))
+        .collect()
+}
+
+fn text(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn image_job_runs_as_the_user_inside_the_image(shape: Shape) {
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = job(&server, &reg, &reg.image(), &t, &t, "");
+    let out = h.run(
+        "build_script",
+        &shape.script("cat /etc/jacamar-test-image\necho user=$(id -un)\necho home=$HOME\ntouch $HOME/x && echo home-writable\n"),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{shape}: {}", show(&out));
+    assert!(
+        stdout.contains(MARKER),
+        "{shape}: not in the image: {stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("user={USER}")),
+        "{shape}: {stdout}"
+    );
+    assert!(stdout.contains("home-writable"), "{shape}: {stdout}");
+    assert!(stderr.contains("with podman"), "{shape}: {stderr}");
+    // A failing command's code is the build's.
+    let out = h.run("after_script", &shape.script("echo second\nexit 7\n"));
+    assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
+    assert_eq!(
+        h.build_exit_code().as_deref(),
+        Some("7"),
+        "{shape}: {}",
+        show(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("second"));
+    // The runner's own stages stay on the host.
+    let out = h.run(
+        "get_sources",
+        &shape.script("test -e /etc/jacamar-test-image || echo on-host\n"),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("on-host"),
+        "{shape}: {}",
+        show(&out)
+    );
+    let out = h.cleanup();
+    assert!(out.status.success(), "{shape}: cleanup: {}", show(&out));
+    assert!(
+        !state_dir(&h).exists(),
+        "{shape}: {} left",
+        state_dir(&h).display()
+    );
+    let left = job_processes(&h);
+    assert!(left.is_empty(), "{shape}: left after cleanup: {left:?}");
+}
+
+fn cancel_runs_the_trap_in_the_image_and_leaves_nothing(shape: Shape) {
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    // kill_timeout is 2 s (auth_kit's harness).
+    let h = job(&server, &reg, &reg.image(), &t, &t, "");
+    let body = "cat /etc/jacamar-test-image\ntrap 'echo trapped; exit 143' TERM\necho started\nsleep 100 &\nwait\n";
+    let mut child = h.spawn_run("build_script", &shape.script(body));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    while !seen.iter().any(|l: &String| l.contains("started")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "{shape}: never started: {seen:?}"
+        );
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(l);
+        }
+    }
+    let t1 = Instant::now();
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    let took = t1.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
+        seen.push(l);
+    }
+    assert!(
+        seen.iter().any(|l| l.contains(MARKER)),
+        "{shape}: not in the image: {seen:?}\n{stderr}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("trapped")),
+        "{shape}: the trap did not run: {seen:?}\n{stderr}"
+    );
+    eprintln!("{shape}: the stage ended {took:?} after the cancel\n{stderr}");
+    assert_eq!(status.code(), Some(1), "{shape}: {stderr}");
+    let want = shape.cancelled_status(143).to_string();
+    assert_eq!(
+        h.build_exit_code().as_deref(),
+        Some(want.as_str()),
+        "{shape}: {stderr}"
+    );
+    // kill_timeout (2 s) + a few seconds: no container, no conmon, nothing of the job.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ps = podman_ps(&h);
+        let procs: Vec<_> = job_processes(&h)
+            .into_iter()
+            .filter(|(_, c)| c.contains("conmon") || !c.contains("catatonit -P"))
+            .collect();
+        if ps.is_empty() && procs.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{shape}: {took:?} after the cancel, still: podman ps -a: {ps:?}; processes: {procs:?}\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = h.cleanup();
+    assert!(out.status.success(), "{shape}: cleanup: {}", show(&out));
+}
+
+crate::shape_tests!(
+    root: image_job_runs_as_the_user_inside_the_image,
+    cancel_runs_the_trap_in_the_image_and_leaves_nothing
+);
+
+/// Scans every /proc/*/cmdline while `h` runs `body`, for the token and its base64 form.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn the_job_token_is_on_no_command_line_during_pull_and_run() {
+    use base64::Engine;
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = job(&server, &reg, &reg.image(), &t, &t, "");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("gitlab-ci-token:{t}"));
+    let mut child = h.spawn_run(
+        "build_script",
+        &crate::harness::runner_script("sleep 2\necho done\n"),
+    );
+    let mut scans = 0;
+    let mut found = Vec::new();
+    while child.try_wait().unwrap().is_none() {
+        for pid in crate::harness::all_pids() {
+            if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                let c = String::from_utf8_lossy(&c);
+                if c.contains(&t) || c.contains(&b64) {
+                    found.push((pid, c.replace('\0', " ")));
+                }
+            }
+        }
+        scans += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("done"),
+        "{}",
+        show(&out)
+    );
+    assert!(scans > 10, "only {scans} scans");
+    assert!(found.is_empty(), "the token on a command line: {found:?}");
+    let _ = h.cleanup();
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn a_refused_token_names_the_registry_and_the_allowlist_never_the_token() {
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let wrong = token();
+    let h = job(&server, &reg, &reg.image(), &wrong, &wrong, "");
+    let out = h.run(
+        "build_script",
+        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
+    );
+    let (stdout, stderr) = text(&out);
+    let all = format!("{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(!all.contains("USER-COMMAND-RAN"), "{all}");
+    for part in [
+        reg.host.as_str(),
+        "ci/debian",
+        "refused the job token",
+        "allowlist",
+        "group/project",
+    ] {
+        assert!(stderr.contains(part), "{part:?} not said: {stderr}");
+    }
+    assert!(!all.contains(&wrong), "the token in the log: {all}");
+    eprintln!("{stderr}");
+    let _ = h.cleanup();
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn a_missing_image_is_named_without_allowlist_advice() {
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = job(&server, &reg, &reg.missing(), &t, &t, "");
+    let out = h.run(
+        "build_script",
+        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(!stdout.contains("USER-COMMAND-RAN"), "{stdout}");
+    assert!(
+        stderr.contains(&reg.missing()) && stderr.contains("not found"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("allowlist"), "{stderr}");
+    eprintln!("{stderr}");
+    let _ = h.cleanup();
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn a_missing_podman_is_a_system_failure_naming_the_key() {
+    if !ready() {
+        return;
+    }
+    let t = token();
+    // No registry needed: the tool is looked for first.
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    account();
+    let general = "run_mechanism = \"podman\"\n[general.podman]\napplication_path = \"/nonexistent/podman\"\ndefault_image = \"127.0.0.1:1/x:y\"\n";
+    let mut h = harness(&server, "setuid", general, "root_dir_creation = true", "");
+    give_token(&mut h, &server, USER);
+    h.set("CUSTOM_ENV_CI_JOB_TOKEN", &t);
+    assert!(h.config().status.success());
+    assert!(h.prepare().status.success());
+    let out = h.run(
+        "build_script",
+        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(!stdout.contains("USER-COMMAND-RAN"), "{stdout}");
+    assert!(
+        stderr.contains("[general.podman] application_path"),
+        "{stderr}"
+    );
+    eprintln!("{stderr}");
+    let _ = h.cleanup();
+}
