@@ -537,3 +537,94 @@ fn a_missing_podman_is_a_system_failure_naming_the_key() {
     eprintln!("{stderr}");
     let _ = h.cleanup();
 }
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn charliecloud_is_refused_as_not_supported_yet_naming_the_key() {
+    if !require_root() {
+        return;
+    }
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    account();
+    let general = "run_mechanism = \"charliecloud\"\n[general.charliecloud]\ndefault_image = \"127.0.0.1:1/x:y\"\n";
+    let mut h = harness(&server, "setuid", general, "root_dir_creation = true", "");
+    give_token(&mut h, &server, USER);
+    assert!(h.config().status.success());
+    assert!(h.prepare().status.success());
+    let out = h.run(
+        "build_script",
+        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(!stdout.contains("USER-COMMAND-RAN"), "{stdout}");
+    assert!(
+        stderr.contains("run_mechanism = \"charliecloud\" is not supported yet"),
+        "{stderr}"
+    );
+    // The runner's own stages are not affected.
+    let out = h.run(
+        "get_sources",
+        &crate::harness::runner_script("echo on-host\n"),
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let _ = h.cleanup();
+}
+
+/// An account without subordinate ids (as LDAP accounts come): a system failure naming it.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn an_account_without_subordinate_ids_is_a_system_failure_naming_it() {
+    const NOSUB: &str = "jrs_c19_nosub";
+    if !ready() {
+        return;
+    }
+    ensure_user(NOSUB, &[], "/bin/bash");
+    for (file, flag) in [
+        ("/etc/subuid", "--del-subuids"),
+        ("/etc/subgid", "--del-subgids"),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with(&format!("{NOSUB}:"))) {
+            let f: Vec<u64> = line
+                .split(':')
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let range = format!("{}-{}", f[0], f[0] + f[1] - 1);
+            let out = Command::new("usermod")
+                .args([flag, &range, NOSUB])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "usermod {flag}: {}", show(&out));
+        }
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let general = "run_mechanism = \"podman\"\n";
+    let mut h = harness(&server, "setuid", general, "root_dir_creation = true", "");
+    give_token(&mut h, &server, NOSUB);
+    h.set("CUSTOM_ENV_CI_JOB_TOKEN", &t);
+    h.response_extra = serde_json::json!({
+        "token": t,
+        "image": {"name": reg.image()},
+        "credentials": [{"type": "registry", "url": reg.host, "username": "gitlab-ci-token", "password": t}],
+    });
+    assert!(h.config().status.success());
+    assert!(h.prepare().status.success());
+    let out = h.run(
+        "build_script",
+        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
+    );
+    let (stdout, stderr) = text(&out);
+    let _ = h.cleanup();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(!stdout.contains("USER-COMMAND-RAN"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("account {NOSUB} has no subordinate uid/gid range")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&t), "{stderr}");
+    eprintln!("{stderr}");
+}

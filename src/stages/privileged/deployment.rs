@@ -19,6 +19,7 @@ pub fn deployment_problems(config: &Config) -> Vec<String> {
     let mut problems: Vec<String> = capabilities_with_downscope_none(config)
         .into_iter()
         .collect();
+    problems.extend(container_problems(config));
     if config.auth.downscope != Downscope::Setuid || nix::unistd::geteuid().is_root() {
         return problems;
     }
@@ -36,6 +37,59 @@ pub fn deployment_problems(config: &Config) -> Vec<String> {
         Err(e) => problems.push(format!(
             "[auth] downscope = \"setuid\": cannot read this process's capabilities: {e}"
         )),
+    }
+    problems
+}
+
+/// `run_mechanism`'s tools, as a job would find them (`application_path`, else the jobs'
+/// default PATH): present and executable. Subordinate id ranges are per account: a job
+/// without them fails naming the account (see `container::classify`).
+pub fn container_problems(config: &Config) -> Vec<String> {
+    use crate::config::RunMechanism;
+    let path = crate::jobenv::DEFAULT_PATH;
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    let mut problems = Vec::new();
+    match config.general.run_mechanism {
+        None => {}
+        Some(RunMechanism::Podman) => {
+            match &config.general.podman.application_path {
+                Some(p) if !executable(p) => problems.push(format!(
+                    "[general.podman] application_path = {:?}: no executable file there",
+                    p.display().to_string()
+                )),
+                Some(_) => {}
+                None if crate::shell::find_on_path("podman", path).is_none() => problems.push(format!(
+                    "[general] run_mechanism = \"podman\": podman is not on the jobs' PATH ({path}); install it or set [general.podman] application_path"
+                )),
+                None => {}
+            }
+            if crate::shell::find_on_path("newuidmap", path).is_none() {
+                problems.push(format!(
+                    "[general] run_mechanism = \"podman\": newuidmap is not on the jobs' PATH ({path}); rootless podman needs it (Debian: the uidmap package)"
+                ));
+            }
+        }
+        Some(RunMechanism::Charliecloud) => {
+            problems.push(
+                "[general] run_mechanism = \"charliecloud\" is not supported yet by jacamar-rs: every job with an image would fail; use \"podman\"".into(),
+            );
+            for tool in ["ch-run", "ch-image"] {
+                let found = match &config.general.charliecloud.application_path {
+                    Some(dir) => executable(&dir.join(tool)),
+                    None => crate::shell::find_on_path(tool, path).is_some(),
+                };
+                if !found {
+                    problems.push(format!(
+                        "[general.charliecloud] application_path: {tool} not found (in the directory set, else on the jobs' PATH {path})"
+                    ));
+                }
+            }
+        }
     }
     problems
 }
@@ -114,5 +168,36 @@ pub fn capabilities_with_downscope_none(config: &Config) -> Option<String> {
              holds",
             own_path()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::from_str_named(
+            &format!("[general]\nexecutor = \"shell\"\ndata_dir = \"/d\"\n{extra}\n[auth]\ndownscope = \"none\"\n"),
+            "t",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn validate_names_a_missing_container_tool_and_an_unsupported_mechanism() {
+        assert!(container_problems(&config("")).is_empty());
+        let p = container_problems(&config(
+            "run_mechanism = \"podman\"\n[general.podman]\napplication_path = \"/nonexistent/podman\"",
+        ));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("[general.podman] application_path")),
+            "{p:?}"
+        );
+        let p = container_problems(&config(
+            "run_mechanism = \"charliecloud\"\n[general.charliecloud]\napplication_path = \"/nonexistent\"",
+        ));
+        assert!(p.iter().any(|m| m.contains("not supported yet")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("ch-run not found")), "{p:?}");
     }
 }
