@@ -14,15 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use super::{group_of, StageError};
 use crate::config::{Config, RunMechanism};
 use crate::container::classify;
 use crate::container::podman::{self, CreateSpec, Podman, PodmanTerminator};
 use crate::container::{ContainerError, Image};
-use crate::protocol::{self, Handoff, Status};
-use crate::supervisor::{self, Exit, OsSignals, Policy};
+use crate::protocol::{Handoff, Status};
+use crate::supervisor::{Exit, OsSignals, Policy};
 
 /// The wrapper the container runs (`bash -c WRAPPER jacamar-stage SCRIPT`).
 const WRAPPER: &str = r#"bash "$1" & c=$!
@@ -224,17 +222,7 @@ async fn start(
         source,
     })?;
     let pgid = group_of(child.id(), &program)?;
-    let mut relays = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        relays.push(supervisor::relay::spawn_relay(out, tokio::io::stdout()));
-    }
-    if let Some(err) = child.stderr.take() {
-        relays.push(supervisor::relay::spawn_relay(err, tokio::io::stderr()));
-    }
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let ctl_task = protocol::control_requests(control, tx.clone())
-        .map_err(|e| StageError::Internal(format!("failed to read the control channel: {e}")))?;
-    let sig_task = signals.forward(tx);
+    let mut watch = super::user::Watch::start(&mut child, control, signals)?;
     let mut policy = Policy::new(c.config.general.kill_timeout);
     policy.deadline = c.h.deadline_unix_ms.map(super::user::instant_of_unix_ms);
     // No sweep of our descendants: podman's pause process and conmon become ours (we are
@@ -248,9 +236,7 @@ async fn start(
         name: name.to_string(),
         pgid,
     };
-    let outcome = supervisor::supervise(&mut child, &mut term, &policy, &mut rx, relays).await;
-    ctl_task.abort();
-    sig_task.abort();
+    let outcome = watch.supervise(&mut child, &mut term, &policy).await;
     let mut exit = outcome.exit;
     if !outcome.escalated {
         if let Some(code) = wait_code(pm, name).await {

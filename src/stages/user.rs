@@ -359,26 +359,13 @@ async fn run_shell(
         source,
     })?;
     let pgid = group_of(child.id(), &cmd.program.display().to_string())?;
-    let mut relays = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        relays.push(supervisor::relay::spawn_relay(out, tokio::io::stdout()));
-    }
-    if let Some(err) = child.stderr.take() {
-        relays.push(supervisor::relay::spawn_relay(err, tokio::io::stderr()));
-    }
-
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let ctl_task = protocol::control_requests(control, tx.clone())
-        .map_err(|e| StageError::Internal(format!("failed to read the control channel: {e}")))?;
-    let sig_task = signals.forward(tx);
+    let mut watch = Watch::start(&mut child, control, signals)?;
 
     let mut policy = Policy::new(config.general.kill_timeout);
     policy.deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
     policy.sweep_group = Some(pgid);
     let mut term = GroupTerminator { pgid };
-    let outcome = supervisor::supervise(&mut child, &mut term, &policy, &mut rx, relays).await;
-    ctl_task.abort();
-    sig_task.abort();
+    let outcome = watch.supervise(&mut child, &mut term, &policy).await;
 
     if !outcome.sweep.survivors.is_empty() {
         tracing::warn!(
@@ -399,6 +386,56 @@ async fn run_shell(
         }
     });
     Ok(Status::of_exit(outcome.exit, stopped))
+}
+
+/// What a supervised stage child is watched with: its output relayed to ours, and the
+/// requests (the control pipe's lines, our own signals) its supervision reads.
+pub(super) struct Watch {
+    relays: Vec<tokio::task::JoinHandle<u64>>,
+    rx: mpsc::UnboundedReceiver<supervisor::Request>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Watch {
+    /// Relay `child`'s piped stdout and stderr, read `control` and forward `signals`.
+    pub(super) fn start(
+        child: &mut tokio::process::Child,
+        control: OwnedFd,
+        signals: OsSignals,
+    ) -> Result<Watch, StageError> {
+        let mut relays = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            relays.push(supervisor::relay::spawn_relay(out, tokio::io::stdout()));
+        }
+        if let Some(err) = child.stderr.take() {
+            relays.push(supervisor::relay::spawn_relay(err, tokio::io::stderr()));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctl_task = protocol::control_requests(control, tx.clone()).map_err(|e| {
+            StageError::Internal(format!("failed to read the control channel: {e}"))
+        })?;
+        let sig_task = signals.forward(tx);
+        Ok(Watch {
+            relays,
+            rx,
+            tasks: [ctl_task, sig_task],
+        })
+    }
+
+    /// Supervise `child` under `policy` until it and its output are done.
+    pub(super) async fn supervise(
+        &mut self,
+        child: &mut tokio::process::Child,
+        term: &mut dyn supervisor::Terminator,
+        policy: &Policy,
+    ) -> supervisor::ChildEnd {
+        let relays = std::mem::take(&mut self.relays);
+        let end = supervisor::supervise(child, term, policy, &mut self.rx, relays).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        end
+    }
 }
 
 /// The batch `run` of a submitted stage (`stage`): write the wrapper, take cancellation
