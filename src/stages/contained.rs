@@ -14,13 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::user::Watch;
 use super::{group_of, StageError};
 use crate::config::{Config, RunMechanism};
 use crate::container::classify;
 use crate::container::podman::{self, CreateSpec, Podman, PodmanTerminator};
 use crate::container::{ContainerError, Image};
 use crate::protocol::{Handoff, Status};
-use crate::supervisor::{Exit, OsSignals, Policy};
+use crate::supervisor::{Exit, OsSignals, Policy, Reason, Request};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 /// The wrapper the container runs (`bash -c WRAPPER jacamar-stage SCRIPT`).
 const WRAPPER: &str = r#"bash "$1" & c=$!
@@ -76,22 +79,31 @@ pub(super) async fn run(
         "jacamar: running {} in image {} with podman, rootless as {}",
         c.stage, image.name, h.account.name
     );
-    if let Some(st) = create(c, &pm, image, &name).await? {
+    let signals = OsSignals::install()
+        .map_err(|e| StageError::Internal(format!("failed to install signal handlers: {e}")))?;
+    let mut watch = Watch::listen(control, signals)?;
+    if let Some(st) = create(c, &pm, image, &name, &mut watch).await? {
+        remove(&pm, &name).await;
         return Ok(st);
     }
-    let st = start(c, &pm, &name, control).await;
-    // The container has ended (or was killed): it goes, its state stays for the next stage.
+    let st = start(c, &pm, &name, watch).await;
+    remove(&pm, &name).await;
+    st
+}
+
+/// The container `name` removed (ended or killed); the job's podman state stays for the
+/// next stage.
+async fn remove(pm: &Podman, name: &str) {
     let _ = tokio::process::Command::from(pm.command(&[
         "rm".into(),
         "--force".into(),
         "--time=0".into(),
-        name.clone(),
+        name.to_string(),
     ]))
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .status()
     .await;
-    st
 }
 
 /// Say `e` in the job log and make it the stage's system failure.
@@ -107,6 +119,7 @@ async fn create(
     pm: &Podman,
     image: &Image,
     name: &str,
+    watch: &mut Watch,
 ) -> Result<Option<Status>, StageError> {
     let h = c.h;
     let mut warn = |m: &str| eprintln!("{m}");
@@ -146,22 +159,27 @@ async fn create(
         ],
     };
     let args = podman::create_args(&spec);
-    let out = tokio::process::Command::from(pm.command(&args))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .await;
+    let out = pull(pm, &args, watch).await;
     // The credentials are needed for the pull only.
     if let Some(f) = &auth_file {
         let _ = std::fs::remove_file(f);
     }
     let _ = std::fs::remove_file(&env_file);
-    let out = out.map_err(|source| {
-        node_fault(ContainerError::Spawn {
-            program: pm.program().display().to_string(),
-            source,
-        })
-    })?;
+    let out = match out {
+        Ok(Pulled::Done(out)) => out,
+        Ok(Pulled::Stopped(reason)) => {
+            return Ok(Some(Status::of_exit(
+                Exit::Signal(libc::SIGTERM),
+                Some(format!("{reason}; while podman pulled the image")),
+            )))
+        }
+        Err(source) => {
+            return Err(node_fault(ContainerError::Spawn {
+                program: pm.program().display().to_string(),
+                source,
+            }))
+        }
+    };
     if out.status.success() {
         return Ok(None);
     }
@@ -186,6 +204,39 @@ async fn create(
     Err(node_fault(ContainerError::Tool(message)))
 }
 
+/// How `podman create` ended: on its own, or stopped by a request (its group killed).
+enum Pulled {
+    Done(std::process::Output),
+    Stopped(Reason),
+}
+
+/// Run `podman create` (its own process group), or stop it at the first stop request: a
+/// pull of a large image must not hold up a cancel.
+async fn pull(pm: &Podman, args: &[String], watch: &mut Watch) -> std::io::Result<Pulled> {
+    let mut cmd = tokio::process::Command::from(pm.command(args));
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn()?;
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+    let output = child.wait_with_output();
+    tokio::pin!(output);
+    let reason = tokio::select! {
+        out = &mut output => return out.map(Pulled::Done),
+        req = watch.request() => match req {
+            Some(Request::Terminate { reason, .. } | Request::Kill { reason }) => reason,
+            // No stop can come any more: wait for the pull.
+            None => return output.await.map(Pulled::Done),
+        },
+    };
+    if let Some(pg) = pgid {
+        crate::supervisor::group::signal_group(Pid::from_raw(pg), Signal::SIGKILL);
+    }
+    let _ = output.await;
+    Ok(Pulled::Stopped(reason))
+}
+
 /// `text` with every credential's password (and its base64 form) masked: podman never
 /// prints them, this holds should a future version quote a request.
 fn mask(text: &str, creds: &[crate::job::RegistryCredential]) -> String {
@@ -204,10 +255,8 @@ async fn start(
     c: &Contained<'_>,
     pm: &Podman,
     name: &str,
-    control: OwnedFd,
+    mut watch: Watch,
 ) -> Result<Status, StageError> {
-    let signals = OsSignals::install()
-        .map_err(|e| StageError::Internal(format!("failed to install signal handlers: {e}")))?;
     let mut cmd = tokio::process::Command::from(pm.command(&[
         "start".into(),
         "--attach".into(),
@@ -222,7 +271,7 @@ async fn start(
         source,
     })?;
     let pgid = group_of(child.id(), &program)?;
-    let mut watch = super::user::Watch::start(&mut child, control, signals)?;
+    watch.relay(&mut child);
     let mut policy = Policy::new(c.config.general.kill_timeout);
     policy.deadline = c.h.deadline_unix_ms.map(super::user::instant_of_unix_ms);
     // No sweep of our descendants: podman's pause process and conmon become ours (we are

@@ -403,23 +403,40 @@ impl Watch {
         control: OwnedFd,
         signals: OsSignals,
     ) -> Result<Watch, StageError> {
-        let mut relays = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            relays.push(supervisor::relay::spawn_relay(out, tokio::io::stdout()));
-        }
-        if let Some(err) = child.stderr.take() {
-            relays.push(supervisor::relay::spawn_relay(err, tokio::io::stderr()));
-        }
+        let mut w = Watch::listen(control, signals)?;
+        w.relay(child);
+        Ok(w)
+    }
+
+    /// Read `control` and forward `signals` (no child yet).
+    pub(super) fn listen(control: OwnedFd, signals: OsSignals) -> Result<Watch, StageError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let ctl_task = protocol::control_requests(control, tx.clone()).map_err(|e| {
             StageError::Internal(format!("failed to read the control channel: {e}"))
         })?;
         let sig_task = signals.forward(tx);
         Ok(Watch {
-            relays,
+            relays: Vec::new(),
             rx,
             tasks: [ctl_task, sig_task],
         })
+    }
+
+    /// Relay `child`'s piped stdout and stderr to ours.
+    pub(super) fn relay(&mut self, child: &mut tokio::process::Child) {
+        if let Some(out) = child.stdout.take() {
+            self.relays
+                .push(supervisor::relay::spawn_relay(out, tokio::io::stdout()));
+        }
+        if let Some(err) = child.stderr.take() {
+            self.relays
+                .push(supervisor::relay::spawn_relay(err, tokio::io::stderr()));
+        }
+    }
+
+    /// The next stop request (`None`: none can come any more).
+    pub(super) async fn request(&mut self) -> Option<supervisor::Request> {
+        self.rx.recv().await
     }
 
     /// Supervise `child` under `policy` until it and its output are done.
