@@ -3,11 +3,12 @@
 //! `podman start --attach` supervised as the shell executor supervises bash, the stop going
 //! through podman ([`PodmanTerminator`]).
 //!
-//! Inside the container a small bash wrapper under podman's init runs the runner's script:
-//! podman delivers a stop signal to the container's first process only, so the wrapper
-//! passes it on to every process of the container (`kill -1`), as the shell executor's
-//! group signal reaches the script's body and its trap; after a stop it waits for them
-//! (kill_timeout is the supervisor's, then `podman rm -f`).
+//! Inside the container a small bash wrapper under podman's init runs the runner's script
+//! in a process group of its own: podman delivers a stop signal to the container's first
+//! process only (which forwards it to the wrapper), so the wrapper passes it on to the
+//! script's group, as the shell executor's group signal reaches the script's body and its
+//! trap; after a stop it waits for every process of the container (kill_timeout is the
+//! supervisor's, then `podman rm -f`).
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -25,13 +26,19 @@ use crate::supervisor::{Exit, OsSignals, Policy, Reason, Request};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-/// The wrapper the container runs (`bash -c WRAPPER jacamar-stage SCRIPT`).
-const WRAPPER: &str = r#"bash "$1" & c=$!
+/// The wrapper the container runs (`bash -c WRAPPER jacamar-stage SCRIPT`). A `wait` cut
+/// short by a trapped signal returns 128+n while the script runs on: the script's own
+/// status is the one of a `wait` after it ended (127: already collected by the loop's).
+const WRAPPER: &str = r#"set -m
+bash "$1" & c=$!
+set +m
 stopped=
-trap 'stopped=1; kill -s TERM -1 2>/dev/null' TERM
-trap 'stopped=1; kill -s INT -1 2>/dev/null' INT
-trap 'stopped=1; kill -s HUP -1 2>/dev/null' HUP
-while :; do wait "$c"; s=$?; kill -0 "$c" 2>/dev/null || break; done
+for sig in TERM INT HUP; do
+  trap "stopped=1; kill -s $sig -- -$c 2>/dev/null" $sig
+done
+s=0
+while kill -0 "$c" 2>/dev/null; do wait "$c"; s=$?; done
+wait "$c" 2>/dev/null; r=$?; [ "$r" = 127 ] || s=$r
 if [ -n "$stopped" ]; then while kill -0 -1 2>/dev/null; do sleep 0.1; done; fi
 exit "$s""#;
 
