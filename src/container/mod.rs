@@ -43,6 +43,10 @@ pub enum ContainerError {
     /// A mechanism the configuration accepts but this version cannot run yet.
     #[error("[general] run_mechanism = \"{0}\" is not supported yet by jacamar-rs (only \"podman\" runs images); unset run_mechanism or set it to \"podman\"")]
     NotSupportedYet(&'static str),
+    /// An image with a batch executor (the container would have to start inside the
+    /// allocation: not there yet).
+    #[error("the job has an image, and images run only with executor = \"shell\" so far (this runner's executor is \"{0}\"); remove the job's image: or run it on a shell-executor runner")]
+    BatchNotYet(&'static str),
     /// The tool is not there.
     #[error(
         "{what} was not found: {where_}; install it, or set [general.podman] application_path"

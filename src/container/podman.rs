@@ -342,45 +342,64 @@ pub fn env_file(job_env: &[(String, String)], home: &Path) -> (String, Vec<Strin
 
 /// Stops a stage's container from outside: the supervisor's TERM becomes `podman kill
 /// --signal`, its kill_timeout escalation `podman rm -f -t 0` (and SIGKILL to the attached
-/// `podman start`'s group). The podman commands are started and not waited for here (the
-/// supervisor's calls must not block); their exit is reaped by a thread.
+/// `podman start`'s group). The podman commands run on a thread (the supervisor's calls
+/// must not block); a refused `podman kill` (not running yet) is tried again for 3 s.
 pub struct PodmanTerminator {
     pub podman: Podman,
     pub name: String,
     pub pgid: nix::unistd::Pid,
 }
 
+/// How often a `podman kill` refused (the container not running yet: a stop that came
+/// while `podman start` was still starting it) is tried again, 100 ms apart.
+const KILL_TRIES: u32 = 30;
+
 impl PodmanTerminator {
-    fn spawn(&self, args: Vec<String>) {
-        let mut c = self.podman.command(&args);
-        c.stdout(Stdio::null()).stderr(Stdio::null());
-        match c.spawn() {
-            Ok(mut child) => {
-                std::thread::spawn(move || {
-                    let _ = child.wait();
-                });
+    /// Run podman with `args` on a thread of its own, `tries` times until it succeeds.
+    fn spawn(&self, args: Vec<String>, tries: u32) {
+        let podman = self.podman.clone();
+        std::thread::spawn(move || {
+            for i in 0..tries.max(1) {
+                if i > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                let mut c = podman.command(&args);
+                c.stdout(Stdio::null()).stderr(Stdio::null());
+                match c.status() {
+                    Ok(st) if st.success() => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("jacamar: failed to run podman {}: {e}", args.join(" "));
+                        return;
+                    }
+                }
             }
-            Err(e) => tracing::warn!("jacamar: failed to run podman {}: {e}", args.join(" ")),
-        }
+        });
     }
 }
 
 impl Terminator for PodmanTerminator {
     fn terminate(&mut self, signal: Signal, _reason: Reason) {
-        self.spawn(vec![
-            "kill".into(),
-            format!("--signal={}", signal.as_str()),
-            self.name.clone(),
-        ]);
+        self.spawn(
+            vec![
+                "kill".into(),
+                format!("--signal={}", signal.as_str()),
+                self.name.clone(),
+            ],
+            KILL_TRIES,
+        );
     }
 
     fn kill(&mut self) {
-        self.spawn(vec![
-            "rm".into(),
-            "--force".into(),
-            "--time=0".into(),
-            self.name.clone(),
-        ]);
+        self.spawn(
+            vec![
+                "rm".into(),
+                "--force".into(),
+                "--time=0".into(),
+                self.name.clone(),
+            ],
+            1,
+        );
         crate::supervisor::group::signal_group(self.pgid, Signal::SIGKILL);
     }
 }

@@ -73,8 +73,8 @@ pub(super) async fn run(
         None => return Err(StageError::Internal("no run_mechanism for an image".into())),
     }
     if c.config.general.executor.is_batch() {
-        return Err(node_fault(ContainerError::NotSupportedYet(
-            "podman\" with a batch executor (images run with executor = \"shell\" only, for now",
+        return Err(node_fault(ContainerError::BatchNotYet(
+            c.config.general.executor.as_str(),
         )));
     }
     let h = c.h;
