@@ -324,3 +324,21 @@ async fn wait_code(pm: &Podman, name: &str) -> Option<i32> {
     }
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podmans_quoted_text_never_shows_a_credential() {
+        use base64::Engine;
+        let c = crate::job::RegistryCredential {
+            url: "reg:1".into(),
+            username: "gitlab-ci-token".into(),
+            password: "glcbt-s3cret".into(),
+        };
+        let b64 = base64::engine::general_purpose::STANDARD.encode("gitlab-ci-token:glcbt-s3cret");
+        let t = mask(&format!("Error: x glcbt-s3cret y {b64}"), &[c]);
+        assert_eq!(t, "Error: x [MASKED] y [MASKED]");
+    }
+}

@@ -226,6 +226,7 @@ fn image_job_runs_as_the_user_inside_the_image(shape: Shape) {
     let reg = Registry::start(&t);
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = job(&server, &reg, &reg.image(), &t, &t, "");
+    let t0 = Instant::now();
     let out = h.run(
         "build_script",
         &shape.script("cat /etc/jacamar-test-image\necho user=$(id -un)\necho home=$HOME\ntouch $HOME/x && echo home-writable\n"),
@@ -242,6 +243,7 @@ fn image_job_runs_as_the_user_inside_the_image(shape: Shape) {
     );
     assert!(stdout.contains("home-writable"), "{shape}: {stdout}");
     assert!(stderr.contains("with podman"), "{shape}: {stderr}");
+    let first = t0.elapsed();
     // A failing command's code is the build's.
     let out = h.run("after_script", &shape.script("echo second\nexit 7\n"));
     assert_eq!(out.status.code(), Some(1), "{shape}: {}", show(&out));
@@ -252,6 +254,10 @@ fn image_job_runs_as_the_user_inside_the_image(shape: Shape) {
         show(&out)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("second"));
+    eprintln!(
+        "{shape}: first user stage (pull + run) {first:?}, second (manifest check + run) {:?}",
+        t0.elapsed() - first
+    );
     // The runner's own stages stay on the host.
     let out = h.run(
         "get_sources",
