@@ -149,6 +149,17 @@ fn job(
     h
 }
 
+/// Runs the job's cleanup stage when dropped, so a failing test leaves no podman state
+/// (its files belong to subordinate ids) and no process behind; a second cleanup after the
+/// test's own finds nothing to do.
+struct Cleanup<'a>(&'a Harness);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.cleanup();
+    }
+}
+
 fn state_dir(h: &Harness) -> PathBuf {
     let uid = account().uid.as_raw();
     PathBuf::from(format!("/tmp/jacamar-podman-{uid}/{}", h.job_id))
@@ -226,6 +237,7 @@ fn image_job_runs_as_the_user_inside_the_image(shape: Shape) {
     let reg = Registry::start(&t);
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = job(&server, &reg, &reg.image(), &t, &t, "");
+    let _cleanup = Cleanup(&h);
     let t0 = Instant::now();
     let out = h.run(
         "build_script",
@@ -298,6 +310,7 @@ fn cancel_in_image(shape: Shape, body: &str) -> Cancelled {
     let server = JwksServer::start(&[&pki().keys[0]]);
     // kill_timeout is 2 s (auth_kit's harness).
     let h = job(&server, &reg, &reg.image(), &t, &t, "");
+    let _cleanup = Cleanup(&h);
     let mut child = h.spawn_run("build_script", &shape.script(body));
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -423,6 +436,7 @@ fn the_job_token_is_on_no_command_line_during_pull_and_run() {
     let reg = Registry::start(&t);
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = job(&server, &reg, &reg.image(), &t, &t, "");
+    let _cleanup = Cleanup(&h);
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("gitlab-ci-token:{t}"));
     let mut child = h.spawn_run(
         "build_script",
@@ -465,6 +479,7 @@ fn a_refused_token_names_the_registry_and_the_allowlist_never_the_token() {
     let server = JwksServer::start(&[&pki().keys[0]]);
     let wrong = token();
     let h = job(&server, &reg, &reg.image(), &wrong, &wrong, "");
+    let _cleanup = Cleanup(&h);
     let out = h.run(
         "build_script",
         &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
@@ -497,6 +512,7 @@ fn a_missing_image_is_named_without_allowlist_advice() {
     let reg = Registry::start(&t);
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = job(&server, &reg, &reg.missing(), &t, &t, "");
+    let _cleanup = Cleanup(&h);
     let out = h.run(
         "build_script",
         &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
@@ -647,6 +663,7 @@ fn a_cancel_during_the_pull_stops_it_at_once() {
     let reg = Registry::start(&t);
     let server = JwksServer::start(&[&pki().keys[0]]);
     let h = job(&server, &reg, &reg.image(), &t, &t, "");
+    let _cleanup = Cleanup(&h);
     let mut child = h.spawn_run(
         "build_script",
         &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
