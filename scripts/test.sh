@@ -99,6 +99,14 @@ if [ "$(id -u)" = 0 ]; then
   fi
 fi
 
+# --- container images (issue 19, tests/integration/containers.rs): podman, runc, charliecloud,
+# the Distribution registry, skopeo, htpasswd, uidmap, squashfs tools, and the debootstrap test
+# image (cached in /var/cache/jacamar-rs/images, outside the clone; a cold build takes about
+# a minute). Idempotent; a machine where they cannot be installed fails here.
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/containers/setup.sh </dev/null
+fi
+
 # The root suites are built and run with the `root-tests` feature (Cargo.toml): without it
 # the tests that need root are ignored and tests/e2e is not built; this script runs as root,
 # so every test runs.
