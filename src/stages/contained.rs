@@ -29,7 +29,7 @@ use nix::unistd::Pid;
 /// The wrapper the container runs (`bash -c WRAPPER jacamar-stage SCRIPT`). A `wait` cut
 /// short by a trapped signal returns 128+n while the script runs on: the script's own
 /// status is the one of a `wait` after it ended (127: already collected by the loop's).
-const WRAPPER: &str = r#"set -m
+pub(super) const WRAPPER: &str = r#"set -m
 bash "$1" & c=$!
 set +m
 stopped=
@@ -72,11 +72,9 @@ pub(super) async fn run(
         }
         None => return Err(StageError::Internal("no run_mechanism for an image".into())),
     }
-    if c.config.general.executor.is_batch() {
-        return Err(node_fault(ContainerError::BatchNotYet(
-            c.config.general.executor.as_str(),
-        )));
-    }
+    // A batch executor's submitted stages start their image inside the allocation
+    // (`super::contained_batch`); its other user stages (after_script) come here, on the
+    // host, as a shell executor's.
     let h = c.h;
     let pm =
         Podman::new(&c.config.general, h.account.uid, h.job.job_id, &h.env).map_err(node_fault)?;
@@ -114,7 +112,7 @@ async fn remove(pm: &Podman, name: &str) {
 }
 
 /// Say `e` in the job log and make it the stage's system failure.
-fn node_fault(e: ContainerError) -> StageError {
+pub(super) fn node_fault(e: ContainerError) -> StageError {
     eprintln!("jacamar: ERROR: {e}");
     StageError::Container(e)
 }
@@ -246,7 +244,7 @@ async fn pull(pm: &Podman, args: &[String], watch: &mut Watch) -> std::io::Resul
 
 /// `text` with every credential's password (and its base64 form) masked: podman never
 /// prints them, this holds should a future version quote a request.
-fn mask(text: &str, creds: &[crate::job::RegistryCredential]) -> String {
+pub(super) fn mask(text: &str, creds: &[crate::job::RegistryCredential]) -> String {
     use base64::Engine;
     let mut t = text.to_string();
     for c in creds.iter().filter(|c| !c.password.is_empty()) {

@@ -1,0 +1,318 @@
+//! A job's image inside a batch allocation: the shell code the submitted script runs on the
+//! compute node in place of the stage's shell (see `crate::batch::wrapper`, whose
+//! `wrapper_script_code` takes it). The node cannot be assumed to have `jacamar`, so the
+//! script runs podman itself, with the same global and create options as the host path
+//! ([`Podman::global_args`], [`create_args`]), every word single-quoted.
+//!
+//! * State: the job's own, node-local, `/tmp/jacamar-podman-<uid>/<job id>/`, made by the
+//!   script under `umask 077`; an existing one must be a real directory of the user's
+//!   closed to others (else the stage fails naming it).
+//! * Runtime: `[general.podman] runtime`, else `runc` when the node is cgroup v1 "hybrid"
+//!   (as [`super::podman::default_runtime`] decides on the host), else podman's default.
+//! * Credentials: podman reads the 0600 auth file the driver wrote to the job's scripts
+//!   dir (on the shared file system, so the node can read it); the script removes it (and
+//!   the env file) right after `podman create`, whatever its outcome. Neither the token nor
+//!   the file's content is ever in the script.
+//! * A failed `podman create` (the pull): its stderr goes to the error file in the scripts
+//!   dir and the stage ends with 125; the driver classifies it once the job has ended
+//!   (`crate::container::classify`), so the job log says what the host path says.
+//! * Cancel: podman runs in sessions of its own (`setsid`), out of reach of the
+//!   scheduler's signal to the job's process group; the script's TERM trap turns the first
+//!   TERM into `podman kill --signal=TERM` (the in-container wrapper passes it on to the
+//!   script's process group, whose trap runs) and removes the container with `podman rm -f`
+//!   at kill_timeout. A TERM during the pull stops it at once.
+//! * End: an EXIT trap removes the containers, the storage (`podman system reset`), the
+//!   rootless pause process and the state directory: conmon and the pause process escape
+//!   the scheduler's process tracking (they are not in the job's process group).
+//! * Status: the container's exit code (`podman wait`), the stage's.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::podman::{create_args, CreateSpec, Podman};
+use crate::shell::sh_quote;
+
+/// The variables of the scheduler's job environment passed into the container (podman's
+/// `--env=PREFIX*`: every variable of the node's job environment with that prefix).
+pub const SCHEDULER_ENV: &[&str] = &["SLURM_", "PBS_", "LSB_", "FLUX_", "COBALT_"];
+
+/// The exit status of the stage when `podman create` failed (podman's own code for its
+/// failures); the error file says why.
+pub const CREATE_FAILED: i32 = 125;
+
+/// What the launcher is made of.
+pub struct Launch<'a> {
+    /// The job's podman on the node ([`Podman::on_node`]).
+    pub podman: &'a Podman,
+    /// The stage's `podman create`: its `custom_options` must already hold the
+    /// [`SCHEDULER_ENV`] options (see [`scheduler_env_options`]) before the admin's.
+    pub create: CreateSpec<'a>,
+    /// Files removed right after `podman create` (the auth file, the env file).
+    pub remove_after_create: &'a [&'a Path],
+    /// Where a failed `podman create`'s stderr goes.
+    pub error_file: &'a Path,
+    /// The grace a stopped container gets before `podman rm -f`.
+    pub kill_timeout: Duration,
+}
+
+/// The `--env=PREFIX*` options of [`SCHEDULER_ENV`].
+pub fn scheduler_env_options() -> Vec<String> {
+    SCHEDULER_ENV.iter().map(|p| format!("--env={p}*")).collect()
+}
+
+const LAUNCHER: &str = r#"(
+# jacamar: the stage runs in image @IMAGE_TEXT@ with rootless podman on this node, its
+# state the job's own (docs/containers.md, "Images with batch executors").
+umask 077
+__jp_program=@PROGRAM@
+__jp_image=@IMAGE@
+__jp_name=@NAME@
+__jp_state=@STATE@
+__jp_err=@ERR@
+__jp_rt=
+__jp() { "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} "$@"; }
+__jp_fail() {
+    printf 'Error: %s\n' "$1" >"$__jp_err"
+    rm -f @REMOVE@
+    echo "jacamar: podman could not run image $__jp_image on node $(hostname)" >&2
+    exit @CREATE_FAILED@
+}
+__jp_private() {
+    if [ ! -L "$1" ] && mkdir -m 700 "$1" 2>/dev/null; then return 0; fi
+    [ -d "$1" ] && [ ! -L "$1" ] && [ -O "$1" ] || return 1
+    case $(stat -c %a "$1" 2>/dev/null) in *00) return 0 ;; esac
+    return 1
+}
+command -v "$__jp_program" >/dev/null 2>&1 ||
+    __jp_fail "podman ($__jp_program) was not found on node $(hostname): install it there, or set [general.podman] application_path"
+for __jp_d in "${__jp_state%/*}" "$__jp_state" "$__jp_state/xdg"; do
+    __jp_private "$__jp_d" ||
+        __jp_fail "podman state directory $__jp_d on node $(hostname) is a link, another account's or open to others; remove it"
+done
+export XDG_RUNTIME_DIR="$__jp_state/xdg"
+@RUNTIME@__jp_cleanup() {
+    [ -d "$__jp_state" ] && [ ! -L "$__jp_state" ] || return 0
+    __jp_pause=
+    { read -r __jp_pause <"$__jp_state/xdg/libpod/tmp/pause.pid"; } 2>/dev/null
+    __jp rm --all --force --time 0 >/dev/null 2>&1
+    __jp system reset --force >/dev/null 2>&1
+    case $__jp_pause in '' | *[!0-9]*) ;; *) kill -KILL "$__jp_pause" 2>/dev/null ;; esac
+    rm -rf "$__jp_state" 2>/dev/null
+}
+trap __jp_cleanup EXIT
+__jp_stops=0
+trap '__jp_stops=$((__jp_stops + 1))' TERM INT HUP
+setsid -w "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} @CREATE@ </dev/null >/dev/null 2>"$__jp_err" &
+__jp_pid=$!
+while kill -0 "$__jp_pid" 2>/dev/null; do
+    if [ "$__jp_stops" != 0 ]; then kill -KILL -- "-$__jp_pid" 2>/dev/null; break; fi
+    sleep 0.2
+done
+wait "$__jp_pid"
+__jp_rc=$?
+rm -f @REMOVE@
+if [ "$__jp_stops" != 0 ]; then
+    rm -f "$__jp_err"
+    echo "jacamar: stopped while podman pulled image $__jp_image" >&2
+    exit 143
+fi
+if [ "$__jp_rc" != 0 ]; then
+    echo "jacamar: podman could not create the container of image $__jp_image on node $(hostname) (exit $__jp_rc)" >&2
+    exit @CREATE_FAILED@
+fi
+rm -f "$__jp_err"
+setsid -w "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} start --attach "$__jp_name" </dev/null &
+__jp_pid=$!
+__jp_signalled= __jp_removed= __jp_until=
+while kill -0 "$__jp_pid" 2>/dev/null; do
+    if [ "$__jp_stops" != 0 ] && [ -z "$__jp_removed" ]; then
+        [ -n "$__jp_until" ] || __jp_until=$((SECONDS + @KILL_TIMEOUT@))
+        if [ -z "$__jp_signalled" ] && __jp kill --signal=TERM "$__jp_name" >/dev/null 2>&1; then
+            __jp_signalled=1
+        fi
+        if [ "$SECONDS" -ge "$__jp_until" ]; then
+            __jp_removed=1
+            echo "jacamar: the container was still running at kill_timeout and was removed with podman rm --force" >&2
+            __jp rm --force --time=0 "$__jp_name" >/dev/null 2>&1
+            kill -KILL -- "-$__jp_pid" 2>/dev/null
+        fi
+    fi
+    sleep 0.2
+done
+wait "$__jp_pid"
+__jp_rc=$?
+if [ -z "$__jp_removed" ]; then
+    __jp_code=$(__jp wait "$__jp_name" 2>/dev/null)
+    case $__jp_code in '' | *[!0-9]*) ;; *) __jp_rc=$__jp_code ;; esac
+fi
+exit "$__jp_rc"
+)"#;
+
+/// The runtime choice of a node when the site sets none: runc on a cgroup v1 "hybrid" node.
+const NODE_RUNTIME: &str = r#"if [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" != cgroup2fs ] &&
+    [ "$(stat -f -c %T /sys/fs/cgroup/unified 2>/dev/null)" = cgroup2fs ]; then
+    __jp_rt=--runtime=runc
+fi
+"#;
+
+/// The launcher's shell code: one `( ... )` subshell whose status is the stage's.
+pub fn launcher(l: &Launch<'_>) -> String {
+    let quoted = |words: &[String]| -> String {
+        words
+            .iter()
+            .map(|w| sh_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let path = |p: &Path| sh_quote(&p.display().to_string());
+    let remove: Vec<String> = l.remove_after_create.iter().map(|p| path(p)).collect();
+    let remove = if remove.is_empty() {
+        "--".to_string()
+    } else {
+        format!("-- {}", remove.join(" "))
+    };
+    // Whole seconds, rounded up, and one more: bash's SECONDS counts whole seconds.
+    let kt = l.kill_timeout.as_secs() + u64::from(l.kill_timeout.subsec_nanos() > 0) + 1;
+    let image_text: String = l
+        .create
+        .image
+        .name
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let program = sh_quote(&l.podman.program().display().to_string());
+    let kt = kt.to_string();
+    let create_failed = CREATE_FAILED.to_string();
+    let runtime = if l.podman.has_runtime() {
+        ""
+    } else {
+        NODE_RUNTIME
+    };
+    fill(
+        LAUNCHER,
+        &[
+            ("IMAGE_TEXT", &image_text),
+            ("PROGRAM", &program),
+            ("IMAGE", &sh_quote(&l.create.image.name)),
+            ("NAME", &sh_quote(l.create.name)),
+            ("STATE", &path(l.podman.state_dir())),
+            ("ERR", &path(l.error_file)),
+            ("GLOBAL", &quoted(&l.podman.global_args())),
+            ("CREATE", &quoted(&create_args(&l.create))),
+            ("REMOVE", &remove),
+            ("RUNTIME", runtime),
+            ("CREATE_FAILED", &create_failed),
+            ("KILL_TIMEOUT", &kt),
+        ],
+    )
+}
+
+/// `template` with each `@KEY@` replaced by its value, in one pass: a value (the job's
+/// image name, its entrypoint) is never read again, so a `@KEY@` in it stays as it is.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    while let Some(at) = rest.find('@') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let key = after.find('@').map(|end| &after[..end]);
+        match key.and_then(|k| values.iter().find(|(n, _)| *n == k)) {
+            Some((k, v)) => {
+                out.push_str(v);
+                rest = &after[k.len() + 1..];
+            }
+            None => {
+                out.push('@');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::Image;
+    use std::path::PathBuf;
+
+    fn general(extra: &str) -> crate::config::General {
+        crate::config::Config::from_str_named(
+            &format!("[general]\nexecutor = \"slurm\"\ndata_dir = \"/d\"\nrun_mechanism = \"podman\"\n[general.podman]\n{extra}\n[auth]\ndownscope = \"none\"\n"),
+            "t",
+        )
+        .unwrap()
+        .general
+    }
+
+    fn render(g: &crate::config::General, image: &Image) -> String {
+        let pm = Podman::on_node(g, 1234, 77);
+        let binds = [PathBuf::from("/d/u")];
+        let opts = scheduler_env_options();
+        let auth = Path::new("/d/u/scripts/podman-auth.json");
+        let env = Path::new("/d/u/scripts/podman-env");
+        launcher(&Launch {
+            podman: &pm,
+            create: CreateSpec {
+                name: "jacamar-77-build_script",
+                image,
+                binds: &binds,
+                workdir: Path::new("/d/u"),
+                home: Path::new("/home/u"),
+                env_file: env,
+                auth_file: Some(auth),
+                custom_options: &opts,
+                command: &["bash".into(), "/d/u/scripts/build_script.bash".into()],
+            },
+            remove_after_create: &[auth, env],
+            error_file: Path::new("/d/u/scripts/build_script.podman-error"),
+            kill_timeout: Duration::from_millis(2500),
+        })
+    }
+
+    #[test]
+    fn the_launcher_quotes_every_word_and_names_no_secret() {
+        let g = general("");
+        let image = Image::checked("127.0.0.1:5043/ci/debian:bookworm", &[]).unwrap();
+        let s = render(&g, &image);
+        for want in [
+            "__jp_state='/tmp/jacamar-podman-1234/77'",
+            "'--root=/tmp/jacamar-podman-1234/77/storage'",
+            "'--authfile=/d/u/scripts/podman-auth.json'",
+            "'--env=SLURM_*'",
+            "'--pull=always'",
+            "'--tls-verify=true'",
+            "rm -f -- '/d/u/scripts/podman-auth.json' '/d/u/scripts/podman-env'",
+            "__jp_program='podman'",
+            "__jp_rt=--runtime=runc",
+            "$((SECONDS + 4))",
+            "'127.0.0.1:5043/ci/debian:bookworm' 'bash' '/d/u/scripts/build_script.bash'",
+        ] {
+            assert!(s.contains(want), "{want} missing in\n{s}");
+        }
+        assert!(s.starts_with('(') && s.ends_with(')'), "{s}");
+        // bash reads it.
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &s])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // A site's runtime and binary: no node-side choice.
+        let g = general("runtime = \"crun\"\napplication_path = \"/opt/p/podman\"");
+        let s = render(&g, &image);
+        assert!(s.contains("'--runtime=crun'"), "{s}");
+        assert!(!s.contains("__jp_rt=--runtime=runc"), "{s}");
+        assert!(s.contains("__jp_program='/opt/p/podman'"), "{s}");
+    }
+
+    #[test]
+    fn a_placeholder_in_the_jobs_image_or_entrypoint_stays_quoted() {
+        let g = general("");
+        let image = Image::checked("reg/x@REMOVE@", &["@GLOBAL@' ; touch /tmp/p #".into()]).unwrap();
+        let s = render(&g, &image);
+        assert!(s.contains("__jp_image='reg/x@REMOVE@'"), "{s}");
+        assert!(s.contains("@GLOBAL@'\\'' ; touch /tmp/p #"), "{s}");
+        assert_eq!(fill("a@X@b@@c@Y", &[("X", "@X@")]), "a@X@b@@c@Y");
+    }
+}
