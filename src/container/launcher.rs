@@ -16,8 +16,10 @@
 //! * A failed `podman create` (the pull): its stderr goes to the error file in the scripts
 //!   dir and the stage ends with 125; the driver classifies it once the job has ended
 //!   (`crate::container::classify`), so the job log says what the host path says.
-//! * Cancel: podman runs in sessions of its own (`setsid`), out of reach of the
-//!   scheduler's signal to the job's process group; the script's TERM trap turns the first
+//! * Cancel: every podman command runs in a session of its own (`setsid`), out of reach of
+//!   the scheduler's signals to the job's process group (Slurm's plain cancel follows the
+//!   graceful one at once when the runner's TERM reaches both drivers, and a TERM to a
+//!   `podman system reset` under way would leave the state behind); the script's TERM trap turns the first
 //!   TERM into `podman kill --signal=TERM` (the in-container wrapper passes it on to the
 //!   script's process group, whose trap runs) and removes the container with `podman rm -f`
 //!   at kill_timeout. A TERM during the pull stops it at once.
@@ -57,7 +59,10 @@ pub struct Launch<'a> {
 
 /// The `--env=PREFIX*` options of [`SCHEDULER_ENV`].
 pub fn scheduler_env_options() -> Vec<String> {
-    SCHEDULER_ENV.iter().map(|p| format!("--env={p}*")).collect()
+    SCHEDULER_ENV
+        .iter()
+        .map(|p| format!("--env={p}*"))
+        .collect()
 }
 
 const LAUNCHER: &str = r#"(
@@ -70,7 +75,10 @@ __jp_name=@NAME@
 __jp_state=@STATE@
 __jp_err=@ERR@
 __jp_rt=
-__jp() { "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} "$@"; }
+# Every podman (and the loops' naps) in a session of its own: the scheduler's signals to
+# the job's process group must not cut a podman command short (the EXIT trap's cleanup).
+__jp() { setsid -w "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} "$@"; }
+__jp_nap() { setsid -w sleep 0.2; }
 __jp_fail() {
     printf 'Error: %s\n' "$1" >"$__jp_err"
     rm -f @REMOVE@
@@ -102,11 +110,13 @@ export XDG_RUNTIME_DIR="$__jp_state/xdg"
 trap __jp_cleanup EXIT
 __jp_stops=0
 trap '__jp_stops=$((__jp_stops + 1))' TERM INT HUP
+# In the background: a direct setsid (no function, no subshell), so $! is podman's pid
+# and its process group.
 setsid -w "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} @CREATE@ </dev/null >/dev/null 2>"$__jp_err" &
 __jp_pid=$!
 while kill -0 "$__jp_pid" 2>/dev/null; do
     if [ "$__jp_stops" != 0 ]; then kill -KILL -- "-$__jp_pid" 2>/dev/null; break; fi
-    sleep 0.2
+    __jp_nap
 done
 wait "$__jp_pid"
 __jp_rc=$?
@@ -137,7 +147,7 @@ while kill -0 "$__jp_pid" 2>/dev/null; do
             kill -KILL -- "-$__jp_pid" 2>/dev/null
         fi
     fi
-    sleep 0.2
+    __jp_nap
 done
 wait "$__jp_pid"
 __jp_rc=$?
@@ -309,7 +319,8 @@ mod tests {
     #[test]
     fn a_placeholder_in_the_jobs_image_or_entrypoint_stays_quoted() {
         let g = general("");
-        let image = Image::checked("reg/x@REMOVE@", &["@GLOBAL@' ; touch /tmp/p #".into()]).unwrap();
+        let image =
+            Image::checked("reg/x@REMOVE@", &["@GLOBAL@' ; touch /tmp/p #".into()]).unwrap();
         let s = render(&g, &image);
         assert!(s.contains("__jp_image='reg/x@REMOVE@'"), "{s}");
         assert!(s.contains("@GLOBAL@'\\'' ; touch /tmp/p #"), "{s}");

@@ -215,9 +215,7 @@ async fn run_stage(
     );
     if config.general.run_mechanism.is_some() && crate::container::is_user_stage(stage) {
         match crate::container::Image::for_job(&config.general, h.image.as_ref()) {
-            Ok(Some(image)) => {
-                return in_image(cx, stage, &path, &image, submitted, control).await
-            }
+            Ok(Some(image)) => return in_image(cx, stage, &path, &image, submitted, control).await,
             Ok(None) => {}
             // An image name that cannot be used is the job's fault.
             Err(e) => {

@@ -17,14 +17,14 @@ use crate::harness::{require, require_root, require_tool, show, Harness, Shape};
 
 const USER: &str = "jrs_c19_pod";
 const IMAGE_ARCHIVE: &str = "/var/cache/jacamar-rs/images/debian-bookworm-minbase.tar";
-const MARKER: &str = "jacamar-rs test image";
+pub(crate) const MARKER: &str = "jacamar-rs test image";
 
 fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/containers")
 }
 
 /// Everything a container test needs, or false (a failure unless JACAMAR_TEST_ALLOW_SKIP=1).
-fn ready() -> bool {
+pub(crate) fn ready() -> bool {
     if !require_root() {
         return false;
     }
@@ -49,13 +49,13 @@ fn ready() -> bool {
 
 /// A registry of this test: started on a free port with `token` as the password, stopped
 /// (and its certs.d entry removed) when dropped.
-struct Registry {
+pub(crate) struct Registry {
     dir: tempfile::TempDir,
-    host: String,
+    pub(crate) host: String,
 }
 
 impl Registry {
-    fn start(token: &str) -> Registry {
+    pub(crate) fn start(token: &str) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("jrs-c19-reg")
             .tempdir_in("/var/tmp")
@@ -79,11 +79,11 @@ impl Registry {
         }
     }
 
-    fn image(&self) -> String {
+    pub(crate) fn image(&self) -> String {
         format!("{}/ci/debian:bookworm", self.host)
     }
 
-    fn missing(&self) -> String {
+    pub(crate) fn missing(&self) -> String {
         format!("{}/ci/missing:bookworm", self.host)
     }
 }
@@ -97,7 +97,7 @@ impl Drop for Registry {
     }
 }
 
-fn token() -> String {
+pub(crate) fn token() -> String {
     format!("glcbt-c19-{:016x}", rand_u64())
 }
 
@@ -111,12 +111,17 @@ fn rand_u64() -> u64 {
 
 /// The account's passwd entry (created once; useradd gives it its subordinate ranges).
 fn account() -> nix::unistd::User {
-    let u = ensure_user(USER, &[], "/bin/bash");
+    account_named(USER)
+}
+
+/// Account `name`'s passwd entry, made if missing, with its subordinate uid and gid ranges.
+pub(crate) fn account_named(name: &str) -> nix::unistd::User {
+    let u = ensure_user(name, &[], "/bin/bash");
     for f in ["/etc/subuid", "/etc/subgid"] {
         let text = std::fs::read_to_string(f).unwrap_or_default();
         assert!(
-            text.lines().any(|l| l.starts_with(&format!("{USER}:"))),
-            "{USER} has no range in {f} (usermod --add-subuids/--add-subgids)"
+            text.lines().any(|l| l.starts_with(&format!("{name}:"))),
+            "{name} has no range in {f} (usermod --add-subuids/--add-subgids)"
         );
     }
     u
@@ -191,7 +196,11 @@ fn podman_ps(h: &Harness) -> String {
 
 /// The account's processes (pid, command line), zombies left out.
 fn processes_of_account() -> Vec<(i32, String)> {
-    let uid = account().uid.as_raw();
+    processes_of_uid(account().uid.as_raw())
+}
+
+/// The processes of `uid` (pid, command line), zombies left out.
+pub(crate) fn processes_of_uid(uid: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for pid in crate::harness::all_pids() {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
