@@ -199,8 +199,20 @@ fn an_image_runs_inside_the_slurm_job_as_the_user_with_its_exit_code() {
         state_dir(&h).display(),
         podman_processes()
     );
+    // after_script is not submitted: it runs in the image on the runner's host.
+    let out = h.run(
+        "after_script",
+        &runner_script("cat /etc/jacamar-test-image\necho \"after job=${SLURM_JOB_ID:-none}\"\n"),
+    );
+    let after = show(&out);
+    assert!(out.status.success(), "{after}");
+    assert!(
+        after.contains(MARKER) && after.contains("after job=none"),
+        "{after}"
+    );
     let out = h.cleanup();
     assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(!state_dir(&h).exists(), "the host's podman state is left");
     eprintln!("{text}\nfirst stage in Slurm took {:?}", t0.elapsed());
 }
 
