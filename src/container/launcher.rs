@@ -316,6 +316,158 @@ mod tests {
         assert!(s.contains("__jp_program='/opt/p/podman'"), "{s}");
     }
 
+    /// A podman stand-in: logs its arguments, `create` fails when `FAKE_CREATE_FAIL` is
+    /// set (with the text of a refused token), `start` prints a line, `wait` says 7.
+    const FAKE_PODMAN: &str = r#"#!/bin/bash
+echo "$*" >>"$FAKE_LOG"
+for a in "$@"; do case $a in --*) ;; *) sub=$a; break ;; esac; done
+case $sub in
+create)
+    if [ -n "$FAKE_CREATE_FAIL" ]; then
+        echo "Error: initializing source docker://r/x:1: reading manifest 1 in r/x: unauthorized: authentication required" >&2
+        exit 125
+    fi ;;
+start) echo "hello from the container" ;;
+wait) echo 7 ;;
+esac
+exit 0
+"#;
+
+    /// Run the launcher of job `job` with the fake podman in `dir`: (status, stdout).
+    fn run_fake(dir: &Path, job: u64, fail: bool) -> (Option<i32>, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let fake = dir.join("podman");
+        std::fs::write(&fake, FAKE_PODMAN).unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let g = general(&format!("application_path = \"{}\"", fake.display()));
+        let uid = nix::unistd::getuid().as_raw();
+        let pm = Podman::on_node(&g, uid, job);
+        let image = Image::checked("r/x:1", &[]).unwrap();
+        let auth = dir.join("podman-auth.json");
+        let env = dir.join("podman-env");
+        std::fs::write(&auth, "{}").unwrap();
+        std::fs::write(&env, "HOME=/h\n").unwrap();
+        let binds = [dir.to_path_buf()];
+        let code = launcher(&Launch {
+            podman: &pm,
+            create: CreateSpec {
+                name: "jacamar-1-build_script",
+                image: &image,
+                binds: &binds,
+                workdir: dir,
+                home: Path::new("/home/u"),
+                env_file: &env,
+                auth_file: Some(&auth),
+                custom_options: &[],
+                command: &["true".into()],
+            },
+            remove_after_create: &[&auth, &env],
+            error_file: &dir.join("build_script.podman-error"),
+            kill_timeout: Duration::from_secs(1),
+        });
+        let mut c = std::process::Command::new("bash");
+        c.args(["-c", &code])
+            .env("FAKE_LOG", dir.join("log"))
+            .stdin(std::process::Stdio::null());
+        if fail {
+            c.env("FAKE_CREATE_FAIL", "1");
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn job_id() -> u64 {
+        u64::from(std::process::id()) * 1000 + rand_part()
+    }
+
+    fn rand_part() -> u64 {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn the_launcher_runs_create_start_wait_and_removes_the_credentials_and_its_state() {
+        let d = tempfile::tempdir().unwrap();
+        let job = job_id();
+        let (code, stdout) = run_fake(d.path(), job, false);
+        assert_eq!(code, Some(7), "{stdout}");
+        assert!(stdout.contains("hello from the container"), "{stdout}");
+        assert!(!d.path().join("podman-auth.json").exists());
+        assert!(!d.path().join("podman-env").exists());
+        assert!(!d.path().join("build_script.podman-error").exists());
+        let state = Podman::on_node(&general(""), nix::unistd::getuid().as_raw(), job)
+            .state_dir()
+            .to_path_buf();
+        assert!(!state.exists(), "{} left", state.display());
+        let log = std::fs::read_to_string(d.path().join("log")).unwrap();
+        let create = log.lines().find(|l| l.contains(" create ")).unwrap();
+        assert!(
+            create.contains(&format!("--root={}/storage", state.display()))
+                && create.contains("--authfile="),
+            "{log}"
+        );
+        for step in [
+            "start --attach",
+            "wait jacamar-1-build_script",
+            "rm --all",
+            "system reset",
+        ] {
+            assert!(log.contains(step), "{step} not run: {log}");
+        }
+    }
+
+    #[test]
+    fn a_failed_create_leaves_its_reason_and_no_credentials() {
+        let d = tempfile::tempdir().unwrap();
+        let (code, _) = run_fake(d.path(), job_id(), true);
+        assert_eq!(code, Some(CREATE_FAILED));
+        let err = std::fs::read_to_string(d.path().join("build_script.podman-error")).unwrap();
+        assert_eq!(
+            crate::container::classify::classify(&err),
+            crate::container::classify::Failure::Refused,
+            "{err}"
+        );
+        assert!(!d.path().join("podman-auth.json").exists());
+        assert!(!d.path().join("podman-env").exists());
+        let log = std::fs::read_to_string(d.path().join("log")).unwrap();
+        assert!(!log.contains("start --attach"), "{log}");
+    }
+
+    #[test]
+    fn a_state_dir_that_is_a_link_or_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let user_dir = PathBuf::from(format!("/tmp/jacamar-podman-{uid}"));
+        let _ = std::fs::create_dir(&user_dir);
+        std::fs::set_permissions(&user_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let job = job_id();
+        let state = user_dir.join(job.to_string());
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &state).unwrap();
+        let (code, _) = run_fake(d.path(), job, false);
+        std::fs::remove_file(&state).unwrap();
+        assert_eq!(code, Some(CREATE_FAILED));
+        let err = std::fs::read_to_string(d.path().join("build_script.podman-error")).unwrap();
+        assert!(
+            err.contains("is a link, another account's or open to others"),
+            "{err}"
+        );
+        assert!(!d.path().join("podman-auth.json").exists());
+        // Open to others.
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (code, _) = run_fake(d.path(), job, false);
+        std::fs::remove_dir(&state).unwrap();
+        assert_eq!(code, Some(CREATE_FAILED));
+        let log = std::fs::read_to_string(d.path().join("log")).unwrap_or_default();
+        assert!(!log.contains(" create "), "{log}");
+    }
+
     #[test]
     fn a_placeholder_in_the_jobs_image_or_entrypoint_stays_quoted() {
         let g = general("");
