@@ -23,10 +23,15 @@
 //!   TERM into `podman kill --signal=TERM` (the in-container wrapper passes it on to the
 //!   script's process group, whose trap runs) and removes the container with `podman rm -f`
 //!   at kill_timeout. A TERM during the pull stops it at once.
-//! * End: an EXIT trap removes the containers, the storage (`podman system reset`), the
-//!   rootless pause process and the state directory: conmon and the pause process escape
-//!   the scheduler's process tracking (they are not in the job's process group).
-//! * Status: the container's exit code (`podman wait`), the stage's.
+//! * End: an EXIT trap removes the containers and the storage (`podman system reset`),
+//!   the rootless pause process and the state directory, in a session of its own (a
+//!   scheduler's kill of the job's process group meanwhile does not cut it short): conmon
+//!   and the pause process escape the scheduler's process tracking (they are not in the
+//!   job's process group).
+//! * Status: the container's exit code (`podman start --attach` exits with it), the
+//!   stage's. Few podman commands between a cancel and the end (kill, reset): each costs
+//!   a fraction of a second, and Slurm's plain cancel kills the job `KillWait` (5 s here)
+//!   after its TERM.
 
 use std::path::Path;
 use std::time::Duration;
@@ -98,14 +103,19 @@ for __jp_d in "${__jp_state%/*}" "$__jp_state" "$__jp_state/xdg"; do
         __jp_fail "podman state directory $__jp_d on node $(hostname) is a link, another account's or open to others; remove it"
 done
 export XDG_RUNTIME_DIR="$__jp_state/xdg"
-@RUNTIME@__jp_cleanup() {
+@RUNTIME@# The cleanup runs in a session of its own, so that it ends its work even when the
+# scheduler kills the job's process group meanwhile: `podman system reset` removes the
+# containers (conmon goes with them) and the storage, then the pause process and the state
+# directory go.
+__jp_cleanup() {
     [ -d "$__jp_state" ] && [ ! -L "$__jp_state" ] || return 0
-    __jp_pause=
-    { read -r __jp_pause <"$__jp_state/xdg/libpod/tmp/pause.pid"; } 2>/dev/null
-    __jp rm --all --force --time 0 >/dev/null 2>&1
-    __jp system reset --force >/dev/null 2>&1
-    case $__jp_pause in '' | *[!0-9]*) ;; *) kill -KILL "$__jp_pause" 2>/dev/null ;; esac
-    rm -rf "$__jp_state" 2>/dev/null
+    setsid -w bash -c '__jp_s=$1; shift
+        __jp_pause=
+        { read -r __jp_pause <"$__jp_s/xdg/libpod/tmp/pause.pid"; } 2>/dev/null
+        "$@" system reset --force >/dev/null 2>&1
+        case $__jp_pause in "" | *[!0-9]*) ;; *) kill -KILL "$__jp_pause" 2>/dev/null ;; esac
+        rm -rf "$__jp_s" 2>/dev/null' jacamar-podman-cleanup \
+        "$__jp_state" "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"}
 }
 trap __jp_cleanup EXIT
 __jp_stops=0
@@ -149,13 +159,9 @@ while kill -0 "$__jp_pid" 2>/dev/null; do
     fi
     __jp_nap
 done
+# `podman start --attach` exits with the container's code (also after a podman kill).
 wait "$__jp_pid"
-__jp_rc=$?
-if [ -z "$__jp_removed" ]; then
-    __jp_code=$(__jp wait "$__jp_name" 2>/dev/null)
-    case $__jp_code in '' | *[!0-9]*) ;; *) __jp_rc=$__jp_code ;; esac
-fi
-exit "$__jp_rc"
+exit "$?"
 )"#;
 
 /// The runtime choice of a node when the site sets none: runc on a cgroup v1 "hybrid" node.
@@ -327,8 +333,7 @@ create)
         echo "Error: initializing source docker://r/x:1: reading manifest 1 in r/x: unauthorized: authentication required" >&2
         exit 125
     fi ;;
-start) echo "hello from the container" ;;
-wait) echo 7 ;;
+start) echo "hello from the container"; exit 7 ;;
 esac
 exit 0
 "#;
@@ -409,12 +414,7 @@ exit 0
                 && create.contains("--authfile="),
             "{log}"
         );
-        for step in [
-            "start --attach",
-            "wait jacamar-1-build_script",
-            "rm --all",
-            "system reset",
-        ] {
+        for step in ["start --attach", "system reset --force"] {
             assert!(log.contains(step), "{step} not run: {log}");
         }
     }
