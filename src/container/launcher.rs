@@ -23,15 +23,15 @@
 //!   TERM into `podman kill --signal=TERM` (the in-container wrapper passes it on to the
 //!   script's process group, whose trap runs) and removes the container with `podman rm -f`
 //!   at kill_timeout. A TERM during the pull stops it at once.
-//! * End: an EXIT trap removes the containers and the storage (`podman system reset`),
+//! * End: an EXIT trap removes the containers, the storage (`podman system reset`),
 //!   the rootless pause process and the state directory, in a session of its own (a
 //!   scheduler's kill of the job's process group meanwhile does not cut it short): conmon
 //!   and the pause process escape the scheduler's process tracking (they are not in the
 //!   job's process group).
 //! * Status: the container's exit code (`podman start --attach` exits with it), the
-//!   stage's. Few podman commands between a cancel and the end (kill, reset): each costs
-//!   a fraction of a second, and Slurm's plain cancel kills the job `KillWait` (5 s here)
-//!   after its TERM.
+//!   stage's. Few podman commands between a cancel and the end: Slurm's plain cancel
+//!   kills the job `KillWait` (5 s here) after its TERM, and the cleanup's deletion of the
+//!   storage can take longer (see docs/containers.md).
 
 use std::path::Path;
 use std::time::Duration;
@@ -104,14 +104,15 @@ for __jp_d in "${__jp_state%/*}" "$__jp_state" "$__jp_state/xdg"; do
 done
 export XDG_RUNTIME_DIR="$__jp_state/xdg"
 @RUNTIME@# The cleanup runs in a session of its own, so that it ends its work even when the
-# scheduler kills the job's process group meanwhile: `podman system reset` removes the
-# containers (conmon goes with them) and the storage, then the pause process and the state
-# directory go.
+# scheduler kills the job's process group meanwhile: the containers first (conmon goes with
+# them), then the storage (`podman system reset`: its files belong to subordinate ids; the
+# slow part, a deletion of the unpacked image), then the pause process and the directory.
 __jp_cleanup() {
     [ -d "$__jp_state" ] && [ ! -L "$__jp_state" ] || return 0
     setsid -w bash -c '__jp_s=$1; shift
         __jp_pause=
         { read -r __jp_pause <"$__jp_s/xdg/libpod/tmp/pause.pid"; } 2>/dev/null
+        "$@" rm --all --force --time 0 >/dev/null 2>&1
         "$@" system reset --force >/dev/null 2>&1
         case $__jp_pause in "" | *[!0-9]*) ;; *) kill -KILL "$__jp_pause" 2>/dev/null ;; esac
         rm -rf "$__jp_s" 2>/dev/null' jacamar-podman-cleanup \
@@ -414,7 +415,7 @@ exit 0
                 && create.contains("--authfile="),
             "{log}"
         );
-        for step in ["start --attach", "system reset --force"] {
+        for step in ["start --attach", "rm --all", "system reset --force"] {
             assert!(log.contains(step), "{step} not run: {log}");
         }
     }
