@@ -28,11 +28,23 @@ fn slurm_image_job(
     token: &str,
     password: &str,
 ) -> Harness {
+    image_job("slurm", server, reg, image, token, password)
+}
+
+/// [`slurm_image_job`] with `executor`.
+fn image_job(
+    executor: &str,
+    server: &JwksServer,
+    reg: &Registry,
+    image: &str,
+    token: &str,
+    password: &str,
+) -> Harness {
     require_slurm();
     account_named(USER);
     let mut h = server_harness(server, "jrs-c19-sl", |_, data_dir| {
         format!(
-            "[general]\nexecutor = \"slurm\"\ndata_dir = \"{}\"\n{}kill_timeout = \"2s\"\nrun_mechanism = \"podman\"\n\
+            "[general]\nexecutor = \"{executor}\"\ndata_dir = \"{}\"\n{}kill_timeout = \"2s\"\nrun_mechanism = \"podman\"\n\
              [auth]\ndownscope = \"setuid\"\nroot_dir_creation = true\n\
              [batch]\ncommand_delay = \"1s\"\nnfs_timeout = \"20s\"\n",
             data_dir.display(),
@@ -321,4 +333,36 @@ fn a_refused_token_in_a_slurm_job_names_the_registry_and_the_allowlist() {
     let out = h.cleanup();
     assert!(out.status.success(), "cleanup: {}", show(&out));
     eprintln!("{all}");
+}
+
+/// The same launcher under the PBS executor (Debian's `qsub` over this Slurm): the image,
+/// the user, the exit code.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn an_image_runs_inside_a_pbs_job_with_its_exit_code() {
+    if !ready() {
+        return;
+    }
+    assert!(
+        Command::new("qsub").arg("--help").output().is_ok(),
+        "qsub missing: install slurm-wlm-torque (scripts/test.sh does)"
+    );
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = image_job("pbs", &server, &reg, &reg.image(), &t, &t);
+    let _cleanup = Cleanup(&h);
+    let out = h.run(
+        "build_script",
+        &runner_script("cat /etc/jacamar-test-image\necho \"user=$(id -un)\"\nexit 7\n"),
+    );
+    let text = show(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{text}");
+    assert!(text.contains(MARKER), "not in the image: {text}");
+    assert!(text.contains(&format!("user={USER}")), "{text}");
+    assert!(!auth_file(&h).exists(), "the auth file is left");
+    assert!(!state_dir(&h).exists(), "the node's podman state is left");
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
 }
