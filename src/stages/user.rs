@@ -283,8 +283,15 @@ async fn in_image(
     use super::contained_batch;
     let p = contained_batch::prepare(&c, cx.paths, cx.policy, image)?;
     let deadline = cx.h.deadline_unix_ms.map(instant_of_unix_ms);
-    let st = run_batch(cx, stage, p.code.clone(), control, deadline).await;
-    let st = contained_batch::finish(&c, cx.paths, cx.policy, image, p, st?)?;
+    let st = match run_batch(cx, stage, p.code.clone(), control, deadline).await {
+        Ok(st) => st,
+        Err(e) => {
+            // Not submitted: the credentials go now.
+            contained_batch::remove_credentials(cx.paths, cx.policy);
+            return Err(e);
+        }
+    };
+    let st = contained_batch::finish(&c, cx.paths, cx.policy, image, p, st)?;
     // What a batch job reports as a system failure is the scheduler's.
     match st {
         Status::SystemFailure { message } => Err(StageError::Scheduler(message)),
