@@ -40,11 +40,25 @@ fn image_job(
     token: &str,
     password: &str,
 ) -> Harness {
+    image_job_with(executor, server, reg, image, token, password, "")
+}
+
+/// [`image_job`] with `podman` lines in `[general.podman]`.
+fn image_job_with(
+    executor: &str,
+    server: &JwksServer,
+    reg: &Registry,
+    image: &str,
+    token: &str,
+    password: &str,
+    podman: &str,
+) -> Harness {
     require_slurm();
     account_named(USER);
     let mut h = server_harness(server, "jrs-c19-sl", |_, data_dir| {
         format!(
             "[general]\nexecutor = \"{executor}\"\ndata_dir = \"{}\"\n{}kill_timeout = \"2s\"\nrun_mechanism = \"podman\"\n\
+             [general.podman]\n{podman}\n\
              [auth]\ndownscope = \"setuid\"\nroot_dir_creation = true\n\
              [batch]\ncommand_delay = \"1s\"\nnfs_timeout = \"20s\"\n",
             data_dir.display(),
@@ -363,6 +377,42 @@ fn an_image_runs_inside_a_pbs_job_with_its_exit_code() {
     assert!(text.contains(&format!("user={USER}")), "{text}");
     assert!(!auth_file(&h).exists(), "the auth file is left");
     assert!(!state_dir(&h).exists(), "the node's podman state is left");
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+}
+
+/// podman missing on the compute node: a system failure naming the key, before any of the
+/// user's commands, and no credentials left.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn a_podman_missing_on_the_node_is_a_system_failure_naming_the_key() {
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = image_job_with(
+        "slurm",
+        &server,
+        &reg,
+        &reg.image(),
+        &t,
+        &t,
+        "application_path = \"/nonexistent/podman\"",
+    );
+    let _cleanup = Cleanup(&h);
+    let out = h.run("build_script", &runner_script("echo USER-COMMAND-RAN\n"));
+    let all = show(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(!all.contains("USER-COMMAND-RAN"), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[general.podman] application_path")
+            && all.contains("was not found on node"),
+        "{all}"
+    );
+    assert!(!auth_file(&h).exists(), "the auth file is left");
+    assert!(!all.contains(&t), "the token in the log: {all}");
     let out = h.cleanup();
     assert!(out.status.success(), "cleanup: {}", show(&out));
 }
