@@ -422,3 +422,66 @@ fn a_missing_ch_run_is_a_system_failure_naming_the_key() {
     let _ = h.cleanup();
     eprintln!("{stderr}");
 }
+
+/// The runner's cancel while ch-image still pulls the image: the pull is stopped at once,
+/// none of the user's commands run, and the cleanup leaves nothing.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn a_cancel_during_the_pull_stops_it_at_once() {
+    let _serial = serial();
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = job(&server, &reg, &reg.image(), &t, &t);
+    let _cleanup = Cleanup(&h);
+    let mut child = h.spawn_run(
+        "build_script",
+        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
+    );
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut err = Vec::new();
+    let t0 = Instant::now();
+    while !err.iter().any(|l: &String| l.contains("with Charliecloud")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "never started: {err:?}"
+        );
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            err.push(l);
+        }
+    }
+    // A pull of the test image takes 5 s here: 0.5 s in, it is under way.
+    std::thread::sleep(Duration::from_millis(500));
+    let t1 = Instant::now();
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let status = child.wait().unwrap();
+    let took = t1.elapsed();
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
+        err.push(l);
+    }
+    let err = err.join("\n");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(!stdout.contains("USER-COMMAND-RAN"), "{stdout}");
+    assert!(err.contains("while ch-image pulled the image"), "{err}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the cancel took {took:?}: {err}"
+    );
+    let left = job_processes();
+    assert!(left.is_empty(), "left after the cancel: {left:?}");
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(!state_dir(&h).exists());
+    eprintln!("the stage ended {took:?} after the cancel\n{err}");
+}
