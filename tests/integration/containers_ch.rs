@@ -485,3 +485,35 @@ fn a_cancel_during_the_pull_stops_it_at_once() {
     assert!(!state_dir(&h).exists());
     eprintln!("the stage ended {took:?} after the cancel\n{err}");
 }
+
+/// TLS is always verified: with the registry's CA gone from /etc/containers/certs.d (and not
+/// in the system store) the pull fails as a system failure naming where the CA goes.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn an_untrusted_registry_is_a_system_failure_naming_where_the_ca_goes() {
+    let _serial = serial();
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let ca = PathBuf::from(format!("/etc/containers/certs.d/{}/ca.crt", reg.host));
+    std::fs::remove_file(&ca).unwrap();
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = job(&server, &reg, &reg.image(), &t, &t);
+    let _cleanup = Cleanup(&h);
+    let out = h.run(
+        "build_script",
+        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(!stdout.contains("USER-COMMAND-RAN"), "{stdout}");
+    assert!(
+        stderr.contains("not trusted") && stderr.contains(&ca.display().to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&t), "{stderr}");
+    eprintln!("{stderr}");
+    let _ = h.cleanup();
+}
