@@ -86,11 +86,12 @@ async fn pull(
     let detail = mask(&classify::last_ch_error_line(&stderr), &creds);
     if failure == classify::Failure::Other {
         return Err(node_fault(ContainerError::Tool(format!(
-            "ch-image could not pull image {} ({} {}; is the python3 first on the job's PATH the one Charliecloud needs?): {}",
-            image.name,
-            charliecloud::APPLICATION_PATH_KEY,
+            "{} could not pull image {}: {}; check that ch-image runs for account {} (the python3 first on its PATH needs the requests and lark modules) and {} names a working Charliecloud",
             ch.ch_image().display(),
-            crate::text::sanitize(&detail)
+            image.name,
+            crate::text::sanitize(&detail),
+            h.account.name,
+            charliecloud::APPLICATION_PATH_KEY,
         ))));
     }
     let message = classify::message(

@@ -42,7 +42,8 @@ pub fn deployment_problems(config: &Config) -> Vec<String> {
 }
 
 /// `run_mechanism`'s tools, as a job would find them (`application_path`, else the jobs'
-/// default PATH): present and executable. Subordinate id ranges are per account: a job
+/// default PATH): present and executable (Charliecloud: `ch-image`, `ch-convert` and `ch-run`,
+/// and user namespaces not switched off). Subordinate id ranges are per account: a job
 /// without them fails naming the account (see `container::classify`).
 pub fn container_problems(config: &Config) -> Vec<String> {
     use crate::config::RunMechanism;
