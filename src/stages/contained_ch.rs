@@ -40,6 +40,9 @@ pub(super) async fn run(
         "jacamar: running {} in image {} with Charliecloud (ch-run), as {}",
         c.stage, image.name, h.account.name
     );
+    if !image.entrypoint.is_empty() {
+        eprintln!("jacamar: WARNING: the image's entrypoint is not used with Charliecloud: ch-run runs the job's script directly");
+    }
     let signals = OsSignals::install()
         .map_err(|e| StageError::Internal(format!("failed to install signal handlers: {e}")))?;
     let mut watch = Watch::listen(control, signals)?;
