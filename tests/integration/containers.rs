@@ -16,10 +16,10 @@ use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
 use crate::harness::{require, require_root, require_tool, show, Harness, Shape};
 
 const USER: &str = "jrs_c19_pod";
-const IMAGE_ARCHIVE: &str = "/var/cache/jacamar-rs/images/debian-bookworm-minbase.tar";
-const MARKER: &str = "jacamar-rs test image";
+pub(crate) const IMAGE_ARCHIVE: &str = "/var/cache/jacamar-rs/images/debian-bookworm-minbase.tar";
+pub(crate) const MARKER: &str = "jacamar-rs test image";
 
-fn scripts() -> PathBuf {
+pub(crate) fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/containers")
 }
 
@@ -49,13 +49,13 @@ fn ready() -> bool {
 
 /// A registry of this test: started on a free port with `token` as the password, stopped
 /// (and its certs.d entry removed) when dropped.
-struct Registry {
+pub(crate) struct Registry {
     dir: tempfile::TempDir,
-    host: String,
+    pub(crate) host: String,
 }
 
 impl Registry {
-    fn start(token: &str) -> Registry {
+    pub(crate) fn start(token: &str) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("jrs-c19-reg")
             .tempdir_in("/var/tmp")
@@ -79,11 +79,11 @@ impl Registry {
         }
     }
 
-    fn image(&self) -> String {
+    pub(crate) fn image(&self) -> String {
         format!("{}/ci/debian:bookworm", self.host)
     }
 
-    fn missing(&self) -> String {
+    pub(crate) fn missing(&self) -> String {
         format!("{}/ci/missing:bookworm", self.host)
     }
 }
@@ -97,7 +97,7 @@ impl Drop for Registry {
     }
 }
 
-fn token() -> String {
+pub(crate) fn token() -> String {
     format!("glcbt-c19-{:016x}", rand_u64())
 }
 
@@ -111,12 +111,17 @@ fn rand_u64() -> u64 {
 
 /// The account's passwd entry (created once; useradd gives it its subordinate ranges).
 fn account() -> nix::unistd::User {
-    let u = ensure_user(USER, &[], "/bin/bash");
+    account_named(USER)
+}
+
+/// `name`'s passwd entry (created once, with its subordinate ranges).
+pub(crate) fn account_named(name: &str) -> nix::unistd::User {
+    let u = ensure_user(name, &[], "/bin/bash");
     for f in ["/etc/subuid", "/etc/subgid"] {
         let text = std::fs::read_to_string(f).unwrap_or_default();
         assert!(
-            text.lines().any(|l| l.starts_with(&format!("{USER}:"))),
-            "{USER} has no range in {f} (usermod --add-subuids/--add-subgids)"
+            text.lines().any(|l| l.starts_with(&format!("{name}:"))),
+            "{name} has no range in {f} (usermod --add-subuids/--add-subgids)"
         );
     }
     u
@@ -132,10 +137,24 @@ fn job(
     password: &str,
     podman: &str,
 ) -> Harness {
-    account();
     let general = format!("run_mechanism = \"podman\"\n[general.podman]\n{podman}\n");
-    let mut h = harness(server, "setuid", &general, "root_dir_creation = true", "");
-    give_token(&mut h, server, USER);
+    job_of(USER, &general, server, reg, image, token, password)
+}
+
+/// A setuid job of `user` with the `[general]` lines `general` (the mechanism), `image` and
+/// a registry credential whose password is `password`; the job token is `token`.
+pub(crate) fn job_of(
+    user: &str,
+    general: &str,
+    server: &JwksServer,
+    reg: &Registry,
+    image: &str,
+    token: &str,
+    password: &str,
+) -> Harness {
+    account_named(user);
+    let mut h = harness(server, "setuid", general, "root_dir_creation = true", "");
+    give_token(&mut h, server, user);
     h.set("CUSTOM_ENV_CI_JOB_TOKEN", token);
     h.response_extra = serde_json::json!({
         "token": token,
@@ -152,7 +171,7 @@ fn job(
 /// Runs the job's cleanup stage when dropped, so a failing test leaves no podman state
 /// (its files belong to subordinate ids) and no process behind; a second cleanup after the
 /// test's own finds nothing to do.
-struct Cleanup<'a>(&'a Harness);
+pub(crate) struct Cleanup<'a>(pub(crate) &'a Harness);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -191,7 +210,11 @@ fn podman_ps(h: &Harness) -> String {
 
 /// The account's processes (pid, command line), zombies left out.
 fn processes_of_account() -> Vec<(i32, String)> {
-    let uid = account().uid.as_raw();
+    processes_of(account().uid.as_raw())
+}
+
+/// The processes of `uid` (pid, command line), zombies left out.
+pub(crate) fn processes_of(uid: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for pid in crate::harness::all_pids() {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -222,7 +245,7 @@ fn job_processes(h: &Harness) -> Vec<(i32, String)> {
         .collect()
 }
 
-fn text(o: &std::process::Output) -> (String, String) {
+pub(crate) fn text(o: &std::process::Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).to_string(),
         String::from_utf8_lossy(&o.stderr).to_string(),
@@ -557,39 +580,6 @@ fn a_missing_podman_is_a_system_failure_naming_the_key() {
         "{stderr}"
     );
     eprintln!("{stderr}");
-    let _ = h.cleanup();
-}
-
-#[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
-fn charliecloud_is_refused_as_not_supported_yet_naming_the_key() {
-    if !require_root() {
-        return;
-    }
-    let server = JwksServer::start(&[&pki().keys[0]]);
-    account();
-    let general = "run_mechanism = \"charliecloud\"\n[general.charliecloud]\ndefault_image = \"127.0.0.1:1/x:y\"\n";
-    let mut h = harness(&server, "setuid", general, "root_dir_creation = true", "");
-    give_token(&mut h, &server, USER);
-    assert!(h.config().status.success());
-    assert!(h.prepare().status.success());
-    let out = h.run(
-        "build_script",
-        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
-    );
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    assert!(!stdout.contains("USER-COMMAND-RAN"), "{stdout}");
-    assert!(
-        stderr.contains("run_mechanism = \"charliecloud\" is not supported yet"),
-        "{stderr}"
-    );
-    // The runner's own stages are not affected.
-    let out = h.run(
-        "get_sources",
-        &crate::harness::runner_script("echo on-host\n"),
-    );
-    assert!(out.status.success(), "{}", show(&out));
     let _ = h.cleanup();
 }
 
