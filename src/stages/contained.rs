@@ -65,16 +65,15 @@ pub(super) async fn run(
     image: &Image,
     control: OwnedFd,
 ) -> Result<Status, StageError> {
-    match c.config.general.run_mechanism {
-        Some(RunMechanism::Podman) => {}
-        Some(RunMechanism::Charliecloud) => {
-            return Err(node_fault(ContainerError::NotSupportedYet("charliecloud")))
-        }
-        None => return Err(StageError::Internal("no run_mechanism for an image".into())),
+    if c.config.general.run_mechanism.is_none() {
+        return Err(StageError::Internal("no run_mechanism for an image".into()));
     }
     // A batch executor's submitted stages start their image inside the allocation
     // (`super::contained_batch`); its other user stages (after_script) come here, on the
     // host, as a shell executor's.
+    if c.config.general.run_mechanism == Some(RunMechanism::Charliecloud) {
+        return super::contained_ch::run(c, image, control).await;
+    }
     let h = c.h;
     let pm =
         Podman::new(&c.config.general, h.account.uid, h.job.job_id, &h.env).map_err(node_fault)?;

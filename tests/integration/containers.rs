@@ -16,10 +16,10 @@ use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
 use crate::harness::{require, require_root, require_tool, show, Harness, Shape};
 
 const USER: &str = "jrs_c19_pod";
-const IMAGE_ARCHIVE: &str = "/var/cache/jacamar-rs/images/debian-bookworm-minbase.tar";
+pub(crate) const IMAGE_ARCHIVE: &str = "/var/cache/jacamar-rs/images/debian-bookworm-minbase.tar";
 pub(crate) const MARKER: &str = "jacamar-rs test image";
 
-fn scripts() -> PathBuf {
+pub(crate) fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/containers")
 }
 
@@ -114,7 +114,7 @@ fn account() -> nix::unistd::User {
     account_named(USER)
 }
 
-/// Account `name`'s passwd entry, made if missing, with its subordinate uid and gid ranges.
+/// `name`'s passwd entry (created once, with its subordinate ranges).
 pub(crate) fn account_named(name: &str) -> nix::unistd::User {
     let u = ensure_user(name, &[], "/bin/bash");
     for f in ["/etc/subuid", "/etc/subgid"] {
@@ -137,10 +137,24 @@ fn job(
     password: &str,
     podman: &str,
 ) -> Harness {
-    account();
     let general = format!("run_mechanism = \"podman\"\n[general.podman]\n{podman}\n");
-    let mut h = harness(server, "setuid", &general, "root_dir_creation = true", "");
-    give_token(&mut h, server, USER);
+    job_of(USER, &general, server, reg, image, token, password)
+}
+
+/// A setuid job of `user` with the `[general]` lines `general` (the mechanism), `image` and
+/// a registry credential whose password is `password`; the job token is `token`.
+pub(crate) fn job_of(
+    user: &str,
+    general: &str,
+    server: &JwksServer,
+    reg: &Registry,
+    image: &str,
+    token: &str,
+    password: &str,
+) -> Harness {
+    account_named(user);
+    let mut h = harness(server, "setuid", general, "root_dir_creation = true", "");
+    give_token(&mut h, server, user);
     h.set("CUSTOM_ENV_CI_JOB_TOKEN", token);
     h.response_extra = serde_json::json!({
         "token": token,
@@ -157,7 +171,7 @@ fn job(
 /// Runs the job's cleanup stage when dropped, so a failing test leaves no podman state
 /// (its files belong to subordinate ids) and no process behind; a second cleanup after the
 /// test's own finds nothing to do.
-struct Cleanup<'a>(&'a Harness);
+pub(crate) struct Cleanup<'a>(pub(crate) &'a Harness);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -196,11 +210,11 @@ fn podman_ps(h: &Harness) -> String {
 
 /// The account's processes (pid, command line), zombies left out.
 fn processes_of_account() -> Vec<(i32, String)> {
-    processes_of_uid(account().uid.as_raw())
+    processes_of(account().uid.as_raw())
 }
 
 /// The processes of `uid` (pid, command line), zombies left out.
-pub(crate) fn processes_of_uid(uid: u32) -> Vec<(i32, String)> {
+pub(crate) fn processes_of(uid: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for pid in crate::harness::all_pids() {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -231,7 +245,7 @@ fn job_processes(h: &Harness) -> Vec<(i32, String)> {
         .collect()
 }
 
-fn text(o: &std::process::Output) -> (String, String) {
+pub(crate) fn text(o: &std::process::Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).to_string(),
         String::from_utf8_lossy(&o.stderr).to_string(),
@@ -566,39 +580,6 @@ fn a_missing_podman_is_a_system_failure_naming_the_key() {
         "{stderr}"
     );
     eprintln!("{stderr}");
-    let _ = h.cleanup();
-}
-
-#[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
-fn charliecloud_is_refused_as_not_supported_yet_naming_the_key() {
-    if !require_root() {
-        return;
-    }
-    let server = JwksServer::start(&[&pki().keys[0]]);
-    account();
-    let general = "run_mechanism = \"charliecloud\"\n[general.charliecloud]\ndefault_image = \"127.0.0.1:1/x:y\"\n";
-    let mut h = harness(&server, "setuid", general, "root_dir_creation = true", "");
-    give_token(&mut h, &server, USER);
-    assert!(h.config().status.success());
-    assert!(h.prepare().status.success());
-    let out = h.run(
-        "build_script",
-        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
-    );
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    assert!(!stdout.contains("USER-COMMAND-RAN"), "{stdout}");
-    assert!(
-        stderr.contains("run_mechanism = \"charliecloud\" is not supported yet"),
-        "{stderr}"
-    );
-    // The runner's own stages are not affected.
-    let out = h.run(
-        "get_sources",
-        &crate::harness::runner_script("echo on-host\n"),
-    );
-    assert!(out.status.success(), "{}", show(&out));
     let _ = h.cleanup();
 }
 

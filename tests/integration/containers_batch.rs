@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 
 use crate::auth_kit::{give_token, pki, server_harness, server_lines, JwksServer};
 use crate::batch_slurm::{require_slurm, slurm_jobs};
-use crate::containers::{account_named, processes_of_uid, ready, token, Registry, MARKER};
+use crate::containers::{account_named, processes_of, ready, token, Cleanup, Registry, MARKER};
 use crate::harness::{all_pids, lines_of, runner_script, show, wait_exit, wait_for, Harness};
 
 const USER: &str = "jrs_c19_sl";
@@ -79,15 +79,6 @@ fn image_job_with(
     h
 }
 
-/// Runs the job's cleanup stage when dropped (a failing test leaves no podman state).
-struct Cleanup<'a>(&'a Harness);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.cleanup();
-    }
-}
-
 fn uid() -> u32 {
     account_named(USER).uid.as_raw()
 }
@@ -105,7 +96,7 @@ fn auth_file(h: &Harness) -> PathBuf {
 /// The account's podman-side processes: podman, conmon, the pause process (catatonit),
 /// runc, and anything in the job's container.
 fn podman_processes() -> Vec<(i32, String)> {
-    processes_of_uid(uid())
+    processes_of(uid())
         .into_iter()
         .filter(|(_, c)| {
             ["podman", "conmon", "catatonit", "runc", "sleep"]

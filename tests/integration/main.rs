@@ -16,6 +16,7 @@ mod batch_slurm;
 mod builddirs;
 mod containers;
 mod containers_batch;
+mod containers_ch;
 mod demo;
 mod harden;
 mod harness;
