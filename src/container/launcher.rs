@@ -324,7 +324,7 @@ mod tests {
     }
 
     /// A podman stand-in: logs its arguments, `create` fails when `FAKE_CREATE_FAIL` is
-    /// set (with the text of a refused token), `start` prints a line, `wait` says 7.
+    /// set (with the text of a refused token), `start` prints a line and exits 7.
     const FAKE_PODMAN: &str = r#"#!/bin/bash
 echo "$*" >>"$FAKE_LOG"
 for a in "$@"; do case $a in --*) ;; *) sub=$a; break ;; esac; done
@@ -395,7 +395,7 @@ exit 0
     }
 
     #[test]
-    fn the_launcher_runs_create_start_wait_and_removes_the_credentials_and_its_state() {
+    fn the_launcher_creates_starts_and_removes_the_credentials_and_its_state() {
         let d = tempfile::tempdir().unwrap();
         let job = job_id();
         let (code, stdout) = run_fake(d.path(), job, false);
