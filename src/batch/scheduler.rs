@@ -270,12 +270,19 @@ pub trait Scheduler: Send + Sync {
     /// done and writes the exit-status file [`wrapper::exit_path`]; `output` is the file
     /// the driver tails.
     fn wrapper(&self, output: &Path, command: &[String]) -> String {
+        let words: Vec<String> = command.iter().map(|w| crate::shell::sh_quote(w)).collect();
+        self.wrapper_code(output, &words.join(" "))
+    }
+
+    /// [`Scheduler::wrapper`] with the stage as shell code (see
+    /// [`wrapper::wrapper_script_code`]): a job's image, started by the script itself.
+    fn wrapper_code(&self, output: &Path, code: &str) -> String {
         let header = match self.spools_output() {
             true => wrapper::output_redirect(output),
             false => String::new(),
         };
         let exit = wrapper::exit_path(output);
-        wrapper::wrapper_script(&header, command, &self.epilogue(), output, &exit)
+        wrapper::wrapper_script_code(&header, code, &self.epilogue(), output, &exit)
     }
 
     /// The job's separate error file, when the scheduler keeps stderr apart (Cobalt): it is

@@ -153,6 +153,19 @@ pub fn wrapper_script(
     exit_file: &Path,
 ) -> String {
     let cmd: Vec<String> = command.iter().map(|w| sh_quote(w)).collect();
+    wrapper_script_code(header, &cmd.join(" "), after, output, exit_file)
+}
+
+/// [`wrapper_script`] with the stage given as shell code (`code`: one complete command,
+/// a compound one such as a `( ... )` subshell, whose status is the stage's) instead of
+/// words: a job's image started on the compute node (`crate::container::launcher`).
+pub fn wrapper_script_code(
+    header: &str,
+    code: &str,
+    after: &str,
+    output: &Path,
+    exit_file: &Path,
+) -> String {
     let mut after = after.to_string();
     if !after.is_empty() && !after.ends_with('\n') {
         after.push('\n');
@@ -170,7 +183,7 @@ pub fn wrapper_script(
     for part in [
         header,
         before_cmd,
-        &cmd.join(" "),
+        code.trim_end_matches('\n'),
         before_after,
         &after,
         &end,

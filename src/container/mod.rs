@@ -15,6 +15,7 @@
 
 pub mod charliecloud;
 pub mod classify;
+pub mod launcher;
 pub mod podman;
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -43,10 +44,10 @@ pub fn is_user_stage(stage: &str) -> bool {
 /// A failure of the container part of a stage.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    /// An image with a batch executor (the container would have to start inside the
-    /// allocation: not there yet).
-    #[error("the job has an image, and images run only with executor = \"shell\" so far (this runner's executor is \"{0}\"); remove the job's image: or run it on a shell-executor runner")]
-    BatchNotYet(&'static str),
+    /// A mechanism that cannot start an image inside a batch allocation yet (only podman
+    /// can: see [`launcher`]).
+    #[error("[general] run_mechanism = \"{0}\" cannot run the job's image inside a batch allocation yet (executor \"{1}\"); only \"podman\" can: set run_mechanism = \"podman\", or remove the job's image:")]
+    BatchNotYet(&'static str, &'static str),
     /// The tool is not there.
     #[error(
         "{what} was not found: {where_}; install it, or set [general.podman] application_path"

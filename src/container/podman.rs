@@ -119,6 +119,34 @@ impl Podman {
         })
     }
 
+    /// The job's podman on a batch job's compute node ([`super::launcher`]): the same
+    /// per-job state path and global options, the binary `[general.podman]
+    /// application_path` or `podman` on the node's PATH (the runner's host may have none),
+    /// and the runtime only when the site sets one (else the node decides, as
+    /// [`default_runtime`] does here). Nothing is checked on this host.
+    pub fn on_node(general: &General, uid: u32, job_id: u64) -> Podman {
+        let state = Path::new(STATE_ROOT)
+            .join(format!("jacamar-podman-{uid}"))
+            .join(job_id.to_string());
+        Podman {
+            program: general
+                .podman
+                .application_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("podman")),
+            uid,
+            job_id,
+            state,
+            runtime: general.podman.runtime.clone(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Whether the site set the OCI runtime (`[general.podman] runtime`).
+    pub fn has_runtime(&self) -> bool {
+        self.runtime.is_some()
+    }
+
     pub fn program(&self) -> &Path {
         &self.program
     }

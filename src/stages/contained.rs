@@ -29,7 +29,7 @@ use nix::unistd::Pid;
 /// The wrapper the container runs (`bash -c WRAPPER jacamar-stage SCRIPT`). A `wait` cut
 /// short by a trapped signal returns 128+n while the script runs on: the script's own
 /// status is the one of a `wait` after it ended (127: already collected by the loop's).
-const WRAPPER: &str = r#"set -m
+pub(super) const WRAPPER: &str = r#"set -m
 bash "$1" & c=$!
 set +m
 stopped=
@@ -68,11 +68,9 @@ pub(super) async fn run(
     if c.config.general.run_mechanism.is_none() {
         return Err(StageError::Internal("no run_mechanism for an image".into()));
     }
-    if c.config.general.executor.is_batch() {
-        return Err(node_fault(ContainerError::BatchNotYet(
-            c.config.general.executor.as_str(),
-        )));
-    }
+    // A batch executor's submitted stages start their image inside the allocation
+    // (`super::contained_batch`); its other user stages (after_script) come here, on the
+    // host, as a shell executor's.
     if c.config.general.run_mechanism == Some(RunMechanism::Charliecloud) {
         return super::contained_ch::run(c, image, control).await;
     }

@@ -148,6 +148,10 @@ async fn cleanup(cx: &Ctx<'_>) -> Result<Status, StageError> {
     if let Err(e) = fs::builds::remove_runner_tmp(paths, policy, &plan, &h.job) {
         tracing::warn!("jacamar: cleanup left the runner's temporary project dir: {e}");
     }
+    if config.general.run_mechanism.is_some() {
+        // A batch job's registry credentials, should its script never have run.
+        super::contained_batch::remove_credentials(paths, policy);
+    }
     if config.general.run_mechanism == Some(crate::config::RunMechanism::Podman) {
         // Before the job's files go: the containers, the storage (subordinate ids' files
         // only podman can remove) and the pause process of the job's podman.
@@ -217,7 +221,7 @@ async fn run_stage(
     );
     if config.general.run_mechanism.is_some() && crate::container::is_user_stage(stage) {
         match crate::container::Image::for_job(&config.general, h.image.as_ref()) {
-            Ok(Some(image)) => return in_image(cx, stage, &path, &image, control).await,
+            Ok(Some(image)) => return in_image(cx, stage, &path, &image, submitted, control).await,
             Ok(None) => {}
             // An image name that cannot be used is the job's fault.
             Err(e) => {
@@ -235,7 +239,11 @@ async fn run_stage(
     }
     if submitted {
         let deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
-        let st = run_batch(cx, stage, cmd, control, deadline).await?;
+        let words: Vec<String> = std::iter::once(batch::path_arg(&cmd.program))
+            .chain(cmd.args.iter().cloned())
+            .map(|w| shell::sh_quote(&w))
+            .collect();
+        let st = run_batch(cx, stage, words.join(" "), control, deadline).await?;
         // What a batch job reports as a system failure is the scheduler's.
         return match st {
             Status::SystemFailure { message } => Err(StageError::Scheduler(message)),
@@ -251,12 +259,14 @@ async fn run_stage(
 }
 
 /// A user stage of a job with an image (the job's `image:`, else the mechanism's
-/// `default_image`): run in it, see [`super::contained`].
+/// `default_image`): run in it, see [`super::contained`]; a batch executor's `submitted`
+/// stage inside the allocation, see [`super::contained_batch`].
 async fn in_image(
     cx: &Ctx<'_>,
     stage: &str,
     script: &std::path::Path,
     image: &crate::container::Image,
+    submitted: bool,
     control: OwnedFd,
 ) -> Result<Status, StageError> {
     // The builds, cache and scripts directories (all below the base dir unless the
@@ -273,7 +283,26 @@ async fn in_image(
         workdir: cx.paths.base_dir().to_path_buf(),
         binds,
     };
-    super::contained::run(&c, image, control).await
+    if !submitted {
+        return super::contained::run(&c, image, control).await;
+    }
+    use super::contained_batch;
+    let p = contained_batch::prepare(&c, cx.paths, cx.policy, image)?;
+    let deadline = cx.h.deadline_unix_ms.map(instant_of_unix_ms);
+    let st = match run_batch(cx, stage, p.code.clone(), control, deadline).await {
+        Ok(st) => st,
+        Err(e) => {
+            // Not submitted: the credentials go now.
+            contained_batch::remove_credentials(cx.paths, cx.policy);
+            return Err(e);
+        }
+    };
+    let st = contained_batch::finish(&c, cx.paths, cx.policy, image, p, st)?;
+    // What a batch job reports as a system failure is the scheduler's.
+    match st {
+        Status::SystemFailure { message } => Err(StageError::Scheduler(message)),
+        other => Ok(other),
+    }
 }
 
 /// A `run` stage of a `JACAMAR_BASH_PROFILE_ONCE` job (see [`super::login_env`]): replay what
@@ -461,14 +490,15 @@ impl Watch {
     }
 }
 
-/// The batch `run` of a submitted stage (`stage`): write the wrapper, take cancellation
-/// requests from the control pipe and our signals, and run the batch job ([`BatchRun`]).
+/// The batch `run` of a submitted stage (`stage`, run by the shell code `code`): write the
+/// wrapper, take cancellation requests from the control pipe and our signals, and run the
+/// batch job ([`BatchRun`]).
 ///
 /// [`BatchRun`]: crate::batch::run::BatchRun
 async fn run_batch(
     b: &Ctx<'_>,
     stage: &str,
-    cmd: shell::ShellCommand,
+    code: String,
     control: OwnedFd,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Status, StageError> {
@@ -483,11 +513,8 @@ async fn run_batch(
         .map_err(|e| internal("read the control channel", &e))?;
     let sig_task = signals.forward(tx);
 
-    let command: Vec<String> = std::iter::once(batch::path_arg(&cmd.program))
-        .chain(cmd.args.iter().cloned())
-        .collect();
     let scripts_dir = b.paths.scripts_dir();
-    let wrapper = scheduler.wrapper(&batch::run::output_path(&scripts_dir, stage), &command);
+    let wrapper = scheduler.wrapper_code(&batch::run::output_path(&scripts_dir, stage), &code);
     let name = format!("{}-batch", stage);
     let script = fs::write_script(b.paths, b.policy, &name, wrapper.as_bytes())?;
     let job = BatchJob {

@@ -24,7 +24,7 @@ pub(crate) fn scripts() -> PathBuf {
 }
 
 /// Everything a container test needs, or false (a failure unless JACAMAR_TEST_ALLOW_SKIP=1).
-fn ready() -> bool {
+pub(crate) fn ready() -> bool {
     if !require_root() {
         return false;
     }

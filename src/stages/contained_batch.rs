@@ -1,0 +1,196 @@
+//! A batch executor's submitted stage in the job's image: the submitted script starts the
+//! container on the compute node ([`crate::container::launcher`]). Here, before the
+//! submission: the registry credentials to a 0600 auth file and the container's variables
+//! to a 0600 env file, both in the job's scripts dir (the node reads them there; the
+//! script removes them right after `podman create`). After the job: both removed again
+//! (a job cancelled while queued never ran the script), and a failed `podman create` (the
+//! pull) classified as on the host (`crate::container::classify`): the registry refusing
+//! the job token or an image that does not exist is the job's build failure, said in the
+//! job log with what to check; the node's faults are system failures.
+
+use std::path::PathBuf;
+
+use super::contained::{mask, node_fault, Contained, WRAPPER};
+use super::StageError;
+use crate::config::RunMechanism;
+use crate::container::launcher::{self, Launch};
+use crate::container::podman::{self, CreateSpec, Podman};
+use crate::container::{classify, ContainerError, Image};
+use crate::fs::{self, DirPolicy, JobPaths};
+use crate::protocol::Status;
+
+/// The auth file's name in the scripts dir.
+pub const AUTH_FILE: &str = "podman-auth.json";
+/// The container's env file's name in the scripts dir.
+const ENV_FILE: &str = "podman-env";
+/// At most this much of a failed `podman create`'s stderr is read.
+const MAX_ERROR_FILE: u64 = 64 * 1024;
+
+/// The error file of `stage` (a failed `podman create`'s stderr) in the scripts dir.
+fn error_file(stage: &str) -> String {
+    format!("{stage}.podman-error")
+}
+
+/// A submitted stage in an image, ready to submit: the launcher's shell code and what
+/// [`finish`] needs.
+pub(super) struct Prepared {
+    /// The stage's shell code in the submitted script.
+    pub code: String,
+    creds: Vec<crate::job::RegistryCredential>,
+    err_name: String,
+}
+
+/// Prepare the submitted stage `c` in `image`: the auth and env files written, the
+/// launcher rendered; `paths`/`policy` are the job's.
+pub(super) fn prepare(
+    c: &Contained<'_>,
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    image: &Image,
+) -> Result<Prepared, StageError> {
+    let (h, general) = (c.h, &c.config.general);
+    match general.run_mechanism {
+        Some(RunMechanism::Podman) => {}
+        Some(RunMechanism::Charliecloud) => {
+            return Err(node_fault(ContainerError::BatchNotYet(
+                "charliecloud",
+                general.executor.as_str(),
+            )))
+        }
+        None => return Err(StageError::Internal("no run_mechanism for an image".into())),
+    }
+    let pm = Podman::on_node(general, h.account.uid, h.job.job_id);
+    let name = pm.container_name(c.stage);
+    let mut warn = |m: &str| eprintln!("{m}");
+    let creds = crate::container::checked_credentials(&h.registry_credentials, &mut warn);
+    let err_name = error_file(c.stage);
+    fs::remove_job_file(paths, policy, &err_name)?;
+    let mut remove: Vec<PathBuf> = Vec::new();
+    let auth = if creds.is_empty() {
+        fs::remove_job_file(paths, policy, AUTH_FILE)?;
+        None
+    } else {
+        let p = fs::write_job_file(
+            paths,
+            policy,
+            AUTH_FILE,
+            podman::auth_json(&creds).as_bytes(),
+        )?;
+        remove.push(p.clone());
+        Some(p)
+    };
+    let (env_text, left_out) = podman::env_file(&h.env, &h.account.home);
+    for k in left_out {
+        eprintln!("jacamar: WARNING: {k} holds a newline and is not passed into the container");
+    }
+    let env = fs::write_job_file(paths, policy, ENV_FILE, env_text.as_bytes())?;
+    remove.push(env.clone());
+    let mut options = launcher::scheduler_env_options();
+    options.extend(general.podman.custom_options.iter().cloned());
+    let command = [
+        "bash".to_string(),
+        "-c".into(),
+        WRAPPER.into(),
+        "jacamar-stage".into(),
+        c.script.display().to_string(),
+    ];
+    let error_path = paths.scripts_dir().join(&err_name);
+    let removes: Vec<&std::path::Path> = remove.iter().map(PathBuf::as_path).collect();
+    let code = launcher::launcher(&Launch {
+        podman: &pm,
+        create: CreateSpec {
+            name: &name,
+            image,
+            binds: &c.binds,
+            workdir: &c.workdir,
+            home: &h.account.home,
+            env_file: &env,
+            auth_file: auth.as_deref(),
+            custom_options: &options,
+            command: &command,
+        },
+        remove_after_create: &removes,
+        error_file: &error_path,
+        kill_timeout: general.kill_timeout,
+    });
+    eprintln!(
+        "jacamar: {} runs in image {} with podman inside the {} allocation, rootless as {}",
+        c.stage,
+        image.name,
+        general.executor.as_str(),
+        h.account.name
+    );
+    Ok(Prepared {
+        code,
+        creds,
+        err_name,
+    })
+}
+
+/// After the batch job of `p` ended with `st`: the auth and env files removed (a job
+/// cancelled while queued never ran the script that removes them), and a failed
+/// `podman create` classified (see the module's doc).
+pub(super) fn finish(
+    c: &Contained<'_>,
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    image: &Image,
+    p: Prepared,
+    st: Status,
+) -> Result<Status, StageError> {
+    remove_credentials(paths, policy);
+    let stopped = matches!(
+        st,
+        Status::BuildFailure {
+            stopped: Some(_),
+            ..
+        }
+    );
+    if !matches!(st, Status::BuildFailure { .. }) || stopped {
+        return Ok(st);
+    }
+    let text = match fs::read_job_file(paths, policy, &p.err_name, MAX_ERROR_FILE) {
+        Ok(Some(t)) if !t.is_empty() => String::from_utf8_lossy(&t).into_owned(),
+        Ok(_) => return Ok(st),
+        Err(e) => {
+            eprintln!(
+                "jacamar: WARNING: {}",
+                crate::text::sanitize(&e.to_string())
+            );
+            return Ok(st);
+        }
+    };
+    let _ = fs::remove_job_file(paths, policy, &p.err_name);
+    let h = c.h;
+    let failure = classify::classify(&text);
+    let detail = mask(&classify::last_error_line(&text), &p.creds);
+    let message = classify::message(
+        failure,
+        image,
+        &h.job.project_path,
+        &h.account.name,
+        &detail,
+    );
+    if failure.is_the_jobs() {
+        eprintln!("{message}");
+        return Ok(Status::BuildFailure {
+            exit_code: 1,
+            signal: None,
+            stopped: None,
+        });
+    }
+    Err(node_fault(ContainerError::Tool(message)))
+}
+
+/// The job's auth and env files removed (`cleanup` calls this too); a failure is said in
+/// the job log.
+pub(super) fn remove_credentials(paths: &JobPaths, policy: &DirPolicy) {
+    for f in [AUTH_FILE, ENV_FILE] {
+        if let Err(e) = fs::remove_job_file(paths, policy, f) {
+            eprintln!(
+                "jacamar: WARNING: {}",
+                crate::text::sanitize(&e.to_string())
+            );
+        }
+    }
+}

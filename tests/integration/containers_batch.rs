@@ -1,0 +1,409 @@
+//! A job's `image:` with a batch executor (issue 19, slice 2b): the submitted script starts
+//! rootless podman on the compute node, inside the Slurm allocation. For real: the one-node
+//! Slurm of this machine (the compute node is this machine), a root jacamar-auth with a
+//! verified id_token and `setuid` downscope, the account `jrs_c19_sl` with its subordinate
+//! ranges, a per-test registry whose password is the job token (containers.rs's). Needs
+//! root, Slurm and the container tools; fails naming what is missing.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::auth_kit::{give_token, pki, server_harness, server_lines, JwksServer};
+use crate::batch_slurm::{require_slurm, slurm_jobs};
+use crate::containers::{account_named, processes_of, ready, token, Cleanup, Registry, MARKER};
+use crate::harness::{all_pids, lines_of, runner_script, show, wait_exit, wait_for, Harness};
+
+const USER: &str = "jrs_c19_sl";
+
+/// A setuid Slurm job of [`USER`] with `image` and a registry credential whose password is
+/// `password` (the job token is `token`), config and prepare done; kill_timeout 2 s.
+fn slurm_image_job(
+    server: &JwksServer,
+    reg: &Registry,
+    image: &str,
+    token: &str,
+    password: &str,
+) -> Harness {
+    image_job("slurm", server, reg, image, token, password)
+}
+
+/// [`slurm_image_job`] with `executor`.
+fn image_job(
+    executor: &str,
+    server: &JwksServer,
+    reg: &Registry,
+    image: &str,
+    token: &str,
+    password: &str,
+) -> Harness {
+    image_job_with(executor, server, reg, image, token, password, "")
+}
+
+/// [`image_job`] with `podman` lines in `[general.podman]`.
+fn image_job_with(
+    executor: &str,
+    server: &JwksServer,
+    reg: &Registry,
+    image: &str,
+    token: &str,
+    password: &str,
+    podman: &str,
+) -> Harness {
+    require_slurm();
+    account_named(USER);
+    let mut h = server_harness(server, "jrs-c19-sl", |_, data_dir| {
+        format!(
+            "[general]\nexecutor = \"{executor}\"\ndata_dir = \"{}\"\n{}kill_timeout = \"2s\"\nrun_mechanism = \"podman\"\n\
+             [general.podman]\n{podman}\n\
+             [auth]\ndownscope = \"setuid\"\nroot_dir_creation = true\n\
+             [batch]\ncommand_delay = \"1s\"\nnfs_timeout = \"20s\"\n",
+            data_dir.display(),
+            server_lines(server),
+        )
+    });
+    give_token(&mut h, server, USER);
+    h.set("CUSTOM_ENV_CI_JOB_TOKEN", token);
+    h.response_extra = serde_json::json!({
+        "token": token,
+        "image": {"name": image},
+        "credentials": [{"type": "registry", "url": reg.host, "username": "gitlab-ci-token", "password": password}],
+    });
+    let out = h.config();
+    assert!(out.status.success(), "config: {}", show(&out));
+    let out = h.prepare();
+    assert!(out.status.success(), "prepare: {}", show(&out));
+    h
+}
+
+fn uid() -> u32 {
+    account_named(USER).uid.as_raw()
+}
+
+/// The job's podman state on the node.
+fn state_dir(h: &Harness) -> PathBuf {
+    PathBuf::from(format!("/tmp/jacamar-podman-{}/{}", uid(), h.job_id))
+}
+
+/// The job's auth file in its scripts dir.
+fn auth_file(h: &Harness) -> PathBuf {
+    h.scripts_job_dir().join("podman-auth.json")
+}
+
+/// The account's podman-side processes: podman, conmon, the pause process (catatonit),
+/// runc, and anything in the job's container.
+fn podman_processes() -> Vec<(i32, String)> {
+    processes_of(uid())
+        .into_iter()
+        .filter(|(_, c)| {
+            ["podman", "conmon", "catatonit", "runc", "sleep"]
+                .iter()
+                .any(|w| c.contains(w))
+        })
+        .collect()
+}
+
+/// The Slurm job id the log names (`Submitted slurm job N`).
+fn submitted_id(lines: &[String]) -> Option<String> {
+    lines.iter().find_map(|l| {
+        let rest = l.split("Submitted slurm job ").nth(1)?;
+        Some(rest.split_whitespace().next()?.to_string())
+    })
+}
+
+/// Every `/proc/*/cmdline` holding `needle`.
+fn cmdlines_with(needle: &str) -> Vec<(i32, String)> {
+    all_pids()
+        .into_iter()
+        .filter_map(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(needle).then_some((p, c))
+        })
+        .collect()
+}
+
+/// The image inside a Slurm job: the marker, the user, SLURM_JOB_ID, exit 7 -> 7; the
+/// token on no command line during the pull and the run, nor in the script Slurm keeps;
+/// the auth file gone once the stage ended; nothing of podman left on the node.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn an_image_runs_inside_the_slurm_job_as_the_user_with_its_exit_code() {
+    use base64::Engine;
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = slurm_image_job(&server, &reg, &reg.image(), &t, &t);
+    let _cleanup = Cleanup(&h);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("gitlab-ci-token:{t}"));
+    let mut child = h.spawn_run(
+        "build_script",
+        &runner_script(
+            "cat /etc/jacamar-test-image\necho \"user=$(id -un) job=${SLURM_JOB_ID:-none}\"\nsleep 1\nexit 7\n",
+        ),
+    );
+    let rx = lines_of(&mut child);
+    let mut seen: Vec<String> = Vec::new();
+    let mut found = Vec::new();
+    let mut script_checked = false;
+    let mut scans = 0;
+    let t0 = Instant::now();
+    let st = loop {
+        seen.extend(rx.try_iter().map(|(_, l)| l));
+        found.extend(cmdlines_with(&t));
+        found.extend(cmdlines_with(&b64));
+        scans += 1;
+        // What Slurm keeps of the job: the script, readable by its admins.
+        if !script_checked {
+            if let Some(id) = submitted_id(&seen) {
+                let o = Command::new("scontrol")
+                    .args(["write", "batch_script", &id, "-"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&o.stdout);
+                if o.status.success() && !text.is_empty() {
+                    assert!(text.contains("--authfile="), "{text}");
+                    assert!(
+                        !text.contains(&t) && !text.contains(&b64),
+                        "the token in the batch script: {text}"
+                    );
+                    script_checked = true;
+                }
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "the stage did not end: {seen:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    seen.extend(rx.try_iter().map(|(_, l)| l));
+    let text = format!("{}\n{stderr}", seen.join("\n"));
+    assert_eq!(st.code(), Some(1), "{text}");
+    assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{text}");
+    let id = submitted_id(&seen).unwrap_or_else(|| panic!("no Slurm job: {text}"));
+    assert!(text.contains(MARKER), "not in the image: {text}");
+    assert!(
+        text.contains(&format!("user={USER} job={id}")),
+        "user or SLURM_JOB_ID inside: {text}"
+    );
+    assert!(script_checked, "the batch script was never read: {text}");
+    assert!(scans > 10, "only {scans} scans");
+    assert!(found.is_empty(), "the token on a command line: {found:?}");
+    assert!(
+        !auth_file(&h).exists(),
+        "{} left after the stage",
+        auth_file(&h).display()
+    );
+    assert!(!text.contains(&t), "the token in the log: {text}");
+    // The batch script's end removed the job's podman: state and processes.
+    assert!(
+        wait_for(Duration::from_secs(10), || !state_dir(&h).exists()
+            && podman_processes().is_empty()),
+        "left on the node: {} {:?}",
+        state_dir(&h).display(),
+        podman_processes()
+    );
+    // after_script is not submitted: it runs in the image on the runner's host.
+    let out = h.run(
+        "after_script",
+        &runner_script("cat /etc/jacamar-test-image\necho \"after job=${SLURM_JOB_ID:-none}\"\n"),
+    );
+    let after = show(&out);
+    assert!(out.status.success(), "{after}");
+    assert!(
+        after.contains(MARKER) && after.contains("after job=none"),
+        "{after}"
+    );
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+    assert!(!state_dir(&h).exists(), "the host's podman state is left");
+    eprintln!("{text}\nfirst stage in Slurm took {:?}", t0.elapsed());
+}
+
+/// The runner's cancel while the job runs in its image: the trap inside the container
+/// runs, the Slurm job ends, no podman, conmon or pause process of the user is left.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn a_cancel_reaches_the_trap_inside_the_container_and_leaves_nothing() {
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = slurm_image_job(&server, &reg, &reg.image(), &t, &t);
+    let _cleanup = Cleanup(&h);
+    let name = format!("ci-{}", h.job_id);
+    let mut child = h.spawn_run(
+        "build_script",
+        &runner_script(
+            "cat /etc/jacamar-test-image\ntrap 'echo trapped in $(cat /etc/jacamar-test-image); exit 143' TERM\necho started\nsleep 100 &\nwait\necho not reached\n",
+        ),
+    );
+    let rx = lines_of(&mut child);
+    let mut seen = Vec::new();
+    assert!(
+        crate::harness::wait_line(&rx, "started", Duration::from_secs(120), &mut seen),
+        "never started: {seen:#?}"
+    );
+    assert_eq!(slurm_jobs(&name).len(), 1, "{seen:#?}");
+    assert!(!podman_processes().is_empty(), "no podman running");
+    let t1 = Instant::now();
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let st = wait_exit(&mut child, Duration::from_secs(90)).expect("the run did not end");
+    let took = t1.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    seen.extend(rx.try_iter().map(|(_, l)| l));
+    let text = format!("{}\n{stderr}", seen.join("\n"));
+    assert_eq!(st.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("trapped in {MARKER}")),
+        "the trap did not run in the image: {text}"
+    );
+    assert!(!text.contains("not reached"), "{text}");
+    // Nothing of the job is left on the node: the containers and conmon go first, the
+    // storage's deletion (podman system reset, outliving a Slurm KillWait on a loaded
+    // disk: docs/containers.md) and then the pause process last.
+    let gone = wait_for(Duration::from_secs(90), || {
+        slurm_jobs(&name).is_empty() && podman_processes().is_empty() && !state_dir(&h).exists()
+    });
+    assert!(
+        gone,
+        "{:?} after the cancel: Slurm jobs {:?}, processes {:?}, state {}: {text}",
+        t1.elapsed(),
+        slurm_jobs(&name),
+        podman_processes(),
+        state_dir(&h).exists()
+    );
+    let clean = t1.elapsed();
+    assert!(!auth_file(&h).exists(), "the auth file is left");
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+    eprintln!(
+        "{text}\nthe run ended {took:?} after the cancel, the node was clean after {clean:?}"
+    );
+}
+
+/// A registry refusing the job token, inside a Slurm job: the job log says what the host
+/// path says (the registry, the repository, the allowlist), a build failure, no user
+/// command ran, the token nowhere in the log, the auth file gone.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn a_refused_token_in_a_slurm_job_names_the_registry_and_the_allowlist() {
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let wrong = token();
+    let h = slurm_image_job(&server, &reg, &reg.image(), &wrong, &wrong);
+    let _cleanup = Cleanup(&h);
+    let out = h.run("build_script", &runner_script("echo USER-COMMAND-RAN\n"));
+    let all = show(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains("USER-COMMAND-RAN"), "{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        reg.host.as_str(),
+        "ci/debian",
+        "refused the job token",
+        "allowlist",
+        "group/project",
+    ] {
+        assert!(stderr.contains(part), "{part:?} not said: {all}");
+    }
+    assert!(!all.contains(&wrong), "the token in the log: {all}");
+    assert!(!auth_file(&h).exists(), "the auth file is left");
+    assert!(
+        wait_for(Duration::from_secs(10), || !state_dir(&h).exists()
+            && podman_processes().is_empty()),
+        "left: {:?}",
+        podman_processes()
+    );
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+    eprintln!("{all}");
+}
+
+/// The same launcher under the PBS executor (Debian's `qsub` over this Slurm): the image,
+/// the user, the exit code.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn an_image_runs_inside_a_pbs_job_with_its_exit_code() {
+    if !ready() {
+        return;
+    }
+    assert!(
+        Command::new("qsub").arg("--help").output().is_ok(),
+        "qsub missing: install slurm-wlm-torque (scripts/test.sh does)"
+    );
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = image_job("pbs", &server, &reg, &reg.image(), &t, &t);
+    let _cleanup = Cleanup(&h);
+    let out = h.run(
+        "build_script",
+        &runner_script("cat /etc/jacamar-test-image\necho \"user=$(id -un)\"\nexit 7\n"),
+    );
+    let text = show(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(h.build_exit_code().as_deref(), Some("7"), "{text}");
+    assert!(text.contains(MARKER), "not in the image: {text}");
+    assert!(text.contains(&format!("user={USER}")), "{text}");
+    assert!(!auth_file(&h).exists(), "the auth file is left");
+    assert!(!state_dir(&h).exists(), "the node's podman state is left");
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+}
+
+/// podman missing on the compute node: a system failure naming the key, before any of the
+/// user's commands, and no credentials left.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn a_podman_missing_on_the_node_is_a_system_failure_naming_the_key() {
+    if !ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = image_job_with(
+        "slurm",
+        &server,
+        &reg,
+        &reg.image(),
+        &t,
+        &t,
+        "application_path = \"/nonexistent/podman\"",
+    );
+    let _cleanup = Cleanup(&h);
+    let out = h.run("build_script", &runner_script("echo USER-COMMAND-RAN\n"));
+    let all = show(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(!all.contains("USER-COMMAND-RAN"), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[general.podman] application_path")
+            && all.contains("was not found on node"),
+        "{all}"
+    );
+    assert!(!auth_file(&h).exists(), "the auth file is left");
+    assert!(!all.contains(&t), "the token in the log: {all}");
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+}
