@@ -55,6 +55,7 @@ job response's `credentials` entry GitLab sends for its own registry (user gitla
 the job token as password); HOST[:PORT],USER,PASSWORD-FILE another registry's, the password
 read from the file. --job-token-file FILE sets the job token (default: a fresh random one),
 e.g. a local test registry's password. No secret is ever taken from the command line.
+
 DURATIONS: 500ms, 10s, 5m, 1h, 1h30m, or a bare number of seconds.
 
 OUTPUT: the job log (as GitLab would show it) on stdout; the runner's own log (signals sent,
