@@ -191,7 +191,7 @@ pub const KEYS: &[KeySpec] = &[
     key(Up,   GP, "custom_options",           StringArray, "[]",     "container",  "podman create options; no credentials"),
     key(Ours, GP, "runtime",                  String,      "",       "container",  "unset: runc on a cgroup v1 hybrid host, else podman's default"),
     // [general.charliecloud]
-    key(Up,   GC, "application_path",         Path,        "",       "container",  "absolute path of the directory holding ch-run and ch-image"),
+    key(Up,   GC, "application_path",         Path,        "",       "container",  "absolute path of the directory holding ch-run, ch-image and ch-convert; unset: the job's PATH"),
     key(Up,   GC, "default_image",            String,      "",       "container",  "for jobs without image:"),
     // [auth]
     key(Req,  A, "downscope",                 DOWNSCOPE,   "",       "privdrop",   ""),

@@ -95,6 +95,45 @@ pub fn message(
     }
 }
 
+/// The class of a failed `ch-image pull`'s `stderr` (Charliecloud 0.31's texts,
+/// docs/containers-facts.md §4); `auth`: whether a credential was given (`--auth`). With one,
+/// "unauthorized or not in registry" comes only after the registry took it: the image is not
+/// there; without one it may as well be a refusal.
+pub fn classify_ch_image(stderr: &str, auth: bool) -> Failure {
+    let has = |s: &str| stderr.contains(s);
+    if has("no further authentication possible") {
+        Failure::Refused
+    } else if has("unauthorized or not in registry") {
+        if auth {
+            Failure::NotFound
+        } else {
+            Failure::Denied
+        }
+    } else if has("CERTIFICATE_VERIFY_FAILED") {
+        Failure::Tls
+    } else {
+        Failure::Other
+    }
+}
+
+/// The line of a Charliecloud tool's `stderr` worth quoting: the last `error:` line, else
+/// the last non-empty line (a Python traceback's exception); at most 400 characters.
+pub fn last_ch_error_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let pick = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("error:") || l.contains(": error: "))
+        .or_else(|| lines.last())
+        .copied()
+        .unwrap_or("");
+    pick.chars().take(400).collect()
+}
+
 /// The line of podman's `stderr` worth quoting: the last `Error:` line, else the last
 /// `level=error` line, else the last non-empty line; at most 400 characters.
 pub fn last_error_line(stderr: &str) -> String {
@@ -178,5 +217,30 @@ mod tests {
             "{m}"
         );
         assert_eq!(last_error_line("a\nb\n"), "b");
+    }
+
+    // docs/containers-facts.md §4, ch-image 0.31 with --auth.
+    const CH_REFUSED: &str = "error: no further authentication possible, giving up\n";
+    const CH_MISSING: &str = "error: unauthorized or not in registry: 127.0.0.1:5043/ci/missing:bookworm\nhint: if your registry needs authentication, use --auth\n";
+    const CH_TLS: &str = "error: GET failed: HTTPSConnectionPool(host='127.0.0.1', port=5043): Max retries exceeded with url: /v2/ci/debian/manifests/bookworm (Caused by SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate (_ssl.c:992)')))\n";
+
+    #[test]
+    fn ch_image_texts_are_classified() {
+        assert_eq!(classify_ch_image(CH_REFUSED, true), Failure::Refused);
+        assert_eq!(classify_ch_image(CH_MISSING, true), Failure::NotFound);
+        assert_eq!(classify_ch_image(CH_MISSING, false), Failure::Denied);
+        assert_eq!(classify_ch_image(CH_TLS, true), Failure::Tls);
+        assert_eq!(
+            classify_ch_image("Traceback\nEOFError: x\n", true),
+            Failure::Other
+        );
+        assert_eq!(
+            last_ch_error_line(CH_MISSING),
+            "error: unauthorized or not in registry: 127.0.0.1:5043/ci/missing:bookworm"
+        );
+        assert_eq!(
+            last_ch_error_line("Traceback\nEOFError: x\n"),
+            "EOFError: x"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! A job's `image:` (issue 19): the user's stages run inside it, rootless, as the job's user.
 //!
-//! `[general] run_mechanism` chooses the tool; only `"podman"` runs yet (`"charliecloud"` is
-//! accepted by the configuration and refused here at the first user stage). The image is
+//! `[general] run_mechanism` chooses the tool: `"podman"` ([`podman`]) or `"charliecloud"`
+//! ([`charliecloud`]). The image is
 //! the job response's `image.name` (`image.entrypoint` with it), else the mechanism's
 //! `default_image`; a job with neither runs on the host as before. Only the user's stages
 //! ([`is_user_stage`]) go into the image; the runner's own stages (sources, caches,
@@ -13,8 +13,11 @@
 //! see [`podman::auth_json`]). The measured facts behind the choices are in
 //! docs/containers-facts.md.
 
+pub mod charliecloud;
 pub mod classify;
 pub mod podman;
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 
 use crate::config::{General, RunMechanism};
 use crate::job::{JobImage, RegistryCredential};
@@ -40,9 +43,6 @@ pub fn is_user_stage(stage: &str) -> bool {
 /// A failure of the container part of a stage.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    /// A mechanism the configuration accepts but this version cannot run yet.
-    #[error("[general] run_mechanism = \"{0}\" is not supported yet by jacamar-rs (only \"podman\" runs images); unset run_mechanism or set it to \"podman\"")]
-    NotSupportedYet(&'static str),
     /// An image with a batch executor (the container would have to start inside the
     /// allocation: not there yet).
     #[error("the job has an image, and images run only with executor = \"shell\" so far (this runner's executor is \"{0}\"); remove the job's image: or run it on a shell-executor runner")]
@@ -52,6 +52,9 @@ pub enum ContainerError {
         "{what} was not found: {where_}; install it, or set [general.podman] application_path"
     )]
     ToolMissing { what: String, where_: String },
+    /// A Charliecloud tool is not there.
+    #[error("Charliecloud's {tool} was not found: {where_}; install Charliecloud, or set [general.charliecloud] application_path to the directory holding ch-run and ch-image")]
+    ChToolMissing { tool: String, where_: String },
     /// The job's `image:` cannot be used (the message says why; no secret in it).
     #[error("the job's image \"{name}\" cannot be used: {why}")]
     BadImage { name: String, why: String },
@@ -211,6 +214,69 @@ pub fn checked_credentials(
     out
 }
 
+/// Write `content` to `name` in `dir`, 0600, replacing a file there (never following a link).
+pub(crate) fn write_private(
+    dir: &std::path::Path,
+    name: &str,
+    content: &[u8],
+) -> Result<std::path::PathBuf, ContainerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let write = || -> std::io::Result<()> {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
+        f.write_all(content)
+    };
+    write().map_err(|source| ContainerError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// `dir` as a private directory of `uid`: made 0700 when missing; when present, a real
+/// directory (not a link) owned by `uid` with no access for group or others.
+pub(crate) fn private_dir(dir: &std::path::Path, uid: u32) -> Result<(), ContainerError> {
+    let bad = |why: String| ContainerError::StateDir {
+        path: dir.to_path_buf(),
+        why,
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(bad(format!("cannot be created: {e}"))),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    if !m.is_dir() {
+        return Err(bad(
+            "exists and is not a directory (a link?); remove it".into()
+        ));
+    }
+    if m.uid() != uid {
+        return Err(bad(format!(
+            "belongs to uid {}, not the job's account (uid {uid}); remove it",
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(bad(format!(
+            "has mode {:o}: other accounts can reach it; remove it",
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +386,24 @@ mod tests {
             Image::for_job(&g, Some(&job)).unwrap().unwrap().name,
             "reg/x:1"
         );
+    }
+
+    #[test]
+    fn a_state_dir_of_another_account_or_open_to_others_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let d = tmp.path().join("s");
+        private_dir(&d, me).unwrap();
+        private_dir(&d, me).unwrap();
+        let e = private_dir(&d, me + 1).unwrap_err().to_string();
+        assert!(e.contains("not the job's account"), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = private_dir(&d, me).unwrap_err().to_string();
+        assert!(e.contains("other accounts"), "{e}");
+        let link = tmp.path().join("l");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        let e = private_dir(&link, me).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
     }
 }

@@ -19,13 +19,13 @@
 //!   to subordinate ids: only podman can remove them), the pause process killed, the
 //!   directory removed.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use nix::sys::signal::Signal;
 
-use super::{ContainerError, Image};
+use super::{private_dir, ContainerError, Image};
 use crate::config::General;
 use crate::job::RegistryCredential;
 use crate::supervisor::{Reason, Terminator};
@@ -184,27 +184,7 @@ impl Podman {
 
     /// Write `content` to `name` in the job's state directory, 0600 (replacing it).
     pub fn write_private(&self, name: &str, content: &[u8]) -> Result<PathBuf, ContainerError> {
-        use std::io::Write;
-        let path = self.state.join(name);
-        let write = || -> std::io::Result<()> {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
-            f.write_all(content)
-        };
-        write().map_err(|source| ContainerError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(path)
+        super::write_private(&self.state, name, content)
     }
 
     /// Remove everything the job left: its containers, the storage, the pause process and
@@ -411,39 +391,6 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// `dir` as a private directory of `uid`: made 0700 when missing; when present, a real
-/// directory (not a link) owned by `uid` with no access for group or others.
-fn private_dir(dir: &Path, uid: u32) -> Result<(), ContainerError> {
-    let bad = |why: String| ContainerError::StateDir {
-        path: dir.to_path_buf(),
-        why,
-    };
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(bad(format!("cannot be created: {e}"))),
-    }
-    let m = std::fs::symlink_metadata(dir).map_err(|e| bad(format!("cannot be read: {e}")))?;
-    if !m.is_dir() {
-        return Err(bad(
-            "exists and is not a directory (a link?); remove it".into()
-        ));
-    }
-    if m.uid() != uid {
-        return Err(bad(format!(
-            "belongs to uid {}, not the job's account (uid {uid}); remove it",
-            m.uid()
-        )));
-    }
-    if m.mode() & 0o077 != 0 {
-        return Err(bad(format!(
-            "has mode {:o}: other accounts can reach it; remove it",
-            m.mode() & 0o7777
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,24 +480,5 @@ mod tests {
         let (text, left) = env_file(&env, Path::new("/home/u"));
         assert_eq!(text, "HOME=/home/u\nUSER=u\nLC_ALL=C\n");
         assert_eq!(left, ["TERM"]);
-    }
-
-    #[test]
-    fn a_state_dir_of_another_account_or_open_to_others_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let me = nix::unistd::getuid().as_raw();
-        let d = tmp.path().join("s");
-        private_dir(&d, me).unwrap();
-        private_dir(&d, me).unwrap();
-        let e = private_dir(&d, me + 1).unwrap_err().to_string();
-        assert!(e.contains("not the job's account"), "{e}");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let e = private_dir(&d, me).unwrap_err().to_string();
-        assert!(e.contains("other accounts"), "{e}");
-        let link = tmp.path().join("l");
-        std::os::unix::fs::symlink(&d, &link).unwrap();
-        let e = private_dir(&link, me).unwrap_err().to_string();
-        assert!(e.contains("not a directory"), "{e}");
     }
 }

@@ -65,17 +65,16 @@ pub(super) async fn run(
     image: &Image,
     control: OwnedFd,
 ) -> Result<Status, StageError> {
-    match c.config.general.run_mechanism {
-        Some(RunMechanism::Podman) => {}
-        Some(RunMechanism::Charliecloud) => {
-            return Err(node_fault(ContainerError::NotSupportedYet("charliecloud")))
-        }
-        None => return Err(StageError::Internal("no run_mechanism for an image".into())),
+    if c.config.general.run_mechanism.is_none() {
+        return Err(StageError::Internal("no run_mechanism for an image".into()));
     }
     if c.config.general.executor.is_batch() {
         return Err(node_fault(ContainerError::BatchNotYet(
             c.config.general.executor.as_str(),
         )));
+    }
+    if c.config.general.run_mechanism == Some(RunMechanism::Charliecloud) {
+        return super::contained_ch::run(c, image, control).await;
     }
     let h = c.h;
     let pm =
@@ -114,7 +113,7 @@ async fn remove(pm: &Podman, name: &str) {
 }
 
 /// Say `e` in the job log and make it the stage's system failure.
-fn node_fault(e: ContainerError) -> StageError {
+pub(super) fn node_fault(e: ContainerError) -> StageError {
     eprintln!("jacamar: ERROR: {e}");
     StageError::Container(e)
 }
@@ -246,7 +245,7 @@ async fn pull(pm: &Podman, args: &[String], watch: &mut Watch) -> std::io::Resul
 
 /// `text` with every credential's password (and its base64 form) masked: podman never
 /// prints them, this holds should a future version quote a request.
-fn mask(text: &str, creds: &[crate::job::RegistryCredential]) -> String {
+pub(super) fn mask(text: &str, creds: &[crate::job::RegistryCredential]) -> String {
     use base64::Engine;
     let mut t = text.to_string();
     for c in creds.iter().filter(|c| !c.password.is_empty()) {

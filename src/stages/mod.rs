@@ -15,6 +15,7 @@
 
 pub mod cli;
 mod contained;
+mod contained_ch;
 pub mod diag;
 pub mod login_env;
 pub mod prelude;

@@ -162,6 +162,12 @@ async fn cleanup(cx: &Ctx<'_>) -> Result<Status, StageError> {
             }
         }
     }
+    if config.general.run_mechanism == Some(crate::config::RunMechanism::Charliecloud) {
+        // The job's image storage and directory image (node-local, not under its files).
+        for p in crate::container::charliecloud::cleanup(h.account.uid, h.job.job_id) {
+            eprintln!("jacamar: WARNING: cleanup: {}", crate::text::sanitize(&p));
+        }
+    }
     fs::cleanup_job(paths, config.general.retain_logs)?;
     let report = fs::builds::cleanup(paths, policy, &plan, &config.general)?;
     if let (Some(slot), true) = (report.released, report.still_in_use) {

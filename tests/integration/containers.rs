@@ -13,18 +13,24 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::auth_kit::{ensure_user, give_token, harness, pki, JwksServer};
-use crate::harness::{require_root, show, Harness, Shape};
+use crate::harness::{show, Harness, Shape};
 use crate::registry_kit::{ready, token, Registry, MARKER};
 
 const USER: &str = "jrs_c19_pod";
+
 /// The account's passwd entry (created once; useradd gives it its subordinate ranges).
 fn account() -> nix::unistd::User {
-    let u = ensure_user(USER, &[], "/bin/bash");
+    account_named(USER)
+}
+
+/// `name`'s passwd entry (created once, with its subordinate ranges).
+pub(crate) fn account_named(name: &str) -> nix::unistd::User {
+    let u = ensure_user(name, &[], "/bin/bash");
     for f in ["/etc/subuid", "/etc/subgid"] {
         let text = std::fs::read_to_string(f).unwrap_or_default();
         assert!(
-            text.lines().any(|l| l.starts_with(&format!("{USER}:"))),
-            "{USER} has no range in {f} (usermod --add-subuids/--add-subgids)"
+            text.lines().any(|l| l.starts_with(&format!("{name}:"))),
+            "{name} has no range in {f} (usermod --add-subuids/--add-subgids)"
         );
     }
     u
@@ -40,10 +46,24 @@ fn job(
     password: &str,
     podman: &str,
 ) -> Harness {
-    account();
     let general = format!("run_mechanism = \"podman\"\n[general.podman]\n{podman}\n");
-    let mut h = harness(server, "setuid", &general, "root_dir_creation = true", "");
-    give_token(&mut h, server, USER);
+    job_of(USER, &general, server, reg, image, token, password)
+}
+
+/// A setuid job of `user` with the `[general]` lines `general` (the mechanism), `image` and
+/// a registry credential whose password is `password`; the job token is `token`.
+pub(crate) fn job_of(
+    user: &str,
+    general: &str,
+    server: &JwksServer,
+    reg: &Registry,
+    image: &str,
+    token: &str,
+    password: &str,
+) -> Harness {
+    account_named(user);
+    let mut h = harness(server, "setuid", general, "root_dir_creation = true", "");
+    give_token(&mut h, server, user);
     h.set("CUSTOM_ENV_CI_JOB_TOKEN", token);
     h.response_extra = serde_json::json!({
         "token": token,
@@ -60,7 +80,7 @@ fn job(
 /// Runs the job's cleanup stage when dropped, so a failing test leaves no podman state
 /// (its files belong to subordinate ids) and no process behind; a second cleanup after the
 /// test's own finds nothing to do.
-struct Cleanup<'a>(&'a Harness);
+pub(crate) struct Cleanup<'a>(pub(crate) &'a Harness);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -99,7 +119,11 @@ fn podman_ps(h: &Harness) -> String {
 
 /// The account's processes (pid, command line), zombies left out.
 fn processes_of_account() -> Vec<(i32, String)> {
-    let uid = account().uid.as_raw();
+    processes_of(account().uid.as_raw())
+}
+
+/// The processes of `uid` (pid, command line), zombies left out.
+pub(crate) fn processes_of(uid: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for pid in crate::harness::all_pids() {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -130,7 +154,7 @@ fn job_processes(h: &Harness) -> Vec<(i32, String)> {
         .collect()
 }
 
-fn text(o: &std::process::Output) -> (String, String) {
+pub(crate) fn text(o: &std::process::Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).to_string(),
         String::from_utf8_lossy(&o.stderr).to_string(),
@@ -465,39 +489,6 @@ fn a_missing_podman_is_a_system_failure_naming_the_key() {
         "{stderr}"
     );
     eprintln!("{stderr}");
-    let _ = h.cleanup();
-}
-
-#[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
-fn charliecloud_is_refused_as_not_supported_yet_naming_the_key() {
-    if !require_root() {
-        return;
-    }
-    let server = JwksServer::start(&[&pki().keys[0]]);
-    account();
-    let general = "run_mechanism = \"charliecloud\"\n[general.charliecloud]\ndefault_image = \"127.0.0.1:1/x:y\"\n";
-    let mut h = harness(&server, "setuid", general, "root_dir_creation = true", "");
-    give_token(&mut h, &server, USER);
-    assert!(h.config().status.success());
-    assert!(h.prepare().status.success());
-    let out = h.run(
-        "build_script",
-        &crate::harness::runner_script("echo USER-COMMAND-RAN\n"),
-    );
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    assert!(!stdout.contains("USER-COMMAND-RAN"), "{stdout}");
-    assert!(
-        stderr.contains("run_mechanism = \"charliecloud\" is not supported yet"),
-        "{stderr}"
-    );
-    // The runner's own stages are not affected.
-    let out = h.run(
-        "get_sources",
-        &crate::harness::runner_script("echo on-host\n"),
-    );
-    assert!(out.status.success(), "{}", show(&out));
     let _ = h.cleanup();
 }
 

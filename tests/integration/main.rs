@@ -15,6 +15,7 @@ mod batch_pbs;
 mod batch_slurm;
 mod builddirs;
 mod containers;
+mod containers_ch;
 mod demo;
 mod harden;
 mod harness;

@@ -42,7 +42,8 @@ pub fn deployment_problems(config: &Config) -> Vec<String> {
 }
 
 /// `run_mechanism`'s tools, as a job would find them (`application_path`, else the jobs'
-/// default PATH): present and executable. Subordinate id ranges are per account: a job
+/// default PATH): present and executable (Charliecloud: `ch-image`, `ch-convert` and `ch-run`,
+/// and user namespaces not switched off). Subordinate id ranges are per account: a job
 /// without them fails naming the account (see `container::classify`).
 pub fn container_problems(config: &Config) -> Vec<String> {
     use crate::config::RunMechanism;
@@ -75,19 +76,31 @@ pub fn container_problems(config: &Config) -> Vec<String> {
             }
         }
         Some(RunMechanism::Charliecloud) => {
-            problems.push(
-                "[general] run_mechanism = \"charliecloud\" is not supported yet by jacamar-rs: every job with an image would fail; use \"podman\"".into(),
-            );
-            for tool in ["ch-run", "ch-image"] {
+            for tool in crate::container::charliecloud::TOOLS {
                 let found = match &config.general.charliecloud.application_path {
                     Some(dir) => executable(&dir.join(tool)),
                     None => crate::shell::find_on_path(tool, path).is_some(),
                 };
                 if !found {
-                    problems.push(format!(
-                        "[general.charliecloud] application_path: {tool} not found (in the directory set, else on the jobs' PATH {path})"
-                    ));
+                    problems.push(match &config.general.charliecloud.application_path {
+                        Some(dir) => format!(
+                            "[general.charliecloud] application_path = {:?}: no executable {tool} there",
+                            dir.display().to_string()
+                        ),
+                        None => format!(
+                            "[general] run_mechanism = \"charliecloud\": {tool} is not on the jobs' PATH ({path}); install Charliecloud or set [general.charliecloud] application_path to the directory holding it"
+                        ),
+                    });
                 }
+            }
+            // ch-run needs unprivileged user namespaces (what ch-checkns checks).
+            let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            if max == Some(0) {
+                problems.push(
+                    "[general] run_mechanism = \"charliecloud\": /proc/sys/user/max_user_namespaces is 0, so ch-run cannot make the user namespace it needs; raise it (sysctl user.max_user_namespaces)".into(),
+                );
             }
         }
     }
@@ -184,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn validate_names_a_missing_container_tool_and_an_unsupported_mechanism() {
+    fn validate_names_a_missing_container_tool() {
         assert!(container_problems(&config("")).is_empty());
         let p = container_problems(&config(
             "run_mechanism = \"podman\"\n[general.podman]\napplication_path = \"/nonexistent/podman\"",
@@ -197,7 +210,12 @@ mod tests {
         let p = container_problems(&config(
             "run_mechanism = \"charliecloud\"\n[general.charliecloud]\napplication_path = \"/nonexistent\"",
         ));
-        assert!(p.iter().any(|m| m.contains("not supported yet")), "{p:?}");
-        assert!(p.iter().any(|m| m.contains("ch-run not found")), "{p:?}");
+        assert!(
+            p.iter().any(|m| m.contains(
+                "[general.charliecloud] application_path = \"/nonexistent\": no executable ch-run there"
+            )),
+            "{p:?}"
+        );
+        assert!(!p.iter().any(|m| m.contains("not supported")), "{p:?}");
     }
 }
