@@ -99,7 +99,8 @@ if [ "$(id -u)" = 0 ]; then
   fi
 fi
 
-# --- container images (issue 19, tests/integration/containers.rs): podman, runc, charliecloud,
+# --- container images (issue 19, tests/integration/containers.rs, tests/e2e/images.rs,
+# benches/containers.rs): podman, runc, charliecloud,
 # the Distribution registry, skopeo, htpasswd, uidmap, squashfs tools, and the debootstrap test
 # image (cached in /var/cache/jacamar-rs/images, outside the clone; a cold build takes about
 # a minute). Idempotent; a machine where they cannot be installed fails here.

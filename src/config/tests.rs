@@ -1212,3 +1212,45 @@ fn container_tables_are_read_and_checked() {
         "{e}"
     );
 }
+
+/// Rootless podman maps the user namespace with the set-user-ID `newuidmap`, which
+/// no_new_privs disables: `run_mechanism = "podman"` with `[auth] no_new_privs` or a seccomp
+/// filter (which needs no_new_privs) would fail every job with an image; refused at load,
+/// naming the key. Charliecloud's ch-run needs no set-user-ID helper.
+#[test]
+fn podman_with_no_new_privs_or_a_seccomp_filter_is_refused() {
+    let general = |mech: &str| {
+        setuid_base().replace(
+            "data_dir = \"/ecp\"\n",
+            &format!("data_dir = \"/ecp\"\nrun_mechanism = \"{mech}\"\n"),
+        )
+    };
+    let podman = general("podman");
+    for (extra, key, line) in [
+        ("no_new_privs = true\n", "auth.no_new_privs", 8),
+        (
+            "[auth.seccomp]\nlimit_setuid = true\n",
+            "auth.seccomp.limit_setuid",
+            9,
+        ),
+    ] {
+        let found = problems(&format!("{podman}{extra}"));
+        assert_eq!(found.len(), 1, "{key}: {found:?}");
+        assert_eq!(found[0].key.as_deref(), Some(key), "{found:?}");
+        assert_eq!(found[0].line, Some(line), "{found:?}");
+        for part in [
+            "run_mechanism = \"podman\"",
+            "newuidmap",
+            "every job with an image",
+        ] {
+            assert!(found[0].message.contains(part), "{part}: {found:?}");
+        }
+    }
+    ok(&podman);
+    ok(&format!("{podman}no_new_privs = false\n"));
+    ok(&format!(
+        "{podman}[auth.seccomp]\ndisabled = true\nlimit_setuid = true\n"
+    ));
+    ok(&format!("{}no_new_privs = true\n", setuid_base()));
+    ok(&format!("{}no_new_privs = true\n", general("charliecloud")));
+}

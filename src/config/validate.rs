@@ -34,7 +34,8 @@ pub(crate) fn validate(
     problems.extend(general_sec.finish());
 
     let mut auth_sec = top.subtable("auth");
-    let auth = auth(&mut auth_sec, &mut problems);
+    let mechanism = general.as_ref().and_then(|g| g.run_mechanism);
+    let auth = auth(&mut auth_sec, &mut problems, mechanism);
     problems.extend(auth_sec.finish());
 
     let mut batch_sec = top.subtable("batch");
@@ -200,7 +201,12 @@ fn image_name(s: &mut Section<'_, '_>, key: &'static str) -> Option<String> {
     Some(name)
 }
 
-fn auth(s: &mut Section<'_, '_>, problems: &mut Vec<Problem>) -> Option<Auth> {
+/// `[auth]`; `mechanism` is `[general] run_mechanism` (see [`podman_needs_new_privs`]).
+fn auth(
+    s: &mut Section<'_, '_>,
+    problems: &mut Vec<Problem>,
+    mechanism: Option<RunMechanism>,
+) -> Option<Auth> {
     let downscope = if s.is_present("downscope") {
         s.choice("downscope", Downscope::NAMES)
     } else {
@@ -244,15 +250,18 @@ fn auth(s: &mut Section<'_, '_>, problems: &mut Vec<Problem>) -> Option<Auth> {
 
     let mut seccomp_sec = s.subtable("seccomp");
     let seccomp = seccomp(&mut seccomp_sec);
+    let on = InEffect {
+        runas: runas.is_some() || runas_present,
+        shell_allowlist: !shell_allowlist.is_empty(),
+        ff_getent_check,
+        no_new_privs,
+        seccomp_filter: seccomp.filter_wanted(),
+    };
     if let Some(mode) = downscope {
-        let on = InEffect {
-            runas: runas.is_some() || runas_present,
-            shell_allowlist: !shell_allowlist.is_empty(),
-            ff_getent_check,
-            no_new_privs,
-            seccomp_filter: seccomp.filter_wanted(),
-        };
         unenforceable(s, &mut seccomp_sec, mode, &on);
+    }
+    if mechanism == Some(RunMechanism::Podman) {
+        podman_needs_new_privs(s, &mut seccomp_sec, &on);
     }
     problems.extend(seccomp_sec.finish());
 
@@ -347,16 +356,7 @@ fn unenforceable(
             );
         }
         if on.seccomp_filter {
-            let key = [
-                "block_all",
-                "block_calls",
-                "limit_setuid",
-                "tty_rules",
-                "log_allowed_actions",
-            ]
-            .into_iter()
-            .find(|k| seccomp_sec.line_of_key(k).is_some())
-            .unwrap_or("block_calls");
+            let key = seccomp_filter_key(seccomp_sec);
             let line = seccomp_sec.line_of_key(key);
             seccomp_sec.push(
                 line,
@@ -364,6 +364,53 @@ fn unenforceable(
                 format!("a seccomp filter cannot be enforced (it needs no_new_privs): {why}, or set [auth.seccomp] disabled = true"),
             );
         }
+    }
+}
+
+/// The key of `[auth.seccomp]` that turns its filter on, for messages (`block_calls` if none
+/// is written).
+fn seccomp_filter_key(seccomp_sec: &Section<'_, '_>) -> &'static str {
+    [
+        "block_all",
+        "block_calls",
+        "limit_setuid",
+        "tty_rules",
+        "log_allowed_actions",
+    ]
+    .into_iter()
+    .find(|k| seccomp_sec.line_of_key(k).is_some())
+    .unwrap_or("block_calls")
+}
+
+/// Rootless podman maps its user namespace with `newuidmap`/`newgidmap`, set-user-ID root,
+/// which no_new_privs disables (docs/containers-facts.md, "NoNewPrivs"): with
+/// `run_mechanism = "podman"`, `[auth] no_new_privs` or a seccomp filter (which needs
+/// no_new_privs) would fail every job with an image. Reported on the key that sets it.
+fn podman_needs_new_privs(
+    auth: &mut Section<'_, '_>,
+    seccomp_sec: &mut Section<'_, '_>,
+    on: &InEffect,
+) {
+    let why =
+        "run_mechanism = \"podman\" needs the job free of no_new_privs: rootless podman maps \
+               its user namespace with the set-user-ID newuidmap/newgidmap, which no_new_privs \
+               disables, so every job with an image would fail";
+    if on.no_new_privs {
+        let line = auth.line_of_key("no_new_privs");
+        auth.push(
+            line,
+            "no_new_privs",
+            format!("{why}; remove no_new_privs, or unset run_mechanism"),
+        );
+    }
+    if on.seccomp_filter {
+        let key = seccomp_filter_key(seccomp_sec);
+        let line = seccomp_sec.line_of_key(key);
+        seccomp_sec.push(
+            line,
+            key,
+            format!("{why}, and a seccomp filter needs no_new_privs; set [auth.seccomp] disabled = true, or unset run_mechanism"),
+        );
     }
 }
 

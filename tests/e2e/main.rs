@@ -20,6 +20,9 @@ mod cluster_fake;
 mod coordinator;
 #[path = "../integration/harness.rs"]
 mod harness;
+mod images;
+#[path = "../integration/registry_kit.rs"]
+mod registry_kit;
 mod scenarios;
 mod site;
 

@@ -179,6 +179,12 @@ pub struct JobSpec {
     pub dependencies: Value,
     /// The GitLab login in the id_token; None: no id_token at all.
     pub login: Option<String>,
+    /// The job response's `image` (`{"name": ""}`: none) and `credentials`, as GitLab sends
+    /// them.
+    pub image: Value,
+    pub credentials: Value,
+    /// The job token; None: one made up for the job (see [`Site::queue`]).
+    pub token: Option<String>,
 }
 
 impl JobSpec {
@@ -193,6 +199,9 @@ impl JobSpec {
             cache: json!([]),
             dependencies: json!([]),
             login: Some(JOB_USER.into()),
+            image: json!({"name": ""}),
+            credentials: json!([]),
+            token: None,
         }
     }
 
@@ -432,7 +441,10 @@ impl Site {
     pub fn queue(&self, spec: &JobSpec) -> JobRef {
         let sha = self.repo(&[("README.md", "e2e\n")]).sha.clone();
         let id = next_job_id();
-        let token = format!("glcbt-e2e{id}_{}Tk", std::process::id());
+        let token = spec
+            .token
+            .clone()
+            .unwrap_or_else(|| format!("glcbt-e2e{id}_{}Tk", std::process::id()));
         let job = job_response(spec, id, &token, self.url(), &self.coord.https_url, &sha);
         self.coord.queue(job);
         JobRef { id, token }
@@ -667,11 +679,11 @@ pub fn job_response(
         "runner_info": {"timeout": spec.timeout},
         "variables": vars,
         "steps": steps,
-        "image": {"name": ""},
+        "image": spec.image,
         "services": [],
         "artifacts": spec.artifacts,
         "cache": spec.cache,
-        "credentials": [],
+        "credentials": spec.credentials,
         "dependencies": spec.dependencies,
         "features": {
             "trace_sections": true,

@@ -14,8 +14,9 @@ use nix::unistd::Pid;
 
 use crate::auth_kit::{give_token, pki, server_harness, server_lines, JwksServer};
 use crate::batch_slurm::{require_slurm, slurm_jobs};
-use crate::containers::{account_named, processes_of, ready, token, Cleanup, Registry, MARKER};
+use crate::containers::{account_named, processes_of, Cleanup};
 use crate::harness::{all_pids, lines_of, runner_script, show, wait_exit, wait_for, Harness};
+use crate::registry_kit::{ready, token, Registry, MARKER};
 
 const USER: &str = "jrs_c19_sl";
 

@@ -12,10 +12,9 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::auth_kit::{give_token, harness, pki, JwksServer};
-use crate::containers::{
-    account_named, job_of, processes_of, text, token, Cleanup, Registry, IMAGE_ARCHIVE, MARKER,
-};
+use crate::containers::{account_named, job_of, processes_of, text, Cleanup};
 use crate::harness::{require, require_root, require_tool, show, Harness, Shape};
+use crate::registry_kit::{token, Registry, IMAGE_ARCHIVE, MARKER};
 
 const USER: &str = "jrs_c19_ch";
 const GENERAL: &str = "run_mechanism = \"charliecloud\"\n";

@@ -24,6 +24,7 @@ mod health;
 mod nfs_view;
 mod poll_users;
 mod refusals;
+mod registry_kit;
 mod responses;
 mod runner_config;
 mod scale_poll;

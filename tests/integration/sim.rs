@@ -808,3 +808,164 @@ fn stage_attempts_out_of_range_fail_and_section_attempts_retry_nothing() {
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.calls_of("run build_script"), 1);
 }
+
+/// `--image`, `--registry-credential` and `--job-token-file`: the job response carries the
+/// image and the credentials as the runner's does (jacamar's parser reads them back), the
+/// job token comes from the file, `CI_JOB_IMAGE` is set; bad values are refused naming the
+/// flag, never printing a secret.
+#[test]
+fn image_and_registry_credentials_reach_the_job_response() {
+    let files = tempfile::tempdir().unwrap();
+    let token_file = files.path().join("token");
+    std::fs::write(&token_file, "glcbt-sim-fromfile-1\n").unwrap();
+    let pw_file = files.path().join("pw");
+    std::fs::write(&pw_file, "other-secret-2\n").unwrap();
+    let other = format!("other.example.com:443,bob,{}", pw_file.display());
+    let image = "reg.example.com:5050/g/img:1";
+    let r = run_sim(
+        &[],
+        &[
+            "--script",
+            "true",
+            "--keep-tmp",
+            "--image",
+            image,
+            "--registry-credential",
+            "reg.example.com:5050",
+            "--registry-credential",
+            &other,
+            "--job-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let tmp = PathBuf::from(r.summary["tmp_dir"].as_str().unwrap());
+    let text = std::fs::read(tmp.join("response.json")).unwrap();
+    std::fs::remove_dir_all(&tmp).unwrap();
+    let response: Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(response["token"], "glcbt-sim-fromfile-1");
+    let parsed = jacamar::job::JobResponse::parse(&text).unwrap();
+    assert_eq!(parsed.image.map(|i| i.name).as_deref(), Some(image));
+    let creds: Vec<_> = parsed
+        .registry_credentials
+        .iter()
+        .map(|c| (c.url.as_str(), c.username.as_str(), c.password.as_str()))
+        .collect();
+    assert_eq!(
+        creds,
+        [
+            (
+                "reg.example.com:5050",
+                "gitlab-ci-token",
+                "glcbt-sim-fromfile-1"
+            ),
+            ("other.example.com:443", "bob", "other-secret-2"),
+        ]
+    );
+    let env = r.env_of("run build_script");
+    assert!(
+        env.contains(&format!("CUSTOM_ENV_CI_JOB_IMAGE={image}\n")),
+        "{env}"
+    );
+    assert!(
+        env.contains("CUSTOM_ENV_CI_JOB_TOKEN=glcbt-sim-fromfile-1\n"),
+        "{env}"
+    );
+    for (args, want) in [
+        (
+            vec!["--registry-credential", "https://reg:1"],
+            "--registry-credential",
+        ),
+        (vec!["--registry-credential", "reg:1,bob"], "PASSWORD-FILE"),
+        (vec!["--image", "a b"], "--image"),
+        (
+            vec!["--job-token-file", "/nonexistent/tok"],
+            "/nonexistent/tok",
+        ),
+    ] {
+        let mut a = vec!["--script", "true"];
+        a.extend(args.iter().copied());
+        let r = run_sim(&[], &a);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+        assert!(r.calls.is_empty(), "{args:?}");
+    }
+}
+
+/// The demo path of docs/containers.md: jacamar-sim, as an ordinary account (downscope
+/// "none"), runs a job with an image through jacamar-auth and rootless podman against a
+/// local registry whose password is the job token (`--job-token-file`), as the runner
+/// would; a registry that refuses the token fails the job with the allowlist advice.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn the_sim_runs_an_image_job_as_the_runner_does() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !crate::registry_kit::ready() {
+        return;
+    }
+    const USER: &str = "jrs_c19_sim";
+    let user = crate::auth_kit::ensure_user(USER, &[], "/bin/bash");
+    let t = crate::registry_kit::token();
+    let reg = crate::registry_kit::Registry::start(&t);
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = dir.path().join("jacamar.toml");
+    std::fs::write(
+        &conf,
+        "[general]\nexecutor = \"shell\"\ndata_dir = \"$HOME\"\nrun_mechanism = \"podman\"\n[auth]\ndownscope = \"none\"\n",
+    )
+    .unwrap();
+    let sim = |token: &str, job_id: u64| {
+        let tok = dir.path().join(format!("token-{job_id}"));
+        std::fs::write(&tok, format!("{token}\n")).unwrap();
+        nix::unistd::chown(&tok, Some(user.uid), Some(user.gid)).unwrap();
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = Command::new(SIM)
+            .arg("--driver")
+            .arg(crate::harness::AUTH)
+            .arg("--configuration")
+            .arg(&conf)
+            .args(["--image", &reg.image(), "--registry-credential", &reg.host])
+            .arg("--job-token-file")
+            .arg(&tok)
+            .args(["--job-id", &job_id.to_string()])
+            .args(["--script", "cat /etc/jacamar-test-image", "--script"])
+            .arg("echo user=$(id -un)")
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &user.dir)
+            .env("USER", USER)
+            .current_dir(dir.path())
+            .uid(user.uid.as_raw())
+            .gid(user.gid.as_raw())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let id = u64::from(std::process::id()) * 10;
+    let (code, stdout, stderr) = sim(&t, id);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(crate::registry_kit::MARKER) && stdout.contains(&format!("user={USER}")),
+        "{stdout}\n{stderr}"
+    );
+    let wrong = crate::registry_kit::token();
+    let (code, stdout, stderr) = sim(&wrong, id + 1);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("the registry {} refused the job token", reg.host))
+            && stdout.contains("allowlist"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains(&wrong) && !stderr.contains(&wrong));
+    for job in [id, id + 1] {
+        let state = PathBuf::from(format!("/tmp/jacamar-podman-{}/{job}", user.uid));
+        assert!(!state.exists(), "{} left", state.display());
+    }
+}

@@ -13,6 +13,12 @@ pub enum SimError {
     Job { origin: String, why: String },
     #[error("invalid --var {arg:?}: {why}")]
     Var { arg: String, why: String },
+    #[error("invalid {flag} {arg:?}: {why}")]
+    Arg {
+        flag: &'static str,
+        arg: String,
+        why: String,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,

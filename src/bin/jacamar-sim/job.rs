@@ -50,6 +50,7 @@ struct RawJob {
     script: Option<Lines>,
     after_script: Option<Lines>,
     timeout: Option<String>,
+    image: Option<String>,
     variables: Option<BTreeMap<String, toml::Value>>,
 }
 
@@ -62,6 +63,8 @@ pub struct JobSpec {
     pub script: Vec<String>,
     pub after_script: Vec<String>,
     pub timeout: Option<Duration>,
+    /// The job's `image:` (its name), as GitLab sends it.
+    pub image: Option<String>,
     /// Job variables in file order is not kept by TOML tables; sorted by name.
     pub variables: Vec<(String, String)>,
 }
@@ -85,6 +88,9 @@ impl JobSpec {
             Some(t) => Some(parse_duration(&t).map_err(|e| bad(format!("`timeout`: {e}")))?),
             None => None,
         };
+        if let Some(name) = &raw.image {
+            crate::image::check_image("`image`", name).map_err(|e| bad(e.to_string()))?;
+        }
         let mut variables = Vec::new();
         for (key, value) in raw.variables.unwrap_or_default() {
             check_var_name(&key).map_err(|why| bad(format!("[variables]: {why}")))?;
@@ -109,6 +115,7 @@ impl JobSpec {
             script,
             after_script: raw.after_script.map(Lines::into_vec).unwrap_or_default(),
             timeout,
+            image: raw.image,
             variables,
         })
     }

@@ -8,12 +8,14 @@
 //! - [`process`]: one driver call: process group, live output, SIGTERM/SIGKILL escalation.
 //! - [`runner`]: the order of calls for one job, retries, cancellation, the summary.
 //! - [`output`]: the job log and the runner's log.
+//! - [`image`]: the job's `image:` and the registry credentials sent with it.
 //! - [`error`]: the emulator's own errors.
 
 #![forbid(unsafe_code)]
 
 mod duration;
 mod error;
+mod image;
 mod job;
 mod output;
 mod process;
@@ -40,10 +42,20 @@ JOB FILE (TOML):
   script = [\"make\", \"make test\"]      # required unless --script is given
   after_script = [\"echo done\"]        # optional; runs with CI_JOB_STATUS=success|failed|canceled
   timeout = \"1h\"                      # optional job timeout (default 1h)
+  image = \"reg.example.com:5050/g/img:1\" # optional, the job's image: (--image overrides)
   [variables]                         # optional; become CUSTOM_ENV_<NAME> and script exports
   SITE_ID_TOKEN = \"eyJ...\"
 
 With neither --job nor --script an embedded demo job runs.
+
+IMAGES: --image NAME (or the job file's `image`) puts the name in the job response
+(`image.name`) and sets CI_JOB_IMAGE, as the runner does; jacamar runs the user's stages in it
+when its configuration sets [general] run_mechanism. --registry-credential HOST[:PORT] adds the
+job response's `credentials` entry GitLab sends for its own registry (user gitlab-ci-token,
+the job token as password); HOST[:PORT],USER,PASSWORD-FILE another registry's, the password
+read from the file. --job-token-file FILE sets the job token (default: a fresh random one),
+e.g. a local test registry's password. No secret is ever taken from the command line.
+
 DURATIONS: 500ms, 10s, 5m, 1h, 1h30m, or a bare number of seconds.
 
 OUTPUT: the job log (as GitLab would show it) on stdout; the runner's own log (signals sent,
@@ -160,6 +172,19 @@ struct Cli {
     /// GITLAB_USER_LOGIN (default: the current user).
     #[arg(long, value_name = "LOGIN")]
     user: Option<String>,
+
+    /// The job's image (job response `image.name`, CI_JOB_IMAGE); overrides the job file's.
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
+
+    /// A registry credential of the job response: HOST[:PORT] (gitlab-ci-token and the job
+    /// token) or HOST[:PORT],USER,PASSWORD-FILE; repeatable.
+    #[arg(long = "registry-credential", value_name = "HOST[:PORT][,USER,FILE]")]
+    registry_credentials: Vec<String>,
+
+    /// Read the job token (CI_JOB_TOKEN, the response's token) from FILE's first line.
+    #[arg(long, value_name = "FILE")]
+    job_token_file: Option<PathBuf>,
 }
 
 fn dur(flag: &str, text: &str) -> Result<Duration> {
@@ -204,6 +229,20 @@ fn options(cli: Cli) -> Result<(Options, Option<PathBuf>)> {
     if !cli.scripts.is_empty() {
         job.script = cli.scripts;
     }
+    if let Some(name) = cli.image {
+        image::check_image("--image", &name)?;
+        job.image = Some(name);
+    }
+    let registry_credentials = cli
+        .registry_credentials
+        .iter()
+        .map(|a| image::parse_registry_credential(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let job_token = cli
+        .job_token_file
+        .as_deref()
+        .map(|f| image::read_secret("--job-token-file", f))
+        .transpose()?;
     let extra_vars = cli
         .vars
         .iter()
@@ -235,6 +274,8 @@ fn options(cli: Cli) -> Result<(Options, Option<PathBuf>)> {
         keep_tmp: cli.keep_tmp,
         job_id: cli.job_id,
         user: cli.user.unwrap_or_else(current_user),
+        registry_credentials,
+        job_token,
     };
     Ok((opts, cli.summary))
 }

@@ -63,6 +63,10 @@ impl Sim {
             ("CI_CONCURRENT_PROJECT_ID".into(), "0".into()),
             ("GITLAB_USER_LOGIN".into(), self.opts.user.clone()),
         ];
+        if let Some(image) = &self.opts.job.image {
+            // The runner's own variable (common/build.go: GetAllVariables).
+            vars.push(("CI_JOB_IMAGE".into(), image.clone()));
+        }
         if let Some((builds, project)) = &self.dirs {
             vars.push(("CI_BUILDS_DIR".into(), builds.clone()));
             vars.push(("CI_PROJECT_DIR".into(), project.clone()));
@@ -140,11 +144,12 @@ impl Sim {
             "runner_info": {"timeout": self.timeout.as_secs()},
             "variables": vars,
             "steps": steps,
-            "image": {"name": ""},
+            "image": {"name": self.opts.job.image.clone().unwrap_or_default()},
             "services": [],
             "artifacts": [],
             "cache": [],
-            "credentials": [],
+            "credentials": self.opts.registry_credentials.iter()
+                .map(|c| c.to_json(&self.token)).collect::<Vec<_>>(),
             "dependencies": [],
             "features": {"trace_sections": true, "failure_reasons": ["script_failure", "runner_system_failure", "job_execution_timeout"]},
             // Runner 17+ writes the job's `run` (native steps), empty when the job has none.

@@ -72,6 +72,10 @@ pub struct Options {
     pub keep_tmp: bool,
     pub job_id: u64,
     pub user: String,
+    /// The job response's `credentials` of type `registry`.
+    pub registry_credentials: Vec<crate::image::RegistryCredential>,
+    /// The job token (`--job-token-file`); None: a fresh random one.
+    pub job_token: Option<String>,
 }
 
 /// The JSON written by `--summary`.
@@ -294,7 +298,8 @@ fn outcome(err: &Option<JobError>) -> (&'static str, Option<&'static str>, Optio
 
 impl Sim {
     /// The runner's state for one job: its temp dir (with the default configuration unless
-    /// one is given, and response.json), the effective timeout and a fresh job token.
+    /// one is given, and response.json), the effective timeout and the job token (a fresh one
+    /// unless `--job-token-file` gave it).
     fn setup(
         opts: Options,
         origin: StdInstant,
@@ -313,6 +318,10 @@ impl Sim {
         };
         let timeout = opts.timeout.or(opts.job.timeout).unwrap_or(DEFAULT_TIMEOUT);
         let graceful = hard.child_token();
+        let token = opts
+            .job_token
+            .clone()
+            .unwrap_or_else(|| format!("glcbt-sim-{}", random_hex(10)));
         let sim = Sim {
             opts,
             timeout,
@@ -325,7 +334,7 @@ impl Sim {
             kill_now,
             abort_reason,
             background: Vec::new(),
-            token: format!("glcbt-sim-{}", random_hex(10)),
+            token,
             config_json: None,
             job_env: Vec::new(),
             dirs: None,
