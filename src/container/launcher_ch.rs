@@ -22,7 +22,9 @@
 //!   (`classify::classify_ch_image`), so the job log says what the host path says. A failed
 //!   `ch-convert` the same (its text is the node's fault).
 //! * The job's variables: the driver's 0600 env file in the scripts dir is moved into the
-//!   state dir (node-local, the user's) before `ch-run` reads it (`--set-env=FILE`).
+//!   state dir (node-local, the user's) before `ch-run` reads it (`--set-env=FILE`), with
+//!   the node's scheduler variables (`SLURM_*` and the others of
+//!   [`super::launcher::SCHEDULER_ENV`], as podman's `--env=PREFIX*`) added.
 //! * Run: `ch-run` in the foreground, in the job's process group: it execs the script's
 //!   bash (no pid namespace), so the scheduler's TERM to the job reaches the script and its
 //!   trap as in a plain batch stage, and kill_timeout is the plain batch stage's (the
@@ -36,7 +38,9 @@
 use std::path::{Path, PathBuf};
 
 use super::charliecloud::{self, RunSpec, CERTS_D};
-use super::launcher::{comment_text, fill, path_word, prelude, quoted, CREATE_FAILED};
+use super::launcher::{
+    comment_text, fill, path_word, prelude, quoted, CREATE_FAILED, SCHEDULER_ENV,
+};
 use super::Image;
 use crate::config::General;
 use crate::shell::sh_quote;
@@ -150,6 +154,12 @@ mkdir -p -- "$__jc_img"@HOME@
 mv -f -- @ENV_SRC@ "$__jc_state/env" ||
     __jl_fail "the job's variables @ENV_SRC@ could not be moved to $__jc_state on node $(hostname)"
 unset CH_IMAGE_STORAGE
+# The scheduler's job environment of this node (as podman's --env=PREFIX*): builtins only.
+for __jc_v in $(compgen -e); do
+    case $__jc_v in @SCHED@) ;; *) continue ;; esac
+    case ${!__jc_v} in *$'\n'*) continue ;; esac
+    printf '%s=%s\n' "$__jc_v" "${!__jc_v}" >>"$__jc_state/env"
+done
 if [ -f "$__jc_img/ch/environment" ]; then
     @CH_RUN@ @RUN_IMAGE_ENV@
 else
@@ -195,6 +205,11 @@ pub fn launcher(l: &ChLaunch<'_>) -> String {
             command: l.command,
         }))
     };
+    let sched = SCHEDULER_ENV
+        .iter()
+        .map(|p| format!("{p}*"))
+        .collect::<Vec<_>>()
+        .join(" | ");
     let home = sh_quote(&l.home.display().to_string());
     let prelude = prelude("Charliecloud", &l.image.name, l.error_file, &remove);
     fill(
@@ -225,6 +240,7 @@ pub fn launcher(l: &ChLaunch<'_>) -> String {
             ("ENV_SRC", &path_word(l.env_file)),
             ("RUN_IMAGE_ENV", &run(true)),
             ("RUN", &run(false)),
+            ("SCHED", &sched),
         ],
     )
 }
