@@ -330,4 +330,126 @@ mod tests {
         let s = render(&g, &image, None);
         assert!(s.contains("'reg/x@REMOVE@'"), "{s}");
     }
+
+    /// Stand-ins for the tools: each logs its arguments (and ch-image whether it got a
+    /// password, and which) to `$FAKE_LOG`; ch-image fails as a refused token when
+    /// `FAKE_PULL_FAIL` is set; ch-convert makes the directory; ch-run prints the env file
+    /// it was given and exits 7.
+    const FAKES: &[(&str, &str)] = &[
+        (
+            "ch-image",
+            "#!/bin/bash\necho \"ch-image $* user=${CH_IMAGE_USERNAME-unset} pass=${CH_IMAGE_PASSWORD-unset}\" >>\"$FAKE_LOG\"\nif [ -n \"$FAKE_PULL_FAIL\" ]; then echo 'error: no further authentication possible, giving up' >&2; exit 1; fi\n",
+        ),
+        (
+            "ch-convert",
+            "#!/bin/bash\necho \"ch-convert $*\" >>\"$FAKE_LOG\"\nmkdir -p \"${@: -1}\"\n",
+        ),
+        (
+            "ch-run",
+            "#!/bin/bash\necho \"ch-run $*\" >>\"$FAKE_LOG\"\nfor a in \"$@\"; do case $a in --set-env=*) cat \"${a#--set-env=}\" ;; esac; done\nexit 7\n",
+        ),
+    ];
+
+    fn job_id() -> u64 {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        u64::from(std::process::id()) * 1000
+            + 500
+            + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Run the launcher of a fresh job with the fakes in `dir`: (status, stdout, log, job).
+    fn run_fake(dir: &Path, fail: bool) -> (Option<i32>, String, String, u64) {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, text) in FAKES {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let g = general(&format!("application_path = \"{}\"", dir.display()));
+        let image = Image::checked("r.example:5000/x:1", &[]).unwrap();
+        let auth = dir.join("ch-auth");
+        let env = dir.join("ch-env");
+        std::fs::write(&auth, auth_text("gitlab-ci-token", "SECRET-TOKEN").unwrap()).unwrap();
+        std::fs::write(&env, "HOME=/home/u\nCI_JOB_ID=1\n").unwrap();
+        let binds = [dir.to_path_buf()];
+        let job = job_id();
+        let cmd = ["bash".to_string(), "script".into()];
+        let code = launcher(&ChLaunch {
+            general: &g,
+            uid: nix::unistd::getuid().as_raw(),
+            job_id: job,
+            image: &image,
+            auth_file: Some(&auth),
+            env_file: &env,
+            binds: &binds,
+            workdir: dir,
+            home: Path::new("/home/u"),
+            command: &cmd,
+            error_file: &dir.join("build_script.ch-error"),
+        });
+        let mut c = std::process::Command::new("bash");
+        c.args(["-c", &code])
+            .env("FAKE_LOG", dir.join("log"))
+            .env("SLURM_JOB_ID", "4242")
+            .stdin(std::process::Stdio::null());
+        if fail {
+            c.env("FAKE_PULL_FAIL", "1");
+        }
+        let out = c.output().unwrap();
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            log,
+            job,
+        )
+    }
+
+    #[test]
+    fn the_ch_launcher_pulls_with_the_credential_in_the_environment_only_and_cleans_up() {
+        let d = tempfile::tempdir().unwrap();
+        let (code, stdout, log, job) = run_fake(d.path(), false);
+        assert_eq!(code, Some(7), "{stdout}\n{log}");
+        // The password reached ch-image by its environment, never by an argument.
+        let pull = log.lines().find(|l| l.starts_with("ch-image")).unwrap();
+        assert!(
+            pull.ends_with("--auth r.example:5000/x:1 user=gitlab-ci-token pass=SECRET-TOKEN"),
+            "{log}"
+        );
+        assert!(
+            !log.lines()
+                .any(|l| !l.starts_with("ch-image") && l.contains("SECRET")),
+            "{log}"
+        );
+        // ch-run got the job's variables and the scheduler's; the files are gone.
+        assert!(
+            stdout.contains("CI_JOB_ID=1") && stdout.contains("SLURM_JOB_ID=4242"),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("SECRET"), "{stdout}");
+        for f in ["ch-auth", "ch-env", "build_script.ch-error"] {
+            assert!(!d.path().join(f).exists(), "{f} left");
+        }
+        let state = charliecloud::state_dir(nix::unistd::getuid().as_raw(), job);
+        assert!(!state.exists(), "{} left", state.display());
+    }
+
+    #[test]
+    fn a_refused_pull_leaves_its_reason_and_no_credentials() {
+        let d = tempfile::tempdir().unwrap();
+        let (code, stdout, log, job) = run_fake(d.path(), true);
+        assert_eq!(code, Some(CREATE_FAILED), "{stdout}\n{log}");
+        let err = std::fs::read_to_string(d.path().join("build_script.ch-error")).unwrap();
+        assert_eq!(
+            crate::container::classify::classify_ch_image(&err, true),
+            crate::container::classify::Failure::Refused,
+            "{err}"
+        );
+        assert!(!log.contains("ch-run"), "{log}");
+        for f in ["ch-auth", "ch-env"] {
+            assert!(!d.path().join(f).exists(), "{f} left");
+        }
+        let state = charliecloud::state_dir(nix::unistd::getuid().as_raw(), job);
+        assert!(!state.exists(), "{} left", state.display());
+    }
 }
