@@ -155,11 +155,12 @@ exit "$?"
 /// per-user directory above the first and each DIR made 0700, or an existing one checked:
 /// a real directory of the user's closed to others; else `__jl_fail` naming it).
 const PRELUDE: &str = r#"umask 077
+__jl_image=@IMAGE@
 __jl_err=@ERR@
 __jl_fail() {
     printf 'Error: %s\n' "$1" >"$__jl_err"
     rm -f @REMOVE@
-    echo "jacamar: @TOOL@ could not run image @IMAGE@ on node $(hostname)" >&2
+    echo "jacamar: @TOOL@ could not run image $__jl_image on node $(hostname)" >&2
     exit @CREATE_FAILED@
 }
 __jl_private() {

@@ -115,7 +115,7 @@ trap '__jc_stops=$((__jc_stops + 1))' TERM INT HUP
 __jc_stopped() {
     [ "$__jc_stops" = 0 ] && return 0
     rm -f @REMOVE@ "$__jl_err"
-    echo "jacamar: stopped while $1 image @IMAGE@" >&2
+    echo "jacamar: stopped while $1 image $__jl_image" >&2
     exit 143
 }
 export CH_IMAGE_STORAGE="$__jc_state/storage"
@@ -137,7 +137,7 @@ unset REQUESTS_CA_BUNDLE
 __jc_stopped "ch-image pulled"
 if [ "$__jc_rc" != 0 ]; then
     rm -f @REMOVE@
-    echo "jacamar: ch-image could not pull image @IMAGE@ on node $(hostname) (exit $__jc_rc)" >&2
+    echo "jacamar: ch-image could not pull image $__jl_image on node $(hostname) (exit $__jc_rc)" >&2
     exit @CREATE_FAILED@
 fi
 rm -rf -- "$__jc_img"
@@ -146,7 +146,7 @@ __jc_rc=$?
 __jc_stopped "ch-convert unpacked"
 if [ "$__jc_rc" != 0 ]; then
     rm -f @REMOVE@
-    echo "jacamar: ch-convert could not unpack image @IMAGE@ on node $(hostname) (exit $__jc_rc)" >&2
+    echo "jacamar: ch-convert could not unpack image $__jl_image on node $(hostname) (exit $__jc_rc)" >&2
     exit @CREATE_FAILED@
 fi
 rm -f "$__jl_err"
@@ -338,7 +338,7 @@ mod tests {
     const FAKES: &[(&str, &str)] = &[
         (
             "ch-image",
-            "#!/bin/bash\necho \"ch-image $* user=${CH_IMAGE_USERNAME-unset} pass=${CH_IMAGE_PASSWORD-unset}\" >>\"$FAKE_LOG\"\nif [ -n \"$FAKE_PULL_FAIL\" ]; then echo 'error: no further authentication possible, giving up' >&2; exit 1; fi\n",
+            "#!/bin/bash\necho \"ch-image $* user=${CH_IMAGE_USERNAME-unset} pass=${CH_IMAGE_PASSWORD-unset}\" >>\"$FAKE_LOG\"\nif [ -n \"$FAKE_PULL_SLEEP\" ]; then sleep 30; fi\nif [ -n \"$FAKE_PULL_FAIL\" ]; then echo 'error: no further authentication possible, giving up' >&2; exit 1; fi\n",
         ),
         (
             "ch-convert",
@@ -359,6 +359,22 @@ mod tests {
 
     /// Run the launcher of a fresh job with the fakes in `dir`: (status, stdout, log, job).
     fn run_fake(dir: &Path, fail: bool) -> (Option<i32>, String, String, u64) {
+        let (mut c, job) = fake_command(dir);
+        if fail {
+            c.env("FAKE_PULL_FAIL", "1");
+        }
+        let out = c.output().unwrap();
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            log,
+            job,
+        )
+    }
+
+    /// The launcher of a fresh job with the fakes in `dir`, as a command: (command, job).
+    fn fake_command(dir: &Path) -> (std::process::Command, u64) {
         use std::os::unix::fs::PermissionsExt;
         for (name, text) in FAKES {
             let p = dir.join(name);
@@ -388,21 +404,50 @@ mod tests {
             error_file: &dir.join("build_script.ch-error"),
         });
         let mut c = std::process::Command::new("bash");
-        c.args(["-c", &code])
+        // The wrapper around it outlives a TERM (`crate::batch::wrapper`).
+        c.args(["-c", &format!("trap : TERM\n{code}\nexit $?\n")])
             .env("FAKE_LOG", dir.join("log"))
             .env("SLURM_JOB_ID", "4242")
             .stdin(std::process::Stdio::null());
-        if fail {
-            c.env("FAKE_PULL_FAIL", "1");
+        (c, job)
+    }
+
+    #[test]
+    fn a_term_during_the_pull_ends_the_stage_and_leaves_nothing() {
+        use std::os::unix::process::CommandExt;
+        let d = tempfile::tempdir().unwrap();
+        let (mut c, job) = fake_command(d.path());
+        c.env("FAKE_PULL_SLEEP", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        let mut child = c.spawn().unwrap();
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(d.path().join("log"))
+            .unwrap_or_default()
+            .contains("ch-image")
+        {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(20), "no pull");
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let out = c.output().unwrap();
-        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            log,
-            job,
-        )
+        // As the scheduler's cancel: the whole job's process group.
+        let pg = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(143), "{stderr}");
+        assert!(stderr.contains("stopped while ch-image pulled"), "{stderr}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(15));
+        for f in ["ch-auth", "ch-env", "build_script.ch-error"] {
+            assert!(!d.path().join(f).exists(), "{f} left");
+        }
+        let log = std::fs::read_to_string(d.path().join("log")).unwrap();
+        assert!(
+            !log.contains("ch-convert") && !log.contains("ch-run"),
+            "{log}"
+        );
+        let state = charliecloud::state_dir(nix::unistd::getuid().as_raw(), job);
+        assert!(!state.exists(), "{} left", state.display());
     }
 
     #[test]
