@@ -421,7 +421,7 @@ mod tests {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .process_group(0);
-        let mut child = c.spawn().unwrap();
+        let child = c.spawn().unwrap();
         let t0 = std::time::Instant::now();
         while !std::fs::read_to_string(d.path().join("log"))
             .unwrap_or_default()
