@@ -662,3 +662,40 @@ fn a_refused_token_in_a_charliecloud_slurm_job_names_the_registry_and_the_allowl
     assert!(out.status.success(), "cleanup: {}", show(&out));
     eprintln!("{all}");
 }
+
+/// Charliecloud missing on the compute node: a system failure naming the key, before any of
+/// the user's commands, and no credentials left.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
+fn a_charliecloud_missing_on_the_node_is_a_system_failure_naming_the_key() {
+    if !ch_ready() {
+        return;
+    }
+    let t = token();
+    let reg = Registry::start(&t);
+    let server = JwksServer::start(&[&pki().keys[0]]);
+    let h = batch_job(
+        CH_USER,
+        "slurm",
+        "run_mechanism = \"charliecloud\"\n[general.charliecloud]\napplication_path = \"/nonexistent/ch\"\n",
+        &server,
+        &reg,
+        &reg.image(),
+        &t,
+        &t,
+    );
+    let _cleanup = Cleanup(&h);
+    let out = h.run("build_script", &runner_script("echo USER-COMMAND-RAN\n"));
+    let all = show(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(!all.contains("USER-COMMAND-RAN"), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[general.charliecloud] application_path")
+            && all.contains("was not found on node"),
+        "{all}"
+    );
+    assert!(!ch_auth_file(&h).exists(), "the credential file is left");
+    assert!(!all.contains(&t), "the token in the log: {all}");
+    let out = h.cleanup();
+    assert!(out.status.success(), "cleanup: {}", show(&out));
+}
