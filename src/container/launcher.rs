@@ -78,30 +78,14 @@ __jp_program=@PROGRAM@
 __jp_image=@IMAGE@
 __jp_name=@NAME@
 __jp_state=@STATE@
-__jp_err=@ERR@
 __jp_rt=
 # Every podman (and the loops' naps) in a session of its own: the scheduler's signals to
 # the job's process group must not cut a podman command short (the EXIT trap's cleanup).
 __jp() { setsid -w "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} "$@"; }
 __jp_nap() { setsid -w sleep 0.2; }
-__jp_fail() {
-    printf 'Error: %s\n' "$1" >"$__jp_err"
-    rm -f @REMOVE@
-    echo "jacamar: podman could not run image $__jp_image on node $(hostname)" >&2
-    exit @CREATE_FAILED@
-}
-__jp_private() {
-    if [ ! -L "$1" ] && mkdir -m 700 "$1" 2>/dev/null; then return 0; fi
-    [ -d "$1" ] && [ ! -L "$1" ] && [ -O "$1" ] || return 1
-    case $(stat -c %a "$1" 2>/dev/null) in *00) return 0 ;; esac
-    return 1
-}
-command -v "$__jp_program" >/dev/null 2>&1 ||
-    __jp_fail "podman ($__jp_program) was not found on node $(hostname): install it there, or set [general.podman] application_path"
-for __jp_d in "${__jp_state%/*}" "$__jp_state" "$__jp_state/xdg"; do
-    __jp_private "$__jp_d" ||
-        __jp_fail "podman state directory $__jp_d on node $(hostname) is a link, another account's or open to others; remove it"
-done
+@PRELUDE@command -v "$__jp_program" >/dev/null 2>&1 ||
+    __jl_fail "podman ($__jp_program) was not found on node $(hostname): install it there, or set [general.podman] application_path"
+__jl_state_dirs "$__jp_state" "$__jp_state/xdg"
 export XDG_RUNTIME_DIR="$__jp_state/xdg"
 @RUNTIME@# The cleanup runs in a session of its own, so that it ends its work even when the
 # scheduler kills the job's process group meanwhile: the containers first (conmon goes with
@@ -123,7 +107,7 @@ __jp_stops=0
 trap '__jp_stops=$((__jp_stops + 1))' TERM INT HUP
 # In the background: a direct setsid (no function, no subshell), so $! is podman's pid
 # and its process group.
-setsid -w "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} @CREATE@ </dev/null >/dev/null 2>"$__jp_err" &
+setsid -w "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} @CREATE@ </dev/null >/dev/null 2>"$__jl_err" &
 __jp_pid=$!
 while kill -0 "$__jp_pid" 2>/dev/null; do
     if [ "$__jp_stops" != 0 ]; then kill -KILL -- "-$__jp_pid" 2>/dev/null; break; fi
@@ -133,7 +117,7 @@ wait "$__jp_pid"
 __jp_rc=$?
 rm -f @REMOVE@
 if [ "$__jp_stops" != 0 ]; then
-    rm -f "$__jp_err"
+    rm -f "$__jl_err"
     echo "jacamar: stopped while podman pulled image $__jp_image" >&2
     exit 143
 fi
@@ -141,7 +125,7 @@ if [ "$__jp_rc" != 0 ]; then
     echo "jacamar: podman could not create the container of image $__jp_image on node $(hostname) (exit $__jp_rc)" >&2
     exit @CREATE_FAILED@
 fi
-rm -f "$__jp_err"
+rm -f "$__jl_err"
 setsid -w "$__jp_program" @GLOBAL@ ${__jp_rt:+"$__jp_rt"} start --attach "$__jp_name" </dev/null &
 __jp_pid=$!
 __jp_signalled= __jp_removed= __jp_until=
@@ -165,6 +149,84 @@ wait "$__jp_pid"
 exit "$?"
 )"#;
 
+/// The launchers' common start (podman's and Charliecloud's): `umask 077`, the error file
+/// `__jl_err`, `__jl_fail MESSAGE` (the message to the error file, the credentials' files
+/// removed, the stage ended with [`CREATE_FAILED`]) and `__jl_state_dirs DIR...` (the
+/// per-user directory above the first and each DIR made 0700, or an existing one checked:
+/// a real directory of the user's closed to others; else `__jl_fail` naming it).
+const PRELUDE: &str = r#"umask 077
+__jl_image=@IMAGE@
+__jl_err=@ERR@
+__jl_fail() {
+    printf 'Error: %s\n' "$1" >"$__jl_err"
+    rm -f @REMOVE@
+    echo "jacamar: @TOOL@ could not run image $__jl_image on node $(hostname)" >&2
+    exit @CREATE_FAILED@
+}
+__jl_private() {
+    if [ ! -L "$1" ] && mkdir -m 700 "$1" 2>/dev/null; then return 0; fi
+    [ -d "$1" ] && [ ! -L "$1" ] && [ -O "$1" ] || return 1
+    case $(stat -c %a "$1" 2>/dev/null) in *00) return 0 ;; esac
+    return 1
+}
+__jl_state_dirs() {
+    local d
+    for d in "${1%/*}" "$@"; do
+        __jl_private "$d" ||
+            __jl_fail "@TOOL@ state directory $d on node $(hostname) is a link, another account's or open to others; remove it"
+    done
+}
+"#;
+
+/// [`PRELUDE`] filled in: `tool` (for messages), the image, the error file and the files
+/// `__jl_fail` removes.
+pub(super) fn prelude(tool: &str, image: &str, error_file: &Path, remove: &[&Path]) -> String {
+    fill(
+        PRELUDE,
+        &[
+            ("TOOL", tool),
+            ("IMAGE", &sh_quote(image)),
+            ("ERR", &path_word(error_file)),
+            ("REMOVE", &remove_words(remove)),
+            ("CREATE_FAILED", &CREATE_FAILED.to_string()),
+        ],
+    )
+}
+
+/// `path`, single-quoted.
+pub(super) fn path_word(p: &Path) -> String {
+    sh_quote(&p.display().to_string())
+}
+
+/// `rm -f`'s arguments for `files`: `--` and each, single-quoted.
+pub(super) fn remove_words(files: &[&Path]) -> String {
+    let words: Vec<String> = files.iter().map(|p| path_word(p)).collect();
+    if words.is_empty() {
+        "--".to_string()
+    } else {
+        format!("-- {}", words.join(" "))
+    }
+}
+
+/// `words`, each single-quoted, joined by spaces.
+pub(super) fn quoted(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| sh_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A kill_timeout in whole seconds for bash's `SECONDS`: rounded up, and one more.
+pub(super) fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0) + 1
+}
+
+/// The image's name without control characters, for a shell comment.
+pub(super) fn comment_text(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).collect()
+}
+
 /// The runtime choice of a node when the site sets none: runc on a cgroup v1 "hybrid" node.
 const NODE_RUNTIME: &str = r#"if [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" != cgroup2fs ] &&
     [ "$(stat -f -c %T /sys/fs/cgroup/unified 2>/dev/null)" = cgroup2fs ]; then
@@ -174,49 +236,32 @@ fi
 
 /// The launcher's shell code: one `( ... )` subshell whose status is the stage's.
 pub fn launcher(l: &Launch<'_>) -> String {
-    let quoted = |words: &[String]| -> String {
-        words
-            .iter()
-            .map(|w| sh_quote(w))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let path = |p: &Path| sh_quote(&p.display().to_string());
-    let remove: Vec<String> = l.remove_after_create.iter().map(|p| path(p)).collect();
-    let remove = if remove.is_empty() {
-        "--".to_string()
-    } else {
-        format!("-- {}", remove.join(" "))
-    };
-    // Whole seconds, rounded up, and one more: bash's SECONDS counts whole seconds.
-    let kt = l.kill_timeout.as_secs() + u64::from(l.kill_timeout.subsec_nanos() > 0) + 1;
-    let image_text: String = l
-        .create
-        .image
-        .name
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
+    let kt = whole_seconds(l.kill_timeout).to_string();
     let program = sh_quote(&l.podman.program().display().to_string());
-    let kt = kt.to_string();
     let create_failed = CREATE_FAILED.to_string();
     let runtime = if l.podman.has_runtime() {
         ""
     } else {
         NODE_RUNTIME
     };
+    let prelude = prelude(
+        "podman",
+        &l.create.image.name,
+        l.error_file,
+        l.remove_after_create,
+    );
     fill(
         LAUNCHER,
         &[
-            ("IMAGE_TEXT", &image_text),
+            ("IMAGE_TEXT", &comment_text(&l.create.image.name)),
+            ("PRELUDE", &prelude),
             ("PROGRAM", &program),
             ("IMAGE", &sh_quote(&l.create.image.name)),
             ("NAME", &sh_quote(l.create.name)),
-            ("STATE", &path(l.podman.state_dir())),
-            ("ERR", &path(l.error_file)),
+            ("STATE", &path_word(l.podman.state_dir())),
             ("GLOBAL", &quoted(&l.podman.global_args())),
             ("CREATE", &quoted(&create_args(&l.create))),
-            ("REMOVE", &remove),
+            ("REMOVE", &remove_words(l.remove_after_create)),
             ("RUNTIME", runtime),
             ("CREATE_FAILED", &create_failed),
             ("KILL_TIMEOUT", &kt),
@@ -226,7 +271,7 @@ pub fn launcher(l: &Launch<'_>) -> String {
 
 /// `template` with each `@KEY@` replaced by its value, in one pass: a value (the job's
 /// image name, its entrypoint) is never read again, so a `@KEY@` in it stays as it is.
-fn fill(template: &str, values: &[(&str, &str)]) -> String {
+pub(super) fn fill(template: &str, values: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len() * 2);
     let mut rest = template;
     while let Some(at) = rest.find('@') {

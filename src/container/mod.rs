@@ -16,6 +16,7 @@
 pub mod charliecloud;
 pub mod classify;
 pub mod launcher;
+pub mod launcher_ch;
 pub mod podman;
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -44,10 +45,6 @@ pub fn is_user_stage(stage: &str) -> bool {
 /// A failure of the container part of a stage.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    /// A mechanism that cannot start an image inside a batch allocation yet (only podman
-    /// can: see [`launcher`]).
-    #[error("[general] run_mechanism = \"{0}\" cannot run the job's image inside a batch allocation yet (executor \"{1}\"); only \"podman\" can: set run_mechanism = \"podman\", or remove the job's image:")]
-    BatchNotYet(&'static str, &'static str),
     /// The tool is not there.
     #[error(
         "{what} was not found: {where_}; install it, or set [general.podman] application_path"

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use super::contained::{mask, node_fault, Contained, WRAPPER};
 use super::StageError;
 use crate::config::RunMechanism;
+use crate::container::charliecloud;
 use crate::container::launcher::{self, Launch};
+use crate::container::launcher_ch::{self, ChLaunch};
 use crate::container::podman::{self, CreateSpec, Podman};
 use crate::container::{classify, ContainerError, Image};
 use crate::fs::{self, DirPolicy, JobPaths};
@@ -26,9 +28,14 @@ const ENV_FILE: &str = "podman-env";
 /// At most this much of a failed `podman create`'s stderr is read.
 const MAX_ERROR_FILE: u64 = 64 * 1024;
 
-/// The error file of `stage` (a failed `podman create`'s stderr) in the scripts dir.
-fn error_file(stage: &str) -> String {
-    format!("{stage}.podman-error")
+/// Charliecloud's credential file's name in the scripts dir (username and password lines).
+pub const CH_AUTH_FILE: &str = "ch-auth";
+/// Charliecloud's env file's name in the scripts dir.
+const CH_ENV_FILE: &str = "ch-env";
+
+/// The error file of `stage` (a failed pull's stderr) in the scripts dir.
+fn error_file(stage: &str, tool: &str) -> String {
+    format!("{stage}.{tool}-error")
 }
 
 /// A submitted stage in an image, ready to submit: the launcher's shell code and what
@@ -38,6 +45,8 @@ pub(super) struct Prepared {
     pub code: String,
     creds: Vec<crate::job::RegistryCredential>,
     err_name: String,
+    /// Whether the pull was Charliecloud's (`ch-image`'s texts), with a credential.
+    ch: Option<bool>,
 }
 
 /// Prepare the submitted stage `c` in `image`: the auth and env files written, the
@@ -51,19 +60,14 @@ pub(super) fn prepare(
     let (h, general) = (c.h, &c.config.general);
     match general.run_mechanism {
         Some(RunMechanism::Podman) => {}
-        Some(RunMechanism::Charliecloud) => {
-            return Err(node_fault(ContainerError::BatchNotYet(
-                "charliecloud",
-                general.executor.as_str(),
-            )))
-        }
+        Some(RunMechanism::Charliecloud) => return prepare_ch(c, paths, policy, image),
         None => return Err(StageError::Internal("no run_mechanism for an image".into())),
     }
     let pm = Podman::on_node(general, h.account.uid, h.job.job_id);
     let name = pm.container_name(c.stage);
     let mut warn = |m: &str| eprintln!("{m}");
     let creds = crate::container::checked_credentials(&h.registry_credentials, &mut warn);
-    let err_name = error_file(c.stage);
+    let err_name = error_file(c.stage, "podman");
     fs::remove_job_file(paths, policy, &err_name)?;
     let mut remove: Vec<PathBuf> = Vec::new();
     let auth = if creds.is_empty() {
@@ -124,6 +128,86 @@ pub(super) fn prepare(
         code,
         creds,
         err_name,
+        ch: None,
+    })
+}
+
+/// [`prepare`] for Charliecloud ([`crate::container::launcher_ch`]): the credential for the
+/// image's registry (username and password lines) and the container's variables to 0600
+/// files in the scripts dir, the launcher rendered.
+fn prepare_ch(
+    c: &Contained<'_>,
+    paths: &JobPaths,
+    policy: &DirPolicy,
+    image: &Image,
+) -> Result<Prepared, StageError> {
+    let (h, general) = (c.h, &c.config.general);
+    if let Some(b) = c.binds.iter().find(|b| !charliecloud::bind_ok(b)) {
+        return Err(node_fault(ContainerError::Tool(format!(
+            "the job's directory {} holds a ':', which ch-run -b cannot bind; choose a data_dir (or builds dir) without one",
+            b.display()
+        ))));
+    }
+    let mut warn = |m: &str| eprintln!("{m}");
+    let creds = crate::container::checked_credentials(&h.registry_credentials, &mut warn);
+    let err_name = error_file(c.stage, "ch");
+    fs::remove_job_file(paths, policy, &err_name)?;
+    let text = charliecloud::credential_for(&creds, image.registry()).and_then(|cred| {
+        let t = launcher_ch::auth_text(&cred.username, &cred.password);
+        if t.is_none() {
+            eprintln!(
+                "jacamar: WARNING: the job's registry credential for {} holds a line break and is left out",
+                crate::text::sanitize(&cred.url)
+            );
+        }
+        t
+    });
+    let auth = match text {
+        Some(t) => Some(fs::write_job_file(
+            paths,
+            policy,
+            CH_AUTH_FILE,
+            t.as_bytes(),
+        )?),
+        None => {
+            fs::remove_job_file(paths, policy, CH_AUTH_FILE)?;
+            None
+        }
+    };
+    let (env_text, left_out) = podman::env_file(&h.env, &h.account.home);
+    for k in left_out {
+        eprintln!("jacamar: WARNING: {k} holds a newline and is not passed into the container");
+    }
+    let env = fs::write_job_file(paths, policy, CH_ENV_FILE, env_text.as_bytes())?;
+    if !image.entrypoint.is_empty() {
+        eprintln!("jacamar: WARNING: the image's entrypoint is not used with Charliecloud: ch-run runs the job's script directly");
+    }
+    let command = ["bash".to_string(), c.script.display().to_string()];
+    let code = launcher_ch::launcher(&ChLaunch {
+        general,
+        uid: h.account.uid,
+        job_id: h.job.job_id,
+        image,
+        auth_file: auth.as_deref(),
+        env_file: &env,
+        binds: &c.binds,
+        workdir: &c.workdir,
+        home: &h.account.home,
+        command: &command,
+        error_file: &paths.scripts_dir().join(&err_name),
+    });
+    eprintln!(
+        "jacamar: {} runs in image {} with Charliecloud (ch-run) inside the {} allocation, as {}",
+        c.stage,
+        image.name,
+        general.executor.as_str(),
+        h.account.name
+    );
+    Ok(Prepared {
+        code,
+        creds,
+        err_name,
+        ch: Some(auth.is_some()),
     })
 }
 
@@ -162,8 +246,23 @@ pub(super) fn finish(
     };
     let _ = fs::remove_job_file(paths, policy, &p.err_name);
     let h = c.h;
-    let failure = classify::classify(&text);
-    let detail = mask(&classify::last_error_line(&text), &p.creds);
+    let (failure, detail) = match p.ch {
+        Some(auth) => (
+            classify::classify_ch_image(&text, auth),
+            classify::last_ch_error_line(&text),
+        ),
+        None => (classify::classify(&text), classify::last_error_line(&text)),
+    };
+    let detail = mask(&detail, &p.creds);
+    if p.ch.is_some() && failure == classify::Failure::Other {
+        return Err(node_fault(ContainerError::Tool(format!(
+            "Charliecloud could not run image {} on the compute node: {}; check that ch-image, ch-convert and ch-run run for account {} there (the python3 first on its PATH needs the requests and lark modules) and {} names a working Charliecloud",
+            image.name,
+            crate::text::sanitize(&detail),
+            h.account.name,
+            charliecloud::APPLICATION_PATH_KEY,
+        ))));
+    }
     let message = classify::message(
         failure,
         image,
@@ -185,7 +284,7 @@ pub(super) fn finish(
 /// The job's auth and env files removed (`cleanup` calls this too); a failure is said in
 /// the job log.
 pub(super) fn remove_credentials(paths: &JobPaths, policy: &DirPolicy) {
-    for f in [AUTH_FILE, ENV_FILE] {
+    for f in [AUTH_FILE, ENV_FILE, CH_AUTH_FILE, CH_ENV_FILE] {
         if let Err(e) = fs::remove_job_file(paths, policy, f) {
             eprintln!(
                 "jacamar: WARNING: {}",

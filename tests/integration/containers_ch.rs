@@ -28,7 +28,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Everything a Charliecloud test needs, or false (a failure unless JACAMAR_TEST_ALLOW_SKIP=1).
-fn ready() -> bool {
+pub(crate) fn ready() -> bool {
     if !require_root() {
         return false;
     }
