@@ -205,6 +205,26 @@ async fn create(
     pull_failed(c, image, failure, &detail).map(Some)
 }
 
+/// Start `cmd`, the stage's process (`podman start --attach`, `ch-run`), leading a process
+/// group of its own, its output relayed to the job log by `watch`.
+pub(super) fn spawn_relayed(
+    cmd: std::process::Command,
+    watch: &mut Watch,
+) -> Result<(tokio::process::Child, Pid), StageError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
+        what: program.clone(),
+        source,
+    })?;
+    let pgid = group_of(child.id(), &program)?;
+    watch.relay(&mut child);
+    Ok((child, pgid))
+}
+
 /// The end of a stage whose image could not be pulled (`failure`, with `detail`: the
 /// tool's error line, credentials masked): the job's fault (a refused token, an image that
 /// does not exist) is a build failure said in the job log, the node's a system failure.
@@ -298,21 +318,8 @@ async fn start(
     name: &str,
     mut watch: Watch,
 ) -> Result<Status, StageError> {
-    let mut cmd = tokio::process::Command::from(pm.command(&[
-        "start".into(),
-        "--attach".into(),
-        name.to_string(),
-    ]));
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let program = pm.program().display().to_string();
-    let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
-        what: program.clone(),
-        source,
-    })?;
-    let pgid = group_of(child.id(), &program)?;
-    watch.relay(&mut child);
+    let start = pm.command(&["start".into(), "--attach".into(), name.to_string()]);
+    let (mut child, pgid) = spawn_relayed(start, &mut watch)?;
     let mut policy = Policy::new(c.config.general.kill_timeout);
     policy.deadline = c.h.deadline_unix_ms.map(super::user::instant_of_unix_ms);
     // No sweep of our descendants: podman's pause process and conmon become ours (we are

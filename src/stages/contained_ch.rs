@@ -6,11 +6,12 @@
 //! kill_timeout SIGKILL and the sweep reach everything the job started.
 
 use std::os::fd::OwnedFd;
-use std::process::Stdio;
 
-use super::contained::{mask, node_fault, pull_failed, stoppable, Contained, Stepped};
+use super::contained::{
+    mask, node_fault, pull_failed, spawn_relayed, stoppable, Contained, Stepped,
+};
 use super::user::Watch;
-use super::{group_of, StageError};
+use super::StageError;
 use crate::container::charliecloud::{self, Charliecloud, RunSpec};
 use crate::container::{classify, ContainerError, Image};
 use crate::protocol::Status;
@@ -145,17 +146,7 @@ async fn start(
         image_env: img.join("ch/environment").is_file(),
         command: &command,
     });
-    let mut cmd = tokio::process::Command::from(ch.run_command(&args));
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let program = ch.ch_run().display().to_string();
-    let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
-        what: program.clone(),
-        source,
-    })?;
-    let pgid = group_of(child.id(), &program)?;
-    watch.relay(&mut child);
+    let (mut child, pgid) = spawn_relayed(ch.run_command(&args), &mut watch)?;
     let outcome = watch
         .supervise_group(
             &mut child,
