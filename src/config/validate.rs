@@ -347,23 +347,33 @@ fn unenforceable(
     if mode == Downscope::Sudo {
         let why = "with downscope = \"sudo\" it would be applied before sudo, and no_new_privs \
                    disables sudo's set-user-ID; use downscope = \"setuid\"";
-        if on.no_new_privs {
-            let line = auth.line_of_key("no_new_privs");
-            auth.push(
-                line,
-                "no_new_privs",
-                format!("no_new_privs cannot be enforced: {why}"),
-            );
-        }
-        if on.seccomp_filter {
-            let key = seccomp_filter_key(seccomp_sec);
-            let line = seccomp_sec.line_of_key(key);
-            seccomp_sec.push(
-                line,
-                key,
-                format!("a seccomp filter cannot be enforced (it needs no_new_privs): {why}, or set [auth.seccomp] disabled = true"),
-            );
-        }
+        refuse_no_new_privs(
+            auth,
+            seccomp_sec,
+            on,
+            format!("no_new_privs cannot be enforced: {why}"),
+            format!("a seccomp filter cannot be enforced (it needs no_new_privs): {why}, or set [auth.seccomp] disabled = true"),
+        );
+    }
+}
+
+/// Report `[auth] no_new_privs` (message `nnp`) and a seccomp filter, which needs it
+/// (message `filter`), each on the key that sets it, when in effect.
+fn refuse_no_new_privs(
+    auth: &mut Section<'_, '_>,
+    seccomp_sec: &mut Section<'_, '_>,
+    on: &InEffect,
+    nnp: String,
+    filter: String,
+) {
+    if on.no_new_privs {
+        let line = auth.line_of_key("no_new_privs");
+        auth.push(line, "no_new_privs", nnp);
+    }
+    if on.seccomp_filter {
+        let key = seccomp_filter_key(seccomp_sec);
+        let line = seccomp_sec.line_of_key(key);
+        seccomp_sec.push(line, key, filter);
     }
 }
 
@@ -395,23 +405,13 @@ fn podman_needs_new_privs(
         "run_mechanism = \"podman\" needs the job free of no_new_privs: rootless podman maps \
                its user namespace with the set-user-ID newuidmap/newgidmap, which no_new_privs \
                disables, so every job with an image would fail";
-    if on.no_new_privs {
-        let line = auth.line_of_key("no_new_privs");
-        auth.push(
-            line,
-            "no_new_privs",
-            format!("{why}; remove no_new_privs, or unset run_mechanism"),
-        );
-    }
-    if on.seccomp_filter {
-        let key = seccomp_filter_key(seccomp_sec);
-        let line = seccomp_sec.line_of_key(key);
-        seccomp_sec.push(
-            line,
-            key,
-            format!("{why}, and a seccomp filter needs no_new_privs; set [auth.seccomp] disabled = true, or unset run_mechanism"),
-        );
-    }
+    refuse_no_new_privs(
+        auth,
+        seccomp_sec,
+        on,
+        format!("{why}; remove no_new_privs, or unset run_mechanism"),
+        format!("{why}, and a seccomp filter needs no_new_privs; set [auth.seccomp] disabled = true, or unset run_mechanism"),
+    );
 }
 
 /// `[auth.runas]`: `None` when the table is absent or empty.

@@ -119,34 +119,32 @@ pub fn classify_ch_image(stderr: &str, auth: bool) -> Failure {
 /// The line of a Charliecloud tool's `stderr` worth quoting: the last `error:` line, else
 /// the last non-empty line (a Python traceback's exception); at most 400 characters.
 pub fn last_ch_error_line(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let pick = lines
-        .iter()
-        .rev()
-        .find(|l| l.starts_with("error:") || l.contains(": error: "))
-        .or_else(|| lines.last())
-        .copied()
-        .unwrap_or("");
-    pick.chars().take(400).collect()
+    worth_quoting(
+        stderr,
+        &[|l| l.starts_with("error:") || l.contains(": error: ")],
+    )
 }
 
 /// The line of podman's `stderr` worth quoting: the last `Error:` line, else the last
 /// `level=error` line, else the last non-empty line; at most 400 characters.
 pub fn last_error_line(stderr: &str) -> String {
+    worth_quoting(
+        stderr,
+        &[|l| l.starts_with("Error:"), |l| l.contains("level=error")],
+    )
+}
+
+/// The last non-empty (trimmed) line of `stderr` the first of `tests` accepts, else the
+/// next test's, else the last non-empty line; at most 400 characters.
+fn worth_quoting(stderr: &str, tests: &[fn(&str) -> bool]) -> String {
     let lines: Vec<&str> = stderr
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let pick = lines
+    let pick = tests
         .iter()
-        .rev()
-        .find(|l| l.starts_with("Error:"))
-        .or_else(|| lines.iter().rev().find(|l| l.contains("level=error")))
+        .find_map(|t| lines.iter().rev().find(|l| t(l)))
         .or_else(|| lines.last())
         .copied()
         .unwrap_or("");

@@ -22,7 +22,7 @@ use crate::container::classify;
 use crate::container::podman::{self, CreateSpec, Podman, PodmanTerminator};
 use crate::container::{ContainerError, Image};
 use crate::protocol::{Handoff, Status};
-use crate::supervisor::{Exit, OsSignals, Policy, Reason, Request};
+use crate::supervisor::{Exit, OsSignals, Policy, Request};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -98,7 +98,7 @@ pub(super) async fn run(
 /// The container `name` removed (ended or killed); the job's podman state stays for the
 /// next stage.
 async fn remove(pm: &Podman, name: &str) {
-    let _ = tokio::process::Command::from(pm.command(&[
+    let st = tokio::process::Command::from(pm.command(&[
         "rm".into(),
         "--force".into(),
         "--time=0".into(),
@@ -108,6 +108,29 @@ async fn remove(pm: &Podman, name: &str) {
     .stderr(Stdio::null())
     .status()
     .await;
+    match st {
+        Ok(st) if st.success() => {}
+        Ok(st) => eprintln!(
+            "jacamar: WARNING: podman rm --force {name} ended with {st}; the cleanup stage removes the job's containers"
+        ),
+        Err(e) => eprintln!(
+            "jacamar: WARNING: podman rm --force {name} could not run ({e}); the cleanup stage removes the job's containers"
+        ),
+    }
+}
+
+/// Remove the job's private file `path` (credentials, environment) now that the tool has
+/// read it; a failure other than "already gone" is said in the job log (the file stays
+/// 0600 in the job's private state, which the cleanup stage removes).
+pub(super) fn remove_private(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!(
+            "jacamar: WARNING: failed to remove {}: {e}; the cleanup stage removes it",
+            path.display()
+        ),
+    }
 }
 
 /// Say `e` in the job log and make it the stage's system failure.
@@ -163,26 +186,15 @@ async fn create(
         ],
     };
     let args = podman::create_args(&spec);
-    let out = pull(pm, &args, watch).await;
+    let out = stoppable(pm.command(&args), watch, "podman pulled").await;
     // The credentials are needed for the pull only.
     if let Some(f) = &auth_file {
-        let _ = std::fs::remove_file(f);
+        remove_private(f);
     }
-    let _ = std::fs::remove_file(&env_file);
-    let out = match out {
-        Ok(Pulled::Done(out)) => out,
-        Ok(Pulled::Stopped(reason)) => {
-            return Ok(Some(Status::of_exit(
-                Exit::Signal(libc::SIGTERM),
-                Some(format!("{reason}; while podman pulled the image")),
-            )))
-        }
-        Err(source) => {
-            return Err(node_fault(ContainerError::Spawn {
-                program: pm.program().display().to_string(),
-                source,
-            }))
-        }
+    remove_private(&env_file);
+    let out = match out? {
+        Stepped::Done(out) => out,
+        Stepped::Stopped(st) => return Ok(Some(st)),
     };
     if out.status.success() {
         return Ok(None);
@@ -190,55 +202,100 @@ async fn create(
     let stderr = String::from_utf8_lossy(&out.stderr);
     let failure = classify::classify(&stderr);
     let detail = mask(&classify::last_error_line(&stderr), &creds);
-    let message = classify::message(
-        failure,
-        image,
-        &h.job.project_path,
-        &h.account.name,
-        &detail,
-    );
+    pull_failed(c, image, failure, &detail).map(Some)
+}
+
+/// Start `cmd`, the stage's process (`podman start --attach`, `ch-run`), leading a process
+/// group of its own, its output relayed to the job log by `watch`.
+pub(super) fn spawn_relayed(
+    cmd: std::process::Command,
+    watch: &mut Watch,
+) -> Result<(tokio::process::Child, Pid), StageError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
+        what: program.clone(),
+        source,
+    })?;
+    let pgid = group_of(child.id(), &program)?;
+    watch.relay(&mut child);
+    Ok((child, pgid))
+}
+
+/// The end of a stage whose image could not be pulled (`failure`, with `detail`: the
+/// tool's error line, credentials masked): the job's fault (a refused token, an image that
+/// does not exist) is a build failure said in the job log, the node's a system failure.
+pub(super) fn pull_failed(
+    c: &Contained<'_>,
+    image: &Image,
+    failure: classify::Failure,
+    detail: &str,
+) -> Result<Status, StageError> {
+    let h = c.h;
+    let message = classify::message(failure, image, &h.job.project_path, &h.account.name, detail);
     if failure.is_the_jobs() {
         eprintln!("{message}");
-        return Ok(Some(Status::BuildFailure {
+        return Ok(Status::BuildFailure {
             exit_code: 1,
             signal: None,
             stopped: None,
-        }));
+        });
     }
     Err(node_fault(ContainerError::Tool(message)))
 }
 
-/// How `podman create` ended: on its own, or stopped by a request (its group killed).
-enum Pulled {
+/// How a command preparing the image ended: on its own, or stopped by a request (its
+/// group killed; the stage's status says while `doing` what).
+pub(super) enum Stepped {
     Done(std::process::Output),
-    Stopped(Reason),
+    Stopped(Status),
 }
 
-/// Run `podman create` (its own process group), or stop it at the first stop request: a
-/// pull of a large image must not hold up a cancel.
-async fn pull(pm: &Podman, args: &[String], watch: &mut Watch) -> std::io::Result<Pulled> {
-    let mut cmd = tokio::process::Command::from(pm.command(args));
+/// Run `cmd` (its own process group; the pull of `podman create`, ch-image, ch-convert),
+/// or stop it at the first stop request: a pull of a large image must not hold up a cancel.
+/// `doing` says what it does to the image ("podman pulled"). A command that cannot be
+/// started is the node's fault.
+pub(super) async fn stoppable(
+    cmd: std::process::Command,
+    watch: &mut Watch,
+    doing: &str,
+) -> Result<Stepped, StageError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut cmd = tokio::process::Command::from(cmd);
     cmd.stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd.spawn()?;
+    let spawn_failed = |source| {
+        node_fault(ContainerError::Spawn {
+            program: program.clone(),
+            source,
+        })
+    };
+    let child = cmd.spawn().map_err(spawn_failed)?;
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
     let output = child.wait_with_output();
     tokio::pin!(output);
     let reason = tokio::select! {
-        out = &mut output => return out.map(Pulled::Done),
+        out = &mut output => return out.map(Stepped::Done).map_err(spawn_failed),
         req = watch.request() => match req {
             Some(Request::Terminate { reason, .. } | Request::Kill { reason }) => reason,
             // No stop can come any more: wait for the pull.
-            None => return output.await.map(Pulled::Done),
+            None => return output.await.map(Stepped::Done).map_err(spawn_failed),
         },
     };
     if let Some(pg) = pgid {
         crate::supervisor::group::signal_group(Pid::from_raw(pg), Signal::SIGKILL);
     }
+    // Its group is killed: the output is not wanted, only the reaping.
     let _ = output.await;
-    Ok(Pulled::Stopped(reason))
+    Ok(Stepped::Stopped(Status::of_exit(
+        Exit::Signal(libc::SIGTERM),
+        Some(format!("{reason}; while {doing} the image")),
+    )))
 }
 
 /// `text` with every credential's password (and its base64 form) masked: podman never
@@ -261,21 +318,8 @@ async fn start(
     name: &str,
     mut watch: Watch,
 ) -> Result<Status, StageError> {
-    let mut cmd = tokio::process::Command::from(pm.command(&[
-        "start".into(),
-        "--attach".into(),
-        name.to_string(),
-    ]));
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let program = pm.program().display().to_string();
-    let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
-        what: program.clone(),
-        source,
-    })?;
-    let pgid = group_of(child.id(), &program)?;
-    watch.relay(&mut child);
+    let start = pm.command(&["start".into(), "--attach".into(), name.to_string()]);
+    let (mut child, pgid) = spawn_relayed(start, &mut watch)?;
     let mut policy = Policy::new(c.config.general.kill_timeout);
     policy.deadline = c.h.deadline_unix_ms.map(super::user::instant_of_unix_ms);
     // No sweep of our descendants: podman's pause process and conmon become ours (we are

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use super::contained::{mask, node_fault, Contained, WRAPPER};
+use super::contained::{mask, node_fault, pull_failed, Contained, WRAPPER};
 use super::StageError;
 use crate::config::RunMechanism;
 use crate::container::charliecloud;
@@ -244,7 +244,12 @@ pub(super) fn finish(
             return Ok(st);
         }
     };
-    let _ = fs::remove_job_file(paths, policy, &p.err_name);
+    if let Err(e) = fs::remove_job_file(paths, policy, &p.err_name) {
+        eprintln!(
+            "jacamar: WARNING: {}",
+            crate::text::sanitize(&e.to_string())
+        );
+    }
     let h = c.h;
     let (failure, detail) = match p.ch {
         Some(auth) => (
@@ -263,22 +268,7 @@ pub(super) fn finish(
             charliecloud::APPLICATION_PATH_KEY,
         ))));
     }
-    let message = classify::message(
-        failure,
-        image,
-        &h.job.project_path,
-        &h.account.name,
-        &detail,
-    );
-    if failure.is_the_jobs() {
-        eprintln!("{message}");
-        return Ok(Status::BuildFailure {
-            exit_code: 1,
-            signal: None,
-            stopped: None,
-        });
-    }
-    Err(node_fault(ContainerError::Tool(message)))
+    pull_failed(c, image, failure, &detail)
 }
 
 /// The job's auth and env files removed (`cleanup` calls this too); a failure is said in

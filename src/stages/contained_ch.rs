@@ -6,17 +6,16 @@
 //! kill_timeout SIGKILL and the sweep reach everything the job started.
 
 use std::os::fd::OwnedFd;
-use std::process::Stdio;
 
-use super::contained::{mask, node_fault, Contained};
+use super::contained::{
+    mask, node_fault, pull_failed, spawn_relayed, stoppable, Contained, Stepped,
+};
 use super::user::Watch;
-use super::{group_of, StageError};
+use super::StageError;
 use crate::container::charliecloud::{self, Charliecloud, RunSpec};
 use crate::container::{classify, ContainerError, Image};
 use crate::protocol::Status;
-use crate::supervisor::{Exit, GroupTerminator, OsSignals, Policy, Reason, Request};
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
+use crate::supervisor::OsSignals;
 
 /// Run the stage in `image` with Charliecloud. The job's faults (a refused token, an image
 /// that does not exist) are build failures said in the job log; the node's (the tools, TLS
@@ -53,7 +52,7 @@ pub(super) async fn run(
         return Ok(st);
     }
     let st = start(c, &ch, watch).await;
-    let _ = std::fs::remove_file(ch.state_dir().join("env"));
+    super::contained::remove_private(&ch.state_dir().join("env"));
     st
 }
 
@@ -70,16 +69,10 @@ async fn pull(
     let creds = crate::container::checked_credentials(&h.registry_credentials, &mut warn);
     let cred = charliecloud::credential_for(&creds, image.registry());
     let bundle = ch.ca_bundle(image.registry()).map_err(node_fault)?;
-    let out = step(ch.pull_command(image, cred, bundle.as_deref()), watch).await;
-    let out = match out {
-        Ok(Stepped::Done(out)) => out,
-        Ok(Stepped::Stopped(reason)) => return Ok(Some(stopped(reason, "ch-image pulled"))),
-        Err(source) => {
-            return Err(node_fault(ContainerError::Spawn {
-                program: ch.ch_image().display().to_string(),
-                source,
-            }))
-        }
+    let pull = ch.pull_command(image, cred, bundle.as_deref());
+    let out = match stoppable(pull, watch, "ch-image pulled").await? {
+        Stepped::Done(out) => out,
+        Stepped::Stopped(st) => return Ok(Some(st)),
     };
     if out.status.success() {
         return Ok(None);
@@ -97,22 +90,7 @@ async fn pull(
             charliecloud::APPLICATION_PATH_KEY,
         ))));
     }
-    let message = classify::message(
-        failure,
-        image,
-        &h.job.project_path,
-        &h.account.name,
-        &detail,
-    );
-    if failure.is_the_jobs() {
-        eprintln!("{message}");
-        return Ok(Some(Status::BuildFailure {
-            exit_code: 1,
-            signal: None,
-            stopped: None,
-        }));
-    }
-    Err(node_fault(ContainerError::Tool(message)))
+    pull_failed(c, image, failure, &detail).map(Some)
 }
 
 /// `ch-convert` of the pulled image into a fresh directory image.
@@ -122,9 +100,9 @@ async fn convert(
     watch: &mut Watch,
 ) -> Result<Option<Status>, StageError> {
     ch.remove_image().map_err(node_fault)?;
-    match step(ch.convert_command(image), watch).await {
-        Ok(Stepped::Done(out)) if out.status.success() => Ok(None),
-        Ok(Stepped::Done(out)) => Err(node_fault(ContainerError::Tool(format!(
+    match stoppable(ch.convert_command(image), watch, "ch-convert unpacked").await? {
+        Stepped::Done(out) if out.status.success() => Ok(None),
+        Stepped::Done(out) => Err(node_fault(ContainerError::Tool(format!(
             "ch-convert could not make a directory image of {} in {}: {}",
             image.name,
             ch.image_dir().display(),
@@ -132,51 +110,8 @@ async fn convert(
                 &out.stderr
             )))
         )))),
-        Ok(Stepped::Stopped(reason)) => Ok(Some(stopped(reason, "ch-convert unpacked"))),
-        Err(source) => Err(node_fault(ContainerError::Spawn {
-            program: "ch-convert".into(),
-            source,
-        })),
+        Stepped::Stopped(st) => Ok(Some(st)),
     }
-}
-
-fn stopped(reason: Reason, doing: &str) -> Status {
-    Status::of_exit(
-        Exit::Signal(libc::SIGTERM),
-        Some(format!("{reason}; while {doing} the image")),
-    )
-}
-
-/// How a preparing command ended: on its own, or stopped by a request (its group killed).
-enum Stepped {
-    Done(std::process::Output),
-    Stopped(Reason),
-}
-
-/// Run `cmd` (its own process group), or stop it at the first stop request: a pull of a
-/// large image must not hold up a cancel.
-async fn step(cmd: std::process::Command, watch: &mut Watch) -> std::io::Result<Stepped> {
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = cmd.spawn()?;
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
-    let output = child.wait_with_output();
-    tokio::pin!(output);
-    let reason = tokio::select! {
-        out = &mut output => return out.map(Stepped::Done),
-        req = watch.request() => match req {
-            Some(Request::Terminate { reason, .. } | Request::Kill { reason }) => reason,
-            None => return output.await.map(Stepped::Done),
-        },
-    };
-    if let Some(pg) = pgid {
-        crate::supervisor::group::signal_group(Pid::from_raw(pg), Signal::SIGKILL);
-    }
-    let _ = output.await;
-    Ok(Stepped::Stopped(reason))
 }
 
 /// `ch-run` of the script, supervised as the shell executor's bash.
@@ -211,34 +146,14 @@ async fn start(
         image_env: img.join("ch/environment").is_file(),
         command: &command,
     });
-    let mut cmd = tokio::process::Command::from(ch.run_command(&args));
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let program = ch.ch_run().display().to_string();
-    let mut child = cmd.spawn().map_err(|source| StageError::Spawn {
-        what: program.clone(),
-        source,
-    })?;
-    let pgid = group_of(child.id(), &program)?;
-    watch.relay(&mut child);
-    let mut policy = Policy::new(c.config.general.kill_timeout);
-    policy.deadline = h.deadline_unix_ms.map(super::user::instant_of_unix_ms);
-    policy.sweep_group = Some(pgid);
-    let mut term = GroupTerminator { pgid };
-    let outcome = watch.supervise(&mut child, &mut term, &policy).await;
-    if !outcome.sweep.survivors.is_empty() {
-        tracing::warn!(
-            "jacamar: processes {:?} of the job survived the sweep",
-            outcome.sweep.survivors
-        );
-    }
-    let stopped = outcome.stopped.map(|r| {
-        if outcome.escalated && outcome.exit != Exit::Signal(libc::SIGKILL) {
-            format!("{r}; the rest of the job was still running at kill_timeout and was killed with SIGKILL")
-        } else {
-            r.to_string()
-        }
-    });
-    Ok(Status::of_exit(outcome.exit, stopped))
+    let (mut child, pgid) = spawn_relayed(ch.run_command(&args), &mut watch)?;
+    let outcome = watch
+        .supervise_group(
+            &mut child,
+            pgid,
+            c.config.general.kill_timeout,
+            h.deadline_unix_ms,
+        )
+        .await;
+    Ok(super::user::status_of_group(&outcome))
 }

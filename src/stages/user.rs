@@ -396,31 +396,33 @@ async fn run_shell(
     let pgid = group_of(child.id(), &cmd.program.display().to_string())?;
     let mut watch = Watch::start(&mut child, control, signals)?;
 
-    let mut policy = Policy::new(config.general.kill_timeout);
-    policy.deadline = h.deadline_unix_ms.map(instant_of_unix_ms);
-    policy.sweep_group = Some(pgid);
-    let mut term = GroupTerminator { pgid };
-    let outcome = watch.supervise(&mut child, &mut term, &policy).await;
-
-    if !outcome.sweep.survivors.is_empty() {
-        tracing::warn!(
-            "jacamar: processes {:?} of the job survived the sweep",
-            outcome.sweep.survivors
-        );
-    }
+    let outcome = watch
+        .supervise_group(
+            &mut child,
+            pgid,
+            config.general.kill_timeout,
+            h.deadline_unix_ms,
+        )
+        .await;
     if outcome.output_leaked {
         tracing::warn!("jacamar: a process of the job kept the output open after it ended");
     }
+    Ok(status_of_group(&outcome))
+}
+
+/// The status of a stage whose process group was supervised (the shell executor's bash,
+/// Charliecloud's ch-run): its exit, and the stop that ended it. When the script's shell
+/// ended of the stop's signal but some of its processes (the body's subshell running a
+/// trap, a child ignoring TERM) did not, the reason says they were killed at kill_timeout.
+pub(super) fn status_of_group(outcome: &supervisor::ChildEnd) -> Status {
     let stopped = outcome.stopped.map(|r| {
-        // The script's shell ended of the stop's signal, but some of its processes (the
-        // body's subshell running a trap, a child ignoring TERM) did not: say so.
         if outcome.escalated && outcome.exit != Exit::Signal(libc::SIGKILL) {
             format!("{r}; the rest of the job was still running at kill_timeout and was killed with SIGKILL")
         } else {
             r.to_string()
         }
     });
-    Ok(Status::of_exit(outcome.exit, stopped))
+    Status::of_exit(outcome.exit, stopped)
 }
 
 /// What a supervised stage child is watched with: its output relayed to ours, and the
@@ -472,6 +474,31 @@ impl Watch {
     /// The next stop request (`None`: none can come any more).
     pub(super) async fn request(&mut self) -> Option<supervisor::Request> {
         self.rx.recv().await
+    }
+
+    /// Supervise `child`, the leader of the job's process group `pgid` (the shell
+    /// executor's bash, Charliecloud's ch-run): a stop signals the group, kill_timeout
+    /// (and the job's deadline, unix ms) kills it, and its processes are swept at the end
+    /// (survivors are logged).
+    pub(super) async fn supervise_group(
+        &mut self,
+        child: &mut tokio::process::Child,
+        pgid: nix::unistd::Pid,
+        kill_timeout: std::time::Duration,
+        deadline_unix_ms: Option<u64>,
+    ) -> supervisor::ChildEnd {
+        let mut policy = Policy::new(kill_timeout);
+        policy.deadline = deadline_unix_ms.map(instant_of_unix_ms);
+        policy.sweep_group = Some(pgid);
+        let mut term = GroupTerminator { pgid };
+        let outcome = self.supervise(child, &mut term, &policy).await;
+        if !outcome.sweep.survivors.is_empty() {
+            tracing::warn!(
+                "jacamar: processes {:?} of the job survived the sweep",
+                outcome.sweep.survivors
+            );
+        }
+        outcome
     }
 
     /// Supervise `child` under `policy` until it and its output are done.
