@@ -23,6 +23,15 @@ case "$role" in
     install -d -o slurm -g slurm -m 0755 /var/spool/slurmctld
     exec slurmctld -D -i ;;
   compute)
+    # Rootless podman (jobs with an `image:`): a user namespace may mount a new proc only
+    # when no part of the node's /proc is hidden, so docker's overmounts of /proc (masked
+    # /proc/kcore ..., read-only /proc/sys ...) go, as `--security-opt
+    # systempaths=unconfined` would do (docker-compose v1 cannot pass it). Needs SYS_ADMIN
+    # (docker-compose.yml). /tmp is a volume, open to all as /tmp is.
+    awk '$5 ~ "^/proc/" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
+      umount "$m"
+    done
+    chmod 1777 /tmp
     install -d -m 0755 /var/spool/slurmd
     rm -f /run/slurmd.pid
     exec slurmd -D -N "$(hostname -s)" ;;
