@@ -163,19 +163,19 @@ registry_start() {
   JRS_REGISTRY_ADDR=$REGISTRY_IP JRS_REGISTRY_PORT=$REGISTRY_PORT JRS_REGISTRY_PASSWORD=$2 \
     "$REPO_DIR/scripts/containers/registry.sh" start "$dir" >"$dir.log" 2>&1 \
     || { cat "$dir.log" >&2; die "the registry did not start (scripts/containers/registry.sh)"; }
-  for n in "$C1" "$C2"; do
+  for n in "$C1" "$C2" "$RUNNER"; do
     docker exec "$n" install -d -m 0755 "/etc/containers/certs.d/$REGISTRY_HOSTPORT"
     docker cp "$dir/tls/ca.crt" "$n:/etc/containers/certs.d/$REGISTRY_HOSTPORT/ca.crt" >/dev/null
     docker exec "$n" chmod 0644 "/etc/containers/certs.d/$REGISTRY_HOSTPORT/ca.crt"
   done
-  log "registry https://$REGISTRY_HOSTPORT (log $dir.log), its CA on $C1 and $C2"
+  log "registry https://$REGISTRY_HOSTPORT (log $dir.log), its CA on $C1, $C2 and $RUNNER"
 }
 # registry_stop DIR: stop it (by its pid file) and remove its CA from the nodes and the host.
 registry_stop() {
   local dir=$1 n
   [ -d "$dir" ] || return 0
   "$REPO_DIR/scripts/containers/registry.sh" stop "$dir" >>"$dir.log" 2>&1 || true
-  for n in "$C1" "$C2"; do docker exec "$n" rm -rf "/etc/containers/certs.d/$REGISTRY_HOSTPORT" 2>/dev/null || true; done
+  for n in "$C1" "$C2" "$RUNNER"; do docker exec "$n" rm -rf "/etc/containers/certs.d/$REGISTRY_HOSTPORT" 2>/dev/null || true; done
 }
 # podman_leftovers NODE: the CI user's podman, conmon, catatonit or pause processes on NODE and
 # its podman state directories (/tmp/jacamar-podman-UID/*), one a line; empty when clean.

@@ -12,8 +12,9 @@
 # And one job with an `image:` for the runner "slurm" (run_mechanism = "podman"): its image is
 # pulled from a registry on the host (TLS, htpasswd whose password is the job's token, sent
 # in the job response's `credentials` as GitLab does) and runs rootless inside the Slurm job
-# on a compute node; its log must show the image's marker, ciuser and SLURM_JOB_ID, and no
-# podman, conmon or pause process of ciuser may remain on the nodes after it.
+# on a compute node; its log must show the image's marker, ciuser and SLURM_JOB_ID, its
+# after_script runs in the image on the runner node, and no podman, conmon or pause process of
+# ciuser may remain on the nodes after it.
 # Checked on what the fake recorded: the runner's final PUT (state, failure_reason,
 # exit_code), the job log (trace) and the artifacts. Exit 0 when all four are as expected.
 # Logs: /tmp/jacamar-rs-smoke/ (each job's log, the runner's log, the fake's requests).
@@ -52,6 +53,7 @@ exit3_job='{"name": "exit3", "script": ["echo \"BEFORE-EXIT on $(hostname -s)\""
 image_job=$(jq -n --arg t "$image_token" --arg r "$REGISTRY_HOSTPORT" '{name: "image",
   script: ["echo \"IMAGE-JOB-RAN on ${SLURM_JOB_NODELIST:-?} as $(id -un) uid $(id -u) slurm job ${SLURM_JOB_ID:-none}\"",
            "echo \"IMAGE-MARKER $(cat /etc/jacamar-test-image)\""],
+  after_script: ["echo \"IMAGE-AFTER-SCRIPT as $(id -un) $(cat /etc/jacamar-test-image)\""],
   job_token: $t, image: {name: ($r + "/ci/debian:bookworm")},
   credentials: [{type: "registry", url: $r, username: "gitlab-ci-token", password: $t}]}')
 
@@ -66,7 +68,7 @@ t_image=$(date +%s%N)
 log "queued: $(for k in "${!ids[@]}"; do printf '%s=%s ' "$k" "${ids[$k]}"; done)"
 
 fail=0
-nodes_clean() { [ -z "$(podman_leftovers "$C1"; podman_leftovers "$C2")" ]; }
+nodes_clean() { [ -z "$(podman_leftovers "$C1"; podman_leftovers "$C2"; podman_leftovers "$RUNNER")" ]; }
 bad() { echo "smoke: $1: FAILED: $2" >&2; fail=1; }
 for key in slurm-ok slurm-exit3 pbs-ok pbs-exit3 slurm-image; do
   id=${ids[$key]}
@@ -110,17 +112,19 @@ for key in slurm-ok slurm-exit3 pbs-ok pbs-exit3 slurm-image; do
         bad "$key" "the image's marker /etc/jacamar-test-image is not in the job log; log: $L"
       elif ! grep -aq "runs in image $REGISTRY_HOSTPORT/ci/debian:bookworm with podman inside the slurm allocation" "$L"; then
         bad "$key" "jacamar did not say it runs the image inside the allocation; log: $L"
+      elif ! grep -aq "^IMAGE-AFTER-SCRIPT as $CI_USER jacamar-rs test image" "$L"; then
+        bad "$key" "after_script did not run in the image as $CI_USER (on the runner node); log: $L"
       elif grep -aqF "$image_token" "$L"; then
         bad "$key" "the job token is in the job log; log: $L"
       else
         left=""
         if ! wait_until 30 nodes_clean; then
-          left="$C1: $(podman_leftovers "$C1" | tr '\n' ' ') $C2: $(podman_leftovers "$C2" | tr '\n' ' ')"
+          left="$C1: $(podman_leftovers "$C1" | tr '\n' ' ') $C2: $(podman_leftovers "$C2" | tr '\n' ' ') $RUNNER: $(podman_leftovers "$RUNNER" | tr '\n' ' ')"
         fi
         if [ -n "$left" ]; then
-          bad "$key" "podman left behind on the compute nodes 30 s after the job: $left"
+          bad "$key" "podman left behind on the nodes 30 s after the job: $left"
         else
-          echo "smoke: executor=slurm with image: CI job $id succeeded in ${image_s} ms from queueing ($line; $(grep -a -m1 '^IMAGE-MARKER' "$L")); nothing of podman left on $C1 or $C2"
+          echo "smoke: executor=slurm with image: CI job $id succeeded in ${image_s} ms from queueing ($line; $(grep -a -m1 '^IMAGE-MARKER' "$L")); after_script ran in the image on the runner node; nothing of podman left on $C1, $C2 or $RUNNER"
         fi
       fi ;;
     *-exit3)
