@@ -124,7 +124,8 @@ runner_service_stop() {
 fake_job() {
   local body
   body=$(jq -c --arg r "$1" --arg u "$CI_USER" '{runner: $r, login: $u} + .' <<<"$2")
-  curl -sSf -X POST --data-binary "$body" "$FAKE_CTL/jobs" | jq -r .id
+  # By stdin: a job's spec may hold its job token (a registry credential).
+  curl -sSf -X POST --data-binary @- "$FAKE_CTL/jobs" <<<"$body" | jq -r .id
 }
 # fake_job_json ID: what the fake knows of the job (status, trace, final, artifacts).
 fake_job_json() { curl -sSf "$FAKE_CTL/jobs/$1"; }
@@ -143,4 +144,42 @@ fake_wait_final() {
     [ "$(date +%s)" -lt "$deadline" ] || return 1
     sleep 0.5
   done
+}
+
+# --- the image registry of jobs with an `image:` (scripts/containers/registry.sh) ----------
+# On the host at the cluster network's gateway, as the fake GitLab: TLS from a CA made for the
+# run, htpasswd whose password is the job token of the image job (one job, one token).
+REGISTRY_IP=$FAKE_GITLAB_IP
+REGISTRY_PORT=5050
+REGISTRY_HOSTPORT=$REGISTRY_IP:$REGISTRY_PORT
+# registry_start DIR PASSWORD: start it (the test image pushed as ci/debian:bookworm) and put
+# its CA where podman reads it on both compute nodes:
+# /etc/containers/certs.d/HOST:PORT/ca.crt. The password goes by environment, not argv.
+registry_start() {
+  local dir=$1 n
+  command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v htpasswd >/dev/null \
+    || "$REPO_DIR/scripts/containers/setup.sh" >/tmp/jacamar-rs-containers-setup.log 2>&1 \
+    || { tail -20 /tmp/jacamar-rs-containers-setup.log >&2; die "scripts/containers/setup.sh failed"; }
+  JRS_REGISTRY_ADDR=$REGISTRY_IP JRS_REGISTRY_PORT=$REGISTRY_PORT JRS_REGISTRY_PASSWORD=$2 \
+    "$REPO_DIR/scripts/containers/registry.sh" start "$dir" >"$dir.log" 2>&1 \
+    || { cat "$dir.log" >&2; die "the registry did not start (scripts/containers/registry.sh)"; }
+  for n in "$C1" "$C2" "$RUNNER"; do
+    docker exec "$n" install -d -m 0755 "/etc/containers/certs.d/$REGISTRY_HOSTPORT"
+    docker cp "$dir/tls/ca.crt" "$n:/etc/containers/certs.d/$REGISTRY_HOSTPORT/ca.crt" >/dev/null
+    docker exec "$n" chmod 0644 "/etc/containers/certs.d/$REGISTRY_HOSTPORT/ca.crt"
+  done
+  log "registry https://$REGISTRY_HOSTPORT (log $dir.log), its CA on $C1, $C2 and $RUNNER"
+}
+# registry_stop DIR: stop it (by its pid file) and remove its CA from the nodes and the host.
+registry_stop() {
+  local dir=$1 n
+  [ -d "$dir" ] || return 0
+  "$REPO_DIR/scripts/containers/registry.sh" stop "$dir" >>"$dir.log" 2>&1 || true
+  for n in "$C1" "$C2" "$RUNNER"; do docker exec "$n" rm -rf "/etc/containers/certs.d/$REGISTRY_HOSTPORT" 2>/dev/null || true; done
+}
+# podman_leftovers NODE: the CI user's podman, conmon, catatonit or pause processes on NODE and
+# its podman state directories (/tmp/jacamar-podman-UID/*), one a line; empty when clean.
+podman_leftovers() {
+  docker exec "$1" sh -c "ps -u $CI_USER -o pid=,args= | grep -E 'podman|conmon|catatonit|pause' | grep -v grep;
+    ls -d /tmp/jacamar-podman-\$(id -u $CI_USER)/* 2>/dev/null" || true
 }

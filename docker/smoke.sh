@@ -9,6 +9,12 @@
 #          TLS) in a batch job on a compute node, prints the clone's README and writes an
 #          artifact, which the helper uploads from the runner node; after_script runs.
 #   exit3  the script ends with `exit 3`: a script failure with exit code 3.
+# And one job with an `image:` for the runner "slurm" (run_mechanism = "podman"): its image is
+# pulled from a registry on the host (TLS, htpasswd whose password is the job's token, sent
+# in the job response's `credentials` as GitLab does) and runs rootless inside the Slurm job
+# on a compute node; its log must show the image's marker, ciuser and SLURM_JOB_ID, its
+# after_script runs in the image on the runner node, and no podman, conmon or pause process of
+# ciuser may remain on the nodes after it.
 # Checked on what the fake recorded: the runner's final PUT (state, failure_reason,
 # exit_code), the job log (trace) and the artifacts. Exit 0 when all four are as expected.
 # Logs: /tmp/jacamar-rs-smoke/ (each job's log, the runner's log, the fake's requests).
@@ -26,9 +32,14 @@ finish() {
   docker exec "$RUNNER" cat "$RUNNER_LOG" >"$work/gitlab-runner.log" 2>/dev/null || true
   [ -n "${FAKE_CTL:-}" ] && curl -sS "$FAKE_CTL/requests" >"$work/requests.log" 2>/dev/null
   fake_gitlab_stop
+  registry_stop "$work/registry"
 }
 trap finish EXIT
 fake_gitlab_start "$work/fake-gitlab.log"
+image_token=glcbt-image$(openssl rand -hex 12)
+t_registry=$(date +%s%N)
+registry_start "$work/registry" "$image_token"
+log "registry up and image pushed in $(( ($(date +%s%N) - t_registry) / 1000000 )) ms"
 runner_service_start
 
 ok_job='{"name": "smoke",
@@ -39,17 +50,27 @@ ok_job='{"name": "smoke",
   "artifacts": ["out/"]}'
 exit3_job='{"name": "exit3", "script": ["echo \"BEFORE-EXIT on $(hostname -s)\"", "exit 3", "echo NOT-REACHED"]}'
 
+image_job=$(jq -n --arg t "$image_token" --arg r "$REGISTRY_HOSTPORT" '{name: "image",
+  script: ["echo \"IMAGE-JOB-RAN on ${SLURM_JOB_NODELIST:-?} as $(id -un) uid $(id -u) slurm job ${SLURM_JOB_ID:-none}\"",
+           "echo \"IMAGE-MARKER $(cat /etc/jacamar-test-image)\""],
+  after_script: ["echo \"IMAGE-AFTER-SCRIPT as $(id -un) $(cat /etc/jacamar-test-image)\""],
+  job_token: $t, image: {name: ($r + "/ci/debian:bookworm")},
+  credentials: [{type: "registry", url: $r, username: "gitlab-ci-token", password: $t}]}')
+
 declare -A ids
 for ex in slurm pbs; do
   token=$RUNNER_SLURM; [ "$ex" = pbs ] && token=$RUNNER_PBS
   ids[$ex-ok]=$(fake_job "$token" "$ok_job")
   ids[$ex-exit3]=$(fake_job "$token" "$exit3_job")
 done
+ids[slurm-image]=$(fake_job "$RUNNER_SLURM" "$image_job")
+t_image=$(date +%s%N)
 log "queued: $(for k in "${!ids[@]}"; do printf '%s=%s ' "$k" "${ids[$k]}"; done)"
 
 fail=0
+nodes_clean() { [ -z "$(podman_leftovers "$C1"; podman_leftovers "$C2"; podman_leftovers "$RUNNER")" ]; }
 bad() { echo "smoke: $1: FAILED: $2" >&2; fail=1; }
-for key in slurm-ok slurm-exit3 pbs-ok pbs-exit3; do
+for key in slurm-ok slurm-exit3 pbs-ok pbs-exit3 slurm-image; do
   id=${ids[$key]}
   if ! fake_wait_final "$id" 300; then
     fake_trace "$id" >"$work/$key.log" 2>/dev/null || true
@@ -78,6 +99,33 @@ for key in slurm-ok slurm-exit3 pbs-ok pbs-exit3; do
         bad "$key" "$arts artifacts uploaded, expected 1; log: $L"
       else
         echo "smoke: executor=${key%%-*}: CI job $id succeeded through the real runner on compute node $node ($line); sources cloned, artifact uploaded, after_script ran"
+      fi ;;
+    *-image)
+      image_s=$(( ($(date +%s%N) - t_image) / 1000000 ))
+      line=$(grep -a '^IMAGE-JOB-RAN ' "$L" | tail -n1 || true)
+      node=$(awk '{print $3}' <<<"$line")
+      if [ "$state" != success ]; then
+        bad "$key" "state '$state' (failure_reason '$reason', exit_code '$code'), expected success; log: $L"
+      elif [[ $node != c[12] ]] || [[ $line != *" as $CI_USER uid $ci_uid slurm job "[0-9]* ]]; then
+        bad "$key" "the script did not run as $CI_USER in a Slurm job on a compute node: '${line:-no IMAGE-JOB-RAN line}'; log: $L"
+      elif ! grep -aq '^IMAGE-MARKER jacamar-rs test image' "$L"; then
+        bad "$key" "the image's marker /etc/jacamar-test-image is not in the job log; log: $L"
+      elif ! grep -aq "runs in image $REGISTRY_HOSTPORT/ci/debian:bookworm with podman inside the slurm allocation" "$L"; then
+        bad "$key" "jacamar did not say it runs the image inside the allocation; log: $L"
+      elif ! grep -aq "^IMAGE-AFTER-SCRIPT as $CI_USER jacamar-rs test image" "$L"; then
+        bad "$key" "after_script did not run in the image as $CI_USER (on the runner node); log: $L"
+      elif grep -aqF "$image_token" "$L"; then
+        bad "$key" "the job token is in the job log; log: $L"
+      else
+        left=""
+        if ! wait_until 30 nodes_clean; then
+          left="$C1: $(podman_leftovers "$C1" | tr '\n' ' ') $C2: $(podman_leftovers "$C2" | tr '\n' ' ') $RUNNER: $(podman_leftovers "$RUNNER" | tr '\n' ' ')"
+        fi
+        if [ -n "$left" ]; then
+          bad "$key" "podman left behind on the nodes 30 s after the job: $left"
+        else
+          echo "smoke: executor=slurm with image: CI job $id succeeded in ${image_s} ms from queueing ($line; $(grep -a -m1 '^IMAGE-MARKER' "$L")); after_script ran in the image on the runner node; nothing of podman left on $C1, $C2 or $RUNNER"
+        fi
       fi ;;
     *-exit3)
       if [ "$state" != failed ] || [ "$reason" != script_failure ] || [ "$code" != 3 ]; then

@@ -18,15 +18,30 @@ rm -f /run/munge/munged.pid /run/munge/munge.socket.2*
 runuser -u munge -- /usr/sbin/munged
 for _ in $(seq 100); do munge -n | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
 
+# Rootless podman (jobs with an `image:`; on the compute nodes for the Slurm job's stages, on
+# the runner for after_script): a user namespace may mount a new proc only when no part of
+# the node's /proc is hidden, so docker's overmounts of /proc (masked /proc/kcore ...,
+# read-only /proc/sys ...) go, as `--security-opt systempaths=unconfined` would do
+# (docker-compose v1 cannot pass it). Needs SYS_ADMIN (docker-compose.yml). /tmp is a
+# volume, open to all as /tmp is.
+podman_ready() {
+  awk '$5 ~ "^/proc/" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount "$m"
+  done
+  chmod 1777 /tmp
+}
+
 case "$role" in
   controller)
     install -d -o slurm -g slurm -m 0755 /var/spool/slurmctld
     exec slurmctld -D -i ;;
   compute)
+    podman_ready
     install -d -m 0755 /var/spool/slurmd
     rm -f /run/slurmd.pid
     exec slurmd -D -N "$(hostname -s)" ;;
   runner)
+    podman_ready
     # An NFS-like view of the shared data dir: a FUSE mount with long attribute and
     # (negative) entry caches, so sizes go stale and new files appear late, as on an NFS
     # client. JACAMAR_FUSE_CACHE seconds (default 10).

@@ -7,7 +7,9 @@
 #   scripts/containers/registry.sh stop DIR    # stops it, removes the certs.d entry it made
 #
 # Environment (read by start):
-#   JRS_REGISTRY_PORT      port on 127.0.0.1 (default 5043)
+#   JRS_REGISTRY_ADDR      the IPv4 address to listen on and name in the certificate
+#                          (default 127.0.0.1; docker/ uses the cluster network's gateway)
+#   JRS_REGISTRY_PORT      port on ADDR (default 5043)
 #   JRS_REGISTRY_USER      htpasswd user (default gitlab-ci-token, as GitLab sends)
 #   JRS_REGISTRY_PASSWORD  the password, i.e. the job token (default: 32 random hex chars)
 #   JRS_IMAGE_CACHE        where setup.sh cached the image (default /var/cache/jacamar-rs/images)
@@ -15,14 +17,14 @@
 # reads it from stdin and skopeo gets an auth file (DIR/auth.json, 0600).
 #
 # Pushed repositories:
-#   127.0.0.1:PORT/ci/debian:bookworm        the image a job may use
-#   127.0.0.1:PORT/other/private:bookworm    a second "project" (same content); htpasswd auth
+#   ADDR:PORT/ci/debian:bookworm             the image a job may use
+#   ADDR:PORT/other/private:bookworm         a second "project" (same content); htpasswd auth
 #                                            is all-or-nothing, so a refusal is tested with a
 #                                            wrong password (HTTP 401); Distribution's htpasswd
 #                                            auth cannot produce a per-repository 403.
-#   127.0.0.1:PORT/ci/missing:bookworm       never pushed: the "not found" case.
+#   ADDR:PORT/ci/missing:bookworm            never pushed: the "not found" case.
 #
-# Trust: podman/skopeo/buildah read /etc/containers/certs.d/127.0.0.1:PORT/ca.crt (installed
+# Trust: podman/skopeo/buildah read /etc/containers/certs.d/ADDR:PORT/ca.crt (installed
 # here; the path is recorded in DIR/installed so stop removes exactly it). ch-image (Python
 # requests) does NOT read certs.d: give it the CA by environment, see docs/containers-facts.md.
 set -euo pipefail
@@ -48,15 +50,16 @@ running_pid() {
 
 do_env() {
     [ -f "$DIR/port" ] || die "$DIR has no registry (no $DIR/port); run start first"
-    local port; port=$(cat "$DIR/port")
+    local port addr=127.0.0.1; port=$(cat "$DIR/port")
+    [ -f "$DIR/addr" ] && addr=$(cat "$DIR/addr")
     cat <<EOT
-export JRS_REGISTRY=127.0.0.1:$port
+export JRS_REGISTRY=$addr:$port
 export JRS_REGISTRY_CA=$DIR/tls/ca.crt
 export JRS_REGISTRY_USER=$(cat "$DIR/user")
 export JRS_REGISTRY_PASSWORD_FILE=$DIR/password
-export JRS_IMAGE=127.0.0.1:$port/ci/debian:bookworm
-export JRS_IMAGE_OTHER=127.0.0.1:$port/other/private:bookworm
-export JRS_IMAGE_MISSING=127.0.0.1:$port/ci/missing:bookworm
+export JRS_IMAGE=$addr:$port/ci/debian:bookworm
+export JRS_IMAGE_OTHER=$addr:$port/other/private:bookworm
+export JRS_IMAGE_MISSING=$addr:$port/ci/missing:bookworm
 export JRS_IMAGE_MARKER=/etc/jacamar-test-image
 EOT
 }
@@ -75,7 +78,7 @@ do_stop() {
     if [ -f "$DIR/installed" ]; then
         while IFS= read -r path; do
             case "$path" in
-                /etc/containers/certs.d/127.0.0.1:*/ca.crt)
+                /etc/containers/certs.d/[0-9]*.[0-9]*.[0-9]*.[0-9]*:[0-9]*/ca.crt)
                     rm -f "$path"; rmdir "$(dirname "$path")" 2>/dev/null || true
                     log "removed $path" ;;
                 "dir /etc/containers/certs.d")
@@ -96,16 +99,19 @@ do_start() {
     if pid=$(running_pid); then log "already running (pid $pid)"; do_env; return; fi
 
     local port=${JRS_REGISTRY_PORT:-5043}
+    local addr=${JRS_REGISTRY_ADDR:-127.0.0.1}
+    [[ $addr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "JRS_REGISTRY_ADDR '$addr' is not an IPv4 address"
     local user=${JRS_REGISTRY_USER:-gitlab-ci-token}
     mkdir -p "$DIR/tls" "$DIR/storage" "$DIR/auth"
     chmod 0700 "$DIR/auth"
     printf '%s\n' "$port" > "$DIR/port"
+    printf '%s\n' "$addr" > "$DIR/addr"
     printf '%s\n' "$user" > "$DIR/user"
     (umask 077
      if [ -n "${JRS_REGISTRY_PASSWORD:-}" ]; then printf '%s' "$JRS_REGISTRY_PASSWORD" > "$DIR/password"
      elif [ ! -s "$DIR/password" ]; then openssl rand -hex 16 | tr -d '\n' > "$DIR/password"; fi)
 
-    # CA and server certificate (EC P-256, 2 days), SAN 127.0.0.1 and localhost.
+    # CA and server certificate (EC P-256, 2 days), SAN ADDR and localhost.
     if [ ! -s "$DIR/tls/server.crt" ]; then
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
             -keyout "$DIR/tls/ca.key" -out "$DIR/tls/ca.crt" -days 2 \
@@ -114,8 +120,8 @@ do_start() {
             -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
             -keyout "$DIR/tls/server.key" -out "$DIR/tls/server.csr" \
-            -subj "/CN=127.0.0.1" 2>/dev/null
-        printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$DIR/tls/server.ext"
+            -subj "/CN=$addr" 2>/dev/null
+        printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:%s,DNS:localhost\n' "$addr" > "$DIR/tls/server.ext"
         openssl x509 -req -in "$DIR/tls/server.csr" -CA "$DIR/tls/ca.crt" -CAkey "$DIR/tls/ca.key" \
             -CAcreateserial -out "$DIR/tls/server.crt" -days 2 -extfile "$DIR/tls/server.ext" 2>/dev/null
         chmod 0644 "$DIR/tls/ca.crt"
@@ -123,7 +129,7 @@ do_start() {
     # bcrypt entry; the password goes through stdin, not argv.
     htpasswd -B -i -c "$DIR/auth/htpasswd" "$user" < "$DIR/password" 2>/dev/null
     (umask 077
-     printf '{"auths":{"127.0.0.1:%s":{"auth":"%s"}}}\n' "$port" \
+     printf '{"auths":{"%s:%s":{"auth":"%s"}}}\n' "$addr" "$port" \
          "$( { printf '%s:' "$user"; cat "$DIR/password"; } | base64 -w0)" > "$DIR/auth.json")
 
     cat > "$DIR/config.yml" <<EOT
@@ -138,7 +144,7 @@ storage:
   delete:
     enabled: true
 http:
-  addr: 127.0.0.1:$port
+  addr: $addr:$port
   tls:
     certificate: $DIR/tls/server.crt
     key: $DIR/tls/server.key
@@ -151,14 +157,14 @@ EOT
     echo $! > "$DIR/registry.pid"
     local code=""
     for _ in $(seq 100); do
-        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$DIR/tls/ca.crt" "https://127.0.0.1:$port/v2/" || true)
+        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$DIR/tls/ca.crt" "https://$addr:$port/v2/" || true)
         [ "$code" = 401 ] && break
         sleep 0.1
     done
-    [ "$code" = 401 ] || { tail -20 "$DIR/registry.log" >&2; die "registry did not answer 401 on https://127.0.0.1:$port/v2/ (got '$code')"; }
-    log "registry up: https://127.0.0.1:$port (pid $(cat "$DIR/registry.pid")), log $DIR/registry.log"
+    [ "$code" = 401 ] || { tail -20 "$DIR/registry.log" >&2; die "registry did not answer 401 on https://$addr:$port/v2/ (got '$code')"; }
+    log "registry up: https://$addr:$port (pid $(cat "$DIR/registry.pid")), log $DIR/registry.log"
 
-    local certs=/etc/containers/certs.d/127.0.0.1:$port
+    local certs=/etc/containers/certs.d/$addr:$port
     # Record the directories made here, so that stop leaves /etc/containers as it was.
     [ -d /etc/containers/certs.d ] || echo "dir /etc/containers/certs.d" >> "$DIR/installed"
     mkdir -p "$certs"
@@ -169,9 +175,9 @@ EOT
     local repo
     for repo in ci/debian:bookworm other/private:bookworm; do
         skopeo copy -q --dest-authfile "$DIR/auth.json" --dest-tls-verify=true \
-            "oci-archive:$IMAGE:bookworm" "docker://127.0.0.1:$port/$repo" \
-            || die "skopeo copy to 127.0.0.1:$port/$repo failed"
-        log "pushed 127.0.0.1:$port/$repo"
+            "oci-archive:$IMAGE:bookworm" "docker://$addr:$port/$repo" \
+            || die "skopeo copy to $addr:$port/$repo failed"
+        log "pushed $addr:$port/$repo"
     done
     do_env
 }

@@ -24,7 +24,12 @@
 //! * `POST /jobs` with `{"runner": TOKEN, "name", "script": [..], "after_script": [..],
 //!   "variables": {K: V}, "login": USER, "timeout": SECONDS, "artifacts": [PATH, ..]}`:
 //!   queues a job of the project `group/project` (its repository: one commit with README.md)
-//!   for the runner with TOKEN, with an id_token for USER; 201 `{"id", "token"}`;
+//!   for the runner with TOKEN, with an id_token for USER; 201 `{"id", "token"}`. Optional:
+//!   `"job_token"` (the job's token; else one made up: a registry whose password is the job
+//!   token is started before the job is queued), `"image"` (the job response's `image`, e.g.
+//!   `{"name": "10.213.77.1:5050/ci/debian:bookworm"}`) and `"credentials"` (its
+//!   `credentials`, e.g. `[{"type": "registry", "url": HOST:PORT, "username":
+//!   "gitlab-ci-token", "password": JOB_TOKEN}]`), both sent as given;
 //! * `GET /jobs/ID`: [`Coordinator::job_json`] (status, trace, final update, artifacts);
 //! * `PUT /jobs/ID/status` with the body `canceling` or `canceled`: the job's `Job-Status`;
 //! * `POST /id_token` with `{"job_id", "login"}`: 200 `{"token"}`, an id_token for a job
@@ -151,8 +156,17 @@ fn control_request(coord: &Coordinator, sha: &str, next: &AtomicU64, req: Reques
         }
         // Unique across runs while the cluster's volumes (and Slurm's job names) last.
         let id = std::process::id() as u64 * 1000 + next.fetch_add(1, Ordering::SeqCst);
-        let token = format!("glcbt-cluster{id}Tk");
-        let body = job_response(&job, id, &token, &coord.https_url, &coord.https_url, sha);
+        let token = match &spec["job_token"] {
+            Value::Null => format!("glcbt-cluster{id}Tk"),
+            Value::String(t) if !t.is_empty() => t.clone(),
+            _ => return bad("\"job_token\" is not a non-empty string".into()),
+        };
+        let mut body = job_response(&job, id, &token, &coord.https_url, &coord.https_url, sha);
+        for key in ["image", "credentials"] {
+            if !spec[key].is_null() {
+                body[key] = spec[key].clone();
+            }
+        }
         coord.queue_for(runner, body);
         return json_response("201 Created", &[], &json!({ "id": id, "token": token }));
     }
