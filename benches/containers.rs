@@ -14,8 +14,9 @@
 //!
 //! Run as root: `cargo build --release --bins && cargo bench --bench containers` (needs the
 //! tools and image of scripts/containers/setup.sh). `BENCH_ROUNDS` (default 7), and
-//! `JACAMAR_BIN_DIR` (default: the bench's own build of the binaries). Nothing is asserted
-//! on timings.
+//! `JACAMAR_BIN_DIR` (default: the bench's own build of the binaries), `BENCH_MECHANISM`
+//! (`podman`, the default, or `charliecloud`: ch-image pull, ch-convert and ch-run at every
+//! user stage). Nothing is asserted on timings.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -29,7 +30,15 @@ use std::time::Duration;
 const USER: &str = "jrs_c19_bench";
 const IMAGE_ARCHIVE: &str = "/var/cache/jacamar-rs/images/debian-bookworm-minbase.tar";
 /// The processes whose peak RSS is reported (by `comm`).
-const WATCHED: &[&str] = &["jacamar-auth", "jacamar", "podman", "conmon", "catatonit"];
+const WATCHED: &[&str] = &[
+    "jacamar-auth",
+    "jacamar",
+    "podman",
+    "conmon",
+    "catatonit",
+    "ch-image",
+    "ch-convert",
+];
 
 type Res<T> = Result<T, String>;
 
@@ -248,6 +257,12 @@ fn run() -> Res<()> {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(7);
+    let mech = std::env::var("BENCH_MECHANISM").unwrap_or_else(|_| "podman".into());
+    if !matches!(mech.as_str(), "podman" | "charliecloud") {
+        return Err(format!(
+            "BENCH_MECHANISM = {mech:?}: podman or charliecloud"
+        ));
+    }
     let bins = std::env::var_os("JACAMAR_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -277,7 +292,7 @@ fn run() -> Res<()> {
     };
     write(
         "jacamar.toml",
-        "[general]\nexecutor = \"shell\"\ndata_dir = \"$HOME\"\nrun_mechanism = \"podman\"\n[auth]\ndownscope = \"none\"\n",
+        &format!("[general]\nexecutor = \"shell\"\ndata_dir = \"$HOME\"\nrun_mechanism = \"{mech}\"\n[auth]\ndownscope = \"none\"\n"),
         0o644,
     )?;
     write(
@@ -287,7 +302,7 @@ fn run() -> Res<()> {
     )?;
     write("token", &format!("{token}\n"), 0o600)?;
     println!(
-        "jacamar-rs container bench: {rounds} rounds, binaries in {}, image {image}, account {USER}",
+        "jacamar-rs container bench ({mech}): {rounds} rounds, binaries in {}, image {image}, account {USER}",
         bins.display()
     );
     let mut host: Vec<Job> = Vec::new();
@@ -305,7 +320,7 @@ fn run() -> Res<()> {
             let j = run_job(&bins, dir.path(), &user, img, id + u64::from(with_image))?;
             eprintln!(
                 "round {r} {}: build_script {:.0} ms, after_script {:.0} ms, cleanup {:.0} ms",
-                if with_image { "podman" } else { "host" },
+                if with_image { mech.as_str() } else { "host" },
                 j.ms.get("build_script").copied().unwrap_or(f64::NAN),
                 j.ms.get("after_script").copied().unwrap_or(f64::NAN),
                 j.ms.get("cleanup").copied().unwrap_or(f64::NAN),
@@ -317,21 +332,18 @@ fn run() -> Res<()> {
         jobs.iter().filter_map(|j| j.ms.get(k).copied()).collect()
     };
     println!();
-    println!("| figure (ms) | no image: median (min-max) | podman: median (min-max) | ratio of medians |");
+    println!("| figure (ms) | no image: median (min-max) | {mech}: median (min-max) | ratio of medians |");
     println!("|---|---|---|---|");
     for (label, k) in [
         (
-            "user stage 1: build_script (podman: first pull + run)",
+            "user stage 1: build_script (image: first pull + run)",
             "build_script",
         ),
         (
-            "user stage 2: after_script (podman: cached image)",
+            "user stage 2: after_script (image: the job's second stage)",
             "after_script",
         ),
-        (
-            "cleanup (podman: containers, storage, pause process)",
-            "cleanup",
-        ),
+        ("cleanup (image: the job's container state)", "cleanup"),
         ("whole job", "whole job"),
     ] {
         let (h, p) = (col(&host, k), col(&podman, k));
@@ -344,7 +356,7 @@ fn run() -> Res<()> {
         );
     }
     println!();
-    println!("| peak RSS (MB), max over the job's processes of that name | no image: median (min-max) | podman: median (min-max) |");
+    println!("| peak RSS (MB), max over the job's processes of that name | no image: median (min-max) | {mech}: median (min-max) |");
     println!("|---|---|---|");
     for name in WATCHED {
         let kb = |jobs: &[Job]| -> Vec<f64> {

@@ -20,6 +20,15 @@ use crate::registry_kit::{ready, token, Registry, MARKER};
 
 const USER: &str = "jrs_c19_sl";
 
+/// The tests of this file take turns: each checks that no podman or Charliecloud process
+/// of its account is left, and two of them share an account, whose other test's cleanup
+/// (`podman system reset` can take 10-37 s on a loaded disk) would be counted.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed test poisons the lock; the next one still runs after it.
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A setuid Slurm job of [`USER`] with `image` and a registry credential whose password is
 /// `password` (the job token is `token`), config and prepare done; kill_timeout 2 s.
 fn slurm_image_job(
@@ -223,6 +232,7 @@ fn watched_run(h: &Harness, body: &str, secrets: &[&str], in_script: &str) -> Wa
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn an_image_runs_inside_the_slurm_job_as_the_user_with_its_exit_code() {
+    let _serial = serial();
     use base64::Engine;
     if !ready() {
         return;
@@ -289,6 +299,7 @@ fn an_image_runs_inside_the_slurm_job_as_the_user_with_its_exit_code() {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_cancel_reaches_the_trap_inside_the_container_and_leaves_nothing() {
+    let _serial = serial();
     if !ready() {
         return;
     }
@@ -355,6 +366,7 @@ fn a_cancel_reaches_the_trap_inside_the_container_and_leaves_nothing() {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_refused_token_in_a_slurm_job_names_the_registry_and_the_allowlist() {
+    let _serial = serial();
     if !ready() {
         return;
     }
@@ -396,6 +408,7 @@ fn a_refused_token_in_a_slurm_job_names_the_registry_and_the_allowlist() {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn an_image_runs_inside_a_pbs_job_with_its_exit_code() {
+    let _serial = serial();
     if !ready() {
         return;
     }
@@ -428,6 +441,7 @@ fn an_image_runs_inside_a_pbs_job_with_its_exit_code() {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_podman_missing_on_the_node_is_a_system_failure_naming_the_key() {
+    let _serial = serial();
     if !ready() {
         return;
     }
@@ -511,6 +525,7 @@ fn ch_ready() -> bool {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_charliecloud_image_runs_inside_the_slurm_job_as_the_user_with_its_exit_code() {
+    let _serial = serial();
     if !ch_ready() {
         return;
     }
@@ -562,6 +577,7 @@ fn a_charliecloud_image_runs_inside_the_slurm_job_as_the_user_with_its_exit_code
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_charliecloud_cancel_runs_the_trap_and_leaves_nothing() {
+    let _serial = serial();
     if !ch_ready() {
         return;
     }
@@ -627,6 +643,7 @@ fn a_charliecloud_cancel_runs_the_trap_and_leaves_nothing() {
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_refused_token_in_a_charliecloud_slurm_job_names_the_registry_and_the_allowlist() {
+    let _serial = serial();
     if !ch_ready() {
         return;
     }
@@ -668,6 +685,7 @@ fn a_refused_token_in_a_charliecloud_slurm_job_names_the_registry_and_the_allowl
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root: feature root-tests")]
 fn a_charliecloud_missing_on_the_node_is_a_system_failure_naming_the_key() {
+    let _serial = serial();
     if !ch_ready() {
         return;
     }
