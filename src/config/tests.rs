@@ -1218,6 +1218,26 @@ fn container_tables_are_read_and_checked() {
 /// filter (which needs no_new_privs) would fail every job with an image; refused at load,
 /// naming the key. Charliecloud's ch-run needs no set-user-ID helper.
 #[test]
+fn the_seccomp_refusal_names_the_key_that_turns_the_filter_on() {
+    // `block_all = false` is written first but turns nothing on: the message must name
+    // `limit_setuid`, the key that does (it named the first key written).
+    let podman = setuid_base().replace(
+        "data_dir = \"/ecp\"\n",
+        "data_dir = \"/ecp\"\nrun_mechanism = \"podman\"\n",
+    );
+    let found = problems(&format!(
+        "{podman}[auth.seccomp]\nblock_all = false\nlimit_setuid = true\n"
+    ));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].key.as_deref(),
+        Some("auth.seccomp.limit_setuid"),
+        "{found:?}"
+    );
+    assert_eq!(found[0].line, Some(10), "{found:?}");
+}
+
+#[test]
 fn podman_with_no_new_privs_or_a_seccomp_filter_is_refused() {
     let general = |mech: &str| {
         setuid_base().replace(

@@ -255,7 +255,9 @@ fn auth(
         shell_allowlist: !shell_allowlist.is_empty(),
         ff_getent_check,
         no_new_privs,
-        seccomp_filter: seccomp.filter_wanted(),
+        seccomp_filter: seccomp
+            .filter_wanted()
+            .then(|| seccomp_filter_key(&seccomp)),
     };
     if let Some(mode) = downscope {
         unenforceable(s, &mut seccomp_sec, mode, &on);
@@ -298,7 +300,8 @@ struct InEffect {
     shell_allowlist: bool,
     ff_getent_check: bool,
     no_new_privs: bool,
-    seccomp_filter: bool,
+    /// The key of `[auth.seccomp]` that turns its filter on, when it is on.
+    seccomp_filter: Option<&'static str>,
 }
 
 /// Report the keys of `[auth]` that `mode` cannot enforce (docs/configuration.md, "Keys a
@@ -370,26 +373,25 @@ fn refuse_no_new_privs(
         let line = auth.line_of_key("no_new_privs");
         auth.push(line, "no_new_privs", nnp);
     }
-    if on.seccomp_filter {
-        let key = seccomp_filter_key(seccomp_sec);
+    if let Some(key) = on.seccomp_filter {
         let line = seccomp_sec.line_of_key(key);
         seccomp_sec.push(line, key, filter);
     }
 }
 
-/// The key of `[auth.seccomp]` that turns its filter on, for messages (`block_calls` if none
-/// is written).
-fn seccomp_filter_key(seccomp_sec: &Section<'_, '_>) -> &'static str {
+/// The first key of `[auth.seccomp]` whose value turns its filter on, for messages (a key
+/// written as `false` turns nothing on); `block_calls` if none does.
+fn seccomp_filter_key(s: &Seccomp) -> &'static str {
     [
-        "block_all",
-        "block_calls",
-        "limit_setuid",
-        "tty_rules",
-        "log_allowed_actions",
+        ("block_all", s.block_all),
+        ("block_calls", !s.block_calls.is_empty()),
+        ("limit_setuid", s.limit_setuid),
+        ("tty_rules", s.tty_rules),
+        ("log_allowed_actions", s.log_allowed_actions),
     ]
     .into_iter()
-    .find(|k| seccomp_sec.line_of_key(k).is_some())
-    .unwrap_or("block_calls")
+    .find(|(_, on)| *on)
+    .map_or("block_calls", |(k, _)| k)
 }
 
 /// Rootless podman maps its user namespace with `newuidmap`/`newgidmap`, set-user-ID root,
