@@ -35,9 +35,10 @@ test_names() { # $1: passwd or group
   getent "$1" | cut -d: -f1 | grep -E '^(jrs_[a-z0-9]+_[a-z0-9_]+|project_77_bot_jrs)$' || true
 }
 cleanup_test_leftovers() {
-  local u g cg home
+  local u g cg home uid
   for u in $(test_names passwd); do
     home=$(getent passwd "$u" | cut -d: -f6)
+    uid=$(id -u "$u" 2>/dev/null) || uid=gone
     command -v scancel >/dev/null && scancel -u "$u" 2>/dev/null
     for _ in $(seq 50); do
       pkill -KILL -u "$u" 2>/dev/null || break
@@ -46,6 +47,8 @@ cleanup_test_leftovers() {
     userdel -r "$u" 2>/dev/null
     if getent passwd "$u" >/dev/null; then echo "cleanup: userdel $u failed" >&2; fi
     case "$home" in /home/jrs_*|/home/project_77_bot_jrs) rm -rf "$home" ;; esac
+    # A container test that failed half-way leaves the job's node-local state (per uid).
+    rm -rf "/tmp/jacamar-podman-$uid" "/tmp/jacamar-ch-$uid" || true
   done
   for g in $(test_names group); do
     groupdel "$g" || echo "cleanup: groupdel $g failed" >&2
