@@ -14,6 +14,12 @@ use crate::job::JobContext;
 /// `disable_name_prefix` is set).
 pub const NAME_PREFIX_VARIABLE: &str = "SCHEDULER_JOB_NAME_PREFIX";
 
+/// The CI variable a job opts in to its pipeline's shared allocation with (value `pipeline`;
+/// `[batch] allocation_reuse`, docs/allocations.md), and the variables that name the
+/// pipeline (the allocation's key).
+pub const REUSE_VARIABLE: &str = "JACAMAR_REUSE_ALLOCATION";
+pub const PIPELINE_VARIABLES: [&str; 2] = ["CI_PROJECT_ID", "CI_PIPELINE_ID"];
+
 /// An argument the driver controls.
 #[derive(Debug, Clone, Copy)]
 pub struct Illegal {
@@ -69,7 +75,8 @@ pub mod why {
     pub const ONE_JOB: &str = "one CI job is one scheduler job";
 }
 
-/// Copy the CI variables a batch run reads (`arguments_variable`, the name prefix)
+/// Copy the CI variables a batch run reads (`arguments_variable`, the name prefix, the
+/// allocation opt-in and the pipeline's ids)
 /// from the runner's environment (`CUSTOM_ENV_<NAME>`) into the job context. Called by
 /// `jacamar-auth`, which is the only side that sees the runner's environment.
 pub fn capture(config: &Config, job: &mut JobContext, env: &BTreeMap<String, String>) {
@@ -81,7 +88,8 @@ pub fn capture(config: &Config, job: &mut JobContext, env: &BTreeMap<String, Str
         .arguments_variable
         .iter()
         .map(String::as_str)
-        .chain(std::iter::once(NAME_PREFIX_VARIABLE));
+        .chain([NAME_PREFIX_VARIABLE, REUSE_VARIABLE])
+        .chain(PIPELINE_VARIABLES);
     for name in names {
         if let Some(v) = env.get(&format!("CUSTOM_ENV_{name}")) {
             job.batch_variables.insert(name.to_string(), v.clone());

@@ -210,6 +210,37 @@ impl Commands {
     }
 }
 
+impl Commands {
+    /// Wait for the limiter, then start `tool args...` as a long-running process (a step's
+    /// launcher, `srun`, which lives as long as its step): the job's environment, stdin
+    /// `/dev/null`, stdout discarded (the step's output goes to its file), stderr piped for
+    /// the caller, in its own process group (a signal to the job's group never reaches
+    /// it: the step is ended through the scheduler, see docs/allocations-design.md), not
+    /// killed when dropped (the caller decides).
+    pub async fn spawn(&self, tool: &str, args: &[String]) -> Result<tokio::process::Child, BatchError> {
+        if let Some(l) = &self.limiter {
+            l.until_ready().await;
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let program = self.program(tool);
+        tokio::process::Command::new(&program)
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| BatchError::Spawn {
+                command: format!("{} ({})", tool, program.display()),
+                source,
+            })
+    }
+}
+
 /// `tool a b` for messages.
 pub fn display(tool: &str, args: &[String]) -> String {
     let mut s = tool.to_string();

@@ -5,6 +5,11 @@
 //! <id>`, and `done <id>` once it saw the job leave the queue. Lines are appended with one
 //! `write` each and fsynced, so a reader never sees half a record it would misread (a torn
 //! last line is ignored). `cleanup` reads the file and cancels every job not `done`.
+//!
+//! A CI job in its pipeline's shared allocation (docs/allocations.md) records instead
+//! `alloc <scheduler> <id> <key>` before it takes its lease on allocation `<id>` (key: 32
+//! hex digits) and `step <scheduler> <id>.<step>` the moment its step is known: `cleanup`
+//! cancels a step not `done` and releases the lease, never the allocation itself.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -68,7 +73,17 @@ impl Record {
         self.append(&format!("job {scheduler} {id}"))
     }
 
-    /// The job left the queue.
+    /// About to take a lease on the shared allocation `id` (key `key`).
+    pub fn allocation(&self, scheduler: &str, id: &str, key: &str) -> Result<(), BatchError> {
+        self.append(&format!("alloc {scheduler} {id} {key}"))
+    }
+
+    /// The CI job runs as step `step` (`<id>.<step>`).
+    pub fn step(&self, scheduler: &str, step: &str) -> Result<(), BatchError> {
+        self.append(&format!("step {scheduler} {step}"))
+    }
+
+    /// The job (or step) left the queue.
     pub fn finished(&self, id: &str) -> Result<(), BatchError> {
         self.append(&format!("done {id}"))
     }
@@ -95,6 +110,12 @@ impl Record {
 pub struct Read {
     /// The jobs, in submission order.
     pub jobs: Vec<Recorded>,
+    /// The shared allocations the CI job took a lease on: `(id, key)`.
+    pub allocations: Vec<(String, String)>,
+    /// The steps it ran in them.
+    pub steps: Vec<Recorded>,
+    /// The job names it submitted under (`submitting` lines; letters, digits, `_.-` only).
+    pub names: Vec<String>,
     /// One sentence per `job` line refused (its number, and the id or the line shown
     /// escaped), to report: its id is never given to a command.
     pub refused: Vec<String>,
@@ -126,15 +147,63 @@ pub fn parse(text: &str, name: &str, valid: &dyn Fn(&str) -> bool) -> Read {
                 "line {}: {line:?} is not \"job {name} <id>\"",
                 n + 1
             )),
+            ["submitting", sched, job_name] if *sched == name && is_name(job_name) => {
+                read.names.push(job_name.to_string())
+            }
+            ["alloc", sched, id, key] if *sched == name && valid(id) && is_key(key) => {
+                read.allocations.push((id.to_string(), key.to_string()))
+            }
+            ["alloc", ..] => read.refused.push(format!(
+                "line {}: {line:?} is not \"alloc {name} <id> <key>\"",
+                n + 1
+            )),
+            ["step", sched, id] if *sched == name && is_step(id, valid) => {
+                read.steps.push(Recorded {
+                    scheduler: sched.to_string(),
+                    id: id.to_string(),
+                    done: false,
+                })
+            }
+            ["step", ..] => read.refused.push(format!(
+                "line {}: {line:?} is not \"step {name} <id>.<step>\"",
+                n + 1
+            )),
             ["done", id] => {
-                for j in read.jobs.iter_mut().filter(|j| j.id == *id) {
-                    j.done = true;
+                for j in read.jobs.iter_mut().chain(read.steps.iter_mut()) {
+                    if j.id == *id {
+                        j.done = true;
+                    }
                 }
             }
             _ => {}
         }
     }
     read
+}
+
+/// A job name as the driver makes it (`ci-7`, a prefix of letters, digits, `_.-`).
+fn is_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// An allocation's key: 32 lowercase hexadecimal digits.
+fn is_key(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A step id `<job id>.<step>`: a job id that passes `valid`, a step of 1 to 10 digits.
+fn is_step(s: &str, valid: &dyn Fn(&str) -> bool) -> bool {
+    match s.split_once('.') {
+        Some((job, step)) => {
+            valid(job)
+                && (1..=10).contains(&step.len())
+                && step.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -196,5 +265,30 @@ mod tests {
             ]
         );
         assert!(read.refused.iter().all(|r| !r.contains('\x1b')));
+    }
+
+    /// The allocation and step lines of a CI job in a shared allocation: forged ones are
+    /// refused and shown escaped, a `done` step is not cancelled again.
+    #[test]
+    fn allocation_and_step_lines() {
+        let key = "0123456789abcdef0123456789abcdef";
+        let text = format!(
+            "alloc slurm 1469 {key}\n\
+             step slurm 1469.3\n\
+             step slurm 1469.4\n\
+             done 1469.3\n\
+             alloc slurm --uid=0 {key}\n\
+             alloc slurm 1469 ../../etc\n\
+             step slurm 1469\n\
+             step slurm --uid=0.1\n\
+             step slurm 1469.3\x1b[31m\n"
+        );
+        let read = parse(&text, "slurm", &digits);
+        assert_eq!(read.allocations, vec![("1469".to_string(), key.to_string())]);
+        let steps: Vec<(&str, bool)> = read.steps.iter().map(|s| (s.id.as_str(), s.done)).collect();
+        assert_eq!(steps, [("1469.3", true), ("1469.4", false)]);
+        assert_eq!(read.refused.len(), 5, "{:?}", read.refused);
+        assert!(read.refused.iter().all(|r| !r.contains('\x1b')), "{:?}", read.refused);
+        assert!(read.jobs.is_empty());
     }
 }

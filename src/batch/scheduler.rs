@@ -165,6 +165,53 @@ pub struct Profile {
     pub parse_submit: fn(&str) -> Option<String>,
 }
 
+/// What a scheduler that runs a CI job as a step inside an allocation held by a holder job
+/// needs (Slurm; see [`Scheduler::steps`], docs/allocations-design.md): the holder's
+/// submission, the step's launch, its id, its cancel, the allocation's owner and name.
+pub trait Steps: Send + Sync {
+    /// Submit the holder script `holder` as the allocation: named `name`, its output to
+    /// `output`, in `dir`, with the job's scheduler arguments `args`; stdout is the job id
+    /// ([`Scheduler::parse_submit`]).
+    fn submit_holder(
+        &self,
+        name: &str,
+        output: &Path,
+        dir: &Path,
+        args: &[String],
+        holder: &Path,
+    ) -> Cmd;
+
+    /// Run `script` as one step of allocation `alloc` (from outside it), named `name`,
+    /// stdout and stderr to `output`, in `workdir`, limited to `minutes` when given. The
+    /// launcher names the step it created on its stderr ([`Steps::parse_step`]) and exits
+    /// when the step ends.
+    fn step(&self, alloc: &str, sub: &Submission, minutes: Option<u64>) -> Cmd;
+
+    /// The step id (`<job>.<step>`) in a line of the launcher's stderr.
+    fn parse_step(&self, line: &str) -> Option<String>;
+
+    /// The command that ends step `step`; `graceful`: SIGTERM to every process of the step
+    /// (its traps run), otherwise the plain cancel (SIGKILL for a step).
+    fn cancel_step(&self, step: &str, graceful: bool) -> Cmd;
+
+    /// The user's steps, one per line `<step id>|<name>` ([`Steps::parse_steps`]).
+    fn list_steps(&self) -> Cmd;
+
+    /// `(step id, name)` of each line of [`Steps::list_steps`]' answer.
+    fn parse_steps(&self, stdout: &str) -> Vec<(String, String)>;
+
+    /// The command that tells allocation `id`'s owner, name and state
+    /// ([`Steps::parse_owner`]).
+    fn describe(&self, id: &str) -> Cmd;
+
+    /// `(uid, job name, state)` in [`Steps::describe`]'s answer.
+    fn parse_owner(&self, stdout: &str) -> Option<(u32, String, JobState)>;
+
+    /// Whether the launcher's stderr says the allocation is gone (ended, unknown): a new
+    /// one is needed.
+    fn allocation_gone(&self, stderr: &str) -> bool;
+}
+
 /// A scheduler, described: its commands and how their answers read.
 pub trait Scheduler: Send + Sync {
     /// Its name, forms and words.
@@ -200,6 +247,13 @@ pub trait Scheduler: Send + Sync {
     /// cancel has nothing left to do. By default: one of [`Profile::gone`].
     fn gone(&self, stderr: &str) -> bool {
         any_word(stderr, self.profile().gone)
+    }
+
+    /// How this scheduler runs a CI job as a step of a shared allocation, when it can
+    /// (`[batch] allocation_reuse`): Slurm. `None` (the default): it cannot, and the CI
+    /// variable asking for it is ignored with one line in the job log.
+    fn steps(&self) -> Option<&dyn Steps> {
+        None
     }
 
     /// The job id in the submit command's stdout ([`Profile::parse_submit`]).

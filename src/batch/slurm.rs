@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::args::{why, Illegal};
 use super::limiter::CmdOutput;
 use super::scheduler::{
-    any_word, queued, Accounting, Cmd, Profile, Query, Read, Scheduler, States, Submission,
+    any_word, queued, Accounting, Cmd, Profile, Query, Read, Scheduler, States, Steps, Submission,
 };
 use super::{exit_code_of, fmt_dur, Final, JobState, Listed};
 
@@ -320,9 +320,136 @@ fn sacct(ids: &str, completion_log: bool) -> Cmd {
     Cmd::new("sacct", &[from, "-n", "-P", SACCT_FORMAT, "-j", ids])
 }
 
+/// A step id as `srun -v` prints it and the driver records it: `<job id>.<step>`, both
+/// decimal (the step part at most 10 digits).
+pub fn valid_step_id(id: &str) -> bool {
+    match id.split_once('.') {
+        Some((job, step)) => {
+            valid_id(job) && !step.is_empty() && step.len() <= 10 && step.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// The step in `srun -v`'s `srun: launching StepId=1315.0 on host vm, 1 tasks: 0`.
+pub fn parse_step_line(line: &str) -> Option<String> {
+    let rest = line.split_once("launching StepId=")?.1;
+    let id = rest.split_whitespace().next()?;
+    valid_step_id(id).then(|| id.to_string())
+}
+
+/// `(uid, name, state)` in `scontrol show job -o ID`'s line: `UserId=alice(1001)`,
+/// `JobName=...`, `JobState=...`.
+pub fn parse_owner(stdout: &str) -> Option<(u32, String, JobState)> {
+    let line = stdout.lines().find(|l| l.contains("JobState="))?;
+    let user = field(line, "UserId")?;
+    let uid = user.rsplit_once('(')?.1.strip_suffix(')')?.parse().ok()?;
+    let name = field(line, "JobName")?.to_string();
+    Some((uid, name, parse_scontrol(line)?))
+}
+
+impl Steps for Slurm {
+    fn submit_holder(
+        &self,
+        name: &str,
+        output: &std::path::Path,
+        dir: &std::path::Path,
+        args: &[String],
+        holder: &std::path::Path,
+    ) -> Cmd {
+        let mut a = vec![
+            "--parsable".to_string(),
+            format!("--job-name={name}"),
+            format!("--output={}", super::path_arg(output)),
+            format!("--chdir={}", super::path_arg(dir)),
+        ];
+        a.extend(args.iter().cloned());
+        a.push(super::path_arg(holder));
+        Cmd {
+            tool: "sbatch",
+            args: a,
+        }
+    }
+
+    /// `srun -v --jobid=ID --overlap -N1 -n1 --job-name=ci-7 --output=OUT --chdir=WD
+    /// [--time=M] SCRIPT`: `-v` for the step id on srun's stderr; `--overlap` so that the
+    /// steps of concurrent CI jobs (and the user's own `srun` inside them) share the
+    /// allocation's CPUs; options on the command line win over the `SLURM_*` input
+    /// variables of the job's environment (docs/allocations-facts.md).
+    fn step(&self, alloc: &str, sub: &Submission, minutes: Option<u64>) -> Cmd {
+        let mut a = vec![
+            "-v".to_string(),
+            format!("--jobid={alloc}"),
+            "--overlap".to_string(),
+            "-N1".to_string(),
+            "-n1".to_string(),
+            format!("--job-name={}", sub.name),
+            format!("--output={}", super::path_arg(&sub.output)),
+            format!("--chdir={}", super::path_arg(&sub.workdir)),
+        ];
+        if let Some(m) = minutes {
+            a.push(format!("--time={m}"));
+        }
+        a.push(super::path_arg(&sub.script));
+        Cmd { tool: "srun", args: a }
+    }
+
+    fn parse_step(&self, line: &str) -> Option<String> {
+        parse_step_line(line)
+    }
+
+    fn cancel_step(&self, step: &str, graceful: bool) -> Cmd {
+        match graceful {
+            true => Cmd::new("scancel", &["--signal=TERM", "--full", "--", step]),
+            false => Cmd::new("scancel", &["--", step]),
+        }
+    }
+
+    /// `squeue --me -h -s -o %i|%j` (`--name` does not filter steps: the caller does).
+    fn list_steps(&self) -> Cmd {
+        Cmd::new("squeue", &["--me", "-h", "-s", "-o", "%i|%j"])
+    }
+
+    fn parse_steps(&self, stdout: &str) -> Vec<(String, String)> {
+        stdout
+            .lines()
+            .filter_map(|l| {
+                let (id, name) = l.split_once('|')?;
+                let id = id.trim();
+                valid_step_id(id).then(|| (id.to_string(), name.trim().to_string()))
+            })
+            .collect()
+    }
+
+    fn describe(&self, id: &str) -> Cmd {
+        Cmd::new("scontrol", &["show", "job", "-o", "--", id])
+    }
+
+    fn parse_owner(&self, stdout: &str) -> Option<(u32, String, JobState)> {
+        parse_owner(stdout)
+    }
+
+    fn allocation_gone(&self, stderr: &str) -> bool {
+        any_word(
+            stderr,
+            &[
+                "has expired",
+                "Expired or invalid job",
+                "Invalid job id",
+                "already completing or completed",
+                "Job has already finished",
+            ],
+        )
+    }
+}
+
 impl Scheduler for Slurm {
     fn profile(&self) -> &'static Profile {
         &PROFILE
+    }
+
+    fn steps(&self) -> Option<&dyn Steps> {
+        Some(self)
     }
 
     fn submit(&self, sub: &Submission) -> Cmd {
@@ -678,5 +805,57 @@ mod tests {
         );
         assert_eq!((second.read)(&down), Read::Got(States::new()));
         assert!(matches!(Slurm.accounting(&["6"], 2), Accounting::Done));
+    }
+
+    #[test]
+    fn step_lines_ids_and_owner_read_as_slurm_prints_them() {
+        // srun -v's stderr (docs/allocations-facts.md, section 2).
+        let line = "srun: launching StepId=1315.0 on host vm, 1 tasks: 0";
+        assert_eq!(parse_step_line(line).as_deref(), Some("1315.0"));
+        for bad in [
+            "srun: jobid 1315: nodes(1):`vm', cpu counts: 1(x1)",
+            "srun: launching StepId=1315 on host vm",
+            "srun: launching StepId=--uid=0.1 on host vm",
+            "srun: launching StepId=1315.0x on host vm",
+            "srun: launching StepId=1315.12345678901 on host vm",
+        ] {
+            assert_eq!(parse_step_line(bad), None, "{bad}");
+        }
+        ids(valid_step_id, &["1.0", "1312.16"], &["1312", ".1", "1312.", "a.1", "1.-1"]);
+        let sc = "JobId=1469 JobName=jacamar-alloc-1588971a439f3994 UserId=jrs_a20a(1094) GroupId=jrs_a20a(1094) JobState=RUNNING Reason=None ExitCode=0:0";
+        let (uid, name, st) = parse_owner(sc).unwrap();
+        assert_eq!((uid, name.as_str()), (1094, "jacamar-alloc-1588971a439f3994"));
+        assert!(matches!(st, JobState::Running { .. }), "{st:?}");
+        assert_eq!(parse_owner("JobId=1 JobName=x UserId=alice JobState=RUNNING"), None);
+        let steps = Slurm.parse_steps("1312.16|ci-7\n1312.batch|batch\n--uid=0|ci-7\n");
+        assert_eq!(steps, vec![("1312.16".to_string(), "ci-7".to_string())]);
+        assert!(Slurm.allocation_gone("srun: error: Slurm job 1313 has expired"));
+        assert!(!Slurm.allocation_gone("srun: error: Unable to create step for job 1312: Access/permission denied"));
+    }
+
+    #[test]
+    fn step_commands_put_the_drivers_options_first() {
+        let sub = crate::batch::scheduler::testing::submission(&["-t", "30"]);
+        assert_eq!(
+            Slurm.step("1469", &sub, Some(12)).display(),
+            "srun -v --jobid=1469 --overlap -N1 -n1 --job-name=ci-7 --output=/s/build_script.out --chdir=/w --time=12 /s/build_script-batch"
+        );
+        assert_eq!(
+            Slurm
+                .submit_holder(
+                    "jacamar-alloc-1",
+                    "/b/k.holder.out".as_ref(),
+                    "/b".as_ref(),
+                    &sub.args,
+                    "/b/k.holder.bash".as_ref()
+                )
+                .display(),
+            "sbatch --parsable --job-name=jacamar-alloc-1 --output=/b/k.holder.out --chdir=/b -t 30 /b/k.holder.bash"
+        );
+        assert_eq!(
+            Slurm.cancel_step("1469.3", true).display(),
+            "scancel --signal=TERM --full -- 1469.3"
+        );
+        assert_eq!(Slurm.cancel_step("1469.3", false).display(), "scancel -- 1469.3");
     }
 }

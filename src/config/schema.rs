@@ -250,6 +250,8 @@ pub const KEYS: &[KeySpec] = &[
     key(Ours, B, "ff_improved_quoting",       Bool,        "false",  "-",          "no effect: submissions are argv lists, never a shell line"),
     key(Ours, B, "queue_heartbeat",           Duration,    "2m",     "batch",      "at least 1s"),
     key(Ours, B, "resubmit_limit",            Integer,     "0",      "batch",      "0 to 10"),
+    key(Ours, B, "allocation_reuse",          Bool,        "false",  "batch",      "Slurm; a job opts in with JACAMAR_REUSE_ALLOCATION=pipeline"),
+    key(Ours, B, "allocation_idle_timeout",   Duration,    "5m",     "batch",      "10s to 1h"),
 ];
 
 /// The spec of `table.key`, if jacamar-rs knows it.

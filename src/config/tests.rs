@@ -1274,3 +1274,36 @@ fn podman_with_no_new_privs_or_a_seccomp_filter_is_refused() {
     ok(&format!("{}no_new_privs = true\n", setuid_base()));
     ok(&format!("{}no_new_privs = true\n", general("charliecloud")));
 }
+
+#[test]
+fn allocation_idle_timeout_is_bounded_and_named() {
+    for (value, shown) in [("\"9s\"", "9s"), ("\"61m\"", "1h 1m")] {
+        let text = with_key(
+            "batch",
+            &format!("allocation_reuse = true\nallocation_idle_timeout = {value}"),
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{value}: {found:?}");
+        assert_eq!(
+            found[0].key.as_deref(),
+            Some("batch.allocation_idle_timeout")
+        );
+        assert_eq!(found[0].line, Some(line_of(&text, "allocation_idle_timeout")));
+        assert!(
+            found[0].message.contains("between 10s and 1h") && found[0].message.contains(shown),
+            "{}",
+            found[0].message
+        );
+    }
+    let c = ok(&with_key(
+        "batch",
+        "allocation_reuse = true\nallocation_idle_timeout = \"1h\"",
+    ));
+    assert!(c.batch.allocation_reuse);
+    assert_eq!(c.batch.allocation_idle_timeout, Duration::from_secs(3600));
+    assert!(!ok(BASE).batch.allocation_reuse);
+    assert_eq!(
+        ok(BASE).batch.allocation_idle_timeout,
+        Duration::from_secs(300)
+    );
+}

@@ -316,6 +316,10 @@ pub struct Batch {
     /// Resubmissions after the infrastructure ended a job (preemption, node or boot
     /// failure); 0: none (our name).
     pub resubmit_limit: u32,
+    /// A pipeline's opted-in jobs share one allocation (our name; docs/allocations.md).
+    pub allocation_reuse: bool,
+    /// How long a shared allocation stays alive with no CI job using it (our name).
+    pub allocation_idle_timeout: Duration,
 }
 
 impl Default for Batch {
@@ -335,11 +339,19 @@ impl Default for Batch {
             ff_improved_quoting: false,
             queue_heartbeat: Duration::from_secs(120),
             resubmit_limit: 0,
+            allocation_reuse: false,
+            allocation_idle_timeout: DEFAULT_ALLOCATION_IDLE_TIMEOUT,
         }
     }
 }
 
 /// Defaults that have no single obvious home.
+/// `[batch] allocation_idle_timeout`: its default and its bounds (the holder checks every
+/// idle/10, at least 2 s: a shorter timeout could not be honoured; an hour is the most a
+/// site should keep idle nodes for a pipeline).
+pub(crate) const DEFAULT_ALLOCATION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const MIN_ALLOCATION_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_ALLOCATION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub(crate) const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(120);
 pub(crate) const DEFAULT_STATIC_MIN_DAYS: u32 = 7;
 pub(crate) const DEFAULT_MAX_ENV_CHARS: usize = 10_000;

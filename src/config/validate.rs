@@ -570,7 +570,28 @@ fn batch(s: &mut Section<'_, '_>) -> Batch {
         ff_improved_quoting: s.bool("ff_improved_quoting"),
         queue_heartbeat: queue_heartbeat(s, defaults.queue_heartbeat),
         resubmit_limit: u32::try_from(s.uint("resubmit_limit", 0, 0, 10)).unwrap_or(0),
+        allocation_reuse: s.bool("allocation_reuse"),
+        allocation_idle_timeout: allocation_idle_timeout(s, defaults.allocation_idle_timeout),
     }
+}
+
+/// `[batch] allocation_idle_timeout`: 10s to 1h (see [`MIN_ALLOCATION_IDLE_TIMEOUT`]).
+fn allocation_idle_timeout(s: &mut Section<'_, '_>, default: Duration) -> Duration {
+    let key = "allocation_idle_timeout";
+    let d = s.duration(key, default);
+    if !(MIN_ALLOCATION_IDLE_TIMEOUT..=MAX_ALLOCATION_IDLE_TIMEOUT).contains(&d) {
+        let line = s.line_of_key(key);
+        s.push(
+            line,
+            key,
+            format!(
+                "allocation_idle_timeout must be between 10s and 1h, found {}",
+                humantime::format_duration(d)
+            ),
+        );
+        return default;
+    }
+    d
 }
 
 /// `[batch] queue_heartbeat`: at least a second (a shorter one would flood the job log).

@@ -556,6 +556,7 @@ async fn run_batch(
         workdir: b.h.account.workdir(),
         deadline,
         poller: batch::poller::Poller::shared(b.paths.base_dir()),
+        base_dir: b.paths.base_dir().to_path_buf(),
         // The CI job's end as seen from this run call (it started no later than now).
         ci_end: b
             .h
@@ -581,10 +582,15 @@ async fn cancel_batch_jobs(config: &Config, h: &Handoff, paths: &fs::JobPaths) {
         }
     };
     let (env, workdir) = (h.env.clone(), h.account.workdir());
+    let shared = batch::run::Shared {
+        base_dir: paths.base_dir(),
+        ci_job_id: h.job.job_id,
+    };
     let problems = batch::cleanup_job(
         config,
         scheduler.as_ref(),
         &paths.scripts_dir(),
+        shared,
         env,
         workdir,
     )

@@ -11,7 +11,8 @@ use tokio::time::{sleep_until, Instant};
 use super::{commands, confirm_step, reason_of, BatchRun, Requests, CONFIRM_BOUND, MIN_POLL};
 use crate::batch::client::Client;
 use crate::batch::persist::Record;
-use crate::batch::scheduler::Scheduler;
+use crate::batch::alloc::{AllocDir, Key};
+use crate::batch::scheduler::{Scheduler, Steps};
 use crate::batch::{fmt_dur, Final, JobState};
 use crate::config::Config;
 use crate::supervisor::Request;
@@ -144,11 +145,20 @@ pub async fn cleanup_job(
     config: &Config,
     scheduler: &dyn Scheduler,
     scripts_dir: &Path,
+    shared: Shared<'_>,
     env: Vec<(String, String)>,
     workdir: PathBuf,
 ) -> Vec<String> {
     let cmds = commands(config, env, workdir);
-    cleanup_with(config, Client::new(scheduler, &cmds), scripts_dir).await
+    cleanup_with(config, Client::new(scheduler, &cmds), scripts_dir, Some(shared)).await
+}
+
+/// What `cleanup` needs for a CI job that ran in its pipeline's shared allocation: where
+/// the allocation's files are (the user's base dir) and the CI job's lease's name.
+#[derive(Clone, Copy)]
+pub struct Shared<'a> {
+    pub base_dir: &'a Path,
+    pub ci_job_id: u64,
 }
 
 /// [`cleanup_job`] through `client`.
@@ -156,6 +166,7 @@ pub(super) async fn cleanup_with(
     config: &Config,
     client: Client<'_>,
     scripts_dir: &Path,
+    shared: Option<Shared<'_>>,
 ) -> Vec<String> {
     let record = Record::in_dir(scripts_dir);
     let sched = client.sched;
@@ -176,6 +187,103 @@ pub(super) async fn cleanup_with(
         .collect();
     for j in read.jobs.iter().filter(|j| !j.done) {
         problems.extend(cleanup_one(config, client, &record, &j.id).await);
+    }
+    if let (Some(steps), Some(shared)) = (sched.steps(), shared) {
+        if !read.allocations.is_empty() {
+            problems.extend(cleanup_steps(client, steps, &record, &read).await);
+            problems.extend(cleanup_leases(client, &record, &read, shared).await);
+        }
+    }
+    problems
+}
+
+/// Cancel the CI job's steps not seen ending: the recorded ones, and any step of the
+/// user's named as the job (srun may have started it before its id was recorded). A
+/// driver killed mid-step leaves its step running without srun (docs/allocations-facts.md,
+/// section 3): only a cancel ends it.
+async fn cleanup_steps(
+    client: Client<'_>,
+    steps: &dyn Steps,
+    record: &Record,
+    read: &crate::batch::persist::Read,
+) -> Vec<String> {
+    let name = client.name();
+    let mut problems = Vec::new();
+    let mut open: Vec<String> = read
+        .steps
+        .iter()
+        .filter(|s| !s.done)
+        .map(|s| s.id.clone())
+        .collect();
+    let list = steps.list_steps();
+    match client.cmds.run(list.tool, &list.args).await {
+        Ok(out) if out.success() => {
+            for (id, n) in steps.parse_steps(&out.stdout) {
+                if read.names.contains(&n) && !open.contains(&id) && !read.steps.iter().any(|s| s.id == id) {
+                    open.push(id);
+                }
+            }
+        }
+        Ok(out) => problems.push(format!("{}: {}", list.display(), out.stderr.trim())),
+        Err(e) => problems.push(e.to_string()),
+    }
+    for id in open {
+        println!("cleanup: cancelling {name} step {id}");
+        let cmd = steps.cancel_step(&id, false);
+        match client.cmds.run(cmd.tool, &cmd.args).await {
+            Ok(out) if out.success() || client.sched.gone(&out.stderr) => {
+                if let Err(e) = record.finished(&id) {
+                    problems.push(e.to_string());
+                }
+            }
+            Ok(out) => problems.push(format!("{}: {}", cmd.display(), out.stderr.trim())),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    problems
+}
+
+/// Release the CI job's leases on its pipeline's allocations (a job killed mid-step left
+/// them); an allocation still queued that no other job of the pipeline waits for is
+/// removed from the queue (else it would wait there for nobody). A running allocation is
+/// never cancelled: its holder ends it after `allocation_idle_timeout` unused.
+async fn cleanup_leases(
+    client: Client<'_>,
+    record: &Record,
+    read: &crate::batch::persist::Read,
+    shared: Shared<'_>,
+) -> Vec<String> {
+    let name = client.name();
+    let mut problems = Vec::new();
+    let dir = match AllocDir::open(shared.base_dir) {
+        Ok(d) => d,
+        Err(e) => return vec![e.to_string()],
+    };
+    for (id, key) in &read.allocations {
+        let Some(key) = Key::parse(key) else { continue };
+        let others = {
+            let _guard = match dir.lock(Duration::from_secs(30)).await {
+                Ok(g) => g,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            };
+            if let Err(e) = dir.release_lease(&key, shared.ci_job_id) {
+                problems.push(e.to_string());
+            }
+            dir.other_fresh_leases(&key, shared.ci_job_id, std::time::SystemTime::now())
+                .unwrap_or(1)
+        };
+        let queued = matches!(client.state(id).await, Ok(JobState::Queued { .. }));
+        if queued && others == 0 {
+            println!("cleanup: cancelling {name} allocation {id} (still queued, no other job of the pipeline waits for it)");
+            if let Err(e) = client.cancel(id, false).await {
+                problems.push(e.to_string());
+            } else if let Err(e) = record.finished(id) {
+                problems.push(e.to_string());
+            }
+        }
     }
     problems
 }

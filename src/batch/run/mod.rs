@@ -30,6 +30,7 @@
 //! are retried with backoff for `[batch] transient_retry_window`: one line in the log when
 //! the scheduler starts failing, one when it answers again.
 
+mod alloc;
 mod cancel;
 mod log;
 mod submit;
@@ -56,7 +57,7 @@ use crate::config::Config;
 use crate::protocol::Status;
 use crate::supervisor::{Reason, Request};
 
-pub use cancel::cleanup_job;
+pub use cancel::{cleanup_job, Shared};
 pub use submit::RunError;
 
 use log::{Log, Tails};
@@ -94,6 +95,9 @@ pub struct BatchJob<'a> {
     pub deadline: Option<Instant>,
     /// The job's status polls, shared with the user's other jobs (see [`Poller`]).
     pub poller: Poller,
+    /// The user's base dir: a pipeline's shared allocation is found there
+    /// (`.jacamar-alloc`, see [`super::alloc`]).
+    pub base_dir: PathBuf,
     /// The CI job's end (`CI_JOB_TIMEOUT` from the run call's start): given to the
     /// scheduler as the job's deadline; a job still queued then never started.
     pub ci_end: Option<Instant>,
@@ -188,6 +192,21 @@ impl<'a> BatchRun<'a> {
 
     async fn submit_and_supervise(&self, requests: &mut Requests) -> Result<Status, RunError> {
         let (sub, source) = self.prepare()?;
+        if let Some((pipeline, steps)) = self.reuse().await {
+            match super::alloc::AllocDir::open(&self.job.base_dir) {
+                Ok(dir) => {
+                    return self
+                        .in_allocation(&dir, &sub, source.as_deref(), &pipeline, steps, requests)
+                        .await
+                }
+                Err(e) => {
+                    let e = crate::text::sanitize(&e.to_string()).into_owned();
+                    self.log
+                        .say(format!("WARNING: {e}; this job runs as its own batch job"))
+                        .await;
+                }
+            }
+        }
         let limit = self.config.batch.resubmit_limit;
         let mut resubmits = 0;
         loop {
@@ -237,6 +256,11 @@ impl<'a> BatchRun<'a> {
                 return self.lost(id, &why).await;
             }
             Ended::NeverStarted => return self.never_started(id, &watch, tails).await,
+            // Only a watch made to stop there ends so (a shared allocation's).
+            Ended::Started => {
+                tails.stop_now().await;
+                return self.lost(id, "the wait ended when it started").await;
+            }
             Ended::Cancel(first) => {
                 let why = reason_of(&first);
                 let fin = self.cancel_for(id, first, &mut watch, requests).await;

@@ -44,6 +44,9 @@ pub enum RunError {
     /// The job's record could not be written.
     #[error(transparent)]
     Record(BatchError),
+    /// The files of the pipeline's shared allocation (lock, record, lease) failed.
+    #[error("{0}")]
+    Allocation(String),
 }
 
 impl RunError {
@@ -53,9 +56,10 @@ impl RunError {
         match self {
             RunError::Arguments(_) | RunError::Refused { .. } => failed(None),
             RunError::NotSubmitted { reason, .. } => failed(Some(reason.to_string())),
-            RunError::Submit { .. } | RunError::Stale { .. } | RunError::Record(_) => {
-                system_failure(self.to_string())
-            }
+            RunError::Submit { .. }
+            | RunError::Stale { .. }
+            | RunError::Record(_)
+            | RunError::Allocation(_) => system_failure(self.to_string()),
         }
     }
 
@@ -65,7 +69,10 @@ impl RunError {
         match self {
             RunError::Arguments(_) | RunError::Refused { .. } => Some(format!("ERROR: {self}")),
             RunError::NotSubmitted { .. } => Some(self.to_string()),
-            RunError::Submit { .. } | RunError::Stale { .. } | RunError::Record(_) => None,
+            RunError::Submit { .. }
+            | RunError::Stale { .. }
+            | RunError::Record(_)
+            | RunError::Allocation(_) => None,
         }
     }
 }

@@ -54,7 +54,7 @@ async fn cleanup_gives_no_forged_id_to_the_scheduler() {
         profile: &SLURM,
         ..Mem::FAKE
     };
-    let problems = cancel::cleanup_with(&config, Client::new(&slurm, &cmds), dir.path()).await;
+    let problems = cancel::cleanup_with(&config, Client::new(&slurm, &cmds), dir.path(), None).await;
     let calls = calls.lock().unwrap().clone();
     assert!(
         calls
@@ -244,6 +244,7 @@ mod machine {
             workdir: dir.path().to_path_buf(),
             deadline: deadline.map(|d| fake.t0 + d),
             poller: Poller::unshared(),
+            base_dir: std::path::PathBuf::from("/nonexistent"),
             ci_end: ci_end.map(|d| fake.t0 + d),
         };
         let (tx, mut rx) = mpsc::unbounded_channel();

@@ -24,6 +24,9 @@ pub(super) enum Ended {
     Lost(String),
     /// Still queued at the CI job's end.
     NeverStarted,
+    /// Seen running, by a watch that waits only for that ([`Watch::until_running`]: a
+    /// pipeline's shared allocation).
+    Started,
 }
 
 /// What the waiting loop saw of one scheduler job.
@@ -36,6 +39,8 @@ pub(super) struct Watch {
     pub(super) last: Option<JobState>,
     /// The scheduler's last reason (or state word) while it was queued.
     queue_reason: Option<String>,
+    /// The wait ends as soon as the job runs ([`Ended::Started`]).
+    until_running: bool,
 }
 
 impl Watch {
@@ -45,7 +50,26 @@ impl Watch {
             ran_at: None,
             last: None,
             queue_reason: None,
+            until_running: false,
         }
+    }
+
+    /// A watch whose wait ends when the job runs (a pipeline's shared allocation).
+    pub(super) fn until_running() -> Watch {
+        Watch {
+            until_running: true,
+            ..Watch::new()
+        }
+    }
+
+    /// A watch of a job already running (a step in a running allocation: no queue wait).
+    pub(super) fn ran() -> Watch {
+        let mut w = Watch::new();
+        w.ran_at = Some(w.start);
+        w.last = Some(JobState::Running {
+            state: "RUNNING".into(),
+        });
+        w
     }
 
     /// Take in a polled state that is still active.
@@ -68,7 +92,7 @@ impl Watch {
     }
 
     /// How long it waited in the queue (until now, if it never ran).
-    fn queued_for(&self) -> Duration {
+    pub(super) fn queued_for(&self) -> Duration {
         self.ran_at.unwrap_or_else(Instant::now) - self.start
     }
 
@@ -223,6 +247,10 @@ impl BatchRun<'_> {
                         Ok(Poll::Over(end)) => return end,
                         Ok(Poll::Active(st)) if matches!(st, JobState::Running { .. }) => {
                             self.say_state(id, &st).await;
+                            if watch.until_running {
+                                watch.saw(&st);
+                                return Ended::Started;
+                            }
                             watch.saw(&st);
                             watch.last = Some(st);
                             t.next_beat = Instant::now() + HEARTBEAT_RUNNING;
@@ -275,7 +303,11 @@ impl BatchRun<'_> {
                     self.say_state(id, &st).await;
                     t.next_beat = Instant::now() + self.heartbeat(Some(&st));
                 }
+                let started = matches!(st, JobState::Running { .. });
                 watch.last = Some(st);
+                if started && watch.until_running {
+                    return Some(Ended::Started);
+                }
             }
         }
         None
