@@ -23,6 +23,7 @@
 //! * [`wrapper`]: the script submitted, which runs the stage and outlives a cancel's TERM
 //!   until the job's traps are done.
 
+pub mod alloc;
 pub mod args;
 pub mod client;
 pub mod cobalt;

@@ -17,7 +17,7 @@
 //! * [`seccomp`]: a compiled classic BPF filter and its installation;
 //! * [`clone`]: the child between fork (or `clone3(CLONE_INTO_CGROUP)`) and `execve`;
 //! * [`pidfd`]: pidfds and reaping children;
-//! * [`flock`]: fcntl lock requests.
+//! * [`flock`]: fcntl and flock(2) lock requests.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod caps;
