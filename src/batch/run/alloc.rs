@@ -152,7 +152,7 @@ impl BatchRun<'_> {
             };
             let name = self.name();
             let how = match (held.ours, waited) {
-                (true, w) => format!("this job waited {} for it", fmt_dur(w)),
+                (true, w) => format!("this job waited {} for it", fmt_dur(w.unwrap_or_default())),
                 (false, Some(w)) => format!(
                     "submitted by an earlier job; this job waited {} for it",
                     fmt_dur(w)
