@@ -97,7 +97,7 @@ impl BatchRun<'_> {
         let ignored = |why: String| format!("{REUSE_VARIABLE}=pipeline ignored: {why}");
         let line = if v != "pipeline" {
             let shown = sanitize(v);
-            format!("{REUSE_VARIABLE}={shown:?} ignored: the only value is \"pipeline\"")
+            format!("{REUSE_VARIABLE}=\"{shown}\" ignored: the only value is \"pipeline\"")
         } else if !self.config.batch.allocation_reuse {
             ignored("allocation_reuse is off on this runner".into())
         } else if let Some(steps) = self.job.scheduler.steps() {

@@ -228,10 +228,21 @@ mod machine {
         ci_end: Option<Duration>,
         requests: Vec<(Duration, Request)>,
     ) -> (Status, String) {
+        run_vars(fake, batch, deadline, ci_end, requests, BTreeMap::new()).await
+    }
+
+    /// [`run_ci`] with the CI variables `variables` captured for the batch executor.
+    async fn run_vars(
+        fake: &Arc<Fake>,
+        batch: &str,
+        deadline: Option<Duration>,
+        ci_end: Option<Duration>,
+        requests: Vec<(Duration, Request)>,
+        variables: BTreeMap<String, String>,
+    ) -> (Status, String) {
         let text = format!("[general]\nexecutor = \"slurm\"\ndata_dir = \"/ecp\"\nkill_timeout = \"30s\"\n\n[auth]\ndownscope = \"none\"\n\n[batch]\n{batch}\n");
         let config = Config::from_str_named(&text, "test.toml").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let variables = BTreeMap::new();
         let job = BatchJob {
             config: &config,
             scheduler: &Mem::FAKE,
@@ -272,6 +283,33 @@ mod machine {
     }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+
+    /// `JACAMAR_REUSE_ALLOCATION` that cannot be honoured is one line in the log, and the
+    /// job runs as its own batch job as before.
+    #[tokio::test(start_paused = true)]
+    async fn an_allocation_request_that_cannot_be_honoured_is_one_line() {
+        let cases = [
+            ("yes", "", "JACAMAR_REUSE_ALLOCATION=\"yes\" ignored: the only value is \"pipeline\""),
+            ("pipeline", "", "JACAMAR_REUSE_ALLOCATION=pipeline ignored: allocation_reuse is off on this runner"),
+            ("pipeline", "allocation_reuse = true", "JACAMAR_REUSE_ALLOCATION=pipeline ignored: the fake executor cannot run a job inside an allocation"),
+            ("\x1b[31mpipeline", "allocation_reuse = true", "JACAMAR_REUSE_ALLOCATION=\"\\u{1b}[31mpipeline\" ignored"),
+        ];
+        for (value, batch, want) in cases {
+            let fake = completed_after(2, running);
+            let vars = BTreeMap::from([
+                ("JACAMAR_REUSE_ALLOCATION".to_string(), value.to_string()),
+                ("CI_PROJECT_ID".to_string(), "7".to_string()),
+                ("CI_PIPELINE_ID".to_string(), "900".to_string()),
+            ]);
+            let batch = format!("command_delay = \"10s\"\n{batch}");
+            let (st, log) = run_vars(&fake, &batch, None, None, vec![], vars).await;
+            assert_eq!(st, Status::Success, "{log}");
+            assert!(log.contains(want), "{value}: {log}");
+            assert_eq!(log.matches("JACAMAR_REUSE_ALLOCATION").count(), 1, "{log}");
+            assert!(!log.contains('\x1b'), "{log}");
+            assert!(log.contains("Submitted fake job 42"), "{log}");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn polls_no_more_than_once_per_command_delay() {
