@@ -15,6 +15,8 @@
 # on a compute node; its log must show the image's marker, ciuser and SLURM_JOB_ID, its
 # after_script runs in the image on the runner node, and no podman, conmon or pause process of
 # ciuser may remain on the nodes after it.
+# And a pipeline of three jobs with JACAMAR_REUSE_ALLOCATION=pipeline (docs/allocations.md):
+# one allocation, a step per job, the third's exit code, the allocation gone after its idle time.
 # Checked on what the fake recorded: the runner's final PUT (state, failure_reason,
 # exit_code), the job log (trace) and the artifacts. Exit 0 when all four are as expected.
 # Logs: /tmp/jacamar-rs-smoke/ (each job's log, the runner's log, the fake's requests).
@@ -137,5 +139,56 @@ for key in slurm-ok slurm-exit3 pbs-ok pbs-exit3 slurm-image; do
       fi ;;
   esac
 done
+
+# --- a pipeline's jobs in one allocation (docs/allocations.md): three jobs of one pipeline,
+# one after the other, with JACAMAR_REUSE_ALLOCATION=pipeline; the runner "slurm" has
+# allocation_reuse on (idle timeout 20 s). One sbatch for the three, the same SLURM_JOB_ID in
+# each, a new step per job, the third's `exit 7` reported as 7, and nothing of the pipeline's
+# allocation left in the queue 20 s (+ the holder's period and margin) after the last job.
+pipeline=$(( $(date +%s) % 1000000 + 7000000 ))
+alloc_job() { # alloc_job N [EXIT]
+  jq -n --arg p "$pipeline" --arg n "$1" --arg x "${2:-0}" '{name: ("alloc-" + $n),
+    script: ["echo \"ALLOC-JOB \($n) job ${SLURM_JOB_ID:-none} step ${SLURM_STEP_ID:-none} on $(hostname -s) as $(id -un)\"", ("exit " + $x)],
+    variables: {JACAMAR_REUSE_ALLOCATION: "pipeline", CI_PIPELINE_ID: $p, SCHEDULER_PARAMETERS: "-N1 -n1 -t 15"}}'
+}
+alloc_ids=() alloc_jobs=() alloc_steps=()
+for n in 1 2 3; do
+  x=0; [ "$n" = 3 ] && x=7
+  key=alloc-$n
+  id=$(fake_job "$RUNNER_SLURM" "$(alloc_job "$n" "$x")")
+  if ! fake_wait_final "$id" 300; then
+    fake_trace "$id" >"$work/$key.log" 2>/dev/null || true
+    bad "$key" "no final update from the runner within 300 s (job $id); log: $work/$key.log"
+    break
+  fi
+  fake_trace "$id" >"$work/$key.log"
+  L=$work/$key.log
+  state=$(jq -r .state <<<"$FINAL") code=$(jq -r '.exit_code // ""' <<<"$FINAL")
+  line=$(grep -a "^ALLOC-JOB $n " "$L" | tail -n1 || true)
+  want_state=success; [ "$n" = 3 ] && want_state=failed
+  if [ "$state" != "$want_state" ] || { [ "$n" = 3 ] && [ "$code" != 7 ]; }; then
+    bad "$key" "final update $FINAL, expected $want_state (exit code $x); log: $L"
+  elif [[ $line != *" on c"[12]" as $CI_USER" ]]; then
+    bad "$key" "the script did not run as $CI_USER on a compute node: '${line:-no ALLOC-JOB line}'; log: $L"
+  fi
+  alloc_ids+=("$id"); alloc_jobs+=("$(awk '{print $4}' <<<"$line")"); alloc_steps+=("$(awk '{print $6}' <<<"$line")")
+done
+submitted=$(cat "$work"/alloc-[123].log | grep -ac 'as pipeline [0-9]*.s allocation' || true)
+if [ "${#alloc_jobs[@]}" = 3 ]; then
+  if [ "$(printf '%s\n' "${alloc_jobs[@]}" | sort -u | wc -l)" != 1 ] || [[ ${alloc_jobs[0]} != [0-9]* ]]; then
+    bad alloc "the pipeline's jobs ran in different Slurm jobs: ${alloc_jobs[*]} (logs: $work/alloc-*.log)"
+  elif [ "$(printf '%s\n' "${alloc_steps[@]}" | sort -u | grep -c '^[0-9][0-9]*$')" != 3 ]; then
+    bad alloc "the pipeline's jobs did not each run as a step: SLURM_STEP_ID ${alloc_steps[*]}"
+  elif [ "$submitted" != 1 ]; then
+    bad alloc "$submitted allocations submitted for the pipeline, expected 1 (logs: $work/alloc-*.log)"
+  else
+    alloc_gone() { [ -z "$(docker exec "$CTL" squeue -h -u "$CI_USER" -n "$(grep -aom1 'jacamar-alloc-[0-9a-f]*' "$work/alloc-1.log")" -o %i)" ]; }
+    if ! wait_until 35 alloc_gone; then
+      bad alloc "slurm job ${alloc_jobs[0]} (the pipeline's allocation) still in the queue 35 s after the last job: $(docker exec "$CTL" squeue -h -u "$CI_USER" -o '%i %j %T')"
+    else
+      echo "smoke: pipeline $pipeline: CI jobs ${alloc_ids[*]} ran as steps ${alloc_steps[*]} of one slurm job ${alloc_jobs[0]} (one submission), the third's exit 7 reported as 7, the allocation gone within 35 s of the last job"
+    fi
+  fi
+fi
 log "done (logs: $work)"
 exit "$fail"
