@@ -250,6 +250,7 @@ impl BatchRun<'_> {
                     })
                 }
                 Err(why) => {
+                    let why = sanitize(&why);
                     self.log
                         .say(format!(
                             "{name} allocation {} of pipeline {} cannot be used ({why}); submitting a new one",
@@ -274,14 +275,20 @@ impl BatchRun<'_> {
 
     /// Whether allocation `id` is usable for `key`: the scheduler says it is ours (uid),
     /// carries the key's name, and is queued or running (`Ok(running)`); otherwise why not.
+    /// A scheduler that cannot answer now (its transient words: a controller restarting)
+    /// is not a reason to drop the pipeline's allocation: it counts as queued, and the
+    /// waiting loop asks again with its retries.
     async fn check(&self, steps: &dyn Steps, key: &Key, id: &str) -> Result<bool, String> {
         let cmd = steps.describe(id);
-        let out = self
-            .cmds
-            .run(cmd.tool, &cmd.args)
-            .await
-            .map_err(|e| e.to_string())?;
+        let out = match self.cmds.run(cmd.tool, &cmd.args).await {
+            Ok(out) => out,
+            Err(e) if e.is_transient() => return Ok(false),
+            Err(e) => return Err(e.to_string()),
+        };
         if !out.success() {
+            if self.job.scheduler.transient(&out.stderr) {
+                return Ok(false);
+            }
             return Err(format!("{}: {}", cmd.display(), out.stderr.trim()));
         }
         let (uid, name, st) = steps
