@@ -161,6 +161,7 @@ pipeline() {
     out=$WORK/$name-$i.log
     local j0 j1
     j0=$(date +%s.%N)
+    # shellcheck disable=SC2016 # expanded by the job's shell, not here
     as "$A" "$WORK/bin/jacamar-sim" --driver "$WORK/bin/jacamar-auth" --configuration "$cfg" \
       --job-id "$job" --user "$A" "${vars[@]}" \
       --script 'echo "bench job $CI_JOB_ID in ${SLURM_JOB_ID:-none}.${SLURM_STEP_ID:-batch}"' \
@@ -179,7 +180,7 @@ pipeline() {
   # Queue wait per submitted job, from Slurm (whole seconds; slurmctld keeps ended jobs for MinJobAge).
   local qwait=0 id sub start
   for id in $ids; do
-    sub= start=
+    sub='' start=''
     read -r sub start < <(scontrol show job "$id" 2>/dev/null |
       sed -n 's/.*SubmitTime=\([^ ]*\).*/\1/p; s/.*StartTime=\([^ ]*\).*/\1/p' | tr '\n' ' ') || true
     if [ -n "${sub:-}" ] && [ -n "${start:-}" ]; then
@@ -187,7 +188,7 @@ pipeline() {
     fi
   done
   echo "== $name: $JOBS jobs, W = $W s, arguments '$ARGS'"
-  printf '  wall time (first job start to last job end): %.1f s\n' "$wall"
+  printf '  wall time (first filler to the last job'"'"'s end): %.1f s\n' "$wall"
   echo "  submitted:$ids"
   echo "  queue wait (Slurm StartTime - SubmitTime, summed): $qwait s"
   echo "  'waited' lines of the log:"
