@@ -124,6 +124,10 @@ cargo test --features root-tests --all-targets --no-fail-fast 2>&1 || suite=$?
 # test running at the same time would see as an outage.
 cargo test --features root-tests --test integration -- --ignored --exact \
   scale_poll::a_controller_restart_mid_job_is_a_log_line 2>&1
+# Alone too, for the same reason: stops slurmctld twice for 20 s during a pipeline that reuses
+# one allocation (docs/allocations.md).
+cargo test --features root-tests --test integration -- --ignored --exact \
+  alloc::a_controller_restart_mid_pipeline 2>&1
 
 # --- fuzzing (docs/fuzzing.md): every target of fuzz/ briefly, from its committed seeds
 # (installs nightly and cargo-fuzz when missing). A finding fails the run, its input's path

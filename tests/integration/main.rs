@@ -6,6 +6,7 @@
 //! `require_root()`: `cargo test` as any user runs the others; `cargo test --features
 //! root-tests`, as root, runs all (scripts/test.sh).
 
+mod alloc;
 mod auth_jwt;
 mod auth_kit;
 mod auth_policy;

@@ -19,10 +19,10 @@ use crate::batch_slurm::{lines_of, wait_exit, wait_line};
 use crate::harness::{proc_stat, require_root, runner_script, show, wait_for, Harness};
 use crate::sched_bin::{exec_real, shared_data_dir, slurm_harness, slurm_wrappers, SchedBin};
 
-/// Held by every test of this module.
+/// Held by every test of this module, and by `alloc::a_controller_restart_mid_pipeline`.
 static SLURM: Mutex<()> = Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SLURM.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -136,12 +136,12 @@ impl OutputText for std::process::Child {
 /// slurmctld stopped by [`stop_slurmctld`]: dropping it starts it again with the same
 /// command line, waits until it answers, and puts back what slurm-up.sh set up after a
 /// start (its pid record, the jobcomp log's mode).
-struct StoppedCtld {
+pub(crate) struct StoppedCtld {
     argv: Vec<String>,
 }
 
 /// Stop the running slurmctld (SIGTERM: it saves its state) and wait until it is gone.
-fn stop_slurmctld() -> StoppedCtld {
+pub(crate) fn stop_slurmctld() -> StoppedCtld {
     let pid: i32 = std::fs::read_to_string("/run/slurmctld.pid")
         .expect("/run/slurmctld.pid")
         .trim()
