@@ -137,7 +137,7 @@ while :; do
         last=$(now)
         continue
     fi
-    version= id=
+    version='' id=''
     if [ -f "$rec" ] && [ ! -L "$rec" ]; then
         read -r version _ id _ 2>/dev/null <"$rec"
     fi
