@@ -217,7 +217,11 @@ impl Commands {
     /// the caller, in its own process group (a signal to the job's group never reaches
     /// it: the step is ended through the scheduler, see docs/allocations-design.md), not
     /// killed when dropped (the caller decides).
-    pub async fn spawn(&self, tool: &str, args: &[String]) -> Result<tokio::process::Child, BatchError> {
+    pub async fn spawn(
+        &self,
+        tool: &str,
+        args: &[String],
+    ) -> Result<tokio::process::Child, BatchError> {
         if let Some(l) = &self.limiter {
             l.until_ready().await;
         }

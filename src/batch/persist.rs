@@ -184,8 +184,7 @@ pub fn parse(text: &str, name: &str, valid: &dyn Fn(&str) -> bool) -> Read {
 /// A job name as the driver makes it (`ci-7`, a prefix of letters, digits, `_.-`).
 fn is_name(s: &str) -> bool {
     (1..=128).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
@@ -198,9 +197,7 @@ fn is_key(s: &str) -> bool {
 fn is_step(s: &str, valid: &dyn Fn(&str) -> bool) -> bool {
     match s.split_once('.') {
         Some((job, step)) => {
-            valid(job)
-                && (1..=10).contains(&step.len())
-                && step.bytes().all(|b| b.is_ascii_digit())
+            valid(job) && (1..=10).contains(&step.len()) && step.bytes().all(|b| b.is_ascii_digit())
         }
         None => false,
     }
@@ -284,11 +281,18 @@ mod tests {
              step slurm 1469.3\x1b[31m\n"
         );
         let read = parse(&text, "slurm", &digits);
-        assert_eq!(read.allocations, vec![("1469".to_string(), key.to_string())]);
+        assert_eq!(
+            read.allocations,
+            vec![("1469".to_string(), key.to_string())]
+        );
         let steps: Vec<(&str, bool)> = read.steps.iter().map(|s| (s.id.as_str(), s.done)).collect();
         assert_eq!(steps, [("1469.3", true), ("1469.4", false)]);
         assert_eq!(read.refused.len(), 5, "{:?}", read.refused);
-        assert!(read.refused.iter().all(|r| !r.contains('\x1b')), "{:?}", read.refused);
+        assert!(
+            read.refused.iter().all(|r| !r.contains('\x1b')),
+            "{:?}",
+            read.refused
+        );
         assert!(read.jobs.is_empty());
     }
 }

@@ -325,7 +325,10 @@ fn sacct(ids: &str, completion_log: bool) -> Cmd {
 pub fn valid_step_id(id: &str) -> bool {
     match id.split_once('.') {
         Some((job, step)) => {
-            valid_id(job) && !step.is_empty() && step.len() <= 10 && step.bytes().all(|b| b.is_ascii_digit())
+            valid_id(job)
+                && !step.is_empty()
+                && step.len() <= 10
+                && step.bytes().all(|b| b.is_ascii_digit())
         }
         None => false,
     }
@@ -391,7 +394,10 @@ impl Steps for Slurm {
             a.push(format!("--time={m}"));
         }
         a.push(super::path_arg(&sub.script));
-        Cmd { tool: "srun", args: a }
+        Cmd {
+            tool: "srun",
+            args: a,
+        }
     }
 
     fn parse_step(&self, line: &str) -> Option<String> {
@@ -821,16 +827,28 @@ mod tests {
         ] {
             assert_eq!(parse_step_line(bad), None, "{bad}");
         }
-        ids(valid_step_id, &["1.0", "1312.16"], &["1312", ".1", "1312.", "a.1", "1.-1"]);
+        ids(
+            valid_step_id,
+            &["1.0", "1312.16"],
+            &["1312", ".1", "1312.", "a.1", "1.-1"],
+        );
         let sc = "JobId=1469 JobName=jacamar-alloc-1588971a439f3994 UserId=jrs_a20a(1094) GroupId=jrs_a20a(1094) JobState=RUNNING Reason=None ExitCode=0:0";
         let (uid, name, st) = parse_owner(sc).unwrap();
-        assert_eq!((uid, name.as_str()), (1094, "jacamar-alloc-1588971a439f3994"));
+        assert_eq!(
+            (uid, name.as_str()),
+            (1094, "jacamar-alloc-1588971a439f3994")
+        );
         assert!(matches!(st, JobState::Running { .. }), "{st:?}");
-        assert_eq!(parse_owner("JobId=1 JobName=x UserId=alice JobState=RUNNING"), None);
+        assert_eq!(
+            parse_owner("JobId=1 JobName=x UserId=alice JobState=RUNNING"),
+            None
+        );
         let steps = Slurm.parse_steps("1312.16|ci-7\n1312.batch|batch\n--uid=0|ci-7\n");
         assert_eq!(steps, vec![("1312.16".to_string(), "ci-7".to_string())]);
         assert!(Slurm.allocation_gone("srun: error: Slurm job 1313 has expired"));
-        assert!(!Slurm.allocation_gone("srun: error: Unable to create step for job 1312: Access/permission denied"));
+        assert!(!Slurm.allocation_gone(
+            "srun: error: Unable to create step for job 1312: Access/permission denied"
+        ));
     }
 
     #[test]
@@ -856,6 +874,9 @@ mod tests {
             Slurm.cancel_step("1469.3", true).display(),
             "scancel --signal=TERM --full -- 1469.3"
         );
-        assert_eq!(Slurm.cancel_step("1469.3", false).display(), "scancel -- 1469.3");
+        assert_eq!(
+            Slurm.cancel_step("1469.3", false).display(),
+            "scancel -- 1469.3"
+        );
     }
 }

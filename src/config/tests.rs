@@ -1288,7 +1288,10 @@ fn allocation_idle_timeout_is_bounded_and_named() {
             found[0].key.as_deref(),
             Some("batch.allocation_idle_timeout")
         );
-        assert_eq!(found[0].line, Some(line_of(&text, "allocation_idle_timeout")));
+        assert_eq!(
+            found[0].line,
+            Some(line_of(&text, "allocation_idle_timeout"))
+        );
         assert!(
             found[0].message.contains("between 10s and 1h") && found[0].message.contains(shown),
             "{}",

@@ -113,7 +113,9 @@ impl BatchRun<'_> {
                 (Some(project), Some(pipeline)) => {
                     return Some((Pipeline { project, pipeline }, steps))
                 }
-                _ => ignored(format!("{project} or {pipeline} is missing or not a number")),
+                _ => ignored(format!(
+                    "{project} or {pipeline} is missing or not a number"
+                )),
             }
         } else {
             ignored(format!(
@@ -195,10 +197,7 @@ impl BatchRun<'_> {
                 StepEnd::Transient(e) => {
                     self.release(dir, &key).await;
                     let Some(back) = retry.failed(&e, self.log).await else {
-                        return Err(RunError::Submit {
-                            name,
-                            source: e,
-                        });
+                        return Err(RunError::Submit { name, source: e });
                     };
                     tokio::select! {
                         _ = tokio::time::sleep(back) => {}
@@ -232,9 +231,8 @@ impl BatchRun<'_> {
         let found = match dir.read_record(key, name, sched.profile().valid_id, uid, unix_now()) {
             Ok(r) => r,
             Err(e) => {
-                self.log
-                    .say(format!("WARNING: {}", sanitize(&e.to_string())))
-                    .await;
+                let e = sanitize(&e.to_string()).into_owned();
+                self.log.say(format!("WARNING: {e}: ignored")).await;
                 None
             }
         };
@@ -263,7 +261,10 @@ impl BatchRun<'_> {
         }
         let held = match held {
             Some(h) => h,
-            None => self.submit_holder(dir, key, p, sub, source, steps, requests).await?,
+            None => {
+                self.submit_holder(dir, key, p, sub, source, steps, requests)
+                    .await?
+            }
         };
         self.record
             .allocation(name, &held.id, key.as_str())
@@ -338,7 +339,13 @@ impl BatchRun<'_> {
         });
         let script = dir.write_holder(key, &text).map_err(alloc_err)?;
         let alloc_name = job_name(key);
-        let cmd = steps.submit_holder(&alloc_name, &dir.holder_out(key), dir.path(), &sub.args, &script);
+        let cmd = steps.submit_holder(
+            &alloc_name,
+            &dir.holder_out(key),
+            dir.path(),
+            &sub.args,
+            &script,
+        );
         let b = &self.config.batch;
         let mut retry = Retry::new(b.command_delay, b.transient_retry_window);
         let id = loop {
@@ -464,7 +471,10 @@ impl BatchRun<'_> {
                         self.name()
                     ))
                     .await;
-                (msg.clone(), outcome::failed(Some(format!("{} allocation {id} {msg}", self.name()))))
+                (
+                    msg.clone(),
+                    outcome::failed(Some(format!("{} allocation {id} {msg}", self.name()))),
+                )
             }
         };
         self.give_up_queued(dir, key, id, &why).await;
@@ -695,7 +705,11 @@ impl BatchRun<'_> {
             }
             kept.push_back(l);
         }
-        let srun_said = kept.iter().map(|l| sanitize(l).into_owned()).collect::<Vec<_>>().join("\n");
+        let srun_said = kept
+            .iter()
+            .map(|l| sanitize(l).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n");
         let exit = wrapper::read_exit_file(&wrapper::exit_path(&sub.output), alloc);
         if step.is_none() && exit.is_none() {
             tails.stop_now().await;
@@ -731,7 +745,11 @@ impl BatchRun<'_> {
             (None, Some(st)) => {
                 let code = st.code().unwrap_or(128 + 9);
                 Some(Final::ended(
-                    if stopped.is_some() { "CANCELLED" } else { "FAILED" },
+                    if stopped.is_some() {
+                        "CANCELLED"
+                    } else {
+                        "FAILED"
+                    },
                     code,
                     None,
                     Some("the step left no exit file".into()),
@@ -741,7 +759,10 @@ impl BatchRun<'_> {
         };
         if let Some(f) = &fin {
             self.log
-                .say(format!("{name} step {shown} ended, exit code {}", f.exit_code))
+                .say(format!(
+                    "{name} step {shown} ended, exit code {}",
+                    f.exit_code
+                ))
                 .await;
             if let Some(s) = &step {
                 self.log.warn_if(self.record.finished(s)).await;
@@ -755,7 +776,11 @@ impl BatchRun<'_> {
             ))
             .await;
         let watch = Watch::ran();
-        StepEnd::Done(self.verdict(&shown, fin.as_ref(), stopped, &watch).await.status)
+        StepEnd::Done(
+            self.verdict(&shown, fin.as_ref(), stopped, &watch)
+                .await
+                .status,
+        )
     }
 
     /// The graceful cancel of `step` (SIGTERM to every process of it), said in the log;

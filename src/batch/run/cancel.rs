@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
 use super::{commands, confirm_step, reason_of, BatchRun, Requests, CONFIRM_BOUND, MIN_POLL};
+use crate::batch::alloc::{AllocDir, Key};
 use crate::batch::client::Client;
 use crate::batch::persist::Record;
-use crate::batch::alloc::{AllocDir, Key};
 use crate::batch::scheduler::{Scheduler, Steps};
 use crate::batch::{fmt_dur, Final, JobState};
 use crate::config::Config;
@@ -150,7 +150,13 @@ pub async fn cleanup_job(
     workdir: PathBuf,
 ) -> Vec<String> {
     let cmds = commands(config, env, workdir);
-    cleanup_with(config, Client::new(scheduler, &cmds), scripts_dir, Some(shared)).await
+    cleanup_with(
+        config,
+        Client::new(scheduler, &cmds),
+        scripts_dir,
+        Some(shared),
+    )
+    .await
 }
 
 /// What `cleanup` needs for a CI job that ran in its pipeline's shared allocation: where
@@ -219,7 +225,10 @@ async fn cleanup_steps(
     match client.cmds.run(list.tool, &list.args).await {
         Ok(out) if out.success() => {
             for (id, n) in steps.parse_steps(&out.stdout) {
-                if read.names.contains(&n) && !open.contains(&id) && !read.steps.iter().any(|s| s.id == id) {
+                if read.names.contains(&n)
+                    && !open.contains(&id)
+                    && !read.steps.iter().any(|s| s.id == id)
+                {
                     open.push(id);
                 }
             }

@@ -54,7 +54,8 @@ async fn cleanup_gives_no_forged_id_to_the_scheduler() {
         profile: &SLURM,
         ..Mem::FAKE
     };
-    let problems = cancel::cleanup_with(&config, Client::new(&slurm, &cmds), dir.path(), None).await;
+    let problems =
+        cancel::cleanup_with(&config, Client::new(&slurm, &cmds), dir.path(), None).await;
     let calls = calls.lock().unwrap().clone();
     assert!(
         calls
