@@ -520,6 +520,64 @@ impl AllocDir {
         self.path.join(format!("{key}.holder.bash"))
     }
 
+    /// Remove what ended allocations left, for keys with no record: their holder's output
+    /// and script and their leases directory (stale leases of killed drivers, `.last`),
+    /// when nothing of the key was modified for `age`. Called under the lock, so no job
+    /// makes a record or lease of such a key meanwhile. Returns how many entries went;
+    /// entries that are not ours to read are left as they are.
+    pub fn prune(&self, age: Duration, now: SystemTime) -> Result<usize, AllocError> {
+        let old = |m: &std::fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|d| d >= age)
+        };
+        let entries = std::fs::read_dir(&self.path).map_err(|e| io("read", &self.path, e))?;
+        let mut gone = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((key, rest)) = name.split_once('.') else {
+                continue;
+            };
+            let Some(key) = Key::parse(key) else { continue };
+            if !matches!(rest, "holder.out" | "holder.bash" | "leases") {
+                continue;
+            }
+            if std::fs::symlink_metadata(self.record_path(&key)).is_ok() {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(m) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if m.is_dir() {
+                // Every lease in it must be old too (its files' times, not the directory's).
+                let Ok(inner) = std::fs::read_dir(&path) else {
+                    continue;
+                };
+                let files: Vec<_> = inner.flatten().collect();
+                let all_old = files.iter().all(|f| {
+                    std::fs::symlink_metadata(f.path())
+                        .map(|m| !m.is_dir() && old(&m))
+                        .unwrap_or(false)
+                });
+                if !all_old || !old(&m) {
+                    continue;
+                }
+                for f in files {
+                    std::fs::remove_file(f.path()).map_err(|e| io("remove", &f.path(), e))?;
+                }
+                std::fs::remove_dir(&path).map_err(|e| io("remove", &path, e))?;
+                gone += 1;
+            } else if old(&m) {
+                std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+
     /// Write the holder script `text` to [`AllocDir::holder_script_path`] whole (tmp +
     /// rename, mode 0700); its path.
     pub fn write_holder(&self, key: &Key, text: &str) -> Result<PathBuf, AllocError> {
@@ -969,5 +1027,41 @@ mod tests {
             dir.holder_out(&k),
             dir.path().join(format!("{}.holder.out", k.as_str()))
         );
+    }
+
+    /// What ended allocations left goes once it is old and its key has no record; a key
+    /// with a record, and anything young, stays.
+    #[test]
+    fn prune_removes_what_ended_allocations_left() {
+        let (_base, dir) = setup();
+        let live = key();
+        let ended = Key::derive(1000, "17", "4712", &["-n1".to_string()]);
+        for k in [&live, &ended] {
+            dir.write_holder(k, "#!/bin/bash\n").unwrap();
+            std::fs::write(dir.holder_out(k), "out\n").unwrap();
+            dir.make_lease(k, 7).unwrap();
+            dir.release_lease(k, 7).unwrap();
+        }
+        dir.make_lease(&ended, 8).unwrap(); // a killed driver's lease
+        let rec = AllocRecord {
+            scheduler: "slurm".into(),
+            id: "41".into(),
+            submitted_unix: NOW,
+            uid: 1000,
+        };
+        dir.write_record(&live, &rec).unwrap();
+        let later = SystemTime::now() + Duration::from_secs(2 * 86400);
+        // Young: nothing goes.
+        assert_eq!(
+            dir.prune(Duration::from_secs(86400), SystemTime::now())
+                .unwrap(),
+            0
+        );
+        assert_eq!(dir.prune(Duration::from_secs(86400), later).unwrap(), 3);
+        assert!(!dir.holder_out(&ended).exists());
+        assert!(!dir.holder_script_path(&ended).exists());
+        assert!(!dir.leases_dir(&ended).exists());
+        assert!(dir.holder_out(&live).exists() && dir.leases_dir(&live).exists());
+        assert!(dir.record_path(&live).exists());
     }
 }

@@ -144,6 +144,11 @@ while :; do
     if [ "$version" = v1 ] && [ "$id" = "$SLURM_JOB_ID" ]; then
         if rm -f -- "$rec"; then
             what="record removed"
+            # No allocation of this key is left: its script, its .last and its leases
+            # (stale ones of killed drivers) go too; this output file stays for people
+            # (the next driver prunes it after a day).
+            rm -f -- "$dir/$key.holder.bash" "$leases"/.last "$leases"/[0-9]* 2>/dev/null
+            rmdir -- "$leases" 2>/dev/null
         else
             what="could not remove the record $rec"
         fi

@@ -44,6 +44,8 @@ use crate::text::sanitize;
 const LOCK_BOUND: Duration = Duration::from_secs(30);
 /// How long a cancel waits for srun to name its step before it stops srun itself.
 const STEP_NAME_BOUND: Duration = Duration::from_secs(5);
+/// How old what an ended allocation left must be before a job removes it.
+const PRUNE_AGE: Duration = Duration::from_secs(86400);
 /// srun's stderr lines kept for a message (the last ones).
 const KEPT_LINES: usize = 20;
 
@@ -228,6 +230,12 @@ impl BatchRun<'_> {
         let sched = self.job.scheduler;
         let uid = nix::unistd::getuid().as_raw();
         let guard = dir.lock(LOCK_BOUND).await.map_err(alloc_err)?;
+        // What ended allocations of the user left (a day old, no record).
+        if let Err(e) = dir.prune(PRUNE_AGE, SystemTime::now()) {
+            self.log
+                .say(format!("WARNING: {}", sanitize(&e.to_string())))
+                .await;
+        }
         let found = match dir.read_record(key, name, sched.profile().valid_id, uid, unix_now()) {
             Ok(r) => r,
             Err(e) => {
