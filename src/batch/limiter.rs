@@ -175,12 +175,8 @@ impl Commands {
         }
         let program = self.program(tool);
         let shown = display(tool, args);
-        let child = tokio::process::Command::new(&program)
-            .args(args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&self.cwd)
-            .stdin(Stdio::null())
+        let child = self
+            .command(&program, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -211,6 +207,18 @@ impl Commands {
 }
 
 impl Commands {
+    /// `program args...` with the job's environment (only), in the job's directory, stdin
+    /// `/dev/null`.
+    fn command(&self, program: &Path, args: &[String]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(program);
+        c.args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null());
+        c
+    }
+
     /// Wait for the limiter, then start `tool args...` as a long-running process (a step's
     /// launcher, `srun`, which lives as long as its step): the job's environment, stdin
     /// `/dev/null`, stdout discarded (the step's output goes to its file), stderr piped for
@@ -227,12 +235,7 @@ impl Commands {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         let program = self.program(tool);
-        tokio::process::Command::new(&program)
-            .args(args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&self.cwd)
-            .stdin(Stdio::null())
+        self.command(&program, args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0)

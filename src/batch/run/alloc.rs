@@ -55,6 +55,18 @@ pub(super) struct Pipeline {
     pipeline: String,
 }
 
+/// What a CI job asks for: its pipeline's allocation, found in `dir` by `key`, for the
+/// submission `sub` (arguments from `source`), through the scheduler's `steps`.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    dir: &'a AllocDir,
+    key: &'a Key,
+    pipeline: &'a Pipeline,
+    sub: &'a Submission,
+    source: Option<&'a str>,
+    steps: &'a dyn Steps,
+}
+
 /// The allocation a CI job holds a lease on.
 struct Held {
     id: String,
@@ -147,9 +159,15 @@ impl BatchRun<'_> {
         let mut retry = Retry::new(b.command_delay, b.transient_retry_window);
         let mut replaced = false;
         loop {
-            let held = self
-                .acquire(dir, &key, p, sub, source, steps, requests)
-                .await?;
+            let ask = Ask {
+                dir,
+                key: &key,
+                pipeline: p,
+                sub,
+                source,
+                steps,
+            };
+            let held = self.acquire(&ask, requests).await?;
             let waited = match self.wait_allocation(dir, &key, &held, sub, requests).await {
                 Ok(w) => w,
                 Err(st) => return Ok(st),
@@ -198,15 +216,7 @@ impl BatchRun<'_> {
                 }
                 StepEnd::Transient(e) => {
                     self.release(dir, &key).await;
-                    let Some(back) = retry.failed(&e, self.log).await else {
-                        return Err(RunError::Submit { name, source: e });
-                    };
-                    tokio::select! {
-                        _ = tokio::time::sleep(back) => {}
-                        Some(r) = requests.recv() => {
-                            return Err(RunError::NotSubmitted { name, reason: reason_of(&r) });
-                        }
-                    }
+                    self.back_off(&mut retry, e, requests).await?;
                 }
             }
         }
@@ -215,17 +225,15 @@ impl BatchRun<'_> {
     /// Under the lock: the pipeline's allocation from its record when the scheduler says
     /// it is ours and alive, otherwise a new one (one submission of the holder); then the
     /// job's lease on it, recorded in the job's record first.
-    #[allow(clippy::too_many_arguments)]
-    async fn acquire(
-        &self,
-        dir: &AllocDir,
-        key: &Key,
-        p: &Pipeline,
-        sub: &Submission,
-        source: Option<&str>,
-        steps: &dyn Steps,
-        requests: &mut Requests,
-    ) -> Result<Held, RunError> {
+    async fn acquire(&self, ask: &Ask<'_>, requests: &mut Requests) -> Result<Held, RunError> {
+        let Ask {
+            dir,
+            key,
+            pipeline: p,
+            sub: _,
+            source: _,
+            steps,
+        } = *ask;
         let name = self.name();
         let sched = self.job.scheduler;
         let uid = nix::unistd::getuid().as_raw();
@@ -269,10 +277,7 @@ impl BatchRun<'_> {
         }
         let held = match held {
             Some(h) => h,
-            None => {
-                self.submit_holder(dir, key, p, sub, source, steps, requests)
-                    .await?
-            }
+            None => self.submit_holder(ask, requests).await?,
         };
         self.record
             .allocation(name, &held.id, key.as_str())
@@ -318,17 +323,19 @@ impl BatchRun<'_> {
     }
 
     /// Submit the holder script as the pipeline's new allocation and write its record.
-    #[allow(clippy::too_many_arguments)]
     async fn submit_holder(
         &self,
-        dir: &AllocDir,
-        key: &Key,
-        p: &Pipeline,
-        sub: &Submission,
-        source: Option<&str>,
-        steps: &dyn Steps,
+        ask: &Ask<'_>,
         requests: &mut Requests,
     ) -> Result<Held, RunError> {
+        let Ask {
+            dir,
+            key,
+            pipeline: p,
+            sub,
+            source,
+            steps,
+        } = *ask;
         let name = self.name();
         let idle = self.config.batch.allocation_idle_timeout;
         self.log
@@ -388,15 +395,7 @@ impl BatchRun<'_> {
             if !e.is_transient() {
                 return Err(RunError::Submit { name, source: e });
             }
-            let Some(back) = retry.failed(&e, self.log).await else {
-                return Err(RunError::Submit { name, source: e });
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(back) => {}
-                Some(r) = requests.recv() => {
-                    return Err(RunError::NotSubmitted { name, reason: reason_of(&r) });
-                }
-            }
+            self.back_off(&mut retry, e, requests).await?;
         };
         let now = unix_now();
         let rec = AllocRecord {

@@ -150,6 +150,25 @@ impl BatchRun<'_> {
         this
     }
 
+    /// After the transient failure `e`: wait out `retry`'s backoff, or end the stage when
+    /// the failures have lasted `transient_retry_window` (`Submit`) or a request comes
+    /// meanwhile (`NotSubmitted`).
+    pub(super) async fn back_off(
+        &self,
+        retry: &mut Retry,
+        e: BatchError,
+        requests: &mut Requests,
+    ) -> Result<(), RunError> {
+        let name = self.name();
+        let Some(back) = retry.failed(&e, self.log).await else {
+            return Err(RunError::Submit { name, source: e });
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(back) => Ok(()),
+            Some(r) = requests.recv() => Err(RunError::NotSubmitted { name, reason: reason_of(&r) }),
+        }
+    }
+
     /// Submit the job and record its id. A transient failure is retried with backoff for
     /// `transient_retry_window` (a request meanwhile ends the stage unsubmitted).
     pub(super) async fn submit(
@@ -172,15 +191,7 @@ impl BatchRun<'_> {
                     e => RunError::Refused { name, source: e },
                 });
             }
-            let Some(back) = retry.failed(&e, self.log).await else {
-                return Err(RunError::Submit { name, source: e });
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(back) => {}
-                Some(r) = requests.recv() => {
-                    return Err(RunError::NotSubmitted { name, reason: reason_of(&r) });
-                }
-            }
+            self.back_off(&mut retry, e, requests).await?;
         };
         if let Err(e) = self.record.submitted(name, &id) {
             // We cannot promise cleanup will find it: cancel now rather than leave an orphan.
