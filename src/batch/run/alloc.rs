@@ -96,6 +96,15 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether srun's stderr `line` is for the job log: an error or warning of srun's own, or
+/// a step creation that waits ("temporarily disabled, retrying"), but not the task's exit
+/// code, which the log says with the step's end.
+fn srun_says(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    let told = l.contains("error:") || l.contains("warning:") || l.contains("retrying");
+    told && !l.contains("exited with exit code") && !l.contains(": killed")
+}
+
 /// The error of the allocation's files (the lock, the record, the lease) as the run's.
 fn alloc_err(e: impl std::fmt::Display) -> RunError {
     RunError::Allocation(e.to_string())
@@ -623,10 +632,7 @@ impl BatchRun<'_> {
                             }
                         }
                     }
-                    if kept.len() == KEPT_LINES {
-                        kept.pop_front();
-                    }
-                    kept.push_back(l);
+                    self.keep(&mut kept, l).await;
                 }
                 r = requests.recv(), if requests_open => {
                     let r = match r {
@@ -707,10 +713,7 @@ impl BatchRun<'_> {
             if step.is_none() {
                 step = steps.parse_step(&l);
             }
-            if kept.len() == KEPT_LINES {
-                kept.pop_front();
-            }
-            kept.push_back(l);
+            self.keep(&mut kept, l).await;
         }
         let srun_said = kept
             .iter()
@@ -790,6 +793,20 @@ impl BatchRun<'_> {
         )
     }
 
+    /// Take in a line of srun's stderr: the last [`KEPT_LINES`] are kept for a message, and
+    /// what srun warns about or fails at (a step waiting for resources, an error) is said
+    /// in the job log at once; its `-v` chatter and its echo of the task's exit code (the
+    /// log says the step's end) are not.
+    async fn keep(&self, kept: &mut VecDeque<String>, line: String) {
+        if srun_says(&line) {
+            self.log.say(sanitize(&line)).await;
+        }
+        if kept.len() == KEPT_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line);
+    }
+
     /// The graceful cancel of `step` (SIGTERM to every process of it), said in the log;
     /// returns when the plain cancel is due (kill_timeout).
     async fn cancel_step(
@@ -862,5 +879,34 @@ impl BatchRun<'_> {
             None,
             Some("the step was cancelled by the scheduler".into()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::srun_says;
+
+    /// srun's own troubles reach the job log; its `-v` chatter and the task's exit code
+    /// (said with the step's end) do not (lines as Slurm 22.05 prints them,
+    /// docs/allocations-facts.md).
+    #[test]
+    fn srun_lines_for_the_job_log() {
+        for told in [
+            "srun: error: Unable to create step for job 1312: Access/permission denied",
+            "srun: Job 1312 step creation temporarily disabled, retrying (Requested nodes are busy)",
+            "srun: error: Slurm job 1313 has expired",
+            "srun: warning: can't run 1 processes on 2 nodes, setting nnodes to 1",
+        ] {
+            assert!(srun_says(told), "{told}");
+        }
+        for quiet in [
+            "srun: launching StepId=1315.0 on host vm, 1 tasks: 0",
+            "srun: jobid 1315: nodes(1):`vm', cpu counts: 1(x1)",
+            "srun: error: vm: task 0: Exited with exit code 7",
+            "srun: error: vm: task 0: Killed",
+            "srun: launch/slurm: _task_finish: Received task exit notification for 1 task of StepId=1315.0 (status=0x0400).",
+        ] {
+            assert!(!srun_says(quiet), "{quiet}");
+        }
     }
 }
