@@ -96,6 +96,26 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The exit file at `path` of a step of allocation `id`, looked for every 250 ms for up to
+/// `bound` (`nfs_timeout`: written on the compute node, a shared file system may show it
+/// on this host later).
+async fn await_exit_file(
+    path: &std::path::Path,
+    id: &str,
+    bound: Duration,
+) -> Option<wrapper::ExitRecord> {
+    let until = Instant::now() + bound;
+    loop {
+        if let Some(r) = wrapper::read_exit_file(path, id) {
+            return Some(r);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Whether srun's stderr `line` is for the job log: an error or warning of srun's own, or
 /// a step creation that waits ("temporarily disabled, retrying"), but not the task's exit
 /// code, which the log says with the step's end.
@@ -720,7 +740,8 @@ impl BatchRun<'_> {
             .map(|l| sanitize(l).into_owned())
             .collect::<Vec<_>>()
             .join("\n");
-        let exit = wrapper::read_exit_file(&wrapper::exit_path(&sub.output), alloc);
+        let exit_path = wrapper::exit_path(&sub.output);
+        let mut exit = wrapper::read_exit_file(&exit_path, alloc);
         if step.is_none() && exit.is_none() {
             tails.stop_now().await;
             self.release(dir, key).await;
@@ -742,6 +763,10 @@ impl BatchRun<'_> {
                 "srun could not start a step in {name} allocation {alloc}: {srun_said}"
             )));
         }
+        if exit.is_none() && status.is_some() {
+            // Written on the compute node: a shared file system may show it here later.
+            exit = await_exit_file(&exit_path, alloc, nfs_timeout).await;
+        }
         tails.drain(nfs_timeout, self.log).await;
         let shown = step.clone().unwrap_or_else(|| format!("{alloc}.?"));
         let fin = match (&exit, status) {
@@ -753,17 +778,21 @@ impl BatchRun<'_> {
                 r.code,
             )),
             (None, Some(st)) => {
+                // srun exits with the step's status (docs/allocations-facts.md, F2).
                 let code = st.code().unwrap_or(128 + 9);
-                Some(Final::ended(
-                    if stopped.is_some() {
-                        "CANCELLED"
-                    } else {
-                        "FAILED"
-                    },
-                    code,
-                    None,
-                    Some("the step left no exit file".into()),
-                ))
+                self.log
+                    .say(format!(
+                        "WARNING: the exit file {} of {name} step {shown} did not appear within nfs_timeout {}: the step's exit code {code} is srun's",
+                        exit_path.display(),
+                        fmt_dur(nfs_timeout)
+                    ))
+                    .await;
+                let state = match (stopped, code) {
+                    (Some(_), _) => "CANCELLED",
+                    (None, 0) => "COMPLETED",
+                    (None, _) => "FAILED",
+                };
+                Some(Final::exited(state, code))
             }
             (None, None) => None,
         };
@@ -908,5 +937,38 @@ mod tests {
         ] {
             assert!(!srun_says(quiet), "{quiet}");
         }
+    }
+}
+
+#[cfg(test)]
+mod exit_file_tests {
+    use std::time::Duration;
+
+    /// The exit file of a step is written on the compute node: a shared file system may show
+    /// it on the runner's host only later (the docker cluster's NFS-like view did: the job
+    /// was reported failed with "no exit file" and code 0). It is looked for up to the bound.
+    #[tokio::test]
+    async fn a_late_exit_file_is_waited_for_up_to_the_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("build_script.exit");
+        let p = path.clone();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            std::fs::write(&p, "7 0 42 12\n").unwrap();
+        });
+        let t0 = std::time::Instant::now();
+        let r = super::await_exit_file(&path, "42", Duration::from_secs(5)).await;
+        writer.await.unwrap();
+        assert_eq!(r.map(|r| r.code), Some(7));
+        assert!(t0.elapsed() >= Duration::from_millis(700));
+        // Never there: None after the bound.
+        let none = d.path().join("other.exit");
+        let t0 = std::time::Instant::now();
+        assert!(
+            super::await_exit_file(&none, "42", Duration::from_millis(600))
+                .await
+                .is_none()
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(600));
     }
 }
