@@ -951,22 +951,19 @@ mod tests {
     async fn the_lock_and_flock_1_exclude_each_other() {
         let (_base, dir) = setup();
         let lock = dir.path().join("lock");
+        let try_flock = || {
+            Command::new("flock")
+                .arg("-n")
+                .arg(&lock)
+                .arg("true")
+                .status()
+                .unwrap()
+                .code()
+        };
         let guard = dir.lock(Duration::from_secs(1)).await.unwrap();
-        let st = Command::new("flock")
-            .arg("-n")
-            .arg(&lock)
-            .arg("true")
-            .status()
-            .unwrap();
-        assert_eq!(st.code(), Some(1), "flock(1) got the lock we hold");
+        assert_eq!(try_flock(), Some(1), "flock(1) got the lock we hold");
         drop(guard);
-        let st = Command::new("flock")
-            .arg("-n")
-            .arg(&lock)
-            .arg("true")
-            .status()
-            .unwrap();
-        assert_eq!(st.code(), Some(0), "flock(1) did not get the free lock");
+        assert_eq!(try_flock(), Some(0), "flock(1) did not get the free lock");
 
         // flock(1) holds it: our lock waits and gives up, then gets it once flock(1) is done.
         let mut child = Command::new("flock")

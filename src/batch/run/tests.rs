@@ -213,7 +213,7 @@ mod machine {
         deadline: Option<Duration>,
         requests: Vec<(Duration, Request)>,
     ) -> (Status, String) {
-        run_ci(fake, batch, deadline, None, requests).await
+        run_vars(fake, batch, deadline, None, requests, BTreeMap::new()).await
     }
 
     /// [`run`] without requests or backstop: the job runs to its end.
@@ -221,18 +221,8 @@ mod machine {
         run(fake, batch, None, vec![]).await
     }
 
-    /// [`run`] with the CI job's end `ci_end` after the start.
-    async fn run_ci(
-        fake: &Arc<Fake>,
-        batch: &str,
-        deadline: Option<Duration>,
-        ci_end: Option<Duration>,
-        requests: Vec<(Duration, Request)>,
-    ) -> (Status, String) {
-        run_vars(fake, batch, deadline, ci_end, requests, BTreeMap::new()).await
-    }
-
-    /// [`run_ci`] with the CI variables `variables` captured for the batch executor.
+    /// [`run`] with the CI job's end `ci_end` after the start and the CI variables
+    /// `variables` captured for the batch executor.
     async fn run_vars(
         fake: &Arc<Fake>,
         batch: &str,
@@ -456,12 +446,13 @@ mod machine {
                 })
             }
         });
-        let (st, log) = run_ci(
+        let (st, log) = run_vars(
             &fake,
             "command_delay = \"10s\"",
             Some(S(3600 + 600)),
             Some(S(3600)),
             vec![],
+            BTreeMap::new(),
         )
         .await;
         assert_eq!(
@@ -489,7 +480,15 @@ mod machine {
             2..=9 => running(),
             _ => Ok(JobState::Finished(Final::exited("COMPLETED", 0))),
         });
-        let (st, log) = run_ci(&fake, "command_delay = \"10s\"", None, Some(S(40)), vec![]).await;
+        let (st, log) = run_vars(
+            &fake,
+            "command_delay = \"10s\"",
+            None,
+            Some(S(40)),
+            vec![],
+            BTreeMap::new(),
+        )
+        .await;
         assert_eq!(st, Status::Success, "{log}");
         assert!(fake.times("cancel plain").is_empty(), "{log}");
     }
