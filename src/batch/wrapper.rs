@@ -42,6 +42,10 @@ fi
 @AFTER@# jacamar: the exit-status file, written whole (rename) at the very end: "<status>
 # <TERMs received> <job id> <bytes in the output file, or ->".
 __jacamar_exit=@EXIT_FILE@
+# From here on a TERM is ignored, by this shell and the commands it starts (`wc`, `mv`): the
+# stage is over, and a second TERM (a job's time limit signals the job and its steps) must
+# not kill the `mv` that publishes the exit file.
+trap '' TERM
 __jacamar_id=${SLURM_JOB_ID:-${PBS_JOBID:-${LSB_JOBID:-${COBALT_JOBID:-}}}}
 __jacamar_size=$(wc -c <@OUTPUT@ 2>/dev/null) || __jacamar_size=-
 __jacamar_size=${__jacamar_size//[[:space:]]/}
@@ -382,5 +386,48 @@ mod tests {
         assert_eq!(parse_exit_record("0 0 13 345\n", "12"), None);
         assert_eq!(parse_exit_record("0 0 12 345", "12"), None);
         assert_eq!(parse_exit_record("x 0 12 345\n", "12"), None);
+    }
+
+    /// A TERM while the exit file is being written (a time limit signals the job and its
+    /// steps, a second TERM can come after the first ended the stage) does not lose it: the
+    /// `mv` that publishes it ignores TERM. Here `mv` is slowed to 1 s (a `mv` first on
+    /// PATH) and the group gets a TERM meanwhile; before, it died and the wrapper said
+    /// "could not write the exit status file".
+    #[test]
+    fn a_term_while_the_exit_file_is_written_does_not_lose_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let mv = bin.join("mv");
+        std::fs::write(
+            &mv,
+            "#!/bin/bash\ntouch \"$JRS_DIR/mv-started\"\nsleep 1\nexec /bin/mv \"$@\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&mv, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let w = wrapper_script(
+            &format!(
+                "export PATH={}:$PATH JRS_DIR={}\n",
+                sh_quote(&bin.display().to_string()),
+                sh_quote(&d.path().display().to_string())
+            ),
+            &["bash".into(), "-c".into(), "exit 3".into()],
+            "",
+            &d.path().join("s.out"),
+            &d.path().join("s.exit"),
+        );
+        let mut child = spawn_wrapper(d.path(), &w);
+        assert!(wait_until(Duration::from_secs(20), || d
+            .path()
+            .join("mv-started")
+            .exists()));
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let rec = read_exit_file(&d.path().join("s.exit"), "")
+            .unwrap_or_else(|| panic!("no exit file: {}", String::from_utf8_lossy(&out.stdout)));
+        assert_eq!(rec.code, 3);
     }
 }

@@ -787,12 +787,17 @@ impl BatchRun<'_> {
                         fmt_dur(nfs_timeout)
                     ))
                     .await;
-                let state = match (stopped, code) {
-                    (Some(_), _) => "CANCELLED",
-                    (None, 0) => "COMPLETED",
-                    (None, _) => "FAILED",
-                };
-                Some(Final::exited(state, code))
+                match (stopped, code) {
+                    (Some(_), _) => Some(Final::exited("CANCELLED", code)),
+                    (None, 0) => Some(Final::exited("COMPLETED", 0)),
+                    // Ended by the allocation's time limit, or failed on its own.
+                    (None, _) => Some(
+                        match self.cancelled_by_scheduler(steps, alloc, code).await {
+                            f if f.state == "TIMEOUT" => f,
+                            _ => Final::exited("FAILED", code),
+                        },
+                    ),
+                }
             }
             (None, None) => None,
         };
