@@ -417,7 +417,7 @@ mod tests {
             &d.path().join("s.out"),
             &d.path().join("s.exit"),
         );
-        let mut child = spawn_wrapper(d.path(), &w);
+        let child = spawn_wrapper(d.path(), &w);
         assert!(wait_until(Duration::from_secs(20), || d
             .path()
             .join("mv-started")
