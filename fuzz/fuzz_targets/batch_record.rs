@@ -3,7 +3,10 @@
 //! picks with its own id check. No panic; every job it gives is of that scheduler, with an
 //! id that passes the scheduler's check (the ids `cleanup` hands to `scancel`, `qdel`, ...),
 //! from a complete `job` line of the input; a job marked done has a complete `done <id>`
-//! line; every other `job` line is refused.
+//! line; every other `job` line is refused. Likewise for a job in a pipeline's shared
+//! allocation: every `alloc` it gives has a valid id and a 32-hex-digit key, every `step` a
+//! valid `<id>.<digits>`, each from a complete line of the input, and every other `alloc` or
+//! `step` line is refused.
 #![no_main]
 
 use jacamar::batch::persist::parse;
@@ -35,8 +38,35 @@ fuzz_target!(|data: &[u8]| {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    let job_lines = lines.iter().filter(|w| w.first() == Some(&"job")).count();
-    assert_eq!(read.jobs.len() + read.refused.len(), job_lines);
+    let count = |kind: &str| lines.iter().filter(|w| w.first() == Some(&kind)).count();
+    assert_eq!(
+        read.jobs.len() + read.allocations.len() + read.steps.len() + read.refused.len(),
+        count("job") + count("alloc") + count("step")
+    );
+    for (id, key) in &read.allocations {
+        assert!(valid(id), "allocation {id:?}: an id its scheduler refuses");
+        assert!(
+            key.len() == 32 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "allocation key {key:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|w| w.len() == 4 && w[0] == "alloc" && w[1] == name && w[2] == id && w[3] == key),
+            "allocation {id} {key} is not an alloc line of the input"
+        );
+    }
+    for st in &read.steps {
+        let (job, n) = st.id.split_once('.').expect("a step id has a dot");
+        assert!(valid(job), "step {st:?}: a job id its scheduler refuses");
+        assert!(!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()), "step {st:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|w| w.len() == 3 && w[0] == "step" && w[1] == name && w[2] == st.id),
+            "step {st:?} is not a step line of the input"
+        );
+    }
     for j in &read.jobs {
         assert_eq!(j.scheduler, name);
         assert!(valid(&j.id), "{j:?}: an id its scheduler refuses");
