@@ -1188,11 +1188,7 @@ fn pbs_ignores_the_variable_with_one_line() {
     if !require_root() {
         return;
     }
-    require_slurm();
-    assert!(
-        Command::new("qsub").arg("--help").output().is_ok(),
-        "qsub missing: install slurm-wlm-torque (scripts/test.sh does)"
-    );
+    crate::batch_pbs::require_torque();
     let mut h = Harness::batch(
         "pbs",
         &ci_user(),

@@ -7,7 +7,9 @@ use crate::batch_slurm::{ci_user, require_slurm, slurm_jobs};
 use crate::harness::{require_root, runner_script_in, show, wait_for, Harness, Shape};
 use crate::shape_tests;
 
-fn pbs() -> Harness {
+/// Fail loudly when Slurm or its Torque wrappers (`qsub`) are missing: the PBS tests must
+/// never pass without them.
+pub fn require_torque() {
     require_slurm();
     assert!(
         std::process::Command::new("qsub")
@@ -16,6 +18,10 @@ fn pbs() -> Harness {
             .is_ok(),
         "qsub missing: install slurm-wlm-torque (scripts/test.sh does)"
     );
+}
+
+fn pbs() -> Harness {
+    require_torque();
     let mut h = Harness::batch(
         "pbs",
         &ci_user(),

@@ -412,10 +412,7 @@ fn an_image_runs_inside_a_pbs_job_with_its_exit_code() {
     if !ready() {
         return;
     }
-    assert!(
-        Command::new("qsub").arg("--help").output().is_ok(),
-        "qsub missing: install slurm-wlm-torque (scripts/test.sh does)"
-    );
+    crate::batch_pbs::require_torque();
     let t = token();
     let reg = Registry::start(&t);
     let server = JwksServer::start(&[&pki().keys[0]]);
