@@ -440,9 +440,7 @@ impl BatchRun<'_> {
                 .await;
             return Err(alloc_err(e));
         }
-        let from = source
-            .map(|s| format!(", arguments from {s}"))
-            .unwrap_or_default();
+        let from = super::arguments_from(source);
         self.log
             .say(format!(
                 "Submitted {name} job {id} ({alloc_name}{from}) as pipeline {}'s allocation; its output: {}",

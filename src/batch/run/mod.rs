@@ -235,9 +235,7 @@ impl<'a> BatchRun<'a> {
         id: &str,
         requests: &mut Requests,
     ) -> Verdict {
-        let from = source
-            .map(|s| format!(", arguments from {s}"))
-            .unwrap_or_default();
+        let from = arguments_from(source);
         self.log
             .say(format!(
                 "Submitted {} job {id} ({}{from}); output: {}",
@@ -352,6 +350,13 @@ impl<'a> BatchRun<'a> {
     fn confirm_step(&self) -> Duration {
         confirm_step(self.config)
     }
+}
+
+/// `, arguments from SCHEDULER_PARAMETERS` for the submission line, when the user gave any.
+fn arguments_from(source: Option<&str>) -> String {
+    source
+        .map(|s| format!(", arguments from {s}"))
+        .unwrap_or_default()
 }
 
 /// Why `r` asks the job to stop.
